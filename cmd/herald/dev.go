@@ -1,0 +1,172 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"connectrpc.com/connect"
+	registryv1 "github.com/heraldmesh/herald/api/gen/herald/registry/v1"
+	"github.com/heraldmesh/herald/api/gen/herald/registry/v1/registryv1connect"
+	"github.com/heraldmesh/herald/cmd/herald/internal/devredis"
+	"github.com/heraldmesh/herald/cmd/herald/internal/mesh"
+	"github.com/heraldmesh/herald/platform/config"
+	"github.com/heraldmesh/herald/platform/rpc"
+	"github.com/heraldmesh/herald/platform/telemetry"
+	"github.com/spf13/cobra"
+)
+
+func devCommand() *cobra.Command {
+	var varDir string
+	var redisPort int
+	var seed bool
+	cmd := &cobra.Command{
+		Use:   "dev",
+		Short: "Run the whole mesh in the foreground: Redis (unless HERALD_REDIS_URL is set) and the four services",
+		Long: `Runs registry, router, metering and edge in this process, on the addresses in
+HERALD_{REGISTRY,ROUTER,METERING,EDGE}_ADDR (defaults 127.0.0.1:7702, :7701, :7703, :7700).
+
+Unless HERALD_REDIS_URL is set, it starts its own redis-server on 127.0.0.1:7779 with
+its data under ./var (AOF with appendfsync always: an acknowledged publish is on disk).
+Unless HERALD_ADMIN_KEY is set, it generates an admin key once, keeps it in
+./var/admin.key, and prints it. Ctrl-C stops everything cleanly.`,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runDev(cmd.Context(), cmd.OutOrStdout(), varDir, redisPort, seed)
+		},
+	}
+	cmd.Flags().StringVar(&varDir, "var", "var", "directory for Redis data and the generated admin key")
+	cmd.Flags().IntVar(&redisPort, "redis-port", 7779, "port of the Redis that dev starts (when HERALD_REDIS_URL is unset)")
+	cmd.Flags().BoolVar(&seed, "seed", true, "register a small demo catalog")
+	return cmd
+}
+
+func runDev(parent context.Context, out io.Writer, varDir string, redisPort int, seed bool) error {
+	ctx, stop := signal.NotifyContext(parent, syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	common := config.FromEnv()
+	if err := os.MkdirAll(varDir, 0o700); err != nil {
+		return err
+	}
+	if common.AdminKey == "" {
+		key, err := adminKey(filepath.Join(varDir, "admin.key"))
+		if err != nil {
+			return err
+		}
+		common.AdminKey = key
+	}
+	if os.Getenv("HERALD_REDIS_URL") == "" {
+		dir, err := filepath.Abs(filepath.Join(varDir, "redis"))
+		if err != nil {
+			return err
+		}
+		srv, err := devredis.Start(ctx, dir, redisPort, out)
+		if err != nil {
+			return fmt.Errorf("start redis: %w", err)
+		}
+		// Redis stops last, after the services have flushed.
+		defer srv.Stop()
+		common.RedisURL = srv.URL()
+		fmt.Fprintf(out, "herald: redis-server on %s, data in %s (AOF, appendfsync always)\n", srv.Addr(), dir)
+	}
+	log := telemetry.Logger(os.Stderr, "herald", slog.LevelInfo)
+	m, err := mesh.New(common, log)
+	if err != nil {
+		return err
+	}
+	done := make(chan error, 1)
+	go func() { done <- m.Run(ctx) }()
+	if seed {
+		if err := seedCatalog(ctx, m.Common); err != nil {
+			stop()
+			<-done
+			return fmt.Errorf("seed demo catalog: %w", err)
+		}
+	}
+	printBanner(out, m.Common)
+	err = <-done
+	if err == nil {
+		fmt.Fprintln(out, "herald: stopped")
+	}
+	return err
+}
+
+// adminKey reads the key kept in path, or creates one there.
+func adminKey(path string) (string, error) {
+	if b, err := os.ReadFile(path); err == nil && len(strings.TrimSpace(string(b))) >= 16 {
+		return strings.TrimSpace(string(b)), nil
+	}
+	b := make([]byte, 24)
+	_, _ = rand.Read(b)
+	key := "hadm_" + base64.RawURLEncoding.EncodeToString(b)
+	if err := os.WriteFile(path, []byte(key+"\n"), 0o600); err != nil {
+		return "", fmt.Errorf("keep admin key: %w", err)
+	}
+	return key, nil
+}
+
+var demoTypes = []*registryv1.EventType{
+	{
+		Name:        "billing.invoice.paid",
+		Description: "An invoice was paid in full.",
+		Schema: `{"$schema":"https://json-schema.org/draft/2020-12/schema","type":"object",
+"required":["invoice_id","amount","currency"],
+"properties":{"invoice_id":{"type":"string"},"amount":{"type":"integer","minimum":0},"currency":{"type":"string","pattern":"^[A-Z]{3}$"}}}`,
+	},
+	{
+		Name:        "billing.invoice.created",
+		Description: "An invoice was issued.",
+		Schema:      `{"type":"object","required":["invoice_id"],"properties":{"invoice_id":{"type":"string"},"amount":{"type":"integer"}}}`,
+	},
+	{
+		Name:        "identity.user.created",
+		Description: "A user signed up.",
+		Schema:      `{"type":"object","required":["user_id","email"],"properties":{"user_id":{"type":"string"},"email":{"type":"string"}}}`,
+	},
+}
+
+func seedCatalog(ctx context.Context, c config.Common) error {
+	client := registryv1connect.NewRegistryServiceClient(rpc.HTTPClient(), rpc.BaseURL(c.RegistryAddr), rpc.ClientOptions(c.AdminKey)...)
+	for _, et := range demoTypes {
+		for attempt := 0; ; attempt++ {
+			_, err := client.CreateEventType(ctx, connect.NewRequest(&registryv1.CreateEventTypeRequest{EventType: et}))
+			if err == nil || connect.CodeOf(err) == connect.CodeAlreadyExists {
+				break
+			}
+			if connect.CodeOf(err) != connect.CodeUnavailable || attempt > 100 {
+				return err
+			}
+			select {
+			case <-ctx.Done():
+				return errors.New("interrupted")
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+	}
+	return nil
+}
+
+func printBanner(out io.Writer, c config.Common) {
+	fmt.Fprintf(out, `
+Herald is running. Ctrl-C stops it.
+
+  edge      %[1]s   SSE: %[1]s/v1/stream?types=billing.*
+  router    %[2]s   gRPC: herald.router.v1.RouterService/Publish
+  registry  %[3]s   gRPC: herald.registry.v1.RegistryService
+  metering  %[4]s   REST: %[4]s/v1/usage   OpenAPI: %[4]s/openapi.json
+
+  admin key: %[5]s
+  export HERALD_ADMIN_KEY=%[5]s
+
+Demo event types: billing.invoice.paid, billing.invoice.created, identity.user.created
+`, rpc.BaseURL(c.EdgeAddr), rpc.BaseURL(c.RouterAddr), rpc.BaseURL(c.RegistryAddr), rpc.BaseURL(c.MeteringAddr), c.AdminKey)
+}

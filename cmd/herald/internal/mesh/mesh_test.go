@@ -1,0 +1,442 @@
+package mesh_test
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+	eventv1 "github.com/heraldmesh/herald/api/gen/herald/event/v1"
+	meteringv1 "github.com/heraldmesh/herald/api/gen/herald/metering/v1"
+	registryv1 "github.com/heraldmesh/herald/api/gen/herald/registry/v1"
+	"github.com/heraldmesh/herald/api/gen/herald/registry/v1/registryv1connect"
+	routerv1 "github.com/heraldmesh/herald/api/gen/herald/router/v1"
+	"github.com/heraldmesh/herald/cmd/herald/internal/mesh"
+	"github.com/heraldmesh/herald/platform/config"
+	"github.com/heraldmesh/herald/platform/rpc"
+	"github.com/heraldmesh/herald/platform/testutil"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+)
+
+const adminKey = "test-admin-key-0123456789"
+
+type env struct {
+	t       *testing.T
+	common  config.Common
+	stop    context.CancelFunc
+	done    chan error
+	router  routerv1.RouterServiceClient
+	reg     registryv1connect.RegistryServiceClient
+	appKey  string
+	appID   string
+	invoice string
+}
+
+// start runs the whole mesh in-process against a private redis-server.
+func start(t *testing.T) *env {
+	t.Helper()
+	redis := testutil.Redis(t)
+	common := config.Common{
+		RedisURL: redis.URL(), AdminKey: adminKey,
+		EdgeAddr: "127.0.0.1:0", RouterAddr: "127.0.0.1:0", RegistryAddr: "127.0.0.1:0", MeteringAddr: "127.0.0.1:0",
+	}
+	m, err := mesh.New(common, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	e := &env{t: t, common: m.Common, stop: cancel, done: make(chan error, 1)}
+	go func() { e.done <- m.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-e.done:
+		case <-time.After(20 * time.Second):
+			t.Error("mesh did not stop within 20s")
+		}
+	})
+	for _, addr := range []string{e.common.RegistryAddr, e.common.RouterAddr, e.common.MeteringAddr, e.common.EdgeAddr} {
+		why := "no answer"
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			res, err := http.Get(rpc.BaseURL(addr) + "/readyz")
+			if err == nil {
+				body, _ := io.ReadAll(res.Body)
+				res.Body.Close()
+				if res.StatusCode == http.StatusOK {
+					break
+				}
+				why = string(body)
+			} else {
+				why = err.Error()
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s never became ready: %s", addr, why)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	conn, err := grpc.NewClient(e.common.RouterAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	e.router = routerv1.NewRouterServiceClient(conn)
+	e.reg = registryv1connect.NewRegistryServiceClient(rpc.HTTPClient(), rpc.BaseURL(e.common.RegistryAddr), rpc.ClientOptions(adminKey)...)
+
+	e.invoice = "billing.invoice.paid"
+	_, err = e.reg.CreateEventType(context.Background(), connect.NewRequest(&registryv1.CreateEventTypeRequest{EventType: &registryv1.EventType{
+		Name: e.invoice, Description: "An invoice was paid.",
+		Schema: `{"type":"object","required":["invoice_id","amount"],"properties":{"invoice_id":{"type":"string"},"amount":{"type":"integer","minimum":0}}}`,
+	}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	app, err := e.reg.CreateApplication(context.Background(), connect.NewRequest(&registryv1.CreateApplicationRequest{Application: &registryv1.Application{Name: "shop"}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.appKey, e.appID = app.Msg.GetKey().GetSecret(), app.Msg.GetApplication().GetId()
+	return e
+}
+
+func withKey(key string) context.Context {
+	return metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer "+key)
+}
+
+func invoiceEvent(id string, amount int) *eventv1.CloudEvent {
+	return &eventv1.CloudEvent{
+		Id: id, Source: "//billing.example/invoices", SpecVersion: "1.0", Type: "billing.invoice.paid",
+		Data: &eventv1.CloudEvent_TextData{TextData: fmt.Sprintf(`{"invoice_id":%q,"amount":%d}`, id, amount)},
+	}
+}
+
+// publish sends events over gRPC and returns their cursors, failing on any refusal.
+func (e *env) publish(events ...*eventv1.CloudEvent) []string {
+	e.t.Helper()
+	res, err := e.router.Publish(withKey(e.appKey), &routerv1.PublishRequest{Events: events})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	var cursors []string
+	for i, r := range res.GetResults() {
+		if r.GetError() != nil {
+			e.t.Fatalf("event %d refused: %v", i, r.GetError())
+		}
+		cursors = append(cursors, r.GetCursor())
+	}
+	return cursors
+}
+
+type sseEvent struct{ id, event, data string }
+
+// subscribe opens an SSE stream and returns its events; the stream is open
+// (subscription in place) when subscribe returns.
+func (e *env) subscribe(query, lastEventID string) (<-chan sseEvent, func()) {
+	e.t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	req, _ := http.NewRequestWithContext(ctx, "GET", rpc.BaseURL(e.common.EdgeAddr)+"/v1/stream?"+query, nil)
+	if lastEventID != "" {
+		req.Header.Set("Last-Event-ID", lastEventID)
+	}
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		cancel()
+		e.t.Fatal(err)
+	}
+	if res.StatusCode != http.StatusOK || !strings.HasPrefix(res.Header.Get("Content-Type"), "text/event-stream") {
+		body, _ := io.ReadAll(res.Body)
+		cancel()
+		e.t.Fatalf("stream: %d %s", res.StatusCode, body)
+	}
+	ch := make(chan sseEvent, 1000)
+	ready := make(chan struct{})
+	go func() {
+		defer close(ch)
+		defer res.Body.Close()
+		sc := bufio.NewScanner(res.Body)
+		sc.Buffer(make([]byte, 1<<20), 1<<20)
+		var cur sseEvent
+		for sc.Scan() {
+			line := sc.Text()
+			switch {
+			case line == ": connected":
+				close(ready)
+			case strings.HasPrefix(line, "id: "):
+				cur.id = line[4:]
+			case strings.HasPrefix(line, "event: "):
+				cur.event = line[7:]
+			case strings.HasPrefix(line, "data: "):
+				cur.data = line[6:]
+			case line == "" && cur.id != "":
+				ch <- cur
+				cur = sseEvent{}
+			}
+		}
+	}()
+	select {
+	case <-ready:
+	case <-time.After(10 * time.Second):
+		e.t.Fatal("stream did not start")
+	}
+	return ch, cancel
+}
+
+func next(t *testing.T, ch <-chan sseEvent) sseEvent {
+	t.Helper()
+	select {
+	case ev, ok := <-ch:
+		if !ok {
+			t.Fatal("stream closed")
+		}
+		return ev
+	case <-time.After(10 * time.Second):
+		t.Fatal("no event within 10s")
+	}
+	return sseEvent{}
+}
+
+func TestPublishReachesSSEAndUsage(t *testing.T) {
+	e := start(t)
+	ch, closeStream := e.subscribe("types=billing.*&access_token="+e.appKey, "")
+	defer closeStream()
+
+	cursors := e.publish(invoiceEvent("in_1", 100))
+	got := next(t, ch)
+	if got.id != cursors[0] || got.event != "billing.invoice.paid" {
+		t.Fatalf("got id=%q event=%q, want id=%q", got.id, got.event, cursors[0])
+	}
+	var ce map[string]any
+	if err := json.Unmarshal([]byte(got.data), &ce); err != nil {
+		t.Fatalf("data is not JSON: %v: %s", err, got.data)
+	}
+	if ce["specversion"] != "1.0" || ce["id"] != "in_1" || ce["type"] != "billing.invoice.paid" || ce["source"] != "//billing.example/invoices" {
+		t.Fatalf("not the CloudEvent: %s", got.data)
+	}
+	if data, _ := ce["data"].(map[string]any); data["amount"] != float64(100) {
+		t.Fatalf("data not embedded as JSON: %s", got.data)
+	}
+
+	// Usage: one publish and one SSE delivery for the application.
+	testutil.Eventually(t, 15*time.Second, func() bool {
+		rows := e.usage(adminKey, "application_id="+e.appID)
+		return rows[meteringv1.UsageMetric_USAGE_METRIC_PUBLISHED.String()] == 1 && rows[meteringv1.UsageMetric_USAGE_METRIC_DELIVERED.String()] == 1
+	}, "usage never showed 1 published and 1 delivered")
+}
+
+// usage queries the REST gateway and sums counts per metric.
+func (e *env) usage(key, query string) map[string]int64 {
+	e.t.Helper()
+	req, _ := http.NewRequest("GET", rpc.BaseURL(e.common.MeteringAddr)+"/v1/usage?"+query, nil)
+	req.Header.Set("Authorization", "Bearer "+key)
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer res.Body.Close()
+	if res.StatusCode != http.StatusOK {
+		body, _ := io.ReadAll(res.Body)
+		e.t.Fatalf("usage: %d %s", res.StatusCode, body)
+	}
+	var body struct {
+		Rows []struct {
+			Metric string `json:"metric"`
+			Count  string `json:"count"`
+		} `json:"rows"`
+	}
+	if err := json.NewDecoder(res.Body).Decode(&body); err != nil {
+		e.t.Fatal(err)
+	}
+	out := map[string]int64{}
+	for _, r := range body.Rows {
+		var n int64
+		fmt.Sscan(r.Count, &n)
+		out[r.Metric] += n
+	}
+	return out
+}
+
+func TestResumeWithLastEventIDHasNoGapNorDuplicate(t *testing.T) {
+	e := start(t)
+	ch, closeStream := e.subscribe("types=billing.invoice.paid&access_token="+e.appKey, "")
+	first := e.publish(invoiceEvent("a", 1), invoiceEvent("b", 2))
+	for _, c := range first {
+		if got := next(t, ch); got.id != c {
+			t.Fatalf("got %s, want %s", got.id, c)
+		}
+	}
+	closeStream()
+
+	// Published while the client is away.
+	away := e.publish(invoiceEvent("c", 3), invoiceEvent("d", 4), invoiceEvent("e", 5))
+
+	// Resume with the header, then with the query parameter.
+	for _, how := range []string{"header", "query"} {
+		t.Run(how, func(t *testing.T) {
+			var ch <-chan sseEvent
+			var closeStream func()
+			if how == "header" {
+				ch, closeStream = e.subscribe("types=billing.invoice.paid&access_token="+e.appKey, first[1])
+			} else {
+				ch, closeStream = e.subscribe("types=billing.invoice.paid&access_token="+e.appKey+"&last_event_id="+first[1], "")
+			}
+			defer closeStream()
+			for _, c := range away {
+				if got := next(t, ch); got.id != c {
+					t.Fatalf("got %s, want %s (gap or duplicate)", got.id, c)
+				}
+			}
+			select {
+			case ev := <-ch:
+				t.Fatalf("unexpected extra event %s", ev.id)
+			case <-time.After(300 * time.Millisecond):
+			}
+		})
+	}
+}
+
+func TestPublishRefusals(t *testing.T) {
+	e := start(t)
+	bad := invoiceEvent("x", -5)
+	unknown := invoiceEvent("y", 1)
+	unknown.Type = "billing.invoice.voided"
+	res, err := e.router.Publish(withKey(e.appKey), &routerv1.PublishRequest{Events: []*eventv1.CloudEvent{bad, unknown, invoiceEvent("ok", 1)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := res.GetResults()
+	if got := r[0].GetError(); got.GetCode() != int32(codes.InvalidArgument) || len(got.GetViolations()) == 0 ||
+		got.GetViolations()[0].GetInstanceLocation() != "/amount" || !strings.HasSuffix(got.GetViolations()[0].GetKeywordLocation(), "/minimum") {
+		t.Fatalf("schema failure: %v", got)
+	}
+	if !strings.Contains(r[0].GetError().GetMessage(), "/amount") {
+		t.Fatalf("message does not name the pointer: %s", r[0].GetError().GetMessage())
+	}
+	if got := r[1].GetError(); got.GetCode() != int32(codes.NotFound) {
+		t.Fatalf("unknown type: %v", got)
+	}
+	if r[2].GetCursor() == "" {
+		t.Fatalf("valid event not stored: %v", r[2])
+	}
+	// Only the valid event reached the log: a replay from 0 shows just it.
+	ch, closeStream := e.subscribe("types=*&access_token="+e.appKey, "0")
+	defer closeStream()
+	if got := next(t, ch); got.id != r[2].GetCursor() {
+		t.Fatalf("log holds %s, want only %s", got.id, r[2].GetCursor())
+	}
+	select {
+	case ev := <-ch:
+		t.Fatalf("an invalid event reached the log: %+v", ev)
+	case <-time.After(300 * time.Millisecond):
+	}
+}
+
+func TestKeysAreRequired(t *testing.T) {
+	e := start(t)
+	for name, ctx := range map[string]context.Context{
+		"missing": context.Background(),
+		"wrong":   withKey("hk_not-a-real-key"),
+	} {
+		t.Run(name, func(t *testing.T) {
+			_, err := e.router.Publish(ctx, &routerv1.PublishRequest{Events: []*eventv1.CloudEvent{invoiceEvent("k", 1)}})
+			if status.Code(err) != codes.Unauthenticated {
+				t.Fatalf("publish: %v", err)
+			}
+		})
+	}
+	for _, u := range []string{
+		rpc.BaseURL(e.common.EdgeAddr) + "/v1/stream?types=billing.*",
+		rpc.BaseURL(e.common.EdgeAddr) + "/v1/stream?types=billing.*&access_token=wrong",
+		rpc.BaseURL(e.common.MeteringAddr) + "/v1/usage",
+	} {
+		res, err := http.Get(u)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		if res.StatusCode != http.StatusUnauthorized || strings.Contains(string(body), "billing.invoice") {
+			t.Fatalf("%s: %d %s", u, res.StatusCode, body)
+		}
+	}
+	// An application key may not manage the catalog.
+	appReg := registryv1connect.NewRegistryServiceClient(rpc.HTTPClient(), rpc.BaseURL(e.common.RegistryAddr), rpc.ClientOptions(e.appKey)...)
+	_, err := appReg.CreateEventType(context.Background(), connect.NewRequest(&registryv1.CreateEventTypeRequest{EventType: &registryv1.EventType{Name: "a.b", Schema: "{}"}}))
+	if connect.CodeOf(err) != connect.CodePermissionDenied {
+		t.Fatalf("app key created a type: %v", err)
+	}
+	// Health and metrics need no key.
+	for _, p := range []string{"/healthz", "/metrics"} {
+		res, err := http.Get(rpc.BaseURL(e.common.RouterAddr) + p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res.Body.Close()
+		if res.StatusCode != http.StatusOK {
+			t.Fatalf("%s: %d", p, res.StatusCode)
+		}
+	}
+}
+
+func TestGrpcurlListsAndPublishes(t *testing.T) {
+	grpcurl, err := exec.LookPath("grpcurl")
+	if err != nil {
+		t.Fatal("grpcurl is not on PATH: run the tests with `make test`, which builds it into ./bin")
+	}
+	e := start(t)
+	want := map[string]string{
+		e.common.RegistryAddr: "herald.registry.v1.RegistryService",
+		e.common.RouterAddr:   "herald.router.v1.RouterService",
+		e.common.MeteringAddr: "herald.metering.v1.MeteringService",
+		e.common.EdgeAddr:     "herald.edge.v1.EdgeService",
+	}
+	for addr, svc := range want {
+		out, err := exec.Command(grpcurl, "-plaintext", addr, "list").CombinedOutput()
+		if err != nil {
+			t.Fatalf("grpcurl list %s: %v\n%s", addr, err, out)
+		}
+		if !strings.Contains(string(out), svc) || !strings.Contains(string(out), "grpc.health.v1.Health") {
+			t.Fatalf("grpcurl list %s:\n%s", addr, out)
+		}
+	}
+	body := `{"events":[{"id":"g1","source":"//grpcurl","spec_version":"1.0","type":"billing.invoice.paid","text_data":"{\"invoice_id\":\"g1\",\"amount\":7}"}]}`
+	out, err := exec.Command(grpcurl, "-plaintext", "-H", "authorization: Bearer "+e.appKey, "-d", body,
+		e.common.RouterAddr, "herald.router.v1.RouterService/Publish").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), `"cursor"`) {
+		t.Fatalf("grpcurl publish: %v\n%s", err, out)
+	}
+	out, err = exec.Command(grpcurl, "-plaintext", "-d", body, e.common.RouterAddr, "herald.router.v1.RouterService/Publish").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "Unauthenticated") {
+		t.Fatalf("grpcurl without key: %v\n%s", err, out)
+	}
+}
+
+func TestGracefulShutdownEndsStreams(t *testing.T) {
+	e := start(t)
+	ch, closeStream := e.subscribe("types=billing.*&access_token="+e.appKey, "")
+	defer closeStream()
+	e.stop()
+	select {
+	case err := <-e.done:
+		if err != nil {
+			t.Fatalf("mesh stopped with %v", err)
+		}
+		e.done <- nil // for the cleanup
+	case <-time.After(15 * time.Second):
+		t.Fatal("mesh did not stop with an open stream")
+	}
+	for range ch { // the stream ends
+	}
+}

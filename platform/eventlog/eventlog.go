@@ -1,0 +1,204 @@
+// Package eventlog is the layout of Herald's durable log on Redis Streams,
+// shared by the router (which appends) and the edge (which reads).
+//
+// Keys:
+//
+//	herald:log:{<type>}   one stream per event type; the hash tag keeps a type on one
+//	                      Redis Cluster shard. Entry fields:
+//	                        ce   the CloudEvent, protobuf-encoded
+//	                        app  the account that published it
+//
+// An event's cursor is its stream entry id ("<ms>-<seq>"). Entry ids come from
+// the Redis server's clock, so one cursor orders events across every stream of
+// one Redis server: ReadAfter merges streams in id order and never returns an
+// id that a later write could still undercut.
+package eventlog
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	eventv1 "github.com/heraldmesh/herald/api/gen/herald/event/v1"
+	"github.com/redis/go-redis/v9"
+	"google.golang.org/protobuf/proto"
+)
+
+// Entry field names.
+const (
+	FieldEvent = "ce"
+	FieldApp   = "app"
+)
+
+const streamPrefix = "herald:log:{"
+
+// StreamKey is the stream holding events of one type.
+func StreamKey(eventType string) string { return streamPrefix + eventType + "}" }
+
+// TypeOfStream is the inverse of StreamKey.
+func TypeOfStream(key string) string {
+	return strings.TrimSuffix(strings.TrimPrefix(key, streamPrefix), "}")
+}
+
+// ID is a stream entry id, the cursor of an event.
+type ID struct{ Ms, Seq uint64 }
+
+// Zero is before every entry: reading after it replays the retained log.
+var Zero ID
+
+// ParseID parses "0", "<ms>" or "<ms>-<seq>".
+func ParseID(s string) (ID, error) {
+	ms, seq, found := strings.Cut(s, "-")
+	var id ID
+	var err error
+	if id.Ms, err = strconv.ParseUint(ms, 10, 64); err != nil {
+		return ID{}, fmt.Errorf("cursor %q is not a stream id like 1700000000000-0", s)
+	}
+	if found {
+		if id.Seq, err = strconv.ParseUint(seq, 10, 64); err != nil {
+			return ID{}, fmt.Errorf("cursor %q is not a stream id like 1700000000000-0", s)
+		}
+	}
+	return id, nil
+}
+
+// MustParseID is ParseID for ids that come from Redis.
+func MustParseID(s string) ID {
+	id, err := ParseID(s)
+	if err != nil {
+		panic(err)
+	}
+	return id
+}
+
+func (id ID) String() string {
+	return strconv.FormatUint(id.Ms, 10) + "-" + strconv.FormatUint(id.Seq, 10)
+}
+
+// Compare returns -1, 0 or +1.
+func (id ID) Compare(o ID) int {
+	if c := cmp.Compare(id.Ms, o.Ms); c != 0 {
+		return c
+	}
+	return cmp.Compare(id.Seq, o.Seq)
+}
+
+// Less reports id < o.
+func (id ID) Less(o ID) bool { return id.Compare(o) < 0 }
+
+// Entry is one event read from the log.
+type Entry struct {
+	ID      ID
+	Type    string
+	Account string
+	Event   *eventv1.CloudEvent
+}
+
+// Encode returns the stream entry fields of an event.
+func Encode(ev *eventv1.CloudEvent, account string) ([]any, error) {
+	b, err := proto.Marshal(ev)
+	if err != nil {
+		return nil, fmt.Errorf("encode event: %w", err)
+	}
+	return []any{FieldEvent, b, FieldApp, account}, nil
+}
+
+// Decode turns a stream message of the given stream into an Entry.
+func Decode(stream string, m redis.XMessage) (Entry, error) {
+	e := Entry{ID: MustParseID(m.ID), Type: TypeOfStream(stream)}
+	raw, _ := m.Values[FieldEvent].(string)
+	e.Account, _ = m.Values[FieldApp].(string)
+	e.Event = new(eventv1.CloudEvent)
+	if err := proto.Unmarshal([]byte(raw), e.Event); err != nil {
+		return e, fmt.Errorf("decode %s %s: %w", stream, m.ID, err)
+	}
+	return e, nil
+}
+
+// ReadAfter returns entries with ids after `after` from the given streams,
+// merged in id order, and the position up to which the answer is complete:
+// every entry of these streams with an id up to it has been returned, and no
+// later write can get an id at or below it. Entries stamped in the current
+// millisecond are held back until it has passed, since a write to another
+// stream in the same millisecond could still get a lower sequence number.
+// Callers continue from the returned position. count bounds the entries read
+// per stream.
+func ReadAfter(ctx context.Context, rdb redis.Cmdable, streams []string, after ID, count int64) ([]Entry, ID, error) {
+	if len(streams) == 0 {
+		return nil, after, nil
+	}
+	args := make([]string, 0, 2*len(streams))
+	args = append(args, streams...)
+	from := after.String()
+	for range streams {
+		args = append(args, from)
+	}
+	pipe := rdb.Pipeline()
+	timeCmd := pipe.Time(ctx)
+	readCmd := pipe.XRead(ctx, &redis.XReadArgs{Streams: args, Count: count, Block: -1})
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return nil, after, fmt.Errorf("read log: %w", err)
+	}
+	now, err := timeCmd.Result()
+	if err != nil {
+		return nil, after, fmt.Errorf("read log: redis TIME: %w", err)
+	}
+	// Everything stamped before the current millisecond already exists.
+	limit := ID{Ms: uint64(now.UnixMilli()) - 1, Seq: math.MaxUint64}
+	res, _ := readCmd.Result()
+	for _, s := range res {
+		if int64(len(s.Messages)) >= count {
+			// This stream may hold more: the answer is complete only up to
+			// its last returned entry.
+			if last := MustParseID(s.Messages[len(s.Messages)-1].ID); last.Less(limit) {
+				limit = last
+			}
+		}
+	}
+	var out []Entry
+	for _, s := range res {
+		for _, m := range s.Messages {
+			e, err := Decode(s.Stream, m)
+			if err != nil {
+				return nil, after, err
+			}
+			if limit.Less(e.ID) {
+				break
+			}
+			out = append(out, e)
+		}
+	}
+	slices.SortFunc(out, func(a, b Entry) int { return a.ID.Compare(b.ID) })
+	if limit.Less(after) {
+		limit = after
+	}
+	return out, limit, nil
+}
+
+// WaitAfter blocks until one of the streams has an entry after `after`, the
+// timeout passes, or ctx ends. It reports whether there is something to read.
+func WaitAfter(ctx context.Context, rdb redis.Cmdable, streams []string, after ID, timeout time.Duration) (bool, error) {
+	if len(streams) == 0 {
+		return false, nil
+	}
+	args := make([]string, 0, 2*len(streams))
+	args = append(args, streams...)
+	from := after.String()
+	for range streams {
+		args = append(args, from)
+	}
+	res, err := rdb.XRead(ctx, &redis.XReadArgs{Streams: args, Count: 1, Block: timeout}).Result()
+	if errors.Is(err, redis.Nil) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	return len(res) > 0, nil
+}

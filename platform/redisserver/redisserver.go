@@ -1,0 +1,177 @@
+// Package redisserver starts and stops a private redis-server process: the
+// one `herald dev` runs under ./var, and the ones tests start on free ports in
+// temporary directories. It never touches a shared instance.
+package redisserver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Options configure a server.
+type Options struct {
+	// Dir holds the AOF files, the log and the pid. Required.
+	Dir string
+	// Port to listen on (127.0.0.1). 0 picks a free port.
+	Port int
+	// AppendOnly turns on AOF with appendfsync always: every acknowledged
+	// write is on disk before Redis answers.
+	AppendOnly bool
+	// MaxMemory (e.g. "256mb"), empty for no limit.
+	MaxMemory string
+}
+
+// Server is a running redis-server.
+type Server struct {
+	opts Options
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+// ErrNotInstalled is returned when no redis-server binary is on PATH.
+var ErrNotInstalled = errors.New("redis-server is not installed (Debian/Ubuntu: apt-get install redis-server)")
+
+// Start launches redis-server and waits until it answers PING.
+func Start(ctx context.Context, o Options) (*Server, error) {
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		return nil, ErrNotInstalled
+	}
+	if o.Dir == "" {
+		return nil, errors.New("redisserver: Dir is required")
+	}
+	if err := os.MkdirAll(o.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("redisserver: %w", err)
+	}
+	if o.Port == 0 {
+		if o.Port, err = freePort(); err != nil {
+			return nil, err
+		}
+	}
+	s := &Server{opts: o}
+	if err := s.start(ctx, bin); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *Server) start(ctx context.Context, bin string) error {
+	args := []string{
+		"--port", strconv.Itoa(s.opts.Port),
+		"--bind", "127.0.0.1",
+		"--dir", s.opts.Dir,
+		"--logfile", filepath.Join(s.opts.Dir, "redis.log"),
+		"--save", "",
+		"--daemonize", "no",
+		"--protected-mode", "yes",
+	}
+	if s.opts.AppendOnly {
+		args = append(args, "--appendonly", "yes", "--appendfsync", "always")
+	} else {
+		args = append(args, "--appendonly", "no")
+	}
+	if s.opts.MaxMemory != "" {
+		args = append(args, "--maxmemory", s.opts.MaxMemory)
+	}
+	cmd := exec.Command(bin, args...)
+	// Its own process group, so Ctrl-C in a terminal reaches the launcher,
+	// which then stops Redis last, after the services flushed.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("redisserver: start: %w", err)
+	}
+	s.cmd = cmd
+	s.done = make(chan struct{})
+	go func() { _ = cmd.Wait(); close(s.done) }()
+
+	c := redis.NewClient(&redis.Options{Addr: s.Addr(), MaxRetries: -1})
+	defer c.Close()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		pctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+		err := c.Ping(pctx).Err()
+		cancel()
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-s.done:
+			log, _ := os.ReadFile(filepath.Join(s.opts.Dir, "redis.log"))
+			return fmt.Errorf("redisserver: redis-server exited at start:\n%s", tail(log, 2000))
+		case <-ctx.Done():
+			s.Kill()
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			s.Kill()
+			return fmt.Errorf("redisserver: no answer on %s: %w", s.Addr(), err)
+		}
+	}
+}
+
+func tail(b []byte, n int) []byte {
+	if len(b) > n {
+		return b[len(b)-n:]
+	}
+	return b
+}
+
+// Addr is host:port.
+func (s *Server) Addr() string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(s.opts.Port)) }
+
+// URL is the redis:// URL of the server.
+func (s *Server) URL() string { return "redis://" + s.Addr() + "/0" }
+
+// Stop shuts Redis down gracefully (SIGTERM: it fsyncs the AOF and exits).
+func (s *Server) Stop() error {
+	if s.cmd == nil {
+		return nil
+	}
+	_ = s.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-s.done:
+	case <-time.After(10 * time.Second):
+		s.Kill()
+	}
+	return nil
+}
+
+// Kill ends Redis with SIGKILL, as a crash would.
+func (s *Server) Kill() {
+	if s.cmd == nil {
+		return
+	}
+	_ = s.cmd.Process.Kill()
+	<-s.done
+}
+
+// Restart kills Redis (as a crash would) and starts it again on the same
+// port and directory; with AppendOnly, it reloads every acknowledged write.
+func (s *Server) Restart(ctx context.Context) error {
+	s.Kill()
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		return ErrNotInstalled
+	}
+	return s.start(ctx, bin)
+}
+
+func freePort() (int, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, fmt.Errorf("redisserver: free port: %w", err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, nil
+}

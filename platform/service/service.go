@@ -1,0 +1,150 @@
+// Package service is the bootstrap every Herald service shares: logger,
+// metrics, authenticator, the one-port server, Redis, and a lifecycle that
+// runs background loops beside the server and stops them all on shutdown.
+package service
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"time"
+
+	"connectrpc.com/connect"
+	registryv1 "github.com/heraldmesh/herald/api/gen/herald/registry/v1"
+	"github.com/heraldmesh/herald/api/gen/herald/registry/v1/registryv1connect"
+	"github.com/heraldmesh/herald/platform/auth"
+	"github.com/heraldmesh/herald/platform/config"
+	"github.com/heraldmesh/herald/platform/rpc"
+	"github.com/heraldmesh/herald/platform/server"
+	"github.com/heraldmesh/herald/platform/telemetry"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+	"golang.org/x/sync/errgroup"
+)
+
+// Base holds what a service is made of besides its own handlers.
+type Base struct {
+	Name    string
+	Addr    string
+	Log     *slog.Logger
+	Metrics *prometheus.Registry
+	Auth    *auth.Authenticator
+	Server  *server.Server
+	Redis   *redis.Client
+
+	rpcMetrics *telemetry.RPCMetrics
+	loops      []func(context.Context) error
+}
+
+// Options configure New.
+type Options struct {
+	Name     string
+	Addr     string
+	Common   config.Common
+	Logger   *slog.Logger  // nil: JSON logs to stderr
+	Resolver auth.Resolver // how application keys are checked
+	// RedisPool sizes the Redis connection pool (0: go-redis default).
+	RedisPool int
+}
+
+// New validates the common settings and builds the base.
+func New(o Options) (*Base, error) {
+	if err := o.Common.Validate(); err != nil {
+		return nil, fmt.Errorf("%s: %w", o.Name, err)
+	}
+	if o.Addr == "" {
+		return nil, fmt.Errorf("%s: no listen address", o.Name)
+	}
+	log := o.Logger
+	if log == nil {
+		log = telemetry.Logger(os.Stderr, o.Name, slog.LevelInfo)
+	}
+	rdb, err := config.OpenRedis(o.Common.RedisURL, o.RedisPool)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", o.Name, err)
+	}
+	authn, err := auth.New(auth.Options{AdminKey: o.Common.AdminKey, Resolver: o.Resolver})
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", o.Name, err)
+	}
+	metrics := telemetry.Registry()
+	b := &Base{
+		Name: o.Name, Addr: o.Addr, Log: log, Metrics: metrics, Auth: authn, Redis: rdb,
+		Server:     server.New(o.Name, log, metrics),
+		rpcMetrics: telemetry.NewRPCMetrics(metrics),
+	}
+	b.Server.OnReady(config.PingRedis(rdb))
+	return b, nil
+}
+
+// HandlerOptions are the Connect handler options of every authenticated
+// service handler: metrics, then authentication.
+func (b *Base) HandlerOptions(extra ...connect.HandlerOption) []connect.HandlerOption {
+	return append([]connect.HandlerOption{
+		connect.WithInterceptors(b.rpcMetrics, b.Auth.Interceptor()),
+		connect.WithReadMaxBytes(8 << 20),
+	}, extra...)
+}
+
+// Go adds a background loop that runs while the service runs. Its context
+// ends at shutdown; a loop returning an error stops the service.
+func (b *Base) Go(loop func(context.Context) error) { b.loops = append(b.loops, loop) }
+
+// Listen binds the listen address (idempotent).
+func (b *Base) Listen() (net.Addr, error) {
+	if a := b.Server.Addr(); a != nil {
+		return a, nil
+	}
+	return b.Server.Listen(b.Addr)
+}
+
+// Run serves until ctx ends, then shuts down: the server drains (streams end
+// first), the loops stop, and Redis closes last.
+func (b *Base) Run(ctx context.Context) error {
+	if _, err := b.Listen(); err != nil {
+		return err
+	}
+	defer b.Redis.Close()
+	loopCtx, stopLoops := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopLoops()
+	g, gctx := errgroup.WithContext(loopCtx)
+	for _, loop := range b.loops {
+		g.Go(func() error { return loop(gctx) })
+	}
+	serveCtx, stopServe := context.WithCancel(ctx)
+	defer stopServe()
+	loopsDone := make(chan error, 1)
+	go func() {
+		err := g.Wait()
+		if err != nil {
+			stopServe() // a failed loop takes the service down
+		}
+		loopsDone <- err
+	}()
+	serveErr := b.Server.Serve(serveCtx, 10*time.Second)
+	stopLoops()
+	loopErr := <-loopsDone
+	if loopErr != nil && !errors.Is(loopErr, context.Canceled) {
+		return fmt.Errorf("%s: %w", b.Name, loopErr)
+	}
+	return serveErr
+}
+
+// RegistryResolver checks application keys with the registry's
+// AuthenticateKey RPC, authenticated with the admin key.
+func RegistryResolver(registryAddr, adminKey string) auth.Resolver {
+	client := registryv1connect.NewRegistryServiceClient(rpc.HTTPClient(), rpc.BaseURL(registryAddr), rpc.ClientOptions(adminKey)...)
+	return auth.ResolverFunc(func(ctx context.Context, keyHash string) (auth.Principal, error) {
+		res, err := client.AuthenticateKey(ctx, connect.NewRequest(&registryv1.AuthenticateKeyRequest{KeyHash: keyHash}))
+		if err != nil {
+			if connect.CodeOf(err) == connect.CodeNotFound {
+				return auth.Principal{}, auth.ErrUnknownKey
+			}
+			return auth.Principal{}, err
+		}
+		return auth.Principal{ApplicationID: res.Msg.GetKey().GetApplicationId(), KeyID: res.Msg.GetKey().GetId()}, nil
+	})
+}

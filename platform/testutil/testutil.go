@@ -1,0 +1,58 @@
+// Package testutil starts the real dependencies Herald's tests talk to: a
+// private redis-server on a free port in the test's temporary directory.
+package testutil
+
+import (
+	"context"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/heraldmesh/herald/platform/redisserver"
+	"github.com/redis/go-redis/v9"
+)
+
+// Redis starts a redis-server with AOF (appendfsync always) for the test and
+// stops it when the test ends.
+func Redis(t testing.TB) *redisserver.Server {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	s, err := redisserver.Start(ctx, redisserver.Options{Dir: t.TempDir(), AppendOnly: true})
+	if err != nil {
+		t.Fatalf("start redis-server: %v", err)
+	}
+	t.Cleanup(func() { _ = s.Stop() })
+	return s
+}
+
+// RedisClient returns a client of s, closed when the test ends.
+func RedisClient(t testing.TB, s *redisserver.Server) *redis.Client {
+	t.Helper()
+	c := redis.NewClient(&redis.Options{Addr: s.Addr()})
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+// FreeAddr returns a free 127.0.0.1:port.
+func FreeAddr(t testing.TB) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// Eventually polls cond until it holds or the timeout passes.
+func Eventually(t testing.TB, timeout time.Duration, cond func() bool, msg string) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v: %s", timeout, msg)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

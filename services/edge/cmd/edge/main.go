@@ -1,0 +1,26 @@
+// Command edge runs Herald's delivery edge (SSE and HTTP/2 streams).
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/heraldmesh/herald/platform/config"
+	"github.com/heraldmesh/herald/services/edge"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	svc, err := edge.New(edge.Config{Common: config.FromEnv()})
+	if err == nil {
+		err = svc.Run(ctx)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "edge:", err)
+		os.Exit(1)
+	}
+}

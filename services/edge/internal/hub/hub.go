@@ -1,0 +1,407 @@
+// Package hub fans the log out to this edge process's subscribers: one
+// reader follows every event type's stream in cursor order and hands each
+// event to the local subscribers whose patterns match. A subscriber that
+// resumes from a cursor, or falls too far behind, catches up from Redis on
+// its own and then rejoins the live feed, so nothing is lost or repeated and
+// no subscriber can make the hub buffer without bound.
+package hub
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"sync"
+	"time"
+
+	"github.com/heraldmesh/herald/platform/catalog"
+	"github.com/heraldmesh/herald/platform/cloudevent"
+	"github.com/heraldmesh/herald/platform/eventlog"
+	"github.com/heraldmesh/herald/platform/eventtype"
+	"github.com/redis/go-redis/v9"
+)
+
+// Event is one event as delivered; it is shared by every subscriber, so it
+// must not be modified.
+type Event struct {
+	eventlog.Entry
+	// Late marks an event of a type this subscriber learned about after it
+	// was published: it arrives after events with higher cursors.
+	Late bool
+
+	jsonOnce sync.Once
+	json     []byte
+	jsonErr  error
+}
+
+// JSON is the event in CloudEvents structured JSON, rendered once.
+func (e *Event) JSON() ([]byte, error) {
+	e.jsonOnce.Do(func() { e.json, e.jsonErr = cloudevent.MarshalJSON(e.Event) })
+	return e.json, e.jsonErr
+}
+
+const (
+	readCount = 512
+	subBuffer = 1024
+	// blockFor bounds a blocking read. go-redis does not interrupt a read
+	// in progress when its context ends, so this is also how long a new
+	// type or a shutdown may wait.
+	blockFor   = time.Second
+	retryAfter = 500 * time.Millisecond
+)
+
+// Hub is the per-process reader and fan-out.
+type Hub struct {
+	rdb     redis.UniversalClient
+	catalog *catalog.Cache
+	log     *slog.Logger
+
+	mu      sync.Mutex
+	pos     eventlog.ID // every event up to pos has been handed out
+	streams []string
+	known   map[string]bool
+	subs    map[*sub]struct{}
+	ready   chan struct{}
+}
+
+type sub struct {
+	patterns []string
+	types    map[string]bool // types whose history this subscriber reads itself
+	ch       chan *Event
+	overflow bool // set by the hub when ch was full; ch is then closed
+}
+
+// New returns a hub; start it with Run.
+func New(rdb redis.UniversalClient, cat *catalog.Cache, log *slog.Logger) *Hub {
+	return &Hub{rdb: rdb, catalog: cat, log: log, known: map[string]bool{}, subs: map[*sub]struct{}{}, ready: make(chan struct{})}
+}
+
+// Ready reports whether the hub follows the log.
+func (h *Hub) Ready(context.Context) error {
+	select {
+	case <-h.ready:
+		return nil
+	default:
+		return errors.New("hub is not following the log yet")
+	}
+}
+
+// Run follows the log until ctx ends.
+func (h *Hub) Run(ctx context.Context) error {
+	for {
+		err := h.run(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		h.log.Warn("log reader failed; retrying", "err", err)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(retryAfter):
+		}
+	}
+}
+
+func (h *Hub) run(ctx context.Context) error {
+	select {
+	case <-h.ready:
+	default:
+		now, err := h.rdb.Time(ctx).Result()
+		if err != nil {
+			return fmt.Errorf("redis TIME: %w", err)
+		}
+		for h.catalog.Ready(ctx) != nil {
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
+		names, _ := h.catalog.Names()
+		h.mu.Lock()
+		h.pos = eventlog.ID{Ms: uint64(now.UnixMilli()) - 1, Seq: math.MaxUint64}
+		for _, n := range names {
+			h.known[n] = true
+			h.streams = append(h.streams, eventlog.StreamKey(n))
+		}
+		h.mu.Unlock()
+		close(h.ready)
+	}
+	waitedIdle := false
+	for {
+		changed, err := h.addNewTypes(ctx)
+		if err != nil {
+			return err
+		}
+		h.mu.Lock()
+		streams, pos := h.streams, h.pos
+		h.mu.Unlock()
+		if len(streams) == 0 {
+			// Nothing to follow until the catalog has a type.
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-changed:
+			}
+			continue
+		}
+		entries, complete, err := eventlog.ReadAfter(ctx, h.rdb, streams, pos, readCount)
+		if err != nil {
+			return err
+		}
+		h.broadcast(entries, complete)
+		if len(entries) > 0 {
+			waitedIdle = false
+			continue
+		}
+		if waitedIdle {
+			// Something is there but stamped in the current millisecond.
+			time.Sleep(time.Millisecond)
+		}
+		// Wait for new events, or for a catalog change (a new stream to follow).
+		waitCtx, cancel := context.WithCancel(ctx)
+		go func() {
+			select {
+			case <-changed:
+				cancel()
+			case <-waitCtx.Done():
+			}
+		}()
+		more, err := eventlog.WaitAfter(waitCtx, h.rdb, streams, complete, blockFor)
+		cancel()
+		if err != nil && ctx.Err() == nil && !errors.Is(err, context.Canceled) {
+			return err
+		}
+		waitedIdle = more
+	}
+}
+
+// addNewTypes starts following types created since the last look. Their
+// events up to the hub position were published before the hub knew them:
+// they go to current subscribers as late events.
+func (h *Hub) addNewTypes(ctx context.Context) (<-chan struct{}, error) {
+	names, changed := h.catalog.Names()
+	var fresh []string
+	h.mu.Lock()
+	for _, n := range names {
+		if !h.known[n] {
+			fresh = append(fresh, n)
+		}
+	}
+	pos := h.pos
+	h.mu.Unlock()
+	for _, n := range fresh {
+		msgs, err := h.rdb.XRangeN(ctx, eventlog.StreamKey(n), "-", pos.String(), 100_000).Result()
+		if err != nil {
+			return nil, fmt.Errorf("read new stream %s: %w", n, err)
+		}
+		h.mu.Lock()
+		h.known[n] = true
+		h.streams = append(h.streams, eventlog.StreamKey(n))
+		var late []*sub
+		for s := range h.subs {
+			if eventtype.MatchAny(s.patterns, n) && !s.types[n] {
+				s.types[n] = true
+				late = append(late, s)
+			}
+		}
+		for _, m := range msgs {
+			e, err := eventlog.Decode(eventlog.StreamKey(n), m)
+			if err != nil {
+				h.log.Error("undecodable event skipped", "err", err)
+				continue
+			}
+			ev := &Event{Entry: e, Late: true}
+			for _, s := range late {
+				h.send(s, ev)
+			}
+		}
+		h.mu.Unlock()
+	}
+	return changed, nil
+}
+
+func (h *Hub) broadcast(entries []eventlog.Entry, complete eventlog.ID) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, e := range entries {
+		ev := &Event{Entry: e}
+		for s := range h.subs {
+			if eventtype.MatchAny(s.patterns, e.Type) {
+				h.send(s, ev)
+			}
+		}
+	}
+	if h.pos.Less(complete) {
+		h.pos = complete
+	}
+}
+
+// send hands ev to s without blocking; a full subscriber is cut off and
+// catches up from Redis. Called with h.mu held.
+func (h *Hub) send(s *sub, ev *Event) {
+	if s.overflow {
+		return
+	}
+	select {
+	case s.ch <- ev:
+	default:
+		s.overflow = true
+		close(s.ch)
+		delete(h.subs, s)
+	}
+}
+
+func (h *Hub) subscribe(ctx context.Context, patterns []string) (*sub, eventlog.ID, error) {
+	select {
+	case <-h.ready:
+	case <-ctx.Done():
+		return nil, eventlog.ID{}, ctx.Err()
+	}
+	s := &sub{patterns: patterns, types: map[string]bool{}, ch: make(chan *Event, subBuffer)}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for n := range h.known {
+		if eventtype.MatchAny(patterns, n) {
+			s.types[n] = true
+		}
+	}
+	h.subs[s] = struct{}{}
+	return s, h.pos, nil
+}
+
+func (h *Hub) unsubscribe(s *sub) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if !s.overflow {
+		delete(h.subs, s)
+	}
+}
+
+// Subscribers is the number of live subscribers.
+func (h *Hub) Subscribers() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return len(h.subs)
+}
+
+// Options tune one Stream.
+type Options struct {
+	// After is the cursor to resume after; nil starts with events published
+	// from now on, eventlog.Zero replays the retained log.
+	After *eventlog.ID
+	// Heartbeat, when set, is called after Interval without events.
+	Heartbeat func() error
+	Interval  time.Duration
+	// Started, when set, is called once the subscription is in place, before
+	// any event: from then on nothing published is missed.
+	Started func() error
+}
+
+// Stream calls send for every event matching patterns after the cursor, in
+// cursor order (late events excepted), until ctx ends or send fails.
+func (h *Hub) Stream(ctx context.Context, patterns []string, o Options, send func(*Event) error) error {
+	var after eventlog.ID
+	live := o.After == nil
+	if !live {
+		after = *o.After
+	}
+	started := false
+	var beat <-chan time.Time
+	if o.Heartbeat != nil && o.Interval > 0 {
+		t := time.NewTicker(o.Interval)
+		defer t.Stop()
+		beat = t.C
+	}
+	for {
+		s, head, err := h.subscribe(ctx, patterns)
+		if err != nil {
+			return err
+		}
+		if live {
+			after, live = head, false
+		}
+		if !started && o.Started != nil {
+			if err := o.Started(); err != nil {
+				h.unsubscribe(s)
+				return err
+			}
+		}
+		started = true
+		if after.Less(head) {
+			streams := make([]string, 0, len(s.types))
+			h.mu.Lock()
+			for n := range s.types {
+				streams = append(streams, eventlog.StreamKey(n))
+			}
+			h.mu.Unlock()
+			if err := h.catchUp(ctx, streams, &after, head, send); err != nil {
+				h.unsubscribe(s)
+				return err
+			}
+		}
+		if err := h.follow(ctx, s, &after, beat, o.Heartbeat, send); err != nil {
+			h.unsubscribe(s)
+			return err
+		}
+		// Overflowed: catch up from Redis and rejoin.
+	}
+}
+
+// catchUp sends the events of streams in (after, head] from Redis.
+func (h *Hub) catchUp(ctx context.Context, streams []string, after *eventlog.ID, head eventlog.ID, send func(*Event) error) error {
+	if len(streams) == 0 {
+		*after = head
+		return nil
+	}
+	for after.Less(head) {
+		entries, complete, err := eventlog.ReadAfter(ctx, h.rdb, streams, *after, readCount)
+		if err != nil {
+			return fmt.Errorf("catch up: %w", err)
+		}
+		for _, e := range entries {
+			if head.Less(e.ID) {
+				break
+			}
+			if err := send(&Event{Entry: e}); err != nil {
+				return err
+			}
+			*after = e.ID
+		}
+		if head.Less(complete) {
+			complete = head
+		}
+		if after.Less(complete) {
+			*after = complete
+		}
+	}
+	return nil
+}
+
+// follow sends live events until the subscriber overflows (nil) or fails.
+func (h *Hub) follow(ctx context.Context, s *sub, after *eventlog.ID, beat <-chan time.Time, heartbeat func() error, send func(*Event) error) error {
+	for {
+		select {
+		case ev, ok := <-s.ch:
+			if !ok {
+				return nil
+			}
+			if !ev.Late && !after.Less(ev.ID) {
+				continue // already sent during catch-up
+			}
+			if err := send(ev); err != nil {
+				return err
+			}
+			if after.Less(ev.ID) {
+				*after = ev.ID
+			}
+		case <-beat:
+			if err := heartbeat(); err != nil {
+				return err
+			}
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}

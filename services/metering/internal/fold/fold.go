@@ -1,0 +1,272 @@
+// Package fold is metering's consumer of the usage stream: it reads records
+// through the "metering" consumer group, counts each exactly once into its
+// hour bucket, and takes over the entries of consumers that died mid-fold.
+package fold
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"sync/atomic"
+	"time"
+
+	"github.com/heraldmesh/herald/platform/auth"
+	"github.com/heraldmesh/herald/services/metering/internal/store"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+)
+
+// Options tune a Folder. The zero value is ready to use.
+type Options struct {
+	// Log receives warnings; nil discards them.
+	Log *slog.Logger
+	// Consumer names this process in the group; default host-pid-random,
+	// which is unique per process.
+	Consumer string
+	// Block is how long one read waits for new records. Default 2s; it also
+	// bounds how long Run takes to notice cancellation.
+	Block time.Duration
+	// Count is how many entries one read returns at most. Default 256.
+	Count int64
+	// ClaimIdle is how long an entry must have been pending with another
+	// consumer before it is taken over. Default 30s.
+	ClaimIdle time.Duration
+	// ClaimEvery is how often pending entries are scanned. Default 10s.
+	ClaimEvery time.Duration
+	// ForgetIdle is how long a consumer with nothing pending must have been
+	// silent before it is removed from the group. Default 1h.
+	ForgetIdle time.Duration
+	// Metrics receives the fold's counters; nil registers none.
+	Metrics prometheus.Registerer
+}
+
+// Folder folds the usage stream into counters. Run drives it.
+type Folder struct {
+	st    *store.Store
+	log   *slog.Logger
+	opts  Options
+	ready atomic.Bool
+
+	counted, duplicates, skipped prometheus.Counter
+}
+
+// New returns a Folder over st.
+func New(st *store.Store, o Options) *Folder {
+	if o.Log == nil {
+		o.Log = slog.New(slog.DiscardHandler)
+	}
+	if o.Consumer == "" {
+		host, _ := os.Hostname()
+		o.Consumer = fmt.Sprintf("%s-%d-%s", host, os.Getpid(), auth.NewID(""))
+	}
+	if o.Block <= 0 {
+		o.Block = 2 * time.Second
+	}
+	if o.Count <= 0 {
+		o.Count = 256
+	}
+	if o.ClaimIdle <= 0 {
+		o.ClaimIdle = 30 * time.Second
+	}
+	if o.ClaimEvery <= 0 {
+		o.ClaimEvery = 10 * time.Second
+	}
+	if o.ForgetIdle <= 0 {
+		o.ForgetIdle = time.Hour
+	}
+	f := &Folder{st: st, log: o.Log, opts: o}
+	counter := func(name, help string) prometheus.Counter {
+		c := prometheus.NewCounter(prometheus.CounterOpts{Name: name, Help: help})
+		if o.Metrics != nil {
+			o.Metrics.MustRegister(c)
+		}
+		return c
+	}
+	f.counted = counter("herald_metering_records_folded_total", "Usage records counted.")
+	f.duplicates = counter("herald_metering_records_duplicate_total", "Usage records dropped because their id had been counted already.")
+	f.skipped = counter("herald_metering_records_invalid_total", "Usage stream entries dropped because they hold no valid record.")
+	return f
+}
+
+// Consumer is this Folder's name in the consumer group.
+func (f *Folder) Consumer() string { return f.opts.Consumer }
+
+// Ready reports whether the consumer group exists, i.e. whether Run is
+// folding. It is a readiness check.
+func (f *Folder) Ready(context.Context) error {
+	if !f.ready.Load() {
+		return errors.New("usage consumer group not created yet")
+	}
+	return nil
+}
+
+// Run folds until ctx is done. It first folds what this consumer left
+// pending, then new records, and every ClaimEvery it takes over entries
+// other consumers left pending for longer than ClaimIdle. Redis errors are
+// logged and retried with backoff; Run returns only when ctx is done, after
+// folding what it had read, and removes this consumer from the group if it
+// holds nothing.
+func (f *Folder) Run(ctx context.Context) {
+	var bo backoff
+	joined := false
+	defer func() {
+		f.ready.Store(false)
+		if joined {
+			f.leave(ctx)
+		}
+	}()
+	needGroup, own := true, true
+	var nextClaim time.Time
+	for ctx.Err() == nil {
+		if needGroup {
+			if err := f.st.EnsureGroup(ctx); err != nil {
+				f.retry(ctx, &bo, "create consumer group", err)
+				continue
+			}
+			needGroup, joined = false, true
+			f.ready.Store(true)
+		}
+		if !time.Now().Before(nextClaim) {
+			if err := f.claim(ctx); err != nil {
+				if store.IsNoGroup(err) {
+					needGroup = true
+					f.ready.Store(false)
+				}
+				f.retry(ctx, &bo, "claim idle entries", err)
+				continue
+			}
+			nextClaim = time.Now().Add(f.opts.ClaimEvery)
+		}
+		id, block := ">", f.opts.Block
+		if own {
+			id, block = "0", -1
+		}
+		msgs, err := f.st.Read(ctx, f.opts.Consumer, id, f.opts.Count, block)
+		if err != nil {
+			if store.IsNoGroup(err) {
+				needGroup = true
+				f.ready.Store(false)
+			}
+			own = true
+			f.retry(ctx, &bo, "read usage stream", err)
+			continue
+		}
+		if own && len(msgs) == 0 {
+			own = false
+			continue
+		}
+		if err := f.fold(ctx, msgs); err != nil {
+			own = true // what was read stays pending with this consumer
+			f.retry(ctx, &bo, "fold usage", err)
+			continue
+		}
+		bo.reset()
+	}
+}
+
+// fold folds msgs even when ctx has just been cancelled: they were read,
+// and folding them now saves another process the claim delay.
+func (f *Folder) fold(ctx context.Context, msgs []redis.XMessage) error {
+	if len(msgs) == 0 {
+		return nil
+	}
+	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	res, err := f.st.Fold(fctx, msgs)
+	if err != nil {
+		return err
+	}
+	for _, s := range res.Skipped {
+		f.log.Warn("dropped a usage entry that holds no valid record", "entry", s.ID, "err", s.Reason)
+	}
+	f.counted.Add(float64(res.Counted))
+	f.duplicates.Add(float64(res.Duplicates))
+	f.skipped.Add(float64(len(res.Skipped)))
+	return nil
+}
+
+// maxClaimPages bounds one claim pass, so that a huge backlog of pending
+// entries does not starve new records; the next pass continues.
+const maxClaimPages = 16
+
+// claim takes over and folds entries that dead consumers left pending, and
+// removes long-silent consumers that hold nothing.
+func (f *Folder) claim(ctx context.Context) error {
+	start := "0-0"
+	for range maxClaimPages {
+		msgs, next, err := f.st.AutoClaim(ctx, f.opts.Consumer, f.opts.ClaimIdle, start, f.opts.Count)
+		if err != nil {
+			return err
+		}
+		if len(msgs) > 0 {
+			f.log.Info("took over usage entries left pending by another consumer", "entries", len(msgs))
+		}
+		if err := f.fold(ctx, msgs); err != nil {
+			return err
+		}
+		if next == "0-0" || next == "" {
+			break
+		}
+		start = next
+	}
+	consumers, err := f.st.Consumers(ctx)
+	if err != nil {
+		return err
+	}
+	for _, c := range consumers {
+		if c.Name != f.opts.Consumer && c.Pending == 0 && c.Idle > f.opts.ForgetIdle {
+			if err := f.st.DeleteConsumer(ctx, c.Name); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// leave removes this consumer from the group when it holds no pending
+// entries, so that restarts do not pile up consumer names.
+func (f *Folder) leave(ctx context.Context) {
+	lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+	defer cancel()
+	if err := f.st.DeleteConsumer(lctx, f.opts.Consumer); err != nil {
+		f.log.Warn("could not leave the usage consumer group", "consumer", f.opts.Consumer, "err", err)
+	}
+}
+
+// retry logs err and waits the next backoff delay, or until ctx is done.
+func (f *Folder) retry(ctx context.Context, bo *backoff, what string, err error) {
+	if ctx.Err() != nil {
+		return
+	}
+	d := bo.next()
+	f.log.Warn("usage fold: "+what+" failed; retrying", "err", err, "retry_in", d.Round(time.Millisecond))
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
+
+// backoff doubles from 100ms to 5s, with jitter so that replicas do not
+// retry in step.
+type backoff struct{ d time.Duration }
+
+const (
+	minBackoff = 100 * time.Millisecond
+	maxBackoff = 5 * time.Second
+)
+
+func (b *backoff) next() time.Duration {
+	if b.d == 0 {
+		b.d = minBackoff
+	} else {
+		b.d = min(2*b.d, maxBackoff)
+	}
+	return b.d/2 + rand.N(b.d/2+1)
+}
+
+func (b *backoff) reset() { b.d = 0 }

@@ -1,0 +1,60 @@
+// Package registry is Herald's catalog service: event types with their JSON
+// Schemas, and the applications that publish and consume them, with their
+// keys. New builds it; Run serves it on one port.
+package registry
+
+import (
+	"context"
+	"log/slog"
+	"net"
+
+	"github.com/heraldmesh/herald/api/gen/herald/registry/v1/registryv1connect"
+	"github.com/heraldmesh/herald/platform/auth"
+	"github.com/heraldmesh/herald/platform/config"
+	"github.com/heraldmesh/herald/platform/service"
+	"github.com/heraldmesh/herald/services/registry/internal/api"
+	"github.com/heraldmesh/herald/services/registry/internal/store"
+	"github.com/redis/go-redis/v9"
+)
+
+// Config configures the registry.
+type Config struct {
+	config.Common
+	// Addr is the listen address; default Common.RegistryAddr.
+	Addr string
+	// Logger; nil logs JSON to stderr.
+	Logger *slog.Logger
+}
+
+// Service is a configured registry.
+type Service struct{ base *service.Base }
+
+// New builds the registry. It does not listen or contact Redis yet.
+func New(cfg Config) (*Service, error) {
+	if cfg.Addr == "" {
+		cfg.Addr = cfg.RegistryAddr
+	}
+	var h *api.Handler
+	base, err := service.New(service.Options{
+		Name: "registry", Addr: cfg.Addr, Common: cfg.Common, Logger: cfg.Logger,
+		// The registry checks keys against its own store.
+		Resolver: auth.ResolverFunc(func(ctx context.Context, hash string) (auth.Principal, error) {
+			return h.Resolver().ResolveKey(ctx, hash)
+		}),
+	})
+	if err != nil {
+		return nil, err
+	}
+	h = api.New(store.New(base.Redis))
+	base.Server.Handle(registryv1connect.NewRegistryServiceHandler(h, base.HandlerOptions()...))
+	return &Service{base: base}, nil
+}
+
+// Listen binds the listen address, so that Addr is known before Run.
+func (s *Service) Listen() (net.Addr, error) { return s.base.Listen() }
+
+// Run serves until ctx ends, then shuts down gracefully.
+func (s *Service) Run(ctx context.Context) error { return s.base.Run(ctx) }
+
+// Redis is the service's Redis client (for the launcher's demo seeding and tests).
+func (s *Service) Redis() *redis.Client { return s.base.Redis }

@@ -1,0 +1,26 @@
+// Command router runs Herald's write path.
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/heraldmesh/herald/platform/config"
+	"github.com/heraldmesh/herald/services/router"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	svc, err := router.New(router.Config{Common: config.FromEnv()})
+	if err == nil {
+		err = svc.Run(ctx)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "router:", err)
+		os.Exit(1)
+	}
+}

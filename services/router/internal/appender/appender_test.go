@@ -1,0 +1,606 @@
+package appender_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	eventv1 "github.com/heraldmesh/herald/api/gen/herald/event/v1"
+	"github.com/heraldmesh/herald/platform/eventlog"
+	"github.com/heraldmesh/herald/platform/testutil"
+	"github.com/heraldmesh/herald/services/router/internal/appender"
+	"github.com/redis/go-redis/v9"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+)
+
+const (
+	orderCreated = "shop.order.created"
+	orderPaid    = "shop.order.paid"
+	invoicePaid  = "billing.invoice.paid"
+)
+
+// newEvent returns a valid CloudEvent with JSON text data.
+func newEvent(typ, source, id string) *eventv1.CloudEvent {
+	return &eventv1.CloudEvent{
+		Id: id, Source: source, SpecVersion: "1.0", Type: typ,
+		Data: &eventv1.CloudEvent_TextData{TextData: fmt.Sprintf(`{"id":%q}`, id)},
+	}
+}
+
+func itemsOf(account string, evs ...*eventv1.CloudEvent) []appender.Item {
+	items := make([]appender.Item, len(evs))
+	for i, ev := range evs {
+		items[i] = appender.Item{Event: ev, Account: account}
+	}
+	return items
+}
+
+// mustAppend appends and fails the test on error.
+func mustAppend(t *testing.T, a *appender.Appender, items []appender.Item) []appender.Result {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	res, err := a.Append(ctx, items)
+	if err != nil {
+		t.Fatalf("Append: %v", err)
+	}
+	if len(res) != len(items) {
+		t.Fatalf("Append returned %d results for %d items", len(res), len(items))
+	}
+	return res
+}
+
+// stream returns every entry of a type's stream, decoded.
+func stream(t *testing.T, rdb redis.Cmdable, typ string) []eventlog.Entry {
+	t.Helper()
+	key := eventlog.StreamKey(typ)
+	msgs, err := rdb.XRange(context.Background(), key, "-", "+").Result()
+	if err != nil {
+		t.Fatalf("XRANGE %s: %v", key, err)
+	}
+	out := make([]eventlog.Entry, len(msgs))
+	for i, m := range msgs {
+		if out[i], err = eventlog.Decode(key, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return out
+}
+
+func TestAppendBatchOfMixedTypes(t *testing.T) {
+	rdb := testutil.RedisClient(t, testutil.Redis(t))
+	a := appender.New(rdb, appender.Options{})
+
+	evs := []*eventv1.CloudEvent{
+		newEvent(orderCreated, "/shop", "o-1"),
+		newEvent(orderPaid, "/shop", "p-1"),
+		{
+			Id: "i-1", Source: "urn:billing", SpecVersion: "1.0", Type: invoicePaid,
+			Attributes: map[string]*eventv1.CloudEvent_CloudEventAttributeValue{
+				"datacontenttype": {Attr: &eventv1.CloudEvent_CloudEventAttributeValue_CeString{CeString: "application/json"}},
+				"time":            {Attr: &eventv1.CloudEvent_CloudEventAttributeValue_CeTimestamp{CeTimestamp: timestamppb.New(time.Unix(1700000000, 42))}},
+				"attempt":         {Attr: &eventv1.CloudEvent_CloudEventAttributeValue_CeInteger{CeInteger: 3}},
+			},
+			Data: &eventv1.CloudEvent_BinaryData{BinaryData: []byte(`{"amount":5}`)},
+		},
+		newEvent(orderCreated, "/shop", "o-2"),
+		{
+			Id: "p-2", Source: "/shop", SpecVersion: "1.0", Type: orderPaid,
+			Data: &eventv1.CloudEvent_ProtoData{ProtoData: must(anypb.New(timestamppb.New(time.Unix(1, 2))))},
+		},
+		newEvent(orderCreated, "/shop", "o-3"),
+		{Id: "i-2", Source: "urn:billing", SpecVersion: "1.0", Type: invoicePaid}, // no data
+	}
+	res := mustAppend(t, a, itemsOf("app_1", evs...))
+
+	// Results are in item order: group them per type, in order.
+	cursors := map[string][]string{}
+	want := map[string][]*eventv1.CloudEvent{}
+	for i, r := range res {
+		if r.Duplicate {
+			t.Errorf("result %d is a duplicate", i)
+		}
+		typ := evs[i].GetType()
+		cursors[typ] = append(cursors[typ], r.Cursor)
+		want[typ] = append(want[typ], evs[i])
+	}
+	for typ, cs := range cursors {
+		for i := 1; i < len(cs); i++ {
+			if !eventlog.MustParseID(cs[i-1]).Less(eventlog.MustParseID(cs[i])) {
+				t.Errorf("%s: cursors not increasing: %v", typ, cs)
+			}
+		}
+		entries := stream(t, rdb, typ)
+		if len(entries) != len(want[typ]) {
+			t.Fatalf("%s: stream has %d entries, want %d", typ, len(entries), len(want[typ]))
+		}
+		for i, e := range entries {
+			if e.ID.String() != cs[i] {
+				t.Errorf("%s entry %d: id %s, result cursor %s", typ, i, e.ID, cs[i])
+			}
+			if e.Type != typ || e.Account != "app_1" {
+				t.Errorf("%s entry %d: type %q account %q", typ, i, e.Type, e.Account)
+			}
+			if !proto.Equal(e.Event, want[typ][i]) {
+				t.Errorf("%s entry %d:\n got %v\nwant %v", typ, i, e.Event, want[typ][i])
+			}
+		}
+	}
+}
+
+func TestAppendDeduplicates(t *testing.T) {
+	rdb := testutil.RedisClient(t, testutil.Redis(t))
+	a := appender.New(rdb, appender.Options{})
+
+	t.Run("same event in separate calls", func(t *testing.T) {
+		ev := newEvent(orderCreated, "/shop", "sep-1")
+		first := mustAppend(t, a, itemsOf("app_1", ev))[0]
+		// A retry may carry other data: the first version stays.
+		again := proto.Clone(ev).(*eventv1.CloudEvent)
+		again.Data = &eventv1.CloudEvent_TextData{TextData: `{"changed":true}`}
+		second := mustAppend(t, a, itemsOf("app_2", again))[0]
+		if first.Duplicate || !second.Duplicate || second.Cursor != first.Cursor {
+			t.Fatalf("first %+v, second %+v: want the second a duplicate with the first cursor", first, second)
+		}
+		assertStored(t, rdb, orderCreated, first.Cursor, ev)
+	})
+
+	t.Run("same event twice in one batch", func(t *testing.T) {
+		ev := newEvent(orderCreated, "/shop", "batch-1")
+		other := newEvent(orderCreated, "/shop", "batch-2")
+		res := mustAppend(t, a, itemsOf("app_1", ev, other, ev))
+		if res[0].Duplicate || res[1].Duplicate || !res[2].Duplicate {
+			t.Fatalf("results %+v: want only the third a duplicate", res)
+		}
+		if res[2].Cursor != res[0].Cursor || res[1].Cursor == res[0].Cursor {
+			t.Fatalf("results %+v: want the third with the first's cursor", res)
+		}
+		assertStored(t, rdb, orderCreated, res[0].Cursor, ev)
+	})
+
+	t.Run("same id from another source is another event", func(t *testing.T) {
+		res := mustAppend(t, a, itemsOf("app_1",
+			newEvent(orderCreated, "/shop/eu", "shared-1"),
+			newEvent(orderCreated, "/shop/us", "shared-1"),
+		))
+		if res[0].Duplicate || res[1].Duplicate || res[0].Cursor == res[1].Cursor {
+			t.Fatalf("results %+v: want two distinct events", res)
+		}
+	})
+
+	// Every (source, id) above is in the stream exactly once.
+	seen := map[string]int{}
+	for _, e := range stream(t, rdb, orderCreated) {
+		seen[e.Event.GetSource()+" "+e.Event.GetId()]++
+	}
+	want := map[string]int{"/shop sep-1": 1, "/shop batch-1": 1, "/shop batch-2": 1, "/shop/eu shared-1": 1, "/shop/us shared-1": 1}
+	if fmt.Sprint(seen) != fmt.Sprint(want) {
+		t.Fatalf("stream holds %v, want %v", seen, want)
+	}
+}
+
+// TestAppendDedupeWindow checks that the dedupe key expires after the window,
+// rounded up to whole seconds: a sub-second window used to make SET EX 0 fail
+// after the XADD, so every append errored and every retry stored a copy.
+func TestAppendDedupeWindow(t *testing.T) {
+	rdb := testutil.RedisClient(t, testutil.Redis(t))
+	cases := []struct {
+		window time.Duration
+		maxTTL time.Duration
+	}{
+		{window: 0, maxTTL: 24 * time.Hour},
+		{window: 90 * time.Second, maxTTL: 90 * time.Second},
+		{window: 1500 * time.Millisecond, maxTTL: 2 * time.Second},
+		{window: 500 * time.Millisecond, maxTTL: time.Second},
+	}
+	for i, c := range cases {
+		t.Run(c.window.String(), func(t *testing.T) {
+			a := appender.New(rdb, appender.Options{DedupeWindow: c.window})
+			ev := newEvent(orderPaid, "/shop", fmt.Sprintf("window-%d", i))
+			first := mustAppend(t, a, itemsOf("app_1", ev))[0]
+			ttl, err := rdb.PTTL(context.Background(), appender.DedupeKey(orderPaid, "/shop", ev.GetId())).Result()
+			if err != nil {
+				t.Fatal(err)
+			}
+			// -1 is no expiry; -2 a key already gone, which only a short window
+			// on a slow machine explains.
+			if ttl == -1 || ttl > c.maxTTL || ttl == -2 && c.maxTTL > 2*time.Second {
+				t.Fatalf("dedupe key TTL %v, want at most %v", ttl, c.maxTTL)
+			}
+			if c.maxTTL < time.Minute {
+				return // the key may expire any moment
+			}
+			if again := mustAppend(t, a, itemsOf("app_1", ev))[0]; !again.Duplicate || again.Cursor != first.Cursor {
+				t.Fatalf("second append %+v, want a duplicate at %s", again, first.Cursor)
+			}
+		})
+	}
+	if n := len(stream(t, rdb, orderPaid)); n != len(cases) {
+		t.Fatalf("stream has %d entries, want %d", n, len(cases))
+	}
+}
+
+// assertStored checks that cursor holds ev in the stream of typ, once.
+func assertStored(t *testing.T, rdb redis.Cmdable, typ, cursor string, ev *eventv1.CloudEvent) {
+	t.Helper()
+	n := 0
+	for _, e := range stream(t, rdb, typ) {
+		if e.Event.GetSource() == ev.GetSource() && e.Event.GetId() == ev.GetId() {
+			n++
+			if e.ID.String() != cursor || !proto.Equal(e.Event, ev) {
+				t.Errorf("stored %s %v, want %s %v", e.ID, e.Event, cursor, ev)
+			}
+		}
+	}
+	if n != 1 {
+		t.Errorf("(%s, %s) is in the stream %d times, want once", ev.GetSource(), ev.GetId(), n)
+	}
+}
+
+func TestAppendConcurrentWriters(t *testing.T) {
+	const writers, events, batch = 8, 200, 10
+	rdb := testutil.RedisClient(t, testutil.Redis(t))
+	a := appender.New(rdb, appender.Options{})
+
+	evs := make([]*eventv1.CloudEvent, events)
+	for i := range evs {
+		evs[i] = newEvent(orderCreated, "/shop", fmt.Sprintf("c-%03d", i))
+	}
+	// cursors[w][i] is what writer w got for event i.
+	cursors := make([][]string, writers)
+	news := make([]int, writers) // how many events each writer stored first
+	errs := make(chan error, writers)
+	var wg sync.WaitGroup
+	for w := range writers {
+		cursors[w] = make([]string, events)
+		wg.Go(func() {
+			// Each writer sends the events in its own order, in small batches,
+			// so that the writers race on every event.
+			order := rand.New(rand.NewPCG(uint64(w), 1)).Perm(events)
+			for start := 0; start < events; start += batch {
+				idx := order[start : start+batch]
+				items := make([]appender.Item, len(idx))
+				for j, i := range idx {
+					items[j] = appender.Item{Event: evs[i], Account: "app_1"}
+				}
+				res, err := a.Append(context.Background(), items)
+				if err != nil {
+					errs <- fmt.Errorf("writer %d: %w", w, err)
+					return
+				}
+				for j, i := range idx {
+					cursors[w][i] = res[j].Cursor
+					if !res[j].Duplicate {
+						news[w]++
+					}
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+
+	for i := range events {
+		for w := 1; w < writers; w++ {
+			if cursors[w][i] != cursors[0][i] {
+				t.Fatalf("event %d: writer %d got cursor %s, writer 0 got %s", i, w, cursors[w][i], cursors[0][i])
+			}
+		}
+	}
+	total := 0
+	for _, n := range news {
+		total += n
+	}
+	if total != events {
+		t.Errorf("%d results were not duplicates, want %d (one per event)", total, events)
+	}
+	entries := stream(t, rdb, orderCreated)
+	if len(entries) != events {
+		t.Fatalf("stream has %d entries, want %d", len(entries), events)
+	}
+	for _, e := range entries {
+		var i int
+		if _, err := fmt.Sscanf(e.Event.GetId(), "c-%03d", &i); err != nil || cursors[0][i] != e.ID.String() {
+			t.Errorf("entry %s holds %s, whose cursor is %s", e.ID, e.Event.GetId(), cursors[0][i])
+		}
+	}
+}
+
+func TestAppendRecoversFromNoScript(t *testing.T) {
+	ctx := context.Background()
+	rdb := testutil.RedisClient(t, testutil.Redis(t))
+	a := appender.New(rdb, appender.Options{})
+
+	// A fresh Redis has no script loaded: the first Append loads it.
+	e1, e2 := newEvent(orderCreated, "/shop", "ns-1"), newEvent(orderCreated, "/shop", "ns-2")
+	first := mustAppend(t, a, itemsOf("app_1", e1))[0]
+
+	for round := range 2 {
+		if err := rdb.ScriptFlush(ctx).Err(); err != nil {
+			t.Fatal(err)
+		}
+		res := mustAppend(t, a, itemsOf("app_1", e1, e2))
+		if !res[0].Duplicate || res[0].Cursor != first.Cursor {
+			t.Fatalf("round %d: e1 got %+v, want a duplicate at %s", round, res[0], first.Cursor)
+		}
+		if res[1].Duplicate != (round > 0) {
+			t.Fatalf("round %d: e2 got %+v", round, res[1])
+		}
+	}
+	if n := len(stream(t, rdb, orderCreated)); n != 2 {
+		t.Fatalf("stream has %d entries, want 2", n)
+	}
+}
+
+func TestAppendSurvivesRedisCrash(t *testing.T) {
+	const n, batch = 100, 10
+	srv := testutil.Redis(t)
+	rdb := testutil.RedisClient(t, srv)
+	a := appender.New(rdb, appender.Options{})
+
+	evs := make([]*eventv1.CloudEvent, n)
+	for i := range evs {
+		typ := orderCreated
+		if i%3 == 0 {
+			typ = orderPaid
+		}
+		evs[i] = newEvent(typ, "/shop", fmt.Sprintf("crash-%03d", i))
+	}
+	acked := make([]string, n)
+	for start := 0; start < n; start += batch {
+		for j, r := range mustAppend(t, a, itemsOf("app_1", evs[start:start+batch]...)) {
+			acked[start+j] = r.Cursor
+		}
+	}
+
+	srv.Kill() // SIGKILL: no chance to flush anything
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := srv.Restart(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	// Every acknowledged event survived, exactly once, at its cursor.
+	stored := map[string]eventlog.Entry{}
+	for _, typ := range []string{orderCreated, orderPaid} {
+		for _, e := range stream(t, rdb, typ) {
+			if _, dup := stored[e.ID.String()+typ]; dup {
+				t.Errorf("%s %s is in the stream twice", typ, e.ID)
+			}
+			stored[e.ID.String()+typ] = e
+		}
+	}
+	if len(stored) != n {
+		t.Errorf("%d entries after the restart, want %d", len(stored), n)
+	}
+	for i, c := range acked {
+		e, ok := stored[c+evs[i].GetType()]
+		if !ok {
+			t.Errorf("acknowledged cursor %s of %s is lost", c, evs[i].GetId())
+			continue
+		}
+		if !proto.Equal(e.Event, evs[i]) {
+			t.Errorf("cursor %s holds %v, want %v", c, e.Event, evs[i])
+		}
+	}
+
+	// The dedupe keys survived too (and the script is reloaded): retrying the
+	// events returns the original cursors and stores nothing.
+	res := mustAppend(t, a, itemsOf("app_1", evs...))
+	for i, r := range res {
+		if !r.Duplicate || r.Cursor != acked[i] {
+			t.Errorf("retry of %s: got %+v, want a duplicate at %s", evs[i].GetId(), r, acked[i])
+		}
+	}
+	if got := len(stream(t, rdb, orderCreated)) + len(stream(t, rdb, orderPaid)); got != n {
+		t.Errorf("%d entries after the retry, want %d", got, n)
+	}
+}
+
+// TestAppendCrashWhileWriting kills Redis while a writer appends, and has
+// the writer retry each failed batch as a client would: no acknowledged
+// event is lost and no event is stored twice.
+func TestAppendCrashWhileWriting(t *testing.T) {
+	const batch = 5
+	srv := testutil.Redis(t)
+	rdb := testutil.RedisClient(t, srv)
+	a := appender.New(rdb, appender.Options{})
+
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	var (
+		mu      sync.Mutex
+		acked   = map[string]string{} // event id -> cursor
+		stop    = make(chan struct{})
+		done    = make(chan error, 1)
+		retries atomic.Int64 // failed attempts
+	)
+	go func() {
+		for b := 0; ; b++ {
+			select {
+			case <-stop:
+				done <- nil
+				return
+			default:
+			}
+			evs := make([]*eventv1.CloudEvent, batch)
+			for j := range evs {
+				evs[j] = newEvent(orderCreated, "/shop", fmt.Sprintf("w-%04d-%d", b, j))
+			}
+			for {
+				res, err := a.Append(ctx, itemsOf("app_1", evs...))
+				if err == nil {
+					mu.Lock()
+					for j, r := range res {
+						acked[evs[j].GetId()] = r.Cursor
+					}
+					mu.Unlock()
+					break
+				}
+				if ctx.Err() != nil {
+					done <- fmt.Errorf("batch %d never succeeded: %w", b, err)
+					return
+				}
+				retries.Add(1)
+				time.Sleep(20 * time.Millisecond)
+			}
+		}
+	}()
+	count := func() int { mu.Lock(); defer mu.Unlock(); return len(acked) }
+
+	testutil.Eventually(t, 30*time.Second, func() bool { return count() >= 100 }, "writer acknowledged 100 events")
+	srv.Kill() // SIGKILL, as a crash would
+	testutil.Eventually(t, 30*time.Second, func() bool { return retries.Load() > 0 }, "writer saw an append fail")
+	if err := srv.Restart(ctx); err != nil {
+		t.Fatal(err)
+	}
+	before := count()
+	testutil.Eventually(t, 30*time.Second, func() bool { return count() >= before+100 }, "writer acknowledged 100 events after the restart")
+	close(stop)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%d events acknowledged, %d failed attempts retried", len(acked), retries.Load())
+
+	entries := stream(t, rdb, orderCreated)
+	byID := map[string]string{}
+	for _, e := range entries {
+		if prev, dup := byID[e.Event.GetId()]; dup {
+			t.Errorf("event %s is stored twice: %s and %s", e.Event.GetId(), prev, e.ID)
+		}
+		byID[e.Event.GetId()] = e.ID.String()
+	}
+	for id, c := range acked {
+		if byID[id] != c {
+			t.Errorf("acknowledged %s at %s, stream has it at %q", id, c, byID[id])
+		}
+	}
+	if len(entries) != len(acked) {
+		t.Errorf("stream has %d entries, %d were acknowledged", len(entries), len(acked))
+	}
+}
+
+func TestAppendRedisDown(t *testing.T) {
+	down := testutil.Redis(t)
+	cases := []struct {
+		name string
+		addr string
+	}{
+		{name: "killed", addr: down.Addr()},
+		{name: "nothing listening", addr: testutil.FreeAddr(t)},
+	}
+	down.Kill()
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			rdb := redis.NewClient(&redis.Options{Addr: c.addr})
+			defer rdb.Close()
+			a := appender.New(rdb, appender.Options{})
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			res, err := a.Append(ctx, itemsOf("app_1", newEvent(orderCreated, "/shop", "down-1")))
+			if err == nil {
+				t.Fatalf("Append succeeded with Redis down: %+v", res)
+			}
+			if errors.Is(err, appender.ErrOutOfMemory) {
+				t.Fatalf("Redis down reported as out of memory: %v", err)
+			}
+			if res != nil {
+				t.Errorf("results %+v returned with an error", res)
+			}
+		})
+	}
+
+	t.Run("context ends", func(t *testing.T) {
+		rdb := testutil.RedisClient(t, testutil.Redis(t))
+		a := appender.New(rdb, appender.Options{})
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		if _, err := a.Append(ctx, itemsOf("app_1", newEvent(orderCreated, "/shop", "ctx-1"))); !errors.Is(err, context.Canceled) {
+			t.Fatalf("Append with a cancelled context: %v, want context.Canceled", err)
+		}
+	})
+}
+
+func TestAppendOutOfMemory(t *testing.T) {
+	ctx := context.Background()
+	rdb := testutil.RedisClient(t, testutil.Redis(t))
+	a := appender.New(rdb, appender.Options{})
+
+	stored := newEvent(orderCreated, "/shop", "oom-0")
+	first := mustAppend(t, a, itemsOf("app_1", stored))[0]
+
+	for _, kv := range [][2]string{{"maxmemory-policy", "noeviction"}, {"maxmemory", "1mb"}} {
+		if err := rdb.ConfigSet(ctx, kv[0], kv[1]).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	big := strings.Repeat("x", 64<<10)
+	full := false
+	for i := 0; i < 1000 && !full; i++ {
+		err := rdb.Set(ctx, fmt.Sprintf("filler:%d", i), big, 0).Err()
+		if err != nil && !strings.HasPrefix(err.Error(), "OOM") {
+			t.Fatalf("SET: %v", err)
+		}
+		full = err != nil
+	}
+	if !full {
+		t.Fatal("Redis never refused a write with maxmemory 1mb")
+	}
+
+	_, err := a.Append(ctx, itemsOf("app_1", newEvent(orderCreated, "/shop", "oom-1")))
+	if !errors.Is(err, appender.ErrOutOfMemory) {
+		t.Fatalf("Append on a full Redis: %v, want ErrOutOfMemory", err)
+	}
+	// A retry of an event stored before needs no memory: it still answers.
+	if res := mustAppend(t, a, itemsOf("app_1", stored)); !res[0].Duplicate || res[0].Cursor != first.Cursor {
+		t.Fatalf("retry on a full Redis: %+v, want a duplicate at %s", res[0], first.Cursor)
+	}
+	if n := len(stream(t, rdb, orderCreated)); n != 1 {
+		t.Fatalf("stream has %d entries, want 1: the refused event must not be stored", n)
+	}
+
+	// Once memory is available again, appends succeed.
+	if err := rdb.ConfigSet(ctx, "maxmemory", "0").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if res := mustAppend(t, a, itemsOf("app_1", newEvent(orderCreated, "/shop", "oom-1"))); res[0].Duplicate {
+		t.Fatalf("append after OOM: %+v", res[0])
+	}
+}
+
+func TestAppendEmpty(t *testing.T) {
+	a := appender.New(redis.NewClient(&redis.Options{Addr: testutil.FreeAddr(t)}), appender.Options{})
+	res, err := a.Append(context.Background(), nil)
+	if err != nil || res != nil {
+		t.Fatalf("Append(nil) = %v, %v; want nothing, and no round trip", res, err)
+	}
+}
+
+func TestDedupeKeyShardsWithStream(t *testing.T) {
+	key := appender.DedupeKey(orderCreated, "/shop", "1")
+	if !strings.HasPrefix(key, "herald:dedupe:{"+orderCreated+"}:") || !strings.Contains(eventlog.StreamKey(orderCreated), "{"+orderCreated+"}") {
+		t.Fatalf("dedupe key %s and stream %s do not share a hash tag", key, eventlog.StreamKey(orderCreated))
+	}
+	// The NUL separator keeps (a, bc) and (ab, c) apart.
+	if appender.DedupeKey(orderCreated, "a", "bc") == appender.DedupeKey(orderCreated, "ab", "c") {
+		t.Fatal("(a, bc) and (ab, c) share a dedupe key")
+	}
+}
+
+func must[T any](v T, err error) T {
+	if err != nil {
+		panic(err)
+	}
+	return v
+}

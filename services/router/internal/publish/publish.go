@@ -1,0 +1,176 @@
+// Package publish implements RouterService.Publish: per-event validation
+// against the cached catalog, then one deduplicating append for the batch.
+package publish
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+
+	"connectrpc.com/connect"
+	eventv1 "github.com/heraldmesh/herald/api/gen/herald/event/v1"
+	meteringv1 "github.com/heraldmesh/herald/api/gen/herald/metering/v1"
+	routerv1 "github.com/heraldmesh/herald/api/gen/herald/router/v1"
+	"github.com/heraldmesh/herald/api/gen/herald/router/v1/routerv1connect"
+	"github.com/heraldmesh/herald/platform/auth"
+	"github.com/heraldmesh/herald/platform/catalog"
+	"github.com/heraldmesh/herald/platform/cloudevent"
+	"github.com/heraldmesh/herald/platform/eventtype"
+	"github.com/heraldmesh/herald/platform/usage"
+	"github.com/heraldmesh/herald/services/router/internal/appender"
+	"github.com/redis/go-redis/v9"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+)
+
+// Limits bound one Publish call.
+type Limits struct {
+	MaxEvents     int // events per batch (default 1000)
+	MaxEventBytes int // encoded size of one event (default 1 MiB)
+}
+
+// Handler serves RouterService.
+type Handler struct {
+	routerv1connect.UnimplementedRouterServiceHandler
+	catalog  *catalog.Cache
+	appender *appender.Appender
+	rdb      redis.Cmdable
+	log      *slog.Logger
+	limits   Limits
+}
+
+// New returns a Handler.
+func New(c *catalog.Cache, a *appender.Appender, rdb redis.Cmdable, log *slog.Logger, l Limits) *Handler {
+	if l.MaxEvents <= 0 {
+		l.MaxEvents = 1000
+	}
+	if l.MaxEventBytes <= 0 {
+		l.MaxEventBytes = 1 << 20
+	}
+	return &Handler{catalog: c, appender: a, rdb: rdb, log: log, limits: l}
+}
+
+func refuse(code connect.Code, format string, args ...any) *routerv1.PublishResult {
+	return &routerv1.PublishResult{Result: &routerv1.PublishResult_Error{Error: &routerv1.PublishError{
+		Code: int32(code), Message: fmt.Sprintf(format, args...),
+	}}}
+}
+
+// Publish implements RouterService.
+func (h *Handler) Publish(ctx context.Context, req *connect.Request[routerv1.PublishRequest]) (*connect.Response[routerv1.PublishResponse], error) {
+	p, _ := auth.FromContext(ctx)
+	events := req.Msg.GetEvents()
+	switch {
+	case len(events) == 0:
+		return nil, connect.NewError(connect.CodeInvalidArgument, errors.New("events is empty: send at least one CloudEvent"))
+	case len(events) > h.limits.MaxEvents:
+		return nil, connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("%d events in one batch, more than the %d allowed", len(events), h.limits.MaxEvents))
+	}
+	results := make([]*routerv1.PublishResult, len(events))
+	var items []appender.Item
+	var slots []int
+	for i, ev := range events {
+		if r := h.check(ctx, ev); r != nil {
+			results[i] = r
+			continue
+		}
+		items = append(items, appender.Item{Event: ev, Account: p.Account()})
+		slots = append(slots, i)
+	}
+	if len(items) > 0 {
+		appended, err := h.appender.Append(ctx, items)
+		if errors.Is(err, appender.ErrOutOfMemory) {
+			err := connect.NewError(connect.CodeResourceExhausted, errors.New("the log is full (Redis reached maxmemory); retry later"))
+			err.Meta().Set("Retry-After", "5")
+			return nil, err
+		}
+		if err != nil {
+			h.log.Error("append failed", "err", err, "events", len(items))
+			return nil, connect.NewError(connect.CodeUnavailable, errors.New("the log is unavailable; nothing from this batch may be assumed stored: retry it (retries are deduplicated)"))
+		}
+		for j, r := range appended {
+			results[slots[j]] = &routerv1.PublishResult{Result: &routerv1.PublishResult_Cursor{Cursor: r.Cursor}, Duplicate: r.Duplicate}
+		}
+		h.recordUsage(ctx, p.Account(), items, appended)
+	}
+	return connect.NewResponse(&routerv1.PublishResponse{Results: results}), nil
+}
+
+// check validates one event; nil means it may be appended.
+func (h *Handler) check(ctx context.Context, ev *eventv1.CloudEvent) *routerv1.PublishResult {
+	if err := cloudevent.Validate(ev); err != nil {
+		return refuse(connect.CodeInvalidArgument, "invalid CloudEvent: %v", err)
+	}
+	if size := proto.Size(ev); size > h.limits.MaxEventBytes {
+		return refuse(connect.CodeInvalidArgument, "event is %d bytes, more than the %d allowed", size, h.limits.MaxEventBytes)
+	}
+	if err := eventtype.ValidateName(ev.GetType()); err != nil {
+		return refuse(connect.CodeInvalidArgument, "type: %v", err)
+	}
+	t, err := h.catalog.Lookup(ctx, ev.GetType())
+	if errors.Is(err, catalog.ErrUnknownType) {
+		return refuse(connect.CodeNotFound, "event type %s is not registered", ev.GetType())
+	}
+	if err != nil {
+		return refuse(connect.CodeUnavailable, "cannot check event type %s: %v", ev.GetType(), err)
+	}
+	data, ok := cloudevent.JSONData(ev)
+	if !ok {
+		if ev.GetData() != nil {
+			return refuse(connect.CodeInvalidArgument, "data must be JSON (text_data, or binary_data with a JSON datacontenttype) to be checked against the schema of %s", t.Name)
+		}
+		data = []byte("null")
+	}
+	violations, err := t.Schema.Validate(data)
+	if err != nil {
+		return refuse(connect.CodeInvalidArgument, "%v", err)
+	}
+	if len(violations) > 0 {
+		r := refuse(connect.CodeInvalidArgument, "data does not match the schema of %s: %s", t.Name, describe(violations))
+		for _, v := range violations {
+			r.GetError().Violations = append(r.GetError().Violations, &routerv1.SchemaViolation{
+				InstanceLocation: v.InstanceLocation, KeywordLocation: v.KeywordLocation, Message: v.Message,
+			})
+		}
+		return r
+	}
+	return nil
+}
+
+func describe[V fmt.Stringer](vs []V) string {
+	parts := make([]string, 0, len(vs))
+	for _, v := range vs {
+		parts = append(parts, v.String())
+	}
+	return strings.Join(parts, "; ")
+}
+
+// recordUsage appends one usage record per type of the batch's new events.
+// The record id derives from the first cursor, so a re-append of the same
+// record cannot be counted twice by metering.
+func (h *Handler) recordUsage(ctx context.Context, account string, items []appender.Item, results []appender.Result) {
+	byType := map[string]*meteringv1.UsageRecord{}
+	var recs []*meteringv1.UsageRecord
+	now := timestamppb.Now()
+	for i, r := range results {
+		if r.Duplicate {
+			continue
+		}
+		typ := items[i].Event.GetType()
+		rec, ok := byType[typ]
+		if !ok {
+			rec = &meteringv1.UsageRecord{
+				Id: "pub:" + typ + ":" + r.Cursor, ApplicationId: account, EventType: typ,
+				Metric: meteringv1.UsageMetric_USAGE_METRIC_PUBLISHED, Channel: "grpc", Time: now,
+			}
+			byType[typ] = rec
+			recs = append(recs, rec)
+		}
+		rec.Quantity++
+	}
+	if err := usage.Append(context.WithoutCancel(ctx), h.rdb, recs...); err != nil {
+		h.log.Error("usage not recorded", "err", err, "records", len(recs))
+	}
+}
