@@ -34,9 +34,9 @@ type Server struct {
 
 	// streams is cancelled when shutdown starts, so that long-lived streams
 	// (SSE, server streams, Watch) end and let the server drain.
-	streams      context.Context
-	stopStreams  context.CancelFunc
-	ln           net.Listener
+	streams     context.Context
+	stopStreams context.CancelFunc
+	ln          net.Listener
 }
 
 // New returns a server for the named service. metrics may be nil.

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"slices"
 	"sync"
 	"time"
 
@@ -301,11 +302,15 @@ type Options struct {
 
 // Stream calls send for every event matching patterns after the cursor, in
 // cursor order (late events excepted), until ctx ends or send fails.
+//
+// Entry ids are unique per stream only: events of different types can share
+// a cursor. A cursor passed in Options.After counts every event at it as
+// delivered.
 func (h *Hub) Stream(ctx context.Context, patterns []string, o Options, send func(*Event) error) error {
-	var after eventlog.ID
+	var c position
 	live := o.After == nil
 	if !live {
-		after = *o.After
+		c.id = *o.After
 	}
 	started := false
 	var beat <-chan time.Time
@@ -320,7 +325,7 @@ func (h *Hub) Stream(ctx context.Context, patterns []string, o Options, send fun
 			return err
 		}
 		if live {
-			after, live = head, false
+			c.id, live = head, false
 		}
 		if !started && o.Started != nil {
 			if err := o.Started(); err != nil {
@@ -329,19 +334,19 @@ func (h *Hub) Stream(ctx context.Context, patterns []string, o Options, send fun
 			}
 		}
 		started = true
-		if after.Less(head) {
+		if c.before(head) {
 			streams := make([]string, 0, len(s.types))
 			h.mu.Lock()
 			for n := range s.types {
 				streams = append(streams, eventlog.StreamKey(n))
 			}
 			h.mu.Unlock()
-			if err := h.catchUp(ctx, streams, &after, head, send); err != nil {
+			if err := h.catchUp(ctx, streams, &c, head, send); err != nil {
 				h.unsubscribe(s)
 				return err
 			}
 		}
-		if err := h.follow(ctx, s, &after, beat, o.Heartbeat, send); err != nil {
+		if err := h.follow(ctx, s, &c, beat, o.Heartbeat, send); err != nil {
 			h.unsubscribe(s)
 			return err
 		}
@@ -349,14 +354,64 @@ func (h *Hub) Stream(ctx context.Context, patterns []string, o Options, send fun
 	}
 }
 
-// catchUp sends the events of streams in (after, head] from Redis.
-func (h *Hub) catchUp(ctx context.Context, streams []string, after *eventlog.ID, head eventlog.ID, send func(*Event) error) error {
-	if len(streams) == 0 {
-		*after = head
-		return nil
+// position is how far a subscriber got. Several streams can stamp the same
+// id, so a subscriber cut off between two events with one id has sent only
+// some of the events at id: partial is then set and sentAt lists their types.
+type position struct {
+	id      eventlog.ID
+	partial bool
+	sentAt  []string
+}
+
+// sent records that ev was sent.
+func (c *position) sent(ev *Event) {
+	switch c.id.Compare(ev.ID) {
+	case -1:
+		c.id, c.partial, c.sentAt = ev.ID, true, append(c.sentAt[:0], ev.Type)
+	case 0:
+		if c.partial {
+			c.sentAt = append(c.sentAt, ev.Type)
+		}
 	}
-	for after.Less(head) {
-		entries, complete, err := eventlog.ReadAfter(ctx, h.rdb, streams, *after, readCount)
+}
+
+// reached records that every event up to id was sent.
+func (c *position) reached(id eventlog.ID) {
+	if !id.Less(c.id) {
+		c.id, c.partial, c.sentAt = id, false, c.sentAt[:0]
+	}
+}
+
+// before reports whether events up to head may still be unsent.
+func (c *position) before(head eventlog.ID) bool {
+	return c.id.Less(head) || c.partial && c.id == head
+}
+
+// skip reports whether the event e at or before the position was sent.
+func (c *position) skip(e eventlog.Entry) bool {
+	if c.id.Less(e.ID) {
+		return false
+	}
+	return e.ID.Less(c.id) || !c.partial || slices.Contains(c.sentAt, e.Type)
+}
+
+// readFrom is the id to read after so that no unsent event is missed.
+func (c *position) readFrom() eventlog.ID {
+	switch {
+	case !c.partial:
+		return c.id
+	case c.id.Seq > 0:
+		return eventlog.ID{Ms: c.id.Ms, Seq: c.id.Seq - 1}
+	case c.id.Ms > 0:
+		return eventlog.ID{Ms: c.id.Ms - 1, Seq: math.MaxUint64}
+	}
+	return eventlog.Zero
+}
+
+// catchUp sends the events of streams in (c, head] from Redis.
+func (h *Hub) catchUp(ctx context.Context, streams []string, c *position, head eventlog.ID, send func(*Event) error) error {
+	for c.before(head) {
+		entries, complete, err := eventlog.ReadAfter(ctx, h.rdb, streams, c.readFrom(), readCount)
 		if err != nil {
 			return fmt.Errorf("catch up: %w", err)
 		}
@@ -364,38 +419,41 @@ func (h *Hub) catchUp(ctx context.Context, streams []string, after *eventlog.ID,
 			if head.Less(e.ID) {
 				break
 			}
-			if err := send(&Event{Entry: e}); err != nil {
+			if c.skip(e) {
+				continue
+			}
+			ev := &Event{Entry: e}
+			if err := send(ev); err != nil {
 				return err
 			}
-			*after = e.ID
+			c.sent(ev)
 		}
 		if head.Less(complete) {
 			complete = head
 		}
-		if after.Less(complete) {
-			*after = complete
-		}
+		c.reached(complete)
 	}
 	return nil
 }
 
 // follow sends live events until the subscriber overflows (nil) or fails.
-func (h *Hub) follow(ctx context.Context, s *sub, after *eventlog.ID, beat <-chan time.Time, heartbeat func() error, send func(*Event) error) error {
+// Live events come after the hub position the subscriber joined at; those
+// up to a resume cursor beyond it were delivered before.
+func (h *Hub) follow(ctx context.Context, s *sub, c *position, beat <-chan time.Time, heartbeat func() error, send func(*Event) error) error {
+	floor := c.id
 	for {
 		select {
 		case ev, ok := <-s.ch:
 			if !ok {
 				return nil
 			}
-			if !ev.Late && !after.Less(ev.ID) {
-				continue // already sent during catch-up
+			if !ev.Late && !floor.Less(ev.ID) {
+				continue // at or before the resume cursor
 			}
 			if err := send(ev); err != nil {
 				return err
 			}
-			if after.Less(ev.ID) {
-				*after = ev.ID
-			}
+			c.sent(ev)
 		case <-beat:
 			if err := heartbeat(); err != nil {
 				return err
