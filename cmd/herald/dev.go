@@ -22,7 +22,6 @@ import (
 	"github.com/heraldmesh/herald/cmd/herald/internal/mesh"
 	"github.com/heraldmesh/herald/platform/config"
 	"github.com/heraldmesh/herald/platform/rpc"
-	"github.com/heraldmesh/herald/platform/telemetry"
 	"github.com/spf13/cobra"
 )
 
@@ -78,7 +77,7 @@ func runDev(parent context.Context, out io.Writer, varDir string, redisPort int,
 		common.RedisURL = srv.URL()
 		fmt.Fprintf(out, "herald: redis-server on %s, data in %s (AOF, appendfsync always)\n", srv.Addr(), dir)
 	}
-	log := telemetry.Logger(os.Stderr, "herald", slog.LevelInfo)
+	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
 	m, err := mesh.New(common, log)
 	if err != nil {
 		return err

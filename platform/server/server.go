@@ -116,14 +116,14 @@ func (s *Server) Serve(ctx context.Context, drain time.Duration) error {
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(s.ln) }()
-	s.log.Info("serving", "service", s.name, "addr", s.ln.Addr().String())
+	s.log.Info("serving", "addr", s.ln.Addr().String())
 	select {
 	case err := <-errc:
 		s.stopStreams()
 		return fmt.Errorf("%s: serve: %w", s.name, err)
 	case <-ctx.Done():
 	}
-	s.log.Info("shutting down", "service", s.name)
+	s.log.Info("shutting down")
 	checker.SetStatus("", grpchealth.StatusNotServing)
 	s.stopStreams()
 	sctx, cancel := context.WithTimeout(context.Background(), drain)

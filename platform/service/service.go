@@ -58,9 +58,9 @@ func New(o Options) (*Base, error) {
 	if o.Addr == "" {
 		return nil, fmt.Errorf("%s: no listen address", o.Name)
 	}
-	log := o.Logger
-	if log == nil {
-		log = telemetry.Logger(os.Stderr, o.Name, slog.LevelInfo)
+	log := telemetry.Logger(os.Stderr, o.Name, slog.LevelInfo)
+	if o.Logger != nil {
+		log = o.Logger.With("service", o.Name)
 	}
 	rdb, err := config.OpenRedis(o.Common.RedisURL, o.RedisPool)
 	if err != nil {

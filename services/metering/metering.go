@@ -5,31 +5,22 @@
 package metering
 
 import (
-	"cmp"
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
 	"sync"
-	"time"
 
-	"connectrpc.com/connect"
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"github.com/heraldmesh/herald/api"
 	meteringv1 "github.com/heraldmesh/herald/api/gen/herald/metering/v1"
 	"github.com/heraldmesh/herald/api/gen/herald/metering/v1/meteringv1connect"
-	"github.com/heraldmesh/herald/platform/auth"
 	"github.com/heraldmesh/herald/platform/config"
-	"github.com/heraldmesh/herald/platform/server"
-	"github.com/heraldmesh/herald/platform/telemetry"
+	"github.com/heraldmesh/herald/platform/service"
 	"github.com/heraldmesh/herald/services/metering/internal/fold"
-	"github.com/heraldmesh/herald/services/metering/internal/keyresolver"
 	"github.com/heraldmesh/herald/services/metering/internal/store"
 	"github.com/heraldmesh/herald/services/metering/internal/usageapi"
-	"github.com/redis/go-redis/v9"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 )
@@ -37,73 +28,45 @@ import (
 // Config configures the metering service.
 type Config struct {
 	config.Common
-	// Addr is the listen address. Default: Common.MeteringAddr, then
-	// config.DefaultMeteringAddr. Port 0 picks a free port (see Listen).
+	// Addr is the listen address. Default: Common.MeteringAddr. Port 0 picks
+	// a free port (see Listen).
 	Addr string
 	// Logger receives the service's logs. Nil: JSON logs to stderr.
 	Logger *slog.Logger
 }
 
-// drain is how long a shutdown waits for in-flight requests.
-const drain = 10 * time.Second
-
 // Service is a metering service: built by New, driven by Run.
 type Service struct {
-	addr   string
-	log    *slog.Logger
-	rdb    *redis.Client
-	srv    *server.Server
-	folder *fold.Folder
-	gwmux  *runtime.ServeMux
+	base  *service.Base
+	gwmux *runtime.ServeMux
 
 	mu     sync.Mutex
-	bound  net.Addr
 	gwconn *grpc.ClientConn
-	ran    bool
 }
 
 // New validates cfg, opens the Redis client and builds the handlers. It
 // does not contact Redis or the registry, and does not listen.
 func New(cfg Config) (*Service, error) {
-	if err := cfg.Common.Validate(); err != nil {
-		return nil, fmt.Errorf("metering: %w", err)
+	if cfg.Addr == "" {
+		cfg.Addr = cfg.MeteringAddr
 	}
-	addr := cmp.Or(cfg.Addr, cfg.MeteringAddr, config.DefaultMeteringAddr)
-	registryAddr := cmp.Or(cfg.RegistryAddr, config.DefaultRegistryAddr)
-	log := cfg.Logger
-	if log == nil {
-		log = telemetry.Logger(os.Stderr, "metering", slog.LevelInfo)
-	}
-	authn, err := auth.New(auth.Options{AdminKey: cfg.AdminKey, Resolver: keyresolver.New(registryAddr, cfg.AdminKey)})
+	base, err := service.New(service.Options{
+		Name: "metering", Addr: cfg.Addr, Common: cfg.Common, Logger: cfg.Logger,
+		Resolver: service.RegistryResolver(cfg.RegistryAddr, cfg.AdminKey),
+	})
 	if err != nil {
-		return nil, fmt.Errorf("metering: %w", err)
+		return nil, err
 	}
-	rdb, err := config.OpenRedis(cfg.RedisURL, 0)
-	if err != nil {
-		return nil, fmt.Errorf("metering: %w", err)
-	}
-
-	reg := telemetry.Registry()
-	st := store.New(rdb)
-	s := &Service{
-		addr:   addr,
-		log:    log,
-		rdb:    rdb,
-		srv:    server.New("metering", log, reg),
-		folder: fold.New(st, fold.Options{Log: log, Metrics: reg}),
-		gwmux:  runtime.NewServeMux(runtime.WithErrorHandler(gatewayError)),
-	}
-	path, handler := meteringv1connect.NewMeteringServiceHandler(
-		usageapi.New(st),
-		connect.WithInterceptors(telemetry.NewRPCMetrics(reg), authn.Interceptor()),
-	)
-	s.srv.Handle(path, handler)
+	st := store.New(base.Redis)
+	folder := fold.New(st, fold.Options{Log: base.Log, Metrics: base.Metrics})
+	s := &Service{base: base, gwmux: runtime.NewServeMux(runtime.WithErrorHandler(gatewayError))}
+	base.Server.Handle(meteringv1connect.NewMeteringServiceHandler(usageapi.New(st), base.HandlerOptions()...))
 	// The gateway calls this very server over gRPC (wired in Listen, once
 	// the address is known), so authentication and metrics apply unchanged.
-	s.srv.HandleHTTP("/v1/", s.gwmux)
-	s.srv.HandleHTTP("GET /openapi.json", http.HandlerFunc(serveOpenAPI))
-	s.srv.OnReady(config.PingRedis(rdb))
-	s.srv.OnReady(s.folder.Ready)
+	base.Server.HandleHTTP("/v1/", s.gwmux)
+	base.Server.HandleHTTP("GET /openapi.json", http.HandlerFunc(serveOpenAPI))
+	base.Server.OnReady(folder.Ready)
+	base.Go(func(ctx context.Context) error { folder.Run(ctx); return nil })
 	return s, nil
 }
 
@@ -132,14 +95,14 @@ func serveOpenAPI(w http.ResponseWriter, _ *http.Request) {
 // tells a caller the port when the configured port is 0. Calling it again
 // returns the same address.
 func (s *Service) Listen() (net.Addr, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.bound != nil {
-		return s.bound, nil
-	}
-	bound, err := s.srv.Listen(s.addr)
+	bound, err := s.base.Listen()
 	if err != nil {
 		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.gwconn != nil {
+		return bound, nil
 	}
 	// grpc.NewClient does not dial until the first call.
 	conn, err := grpc.NewClient(dialAddr(bound), grpc.WithTransportCredentials(insecure.NewCredentials()))
@@ -150,42 +113,19 @@ func (s *Service) Listen() (net.Addr, error) {
 		_ = conn.Close()
 		return nil, fmt.Errorf("metering: gateway: %w", err)
 	}
-	s.bound, s.gwconn = bound, conn
+	s.gwconn = conn
 	return bound, nil
 }
 
 // Run listens if Listen was not called, folds usage and serves until ctx is
 // done, then shuts down: it drains in-flight requests, stops the fold and
-// closes Redis. It returns nil after a clean shutdown. A Service runs once.
+// closes Redis. It returns nil after a clean shutdown.
 func (s *Service) Run(ctx context.Context) error {
-	s.mu.Lock()
-	if s.ran {
-		s.mu.Unlock()
-		return errors.New("metering: Run called twice")
-	}
-	s.ran = true
-	s.mu.Unlock()
-	defer s.rdb.Close()
-
 	if _, err := s.Listen(); err != nil {
 		return err
 	}
 	defer s.gwconn.Close()
-
-	foldCtx, stopFold := context.WithCancel(context.Background())
-	folded := make(chan struct{})
-	go func() {
-		defer close(folded)
-		s.folder.Run(foldCtx)
-	}()
-	err := s.srv.Serve(ctx, drain)
-	stopFold()
-	<-folded
-	if err != nil {
-		return err
-	}
-	s.log.Info("stopped")
-	return nil
+	return s.base.Run(ctx)
 }
 
 // dialAddr is where the gateway reaches this server: a wildcard bind

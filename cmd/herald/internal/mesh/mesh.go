@@ -45,19 +45,19 @@ func New(common config.Common, log *slog.Logger) (*Mesh, error) {
 		}
 	}
 	m := &Mesh{Common: common}
-	reg, err := registry.New(registry.Config{Common: common, Logger: log.With("service", "registry")})
+	reg, err := registry.New(registry.Config{Common: common, Logger: log})
 	if err != nil {
 		return nil, err
 	}
-	rt, err := router.New(router.Config{Common: common, Logger: log.With("service", "router")})
+	rt, err := router.New(router.Config{Common: common, Logger: log})
 	if err != nil {
 		return nil, err
 	}
-	mt, err := metering.New(metering.Config{Common: common, Logger: log.With("service", "metering")})
+	mt, err := metering.New(metering.Config{Common: common, Logger: log})
 	if err != nil {
 		return nil, err
 	}
-	ed, err := edge.New(edge.Config{Common: common, Logger: log.With("service", "edge")})
+	ed, err := edge.New(edge.Config{Common: common, Logger: log})
 	if err != nil {
 		return nil, err
 	}
