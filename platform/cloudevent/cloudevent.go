@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	eventv1 "github.com/heraldmesh/herald/api/gen/herald/event/v1"
 )
@@ -116,7 +117,7 @@ func MarshalJSON(ev *eventv1.CloudEvent) ([]byte, error) {
 	}
 	switch d := ev.GetData().(type) {
 	case *eventv1.CloudEvent_TextData:
-		if raw, ok := JSONData(ev); ok && json.Valid(raw) {
+		if raw, ok := JSONData(ev); ok && embeddable(raw) {
 			m["data"] = json.RawMessage(raw)
 			if _, set := m["datacontenttype"]; !set {
 				m["datacontenttype"] = "application/json"
@@ -125,7 +126,7 @@ func MarshalJSON(ev *eventv1.CloudEvent) ([]byte, error) {
 			m["data"] = d.TextData
 		}
 	case *eventv1.CloudEvent_BinaryData:
-		if raw, ok := JSONData(ev); ok && json.Valid(raw) {
+		if raw, ok := JSONData(ev); ok && embeddable(raw) {
 			m["data"] = json.RawMessage(raw)
 		} else {
 			m["data_base64"] = base64.StdEncoding.EncodeToString(d.BinaryData)
@@ -140,6 +141,13 @@ func MarshalJSON(ev *eventv1.CloudEvent) ([]byte, error) {
 		}
 	}
 	return json.Marshal(m)
+}
+
+// embeddable reports whether raw can be embedded as is: valid JSON and valid
+// UTF-8 (json.Valid accepts invalid UTF-8 inside strings, and a raw value is
+// copied through unchanged).
+func embeddable(raw []byte) bool {
+	return utf8.Valid(raw) && json.Valid(raw)
 }
 
 func attrJSON(v *eventv1.CloudEvent_CloudEventAttributeValue) any {

@@ -283,6 +283,15 @@ func TestMarshalJSON(t *testing.T) {
 				t.Errorf("datacontenttype = %v", m["datacontenttype"])
 			}
 		}},
+		{"binary JSON with invalid UTF-8", func(ev *eventv1.CloudEvent) {
+			ev.Attributes = attrs{"datacontenttype": str("application/json")}
+			ev.Data = &eventv1.CloudEvent_BinaryData{BinaryData: []byte("{\"a\":\"\xff\"}")}
+		}, func(t *testing.T, m map[string]any) {
+			// Embedded as is it would make the whole event invalid UTF-8.
+			if m["data_base64"] != base64.StdEncoding.EncodeToString([]byte("{\"a\":\"\xff\"}")) {
+				t.Errorf("data_base64 = %v, data = %v", m["data_base64"], m["data"])
+			}
+		}},
 		{"binary invalid JSON", func(ev *eventv1.CloudEvent) {
 			ev.Attributes = attrs{"datacontenttype": str("application/json")}
 			ev.Data = &eventv1.CloudEvent_BinaryData{BinaryData: []byte(`{"a":`)}
@@ -380,7 +389,7 @@ func TestMarshalJSON(t *testing.T) {
 
 func FuzzMarshalJSON(f *testing.F) {
 	for _, s := range [][2]string{
-		{`{"a":1}`, "x"}, {"hello", ""}, {"", "application/json"}, {`[1,2`, "text/plain"},
+		{`{"a":1}`, "x"}, {"hello", ""}, {"{\"a\":\"\xff\"}", "application/json"}, {"", "application/json"}, {`[1,2`, "text/plain"},
 		{`"\ud800"`, "application/json"}, {" 1e999 ", "\u2028"}, {`{"a":"<b>&"}`, "a\x00b"},
 		{strings.Repeat("[", 100) + strings.Repeat("]", 100), "application/cloudevents+json"},
 	} {
@@ -388,17 +397,25 @@ func FuzzMarshalJSON(f *testing.F) {
 		f.Add(s[0], s[1], true)
 	}
 	f.Fuzz(func(t *testing.T, data, attr string, asContentType bool) {
-		if !utf8.ValidString(data) || !utf8.ValidString(attr) {
-			// Protobuf strings are UTF-8: the log cannot hold anything else.
-			return
-		}
 		ev := valid()
 		ev.Attributes = attrs{"subject": str(attr)}
 		if asContentType {
 			ev.Attributes["datacontenttype"] = str(attr)
 		}
-		ev.Data = &eventv1.CloudEvent_TextData{TextData: data}
+
+		// Binary data may hold any bytes; it always renders as valid JSON.
+		ev.Data = &eventv1.CloudEvent_BinaryData{BinaryData: []byte(data)}
 		m := render(t, ev)
+		if _, ok := m["data"]; !ok && m["data_base64"] != base64.StdEncoding.EncodeToString([]byte(data)) {
+			t.Fatalf("binary data lost: %v", m)
+		}
+
+		if !utf8.ValidString(data) || !utf8.ValidString(attr) {
+			// Protobuf strings are UTF-8: the log holds no other text.
+			return
+		}
+		ev.Data = &eventv1.CloudEvent_TextData{TextData: data}
+		m = render(t, ev)
 		if m["subject"] != attr {
 			t.Fatalf("subject = %q, want %q", m["subject"], attr)
 		}
@@ -412,13 +429,6 @@ func FuzzMarshalJSON(f *testing.F) {
 			}
 		} else if m["data"] != data {
 			t.Fatalf("data = %#v, want the text %q", m["data"], data)
-		}
-
-		// Binary data renders too, never as invalid JSON.
-		ev.Data = &eventv1.CloudEvent_BinaryData{BinaryData: []byte(data)}
-		m = render(t, ev)
-		if _, ok := m["data"]; !ok && m["data_base64"] != base64.StdEncoding.EncodeToString([]byte(data)) {
-			t.Fatalf("binary data lost: %v", m)
 		}
 	})
 }

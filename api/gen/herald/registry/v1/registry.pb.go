@@ -9,6 +9,7 @@ package registryv1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	durationpb "google.golang.org/protobuf/types/known/durationpb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
@@ -22,6 +23,692 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// Compatibility is how a new schema version must relate to earlier ones, as
+// in Confluent Schema Registry. BACKWARD: consumers using the new schema can
+// read data written with the previous one. FORWARD: consumers using the
+// previous schema can read data written with the new one. FULL: both.
+// *_TRANSITIVE: against every earlier version, not only the latest.
+type Compatibility int32
+
+const (
+	// Not set: BACKWARD.
+	Compatibility_COMPATIBILITY_UNSPECIFIED Compatibility = 0
+	// Any change is allowed.
+	Compatibility_COMPATIBILITY_NONE Compatibility = 1
+	// New schema reads data of the latest version.
+	Compatibility_COMPATIBILITY_BACKWARD Compatibility = 2
+	// New schema reads data of every version.
+	Compatibility_COMPATIBILITY_BACKWARD_TRANSITIVE Compatibility = 3
+	// Latest version reads data of the new schema.
+	Compatibility_COMPATIBILITY_FORWARD Compatibility = 4
+	// Every version reads data of the new schema.
+	Compatibility_COMPATIBILITY_FORWARD_TRANSITIVE Compatibility = 5
+	// BACKWARD and FORWARD against the latest version.
+	Compatibility_COMPATIBILITY_FULL Compatibility = 6
+	// BACKWARD and FORWARD against every version.
+	Compatibility_COMPATIBILITY_FULL_TRANSITIVE Compatibility = 7
+)
+
+// Enum value maps for Compatibility.
+var (
+	Compatibility_name = map[int32]string{
+		0: "COMPATIBILITY_UNSPECIFIED",
+		1: "COMPATIBILITY_NONE",
+		2: "COMPATIBILITY_BACKWARD",
+		3: "COMPATIBILITY_BACKWARD_TRANSITIVE",
+		4: "COMPATIBILITY_FORWARD",
+		5: "COMPATIBILITY_FORWARD_TRANSITIVE",
+		6: "COMPATIBILITY_FULL",
+		7: "COMPATIBILITY_FULL_TRANSITIVE",
+	}
+	Compatibility_value = map[string]int32{
+		"COMPATIBILITY_UNSPECIFIED":         0,
+		"COMPATIBILITY_NONE":                1,
+		"COMPATIBILITY_BACKWARD":            2,
+		"COMPATIBILITY_BACKWARD_TRANSITIVE": 3,
+		"COMPATIBILITY_FORWARD":             4,
+		"COMPATIBILITY_FORWARD_TRANSITIVE":  5,
+		"COMPATIBILITY_FULL":                6,
+		"COMPATIBILITY_FULL_TRANSITIVE":     7,
+	}
+)
+
+func (x Compatibility) Enum() *Compatibility {
+	p := new(Compatibility)
+	*p = x
+	return p
+}
+
+func (x Compatibility) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Compatibility) Descriptor() protoreflect.EnumDescriptor {
+	return file_herald_registry_v1_registry_proto_enumTypes[0].Descriptor()
+}
+
+func (Compatibility) Type() protoreflect.EnumType {
+	return &file_herald_registry_v1_registry_proto_enumTypes[0]
+}
+
+func (x Compatibility) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Compatibility.Descriptor instead.
+func (Compatibility) EnumDescriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{0}
+}
+
+// Visibility is who may see and subscribe to an event type.
+type Visibility int32
+
+const (
+	// Not set: INTERNAL.
+	Visibility_VISIBILITY_UNSPECIFIED Visibility = 0
+	// Only applications of the owning organisation.
+	Visibility_VISIBILITY_INTERNAL Visibility = 1
+	// Partner applications too.
+	Visibility_VISIBILITY_PARTNER Visibility = 2
+	// Anyone with a key.
+	Visibility_VISIBILITY_PUBLIC Visibility = 3
+)
+
+// Enum value maps for Visibility.
+var (
+	Visibility_name = map[int32]string{
+		0: "VISIBILITY_UNSPECIFIED",
+		1: "VISIBILITY_INTERNAL",
+		2: "VISIBILITY_PARTNER",
+		3: "VISIBILITY_PUBLIC",
+	}
+	Visibility_value = map[string]int32{
+		"VISIBILITY_UNSPECIFIED": 0,
+		"VISIBILITY_INTERNAL":    1,
+		"VISIBILITY_PARTNER":     2,
+		"VISIBILITY_PUBLIC":      3,
+	}
+)
+
+func (x Visibility) Enum() *Visibility {
+	p := new(Visibility)
+	*p = x
+	return p
+}
+
+func (x Visibility) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Visibility) Descriptor() protoreflect.EnumDescriptor {
+	return file_herald_registry_v1_registry_proto_enumTypes[1].Descriptor()
+}
+
+func (Visibility) Type() protoreflect.EnumType {
+	return &file_herald_registry_v1_registry_proto_enumTypes[1]
+}
+
+func (x Visibility) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Visibility.Descriptor instead.
+func (Visibility) EnumDescriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{1}
+}
+
+// Lifecycle is where an event type is in its life.
+type Lifecycle int32
+
+const (
+	// Not set: ACTIVE.
+	Lifecycle_LIFECYCLE_UNSPECIFIED Lifecycle = 0
+	// Published and subscribable.
+	Lifecycle_LIFECYCLE_ACTIVE Lifecycle = 1
+	// Still works, but goes away at sunset_time.
+	Lifecycle_LIFECYCLE_DEPRECATED Lifecycle = 2
+	// No longer accepted for publishing or new subscriptions.
+	Lifecycle_LIFECYCLE_RETIRED Lifecycle = 3
+)
+
+// Enum value maps for Lifecycle.
+var (
+	Lifecycle_name = map[int32]string{
+		0: "LIFECYCLE_UNSPECIFIED",
+		1: "LIFECYCLE_ACTIVE",
+		2: "LIFECYCLE_DEPRECATED",
+		3: "LIFECYCLE_RETIRED",
+	}
+	Lifecycle_value = map[string]int32{
+		"LIFECYCLE_UNSPECIFIED": 0,
+		"LIFECYCLE_ACTIVE":      1,
+		"LIFECYCLE_DEPRECATED":  2,
+		"LIFECYCLE_RETIRED":     3,
+	}
+)
+
+func (x Lifecycle) Enum() *Lifecycle {
+	p := new(Lifecycle)
+	*p = x
+	return p
+}
+
+func (x Lifecycle) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Lifecycle) Descriptor() protoreflect.EnumDescriptor {
+	return file_herald_registry_v1_registry_proto_enumTypes[2].Descriptor()
+}
+
+func (Lifecycle) Type() protoreflect.EnumType {
+	return &file_herald_registry_v1_registry_proto_enumTypes[2]
+}
+
+func (x Lifecycle) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Lifecycle.Descriptor instead.
+func (Lifecycle) EnumDescriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{2}
+}
+
+// Audience is the kind of application, matched against visibility.
+type Audience int32
+
+const (
+	// Not set: INTERNAL.
+	Audience_AUDIENCE_UNSPECIFIED Audience = 0
+	// An application of the organisation itself: sees everything.
+	Audience_AUDIENCE_INTERNAL Audience = 1
+	// A partner: sees partner and public types.
+	Audience_AUDIENCE_PARTNER Audience = 2
+	// Anyone else: sees public types.
+	Audience_AUDIENCE_PUBLIC Audience = 3
+)
+
+// Enum value maps for Audience.
+var (
+	Audience_name = map[int32]string{
+		0: "AUDIENCE_UNSPECIFIED",
+		1: "AUDIENCE_INTERNAL",
+		2: "AUDIENCE_PARTNER",
+		3: "AUDIENCE_PUBLIC",
+	}
+	Audience_value = map[string]int32{
+		"AUDIENCE_UNSPECIFIED": 0,
+		"AUDIENCE_INTERNAL":    1,
+		"AUDIENCE_PARTNER":     2,
+		"AUDIENCE_PUBLIC":      3,
+	}
+)
+
+func (x Audience) Enum() *Audience {
+	p := new(Audience)
+	*p = x
+	return p
+}
+
+func (x Audience) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Audience) Descriptor() protoreflect.EnumDescriptor {
+	return file_herald_registry_v1_registry_proto_enumTypes[3].Descriptor()
+}
+
+func (Audience) Type() protoreflect.EnumType {
+	return &file_herald_registry_v1_registry_proto_enumTypes[3]
+}
+
+func (x Audience) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Audience.Descriptor instead.
+func (Audience) EnumDescriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{3}
+}
+
+// GrantAction is what a grant allows.
+type GrantAction int32
+
+const (
+	// Not set: invalid.
+	GrantAction_GRANT_ACTION_UNSPECIFIED GrantAction = 0
+	// Publish events of matching types.
+	GrantAction_GRANT_ACTION_PUBLISH GrantAction = 1
+	// Subscribe to events of matching types.
+	GrantAction_GRANT_ACTION_SUBSCRIBE GrantAction = 2
+)
+
+// Enum value maps for GrantAction.
+var (
+	GrantAction_name = map[int32]string{
+		0: "GRANT_ACTION_UNSPECIFIED",
+		1: "GRANT_ACTION_PUBLISH",
+		2: "GRANT_ACTION_SUBSCRIBE",
+	}
+	GrantAction_value = map[string]int32{
+		"GRANT_ACTION_UNSPECIFIED": 0,
+		"GRANT_ACTION_PUBLISH":     1,
+		"GRANT_ACTION_SUBSCRIBE":   2,
+	}
+)
+
+func (x GrantAction) Enum() *GrantAction {
+	p := new(GrantAction)
+	*p = x
+	return p
+}
+
+func (x GrantAction) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (GrantAction) Descriptor() protoreflect.EnumDescriptor {
+	return file_herald_registry_v1_registry_proto_enumTypes[4].Descriptor()
+}
+
+func (GrantAction) Type() protoreflect.EnumType {
+	return &file_herald_registry_v1_registry_proto_enumTypes[4]
+}
+
+func (x GrantAction) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use GrantAction.Descriptor instead.
+func (GrantAction) EnumDescriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{4}
+}
+
+// Domain groups event types by business area; its name is the first
+// segment of their names.
+type Domain struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Lower-case name, e.g. billing.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// What the domain covers.
+	Description string `protobuf:"bytes,2,opt,name=description,proto3" json:"description,omitempty"`
+	// The team that owns it.
+	Owner string `protobuf:"bytes,3,opt,name=owner,proto3" json:"owner,omitempty"`
+	// Catalog revision of the last change. Updates must send the current one.
+	Revision int64 `protobuf:"varint,4,opt,name=revision,proto3" json:"revision,omitempty"`
+	// When it was created. Output only.
+	CreateTime *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	// When it was last changed. Output only.
+	UpdateTime    *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Domain) Reset() {
+	*x = Domain{}
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Domain) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Domain) ProtoMessage() {}
+
+func (x *Domain) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Domain.ProtoReflect.Descriptor instead.
+func (*Domain) Descriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *Domain) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Domain) GetDescription() string {
+	if x != nil {
+		return x.Description
+	}
+	return ""
+}
+
+func (x *Domain) GetOwner() string {
+	if x != nil {
+		return x.Owner
+	}
+	return ""
+}
+
+func (x *Domain) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *Domain) GetCreateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreateTime
+	}
+	return nil
+}
+
+func (x *Domain) GetUpdateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.UpdateTime
+	}
+	return nil
+}
+
+// Product bundles event types (names or patterns such as billing.*) into
+// something a consumer can be offered and charged for.
+type Product struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Lower-case name, e.g. payments-pro.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// What the product offers.
+	Description string `protobuf:"bytes,2,opt,name=description,proto3" json:"description,omitempty"`
+	// Event type names or patterns (billing.*, *) included.
+	EventTypes []string `protobuf:"bytes,3,rep,name=event_types,json=eventTypes,proto3" json:"event_types,omitempty"`
+	// Catalog revision of the last change. Updates must send the current one.
+	Revision int64 `protobuf:"varint,4,opt,name=revision,proto3" json:"revision,omitempty"`
+	// When it was created. Output only.
+	CreateTime *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	// When it was last changed. Output only.
+	UpdateTime    *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Product) Reset() {
+	*x = Product{}
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Product) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Product) ProtoMessage() {}
+
+func (x *Product) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Product.ProtoReflect.Descriptor instead.
+func (*Product) Descriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *Product) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Product) GetDescription() string {
+	if x != nil {
+		return x.Description
+	}
+	return ""
+}
+
+func (x *Product) GetEventTypes() []string {
+	if x != nil {
+		return x.EventTypes
+	}
+	return nil
+}
+
+func (x *Product) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *Product) GetCreateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreateTime
+	}
+	return nil
+}
+
+func (x *Product) GetUpdateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.UpdateTime
+	}
+	return nil
+}
+
+// RetentionPolicy bounds an event type's log; either or both may be set.
+type RetentionPolicy struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Events older than this are trimmed.
+	MaxAge *durationpb.Duration `protobuf:"bytes,1,opt,name=max_age,json=maxAge,proto3" json:"max_age,omitempty"`
+	// At most this many events are kept.
+	MaxEvents     int64 `protobuf:"varint,2,opt,name=max_events,json=maxEvents,proto3" json:"max_events,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RetentionPolicy) Reset() {
+	*x = RetentionPolicy{}
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RetentionPolicy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RetentionPolicy) ProtoMessage() {}
+
+func (x *RetentionPolicy) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RetentionPolicy.ProtoReflect.Descriptor instead.
+func (*RetentionPolicy) Descriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *RetentionPolicy) GetMaxAge() *durationpb.Duration {
+	if x != nil {
+		return x.MaxAge
+	}
+	return nil
+}
+
+func (x *RetentionPolicy) GetMaxEvents() int64 {
+	if x != nil {
+		return x.MaxEvents
+	}
+	return 0
+}
+
+// Example is a sample payload, validated against its schema version.
+type Example struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Short name.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// What it shows.
+	Summary string `protobuf:"bytes,2,opt,name=summary,proto3" json:"summary,omitempty"`
+	// The event data as JSON text.
+	Data string `protobuf:"bytes,3,opt,name=data,proto3" json:"data,omitempty"`
+	// The schema version it conforms to; 0 means the latest.
+	SchemaVersion int32 `protobuf:"varint,4,opt,name=schema_version,json=schemaVersion,proto3" json:"schema_version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Example) Reset() {
+	*x = Example{}
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Example) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Example) ProtoMessage() {}
+
+func (x *Example) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Example.ProtoReflect.Descriptor instead.
+func (*Example) Descriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *Example) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Example) GetSummary() string {
+	if x != nil {
+		return x.Summary
+	}
+	return ""
+}
+
+func (x *Example) GetData() string {
+	if x != nil {
+		return x.Data
+	}
+	return ""
+}
+
+func (x *Example) GetSchemaVersion() int32 {
+	if x != nil {
+		return x.SchemaVersion
+	}
+	return 0
+}
+
+// SchemaVersion is one version of an event type's schema.
+type SchemaVersion struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The event type name.
+	EventType string `protobuf:"bytes,1,opt,name=event_type,json=eventType,proto3" json:"event_type,omitempty"`
+	// 1, 2, 3...
+	Version int32 `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
+	// JSON Schema (draft 2020-12) as JSON text.
+	Schema string `protobuf:"bytes,3,opt,name=schema,proto3" json:"schema,omitempty"`
+	// When it was added.
+	CreateTime    *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SchemaVersion) Reset() {
+	*x = SchemaVersion{}
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SchemaVersion) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SchemaVersion) ProtoMessage() {}
+
+func (x *SchemaVersion) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SchemaVersion.ProtoReflect.Descriptor instead.
+func (*SchemaVersion) Descriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *SchemaVersion) GetEventType() string {
+	if x != nil {
+		return x.EventType
+	}
+	return ""
+}
+
+func (x *SchemaVersion) GetVersion() int32 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *SchemaVersion) GetSchema() string {
+	if x != nil {
+		return x.Schema
+	}
+	return ""
+}
+
+func (x *SchemaVersion) GetCreateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreateTime
+	}
+	return nil
+}
+
 // EventType is one entry of the catalog.
 type EventType struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -29,22 +716,41 @@ type EventType struct {
 	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	// What the event means, for people reading the catalog.
 	Description string `protobuf:"bytes,2,opt,name=description,proto3" json:"description,omitempty"`
-	// JSON Schema (draft 2020-12) of the event data, as JSON text. Empty means
-	// the data is not validated.
+	// JSON Schema (draft 2020-12) of the event data, as JSON text: on create,
+	// the first version; on reads, the latest version.
 	Schema string `protobuf:"bytes,3,opt,name=schema,proto3" json:"schema,omitempty"`
 	// When the event type was created. Output only.
 	CreateTime *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
 	// When the event type was last changed. Output only.
 	UpdateTime *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
-	// Catalog revision of the last change. Output only.
-	Revision      int64 `protobuf:"varint,6,opt,name=revision,proto3" json:"revision,omitempty"`
+	// Catalog revision of the last change. Updates must send the current one.
+	Revision int64 `protobuf:"varint,6,opt,name=revision,proto3" json:"revision,omitempty"`
+	// The team that owns the type.
+	Owner string `protobuf:"bytes,7,opt,name=owner,proto3" json:"owner,omitempty"`
+	// Who may see and subscribe to it.
+	Visibility Visibility `protobuf:"varint,8,opt,name=visibility,proto3,enum=herald.registry.v1.Visibility" json:"visibility,omitempty"`
+	// Active, deprecated or retired.
+	Lifecycle Lifecycle `protobuf:"varint,9,opt,name=lifecycle,proto3,enum=herald.registry.v1.Lifecycle" json:"lifecycle,omitempty"`
+	// When a deprecated type is retired.
+	SunsetTime *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=sunset_time,json=sunsetTime,proto3" json:"sunset_time,omitempty"`
+	// Sample payloads.
+	Examples []*Example `protobuf:"bytes,11,rep,name=examples,proto3" json:"examples,omitempty"`
+	// How long its log is kept.
+	Retention *RetentionPolicy `protobuf:"bytes,12,opt,name=retention,proto3" json:"retention,omitempty"`
+	// How new schema versions must relate to earlier ones.
+	Compatibility Compatibility `protobuf:"varint,13,opt,name=compatibility,proto3,enum=herald.registry.v1.Compatibility" json:"compatibility,omitempty"`
+	// The latest schema version number. Output only.
+	SchemaVersion int32 `protobuf:"varint,14,opt,name=schema_version,json=schemaVersion,proto3" json:"schema_version,omitempty"`
+	// Number of log partitions (events with the same partitionkey stay in
+	// order). Default 1.
+	Partitions    int32 `protobuf:"varint,15,opt,name=partitions,proto3" json:"partitions,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *EventType) Reset() {
 	*x = EventType{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[0]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -56,7 +762,7 @@ func (x *EventType) String() string {
 func (*EventType) ProtoMessage() {}
 
 func (x *EventType) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[0]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -69,7 +775,7 @@ func (x *EventType) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EventType.ProtoReflect.Descriptor instead.
 func (*EventType) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{0}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *EventType) GetName() string {
@@ -114,6 +820,69 @@ func (x *EventType) GetRevision() int64 {
 	return 0
 }
 
+func (x *EventType) GetOwner() string {
+	if x != nil {
+		return x.Owner
+	}
+	return ""
+}
+
+func (x *EventType) GetVisibility() Visibility {
+	if x != nil {
+		return x.Visibility
+	}
+	return Visibility_VISIBILITY_UNSPECIFIED
+}
+
+func (x *EventType) GetLifecycle() Lifecycle {
+	if x != nil {
+		return x.Lifecycle
+	}
+	return Lifecycle_LIFECYCLE_UNSPECIFIED
+}
+
+func (x *EventType) GetSunsetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.SunsetTime
+	}
+	return nil
+}
+
+func (x *EventType) GetExamples() []*Example {
+	if x != nil {
+		return x.Examples
+	}
+	return nil
+}
+
+func (x *EventType) GetRetention() *RetentionPolicy {
+	if x != nil {
+		return x.Retention
+	}
+	return nil
+}
+
+func (x *EventType) GetCompatibility() Compatibility {
+	if x != nil {
+		return x.Compatibility
+	}
+	return Compatibility_COMPATIBILITY_UNSPECIFIED
+}
+
+func (x *EventType) GetSchemaVersion() int32 {
+	if x != nil {
+		return x.SchemaVersion
+	}
+	return 0
+}
+
+func (x *EventType) GetPartitions() int32 {
+	if x != nil {
+		return x.Partitions
+	}
+	return 0
+}
+
 // CreateEventTypeRequest is the request of CreateEventType.
 type CreateEventTypeRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -125,7 +894,7 @@ type CreateEventTypeRequest struct {
 
 func (x *CreateEventTypeRequest) Reset() {
 	*x = CreateEventTypeRequest{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[1]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -137,7 +906,7 @@ func (x *CreateEventTypeRequest) String() string {
 func (*CreateEventTypeRequest) ProtoMessage() {}
 
 func (x *CreateEventTypeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[1]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -150,7 +919,7 @@ func (x *CreateEventTypeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateEventTypeRequest.ProtoReflect.Descriptor instead.
 func (*CreateEventTypeRequest) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{1}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *CreateEventTypeRequest) GetEventType() *EventType {
@@ -171,7 +940,7 @@ type CreateEventTypeResponse struct {
 
 func (x *CreateEventTypeResponse) Reset() {
 	*x = CreateEventTypeResponse{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[2]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -183,7 +952,7 @@ func (x *CreateEventTypeResponse) String() string {
 func (*CreateEventTypeResponse) ProtoMessage() {}
 
 func (x *CreateEventTypeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[2]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -196,7 +965,7 @@ func (x *CreateEventTypeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateEventTypeResponse.ProtoReflect.Descriptor instead.
 func (*CreateEventTypeResponse) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{2}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *CreateEventTypeResponse) GetEventType() *EventType {
@@ -217,7 +986,7 @@ type GetEventTypeRequest struct {
 
 func (x *GetEventTypeRequest) Reset() {
 	*x = GetEventTypeRequest{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[3]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -229,7 +998,7 @@ func (x *GetEventTypeRequest) String() string {
 func (*GetEventTypeRequest) ProtoMessage() {}
 
 func (x *GetEventTypeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[3]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -242,7 +1011,7 @@ func (x *GetEventTypeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetEventTypeRequest.ProtoReflect.Descriptor instead.
 func (*GetEventTypeRequest) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{3}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *GetEventTypeRequest) GetName() string {
@@ -263,7 +1032,7 @@ type GetEventTypeResponse struct {
 
 func (x *GetEventTypeResponse) Reset() {
 	*x = GetEventTypeResponse{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[4]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -275,7 +1044,7 @@ func (x *GetEventTypeResponse) String() string {
 func (*GetEventTypeResponse) ProtoMessage() {}
 
 func (x *GetEventTypeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[4]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -288,7 +1057,7 @@ func (x *GetEventTypeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetEventTypeResponse.ProtoReflect.Descriptor instead.
 func (*GetEventTypeResponse) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{4}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *GetEventTypeResponse) GetEventType() *EventType {
@@ -301,6 +1070,8 @@ func (x *GetEventTypeResponse) GetEventType() *EventType {
 // ListEventTypesRequest is the request of ListEventTypes.
 type ListEventTypesRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
+	// Only types of this domain, if set.
+	Domain string `protobuf:"bytes,3,opt,name=domain,proto3" json:"domain,omitempty"`
 	// Maximum number of event types to return (default 100, at most 1000).
 	PageSize int32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
 	// The next_page_token of a previous response.
@@ -311,7 +1082,7 @@ type ListEventTypesRequest struct {
 
 func (x *ListEventTypesRequest) Reset() {
 	*x = ListEventTypesRequest{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[5]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -323,7 +1094,7 @@ func (x *ListEventTypesRequest) String() string {
 func (*ListEventTypesRequest) ProtoMessage() {}
 
 func (x *ListEventTypesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[5]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -336,7 +1107,14 @@ func (x *ListEventTypesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEventTypesRequest.ProtoReflect.Descriptor instead.
 func (*ListEventTypesRequest) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{5}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *ListEventTypesRequest) GetDomain() string {
+	if x != nil {
+		return x.Domain
+	}
+	return ""
 }
 
 func (x *ListEventTypesRequest) GetPageSize() int32 {
@@ -366,7 +1144,7 @@ type ListEventTypesResponse struct {
 
 func (x *ListEventTypesResponse) Reset() {
 	*x = ListEventTypesResponse{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[6]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -378,7 +1156,7 @@ func (x *ListEventTypesResponse) String() string {
 func (*ListEventTypesResponse) ProtoMessage() {}
 
 func (x *ListEventTypesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[6]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -391,7 +1169,7 @@ func (x *ListEventTypesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEventTypesResponse.ProtoReflect.Descriptor instead.
 func (*ListEventTypesResponse) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{6}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ListEventTypesResponse) GetEventTypes() []*EventType {
@@ -408,6 +1186,1120 @@ func (x *ListEventTypesResponse) GetNextPageToken() string {
 	return ""
 }
 
+// UpdateEventTypeRequest is the request of UpdateEventType.
+type UpdateEventTypeRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The type with its new metadata and the revision it was read at. The
+	// schema field is ignored.
+	EventType     *EventType `protobuf:"bytes,1,opt,name=event_type,json=eventType,proto3" json:"event_type,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateEventTypeRequest) Reset() {
+	*x = UpdateEventTypeRequest{}
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateEventTypeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateEventTypeRequest) ProtoMessage() {}
+
+func (x *UpdateEventTypeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateEventTypeRequest.ProtoReflect.Descriptor instead.
+func (*UpdateEventTypeRequest) Descriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *UpdateEventTypeRequest) GetEventType() *EventType {
+	if x != nil {
+		return x.EventType
+	}
+	return nil
+}
+
+// UpdateEventTypeResponse is the response of UpdateEventType.
+type UpdateEventTypeResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The updated type.
+	EventType     *EventType `protobuf:"bytes,1,opt,name=event_type,json=eventType,proto3" json:"event_type,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateEventTypeResponse) Reset() {
+	*x = UpdateEventTypeResponse{}
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateEventTypeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateEventTypeResponse) ProtoMessage() {}
+
+func (x *UpdateEventTypeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateEventTypeResponse.ProtoReflect.Descriptor instead.
+func (*UpdateEventTypeResponse) Descriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *UpdateEventTypeResponse) GetEventType() *EventType {
+	if x != nil {
+		return x.EventType
+	}
+	return nil
+}
+
+// CreateSchemaVersionRequest is the request of CreateSchemaVersion.
+type CreateSchemaVersionRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The event type name.
+	EventType string `protobuf:"bytes,1,opt,name=event_type,json=eventType,proto3" json:"event_type,omitempty"`
+	// The new schema (JSON text).
+	Schema        string `protobuf:"bytes,2,opt,name=schema,proto3" json:"schema,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateSchemaVersionRequest) Reset() {
+	*x = CreateSchemaVersionRequest{}
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateSchemaVersionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateSchemaVersionRequest) ProtoMessage() {}
+
+func (x *CreateSchemaVersionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateSchemaVersionRequest.ProtoReflect.Descriptor instead.
+func (*CreateSchemaVersionRequest) Descriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *CreateSchemaVersionRequest) GetEventType() string {
+	if x != nil {
+		return x.EventType
+	}
+	return ""
+}
+
+func (x *CreateSchemaVersionRequest) GetSchema() string {
+	if x != nil {
+		return x.Schema
+	}
+	return ""
+}
+
+// CreateSchemaVersionResponse is the response of CreateSchemaVersion.
+type CreateSchemaVersionResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The added version.
+	SchemaVersion *SchemaVersion `protobuf:"bytes,1,opt,name=schema_version,json=schemaVersion,proto3" json:"schema_version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateSchemaVersionResponse) Reset() {
+	*x = CreateSchemaVersionResponse{}
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateSchemaVersionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateSchemaVersionResponse) ProtoMessage() {}
+
+func (x *CreateSchemaVersionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateSchemaVersionResponse.ProtoReflect.Descriptor instead.
+func (*CreateSchemaVersionResponse) Descriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *CreateSchemaVersionResponse) GetSchemaVersion() *SchemaVersion {
+	if x != nil {
+		return x.SchemaVersion
+	}
+	return nil
+}
+
+// ListSchemaVersionsRequest is the request of ListSchemaVersions.
+type ListSchemaVersionsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The event type name.
+	EventType     string `protobuf:"bytes,1,opt,name=event_type,json=eventType,proto3" json:"event_type,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListSchemaVersionsRequest) Reset() {
+	*x = ListSchemaVersionsRequest{}
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListSchemaVersionsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListSchemaVersionsRequest) ProtoMessage() {}
+
+func (x *ListSchemaVersionsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListSchemaVersionsRequest.ProtoReflect.Descriptor instead.
+func (*ListSchemaVersionsRequest) Descriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *ListSchemaVersionsRequest) GetEventType() string {
+	if x != nil {
+		return x.EventType
+	}
+	return ""
+}
+
+// ListSchemaVersionsResponse is the response of ListSchemaVersions.
+type ListSchemaVersionsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The versions, oldest first.
+	SchemaVersions []*SchemaVersion `protobuf:"bytes,1,rep,name=schema_versions,json=schemaVersions,proto3" json:"schema_versions,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *ListSchemaVersionsResponse) Reset() {
+	*x = ListSchemaVersionsResponse{}
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListSchemaVersionsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListSchemaVersionsResponse) ProtoMessage() {}
+
+func (x *ListSchemaVersionsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListSchemaVersionsResponse.ProtoReflect.Descriptor instead.
+func (*ListSchemaVersionsResponse) Descriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *ListSchemaVersionsResponse) GetSchemaVersions() []*SchemaVersion {
+	if x != nil {
+		return x.SchemaVersions
+	}
+	return nil
+}
+
+// CheckCompatibilityRequest is the request of CheckCompatibility.
+type CheckCompatibilityRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The event type name.
+	EventType string `protobuf:"bytes,1,opt,name=event_type,json=eventType,proto3" json:"event_type,omitempty"`
+	// The candidate schema (JSON text).
+	Schema        string `protobuf:"bytes,2,opt,name=schema,proto3" json:"schema,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CheckCompatibilityRequest) Reset() {
+	*x = CheckCompatibilityRequest{}
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CheckCompatibilityRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CheckCompatibilityRequest) ProtoMessage() {}
+
+func (x *CheckCompatibilityRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CheckCompatibilityRequest.ProtoReflect.Descriptor instead.
+func (*CheckCompatibilityRequest) Descriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *CheckCompatibilityRequest) GetEventType() string {
+	if x != nil {
+		return x.EventType
+	}
+	return ""
+}
+
+func (x *CheckCompatibilityRequest) GetSchema() string {
+	if x != nil {
+		return x.Schema
+	}
+	return ""
+}
+
+// CheckCompatibilityResponse is the response of CheckCompatibility.
+type CheckCompatibilityResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Whether the schema could be added.
+	Compatible bool `protobuf:"varint,1,opt,name=compatible,proto3" json:"compatible,omitempty"`
+	// Why not: each names the property path and the rule broken.
+	Reasons       []string `protobuf:"bytes,2,rep,name=reasons,proto3" json:"reasons,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CheckCompatibilityResponse) Reset() {
+	*x = CheckCompatibilityResponse{}
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CheckCompatibilityResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CheckCompatibilityResponse) ProtoMessage() {}
+
+func (x *CheckCompatibilityResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CheckCompatibilityResponse.ProtoReflect.Descriptor instead.
+func (*CheckCompatibilityResponse) Descriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *CheckCompatibilityResponse) GetCompatible() bool {
+	if x != nil {
+		return x.Compatible
+	}
+	return false
+}
+
+func (x *CheckCompatibilityResponse) GetReasons() []string {
+	if x != nil {
+		return x.Reasons
+	}
+	return nil
+}
+
+// CreateDomainRequest is the request of CreateDomain.
+type CreateDomainRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The domain to create.
+	Domain        *Domain `protobuf:"bytes,1,opt,name=domain,proto3" json:"domain,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateDomainRequest) Reset() {
+	*x = CreateDomainRequest{}
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateDomainRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateDomainRequest) ProtoMessage() {}
+
+func (x *CreateDomainRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateDomainRequest.ProtoReflect.Descriptor instead.
+func (*CreateDomainRequest) Descriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *CreateDomainRequest) GetDomain() *Domain {
+	if x != nil {
+		return x.Domain
+	}
+	return nil
+}
+
+// CreateDomainResponse is the response of CreateDomain.
+type CreateDomainResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The created domain.
+	Domain        *Domain `protobuf:"bytes,1,opt,name=domain,proto3" json:"domain,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateDomainResponse) Reset() {
+	*x = CreateDomainResponse{}
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateDomainResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateDomainResponse) ProtoMessage() {}
+
+func (x *CreateDomainResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateDomainResponse.ProtoReflect.Descriptor instead.
+func (*CreateDomainResponse) Descriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *CreateDomainResponse) GetDomain() *Domain {
+	if x != nil {
+		return x.Domain
+	}
+	return nil
+}
+
+// GetDomainRequest is the request of GetDomain.
+type GetDomainRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The domain name.
+	Name          string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetDomainRequest) Reset() {
+	*x = GetDomainRequest{}
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetDomainRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetDomainRequest) ProtoMessage() {}
+
+func (x *GetDomainRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetDomainRequest.ProtoReflect.Descriptor instead.
+func (*GetDomainRequest) Descriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *GetDomainRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+// GetDomainResponse is the response of GetDomain.
+type GetDomainResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The domain.
+	Domain        *Domain `protobuf:"bytes,1,opt,name=domain,proto3" json:"domain,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetDomainResponse) Reset() {
+	*x = GetDomainResponse{}
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetDomainResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetDomainResponse) ProtoMessage() {}
+
+func (x *GetDomainResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetDomainResponse.ProtoReflect.Descriptor instead.
+func (*GetDomainResponse) Descriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *GetDomainResponse) GetDomain() *Domain {
+	if x != nil {
+		return x.Domain
+	}
+	return nil
+}
+
+// ListDomainsRequest is the request of ListDomains.
+type ListDomainsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListDomainsRequest) Reset() {
+	*x = ListDomainsRequest{}
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListDomainsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListDomainsRequest) ProtoMessage() {}
+
+func (x *ListDomainsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListDomainsRequest.ProtoReflect.Descriptor instead.
+func (*ListDomainsRequest) Descriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{24}
+}
+
+// ListDomainsResponse is the response of ListDomains.
+type ListDomainsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Domains in name order.
+	Domains       []*Domain `protobuf:"bytes,1,rep,name=domains,proto3" json:"domains,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListDomainsResponse) Reset() {
+	*x = ListDomainsResponse{}
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListDomainsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListDomainsResponse) ProtoMessage() {}
+
+func (x *ListDomainsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListDomainsResponse.ProtoReflect.Descriptor instead.
+func (*ListDomainsResponse) Descriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *ListDomainsResponse) GetDomains() []*Domain {
+	if x != nil {
+		return x.Domains
+	}
+	return nil
+}
+
+// UpdateDomainRequest is the request of UpdateDomain.
+type UpdateDomainRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The domain with its new fields and the revision it was read at.
+	Domain        *Domain `protobuf:"bytes,1,opt,name=domain,proto3" json:"domain,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateDomainRequest) Reset() {
+	*x = UpdateDomainRequest{}
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateDomainRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateDomainRequest) ProtoMessage() {}
+
+func (x *UpdateDomainRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateDomainRequest.ProtoReflect.Descriptor instead.
+func (*UpdateDomainRequest) Descriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *UpdateDomainRequest) GetDomain() *Domain {
+	if x != nil {
+		return x.Domain
+	}
+	return nil
+}
+
+// UpdateDomainResponse is the response of UpdateDomain.
+type UpdateDomainResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The updated domain.
+	Domain        *Domain `protobuf:"bytes,1,opt,name=domain,proto3" json:"domain,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateDomainResponse) Reset() {
+	*x = UpdateDomainResponse{}
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateDomainResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateDomainResponse) ProtoMessage() {}
+
+func (x *UpdateDomainResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateDomainResponse.ProtoReflect.Descriptor instead.
+func (*UpdateDomainResponse) Descriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *UpdateDomainResponse) GetDomain() *Domain {
+	if x != nil {
+		return x.Domain
+	}
+	return nil
+}
+
+// CreateProductRequest is the request of CreateProduct.
+type CreateProductRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The product to create.
+	Product       *Product `protobuf:"bytes,1,opt,name=product,proto3" json:"product,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateProductRequest) Reset() {
+	*x = CreateProductRequest{}
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateProductRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateProductRequest) ProtoMessage() {}
+
+func (x *CreateProductRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateProductRequest.ProtoReflect.Descriptor instead.
+func (*CreateProductRequest) Descriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *CreateProductRequest) GetProduct() *Product {
+	if x != nil {
+		return x.Product
+	}
+	return nil
+}
+
+// CreateProductResponse is the response of CreateProduct.
+type CreateProductResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The created product.
+	Product       *Product `protobuf:"bytes,1,opt,name=product,proto3" json:"product,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateProductResponse) Reset() {
+	*x = CreateProductResponse{}
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateProductResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateProductResponse) ProtoMessage() {}
+
+func (x *CreateProductResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateProductResponse.ProtoReflect.Descriptor instead.
+func (*CreateProductResponse) Descriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *CreateProductResponse) GetProduct() *Product {
+	if x != nil {
+		return x.Product
+	}
+	return nil
+}
+
+// GetProductRequest is the request of GetProduct.
+type GetProductRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The product name.
+	Name          string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetProductRequest) Reset() {
+	*x = GetProductRequest{}
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetProductRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetProductRequest) ProtoMessage() {}
+
+func (x *GetProductRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetProductRequest.ProtoReflect.Descriptor instead.
+func (*GetProductRequest) Descriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *GetProductRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+// GetProductResponse is the response of GetProduct.
+type GetProductResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The product.
+	Product       *Product `protobuf:"bytes,1,opt,name=product,proto3" json:"product,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetProductResponse) Reset() {
+	*x = GetProductResponse{}
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetProductResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetProductResponse) ProtoMessage() {}
+
+func (x *GetProductResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetProductResponse.ProtoReflect.Descriptor instead.
+func (*GetProductResponse) Descriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *GetProductResponse) GetProduct() *Product {
+	if x != nil {
+		return x.Product
+	}
+	return nil
+}
+
+// ListProductsRequest is the request of ListProducts.
+type ListProductsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListProductsRequest) Reset() {
+	*x = ListProductsRequest{}
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListProductsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListProductsRequest) ProtoMessage() {}
+
+func (x *ListProductsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListProductsRequest.ProtoReflect.Descriptor instead.
+func (*ListProductsRequest) Descriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{32}
+}
+
+// ListProductsResponse is the response of ListProducts.
+type ListProductsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Products in name order.
+	Products      []*Product `protobuf:"bytes,1,rep,name=products,proto3" json:"products,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListProductsResponse) Reset() {
+	*x = ListProductsResponse{}
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListProductsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListProductsResponse) ProtoMessage() {}
+
+func (x *ListProductsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListProductsResponse.ProtoReflect.Descriptor instead.
+func (*ListProductsResponse) Descriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *ListProductsResponse) GetProducts() []*Product {
+	if x != nil {
+		return x.Products
+	}
+	return nil
+}
+
+// UpdateProductRequest is the request of UpdateProduct.
+type UpdateProductRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The product with its new fields and the revision it was read at.
+	Product       *Product `protobuf:"bytes,1,opt,name=product,proto3" json:"product,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateProductRequest) Reset() {
+	*x = UpdateProductRequest{}
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateProductRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateProductRequest) ProtoMessage() {}
+
+func (x *UpdateProductRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateProductRequest.ProtoReflect.Descriptor instead.
+func (*UpdateProductRequest) Descriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *UpdateProductRequest) GetProduct() *Product {
+	if x != nil {
+		return x.Product
+	}
+	return nil
+}
+
+// UpdateProductResponse is the response of UpdateProduct.
+type UpdateProductResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The updated product.
+	Product       *Product `protobuf:"bytes,1,opt,name=product,proto3" json:"product,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateProductResponse) Reset() {
+	*x = UpdateProductResponse{}
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateProductResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateProductResponse) ProtoMessage() {}
+
+func (x *UpdateProductResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateProductResponse.ProtoReflect.Descriptor instead.
+func (*UpdateProductResponse) Descriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *UpdateProductResponse) GetProduct() *Product {
+	if x != nil {
+		return x.Product
+	}
+	return nil
+}
+
 // Application is a producer and/or consumer of events.
 type Application struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -416,14 +2308,22 @@ type Application struct {
 	// Display name.
 	Name string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
 	// When the application was created. Output only.
-	CreateTime    *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	CreateTime *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	// What it may publish and subscribe to.
+	Grants []*Grant `protobuf:"bytes,4,rep,name=grants,proto3" json:"grants,omitempty"`
+	// The tenant (customer, team) that owns it.
+	Tenant string `protobuf:"bytes,5,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	// Which visibilities it can see.
+	Audience Audience `protobuf:"varint,6,opt,name=audience,proto3,enum=herald.registry.v1.Audience" json:"audience,omitempty"`
+	// Catalog revision of the last change. Updates must send the current one.
+	Revision      int64 `protobuf:"varint,7,opt,name=revision,proto3" json:"revision,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Application) Reset() {
 	*x = Application{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[7]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -435,7 +2335,7 @@ func (x *Application) String() string {
 func (*Application) ProtoMessage() {}
 
 func (x *Application) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[7]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -448,7 +2348,7 @@ func (x *Application) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Application.ProtoReflect.Descriptor instead.
 func (*Application) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{7}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *Application) GetId() string {
@@ -472,6 +2372,89 @@ func (x *Application) GetCreateTime() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *Application) GetGrants() []*Grant {
+	if x != nil {
+		return x.Grants
+	}
+	return nil
+}
+
+func (x *Application) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *Application) GetAudience() Audience {
+	if x != nil {
+		return x.Audience
+	}
+	return Audience_AUDIENCE_UNSPECIFIED
+}
+
+func (x *Application) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+// Grant is one right of an application.
+type Grant struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// What is allowed.
+	Action GrantAction `protobuf:"varint,1,opt,name=action,proto3,enum=herald.registry.v1.GrantAction" json:"action,omitempty"`
+	// On which types: a name or a pattern (billing.*, *).
+	Pattern       string `protobuf:"bytes,2,opt,name=pattern,proto3" json:"pattern,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Grant) Reset() {
+	*x = Grant{}
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Grant) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Grant) ProtoMessage() {}
+
+func (x *Grant) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Grant.ProtoReflect.Descriptor instead.
+func (*Grant) Descriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *Grant) GetAction() GrantAction {
+	if x != nil {
+		return x.Action
+	}
+	return GrantAction_GRANT_ACTION_UNSPECIFIED
+}
+
+func (x *Grant) GetPattern() string {
+	if x != nil {
+		return x.Pattern
+	}
+	return ""
+}
+
 // Key is an application's credential.
 type Key struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -485,14 +2468,18 @@ type Key struct {
 	// The first characters of the secret, to recognise it in lists.
 	Prefix string `protobuf:"bytes,4,opt,name=prefix,proto3" json:"prefix,omitempty"`
 	// When the key was created.
-	CreateTime    *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	CreateTime *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	// When the key stops working (rotation overlap), if set.
+	ExpireTime *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=expire_time,json=expireTime,proto3" json:"expire_time,omitempty"`
+	// When the key was revoked, if it was.
+	RevokeTime    *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=revoke_time,json=revokeTime,proto3" json:"revoke_time,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Key) Reset() {
 	*x = Key{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[8]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -504,7 +2491,7 @@ func (x *Key) String() string {
 func (*Key) ProtoMessage() {}
 
 func (x *Key) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[8]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -517,7 +2504,7 @@ func (x *Key) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Key.ProtoReflect.Descriptor instead.
 func (*Key) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{8}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *Key) GetId() string {
@@ -555,6 +2542,20 @@ func (x *Key) GetCreateTime() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *Key) GetExpireTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpireTime
+	}
+	return nil
+}
+
+func (x *Key) GetRevokeTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.RevokeTime
+	}
+	return nil
+}
+
 // CreateApplicationRequest is the request of CreateApplication.
 type CreateApplicationRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -566,7 +2567,7 @@ type CreateApplicationRequest struct {
 
 func (x *CreateApplicationRequest) Reset() {
 	*x = CreateApplicationRequest{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[9]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -578,7 +2579,7 @@ func (x *CreateApplicationRequest) String() string {
 func (*CreateApplicationRequest) ProtoMessage() {}
 
 func (x *CreateApplicationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[9]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -591,7 +2592,7 @@ func (x *CreateApplicationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateApplicationRequest.ProtoReflect.Descriptor instead.
 func (*CreateApplicationRequest) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{9}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *CreateApplicationRequest) GetApplication() *Application {
@@ -614,7 +2615,7 @@ type CreateApplicationResponse struct {
 
 func (x *CreateApplicationResponse) Reset() {
 	*x = CreateApplicationResponse{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[10]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -626,7 +2627,7 @@ func (x *CreateApplicationResponse) String() string {
 func (*CreateApplicationResponse) ProtoMessage() {}
 
 func (x *CreateApplicationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[10]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -639,7 +2640,7 @@ func (x *CreateApplicationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateApplicationResponse.ProtoReflect.Descriptor instead.
 func (*CreateApplicationResponse) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{10}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *CreateApplicationResponse) GetApplication() *Application {
@@ -667,7 +2668,7 @@ type GetApplicationRequest struct {
 
 func (x *GetApplicationRequest) Reset() {
 	*x = GetApplicationRequest{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[11]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -679,7 +2680,7 @@ func (x *GetApplicationRequest) String() string {
 func (*GetApplicationRequest) ProtoMessage() {}
 
 func (x *GetApplicationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[11]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -692,7 +2693,7 @@ func (x *GetApplicationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetApplicationRequest.ProtoReflect.Descriptor instead.
 func (*GetApplicationRequest) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{11}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *GetApplicationRequest) GetId() string {
@@ -713,7 +2714,7 @@ type GetApplicationResponse struct {
 
 func (x *GetApplicationResponse) Reset() {
 	*x = GetApplicationResponse{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[12]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -725,7 +2726,7 @@ func (x *GetApplicationResponse) String() string {
 func (*GetApplicationResponse) ProtoMessage() {}
 
 func (x *GetApplicationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[12]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -738,12 +2739,482 @@ func (x *GetApplicationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetApplicationResponse.ProtoReflect.Descriptor instead.
 func (*GetApplicationResponse) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{12}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *GetApplicationResponse) GetApplication() *Application {
 	if x != nil {
 		return x.Application
+	}
+	return nil
+}
+
+// ListApplicationsRequest is the request of ListApplications.
+type ListApplicationsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Only applications of this tenant, if set.
+	Tenant        string `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListApplicationsRequest) Reset() {
+	*x = ListApplicationsRequest{}
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[43]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListApplicationsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListApplicationsRequest) ProtoMessage() {}
+
+func (x *ListApplicationsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[43]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListApplicationsRequest.ProtoReflect.Descriptor instead.
+func (*ListApplicationsRequest) Descriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{43}
+}
+
+func (x *ListApplicationsRequest) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+// ListApplicationsResponse is the response of ListApplications.
+type ListApplicationsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Applications in id order.
+	Applications  []*Application `protobuf:"bytes,1,rep,name=applications,proto3" json:"applications,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListApplicationsResponse) Reset() {
+	*x = ListApplicationsResponse{}
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[44]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListApplicationsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListApplicationsResponse) ProtoMessage() {}
+
+func (x *ListApplicationsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[44]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListApplicationsResponse.ProtoReflect.Descriptor instead.
+func (*ListApplicationsResponse) Descriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{44}
+}
+
+func (x *ListApplicationsResponse) GetApplications() []*Application {
+	if x != nil {
+		return x.Applications
+	}
+	return nil
+}
+
+// UpdateApplicationRequest is the request of UpdateApplication.
+type UpdateApplicationRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The application with its new fields and the revision it was read at.
+	Application   *Application `protobuf:"bytes,1,opt,name=application,proto3" json:"application,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateApplicationRequest) Reset() {
+	*x = UpdateApplicationRequest{}
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[45]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateApplicationRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateApplicationRequest) ProtoMessage() {}
+
+func (x *UpdateApplicationRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[45]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateApplicationRequest.ProtoReflect.Descriptor instead.
+func (*UpdateApplicationRequest) Descriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{45}
+}
+
+func (x *UpdateApplicationRequest) GetApplication() *Application {
+	if x != nil {
+		return x.Application
+	}
+	return nil
+}
+
+// UpdateApplicationResponse is the response of UpdateApplication.
+type UpdateApplicationResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The updated application.
+	Application   *Application `protobuf:"bytes,1,opt,name=application,proto3" json:"application,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateApplicationResponse) Reset() {
+	*x = UpdateApplicationResponse{}
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[46]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateApplicationResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateApplicationResponse) ProtoMessage() {}
+
+func (x *UpdateApplicationResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[46]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateApplicationResponse.ProtoReflect.Descriptor instead.
+func (*UpdateApplicationResponse) Descriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{46}
+}
+
+func (x *UpdateApplicationResponse) GetApplication() *Application {
+	if x != nil {
+		return x.Application
+	}
+	return nil
+}
+
+// CreateKeyRequest is the request of CreateKey.
+type CreateKeyRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The application.
+	ApplicationId string `protobuf:"bytes,1,opt,name=application_id,json=applicationId,proto3" json:"application_id,omitempty"`
+	// When set, the application's other active keys expire after this
+	// overlap (key rotation).
+	RotateOverlap *durationpb.Duration `protobuf:"bytes,2,opt,name=rotate_overlap,json=rotateOverlap,proto3" json:"rotate_overlap,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateKeyRequest) Reset() {
+	*x = CreateKeyRequest{}
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[47]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateKeyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateKeyRequest) ProtoMessage() {}
+
+func (x *CreateKeyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[47]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateKeyRequest.ProtoReflect.Descriptor instead.
+func (*CreateKeyRequest) Descriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{47}
+}
+
+func (x *CreateKeyRequest) GetApplicationId() string {
+	if x != nil {
+		return x.ApplicationId
+	}
+	return ""
+}
+
+func (x *CreateKeyRequest) GetRotateOverlap() *durationpb.Duration {
+	if x != nil {
+		return x.RotateOverlap
+	}
+	return nil
+}
+
+// CreateKeyResponse is the response of CreateKey.
+type CreateKeyResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The new key, with its secret (shown once).
+	Key           *Key `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateKeyResponse) Reset() {
+	*x = CreateKeyResponse{}
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[48]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateKeyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateKeyResponse) ProtoMessage() {}
+
+func (x *CreateKeyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[48]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateKeyResponse.ProtoReflect.Descriptor instead.
+func (*CreateKeyResponse) Descriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{48}
+}
+
+func (x *CreateKeyResponse) GetKey() *Key {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+// ListKeysRequest is the request of ListKeys.
+type ListKeysRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The application.
+	ApplicationId string `protobuf:"bytes,1,opt,name=application_id,json=applicationId,proto3" json:"application_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListKeysRequest) Reset() {
+	*x = ListKeysRequest{}
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[49]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListKeysRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListKeysRequest) ProtoMessage() {}
+
+func (x *ListKeysRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[49]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListKeysRequest.ProtoReflect.Descriptor instead.
+func (*ListKeysRequest) Descriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{49}
+}
+
+func (x *ListKeysRequest) GetApplicationId() string {
+	if x != nil {
+		return x.ApplicationId
+	}
+	return ""
+}
+
+// ListKeysResponse is the response of ListKeys.
+type ListKeysResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The keys, without secrets.
+	Keys          []*Key `protobuf:"bytes,1,rep,name=keys,proto3" json:"keys,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListKeysResponse) Reset() {
+	*x = ListKeysResponse{}
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[50]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListKeysResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListKeysResponse) ProtoMessage() {}
+
+func (x *ListKeysResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[50]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListKeysResponse.ProtoReflect.Descriptor instead.
+func (*ListKeysResponse) Descriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{50}
+}
+
+func (x *ListKeysResponse) GetKeys() []*Key {
+	if x != nil {
+		return x.Keys
+	}
+	return nil
+}
+
+// RevokeKeyRequest is the request of RevokeKey.
+type RevokeKeyRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The key id.
+	Id            string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeKeyRequest) Reset() {
+	*x = RevokeKeyRequest{}
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[51]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeKeyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeKeyRequest) ProtoMessage() {}
+
+func (x *RevokeKeyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[51]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeKeyRequest.ProtoReflect.Descriptor instead.
+func (*RevokeKeyRequest) Descriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{51}
+}
+
+func (x *RevokeKeyRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+// RevokeKeyResponse is the response of RevokeKey.
+type RevokeKeyResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The revoked key.
+	Key           *Key `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeKeyResponse) Reset() {
+	*x = RevokeKeyResponse{}
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[52]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeKeyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeKeyResponse) ProtoMessage() {}
+
+func (x *RevokeKeyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[52]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeKeyResponse.ProtoReflect.Descriptor instead.
+func (*RevokeKeyResponse) Descriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{52}
+}
+
+func (x *RevokeKeyResponse) GetKey() *Key {
+	if x != nil {
+		return x.Key
 	}
 	return nil
 }
@@ -759,7 +3230,7 @@ type AuthenticateKeyRequest struct {
 
 func (x *AuthenticateKeyRequest) Reset() {
 	*x = AuthenticateKeyRequest{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[13]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -771,7 +3242,7 @@ func (x *AuthenticateKeyRequest) String() string {
 func (*AuthenticateKeyRequest) ProtoMessage() {}
 
 func (x *AuthenticateKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[13]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -784,7 +3255,7 @@ func (x *AuthenticateKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthenticateKeyRequest.ProtoReflect.Descriptor instead.
 func (*AuthenticateKeyRequest) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{13}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *AuthenticateKeyRequest) GetKeyHash() string {
@@ -805,7 +3276,7 @@ type AuthenticateKeyResponse struct {
 
 func (x *AuthenticateKeyResponse) Reset() {
 	*x = AuthenticateKeyResponse{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[14]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -817,7 +3288,7 @@ func (x *AuthenticateKeyResponse) String() string {
 func (*AuthenticateKeyResponse) ProtoMessage() {}
 
 func (x *AuthenticateKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[14]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -830,7 +3301,7 @@ func (x *AuthenticateKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthenticateKeyResponse.ProtoReflect.Descriptor instead.
 func (*AuthenticateKeyResponse) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{14}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *AuthenticateKeyResponse) GetKey() *Key {
@@ -840,11 +3311,1072 @@ func (x *AuthenticateKeyResponse) GetKey() *Key {
 	return nil
 }
 
+// Subscription delivers matching events to a consumer application.
+type Subscription struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Server-assigned identifier. Output only.
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// The consumer application.
+	ApplicationId string `protobuf:"bytes,2,opt,name=application_id,json=applicationId,proto3" json:"application_id,omitempty"`
+	// Event type names or patterns (billing.*).
+	Types []string `protobuf:"bytes,3,rep,name=types,proto3" json:"types,omitempty"`
+	// Optional CEL expression over the event (attributes and data), e.g.
+	// `event.type == "billing.invoice.paid" && data.amount > 1000`.
+	Filter string `protobuf:"bytes,4,opt,name=filter,proto3" json:"filter,omitempty"`
+	// Where events go.
+	//
+	// Types that are valid to be assigned to Channel:
+	//
+	//	*Subscription_Webhook
+	//	*Subscription_Stream
+	Channel isSubscription_Channel `protobuf_oneof:"channel"`
+	// Where delivery starts.
+	Start *StartPosition `protobuf:"bytes,7,opt,name=start,proto3" json:"start,omitempty"`
+	// Catalog revision of the last change.
+	Revision int64 `protobuf:"varint,8,opt,name=revision,proto3" json:"revision,omitempty"`
+	// When it was created. Output only.
+	CreateTime    *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Subscription) Reset() {
+	*x = Subscription{}
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[55]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Subscription) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Subscription) ProtoMessage() {}
+
+func (x *Subscription) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[55]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Subscription.ProtoReflect.Descriptor instead.
+func (*Subscription) Descriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{55}
+}
+
+func (x *Subscription) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *Subscription) GetApplicationId() string {
+	if x != nil {
+		return x.ApplicationId
+	}
+	return ""
+}
+
+func (x *Subscription) GetTypes() []string {
+	if x != nil {
+		return x.Types
+	}
+	return nil
+}
+
+func (x *Subscription) GetFilter() string {
+	if x != nil {
+		return x.Filter
+	}
+	return ""
+}
+
+func (x *Subscription) GetChannel() isSubscription_Channel {
+	if x != nil {
+		return x.Channel
+	}
+	return nil
+}
+
+func (x *Subscription) GetWebhook() *WebhookChannel {
+	if x != nil {
+		if x, ok := x.Channel.(*Subscription_Webhook); ok {
+			return x.Webhook
+		}
+	}
+	return nil
+}
+
+func (x *Subscription) GetStream() *StreamChannel {
+	if x != nil {
+		if x, ok := x.Channel.(*Subscription_Stream); ok {
+			return x.Stream
+		}
+	}
+	return nil
+}
+
+func (x *Subscription) GetStart() *StartPosition {
+	if x != nil {
+		return x.Start
+	}
+	return nil
+}
+
+func (x *Subscription) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *Subscription) GetCreateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreateTime
+	}
+	return nil
+}
+
+type isSubscription_Channel interface {
+	isSubscription_Channel()
+}
+
+type Subscription_Webhook struct {
+	// Deliver by HTTP POST (Standard Webhooks).
+	Webhook *WebhookChannel `protobuf:"bytes,5,opt,name=webhook,proto3,oneof"`
+}
+
+type Subscription_Stream struct {
+	// Deliver over a stream the consumer opens.
+	Stream *StreamChannel `protobuf:"bytes,6,opt,name=stream,proto3,oneof"`
+}
+
+func (*Subscription_Webhook) isSubscription_Channel() {}
+
+func (*Subscription_Stream) isSubscription_Channel() {}
+
+// WebhookChannel is a webhook endpoint.
+type WebhookChannel struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The endpoint URL (https, or http for allowlisted hosts).
+	Url           string `protobuf:"bytes,1,opt,name=url,proto3" json:"url,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WebhookChannel) Reset() {
+	*x = WebhookChannel{}
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[56]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WebhookChannel) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WebhookChannel) ProtoMessage() {}
+
+func (x *WebhookChannel) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[56]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WebhookChannel.ProtoReflect.Descriptor instead.
+func (*WebhookChannel) Descriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{56}
+}
+
+func (x *WebhookChannel) GetUrl() string {
+	if x != nil {
+		return x.Url
+	}
+	return ""
+}
+
+// StreamChannel is delivery over a consumer-opened stream.
+type StreamChannel struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StreamChannel) Reset() {
+	*x = StreamChannel{}
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[57]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StreamChannel) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StreamChannel) ProtoMessage() {}
+
+func (x *StreamChannel) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[57]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StreamChannel.ProtoReflect.Descriptor instead.
+func (*StreamChannel) Descriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{57}
+}
+
+// StartPosition is where a durable subscription starts reading.
+type StartPosition struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// One of; none means from now.
+	//
+	// Types that are valid to be assigned to Position:
+	//
+	//	*StartPosition_Cursor
+	//	*StartPosition_Time
+	Position      isStartPosition_Position `protobuf_oneof:"position"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StartPosition) Reset() {
+	*x = StartPosition{}
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[58]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StartPosition) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StartPosition) ProtoMessage() {}
+
+func (x *StartPosition) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[58]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StartPosition.ProtoReflect.Descriptor instead.
+func (*StartPosition) Descriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{58}
+}
+
+func (x *StartPosition) GetPosition() isStartPosition_Position {
+	if x != nil {
+		return x.Position
+	}
+	return nil
+}
+
+func (x *StartPosition) GetCursor() string {
+	if x != nil {
+		if x, ok := x.Position.(*StartPosition_Cursor); ok {
+			return x.Cursor
+		}
+	}
+	return ""
+}
+
+func (x *StartPosition) GetTime() *timestamppb.Timestamp {
+	if x != nil {
+		if x, ok := x.Position.(*StartPosition_Time); ok {
+			return x.Time
+		}
+	}
+	return nil
+}
+
+type isStartPosition_Position interface {
+	isStartPosition_Position()
+}
+
+type StartPosition_Cursor struct {
+	// After this cursor.
+	Cursor string `protobuf:"bytes,1,opt,name=cursor,proto3,oneof"`
+}
+
+type StartPosition_Time struct {
+	// From this point in time.
+	Time *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=time,proto3,oneof"`
+}
+
+func (*StartPosition_Cursor) isStartPosition_Position() {}
+
+func (*StartPosition_Time) isStartPosition_Position() {}
+
+// CreateSubscriptionRequest is the request of CreateSubscription.
+type CreateSubscriptionRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The subscription to create.
+	Subscription  *Subscription `protobuf:"bytes,1,opt,name=subscription,proto3" json:"subscription,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateSubscriptionRequest) Reset() {
+	*x = CreateSubscriptionRequest{}
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[59]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateSubscriptionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateSubscriptionRequest) ProtoMessage() {}
+
+func (x *CreateSubscriptionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[59]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateSubscriptionRequest.ProtoReflect.Descriptor instead.
+func (*CreateSubscriptionRequest) Descriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{59}
+}
+
+func (x *CreateSubscriptionRequest) GetSubscription() *Subscription {
+	if x != nil {
+		return x.Subscription
+	}
+	return nil
+}
+
+// CreateSubscriptionResponse is the response of CreateSubscription.
+type CreateSubscriptionResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The created subscription.
+	Subscription  *Subscription `protobuf:"bytes,1,opt,name=subscription,proto3" json:"subscription,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateSubscriptionResponse) Reset() {
+	*x = CreateSubscriptionResponse{}
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[60]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateSubscriptionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateSubscriptionResponse) ProtoMessage() {}
+
+func (x *CreateSubscriptionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[60]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateSubscriptionResponse.ProtoReflect.Descriptor instead.
+func (*CreateSubscriptionResponse) Descriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{60}
+}
+
+func (x *CreateSubscriptionResponse) GetSubscription() *Subscription {
+	if x != nil {
+		return x.Subscription
+	}
+	return nil
+}
+
+// GetSubscriptionRequest is the request of GetSubscription.
+type GetSubscriptionRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The subscription id.
+	Id            string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetSubscriptionRequest) Reset() {
+	*x = GetSubscriptionRequest{}
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[61]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetSubscriptionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetSubscriptionRequest) ProtoMessage() {}
+
+func (x *GetSubscriptionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[61]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetSubscriptionRequest.ProtoReflect.Descriptor instead.
+func (*GetSubscriptionRequest) Descriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{61}
+}
+
+func (x *GetSubscriptionRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+// GetSubscriptionResponse is the response of GetSubscription.
+type GetSubscriptionResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The subscription.
+	Subscription  *Subscription `protobuf:"bytes,1,opt,name=subscription,proto3" json:"subscription,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetSubscriptionResponse) Reset() {
+	*x = GetSubscriptionResponse{}
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[62]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetSubscriptionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetSubscriptionResponse) ProtoMessage() {}
+
+func (x *GetSubscriptionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[62]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetSubscriptionResponse.ProtoReflect.Descriptor instead.
+func (*GetSubscriptionResponse) Descriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{62}
+}
+
+func (x *GetSubscriptionResponse) GetSubscription() *Subscription {
+	if x != nil {
+		return x.Subscription
+	}
+	return nil
+}
+
+// ListSubscriptionsRequest is the request of ListSubscriptions.
+type ListSubscriptionsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Only this application's, if set.
+	ApplicationId string `protobuf:"bytes,1,opt,name=application_id,json=applicationId,proto3" json:"application_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListSubscriptionsRequest) Reset() {
+	*x = ListSubscriptionsRequest{}
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[63]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListSubscriptionsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListSubscriptionsRequest) ProtoMessage() {}
+
+func (x *ListSubscriptionsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[63]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListSubscriptionsRequest.ProtoReflect.Descriptor instead.
+func (*ListSubscriptionsRequest) Descriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{63}
+}
+
+func (x *ListSubscriptionsRequest) GetApplicationId() string {
+	if x != nil {
+		return x.ApplicationId
+	}
+	return ""
+}
+
+// ListSubscriptionsResponse is the response of ListSubscriptions.
+type ListSubscriptionsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The subscriptions.
+	Subscriptions []*Subscription `protobuf:"bytes,1,rep,name=subscriptions,proto3" json:"subscriptions,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListSubscriptionsResponse) Reset() {
+	*x = ListSubscriptionsResponse{}
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[64]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListSubscriptionsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListSubscriptionsResponse) ProtoMessage() {}
+
+func (x *ListSubscriptionsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[64]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListSubscriptionsResponse.ProtoReflect.Descriptor instead.
+func (*ListSubscriptionsResponse) Descriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{64}
+}
+
+func (x *ListSubscriptionsResponse) GetSubscriptions() []*Subscription {
+	if x != nil {
+		return x.Subscriptions
+	}
+	return nil
+}
+
+// DeleteSubscriptionRequest is the request of DeleteSubscription.
+type DeleteSubscriptionRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The subscription id.
+	Id            string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteSubscriptionRequest) Reset() {
+	*x = DeleteSubscriptionRequest{}
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[65]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteSubscriptionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteSubscriptionRequest) ProtoMessage() {}
+
+func (x *DeleteSubscriptionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[65]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteSubscriptionRequest.ProtoReflect.Descriptor instead.
+func (*DeleteSubscriptionRequest) Descriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{65}
+}
+
+func (x *DeleteSubscriptionRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+// DeleteSubscriptionResponse is the response of DeleteSubscription.
+type DeleteSubscriptionResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteSubscriptionResponse) Reset() {
+	*x = DeleteSubscriptionResponse{}
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[66]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteSubscriptionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteSubscriptionResponse) ProtoMessage() {}
+
+func (x *DeleteSubscriptionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[66]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteSubscriptionResponse.ProtoReflect.Descriptor instead.
+func (*DeleteSubscriptionResponse) Descriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{66}
+}
+
+// WatchRequest is the request of Watch.
+type WatchRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Send changes after this revision; 0 sends the whole catalog first.
+	FromRevision  int64 `protobuf:"varint,1,opt,name=from_revision,json=fromRevision,proto3" json:"from_revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchRequest) Reset() {
+	*x = WatchRequest{}
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[67]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchRequest) ProtoMessage() {}
+
+func (x *WatchRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[67]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchRequest.ProtoReflect.Descriptor instead.
+func (*WatchRequest) Descriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{67}
+}
+
+func (x *WatchRequest) GetFromRevision() int64 {
+	if x != nil {
+		return x.FromRevision
+	}
+	return 0
+}
+
+// KeyChange tells that a key changed (created, rotated, revoked).
+type KeyChange struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The key, without secret.
+	Key *Key `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	// Lower-case hex SHA-256 of its secret, so caches can evict it.
+	KeyHash       string `protobuf:"bytes,2,opt,name=key_hash,json=keyHash,proto3" json:"key_hash,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *KeyChange) Reset() {
+	*x = KeyChange{}
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[68]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *KeyChange) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*KeyChange) ProtoMessage() {}
+
+func (x *KeyChange) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[68]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use KeyChange.ProtoReflect.Descriptor instead.
+func (*KeyChange) Descriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{68}
+}
+
+func (x *KeyChange) GetKey() *Key {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+func (x *KeyChange) GetKeyHash() string {
+	if x != nil {
+		return x.KeyHash
+	}
+	return ""
+}
+
+// Deletion tells that a resource was removed.
+type Deletion struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The resource kind: subscription, ...
+	Kind string `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"`
+	// Its name or id.
+	Name          string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Deletion) Reset() {
+	*x = Deletion{}
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[69]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Deletion) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Deletion) ProtoMessage() {}
+
+func (x *Deletion) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[69]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Deletion.ProtoReflect.Descriptor instead.
+func (*Deletion) Descriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{69}
+}
+
+func (x *Deletion) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *Deletion) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+// WatchResponse is one catalog change.
+type WatchResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The catalog revision of this change.
+	Revision int64 `protobuf:"varint,1,opt,name=revision,proto3" json:"revision,omitempty"`
+	// Set on the message that ends the initial snapshot.
+	SnapshotComplete bool `protobuf:"varint,2,opt,name=snapshot_complete,json=snapshotComplete,proto3" json:"snapshot_complete,omitempty"`
+	// What changed: the resource as it now is.
+	//
+	// Types that are valid to be assigned to Change:
+	//
+	//	*WatchResponse_EventType
+	//	*WatchResponse_Domain
+	//	*WatchResponse_Product
+	//	*WatchResponse_Application
+	//	*WatchResponse_Key
+	//	*WatchResponse_Subscription
+	//	*WatchResponse_Deleted
+	Change        isWatchResponse_Change `protobuf_oneof:"change"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchResponse) Reset() {
+	*x = WatchResponse{}
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[70]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchResponse) ProtoMessage() {}
+
+func (x *WatchResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[70]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchResponse.ProtoReflect.Descriptor instead.
+func (*WatchResponse) Descriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{70}
+}
+
+func (x *WatchResponse) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *WatchResponse) GetSnapshotComplete() bool {
+	if x != nil {
+		return x.SnapshotComplete
+	}
+	return false
+}
+
+func (x *WatchResponse) GetChange() isWatchResponse_Change {
+	if x != nil {
+		return x.Change
+	}
+	return nil
+}
+
+func (x *WatchResponse) GetEventType() *EventType {
+	if x != nil {
+		if x, ok := x.Change.(*WatchResponse_EventType); ok {
+			return x.EventType
+		}
+	}
+	return nil
+}
+
+func (x *WatchResponse) GetDomain() *Domain {
+	if x != nil {
+		if x, ok := x.Change.(*WatchResponse_Domain); ok {
+			return x.Domain
+		}
+	}
+	return nil
+}
+
+func (x *WatchResponse) GetProduct() *Product {
+	if x != nil {
+		if x, ok := x.Change.(*WatchResponse_Product); ok {
+			return x.Product
+		}
+	}
+	return nil
+}
+
+func (x *WatchResponse) GetApplication() *Application {
+	if x != nil {
+		if x, ok := x.Change.(*WatchResponse_Application); ok {
+			return x.Application
+		}
+	}
+	return nil
+}
+
+func (x *WatchResponse) GetKey() *KeyChange {
+	if x != nil {
+		if x, ok := x.Change.(*WatchResponse_Key); ok {
+			return x.Key
+		}
+	}
+	return nil
+}
+
+func (x *WatchResponse) GetSubscription() *Subscription {
+	if x != nil {
+		if x, ok := x.Change.(*WatchResponse_Subscription); ok {
+			return x.Subscription
+		}
+	}
+	return nil
+}
+
+func (x *WatchResponse) GetDeleted() *Deletion {
+	if x != nil {
+		if x, ok := x.Change.(*WatchResponse_Deleted); ok {
+			return x.Deleted
+		}
+	}
+	return nil
+}
+
+type isWatchResponse_Change interface {
+	isWatchResponse_Change()
+}
+
+type WatchResponse_EventType struct {
+	// An event type (schema included).
+	EventType *EventType `protobuf:"bytes,3,opt,name=event_type,json=eventType,proto3,oneof"`
+}
+
+type WatchResponse_Domain struct {
+	// A domain.
+	Domain *Domain `protobuf:"bytes,4,opt,name=domain,proto3,oneof"`
+}
+
+type WatchResponse_Product struct {
+	// A product.
+	Product *Product `protobuf:"bytes,5,opt,name=product,proto3,oneof"`
+}
+
+type WatchResponse_Application struct {
+	// An application with its grants.
+	Application *Application `protobuf:"bytes,6,opt,name=application,proto3,oneof"`
+}
+
+type WatchResponse_Key struct {
+	// A key.
+	Key *KeyChange `protobuf:"bytes,7,opt,name=key,proto3,oneof"`
+}
+
+type WatchResponse_Subscription struct {
+	// A subscription.
+	Subscription *Subscription `protobuf:"bytes,8,opt,name=subscription,proto3,oneof"`
+}
+
+type WatchResponse_Deleted struct {
+	// A deletion.
+	Deleted *Deletion `protobuf:"bytes,9,opt,name=deleted,proto3,oneof"`
+}
+
+func (*WatchResponse_EventType) isWatchResponse_Change() {}
+
+func (*WatchResponse_Domain) isWatchResponse_Change() {}
+
+func (*WatchResponse_Product) isWatchResponse_Change() {}
+
+func (*WatchResponse_Application) isWatchResponse_Change() {}
+
+func (*WatchResponse_Key) isWatchResponse_Change() {}
+
+func (*WatchResponse_Subscription) isWatchResponse_Change() {}
+
+func (*WatchResponse_Deleted) isWatchResponse_Change() {}
+
 var File_herald_registry_v1_registry_proto protoreflect.FileDescriptor
 
 const file_herald_registry_v1_registry_proto_rawDesc = "" +
 	"\n" +
-	"!herald/registry/v1/registry.proto\x12\x12herald.registry.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xef\x01\n" +
+	"!herald/registry/v1/registry.proto\x12\x12herald.registry.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xea\x01\n" +
+	"\x06Domain\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12 \n" +
+	"\vdescription\x18\x02 \x01(\tR\vdescription\x12\x14\n" +
+	"\x05owner\x18\x03 \x01(\tR\x05owner\x12\x1a\n" +
+	"\brevision\x18\x04 \x01(\x03R\brevision\x12;\n" +
+	"\vcreate_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"createTime\x12;\n" +
+	"\vupdate_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"updateTime\"\xf6\x01\n" +
+	"\aProduct\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12 \n" +
+	"\vdescription\x18\x02 \x01(\tR\vdescription\x12\x1f\n" +
+	"\vevent_types\x18\x03 \x03(\tR\n" +
+	"eventTypes\x12\x1a\n" +
+	"\brevision\x18\x04 \x01(\x03R\brevision\x12;\n" +
+	"\vcreate_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"createTime\x12;\n" +
+	"\vupdate_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"updateTime\"d\n" +
+	"\x0fRetentionPolicy\x122\n" +
+	"\amax_age\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\x06maxAge\x12\x1d\n" +
+	"\n" +
+	"max_events\x18\x02 \x01(\x03R\tmaxEvents\"r\n" +
+	"\aExample\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
+	"\asummary\x18\x02 \x01(\tR\asummary\x12\x12\n" +
+	"\x04data\x18\x03 \x01(\tR\x04data\x12%\n" +
+	"\x0eschema_version\x18\x04 \x01(\x05R\rschemaVersion\"\x9d\x01\n" +
+	"\rSchemaVersion\x12\x1d\n" +
+	"\n" +
+	"event_type\x18\x01 \x01(\tR\teventType\x12\x18\n" +
+	"\aversion\x18\x02 \x01(\x05R\aversion\x12\x16\n" +
+	"\x06schema\x18\x03 \x01(\tR\x06schema\x12;\n" +
+	"\vcreate_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"createTime\"\xcb\x05\n" +
 	"\tEventType\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12 \n" +
 	"\vdescription\x18\x02 \x01(\tR\vdescription\x12\x16\n" +
@@ -853,7 +4385,22 @@ const file_herald_registry_v1_registry_proto_rawDesc = "" +
 	"createTime\x12;\n" +
 	"\vupdate_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"updateTime\x12\x1a\n" +
-	"\brevision\x18\x06 \x01(\x03R\brevision\"V\n" +
+	"\brevision\x18\x06 \x01(\x03R\brevision\x12\x14\n" +
+	"\x05owner\x18\a \x01(\tR\x05owner\x12>\n" +
+	"\n" +
+	"visibility\x18\b \x01(\x0e2\x1e.herald.registry.v1.VisibilityR\n" +
+	"visibility\x12;\n" +
+	"\tlifecycle\x18\t \x01(\x0e2\x1d.herald.registry.v1.LifecycleR\tlifecycle\x12;\n" +
+	"\vsunset_time\x18\n" +
+	" \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"sunsetTime\x127\n" +
+	"\bexamples\x18\v \x03(\v2\x1b.herald.registry.v1.ExampleR\bexamples\x12A\n" +
+	"\tretention\x18\f \x01(\v2#.herald.registry.v1.RetentionPolicyR\tretention\x12G\n" +
+	"\rcompatibility\x18\r \x01(\x0e2!.herald.registry.v1.CompatibilityR\rcompatibility\x12%\n" +
+	"\x0eschema_version\x18\x0e \x01(\x05R\rschemaVersion\x12\x1e\n" +
+	"\n" +
+	"partitions\x18\x0f \x01(\x05R\n" +
+	"partitions\"V\n" +
 	"\x16CreateEventTypeRequest\x12<\n" +
 	"\n" +
 	"event_type\x18\x01 \x01(\v2\x1d.herald.registry.v1.EventTypeR\teventType\"W\n" +
@@ -864,27 +4411,95 @@ const file_herald_registry_v1_registry_proto_rawDesc = "" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"T\n" +
 	"\x14GetEventTypeResponse\x12<\n" +
 	"\n" +
-	"event_type\x18\x01 \x01(\v2\x1d.herald.registry.v1.EventTypeR\teventType\"S\n" +
-	"\x15ListEventTypesRequest\x12\x1b\n" +
+	"event_type\x18\x01 \x01(\v2\x1d.herald.registry.v1.EventTypeR\teventType\"k\n" +
+	"\x15ListEventTypesRequest\x12\x16\n" +
+	"\x06domain\x18\x03 \x01(\tR\x06domain\x12\x1b\n" +
 	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
 	"page_token\x18\x02 \x01(\tR\tpageToken\"\x80\x01\n" +
 	"\x16ListEventTypesResponse\x12>\n" +
 	"\vevent_types\x18\x01 \x03(\v2\x1d.herald.registry.v1.EventTypeR\n" +
 	"eventTypes\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"n\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"V\n" +
+	"\x16UpdateEventTypeRequest\x12<\n" +
+	"\n" +
+	"event_type\x18\x01 \x01(\v2\x1d.herald.registry.v1.EventTypeR\teventType\"W\n" +
+	"\x17UpdateEventTypeResponse\x12<\n" +
+	"\n" +
+	"event_type\x18\x01 \x01(\v2\x1d.herald.registry.v1.EventTypeR\teventType\"S\n" +
+	"\x1aCreateSchemaVersionRequest\x12\x1d\n" +
+	"\n" +
+	"event_type\x18\x01 \x01(\tR\teventType\x12\x16\n" +
+	"\x06schema\x18\x02 \x01(\tR\x06schema\"g\n" +
+	"\x1bCreateSchemaVersionResponse\x12H\n" +
+	"\x0eschema_version\x18\x01 \x01(\v2!.herald.registry.v1.SchemaVersionR\rschemaVersion\":\n" +
+	"\x19ListSchemaVersionsRequest\x12\x1d\n" +
+	"\n" +
+	"event_type\x18\x01 \x01(\tR\teventType\"h\n" +
+	"\x1aListSchemaVersionsResponse\x12J\n" +
+	"\x0fschema_versions\x18\x01 \x03(\v2!.herald.registry.v1.SchemaVersionR\x0eschemaVersions\"R\n" +
+	"\x19CheckCompatibilityRequest\x12\x1d\n" +
+	"\n" +
+	"event_type\x18\x01 \x01(\tR\teventType\x12\x16\n" +
+	"\x06schema\x18\x02 \x01(\tR\x06schema\"V\n" +
+	"\x1aCheckCompatibilityResponse\x12\x1e\n" +
+	"\n" +
+	"compatible\x18\x01 \x01(\bR\n" +
+	"compatible\x12\x18\n" +
+	"\areasons\x18\x02 \x03(\tR\areasons\"I\n" +
+	"\x13CreateDomainRequest\x122\n" +
+	"\x06domain\x18\x01 \x01(\v2\x1a.herald.registry.v1.DomainR\x06domain\"J\n" +
+	"\x14CreateDomainResponse\x122\n" +
+	"\x06domain\x18\x01 \x01(\v2\x1a.herald.registry.v1.DomainR\x06domain\"&\n" +
+	"\x10GetDomainRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"G\n" +
+	"\x11GetDomainResponse\x122\n" +
+	"\x06domain\x18\x01 \x01(\v2\x1a.herald.registry.v1.DomainR\x06domain\"\x14\n" +
+	"\x12ListDomainsRequest\"K\n" +
+	"\x13ListDomainsResponse\x124\n" +
+	"\adomains\x18\x01 \x03(\v2\x1a.herald.registry.v1.DomainR\adomains\"I\n" +
+	"\x13UpdateDomainRequest\x122\n" +
+	"\x06domain\x18\x01 \x01(\v2\x1a.herald.registry.v1.DomainR\x06domain\"J\n" +
+	"\x14UpdateDomainResponse\x122\n" +
+	"\x06domain\x18\x01 \x01(\v2\x1a.herald.registry.v1.DomainR\x06domain\"M\n" +
+	"\x14CreateProductRequest\x125\n" +
+	"\aproduct\x18\x01 \x01(\v2\x1b.herald.registry.v1.ProductR\aproduct\"N\n" +
+	"\x15CreateProductResponse\x125\n" +
+	"\aproduct\x18\x01 \x01(\v2\x1b.herald.registry.v1.ProductR\aproduct\"'\n" +
+	"\x11GetProductRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"K\n" +
+	"\x12GetProductResponse\x125\n" +
+	"\aproduct\x18\x01 \x01(\v2\x1b.herald.registry.v1.ProductR\aproduct\"\x15\n" +
+	"\x13ListProductsRequest\"O\n" +
+	"\x14ListProductsResponse\x127\n" +
+	"\bproducts\x18\x01 \x03(\v2\x1b.herald.registry.v1.ProductR\bproducts\"M\n" +
+	"\x14UpdateProductRequest\x125\n" +
+	"\aproduct\x18\x01 \x01(\v2\x1b.herald.registry.v1.ProductR\aproduct\"N\n" +
+	"\x15UpdateProductResponse\x125\n" +
+	"\aproduct\x18\x01 \x01(\v2\x1b.herald.registry.v1.ProductR\aproduct\"\x8f\x02\n" +
 	"\vApplication\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12;\n" +
 	"\vcreate_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"createTime\"\xa9\x01\n" +
+	"createTime\x121\n" +
+	"\x06grants\x18\x04 \x03(\v2\x19.herald.registry.v1.GrantR\x06grants\x12\x16\n" +
+	"\x06tenant\x18\x05 \x01(\tR\x06tenant\x128\n" +
+	"\baudience\x18\x06 \x01(\x0e2\x1c.herald.registry.v1.AudienceR\baudience\x12\x1a\n" +
+	"\brevision\x18\a \x01(\x03R\brevision\"Z\n" +
+	"\x05Grant\x127\n" +
+	"\x06action\x18\x01 \x01(\x0e2\x1f.herald.registry.v1.GrantActionR\x06action\x12\x18\n" +
+	"\apattern\x18\x02 \x01(\tR\apattern\"\xa3\x02\n" +
 	"\x03Key\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
 	"\x06secret\x18\x02 \x01(\tR\x06secret\x12%\n" +
 	"\x0eapplication_id\x18\x03 \x01(\tR\rapplicationId\x12\x16\n" +
 	"\x06prefix\x18\x04 \x01(\tR\x06prefix\x12;\n" +
 	"\vcreate_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"createTime\"]\n" +
+	"createTime\x12;\n" +
+	"\vexpire_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"expireTime\x12;\n" +
+	"\vrevoke_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"revokeTime\"]\n" +
 	"\x18CreateApplicationRequest\x12A\n" +
 	"\vapplication\x18\x01 \x01(\v2\x1f.herald.registry.v1.ApplicationR\vapplication\"\x89\x01\n" +
 	"\x19CreateApplicationResponse\x12A\n" +
@@ -893,18 +4508,146 @@ const file_herald_registry_v1_registry_proto_rawDesc = "" +
 	"\x15GetApplicationRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"[\n" +
 	"\x16GetApplicationResponse\x12A\n" +
-	"\vapplication\x18\x01 \x01(\v2\x1f.herald.registry.v1.ApplicationR\vapplication\"3\n" +
+	"\vapplication\x18\x01 \x01(\v2\x1f.herald.registry.v1.ApplicationR\vapplication\"1\n" +
+	"\x17ListApplicationsRequest\x12\x16\n" +
+	"\x06tenant\x18\x01 \x01(\tR\x06tenant\"_\n" +
+	"\x18ListApplicationsResponse\x12C\n" +
+	"\fapplications\x18\x01 \x03(\v2\x1f.herald.registry.v1.ApplicationR\fapplications\"]\n" +
+	"\x18UpdateApplicationRequest\x12A\n" +
+	"\vapplication\x18\x01 \x01(\v2\x1f.herald.registry.v1.ApplicationR\vapplication\"^\n" +
+	"\x19UpdateApplicationResponse\x12A\n" +
+	"\vapplication\x18\x01 \x01(\v2\x1f.herald.registry.v1.ApplicationR\vapplication\"{\n" +
+	"\x10CreateKeyRequest\x12%\n" +
+	"\x0eapplication_id\x18\x01 \x01(\tR\rapplicationId\x12@\n" +
+	"\x0erotate_overlap\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\rrotateOverlap\">\n" +
+	"\x11CreateKeyResponse\x12)\n" +
+	"\x03key\x18\x01 \x01(\v2\x17.herald.registry.v1.KeyR\x03key\"8\n" +
+	"\x0fListKeysRequest\x12%\n" +
+	"\x0eapplication_id\x18\x01 \x01(\tR\rapplicationId\"?\n" +
+	"\x10ListKeysResponse\x12+\n" +
+	"\x04keys\x18\x01 \x03(\v2\x17.herald.registry.v1.KeyR\x04keys\"\"\n" +
+	"\x10RevokeKeyRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\">\n" +
+	"\x11RevokeKeyResponse\x12)\n" +
+	"\x03key\x18\x01 \x01(\v2\x17.herald.registry.v1.KeyR\x03key\"3\n" +
 	"\x16AuthenticateKeyRequest\x12\x19\n" +
 	"\bkey_hash\x18\x01 \x01(\tR\akeyHash\"D\n" +
 	"\x17AuthenticateKeyResponse\x12)\n" +
-	"\x03key\x18\x01 \x01(\v2\x17.herald.registry.v1.KeyR\x03key2\x90\x05\n" +
-	"\x0fRegistryService\x12j\n" +
+	"\x03key\x18\x01 \x01(\v2\x17.herald.registry.v1.KeyR\x03key\"\x8d\x03\n" +
+	"\fSubscription\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12%\n" +
+	"\x0eapplication_id\x18\x02 \x01(\tR\rapplicationId\x12\x14\n" +
+	"\x05types\x18\x03 \x03(\tR\x05types\x12\x16\n" +
+	"\x06filter\x18\x04 \x01(\tR\x06filter\x12>\n" +
+	"\awebhook\x18\x05 \x01(\v2\".herald.registry.v1.WebhookChannelH\x00R\awebhook\x12;\n" +
+	"\x06stream\x18\x06 \x01(\v2!.herald.registry.v1.StreamChannelH\x00R\x06stream\x127\n" +
+	"\x05start\x18\a \x01(\v2!.herald.registry.v1.StartPositionR\x05start\x12\x1a\n" +
+	"\brevision\x18\b \x01(\x03R\brevision\x12;\n" +
+	"\vcreate_time\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"createTimeB\t\n" +
+	"\achannel\"\"\n" +
+	"\x0eWebhookChannel\x12\x10\n" +
+	"\x03url\x18\x01 \x01(\tR\x03url\"\x0f\n" +
+	"\rStreamChannel\"g\n" +
+	"\rStartPosition\x12\x18\n" +
+	"\x06cursor\x18\x01 \x01(\tH\x00R\x06cursor\x120\n" +
+	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampH\x00R\x04timeB\n" +
+	"\n" +
+	"\bposition\"a\n" +
+	"\x19CreateSubscriptionRequest\x12D\n" +
+	"\fsubscription\x18\x01 \x01(\v2 .herald.registry.v1.SubscriptionR\fsubscription\"b\n" +
+	"\x1aCreateSubscriptionResponse\x12D\n" +
+	"\fsubscription\x18\x01 \x01(\v2 .herald.registry.v1.SubscriptionR\fsubscription\"(\n" +
+	"\x16GetSubscriptionRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"_\n" +
+	"\x17GetSubscriptionResponse\x12D\n" +
+	"\fsubscription\x18\x01 \x01(\v2 .herald.registry.v1.SubscriptionR\fsubscription\"A\n" +
+	"\x18ListSubscriptionsRequest\x12%\n" +
+	"\x0eapplication_id\x18\x01 \x01(\tR\rapplicationId\"c\n" +
+	"\x19ListSubscriptionsResponse\x12F\n" +
+	"\rsubscriptions\x18\x01 \x03(\v2 .herald.registry.v1.SubscriptionR\rsubscriptions\"+\n" +
+	"\x19DeleteSubscriptionRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"\x1c\n" +
+	"\x1aDeleteSubscriptionResponse\"3\n" +
+	"\fWatchRequest\x12#\n" +
+	"\rfrom_revision\x18\x01 \x01(\x03R\ffromRevision\"Q\n" +
+	"\tKeyChange\x12)\n" +
+	"\x03key\x18\x01 \x01(\v2\x17.herald.registry.v1.KeyR\x03key\x12\x19\n" +
+	"\bkey_hash\x18\x02 \x01(\tR\akeyHash\"2\n" +
+	"\bDeletion\x12\x12\n" +
+	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\"\x8b\x04\n" +
+	"\rWatchResponse\x12\x1a\n" +
+	"\brevision\x18\x01 \x01(\x03R\brevision\x12+\n" +
+	"\x11snapshot_complete\x18\x02 \x01(\bR\x10snapshotComplete\x12>\n" +
+	"\n" +
+	"event_type\x18\x03 \x01(\v2\x1d.herald.registry.v1.EventTypeH\x00R\teventType\x124\n" +
+	"\x06domain\x18\x04 \x01(\v2\x1a.herald.registry.v1.DomainH\x00R\x06domain\x127\n" +
+	"\aproduct\x18\x05 \x01(\v2\x1b.herald.registry.v1.ProductH\x00R\aproduct\x12C\n" +
+	"\vapplication\x18\x06 \x01(\v2\x1f.herald.registry.v1.ApplicationH\x00R\vapplication\x121\n" +
+	"\x03key\x18\a \x01(\v2\x1d.herald.registry.v1.KeyChangeH\x00R\x03key\x12F\n" +
+	"\fsubscription\x18\b \x01(\v2 .herald.registry.v1.SubscriptionH\x00R\fsubscription\x128\n" +
+	"\adeleted\x18\t \x01(\v2\x1c.herald.registry.v1.DeletionH\x00R\adeletedB\b\n" +
+	"\x06change*\x85\x02\n" +
+	"\rCompatibility\x12\x1d\n" +
+	"\x19COMPATIBILITY_UNSPECIFIED\x10\x00\x12\x16\n" +
+	"\x12COMPATIBILITY_NONE\x10\x01\x12\x1a\n" +
+	"\x16COMPATIBILITY_BACKWARD\x10\x02\x12%\n" +
+	"!COMPATIBILITY_BACKWARD_TRANSITIVE\x10\x03\x12\x19\n" +
+	"\x15COMPATIBILITY_FORWARD\x10\x04\x12$\n" +
+	" COMPATIBILITY_FORWARD_TRANSITIVE\x10\x05\x12\x16\n" +
+	"\x12COMPATIBILITY_FULL\x10\x06\x12!\n" +
+	"\x1dCOMPATIBILITY_FULL_TRANSITIVE\x10\a*p\n" +
+	"\n" +
+	"Visibility\x12\x1a\n" +
+	"\x16VISIBILITY_UNSPECIFIED\x10\x00\x12\x17\n" +
+	"\x13VISIBILITY_INTERNAL\x10\x01\x12\x16\n" +
+	"\x12VISIBILITY_PARTNER\x10\x02\x12\x15\n" +
+	"\x11VISIBILITY_PUBLIC\x10\x03*m\n" +
+	"\tLifecycle\x12\x19\n" +
+	"\x15LIFECYCLE_UNSPECIFIED\x10\x00\x12\x14\n" +
+	"\x10LIFECYCLE_ACTIVE\x10\x01\x12\x18\n" +
+	"\x14LIFECYCLE_DEPRECATED\x10\x02\x12\x15\n" +
+	"\x11LIFECYCLE_RETIRED\x10\x03*f\n" +
+	"\bAudience\x12\x18\n" +
+	"\x14AUDIENCE_UNSPECIFIED\x10\x00\x12\x15\n" +
+	"\x11AUDIENCE_INTERNAL\x10\x01\x12\x14\n" +
+	"\x10AUDIENCE_PARTNER\x10\x02\x12\x13\n" +
+	"\x0fAUDIENCE_PUBLIC\x10\x03*a\n" +
+	"\vGrantAction\x12\x1c\n" +
+	"\x18GRANT_ACTION_UNSPECIFIED\x10\x00\x12\x18\n" +
+	"\x14GRANT_ACTION_PUBLISH\x10\x01\x12\x1a\n" +
+	"\x16GRANT_ACTION_SUBSCRIBE\x10\x022\xee\x16\n" +
+	"\x0fRegistryService\x12a\n" +
+	"\fCreateDomain\x12'.herald.registry.v1.CreateDomainRequest\x1a(.herald.registry.v1.CreateDomainResponse\x12X\n" +
+	"\tGetDomain\x12$.herald.registry.v1.GetDomainRequest\x1a%.herald.registry.v1.GetDomainResponse\x12^\n" +
+	"\vListDomains\x12&.herald.registry.v1.ListDomainsRequest\x1a'.herald.registry.v1.ListDomainsResponse\x12a\n" +
+	"\fUpdateDomain\x12'.herald.registry.v1.UpdateDomainRequest\x1a(.herald.registry.v1.UpdateDomainResponse\x12j\n" +
 	"\x0fCreateEventType\x12*.herald.registry.v1.CreateEventTypeRequest\x1a+.herald.registry.v1.CreateEventTypeResponse\x12a\n" +
 	"\fGetEventType\x12'.herald.registry.v1.GetEventTypeRequest\x1a(.herald.registry.v1.GetEventTypeResponse\x12g\n" +
-	"\x0eListEventTypes\x12).herald.registry.v1.ListEventTypesRequest\x1a*.herald.registry.v1.ListEventTypesResponse\x12p\n" +
+	"\x0eListEventTypes\x12).herald.registry.v1.ListEventTypesRequest\x1a*.herald.registry.v1.ListEventTypesResponse\x12j\n" +
+	"\x0fUpdateEventType\x12*.herald.registry.v1.UpdateEventTypeRequest\x1a+.herald.registry.v1.UpdateEventTypeResponse\x12v\n" +
+	"\x13CreateSchemaVersion\x12..herald.registry.v1.CreateSchemaVersionRequest\x1a/.herald.registry.v1.CreateSchemaVersionResponse\x12s\n" +
+	"\x12ListSchemaVersions\x12-.herald.registry.v1.ListSchemaVersionsRequest\x1a..herald.registry.v1.ListSchemaVersionsResponse\x12s\n" +
+	"\x12CheckCompatibility\x12-.herald.registry.v1.CheckCompatibilityRequest\x1a..herald.registry.v1.CheckCompatibilityResponse\x12d\n" +
+	"\rCreateProduct\x12(.herald.registry.v1.CreateProductRequest\x1a).herald.registry.v1.CreateProductResponse\x12[\n" +
+	"\n" +
+	"GetProduct\x12%.herald.registry.v1.GetProductRequest\x1a&.herald.registry.v1.GetProductResponse\x12a\n" +
+	"\fListProducts\x12'.herald.registry.v1.ListProductsRequest\x1a(.herald.registry.v1.ListProductsResponse\x12d\n" +
+	"\rUpdateProduct\x12(.herald.registry.v1.UpdateProductRequest\x1a).herald.registry.v1.UpdateProductResponse\x12p\n" +
 	"\x11CreateApplication\x12,.herald.registry.v1.CreateApplicationRequest\x1a-.herald.registry.v1.CreateApplicationResponse\x12g\n" +
-	"\x0eGetApplication\x12).herald.registry.v1.GetApplicationRequest\x1a*.herald.registry.v1.GetApplicationResponse\x12j\n" +
-	"\x0fAuthenticateKey\x12*.herald.registry.v1.AuthenticateKeyRequest\x1a+.herald.registry.v1.AuthenticateKeyResponseBDZBgithub.com/heraldmesh/herald/api/gen/herald/registry/v1;registryv1b\x06proto3"
+	"\x0eGetApplication\x12).herald.registry.v1.GetApplicationRequest\x1a*.herald.registry.v1.GetApplicationResponse\x12m\n" +
+	"\x10ListApplications\x12+.herald.registry.v1.ListApplicationsRequest\x1a,.herald.registry.v1.ListApplicationsResponse\x12p\n" +
+	"\x11UpdateApplication\x12,.herald.registry.v1.UpdateApplicationRequest\x1a-.herald.registry.v1.UpdateApplicationResponse\x12X\n" +
+	"\tCreateKey\x12$.herald.registry.v1.CreateKeyRequest\x1a%.herald.registry.v1.CreateKeyResponse\x12U\n" +
+	"\bListKeys\x12#.herald.registry.v1.ListKeysRequest\x1a$.herald.registry.v1.ListKeysResponse\x12X\n" +
+	"\tRevokeKey\x12$.herald.registry.v1.RevokeKeyRequest\x1a%.herald.registry.v1.RevokeKeyResponse\x12j\n" +
+	"\x0fAuthenticateKey\x12*.herald.registry.v1.AuthenticateKeyRequest\x1a+.herald.registry.v1.AuthenticateKeyResponse\x12s\n" +
+	"\x12CreateSubscription\x12-.herald.registry.v1.CreateSubscriptionRequest\x1a..herald.registry.v1.CreateSubscriptionResponse\x12j\n" +
+	"\x0fGetSubscription\x12*.herald.registry.v1.GetSubscriptionRequest\x1a+.herald.registry.v1.GetSubscriptionResponse\x12p\n" +
+	"\x11ListSubscriptions\x12,.herald.registry.v1.ListSubscriptionsRequest\x1a-.herald.registry.v1.ListSubscriptionsResponse\x12s\n" +
+	"\x12DeleteSubscription\x12-.herald.registry.v1.DeleteSubscriptionRequest\x1a..herald.registry.v1.DeleteSubscriptionResponse\x12N\n" +
+	"\x05Watch\x12 .herald.registry.v1.WatchRequest\x1a!.herald.registry.v1.WatchResponse0\x01BDZBgithub.com/heraldmesh/herald/api/gen/herald/registry/v1;registryv1b\x06proto3"
 
 var (
 	file_herald_registry_v1_registry_proto_rawDescOnce sync.Once
@@ -918,56 +4661,220 @@ func file_herald_registry_v1_registry_proto_rawDescGZIP() []byte {
 	return file_herald_registry_v1_registry_proto_rawDescData
 }
 
-var file_herald_registry_v1_registry_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_herald_registry_v1_registry_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
+var file_herald_registry_v1_registry_proto_msgTypes = make([]protoimpl.MessageInfo, 71)
 var file_herald_registry_v1_registry_proto_goTypes = []any{
-	(*EventType)(nil),                 // 0: herald.registry.v1.EventType
-	(*CreateEventTypeRequest)(nil),    // 1: herald.registry.v1.CreateEventTypeRequest
-	(*CreateEventTypeResponse)(nil),   // 2: herald.registry.v1.CreateEventTypeResponse
-	(*GetEventTypeRequest)(nil),       // 3: herald.registry.v1.GetEventTypeRequest
-	(*GetEventTypeResponse)(nil),      // 4: herald.registry.v1.GetEventTypeResponse
-	(*ListEventTypesRequest)(nil),     // 5: herald.registry.v1.ListEventTypesRequest
-	(*ListEventTypesResponse)(nil),    // 6: herald.registry.v1.ListEventTypesResponse
-	(*Application)(nil),               // 7: herald.registry.v1.Application
-	(*Key)(nil),                       // 8: herald.registry.v1.Key
-	(*CreateApplicationRequest)(nil),  // 9: herald.registry.v1.CreateApplicationRequest
-	(*CreateApplicationResponse)(nil), // 10: herald.registry.v1.CreateApplicationResponse
-	(*GetApplicationRequest)(nil),     // 11: herald.registry.v1.GetApplicationRequest
-	(*GetApplicationResponse)(nil),    // 12: herald.registry.v1.GetApplicationResponse
-	(*AuthenticateKeyRequest)(nil),    // 13: herald.registry.v1.AuthenticateKeyRequest
-	(*AuthenticateKeyResponse)(nil),   // 14: herald.registry.v1.AuthenticateKeyResponse
-	(*timestamppb.Timestamp)(nil),     // 15: google.protobuf.Timestamp
+	(Compatibility)(0),                  // 0: herald.registry.v1.Compatibility
+	(Visibility)(0),                     // 1: herald.registry.v1.Visibility
+	(Lifecycle)(0),                      // 2: herald.registry.v1.Lifecycle
+	(Audience)(0),                       // 3: herald.registry.v1.Audience
+	(GrantAction)(0),                    // 4: herald.registry.v1.GrantAction
+	(*Domain)(nil),                      // 5: herald.registry.v1.Domain
+	(*Product)(nil),                     // 6: herald.registry.v1.Product
+	(*RetentionPolicy)(nil),             // 7: herald.registry.v1.RetentionPolicy
+	(*Example)(nil),                     // 8: herald.registry.v1.Example
+	(*SchemaVersion)(nil),               // 9: herald.registry.v1.SchemaVersion
+	(*EventType)(nil),                   // 10: herald.registry.v1.EventType
+	(*CreateEventTypeRequest)(nil),      // 11: herald.registry.v1.CreateEventTypeRequest
+	(*CreateEventTypeResponse)(nil),     // 12: herald.registry.v1.CreateEventTypeResponse
+	(*GetEventTypeRequest)(nil),         // 13: herald.registry.v1.GetEventTypeRequest
+	(*GetEventTypeResponse)(nil),        // 14: herald.registry.v1.GetEventTypeResponse
+	(*ListEventTypesRequest)(nil),       // 15: herald.registry.v1.ListEventTypesRequest
+	(*ListEventTypesResponse)(nil),      // 16: herald.registry.v1.ListEventTypesResponse
+	(*UpdateEventTypeRequest)(nil),      // 17: herald.registry.v1.UpdateEventTypeRequest
+	(*UpdateEventTypeResponse)(nil),     // 18: herald.registry.v1.UpdateEventTypeResponse
+	(*CreateSchemaVersionRequest)(nil),  // 19: herald.registry.v1.CreateSchemaVersionRequest
+	(*CreateSchemaVersionResponse)(nil), // 20: herald.registry.v1.CreateSchemaVersionResponse
+	(*ListSchemaVersionsRequest)(nil),   // 21: herald.registry.v1.ListSchemaVersionsRequest
+	(*ListSchemaVersionsResponse)(nil),  // 22: herald.registry.v1.ListSchemaVersionsResponse
+	(*CheckCompatibilityRequest)(nil),   // 23: herald.registry.v1.CheckCompatibilityRequest
+	(*CheckCompatibilityResponse)(nil),  // 24: herald.registry.v1.CheckCompatibilityResponse
+	(*CreateDomainRequest)(nil),         // 25: herald.registry.v1.CreateDomainRequest
+	(*CreateDomainResponse)(nil),        // 26: herald.registry.v1.CreateDomainResponse
+	(*GetDomainRequest)(nil),            // 27: herald.registry.v1.GetDomainRequest
+	(*GetDomainResponse)(nil),           // 28: herald.registry.v1.GetDomainResponse
+	(*ListDomainsRequest)(nil),          // 29: herald.registry.v1.ListDomainsRequest
+	(*ListDomainsResponse)(nil),         // 30: herald.registry.v1.ListDomainsResponse
+	(*UpdateDomainRequest)(nil),         // 31: herald.registry.v1.UpdateDomainRequest
+	(*UpdateDomainResponse)(nil),        // 32: herald.registry.v1.UpdateDomainResponse
+	(*CreateProductRequest)(nil),        // 33: herald.registry.v1.CreateProductRequest
+	(*CreateProductResponse)(nil),       // 34: herald.registry.v1.CreateProductResponse
+	(*GetProductRequest)(nil),           // 35: herald.registry.v1.GetProductRequest
+	(*GetProductResponse)(nil),          // 36: herald.registry.v1.GetProductResponse
+	(*ListProductsRequest)(nil),         // 37: herald.registry.v1.ListProductsRequest
+	(*ListProductsResponse)(nil),        // 38: herald.registry.v1.ListProductsResponse
+	(*UpdateProductRequest)(nil),        // 39: herald.registry.v1.UpdateProductRequest
+	(*UpdateProductResponse)(nil),       // 40: herald.registry.v1.UpdateProductResponse
+	(*Application)(nil),                 // 41: herald.registry.v1.Application
+	(*Grant)(nil),                       // 42: herald.registry.v1.Grant
+	(*Key)(nil),                         // 43: herald.registry.v1.Key
+	(*CreateApplicationRequest)(nil),    // 44: herald.registry.v1.CreateApplicationRequest
+	(*CreateApplicationResponse)(nil),   // 45: herald.registry.v1.CreateApplicationResponse
+	(*GetApplicationRequest)(nil),       // 46: herald.registry.v1.GetApplicationRequest
+	(*GetApplicationResponse)(nil),      // 47: herald.registry.v1.GetApplicationResponse
+	(*ListApplicationsRequest)(nil),     // 48: herald.registry.v1.ListApplicationsRequest
+	(*ListApplicationsResponse)(nil),    // 49: herald.registry.v1.ListApplicationsResponse
+	(*UpdateApplicationRequest)(nil),    // 50: herald.registry.v1.UpdateApplicationRequest
+	(*UpdateApplicationResponse)(nil),   // 51: herald.registry.v1.UpdateApplicationResponse
+	(*CreateKeyRequest)(nil),            // 52: herald.registry.v1.CreateKeyRequest
+	(*CreateKeyResponse)(nil),           // 53: herald.registry.v1.CreateKeyResponse
+	(*ListKeysRequest)(nil),             // 54: herald.registry.v1.ListKeysRequest
+	(*ListKeysResponse)(nil),            // 55: herald.registry.v1.ListKeysResponse
+	(*RevokeKeyRequest)(nil),            // 56: herald.registry.v1.RevokeKeyRequest
+	(*RevokeKeyResponse)(nil),           // 57: herald.registry.v1.RevokeKeyResponse
+	(*AuthenticateKeyRequest)(nil),      // 58: herald.registry.v1.AuthenticateKeyRequest
+	(*AuthenticateKeyResponse)(nil),     // 59: herald.registry.v1.AuthenticateKeyResponse
+	(*Subscription)(nil),                // 60: herald.registry.v1.Subscription
+	(*WebhookChannel)(nil),              // 61: herald.registry.v1.WebhookChannel
+	(*StreamChannel)(nil),               // 62: herald.registry.v1.StreamChannel
+	(*StartPosition)(nil),               // 63: herald.registry.v1.StartPosition
+	(*CreateSubscriptionRequest)(nil),   // 64: herald.registry.v1.CreateSubscriptionRequest
+	(*CreateSubscriptionResponse)(nil),  // 65: herald.registry.v1.CreateSubscriptionResponse
+	(*GetSubscriptionRequest)(nil),      // 66: herald.registry.v1.GetSubscriptionRequest
+	(*GetSubscriptionResponse)(nil),     // 67: herald.registry.v1.GetSubscriptionResponse
+	(*ListSubscriptionsRequest)(nil),    // 68: herald.registry.v1.ListSubscriptionsRequest
+	(*ListSubscriptionsResponse)(nil),   // 69: herald.registry.v1.ListSubscriptionsResponse
+	(*DeleteSubscriptionRequest)(nil),   // 70: herald.registry.v1.DeleteSubscriptionRequest
+	(*DeleteSubscriptionResponse)(nil),  // 71: herald.registry.v1.DeleteSubscriptionResponse
+	(*WatchRequest)(nil),                // 72: herald.registry.v1.WatchRequest
+	(*KeyChange)(nil),                   // 73: herald.registry.v1.KeyChange
+	(*Deletion)(nil),                    // 74: herald.registry.v1.Deletion
+	(*WatchResponse)(nil),               // 75: herald.registry.v1.WatchResponse
+	(*timestamppb.Timestamp)(nil),       // 76: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),         // 77: google.protobuf.Duration
 }
 var file_herald_registry_v1_registry_proto_depIdxs = []int32{
-	15, // 0: herald.registry.v1.EventType.create_time:type_name -> google.protobuf.Timestamp
-	15, // 1: herald.registry.v1.EventType.update_time:type_name -> google.protobuf.Timestamp
-	0,  // 2: herald.registry.v1.CreateEventTypeRequest.event_type:type_name -> herald.registry.v1.EventType
-	0,  // 3: herald.registry.v1.CreateEventTypeResponse.event_type:type_name -> herald.registry.v1.EventType
-	0,  // 4: herald.registry.v1.GetEventTypeResponse.event_type:type_name -> herald.registry.v1.EventType
-	0,  // 5: herald.registry.v1.ListEventTypesResponse.event_types:type_name -> herald.registry.v1.EventType
-	15, // 6: herald.registry.v1.Application.create_time:type_name -> google.protobuf.Timestamp
-	15, // 7: herald.registry.v1.Key.create_time:type_name -> google.protobuf.Timestamp
-	7,  // 8: herald.registry.v1.CreateApplicationRequest.application:type_name -> herald.registry.v1.Application
-	7,  // 9: herald.registry.v1.CreateApplicationResponse.application:type_name -> herald.registry.v1.Application
-	8,  // 10: herald.registry.v1.CreateApplicationResponse.key:type_name -> herald.registry.v1.Key
-	7,  // 11: herald.registry.v1.GetApplicationResponse.application:type_name -> herald.registry.v1.Application
-	8,  // 12: herald.registry.v1.AuthenticateKeyResponse.key:type_name -> herald.registry.v1.Key
-	1,  // 13: herald.registry.v1.RegistryService.CreateEventType:input_type -> herald.registry.v1.CreateEventTypeRequest
-	3,  // 14: herald.registry.v1.RegistryService.GetEventType:input_type -> herald.registry.v1.GetEventTypeRequest
-	5,  // 15: herald.registry.v1.RegistryService.ListEventTypes:input_type -> herald.registry.v1.ListEventTypesRequest
-	9,  // 16: herald.registry.v1.RegistryService.CreateApplication:input_type -> herald.registry.v1.CreateApplicationRequest
-	11, // 17: herald.registry.v1.RegistryService.GetApplication:input_type -> herald.registry.v1.GetApplicationRequest
-	13, // 18: herald.registry.v1.RegistryService.AuthenticateKey:input_type -> herald.registry.v1.AuthenticateKeyRequest
-	2,  // 19: herald.registry.v1.RegistryService.CreateEventType:output_type -> herald.registry.v1.CreateEventTypeResponse
-	4,  // 20: herald.registry.v1.RegistryService.GetEventType:output_type -> herald.registry.v1.GetEventTypeResponse
-	6,  // 21: herald.registry.v1.RegistryService.ListEventTypes:output_type -> herald.registry.v1.ListEventTypesResponse
-	10, // 22: herald.registry.v1.RegistryService.CreateApplication:output_type -> herald.registry.v1.CreateApplicationResponse
-	12, // 23: herald.registry.v1.RegistryService.GetApplication:output_type -> herald.registry.v1.GetApplicationResponse
-	14, // 24: herald.registry.v1.RegistryService.AuthenticateKey:output_type -> herald.registry.v1.AuthenticateKeyResponse
-	19, // [19:25] is the sub-list for method output_type
-	13, // [13:19] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	76, // 0: herald.registry.v1.Domain.create_time:type_name -> google.protobuf.Timestamp
+	76, // 1: herald.registry.v1.Domain.update_time:type_name -> google.protobuf.Timestamp
+	76, // 2: herald.registry.v1.Product.create_time:type_name -> google.protobuf.Timestamp
+	76, // 3: herald.registry.v1.Product.update_time:type_name -> google.protobuf.Timestamp
+	77, // 4: herald.registry.v1.RetentionPolicy.max_age:type_name -> google.protobuf.Duration
+	76, // 5: herald.registry.v1.SchemaVersion.create_time:type_name -> google.protobuf.Timestamp
+	76, // 6: herald.registry.v1.EventType.create_time:type_name -> google.protobuf.Timestamp
+	76, // 7: herald.registry.v1.EventType.update_time:type_name -> google.protobuf.Timestamp
+	1,  // 8: herald.registry.v1.EventType.visibility:type_name -> herald.registry.v1.Visibility
+	2,  // 9: herald.registry.v1.EventType.lifecycle:type_name -> herald.registry.v1.Lifecycle
+	76, // 10: herald.registry.v1.EventType.sunset_time:type_name -> google.protobuf.Timestamp
+	8,  // 11: herald.registry.v1.EventType.examples:type_name -> herald.registry.v1.Example
+	7,  // 12: herald.registry.v1.EventType.retention:type_name -> herald.registry.v1.RetentionPolicy
+	0,  // 13: herald.registry.v1.EventType.compatibility:type_name -> herald.registry.v1.Compatibility
+	10, // 14: herald.registry.v1.CreateEventTypeRequest.event_type:type_name -> herald.registry.v1.EventType
+	10, // 15: herald.registry.v1.CreateEventTypeResponse.event_type:type_name -> herald.registry.v1.EventType
+	10, // 16: herald.registry.v1.GetEventTypeResponse.event_type:type_name -> herald.registry.v1.EventType
+	10, // 17: herald.registry.v1.ListEventTypesResponse.event_types:type_name -> herald.registry.v1.EventType
+	10, // 18: herald.registry.v1.UpdateEventTypeRequest.event_type:type_name -> herald.registry.v1.EventType
+	10, // 19: herald.registry.v1.UpdateEventTypeResponse.event_type:type_name -> herald.registry.v1.EventType
+	9,  // 20: herald.registry.v1.CreateSchemaVersionResponse.schema_version:type_name -> herald.registry.v1.SchemaVersion
+	9,  // 21: herald.registry.v1.ListSchemaVersionsResponse.schema_versions:type_name -> herald.registry.v1.SchemaVersion
+	5,  // 22: herald.registry.v1.CreateDomainRequest.domain:type_name -> herald.registry.v1.Domain
+	5,  // 23: herald.registry.v1.CreateDomainResponse.domain:type_name -> herald.registry.v1.Domain
+	5,  // 24: herald.registry.v1.GetDomainResponse.domain:type_name -> herald.registry.v1.Domain
+	5,  // 25: herald.registry.v1.ListDomainsResponse.domains:type_name -> herald.registry.v1.Domain
+	5,  // 26: herald.registry.v1.UpdateDomainRequest.domain:type_name -> herald.registry.v1.Domain
+	5,  // 27: herald.registry.v1.UpdateDomainResponse.domain:type_name -> herald.registry.v1.Domain
+	6,  // 28: herald.registry.v1.CreateProductRequest.product:type_name -> herald.registry.v1.Product
+	6,  // 29: herald.registry.v1.CreateProductResponse.product:type_name -> herald.registry.v1.Product
+	6,  // 30: herald.registry.v1.GetProductResponse.product:type_name -> herald.registry.v1.Product
+	6,  // 31: herald.registry.v1.ListProductsResponse.products:type_name -> herald.registry.v1.Product
+	6,  // 32: herald.registry.v1.UpdateProductRequest.product:type_name -> herald.registry.v1.Product
+	6,  // 33: herald.registry.v1.UpdateProductResponse.product:type_name -> herald.registry.v1.Product
+	76, // 34: herald.registry.v1.Application.create_time:type_name -> google.protobuf.Timestamp
+	42, // 35: herald.registry.v1.Application.grants:type_name -> herald.registry.v1.Grant
+	3,  // 36: herald.registry.v1.Application.audience:type_name -> herald.registry.v1.Audience
+	4,  // 37: herald.registry.v1.Grant.action:type_name -> herald.registry.v1.GrantAction
+	76, // 38: herald.registry.v1.Key.create_time:type_name -> google.protobuf.Timestamp
+	76, // 39: herald.registry.v1.Key.expire_time:type_name -> google.protobuf.Timestamp
+	76, // 40: herald.registry.v1.Key.revoke_time:type_name -> google.protobuf.Timestamp
+	41, // 41: herald.registry.v1.CreateApplicationRequest.application:type_name -> herald.registry.v1.Application
+	41, // 42: herald.registry.v1.CreateApplicationResponse.application:type_name -> herald.registry.v1.Application
+	43, // 43: herald.registry.v1.CreateApplicationResponse.key:type_name -> herald.registry.v1.Key
+	41, // 44: herald.registry.v1.GetApplicationResponse.application:type_name -> herald.registry.v1.Application
+	41, // 45: herald.registry.v1.ListApplicationsResponse.applications:type_name -> herald.registry.v1.Application
+	41, // 46: herald.registry.v1.UpdateApplicationRequest.application:type_name -> herald.registry.v1.Application
+	41, // 47: herald.registry.v1.UpdateApplicationResponse.application:type_name -> herald.registry.v1.Application
+	77, // 48: herald.registry.v1.CreateKeyRequest.rotate_overlap:type_name -> google.protobuf.Duration
+	43, // 49: herald.registry.v1.CreateKeyResponse.key:type_name -> herald.registry.v1.Key
+	43, // 50: herald.registry.v1.ListKeysResponse.keys:type_name -> herald.registry.v1.Key
+	43, // 51: herald.registry.v1.RevokeKeyResponse.key:type_name -> herald.registry.v1.Key
+	43, // 52: herald.registry.v1.AuthenticateKeyResponse.key:type_name -> herald.registry.v1.Key
+	61, // 53: herald.registry.v1.Subscription.webhook:type_name -> herald.registry.v1.WebhookChannel
+	62, // 54: herald.registry.v1.Subscription.stream:type_name -> herald.registry.v1.StreamChannel
+	63, // 55: herald.registry.v1.Subscription.start:type_name -> herald.registry.v1.StartPosition
+	76, // 56: herald.registry.v1.Subscription.create_time:type_name -> google.protobuf.Timestamp
+	76, // 57: herald.registry.v1.StartPosition.time:type_name -> google.protobuf.Timestamp
+	60, // 58: herald.registry.v1.CreateSubscriptionRequest.subscription:type_name -> herald.registry.v1.Subscription
+	60, // 59: herald.registry.v1.CreateSubscriptionResponse.subscription:type_name -> herald.registry.v1.Subscription
+	60, // 60: herald.registry.v1.GetSubscriptionResponse.subscription:type_name -> herald.registry.v1.Subscription
+	60, // 61: herald.registry.v1.ListSubscriptionsResponse.subscriptions:type_name -> herald.registry.v1.Subscription
+	43, // 62: herald.registry.v1.KeyChange.key:type_name -> herald.registry.v1.Key
+	10, // 63: herald.registry.v1.WatchResponse.event_type:type_name -> herald.registry.v1.EventType
+	5,  // 64: herald.registry.v1.WatchResponse.domain:type_name -> herald.registry.v1.Domain
+	6,  // 65: herald.registry.v1.WatchResponse.product:type_name -> herald.registry.v1.Product
+	41, // 66: herald.registry.v1.WatchResponse.application:type_name -> herald.registry.v1.Application
+	73, // 67: herald.registry.v1.WatchResponse.key:type_name -> herald.registry.v1.KeyChange
+	60, // 68: herald.registry.v1.WatchResponse.subscription:type_name -> herald.registry.v1.Subscription
+	74, // 69: herald.registry.v1.WatchResponse.deleted:type_name -> herald.registry.v1.Deletion
+	25, // 70: herald.registry.v1.RegistryService.CreateDomain:input_type -> herald.registry.v1.CreateDomainRequest
+	27, // 71: herald.registry.v1.RegistryService.GetDomain:input_type -> herald.registry.v1.GetDomainRequest
+	29, // 72: herald.registry.v1.RegistryService.ListDomains:input_type -> herald.registry.v1.ListDomainsRequest
+	31, // 73: herald.registry.v1.RegistryService.UpdateDomain:input_type -> herald.registry.v1.UpdateDomainRequest
+	11, // 74: herald.registry.v1.RegistryService.CreateEventType:input_type -> herald.registry.v1.CreateEventTypeRequest
+	13, // 75: herald.registry.v1.RegistryService.GetEventType:input_type -> herald.registry.v1.GetEventTypeRequest
+	15, // 76: herald.registry.v1.RegistryService.ListEventTypes:input_type -> herald.registry.v1.ListEventTypesRequest
+	17, // 77: herald.registry.v1.RegistryService.UpdateEventType:input_type -> herald.registry.v1.UpdateEventTypeRequest
+	19, // 78: herald.registry.v1.RegistryService.CreateSchemaVersion:input_type -> herald.registry.v1.CreateSchemaVersionRequest
+	21, // 79: herald.registry.v1.RegistryService.ListSchemaVersions:input_type -> herald.registry.v1.ListSchemaVersionsRequest
+	23, // 80: herald.registry.v1.RegistryService.CheckCompatibility:input_type -> herald.registry.v1.CheckCompatibilityRequest
+	33, // 81: herald.registry.v1.RegistryService.CreateProduct:input_type -> herald.registry.v1.CreateProductRequest
+	35, // 82: herald.registry.v1.RegistryService.GetProduct:input_type -> herald.registry.v1.GetProductRequest
+	37, // 83: herald.registry.v1.RegistryService.ListProducts:input_type -> herald.registry.v1.ListProductsRequest
+	39, // 84: herald.registry.v1.RegistryService.UpdateProduct:input_type -> herald.registry.v1.UpdateProductRequest
+	44, // 85: herald.registry.v1.RegistryService.CreateApplication:input_type -> herald.registry.v1.CreateApplicationRequest
+	46, // 86: herald.registry.v1.RegistryService.GetApplication:input_type -> herald.registry.v1.GetApplicationRequest
+	48, // 87: herald.registry.v1.RegistryService.ListApplications:input_type -> herald.registry.v1.ListApplicationsRequest
+	50, // 88: herald.registry.v1.RegistryService.UpdateApplication:input_type -> herald.registry.v1.UpdateApplicationRequest
+	52, // 89: herald.registry.v1.RegistryService.CreateKey:input_type -> herald.registry.v1.CreateKeyRequest
+	54, // 90: herald.registry.v1.RegistryService.ListKeys:input_type -> herald.registry.v1.ListKeysRequest
+	56, // 91: herald.registry.v1.RegistryService.RevokeKey:input_type -> herald.registry.v1.RevokeKeyRequest
+	58, // 92: herald.registry.v1.RegistryService.AuthenticateKey:input_type -> herald.registry.v1.AuthenticateKeyRequest
+	64, // 93: herald.registry.v1.RegistryService.CreateSubscription:input_type -> herald.registry.v1.CreateSubscriptionRequest
+	66, // 94: herald.registry.v1.RegistryService.GetSubscription:input_type -> herald.registry.v1.GetSubscriptionRequest
+	68, // 95: herald.registry.v1.RegistryService.ListSubscriptions:input_type -> herald.registry.v1.ListSubscriptionsRequest
+	70, // 96: herald.registry.v1.RegistryService.DeleteSubscription:input_type -> herald.registry.v1.DeleteSubscriptionRequest
+	72, // 97: herald.registry.v1.RegistryService.Watch:input_type -> herald.registry.v1.WatchRequest
+	26, // 98: herald.registry.v1.RegistryService.CreateDomain:output_type -> herald.registry.v1.CreateDomainResponse
+	28, // 99: herald.registry.v1.RegistryService.GetDomain:output_type -> herald.registry.v1.GetDomainResponse
+	30, // 100: herald.registry.v1.RegistryService.ListDomains:output_type -> herald.registry.v1.ListDomainsResponse
+	32, // 101: herald.registry.v1.RegistryService.UpdateDomain:output_type -> herald.registry.v1.UpdateDomainResponse
+	12, // 102: herald.registry.v1.RegistryService.CreateEventType:output_type -> herald.registry.v1.CreateEventTypeResponse
+	14, // 103: herald.registry.v1.RegistryService.GetEventType:output_type -> herald.registry.v1.GetEventTypeResponse
+	16, // 104: herald.registry.v1.RegistryService.ListEventTypes:output_type -> herald.registry.v1.ListEventTypesResponse
+	18, // 105: herald.registry.v1.RegistryService.UpdateEventType:output_type -> herald.registry.v1.UpdateEventTypeResponse
+	20, // 106: herald.registry.v1.RegistryService.CreateSchemaVersion:output_type -> herald.registry.v1.CreateSchemaVersionResponse
+	22, // 107: herald.registry.v1.RegistryService.ListSchemaVersions:output_type -> herald.registry.v1.ListSchemaVersionsResponse
+	24, // 108: herald.registry.v1.RegistryService.CheckCompatibility:output_type -> herald.registry.v1.CheckCompatibilityResponse
+	34, // 109: herald.registry.v1.RegistryService.CreateProduct:output_type -> herald.registry.v1.CreateProductResponse
+	36, // 110: herald.registry.v1.RegistryService.GetProduct:output_type -> herald.registry.v1.GetProductResponse
+	38, // 111: herald.registry.v1.RegistryService.ListProducts:output_type -> herald.registry.v1.ListProductsResponse
+	40, // 112: herald.registry.v1.RegistryService.UpdateProduct:output_type -> herald.registry.v1.UpdateProductResponse
+	45, // 113: herald.registry.v1.RegistryService.CreateApplication:output_type -> herald.registry.v1.CreateApplicationResponse
+	47, // 114: herald.registry.v1.RegistryService.GetApplication:output_type -> herald.registry.v1.GetApplicationResponse
+	49, // 115: herald.registry.v1.RegistryService.ListApplications:output_type -> herald.registry.v1.ListApplicationsResponse
+	51, // 116: herald.registry.v1.RegistryService.UpdateApplication:output_type -> herald.registry.v1.UpdateApplicationResponse
+	53, // 117: herald.registry.v1.RegistryService.CreateKey:output_type -> herald.registry.v1.CreateKeyResponse
+	55, // 118: herald.registry.v1.RegistryService.ListKeys:output_type -> herald.registry.v1.ListKeysResponse
+	57, // 119: herald.registry.v1.RegistryService.RevokeKey:output_type -> herald.registry.v1.RevokeKeyResponse
+	59, // 120: herald.registry.v1.RegistryService.AuthenticateKey:output_type -> herald.registry.v1.AuthenticateKeyResponse
+	65, // 121: herald.registry.v1.RegistryService.CreateSubscription:output_type -> herald.registry.v1.CreateSubscriptionResponse
+	67, // 122: herald.registry.v1.RegistryService.GetSubscription:output_type -> herald.registry.v1.GetSubscriptionResponse
+	69, // 123: herald.registry.v1.RegistryService.ListSubscriptions:output_type -> herald.registry.v1.ListSubscriptionsResponse
+	71, // 124: herald.registry.v1.RegistryService.DeleteSubscription:output_type -> herald.registry.v1.DeleteSubscriptionResponse
+	75, // 125: herald.registry.v1.RegistryService.Watch:output_type -> herald.registry.v1.WatchResponse
+	98, // [98:126] is the sub-list for method output_type
+	70, // [70:98] is the sub-list for method input_type
+	70, // [70:70] is the sub-list for extension type_name
+	70, // [70:70] is the sub-list for extension extendee
+	0,  // [0:70] is the sub-list for field type_name
 }
 
 func init() { file_herald_registry_v1_registry_proto_init() }
@@ -975,18 +4882,36 @@ func file_herald_registry_v1_registry_proto_init() {
 	if File_herald_registry_v1_registry_proto != nil {
 		return
 	}
+	file_herald_registry_v1_registry_proto_msgTypes[55].OneofWrappers = []any{
+		(*Subscription_Webhook)(nil),
+		(*Subscription_Stream)(nil),
+	}
+	file_herald_registry_v1_registry_proto_msgTypes[58].OneofWrappers = []any{
+		(*StartPosition_Cursor)(nil),
+		(*StartPosition_Time)(nil),
+	}
+	file_herald_registry_v1_registry_proto_msgTypes[70].OneofWrappers = []any{
+		(*WatchResponse_EventType)(nil),
+		(*WatchResponse_Domain)(nil),
+		(*WatchResponse_Product)(nil),
+		(*WatchResponse_Application)(nil),
+		(*WatchResponse_Key)(nil),
+		(*WatchResponse_Subscription)(nil),
+		(*WatchResponse_Deleted)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_herald_registry_v1_registry_proto_rawDesc), len(file_herald_registry_v1_registry_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   15,
+			NumEnums:      5,
+			NumMessages:   71,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
 		GoTypes:           file_herald_registry_v1_registry_proto_goTypes,
 		DependencyIndexes: file_herald_registry_v1_registry_proto_depIdxs,
+		EnumInfos:         file_herald_registry_v1_registry_proto_enumTypes,
 		MessageInfos:      file_herald_registry_v1_registry_proto_msgTypes,
 	}.Build()
 	File_herald_registry_v1_registry_proto = out.File

@@ -33,6 +33,18 @@ const (
 // reflection-formatted method names, remove the leading slash and convert the remaining slash to a
 // period.
 const (
+	// RegistryServiceCreateDomainProcedure is the fully-qualified name of the RegistryService's
+	// CreateDomain RPC.
+	RegistryServiceCreateDomainProcedure = "/herald.registry.v1.RegistryService/CreateDomain"
+	// RegistryServiceGetDomainProcedure is the fully-qualified name of the RegistryService's GetDomain
+	// RPC.
+	RegistryServiceGetDomainProcedure = "/herald.registry.v1.RegistryService/GetDomain"
+	// RegistryServiceListDomainsProcedure is the fully-qualified name of the RegistryService's
+	// ListDomains RPC.
+	RegistryServiceListDomainsProcedure = "/herald.registry.v1.RegistryService/ListDomains"
+	// RegistryServiceUpdateDomainProcedure is the fully-qualified name of the RegistryService's
+	// UpdateDomain RPC.
+	RegistryServiceUpdateDomainProcedure = "/herald.registry.v1.RegistryService/UpdateDomain"
 	// RegistryServiceCreateEventTypeProcedure is the fully-qualified name of the RegistryService's
 	// CreateEventType RPC.
 	RegistryServiceCreateEventTypeProcedure = "/herald.registry.v1.RegistryService/CreateEventType"
@@ -42,34 +54,139 @@ const (
 	// RegistryServiceListEventTypesProcedure is the fully-qualified name of the RegistryService's
 	// ListEventTypes RPC.
 	RegistryServiceListEventTypesProcedure = "/herald.registry.v1.RegistryService/ListEventTypes"
+	// RegistryServiceUpdateEventTypeProcedure is the fully-qualified name of the RegistryService's
+	// UpdateEventType RPC.
+	RegistryServiceUpdateEventTypeProcedure = "/herald.registry.v1.RegistryService/UpdateEventType"
+	// RegistryServiceCreateSchemaVersionProcedure is the fully-qualified name of the RegistryService's
+	// CreateSchemaVersion RPC.
+	RegistryServiceCreateSchemaVersionProcedure = "/herald.registry.v1.RegistryService/CreateSchemaVersion"
+	// RegistryServiceListSchemaVersionsProcedure is the fully-qualified name of the RegistryService's
+	// ListSchemaVersions RPC.
+	RegistryServiceListSchemaVersionsProcedure = "/herald.registry.v1.RegistryService/ListSchemaVersions"
+	// RegistryServiceCheckCompatibilityProcedure is the fully-qualified name of the RegistryService's
+	// CheckCompatibility RPC.
+	RegistryServiceCheckCompatibilityProcedure = "/herald.registry.v1.RegistryService/CheckCompatibility"
+	// RegistryServiceCreateProductProcedure is the fully-qualified name of the RegistryService's
+	// CreateProduct RPC.
+	RegistryServiceCreateProductProcedure = "/herald.registry.v1.RegistryService/CreateProduct"
+	// RegistryServiceGetProductProcedure is the fully-qualified name of the RegistryService's
+	// GetProduct RPC.
+	RegistryServiceGetProductProcedure = "/herald.registry.v1.RegistryService/GetProduct"
+	// RegistryServiceListProductsProcedure is the fully-qualified name of the RegistryService's
+	// ListProducts RPC.
+	RegistryServiceListProductsProcedure = "/herald.registry.v1.RegistryService/ListProducts"
+	// RegistryServiceUpdateProductProcedure is the fully-qualified name of the RegistryService's
+	// UpdateProduct RPC.
+	RegistryServiceUpdateProductProcedure = "/herald.registry.v1.RegistryService/UpdateProduct"
 	// RegistryServiceCreateApplicationProcedure is the fully-qualified name of the RegistryService's
 	// CreateApplication RPC.
 	RegistryServiceCreateApplicationProcedure = "/herald.registry.v1.RegistryService/CreateApplication"
 	// RegistryServiceGetApplicationProcedure is the fully-qualified name of the RegistryService's
 	// GetApplication RPC.
 	RegistryServiceGetApplicationProcedure = "/herald.registry.v1.RegistryService/GetApplication"
+	// RegistryServiceListApplicationsProcedure is the fully-qualified name of the RegistryService's
+	// ListApplications RPC.
+	RegistryServiceListApplicationsProcedure = "/herald.registry.v1.RegistryService/ListApplications"
+	// RegistryServiceUpdateApplicationProcedure is the fully-qualified name of the RegistryService's
+	// UpdateApplication RPC.
+	RegistryServiceUpdateApplicationProcedure = "/herald.registry.v1.RegistryService/UpdateApplication"
+	// RegistryServiceCreateKeyProcedure is the fully-qualified name of the RegistryService's CreateKey
+	// RPC.
+	RegistryServiceCreateKeyProcedure = "/herald.registry.v1.RegistryService/CreateKey"
+	// RegistryServiceListKeysProcedure is the fully-qualified name of the RegistryService's ListKeys
+	// RPC.
+	RegistryServiceListKeysProcedure = "/herald.registry.v1.RegistryService/ListKeys"
+	// RegistryServiceRevokeKeyProcedure is the fully-qualified name of the RegistryService's RevokeKey
+	// RPC.
+	RegistryServiceRevokeKeyProcedure = "/herald.registry.v1.RegistryService/RevokeKey"
 	// RegistryServiceAuthenticateKeyProcedure is the fully-qualified name of the RegistryService's
 	// AuthenticateKey RPC.
 	RegistryServiceAuthenticateKeyProcedure = "/herald.registry.v1.RegistryService/AuthenticateKey"
+	// RegistryServiceCreateSubscriptionProcedure is the fully-qualified name of the RegistryService's
+	// CreateSubscription RPC.
+	RegistryServiceCreateSubscriptionProcedure = "/herald.registry.v1.RegistryService/CreateSubscription"
+	// RegistryServiceGetSubscriptionProcedure is the fully-qualified name of the RegistryService's
+	// GetSubscription RPC.
+	RegistryServiceGetSubscriptionProcedure = "/herald.registry.v1.RegistryService/GetSubscription"
+	// RegistryServiceListSubscriptionsProcedure is the fully-qualified name of the RegistryService's
+	// ListSubscriptions RPC.
+	RegistryServiceListSubscriptionsProcedure = "/herald.registry.v1.RegistryService/ListSubscriptions"
+	// RegistryServiceDeleteSubscriptionProcedure is the fully-qualified name of the RegistryService's
+	// DeleteSubscription RPC.
+	RegistryServiceDeleteSubscriptionProcedure = "/herald.registry.v1.RegistryService/DeleteSubscription"
+	// RegistryServiceWatchProcedure is the fully-qualified name of the RegistryService's Watch RPC.
+	RegistryServiceWatchProcedure = "/herald.registry.v1.RegistryService/Watch"
 )
 
 // RegistryServiceClient is a client for the herald.registry.v1.RegistryService service.
 type RegistryServiceClient interface {
-	// CreateEventType registers a new event type with its JSON Schema.
+	// CreateDomain adds a business domain (billing, identity, ...).
+	CreateDomain(context.Context, *connect.Request[v1.CreateDomainRequest]) (*connect.Response[v1.CreateDomainResponse], error)
+	// GetDomain returns one domain.
+	GetDomain(context.Context, *connect.Request[v1.GetDomainRequest]) (*connect.Response[v1.GetDomainResponse], error)
+	// ListDomains lists domains in name order.
+	ListDomains(context.Context, *connect.Request[v1.ListDomainsRequest]) (*connect.Response[v1.ListDomainsResponse], error)
+	// UpdateDomain changes a domain; domain.revision must be the current one.
+	UpdateDomain(context.Context, *connect.Request[v1.UpdateDomainRequest]) (*connect.Response[v1.UpdateDomainResponse], error)
+	// CreateEventType registers a new event type with its first schema version.
 	CreateEventType(context.Context, *connect.Request[v1.CreateEventTypeRequest]) (*connect.Response[v1.CreateEventTypeResponse], error)
 	// GetEventType returns one event type by name.
 	GetEventType(context.Context, *connect.Request[v1.GetEventTypeRequest]) (*connect.Response[v1.GetEventTypeResponse], error)
 	// ListEventTypes lists event types in name order.
 	ListEventTypes(context.Context, *connect.Request[v1.ListEventTypesRequest]) (*connect.Response[v1.ListEventTypesResponse], error)
+	// UpdateEventType changes an event type's metadata (not its schema: see
+	// CreateSchemaVersion); event_type.revision must be the current one.
+	UpdateEventType(context.Context, *connect.Request[v1.UpdateEventTypeRequest]) (*connect.Response[v1.UpdateEventTypeResponse], error)
+	// CreateSchemaVersion adds a schema version, refused when it breaks the
+	// type's compatibility mode.
+	CreateSchemaVersion(context.Context, *connect.Request[v1.CreateSchemaVersionRequest]) (*connect.Response[v1.CreateSchemaVersionResponse], error)
+	// ListSchemaVersions lists an event type's schema versions, oldest first.
+	ListSchemaVersions(context.Context, *connect.Request[v1.ListSchemaVersionsRequest]) (*connect.Response[v1.ListSchemaVersionsResponse], error)
+	// CheckCompatibility tells whether a schema could be added as the next
+	// version, and why not, without adding it.
+	CheckCompatibility(context.Context, *connect.Request[v1.CheckCompatibilityRequest]) (*connect.Response[v1.CheckCompatibilityResponse], error)
+	// CreateProduct bundles event types (or whole domains) into an offer.
+	CreateProduct(context.Context, *connect.Request[v1.CreateProductRequest]) (*connect.Response[v1.CreateProductResponse], error)
+	// GetProduct returns one product.
+	GetProduct(context.Context, *connect.Request[v1.GetProductRequest]) (*connect.Response[v1.GetProductResponse], error)
+	// ListProducts lists products in name order.
+	ListProducts(context.Context, *connect.Request[v1.ListProductsRequest]) (*connect.Response[v1.ListProductsResponse], error)
+	// UpdateProduct changes a product; product.revision must be the current one.
+	UpdateProduct(context.Context, *connect.Request[v1.UpdateProductRequest]) (*connect.Response[v1.UpdateProductResponse], error)
 	// CreateApplication creates an application and its first key. The key's
 	// secret is returned once and stored only as a hash.
 	CreateApplication(context.Context, *connect.Request[v1.CreateApplicationRequest]) (*connect.Response[v1.CreateApplicationResponse], error)
 	// GetApplication returns one application by id.
 	GetApplication(context.Context, *connect.Request[v1.GetApplicationRequest]) (*connect.Response[v1.GetApplicationResponse], error)
+	// ListApplications lists applications.
+	ListApplications(context.Context, *connect.Request[v1.ListApplicationsRequest]) (*connect.Response[v1.ListApplicationsResponse], error)
+	// UpdateApplication changes an application's name, tenant or grants;
+	// application.revision must be the current one.
+	UpdateApplication(context.Context, *connect.Request[v1.UpdateApplicationRequest]) (*connect.Response[v1.UpdateApplicationResponse], error)
+	// CreateKey issues a new key for an application (secret shown once).
+	// With rotate_overlap set, the application's other active keys expire
+	// after that overlap: rotation without downtime.
+	CreateKey(context.Context, *connect.Request[v1.CreateKeyRequest]) (*connect.Response[v1.CreateKeyResponse], error)
+	// ListKeys lists an application's keys (prefix only, never the secret).
+	ListKeys(context.Context, *connect.Request[v1.ListKeysRequest]) (*connect.Response[v1.ListKeysResponse], error)
+	// RevokeKey revokes one key at once.
+	RevokeKey(context.Context, *connect.Request[v1.RevokeKeyRequest]) (*connect.Response[v1.RevokeKeyResponse], error)
 	// AuthenticateKey resolves the SHA-256 hash of a key secret to the key and
 	// its application. Operator only: the other services call it to
 	// authenticate their callers without ever seeing stored hashes.
 	AuthenticateKey(context.Context, *connect.Request[v1.AuthenticateKeyRequest]) (*connect.Response[v1.AuthenticateKeyResponse], error)
+	// CreateSubscription subscribes a consumer application to event types.
+	CreateSubscription(context.Context, *connect.Request[v1.CreateSubscriptionRequest]) (*connect.Response[v1.CreateSubscriptionResponse], error)
+	// GetSubscription returns one subscription.
+	GetSubscription(context.Context, *connect.Request[v1.GetSubscriptionRequest]) (*connect.Response[v1.GetSubscriptionResponse], error)
+	// ListSubscriptions lists subscriptions, optionally of one application.
+	ListSubscriptions(context.Context, *connect.Request[v1.ListSubscriptionsRequest]) (*connect.Response[v1.ListSubscriptionsResponse], error)
+	// DeleteSubscription removes a subscription.
+	DeleteSubscription(context.Context, *connect.Request[v1.DeleteSubscriptionRequest]) (*connect.Response[v1.DeleteSubscriptionResponse], error)
+	// Watch streams catalog changes after a revision, so that router and edge
+	// keep local caches fresh. From revision 0 it first sends the whole
+	// catalog, then a response with snapshot_complete set, then live changes.
+	Watch(context.Context, *connect.Request[v1.WatchRequest]) (*connect.ServerStreamForClient[v1.WatchResponse], error)
 }
 
 // NewRegistryServiceClient constructs a client for the herald.registry.v1.RegistryService service.
@@ -83,6 +200,30 @@ func NewRegistryServiceClient(httpClient connect.HTTPClient, baseURL string, opt
 	baseURL = strings.TrimRight(baseURL, "/")
 	registryServiceMethods := v1.File_herald_registry_v1_registry_proto.Services().ByName("RegistryService").Methods()
 	return &registryServiceClient{
+		createDomain: connect.NewClient[v1.CreateDomainRequest, v1.CreateDomainResponse](
+			httpClient,
+			baseURL+RegistryServiceCreateDomainProcedure,
+			connect.WithSchema(registryServiceMethods.ByName("CreateDomain")),
+			connect.WithClientOptions(opts...),
+		),
+		getDomain: connect.NewClient[v1.GetDomainRequest, v1.GetDomainResponse](
+			httpClient,
+			baseURL+RegistryServiceGetDomainProcedure,
+			connect.WithSchema(registryServiceMethods.ByName("GetDomain")),
+			connect.WithClientOptions(opts...),
+		),
+		listDomains: connect.NewClient[v1.ListDomainsRequest, v1.ListDomainsResponse](
+			httpClient,
+			baseURL+RegistryServiceListDomainsProcedure,
+			connect.WithSchema(registryServiceMethods.ByName("ListDomains")),
+			connect.WithClientOptions(opts...),
+		),
+		updateDomain: connect.NewClient[v1.UpdateDomainRequest, v1.UpdateDomainResponse](
+			httpClient,
+			baseURL+RegistryServiceUpdateDomainProcedure,
+			connect.WithSchema(registryServiceMethods.ByName("UpdateDomain")),
+			connect.WithClientOptions(opts...),
+		),
 		createEventType: connect.NewClient[v1.CreateEventTypeRequest, v1.CreateEventTypeResponse](
 			httpClient,
 			baseURL+RegistryServiceCreateEventTypeProcedure,
@@ -101,6 +242,54 @@ func NewRegistryServiceClient(httpClient connect.HTTPClient, baseURL string, opt
 			connect.WithSchema(registryServiceMethods.ByName("ListEventTypes")),
 			connect.WithClientOptions(opts...),
 		),
+		updateEventType: connect.NewClient[v1.UpdateEventTypeRequest, v1.UpdateEventTypeResponse](
+			httpClient,
+			baseURL+RegistryServiceUpdateEventTypeProcedure,
+			connect.WithSchema(registryServiceMethods.ByName("UpdateEventType")),
+			connect.WithClientOptions(opts...),
+		),
+		createSchemaVersion: connect.NewClient[v1.CreateSchemaVersionRequest, v1.CreateSchemaVersionResponse](
+			httpClient,
+			baseURL+RegistryServiceCreateSchemaVersionProcedure,
+			connect.WithSchema(registryServiceMethods.ByName("CreateSchemaVersion")),
+			connect.WithClientOptions(opts...),
+		),
+		listSchemaVersions: connect.NewClient[v1.ListSchemaVersionsRequest, v1.ListSchemaVersionsResponse](
+			httpClient,
+			baseURL+RegistryServiceListSchemaVersionsProcedure,
+			connect.WithSchema(registryServiceMethods.ByName("ListSchemaVersions")),
+			connect.WithClientOptions(opts...),
+		),
+		checkCompatibility: connect.NewClient[v1.CheckCompatibilityRequest, v1.CheckCompatibilityResponse](
+			httpClient,
+			baseURL+RegistryServiceCheckCompatibilityProcedure,
+			connect.WithSchema(registryServiceMethods.ByName("CheckCompatibility")),
+			connect.WithClientOptions(opts...),
+		),
+		createProduct: connect.NewClient[v1.CreateProductRequest, v1.CreateProductResponse](
+			httpClient,
+			baseURL+RegistryServiceCreateProductProcedure,
+			connect.WithSchema(registryServiceMethods.ByName("CreateProduct")),
+			connect.WithClientOptions(opts...),
+		),
+		getProduct: connect.NewClient[v1.GetProductRequest, v1.GetProductResponse](
+			httpClient,
+			baseURL+RegistryServiceGetProductProcedure,
+			connect.WithSchema(registryServiceMethods.ByName("GetProduct")),
+			connect.WithClientOptions(opts...),
+		),
+		listProducts: connect.NewClient[v1.ListProductsRequest, v1.ListProductsResponse](
+			httpClient,
+			baseURL+RegistryServiceListProductsProcedure,
+			connect.WithSchema(registryServiceMethods.ByName("ListProducts")),
+			connect.WithClientOptions(opts...),
+		),
+		updateProduct: connect.NewClient[v1.UpdateProductRequest, v1.UpdateProductResponse](
+			httpClient,
+			baseURL+RegistryServiceUpdateProductProcedure,
+			connect.WithSchema(registryServiceMethods.ByName("UpdateProduct")),
+			connect.WithClientOptions(opts...),
+		),
 		createApplication: connect.NewClient[v1.CreateApplicationRequest, v1.CreateApplicationResponse](
 			httpClient,
 			baseURL+RegistryServiceCreateApplicationProcedure,
@@ -113,10 +302,70 @@ func NewRegistryServiceClient(httpClient connect.HTTPClient, baseURL string, opt
 			connect.WithSchema(registryServiceMethods.ByName("GetApplication")),
 			connect.WithClientOptions(opts...),
 		),
+		listApplications: connect.NewClient[v1.ListApplicationsRequest, v1.ListApplicationsResponse](
+			httpClient,
+			baseURL+RegistryServiceListApplicationsProcedure,
+			connect.WithSchema(registryServiceMethods.ByName("ListApplications")),
+			connect.WithClientOptions(opts...),
+		),
+		updateApplication: connect.NewClient[v1.UpdateApplicationRequest, v1.UpdateApplicationResponse](
+			httpClient,
+			baseURL+RegistryServiceUpdateApplicationProcedure,
+			connect.WithSchema(registryServiceMethods.ByName("UpdateApplication")),
+			connect.WithClientOptions(opts...),
+		),
+		createKey: connect.NewClient[v1.CreateKeyRequest, v1.CreateKeyResponse](
+			httpClient,
+			baseURL+RegistryServiceCreateKeyProcedure,
+			connect.WithSchema(registryServiceMethods.ByName("CreateKey")),
+			connect.WithClientOptions(opts...),
+		),
+		listKeys: connect.NewClient[v1.ListKeysRequest, v1.ListKeysResponse](
+			httpClient,
+			baseURL+RegistryServiceListKeysProcedure,
+			connect.WithSchema(registryServiceMethods.ByName("ListKeys")),
+			connect.WithClientOptions(opts...),
+		),
+		revokeKey: connect.NewClient[v1.RevokeKeyRequest, v1.RevokeKeyResponse](
+			httpClient,
+			baseURL+RegistryServiceRevokeKeyProcedure,
+			connect.WithSchema(registryServiceMethods.ByName("RevokeKey")),
+			connect.WithClientOptions(opts...),
+		),
 		authenticateKey: connect.NewClient[v1.AuthenticateKeyRequest, v1.AuthenticateKeyResponse](
 			httpClient,
 			baseURL+RegistryServiceAuthenticateKeyProcedure,
 			connect.WithSchema(registryServiceMethods.ByName("AuthenticateKey")),
+			connect.WithClientOptions(opts...),
+		),
+		createSubscription: connect.NewClient[v1.CreateSubscriptionRequest, v1.CreateSubscriptionResponse](
+			httpClient,
+			baseURL+RegistryServiceCreateSubscriptionProcedure,
+			connect.WithSchema(registryServiceMethods.ByName("CreateSubscription")),
+			connect.WithClientOptions(opts...),
+		),
+		getSubscription: connect.NewClient[v1.GetSubscriptionRequest, v1.GetSubscriptionResponse](
+			httpClient,
+			baseURL+RegistryServiceGetSubscriptionProcedure,
+			connect.WithSchema(registryServiceMethods.ByName("GetSubscription")),
+			connect.WithClientOptions(opts...),
+		),
+		listSubscriptions: connect.NewClient[v1.ListSubscriptionsRequest, v1.ListSubscriptionsResponse](
+			httpClient,
+			baseURL+RegistryServiceListSubscriptionsProcedure,
+			connect.WithSchema(registryServiceMethods.ByName("ListSubscriptions")),
+			connect.WithClientOptions(opts...),
+		),
+		deleteSubscription: connect.NewClient[v1.DeleteSubscriptionRequest, v1.DeleteSubscriptionResponse](
+			httpClient,
+			baseURL+RegistryServiceDeleteSubscriptionProcedure,
+			connect.WithSchema(registryServiceMethods.ByName("DeleteSubscription")),
+			connect.WithClientOptions(opts...),
+		),
+		watch: connect.NewClient[v1.WatchRequest, v1.WatchResponse](
+			httpClient,
+			baseURL+RegistryServiceWatchProcedure,
+			connect.WithSchema(registryServiceMethods.ByName("Watch")),
 			connect.WithClientOptions(opts...),
 		),
 	}
@@ -124,12 +373,54 @@ func NewRegistryServiceClient(httpClient connect.HTTPClient, baseURL string, opt
 
 // registryServiceClient implements RegistryServiceClient.
 type registryServiceClient struct {
-	createEventType   *connect.Client[v1.CreateEventTypeRequest, v1.CreateEventTypeResponse]
-	getEventType      *connect.Client[v1.GetEventTypeRequest, v1.GetEventTypeResponse]
-	listEventTypes    *connect.Client[v1.ListEventTypesRequest, v1.ListEventTypesResponse]
-	createApplication *connect.Client[v1.CreateApplicationRequest, v1.CreateApplicationResponse]
-	getApplication    *connect.Client[v1.GetApplicationRequest, v1.GetApplicationResponse]
-	authenticateKey   *connect.Client[v1.AuthenticateKeyRequest, v1.AuthenticateKeyResponse]
+	createDomain        *connect.Client[v1.CreateDomainRequest, v1.CreateDomainResponse]
+	getDomain           *connect.Client[v1.GetDomainRequest, v1.GetDomainResponse]
+	listDomains         *connect.Client[v1.ListDomainsRequest, v1.ListDomainsResponse]
+	updateDomain        *connect.Client[v1.UpdateDomainRequest, v1.UpdateDomainResponse]
+	createEventType     *connect.Client[v1.CreateEventTypeRequest, v1.CreateEventTypeResponse]
+	getEventType        *connect.Client[v1.GetEventTypeRequest, v1.GetEventTypeResponse]
+	listEventTypes      *connect.Client[v1.ListEventTypesRequest, v1.ListEventTypesResponse]
+	updateEventType     *connect.Client[v1.UpdateEventTypeRequest, v1.UpdateEventTypeResponse]
+	createSchemaVersion *connect.Client[v1.CreateSchemaVersionRequest, v1.CreateSchemaVersionResponse]
+	listSchemaVersions  *connect.Client[v1.ListSchemaVersionsRequest, v1.ListSchemaVersionsResponse]
+	checkCompatibility  *connect.Client[v1.CheckCompatibilityRequest, v1.CheckCompatibilityResponse]
+	createProduct       *connect.Client[v1.CreateProductRequest, v1.CreateProductResponse]
+	getProduct          *connect.Client[v1.GetProductRequest, v1.GetProductResponse]
+	listProducts        *connect.Client[v1.ListProductsRequest, v1.ListProductsResponse]
+	updateProduct       *connect.Client[v1.UpdateProductRequest, v1.UpdateProductResponse]
+	createApplication   *connect.Client[v1.CreateApplicationRequest, v1.CreateApplicationResponse]
+	getApplication      *connect.Client[v1.GetApplicationRequest, v1.GetApplicationResponse]
+	listApplications    *connect.Client[v1.ListApplicationsRequest, v1.ListApplicationsResponse]
+	updateApplication   *connect.Client[v1.UpdateApplicationRequest, v1.UpdateApplicationResponse]
+	createKey           *connect.Client[v1.CreateKeyRequest, v1.CreateKeyResponse]
+	listKeys            *connect.Client[v1.ListKeysRequest, v1.ListKeysResponse]
+	revokeKey           *connect.Client[v1.RevokeKeyRequest, v1.RevokeKeyResponse]
+	authenticateKey     *connect.Client[v1.AuthenticateKeyRequest, v1.AuthenticateKeyResponse]
+	createSubscription  *connect.Client[v1.CreateSubscriptionRequest, v1.CreateSubscriptionResponse]
+	getSubscription     *connect.Client[v1.GetSubscriptionRequest, v1.GetSubscriptionResponse]
+	listSubscriptions   *connect.Client[v1.ListSubscriptionsRequest, v1.ListSubscriptionsResponse]
+	deleteSubscription  *connect.Client[v1.DeleteSubscriptionRequest, v1.DeleteSubscriptionResponse]
+	watch               *connect.Client[v1.WatchRequest, v1.WatchResponse]
+}
+
+// CreateDomain calls herald.registry.v1.RegistryService.CreateDomain.
+func (c *registryServiceClient) CreateDomain(ctx context.Context, req *connect.Request[v1.CreateDomainRequest]) (*connect.Response[v1.CreateDomainResponse], error) {
+	return c.createDomain.CallUnary(ctx, req)
+}
+
+// GetDomain calls herald.registry.v1.RegistryService.GetDomain.
+func (c *registryServiceClient) GetDomain(ctx context.Context, req *connect.Request[v1.GetDomainRequest]) (*connect.Response[v1.GetDomainResponse], error) {
+	return c.getDomain.CallUnary(ctx, req)
+}
+
+// ListDomains calls herald.registry.v1.RegistryService.ListDomains.
+func (c *registryServiceClient) ListDomains(ctx context.Context, req *connect.Request[v1.ListDomainsRequest]) (*connect.Response[v1.ListDomainsResponse], error) {
+	return c.listDomains.CallUnary(ctx, req)
+}
+
+// UpdateDomain calls herald.registry.v1.RegistryService.UpdateDomain.
+func (c *registryServiceClient) UpdateDomain(ctx context.Context, req *connect.Request[v1.UpdateDomainRequest]) (*connect.Response[v1.UpdateDomainResponse], error) {
+	return c.updateDomain.CallUnary(ctx, req)
 }
 
 // CreateEventType calls herald.registry.v1.RegistryService.CreateEventType.
@@ -147,6 +438,46 @@ func (c *registryServiceClient) ListEventTypes(ctx context.Context, req *connect
 	return c.listEventTypes.CallUnary(ctx, req)
 }
 
+// UpdateEventType calls herald.registry.v1.RegistryService.UpdateEventType.
+func (c *registryServiceClient) UpdateEventType(ctx context.Context, req *connect.Request[v1.UpdateEventTypeRequest]) (*connect.Response[v1.UpdateEventTypeResponse], error) {
+	return c.updateEventType.CallUnary(ctx, req)
+}
+
+// CreateSchemaVersion calls herald.registry.v1.RegistryService.CreateSchemaVersion.
+func (c *registryServiceClient) CreateSchemaVersion(ctx context.Context, req *connect.Request[v1.CreateSchemaVersionRequest]) (*connect.Response[v1.CreateSchemaVersionResponse], error) {
+	return c.createSchemaVersion.CallUnary(ctx, req)
+}
+
+// ListSchemaVersions calls herald.registry.v1.RegistryService.ListSchemaVersions.
+func (c *registryServiceClient) ListSchemaVersions(ctx context.Context, req *connect.Request[v1.ListSchemaVersionsRequest]) (*connect.Response[v1.ListSchemaVersionsResponse], error) {
+	return c.listSchemaVersions.CallUnary(ctx, req)
+}
+
+// CheckCompatibility calls herald.registry.v1.RegistryService.CheckCompatibility.
+func (c *registryServiceClient) CheckCompatibility(ctx context.Context, req *connect.Request[v1.CheckCompatibilityRequest]) (*connect.Response[v1.CheckCompatibilityResponse], error) {
+	return c.checkCompatibility.CallUnary(ctx, req)
+}
+
+// CreateProduct calls herald.registry.v1.RegistryService.CreateProduct.
+func (c *registryServiceClient) CreateProduct(ctx context.Context, req *connect.Request[v1.CreateProductRequest]) (*connect.Response[v1.CreateProductResponse], error) {
+	return c.createProduct.CallUnary(ctx, req)
+}
+
+// GetProduct calls herald.registry.v1.RegistryService.GetProduct.
+func (c *registryServiceClient) GetProduct(ctx context.Context, req *connect.Request[v1.GetProductRequest]) (*connect.Response[v1.GetProductResponse], error) {
+	return c.getProduct.CallUnary(ctx, req)
+}
+
+// ListProducts calls herald.registry.v1.RegistryService.ListProducts.
+func (c *registryServiceClient) ListProducts(ctx context.Context, req *connect.Request[v1.ListProductsRequest]) (*connect.Response[v1.ListProductsResponse], error) {
+	return c.listProducts.CallUnary(ctx, req)
+}
+
+// UpdateProduct calls herald.registry.v1.RegistryService.UpdateProduct.
+func (c *registryServiceClient) UpdateProduct(ctx context.Context, req *connect.Request[v1.UpdateProductRequest]) (*connect.Response[v1.UpdateProductResponse], error) {
+	return c.updateProduct.CallUnary(ctx, req)
+}
+
 // CreateApplication calls herald.registry.v1.RegistryService.CreateApplication.
 func (c *registryServiceClient) CreateApplication(ctx context.Context, req *connect.Request[v1.CreateApplicationRequest]) (*connect.Response[v1.CreateApplicationResponse], error) {
 	return c.createApplication.CallUnary(ctx, req)
@@ -157,28 +488,130 @@ func (c *registryServiceClient) GetApplication(ctx context.Context, req *connect
 	return c.getApplication.CallUnary(ctx, req)
 }
 
+// ListApplications calls herald.registry.v1.RegistryService.ListApplications.
+func (c *registryServiceClient) ListApplications(ctx context.Context, req *connect.Request[v1.ListApplicationsRequest]) (*connect.Response[v1.ListApplicationsResponse], error) {
+	return c.listApplications.CallUnary(ctx, req)
+}
+
+// UpdateApplication calls herald.registry.v1.RegistryService.UpdateApplication.
+func (c *registryServiceClient) UpdateApplication(ctx context.Context, req *connect.Request[v1.UpdateApplicationRequest]) (*connect.Response[v1.UpdateApplicationResponse], error) {
+	return c.updateApplication.CallUnary(ctx, req)
+}
+
+// CreateKey calls herald.registry.v1.RegistryService.CreateKey.
+func (c *registryServiceClient) CreateKey(ctx context.Context, req *connect.Request[v1.CreateKeyRequest]) (*connect.Response[v1.CreateKeyResponse], error) {
+	return c.createKey.CallUnary(ctx, req)
+}
+
+// ListKeys calls herald.registry.v1.RegistryService.ListKeys.
+func (c *registryServiceClient) ListKeys(ctx context.Context, req *connect.Request[v1.ListKeysRequest]) (*connect.Response[v1.ListKeysResponse], error) {
+	return c.listKeys.CallUnary(ctx, req)
+}
+
+// RevokeKey calls herald.registry.v1.RegistryService.RevokeKey.
+func (c *registryServiceClient) RevokeKey(ctx context.Context, req *connect.Request[v1.RevokeKeyRequest]) (*connect.Response[v1.RevokeKeyResponse], error) {
+	return c.revokeKey.CallUnary(ctx, req)
+}
+
 // AuthenticateKey calls herald.registry.v1.RegistryService.AuthenticateKey.
 func (c *registryServiceClient) AuthenticateKey(ctx context.Context, req *connect.Request[v1.AuthenticateKeyRequest]) (*connect.Response[v1.AuthenticateKeyResponse], error) {
 	return c.authenticateKey.CallUnary(ctx, req)
 }
 
+// CreateSubscription calls herald.registry.v1.RegistryService.CreateSubscription.
+func (c *registryServiceClient) CreateSubscription(ctx context.Context, req *connect.Request[v1.CreateSubscriptionRequest]) (*connect.Response[v1.CreateSubscriptionResponse], error) {
+	return c.createSubscription.CallUnary(ctx, req)
+}
+
+// GetSubscription calls herald.registry.v1.RegistryService.GetSubscription.
+func (c *registryServiceClient) GetSubscription(ctx context.Context, req *connect.Request[v1.GetSubscriptionRequest]) (*connect.Response[v1.GetSubscriptionResponse], error) {
+	return c.getSubscription.CallUnary(ctx, req)
+}
+
+// ListSubscriptions calls herald.registry.v1.RegistryService.ListSubscriptions.
+func (c *registryServiceClient) ListSubscriptions(ctx context.Context, req *connect.Request[v1.ListSubscriptionsRequest]) (*connect.Response[v1.ListSubscriptionsResponse], error) {
+	return c.listSubscriptions.CallUnary(ctx, req)
+}
+
+// DeleteSubscription calls herald.registry.v1.RegistryService.DeleteSubscription.
+func (c *registryServiceClient) DeleteSubscription(ctx context.Context, req *connect.Request[v1.DeleteSubscriptionRequest]) (*connect.Response[v1.DeleteSubscriptionResponse], error) {
+	return c.deleteSubscription.CallUnary(ctx, req)
+}
+
+// Watch calls herald.registry.v1.RegistryService.Watch.
+func (c *registryServiceClient) Watch(ctx context.Context, req *connect.Request[v1.WatchRequest]) (*connect.ServerStreamForClient[v1.WatchResponse], error) {
+	return c.watch.CallServerStream(ctx, req)
+}
+
 // RegistryServiceHandler is an implementation of the herald.registry.v1.RegistryService service.
 type RegistryServiceHandler interface {
-	// CreateEventType registers a new event type with its JSON Schema.
+	// CreateDomain adds a business domain (billing, identity, ...).
+	CreateDomain(context.Context, *connect.Request[v1.CreateDomainRequest]) (*connect.Response[v1.CreateDomainResponse], error)
+	// GetDomain returns one domain.
+	GetDomain(context.Context, *connect.Request[v1.GetDomainRequest]) (*connect.Response[v1.GetDomainResponse], error)
+	// ListDomains lists domains in name order.
+	ListDomains(context.Context, *connect.Request[v1.ListDomainsRequest]) (*connect.Response[v1.ListDomainsResponse], error)
+	// UpdateDomain changes a domain; domain.revision must be the current one.
+	UpdateDomain(context.Context, *connect.Request[v1.UpdateDomainRequest]) (*connect.Response[v1.UpdateDomainResponse], error)
+	// CreateEventType registers a new event type with its first schema version.
 	CreateEventType(context.Context, *connect.Request[v1.CreateEventTypeRequest]) (*connect.Response[v1.CreateEventTypeResponse], error)
 	// GetEventType returns one event type by name.
 	GetEventType(context.Context, *connect.Request[v1.GetEventTypeRequest]) (*connect.Response[v1.GetEventTypeResponse], error)
 	// ListEventTypes lists event types in name order.
 	ListEventTypes(context.Context, *connect.Request[v1.ListEventTypesRequest]) (*connect.Response[v1.ListEventTypesResponse], error)
+	// UpdateEventType changes an event type's metadata (not its schema: see
+	// CreateSchemaVersion); event_type.revision must be the current one.
+	UpdateEventType(context.Context, *connect.Request[v1.UpdateEventTypeRequest]) (*connect.Response[v1.UpdateEventTypeResponse], error)
+	// CreateSchemaVersion adds a schema version, refused when it breaks the
+	// type's compatibility mode.
+	CreateSchemaVersion(context.Context, *connect.Request[v1.CreateSchemaVersionRequest]) (*connect.Response[v1.CreateSchemaVersionResponse], error)
+	// ListSchemaVersions lists an event type's schema versions, oldest first.
+	ListSchemaVersions(context.Context, *connect.Request[v1.ListSchemaVersionsRequest]) (*connect.Response[v1.ListSchemaVersionsResponse], error)
+	// CheckCompatibility tells whether a schema could be added as the next
+	// version, and why not, without adding it.
+	CheckCompatibility(context.Context, *connect.Request[v1.CheckCompatibilityRequest]) (*connect.Response[v1.CheckCompatibilityResponse], error)
+	// CreateProduct bundles event types (or whole domains) into an offer.
+	CreateProduct(context.Context, *connect.Request[v1.CreateProductRequest]) (*connect.Response[v1.CreateProductResponse], error)
+	// GetProduct returns one product.
+	GetProduct(context.Context, *connect.Request[v1.GetProductRequest]) (*connect.Response[v1.GetProductResponse], error)
+	// ListProducts lists products in name order.
+	ListProducts(context.Context, *connect.Request[v1.ListProductsRequest]) (*connect.Response[v1.ListProductsResponse], error)
+	// UpdateProduct changes a product; product.revision must be the current one.
+	UpdateProduct(context.Context, *connect.Request[v1.UpdateProductRequest]) (*connect.Response[v1.UpdateProductResponse], error)
 	// CreateApplication creates an application and its first key. The key's
 	// secret is returned once and stored only as a hash.
 	CreateApplication(context.Context, *connect.Request[v1.CreateApplicationRequest]) (*connect.Response[v1.CreateApplicationResponse], error)
 	// GetApplication returns one application by id.
 	GetApplication(context.Context, *connect.Request[v1.GetApplicationRequest]) (*connect.Response[v1.GetApplicationResponse], error)
+	// ListApplications lists applications.
+	ListApplications(context.Context, *connect.Request[v1.ListApplicationsRequest]) (*connect.Response[v1.ListApplicationsResponse], error)
+	// UpdateApplication changes an application's name, tenant or grants;
+	// application.revision must be the current one.
+	UpdateApplication(context.Context, *connect.Request[v1.UpdateApplicationRequest]) (*connect.Response[v1.UpdateApplicationResponse], error)
+	// CreateKey issues a new key for an application (secret shown once).
+	// With rotate_overlap set, the application's other active keys expire
+	// after that overlap: rotation without downtime.
+	CreateKey(context.Context, *connect.Request[v1.CreateKeyRequest]) (*connect.Response[v1.CreateKeyResponse], error)
+	// ListKeys lists an application's keys (prefix only, never the secret).
+	ListKeys(context.Context, *connect.Request[v1.ListKeysRequest]) (*connect.Response[v1.ListKeysResponse], error)
+	// RevokeKey revokes one key at once.
+	RevokeKey(context.Context, *connect.Request[v1.RevokeKeyRequest]) (*connect.Response[v1.RevokeKeyResponse], error)
 	// AuthenticateKey resolves the SHA-256 hash of a key secret to the key and
 	// its application. Operator only: the other services call it to
 	// authenticate their callers without ever seeing stored hashes.
 	AuthenticateKey(context.Context, *connect.Request[v1.AuthenticateKeyRequest]) (*connect.Response[v1.AuthenticateKeyResponse], error)
+	// CreateSubscription subscribes a consumer application to event types.
+	CreateSubscription(context.Context, *connect.Request[v1.CreateSubscriptionRequest]) (*connect.Response[v1.CreateSubscriptionResponse], error)
+	// GetSubscription returns one subscription.
+	GetSubscription(context.Context, *connect.Request[v1.GetSubscriptionRequest]) (*connect.Response[v1.GetSubscriptionResponse], error)
+	// ListSubscriptions lists subscriptions, optionally of one application.
+	ListSubscriptions(context.Context, *connect.Request[v1.ListSubscriptionsRequest]) (*connect.Response[v1.ListSubscriptionsResponse], error)
+	// DeleteSubscription removes a subscription.
+	DeleteSubscription(context.Context, *connect.Request[v1.DeleteSubscriptionRequest]) (*connect.Response[v1.DeleteSubscriptionResponse], error)
+	// Watch streams catalog changes after a revision, so that router and edge
+	// keep local caches fresh. From revision 0 it first sends the whole
+	// catalog, then a response with snapshot_complete set, then live changes.
+	Watch(context.Context, *connect.Request[v1.WatchRequest], *connect.ServerStream[v1.WatchResponse]) error
 }
 
 // NewRegistryServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -188,6 +621,30 @@ type RegistryServiceHandler interface {
 // and JSON codecs. They also support gzip compression.
 func NewRegistryServiceHandler(svc RegistryServiceHandler, opts ...connect.HandlerOption) (string, http.Handler) {
 	registryServiceMethods := v1.File_herald_registry_v1_registry_proto.Services().ByName("RegistryService").Methods()
+	registryServiceCreateDomainHandler := connect.NewUnaryHandler(
+		RegistryServiceCreateDomainProcedure,
+		svc.CreateDomain,
+		connect.WithSchema(registryServiceMethods.ByName("CreateDomain")),
+		connect.WithHandlerOptions(opts...),
+	)
+	registryServiceGetDomainHandler := connect.NewUnaryHandler(
+		RegistryServiceGetDomainProcedure,
+		svc.GetDomain,
+		connect.WithSchema(registryServiceMethods.ByName("GetDomain")),
+		connect.WithHandlerOptions(opts...),
+	)
+	registryServiceListDomainsHandler := connect.NewUnaryHandler(
+		RegistryServiceListDomainsProcedure,
+		svc.ListDomains,
+		connect.WithSchema(registryServiceMethods.ByName("ListDomains")),
+		connect.WithHandlerOptions(opts...),
+	)
+	registryServiceUpdateDomainHandler := connect.NewUnaryHandler(
+		RegistryServiceUpdateDomainProcedure,
+		svc.UpdateDomain,
+		connect.WithSchema(registryServiceMethods.ByName("UpdateDomain")),
+		connect.WithHandlerOptions(opts...),
+	)
 	registryServiceCreateEventTypeHandler := connect.NewUnaryHandler(
 		RegistryServiceCreateEventTypeProcedure,
 		svc.CreateEventType,
@@ -206,6 +663,54 @@ func NewRegistryServiceHandler(svc RegistryServiceHandler, opts ...connect.Handl
 		connect.WithSchema(registryServiceMethods.ByName("ListEventTypes")),
 		connect.WithHandlerOptions(opts...),
 	)
+	registryServiceUpdateEventTypeHandler := connect.NewUnaryHandler(
+		RegistryServiceUpdateEventTypeProcedure,
+		svc.UpdateEventType,
+		connect.WithSchema(registryServiceMethods.ByName("UpdateEventType")),
+		connect.WithHandlerOptions(opts...),
+	)
+	registryServiceCreateSchemaVersionHandler := connect.NewUnaryHandler(
+		RegistryServiceCreateSchemaVersionProcedure,
+		svc.CreateSchemaVersion,
+		connect.WithSchema(registryServiceMethods.ByName("CreateSchemaVersion")),
+		connect.WithHandlerOptions(opts...),
+	)
+	registryServiceListSchemaVersionsHandler := connect.NewUnaryHandler(
+		RegistryServiceListSchemaVersionsProcedure,
+		svc.ListSchemaVersions,
+		connect.WithSchema(registryServiceMethods.ByName("ListSchemaVersions")),
+		connect.WithHandlerOptions(opts...),
+	)
+	registryServiceCheckCompatibilityHandler := connect.NewUnaryHandler(
+		RegistryServiceCheckCompatibilityProcedure,
+		svc.CheckCompatibility,
+		connect.WithSchema(registryServiceMethods.ByName("CheckCompatibility")),
+		connect.WithHandlerOptions(opts...),
+	)
+	registryServiceCreateProductHandler := connect.NewUnaryHandler(
+		RegistryServiceCreateProductProcedure,
+		svc.CreateProduct,
+		connect.WithSchema(registryServiceMethods.ByName("CreateProduct")),
+		connect.WithHandlerOptions(opts...),
+	)
+	registryServiceGetProductHandler := connect.NewUnaryHandler(
+		RegistryServiceGetProductProcedure,
+		svc.GetProduct,
+		connect.WithSchema(registryServiceMethods.ByName("GetProduct")),
+		connect.WithHandlerOptions(opts...),
+	)
+	registryServiceListProductsHandler := connect.NewUnaryHandler(
+		RegistryServiceListProductsProcedure,
+		svc.ListProducts,
+		connect.WithSchema(registryServiceMethods.ByName("ListProducts")),
+		connect.WithHandlerOptions(opts...),
+	)
+	registryServiceUpdateProductHandler := connect.NewUnaryHandler(
+		RegistryServiceUpdateProductProcedure,
+		svc.UpdateProduct,
+		connect.WithSchema(registryServiceMethods.ByName("UpdateProduct")),
+		connect.WithHandlerOptions(opts...),
+	)
 	registryServiceCreateApplicationHandler := connect.NewUnaryHandler(
 		RegistryServiceCreateApplicationProcedure,
 		svc.CreateApplication,
@@ -218,26 +723,130 @@ func NewRegistryServiceHandler(svc RegistryServiceHandler, opts ...connect.Handl
 		connect.WithSchema(registryServiceMethods.ByName("GetApplication")),
 		connect.WithHandlerOptions(opts...),
 	)
+	registryServiceListApplicationsHandler := connect.NewUnaryHandler(
+		RegistryServiceListApplicationsProcedure,
+		svc.ListApplications,
+		connect.WithSchema(registryServiceMethods.ByName("ListApplications")),
+		connect.WithHandlerOptions(opts...),
+	)
+	registryServiceUpdateApplicationHandler := connect.NewUnaryHandler(
+		RegistryServiceUpdateApplicationProcedure,
+		svc.UpdateApplication,
+		connect.WithSchema(registryServiceMethods.ByName("UpdateApplication")),
+		connect.WithHandlerOptions(opts...),
+	)
+	registryServiceCreateKeyHandler := connect.NewUnaryHandler(
+		RegistryServiceCreateKeyProcedure,
+		svc.CreateKey,
+		connect.WithSchema(registryServiceMethods.ByName("CreateKey")),
+		connect.WithHandlerOptions(opts...),
+	)
+	registryServiceListKeysHandler := connect.NewUnaryHandler(
+		RegistryServiceListKeysProcedure,
+		svc.ListKeys,
+		connect.WithSchema(registryServiceMethods.ByName("ListKeys")),
+		connect.WithHandlerOptions(opts...),
+	)
+	registryServiceRevokeKeyHandler := connect.NewUnaryHandler(
+		RegistryServiceRevokeKeyProcedure,
+		svc.RevokeKey,
+		connect.WithSchema(registryServiceMethods.ByName("RevokeKey")),
+		connect.WithHandlerOptions(opts...),
+	)
 	registryServiceAuthenticateKeyHandler := connect.NewUnaryHandler(
 		RegistryServiceAuthenticateKeyProcedure,
 		svc.AuthenticateKey,
 		connect.WithSchema(registryServiceMethods.ByName("AuthenticateKey")),
 		connect.WithHandlerOptions(opts...),
 	)
+	registryServiceCreateSubscriptionHandler := connect.NewUnaryHandler(
+		RegistryServiceCreateSubscriptionProcedure,
+		svc.CreateSubscription,
+		connect.WithSchema(registryServiceMethods.ByName("CreateSubscription")),
+		connect.WithHandlerOptions(opts...),
+	)
+	registryServiceGetSubscriptionHandler := connect.NewUnaryHandler(
+		RegistryServiceGetSubscriptionProcedure,
+		svc.GetSubscription,
+		connect.WithSchema(registryServiceMethods.ByName("GetSubscription")),
+		connect.WithHandlerOptions(opts...),
+	)
+	registryServiceListSubscriptionsHandler := connect.NewUnaryHandler(
+		RegistryServiceListSubscriptionsProcedure,
+		svc.ListSubscriptions,
+		connect.WithSchema(registryServiceMethods.ByName("ListSubscriptions")),
+		connect.WithHandlerOptions(opts...),
+	)
+	registryServiceDeleteSubscriptionHandler := connect.NewUnaryHandler(
+		RegistryServiceDeleteSubscriptionProcedure,
+		svc.DeleteSubscription,
+		connect.WithSchema(registryServiceMethods.ByName("DeleteSubscription")),
+		connect.WithHandlerOptions(opts...),
+	)
+	registryServiceWatchHandler := connect.NewServerStreamHandler(
+		RegistryServiceWatchProcedure,
+		svc.Watch,
+		connect.WithSchema(registryServiceMethods.ByName("Watch")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/herald.registry.v1.RegistryService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
+		case RegistryServiceCreateDomainProcedure:
+			registryServiceCreateDomainHandler.ServeHTTP(w, r)
+		case RegistryServiceGetDomainProcedure:
+			registryServiceGetDomainHandler.ServeHTTP(w, r)
+		case RegistryServiceListDomainsProcedure:
+			registryServiceListDomainsHandler.ServeHTTP(w, r)
+		case RegistryServiceUpdateDomainProcedure:
+			registryServiceUpdateDomainHandler.ServeHTTP(w, r)
 		case RegistryServiceCreateEventTypeProcedure:
 			registryServiceCreateEventTypeHandler.ServeHTTP(w, r)
 		case RegistryServiceGetEventTypeProcedure:
 			registryServiceGetEventTypeHandler.ServeHTTP(w, r)
 		case RegistryServiceListEventTypesProcedure:
 			registryServiceListEventTypesHandler.ServeHTTP(w, r)
+		case RegistryServiceUpdateEventTypeProcedure:
+			registryServiceUpdateEventTypeHandler.ServeHTTP(w, r)
+		case RegistryServiceCreateSchemaVersionProcedure:
+			registryServiceCreateSchemaVersionHandler.ServeHTTP(w, r)
+		case RegistryServiceListSchemaVersionsProcedure:
+			registryServiceListSchemaVersionsHandler.ServeHTTP(w, r)
+		case RegistryServiceCheckCompatibilityProcedure:
+			registryServiceCheckCompatibilityHandler.ServeHTTP(w, r)
+		case RegistryServiceCreateProductProcedure:
+			registryServiceCreateProductHandler.ServeHTTP(w, r)
+		case RegistryServiceGetProductProcedure:
+			registryServiceGetProductHandler.ServeHTTP(w, r)
+		case RegistryServiceListProductsProcedure:
+			registryServiceListProductsHandler.ServeHTTP(w, r)
+		case RegistryServiceUpdateProductProcedure:
+			registryServiceUpdateProductHandler.ServeHTTP(w, r)
 		case RegistryServiceCreateApplicationProcedure:
 			registryServiceCreateApplicationHandler.ServeHTTP(w, r)
 		case RegistryServiceGetApplicationProcedure:
 			registryServiceGetApplicationHandler.ServeHTTP(w, r)
+		case RegistryServiceListApplicationsProcedure:
+			registryServiceListApplicationsHandler.ServeHTTP(w, r)
+		case RegistryServiceUpdateApplicationProcedure:
+			registryServiceUpdateApplicationHandler.ServeHTTP(w, r)
+		case RegistryServiceCreateKeyProcedure:
+			registryServiceCreateKeyHandler.ServeHTTP(w, r)
+		case RegistryServiceListKeysProcedure:
+			registryServiceListKeysHandler.ServeHTTP(w, r)
+		case RegistryServiceRevokeKeyProcedure:
+			registryServiceRevokeKeyHandler.ServeHTTP(w, r)
 		case RegistryServiceAuthenticateKeyProcedure:
 			registryServiceAuthenticateKeyHandler.ServeHTTP(w, r)
+		case RegistryServiceCreateSubscriptionProcedure:
+			registryServiceCreateSubscriptionHandler.ServeHTTP(w, r)
+		case RegistryServiceGetSubscriptionProcedure:
+			registryServiceGetSubscriptionHandler.ServeHTTP(w, r)
+		case RegistryServiceListSubscriptionsProcedure:
+			registryServiceListSubscriptionsHandler.ServeHTTP(w, r)
+		case RegistryServiceDeleteSubscriptionProcedure:
+			registryServiceDeleteSubscriptionHandler.ServeHTTP(w, r)
+		case RegistryServiceWatchProcedure:
+			registryServiceWatchHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -246,6 +855,22 @@ func NewRegistryServiceHandler(svc RegistryServiceHandler, opts ...connect.Handl
 
 // UnimplementedRegistryServiceHandler returns CodeUnimplemented from all methods.
 type UnimplementedRegistryServiceHandler struct{}
+
+func (UnimplementedRegistryServiceHandler) CreateDomain(context.Context, *connect.Request[v1.CreateDomainRequest]) (*connect.Response[v1.CreateDomainResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("herald.registry.v1.RegistryService.CreateDomain is not implemented"))
+}
+
+func (UnimplementedRegistryServiceHandler) GetDomain(context.Context, *connect.Request[v1.GetDomainRequest]) (*connect.Response[v1.GetDomainResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("herald.registry.v1.RegistryService.GetDomain is not implemented"))
+}
+
+func (UnimplementedRegistryServiceHandler) ListDomains(context.Context, *connect.Request[v1.ListDomainsRequest]) (*connect.Response[v1.ListDomainsResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("herald.registry.v1.RegistryService.ListDomains is not implemented"))
+}
+
+func (UnimplementedRegistryServiceHandler) UpdateDomain(context.Context, *connect.Request[v1.UpdateDomainRequest]) (*connect.Response[v1.UpdateDomainResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("herald.registry.v1.RegistryService.UpdateDomain is not implemented"))
+}
 
 func (UnimplementedRegistryServiceHandler) CreateEventType(context.Context, *connect.Request[v1.CreateEventTypeRequest]) (*connect.Response[v1.CreateEventTypeResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("herald.registry.v1.RegistryService.CreateEventType is not implemented"))
@@ -259,6 +884,38 @@ func (UnimplementedRegistryServiceHandler) ListEventTypes(context.Context, *conn
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("herald.registry.v1.RegistryService.ListEventTypes is not implemented"))
 }
 
+func (UnimplementedRegistryServiceHandler) UpdateEventType(context.Context, *connect.Request[v1.UpdateEventTypeRequest]) (*connect.Response[v1.UpdateEventTypeResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("herald.registry.v1.RegistryService.UpdateEventType is not implemented"))
+}
+
+func (UnimplementedRegistryServiceHandler) CreateSchemaVersion(context.Context, *connect.Request[v1.CreateSchemaVersionRequest]) (*connect.Response[v1.CreateSchemaVersionResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("herald.registry.v1.RegistryService.CreateSchemaVersion is not implemented"))
+}
+
+func (UnimplementedRegistryServiceHandler) ListSchemaVersions(context.Context, *connect.Request[v1.ListSchemaVersionsRequest]) (*connect.Response[v1.ListSchemaVersionsResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("herald.registry.v1.RegistryService.ListSchemaVersions is not implemented"))
+}
+
+func (UnimplementedRegistryServiceHandler) CheckCompatibility(context.Context, *connect.Request[v1.CheckCompatibilityRequest]) (*connect.Response[v1.CheckCompatibilityResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("herald.registry.v1.RegistryService.CheckCompatibility is not implemented"))
+}
+
+func (UnimplementedRegistryServiceHandler) CreateProduct(context.Context, *connect.Request[v1.CreateProductRequest]) (*connect.Response[v1.CreateProductResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("herald.registry.v1.RegistryService.CreateProduct is not implemented"))
+}
+
+func (UnimplementedRegistryServiceHandler) GetProduct(context.Context, *connect.Request[v1.GetProductRequest]) (*connect.Response[v1.GetProductResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("herald.registry.v1.RegistryService.GetProduct is not implemented"))
+}
+
+func (UnimplementedRegistryServiceHandler) ListProducts(context.Context, *connect.Request[v1.ListProductsRequest]) (*connect.Response[v1.ListProductsResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("herald.registry.v1.RegistryService.ListProducts is not implemented"))
+}
+
+func (UnimplementedRegistryServiceHandler) UpdateProduct(context.Context, *connect.Request[v1.UpdateProductRequest]) (*connect.Response[v1.UpdateProductResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("herald.registry.v1.RegistryService.UpdateProduct is not implemented"))
+}
+
 func (UnimplementedRegistryServiceHandler) CreateApplication(context.Context, *connect.Request[v1.CreateApplicationRequest]) (*connect.Response[v1.CreateApplicationResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("herald.registry.v1.RegistryService.CreateApplication is not implemented"))
 }
@@ -267,6 +924,46 @@ func (UnimplementedRegistryServiceHandler) GetApplication(context.Context, *conn
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("herald.registry.v1.RegistryService.GetApplication is not implemented"))
 }
 
+func (UnimplementedRegistryServiceHandler) ListApplications(context.Context, *connect.Request[v1.ListApplicationsRequest]) (*connect.Response[v1.ListApplicationsResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("herald.registry.v1.RegistryService.ListApplications is not implemented"))
+}
+
+func (UnimplementedRegistryServiceHandler) UpdateApplication(context.Context, *connect.Request[v1.UpdateApplicationRequest]) (*connect.Response[v1.UpdateApplicationResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("herald.registry.v1.RegistryService.UpdateApplication is not implemented"))
+}
+
+func (UnimplementedRegistryServiceHandler) CreateKey(context.Context, *connect.Request[v1.CreateKeyRequest]) (*connect.Response[v1.CreateKeyResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("herald.registry.v1.RegistryService.CreateKey is not implemented"))
+}
+
+func (UnimplementedRegistryServiceHandler) ListKeys(context.Context, *connect.Request[v1.ListKeysRequest]) (*connect.Response[v1.ListKeysResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("herald.registry.v1.RegistryService.ListKeys is not implemented"))
+}
+
+func (UnimplementedRegistryServiceHandler) RevokeKey(context.Context, *connect.Request[v1.RevokeKeyRequest]) (*connect.Response[v1.RevokeKeyResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("herald.registry.v1.RegistryService.RevokeKey is not implemented"))
+}
+
 func (UnimplementedRegistryServiceHandler) AuthenticateKey(context.Context, *connect.Request[v1.AuthenticateKeyRequest]) (*connect.Response[v1.AuthenticateKeyResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("herald.registry.v1.RegistryService.AuthenticateKey is not implemented"))
+}
+
+func (UnimplementedRegistryServiceHandler) CreateSubscription(context.Context, *connect.Request[v1.CreateSubscriptionRequest]) (*connect.Response[v1.CreateSubscriptionResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("herald.registry.v1.RegistryService.CreateSubscription is not implemented"))
+}
+
+func (UnimplementedRegistryServiceHandler) GetSubscription(context.Context, *connect.Request[v1.GetSubscriptionRequest]) (*connect.Response[v1.GetSubscriptionResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("herald.registry.v1.RegistryService.GetSubscription is not implemented"))
+}
+
+func (UnimplementedRegistryServiceHandler) ListSubscriptions(context.Context, *connect.Request[v1.ListSubscriptionsRequest]) (*connect.Response[v1.ListSubscriptionsResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("herald.registry.v1.RegistryService.ListSubscriptions is not implemented"))
+}
+
+func (UnimplementedRegistryServiceHandler) DeleteSubscription(context.Context, *connect.Request[v1.DeleteSubscriptionRequest]) (*connect.Response[v1.DeleteSubscriptionResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("herald.registry.v1.RegistryService.DeleteSubscription is not implemented"))
+}
+
+func (UnimplementedRegistryServiceHandler) Watch(context.Context, *connect.Request[v1.WatchRequest], *connect.ServerStream[v1.WatchResponse]) error {
+	return connect.NewError(connect.CodeUnimplemented, errors.New("herald.registry.v1.RegistryService.Watch is not implemented"))
 }
