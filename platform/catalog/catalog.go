@@ -1,8 +1,9 @@
-// Package catalog is the local copy of the registry's event types that the
-// router and the edge keep, so the publish and delivery paths never call the
-// registry per event. It syncs the whole catalog periodically, compiles each
-// schema once per revision, and fetches a type it has not seen yet on first
-// use (a type created a moment ago is usable at once).
+// Package catalog is the local copy of the registry that router and edge
+// keep, so that the publish and delivery paths never call the registry per
+// event: event types with compiled schemas, applications with their grants,
+// and key hashes. It follows the registry's Watch stream (a snapshot, then
+// every change within moments), and asks the registry directly only for
+// something it has not seen yet, such as a type or a key created a moment ago.
 package catalog
 
 import (
@@ -17,6 +18,7 @@ import (
 	"connectrpc.com/connect"
 	registryv1 "github.com/heraldmesh/herald/api/gen/herald/registry/v1"
 	"github.com/heraldmesh/herald/api/gen/herald/registry/v1/registryv1connect"
+	"github.com/heraldmesh/herald/platform/auth"
 	"github.com/heraldmesh/herald/platform/schema"
 	"golang.org/x/sync/singleflight"
 )
@@ -26,79 +28,178 @@ var ErrUnknownType = errors.New("event type is not registered")
 
 // Type is one event type with its compiled schema.
 type Type struct {
-	Name     string
-	Revision int64
-	Schema   *schema.Schema
+	*registryv1.EventType
+	Validator *schema.Schema
 }
 
-// Cache holds the catalog. Its zero value is not usable: call New.
+type key struct {
+	appID, keyID string
+	expires      time.Time // zero: never
+	revoked      bool
+}
+
+// Cache holds the catalog. Build it with New and run it with Run.
 type Cache struct {
 	client registryv1connect.RegistryServiceClient
 	log    *slog.Logger
 
-	mu      sync.RWMutex
-	types   map[string]*Type
-	missing map[string]time.Time // recently confirmed unknown, to spare the registry
-	synced  bool
-	changed chan struct{} // closed and replaced on every change
+	mu       sync.RWMutex
+	types    map[string]*Type
+	apps     map[string]*registryv1.Application
+	keys     map[string]key // by hex SHA-256 of the secret
+	subs     map[string]*registryv1.Subscription
+	missing  map[string]time.Time // recently confirmed unknown types
+	revision int64
+	synced   bool
+	changed  chan struct{} // closed and replaced on every type change
+	onKey    []func()
 
 	fetch singleflight.Group
 }
 
-// New returns a cache over a registry client (which must carry a key that
-// may read the catalog).
+// New returns a cache over a registry client carrying the admin key.
 func New(client registryv1connect.RegistryServiceClient, log *slog.Logger) *Cache {
-	return &Cache{client: client, log: log, types: map[string]*Type{}, missing: map[string]time.Time{}, changed: make(chan struct{})}
+	return &Cache{
+		client: client, log: log,
+		types: map[string]*Type{}, apps: map[string]*registryv1.Application{}, keys: map[string]key{},
+		subs: map[string]*registryv1.Subscription{}, missing: map[string]time.Time{}, changed: make(chan struct{}),
+	}
 }
 
-// Run syncs every interval until ctx ends. Registry outages are logged and
-// retried; the last good copy keeps serving.
-func (c *Cache) Run(ctx context.Context, interval time.Duration) error {
-	t := time.NewTicker(interval)
-	defer t.Stop()
+// OnKeyChange registers f to be called after any key changes (to drop
+// authentication caches, so that a revoked key stops working at once).
+func (c *Cache) OnKeyChange(f func()) {
+	c.mu.Lock()
+	c.onKey = append(c.onKey, f)
+	c.mu.Unlock()
+}
+
+// Run follows the registry until ctx ends, reconnecting after failures from
+// the last revision seen (or from scratch when that is too old).
+func (c *Cache) Run(ctx context.Context) error {
+	backoff := 100 * time.Millisecond
 	for {
-		if err := c.Sync(ctx); err != nil && ctx.Err() == nil {
-			c.log.Warn("catalog sync failed", "err", err)
+		err := c.watch(ctx)
+		if ctx.Err() != nil {
+			return nil
 		}
+		c.log.Warn("catalog watch ended; reconnecting", "err", err, "in", backoff)
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-t.C:
+		case <-time.After(backoff):
 		}
+		backoff = min(2*backoff, 5*time.Second)
 	}
 }
 
-// Sync reads the whole catalog once.
-func (c *Cache) Sync(ctx context.Context) error {
-	var all []*registryv1.EventType
-	token := ""
-	for {
-		res, err := c.client.ListEventTypes(ctx, connect.NewRequest(&registryv1.ListEventTypesRequest{PageSize: 1000, PageToken: token}))
-		if err != nil {
-			return fmt.Errorf("list event types: %w", err)
-		}
-		all = append(all, res.Msg.GetEventTypes()...)
-		if token = res.Msg.GetNextPageToken(); token == "" {
-			break
-		}
-	}
-	next := make(map[string]*Type, len(all))
+func (c *Cache) watch(ctx context.Context) error {
 	c.mu.RLock()
-	for _, et := range all {
-		if old, ok := c.types[et.GetName()]; ok && old.Revision == et.GetRevision() {
-			next[et.GetName()] = old
-			continue
-		}
-		t, err := compile(et)
-		if err != nil {
-			c.log.Error("event type schema does not compile; the type is skipped", "type", et.GetName(), "err", err)
-			continue
-		}
-		next[et.GetName()] = t
-	}
+	from := c.revision
 	c.mu.RUnlock()
-	c.replace(next)
-	return nil
+	stream, err := c.client.Watch(ctx, connect.NewRequest(&registryv1.WatchRequest{FromRevision: from}))
+	if err != nil {
+		return err
+	}
+	defer stream.Close()
+	// From 0 the registry resends everything: collect it and swap it in
+	// whole at snapshot_complete, so nothing deleted meanwhile lingers.
+	var snap *Cache
+	if from == 0 {
+		snap = New(nil, c.log)
+	}
+	for stream.Receive() {
+		msg := stream.Msg()
+		if snap != nil {
+			if msg.GetSnapshotComplete() {
+				c.install(snap, msg.GetRevision())
+				snap = nil
+				continue
+			}
+			snap.apply(msg)
+			continue
+		}
+		c.mu.Lock()
+		keyChanged := c.apply(msg)
+		if msg.GetRevision() > c.revision {
+			c.revision = msg.GetRevision()
+		}
+		hooks := c.onKey
+		c.mu.Unlock()
+		if keyChanged {
+			for _, f := range hooks {
+				f()
+			}
+		}
+	}
+	err = stream.Err()
+	if connect.CodeOf(err) == connect.CodeFailedPrecondition {
+		// Our revision was trimmed from the change log: start over.
+		c.mu.Lock()
+		c.revision = 0
+		c.mu.Unlock()
+	}
+	if err == nil {
+		err = errors.New("registry closed the watch stream")
+	}
+	return err
+}
+
+// install replaces the whole state with a snapshot.
+func (c *Cache) install(snap *Cache, revision int64) {
+	c.mu.Lock()
+	// Keep compiled schemas that did not change.
+	for name, t := range snap.types {
+		if old, ok := c.types[name]; ok && old.GetRevision() == t.GetRevision() && old.GetSchemaVersion() == t.GetSchemaVersion() {
+			snap.types[name] = old
+		}
+	}
+	c.types, c.apps, c.keys, c.subs = snap.types, snap.apps, snap.keys, snap.subs
+	c.revision = revision
+	c.synced = true
+	close(c.changed)
+	c.changed = make(chan struct{})
+	hooks := c.onKey
+	c.mu.Unlock()
+	for _, f := range hooks {
+		f()
+	}
+}
+
+// apply folds one change into c (whose lock the caller holds, or which is
+// not shared yet). It reports whether a key changed.
+func (c *Cache) apply(msg *registryv1.WatchResponse) bool {
+	switch ch := msg.GetChange().(type) {
+	case *registryv1.WatchResponse_EventType:
+		t, err := compile(ch.EventType)
+		if err != nil {
+			c.log.Error("event type schema does not compile; keeping the previous one", "type", ch.EventType.GetName(), "err", err)
+			return false
+		}
+		c.types[t.GetName()] = t
+		delete(c.missing, t.GetName())
+		if c.changed != nil {
+			close(c.changed)
+			c.changed = make(chan struct{})
+		}
+	case *registryv1.WatchResponse_Application:
+		c.apps[ch.Application.GetId()] = ch.Application
+	case *registryv1.WatchResponse_Key:
+		k := ch.Key.GetKey()
+		e := key{appID: k.GetApplicationId(), keyID: k.GetId(), revoked: k.GetRevokeTime() != nil}
+		if k.GetExpireTime() != nil {
+			e.expires = k.GetExpireTime().AsTime()
+		}
+		c.keys[ch.Key.GetKeyHash()] = e
+		return true
+	case *registryv1.WatchResponse_Subscription:
+		c.subs[ch.Subscription.GetId()] = ch.Subscription
+	case *registryv1.WatchResponse_Deleted:
+		if ch.Deleted.GetKind() == "subscription" {
+			delete(c.subs, ch.Deleted.GetName())
+		}
+	}
+	return false
 }
 
 func compile(et *registryv1.EventType) (*Type, error) {
@@ -106,30 +207,10 @@ func compile(et *registryv1.EventType) (*Type, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Type{Name: et.GetName(), Revision: et.GetRevision(), Schema: s}, nil
+	return &Type{EventType: et, Validator: s}, nil
 }
 
-func (c *Cache) replace(next map[string]*Type) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	changed := !c.synced || len(next) != len(c.types)
-	if !changed {
-		for name, t := range next {
-			if old, ok := c.types[name]; !ok || old != t {
-				changed = true
-				break
-			}
-		}
-	}
-	c.types = next
-	c.synced = true
-	if changed {
-		close(c.changed)
-		c.changed = make(chan struct{})
-	}
-}
-
-// Lookup returns a type, asking the registry on a miss.
+// Lookup returns a type, asking the registry when it has not seen it.
 func (c *Cache) Lookup(ctx context.Context, name string) (*Type, error) {
 	c.mu.RLock()
 	t, ok := c.types[name]
@@ -141,7 +222,7 @@ func (c *Cache) Lookup(ctx context.Context, name string) (*Type, error) {
 	if missing && time.Since(missAt) < time.Second {
 		return nil, ErrUnknownType
 	}
-	v, err, _ := c.fetch.Do(name, func() (any, error) {
+	v, err, _ := c.fetch.Do("type:"+name, func() (any, error) {
 		res, err := c.client.GetEventType(ctx, connect.NewRequest(&registryv1.GetEventTypeRequest{Name: name}))
 		if connect.CodeOf(err) == connect.CodeNotFound {
 			c.mu.Lock()
@@ -160,11 +241,14 @@ func (c *Cache) Lookup(ctx context.Context, name string) (*Type, error) {
 			return nil, err
 		}
 		c.mu.Lock()
+		defer c.mu.Unlock()
+		if cur, ok := c.types[name]; ok && cur.GetRevision() >= t.GetRevision() {
+			return cur, nil // the watch was faster
+		}
 		c.types[name] = t
 		delete(c.missing, name)
 		close(c.changed)
 		c.changed = make(chan struct{})
-		c.mu.Unlock()
 		return t, nil
 	})
 	if err != nil {
@@ -174,7 +258,7 @@ func (c *Cache) Lookup(ctx context.Context, name string) (*Type, error) {
 }
 
 // Names returns every known type name, sorted, and a channel closed at the
-// next change.
+// next change of the set of types.
 func (c *Cache) Names() ([]string, <-chan struct{}) {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
@@ -186,7 +270,87 @@ func (c *Cache) Names() ([]string, <-chan struct{}) {
 	return names, c.changed
 }
 
-// Ready reports whether the catalog was synced at least once.
+// Get returns a type the cache holds, without asking the registry.
+func (c *Cache) Get(name string) (*Type, bool) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	t, ok := c.types[name]
+	return t, ok
+}
+
+// Application returns an application with its grants, asking the registry
+// when it has not seen it.
+func (c *Cache) Application(ctx context.Context, id string) (*registryv1.Application, error) {
+	c.mu.RLock()
+	app, ok := c.apps[id]
+	c.mu.RUnlock()
+	if ok {
+		return app, nil
+	}
+	v, err, _ := c.fetch.Do("app:"+id, func() (any, error) {
+		res, err := c.client.GetApplication(ctx, connect.NewRequest(&registryv1.GetApplicationRequest{Id: id}))
+		if err != nil {
+			return nil, fmt.Errorf("get application %s: %w", id, err)
+		}
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if cur, ok := c.apps[id]; ok {
+			return cur, nil
+		}
+		c.apps[id] = res.Msg.GetApplication()
+		return res.Msg.GetApplication(), nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return v.(*registryv1.Application), nil
+}
+
+// Subscriptions returns the current subscriptions.
+func (c *Cache) Subscriptions() []*registryv1.Subscription {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	out := make([]*registryv1.Subscription, 0, len(c.subs))
+	for _, s := range c.subs {
+		out = append(out, s)
+	}
+	slices.SortFunc(out, func(a, b *registryv1.Subscription) int { return compareStrings(a.GetId(), b.GetId()) })
+	return out
+}
+
+func compareStrings(a, b string) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// ResolveKey implements auth.Resolver from the local key table, asking the
+// registry only for a key it has not seen (created a moment ago).
+func (c *Cache) ResolveKey(ctx context.Context, keyHash string) (auth.Principal, error) {
+	c.mu.RLock()
+	k, ok := c.keys[keyHash]
+	c.mu.RUnlock()
+	if ok {
+		if k.revoked || (!k.expires.IsZero() && time.Now().After(k.expires)) {
+			return auth.Principal{}, auth.ErrUnknownKey
+		}
+		return auth.Principal{ApplicationID: k.appID, KeyID: k.keyID}, nil
+	}
+	res, err := c.client.AuthenticateKey(ctx, connect.NewRequest(&registryv1.AuthenticateKeyRequest{KeyHash: keyHash}))
+	if connect.CodeOf(err) == connect.CodeNotFound {
+		return auth.Principal{}, auth.ErrUnknownKey
+	}
+	if err != nil {
+		return auth.Principal{}, err
+	}
+	return auth.Principal{ApplicationID: res.Msg.GetKey().GetApplicationId(), KeyID: res.Msg.GetKey().GetId()}, nil
+}
+
+// Ready reports whether the first snapshot arrived.
 func (c *Cache) Ready(context.Context) error {
 	c.mu.RLock()
 	defer c.mu.RUnlock()

@@ -16,6 +16,7 @@ import (
 	registryv1 "github.com/heraldmesh/herald/api/gen/herald/registry/v1"
 	"github.com/heraldmesh/herald/api/gen/herald/registry/v1/registryv1connect"
 	"github.com/heraldmesh/herald/platform/auth"
+	"github.com/heraldmesh/herald/platform/catalog"
 	"github.com/heraldmesh/herald/platform/config"
 	"github.com/heraldmesh/herald/platform/rpc"
 	"github.com/heraldmesh/herald/platform/server"
@@ -131,6 +132,30 @@ func (b *Base) Run(ctx context.Context) error {
 		return fmt.Errorf("%s: %w", b.Name, loopErr)
 	}
 	return serveErr
+}
+
+// NewWithCatalog builds the base of a service that follows the registry:
+// a catalog cache fed by the registry's Watch stream, which also resolves
+// application keys locally (a revoked key stops working as soon as the
+// change arrives). The cache runs with the service and gates readiness.
+func NewWithCatalog(o Options) (*Base, *catalog.Cache, error) {
+	client := registryv1connect.NewRegistryServiceClient(rpc.HTTPClient(), rpc.BaseURL(o.Common.RegistryAddr), rpc.ClientOptions(o.Common.AdminKey)...)
+	log := o.Logger
+	if log == nil {
+		log = telemetry.Logger(os.Stderr, o.Name, slog.LevelInfo)
+	} else {
+		log = log.With("service", o.Name)
+	}
+	cat := catalog.New(client, log)
+	o.Resolver = cat
+	b, err := New(o)
+	if err != nil {
+		return nil, nil, err
+	}
+	cat.OnKeyChange(b.Auth.Forget)
+	b.Server.OnReady(cat.Ready)
+	b.Go(cat.Run)
+	return b, cat, nil
 }
 
 // RegistryResolver checks application keys with the registry's

@@ -11,11 +11,8 @@ import (
 
 	"github.com/heraldmesh/herald/api/gen/herald/edge/v1/edgev1connect"
 	meteringv1 "github.com/heraldmesh/herald/api/gen/herald/metering/v1"
-	"github.com/heraldmesh/herald/api/gen/herald/registry/v1/registryv1connect"
 	"github.com/heraldmesh/herald/platform/auth"
-	"github.com/heraldmesh/herald/platform/catalog"
 	"github.com/heraldmesh/herald/platform/config"
-	"github.com/heraldmesh/herald/platform/rpc"
 	"github.com/heraldmesh/herald/platform/service"
 	"github.com/heraldmesh/herald/platform/usage"
 	"github.com/heraldmesh/herald/services/edge/internal/hub"
@@ -35,8 +32,6 @@ type Config struct {
 	Heartbeat time.Duration
 	// MaxStreams bounds concurrent SSE streams. Default 10000.
 	MaxStreams int64
-	// CatalogRefresh is how often the catalog is re-read. Default 1s.
-	CatalogRefresh time.Duration
 	// UsageFlush is how often delivery counts are reported. Default 1s.
 	UsageFlush time.Duration
 }
@@ -52,21 +47,13 @@ func New(cfg Config) (*Service, error) {
 	if cfg.Addr == "" {
 		cfg.Addr = cfg.EdgeAddr
 	}
-	if cfg.CatalogRefresh <= 0 {
-		cfg.CatalogRefresh = time.Second
-	}
 	if cfg.UsageFlush <= 0 {
 		cfg.UsageFlush = time.Second
 	}
-	base, err := service.New(service.Options{
-		Name: "edge", Addr: cfg.Addr, Common: cfg.Common, Logger: cfg.Logger,
-		Resolver: service.RegistryResolver(cfg.RegistryAddr, cfg.AdminKey),
-	})
+	base, cat, err := service.NewWithCatalog(service.Options{Name: "edge", Addr: cfg.Addr, Common: cfg.Common, Logger: cfg.Logger})
 	if err != nil {
 		return nil, err
 	}
-	registry := registryv1connect.NewRegistryServiceClient(rpc.HTTPClient(), rpc.BaseURL(cfg.RegistryAddr), rpc.ClientOptions(cfg.AdminKey)...)
-	cat := catalog.New(registry, base.Log)
 	h := hub.New(base.Redis, cat, base.Log)
 	batcher := usage.NewBatcher(base.Redis, base.Log, cfg.UsageFlush)
 	delivered := func(channel string) sse.Delivered {
@@ -88,9 +75,7 @@ func New(cfg Config) (*Service, error) {
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "herald_edge_sse_streams", Help: "Open SSE streams."}, func() float64 { return float64(sseHandler.Active()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "herald_edge_live_subscribers", Help: "Subscribers following the live feed."}, func() float64 { return float64(h.Subscribers()) }),
 	)
-	base.Server.OnReady(cat.Ready)
 	base.Server.OnReady(h.Ready)
-	base.Go(func(ctx context.Context) error { return cat.Run(ctx, cfg.CatalogRefresh) })
 	base.Go(h.Run)
 	base.Go(func(ctx context.Context) error { batcher.Run(ctx); return nil })
 	return &Service{base: base, hub: h}, nil

@@ -11,6 +11,7 @@ require (
 )
 
 require (
+	cel.dev/cel-go v0.32.0 // indirect
 	connectrpc.com/grpchealth v1.5.0 // indirect
 	connectrpc.com/grpcreflect v1.3.1 // indirect
 	github.com/beorn7/perks v1.0.1 // indirect

@@ -9,11 +9,8 @@ import (
 	"net"
 	"time"
 
-	"github.com/heraldmesh/herald/api/gen/herald/registry/v1/registryv1connect"
 	"github.com/heraldmesh/herald/api/gen/herald/router/v1/routerv1connect"
-	"github.com/heraldmesh/herald/platform/catalog"
 	"github.com/heraldmesh/herald/platform/config"
-	"github.com/heraldmesh/herald/platform/rpc"
 	"github.com/heraldmesh/herald/platform/service"
 	"github.com/heraldmesh/herald/services/router/internal/appender"
 	"github.com/heraldmesh/herald/services/router/internal/publish"
@@ -30,8 +27,6 @@ type Config struct {
 	DedupeWindow time.Duration
 	// MaxBatch is the most events one Publish may carry. Default 1000.
 	MaxBatch int
-	// CatalogRefresh is how often the catalog is re-read. Default 1s.
-	CatalogRefresh time.Duration
 }
 
 // Service is a configured router.
@@ -42,23 +37,13 @@ func New(cfg Config) (*Service, error) {
 	if cfg.Addr == "" {
 		cfg.Addr = cfg.RouterAddr
 	}
-	if cfg.CatalogRefresh <= 0 {
-		cfg.CatalogRefresh = time.Second
-	}
-	base, err := service.New(service.Options{
-		Name: "router", Addr: cfg.Addr, Common: cfg.Common, Logger: cfg.Logger,
-		Resolver: service.RegistryResolver(cfg.RegistryAddr, cfg.AdminKey),
-	})
+	base, cat, err := service.NewWithCatalog(service.Options{Name: "router", Addr: cfg.Addr, Common: cfg.Common, Logger: cfg.Logger})
 	if err != nil {
 		return nil, err
 	}
-	registry := registryv1connect.NewRegistryServiceClient(rpc.HTTPClient(), rpc.BaseURL(cfg.RegistryAddr), rpc.ClientOptions(cfg.AdminKey)...)
-	cat := catalog.New(registry, base.Log)
 	app := appender.New(base.Redis, appender.Options{DedupeWindow: cfg.DedupeWindow})
 	h := publish.New(cat, app, base.Redis, base.Log, publish.Limits{MaxEvents: cfg.MaxBatch})
 	base.Server.Handle(routerv1connect.NewRouterServiceHandler(h, base.HandlerOptions()...))
-	base.Server.OnReady(cat.Ready)
-	base.Go(func(ctx context.Context) error { return cat.Run(ctx, cfg.CatalogRefresh) })
 	return &Service{base: base}, nil
 }
 

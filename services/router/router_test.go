@@ -119,7 +119,6 @@ func (e *env) startRouter(t *testing.T, addr string, maxBatch int) (string, func
 		Common: e.common, Addr: addr, Logger: quietLogger(), MaxBatch: maxBatch,
 		// Far longer than any test: a type created later can only be found by
 		// the catalog's fetch on a miss.
-		CatalogRefresh: time.Hour,
 	})
 	if err != nil {
 		t.Fatal(err)

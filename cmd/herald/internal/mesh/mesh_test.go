@@ -28,6 +28,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
 )
 
 const adminKey = "test-admin-key-0123456789"
@@ -104,7 +105,13 @@ func start(t *testing.T) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	app, err := e.reg.CreateApplication(context.Background(), connect.NewRequest(&registryv1.CreateApplicationRequest{Application: &registryv1.Application{Name: "shop"}}))
+	app, err := e.reg.CreateApplication(context.Background(), connect.NewRequest(&registryv1.CreateApplicationRequest{Application: &registryv1.Application{
+		Name: "shop",
+		Grants: []*registryv1.Grant{
+			{Action: registryv1.GrantAction_GRANT_ACTION_PUBLISH, Pattern: "billing.*"},
+			{Action: registryv1.GrantAction_GRANT_ACTION_SUBSCRIBE, Pattern: "*"},
+		},
+	}}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -439,4 +446,86 @@ func TestGracefulShutdownEndsStreams(t *testing.T) {
 	}
 	for range ch { // the stream ends
 	}
+}
+
+func TestGrantsAreEnforced(t *testing.T) {
+	e := start(t)
+	ctx := context.Background()
+	_, err := e.reg.CreateEventType(ctx, connect.NewRequest(&registryv1.CreateEventTypeRequest{EventType: &registryv1.EventType{
+		Name: "identity.user.created", Schema: `{"type":"object"}`,
+	}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// shop may publish billing.* only.
+	ev := invoiceEvent("u1", 1)
+	ev.Type, ev.Data = "identity.user.created", &eventv1.CloudEvent_TextData{TextData: `{}`}
+	res, err := e.router.Publish(withKey(e.appKey), &routerv1.PublishRequest{Events: []*eventv1.CloudEvent{ev}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := res.GetResults()[0].GetError(); got.GetCode() != int32(codes.PermissionDenied) {
+		t.Fatalf("publish without grant: %v", res.GetResults()[0])
+	}
+	// A consumer with a narrow subscribe grant cannot widen it.
+	reader, err := e.reg.CreateApplication(ctx, connect.NewRequest(&registryv1.CreateApplicationRequest{Application: &registryv1.Application{
+		Name:   "reader",
+		Grants: []*registryv1.Grant{{Action: registryv1.GrantAction_GRANT_ACTION_SUBSCRIBE, Pattern: "billing.invoice.*"}},
+	}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := reader.Msg.GetKey().GetSecret()
+	for query, want := range map[string]int{
+		"types=billing.invoice.paid":  http.StatusOK,
+		"types=billing.*":             http.StatusForbidden,
+		"types=identity.user.created": http.StatusForbidden,
+	} {
+		ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		req, _ := http.NewRequestWithContext(ctx, "GET", rpc.BaseURL(e.common.EdgeAddr)+"/v1/stream?"+query, nil)
+		req.Header.Set("Authorization", "Bearer "+key)
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			cancel()
+			t.Fatal(err)
+		}
+		res.Body.Close()
+		cancel()
+		if res.StatusCode != want {
+			t.Errorf("%s: %d, want %d", query, res.StatusCode, want)
+		}
+	}
+}
+
+func TestRevokedAndRotatedKeysStopWorking(t *testing.T) {
+	e := start(t)
+	ctx := context.Background()
+	e.publish(invoiceEvent("before", 1))
+	keys, err := e.reg.ListKeys(ctx, connect.NewRequest(&registryv1.ListKeysRequest{ApplicationId: e.appID}))
+	if err != nil || len(keys.Msg.GetKeys()) != 1 {
+		t.Fatalf("list keys: %v %v", keys, err)
+	}
+	// Rotate: the new key works at once, the old one until the overlap ends.
+	rotated, err := e.reg.CreateKey(ctx, connect.NewRequest(&registryv1.CreateKeyRequest{ApplicationId: e.appID, RotateOverlap: durationpb.New(500 * time.Millisecond)}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	oldKey := e.appKey
+	e.appKey = rotated.Msg.GetKey().GetSecret()
+	e.publish(invoiceEvent("with-new-key", 1))
+	unauthenticated := func(key string) func() bool {
+		return func() bool {
+			_, err := e.router.Publish(withKey(key), &routerv1.PublishRequest{Events: []*eventv1.CloudEvent{invoiceEvent("probe", 1)}})
+			return status.Code(err) == codes.Unauthenticated
+		}
+	}
+	testutil.Eventually(t, 5*time.Second, unauthenticated(oldKey), "the rotated-out key still works after its overlap")
+
+	// Revoke: the key stops working on publish as soon as the change propagates.
+	revokedAt := time.Now()
+	if _, err := e.reg.RevokeKey(ctx, connect.NewRequest(&registryv1.RevokeKeyRequest{Id: rotated.Msg.GetKey().GetId()})); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 5*time.Second, unauthenticated(e.appKey), "the revoked key still publishes")
+	t.Logf("revocation took effect on publish after %v", time.Since(revokedAt))
 }

@@ -37,42 +37,83 @@ const (
 	waitShort = 20 * time.Second
 )
 
-// registry is a real Connect RegistryService serving event types from a map
-// the test can add to while it runs.
+// registry is a real Connect RegistryService serving event types from a
+// list the test can add to while it runs: each addition is one catalog
+// revision, sent to watchers as a change.
 type registry struct {
 	registryv1connect.UnimplementedRegistryServiceHandler
 
-	mu    sync.Mutex
-	types map[string]*registryv1.EventType
+	mu      sync.Mutex
+	log     []*registryv1.EventType // log[i] has revision i+1
+	changed chan struct{}           // closed and replaced on every addition
+}
+
+func newRegistry(names ...string) *registry {
+	r := &registry{changed: make(chan struct{})}
+	r.add(names...)
+	return r
 }
 
 func (r *registry) add(names ...string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for _, n := range names {
-		r.types[n] = &registryv1.EventType{Name: n, Schema: "{}", Revision: 1}
+		r.log = append(r.log, &registryv1.EventType{Name: n, Schema: "{}", Revision: int64(len(r.log) + 1)})
+	}
+	close(r.changed)
+	r.changed = make(chan struct{})
+}
+
+// since returns the changes after revision from and a channel closed at the
+// next one.
+func (r *registry) since(from int64) ([]*registryv1.EventType, <-chan struct{}) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if from > int64(len(r.log)) {
+		from = int64(len(r.log))
+	}
+	return slices.Clone(r.log[from:]), r.changed
+}
+
+func (r *registry) Watch(ctx context.Context, req *connect.Request[registryv1.WatchRequest], stream *connect.ServerStream[registryv1.WatchResponse]) error {
+	sent := req.Msg.GetFromRevision()
+	snapshot := sent == 0
+	for {
+		changes, changed := r.since(sent)
+		for _, et := range changes {
+			if err := stream.Send(&registryv1.WatchResponse{Revision: et.GetRevision(), Change: &registryv1.WatchResponse_EventType{EventType: et}}); err != nil {
+				return err
+			}
+			sent = et.GetRevision()
+		}
+		if snapshot {
+			if err := stream.Send(&registryv1.WatchResponse{Revision: sent, SnapshotComplete: true}); err != nil {
+				return err
+			}
+			snapshot = false
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-changed:
+		}
 	}
 }
 
 func (r *registry) ListEventTypes(_ context.Context, _ *connect.Request[registryv1.ListEventTypesRequest]) (*connect.Response[registryv1.ListEventTypesResponse], error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	res := &registryv1.ListEventTypesResponse{}
-	for _, et := range r.types {
-		res.EventTypes = append(res.EventTypes, et)
-	}
-	sort.Slice(res.EventTypes, func(i, j int) bool { return res.EventTypes[i].Name < res.EventTypes[j].Name })
-	return connect.NewResponse(res), nil
+	all, _ := r.since(0)
+	sort.Slice(all, func(i, j int) bool { return all[i].Name < all[j].Name })
+	return connect.NewResponse(&registryv1.ListEventTypesResponse{EventTypes: all}), nil
 }
 
 func (r *registry) GetEventType(_ context.Context, req *connect.Request[registryv1.GetEventTypeRequest]) (*connect.Response[registryv1.GetEventTypeResponse], error) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	et, ok := r.types[req.Msg.GetName()]
-	if !ok {
-		return nil, connect.NewError(connect.CodeNotFound, fmt.Errorf("event type %q not found", req.Msg.GetName()))
+	all, _ := r.since(0)
+	for _, et := range all {
+		if et.GetName() == req.Msg.GetName() {
+			return connect.NewResponse(&registryv1.GetEventTypeResponse{EventType: et}), nil
+		}
 	}
-	return connect.NewResponse(&registryv1.GetEventTypeResponse{EventType: et}), nil
+	return nil, connect.NewError(connect.CodeNotFound, fmt.Errorf("event type %q not found", req.Msg.GetName()))
 }
 
 // env is a hub over a private redis-server and a test registry.
@@ -91,8 +132,7 @@ func newEnv(t *testing.T, types ...string) *env {
 	srv := testutil.Redis(t)
 	rdb := testutil.RedisClient(t, srv)
 
-	reg := &registry{types: map[string]*registryv1.EventType{}}
-	reg.add(types...)
+	reg := newRegistry(types...)
 	mux := httptestServer(t, reg)
 	client := registryv1connect.NewRegistryServiceClient(mux.Client(), mux.URL)
 
@@ -102,7 +142,7 @@ func newEnv(t *testing.T, types ...string) *env {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	e := &env{rdb: rdb, reg: reg, hub: h, stop: cancel, hubDone: make(chan error, 1), catDone: make(chan error, 1)}
-	go func() { e.catDone <- cat.Run(ctx, 20*time.Millisecond) }()
+	go func() { e.catDone <- cat.Run(ctx) }()
 	go func() { e.hubDone <- h.Run(ctx) }()
 	t.Cleanup(func() { e.shutdown(t) })
 

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	registryv1 "github.com/heraldmesh/herald/api/gen/herald/registry/v1"
+	"github.com/heraldmesh/herald/platform/access"
 	"github.com/heraldmesh/herald/platform/auth"
 	"github.com/heraldmesh/herald/platform/catalog"
 	"github.com/heraldmesh/herald/platform/eventlog"
@@ -52,11 +54,23 @@ func ParseRequest(ctx context.Context, cat *catalog.Cache, types []string, curso
 	if err != nil {
 		return nil, nil, connect.NewError(connect.CodeInvalidArgument, err)
 	}
+	caller, _ := auth.FromContext(ctx)
+	var app *registryv1.Application
+	if !caller.Admin {
+		var err error
+		if app, err = cat.Application(ctx, caller.ApplicationID); err != nil {
+			return nil, nil, connect.NewError(connect.CodeUnavailable, fmt.Errorf("cannot load the grants of %s: %w", caller.ApplicationID, err))
+		}
+	}
 	for _, p := range patterns {
+		if app != nil && !access.Allowed(app.GetGrants(), registryv1.GrantAction_GRANT_ACTION_SUBSCRIBE, p) {
+			return nil, nil, connect.NewError(connect.CodePermissionDenied, fmt.Errorf("application %s has no subscribe grant covering %s", app.GetId(), p))
+		}
 		if strings.Contains(p, "*") {
 			continue
 		}
-		if _, err := cat.Lookup(ctx, p); errors.Is(err, catalog.ErrUnknownType) {
+		t, err := cat.Lookup(ctx, p)
+		if errors.Is(err, catalog.ErrUnknownType) || (err == nil && app != nil && !access.Visible(app.GetAudience(), t.GetVisibility())) {
 			return nil, nil, connect.NewError(connect.CodeNotFound, fmt.Errorf("event type %s is not registered", p))
 		} else if err != nil {
 			return nil, nil, connect.NewError(connect.CodeUnavailable, err)

@@ -12,8 +12,10 @@ import (
 	"connectrpc.com/connect"
 	eventv1 "github.com/heraldmesh/herald/api/gen/herald/event/v1"
 	meteringv1 "github.com/heraldmesh/herald/api/gen/herald/metering/v1"
+	registryv1 "github.com/heraldmesh/herald/api/gen/herald/registry/v1"
 	routerv1 "github.com/heraldmesh/herald/api/gen/herald/router/v1"
 	"github.com/heraldmesh/herald/api/gen/herald/router/v1/routerv1connect"
+	"github.com/heraldmesh/herald/platform/access"
 	"github.com/heraldmesh/herald/platform/auth"
 	"github.com/heraldmesh/herald/platform/catalog"
 	"github.com/heraldmesh/herald/platform/cloudevent"
@@ -68,11 +70,18 @@ func (h *Handler) Publish(ctx context.Context, req *connect.Request[routerv1.Pub
 	case len(events) > h.limits.MaxEvents:
 		return nil, connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("%d events in one batch, more than the %d allowed", len(events), h.limits.MaxEvents))
 	}
+	var app *registryv1.Application
+	if !p.Admin {
+		var err error
+		if app, err = h.catalog.Application(ctx, p.ApplicationID); err != nil {
+			return nil, connect.NewError(connect.CodeUnavailable, fmt.Errorf("cannot load the grants of %s: %w", p.ApplicationID, err))
+		}
+	}
 	results := make([]*routerv1.PublishResult, len(events))
 	var items []appender.Item
 	var slots []int
 	for i, ev := range events {
-		if r := h.check(ctx, ev); r != nil {
+		if r := h.check(ctx, app, ev); r != nil {
 			results[i] = r
 			continue
 		}
@@ -98,8 +107,9 @@ func (h *Handler) Publish(ctx context.Context, req *connect.Request[routerv1.Pub
 	return connect.NewResponse(&routerv1.PublishResponse{Results: results}), nil
 }
 
-// check validates one event; nil means it may be appended.
-func (h *Handler) check(ctx context.Context, ev *eventv1.CloudEvent) *routerv1.PublishResult {
+// check validates one event for app (nil for the operator); nil means it
+// may be appended.
+func (h *Handler) check(ctx context.Context, app *registryv1.Application, ev *eventv1.CloudEvent) *routerv1.PublishResult {
 	if err := cloudevent.Validate(ev); err != nil {
 		return refuse(connect.CodeInvalidArgument, "invalid CloudEvent: %v", err)
 	}
@@ -116,19 +126,25 @@ func (h *Handler) check(ctx context.Context, ev *eventv1.CloudEvent) *routerv1.P
 	if err != nil {
 		return refuse(connect.CodeUnavailable, "cannot check event type %s: %v", ev.GetType(), err)
 	}
+	if app != nil && !access.Allowed(app.GetGrants(), registryv1.GrantAction_GRANT_ACTION_PUBLISH, t.GetName()) {
+		return refuse(connect.CodePermissionDenied, "application %s has no publish grant for %s", app.GetId(), t.GetName())
+	}
+	if t.GetLifecycle() == registryv1.Lifecycle_LIFECYCLE_RETIRED {
+		return refuse(connect.CodeFailedPrecondition, "event type %s is retired", t.GetName())
+	}
 	data, ok := cloudevent.JSONData(ev)
 	if !ok {
 		if ev.GetData() != nil {
-			return refuse(connect.CodeInvalidArgument, "data must be JSON (text_data, or binary_data with a JSON datacontenttype) to be checked against the schema of %s", t.Name)
+			return refuse(connect.CodeInvalidArgument, "data must be JSON (text_data, or binary_data with a JSON datacontenttype) to be checked against the schema of %s", t.GetName())
 		}
 		data = []byte("null")
 	}
-	violations, err := t.Schema.Validate(data)
+	violations, err := t.Validator.Validate(data)
 	if err != nil {
 		return refuse(connect.CodeInvalidArgument, "%v", err)
 	}
 	if len(violations) > 0 {
-		r := refuse(connect.CodeInvalidArgument, "data does not match the schema of %s: %s", t.Name, describe(violations))
+		r := refuse(connect.CodeInvalidArgument, "data does not match the schema of %s: %s", t.GetName(), describe(violations))
 		for _, v := range violations {
 			r.GetError().Violations = append(r.GetError().Violations, &routerv1.SchemaViolation{
 				InstanceLocation: v.InstanceLocation, KeywordLocation: v.KeywordLocation, Message: v.Message,
