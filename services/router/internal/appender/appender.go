@@ -26,12 +26,23 @@ import (
 )
 
 // appendScript: KEYS[1] stream, KEYS[2] dedupe key; ARGV[1] dedupe window in
-// seconds, ARGV[2] max length of the stream, ARGV[3..] entry fields.
+// seconds, ARGV[2] max length of the stream, ARGV[3] max age of its entries
+// in milliseconds (0: no age limit), ARGV[4..] entry fields. Trimming is
+// approximate (~), as Redis does it whole macro-nodes at a time: cheap, and
+// never trims more than asked. Ages are measured on the Redis clock, the one
+// that stamps entry ids.
 // Returns {1, id} for a new entry, {0, id} for a duplicate.
 var appendScript = redis.NewScript(`
 local prev = redis.call('GET', KEYS[2])
 if prev then return {0, prev} end
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 3))
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 4))
+local maxAge = tonumber(ARGV[3])
+if maxAge > 0 then
+  local ms = tonumber(string.match(id, '^(%d+)-'))
+  if ms > maxAge then
+    redis.call('XTRIM', KEYS[1], 'MINID', '~', tostring(ms - maxAge))
+  end
+end
 redis.call('SET', KEYS[2], id, 'EX', ARGV[1])
 return {1, id}
 `)
@@ -69,6 +80,10 @@ func New(rdb redis.Cmdable, o Options) *Appender {
 type Item struct {
 	Event   *eventv1.CloudEvent
 	Account string
+	// Retention of its type: at most MaxLen entries (0: the appender's
+	// default) and none older than MaxAge (0: no age limit).
+	MaxLen int64
+	MaxAge time.Duration
 }
 
 // Result is the outcome of one append.
@@ -101,7 +116,11 @@ func (a *Appender) Append(ctx context.Context, items []Item) ([]Result, error) {
 			return nil, err
 		}
 		keys[i] = []string{eventlog.StreamKey(it.Event.GetType()), DedupeKey(it.Event.GetType(), it.Event.GetSource(), it.Event.GetId())}
-		args[i] = append([]any{a.window, a.maxLen}, fields...)
+		maxLen := a.maxLen
+		if it.MaxLen > 0 {
+			maxLen = strconv.FormatInt(it.MaxLen, 10)
+		}
+		args[i] = append([]any{a.window, maxLen, strconv.FormatInt(it.MaxAge.Milliseconds(), 10)}, fields...)
 	}
 	res, err := a.run(ctx, keys, args)
 	if err != nil && isNoScript(err) {

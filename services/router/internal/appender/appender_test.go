@@ -604,3 +604,50 @@ func must[T any](v T, err error) T {
 	}
 	return v
 }
+
+func TestAppendEnforcesRetention(t *testing.T) {
+	srv := testutil.Redis(t)
+	rdb := testutil.RedisClient(t, srv)
+	ctx := context.Background()
+	// One entry per macro node, so that approximate (~) trimming is exact.
+	if err := rdb.ConfigSet(ctx, "stream-node-max-entries", "1").Err(); err != nil {
+		t.Fatal(err)
+	}
+	a := appender.New(rdb, appender.Options{})
+
+	t.Run("max events", func(t *testing.T) {
+		const typ = "retention.count.kept"
+		for i := range 20 {
+			items := itemsOf("app", newEvent(typ, "//src", fmt.Sprint(i)))
+			items[0].MaxLen = 5
+			mustAppend(t, a, items)
+		}
+		got := stream(t, rdb, typ)
+		if len(got) != 5 || got[4].Event.GetId() != "19" || got[0].Event.GetId() != "15" {
+			t.Fatalf("kept %d entries (%v...), want the newest 5", len(got), got[0].Event.GetId())
+		}
+	})
+
+	t.Run("max age", func(t *testing.T) {
+		const typ = "retention.age.kept"
+		key := eventlog.StreamKey(typ)
+		// Entries stamped two hours and one minute ago, as if published then.
+		now := time.Now().UnixMilli()
+		for _, ms := range []int64{now - 2*time.Hour.Milliseconds(), now - time.Minute.Milliseconds()} {
+			fields, err := eventlog.Encode(newEvent(typ, "//src", fmt.Sprint("old-", ms)), "app")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := rdb.XAdd(ctx, &redis.XAddArgs{Stream: key, ID: fmt.Sprintf("%d-0", ms), Values: fields}).Err(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		items := itemsOf("app", newEvent(typ, "//src", "new"))
+		items[0].MaxAge = time.Hour
+		mustAppend(t, a, items)
+		got := stream(t, rdb, typ)
+		if len(got) != 2 || got[1].Event.GetId() != "new" || !strings.HasPrefix(got[0].Event.GetId(), "old-") {
+			t.Fatalf("kept %d entries, want the one-minute-old and the new one", len(got))
+		}
+	})
+}

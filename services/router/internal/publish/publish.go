@@ -81,11 +81,15 @@ func (h *Handler) Publish(ctx context.Context, req *connect.Request[routerv1.Pub
 	var items []appender.Item
 	var slots []int
 	for i, ev := range events {
-		if r := h.check(ctx, app, ev); r != nil {
+		t, r := h.check(ctx, app, ev)
+		if r != nil {
 			results[i] = r
 			continue
 		}
-		items = append(items, appender.Item{Event: ev, Account: p.Account()})
+		items = append(items, appender.Item{
+			Event: ev, Account: p.Account(),
+			MaxLen: t.GetRetention().GetMaxEvents(), MaxAge: t.GetRetention().GetMaxAge().AsDuration(),
+		})
 		slots = append(slots, i)
 	}
 	if len(items) > 0 {
@@ -107,41 +111,41 @@ func (h *Handler) Publish(ctx context.Context, req *connect.Request[routerv1.Pub
 	return connect.NewResponse(&routerv1.PublishResponse{Results: results}), nil
 }
 
-// check validates one event for app (nil for the operator); nil means it
-// may be appended.
-func (h *Handler) check(ctx context.Context, app *registryv1.Application, ev *eventv1.CloudEvent) *routerv1.PublishResult {
+// check validates one event for app (nil for the operator): it returns the
+// event's type when the event may be appended, or the refusal.
+func (h *Handler) check(ctx context.Context, app *registryv1.Application, ev *eventv1.CloudEvent) (*catalog.Type, *routerv1.PublishResult) {
 	if err := cloudevent.Validate(ev); err != nil {
-		return refuse(connect.CodeInvalidArgument, "invalid CloudEvent: %v", err)
+		return nil, refuse(connect.CodeInvalidArgument, "invalid CloudEvent: %v", err)
 	}
 	if size := proto.Size(ev); size > h.limits.MaxEventBytes {
-		return refuse(connect.CodeInvalidArgument, "event is %d bytes, more than the %d allowed", size, h.limits.MaxEventBytes)
+		return nil, refuse(connect.CodeInvalidArgument, "event is %d bytes, more than the %d allowed", size, h.limits.MaxEventBytes)
 	}
 	if err := eventtype.ValidateName(ev.GetType()); err != nil {
-		return refuse(connect.CodeInvalidArgument, "type: %v", err)
+		return nil, refuse(connect.CodeInvalidArgument, "type: %v", err)
 	}
 	t, err := h.catalog.Lookup(ctx, ev.GetType())
 	if errors.Is(err, catalog.ErrUnknownType) {
-		return refuse(connect.CodeNotFound, "event type %s is not registered", ev.GetType())
+		return nil, refuse(connect.CodeNotFound, "event type %s is not registered", ev.GetType())
 	}
 	if err != nil {
-		return refuse(connect.CodeUnavailable, "cannot check event type %s: %v", ev.GetType(), err)
+		return nil, refuse(connect.CodeUnavailable, "cannot check event type %s: %v", ev.GetType(), err)
 	}
 	if app != nil && !access.Allowed(app.GetGrants(), registryv1.GrantAction_GRANT_ACTION_PUBLISH, t.GetName()) {
-		return refuse(connect.CodePermissionDenied, "application %s has no publish grant for %s", app.GetId(), t.GetName())
+		return nil, refuse(connect.CodePermissionDenied, "application %s has no publish grant for %s", app.GetId(), t.GetName())
 	}
 	if t.GetLifecycle() == registryv1.Lifecycle_LIFECYCLE_RETIRED {
-		return refuse(connect.CodeFailedPrecondition, "event type %s is retired", t.GetName())
+		return nil, refuse(connect.CodeFailedPrecondition, "event type %s is retired", t.GetName())
 	}
 	data, ok := cloudevent.JSONData(ev)
 	if !ok {
 		if ev.GetData() != nil {
-			return refuse(connect.CodeInvalidArgument, "data must be JSON (text_data, or binary_data with a JSON datacontenttype) to be checked against the schema of %s", t.GetName())
+			return nil, refuse(connect.CodeInvalidArgument, "data must be JSON (text_data, or binary_data with a JSON datacontenttype) to be checked against the schema of %s", t.GetName())
 		}
 		data = []byte("null")
 	}
 	violations, err := t.Validator.Validate(data)
 	if err != nil {
-		return refuse(connect.CodeInvalidArgument, "%v", err)
+		return nil, refuse(connect.CodeInvalidArgument, "%v", err)
 	}
 	if len(violations) > 0 {
 		r := refuse(connect.CodeInvalidArgument, "data does not match the schema of %s: %s", t.GetName(), describe(violations))
@@ -150,9 +154,9 @@ func (h *Handler) check(ctx context.Context, app *registryv1.Application, ev *ev
 				InstanceLocation: v.InstanceLocation, KeywordLocation: v.KeywordLocation, Message: v.Message,
 			})
 		}
-		return r
+		return nil, r
 	}
-	return nil
+	return t, nil
 }
 
 func describe[V fmt.Stringer](vs []V) string {
