@@ -11,10 +11,9 @@
 // An event's cursor is its stream entry id ("<ms>-<seq>"). Entry ids come from
 // the Redis server's clock, so one cursor orders events across every stream of
 // one Redis server: ReadAfter merges streams in id order and never returns an
-// id that a later write could still undercut. The sequence number is per
-// stream, though: events of different streams stamped in the same millisecond
-// can share an id. Across streams the order is therefore by id with ties, and
-// reading after a cursor skips every event at it.
+// id that a later write could still undercut. The router stamps ids that are
+// unique across streams (see its appender); ids Redis generates itself ('*')
+// are only unique per stream, and readers here tolerate such ties.
 package eventlog
 
 import (

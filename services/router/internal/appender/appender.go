@@ -4,6 +4,8 @@
 //
 // Keys (besides eventlog's streams):
 //
+//	herald:log:numbers            hash, stream key -> the stream's number (1..2^24-1),
+//	                               stamped into its entry ids (see appendScript)
 //	herald:dedupe:{<type>}:<hex>   string, the cursor of the event whose
 //	                               sha256(source NUL id) is <hex>; expires after
 //	                               the dedupe window. It shares the stream's hash
@@ -18,6 +20,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	eventv1 "github.com/heraldmesh/herald/api/gen/herald/event/v1"
@@ -27,25 +30,60 @@ import (
 
 // appendScript: KEYS[1] stream, KEYS[2] dedupe key; ARGV[1] dedupe window in
 // seconds, ARGV[2] max length of the stream, ARGV[3] max age of its entries
-// in milliseconds (0: no age limit), ARGV[4..] entry fields. Trimming is
-// approximate (~), as Redis does it whole macro-nodes at a time: cheap, and
-// never trims more than asked. Ages are measured on the Redis clock, the one
-// that stamps entry ids.
-// Returns {1, id} for a new entry, {0, id} for a duplicate.
+// in milliseconds (0: no age limit), ARGV[4] the stream's number, ARGV[5..]
+// entry fields. Returns {1, id} for a new entry, {0, id} for a duplicate.
+//
+// Ids are stamped here rather than by Redis ('*'), because Redis numbers the
+// entries of each stream separately: two types written in the same
+// millisecond would both get <ms>-0, and one cursor could not say which of
+// them a reader had seen. The id is <ms>-<k * 2^24 + stream number>, with ms
+// from the Redis clock (never below the stream's last id) and k counting the
+// stream's entries within that millisecond, so ids are unique across streams
+// and increase within each.
+//
+// Trimming is approximate (~): Redis removes whole macro-nodes, which is
+// cheap and never trims more than asked. Ages are measured on the clock that
+// stamps the ids.
 var appendScript = redis.NewScript(`
 local prev = redis.call('GET', KEYS[2])
 if prev then return {0, prev} end
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 4))
-local maxAge = tonumber(ARGV[3])
-if maxAge > 0 then
-  local ms = tonumber(string.match(id, '^(%d+)-'))
-  if ms > maxAge then
-    redis.call('XTRIM', KEYS[1], 'MINID', '~', tostring(ms - maxAge))
+local slots = 16777216
+local t = redis.call('TIME')
+local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local k = 0
+local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+if #last > 0 then
+  local lms, lseq = string.match(last[1][1], '^(%d+)-(%d+)$')
+  lms = tonumber(lms)
+  if lms >= ms then
+    ms = lms
+    k = math.floor(tonumber(lseq) / slots) + 1
   end
+end
+local id = string.format('%.0f-%.0f', ms, k * slots + tonumber(ARGV[4]))
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], id, unpack(ARGV, 5))
+local maxAge = tonumber(ARGV[3])
+if maxAge > 0 and ms > maxAge then
+  redis.call('XTRIM', KEYS[1], 'MINID', '~', string.format('%.0f', ms - maxAge))
 end
 redis.call('SET', KEYS[2], id, 'EX', ARGV[1])
 return {1, id}
 `)
+
+// numberScript gives a stream its number once: KEYS[1] the numbers hash,
+// ARGV[1] the stream key. Every router gets the same answer.
+var numberScript = redis.NewScript(`
+local n = redis.call('HGET', KEYS[1], ARGV[1])
+if n then return tonumber(n) end
+n = redis.call('HINCRBY', KEYS[1], '#next', 1)
+redis.call('HSET', KEYS[1], ARGV[1], n)
+return n
+`)
+
+const numbersKey = "herald:log:numbers"
+
+// maxStreams is how many stream numbers fit beside k in an id's sequence.
+const maxStreams = 1<<24 - 1
 
 // Options configure an Appender.
 type Options struct {
@@ -57,9 +95,11 @@ type Options struct {
 
 // Appender appends to the log.
 type Appender struct {
-	rdb    redis.Cmdable
-	window string
-	maxLen string
+	rdb     redis.Cmdable
+	mu      sync.Mutex
+	numbers map[string]int64
+	window  string
+	maxLen  string
 }
 
 // New returns an Appender.
@@ -73,7 +113,7 @@ func New(rdb redis.Cmdable, o Options) *Appender {
 	// SET EX takes whole seconds, and refuses 0 (after the script's XADD ran):
 	// round a partial second up.
 	secs := int64((o.DedupeWindow + time.Second - 1) / time.Second)
-	return &Appender{rdb: rdb, window: strconv.FormatInt(secs, 10), maxLen: strconv.FormatInt(o.MaxLen, 10)}
+	return &Appender{rdb: rdb, numbers: map[string]int64{}, window: strconv.FormatInt(secs, 10), maxLen: strconv.FormatInt(o.MaxLen, 10)}
 }
 
 // Item is one event to append.
@@ -115,12 +155,17 @@ func (a *Appender) Append(ctx context.Context, items []Item) ([]Result, error) {
 		if err != nil {
 			return nil, err
 		}
-		keys[i] = []string{eventlog.StreamKey(it.Event.GetType()), DedupeKey(it.Event.GetType(), it.Event.GetSource(), it.Event.GetId())}
+		stream := eventlog.StreamKey(it.Event.GetType())
+		n, err := a.streamNumber(ctx, stream)
+		if err != nil {
+			return nil, err
+		}
+		keys[i] = []string{stream, DedupeKey(it.Event.GetType(), it.Event.GetSource(), it.Event.GetId())}
 		maxLen := a.maxLen
 		if it.MaxLen > 0 {
 			maxLen = strconv.FormatInt(it.MaxLen, 10)
 		}
-		args[i] = append([]any{a.window, maxLen, strconv.FormatInt(it.MaxAge.Milliseconds(), 10)}, fields...)
+		args[i] = append([]any{a.window, maxLen, strconv.FormatInt(it.MaxAge.Milliseconds(), 10), n}, fields...)
 	}
 	res, err := a.run(ctx, keys, args)
 	if err != nil && isNoScript(err) {
@@ -162,6 +207,27 @@ func (a *Appender) run(ctx context.Context, keys [][]string, args [][]any) ([]Re
 		out[i] = Result{Cursor: id, Duplicate: isNew == 0}
 	}
 	return out, nil
+}
+
+// streamNumber returns the stream's number, remembered after the first ask.
+func (a *Appender) streamNumber(ctx context.Context, stream string) (int64, error) {
+	a.mu.Lock()
+	n, ok := a.numbers[stream]
+	a.mu.Unlock()
+	if ok {
+		return n, nil
+	}
+	n, err := numberScript.Run(ctx, a.rdb, []string{numbersKey}, stream).Int64()
+	if err != nil {
+		return 0, fmt.Errorf("number stream %s: %w", stream, err)
+	}
+	if n > maxStreams {
+		return 0, fmt.Errorf("stream %s would be number %d: at most %d streams fit in a cursor", stream, n, maxStreams)
+	}
+	a.mu.Lock()
+	a.numbers[stream] = n
+	a.mu.Unlock()
+	return n, nil
 }
 
 func isNoScript(err error) bool { return err != nil && strings.HasPrefix(err.Error(), "NOSCRIPT") }

@@ -651,3 +651,42 @@ func TestAppendEnforcesRetention(t *testing.T) {
 		}
 	})
 }
+
+// Cursors must be unique across streams: Redis would give two types written
+// in the same millisecond the same <ms>-0, and one cursor could not tell a
+// reader which of them it had seen.
+func TestAppendCursorsAreUniqueAcrossStreams(t *testing.T) {
+	rdb := testutil.RedisClient(t, testutil.Redis(t))
+	a := appender.New(rdb, appender.Options{})
+	types := []string{"unique.a.x", "unique.b.x", "unique.c.x"}
+	seen := map[string]string{}
+	last := map[string]eventlog.ID{}
+	for batch := range 40 {
+		var evs []*eventv1.CloudEvent
+		for i := range 30 {
+			evs = append(evs, newEvent(types[i%len(types)], "//src", fmt.Sprint(batch, "-", i)))
+		}
+		for i, r := range mustAppend(t, a, itemsOf("app", evs...)) {
+			typ := evs[i].GetType()
+			if other, dup := seen[r.Cursor]; dup {
+				t.Fatalf("cursor %s given to %s and %s", r.Cursor, other, typ)
+			}
+			seen[r.Cursor] = typ
+			id, err := eventlog.ParseID(r.Cursor)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !last[typ].Less(id) {
+				t.Fatalf("%s: cursor %s after %s", typ, id, last[typ])
+			}
+			last[typ] = id
+		}
+	}
+	// A second appender (another router) numbers the streams the same way.
+	b := appender.New(rdb, appender.Options{})
+	r := mustAppend(t, b, itemsOf("app", newEvent(types[1], "//src", "from-b")))
+	id, _ := eventlog.ParseID(r[0].Cursor)
+	if lastB := last[types[1]]; id.Seq%(1<<24) != lastB.Seq%(1<<24) {
+		t.Fatalf("the second appender numbered %s %d, the first %d", types[1], id.Seq%(1<<24), lastB.Seq%(1<<24))
+	}
+}
