@@ -68,7 +68,8 @@ type Hub struct {
 
 type sub struct {
 	patterns []string
-	types    map[string]bool // types whose history this subscriber reads itself
+	allow    func(eventType string) bool // nil: every matching type
+	types    map[string]bool             // types whose history this subscriber reads itself
 	ch       chan *Event
 	overflow bool // set by the hub when ch was full; ch is then closed
 }
@@ -202,7 +203,7 @@ func (h *Hub) addNewTypes(ctx context.Context) (<-chan struct{}, error) {
 		h.streams = append(h.streams, eventlog.StreamKey(n))
 		var late []*sub
 		for s := range h.subs {
-			if eventtype.MatchAny(s.patterns, n) && !s.types[n] {
+			if s.wants(n) && !s.types[n] {
 				s.types[n] = true
 				late = append(late, s)
 			}
@@ -229,7 +230,7 @@ func (h *Hub) broadcast(entries []eventlog.Entry, complete eventlog.ID) {
 	for _, e := range entries {
 		ev := &Event{Entry: e}
 		for s := range h.subs {
-			if eventtype.MatchAny(s.patterns, e.Type) {
+			if s.wants(e.Type) {
 				h.send(s, ev)
 			}
 		}
@@ -254,17 +255,22 @@ func (h *Hub) send(s *sub, ev *Event) {
 	}
 }
 
-func (h *Hub) subscribe(ctx context.Context, patterns []string) (*sub, eventlog.ID, error) {
+// wants reports whether s receives events of the type.
+func (s *sub) wants(eventType string) bool {
+	return eventtype.MatchAny(s.patterns, eventType) && (s.allow == nil || s.allow(eventType))
+}
+
+func (h *Hub) subscribe(ctx context.Context, patterns []string, allow func(string) bool) (*sub, eventlog.ID, error) {
 	select {
 	case <-h.ready:
 	case <-ctx.Done():
 		return nil, eventlog.ID{}, ctx.Err()
 	}
-	s := &sub{patterns: patterns, types: map[string]bool{}, ch: make(chan *Event, subBuffer)}
+	s := &sub{patterns: patterns, allow: allow, types: map[string]bool{}, ch: make(chan *Event, subBuffer)}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for n := range h.known {
-		if eventtype.MatchAny(patterns, n) {
+		if s.wants(n) {
 			s.types[n] = true
 		}
 	}
@@ -289,6 +295,10 @@ func (h *Hub) Subscribers() int {
 
 // Options tune one Stream.
 type Options struct {
+	// Allow, when set, further limits the matching types (e.g. to those
+	// visible to the subscriber). It is called with the hub's lock held and
+	// must not block.
+	Allow func(eventType string) bool
 	// After is the cursor to resume after; nil starts with events published
 	// from now on, eventlog.Zero replays the retained log.
 	After *eventlog.ID
@@ -320,7 +330,7 @@ func (h *Hub) Stream(ctx context.Context, patterns []string, o Options, send fun
 		beat = t.C
 	}
 	for {
-		s, head, err := h.subscribe(ctx, patterns)
+		s, head, err := h.subscribe(ctx, patterns, o.Allow)
 		if err != nil {
 			return err
 		}

@@ -854,3 +854,24 @@ func TestShutdown(t *testing.T) {
 		s.stop(t)
 	})
 }
+
+func allow(f func(string) bool) subOpt {
+	return func(_ *subscriber, o *hub.Options) { o.Allow = f }
+}
+
+// Allow (the caller's visibility) narrows what a pattern delivers, live and
+// on replay.
+func TestAllowNarrowsPatterns(t *testing.T) {
+	types := []string{"billing.invoice.paid", "billing.ledger.closed"}
+	e := newEnv(t, types...)
+	public := func(typ string) bool { return typ == "billing.invoice.paid" }
+	live := e.subscribe(t, "live", []string{"*"}, allow(public))
+	var pub []published
+	for i := range 40 {
+		pub = append(pub, e.publish(t, types[i%2]))
+	}
+	want := matching(pub, public)
+	live.expectExactly(t, want, waitLong)
+	replay := e.subscribe(t, "replay", []string{"billing.*"}, allow(public), after(eventlog.Zero))
+	replay.expectExactly(t, want, waitLong)
+}

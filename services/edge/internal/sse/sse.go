@@ -47,43 +47,62 @@ type Handler struct {
 // Active is the number of open streams.
 func (h *Handler) Active() int64 { return h.active.Load() }
 
-// ParseRequest reads the types and the resume cursor of a stream request.
-// Exact names must be registered; patterns may match nothing yet.
-func ParseRequest(ctx context.Context, cat *catalog.Cache, types []string, cursor string) ([]string, *eventlog.ID, error) {
+// Request is a parsed stream request.
+type Request struct {
+	Patterns []string
+	After    *eventlog.ID
+	// Allow limits delivery to the types visible to the caller (nil: all).
+	Allow func(eventType string) bool
+}
+
+// ParseRequest reads the types and the resume cursor of a stream request,
+// checking the caller's subscribe grants. Exact names must be registered
+// and visible to the caller; patterns may match nothing yet, and deliver
+// only the types visible to the caller.
+func ParseRequest(ctx context.Context, cat *catalog.Cache, types []string, cursor string) (*Request, error) {
 	patterns, err := eventtype.ParsePatterns(types)
 	if err != nil {
-		return nil, nil, connect.NewError(connect.CodeInvalidArgument, err)
+		return nil, connect.NewError(connect.CodeInvalidArgument, err)
 	}
 	caller, _ := auth.FromContext(ctx)
 	var app *registryv1.Application
 	if !caller.Admin {
 		var err error
 		if app, err = cat.Application(ctx, caller.ApplicationID); err != nil {
-			return nil, nil, connect.NewError(connect.CodeUnavailable, fmt.Errorf("cannot load the grants of %s: %w", caller.ApplicationID, err))
+			return nil, connect.NewError(connect.CodeUnavailable, fmt.Errorf("cannot load the grants of %s: %w", caller.ApplicationID, err))
 		}
 	}
 	for _, p := range patterns {
 		if app != nil && !access.Allowed(app.GetGrants(), registryv1.GrantAction_GRANT_ACTION_SUBSCRIBE, p) {
-			return nil, nil, connect.NewError(connect.CodePermissionDenied, fmt.Errorf("application %s has no subscribe grant covering %s", app.GetId(), p))
+			return nil, connect.NewError(connect.CodePermissionDenied, fmt.Errorf("application %s has no subscribe grant covering %s", app.GetId(), p))
 		}
 		if strings.Contains(p, "*") {
 			continue
 		}
 		t, err := cat.Lookup(ctx, p)
 		if errors.Is(err, catalog.ErrUnknownType) || (err == nil && app != nil && !access.Visible(app.GetAudience(), t.GetVisibility())) {
-			return nil, nil, connect.NewError(connect.CodeNotFound, fmt.Errorf("event type %s is not registered", p))
+			return nil, connect.NewError(connect.CodeNotFound, fmt.Errorf("event type %s is not registered", p))
 		} else if err != nil {
-			return nil, nil, connect.NewError(connect.CodeUnavailable, err)
+			return nil, connect.NewError(connect.CodeUnavailable, err)
+		}
+	}
+	req := &Request{Patterns: patterns}
+	if app != nil {
+		audience := app.GetAudience()
+		req.Allow = func(eventType string) bool {
+			t, ok := cat.Get(eventType)
+			return ok && access.Visible(audience, t.GetVisibility())
 		}
 	}
 	if cursor == "" {
-		return patterns, nil, nil
+		return req, nil
 	}
 	id, err := eventlog.ParseID(cursor)
 	if err != nil {
-		return nil, nil, connect.NewError(connect.CodeInvalidArgument, err)
+		return nil, connect.NewError(connect.CodeInvalidArgument, err)
 	}
-	return patterns, &id, nil
+	req.After = &id
+	return req, nil
 }
 
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -92,7 +111,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if cursor == "" {
 		cursor = q.Get("last_event_id")
 	}
-	patterns, after, err := ParseRequest(r.Context(), h.Catalog, q["types"], cursor)
+	sr, err := ParseRequest(r.Context(), h.Catalog, q["types"], cursor)
 	if err != nil {
 		auth.WriteError(w, err)
 		return
@@ -136,8 +155,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	hdr.Set("X-Accel-Buffering", "no")
 
 	var buf []byte
-	err = h.Hub.Stream(ctx, patterns, hub.Options{
-		After:     after,
+	err = h.Hub.Stream(ctx, sr.Patterns, hub.Options{
+		After:     sr.After,
+		Allow:     sr.Allow,
 		Interval:  heartbeat,
 		Heartbeat: func() error { return write([]byte(": heartbeat\n\n")) },
 		Started: func() error {

@@ -24,7 +24,7 @@ type Handler struct {
 
 // StreamEvents implements EdgeService.
 func (h *Handler) StreamEvents(ctx context.Context, req *connect.Request[edgev1.StreamEventsRequest], stream *connect.ServerStream[edgev1.StreamEventsResponse]) error {
-	patterns, after, err := sse.ParseRequest(ctx, h.Catalog, req.Msg.GetTypes(), req.Msg.GetCursor())
+	sr, err := sse.ParseRequest(ctx, h.Catalog, req.Msg.GetTypes(), req.Msg.GetCursor())
 	if err != nil {
 		return err
 	}
@@ -32,7 +32,7 @@ func (h *Handler) StreamEvents(ctx context.Context, req *connect.Request[edgev1.
 	defer cancel()
 	stop := context.AfterFunc(h.Shutdown, cancel)
 	defer stop()
-	err = h.Hub.Stream(ctx, patterns, hub.Options{After: after}, func(ev *hub.Event) error {
+	err = h.Hub.Stream(ctx, sr.Patterns, hub.Options{After: sr.After, Allow: sr.Allow}, func(ev *hub.Event) error {
 		if err := stream.Send(&edgev1.StreamEventsResponse{Cursor: ev.ID.String(), Event: ev.Event}); err != nil {
 			return err
 		}
