@@ -161,6 +161,9 @@ func attrJSON(v *eventv1.CloudEvent_CloudEventAttributeValue) any {
 	}
 }
 
+// AttributeString is an attribute's value in its canonical string form.
+func AttributeString(v *eventv1.CloudEvent_CloudEventAttributeValue) string { return attrString(v) }
+
 func attrString(v *eventv1.CloudEvent_CloudEventAttributeValue) string {
 	switch a := v.GetAttr().(type) {
 	case *eventv1.CloudEvent_CloudEventAttributeValue_CeBoolean:

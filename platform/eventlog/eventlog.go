@@ -3,8 +3,9 @@
 //
 // Keys:
 //
-//	herald:log:{<type>}   one stream per event type; the hash tag keeps a type on one
-//	                      Redis Cluster shard. Entry fields:
+//	herald:log:{<type>}     one stream per event type (partition 0); the hash tag keeps
+//	herald:log:{<type>#<p>} it on one Redis Cluster shard; partitions 1..n-1 of a type
+//	                        with n partitions have their own. Entry fields:
 //	                        ce   the CloudEvent, protobuf-encoded
 //	                        app  the account that published it
 //
@@ -21,6 +22,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"math"
 	"slices"
 	"strconv"
@@ -43,9 +45,43 @@ const streamPrefix = "herald:log:{"
 // StreamKey is the stream holding events of one type.
 func StreamKey(eventType string) string { return streamPrefix + eventType + "}" }
 
-// TypeOfStream is the inverse of StreamKey.
+// PartitionKey is the stream holding partition p of a type: partition 0 is
+// StreamKey, partition p > 0 is herald:log:{<type>#<p>}, a hash tag of its
+// own so that partitions spread over Redis Cluster shards.
+func PartitionKey(eventType string, p int) string {
+	if p <= 0 {
+		return StreamKey(eventType)
+	}
+	return streamPrefix + eventType + "#" + strconv.Itoa(p) + "}"
+}
+
+// StreamKeys lists the streams of a type with n partitions (n < 1 means 1).
+func StreamKeys(eventType string, n int32) []string {
+	keys := []string{StreamKey(eventType)}
+	for p := 1; p < int(n); p++ {
+		keys = append(keys, PartitionKey(eventType, p))
+	}
+	return keys
+}
+
+// Partition picks the partition of a partition key among n: the same key
+// always lands in the same partition, where its events stay in order.
+func Partition(partitionKey string, n int32) int {
+	if n <= 1 {
+		return 0
+	}
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(partitionKey))
+	return int(h.Sum32() % uint32(n))
+}
+
+// TypeOfStream is the inverse of StreamKey and PartitionKey.
 func TypeOfStream(key string) string {
-	return strings.TrimSuffix(strings.TrimPrefix(key, streamPrefix), "}")
+	t := strings.TrimSuffix(strings.TrimPrefix(key, streamPrefix), "}")
+	if i := strings.LastIndexByte(t, '#'); i >= 0 {
+		t = t[:i]
+	}
+	return t
 }
 
 // ID is a stream entry id, the cursor of an event.

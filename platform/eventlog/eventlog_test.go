@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -528,4 +529,36 @@ func FuzzParseID(f *testing.F) {
 			t.Fatalf("%v is not below %v", id, next)
 		}
 	})
+}
+
+func TestPartitionKeys(t *testing.T) {
+	const typ = "orders.order.placed"
+	keys := eventlog.StreamKeys(typ, 3)
+	want := []string{"herald:log:{orders.order.placed}", "herald:log:{orders.order.placed#1}", "herald:log:{orders.order.placed#2}"}
+	if !slices.Equal(keys, want) {
+		t.Fatalf("StreamKeys = %v, want %v", keys, want)
+	}
+	for _, k := range keys {
+		if got := eventlog.TypeOfStream(k); got != typ {
+			t.Errorf("eventlog.TypeOfStream(%s) = %s", k, got)
+		}
+	}
+	if got := eventlog.StreamKeys(typ, 0); len(got) != 1 || got[0] != eventlog.StreamKey(typ) {
+		t.Errorf("eventlog.StreamKeys(n=0) = %v", got)
+	}
+	seen := map[int]bool{}
+	for i := range 1000 {
+		key := fmt.Sprint("customer-", i)
+		p := eventlog.Partition(key, 4)
+		if p < 0 || p >= 4 || p != eventlog.Partition(key, 4) {
+			t.Fatalf("eventlog.Partition(%s, 4) = %d, not stable or out of range", key, p)
+		}
+		seen[p] = true
+	}
+	if len(seen) != 4 {
+		t.Errorf("1000 keys used partitions %v of 4", seen)
+	}
+	if eventlog.Partition("anything", 1) != 0 {
+		t.Error("one partition must be partition 0")
+	}
 }

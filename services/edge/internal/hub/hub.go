@@ -69,7 +69,7 @@ type Hub struct {
 type sub struct {
 	patterns []string
 	allow    func(eventType string) bool // nil: every matching type
-	types    map[string]bool             // types whose history this subscriber reads itself
+	keys     map[string]bool             // streams whose history this subscriber reads itself
 	ch       chan *Event
 	overflow bool // set by the hub when ch was full; ch is then closed
 }
@@ -120,12 +120,11 @@ func (h *Hub) run(ctx context.Context) error {
 			case <-time.After(50 * time.Millisecond):
 			}
 		}
-		names, _ := h.catalog.Names()
 		h.mu.Lock()
 		h.pos = eventlog.ID{Ms: uint64(now.UnixMilli()) - 1, Seq: math.MaxUint64}
-		for _, n := range names {
-			h.known[n] = true
-			h.streams = append(h.streams, eventlog.StreamKey(n))
+		for _, k := range h.streamKeys() {
+			h.known[k] = true
+			h.streams = append(h.streams, k)
 		}
 		h.mu.Unlock()
 		close(h.ready)
@@ -179,37 +178,54 @@ func (h *Hub) run(ctx context.Context) error {
 	}
 }
 
-// addNewTypes starts following types created since the last look. Their
-// events up to the hub position were published before the hub knew them:
-// they go to current subscribers as late events.
+// streamKeys lists the streams of every type in the catalog, partitions
+// included.
+func (h *Hub) streamKeys() []string {
+	names, _ := h.catalog.Names()
+	var keys []string
+	for _, n := range names {
+		var partitions int32
+		if t, ok := h.catalog.Get(n); ok {
+			partitions = t.GetPartitions()
+		}
+		keys = append(keys, eventlog.StreamKeys(n, partitions)...)
+	}
+	return keys
+}
+
+// addNewTypes starts following streams that appeared since the last look:
+// new types, or new partitions of a type. Their events up to the hub
+// position were published before the hub knew them: they go to current
+// subscribers as late events.
 func (h *Hub) addNewTypes(ctx context.Context) (<-chan struct{}, error) {
-	names, changed := h.catalog.Names()
+	_, changed := h.catalog.Names()
 	var fresh []string
 	h.mu.Lock()
-	for _, n := range names {
-		if !h.known[n] {
-			fresh = append(fresh, n)
+	for _, k := range h.streamKeys() {
+		if !h.known[k] {
+			fresh = append(fresh, k)
 		}
 	}
 	pos := h.pos
 	h.mu.Unlock()
-	for _, n := range fresh {
-		msgs, err := h.rdb.XRangeN(ctx, eventlog.StreamKey(n), "-", pos.String(), 100_000).Result()
+	for _, k := range fresh {
+		msgs, err := h.rdb.XRangeN(ctx, k, "-", pos.String(), 100_000).Result()
 		if err != nil {
-			return nil, fmt.Errorf("read new stream %s: %w", n, err)
+			return nil, fmt.Errorf("read new stream %s: %w", k, err)
 		}
+		n := eventlog.TypeOfStream(k)
 		h.mu.Lock()
-		h.known[n] = true
-		h.streams = append(h.streams, eventlog.StreamKey(n))
+		h.known[k] = true
+		h.streams = append(h.streams, k)
 		var late []*sub
 		for s := range h.subs {
-			if s.wants(n) && !s.types[n] {
-				s.types[n] = true
+			if s.wants(n) && !s.keys[k] {
+				s.keys[k] = true
 				late = append(late, s)
 			}
 		}
 		for _, m := range msgs {
-			e, err := eventlog.Decode(eventlog.StreamKey(n), m)
+			e, err := eventlog.Decode(k, m)
 			if err != nil {
 				h.log.Error("undecodable event skipped", "err", err)
 				continue
@@ -266,12 +282,12 @@ func (h *Hub) subscribe(ctx context.Context, patterns []string, allow func(strin
 	case <-ctx.Done():
 		return nil, eventlog.ID{}, ctx.Err()
 	}
-	s := &sub{patterns: patterns, allow: allow, types: map[string]bool{}, ch: make(chan *Event, subBuffer)}
+	s := &sub{patterns: patterns, allow: allow, keys: map[string]bool{}, ch: make(chan *Event, subBuffer)}
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	for n := range h.known {
-		if s.wants(n) {
-			s.types[n] = true
+	for k := range h.known {
+		if s.wants(eventlog.TypeOfStream(k)) {
+			s.keys[k] = true
 		}
 	}
 	h.subs[s] = struct{}{}
@@ -345,10 +361,10 @@ func (h *Hub) Stream(ctx context.Context, patterns []string, o Options, send fun
 		}
 		started = true
 		if c.before(head) {
-			streams := make([]string, 0, len(s.types))
+			streams := make([]string, 0, len(s.keys))
 			h.mu.Lock()
-			for n := range s.types {
-				streams = append(streams, eventlog.StreamKey(n))
+			for k := range s.keys {
+				streams = append(streams, k)
 			}
 			h.mu.Unlock()
 			if err := h.catchUp(ctx, streams, &c, head, send); err != nil {

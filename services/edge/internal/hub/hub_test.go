@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -58,7 +59,13 @@ func (r *registry) add(names ...string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for _, n := range names {
-		r.log = append(r.log, &registryv1.EventType{Name: n, Schema: "{}", Revision: int64(len(r.log) + 1)})
+		// "name/3" registers a type with 3 partitions.
+		var partitions int32
+		if name, p, ok := strings.Cut(n, "/"); ok {
+			n = name
+			fmt.Sscan(p, &partitions)
+		}
+		r.log = append(r.log, &registryv1.EventType{Name: n, Schema: "{}", Revision: int64(len(r.log) + 1), Partitions: partitions})
 	}
 	close(r.changed)
 	r.changed = make(chan struct{})
@@ -874,4 +881,34 @@ func TestAllowNarrowsPatterns(t *testing.T) {
 	live.expectExactly(t, want, waitLong)
 	replay := e.subscribe(t, "replay", []string{"billing.*"}, allow(public), after(eventlog.Zero))
 	replay.expectExactly(t, want, waitLong)
+}
+
+// Every partition of a type is followed: events of all partitions arrive,
+// live and on replay, each partition in its own order.
+func TestPartitionsAreFollowed(t *testing.T) {
+	const typ = "orders.order.placed"
+	e := newEnv(t, typ+"/3")
+	live := e.subscribe(t, "live", []string{"orders.*"})
+	var pub []published
+	// Ids unique across the partitions, stamped atomically on the Redis
+	// clock, as the router's append script does.
+	stamp := redis.NewScript(`
+local t = redis.call('TIME')
+local id = string.format('%.0f-%s', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), ARGV[1])
+return redis.call('XADD', KEYS[1], id, unpack(ARGV, 2))`)
+	for i := range 60 {
+		p := i % 3
+		fields, err := eventlog.Encode(newEvent(typ, fmt.Sprint(i)), "app")
+		if err != nil {
+			t.Fatal(err)
+		}
+		id, err := stamp.Run(context.Background(), e.rdb, []string{eventlog.PartitionKey(typ, p)}, append([]any{i + 1}, fields...)...).Text()
+		if err != nil {
+			t.Fatal(err)
+		}
+		pub = append(pub, published{Type: typ, ID: fmt.Sprint(i), Cursor: eventlog.MustParseID(id)})
+	}
+	live.expectExactly(t, pub, waitLong)
+	replay := e.subscribe(t, "replay", []string{typ}, after(eventlog.Zero))
+	replay.expectExactly(t, pub, waitLong)
 }

@@ -6,9 +6,10 @@
 //
 //	herald:log:numbers            hash, stream key -> the stream's number (1..2^24-1),
 //	                               stamped into its entry ids (see appendScript)
-//	herald:dedupe:{<type>}:<hex>   string, the cursor of the event whose
+//	herald:dedupe:{<tag>}:<hex>    string, the cursor of the event whose
 //	                               sha256(source NUL id) is <hex>; expires after
-//	                               the dedupe window. It shares the stream's hash
+//	                               the dedupe window; <tag> is the stream's hash
+//	                               tag (<type> or <type>#<partition>). It shares the stream's hash
 //	                               tag, so the script touches one shard.
 package appender
 
@@ -124,6 +125,9 @@ type Item struct {
 	// default) and none older than MaxAge (0: no age limit).
 	MaxLen int64
 	MaxAge time.Duration
+	// Partition of the type's log (0..n-1); events of one partition key
+	// always share one.
+	Partition int
 }
 
 // Result is the outcome of one append.
@@ -135,10 +139,15 @@ type Result struct {
 // ErrOutOfMemory means Redis refused the write because it reached maxmemory.
 var ErrOutOfMemory = errors.New("redis is out of memory")
 
-// DedupeKey is the key remembering (source, id) for a type.
+// DedupeKey is the key remembering (source, id) for a type (partition 0).
 func DedupeKey(eventType, source, id string) string {
+	return dedupeKey(eventType, source, id)
+}
+
+// dedupeKey shares the hash tag of the stream (tag: the type, or type#p).
+func dedupeKey(tag, source, id string) string {
 	sum := sha256.Sum256([]byte(source + "\x00" + id))
-	return "herald:dedupe:{" + eventType + "}:" + hex.EncodeToString(sum[:16])
+	return "herald:dedupe:{" + tag + "}:" + hex.EncodeToString(sum[:16])
 }
 
 // Append appends items in order, in one round trip. Either every item is
@@ -155,12 +164,16 @@ func (a *Appender) Append(ctx context.Context, items []Item) ([]Result, error) {
 		if err != nil {
 			return nil, err
 		}
-		stream := eventlog.StreamKey(it.Event.GetType())
+		stream := eventlog.PartitionKey(it.Event.GetType(), it.Partition)
 		n, err := a.streamNumber(ctx, stream)
 		if err != nil {
 			return nil, err
 		}
-		keys[i] = []string{stream, DedupeKey(it.Event.GetType(), it.Event.GetSource(), it.Event.GetId())}
+		tag := it.Event.GetType()
+		if it.Partition > 0 {
+			tag += "#" + strconv.Itoa(it.Partition)
+		}
+		keys[i] = []string{stream, dedupeKey(tag, it.Event.GetSource(), it.Event.GetId())}
 		maxLen := a.maxLen
 		if it.MaxLen > 0 {
 			maxLen = strconv.FormatInt(it.MaxLen, 10)

@@ -690,3 +690,25 @@ func TestAppendCursorsAreUniqueAcrossStreams(t *testing.T) {
 		t.Fatalf("the second appender numbered %s %d, the first %d", types[1], id.Seq%(1<<24), lastB.Seq%(1<<24))
 	}
 }
+
+func TestAppendToPartitions(t *testing.T) {
+	rdb := testutil.RedisClient(t, testutil.Redis(t))
+	a := appender.New(rdb, appender.Options{})
+	const typ = "orders.order.placed"
+	items := itemsOf("app", newEvent(typ, "//src", "p0"), newEvent(typ, "//src", "p2"), newEvent(typ, "//src", "p2"))
+	items[1].Partition, items[2].Partition = 2, 2
+	res := mustAppend(t, a, items)
+	if !res[2].Duplicate || res[2].Cursor != res[1].Cursor {
+		t.Fatalf("retry in partition 2 not deduplicated: %+v", res)
+	}
+	for p, want := range map[int]string{0: "p0", 2: "p2"} {
+		msgs, err := rdb.XRange(context.Background(), eventlog.PartitionKey(typ, p), "-", "+").Result()
+		if err != nil || len(msgs) != 1 {
+			t.Fatalf("partition %d: %v %v", p, msgs, err)
+		}
+		e, err := eventlog.Decode(eventlog.PartitionKey(typ, p), msgs[0])
+		if err != nil || e.Event.GetId() != want || e.Type != typ {
+			t.Fatalf("partition %d holds %+v (%v)", p, e, err)
+		}
+	}
+}

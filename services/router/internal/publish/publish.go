@@ -19,6 +19,7 @@ import (
 	"github.com/heraldmesh/herald/platform/auth"
 	"github.com/heraldmesh/herald/platform/catalog"
 	"github.com/heraldmesh/herald/platform/cloudevent"
+	"github.com/heraldmesh/herald/platform/eventlog"
 	"github.com/heraldmesh/herald/platform/eventtype"
 	"github.com/heraldmesh/herald/platform/usage"
 	"github.com/heraldmesh/herald/services/router/internal/appender"
@@ -89,6 +90,7 @@ func (h *Handler) Publish(ctx context.Context, req *connect.Request[routerv1.Pub
 		items = append(items, appender.Item{
 			Event: ev, Account: p.Account(),
 			MaxLen: t.GetRetention().GetMaxEvents(), MaxAge: t.GetRetention().GetMaxAge().AsDuration(),
+			Partition: partitionOf(ev, t.GetPartitions()),
 		})
 		slots = append(slots, i)
 	}
@@ -157,6 +159,19 @@ func (h *Handler) check(ctx context.Context, app *registryv1.Application, ev *ev
 		return nil, r
 	}
 	return t, nil
+}
+
+// partitionOf places an event among its type's n partitions by its
+// partitionkey extension; events without one go to partition 0, in order.
+func partitionOf(ev *eventv1.CloudEvent, n int32) int {
+	if n <= 1 {
+		return 0
+	}
+	key, ok := ev.GetAttributes()["partitionkey"]
+	if !ok {
+		return 0
+	}
+	return eventlog.Partition(cloudevent.AttributeString(key), n)
 }
 
 func describe[V fmt.Stringer](vs []V) string {
