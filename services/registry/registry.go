@@ -45,7 +45,7 @@ func New(cfg Config) (*Service, error) {
 	if err != nil {
 		return nil, err
 	}
-	h = api.New(store.New(base.Redis))
+	h = api.New(store.New(base.Redis), base.Server.StreamContext())
 	base.Server.Handle(registryv1connect.NewRegistryServiceHandler(h, base.HandlerOptions()...))
 	return &Service{base: base}, nil
 }

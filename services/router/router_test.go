@@ -146,7 +146,9 @@ func (e *env) createType(t *testing.T, name, schema string) {
 func (e *env) createApp(t *testing.T, name string) (string, string) {
 	t.Helper()
 	res, err := e.registry.CreateApplication(context.Background(), connect.NewRequest(&registryv1.CreateApplicationRequest{
-		Application: &registryv1.Application{Name: name},
+		Application: &registryv1.Application{Name: name, Grants: []*registryv1.Grant{
+			{Action: registryv1.GrantAction_GRANT_ACTION_PUBLISH, Pattern: "*"},
+		}},
 	}))
 	if err != nil {
 		t.Fatalf("create application: %v", err)

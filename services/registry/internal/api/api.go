@@ -1,10 +1,12 @@
-// Package api implements the RegistryService handlers: it validates requests,
-// calls the store, and maps outcomes to Connect codes.
+// Package api implements the RegistryService handlers: it authorizes and
+// validates requests, calls the store, and maps outcomes to Connect codes.
+// The rules of the catalog (what a name looks like, which changes are
+// allowed, who may see what) live here; the store only keeps what it is
+// given, atomically.
 package api
 
 import (
 	"context"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"strings"
@@ -13,16 +15,18 @@ import (
 	"connectrpc.com/connect"
 	registryv1 "github.com/heraldmesh/herald/api/gen/herald/registry/v1"
 	"github.com/heraldmesh/herald/api/gen/herald/registry/v1/registryv1connect"
+	"github.com/heraldmesh/herald/platform/access"
 	"github.com/heraldmesh/herald/platform/auth"
 	"github.com/heraldmesh/herald/platform/eventtype"
 	"github.com/heraldmesh/herald/platform/schema"
 	"github.com/heraldmesh/herald/services/registry/internal/store"
-	"google.golang.org/protobuf/types/known/timestamppb"
+	"google.golang.org/protobuf/reflect/protoreflect"
 )
 
 const (
 	maxDescription = 4096
-	maxAppName     = 200
+	maxShortText   = 200
+	maxNameLength  = 100
 	defaultPage    = 100
 	maxPage        = 1000
 )
@@ -30,177 +34,171 @@ const (
 // Handler serves RegistryService.
 type Handler struct {
 	registryv1connect.UnimplementedRegistryServiceHandler
-	store *store.Store
+	store   *store.Store
+	streams context.Context
+
+	// checkCompatibility is schema.CheckCompatibility, replaced in tests.
+	checkCompatibility func(registryv1.Compatibility, string, []string) ([]string, error)
 }
 
-// New returns a Handler.
-func New(s *store.Store) *Handler { return &Handler{store: s} }
+// New returns a Handler over a store. Watch streams end when shutdown ends
+// (the server's stream context).
+func New(s *store.Store, shutdown context.Context) *Handler {
+	return &Handler{store: s, streams: shutdown, checkCompatibility: schema.CheckCompatibility}
+}
 
 func invalid(format string, args ...any) error {
 	return connect.NewError(connect.CodeInvalidArgument, fmt.Errorf(format, args...))
 }
 
-func internal(err error) error { return connect.NewError(connect.CodeInternal, err) }
-
-// CreateEventType implements RegistryService.
-func (h *Handler) CreateEventType(ctx context.Context, req *connect.Request[registryv1.CreateEventTypeRequest]) (*connect.Response[registryv1.CreateEventTypeResponse], error) {
-	if err := auth.RequireAdmin(ctx); err != nil {
-		return nil, err
-	}
-	in := req.Msg.GetEventType()
-	if in == nil {
-		return nil, invalid("event_type is required")
-	}
-	if err := eventtype.ValidateName(in.GetName()); err != nil {
-		return nil, invalid("event_type.name: %v", err)
-	}
-	if len(in.GetDescription()) > maxDescription || !utf8.ValidString(in.GetDescription()) {
-		return nil, invalid("event_type.description must be valid UTF-8 of at most %d bytes", maxDescription)
-	}
-	if in.GetSchema() == "" {
-		return nil, invalid("event_type.schema is required: a JSON Schema (draft 2020-12) of the event data, as JSON text ({} accepts any JSON)")
-	}
-	if _, err := schema.Compile(in.GetName(), in.GetSchema()); err != nil {
-		return nil, invalid("event_type.schema: %v", err)
-	}
-	if _, err := h.store.GetEventType(ctx, in.GetName()); err == nil {
-		return nil, connect.NewError(connect.CodeAlreadyExists, fmt.Errorf("event type %s already exists", in.GetName()))
-	}
-	rev, err := h.store.NextRevision(ctx)
-	if err != nil {
-		return nil, internal(err)
-	}
-	now := timestamppb.Now()
-	et := &registryv1.EventType{
-		Name: in.GetName(), Description: in.GetDescription(), Schema: in.GetSchema(),
-		CreateTime: now, UpdateTime: now, Revision: rev,
-	}
-	switch err := h.store.CreateEventType(ctx, et); {
-	case errors.Is(err, store.ErrExists):
-		return nil, connect.NewError(connect.CodeAlreadyExists, fmt.Errorf("event type %s already exists", in.GetName()))
-	case err != nil:
-		return nil, internal(err)
-	}
-	return connect.NewResponse(&registryv1.CreateEventTypeResponse{EventType: et}), nil
+func failedPrecondition(format string, args ...any) error {
+	return connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf(format, args...))
 }
 
-// GetEventType implements RegistryService.
-func (h *Handler) GetEventType(ctx context.Context, req *connect.Request[registryv1.GetEventTypeRequest]) (*connect.Response[registryv1.GetEventTypeResponse], error) {
-	if err := eventtype.ValidateName(req.Msg.GetName()); err != nil {
-		return nil, invalid("name: %v", err)
-	}
-	et, err := h.store.GetEventType(ctx, req.Msg.GetName())
-	if errors.Is(err, store.ErrNotFound) {
-		return nil, connect.NewError(connect.CodeNotFound, fmt.Errorf("event type %s is not registered", req.Msg.GetName()))
-	}
-	if err != nil {
-		return nil, internal(err)
-	}
-	return connect.NewResponse(&registryv1.GetEventTypeResponse{EventType: et}), nil
+func denied(format string, args ...any) error {
+	return connect.NewError(connect.CodePermissionDenied, fmt.Errorf(format, args...))
 }
 
-// ListEventTypes implements RegistryService.
-func (h *Handler) ListEventTypes(ctx context.Context, req *connect.Request[registryv1.ListEventTypesRequest]) (*connect.Response[registryv1.ListEventTypesResponse], error) {
-	size := int(req.Msg.GetPageSize())
+func notFound(format string, args ...any) error {
+	return connect.NewError(connect.CodeNotFound, fmt.Errorf(format, args...))
+}
+
+// fail maps an error of the store (or of a check run inside a store
+// transaction, already a Connect error) to a Connect error.
+func fail(err error) error {
+	var ce *connect.Error
+	var conflict *store.ConflictError
 	switch {
-	case size < 0:
-		return nil, invalid("page_size must not be negative")
-	case size == 0:
-		size = defaultPage
-	case size > maxPage:
-		size = maxPage
+	case errors.As(err, &ce):
+		return ce
+	case errors.Is(err, store.ErrNotFound):
+		return connect.NewError(connect.CodeNotFound, err)
+	case errors.Is(err, store.ErrExists):
+		return connect.NewError(connect.CodeAlreadyExists, err)
+	case errors.As(err, &conflict), errors.Is(err, store.ErrBusy):
+		return connect.NewError(connect.CodeAborted, err)
+	case errors.Is(err, context.Canceled):
+		return connect.NewError(connect.CodeCanceled, err)
+	case errors.Is(err, context.DeadlineExceeded):
+		return connect.NewError(connect.CodeDeadlineExceeded, err)
+	default:
+		return connect.NewError(connect.CodeInternal, err)
 	}
-	after := ""
-	if tok := req.Msg.GetPageToken(); tok != "" {
-		b, err := base64.RawURLEncoding.DecodeString(tok)
-		if err != nil || !strings.HasPrefix(string(b), "after:") {
-			return nil, invalid("page_token is not one this service issued")
-		}
-		after = strings.TrimPrefix(string(b), "after:")
+}
+
+// caller is who is calling, and what it may see.
+type caller struct {
+	admin    bool
+	appID    string
+	audience registryv1.Audience
+}
+
+// sees reports whether the caller may see a type of the visibility.
+func (c caller) sees(v registryv1.Visibility) bool { return c.admin || access.Visible(c.audience, v) }
+
+// seesAll reports whether the caller sees the whole catalog: the operator
+// and INTERNAL applications (unset audience is INTERNAL).
+func (c caller) seesAll() bool {
+	return c.admin || c.audience == registryv1.Audience_AUDIENCE_UNSPECIFIED || c.audience == registryv1.Audience_AUDIENCE_INTERNAL
+}
+
+// reader returns the caller of a catalog read: the operator, or an
+// application with its audience.
+func (h *Handler) reader(ctx context.Context) (caller, error) {
+	p, ok := auth.FromContext(ctx)
+	switch {
+	case ok && p.Admin:
+		return caller{admin: true}, nil
+	case !ok || p.ApplicationID == "":
+		return caller{}, connect.NewError(connect.CodeUnauthenticated, errors.New("missing key"))
 	}
-	types, more, err := h.store.ListEventTypes(ctx, after, size)
+	app, err := h.store.GetApplication(ctx, p.ApplicationID)
+	if errors.Is(err, store.ErrNotFound) {
+		return caller{}, connect.NewError(connect.CodeUnauthenticated, auth.ErrUnknownKey)
+	}
 	if err != nil {
-		return nil, internal(err)
+		return caller{}, fail(err)
 	}
-	res := &registryv1.ListEventTypesResponse{EventTypes: types}
-	if more {
-		res.NextPageToken = base64.RawURLEncoding.EncodeToString([]byte("after:" + types[len(types)-1].GetName()))
-	}
-	return connect.NewResponse(res), nil
+	return caller{appID: app.GetId(), audience: app.GetAudience()}, nil
 }
 
-// CreateApplication implements RegistryService.
-func (h *Handler) CreateApplication(ctx context.Context, req *connect.Request[registryv1.CreateApplicationRequest]) (*connect.Response[registryv1.CreateApplicationResponse], error) {
-	if err := auth.RequireAdmin(ctx); err != nil {
-		return nil, err
-	}
-	in := req.Msg.GetApplication()
-	name := strings.TrimSpace(in.GetName())
-	if name == "" {
-		return nil, invalid("application.name is required")
-	}
-	if len(name) > maxAppName || !utf8.ValidString(name) {
-		return nil, invalid("application.name must be valid UTF-8 of at most %d bytes", maxAppName)
-	}
-	now := timestamppb.Now()
-	app := &registryv1.Application{Id: auth.NewID("app_"), Name: name, CreateTime: now}
-	secret := auth.NewSecret()
-	key := &registryv1.Key{Id: auth.NewID("key_"), Secret: secret, ApplicationId: app.GetId(), Prefix: secret[:10], CreateTime: now}
-	if _, err := h.store.NextRevision(ctx); err != nil {
-		return nil, internal(err)
-	}
-	if err := h.store.CreateApplication(ctx, app, key, auth.HashSecret(secret)); err != nil {
-		return nil, internal(err)
-	}
-	return connect.NewResponse(&registryv1.CreateApplicationResponse{Application: app, Key: key}), nil
-}
-
-// GetApplication implements RegistryService. Applications see themselves;
-// the operator sees every one.
-func (h *Handler) GetApplication(ctx context.Context, req *connect.Request[registryv1.GetApplicationRequest]) (*connect.Response[registryv1.GetApplicationResponse], error) {
+// self allows the operator, or the application appID itself.
+func self(ctx context.Context, appID, what string) error {
 	p, _ := auth.FromContext(ctx)
-	if !p.Admin && p.ApplicationID != req.Msg.GetId() {
-		return nil, connect.NewError(connect.CodePermissionDenied, errors.New("an application key can only read its own application"))
+	if p.Admin || (p.ApplicationID != "" && p.ApplicationID == appID) {
+		return nil
 	}
-	app, err := h.store.GetApplication(ctx, req.Msg.GetId())
-	if errors.Is(err, store.ErrNotFound) {
-		return nil, connect.NewError(connect.CodeNotFound, fmt.Errorf("application %q does not exist", req.Msg.GetId()))
-	}
-	if err != nil {
-		return nil, internal(err)
-	}
-	return connect.NewResponse(&registryv1.GetApplicationResponse{Application: app}), nil
+	return denied("an application key can only %s of its own application", what)
 }
 
-// AuthenticateKey implements RegistryService.
-func (h *Handler) AuthenticateKey(ctx context.Context, req *connect.Request[registryv1.AuthenticateKeyRequest]) (*connect.Response[registryv1.AuthenticateKeyResponse], error) {
-	if err := auth.RequireAdmin(ctx); err != nil {
-		return nil, err
+// text checks a free-text field.
+func text(field, s string, max int) error {
+	if !utf8.ValidString(s) {
+		return invalid("%s is not valid UTF-8", field)
 	}
-	if len(req.Msg.GetKeyHash()) != 64 {
-		return nil, invalid("key_hash must be the lower-case hex SHA-256 of the secret")
+	if len(s) > max {
+		return invalid("%s is %d bytes, more than the %d allowed", field, len(s), max)
 	}
-	k, err := h.store.KeyByHash(ctx, req.Msg.GetKeyHash())
-	if errors.Is(err, store.ErrNotFound) {
-		return nil, connect.NewError(connect.CodeNotFound, auth.ErrUnknownKey)
-	}
-	if err != nil {
-		return nil, internal(err)
-	}
-	return connect.NewResponse(&registryv1.AuthenticateKeyResponse{Key: k}), nil
+	return nil
 }
 
-// Resolver checks keys against the local store, for the registry's own
-// routes.
-func (h *Handler) Resolver() auth.Resolver {
-	return auth.ResolverFunc(func(ctx context.Context, keyHash string) (auth.Principal, error) {
-		k, err := h.store.KeyByHash(ctx, keyHash)
-		if errors.Is(err, store.ErrNotFound) {
-			return auth.Principal{}, auth.ErrUnknownKey
+// validDomainName checks a domain name: one segment of an event type name.
+func validDomainName(field, name string) error {
+	if name == "" {
+		return invalid("%s is required", field)
+	}
+	if strings.Contains(name, ".") {
+		return invalid("%s %q must be one segment without dots, like billing", field, name)
+	}
+	// A domain name is exactly what may start an event type name.
+	if err := eventtype.ValidatePattern(name + ".*"); err != nil || len(name) > eventtype.MaxNameLength {
+		return invalid("%s %q must start with a lower-case letter and use only a-z, 0-9, '_' and '-' (at most %d characters)", field, name, eventtype.MaxNameLength)
+	}
+	return nil
+}
+
+// validProductName checks a product name: lower-case letters, digits and
+// dashes, starting with a letter.
+func validProductName(field, name string) error {
+	if name == "" {
+		return invalid("%s is required", field)
+	}
+	ok := len(name) <= maxNameLength && name[0] >= 'a' && name[0] <= 'z'
+	for i := 0; ok && i < len(name); i++ {
+		c := name[i]
+		ok = c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-'
+	}
+	if !ok {
+		return invalid("%s %q must start with a lower-case letter and use only a-z, 0-9 and '-' (at most %d characters)", field, name, maxNameLength)
+	}
+	return nil
+}
+
+// validEnum checks that an enum value is one the contract defines.
+func validEnum(field string, e protoreflect.Enum) error {
+	if e.Descriptor().Values().ByNumber(e.Number()) == nil {
+		return invalid("%s: %d is not a value of %s", field, e.Number(), e.Descriptor().Name())
+	}
+	return nil
+}
+
+// validPatterns checks a list of event type names or patterns.
+func validPatterns(field string, list []string, max int) error {
+	if len(list) == 0 {
+		return invalid("%s is empty: name at least one event type or pattern (billing.*)", field)
+	}
+	if len(list) > max {
+		return invalid("%s has %d entries, more than the %d allowed", field, len(list), max)
+	}
+	seen := map[string]bool{}
+	for i, p := range list {
+		if err := eventtype.ValidatePattern(p); err != nil {
+			return invalid("%s[%d]: %v", field, i, err)
 		}
-		if err != nil {
-			return auth.Principal{}, err
+		if seen[p] {
+			return invalid("%s lists %q twice", field, p)
 		}
-		return auth.Principal{ApplicationID: k.GetApplicationId(), KeyID: k.GetId()}, nil
-	})
+		seen[p] = true
+	}
+	return nil
 }

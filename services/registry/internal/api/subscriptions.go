@@ -1,0 +1,230 @@
+package api
+
+import (
+	"context"
+	"net/url"
+	"strings"
+	"sync"
+
+	"cel.dev/cel-go/cel"
+	"connectrpc.com/connect"
+	registryv1 "github.com/heraldmesh/herald/api/gen/herald/registry/v1"
+	"github.com/heraldmesh/herald/platform/access"
+	"github.com/heraldmesh/herald/platform/auth"
+)
+
+const (
+	maxSubscriptionTypes = 100
+	maxFilter            = 4096
+	maxURL               = 2048
+)
+
+// filterEnv declares what a subscription filter sees: event, the CloudEvent
+// attributes by name (id, source, type, subject, time, extensions...), and
+// data, the event data decoded from JSON.
+var filterEnv = sync.OnceValues(func() (*cel.Env, error) {
+	return cel.NewEnv(
+		cel.Variable("event", cel.MapType(cel.StringType, cel.DynType)),
+		cel.Variable("data", cel.DynType),
+	)
+})
+
+// checkFilter compiles and type-checks a filter: it must be a boolean
+// expression.
+func checkFilter(filter string) error {
+	if filter == "" {
+		return nil
+	}
+	if len(filter) > maxFilter {
+		return invalid("subscription.filter is %d bytes, more than the %d allowed", len(filter), maxFilter)
+	}
+	env, err := filterEnv()
+	if err != nil {
+		return connect.NewError(connect.CodeInternal, err)
+	}
+	ast, iss := env.Compile(filter)
+	if iss.Err() != nil {
+		return invalid("subscription.filter: %v", iss.Err())
+	}
+	if t := ast.OutputType(); !t.IsExactType(cel.BoolType) {
+		return invalid("subscription.filter must be a boolean expression, but %q is of type %s", filter, t)
+	}
+	return nil
+}
+
+func checkChannel(sub *registryv1.Subscription) error {
+	switch ch := sub.GetChannel().(type) {
+	case *registryv1.Subscription_Stream:
+		return nil
+	case *registryv1.Subscription_Webhook:
+		raw := ch.Webhook.GetUrl()
+		if len(raw) > maxURL {
+			return invalid("subscription.webhook.url is longer than %d characters", maxURL)
+		}
+		u, err := url.Parse(raw)
+		if err != nil || !u.IsAbs() || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+			return invalid("subscription.webhook.url %q must be an absolute http or https URL", raw)
+		}
+		return nil
+	default:
+		return invalid("subscription needs a channel: webhook {url} or stream {}")
+	}
+}
+
+func checkStart(sub *registryv1.Subscription) error {
+	switch p := sub.GetStart().GetPosition().(type) {
+	case *registryv1.StartPosition_Cursor:
+		ms, seq, ok := strings.Cut(p.Cursor, "-")
+		if !ok || !digits(ms) || !digits(seq) {
+			return invalid("subscription.start.cursor %q is not a cursor: cursors look like 1718000000000-0", p.Cursor)
+		}
+	case *registryv1.StartPosition_Time:
+		if err := p.Time.CheckValid(); err != nil {
+			return invalid("subscription.start.time: %v", err)
+		}
+	}
+	return nil
+}
+
+func digits(s string) bool {
+	if s == "" || len(s) > 20 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return false
+		}
+	}
+	return true
+}
+
+// mayReceive tells why an application may not subscribe to the types it
+// names: every exact name must be visible to its audience, not retired,
+// and covered by a subscribe grant; every pattern covered by a subscribe
+// grant (types it will match are checked for visibility on delivery).
+func mayReceive(app *registryv1.Application, patterns []string, types map[string]*registryv1.EventType) error {
+	for _, p := range patterns {
+		if et, ok := types[p]; ok {
+			if !access.Visible(app.GetAudience(), et.GetVisibility()) {
+				return denied("application %s (audience %s) may not see event type %s (visibility %s)",
+					app.GetId(), audienceName(app.GetAudience()), p, visibilityName(et.GetVisibility()))
+			}
+			if et.GetLifecycle() == registryv1.Lifecycle_LIFECYCLE_RETIRED {
+				return failedPrecondition("event type %s is retired: it takes no new subscriptions", p)
+			}
+		}
+		if !access.Allowed(app.GetGrants(), registryv1.GrantAction_GRANT_ACTION_SUBSCRIBE, p) {
+			return denied("application %s has no subscribe grant covering %s", app.GetId(), p)
+		}
+	}
+	return nil
+}
+
+// audienceName names an audience as people say it; unset is INTERNAL.
+func audienceName(a registryv1.Audience) string {
+	if a == registryv1.Audience_AUDIENCE_UNSPECIFIED {
+		a = registryv1.Audience_AUDIENCE_INTERNAL
+	}
+	return strings.TrimPrefix(a.String(), "AUDIENCE_")
+}
+
+// visibilityName names a visibility as people say it; unset is INTERNAL.
+func visibilityName(v registryv1.Visibility) string {
+	if v == registryv1.Visibility_VISIBILITY_UNSPECIFIED {
+		v = registryv1.Visibility_VISIBILITY_INTERNAL
+	}
+	return strings.TrimPrefix(v.String(), "VISIBILITY_")
+}
+
+// CreateSubscription implements RegistryService. An application key may
+// subscribe only itself.
+func (h *Handler) CreateSubscription(ctx context.Context, req *connect.Request[registryv1.CreateSubscriptionRequest]) (*connect.Response[registryv1.CreateSubscriptionResponse], error) {
+	in := req.Msg.GetSubscription()
+	if in == nil {
+		return nil, invalid("subscription is required")
+	}
+	appID := in.GetApplicationId()
+	if p, _ := auth.FromContext(ctx); appID == "" && !p.Admin {
+		appID = p.ApplicationID
+	}
+	if appID == "" {
+		return nil, invalid("subscription.application_id is required")
+	}
+	if err := self(ctx, appID, "create subscriptions"); err != nil {
+		return nil, err
+	}
+	if err := validPatterns("subscription.types", in.GetTypes(), maxSubscriptionTypes); err != nil {
+		return nil, err
+	}
+	if err := checkFilter(in.GetFilter()); err != nil {
+		return nil, err
+	}
+	if err := checkChannel(in); err != nil {
+		return nil, err
+	}
+	if err := checkStart(in); err != nil {
+		return nil, err
+	}
+	sub := &registryv1.Subscription{
+		Id: auth.NewID("sub_"), ApplicationId: appID, Types: in.GetTypes(), Filter: in.GetFilter(),
+		Channel: in.GetChannel(), Start: in.GetStart(),
+	}
+	sub, err := h.store.CreateSubscription(ctx, sub, func(app *registryv1.Application, types map[string]*registryv1.EventType) error {
+		return mayReceive(app, sub.GetTypes(), types)
+	})
+	if err != nil {
+		return nil, fail(err)
+	}
+	return connect.NewResponse(&registryv1.CreateSubscriptionResponse{Subscription: sub}), nil
+}
+
+// GetSubscription implements RegistryService.
+func (h *Handler) GetSubscription(ctx context.Context, req *connect.Request[registryv1.GetSubscriptionRequest]) (*connect.Response[registryv1.GetSubscriptionResponse], error) {
+	sub, err := h.ownSubscription(ctx, req.Msg.GetId(), "read subscriptions")
+	if err != nil {
+		return nil, err
+	}
+	return connect.NewResponse(&registryv1.GetSubscriptionResponse{Subscription: sub}), nil
+}
+
+func (h *Handler) ownSubscription(ctx context.Context, id, what string) (*registryv1.Subscription, error) {
+	if id == "" {
+		return nil, invalid("id is required")
+	}
+	sub, err := h.store.GetSubscription(ctx, id)
+	if err != nil {
+		return nil, fail(err)
+	}
+	if err := self(ctx, sub.GetApplicationId(), what); err != nil {
+		return nil, err
+	}
+	return sub, nil
+}
+
+// ListSubscriptions implements RegistryService. An application key lists
+// its own.
+func (h *Handler) ListSubscriptions(ctx context.Context, req *connect.Request[registryv1.ListSubscriptionsRequest]) (*connect.Response[registryv1.ListSubscriptionsResponse], error) {
+	appID := req.Msg.GetApplicationId()
+	if p, _ := auth.FromContext(ctx); appID == "" && !p.Admin {
+		appID = p.ApplicationID
+	}
+	if err := self(ctx, appID, "list subscriptions"); err != nil {
+		return nil, err
+	}
+	subs, err := h.store.ListSubscriptions(ctx, appID)
+	if err != nil {
+		return nil, fail(err)
+	}
+	return connect.NewResponse(&registryv1.ListSubscriptionsResponse{Subscriptions: subs}), nil
+}
+
+// DeleteSubscription implements RegistryService.
+func (h *Handler) DeleteSubscription(ctx context.Context, req *connect.Request[registryv1.DeleteSubscriptionRequest]) (*connect.Response[registryv1.DeleteSubscriptionResponse], error) {
+	if _, err := h.ownSubscription(ctx, req.Msg.GetId(), "delete subscriptions"); err != nil {
+		return nil, err
+	}
+	if err := h.store.DeleteSubscription(ctx, req.Msg.GetId()); err != nil {
+		return nil, fail(err)
+	}
+	return connect.NewResponse(&registryv1.DeleteSubscriptionResponse{}), nil
+}

@@ -1,0 +1,138 @@
+package catalogview
+
+import (
+	"time"
+
+	registryv1 "github.com/heraldmesh/herald/api/gen/herald/registry/v1"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+)
+
+const (
+	// paidV1..3 are the schema versions of billing.invoice.paid; v3 uses
+	// 2020-12 features: $defs, $anchor, prefixItems, dependentRequired,
+	// unevaluatedProperties.
+	paidV1 = `{"type":"object","required":["invoice_id"],"properties":{"invoice_id":{"type":"string"}}}`
+	paidV2 = `{"type":"object","required":["invoice_id"],"properties":{"invoice_id":{"type":"string"},"amount":{"type":"integer"}}}`
+	paidV3 = `{
+  "$schema": "https://json-schema.org/draft/2020-12/schema",
+  "title": "Invoice paid",
+  "type": "object",
+  "required": ["invoice_id", "total"],
+  "properties": {
+    "invoice_id": {"type": "string", "pattern": "^inv_[a-z0-9]+$"},
+    "total": {"$ref": "#/$defs/money"},
+    "lines": {"type": "array", "items": {"$ref": "#/$defs/line"}},
+    "payer": {"$ref": "#party"},
+    "period": {"type": "array", "prefixItems": [{"type": "string", "format": "date"}, {"type": "string", "format": "date"}], "items": false},
+    "card": {"type": "object", "properties": {"last4": {"type": "string"}, "brand": {"enum": ["visa", "mastercard"]}}, "dependentRequired": {"last4": ["brand"]}},
+    "weird key/with~chars": {"$ref": "#/$defs/odd~1name"},
+    "spaced": {"$ref": "#/$defs/with%20space"}
+  },
+  "unevaluatedProperties": false,
+  "$defs": {
+    "money": {"type": "object", "required": ["amount", "currency"], "properties": {"amount": {"type": "integer", "minimum": 0}, "currency": {"type": "string", "pattern": "^[A-Z]{3}$"}}},
+    "line": {"type": "object", "properties": {"sku": {"type": "string"}, "price": {"$ref": "#/$defs/money"}, "note": {"type": ["string", "null"]}}},
+    "party": {"$anchor": "party", "type": "object", "properties": {"name": {"type": "string"}, "email": {"type": "string", "format": "email"}}},
+    "odd/name": {"type": "string"},
+    "with space": {"type": "boolean"}
+  }
+}`
+	// userSchema has an $id, a relative reference to a nested resource and
+	// a recursive reference to its root.
+	userSchema = `{
+  "$id": "https://schemas.example.com/identity/user.json",
+  "type": "object",
+  "required": ["user_id", "email"],
+  "properties": {
+    "user_id": {"type": "string"},
+    "email": {"type": "string", "format": "email"},
+    "address": {"$ref": "address.json"},
+    "referrer": {"$ref": "#"},
+    "tags": {"$ref": "user.json#/$defs/tags"}
+  },
+  "$defs": {
+    "tags": {"type": "array", "items": {"type": "string"}, "uniqueItems": true},
+    "address": {"$id": "address.json", "type": "object", "properties": {"city": {"type": "string"}, "next": {"$ref": "#"}}}
+  }
+}`
+	createdSchema = `{"type":"object","required":["invoice_id"],"properties":{"invoice_id":{"type":"string"},"amount":{"type":"integer"}}}`
+)
+
+var sunset = time.Date(2031, 6, 30, 0, 0, 0, 0, time.UTC)
+
+// sampleCatalog is a representative catalog: registered and unregistered
+// domains, every visibility and lifecycle, several schema versions,
+// examples, products and an application.
+func sampleCatalog() *Catalog {
+	return &Catalog{
+		Revision: 42,
+		Domains: []*registryv1.Domain{
+			{Name: "identity", Description: "Users and their sign-ins.", Owner: "identity-team"},
+			{Name: "billing", Description: "Invoices & payments <money>.", Owner: "payments-team"},
+			{Name: "shipping", Description: "Parcels.", Owner: "logistics"},
+		},
+		EventTypes: []*registryv1.EventType{
+			{
+				Name: "billing.invoice.paid", Description: "An invoice was paid in full. The amount is in minor units.",
+				Schema: paidV3, SchemaVersion: 3, Owner: "payments-team",
+				Visibility: registryv1.Visibility_VISIBILITY_PUBLIC, Lifecycle: registryv1.Lifecycle_LIFECYCLE_ACTIVE,
+				Compatibility: registryv1.Compatibility_COMPATIBILITY_BACKWARD_TRANSITIVE,
+				Retention:     &registryv1.RetentionPolicy{MaxAge: durationpb.New(720 * time.Hour), MaxEvents: 1000000},
+				Partitions:    4,
+				Examples: []*registryv1.Example{
+					{Name: "card", Summary: "Paid by card", Data: `{"invoice_id":"inv_1","total":{"amount":1250,"currency":"EUR"},"card":{"last4":"4242","brand":"visa"}}`},
+					{Name: "old", Summary: "Version 1 payload", Data: `{"invoice_id":"inv_0"}`, SchemaVersion: 1},
+				},
+			},
+			{
+				Name: "billing.invoice.created", Description: `An invoice was issued. <script>alert("x")</script>`,
+				Schema: createdSchema, SchemaVersion: 1, Owner: "payments-team",
+				Visibility: registryv1.Visibility_VISIBILITY_PARTNER, Lifecycle: registryv1.Lifecycle_LIFECYCLE_DEPRECATED,
+				SunsetTime: timestamppb.New(sunset),
+				Examples:   []*registryv1.Example{{Name: "plain", Data: `{"invoice_id":"inv_2","amount":10}`}},
+			},
+			{
+				Name: "billing.refund.issued", Description: "A refund was issued.",
+				Schema: `{"type":"object"}`, SchemaVersion: 1,
+				Lifecycle: registryv1.Lifecycle_LIFECYCLE_RETIRED, SunsetTime: timestamppb.New(time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC)),
+			},
+			{
+				Name: "identity.user.created", Description: "A user signed up.",
+				Schema: userSchema, SchemaVersion: 1, Owner: "identity-team",
+				Visibility: registryv1.Visibility_VISIBILITY_PUBLIC,
+				Examples:   []*registryv1.Example{{Name: "signup", Summary: "A sign-up", Data: `{"user_id":"u1","email":"a@example.com","tags":["new"]}`}},
+			},
+			{
+				Name: "orders.order.placed", Description: "An order was placed.",
+				Schema: `true`, SchemaVersion: 1, Visibility: registryv1.Visibility_VISIBILITY_INTERNAL,
+			},
+		},
+		Products: []*registryv1.Product{
+			{Name: "payments-pro", Description: "Every billing event.", EventTypes: []string{"billing.*"}},
+			{Name: "identity-basic", Description: "Sign-ups.", EventTypes: []string{"identity.user.created"}},
+			{Name: "everything", Description: "All of it.", EventTypes: []string{"*"}},
+		},
+		SchemaVersions: map[string][]*registryv1.SchemaVersion{
+			"billing.invoice.paid": {
+				{EventType: "billing.invoice.paid", Version: 1, Schema: paidV1},
+				{EventType: "billing.invoice.paid", Version: 2, Schema: paidV2},
+				{EventType: "billing.invoice.paid", Version: 3, Schema: paidV3},
+			},
+			"billing.invoice.created": {{EventType: "billing.invoice.created", Version: 1, Schema: createdSchema}},
+			"billing.refund.issued":   {{EventType: "billing.refund.issued", Version: 1, Schema: `{"type":"object"}`}},
+			"identity.user.created":   {{EventType: "identity.user.created", Version: 1, Schema: userSchema}},
+			"orders.order.placed":     {{EventType: "orders.order.placed", Version: 1, Schema: `true`}},
+		},
+		Applications: []*registryv1.Application{
+			{
+				Id: "app_partner", Name: "Partner app", Audience: registryv1.Audience_AUDIENCE_PARTNER,
+				Grants: []*registryv1.Grant{
+					{Action: registryv1.GrantAction_GRANT_ACTION_SUBSCRIBE, Pattern: "billing.*"},
+					{Action: registryv1.GrantAction_GRANT_ACTION_PUBLISH, Pattern: "identity.*"},
+					{Action: registryv1.GrantAction_GRANT_ACTION_SUBSCRIBE, Pattern: "orders.*"},
+				},
+			},
+		},
+	}
+}
