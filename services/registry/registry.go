@@ -7,12 +7,16 @@ import (
 	"context"
 	"log/slog"
 	"net"
+	"net/http"
 
+	registryv1 "github.com/heraldmesh/herald/api/gen/herald/registry/v1"
 	"github.com/heraldmesh/herald/api/gen/herald/registry/v1/registryv1connect"
 	"github.com/heraldmesh/herald/platform/auth"
 	"github.com/heraldmesh/herald/platform/config"
+	"github.com/heraldmesh/herald/platform/rpc"
 	"github.com/heraldmesh/herald/platform/service"
 	"github.com/heraldmesh/herald/services/registry/internal/api"
+	"github.com/heraldmesh/herald/services/registry/internal/catalogview"
 	"github.com/heraldmesh/herald/services/registry/internal/store"
 	"github.com/redis/go-redis/v9"
 )
@@ -45,8 +49,31 @@ func New(cfg Config) (*Service, error) {
 	if err != nil {
 		return nil, err
 	}
-	h = api.New(store.New(base.Redis), base.Server.StreamContext())
+	st := store.New(base.Redis)
+	h = api.New(st, base.Server.StreamContext())
 	base.Server.Handle(registryv1connect.NewRegistryServiceHandler(h, base.HandlerOptions()...))
+
+	// The catalog as documents: AsyncAPI 3.0 and a page for people, each
+	// narrowed to what the caller's audience may see.
+	load := func(ctx context.Context) (*catalogview.Catalog, error) {
+		snap, err := st.Snapshot(ctx)
+		return (*catalogview.Catalog)(snap), err
+	}
+	audience := func(r *http.Request) (registryv1.Audience, error) {
+		p, _ := auth.FromContext(r.Context())
+		if p.Admin {
+			return registryv1.Audience_AUDIENCE_INTERNAL, nil
+		}
+		app, err := st.GetApplication(r.Context(), p.ApplicationID)
+		if err != nil {
+			return 0, err
+		}
+		return app.GetAudience(), nil
+	}
+	views := base.Auth.Middleware(true, catalogview.Handler(load, rpc.BaseURL(cfg.EdgeAddr), catalogview.WithAudience(audience)))
+	for _, route := range []string{"GET /asyncapi.json", "GET /asyncapi.yaml", "GET /catalog"} {
+		base.Server.HandleHTTP(route, views)
+	}
 	return &Service{base: base}, nil
 }
 

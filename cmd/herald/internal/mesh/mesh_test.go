@@ -529,3 +529,40 @@ func TestRevokedAndRotatedKeysStopWorking(t *testing.T) {
 	testutil.Eventually(t, 5*time.Second, unauthenticated(e.appKey), "the revoked key still publishes")
 	t.Logf("revocation took effect on publish after %v", time.Since(revokedAt))
 }
+
+func TestCatalogDocuments(t *testing.T) {
+	e := start(t)
+	base := rpc.BaseURL(e.common.RegistryAddr)
+	get := func(path, key string) (int, string, string) {
+		req, _ := http.NewRequest("GET", base+path, nil)
+		if key != "" {
+			req.Header.Set("Authorization", "Bearer "+key)
+		}
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer res.Body.Close()
+		body, _ := io.ReadAll(res.Body)
+		return res.StatusCode, res.Header.Get("Content-Type"), string(body)
+	}
+	code, ctype, body := get("/asyncapi.json", adminKey)
+	var doc map[string]any
+	if code != http.StatusOK || json.Unmarshal([]byte(body), &doc) != nil || doc["asyncapi"] != "3.0.0" || !strings.Contains(body, "billing.invoice.paid") {
+		t.Fatalf("asyncapi.json: %d %s %.300s", code, ctype, body)
+	}
+	if code, _, body := get("/asyncapi.yaml?domain=billing", adminKey); code != http.StatusOK || !strings.Contains(body, "asyncapi: 3.0.0") {
+		t.Fatalf("asyncapi.yaml: %d %.300s", code, body)
+	}
+	if code, ctype, body := get("/catalog", e.appKey); code != http.StatusOK || !strings.HasPrefix(ctype, "text/html") || !strings.Contains(body, "billing.invoice.paid") {
+		t.Fatalf("catalog page: %d %s %.300s", code, ctype, body)
+	}
+	for _, p := range []string{"/asyncapi.json", "/catalog"} {
+		if code, _, _ := get(p, ""); code != http.StatusUnauthorized {
+			t.Fatalf("%s without a key: %d", p, code)
+		}
+	}
+	if code, _, _ := get("/asyncapi.json?domain=nope", adminKey); code != http.StatusNotFound {
+		t.Fatalf("unknown domain: %d", code)
+	}
+}
