@@ -42,10 +42,21 @@ lint: tools
 	@out=$$(gofmt -l $(MODULES)); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 
 ## test: every test (what CI runs): generated code fresh, lint, Go tests with the race detector
-test: check-generated lint test-go
+test: check-generated lint test-node test-go
 
-test-go: tools
+## test-node: install the Node test tooling (tests/asyncapi: the official AsyncAPI parser, pinned by
+## package-lock.json) that the catalog's Go tests run to check the AsyncAPI export
+test-node:
+	cd tests/asyncapi && npm ci --no-audit --no-fund --ignore-scripts
+
+test-go: tools test-node
 	go test -race -count=1 -timeout 20m $(PKGS)
+
+## bench: Go benchmarks (Publish vs raw XADD, batches of 100), then `herald bench publish`
+## with its defaults (Herald vs raw XADD vs NATS JetStream): see BENCHMARKS.md
+bench: build
+	go test -run '^$$' -bench 'PublishBatch100|XAddBatch100' -count=1 ./cmd/herald/internal/bench
+	$(BIN)/herald bench publish
 
 clean:
 	rm -rf bin var

@@ -17,6 +17,8 @@ func main() {
 		SilenceErrors: true,
 	}
 	root.AddCommand(devCommand())
+	root.AddCommand(catalogCommand())
+	root.AddCommand(benchCommand())
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "herald:", err)
 		os.Exit(1)

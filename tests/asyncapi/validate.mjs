@@ -2,11 +2,12 @@
 // validate.mjs checks an AsyncAPI document with the official parser
 // (@asyncapi/parser, pinned in package.json) and prints its diagnostics.
 //
-//   node validate.mjs [--strict] [--quiet] [FILE | -]
+//   node validate.mjs [--strict] [--quiet] [FILE | -]...
 //
-// With no FILE, or "-", the document is read from standard input. The exit
-// code is 0 when the parser reports no error, 1 when it reports errors (or,
-// with --strict, warnings too), 2 on bad usage or an unreadable file.
+// With no FILE, or "-", the document is read from standard input; several
+// files are checked one after the other. The exit code is 0 when the parser
+// reports no error in any of them, 1 when it reports errors (or, with
+// --strict, warnings too), 2 on bad usage or an unreadable file.
 import { readFile } from 'node:fs/promises';
 import { Parser, DiagnosticSeverity } from '@asyncapi/parser';
 
@@ -19,7 +20,7 @@ const severityName = {
 
 function usage(msg) {
   if (msg) console.error(`validate: ${msg}`);
-  console.error('usage: node validate.mjs [--strict] [--quiet] [FILE | -]');
+  console.error('usage: node validate.mjs [--strict] [--quiet] [FILE | -]...');
   process.exit(2);
 }
 
@@ -40,9 +41,19 @@ async function main() {
     else if (arg.startsWith('--')) usage(`unknown flag ${arg}`);
     else files.push(arg);
   }
-  if (files.length > 1) usage('give at most one document');
-  const source = files[0] ?? '-';
+  if (files.length === 0) files.push('-');
+  if (files.filter((f) => f === '-').length > 1) usage('standard input can be read only once');
 
+  const parser = new Parser();
+  let failures = 0;
+  for (const source of files) {
+    if (!(await validate(parser, source, { strict, quiet }))) failures++;
+  }
+  process.exit(failures > 0 ? 1 : 0);
+}
+
+// validate checks one document and reports whether it passed.
+async function validate(parser, source, { strict, quiet }) {
   let text;
   try {
     text = source === '-' ? await readStdin() : await readFile(source, 'utf8');
@@ -51,8 +62,8 @@ async function main() {
     process.exit(2);
   }
 
-  const parser = new Parser();
   const { document, diagnostics } = await parser.parse(text, source === '-' ? {} : { source });
+  const name = source === '-' ? '<stdin>' : source;
 
   let errors = 0;
   let warnings = 0;
@@ -62,19 +73,18 @@ async function main() {
     if (quiet && d.severity !== DiagnosticSeverity.Error && !(strict && d.severity === DiagnosticSeverity.Warning)) continue;
     const where = Array.isArray(d.path) && d.path.length > 0 ? `/${d.path.join('/')}` : '/';
     const line = d.range ? `:${d.range.start.line + 1}` : '';
-    console.error(`${severityName[d.severity] ?? d.severity} ${d.code} at ${where}${line}: ${d.message}`);
+    console.error(`${name}: ${severityName[d.severity] ?? d.severity} ${d.code} at ${where}${line}: ${d.message}`);
   }
 
-  const failed = errors > 0 || (strict && warnings > 0) || document === undefined;
-  const name = source === '-' ? '<stdin>' : source;
-  if (failed) {
+  if (errors > 0 || (strict && warnings > 0) || document === undefined) {
     console.error(`${name}: INVALID: ${errors} error(s), ${warnings} warning(s)`);
-    process.exit(1);
+    return false;
   }
   if (!quiet) {
     console.log(`${name}: valid AsyncAPI ${document.version()}: ${document.channels().length} channel(s), ` +
       `${document.operations().length} operation(s), ${document.allMessages().length} message(s); ${warnings} warning(s)`);
   }
+  return true;
 }
 
 main().catch((err) => {

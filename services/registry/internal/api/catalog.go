@@ -276,7 +276,7 @@ func (h *Handler) CreateEventType(ctx context.Context, req *connect.Request[regi
 	if err := checkExamples(in.GetName(), in.GetExamples(), v1); err != nil {
 		return nil, err
 	}
-	et := &registryv1.EventType{Name: in.GetName(), Schema: in.GetSchema()}
+	et := &registryv1.EventType{Name: in.GetName(), Schema: in.GetSchema(), Partitions: in.GetPartitions()}
 	setTypeMetadata(et, in)
 	if et.Partitions == 0 {
 		et.Partitions = 1

@@ -1,0 +1,239 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	eventv1 "github.com/heraldmesh/herald/api/gen/herald/event/v1"
+	"github.com/heraldmesh/herald/platform/config"
+	"github.com/heraldmesh/herald/platform/eventlog"
+	"github.com/heraldmesh/herald/platform/testutil"
+	"github.com/heraldmesh/herald/services/router"
+	"github.com/redis/go-redis/v9"
+)
+
+// routerChildEnv makes the test binary run as the router, so that the test
+// exercises the separate-process path without building ./bin/router.
+const routerChildEnv = "HERALD_BENCH_TEST_ROUTER_CHILD"
+
+func TestMain(m *testing.M) {
+	if os.Getenv(routerChildEnv) == "1" {
+		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+		svc, err := router.New(router.Config{Common: config.FromEnv()})
+		if err == nil {
+			err = svc.Run(ctx)
+		}
+		stop()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "router:", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// TestRunSmall runs `herald bench publish` with tiny numbers: the plumbing
+// (processes, phases, /proc readings) and the correctness checks.
+func TestRunSmall(t *testing.T) {
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := Options{
+		Events: 200, Batch: 20, Concurrency: 4, PayloadBytes: 200,
+		RouterBin: exe, RouterEnv: []string{routerChildEnv + "=1"},
+		Timeout: 60 * time.Second,
+	}
+	// The only conditional: the JetStream phases run when nats-server is
+	// installed (it is on this project's machines); nothing is installed.
+	if p, err := FindNATSServer(); err == nil {
+		o.NATSServer = p
+		t.Logf("NATS JetStream phases included (%s)", p)
+	} else {
+		t.Logf("NATS JetStream phases skipped: %v", err)
+	}
+	var progress bytes.Buffer
+	o.Progress = &progress
+	rep, err := Run(context.Background(), o)
+	if err != nil {
+		t.Fatalf("%v\nprogress:\n%s", err, progress.String())
+	}
+	want := []string{"herald-single", "herald-batch", "xadd-single", "xadd-batch"}
+	if o.NATSServer != "" {
+		want = append(want, "nats-js-async", "nats-js-sync")
+	}
+	var got []string
+	for _, p := range rep.Phases {
+		got = append(got, p.Name)
+		if p.Events != 200 || p.EventsPerS <= 0 || p.P50Ms <= 0 || p.P99Ms < p.P50Ms {
+			t.Errorf("phase %s: %+v", p.Name, p)
+		}
+		if strings.HasPrefix(p.Name, "herald-") && (p.Router == nil || p.Router.PeakRSSMiB <= 0 || p.RedisCPUSeconds == nil) {
+			t.Errorf("phase %s has no router or redis usage: %+v", p.Name, p)
+		}
+		if strings.HasPrefix(p.Name, "nats-") && p.NATS == nil {
+			t.Errorf("phase %s has no nats-server usage", p.Name)
+		}
+	}
+	if strings.Join(got, ",") != strings.Join(want, ",") {
+		t.Errorf("phases %v, want %v", got, want)
+	}
+	if len(rep.Checks) < 4 {
+		t.Errorf("only %d checks: %+v", len(rep.Checks), rep.Checks)
+	}
+	for _, c := range rep.Checks {
+		if !c.OK {
+			t.Errorf("check failed: %s: %s", c.Name, c.Detail)
+		}
+	}
+	if rep.Settings.Principal == "" {
+		t.Error("no principal reported")
+	}
+	var table, js bytes.Buffer
+	if err := rep.WriteTable(&table); err != nil {
+		t.Fatal(err)
+	}
+	if err := rep.WriteJSON(&js); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("publishing as: %s\n%s", rep.Settings.Principal, table.String())
+}
+
+// inProcessHerald runs the registry and the router in this process against
+// a private redis-server (AOF, appendfsync always) and returns a publisher.
+func inProcessHerald(b *testing.B) (*publisher, *redis.Client) {
+	b.Helper()
+	srv := testutil.Redis(b)
+	common := config.Common{RedisURL: srv.URL(), AdminKey: "bench-admin-key-0123456789",
+		RegistryAddr: testutil.FreeAddr(b), RouterAddr: testutil.FreeAddr(b), EdgeAddr: "127.0.0.1:0", MeteringAddr: "127.0.0.1:0"}
+	ctx := context.Background()
+	log := slog.New(slog.DiscardHandler)
+	stopRegistry, err := startRegistry(ctx, common, log)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(stopRegistry)
+	rt, err := router.New(router.Config{Common: common, Logger: log})
+	if err != nil {
+		b.Fatal(err)
+	}
+	if _, err := rt.Listen(); err != nil {
+		b.Fatal(err)
+	}
+	rctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- rt.Run(rctx) }()
+	b.Cleanup(func() { cancel(); <-done })
+	if note, err := waitReady(ctx, common.RouterAddr, 30*time.Second, 5*time.Second, nil); err != nil {
+		b.Fatal(err)
+	} else if note != "" {
+		b.Log("router " + note)
+	}
+	p, err := setupCatalog(ctx, common.RegistryAddr, common.AdminKey, false)
+	if err != nil {
+		b.Fatal(err)
+	}
+	pub, err := newPublisher(common.RouterAddr, p.key)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { pub.Close() })
+	if _, err := pub.publish(ctx, makeEvents("probe", 1, 256), false); err != nil {
+		if p.account == "admin" {
+			b.Fatal(err)
+		}
+		b.Logf("application key refused (%v): publishing with the admin key", err)
+		pub.key = common.AdminKey
+	}
+	return pub, testutil.RedisClient(b, srv)
+}
+
+const benchBatch = 100
+
+// batchSource returns a function handing out batches of benchBatch new
+// events (fresh ids, so the dedupe check never short-cuts), made 100
+// batches at a time with the timer stopped.
+func batchSource(b *testing.B) func() []*eventv1.CloudEvent {
+	var pool [][]*eventv1.CloudEvent
+	made := 0
+	return func() []*eventv1.CloudEvent {
+		if len(pool) == 0 {
+			b.StopTimer()
+			pool = batches(makeEvents(fmt.Sprintf("b%d", made), 100*benchBatch, 256), benchBatch)
+			made++
+			b.StartTimer()
+		}
+		evs := pool[0]
+		pool = pool[1:]
+		return evs
+	}
+}
+
+// BenchmarkPublishBatch100 publishes batches of 100 new events (256-byte
+// JSON data, validated against Schema, deduplicated) over gRPC to an
+// in-process router.
+func BenchmarkPublishBatch100(b *testing.B) {
+	pub, _ := inProcessHerald(b)
+	ctx := context.Background()
+	next := batchSource(b)
+	for b.Loop() {
+		evs := next()
+		if _, err := pub.publish(ctx, evs, false); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(benchBatch*b.N)/b.Elapsed().Seconds(), "events/s")
+}
+
+// BenchmarkXAddBatch100 writes the same log entries as raw pipelined XADD
+// to the same kind of redis-server (AOF, appendfsync always).
+func BenchmarkXAddBatch100(b *testing.B) {
+	rdb := testutil.RedisClient(b, testutil.Redis(b))
+	ctx := context.Background()
+	next := batchSource(b)
+	for b.Loop() {
+		evs := next()
+		pipe := rdb.Pipeline()
+		for _, ev := range evs {
+			// The entry the router writes; encoding it is part of its cost too.
+			f, err := eventlog.Encode(ev, "admin")
+			if err != nil {
+				b.Fatal(err)
+			}
+			xadd(ctx, pipe, eventlog.StreamKey(EventType), f)
+		}
+		if _, err := pipe.Exec(ctx); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(benchBatch*b.N)/b.Elapsed().Seconds(), "events/s")
+}
+
+func TestPercentile(t *testing.T) {
+	d := []time.Duration{1, 2, 3, 4, 5, 6, 7, 8, 9, 10}
+	for i := range d {
+		d[i] *= time.Millisecond
+	}
+	if p := percentile(d, 50); p != 5 {
+		t.Errorf("p50 = %v", p)
+	}
+	if p := percentile(d, 99); p != 10 {
+		t.Errorf("p99 = %v", p)
+	}
+	if p := percentile(nil, 99); p != 0 {
+		t.Errorf("p99 of nothing = %v", p)
+	}
+	if _, _, err := runCalls(context.Background(), 10, 3, func(context.Context, int) error { return errors.New("boom") }); err == nil {
+		t.Error("runCalls hid an error")
+	}
+}
