@@ -566,3 +566,58 @@ func TestCatalogDocuments(t *testing.T) {
 		t.Fatalf("unknown domain: %d", code)
 	}
 }
+
+// Catalog changes reach the publish path through Watch: a new schema
+// version and a withdrawn grant apply to the next publishes.
+func TestSchemaAndGrantChangesReachPublish(t *testing.T) {
+	e := start(t)
+	ctx := context.Background()
+	_, err := e.reg.CreateEventType(ctx, connect.NewRequest(&registryv1.CreateEventTypeRequest{EventType: &registryv1.EventType{
+		Name: "billing.refund.issued", Schema: `{"type":"object"}`, Compatibility: registryv1.Compatibility_COMPATIBILITY_NONE,
+	}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	refund := func(id, data string) *eventv1.CloudEvent {
+		return &eventv1.CloudEvent{Id: id, Source: "//refunds", SpecVersion: "1.0", Type: "billing.refund.issued",
+			Data: &eventv1.CloudEvent_TextData{TextData: data}}
+	}
+	publishCode := func(ev *eventv1.CloudEvent) int32 {
+		res, err := e.router.Publish(withKey(e.appKey), &routerv1.PublishRequest{Events: []*eventv1.CloudEvent{ev}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res.GetResults()[0].GetError().GetCode()
+	}
+	if c := publishCode(refund("r0", `{}`)); c != 0 {
+		t.Fatalf("first publish refused with %d", c)
+	}
+	changedAt := time.Now()
+	if _, err := e.reg.CreateSchemaVersion(ctx, connect.NewRequest(&registryv1.CreateSchemaVersionRequest{
+		EventType: "billing.refund.issued", Schema: `{"type":"object","required":["refund_id"]}`,
+	})); err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	testutil.Eventually(t, 5*time.Second, func() bool {
+		n++
+		return publishCode(refund(fmt.Sprint("r", n), `{}`)) == int32(codes.InvalidArgument)
+	}, "the new schema version never applied to publish")
+	t.Logf("new schema version applied after %v", time.Since(changedAt))
+
+	app, err := e.reg.GetApplication(ctx, connect.NewRequest(&registryv1.GetApplicationRequest{Id: e.appID}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	upd := app.Msg.GetApplication()
+	upd.Grants = []*registryv1.Grant{{Action: registryv1.GrantAction_GRANT_ACTION_SUBSCRIBE, Pattern: "*"}}
+	changedAt = time.Now()
+	if _, err := e.reg.UpdateApplication(ctx, connect.NewRequest(&registryv1.UpdateApplicationRequest{Application: upd})); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 5*time.Second, func() bool {
+		n++
+		return publishCode(refund(fmt.Sprint("r", n), `{"refund_id":"x"}`)) == int32(codes.PermissionDenied)
+	}, "the withdrawn publish grant never applied")
+	t.Logf("withdrawn grant applied after %v", time.Since(changedAt))
+}
