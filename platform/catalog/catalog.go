@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -314,18 +315,8 @@ func (c *Cache) Subscriptions() []*registryv1.Subscription {
 	for _, s := range c.subs {
 		out = append(out, s)
 	}
-	slices.SortFunc(out, func(a, b *registryv1.Subscription) int { return compareStrings(a.GetId(), b.GetId()) })
+	slices.SortFunc(out, func(a, b *registryv1.Subscription) int { return strings.Compare(a.GetId(), b.GetId()) })
 	return out
-}
-
-func compareStrings(a, b string) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // ResolveKey implements auth.Resolver from the local key table, asking the

@@ -59,10 +59,7 @@ func New(o Options) (*Base, error) {
 	if o.Addr == "" {
 		return nil, fmt.Errorf("%s: no listen address", o.Name)
 	}
-	log := telemetry.Logger(os.Stderr, o.Name, slog.LevelInfo)
-	if o.Logger != nil {
-		log = o.Logger.With("service", o.Name)
-	}
+	log := serviceLogger(o)
 	rdb, err := config.OpenRedis(o.Common.RedisURL, o.RedisPool)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", o.Name, err)
@@ -79,6 +76,14 @@ func New(o Options) (*Base, error) {
 	}
 	b.Server.OnReady(config.PingRedis(rdb))
 	return b, nil
+}
+
+// serviceLogger is o.Logger tagged with the service name, or JSON to stderr.
+func serviceLogger(o Options) *slog.Logger {
+	if o.Logger != nil {
+		return o.Logger.With("service", o.Name)
+	}
+	return telemetry.Logger(os.Stderr, o.Name, slog.LevelInfo)
 }
 
 // HandlerOptions are the Connect handler options of every authenticated
@@ -140,13 +145,7 @@ func (b *Base) Run(ctx context.Context) error {
 // change arrives). The cache runs with the service and gates readiness.
 func NewWithCatalog(o Options) (*Base, *catalog.Cache, error) {
 	client := registryv1connect.NewRegistryServiceClient(rpc.HTTPClient(), rpc.BaseURL(o.Common.RegistryAddr), rpc.ClientOptions(o.Common.AdminKey)...)
-	log := o.Logger
-	if log == nil {
-		log = telemetry.Logger(os.Stderr, o.Name, slog.LevelInfo)
-	} else {
-		log = log.With("service", o.Name)
-	}
-	cat := catalog.New(client, log)
+	cat := catalog.New(client, serviceLogger(o))
 	o.Resolver = cat
 	b, err := New(o)
 	if err != nil {

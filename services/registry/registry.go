@@ -18,7 +18,6 @@ import (
 	"github.com/heraldmesh/herald/services/registry/internal/api"
 	"github.com/heraldmesh/herald/services/registry/internal/catalogview"
 	"github.com/heraldmesh/herald/services/registry/internal/store"
-	"github.com/redis/go-redis/v9"
 )
 
 // Config configures the registry.
@@ -82,6 +81,3 @@ func (s *Service) Listen() (net.Addr, error) { return s.base.Listen() }
 
 // Run serves until ctx ends, then shuts down gracefully.
 func (s *Service) Run(ctx context.Context) error { return s.base.Run(ctx) }
-
-// Redis is the service's Redis client (for the launcher's demo seeding and tests).
-func (s *Service) Redis() *redis.Client { return s.base.Redis }
