@@ -2316,7 +2316,10 @@ type Application struct {
 	// Which visibilities it can see.
 	Audience Audience `protobuf:"varint,6,opt,name=audience,proto3,enum=herald.registry.v1.Audience" json:"audience,omitempty"`
 	// Catalog revision of the last change. Updates must send the current one.
-	Revision      int64 `protobuf:"varint,7,opt,name=revision,proto3" json:"revision,omitempty"`
+	Revision int64 `protobuf:"varint,7,opt,name=revision,proto3" json:"revision,omitempty"`
+	// How fast it may publish. Unset: no limit beyond the router's batch
+	// limits.
+	PublishLimit  *PublishLimit `protobuf:"bytes,8,opt,name=publish_limit,json=publishLimit,proto3" json:"publish_limit,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2400,6 +2403,71 @@ func (x *Application) GetRevision() int64 {
 	return 0
 }
 
+func (x *Application) GetPublishLimit() *PublishLimit {
+	if x != nil {
+		return x.PublishLimit
+	}
+	return nil
+}
+
+// PublishLimit is a producer's publish quota, enforced by every router
+// together (the count lives in Redis): past it, Publish answers
+// RESOURCE_EXHAUSTED with a Retry-After hint.
+type PublishLimit struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Sustained rate, in events per second (1 to 1,000,000).
+	EventsPerSecond int32 `protobuf:"varint,1,opt,name=events_per_second,json=eventsPerSecond,proto3" json:"events_per_second,omitempty"`
+	// Events that may be published at once above the sustained rate; 0 means
+	// one second's worth.
+	Burst         int32 `protobuf:"varint,2,opt,name=burst,proto3" json:"burst,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PublishLimit) Reset() {
+	*x = PublishLimit{}
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PublishLimit) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PublishLimit) ProtoMessage() {}
+
+func (x *PublishLimit) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PublishLimit.ProtoReflect.Descriptor instead.
+func (*PublishLimit) Descriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *PublishLimit) GetEventsPerSecond() int32 {
+	if x != nil {
+		return x.EventsPerSecond
+	}
+	return 0
+}
+
+func (x *PublishLimit) GetBurst() int32 {
+	if x != nil {
+		return x.Burst
+	}
+	return 0
+}
+
 // Grant is one right of an application.
 type Grant struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2413,7 +2481,7 @@ type Grant struct {
 
 func (x *Grant) Reset() {
 	*x = Grant{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[37]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2425,7 +2493,7 @@ func (x *Grant) String() string {
 func (*Grant) ProtoMessage() {}
 
 func (x *Grant) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[37]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2438,7 +2506,7 @@ func (x *Grant) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Grant.ProtoReflect.Descriptor instead.
 func (*Grant) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{37}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *Grant) GetAction() GrantAction {
@@ -2479,7 +2547,7 @@ type Key struct {
 
 func (x *Key) Reset() {
 	*x = Key{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[38]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2491,7 +2559,7 @@ func (x *Key) String() string {
 func (*Key) ProtoMessage() {}
 
 func (x *Key) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[38]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2504,7 +2572,7 @@ func (x *Key) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Key.ProtoReflect.Descriptor instead.
 func (*Key) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{38}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *Key) GetId() string {
@@ -2567,7 +2635,7 @@ type CreateApplicationRequest struct {
 
 func (x *CreateApplicationRequest) Reset() {
 	*x = CreateApplicationRequest{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[39]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2579,7 +2647,7 @@ func (x *CreateApplicationRequest) String() string {
 func (*CreateApplicationRequest) ProtoMessage() {}
 
 func (x *CreateApplicationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[39]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2592,7 +2660,7 @@ func (x *CreateApplicationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateApplicationRequest.ProtoReflect.Descriptor instead.
 func (*CreateApplicationRequest) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{39}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *CreateApplicationRequest) GetApplication() *Application {
@@ -2615,7 +2683,7 @@ type CreateApplicationResponse struct {
 
 func (x *CreateApplicationResponse) Reset() {
 	*x = CreateApplicationResponse{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[40]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2627,7 +2695,7 @@ func (x *CreateApplicationResponse) String() string {
 func (*CreateApplicationResponse) ProtoMessage() {}
 
 func (x *CreateApplicationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[40]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2640,7 +2708,7 @@ func (x *CreateApplicationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateApplicationResponse.ProtoReflect.Descriptor instead.
 func (*CreateApplicationResponse) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{40}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *CreateApplicationResponse) GetApplication() *Application {
@@ -2668,7 +2736,7 @@ type GetApplicationRequest struct {
 
 func (x *GetApplicationRequest) Reset() {
 	*x = GetApplicationRequest{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[41]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2680,7 +2748,7 @@ func (x *GetApplicationRequest) String() string {
 func (*GetApplicationRequest) ProtoMessage() {}
 
 func (x *GetApplicationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[41]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2693,7 +2761,7 @@ func (x *GetApplicationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetApplicationRequest.ProtoReflect.Descriptor instead.
 func (*GetApplicationRequest) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{41}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *GetApplicationRequest) GetId() string {
@@ -2714,7 +2782,7 @@ type GetApplicationResponse struct {
 
 func (x *GetApplicationResponse) Reset() {
 	*x = GetApplicationResponse{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[42]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2726,7 +2794,7 @@ func (x *GetApplicationResponse) String() string {
 func (*GetApplicationResponse) ProtoMessage() {}
 
 func (x *GetApplicationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[42]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2739,7 +2807,7 @@ func (x *GetApplicationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetApplicationResponse.ProtoReflect.Descriptor instead.
 func (*GetApplicationResponse) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{42}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *GetApplicationResponse) GetApplication() *Application {
@@ -2760,7 +2828,7 @@ type ListApplicationsRequest struct {
 
 func (x *ListApplicationsRequest) Reset() {
 	*x = ListApplicationsRequest{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[43]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2772,7 +2840,7 @@ func (x *ListApplicationsRequest) String() string {
 func (*ListApplicationsRequest) ProtoMessage() {}
 
 func (x *ListApplicationsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[43]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2785,7 +2853,7 @@ func (x *ListApplicationsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListApplicationsRequest.ProtoReflect.Descriptor instead.
 func (*ListApplicationsRequest) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{43}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *ListApplicationsRequest) GetTenant() string {
@@ -2806,7 +2874,7 @@ type ListApplicationsResponse struct {
 
 func (x *ListApplicationsResponse) Reset() {
 	*x = ListApplicationsResponse{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[44]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2818,7 +2886,7 @@ func (x *ListApplicationsResponse) String() string {
 func (*ListApplicationsResponse) ProtoMessage() {}
 
 func (x *ListApplicationsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[44]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2831,7 +2899,7 @@ func (x *ListApplicationsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListApplicationsResponse.ProtoReflect.Descriptor instead.
 func (*ListApplicationsResponse) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{44}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *ListApplicationsResponse) GetApplications() []*Application {
@@ -2852,7 +2920,7 @@ type UpdateApplicationRequest struct {
 
 func (x *UpdateApplicationRequest) Reset() {
 	*x = UpdateApplicationRequest{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[45]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2864,7 +2932,7 @@ func (x *UpdateApplicationRequest) String() string {
 func (*UpdateApplicationRequest) ProtoMessage() {}
 
 func (x *UpdateApplicationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[45]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2877,7 +2945,7 @@ func (x *UpdateApplicationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateApplicationRequest.ProtoReflect.Descriptor instead.
 func (*UpdateApplicationRequest) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{45}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *UpdateApplicationRequest) GetApplication() *Application {
@@ -2898,7 +2966,7 @@ type UpdateApplicationResponse struct {
 
 func (x *UpdateApplicationResponse) Reset() {
 	*x = UpdateApplicationResponse{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[46]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2910,7 +2978,7 @@ func (x *UpdateApplicationResponse) String() string {
 func (*UpdateApplicationResponse) ProtoMessage() {}
 
 func (x *UpdateApplicationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[46]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2923,7 +2991,7 @@ func (x *UpdateApplicationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateApplicationResponse.ProtoReflect.Descriptor instead.
 func (*UpdateApplicationResponse) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{46}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *UpdateApplicationResponse) GetApplication() *Application {
@@ -2947,7 +3015,7 @@ type CreateKeyRequest struct {
 
 func (x *CreateKeyRequest) Reset() {
 	*x = CreateKeyRequest{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[47]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2959,7 +3027,7 @@ func (x *CreateKeyRequest) String() string {
 func (*CreateKeyRequest) ProtoMessage() {}
 
 func (x *CreateKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[47]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2972,7 +3040,7 @@ func (x *CreateKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateKeyRequest.ProtoReflect.Descriptor instead.
 func (*CreateKeyRequest) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{47}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *CreateKeyRequest) GetApplicationId() string {
@@ -3000,7 +3068,7 @@ type CreateKeyResponse struct {
 
 func (x *CreateKeyResponse) Reset() {
 	*x = CreateKeyResponse{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[48]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3012,7 +3080,7 @@ func (x *CreateKeyResponse) String() string {
 func (*CreateKeyResponse) ProtoMessage() {}
 
 func (x *CreateKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[48]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3025,7 +3093,7 @@ func (x *CreateKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateKeyResponse.ProtoReflect.Descriptor instead.
 func (*CreateKeyResponse) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{48}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *CreateKeyResponse) GetKey() *Key {
@@ -3046,7 +3114,7 @@ type ListKeysRequest struct {
 
 func (x *ListKeysRequest) Reset() {
 	*x = ListKeysRequest{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[49]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3058,7 +3126,7 @@ func (x *ListKeysRequest) String() string {
 func (*ListKeysRequest) ProtoMessage() {}
 
 func (x *ListKeysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[49]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3071,7 +3139,7 @@ func (x *ListKeysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListKeysRequest.ProtoReflect.Descriptor instead.
 func (*ListKeysRequest) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{49}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *ListKeysRequest) GetApplicationId() string {
@@ -3092,7 +3160,7 @@ type ListKeysResponse struct {
 
 func (x *ListKeysResponse) Reset() {
 	*x = ListKeysResponse{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[50]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3104,7 +3172,7 @@ func (x *ListKeysResponse) String() string {
 func (*ListKeysResponse) ProtoMessage() {}
 
 func (x *ListKeysResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[50]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3117,7 +3185,7 @@ func (x *ListKeysResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListKeysResponse.ProtoReflect.Descriptor instead.
 func (*ListKeysResponse) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{50}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *ListKeysResponse) GetKeys() []*Key {
@@ -3138,7 +3206,7 @@ type RevokeKeyRequest struct {
 
 func (x *RevokeKeyRequest) Reset() {
 	*x = RevokeKeyRequest{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[51]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3150,7 +3218,7 @@ func (x *RevokeKeyRequest) String() string {
 func (*RevokeKeyRequest) ProtoMessage() {}
 
 func (x *RevokeKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[51]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3163,7 +3231,7 @@ func (x *RevokeKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeKeyRequest.ProtoReflect.Descriptor instead.
 func (*RevokeKeyRequest) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{51}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *RevokeKeyRequest) GetId() string {
@@ -3184,7 +3252,7 @@ type RevokeKeyResponse struct {
 
 func (x *RevokeKeyResponse) Reset() {
 	*x = RevokeKeyResponse{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[52]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3196,7 +3264,7 @@ func (x *RevokeKeyResponse) String() string {
 func (*RevokeKeyResponse) ProtoMessage() {}
 
 func (x *RevokeKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[52]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3209,7 +3277,7 @@ func (x *RevokeKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeKeyResponse.ProtoReflect.Descriptor instead.
 func (*RevokeKeyResponse) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{52}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *RevokeKeyResponse) GetKey() *Key {
@@ -3230,7 +3298,7 @@ type AuthenticateKeyRequest struct {
 
 func (x *AuthenticateKeyRequest) Reset() {
 	*x = AuthenticateKeyRequest{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[53]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3242,7 +3310,7 @@ func (x *AuthenticateKeyRequest) String() string {
 func (*AuthenticateKeyRequest) ProtoMessage() {}
 
 func (x *AuthenticateKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[53]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3255,7 +3323,7 @@ func (x *AuthenticateKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthenticateKeyRequest.ProtoReflect.Descriptor instead.
 func (*AuthenticateKeyRequest) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{53}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *AuthenticateKeyRequest) GetKeyHash() string {
@@ -3276,7 +3344,7 @@ type AuthenticateKeyResponse struct {
 
 func (x *AuthenticateKeyResponse) Reset() {
 	*x = AuthenticateKeyResponse{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[54]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3288,7 +3356,7 @@ func (x *AuthenticateKeyResponse) String() string {
 func (*AuthenticateKeyResponse) ProtoMessage() {}
 
 func (x *AuthenticateKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[54]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3301,7 +3369,7 @@ func (x *AuthenticateKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthenticateKeyResponse.ProtoReflect.Descriptor instead.
 func (*AuthenticateKeyResponse) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{54}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *AuthenticateKeyResponse) GetKey() *Key {
@@ -3335,14 +3403,16 @@ type Subscription struct {
 	// Catalog revision of the last change.
 	Revision int64 `protobuf:"varint,8,opt,name=revision,proto3" json:"revision,omitempty"`
 	// When it was created. Output only.
-	CreateTime    *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	CreateTime *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	// How deliveries are retried; defaults are filled in on create.
+	Delivery      *DeliveryPolicy `protobuf:"bytes,10,opt,name=delivery,proto3" json:"delivery,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Subscription) Reset() {
 	*x = Subscription{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[55]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3354,7 +3424,7 @@ func (x *Subscription) String() string {
 func (*Subscription) ProtoMessage() {}
 
 func (x *Subscription) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[55]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3367,7 +3437,7 @@ func (x *Subscription) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Subscription.ProtoReflect.Descriptor instead.
 func (*Subscription) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{55}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *Subscription) GetId() string {
@@ -3444,6 +3514,13 @@ func (x *Subscription) GetCreateTime() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *Subscription) GetDelivery() *DeliveryPolicy {
+	if x != nil {
+		return x.Delivery
+	}
+	return nil
+}
+
 type isSubscription_Channel interface {
 	isSubscription_Channel()
 }
@@ -3462,6 +3539,64 @@ func (*Subscription_Webhook) isSubscription_Channel() {}
 
 func (*Subscription_Stream) isSubscription_Channel() {}
 
+// DeliveryPolicy says when an unacknowledged delivery is tried again and
+// when it is given up on.
+type DeliveryPolicy struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// How long a delivery may stay unacknowledged before it is delivered
+	// again (the visibility timeout): 100ms to 12h, default 30s.
+	AckTimeout *durationpb.Duration `protobuf:"bytes,1,opt,name=ack_timeout,json=ackTimeout,proto3" json:"ack_timeout,omitempty"`
+	// Deliveries of one event before it is moved to the subscription's
+	// dead-letter stream: 1 to 1000, default 10.
+	MaxAttempts   int32 `protobuf:"varint,2,opt,name=max_attempts,json=maxAttempts,proto3" json:"max_attempts,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeliveryPolicy) Reset() {
+	*x = DeliveryPolicy{}
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[57]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeliveryPolicy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeliveryPolicy) ProtoMessage() {}
+
+func (x *DeliveryPolicy) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[57]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeliveryPolicy.ProtoReflect.Descriptor instead.
+func (*DeliveryPolicy) Descriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{57}
+}
+
+func (x *DeliveryPolicy) GetAckTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.AckTimeout
+	}
+	return nil
+}
+
+func (x *DeliveryPolicy) GetMaxAttempts() int32 {
+	if x != nil {
+		return x.MaxAttempts
+	}
+	return 0
+}
+
 // WebhookChannel is a webhook endpoint.
 type WebhookChannel struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -3473,7 +3608,7 @@ type WebhookChannel struct {
 
 func (x *WebhookChannel) Reset() {
 	*x = WebhookChannel{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[56]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3485,7 +3620,7 @@ func (x *WebhookChannel) String() string {
 func (*WebhookChannel) ProtoMessage() {}
 
 func (x *WebhookChannel) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[56]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3498,7 +3633,7 @@ func (x *WebhookChannel) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WebhookChannel.ProtoReflect.Descriptor instead.
 func (*WebhookChannel) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{56}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *WebhookChannel) GetUrl() string {
@@ -3517,7 +3652,7 @@ type StreamChannel struct {
 
 func (x *StreamChannel) Reset() {
 	*x = StreamChannel{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[57]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3529,7 +3664,7 @@ func (x *StreamChannel) String() string {
 func (*StreamChannel) ProtoMessage() {}
 
 func (x *StreamChannel) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[57]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3542,7 +3677,7 @@ func (x *StreamChannel) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamChannel.ProtoReflect.Descriptor instead.
 func (*StreamChannel) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{57}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{59}
 }
 
 // StartPosition is where a durable subscription starts reading.
@@ -3561,7 +3696,7 @@ type StartPosition struct {
 
 func (x *StartPosition) Reset() {
 	*x = StartPosition{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[58]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3573,7 +3708,7 @@ func (x *StartPosition) String() string {
 func (*StartPosition) ProtoMessage() {}
 
 func (x *StartPosition) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[58]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3586,7 +3721,7 @@ func (x *StartPosition) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartPosition.ProtoReflect.Descriptor instead.
 func (*StartPosition) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{58}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *StartPosition) GetPosition() isStartPosition_Position {
@@ -3643,7 +3778,7 @@ type CreateSubscriptionRequest struct {
 
 func (x *CreateSubscriptionRequest) Reset() {
 	*x = CreateSubscriptionRequest{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[59]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3655,7 +3790,7 @@ func (x *CreateSubscriptionRequest) String() string {
 func (*CreateSubscriptionRequest) ProtoMessage() {}
 
 func (x *CreateSubscriptionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[59]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3668,7 +3803,7 @@ func (x *CreateSubscriptionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateSubscriptionRequest.ProtoReflect.Descriptor instead.
 func (*CreateSubscriptionRequest) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{59}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *CreateSubscriptionRequest) GetSubscription() *Subscription {
@@ -3689,7 +3824,7 @@ type CreateSubscriptionResponse struct {
 
 func (x *CreateSubscriptionResponse) Reset() {
 	*x = CreateSubscriptionResponse{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[60]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3701,7 +3836,7 @@ func (x *CreateSubscriptionResponse) String() string {
 func (*CreateSubscriptionResponse) ProtoMessage() {}
 
 func (x *CreateSubscriptionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[60]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3714,7 +3849,7 @@ func (x *CreateSubscriptionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateSubscriptionResponse.ProtoReflect.Descriptor instead.
 func (*CreateSubscriptionResponse) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{60}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *CreateSubscriptionResponse) GetSubscription() *Subscription {
@@ -3735,7 +3870,7 @@ type GetSubscriptionRequest struct {
 
 func (x *GetSubscriptionRequest) Reset() {
 	*x = GetSubscriptionRequest{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[61]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3747,7 +3882,7 @@ func (x *GetSubscriptionRequest) String() string {
 func (*GetSubscriptionRequest) ProtoMessage() {}
 
 func (x *GetSubscriptionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[61]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3760,7 +3895,7 @@ func (x *GetSubscriptionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSubscriptionRequest.ProtoReflect.Descriptor instead.
 func (*GetSubscriptionRequest) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{61}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *GetSubscriptionRequest) GetId() string {
@@ -3781,7 +3916,7 @@ type GetSubscriptionResponse struct {
 
 func (x *GetSubscriptionResponse) Reset() {
 	*x = GetSubscriptionResponse{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[62]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3793,7 +3928,7 @@ func (x *GetSubscriptionResponse) String() string {
 func (*GetSubscriptionResponse) ProtoMessage() {}
 
 func (x *GetSubscriptionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[62]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3806,7 +3941,7 @@ func (x *GetSubscriptionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSubscriptionResponse.ProtoReflect.Descriptor instead.
 func (*GetSubscriptionResponse) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{62}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *GetSubscriptionResponse) GetSubscription() *Subscription {
@@ -3827,7 +3962,7 @@ type ListSubscriptionsRequest struct {
 
 func (x *ListSubscriptionsRequest) Reset() {
 	*x = ListSubscriptionsRequest{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[63]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3839,7 +3974,7 @@ func (x *ListSubscriptionsRequest) String() string {
 func (*ListSubscriptionsRequest) ProtoMessage() {}
 
 func (x *ListSubscriptionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[63]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3852,7 +3987,7 @@ func (x *ListSubscriptionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSubscriptionsRequest.ProtoReflect.Descriptor instead.
 func (*ListSubscriptionsRequest) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{63}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *ListSubscriptionsRequest) GetApplicationId() string {
@@ -3873,7 +4008,7 @@ type ListSubscriptionsResponse struct {
 
 func (x *ListSubscriptionsResponse) Reset() {
 	*x = ListSubscriptionsResponse{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[64]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3885,7 +4020,7 @@ func (x *ListSubscriptionsResponse) String() string {
 func (*ListSubscriptionsResponse) ProtoMessage() {}
 
 func (x *ListSubscriptionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[64]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3898,7 +4033,7 @@ func (x *ListSubscriptionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSubscriptionsResponse.ProtoReflect.Descriptor instead.
 func (*ListSubscriptionsResponse) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{64}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{66}
 }
 
 func (x *ListSubscriptionsResponse) GetSubscriptions() []*Subscription {
@@ -3919,7 +4054,7 @@ type DeleteSubscriptionRequest struct {
 
 func (x *DeleteSubscriptionRequest) Reset() {
 	*x = DeleteSubscriptionRequest{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[65]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3931,7 +4066,7 @@ func (x *DeleteSubscriptionRequest) String() string {
 func (*DeleteSubscriptionRequest) ProtoMessage() {}
 
 func (x *DeleteSubscriptionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[65]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3944,7 +4079,7 @@ func (x *DeleteSubscriptionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteSubscriptionRequest.ProtoReflect.Descriptor instead.
 func (*DeleteSubscriptionRequest) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{65}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{67}
 }
 
 func (x *DeleteSubscriptionRequest) GetId() string {
@@ -3963,7 +4098,7 @@ type DeleteSubscriptionResponse struct {
 
 func (x *DeleteSubscriptionResponse) Reset() {
 	*x = DeleteSubscriptionResponse{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[66]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3975,7 +4110,7 @@ func (x *DeleteSubscriptionResponse) String() string {
 func (*DeleteSubscriptionResponse) ProtoMessage() {}
 
 func (x *DeleteSubscriptionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[66]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3988,7 +4123,7 @@ func (x *DeleteSubscriptionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteSubscriptionResponse.ProtoReflect.Descriptor instead.
 func (*DeleteSubscriptionResponse) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{66}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{68}
 }
 
 // WatchRequest is the request of Watch.
@@ -4002,7 +4137,7 @@ type WatchRequest struct {
 
 func (x *WatchRequest) Reset() {
 	*x = WatchRequest{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[67]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4014,7 +4149,7 @@ func (x *WatchRequest) String() string {
 func (*WatchRequest) ProtoMessage() {}
 
 func (x *WatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[67]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4027,7 +4162,7 @@ func (x *WatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRequest.ProtoReflect.Descriptor instead.
 func (*WatchRequest) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{67}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{69}
 }
 
 func (x *WatchRequest) GetFromRevision() int64 {
@@ -4050,7 +4185,7 @@ type KeyChange struct {
 
 func (x *KeyChange) Reset() {
 	*x = KeyChange{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[68]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4062,7 +4197,7 @@ func (x *KeyChange) String() string {
 func (*KeyChange) ProtoMessage() {}
 
 func (x *KeyChange) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[68]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4075,7 +4210,7 @@ func (x *KeyChange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyChange.ProtoReflect.Descriptor instead.
 func (*KeyChange) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{68}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{70}
 }
 
 func (x *KeyChange) GetKey() *Key {
@@ -4105,7 +4240,7 @@ type Deletion struct {
 
 func (x *Deletion) Reset() {
 	*x = Deletion{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[69]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[71]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4117,7 +4252,7 @@ func (x *Deletion) String() string {
 func (*Deletion) ProtoMessage() {}
 
 func (x *Deletion) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[69]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[71]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4130,7 +4265,7 @@ func (x *Deletion) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Deletion.ProtoReflect.Descriptor instead.
 func (*Deletion) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{69}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{71}
 }
 
 func (x *Deletion) GetKind() string {
@@ -4172,7 +4307,7 @@ type WatchResponse struct {
 
 func (x *WatchResponse) Reset() {
 	*x = WatchResponse{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[70]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4184,7 +4319,7 @@ func (x *WatchResponse) String() string {
 func (*WatchResponse) ProtoMessage() {}
 
 func (x *WatchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[70]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4197,7 +4332,7 @@ func (x *WatchResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchResponse.ProtoReflect.Descriptor instead.
 func (*WatchResponse) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{70}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{72}
 }
 
 func (x *WatchResponse) GetRevision() int64 {
@@ -4476,7 +4611,7 @@ const file_herald_registry_v1_registry_proto_rawDesc = "" +
 	"\x14UpdateProductRequest\x125\n" +
 	"\aproduct\x18\x01 \x01(\v2\x1b.herald.registry.v1.ProductR\aproduct\"N\n" +
 	"\x15UpdateProductResponse\x125\n" +
-	"\aproduct\x18\x01 \x01(\v2\x1b.herald.registry.v1.ProductR\aproduct\"\x8f\x02\n" +
+	"\aproduct\x18\x01 \x01(\v2\x1b.herald.registry.v1.ProductR\aproduct\"\xd6\x02\n" +
 	"\vApplication\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12;\n" +
@@ -4485,7 +4620,11 @@ const file_herald_registry_v1_registry_proto_rawDesc = "" +
 	"\x06grants\x18\x04 \x03(\v2\x19.herald.registry.v1.GrantR\x06grants\x12\x16\n" +
 	"\x06tenant\x18\x05 \x01(\tR\x06tenant\x128\n" +
 	"\baudience\x18\x06 \x01(\x0e2\x1c.herald.registry.v1.AudienceR\baudience\x12\x1a\n" +
-	"\brevision\x18\a \x01(\x03R\brevision\"Z\n" +
+	"\brevision\x18\a \x01(\x03R\brevision\x12E\n" +
+	"\rpublish_limit\x18\b \x01(\v2 .herald.registry.v1.PublishLimitR\fpublishLimit\"P\n" +
+	"\fPublishLimit\x12*\n" +
+	"\x11events_per_second\x18\x01 \x01(\x05R\x0feventsPerSecond\x12\x14\n" +
+	"\x05burst\x18\x02 \x01(\x05R\x05burst\"Z\n" +
 	"\x05Grant\x127\n" +
 	"\x06action\x18\x01 \x01(\x0e2\x1f.herald.registry.v1.GrantActionR\x06action\x12\x18\n" +
 	"\apattern\x18\x02 \x01(\tR\apattern\"\xa3\x02\n" +
@@ -4533,7 +4672,7 @@ const file_herald_registry_v1_registry_proto_rawDesc = "" +
 	"\x16AuthenticateKeyRequest\x12\x19\n" +
 	"\bkey_hash\x18\x01 \x01(\tR\akeyHash\"D\n" +
 	"\x17AuthenticateKeyResponse\x12)\n" +
-	"\x03key\x18\x01 \x01(\v2\x17.herald.registry.v1.KeyR\x03key\"\x8d\x03\n" +
+	"\x03key\x18\x01 \x01(\v2\x17.herald.registry.v1.KeyR\x03key\"\xcd\x03\n" +
 	"\fSubscription\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12%\n" +
 	"\x0eapplication_id\x18\x02 \x01(\tR\rapplicationId\x12\x14\n" +
@@ -4544,8 +4683,14 @@ const file_herald_registry_v1_registry_proto_rawDesc = "" +
 	"\x05start\x18\a \x01(\v2!.herald.registry.v1.StartPositionR\x05start\x12\x1a\n" +
 	"\brevision\x18\b \x01(\x03R\brevision\x12;\n" +
 	"\vcreate_time\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"createTimeB\t\n" +
-	"\achannel\"\"\n" +
+	"createTime\x12>\n" +
+	"\bdelivery\x18\n" +
+	" \x01(\v2\".herald.registry.v1.DeliveryPolicyR\bdeliveryB\t\n" +
+	"\achannel\"o\n" +
+	"\x0eDeliveryPolicy\x12:\n" +
+	"\vack_timeout\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\n" +
+	"ackTimeout\x12!\n" +
+	"\fmax_attempts\x18\x02 \x01(\x05R\vmaxAttempts\"\"\n" +
 	"\x0eWebhookChannel\x12\x10\n" +
 	"\x03url\x18\x01 \x01(\tR\x03url\"\x0f\n" +
 	"\rStreamChannel\"g\n" +
@@ -4662,7 +4807,7 @@ func file_herald_registry_v1_registry_proto_rawDescGZIP() []byte {
 }
 
 var file_herald_registry_v1_registry_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_herald_registry_v1_registry_proto_msgTypes = make([]protoimpl.MessageInfo, 71)
+var file_herald_registry_v1_registry_proto_msgTypes = make([]protoimpl.MessageInfo, 73)
 var file_herald_registry_v1_registry_proto_goTypes = []any{
 	(Compatibility)(0),                  // 0: herald.registry.v1.Compatibility
 	(Visibility)(0),                     // 1: herald.registry.v1.Visibility
@@ -4706,175 +4851,180 @@ var file_herald_registry_v1_registry_proto_goTypes = []any{
 	(*UpdateProductRequest)(nil),        // 39: herald.registry.v1.UpdateProductRequest
 	(*UpdateProductResponse)(nil),       // 40: herald.registry.v1.UpdateProductResponse
 	(*Application)(nil),                 // 41: herald.registry.v1.Application
-	(*Grant)(nil),                       // 42: herald.registry.v1.Grant
-	(*Key)(nil),                         // 43: herald.registry.v1.Key
-	(*CreateApplicationRequest)(nil),    // 44: herald.registry.v1.CreateApplicationRequest
-	(*CreateApplicationResponse)(nil),   // 45: herald.registry.v1.CreateApplicationResponse
-	(*GetApplicationRequest)(nil),       // 46: herald.registry.v1.GetApplicationRequest
-	(*GetApplicationResponse)(nil),      // 47: herald.registry.v1.GetApplicationResponse
-	(*ListApplicationsRequest)(nil),     // 48: herald.registry.v1.ListApplicationsRequest
-	(*ListApplicationsResponse)(nil),    // 49: herald.registry.v1.ListApplicationsResponse
-	(*UpdateApplicationRequest)(nil),    // 50: herald.registry.v1.UpdateApplicationRequest
-	(*UpdateApplicationResponse)(nil),   // 51: herald.registry.v1.UpdateApplicationResponse
-	(*CreateKeyRequest)(nil),            // 52: herald.registry.v1.CreateKeyRequest
-	(*CreateKeyResponse)(nil),           // 53: herald.registry.v1.CreateKeyResponse
-	(*ListKeysRequest)(nil),             // 54: herald.registry.v1.ListKeysRequest
-	(*ListKeysResponse)(nil),            // 55: herald.registry.v1.ListKeysResponse
-	(*RevokeKeyRequest)(nil),            // 56: herald.registry.v1.RevokeKeyRequest
-	(*RevokeKeyResponse)(nil),           // 57: herald.registry.v1.RevokeKeyResponse
-	(*AuthenticateKeyRequest)(nil),      // 58: herald.registry.v1.AuthenticateKeyRequest
-	(*AuthenticateKeyResponse)(nil),     // 59: herald.registry.v1.AuthenticateKeyResponse
-	(*Subscription)(nil),                // 60: herald.registry.v1.Subscription
-	(*WebhookChannel)(nil),              // 61: herald.registry.v1.WebhookChannel
-	(*StreamChannel)(nil),               // 62: herald.registry.v1.StreamChannel
-	(*StartPosition)(nil),               // 63: herald.registry.v1.StartPosition
-	(*CreateSubscriptionRequest)(nil),   // 64: herald.registry.v1.CreateSubscriptionRequest
-	(*CreateSubscriptionResponse)(nil),  // 65: herald.registry.v1.CreateSubscriptionResponse
-	(*GetSubscriptionRequest)(nil),      // 66: herald.registry.v1.GetSubscriptionRequest
-	(*GetSubscriptionResponse)(nil),     // 67: herald.registry.v1.GetSubscriptionResponse
-	(*ListSubscriptionsRequest)(nil),    // 68: herald.registry.v1.ListSubscriptionsRequest
-	(*ListSubscriptionsResponse)(nil),   // 69: herald.registry.v1.ListSubscriptionsResponse
-	(*DeleteSubscriptionRequest)(nil),   // 70: herald.registry.v1.DeleteSubscriptionRequest
-	(*DeleteSubscriptionResponse)(nil),  // 71: herald.registry.v1.DeleteSubscriptionResponse
-	(*WatchRequest)(nil),                // 72: herald.registry.v1.WatchRequest
-	(*KeyChange)(nil),                   // 73: herald.registry.v1.KeyChange
-	(*Deletion)(nil),                    // 74: herald.registry.v1.Deletion
-	(*WatchResponse)(nil),               // 75: herald.registry.v1.WatchResponse
-	(*timestamppb.Timestamp)(nil),       // 76: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),         // 77: google.protobuf.Duration
+	(*PublishLimit)(nil),                // 42: herald.registry.v1.PublishLimit
+	(*Grant)(nil),                       // 43: herald.registry.v1.Grant
+	(*Key)(nil),                         // 44: herald.registry.v1.Key
+	(*CreateApplicationRequest)(nil),    // 45: herald.registry.v1.CreateApplicationRequest
+	(*CreateApplicationResponse)(nil),   // 46: herald.registry.v1.CreateApplicationResponse
+	(*GetApplicationRequest)(nil),       // 47: herald.registry.v1.GetApplicationRequest
+	(*GetApplicationResponse)(nil),      // 48: herald.registry.v1.GetApplicationResponse
+	(*ListApplicationsRequest)(nil),     // 49: herald.registry.v1.ListApplicationsRequest
+	(*ListApplicationsResponse)(nil),    // 50: herald.registry.v1.ListApplicationsResponse
+	(*UpdateApplicationRequest)(nil),    // 51: herald.registry.v1.UpdateApplicationRequest
+	(*UpdateApplicationResponse)(nil),   // 52: herald.registry.v1.UpdateApplicationResponse
+	(*CreateKeyRequest)(nil),            // 53: herald.registry.v1.CreateKeyRequest
+	(*CreateKeyResponse)(nil),           // 54: herald.registry.v1.CreateKeyResponse
+	(*ListKeysRequest)(nil),             // 55: herald.registry.v1.ListKeysRequest
+	(*ListKeysResponse)(nil),            // 56: herald.registry.v1.ListKeysResponse
+	(*RevokeKeyRequest)(nil),            // 57: herald.registry.v1.RevokeKeyRequest
+	(*RevokeKeyResponse)(nil),           // 58: herald.registry.v1.RevokeKeyResponse
+	(*AuthenticateKeyRequest)(nil),      // 59: herald.registry.v1.AuthenticateKeyRequest
+	(*AuthenticateKeyResponse)(nil),     // 60: herald.registry.v1.AuthenticateKeyResponse
+	(*Subscription)(nil),                // 61: herald.registry.v1.Subscription
+	(*DeliveryPolicy)(nil),              // 62: herald.registry.v1.DeliveryPolicy
+	(*WebhookChannel)(nil),              // 63: herald.registry.v1.WebhookChannel
+	(*StreamChannel)(nil),               // 64: herald.registry.v1.StreamChannel
+	(*StartPosition)(nil),               // 65: herald.registry.v1.StartPosition
+	(*CreateSubscriptionRequest)(nil),   // 66: herald.registry.v1.CreateSubscriptionRequest
+	(*CreateSubscriptionResponse)(nil),  // 67: herald.registry.v1.CreateSubscriptionResponse
+	(*GetSubscriptionRequest)(nil),      // 68: herald.registry.v1.GetSubscriptionRequest
+	(*GetSubscriptionResponse)(nil),     // 69: herald.registry.v1.GetSubscriptionResponse
+	(*ListSubscriptionsRequest)(nil),    // 70: herald.registry.v1.ListSubscriptionsRequest
+	(*ListSubscriptionsResponse)(nil),   // 71: herald.registry.v1.ListSubscriptionsResponse
+	(*DeleteSubscriptionRequest)(nil),   // 72: herald.registry.v1.DeleteSubscriptionRequest
+	(*DeleteSubscriptionResponse)(nil),  // 73: herald.registry.v1.DeleteSubscriptionResponse
+	(*WatchRequest)(nil),                // 74: herald.registry.v1.WatchRequest
+	(*KeyChange)(nil),                   // 75: herald.registry.v1.KeyChange
+	(*Deletion)(nil),                    // 76: herald.registry.v1.Deletion
+	(*WatchResponse)(nil),               // 77: herald.registry.v1.WatchResponse
+	(*timestamppb.Timestamp)(nil),       // 78: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),         // 79: google.protobuf.Duration
 }
 var file_herald_registry_v1_registry_proto_depIdxs = []int32{
-	76, // 0: herald.registry.v1.Domain.create_time:type_name -> google.protobuf.Timestamp
-	76, // 1: herald.registry.v1.Domain.update_time:type_name -> google.protobuf.Timestamp
-	76, // 2: herald.registry.v1.Product.create_time:type_name -> google.protobuf.Timestamp
-	76, // 3: herald.registry.v1.Product.update_time:type_name -> google.protobuf.Timestamp
-	77, // 4: herald.registry.v1.RetentionPolicy.max_age:type_name -> google.protobuf.Duration
-	76, // 5: herald.registry.v1.SchemaVersion.create_time:type_name -> google.protobuf.Timestamp
-	76, // 6: herald.registry.v1.EventType.create_time:type_name -> google.protobuf.Timestamp
-	76, // 7: herald.registry.v1.EventType.update_time:type_name -> google.protobuf.Timestamp
-	1,  // 8: herald.registry.v1.EventType.visibility:type_name -> herald.registry.v1.Visibility
-	2,  // 9: herald.registry.v1.EventType.lifecycle:type_name -> herald.registry.v1.Lifecycle
-	76, // 10: herald.registry.v1.EventType.sunset_time:type_name -> google.protobuf.Timestamp
-	8,  // 11: herald.registry.v1.EventType.examples:type_name -> herald.registry.v1.Example
-	7,  // 12: herald.registry.v1.EventType.retention:type_name -> herald.registry.v1.RetentionPolicy
-	0,  // 13: herald.registry.v1.EventType.compatibility:type_name -> herald.registry.v1.Compatibility
-	10, // 14: herald.registry.v1.CreateEventTypeRequest.event_type:type_name -> herald.registry.v1.EventType
-	10, // 15: herald.registry.v1.CreateEventTypeResponse.event_type:type_name -> herald.registry.v1.EventType
-	10, // 16: herald.registry.v1.GetEventTypeResponse.event_type:type_name -> herald.registry.v1.EventType
-	10, // 17: herald.registry.v1.ListEventTypesResponse.event_types:type_name -> herald.registry.v1.EventType
-	10, // 18: herald.registry.v1.UpdateEventTypeRequest.event_type:type_name -> herald.registry.v1.EventType
-	10, // 19: herald.registry.v1.UpdateEventTypeResponse.event_type:type_name -> herald.registry.v1.EventType
-	9,  // 20: herald.registry.v1.CreateSchemaVersionResponse.schema_version:type_name -> herald.registry.v1.SchemaVersion
-	9,  // 21: herald.registry.v1.ListSchemaVersionsResponse.schema_versions:type_name -> herald.registry.v1.SchemaVersion
-	5,  // 22: herald.registry.v1.CreateDomainRequest.domain:type_name -> herald.registry.v1.Domain
-	5,  // 23: herald.registry.v1.CreateDomainResponse.domain:type_name -> herald.registry.v1.Domain
-	5,  // 24: herald.registry.v1.GetDomainResponse.domain:type_name -> herald.registry.v1.Domain
-	5,  // 25: herald.registry.v1.ListDomainsResponse.domains:type_name -> herald.registry.v1.Domain
-	5,  // 26: herald.registry.v1.UpdateDomainRequest.domain:type_name -> herald.registry.v1.Domain
-	5,  // 27: herald.registry.v1.UpdateDomainResponse.domain:type_name -> herald.registry.v1.Domain
-	6,  // 28: herald.registry.v1.CreateProductRequest.product:type_name -> herald.registry.v1.Product
-	6,  // 29: herald.registry.v1.CreateProductResponse.product:type_name -> herald.registry.v1.Product
-	6,  // 30: herald.registry.v1.GetProductResponse.product:type_name -> herald.registry.v1.Product
-	6,  // 31: herald.registry.v1.ListProductsResponse.products:type_name -> herald.registry.v1.Product
-	6,  // 32: herald.registry.v1.UpdateProductRequest.product:type_name -> herald.registry.v1.Product
-	6,  // 33: herald.registry.v1.UpdateProductResponse.product:type_name -> herald.registry.v1.Product
-	76, // 34: herald.registry.v1.Application.create_time:type_name -> google.protobuf.Timestamp
-	42, // 35: herald.registry.v1.Application.grants:type_name -> herald.registry.v1.Grant
-	3,  // 36: herald.registry.v1.Application.audience:type_name -> herald.registry.v1.Audience
-	4,  // 37: herald.registry.v1.Grant.action:type_name -> herald.registry.v1.GrantAction
-	76, // 38: herald.registry.v1.Key.create_time:type_name -> google.protobuf.Timestamp
-	76, // 39: herald.registry.v1.Key.expire_time:type_name -> google.protobuf.Timestamp
-	76, // 40: herald.registry.v1.Key.revoke_time:type_name -> google.protobuf.Timestamp
-	41, // 41: herald.registry.v1.CreateApplicationRequest.application:type_name -> herald.registry.v1.Application
-	41, // 42: herald.registry.v1.CreateApplicationResponse.application:type_name -> herald.registry.v1.Application
-	43, // 43: herald.registry.v1.CreateApplicationResponse.key:type_name -> herald.registry.v1.Key
-	41, // 44: herald.registry.v1.GetApplicationResponse.application:type_name -> herald.registry.v1.Application
-	41, // 45: herald.registry.v1.ListApplicationsResponse.applications:type_name -> herald.registry.v1.Application
-	41, // 46: herald.registry.v1.UpdateApplicationRequest.application:type_name -> herald.registry.v1.Application
-	41, // 47: herald.registry.v1.UpdateApplicationResponse.application:type_name -> herald.registry.v1.Application
-	77, // 48: herald.registry.v1.CreateKeyRequest.rotate_overlap:type_name -> google.protobuf.Duration
-	43, // 49: herald.registry.v1.CreateKeyResponse.key:type_name -> herald.registry.v1.Key
-	43, // 50: herald.registry.v1.ListKeysResponse.keys:type_name -> herald.registry.v1.Key
-	43, // 51: herald.registry.v1.RevokeKeyResponse.key:type_name -> herald.registry.v1.Key
-	43, // 52: herald.registry.v1.AuthenticateKeyResponse.key:type_name -> herald.registry.v1.Key
-	61, // 53: herald.registry.v1.Subscription.webhook:type_name -> herald.registry.v1.WebhookChannel
-	62, // 54: herald.registry.v1.Subscription.stream:type_name -> herald.registry.v1.StreamChannel
-	63, // 55: herald.registry.v1.Subscription.start:type_name -> herald.registry.v1.StartPosition
-	76, // 56: herald.registry.v1.Subscription.create_time:type_name -> google.protobuf.Timestamp
-	76, // 57: herald.registry.v1.StartPosition.time:type_name -> google.protobuf.Timestamp
-	60, // 58: herald.registry.v1.CreateSubscriptionRequest.subscription:type_name -> herald.registry.v1.Subscription
-	60, // 59: herald.registry.v1.CreateSubscriptionResponse.subscription:type_name -> herald.registry.v1.Subscription
-	60, // 60: herald.registry.v1.GetSubscriptionResponse.subscription:type_name -> herald.registry.v1.Subscription
-	60, // 61: herald.registry.v1.ListSubscriptionsResponse.subscriptions:type_name -> herald.registry.v1.Subscription
-	43, // 62: herald.registry.v1.KeyChange.key:type_name -> herald.registry.v1.Key
-	10, // 63: herald.registry.v1.WatchResponse.event_type:type_name -> herald.registry.v1.EventType
-	5,  // 64: herald.registry.v1.WatchResponse.domain:type_name -> herald.registry.v1.Domain
-	6,  // 65: herald.registry.v1.WatchResponse.product:type_name -> herald.registry.v1.Product
-	41, // 66: herald.registry.v1.WatchResponse.application:type_name -> herald.registry.v1.Application
-	73, // 67: herald.registry.v1.WatchResponse.key:type_name -> herald.registry.v1.KeyChange
-	60, // 68: herald.registry.v1.WatchResponse.subscription:type_name -> herald.registry.v1.Subscription
-	74, // 69: herald.registry.v1.WatchResponse.deleted:type_name -> herald.registry.v1.Deletion
-	25, // 70: herald.registry.v1.RegistryService.CreateDomain:input_type -> herald.registry.v1.CreateDomainRequest
-	27, // 71: herald.registry.v1.RegistryService.GetDomain:input_type -> herald.registry.v1.GetDomainRequest
-	29, // 72: herald.registry.v1.RegistryService.ListDomains:input_type -> herald.registry.v1.ListDomainsRequest
-	31, // 73: herald.registry.v1.RegistryService.UpdateDomain:input_type -> herald.registry.v1.UpdateDomainRequest
-	11, // 74: herald.registry.v1.RegistryService.CreateEventType:input_type -> herald.registry.v1.CreateEventTypeRequest
-	13, // 75: herald.registry.v1.RegistryService.GetEventType:input_type -> herald.registry.v1.GetEventTypeRequest
-	15, // 76: herald.registry.v1.RegistryService.ListEventTypes:input_type -> herald.registry.v1.ListEventTypesRequest
-	17, // 77: herald.registry.v1.RegistryService.UpdateEventType:input_type -> herald.registry.v1.UpdateEventTypeRequest
-	19, // 78: herald.registry.v1.RegistryService.CreateSchemaVersion:input_type -> herald.registry.v1.CreateSchemaVersionRequest
-	21, // 79: herald.registry.v1.RegistryService.ListSchemaVersions:input_type -> herald.registry.v1.ListSchemaVersionsRequest
-	23, // 80: herald.registry.v1.RegistryService.CheckCompatibility:input_type -> herald.registry.v1.CheckCompatibilityRequest
-	33, // 81: herald.registry.v1.RegistryService.CreateProduct:input_type -> herald.registry.v1.CreateProductRequest
-	35, // 82: herald.registry.v1.RegistryService.GetProduct:input_type -> herald.registry.v1.GetProductRequest
-	37, // 83: herald.registry.v1.RegistryService.ListProducts:input_type -> herald.registry.v1.ListProductsRequest
-	39, // 84: herald.registry.v1.RegistryService.UpdateProduct:input_type -> herald.registry.v1.UpdateProductRequest
-	44, // 85: herald.registry.v1.RegistryService.CreateApplication:input_type -> herald.registry.v1.CreateApplicationRequest
-	46, // 86: herald.registry.v1.RegistryService.GetApplication:input_type -> herald.registry.v1.GetApplicationRequest
-	48, // 87: herald.registry.v1.RegistryService.ListApplications:input_type -> herald.registry.v1.ListApplicationsRequest
-	50, // 88: herald.registry.v1.RegistryService.UpdateApplication:input_type -> herald.registry.v1.UpdateApplicationRequest
-	52, // 89: herald.registry.v1.RegistryService.CreateKey:input_type -> herald.registry.v1.CreateKeyRequest
-	54, // 90: herald.registry.v1.RegistryService.ListKeys:input_type -> herald.registry.v1.ListKeysRequest
-	56, // 91: herald.registry.v1.RegistryService.RevokeKey:input_type -> herald.registry.v1.RevokeKeyRequest
-	58, // 92: herald.registry.v1.RegistryService.AuthenticateKey:input_type -> herald.registry.v1.AuthenticateKeyRequest
-	64, // 93: herald.registry.v1.RegistryService.CreateSubscription:input_type -> herald.registry.v1.CreateSubscriptionRequest
-	66, // 94: herald.registry.v1.RegistryService.GetSubscription:input_type -> herald.registry.v1.GetSubscriptionRequest
-	68, // 95: herald.registry.v1.RegistryService.ListSubscriptions:input_type -> herald.registry.v1.ListSubscriptionsRequest
-	70, // 96: herald.registry.v1.RegistryService.DeleteSubscription:input_type -> herald.registry.v1.DeleteSubscriptionRequest
-	72, // 97: herald.registry.v1.RegistryService.Watch:input_type -> herald.registry.v1.WatchRequest
-	26, // 98: herald.registry.v1.RegistryService.CreateDomain:output_type -> herald.registry.v1.CreateDomainResponse
-	28, // 99: herald.registry.v1.RegistryService.GetDomain:output_type -> herald.registry.v1.GetDomainResponse
-	30, // 100: herald.registry.v1.RegistryService.ListDomains:output_type -> herald.registry.v1.ListDomainsResponse
-	32, // 101: herald.registry.v1.RegistryService.UpdateDomain:output_type -> herald.registry.v1.UpdateDomainResponse
-	12, // 102: herald.registry.v1.RegistryService.CreateEventType:output_type -> herald.registry.v1.CreateEventTypeResponse
-	14, // 103: herald.registry.v1.RegistryService.GetEventType:output_type -> herald.registry.v1.GetEventTypeResponse
-	16, // 104: herald.registry.v1.RegistryService.ListEventTypes:output_type -> herald.registry.v1.ListEventTypesResponse
-	18, // 105: herald.registry.v1.RegistryService.UpdateEventType:output_type -> herald.registry.v1.UpdateEventTypeResponse
-	20, // 106: herald.registry.v1.RegistryService.CreateSchemaVersion:output_type -> herald.registry.v1.CreateSchemaVersionResponse
-	22, // 107: herald.registry.v1.RegistryService.ListSchemaVersions:output_type -> herald.registry.v1.ListSchemaVersionsResponse
-	24, // 108: herald.registry.v1.RegistryService.CheckCompatibility:output_type -> herald.registry.v1.CheckCompatibilityResponse
-	34, // 109: herald.registry.v1.RegistryService.CreateProduct:output_type -> herald.registry.v1.CreateProductResponse
-	36, // 110: herald.registry.v1.RegistryService.GetProduct:output_type -> herald.registry.v1.GetProductResponse
-	38, // 111: herald.registry.v1.RegistryService.ListProducts:output_type -> herald.registry.v1.ListProductsResponse
-	40, // 112: herald.registry.v1.RegistryService.UpdateProduct:output_type -> herald.registry.v1.UpdateProductResponse
-	45, // 113: herald.registry.v1.RegistryService.CreateApplication:output_type -> herald.registry.v1.CreateApplicationResponse
-	47, // 114: herald.registry.v1.RegistryService.GetApplication:output_type -> herald.registry.v1.GetApplicationResponse
-	49, // 115: herald.registry.v1.RegistryService.ListApplications:output_type -> herald.registry.v1.ListApplicationsResponse
-	51, // 116: herald.registry.v1.RegistryService.UpdateApplication:output_type -> herald.registry.v1.UpdateApplicationResponse
-	53, // 117: herald.registry.v1.RegistryService.CreateKey:output_type -> herald.registry.v1.CreateKeyResponse
-	55, // 118: herald.registry.v1.RegistryService.ListKeys:output_type -> herald.registry.v1.ListKeysResponse
-	57, // 119: herald.registry.v1.RegistryService.RevokeKey:output_type -> herald.registry.v1.RevokeKeyResponse
-	59, // 120: herald.registry.v1.RegistryService.AuthenticateKey:output_type -> herald.registry.v1.AuthenticateKeyResponse
-	65, // 121: herald.registry.v1.RegistryService.CreateSubscription:output_type -> herald.registry.v1.CreateSubscriptionResponse
-	67, // 122: herald.registry.v1.RegistryService.GetSubscription:output_type -> herald.registry.v1.GetSubscriptionResponse
-	69, // 123: herald.registry.v1.RegistryService.ListSubscriptions:output_type -> herald.registry.v1.ListSubscriptionsResponse
-	71, // 124: herald.registry.v1.RegistryService.DeleteSubscription:output_type -> herald.registry.v1.DeleteSubscriptionResponse
-	75, // 125: herald.registry.v1.RegistryService.Watch:output_type -> herald.registry.v1.WatchResponse
-	98, // [98:126] is the sub-list for method output_type
-	70, // [70:98] is the sub-list for method input_type
-	70, // [70:70] is the sub-list for extension type_name
-	70, // [70:70] is the sub-list for extension extendee
-	0,  // [0:70] is the sub-list for field type_name
+	78,  // 0: herald.registry.v1.Domain.create_time:type_name -> google.protobuf.Timestamp
+	78,  // 1: herald.registry.v1.Domain.update_time:type_name -> google.protobuf.Timestamp
+	78,  // 2: herald.registry.v1.Product.create_time:type_name -> google.protobuf.Timestamp
+	78,  // 3: herald.registry.v1.Product.update_time:type_name -> google.protobuf.Timestamp
+	79,  // 4: herald.registry.v1.RetentionPolicy.max_age:type_name -> google.protobuf.Duration
+	78,  // 5: herald.registry.v1.SchemaVersion.create_time:type_name -> google.protobuf.Timestamp
+	78,  // 6: herald.registry.v1.EventType.create_time:type_name -> google.protobuf.Timestamp
+	78,  // 7: herald.registry.v1.EventType.update_time:type_name -> google.protobuf.Timestamp
+	1,   // 8: herald.registry.v1.EventType.visibility:type_name -> herald.registry.v1.Visibility
+	2,   // 9: herald.registry.v1.EventType.lifecycle:type_name -> herald.registry.v1.Lifecycle
+	78,  // 10: herald.registry.v1.EventType.sunset_time:type_name -> google.protobuf.Timestamp
+	8,   // 11: herald.registry.v1.EventType.examples:type_name -> herald.registry.v1.Example
+	7,   // 12: herald.registry.v1.EventType.retention:type_name -> herald.registry.v1.RetentionPolicy
+	0,   // 13: herald.registry.v1.EventType.compatibility:type_name -> herald.registry.v1.Compatibility
+	10,  // 14: herald.registry.v1.CreateEventTypeRequest.event_type:type_name -> herald.registry.v1.EventType
+	10,  // 15: herald.registry.v1.CreateEventTypeResponse.event_type:type_name -> herald.registry.v1.EventType
+	10,  // 16: herald.registry.v1.GetEventTypeResponse.event_type:type_name -> herald.registry.v1.EventType
+	10,  // 17: herald.registry.v1.ListEventTypesResponse.event_types:type_name -> herald.registry.v1.EventType
+	10,  // 18: herald.registry.v1.UpdateEventTypeRequest.event_type:type_name -> herald.registry.v1.EventType
+	10,  // 19: herald.registry.v1.UpdateEventTypeResponse.event_type:type_name -> herald.registry.v1.EventType
+	9,   // 20: herald.registry.v1.CreateSchemaVersionResponse.schema_version:type_name -> herald.registry.v1.SchemaVersion
+	9,   // 21: herald.registry.v1.ListSchemaVersionsResponse.schema_versions:type_name -> herald.registry.v1.SchemaVersion
+	5,   // 22: herald.registry.v1.CreateDomainRequest.domain:type_name -> herald.registry.v1.Domain
+	5,   // 23: herald.registry.v1.CreateDomainResponse.domain:type_name -> herald.registry.v1.Domain
+	5,   // 24: herald.registry.v1.GetDomainResponse.domain:type_name -> herald.registry.v1.Domain
+	5,   // 25: herald.registry.v1.ListDomainsResponse.domains:type_name -> herald.registry.v1.Domain
+	5,   // 26: herald.registry.v1.UpdateDomainRequest.domain:type_name -> herald.registry.v1.Domain
+	5,   // 27: herald.registry.v1.UpdateDomainResponse.domain:type_name -> herald.registry.v1.Domain
+	6,   // 28: herald.registry.v1.CreateProductRequest.product:type_name -> herald.registry.v1.Product
+	6,   // 29: herald.registry.v1.CreateProductResponse.product:type_name -> herald.registry.v1.Product
+	6,   // 30: herald.registry.v1.GetProductResponse.product:type_name -> herald.registry.v1.Product
+	6,   // 31: herald.registry.v1.ListProductsResponse.products:type_name -> herald.registry.v1.Product
+	6,   // 32: herald.registry.v1.UpdateProductRequest.product:type_name -> herald.registry.v1.Product
+	6,   // 33: herald.registry.v1.UpdateProductResponse.product:type_name -> herald.registry.v1.Product
+	78,  // 34: herald.registry.v1.Application.create_time:type_name -> google.protobuf.Timestamp
+	43,  // 35: herald.registry.v1.Application.grants:type_name -> herald.registry.v1.Grant
+	3,   // 36: herald.registry.v1.Application.audience:type_name -> herald.registry.v1.Audience
+	42,  // 37: herald.registry.v1.Application.publish_limit:type_name -> herald.registry.v1.PublishLimit
+	4,   // 38: herald.registry.v1.Grant.action:type_name -> herald.registry.v1.GrantAction
+	78,  // 39: herald.registry.v1.Key.create_time:type_name -> google.protobuf.Timestamp
+	78,  // 40: herald.registry.v1.Key.expire_time:type_name -> google.protobuf.Timestamp
+	78,  // 41: herald.registry.v1.Key.revoke_time:type_name -> google.protobuf.Timestamp
+	41,  // 42: herald.registry.v1.CreateApplicationRequest.application:type_name -> herald.registry.v1.Application
+	41,  // 43: herald.registry.v1.CreateApplicationResponse.application:type_name -> herald.registry.v1.Application
+	44,  // 44: herald.registry.v1.CreateApplicationResponse.key:type_name -> herald.registry.v1.Key
+	41,  // 45: herald.registry.v1.GetApplicationResponse.application:type_name -> herald.registry.v1.Application
+	41,  // 46: herald.registry.v1.ListApplicationsResponse.applications:type_name -> herald.registry.v1.Application
+	41,  // 47: herald.registry.v1.UpdateApplicationRequest.application:type_name -> herald.registry.v1.Application
+	41,  // 48: herald.registry.v1.UpdateApplicationResponse.application:type_name -> herald.registry.v1.Application
+	79,  // 49: herald.registry.v1.CreateKeyRequest.rotate_overlap:type_name -> google.protobuf.Duration
+	44,  // 50: herald.registry.v1.CreateKeyResponse.key:type_name -> herald.registry.v1.Key
+	44,  // 51: herald.registry.v1.ListKeysResponse.keys:type_name -> herald.registry.v1.Key
+	44,  // 52: herald.registry.v1.RevokeKeyResponse.key:type_name -> herald.registry.v1.Key
+	44,  // 53: herald.registry.v1.AuthenticateKeyResponse.key:type_name -> herald.registry.v1.Key
+	63,  // 54: herald.registry.v1.Subscription.webhook:type_name -> herald.registry.v1.WebhookChannel
+	64,  // 55: herald.registry.v1.Subscription.stream:type_name -> herald.registry.v1.StreamChannel
+	65,  // 56: herald.registry.v1.Subscription.start:type_name -> herald.registry.v1.StartPosition
+	78,  // 57: herald.registry.v1.Subscription.create_time:type_name -> google.protobuf.Timestamp
+	62,  // 58: herald.registry.v1.Subscription.delivery:type_name -> herald.registry.v1.DeliveryPolicy
+	79,  // 59: herald.registry.v1.DeliveryPolicy.ack_timeout:type_name -> google.protobuf.Duration
+	78,  // 60: herald.registry.v1.StartPosition.time:type_name -> google.protobuf.Timestamp
+	61,  // 61: herald.registry.v1.CreateSubscriptionRequest.subscription:type_name -> herald.registry.v1.Subscription
+	61,  // 62: herald.registry.v1.CreateSubscriptionResponse.subscription:type_name -> herald.registry.v1.Subscription
+	61,  // 63: herald.registry.v1.GetSubscriptionResponse.subscription:type_name -> herald.registry.v1.Subscription
+	61,  // 64: herald.registry.v1.ListSubscriptionsResponse.subscriptions:type_name -> herald.registry.v1.Subscription
+	44,  // 65: herald.registry.v1.KeyChange.key:type_name -> herald.registry.v1.Key
+	10,  // 66: herald.registry.v1.WatchResponse.event_type:type_name -> herald.registry.v1.EventType
+	5,   // 67: herald.registry.v1.WatchResponse.domain:type_name -> herald.registry.v1.Domain
+	6,   // 68: herald.registry.v1.WatchResponse.product:type_name -> herald.registry.v1.Product
+	41,  // 69: herald.registry.v1.WatchResponse.application:type_name -> herald.registry.v1.Application
+	75,  // 70: herald.registry.v1.WatchResponse.key:type_name -> herald.registry.v1.KeyChange
+	61,  // 71: herald.registry.v1.WatchResponse.subscription:type_name -> herald.registry.v1.Subscription
+	76,  // 72: herald.registry.v1.WatchResponse.deleted:type_name -> herald.registry.v1.Deletion
+	25,  // 73: herald.registry.v1.RegistryService.CreateDomain:input_type -> herald.registry.v1.CreateDomainRequest
+	27,  // 74: herald.registry.v1.RegistryService.GetDomain:input_type -> herald.registry.v1.GetDomainRequest
+	29,  // 75: herald.registry.v1.RegistryService.ListDomains:input_type -> herald.registry.v1.ListDomainsRequest
+	31,  // 76: herald.registry.v1.RegistryService.UpdateDomain:input_type -> herald.registry.v1.UpdateDomainRequest
+	11,  // 77: herald.registry.v1.RegistryService.CreateEventType:input_type -> herald.registry.v1.CreateEventTypeRequest
+	13,  // 78: herald.registry.v1.RegistryService.GetEventType:input_type -> herald.registry.v1.GetEventTypeRequest
+	15,  // 79: herald.registry.v1.RegistryService.ListEventTypes:input_type -> herald.registry.v1.ListEventTypesRequest
+	17,  // 80: herald.registry.v1.RegistryService.UpdateEventType:input_type -> herald.registry.v1.UpdateEventTypeRequest
+	19,  // 81: herald.registry.v1.RegistryService.CreateSchemaVersion:input_type -> herald.registry.v1.CreateSchemaVersionRequest
+	21,  // 82: herald.registry.v1.RegistryService.ListSchemaVersions:input_type -> herald.registry.v1.ListSchemaVersionsRequest
+	23,  // 83: herald.registry.v1.RegistryService.CheckCompatibility:input_type -> herald.registry.v1.CheckCompatibilityRequest
+	33,  // 84: herald.registry.v1.RegistryService.CreateProduct:input_type -> herald.registry.v1.CreateProductRequest
+	35,  // 85: herald.registry.v1.RegistryService.GetProduct:input_type -> herald.registry.v1.GetProductRequest
+	37,  // 86: herald.registry.v1.RegistryService.ListProducts:input_type -> herald.registry.v1.ListProductsRequest
+	39,  // 87: herald.registry.v1.RegistryService.UpdateProduct:input_type -> herald.registry.v1.UpdateProductRequest
+	45,  // 88: herald.registry.v1.RegistryService.CreateApplication:input_type -> herald.registry.v1.CreateApplicationRequest
+	47,  // 89: herald.registry.v1.RegistryService.GetApplication:input_type -> herald.registry.v1.GetApplicationRequest
+	49,  // 90: herald.registry.v1.RegistryService.ListApplications:input_type -> herald.registry.v1.ListApplicationsRequest
+	51,  // 91: herald.registry.v1.RegistryService.UpdateApplication:input_type -> herald.registry.v1.UpdateApplicationRequest
+	53,  // 92: herald.registry.v1.RegistryService.CreateKey:input_type -> herald.registry.v1.CreateKeyRequest
+	55,  // 93: herald.registry.v1.RegistryService.ListKeys:input_type -> herald.registry.v1.ListKeysRequest
+	57,  // 94: herald.registry.v1.RegistryService.RevokeKey:input_type -> herald.registry.v1.RevokeKeyRequest
+	59,  // 95: herald.registry.v1.RegistryService.AuthenticateKey:input_type -> herald.registry.v1.AuthenticateKeyRequest
+	66,  // 96: herald.registry.v1.RegistryService.CreateSubscription:input_type -> herald.registry.v1.CreateSubscriptionRequest
+	68,  // 97: herald.registry.v1.RegistryService.GetSubscription:input_type -> herald.registry.v1.GetSubscriptionRequest
+	70,  // 98: herald.registry.v1.RegistryService.ListSubscriptions:input_type -> herald.registry.v1.ListSubscriptionsRequest
+	72,  // 99: herald.registry.v1.RegistryService.DeleteSubscription:input_type -> herald.registry.v1.DeleteSubscriptionRequest
+	74,  // 100: herald.registry.v1.RegistryService.Watch:input_type -> herald.registry.v1.WatchRequest
+	26,  // 101: herald.registry.v1.RegistryService.CreateDomain:output_type -> herald.registry.v1.CreateDomainResponse
+	28,  // 102: herald.registry.v1.RegistryService.GetDomain:output_type -> herald.registry.v1.GetDomainResponse
+	30,  // 103: herald.registry.v1.RegistryService.ListDomains:output_type -> herald.registry.v1.ListDomainsResponse
+	32,  // 104: herald.registry.v1.RegistryService.UpdateDomain:output_type -> herald.registry.v1.UpdateDomainResponse
+	12,  // 105: herald.registry.v1.RegistryService.CreateEventType:output_type -> herald.registry.v1.CreateEventTypeResponse
+	14,  // 106: herald.registry.v1.RegistryService.GetEventType:output_type -> herald.registry.v1.GetEventTypeResponse
+	16,  // 107: herald.registry.v1.RegistryService.ListEventTypes:output_type -> herald.registry.v1.ListEventTypesResponse
+	18,  // 108: herald.registry.v1.RegistryService.UpdateEventType:output_type -> herald.registry.v1.UpdateEventTypeResponse
+	20,  // 109: herald.registry.v1.RegistryService.CreateSchemaVersion:output_type -> herald.registry.v1.CreateSchemaVersionResponse
+	22,  // 110: herald.registry.v1.RegistryService.ListSchemaVersions:output_type -> herald.registry.v1.ListSchemaVersionsResponse
+	24,  // 111: herald.registry.v1.RegistryService.CheckCompatibility:output_type -> herald.registry.v1.CheckCompatibilityResponse
+	34,  // 112: herald.registry.v1.RegistryService.CreateProduct:output_type -> herald.registry.v1.CreateProductResponse
+	36,  // 113: herald.registry.v1.RegistryService.GetProduct:output_type -> herald.registry.v1.GetProductResponse
+	38,  // 114: herald.registry.v1.RegistryService.ListProducts:output_type -> herald.registry.v1.ListProductsResponse
+	40,  // 115: herald.registry.v1.RegistryService.UpdateProduct:output_type -> herald.registry.v1.UpdateProductResponse
+	46,  // 116: herald.registry.v1.RegistryService.CreateApplication:output_type -> herald.registry.v1.CreateApplicationResponse
+	48,  // 117: herald.registry.v1.RegistryService.GetApplication:output_type -> herald.registry.v1.GetApplicationResponse
+	50,  // 118: herald.registry.v1.RegistryService.ListApplications:output_type -> herald.registry.v1.ListApplicationsResponse
+	52,  // 119: herald.registry.v1.RegistryService.UpdateApplication:output_type -> herald.registry.v1.UpdateApplicationResponse
+	54,  // 120: herald.registry.v1.RegistryService.CreateKey:output_type -> herald.registry.v1.CreateKeyResponse
+	56,  // 121: herald.registry.v1.RegistryService.ListKeys:output_type -> herald.registry.v1.ListKeysResponse
+	58,  // 122: herald.registry.v1.RegistryService.RevokeKey:output_type -> herald.registry.v1.RevokeKeyResponse
+	60,  // 123: herald.registry.v1.RegistryService.AuthenticateKey:output_type -> herald.registry.v1.AuthenticateKeyResponse
+	67,  // 124: herald.registry.v1.RegistryService.CreateSubscription:output_type -> herald.registry.v1.CreateSubscriptionResponse
+	69,  // 125: herald.registry.v1.RegistryService.GetSubscription:output_type -> herald.registry.v1.GetSubscriptionResponse
+	71,  // 126: herald.registry.v1.RegistryService.ListSubscriptions:output_type -> herald.registry.v1.ListSubscriptionsResponse
+	73,  // 127: herald.registry.v1.RegistryService.DeleteSubscription:output_type -> herald.registry.v1.DeleteSubscriptionResponse
+	77,  // 128: herald.registry.v1.RegistryService.Watch:output_type -> herald.registry.v1.WatchResponse
+	101, // [101:129] is the sub-list for method output_type
+	73,  // [73:101] is the sub-list for method input_type
+	73,  // [73:73] is the sub-list for extension type_name
+	73,  // [73:73] is the sub-list for extension extendee
+	0,   // [0:73] is the sub-list for field type_name
 }
 
 func init() { file_herald_registry_v1_registry_proto_init() }
@@ -4882,15 +5032,15 @@ func file_herald_registry_v1_registry_proto_init() {
 	if File_herald_registry_v1_registry_proto != nil {
 		return
 	}
-	file_herald_registry_v1_registry_proto_msgTypes[55].OneofWrappers = []any{
+	file_herald_registry_v1_registry_proto_msgTypes[56].OneofWrappers = []any{
 		(*Subscription_Webhook)(nil),
 		(*Subscription_Stream)(nil),
 	}
-	file_herald_registry_v1_registry_proto_msgTypes[58].OneofWrappers = []any{
+	file_herald_registry_v1_registry_proto_msgTypes[60].OneofWrappers = []any{
 		(*StartPosition_Cursor)(nil),
 		(*StartPosition_Time)(nil),
 	}
-	file_herald_registry_v1_registry_proto_msgTypes[70].OneofWrappers = []any{
+	file_herald_registry_v1_registry_proto_msgTypes[72].OneofWrappers = []any{
 		(*WatchResponse_EventType)(nil),
 		(*WatchResponse_Domain)(nil),
 		(*WatchResponse_Product)(nil),
@@ -4905,7 +5055,7 @@ func file_herald_registry_v1_registry_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_herald_registry_v1_registry_proto_rawDesc), len(file_herald_registry_v1_registry_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   71,
+			NumMessages:   73,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

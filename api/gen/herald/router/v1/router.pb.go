@@ -10,6 +10,8 @@ import (
 	v1 "github.com/heraldmesh/herald/api/gen/herald/event/v1"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	durationpb "google.golang.org/protobuf/types/known/durationpb"
+	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -339,11 +341,910 @@ func (x *SchemaViolation) GetMessage() string {
 	return ""
 }
 
+// SubscribeRequest is the request of Subscribe.
+type SubscribeRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The durable subscription (sub_...), owned by the caller's application.
+	SubscriptionId string `protobuf:"bytes,1,opt,name=subscription_id,json=subscriptionId,proto3" json:"subscription_id,omitempty"`
+	// The window: most deliveries of this stream that may be unacknowledged
+	// at once. 0 means 100; at most 10000.
+	MaxInFlight int32 `protobuf:"varint,2,opt,name=max_in_flight,json=maxInFlight,proto3" json:"max_in_flight,omitempty"`
+	// Optional: move the subscription to this position first, so that
+	// delivery resumes with the first event after it (a seek, for every
+	// consumer of the subscription). Deliveries already made stay pending.
+	Resume        *ResumePosition `protobuf:"bytes,3,opt,name=resume,proto3" json:"resume,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SubscribeRequest) Reset() {
+	*x = SubscribeRequest{}
+	mi := &file_herald_router_v1_router_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SubscribeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SubscribeRequest) ProtoMessage() {}
+
+func (x *SubscribeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_router_v1_router_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SubscribeRequest.ProtoReflect.Descriptor instead.
+func (*SubscribeRequest) Descriptor() ([]byte, []int) {
+	return file_herald_router_v1_router_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *SubscribeRequest) GetSubscriptionId() string {
+	if x != nil {
+		return x.SubscriptionId
+	}
+	return ""
+}
+
+func (x *SubscribeRequest) GetMaxInFlight() int32 {
+	if x != nil {
+		return x.MaxInFlight
+	}
+	return 0
+}
+
+func (x *SubscribeRequest) GetResume() *ResumePosition {
+	if x != nil {
+		return x.Resume
+	}
+	return nil
+}
+
+// ResumePosition is where a subscription is moved to.
+type ResumePosition struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Exactly one is set.
+	//
+	// Types that are valid to be assigned to Position:
+	//
+	//	*ResumePosition_Cursor
+	//	*ResumePosition_Time
+	Position      isResumePosition_Position `protobuf_oneof:"position"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResumePosition) Reset() {
+	*x = ResumePosition{}
+	mi := &file_herald_router_v1_router_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResumePosition) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResumePosition) ProtoMessage() {}
+
+func (x *ResumePosition) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_router_v1_router_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResumePosition.ProtoReflect.Descriptor instead.
+func (*ResumePosition) Descriptor() ([]byte, []int) {
+	return file_herald_router_v1_router_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *ResumePosition) GetPosition() isResumePosition_Position {
+	if x != nil {
+		return x.Position
+	}
+	return nil
+}
+
+func (x *ResumePosition) GetCursor() string {
+	if x != nil {
+		if x, ok := x.Position.(*ResumePosition_Cursor); ok {
+			return x.Cursor
+		}
+	}
+	return ""
+}
+
+func (x *ResumePosition) GetTime() *timestamppb.Timestamp {
+	if x != nil {
+		if x, ok := x.Position.(*ResumePosition_Time); ok {
+			return x.Time
+		}
+	}
+	return nil
+}
+
+type isResumePosition_Position interface {
+	isResumePosition_Position()
+}
+
+type ResumePosition_Cursor struct {
+	// After this cursor; "0" is the start of the retained log.
+	Cursor string `protobuf:"bytes,1,opt,name=cursor,proto3,oneof"`
+}
+
+type ResumePosition_Time struct {
+	// From this point in time.
+	Time *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=time,proto3,oneof"`
+}
+
+func (*ResumePosition_Cursor) isResumePosition_Position() {}
+
+func (*ResumePosition_Time) isResumePosition_Position() {}
+
+// SubscribeResponse is one delivery.
+type SubscribeResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Pass it to Ack or Nack. Opaque.
+	AckId string `protobuf:"bytes,1,opt,name=ack_id,json=ackId,proto3" json:"ack_id,omitempty"`
+	// The event's position in the log: stable across redeliveries, the id to
+	// deduplicate on.
+	Cursor string `protobuf:"bytes,2,opt,name=cursor,proto3" json:"cursor,omitempty"`
+	// The event.
+	Event *v1.CloudEvent `protobuf:"bytes,3,opt,name=event,proto3" json:"event,omitempty"`
+	// 1 on the first delivery, then 2, 3... up to the subscription's
+	// max_attempts.
+	Attempt       int32 `protobuf:"varint,4,opt,name=attempt,proto3" json:"attempt,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SubscribeResponse) Reset() {
+	*x = SubscribeResponse{}
+	mi := &file_herald_router_v1_router_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SubscribeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SubscribeResponse) ProtoMessage() {}
+
+func (x *SubscribeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_router_v1_router_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SubscribeResponse.ProtoReflect.Descriptor instead.
+func (*SubscribeResponse) Descriptor() ([]byte, []int) {
+	return file_herald_router_v1_router_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *SubscribeResponse) GetAckId() string {
+	if x != nil {
+		return x.AckId
+	}
+	return ""
+}
+
+func (x *SubscribeResponse) GetCursor() string {
+	if x != nil {
+		return x.Cursor
+	}
+	return ""
+}
+
+func (x *SubscribeResponse) GetEvent() *v1.CloudEvent {
+	if x != nil {
+		return x.Event
+	}
+	return nil
+}
+
+func (x *SubscribeResponse) GetAttempt() int32 {
+	if x != nil {
+		return x.Attempt
+	}
+	return 0
+}
+
+// AckRequest is the request of Ack.
+type AckRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The subscription the deliveries came from.
+	SubscriptionId string `protobuf:"bytes,1,opt,name=subscription_id,json=subscriptionId,proto3" json:"subscription_id,omitempty"`
+	// The deliveries' ack_ids (at most 1000).
+	AckIds        []string `protobuf:"bytes,2,rep,name=ack_ids,json=ackIds,proto3" json:"ack_ids,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AckRequest) Reset() {
+	*x = AckRequest{}
+	mi := &file_herald_router_v1_router_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AckRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AckRequest) ProtoMessage() {}
+
+func (x *AckRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_router_v1_router_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AckRequest.ProtoReflect.Descriptor instead.
+func (*AckRequest) Descriptor() ([]byte, []int) {
+	return file_herald_router_v1_router_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *AckRequest) GetSubscriptionId() string {
+	if x != nil {
+		return x.SubscriptionId
+	}
+	return ""
+}
+
+func (x *AckRequest) GetAckIds() []string {
+	if x != nil {
+		return x.AckIds
+	}
+	return nil
+}
+
+// AckResponse is the response of Ack.
+type AckResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// How many of the deliveries were still pending and are now acknowledged
+	// (an ack_id acknowledged twice counts once).
+	Acknowledged  int32 `protobuf:"varint,1,opt,name=acknowledged,proto3" json:"acknowledged,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AckResponse) Reset() {
+	*x = AckResponse{}
+	mi := &file_herald_router_v1_router_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AckResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AckResponse) ProtoMessage() {}
+
+func (x *AckResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_router_v1_router_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AckResponse.ProtoReflect.Descriptor instead.
+func (*AckResponse) Descriptor() ([]byte, []int) {
+	return file_herald_router_v1_router_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *AckResponse) GetAcknowledged() int32 {
+	if x != nil {
+		return x.Acknowledged
+	}
+	return 0
+}
+
+// NackRequest is the request of Nack.
+type NackRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The subscription the deliveries came from.
+	SubscriptionId string `protobuf:"bytes,1,opt,name=subscription_id,json=subscriptionId,proto3" json:"subscription_id,omitempty"`
+	// The deliveries' ack_ids (at most 1000).
+	AckIds []string `protobuf:"bytes,2,rep,name=ack_ids,json=ackIds,proto3" json:"ack_ids,omitempty"`
+	// How long to wait before delivering them again (0 to 7 days; 0: now).
+	Delay *durationpb.Duration `protobuf:"bytes,3,opt,name=delay,proto3" json:"delay,omitempty"`
+	// Why they were refused; kept with the event if it is dead-lettered.
+	Reason        string `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NackRequest) Reset() {
+	*x = NackRequest{}
+	mi := &file_herald_router_v1_router_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NackRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NackRequest) ProtoMessage() {}
+
+func (x *NackRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_router_v1_router_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NackRequest.ProtoReflect.Descriptor instead.
+func (*NackRequest) Descriptor() ([]byte, []int) {
+	return file_herald_router_v1_router_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *NackRequest) GetSubscriptionId() string {
+	if x != nil {
+		return x.SubscriptionId
+	}
+	return ""
+}
+
+func (x *NackRequest) GetAckIds() []string {
+	if x != nil {
+		return x.AckIds
+	}
+	return nil
+}
+
+func (x *NackRequest) GetDelay() *durationpb.Duration {
+	if x != nil {
+		return x.Delay
+	}
+	return nil
+}
+
+func (x *NackRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+// NackResponse is the response of Nack.
+type NackResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Deliveries scheduled to be delivered again.
+	Retrying int32 `protobuf:"varint,1,opt,name=retrying,proto3" json:"retrying,omitempty"`
+	// Deliveries that had used up their attempts and were dead-lettered.
+	DeadLettered  int32 `protobuf:"varint,2,opt,name=dead_lettered,json=deadLettered,proto3" json:"dead_lettered,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NackResponse) Reset() {
+	*x = NackResponse{}
+	mi := &file_herald_router_v1_router_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NackResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NackResponse) ProtoMessage() {}
+
+func (x *NackResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_router_v1_router_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NackResponse.ProtoReflect.Descriptor instead.
+func (*NackResponse) Descriptor() ([]byte, []int) {
+	return file_herald_router_v1_router_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *NackResponse) GetRetrying() int32 {
+	if x != nil {
+		return x.Retrying
+	}
+	return 0
+}
+
+func (x *NackResponse) GetDeadLettered() int32 {
+	if x != nil {
+		return x.DeadLettered
+	}
+	return 0
+}
+
+// DeadLetter is an event a subscription gave up on.
+type DeadLetter struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Its id in the dead-letter stream.
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// The event's position in the log.
+	Cursor string `protobuf:"bytes,2,opt,name=cursor,proto3" json:"cursor,omitempty"`
+	// The event.
+	Event *v1.CloudEvent `protobuf:"bytes,3,opt,name=event,proto3" json:"event,omitempty"`
+	// How many times it was delivered.
+	Attempts int32 `protobuf:"varint,4,opt,name=attempts,proto3" json:"attempts,omitempty"`
+	// Why it was given up on: the consumer's last Nack reason, or that it
+	// was not acknowledged in time.
+	Reason string `protobuf:"bytes,5,opt,name=reason,proto3" json:"reason,omitempty"`
+	// When it was dead-lettered.
+	Time          *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=time,proto3" json:"time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeadLetter) Reset() {
+	*x = DeadLetter{}
+	mi := &file_herald_router_v1_router_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeadLetter) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeadLetter) ProtoMessage() {}
+
+func (x *DeadLetter) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_router_v1_router_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeadLetter.ProtoReflect.Descriptor instead.
+func (*DeadLetter) Descriptor() ([]byte, []int) {
+	return file_herald_router_v1_router_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *DeadLetter) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *DeadLetter) GetCursor() string {
+	if x != nil {
+		return x.Cursor
+	}
+	return ""
+}
+
+func (x *DeadLetter) GetEvent() *v1.CloudEvent {
+	if x != nil {
+		return x.Event
+	}
+	return nil
+}
+
+func (x *DeadLetter) GetAttempts() int32 {
+	if x != nil {
+		return x.Attempts
+	}
+	return 0
+}
+
+func (x *DeadLetter) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *DeadLetter) GetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Time
+	}
+	return nil
+}
+
+// ListDeadLettersRequest is the request of ListDeadLetters.
+type ListDeadLettersRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The subscription.
+	SubscriptionId string `protobuf:"bytes,1,opt,name=subscription_id,json=subscriptionId,proto3" json:"subscription_id,omitempty"`
+	// At most this many (0 means 100; at most 1000).
+	PageSize int32 `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// From a previous response's next_page_token.
+	PageToken     string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListDeadLettersRequest) Reset() {
+	*x = ListDeadLettersRequest{}
+	mi := &file_herald_router_v1_router_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListDeadLettersRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListDeadLettersRequest) ProtoMessage() {}
+
+func (x *ListDeadLettersRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_router_v1_router_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListDeadLettersRequest.ProtoReflect.Descriptor instead.
+func (*ListDeadLettersRequest) Descriptor() ([]byte, []int) {
+	return file_herald_router_v1_router_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *ListDeadLettersRequest) GetSubscriptionId() string {
+	if x != nil {
+		return x.SubscriptionId
+	}
+	return ""
+}
+
+func (x *ListDeadLettersRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListDeadLettersRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+// ListDeadLettersResponse is the response of ListDeadLetters.
+type ListDeadLettersResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The dead letters, oldest first.
+	DeadLetters []*DeadLetter `protobuf:"bytes,1,rep,name=dead_letters,json=deadLetters,proto3" json:"dead_letters,omitempty"`
+	// Set when there are more.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	// How many dead letters the subscription holds in all.
+	Total         int64 `protobuf:"varint,3,opt,name=total,proto3" json:"total,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListDeadLettersResponse) Reset() {
+	*x = ListDeadLettersResponse{}
+	mi := &file_herald_router_v1_router_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListDeadLettersResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListDeadLettersResponse) ProtoMessage() {}
+
+func (x *ListDeadLettersResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_router_v1_router_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListDeadLettersResponse.ProtoReflect.Descriptor instead.
+func (*ListDeadLettersResponse) Descriptor() ([]byte, []int) {
+	return file_herald_router_v1_router_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *ListDeadLettersResponse) GetDeadLetters() []*DeadLetter {
+	if x != nil {
+		return x.DeadLetters
+	}
+	return nil
+}
+
+func (x *ListDeadLettersResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+func (x *ListDeadLettersResponse) GetTotal() int64 {
+	if x != nil {
+		return x.Total
+	}
+	return 0
+}
+
+// ReplayDeadLettersRequest is the request of ReplayDeadLetters.
+type ReplayDeadLettersRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The subscription.
+	SubscriptionId string `protobuf:"bytes,1,opt,name=subscription_id,json=subscriptionId,proto3" json:"subscription_id,omitempty"`
+	// The dead letters to replay (at most 1000), or all.
+	Ids []string `protobuf:"bytes,2,rep,name=ids,proto3" json:"ids,omitempty"`
+	// Replay every dead letter.
+	All           bool `protobuf:"varint,3,opt,name=all,proto3" json:"all,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReplayDeadLettersRequest) Reset() {
+	*x = ReplayDeadLettersRequest{}
+	mi := &file_herald_router_v1_router_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReplayDeadLettersRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReplayDeadLettersRequest) ProtoMessage() {}
+
+func (x *ReplayDeadLettersRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_router_v1_router_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReplayDeadLettersRequest.ProtoReflect.Descriptor instead.
+func (*ReplayDeadLettersRequest) Descriptor() ([]byte, []int) {
+	return file_herald_router_v1_router_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *ReplayDeadLettersRequest) GetSubscriptionId() string {
+	if x != nil {
+		return x.SubscriptionId
+	}
+	return ""
+}
+
+func (x *ReplayDeadLettersRequest) GetIds() []string {
+	if x != nil {
+		return x.Ids
+	}
+	return nil
+}
+
+func (x *ReplayDeadLettersRequest) GetAll() bool {
+	if x != nil {
+		return x.All
+	}
+	return false
+}
+
+// ReplayDeadLettersResponse is the response of ReplayDeadLetters.
+type ReplayDeadLettersResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// How many dead letters went back to the subscription.
+	Replayed      int32 `protobuf:"varint,1,opt,name=replayed,proto3" json:"replayed,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReplayDeadLettersResponse) Reset() {
+	*x = ReplayDeadLettersResponse{}
+	mi := &file_herald_router_v1_router_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReplayDeadLettersResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReplayDeadLettersResponse) ProtoMessage() {}
+
+func (x *ReplayDeadLettersResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_router_v1_router_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReplayDeadLettersResponse.ProtoReflect.Descriptor instead.
+func (*ReplayDeadLettersResponse) Descriptor() ([]byte, []int) {
+	return file_herald_router_v1_router_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *ReplayDeadLettersResponse) GetReplayed() int32 {
+	if x != nil {
+		return x.Replayed
+	}
+	return 0
+}
+
+// DeleteDeadLettersRequest is the request of DeleteDeadLetters.
+type DeleteDeadLettersRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The subscription.
+	SubscriptionId string `protobuf:"bytes,1,opt,name=subscription_id,json=subscriptionId,proto3" json:"subscription_id,omitempty"`
+	// The dead letters to discard (at most 1000), or all.
+	Ids []string `protobuf:"bytes,2,rep,name=ids,proto3" json:"ids,omitempty"`
+	// Discard every dead letter.
+	All           bool `protobuf:"varint,3,opt,name=all,proto3" json:"all,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteDeadLettersRequest) Reset() {
+	*x = DeleteDeadLettersRequest{}
+	mi := &file_herald_router_v1_router_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteDeadLettersRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteDeadLettersRequest) ProtoMessage() {}
+
+func (x *DeleteDeadLettersRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_router_v1_router_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteDeadLettersRequest.ProtoReflect.Descriptor instead.
+func (*DeleteDeadLettersRequest) Descriptor() ([]byte, []int) {
+	return file_herald_router_v1_router_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *DeleteDeadLettersRequest) GetSubscriptionId() string {
+	if x != nil {
+		return x.SubscriptionId
+	}
+	return ""
+}
+
+func (x *DeleteDeadLettersRequest) GetIds() []string {
+	if x != nil {
+		return x.Ids
+	}
+	return nil
+}
+
+func (x *DeleteDeadLettersRequest) GetAll() bool {
+	if x != nil {
+		return x.All
+	}
+	return false
+}
+
+// DeleteDeadLettersResponse is the response of DeleteDeadLetters.
+type DeleteDeadLettersResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// How many were discarded.
+	Deleted       int32 `protobuf:"varint,1,opt,name=deleted,proto3" json:"deleted,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteDeadLettersResponse) Reset() {
+	*x = DeleteDeadLettersResponse{}
+	mi := &file_herald_router_v1_router_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteDeadLettersResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteDeadLettersResponse) ProtoMessage() {}
+
+func (x *DeleteDeadLettersResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_router_v1_router_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteDeadLettersResponse.ProtoReflect.Descriptor instead.
+func (*DeleteDeadLettersResponse) Descriptor() ([]byte, []int) {
+	return file_herald_router_v1_router_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *DeleteDeadLettersResponse) GetDeleted() int32 {
+	if x != nil {
+		return x.Deleted
+	}
+	return 0
+}
+
 var File_herald_router_v1_router_proto protoreflect.FileDescriptor
 
 const file_herald_router_v1_router_proto_rawDesc = "" +
 	"\n" +
-	"\x1dherald/router/v1/router.proto\x12\x10herald.router.v1\x1a herald/event/v1/cloudevent.proto\"E\n" +
+	"\x1dherald/router/v1/router.proto\x12\x10herald.router.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a herald/event/v1/cloudevent.proto\"E\n" +
 	"\x0ePublishRequest\x123\n" +
 	"\x06events\x18\x01 \x03(\v2\x1b.herald.event.v1.CloudEventR\x06events\"L\n" +
 	"\x0fPublishResponse\x129\n" +
@@ -362,9 +1263,72 @@ const file_herald_router_v1_router_proto_rawDesc = "" +
 	"\x0fSchemaViolation\x12+\n" +
 	"\x11instance_location\x18\x01 \x01(\tR\x10instanceLocation\x12)\n" +
 	"\x10keyword_location\x18\x02 \x01(\tR\x0fkeywordLocation\x12\x18\n" +
-	"\amessage\x18\x03 \x01(\tR\amessage2_\n" +
+	"\amessage\x18\x03 \x01(\tR\amessage\"\x99\x01\n" +
+	"\x10SubscribeRequest\x12'\n" +
+	"\x0fsubscription_id\x18\x01 \x01(\tR\x0esubscriptionId\x12\"\n" +
+	"\rmax_in_flight\x18\x02 \x01(\x05R\vmaxInFlight\x128\n" +
+	"\x06resume\x18\x03 \x01(\v2 .herald.router.v1.ResumePositionR\x06resume\"h\n" +
+	"\x0eResumePosition\x12\x18\n" +
+	"\x06cursor\x18\x01 \x01(\tH\x00R\x06cursor\x120\n" +
+	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampH\x00R\x04timeB\n" +
+	"\n" +
+	"\bposition\"\x8f\x01\n" +
+	"\x11SubscribeResponse\x12\x15\n" +
+	"\x06ack_id\x18\x01 \x01(\tR\x05ackId\x12\x16\n" +
+	"\x06cursor\x18\x02 \x01(\tR\x06cursor\x121\n" +
+	"\x05event\x18\x03 \x01(\v2\x1b.herald.event.v1.CloudEventR\x05event\x12\x18\n" +
+	"\aattempt\x18\x04 \x01(\x05R\aattempt\"N\n" +
+	"\n" +
+	"AckRequest\x12'\n" +
+	"\x0fsubscription_id\x18\x01 \x01(\tR\x0esubscriptionId\x12\x17\n" +
+	"\aack_ids\x18\x02 \x03(\tR\x06ackIds\"1\n" +
+	"\vAckResponse\x12\"\n" +
+	"\facknowledged\x18\x01 \x01(\x05R\facknowledged\"\x98\x01\n" +
+	"\vNackRequest\x12'\n" +
+	"\x0fsubscription_id\x18\x01 \x01(\tR\x0esubscriptionId\x12\x17\n" +
+	"\aack_ids\x18\x02 \x03(\tR\x06ackIds\x12/\n" +
+	"\x05delay\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x05delay\x12\x16\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\"O\n" +
+	"\fNackResponse\x12\x1a\n" +
+	"\bretrying\x18\x01 \x01(\x05R\bretrying\x12#\n" +
+	"\rdead_lettered\x18\x02 \x01(\x05R\fdeadLettered\"\xcb\x01\n" +
+	"\n" +
+	"DeadLetter\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
+	"\x06cursor\x18\x02 \x01(\tR\x06cursor\x121\n" +
+	"\x05event\x18\x03 \x01(\v2\x1b.herald.event.v1.CloudEventR\x05event\x12\x1a\n" +
+	"\battempts\x18\x04 \x01(\x05R\battempts\x12\x16\n" +
+	"\x06reason\x18\x05 \x01(\tR\x06reason\x12.\n" +
+	"\x04time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\"}\n" +
+	"\x16ListDeadLettersRequest\x12'\n" +
+	"\x0fsubscription_id\x18\x01 \x01(\tR\x0esubscriptionId\x12\x1b\n" +
+	"\tpage_size\x18\x02 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x03 \x01(\tR\tpageToken\"\x98\x01\n" +
+	"\x17ListDeadLettersResponse\x12?\n" +
+	"\fdead_letters\x18\x01 \x03(\v2\x1c.herald.router.v1.DeadLetterR\vdeadLetters\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\x12\x14\n" +
+	"\x05total\x18\x03 \x01(\x03R\x05total\"g\n" +
+	"\x18ReplayDeadLettersRequest\x12'\n" +
+	"\x0fsubscription_id\x18\x01 \x01(\tR\x0esubscriptionId\x12\x10\n" +
+	"\x03ids\x18\x02 \x03(\tR\x03ids\x12\x10\n" +
+	"\x03all\x18\x03 \x01(\bR\x03all\"7\n" +
+	"\x19ReplayDeadLettersResponse\x12\x1a\n" +
+	"\breplayed\x18\x01 \x01(\x05R\breplayed\"g\n" +
+	"\x18DeleteDeadLettersRequest\x12'\n" +
+	"\x0fsubscription_id\x18\x01 \x01(\tR\x0esubscriptionId\x12\x10\n" +
+	"\x03ids\x18\x02 \x03(\tR\x03ids\x12\x10\n" +
+	"\x03all\x18\x03 \x01(\bR\x03all\"5\n" +
+	"\x19DeleteDeadLettersResponse\x12\x18\n" +
+	"\adeleted\x18\x01 \x01(\x05R\adeleted2\x86\x05\n" +
 	"\rRouterService\x12N\n" +
-	"\aPublish\x12 .herald.router.v1.PublishRequest\x1a!.herald.router.v1.PublishResponseB@Z>github.com/heraldmesh/herald/api/gen/herald/router/v1;routerv1b\x06proto3"
+	"\aPublish\x12 .herald.router.v1.PublishRequest\x1a!.herald.router.v1.PublishResponse\x12V\n" +
+	"\tSubscribe\x12\".herald.router.v1.SubscribeRequest\x1a#.herald.router.v1.SubscribeResponse0\x01\x12B\n" +
+	"\x03Ack\x12\x1c.herald.router.v1.AckRequest\x1a\x1d.herald.router.v1.AckResponse\x12E\n" +
+	"\x04Nack\x12\x1d.herald.router.v1.NackRequest\x1a\x1e.herald.router.v1.NackResponse\x12f\n" +
+	"\x0fListDeadLetters\x12(.herald.router.v1.ListDeadLettersRequest\x1a).herald.router.v1.ListDeadLettersResponse\x12l\n" +
+	"\x11ReplayDeadLetters\x12*.herald.router.v1.ReplayDeadLettersRequest\x1a+.herald.router.v1.ReplayDeadLettersResponse\x12l\n" +
+	"\x11DeleteDeadLetters\x12*.herald.router.v1.DeleteDeadLettersRequest\x1a+.herald.router.v1.DeleteDeadLettersResponseB@Z>github.com/heraldmesh/herald/api/gen/herald/router/v1;routerv1b\x06proto3"
 
 var (
 	file_herald_router_v1_router_proto_rawDescOnce sync.Once
@@ -378,27 +1342,62 @@ func file_herald_router_v1_router_proto_rawDescGZIP() []byte {
 	return file_herald_router_v1_router_proto_rawDescData
 }
 
-var file_herald_router_v1_router_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
+var file_herald_router_v1_router_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_herald_router_v1_router_proto_goTypes = []any{
-	(*PublishRequest)(nil),  // 0: herald.router.v1.PublishRequest
-	(*PublishResponse)(nil), // 1: herald.router.v1.PublishResponse
-	(*PublishResult)(nil),   // 2: herald.router.v1.PublishResult
-	(*PublishError)(nil),    // 3: herald.router.v1.PublishError
-	(*SchemaViolation)(nil), // 4: herald.router.v1.SchemaViolation
-	(*v1.CloudEvent)(nil),   // 5: herald.event.v1.CloudEvent
+	(*PublishRequest)(nil),            // 0: herald.router.v1.PublishRequest
+	(*PublishResponse)(nil),           // 1: herald.router.v1.PublishResponse
+	(*PublishResult)(nil),             // 2: herald.router.v1.PublishResult
+	(*PublishError)(nil),              // 3: herald.router.v1.PublishError
+	(*SchemaViolation)(nil),           // 4: herald.router.v1.SchemaViolation
+	(*SubscribeRequest)(nil),          // 5: herald.router.v1.SubscribeRequest
+	(*ResumePosition)(nil),            // 6: herald.router.v1.ResumePosition
+	(*SubscribeResponse)(nil),         // 7: herald.router.v1.SubscribeResponse
+	(*AckRequest)(nil),                // 8: herald.router.v1.AckRequest
+	(*AckResponse)(nil),               // 9: herald.router.v1.AckResponse
+	(*NackRequest)(nil),               // 10: herald.router.v1.NackRequest
+	(*NackResponse)(nil),              // 11: herald.router.v1.NackResponse
+	(*DeadLetter)(nil),                // 12: herald.router.v1.DeadLetter
+	(*ListDeadLettersRequest)(nil),    // 13: herald.router.v1.ListDeadLettersRequest
+	(*ListDeadLettersResponse)(nil),   // 14: herald.router.v1.ListDeadLettersResponse
+	(*ReplayDeadLettersRequest)(nil),  // 15: herald.router.v1.ReplayDeadLettersRequest
+	(*ReplayDeadLettersResponse)(nil), // 16: herald.router.v1.ReplayDeadLettersResponse
+	(*DeleteDeadLettersRequest)(nil),  // 17: herald.router.v1.DeleteDeadLettersRequest
+	(*DeleteDeadLettersResponse)(nil), // 18: herald.router.v1.DeleteDeadLettersResponse
+	(*v1.CloudEvent)(nil),             // 19: herald.event.v1.CloudEvent
+	(*timestamppb.Timestamp)(nil),     // 20: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),       // 21: google.protobuf.Duration
 }
 var file_herald_router_v1_router_proto_depIdxs = []int32{
-	5, // 0: herald.router.v1.PublishRequest.events:type_name -> herald.event.v1.CloudEvent
-	2, // 1: herald.router.v1.PublishResponse.results:type_name -> herald.router.v1.PublishResult
-	3, // 2: herald.router.v1.PublishResult.error:type_name -> herald.router.v1.PublishError
-	4, // 3: herald.router.v1.PublishError.violations:type_name -> herald.router.v1.SchemaViolation
-	0, // 4: herald.router.v1.RouterService.Publish:input_type -> herald.router.v1.PublishRequest
-	1, // 5: herald.router.v1.RouterService.Publish:output_type -> herald.router.v1.PublishResponse
-	5, // [5:6] is the sub-list for method output_type
-	4, // [4:5] is the sub-list for method input_type
-	4, // [4:4] is the sub-list for extension type_name
-	4, // [4:4] is the sub-list for extension extendee
-	0, // [0:4] is the sub-list for field type_name
+	19, // 0: herald.router.v1.PublishRequest.events:type_name -> herald.event.v1.CloudEvent
+	2,  // 1: herald.router.v1.PublishResponse.results:type_name -> herald.router.v1.PublishResult
+	3,  // 2: herald.router.v1.PublishResult.error:type_name -> herald.router.v1.PublishError
+	4,  // 3: herald.router.v1.PublishError.violations:type_name -> herald.router.v1.SchemaViolation
+	6,  // 4: herald.router.v1.SubscribeRequest.resume:type_name -> herald.router.v1.ResumePosition
+	20, // 5: herald.router.v1.ResumePosition.time:type_name -> google.protobuf.Timestamp
+	19, // 6: herald.router.v1.SubscribeResponse.event:type_name -> herald.event.v1.CloudEvent
+	21, // 7: herald.router.v1.NackRequest.delay:type_name -> google.protobuf.Duration
+	19, // 8: herald.router.v1.DeadLetter.event:type_name -> herald.event.v1.CloudEvent
+	20, // 9: herald.router.v1.DeadLetter.time:type_name -> google.protobuf.Timestamp
+	12, // 10: herald.router.v1.ListDeadLettersResponse.dead_letters:type_name -> herald.router.v1.DeadLetter
+	0,  // 11: herald.router.v1.RouterService.Publish:input_type -> herald.router.v1.PublishRequest
+	5,  // 12: herald.router.v1.RouterService.Subscribe:input_type -> herald.router.v1.SubscribeRequest
+	8,  // 13: herald.router.v1.RouterService.Ack:input_type -> herald.router.v1.AckRequest
+	10, // 14: herald.router.v1.RouterService.Nack:input_type -> herald.router.v1.NackRequest
+	13, // 15: herald.router.v1.RouterService.ListDeadLetters:input_type -> herald.router.v1.ListDeadLettersRequest
+	15, // 16: herald.router.v1.RouterService.ReplayDeadLetters:input_type -> herald.router.v1.ReplayDeadLettersRequest
+	17, // 17: herald.router.v1.RouterService.DeleteDeadLetters:input_type -> herald.router.v1.DeleteDeadLettersRequest
+	1,  // 18: herald.router.v1.RouterService.Publish:output_type -> herald.router.v1.PublishResponse
+	7,  // 19: herald.router.v1.RouterService.Subscribe:output_type -> herald.router.v1.SubscribeResponse
+	9,  // 20: herald.router.v1.RouterService.Ack:output_type -> herald.router.v1.AckResponse
+	11, // 21: herald.router.v1.RouterService.Nack:output_type -> herald.router.v1.NackResponse
+	14, // 22: herald.router.v1.RouterService.ListDeadLetters:output_type -> herald.router.v1.ListDeadLettersResponse
+	16, // 23: herald.router.v1.RouterService.ReplayDeadLetters:output_type -> herald.router.v1.ReplayDeadLettersResponse
+	18, // 24: herald.router.v1.RouterService.DeleteDeadLetters:output_type -> herald.router.v1.DeleteDeadLettersResponse
+	18, // [18:25] is the sub-list for method output_type
+	11, // [11:18] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_herald_router_v1_router_proto_init() }
@@ -410,13 +1409,17 @@ func file_herald_router_v1_router_proto_init() {
 		(*PublishResult_Cursor)(nil),
 		(*PublishResult_Error)(nil),
 	}
+	file_herald_router_v1_router_proto_msgTypes[6].OneofWrappers = []any{
+		(*ResumePosition_Cursor)(nil),
+		(*ResumePosition_Time)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_herald_router_v1_router_proto_rawDesc), len(file_herald_router_v1_router_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   5,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -35,6 +35,21 @@ const (
 const (
 	// RouterServicePublishProcedure is the fully-qualified name of the RouterService's Publish RPC.
 	RouterServicePublishProcedure = "/herald.router.v1.RouterService/Publish"
+	// RouterServiceSubscribeProcedure is the fully-qualified name of the RouterService's Subscribe RPC.
+	RouterServiceSubscribeProcedure = "/herald.router.v1.RouterService/Subscribe"
+	// RouterServiceAckProcedure is the fully-qualified name of the RouterService's Ack RPC.
+	RouterServiceAckProcedure = "/herald.router.v1.RouterService/Ack"
+	// RouterServiceNackProcedure is the fully-qualified name of the RouterService's Nack RPC.
+	RouterServiceNackProcedure = "/herald.router.v1.RouterService/Nack"
+	// RouterServiceListDeadLettersProcedure is the fully-qualified name of the RouterService's
+	// ListDeadLetters RPC.
+	RouterServiceListDeadLettersProcedure = "/herald.router.v1.RouterService/ListDeadLetters"
+	// RouterServiceReplayDeadLettersProcedure is the fully-qualified name of the RouterService's
+	// ReplayDeadLetters RPC.
+	RouterServiceReplayDeadLettersProcedure = "/herald.router.v1.RouterService/ReplayDeadLetters"
+	// RouterServiceDeleteDeadLettersProcedure is the fully-qualified name of the RouterService's
+	// DeleteDeadLetters RPC.
+	RouterServiceDeleteDeadLettersProcedure = "/herald.router.v1.RouterService/DeleteDeadLetters"
 )
 
 // RouterServiceClient is a client for the herald.router.v1.RouterService service.
@@ -43,6 +58,27 @@ type RouterServiceClient interface {
 	// cursor it was stored at, or why it was refused. A refused event is never
 	// stored; the others in the batch are.
 	Publish(context.Context, *connect.Request[v1.PublishRequest]) (*connect.Response[v1.PublishResponse], error)
+	// Subscribe delivers the events of a durable subscription (created in the
+	// registry with a stream channel). Every stream opened on one
+	// subscription shares its work: each event goes to one of them. At most
+	// max_in_flight deliveries are unacknowledged at a time; Ack or Nack each
+	// one by its ack_id. A delivery not acknowledged within the subscription's
+	// ack timeout is delivered again; after its maximum attempts an event goes
+	// to the subscription's dead-letter stream.
+	Subscribe(context.Context, *connect.Request[v1.SubscribeRequest]) (*connect.ServerStreamForClient[v1.SubscribeResponse], error)
+	// Ack confirms deliveries: they are never delivered again.
+	Ack(context.Context, *connect.Request[v1.AckRequest]) (*connect.Response[v1.AckResponse], error)
+	// Nack refuses deliveries: each is delivered again after the delay, or
+	// dead-lettered with the reason once it has used up its attempts.
+	Nack(context.Context, *connect.Request[v1.NackRequest]) (*connect.Response[v1.NackResponse], error)
+	// ListDeadLetters pages through a subscription's dead-letter stream,
+	// oldest first.
+	ListDeadLetters(context.Context, *connect.Request[v1.ListDeadLettersRequest]) (*connect.Response[v1.ListDeadLettersResponse], error)
+	// ReplayDeadLetters moves dead letters back to the subscription: each is
+	// delivered again with a fresh set of attempts.
+	ReplayDeadLetters(context.Context, *connect.Request[v1.ReplayDeadLettersRequest]) (*connect.Response[v1.ReplayDeadLettersResponse], error)
+	// DeleteDeadLetters discards dead letters.
+	DeleteDeadLetters(context.Context, *connect.Request[v1.DeleteDeadLettersRequest]) (*connect.Response[v1.DeleteDeadLettersResponse], error)
 }
 
 // NewRouterServiceClient constructs a client for the herald.router.v1.RouterService service. By
@@ -62,17 +98,89 @@ func NewRouterServiceClient(httpClient connect.HTTPClient, baseURL string, opts 
 			connect.WithSchema(routerServiceMethods.ByName("Publish")),
 			connect.WithClientOptions(opts...),
 		),
+		subscribe: connect.NewClient[v1.SubscribeRequest, v1.SubscribeResponse](
+			httpClient,
+			baseURL+RouterServiceSubscribeProcedure,
+			connect.WithSchema(routerServiceMethods.ByName("Subscribe")),
+			connect.WithClientOptions(opts...),
+		),
+		ack: connect.NewClient[v1.AckRequest, v1.AckResponse](
+			httpClient,
+			baseURL+RouterServiceAckProcedure,
+			connect.WithSchema(routerServiceMethods.ByName("Ack")),
+			connect.WithClientOptions(opts...),
+		),
+		nack: connect.NewClient[v1.NackRequest, v1.NackResponse](
+			httpClient,
+			baseURL+RouterServiceNackProcedure,
+			connect.WithSchema(routerServiceMethods.ByName("Nack")),
+			connect.WithClientOptions(opts...),
+		),
+		listDeadLetters: connect.NewClient[v1.ListDeadLettersRequest, v1.ListDeadLettersResponse](
+			httpClient,
+			baseURL+RouterServiceListDeadLettersProcedure,
+			connect.WithSchema(routerServiceMethods.ByName("ListDeadLetters")),
+			connect.WithClientOptions(opts...),
+		),
+		replayDeadLetters: connect.NewClient[v1.ReplayDeadLettersRequest, v1.ReplayDeadLettersResponse](
+			httpClient,
+			baseURL+RouterServiceReplayDeadLettersProcedure,
+			connect.WithSchema(routerServiceMethods.ByName("ReplayDeadLetters")),
+			connect.WithClientOptions(opts...),
+		),
+		deleteDeadLetters: connect.NewClient[v1.DeleteDeadLettersRequest, v1.DeleteDeadLettersResponse](
+			httpClient,
+			baseURL+RouterServiceDeleteDeadLettersProcedure,
+			connect.WithSchema(routerServiceMethods.ByName("DeleteDeadLetters")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
 // routerServiceClient implements RouterServiceClient.
 type routerServiceClient struct {
-	publish *connect.Client[v1.PublishRequest, v1.PublishResponse]
+	publish           *connect.Client[v1.PublishRequest, v1.PublishResponse]
+	subscribe         *connect.Client[v1.SubscribeRequest, v1.SubscribeResponse]
+	ack               *connect.Client[v1.AckRequest, v1.AckResponse]
+	nack              *connect.Client[v1.NackRequest, v1.NackResponse]
+	listDeadLetters   *connect.Client[v1.ListDeadLettersRequest, v1.ListDeadLettersResponse]
+	replayDeadLetters *connect.Client[v1.ReplayDeadLettersRequest, v1.ReplayDeadLettersResponse]
+	deleteDeadLetters *connect.Client[v1.DeleteDeadLettersRequest, v1.DeleteDeadLettersResponse]
 }
 
 // Publish calls herald.router.v1.RouterService.Publish.
 func (c *routerServiceClient) Publish(ctx context.Context, req *connect.Request[v1.PublishRequest]) (*connect.Response[v1.PublishResponse], error) {
 	return c.publish.CallUnary(ctx, req)
+}
+
+// Subscribe calls herald.router.v1.RouterService.Subscribe.
+func (c *routerServiceClient) Subscribe(ctx context.Context, req *connect.Request[v1.SubscribeRequest]) (*connect.ServerStreamForClient[v1.SubscribeResponse], error) {
+	return c.subscribe.CallServerStream(ctx, req)
+}
+
+// Ack calls herald.router.v1.RouterService.Ack.
+func (c *routerServiceClient) Ack(ctx context.Context, req *connect.Request[v1.AckRequest]) (*connect.Response[v1.AckResponse], error) {
+	return c.ack.CallUnary(ctx, req)
+}
+
+// Nack calls herald.router.v1.RouterService.Nack.
+func (c *routerServiceClient) Nack(ctx context.Context, req *connect.Request[v1.NackRequest]) (*connect.Response[v1.NackResponse], error) {
+	return c.nack.CallUnary(ctx, req)
+}
+
+// ListDeadLetters calls herald.router.v1.RouterService.ListDeadLetters.
+func (c *routerServiceClient) ListDeadLetters(ctx context.Context, req *connect.Request[v1.ListDeadLettersRequest]) (*connect.Response[v1.ListDeadLettersResponse], error) {
+	return c.listDeadLetters.CallUnary(ctx, req)
+}
+
+// ReplayDeadLetters calls herald.router.v1.RouterService.ReplayDeadLetters.
+func (c *routerServiceClient) ReplayDeadLetters(ctx context.Context, req *connect.Request[v1.ReplayDeadLettersRequest]) (*connect.Response[v1.ReplayDeadLettersResponse], error) {
+	return c.replayDeadLetters.CallUnary(ctx, req)
+}
+
+// DeleteDeadLetters calls herald.router.v1.RouterService.DeleteDeadLetters.
+func (c *routerServiceClient) DeleteDeadLetters(ctx context.Context, req *connect.Request[v1.DeleteDeadLettersRequest]) (*connect.Response[v1.DeleteDeadLettersResponse], error) {
+	return c.deleteDeadLetters.CallUnary(ctx, req)
 }
 
 // RouterServiceHandler is an implementation of the herald.router.v1.RouterService service.
@@ -81,6 +189,27 @@ type RouterServiceHandler interface {
 	// cursor it was stored at, or why it was refused. A refused event is never
 	// stored; the others in the batch are.
 	Publish(context.Context, *connect.Request[v1.PublishRequest]) (*connect.Response[v1.PublishResponse], error)
+	// Subscribe delivers the events of a durable subscription (created in the
+	// registry with a stream channel). Every stream opened on one
+	// subscription shares its work: each event goes to one of them. At most
+	// max_in_flight deliveries are unacknowledged at a time; Ack or Nack each
+	// one by its ack_id. A delivery not acknowledged within the subscription's
+	// ack timeout is delivered again; after its maximum attempts an event goes
+	// to the subscription's dead-letter stream.
+	Subscribe(context.Context, *connect.Request[v1.SubscribeRequest], *connect.ServerStream[v1.SubscribeResponse]) error
+	// Ack confirms deliveries: they are never delivered again.
+	Ack(context.Context, *connect.Request[v1.AckRequest]) (*connect.Response[v1.AckResponse], error)
+	// Nack refuses deliveries: each is delivered again after the delay, or
+	// dead-lettered with the reason once it has used up its attempts.
+	Nack(context.Context, *connect.Request[v1.NackRequest]) (*connect.Response[v1.NackResponse], error)
+	// ListDeadLetters pages through a subscription's dead-letter stream,
+	// oldest first.
+	ListDeadLetters(context.Context, *connect.Request[v1.ListDeadLettersRequest]) (*connect.Response[v1.ListDeadLettersResponse], error)
+	// ReplayDeadLetters moves dead letters back to the subscription: each is
+	// delivered again with a fresh set of attempts.
+	ReplayDeadLetters(context.Context, *connect.Request[v1.ReplayDeadLettersRequest]) (*connect.Response[v1.ReplayDeadLettersResponse], error)
+	// DeleteDeadLetters discards dead letters.
+	DeleteDeadLetters(context.Context, *connect.Request[v1.DeleteDeadLettersRequest]) (*connect.Response[v1.DeleteDeadLettersResponse], error)
 }
 
 // NewRouterServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -96,10 +225,58 @@ func NewRouterServiceHandler(svc RouterServiceHandler, opts ...connect.HandlerOp
 		connect.WithSchema(routerServiceMethods.ByName("Publish")),
 		connect.WithHandlerOptions(opts...),
 	)
+	routerServiceSubscribeHandler := connect.NewServerStreamHandler(
+		RouterServiceSubscribeProcedure,
+		svc.Subscribe,
+		connect.WithSchema(routerServiceMethods.ByName("Subscribe")),
+		connect.WithHandlerOptions(opts...),
+	)
+	routerServiceAckHandler := connect.NewUnaryHandler(
+		RouterServiceAckProcedure,
+		svc.Ack,
+		connect.WithSchema(routerServiceMethods.ByName("Ack")),
+		connect.WithHandlerOptions(opts...),
+	)
+	routerServiceNackHandler := connect.NewUnaryHandler(
+		RouterServiceNackProcedure,
+		svc.Nack,
+		connect.WithSchema(routerServiceMethods.ByName("Nack")),
+		connect.WithHandlerOptions(opts...),
+	)
+	routerServiceListDeadLettersHandler := connect.NewUnaryHandler(
+		RouterServiceListDeadLettersProcedure,
+		svc.ListDeadLetters,
+		connect.WithSchema(routerServiceMethods.ByName("ListDeadLetters")),
+		connect.WithHandlerOptions(opts...),
+	)
+	routerServiceReplayDeadLettersHandler := connect.NewUnaryHandler(
+		RouterServiceReplayDeadLettersProcedure,
+		svc.ReplayDeadLetters,
+		connect.WithSchema(routerServiceMethods.ByName("ReplayDeadLetters")),
+		connect.WithHandlerOptions(opts...),
+	)
+	routerServiceDeleteDeadLettersHandler := connect.NewUnaryHandler(
+		RouterServiceDeleteDeadLettersProcedure,
+		svc.DeleteDeadLetters,
+		connect.WithSchema(routerServiceMethods.ByName("DeleteDeadLetters")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/herald.router.v1.RouterService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case RouterServicePublishProcedure:
 			routerServicePublishHandler.ServeHTTP(w, r)
+		case RouterServiceSubscribeProcedure:
+			routerServiceSubscribeHandler.ServeHTTP(w, r)
+		case RouterServiceAckProcedure:
+			routerServiceAckHandler.ServeHTTP(w, r)
+		case RouterServiceNackProcedure:
+			routerServiceNackHandler.ServeHTTP(w, r)
+		case RouterServiceListDeadLettersProcedure:
+			routerServiceListDeadLettersHandler.ServeHTTP(w, r)
+		case RouterServiceReplayDeadLettersProcedure:
+			routerServiceReplayDeadLettersHandler.ServeHTTP(w, r)
+		case RouterServiceDeleteDeadLettersProcedure:
+			routerServiceDeleteDeadLettersHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -111,4 +288,28 @@ type UnimplementedRouterServiceHandler struct{}
 
 func (UnimplementedRouterServiceHandler) Publish(context.Context, *connect.Request[v1.PublishRequest]) (*connect.Response[v1.PublishResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("herald.router.v1.RouterService.Publish is not implemented"))
+}
+
+func (UnimplementedRouterServiceHandler) Subscribe(context.Context, *connect.Request[v1.SubscribeRequest], *connect.ServerStream[v1.SubscribeResponse]) error {
+	return connect.NewError(connect.CodeUnimplemented, errors.New("herald.router.v1.RouterService.Subscribe is not implemented"))
+}
+
+func (UnimplementedRouterServiceHandler) Ack(context.Context, *connect.Request[v1.AckRequest]) (*connect.Response[v1.AckResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("herald.router.v1.RouterService.Ack is not implemented"))
+}
+
+func (UnimplementedRouterServiceHandler) Nack(context.Context, *connect.Request[v1.NackRequest]) (*connect.Response[v1.NackResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("herald.router.v1.RouterService.Nack is not implemented"))
+}
+
+func (UnimplementedRouterServiceHandler) ListDeadLetters(context.Context, *connect.Request[v1.ListDeadLettersRequest]) (*connect.Response[v1.ListDeadLettersResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("herald.router.v1.RouterService.ListDeadLetters is not implemented"))
+}
+
+func (UnimplementedRouterServiceHandler) ReplayDeadLetters(context.Context, *connect.Request[v1.ReplayDeadLettersRequest]) (*connect.Response[v1.ReplayDeadLettersResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("herald.router.v1.RouterService.ReplayDeadLetters is not implemented"))
+}
+
+func (UnimplementedRouterServiceHandler) DeleteDeadLetters(context.Context, *connect.Request[v1.DeleteDeadLettersRequest]) (*connect.Response[v1.DeleteDeadLettersResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("herald.router.v1.RouterService.DeleteDeadLetters is not implemented"))
 }
