@@ -161,6 +161,25 @@ func attrJSON(v *eventv1.CloudEvent_CloudEventAttributeValue) any {
 	}
 }
 
+// Attributes returns every attribute of ev by name, the required ones
+// (specversion, id, source, type) included: booleans as bool, integers as
+// int64, everything else in its canonical string form.
+func Attributes(ev *eventv1.CloudEvent) map[string]any {
+	m := make(map[string]any, 4+len(ev.GetAttributes()))
+	for k, v := range ev.GetAttributes() {
+		if a, ok := v.GetAttr().(*eventv1.CloudEvent_CloudEventAttributeValue_CeInteger); ok {
+			m[k] = int64(a.CeInteger)
+			continue
+		}
+		m[k] = attrJSON(v)
+	}
+	m["specversion"] = ev.GetSpecVersion()
+	m["id"] = ev.GetId()
+	m["source"] = ev.GetSource()
+	m["type"] = ev.GetType()
+	return m
+}
+
 // AttributeString is an attribute's value in its canonical string form.
 func AttributeString(v *eventv1.CloudEvent_CloudEventAttributeValue) string { return attrString(v) }
 

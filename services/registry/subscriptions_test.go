@@ -5,6 +5,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"connectrpc.com/connect"
 	registryv1 "github.com/heraldmesh/herald/api/gen/herald/registry/v1"
@@ -33,6 +34,10 @@ func TestSubscriptions(t *testing.T) {
 	}}))).msg(t).GetSubscription()
 	if !strings.HasPrefix(created.GetId(), "sub_") || created.GetApplicationId() != partner.GetId() || created.GetRevision() == 0 || created.GetCreateTime() == nil {
 		t.Errorf("created: %v", created)
+	}
+	// The delivery policy's defaults are filled in.
+	if d := created.GetDelivery(); d.GetAckTimeout().AsDuration() != 30*time.Second || d.GetMaxAttempts() != 10 {
+		t.Errorf("default delivery policy: %v", d)
 	}
 	got := must(asPartner.GetSubscription(ctx, connect.NewRequest(&registryv1.GetSubscriptionRequest{Id: created.GetId()}))).msg(t).GetSubscription()
 	if got.GetFilter() != created.GetFilter() || got.GetWebhook().GetUrl() != "https://partner.example/hooks/herald" {

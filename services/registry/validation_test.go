@@ -4,6 +4,7 @@ import (
 	"context"
 	"strings"
 	"testing"
+	"time"
 
 	"connectrpc.com/connect"
 	registryv1 "github.com/heraldmesh/herald/api/gen/herald/registry/v1"
@@ -142,6 +143,14 @@ func TestRefusals(t *testing.T) {
 			Channel: &registryv1.Subscription_Webhook{Webhook: &registryv1.WebhookChannel{Url: "ftp://example.com/x"}}}), connect.CodeInvalidArgument, []string{"http"}},
 		{"start at a malformed cursor", createSub(&registryv1.Subscription{ApplicationId: app.GetId(), Types: []string{"billing.*"}, Channel: stream,
 			Start: &registryv1.StartPosition{Position: &registryv1.StartPosition_Cursor{Cursor: "yesterday"}}}), connect.CodeInvalidArgument, []string{"yesterday"}},
+		{"ack timeout too short", createSub(&registryv1.Subscription{ApplicationId: app.GetId(), Types: []string{"billing.*"}, Channel: stream,
+			Delivery: &registryv1.DeliveryPolicy{AckTimeout: durationpb.New(time.Millisecond)}}), connect.CodeInvalidArgument, []string{"ack_timeout", "1ms", "100ms"}},
+		{"ack timeout too long", createSub(&registryv1.Subscription{ApplicationId: app.GetId(), Types: []string{"billing.*"}, Channel: stream,
+			Delivery: &registryv1.DeliveryPolicy{AckTimeout: durationpb.New(13 * time.Hour)}}), connect.CodeInvalidArgument, []string{"ack_timeout", "12h"}},
+		{"too many attempts", createSub(&registryv1.Subscription{ApplicationId: app.GetId(), Types: []string{"billing.*"}, Channel: stream,
+			Delivery: &registryv1.DeliveryPolicy{MaxAttempts: 1001}}), connect.CodeInvalidArgument, []string{"max_attempts", "1001"}},
+		{"filter that is not boolean", createSub(&registryv1.Subscription{ApplicationId: app.GetId(), Types: []string{"billing.*"}, Channel: stream,
+			Filter: `data.amount`}), connect.CodeInvalidArgument, []string{"filter", "boolean"}},
 
 		// Applications and keys.
 		{"application without name", createApp(&registryv1.Application{}), connect.CodeInvalidArgument, []string{"name"}},

@@ -4,52 +4,58 @@ import (
 	"context"
 	"net/url"
 	"strings"
-	"sync"
+	"time"
 
-	"cel.dev/cel-go/cel"
 	"connectrpc.com/connect"
 	registryv1 "github.com/heraldmesh/herald/api/gen/herald/registry/v1"
 	"github.com/heraldmesh/herald/platform/access"
 	"github.com/heraldmesh/herald/platform/auth"
+	"github.com/heraldmesh/herald/platform/filter"
+	"google.golang.org/protobuf/types/known/durationpb"
 )
 
 const (
 	maxSubscriptionTypes = 100
-	maxFilter            = 4096
 	maxURL               = 2048
 )
 
-// filterEnv declares what a subscription filter sees: event, the CloudEvent
-// attributes by name (id, source, type, subject, time, extensions...), and
-// data, the event data decoded from JSON.
-var filterEnv = sync.OnceValues(func() (*cel.Env, error) {
-	return cel.NewEnv(
-		cel.Variable("event", cel.MapType(cel.StringType, cel.DynType)),
-		cel.Variable("data", cel.DynType),
-	)
-})
-
-// checkFilter compiles and type-checks a filter: it must be a boolean
-// expression.
-func checkFilter(filter string) error {
-	if filter == "" {
-		return nil
-	}
-	if len(filter) > maxFilter {
-		return invalid("subscription.filter is %d bytes, more than the %d allowed", len(filter), maxFilter)
-	}
-	env, err := filterEnv()
-	if err != nil {
-		return connect.NewError(connect.CodeInternal, err)
-	}
-	ast, iss := env.Compile(filter)
-	if iss.Err() != nil {
-		return invalid("subscription.filter: %v", iss.Err())
-	}
-	if t := ast.OutputType(); !t.IsExactType(cel.BoolType) {
-		return invalid("subscription.filter must be a boolean expression, but %q is of type %s", filter, t)
+// checkFilter compiles and type-checks a filter: it must be a boolean CEL
+// expression over event and data (see platform/filter).
+func checkFilter(expr string) error {
+	if _, err := filter.Compile(expr); err != nil {
+		return invalid("subscription.filter: %v", err)
 	}
 	return nil
+}
+
+// Delivery policy bounds and defaults.
+const (
+	defaultAckTimeout  = 30 * time.Second
+	minAckTimeout      = 100 * time.Millisecond
+	maxAckTimeout      = 12 * time.Hour
+	defaultMaxAttempts = 10
+	maxMaxAttempts     = 1000
+)
+
+// deliveryPolicy checks the policy asked for and fills in the defaults.
+func deliveryPolicy(in *registryv1.DeliveryPolicy) (*registryv1.DeliveryPolicy, error) {
+	out := &registryv1.DeliveryPolicy{AckTimeout: durationpb.New(defaultAckTimeout), MaxAttempts: defaultMaxAttempts}
+	if d := in.GetAckTimeout(); d != nil {
+		if err := d.CheckValid(); err != nil {
+			return nil, invalid("subscription.delivery.ack_timeout: %v", err)
+		}
+		if t := d.AsDuration(); t < minAckTimeout || t > maxAckTimeout {
+			return nil, invalid("subscription.delivery.ack_timeout is %s; it must be between %s and %s", t, minAckTimeout, maxAckTimeout)
+		}
+		out.AckTimeout = d
+	}
+	switch n := in.GetMaxAttempts(); {
+	case n < 0 || n > maxMaxAttempts:
+		return nil, invalid("subscription.delivery.max_attempts is %d; it must be between 1 and %d", n, maxMaxAttempts)
+	case n > 0:
+		out.MaxAttempts = n
+	}
+	return out, nil
 }
 
 func checkChannel(sub *registryv1.Subscription) error {
@@ -165,11 +171,15 @@ func (h *Handler) CreateSubscription(ctx context.Context, req *connect.Request[r
 	if err := checkStart(in); err != nil {
 		return nil, err
 	}
+	policy, err := deliveryPolicy(in.GetDelivery())
+	if err != nil {
+		return nil, err
+	}
 	sub := &registryv1.Subscription{
 		Id: auth.NewID("sub_"), ApplicationId: appID, Types: in.GetTypes(), Filter: in.GetFilter(),
-		Channel: in.GetChannel(), Start: in.GetStart(),
+		Channel: in.GetChannel(), Start: in.GetStart(), Delivery: policy,
 	}
-	sub, err := h.store.CreateSubscription(ctx, sub, func(app *registryv1.Application, types map[string]*registryv1.EventType) error {
+	sub, err = h.store.CreateSubscription(ctx, sub, func(app *registryv1.Application, types map[string]*registryv1.EventType) error {
 		return mayReceive(app, sub.GetTypes(), types)
 	})
 	if err != nil {
