@@ -4,10 +4,12 @@ go 1.26.0
 
 require (
 	connectrpc.com/connect v1.21.1
+	github.com/go-redis/redis_rate/v10 v10.0.1
 	github.com/heraldmesh/herald/api v0.0.0
 	github.com/heraldmesh/herald/platform v0.0.0
 	github.com/heraldmesh/herald/services/registry v0.0.0
 	github.com/redis/go-redis/v9 v9.23.0
+	go.uber.org/goleak v1.3.0
 	google.golang.org/protobuf v1.36.12
 )
 

@@ -18,6 +18,11 @@ const (
 	maxGrants      = 100
 	maxOverlap     = 30 * 24 * time.Hour
 	keyPrefixChars = 10
+
+	// Bounds of a publish limit: far above what one Redis holds, low enough
+	// that the router's rate arithmetic stays exact.
+	maxEventsPerSecond = 1_000_000
+	maxBurst           = 10_000_000
 )
 
 // validApplication checks what a client may set on an application and
@@ -50,7 +55,24 @@ func validApplication(in *registryv1.Application) (string, error) {
 			return "", invalid("application.grants[%d].pattern: %v", i, err)
 		}
 	}
+	if err := validPublishLimit(in.GetPublishLimit()); err != nil {
+		return "", err
+	}
 	return name, nil
+}
+
+// validPublishLimit checks a publish limit; nil is no limit.
+func validPublishLimit(l *registryv1.PublishLimit) error {
+	if l == nil {
+		return nil
+	}
+	if eps := l.GetEventsPerSecond(); eps < 1 || eps > maxEventsPerSecond {
+		return invalid("application.publish_limit.events_per_second is %d: it must be between 1 and %d (leave publish_limit unset for no limit)", eps, maxEventsPerSecond)
+	}
+	if b := l.GetBurst(); b < 0 || b > maxBurst {
+		return invalid("application.publish_limit.burst is %d: it must be between 0 (one second's worth of events) and %d", b, maxBurst)
+	}
+	return nil
 }
 
 // newKey returns a key for an application with a fresh secret, and the
@@ -79,7 +101,10 @@ func (h *Handler) CreateApplication(ctx context.Context, req *connect.Request[re
 	if err != nil {
 		return nil, err
 	}
-	app := &registryv1.Application{Id: auth.NewID("app_"), Name: name, Tenant: in.GetTenant(), Audience: in.GetAudience(), Grants: in.GetGrants()}
+	app := &registryv1.Application{
+		Id: auth.NewID("app_"), Name: name, Tenant: in.GetTenant(), Audience: in.GetAudience(), Grants: in.GetGrants(),
+		PublishLimit: in.GetPublishLimit(),
+	}
 	key, hash := newKey(app.GetId())
 	app, key, err = h.store.CreateApplication(ctx, app, key, hash)
 	if err != nil {
@@ -140,6 +165,7 @@ func (h *Handler) UpdateApplication(ctx context.Context, req *connect.Request[re
 	}
 	app, err := h.store.UpdateApplication(ctx, in.GetId(), in.GetRevision(), func(app *registryv1.Application) error {
 		app.Name, app.Tenant, app.Audience, app.Grants = name, in.GetTenant(), in.GetAudience(), in.GetGrants()
+		app.PublishLimit = in.GetPublishLimit() // unset in the update: no limit any more
 		return nil
 	})
 	if err != nil {

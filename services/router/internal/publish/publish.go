@@ -7,7 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
+	"strconv"
 	"strings"
+	"time"
 
 	"connectrpc.com/connect"
 	eventv1 "github.com/heraldmesh/herald/api/gen/herald/event/v1"
@@ -23,6 +26,7 @@ import (
 	"github.com/heraldmesh/herald/platform/eventtype"
 	"github.com/heraldmesh/herald/platform/usage"
 	"github.com/heraldmesh/herald/services/router/internal/appender"
+	"github.com/heraldmesh/herald/services/router/internal/backpressure"
 	"github.com/redis/go-redis/v9"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -34,6 +38,18 @@ type Limits struct {
 	MaxEventBytes int // encoded size of one event (default 1 MiB)
 }
 
+// Guards refuse publishes to protect Redis, rather than queue them.
+type Guards struct {
+	// Memory refuses every publish while Redis is above its memory
+	// high-water mark; its Run must be running. Nil: no such check (Redis's
+	// own refusal at maxmemory still answers RESOURCE_EXHAUSTED).
+	Memory *backpressure.Memory
+}
+
+// retryFull is the Retry-After hint while Redis is (nearly) full: long
+// enough for the memory reading to change, short enough not to stall.
+const retryFull = 5 * time.Second
+
 // Handler serves RouterService.
 type Handler struct {
 	routerv1connect.UnimplementedRouterServiceHandler
@@ -42,17 +58,28 @@ type Handler struct {
 	rdb      redis.Cmdable
 	log      *slog.Logger
 	limits   Limits
+	memory   *backpressure.Memory
+	quota    *backpressure.Quota
 }
 
-// New returns a Handler.
-func New(c *catalog.Cache, a *appender.Appender, rdb redis.Cmdable, log *slog.Logger, l Limits) *Handler {
+// New returns a Handler. Applications' publish limits are always enforced,
+// counted in rdb.
+func New(c *catalog.Cache, a *appender.Appender, rdb redis.Cmdable, log *slog.Logger, l Limits, g Guards) *Handler {
 	if l.MaxEvents <= 0 {
 		l.MaxEvents = 1000
 	}
 	if l.MaxEventBytes <= 0 {
 		l.MaxEventBytes = 1 << 20
 	}
-	return &Handler{catalog: c, appender: a, rdb: rdb, log: log, limits: l}
+	return &Handler{catalog: c, appender: a, rdb: rdb, log: log, limits: l, memory: g.Memory, quota: backpressure.NewQuota(rdb)}
+}
+
+// exhausted is a RESOURCE_EXHAUSTED error with a Retry-After hint, in
+// whole seconds (at least 1).
+func exhausted(retry time.Duration, msg error) *connect.Error {
+	err := connect.NewError(connect.CodeResourceExhausted, msg)
+	err.Meta().Set("Retry-After", strconv.FormatInt(max(1, int64(math.Ceil(retry.Seconds()))), 10))
+	return err
 }
 
 func refuse(code connect.Code, format string, args ...any) *routerv1.PublishResult {
@@ -70,6 +97,9 @@ func (h *Handler) Publish(ctx context.Context, req *connect.Request[routerv1.Pub
 		return nil, connect.NewError(connect.CodeInvalidArgument, errors.New("events is empty: send at least one CloudEvent"))
 	case len(events) > h.limits.MaxEvents:
 		return nil, connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("%d events in one batch, more than the %d allowed", len(events), h.limits.MaxEvents))
+	}
+	if reason, full := h.memory.Refusing(); full {
+		return nil, exhausted(retryFull, errors.New(reason))
 	}
 	var app *registryv1.Application
 	if !p.Admin {
@@ -95,11 +125,13 @@ func (h *Handler) Publish(ctx context.Context, req *connect.Request[routerv1.Pub
 		slots = append(slots, i)
 	}
 	if len(items) > 0 {
+		if err := h.takeQuota(ctx, app, len(items)); err != nil {
+			return nil, err
+		}
 		appended, err := h.appender.Append(ctx, items)
 		if errors.Is(err, appender.ErrOutOfMemory) {
-			err := connect.NewError(connect.CodeResourceExhausted, errors.New("the log is full (Redis reached maxmemory); retry later"))
-			err.Meta().Set("Retry-After", "5")
-			return nil, err
+			h.memory.Probe() // refuse the next publishes before they reach Redis
+			return nil, exhausted(retryFull, errors.New("the log is full (Redis reached maxmemory); retry later"))
 		}
 		if err != nil {
 			h.log.Error("append failed", "err", err, "events", len(items))
@@ -111,6 +143,33 @@ func (h *Handler) Publish(ctx context.Context, req *connect.Request[routerv1.Pub
 		h.recordUsage(ctx, p.Account(), items, appended)
 	}
 	return connect.NewResponse(&routerv1.PublishResponse{Results: results}), nil
+}
+
+// takeQuota draws n events from app's publish limit, if it has one (the
+// operator has none), or returns the whole call's refusal. Should Redis not
+// answer, the batch goes on: the append will tell.
+func (h *Handler) takeQuota(ctx context.Context, app *registryv1.Application, n int) error {
+	pl := app.GetPublishLimit()
+	if pl == nil {
+		return nil
+	}
+	l := backpressure.Limit{EventsPerSecond: int(pl.GetEventsPerSecond()), Burst: int(pl.GetBurst())}
+	wait, err := h.quota.Take(ctx, app.GetId(), l, n)
+	var over *backpressure.OverBurstError
+	switch {
+	case errors.As(err, &over):
+		return connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf(
+			"batch of %d events exceeds the burst %d of application %s's publish limit (%d events per second): send smaller batches",
+			n, l.EffectiveBurst(), app.GetId(), l.EventsPerSecond))
+	case err != nil:
+		h.log.Warn("publish quota not checked; letting the batch through", "err", err, "application", app.GetId(), "events", n)
+		return nil
+	case wait > 0:
+		return exhausted(wait, fmt.Errorf(
+			"application %s is over its publish limit of %d events per second (burst %d): %d events refused; retry in %v",
+			app.GetId(), l.EventsPerSecond, l.EffectiveBurst(), n, wait.Round(time.Millisecond)))
+	}
+	return nil
 }
 
 // check validates one event for app (nil for the operator): it returns the
