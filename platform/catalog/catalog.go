@@ -53,6 +53,7 @@ type Cache struct {
 	revision int64
 	synced   bool
 	changed  chan struct{} // closed and replaced on every type change
+	touched  chan struct{} // closed and replaced on every type, application or subscription change
 	onKey    []func()
 
 	fetch singleflight.Group
@@ -64,6 +65,7 @@ func New(client registryv1connect.RegistryServiceClient, log *slog.Logger) *Cach
 		client: client, log: log,
 		types: map[string]*Type{}, apps: map[string]*registryv1.Application{}, keys: map[string]key{},
 		subs: map[string]*registryv1.Subscription{}, missing: map[string]time.Time{}, changed: make(chan struct{}),
+		touched: make(chan struct{}),
 	}
 }
 
@@ -122,6 +124,9 @@ func (c *Cache) watch(ctx context.Context) error {
 		}
 		c.mu.Lock()
 		keyChanged := c.apply(msg)
+		if _, isKey := msg.GetChange().(*registryv1.WatchResponse_Key); !isKey {
+			c.touch()
+		}
 		if msg.GetRevision() > c.revision {
 			c.revision = msg.GetRevision()
 		}
@@ -160,11 +165,26 @@ func (c *Cache) install(snap *Cache, revision int64) {
 	c.synced = true
 	close(c.changed)
 	c.changed = make(chan struct{})
+	c.touch()
 	hooks := c.onKey
 	c.mu.Unlock()
 	for _, f := range hooks {
 		f()
 	}
+}
+
+// touch signals a change to Changed's waiters (the caller holds the lock).
+func (c *Cache) touch() {
+	close(c.touched)
+	c.touched = make(chan struct{})
+}
+
+// Changed returns a channel closed at the next change of a type, an
+// application or a subscription.
+func (c *Cache) Changed() <-chan struct{} {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.touched
 }
 
 // apply folds one change into c (whose lock the caller holds, or which is
@@ -317,6 +337,35 @@ func (c *Cache) Subscriptions() []*registryv1.Subscription {
 	}
 	slices.SortFunc(out, func(a, b *registryv1.Subscription) int { return strings.Compare(a.GetId(), b.GetId()) })
 	return out
+}
+
+// ErrUnknownSubscription is returned for a subscription the registry does
+// not have.
+var ErrUnknownSubscription = errors.New("subscription does not exist")
+
+// Subscription returns one subscription, asking the registry when it has
+// not seen it (created a moment ago).
+func (c *Cache) Subscription(ctx context.Context, id string) (*registryv1.Subscription, error) {
+	c.mu.RLock()
+	sub, ok := c.subs[id]
+	c.mu.RUnlock()
+	if ok {
+		return sub, nil
+	}
+	v, err, _ := c.fetch.Do("sub:"+id, func() (any, error) {
+		res, err := c.client.GetSubscription(ctx, connect.NewRequest(&registryv1.GetSubscriptionRequest{Id: id}))
+		if connect.CodeOf(err) == connect.CodeNotFound {
+			return nil, ErrUnknownSubscription
+		}
+		if err != nil {
+			return nil, fmt.Errorf("get subscription %s: %w", id, err)
+		}
+		return res.Msg.GetSubscription(), nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return v.(*registryv1.Subscription), nil
 }
 
 // ResolveKey implements auth.Resolver from the local key table, asking the

@@ -5,6 +5,7 @@ package router
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"net"
 	"time"
@@ -13,7 +14,9 @@ import (
 	"github.com/heraldmesh/herald/platform/config"
 	"github.com/heraldmesh/herald/platform/service"
 	"github.com/heraldmesh/herald/services/router/internal/appender"
+	"github.com/heraldmesh/herald/services/router/internal/backpressure"
 	"github.com/heraldmesh/herald/services/router/internal/publish"
+	"github.com/heraldmesh/herald/services/router/internal/subscribe"
 )
 
 // Config configures the router.
@@ -27,6 +30,12 @@ type Config struct {
 	DedupeWindow time.Duration
 	// MaxBatch is the most events one Publish may carry. Default 1000.
 	MaxBatch int
+	// MemoryHighWater is the share of Redis's maxmemory above which every
+	// Publish is refused with RESOURCE_EXHAUSTED: 0 < x <= 1. Default 0.9.
+	MemoryHighWater float64
+	// MaxSubscribeStreams is the most RouterService.Subscribe streams one
+	// router serves at once. Default 1000.
+	MaxSubscribeStreams int
 }
 
 // Service is a configured router.
@@ -41,11 +50,43 @@ func New(cfg Config) (*Service, error) {
 	if err != nil {
 		return nil, err
 	}
+	mem, err := backpressure.NewMemory(base.Redis, backpressure.MemoryOptions{HighWater: cfg.MemoryHighWater, Logger: base.Log})
+	if err != nil {
+		return nil, fmt.Errorf("router: %w", err)
+	}
+	base.Go(mem.Run)
 	app := appender.New(base.Redis, appender.Options{DedupeWindow: cfg.DedupeWindow})
-	h := publish.New(cat, app, base.Redis, base.Log, publish.Limits{MaxEvents: cfg.MaxBatch})
-	base.Server.Handle(routerv1connect.NewRouterServiceHandler(h, base.HandlerOptions()...))
+	h := publish.New(cat, app, base.Redis, base.Log, publish.Limits{MaxEvents: cfg.MaxBatch}, publish.Guards{Memory: mem})
+	if cfg.MaxSubscribeStreams <= 0 {
+		cfg.MaxSubscribeStreams = 1000
+	}
+	// Subscribe streams block on Redis for events: they get a pool of their
+	// own, so that they never starve Publish of connections.
+	subRedis, err := config.OpenRedis(cfg.RedisURL, cfg.MaxSubscribeStreams+16)
+	if err != nil {
+		return nil, fmt.Errorf("router: %w", err)
+	}
+	mgr := subscribe.NewManager(subRedis, cat, base.Log, base.Metrics)
+	base.Go(mgr.Run)
+	base.Go(func(ctx context.Context) error {
+		<-ctx.Done() // after the server drained its streams
+		return subRedis.Close()
+	})
+	sh := subscribe.NewHandler(mgr, base.Server.StreamContext(), subscribe.Limits{MaxSessions: cfg.MaxSubscribeStreams})
+	base.Server.Handle(routerv1connect.NewRouterServiceHandler(handler{h, sh}, base.HandlerOptions()...))
 	return &Service{base: base}, nil
 }
+
+// handler serves RouterService: publishing and subscribing.
+type handler struct {
+	*publisher
+	*subscriber
+}
+
+type (
+	publisher  = publish.Handler
+	subscriber = subscribe.Handler
+)
 
 // Listen binds the listen address, so that Addr is known before Run.
 func (s *Service) Listen() (net.Addr, error) { return s.base.Listen() }

@@ -1,0 +1,431 @@
+package subscribe
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"time"
+
+	"connectrpc.com/connect"
+	registryv1 "github.com/heraldmesh/herald/api/gen/herald/registry/v1"
+	routerv1 "github.com/heraldmesh/herald/api/gen/herald/router/v1"
+	"github.com/heraldmesh/herald/platform/catalog"
+	"github.com/heraldmesh/herald/platform/filter"
+	"github.com/redis/go-redis/v9"
+)
+
+// Session cadences.
+const (
+	maxBlock    = 500 * time.Millisecond // longest XREADGROUP wait: how soon a session notices other work
+	duePoll     = time.Second            // how often the delayed set is checked without a local Nack
+	fullPoll    = 100 * time.Millisecond // how often a full window is re-counted without a local Ack
+	pruneEvery  = time.Minute            // how often ended sessions' consumers are removed
+	pruneIdle   = 10 * time.Minute       // how long a consumer must have been idle to be removed
+	releaseWait = 2 * time.Second        // how long the end of a session may take to hand back its reads
+)
+
+// session is one Subscribe stream: one consumer in the subscription's
+// groups.
+type session struct {
+	m        *Manager
+	sub      *registryv1.Subscription
+	pol      policy
+	flt      *filter.Filter
+	consumer string
+	window   int
+	send     func(*routerv1.SubscribeResponse) error
+
+	streams   []string
+	buffer    []delivery // read but not sent: the window was full
+	inflight  int        // sent and not settled
+	claimFrom map[string]string
+	nextClaim time.Time
+	nextDue   time.Time
+	nextPrune time.Time
+	wake      chan struct{}
+}
+
+// serve runs a Subscribe stream until ctx ends or sending fails. open is
+// called once the session is set up (groups exist, a resume is done), to
+// send the response headers: the client knows it is subscribed.
+func (m *Manager) serve(ctx context.Context, sub *registryv1.Subscription, window int, resume string, open func() error, send func(*routerv1.SubscribeResponse) error) error {
+	flt, err := filter.Compile(sub.GetFilter())
+	if err != nil {
+		return connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("subscription %s has a filter that does not compile: %w", sub.GetId(), err))
+	}
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	s := &session{
+		m: m, sub: sub, pol: policyOf(sub), flt: flt, consumer: "c-" + hex.EncodeToString(b[:]),
+		window: window, send: send, claimFrom: map[string]string{}, wake: make(chan struct{}, 1),
+	}
+	if err := s.refresh(ctx); err != nil {
+		return err
+	}
+	if resume != "" {
+		if err := m.seek(ctx, sub, s.streams, resume); err != nil {
+			return connect.NewError(connect.CodeUnavailable, fmt.Errorf("move subscription %s to %s: %w", sub.GetId(), resume, err))
+		}
+	}
+	if err := open(); err != nil {
+		return err
+	}
+	defer m.wait(sub.GetId(), s.wake)()
+	m.sessions.Inc()
+	defer m.sessions.Dec()
+	defer s.release()
+	return s.run(ctx)
+}
+
+// refresh recomputes the streams after a catalog change and makes sure the
+// groups exist.
+func (s *session) refresh(ctx context.Context) error {
+	if _, err := s.m.cat.Subscription(ctx, s.sub.GetId()); errors.Is(err, catalog.ErrUnknownSubscription) {
+		return connect.NewError(connect.CodeNotFound, fmt.Errorf("subscription %s was deleted", s.sub.GetId()))
+	}
+	streams, err := s.m.streams(ctx, s.sub)
+	if err != nil {
+		return connect.NewError(connect.CodeUnavailable, err)
+	}
+	if err := s.m.ensure(ctx, s.sub, streams); err != nil {
+		return connect.NewError(connect.CodeUnavailable, err)
+	}
+	s.streams = streams
+	return nil
+}
+
+func (s *session) run(ctx context.Context) error {
+	changed := s.m.cat.Changed()
+	for ctx.Err() == nil {
+		select {
+		case <-changed:
+			changed = s.m.cat.Changed()
+			if err := s.refresh(ctx); err != nil {
+				return err
+			}
+		default:
+		}
+		if s.inflight >= s.window {
+			if err := s.waitForRoom(ctx); err != nil {
+				return err
+			}
+			continue
+		}
+		if len(s.buffer) > 0 {
+			buffered := s.buffer
+			s.buffer = nil
+			if err := s.deliver(ctx, buffered); err != nil {
+				return err
+			}
+			continue
+		}
+		now := time.Now()
+		if !now.Before(s.nextDue) {
+			ds, err := s.due(ctx)
+			if err != nil {
+				return err
+			}
+			if len(ds) > 0 {
+				if err := s.deliver(ctx, ds); err != nil {
+					return err
+				}
+				continue
+			}
+		}
+		if !now.Before(s.nextClaim) {
+			ds, err := s.claimExpired(ctx)
+			if err != nil {
+				return err
+			}
+			s.nextClaim = now.Add(min(max(s.pol.ackTimeout/4, 20*time.Millisecond), 5*time.Second))
+			if len(ds) > 0 {
+				if err := s.deliver(ctx, ds); err != nil {
+					return err
+				}
+				continue
+			}
+		}
+		if !now.Before(s.nextPrune) {
+			s.prune(ctx)
+			s.nextPrune = now.Add(pruneEvery)
+		}
+		block := min(maxBlock, time.Until(s.nextDue), time.Until(s.nextClaim))
+		ds, err := s.read(ctx, max(block, time.Millisecond))
+		if err != nil {
+			return err
+		}
+		if err := s.deliver(ctx, ds); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// unavailable wraps a Redis failure for the client: the stream ends and the
+// consumer reconnects; nothing is lost, pending deliveries come back.
+func unavailable(what string, err error) error {
+	if errors.Is(err, context.Canceled) {
+		return err
+	}
+	return connect.NewError(connect.CodeUnavailable, fmt.Errorf("%s: %w; reconnect to resume (unacknowledged deliveries will be delivered again)", what, err))
+}
+
+// waitForRoom blocks until an Ack or Nack on this router, or a short poll,
+// then re-counts what this consumer holds (acks may arrive through another
+// router).
+func (s *session) waitForRoom(ctx context.Context) error {
+	select {
+	case <-ctx.Done():
+		return nil
+	case <-s.wake:
+		s.nextDue = time.Time{}
+	case <-time.After(fullPoll):
+	}
+	held, err := s.held(ctx)
+	if err != nil {
+		return unavailable("count unacknowledged deliveries", err)
+	}
+	s.inflight = max(0, held-len(s.buffer))
+	return nil
+}
+
+// held counts the deliveries this consumer holds in the pending lists.
+func (s *session) held(ctx context.Context) (int, error) {
+	pipe := s.m.rdb.Pipeline()
+	cmds := make([]*redis.XPendingCmd, len(s.streams))
+	for i, st := range s.streams {
+		cmds[i] = pipe.XPending(ctx, st, Group(s.sub.GetId()))
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !isNoGroup(err) && !errors.Is(err, redis.Nil) {
+		return 0, err
+	}
+	n := 0
+	for _, c := range cmds {
+		if v, err := c.Result(); err == nil {
+			n += int(v.Consumers[s.consumer])
+		}
+	}
+	return n, nil
+}
+
+// read takes new entries from the groups, waiting up to block.
+func (s *session) read(ctx context.Context, block time.Duration) ([]delivery, error) {
+	free := s.window - s.inflight
+	per := max(1, free/len(s.streams))
+	args := make([]string, 0, 2*len(s.streams))
+	args = append(args, s.streams...)
+	for range s.streams {
+		args = append(args, ">")
+	}
+	res, err := s.m.rdb.XReadGroup(ctx, &redis.XReadGroupArgs{
+		Group: Group(s.sub.GetId()), Consumer: s.consumer, Streams: args, Count: int64(per), Block: block,
+	}).Result()
+	if errors.Is(err, redis.Nil) {
+		return nil, nil
+	}
+	if isNoGroup(err) {
+		// A group or a stream disappeared (deleted by hand, or the
+		// subscription is going away): create what is missing again.
+		s.m.forget(Group(s.sub.GetId()))
+		return nil, s.refresh(ctx)
+	}
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, nil
+		}
+		return nil, unavailable("read the subscription", err)
+	}
+	var out []delivery
+	for _, st := range res {
+		for _, msg := range st.Messages {
+			out = append(out, decode(s.sub.GetId(), st.Stream, msg.ID, msg.Values, 1))
+		}
+	}
+	sortDeliveries(out)
+	return out, nil
+}
+
+// due claims the nacked deliveries whose delay has passed.
+func (s *session) due(ctx context.Context) ([]delivery, error) {
+	free := s.window - s.inflight
+	now := time.Now()
+	res, err := popDueScript.Run(ctx, s.m.rdb, []string{delayedKey(s.sub.GetId())}, now.UnixMilli(), free).Slice()
+	if err != nil {
+		return nil, unavailable("read delayed deliveries", err)
+	}
+	s.nextDue = now.Add(duePoll)
+	if at, _ := res[1].(int64); at >= 0 {
+		if next := time.UnixMilli(at); next.Before(s.nextDue) {
+			s.nextDue = next
+		}
+	}
+	members, _ := res[0].([]any)
+	byStream := map[string][]any{}
+	var order []string
+	for _, mem := range members {
+		id, _ := mem.(string)
+		r, err := parseAckID(s.sub.GetId(), id)
+		if err != nil {
+			continue
+		}
+		if _, ok := byStream[r.stream]; !ok {
+			order = append(order, r.stream)
+		}
+		byStream[r.stream] = append(byStream[r.stream], r.id)
+	}
+	var out []delivery
+	for _, st := range order {
+		args := append([]any{Group(s.sub.GetId()), s.consumer}, byStream[st]...)
+		v, err := claimIDsScript.Run(ctx, s.m.rdb, []string{st}, args...).Result()
+		if isNoGroup(err) {
+			continue
+		}
+		if err != nil {
+			return nil, unavailable("claim delayed deliveries", err)
+		}
+		out = append(out, decodeScripted(s.sub.GetId(), st, v)...)
+	}
+	sortDeliveries(out)
+	return out, nil
+}
+
+// claimExpired takes over deliveries left unacknowledged past the ack
+// timeout, by any consumer. Nacked deliveries still waiting out a delay
+// longer than the ack timeout are handed back to herald.delayed.
+func (s *session) claimExpired(ctx context.Context) ([]delivery, error) {
+	free := s.window - s.inflight
+	var out []delivery
+	for _, st := range s.streams {
+		if free-len(out) <= 0 {
+			break
+		}
+		from := s.claimFrom[st]
+		if from == "" {
+			from = "0-0"
+		}
+		v, err := claimScript.Run(ctx, s.m.rdb, []string{st}, Group(s.sub.GetId()), s.consumer, s.pol.ackTimeout.Milliseconds(), from, free-len(out)).Slice()
+		if isNoGroup(err) {
+			continue
+		}
+		if err != nil {
+			return nil, unavailable("claim expired deliveries", err)
+		}
+		s.claimFrom[st], _ = v[0].(string)
+		out = append(out, decodeScripted(s.sub.GetId(), st, v[1])...)
+	}
+	if len(out) == 0 {
+		return nil, nil
+	}
+	// Which of them were nacked with a delay that has not passed?
+	members := make([]string, len(out))
+	for i, d := range out {
+		members[i] = ackID(s.sub.GetId(), d.ref)
+	}
+	scores, err := s.m.rdb.ZMScore(ctx, delayedKey(s.sub.GetId()), members...).Result()
+	if err != nil {
+		return nil, unavailable("check delayed deliveries", err)
+	}
+	now := float64(time.Now().UnixMilli())
+	ready := out[:0]
+	pipe := s.m.rdb.Pipeline()
+	for i, d := range out {
+		switch {
+		case scores[i] > now:
+			pipe.Do(ctx, "XCLAIM", d.ref.stream, Group(s.sub.GetId()), delayedConsumer, 0, d.ref.id, "RETRYCOUNT", d.count-1, "JUSTID")
+		case scores[i] > 0:
+			pipe.ZRem(ctx, delayedKey(s.sub.GetId()), members[i])
+			ready = append(ready, d)
+		default:
+			ready = append(ready, d)
+		}
+	}
+	if pipe.Len() > 0 {
+		if _, err := pipe.Exec(ctx); err != nil && !isNoGroup(err) {
+			return nil, unavailable("hand back delayed deliveries", err)
+		}
+	}
+	sortDeliveries(ready)
+	return ready, nil
+}
+
+// deliver sends deliveries within the window and keeps the rest for
+// later; it dead-letters those past their attempts and acknowledges, without
+// sending, those the filter rejects.
+func (s *session) deliver(ctx context.Context, ds []delivery) error {
+	var filtered []ref
+	for i, d := range ds {
+		switch {
+		case d.bad != nil:
+			if err := s.m.deadLetter(ctx, s.sub.GetId(), d, d.bad.Error(), ""); err != nil {
+				return unavailable("dead-letter", err)
+			}
+			continue
+		case d.count > s.pol.maxAttempts:
+			d.count-- // the claim counted a delivery that will not happen
+			fallback := fmt.Sprintf("not acknowledged within the ack timeout of %s, %d times", s.pol.ackTimeout, d.count)
+			if err := s.m.deadLetter(ctx, s.sub.GetId(), d, "", fallback); err != nil {
+				return unavailable("dead-letter", err)
+			}
+			continue
+		}
+		if ok, _ := s.flt.Match(d.event); !ok {
+			filtered = append(filtered, d.ref)
+			continue
+		}
+		if s.inflight >= s.window {
+			s.buffer = append(s.buffer, ds[i:]...)
+			break
+		}
+		kind := "first"
+		switch {
+		case d.ref.stream == ReplayKey(s.sub.GetId()):
+			kind = "replay"
+		case d.count > 1:
+			kind = "redelivery"
+		}
+		if err := s.send(&routerv1.SubscribeResponse{
+			AckId: ackID(s.sub.GetId(), d.ref), Cursor: d.cursor, Event: d.event, Attempt: int32(d.count),
+		}); err != nil {
+			s.buffer = append(s.buffer, ds[i:]...)
+			return err
+		}
+		s.m.deliveries.WithLabelValues(kind).Inc()
+		s.inflight++
+	}
+	if len(filtered) > 0 {
+		if _, err := s.m.settle(ctx, s.sub.GetId(), filtered); err != nil {
+			return unavailable("acknowledge filtered events", err)
+		}
+		s.m.deliveries.WithLabelValues("filtered").Add(float64(len(filtered)))
+	}
+	return nil
+}
+
+// release hands back what was read but never sent, so that another
+// session takes it at once, with its delivery count as it was.
+func (s *session) release() {
+	if len(s.buffer) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), releaseWait)
+	defer cancel()
+	pipe := s.m.rdb.Pipeline()
+	for _, d := range s.buffer {
+		pipe.Do(ctx, "XCLAIM", d.ref.stream, Group(s.sub.GetId()), releasedConsumer, 0, d.ref.id,
+			"IDLE", s.pol.ackTimeout.Milliseconds(), "RETRYCOUNT", d.count-1, "JUSTID")
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		s.m.log.Warn("unsent deliveries not handed back; they come back after the ack timeout", "subscription", s.sub.GetId(), "err", err)
+	}
+}
+
+// prune removes the consumers of ended sessions that hold nothing.
+func (s *session) prune(ctx context.Context) {
+	for _, st := range s.streams {
+		if err := pruneConsumersScript.Run(ctx, s.m.rdb, []string{st}, Group(s.sub.GetId()), max(pruneIdle, 2*s.pol.ackTimeout).Milliseconds()).Err(); err != nil && ctx.Err() == nil {
+			s.m.log.Warn("prune consumers", "stream", st, "err", err)
+		}
+	}
+}
