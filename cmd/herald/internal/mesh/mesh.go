@@ -49,7 +49,12 @@ func New(common config.Common, log *slog.Logger) (*Mesh, error) {
 	if err != nil {
 		return nil, err
 	}
-	rt, err := router.New(router.Config{Common: common, Logger: log})
+	rcfg, err := router.ConfigFromEnv()
+	if err != nil {
+		return nil, err
+	}
+	rcfg.Common, rcfg.Logger = common, log
+	rt, err := router.New(rcfg)
 	if err != nil {
 		return nil, err
 	}

@@ -8,14 +8,17 @@ import (
 	"os/signal"
 	"syscall"
 
-	"github.com/heraldmesh/herald/platform/config"
 	"github.com/heraldmesh/herald/services/router"
 )
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	svc, err := router.New(router.Config{Common: config.FromEnv()})
+	cfg, err := router.ConfigFromEnv()
+	var svc *router.Service
+	if err == nil {
+		svc, err = router.New(cfg)
+	}
 	if err == nil {
 		err = svc.Run(ctx)
 	}

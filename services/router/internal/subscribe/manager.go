@@ -137,7 +137,13 @@ func (m *Manager) Run(ctx context.Context) error {
 					m.log.Warn("subscription groups not ready", "subscription", sub.GetId(), "err", err)
 					continue
 				}
-				known[sub.GetId()] = streams
+				// Remember every stream that got the group, also those a
+				// withdrawn grant has since removed, to clean them all up.
+				for _, st := range streams {
+					if !slices.Contains(known[sub.GetId()], st) {
+						known[sub.GetId()] = append(known[sub.GetId()], st)
+					}
+				}
 			}
 			for id, streams := range known {
 				if current[id] {
