@@ -10,9 +10,11 @@ import (
 	"net"
 	"time"
 
+	meteringv1 "github.com/heraldmesh/herald/api/gen/herald/metering/v1"
 	"github.com/heraldmesh/herald/api/gen/herald/router/v1/routerv1connect"
 	"github.com/heraldmesh/herald/platform/config"
 	"github.com/heraldmesh/herald/platform/service"
+	"github.com/heraldmesh/herald/platform/usage"
 	"github.com/heraldmesh/herald/services/router/internal/appender"
 	"github.com/heraldmesh/herald/services/router/internal/backpressure"
 	"github.com/heraldmesh/herald/services/router/internal/publish"
@@ -67,6 +69,11 @@ func New(cfg Config) (*Service, error) {
 		return nil, fmt.Errorf("router: %w", err)
 	}
 	mgr := subscribe.NewManager(subRedis, cat, base.Log, base.Metrics)
+	batcher := usage.NewBatcher(base.Redis, base.Log, time.Second)
+	mgr.Delivered = func(account, eventType string) {
+		batcher.Add(usage.Key{Account: account, EventType: eventType, Channel: "subscription", Metric: meteringv1.UsageMetric_USAGE_METRIC_DELIVERED}, 1)
+	}
+	base.Go(func(ctx context.Context) error { batcher.Run(ctx); return nil })
 	base.Go(mgr.Run)
 	base.Go(func(ctx context.Context) error {
 		<-ctx.Done() // after the server drained its streams

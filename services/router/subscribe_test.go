@@ -11,11 +11,14 @@ import (
 
 	"connectrpc.com/connect"
 	eventv1 "github.com/heraldmesh/herald/api/gen/herald/event/v1"
+	meteringv1 "github.com/heraldmesh/herald/api/gen/herald/metering/v1"
 	registryv1 "github.com/heraldmesh/herald/api/gen/herald/registry/v1"
 	routerv1 "github.com/heraldmesh/herald/api/gen/herald/router/v1"
 	"github.com/heraldmesh/herald/api/gen/herald/router/v1/routerv1connect"
 	"github.com/heraldmesh/herald/platform/testutil"
+	"github.com/heraldmesh/herald/platform/usage"
 	"github.com/heraldmesh/herald/services/router/internal/subscribe"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
@@ -161,6 +164,28 @@ func order(id string, amount int) string {
 	return fmt.Sprintf(`{"order_id":%q,"amount":%d}`, id, amount)
 }
 
+// delivered sums the usage records of deliveries to a subscription of
+// account.
+func (e *env) delivered(t *testing.T, account string) int64 {
+	t.Helper()
+	msgs, err := e.rdb.XRange(context.Background(), usage.StreamKey, "-", "+").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n int64
+	for _, m := range msgs {
+		raw, _ := m.Values[usage.FieldRecord].(string)
+		rec := new(meteringv1.UsageRecord)
+		if err := proto.Unmarshal([]byte(raw), rec); err != nil {
+			t.Fatal(err)
+		}
+		if rec.GetApplicationId() == account && rec.GetChannel() == "subscription" && rec.GetMetric() == meteringv1.UsageMetric_USAGE_METRIC_DELIVERED {
+			n += rec.GetQuantity()
+		}
+	}
+	return n
+}
+
 // pendingCount is how many deliveries of the subscription are unacknowledged
 // on one type's stream.
 func (e *env) pendingCount(t *testing.T, typ, subID string) int64 {
@@ -214,6 +239,8 @@ func TestSubscribeAckAndRedelivery(t *testing.T) {
 	}
 	c.ack(again)
 	testutil.Eventually(t, 10*time.Second, func() bool { return e.pendingCount(t, orderCreated, sub.GetId()) == 0 }, "nothing pending")
+	// Metering is told of each event's first delivery, not of redeliveries.
+	testutil.Eventually(t, 10*time.Second, func() bool { return e.delivered(t, consumerID) == 2 }, "2 deliveries counted for the consumer")
 
 	// Bad requests get clear errors.
 	client := routerClient(addr, consumerKey)

@@ -36,6 +36,10 @@ type Manager struct {
 
 	deliveries *prometheus.CounterVec
 	sessions   prometheus.Gauge
+
+	// Delivered, when set, is told of each event's first delivery to a
+	// subscription (not of redeliveries or replays), for metering.
+	Delivered func(account, eventType string)
 }
 
 // NewManager returns a Manager. rdb should be a pool of its own, sized for

@@ -392,6 +392,9 @@ func (s *session) deliver(ctx context.Context, ds []delivery) error {
 			return err
 		}
 		s.m.deliveries.WithLabelValues(kind).Inc()
+		if kind == "first" && s.m.Delivered != nil {
+			s.m.Delivered(s.sub.GetApplicationId(), d.typ)
+		}
 		s.inflight++
 	}
 	if len(filtered) > 0 {
