@@ -621,3 +621,101 @@ func TestSchemaAndGrantChangesReachPublish(t *testing.T) {
 	}, "the withdrawn publish grant never applied")
 	t.Logf("withdrawn grant applied after %v", time.Since(changedAt))
 }
+
+// A durable subscription used the way an internal consumer would: a
+// grpc-go stream receives, grpcurl settles deliveries and works the
+// dead-letter stream.
+func TestDurableSubscriptionWithGrpcGoAndGrpcurl(t *testing.T) {
+	grpcurl, err := exec.LookPath("grpcurl")
+	if err != nil {
+		t.Fatal("grpcurl is not on PATH: run the tests with `make test`, which builds it into ./bin")
+	}
+	e := start(t)
+	ctx := context.Background()
+	created, err := e.reg.CreateSubscription(ctx, connect.NewRequest(&registryv1.CreateSubscriptionRequest{Subscription: &registryv1.Subscription{
+		ApplicationId: e.appID, Types: []string{"billing.*"}, Filter: "data.amount >= 100",
+		Channel:  &registryv1.Subscription_Stream{Stream: &registryv1.StreamChannel{}},
+		Delivery: &registryv1.DeliveryPolicy{AckTimeout: durationpb.New(10 * time.Minute), MaxAttempts: 2},
+	}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	subID := created.Msg.GetSubscription().GetId()
+	call := func(method, body string) map[string]any {
+		t.Helper()
+		out, err := exec.Command(grpcurl, "-plaintext", "-H", "authorization: Bearer "+e.appKey, "-d", body,
+			e.common.RouterAddr, "herald.router.v1.RouterService/"+method).CombinedOutput()
+		if err != nil {
+			t.Fatalf("grpcurl %s: %v\n%s", method, err, out)
+		}
+		var m map[string]any
+		if err := json.Unmarshal(out, &m); err != nil {
+			t.Fatalf("grpcurl %s: %v\n%s", method, err, out)
+		}
+		return m
+	}
+
+	sctx, cancel := context.WithCancel(metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+e.appKey))
+	defer cancel()
+	stream, err := e.router.Subscribe(sctx, &routerv1.SubscribeRequest{SubscriptionId: subID, MaxInFlight: 5})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stream.Header(); err != nil { // subscribed once the headers arrive
+		t.Fatal(err)
+	}
+	pub, err := e.router.Publish(metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+e.appKey), &routerv1.PublishRequest{Events: []*eventv1.CloudEvent{
+		{Id: "small", Source: "//shop", SpecVersion: "1.0", Type: e.invoice, Data: &eventv1.CloudEvent_TextData{TextData: `{"invoice_id":"i1","amount":5}`}},
+		{Id: "big", Source: "//shop", SpecVersion: "1.0", Type: e.invoice, Data: &eventv1.CloudEvent_TextData{TextData: `{"invoice_id":"i2","amount":500}`}},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := stream.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.GetEvent().GetId() != "big" || d.GetCursor() != pub.GetResults()[1].GetCursor() || d.GetAttempt() != 1 {
+		t.Fatalf("delivery: %v", d)
+	}
+	// Refused twice (its max_attempts): dead-lettered with the reason.
+	if got := call("Nack", fmt.Sprintf(`{"subscription_id":%q,"ack_ids":[%q],"reason":"ledger closed"}`, subID, d.GetAckId())); got["retrying"] != float64(1) {
+		t.Fatalf("first nack: %v", got)
+	}
+	d, err = stream.Recv()
+	if err != nil || d.GetAttempt() != 2 {
+		t.Fatalf("redelivery: %v %v", d, err)
+	}
+	if got := call("Nack", fmt.Sprintf(`{"subscription_id":%q,"ack_ids":[%q],"reason":"ledger still closed"}`, subID, d.GetAckId())); got["deadLettered"] != float64(1) {
+		t.Fatalf("second nack: %v", got)
+	}
+	dead := call("ListDeadLetters", fmt.Sprintf(`{"subscription_id":%q}`, subID))
+	letters, _ := dead["deadLetters"].([]any)
+	if len(letters) != 1 {
+		t.Fatalf("dead letters: %v", dead)
+	}
+	letter := letters[0].(map[string]any)
+	if letter["reason"] != "ledger still closed" || letter["cursor"] != d.GetCursor() || letter["attempts"] != float64(2) {
+		t.Fatalf("dead letter: %v", letter)
+	}
+	if got := call("ReplayDeadLetters", fmt.Sprintf(`{"subscription_id":%q,"all":true}`, subID)); got["replayed"] != float64(1) {
+		t.Fatalf("replay: %v", got)
+	}
+	d, err = stream.Recv()
+	if err != nil || d.GetEvent().GetId() != "big" || d.GetAttempt() != 1 {
+		t.Fatalf("replayed delivery: %v %v", d, err)
+	}
+	if got := call("Ack", fmt.Sprintf(`{"subscription_id":%q,"ack_ids":[%q]}`, subID, d.GetAckId())); got["acknowledged"] != float64(1) {
+		t.Fatalf("ack: %v", got)
+	}
+	// Another application's key cannot touch it.
+	out, err := exec.Command(grpcurl, "-plaintext", "-H", "authorization: Bearer "+adminKey+"-wrong", "-d", fmt.Sprintf(`{"subscription_id":%q}`, subID),
+		e.common.RouterAddr, "herald.router.v1.RouterService/ListDeadLetters").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "Unauthenticated") {
+		t.Fatalf("wrong key: %v\n%s", err, out)
+	}
+	cancel()
+	if _, err := stream.Recv(); status.Code(err) != codes.Canceled {
+		t.Fatalf("after cancel: %v", err)
+	}
+}
