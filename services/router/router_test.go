@@ -19,6 +19,7 @@ import (
 	"github.com/heraldmesh/herald/api/gen/herald/router/v1/routerv1connect"
 	"github.com/heraldmesh/herald/platform/config"
 	"github.com/heraldmesh/herald/platform/eventlog"
+	"github.com/heraldmesh/herald/platform/redisserver"
 	"github.com/heraldmesh/herald/platform/rpc"
 	"github.com/heraldmesh/herald/platform/testutil"
 	"github.com/heraldmesh/herald/services/registry"
@@ -41,13 +42,14 @@ const orderSchema = `{
 // on it with startRouter.
 type env struct {
 	common   config.Common
+	redis    *redisserver.Server
 	rdb      *redis.Client
 	registry registryv1connect.RegistryServiceClient // with the admin key
 }
 
 func quietLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
 
-func newEnv(t *testing.T) *env {
+func newEnv(t testing.TB) *env {
 	t.Helper()
 	srv := testutil.Redis(t)
 	common := config.Common{RedisURL: srv.URL(), AdminKey: adminKey}
@@ -64,6 +66,7 @@ func newEnv(t *testing.T) *env {
 	waitReady(t, common.RegistryAddr)
 	return &env{
 		common:   common,
+		redis:    srv,
 		rdb:      testutil.RedisClient(t, srv),
 		registry: registryv1connect.NewRegistryServiceClient(rpc.HTTPClient(), rpc.BaseURL(common.RegistryAddr), rpc.ClientOptions(adminKey)...),
 	}
@@ -71,7 +74,7 @@ func newEnv(t *testing.T) *env {
 
 // run runs a service until the test ends, and checks that it stopped
 // cleanly. It returns a function that stops it earlier.
-func run(t *testing.T, serve func(context.Context) error) (stop func()) {
+func run(t testing.TB, serve func(context.Context) error) (stop func()) {
 	ctx, cancel := context.WithCancel(context.Background())
 	errc := make(chan error, 1)
 	go func() { errc <- serve(ctx) }()
@@ -88,7 +91,7 @@ func run(t *testing.T, serve func(context.Context) error) (stop func()) {
 	return stop
 }
 
-func waitReady(t *testing.T, addr string) {
+func waitReady(t testing.TB, addr string) {
 	t.Helper()
 	var last string
 	defer func() {
@@ -113,7 +116,7 @@ func waitReady(t *testing.T, addr string) {
 
 // startRouter starts a router on addr ("127.0.0.1:0" for any port), waits
 // until it is ready, and returns its address and a graceful stop.
-func (e *env) startRouter(t *testing.T, addr string, maxBatch int) (string, func()) {
+func (e *env) startRouter(t testing.TB, addr string, maxBatch int) (string, func()) {
 	t.Helper()
 	svc, err := router.New(router.Config{
 		Common: e.common, Addr: addr, Logger: quietLogger(), MaxBatch: maxBatch,
@@ -132,7 +135,7 @@ func (e *env) startRouter(t *testing.T, addr string, maxBatch int) (string, func
 	return bound.String(), stop
 }
 
-func (e *env) createType(t *testing.T, name, schema string) {
+func (e *env) createType(t testing.TB, name, schema string) {
 	t.Helper()
 	_, err := e.registry.CreateEventType(context.Background(), connect.NewRequest(&registryv1.CreateEventTypeRequest{
 		EventType: &registryv1.EventType{Name: name, Schema: schema},
@@ -143,7 +146,7 @@ func (e *env) createType(t *testing.T, name, schema string) {
 }
 
 // createApp returns a new application's id and key secret.
-func (e *env) createApp(t *testing.T, name string) (string, string) {
+func (e *env) createApp(t testing.TB, name string) (string, string) {
 	t.Helper()
 	res, err := e.registry.CreateApplication(context.Background(), connect.NewRequest(&registryv1.CreateApplicationRequest{
 		Application: &registryv1.Application{Name: name, Grants: []*registryv1.Grant{

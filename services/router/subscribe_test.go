@@ -25,7 +25,7 @@ import (
 
 // consumerApp creates an application that may subscribe to pattern, and
 // returns its id and key.
-func (e *env) consumerApp(t *testing.T, name, pattern string) (string, string) {
+func (e *env) consumerApp(t testing.TB, name, pattern string) (string, string) {
 	t.Helper()
 	res, err := e.registry.CreateApplication(context.Background(), connect.NewRequest(&registryv1.CreateApplicationRequest{
 		Application: &registryv1.Application{Name: name, Grants: []*registryv1.Grant{
@@ -39,7 +39,7 @@ func (e *env) consumerApp(t *testing.T, name, pattern string) (string, string) {
 }
 
 // subscription creates a stream subscription for app.
-func (e *env) subscription(t *testing.T, sub *registryv1.Subscription) *registryv1.Subscription {
+func (e *env) subscription(t testing.TB, sub *registryv1.Subscription) *registryv1.Subscription {
 	t.Helper()
 	if sub.GetChannel() == nil {
 		sub.Channel = &registryv1.Subscription_Stream{Stream: &registryv1.StreamChannel{}}
@@ -505,8 +505,14 @@ func TestSubscribeStartAndResume(t *testing.T) {
 		Start: &registryv1.StartPosition{Position: &registryv1.StartPosition_Cursor{Cursor: r1.GetCursor()}}})
 	fromTime := e.subscription(t, &registryv1.Subscription{ApplicationId: consumerID, Types: []string{orderCreated},
 		Start: &registryv1.StartPosition{Position: &registryv1.StartPosition_Time{Time: timestamppb.New(time.UnixMilli(ms(r2.GetCursor())))}}})
+	fromStart := e.subscription(t, &registryv1.Subscription{ApplicationId: consumerID, Types: []string{orderCreated},
+		Start: &registryv1.StartPosition{Position: &registryv1.StartPosition_Cursor{Cursor: "0"}}})
 	now := e.subscription(t, &registryv1.Subscription{ApplicationId: consumerID, Types: []string{orderCreated}})
 	client := routerClient(addr, consumerKey)
+
+	if got := ids(subscribeTo(t, client, &routerv1.SubscribeRequest{SubscriptionId: fromStart.GetId()}).take(3)); !slices.Equal(got, []string{"e1", "e2", "e3"}) {
+		t.Errorf("from the start of the log: %v", got)
+	}
 
 	if got := ids(subscribeTo(t, client, &routerv1.SubscribeRequest{SubscriptionId: afterCursor.GetId()}).take(2)); !slices.Equal(got, []string{"e2", "e3"}) {
 		t.Errorf("after e1's cursor: %v", got)

@@ -80,9 +80,12 @@ func checkChannel(sub *registryv1.Subscription) error {
 func checkStart(sub *registryv1.Subscription) error {
 	switch p := sub.GetStart().GetPosition().(type) {
 	case *registryv1.StartPosition_Cursor:
+		if p.Cursor == "0" {
+			return nil // the start of the retained log
+		}
 		ms, seq, ok := strings.Cut(p.Cursor, "-")
 		if !ok || !digits(ms) || !digits(seq) {
-			return invalid("subscription.start.cursor %q is not a cursor: cursors look like 1718000000000-0", p.Cursor)
+			return invalid("subscription.start.cursor %q is not a cursor: cursors look like 1718000000000-0, and 0 is the start of the log", p.Cursor)
 		}
 	case *registryv1.StartPosition_Time:
 		if err := p.Time.CheckValid(); err != nil {
