@@ -87,13 +87,19 @@ func serviceLogger(o Options) *slog.Logger {
 }
 
 // HandlerOptions are the Connect handler options of every authenticated
-// service handler: metrics, then authentication.
+// service handler: metrics, then authentication. Responses smaller than
+// compressMinBytes are sent uncompressed even to clients that accept gzip:
+// gzip costs more CPU than it saves on small messages, such as one event
+// of a stream.
 func (b *Base) HandlerOptions(extra ...connect.HandlerOption) []connect.HandlerOption {
 	return append([]connect.HandlerOption{
 		connect.WithInterceptors(b.rpcMetrics, b.Auth.Interceptor()),
 		connect.WithReadMaxBytes(8 << 20),
+		connect.WithCompressMinBytes(compressMinBytes),
 	}, extra...)
 }
+
+const compressMinBytes = 4 << 10
 
 // Go adds a background loop that runs while the service runs. Its context
 // ends at shutdown; a loop returning an error stops the service.
