@@ -14,6 +14,8 @@ import (
 //
 //	HERALD_ROUTER_DEDUPE_WINDOW          how long (source, id) is remembered (Go duration, default 24h)
 //	HERALD_ROUTER_MAX_BATCH              events per Publish (default 1000)
+//	HERALD_ROUTER_MAX_BATCH_BYTES        bytes per request, such as a Publish batch (default 8388608, 8 MiB)
+//	HERALD_ROUTER_MAX_EVENT_BYTES        bytes per event (default 1048576, 1 MiB)
 //	HERALD_ROUTER_MEMORY_HIGH_WATER      share of Redis maxmemory above which Publish is refused (default 0.9)
 //	HERALD_ROUTER_MAX_SUBSCRIBE_STREAMS  open Subscribe streams per router (default 1000)
 func ConfigFromEnv() (Config, error) {
@@ -23,6 +25,12 @@ func ConfigFromEnv() (Config, error) {
 		return cfg, err
 	}
 	if cfg.MaxBatch, err = envInt("HERALD_ROUTER_MAX_BATCH"); err != nil {
+		return cfg, err
+	}
+	if cfg.MaxBatchBytes, err = envInt("HERALD_ROUTER_MAX_BATCH_BYTES"); err != nil {
+		return cfg, err
+	}
+	if cfg.MaxEventBytes, err = envInt("HERALD_ROUTER_MAX_EVENT_BYTES"); err != nil {
 		return cfg, err
 	}
 	if cfg.MaxSubscribeStreams, err = envInt("HERALD_ROUTER_MAX_SUBSCRIBE_STREAMS"); err != nil {

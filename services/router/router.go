@@ -10,6 +10,7 @@ import (
 	"net"
 	"time"
 
+	"connectrpc.com/connect"
 	meteringv1 "github.com/heraldmesh/herald/api/gen/herald/metering/v1"
 	"github.com/heraldmesh/herald/api/gen/herald/router/v1/routerv1connect"
 	"github.com/heraldmesh/herald/platform/config"
@@ -32,6 +33,14 @@ type Config struct {
 	DedupeWindow time.Duration
 	// MaxBatch is the most events one Publish may carry. Default 1000.
 	MaxBatch int
+	// MaxBatchBytes is the largest encoded request the router reads (a
+	// Publish batch, or any other call); a larger one is refused whole with
+	// RESOURCE_EXHAUSTED, as gRPC does. Default 8 MiB.
+	MaxBatchBytes int
+	// MaxEventBytes is the largest encoded event; a larger one is refused
+	// with INVALID_ARGUMENT in its result, and the rest of its batch goes
+	// on. Default 1 MiB.
+	MaxEventBytes int
 	// MemoryHighWater is the share of Redis's maxmemory above which every
 	// Publish is refused with RESOURCE_EXHAUSTED: 0 < x <= 1. Default 0.9.
 	MemoryHighWater float64
@@ -58,7 +67,16 @@ func New(cfg Config) (*Service, error) {
 	}
 	base.Go(mem.Run)
 	app := appender.New(base.Redis, appender.Options{DedupeWindow: cfg.DedupeWindow})
-	h := publish.New(cat, app, base.Redis, base.Log, publish.Limits{MaxEvents: cfg.MaxBatch}, publish.Guards{Memory: mem})
+	if cfg.MaxBatchBytes <= 0 {
+		cfg.MaxBatchBytes = 8 << 20
+	}
+	if cfg.MaxEventBytes <= 0 {
+		cfg.MaxEventBytes = 1 << 20
+	}
+	if cfg.MaxEventBytes > cfg.MaxBatchBytes {
+		return nil, fmt.Errorf("router: the largest event (%d bytes) cannot be larger than the largest batch (%d bytes)", cfg.MaxEventBytes, cfg.MaxBatchBytes)
+	}
+	h := publish.New(cat, app, base.Redis, base.Log, publish.Limits{MaxEvents: cfg.MaxBatch, MaxEventBytes: cfg.MaxEventBytes}, publish.Guards{Memory: mem})
 	if cfg.MaxSubscribeStreams <= 0 {
 		cfg.MaxSubscribeStreams = 1000
 	}
@@ -80,7 +98,7 @@ func New(cfg Config) (*Service, error) {
 		return subRedis.Close()
 	})
 	sh := subscribe.NewHandler(mgr, base.Server.StreamContext(), subscribe.Limits{MaxSessions: cfg.MaxSubscribeStreams})
-	base.Server.Handle(routerv1connect.NewRouterServiceHandler(handler{h, sh}, base.HandlerOptions()...))
+	base.Server.Handle(routerv1connect.NewRouterServiceHandler(handler{h, sh}, base.HandlerOptions(connect.WithReadMaxBytes(cfg.MaxBatchBytes))...))
 	return &Service{base: base}, nil
 }
 

@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -118,11 +119,17 @@ func waitReady(t testing.TB, addr string) {
 // until it is ready, and returns its address and a graceful stop.
 func (e *env) startRouter(t testing.TB, addr string, maxBatch int) (string, func()) {
 	t.Helper()
-	svc, err := router.New(router.Config{
-		Common: e.common, Addr: addr, Logger: quietLogger(), MaxBatch: maxBatch,
-		// Far longer than any test: a type created later can only be found by
-		// the catalog's fetch on a miss.
-	})
+	return e.startRouterWith(t, router.Config{Addr: addr, MaxBatch: maxBatch})
+}
+
+// startRouterWith starts a router with cfg on the env's Redis and registry.
+func (e *env) startRouterWith(t testing.TB, cfg router.Config) (string, func()) {
+	t.Helper()
+	cfg.Common, cfg.Logger = e.common, quietLogger()
+	if cfg.Addr == "" {
+		cfg.Addr = "127.0.0.1:0"
+	}
+	svc, err := router.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -477,5 +484,48 @@ func TestRouterRestartMidStream(t *testing.T) {
 	}
 	if len(entries) != len(acked) {
 		t.Errorf("stream has %d entries, %d events were acknowledged", len(entries), len(acked))
+	}
+}
+
+// An event over MaxEventBytes is refused in its result while the rest of
+// its batch is stored; a request over MaxBatchBytes is refused whole,
+// before the router decodes it.
+func TestPublishByteLimits(t *testing.T) {
+	const maxEvent, maxBatch = 8 << 10, 64 << 10
+	e := newEnv(t)
+	e.createType(t, orderCreated, orderSchema)
+	_, appKey := e.createApp(t, "shop")
+	addr, _ := e.startRouterWith(t, router.Config{MaxBatchBytes: maxBatch, MaxEventBytes: maxEvent})
+	client := routerClient(addr, appKey)
+	sized := func(id string, bytes int) *eventv1.CloudEvent {
+		return event(orderCreated, id, fmt.Sprintf(`{"order_id":%q,"amount":5}`, strings.Repeat("x", bytes)))
+	}
+
+	res := mustPublish(t, client, sized("small", 100), sized("big", maxEvent), sized("small-2", 100))
+	if res[0].GetCursor() == "" || res[2].GetCursor() == "" {
+		t.Errorf("small events of the batch: %v, %v", res[0], res[2])
+	}
+	if e := res[1].GetError(); connect.Code(e.GetCode()) != connect.CodeInvalidArgument || !strings.Contains(e.GetMessage(), "more than the 8192 allowed") {
+		t.Errorf("event over MaxEventBytes: %v", res[1])
+	}
+
+	var batch []*eventv1.CloudEvent
+	for i := range 10 { // 10 events of about 7 KiB: each fits, together they do not
+		batch = append(batch, sized(fmt.Sprintf("part-%d", i), 7<<10))
+	}
+	before := e.streamLen(t, orderCreated)
+	_, err := publish(context.Background(), client, batch...)
+	if connect.CodeOf(err) != connect.CodeResourceExhausted || !strings.Contains(err.Error(), "larger than configured max 65536") {
+		t.Errorf("batch over MaxBatchBytes: %v", err)
+	}
+	if after := e.streamLen(t, orderCreated); after != before {
+		t.Errorf("the refused batch grew the log from %d to %d", before, after)
+	}
+	if res := mustPublish(t, client, batch[:8]...); res[7].GetCursor() == "" {
+		t.Errorf("a batch under MaxBatchBytes: %v", res[7])
+	}
+
+	if _, err := router.New(router.Config{Common: e.common, MaxBatchBytes: 1 << 10, MaxEventBytes: 2 << 10}); err == nil {
+		t.Error("router.New accepted events larger than batches")
 	}
 }
