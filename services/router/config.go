@@ -1,6 +1,7 @@
 package router
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"strconv"
@@ -44,6 +45,20 @@ func ConfigFromEnv() (Config, error) {
 		cfg.MemoryHighWater = hw
 	}
 	return cfg, nil
+}
+
+// RunFromEnv runs a router configured by ConfigFromEnv until ctx ends, as
+// the router binary does.
+func RunFromEnv(ctx context.Context) error {
+	cfg, err := ConfigFromEnv()
+	if err != nil {
+		return err
+	}
+	svc, err := New(cfg)
+	if err != nil {
+		return err
+	}
+	return svc.Run(ctx)
 }
 
 func envInt(name string) (int, error) {

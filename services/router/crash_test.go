@@ -42,15 +42,7 @@ func TestMain(m *testing.M) {
 func routerProcess() int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	cfg, err := router.ConfigFromEnv()
-	var svc *router.Service
-	if err == nil {
-		svc, err = router.New(cfg)
-	}
-	if err == nil {
-		err = svc.Run(ctx)
-	}
-	if err != nil {
+	if err := router.RunFromEnv(ctx); err != nil {
 		fmt.Fprintln(os.Stderr, "router:", err)
 		return 1
 	}
