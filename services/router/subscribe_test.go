@@ -602,3 +602,30 @@ func TestSubscriptionDeletedCleansUp(t *testing.T) {
 	}
 	testutil.Eventually(t, 10*time.Second, func() bool { return !slices.Contains(groups(), subscribe.Group(sub.GetId())) }, "the group is removed")
 }
+
+// A consumer whose whole window is unacknowledged past the ack timeout gets
+// those deliveries again, even when it is the only one: a full window must
+// not keep them from coming back.
+func TestRedeliveryWithAFullWindow(t *testing.T) {
+	e := newEnv(t)
+	e.createType(t, orderCreated, orderSchema)
+	_, pubKey := e.createApp(t, "shop")
+	consumerID, consumerKey := e.consumerApp(t, "warehouse", "shop.*")
+	addr, _ := e.startRouter(t, "127.0.0.1:0", 100)
+	sub := e.subscription(t, &registryv1.Subscription{ApplicationId: consumerID, Types: []string{orderCreated}, Delivery: policy(300*time.Millisecond, 5)})
+	mustPublish(t, routerClient(addr, pubKey), event(orderCreated, "e1", order("o", 5)), event(orderCreated, "e2", order("o", 5)))
+	c := subscribeTo(t, routerClient(addr, consumerKey), &routerv1.SubscribeRequest{SubscriptionId: sub.GetId(), MaxInFlight: 1})
+	first := c.next()
+	if first.GetEvent().GetId() != "e1" || first.GetAttempt() != 1 {
+		t.Fatalf("first delivery: %s attempt %d", first.GetEvent().GetId(), first.GetAttempt())
+	}
+	// Not acknowledged: it comes back after the ack timeout.
+	again := c.next()
+	if again.GetEvent().GetId() != "e1" || again.GetAttempt() != 2 {
+		t.Fatalf("redelivery: %s attempt %d", again.GetEvent().GetId(), again.GetAttempt())
+	}
+	c.ack(again)
+	if d := c.next(); d.GetEvent().GetId() != "e2" {
+		t.Fatalf("after the ack: %s", d.GetEvent().GetId())
+	}
+}

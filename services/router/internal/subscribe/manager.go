@@ -494,12 +494,12 @@ func (m *Manager) listDead(ctx context.Context, subID, after string, n int64) ([
 }
 
 // deadIDs returns the ids of every dead letter, oldest first.
-func (m *Manager) deadIDs(ctx context.Context, subID string, after string, n int64) ([]string, error) {
+func (m *Manager) deadIDs(ctx context.Context, subID string, after, end string, n int64) ([]string, error) {
 	start := "-"
 	if after != "" {
 		start = "(" + after
 	}
-	msgs, err := m.rdb.XRangeN(ctx, deadKey(subID), start, "+", n).Result()
+	msgs, err := m.rdb.XRangeN(ctx, deadKey(subID), start, end, n).Result()
 	if err != nil {
 		return nil, err
 	}
@@ -510,15 +510,22 @@ func (m *Manager) deadIDs(ctx context.Context, subID string, after string, n int
 	return ids, nil
 }
 
-// eachDead runs f over batches of dead letter ids: the given ones, or all.
+// eachDead runs f over batches of dead letter ids: the given ones, or all
+// that exist when it starts (a replayed event dead-lettered again during
+// the call is left for the next one, rather than replayed in a loop).
 func (m *Manager) eachDead(ctx context.Context, subID string, ids []string, all bool, f func([]string) (int64, error)) (int64, error) {
 	if !all {
 		return f(ids)
 	}
+	last, err := m.rdb.XRevRangeN(ctx, deadKey(subID), "+", "-", 1).Result()
+	if err != nil || len(last) == 0 {
+		return 0, err
+	}
+	end := last[0].ID
 	var total int64
 	after := ""
 	for {
-		batch, err := m.deadIDs(ctx, subID, after, 500)
+		batch, err := m.deadIDs(ctx, subID, after, end, 500)
 		if err != nil || len(batch) == 0 {
 			return total, err
 		}

@@ -108,6 +108,23 @@ func (s *session) run(ctx context.Context) error {
 		default:
 		}
 		if s.inflight >= s.window {
+			// What this session's consumer left unacknowledged past the
+			// ack timeout comes back even though the window is full: no
+			// other session may be there to take it over.
+			if now := time.Now(); !now.Before(s.nextClaim) {
+				ds, err := s.reclaimOwn(ctx)
+				if err != nil {
+					return err
+				}
+				s.nextClaim = now.Add(s.claimEvery())
+				if len(ds) > 0 {
+					s.inflight = max(0, s.inflight-len(ds)) // sent again below
+					if err := s.deliver(ctx, ds); err != nil {
+						return err
+					}
+					continue
+				}
+			}
 			if err := s.waitForRoom(ctx); err != nil {
 				return err
 			}
@@ -139,7 +156,7 @@ func (s *session) run(ctx context.Context) error {
 			if err != nil {
 				return err
 			}
-			s.nextClaim = now.Add(min(max(s.pol.ackTimeout/4, 20*time.Millisecond), 5*time.Second))
+			s.nextClaim = now.Add(s.claimEvery())
 			if len(ds) > 0 {
 				if err := s.deliver(ctx, ds); err != nil {
 					return err
@@ -161,6 +178,11 @@ func (s *session) run(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// claimEvery is how often expired deliveries are looked for.
+func (s *session) claimEvery() time.Duration {
+	return min(max(s.pol.ackTimeout/4, 20*time.Millisecond), 5*time.Second)
 }
 
 // unavailable wraps a Redis failure for the client: the stream ends and the
@@ -277,7 +299,7 @@ func (s *session) due(ctx context.Context) ([]delivery, error) {
 	}
 	var out []delivery
 	for _, st := range order {
-		args := append([]any{Group(s.sub.GetId()), s.consumer}, byStream[st]...)
+		args := append([]any{Group(s.sub.GetId()), s.consumer, 0}, byStream[st]...)
 		v, err := claimIDsScript.Run(ctx, s.m.rdb, []string{st}, args...).Result()
 		if isNoGroup(err) {
 			continue
@@ -315,6 +337,55 @@ func (s *session) claimExpired(ctx context.Context) ([]delivery, error) {
 		s.claimFrom[st], _ = v[0].(string)
 		out = append(out, decodeScripted(s.sub.GetId(), st, v[1])...)
 	}
+	return s.holdBackDelayed(ctx, out)
+}
+
+// reclaimOwn takes back, for sending again, the deliveries this session's
+// consumer has held past the ack timeout (not those it read and has not
+// sent yet). It is how they come back while the window is full.
+func (s *session) reclaimOwn(ctx context.Context) ([]delivery, error) {
+	unsent := make(map[ref]bool, len(s.buffer))
+	for _, d := range s.buffer {
+		unsent[d.ref] = true
+	}
+	group := Group(s.sub.GetId())
+	var out []delivery
+	for _, st := range s.streams {
+		p, err := s.m.rdb.XPendingExt(ctx, &redis.XPendingExtArgs{
+			Stream: st, Group: group, Idle: s.pol.ackTimeout, Start: "-", End: "+",
+			Count: int64(s.window + len(s.buffer)), Consumer: s.consumer,
+		}).Result()
+		if isNoGroup(err) || errors.Is(err, redis.Nil) {
+			continue
+		}
+		if err != nil {
+			return nil, unavailable("look for expired deliveries", err)
+		}
+		args := []any{group, s.consumer, s.pol.ackTimeout.Milliseconds()}
+		for _, e := range p {
+			if !unsent[ref{stream: st, id: e.ID}] {
+				args = append(args, e.ID)
+			}
+		}
+		if len(args) == 3 {
+			continue
+		}
+		v, err := claimIDsScript.Run(ctx, s.m.rdb, []string{st}, args...).Result()
+		if isNoGroup(err) {
+			continue
+		}
+		if err != nil {
+			return nil, unavailable("claim expired deliveries", err)
+		}
+		out = append(out, decodeScripted(s.sub.GetId(), st, v)...)
+	}
+	return s.holdBackDelayed(ctx, out)
+}
+
+// holdBackDelayed hands the claimed deliveries that were nacked with a
+// delay that has not passed back to herald.delayed, and returns the others
+// in log order.
+func (s *session) holdBackDelayed(ctx context.Context, out []delivery) ([]delivery, error) {
 	if len(out) == 0 {
 		return nil, nil
 	}
@@ -414,10 +485,18 @@ func (s *session) release() {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), releaseWait)
 	defer cancel()
-	pipe := s.m.rdb.Pipeline()
+	byStream := map[string][]any{}
+	var order []string
 	for _, d := range s.buffer {
-		pipe.Do(ctx, "XCLAIM", d.ref.stream, Group(s.sub.GetId()), releasedConsumer, 0, d.ref.id,
-			"IDLE", s.pol.ackTimeout.Milliseconds(), "RETRYCOUNT", d.count-1, "JUSTID")
+		if _, ok := byStream[d.ref.stream]; !ok {
+			order = append(order, d.ref.stream)
+		}
+		byStream[d.ref.stream] = append(byStream[d.ref.stream], d.ref.id, d.count-1)
+	}
+	pipe := s.m.rdb.Pipeline()
+	for _, st := range order {
+		args := append([]any{Group(s.sub.GetId()), s.consumer, s.pol.ackTimeout.Milliseconds()}, byStream[st]...)
+		releaseScript.Eval(ctx, pipe, []string{st}, args...) // EVALSHA would fail in a pipeline until the script is loaded
 	}
 	if _, err := pipe.Exec(ctx); err != nil {
 		s.m.log.Warn("unsent deliveries not handed back; they come back after the ack timeout", "subscription", s.sub.GetId(), "err", err)

@@ -188,13 +188,15 @@ end
 return {r[1], out}
 `)
 
-// claimIDsScript claims given deliveries of one stream (due after a Nack):
-// KEYS[1] stream; ARGV[1] group, ARGV[2] consumer, ARGV[3..] entry ids.
-// Returns {{id, fields, count}...} for those still pending.
+// claimIDsScript claims given deliveries of one stream (due after a Nack,
+// or expired in the claiming session's own hands): KEYS[1] stream; ARGV[1]
+// group, ARGV[2] consumer, ARGV[3] min idle ms, ARGV[4..] entry ids.
+// Returns {{id, fields, count}...} for those still pending (and idle
+// enough).
 var claimIDsScript = redis.NewScript(`
 local ids = {}
-for i = 3, #ARGV do ids[#ids + 1] = ARGV[i] end
-local r = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, unpack(ids))
+for i = 4, #ARGV do ids[#ids + 1] = ARGV[i] end
+local r = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], unpack(ids))
 local out = {}
 for _, m in ipairs(r) do
   if m then
@@ -205,6 +207,25 @@ for _, m in ipairs(r) do
   end
 end
 return out
+`)
+
+// releaseScript hands deliveries read but never sent to herald.released,
+// idle for the ack timeout so that any session claims them at once, with
+// the delivery counts they had before the read; only those the consumer
+// still holds (another session may have taken them over meanwhile):
+// KEYS[1] stream; ARGV[1] group, ARGV[2] consumer, ARGV[3] idle ms,
+// ARGV[4..] pairs of entry id and count. Returns how many were handed back.
+var releaseScript = redis.NewScript(`
+local n = 0
+for i = 4, #ARGV - 1, 2 do
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+  if p[1] and p[1][2] == ARGV[2] then
+    redis.call('XCLAIM', KEYS[1], ARGV[1], '` + releasedConsumer + `', 0, ARGV[i],
+      'IDLE', ARGV[3], 'RETRYCOUNT', ARGV[i + 1], 'JUSTID')
+    n = n + 1
+  end
+end
+return n
 `)
 
 // popDueScript removes and returns the delayed deliveries that are due,
