@@ -27,9 +27,9 @@ const StreamKey = "herald:{usage}:log"
 // FieldRecord is the entry field holding the record.
 const FieldRecord = "r"
 
-// maxLen caps the stream: metering trims what it has folded, this only bounds
+// MaxLen caps the stream: metering trims what it has folded, this only bounds
 // a stream nobody consumes.
-const maxLen = 1_000_000
+const MaxLen = 1_000_000
 
 // Append adds records to the usage stream in one round trip.
 func Append(ctx context.Context, rdb redis.Cmdable, recs ...*meteringv1.UsageRecord) error {
@@ -42,7 +42,7 @@ func Append(ctx context.Context, rdb redis.Cmdable, recs ...*meteringv1.UsageRec
 		if err != nil {
 			return fmt.Errorf("encode usage record: %w", err)
 		}
-		pipe.XAdd(ctx, &redis.XAddArgs{Stream: StreamKey, MaxLen: maxLen, Approx: true, Values: []any{FieldRecord, b}})
+		pipe.XAdd(ctx, &redis.XAddArgs{Stream: StreamKey, MaxLen: MaxLen, Approx: true, Values: []any{FieldRecord, b}})
 	}
 	if _, err := pipe.Exec(ctx); err != nil {
 		return fmt.Errorf("append usage: %w", err)

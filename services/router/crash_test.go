@@ -281,6 +281,7 @@ func (c *crashConsumer) run(ctx context.Context) {
 //     original cursors, and the log does not grow;
 //   - the deliveries the consumer held when the router died are delivered
 //     again, with a higher attempt number, and every event reaches it;
+//   - the publisher's usage counts every event in the log exactly once;
 //   - the poison event, nacked on every attempt, is in the dead-letter
 //     stream with its attempts and the consumer's reason.
 func TestRouterKilledMidBatchAndRedisRestarted(t *testing.T) {
@@ -299,7 +300,7 @@ func TestRouterKilledMidBatchAndRedisRestarted(t *testing.T) {
 	})); err != nil {
 		t.Fatal(err)
 	}
-	_, pubKey := e.createApp(t, "shop")
+	pubID, pubKey := e.createApp(t, "shop")
 	consumerID, consumerKey := e.consumerApp(t, "warehouse", "shop.*")
 	sub := e.subscription(t, &registryv1.Subscription{ApplicationId: consumerID, Types: []string{orderCreated}, Delivery: policy(time.Second, maxAttempts)})
 	began := time.Now()
@@ -444,6 +445,18 @@ func TestRouterKilledMidBatchAndRedisRestarted(t *testing.T) {
 	}
 	if n != int64(want) {
 		t.Errorf("the log grew from %d to %d entries on a republished batch", want, n)
+	}
+
+	// Published usage, counted for money: every event in the log once, no
+	// matter which router counted it or died.
+	var counted int64
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if counted = e.published(t, pubID); counted == int64(want) || time.Now().After(deadline) {
+			break
+		}
+	}
+	if counted != int64(want) {
+		t.Errorf("published usage counts %d events, the log holds %d", counted, want)
 	}
 
 	// The consumer: every event reaches it; what it held when the router

@@ -67,6 +67,9 @@ func New(cfg Config) (*Service, error) {
 	}
 	base.Go(mem.Run)
 	app := appender.New(base.Redis, appender.Options{DedupeWindow: cfg.DedupeWindow})
+	// Published usage is counted by the append itself; the meter moves the
+	// counts to metering.
+	base.Go(appender.NewMeter(base.Redis, appender.MeterOptions{Log: base.Log}).Run)
 	if cfg.MaxBatchBytes <= 0 {
 		cfg.MaxBatchBytes = 8 << 20
 	}

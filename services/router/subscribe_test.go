@@ -168,18 +168,35 @@ func order(id string, amount int) string {
 // account.
 func (e *env) delivered(t *testing.T, account string) int64 {
 	t.Helper()
+	return e.usage(t, account, "subscription", meteringv1.UsageMetric_USAGE_METRIC_DELIVERED)
+}
+
+// published sums the usage records of account's publishes, failing the
+// test if a record id repeats.
+func (e *env) published(t *testing.T, account string) int64 {
+	t.Helper()
+	return e.usage(t, account, "grpc", meteringv1.UsageMetric_USAGE_METRIC_PUBLISHED)
+}
+
+func (e *env) usage(t *testing.T, account, channel string, metric meteringv1.UsageMetric) int64 {
+	t.Helper()
 	msgs, err := e.rdb.XRange(context.Background(), usage.StreamKey, "-", "+").Result()
 	if err != nil {
 		t.Fatal(err)
 	}
 	var n int64
+	seen := map[string]bool{}
 	for _, m := range msgs {
 		raw, _ := m.Values[usage.FieldRecord].(string)
 		rec := new(meteringv1.UsageRecord)
 		if err := proto.Unmarshal([]byte(raw), rec); err != nil {
 			t.Fatal(err)
 		}
-		if rec.GetApplicationId() == account && rec.GetChannel() == "subscription" && rec.GetMetric() == meteringv1.UsageMetric_USAGE_METRIC_DELIVERED {
+		if rec.GetApplicationId() == account && rec.GetChannel() == channel && rec.GetMetric() == metric {
+			if seen[rec.GetId()] {
+				t.Fatalf("usage record %s appears twice", rec.GetId())
+			}
+			seen[rec.GetId()] = true
 			n += rec.GetQuantity()
 		}
 	}

@@ -6,6 +6,11 @@
 //
 //	herald:log:numbers            hash, stream key -> the stream's number (1..2^24-1),
 //	                               stamped into its entry ids (see appendScript)
+//	herald:count:{<tag>}           hash, "<hour>|<account>" -> events the account
+//	                               appended to the stream in that hour (hours since
+//	                               the epoch, on the clock that stamps the ids):
+//	                               published usage, counted in the append script,
+//	                               so exactly once; Meter moves it to metering
 //	herald:dedupe:{<tag>}:<hex>    string, the cursor of the event whose
 //	                               sha256(source NUL id) is <hex>; expires after
 //	                               the dedupe window; <tag> is the stream's hash
@@ -29,10 +34,13 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// appendScript: KEYS[1] stream, KEYS[2] dedupe key; ARGV[1] dedupe window in
-// seconds, ARGV[2] max length of the stream, ARGV[3] max age of its entries
-// in milliseconds (0: no age limit), ARGV[4] the stream's number, ARGV[5..]
+// appendScript: KEYS[1] stream, KEYS[2] dedupe key, KEYS[3] the stream's
+// count hash; ARGV[1] dedupe window in seconds, ARGV[2] max length of the
+// stream, ARGV[3] max age of its entries in milliseconds (0: no age limit),
+// ARGV[4] the stream's number, ARGV[5] the publishing account, ARGV[6..]
 // entry fields. Returns {1, id} for a new entry, {0, id} for a duplicate.
+// A new entry is counted for its account in the same script: a duplicate
+// never is, and a counted entry is always in the log.
 //
 // Ids are stamped here rather than by Redis ('*'), because Redis numbers the
 // entries of each stream separately: two types written in the same
@@ -62,7 +70,8 @@ if #last > 0 then
   end
 end
 local id = string.format('%.0f-%.0f', ms, k * slots + tonumber(ARGV[4]))
-redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], id, unpack(ARGV, 5))
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], id, unpack(ARGV, 6))
+redis.call('HINCRBY', KEYS[3], string.format('%.0f', math.floor(ms / 3600000)) .. '|' .. ARGV[5], 1)
 local maxAge = tonumber(ARGV[3])
 if maxAge > 0 and ms > maxAge then
   redis.call('XTRIM', KEYS[1], 'MINID', '~', string.format('%.0f', ms - maxAge))
@@ -160,6 +169,9 @@ func (a *Appender) Append(ctx context.Context, items []Item) ([]Result, error) {
 	keys := make([][]string, len(items))
 	args := make([][]any, len(items))
 	for i, it := range items {
+		if it.Account == "" || strings.ContainsRune(it.Account, '|') {
+			return nil, fmt.Errorf("append: account %q: want a non-empty account without |", it.Account)
+		}
 		fields, err := eventlog.Encode(it.Event, it.Account)
 		if err != nil {
 			return nil, err
@@ -173,12 +185,12 @@ func (a *Appender) Append(ctx context.Context, items []Item) ([]Result, error) {
 		if it.Partition > 0 {
 			tag += "#" + strconv.Itoa(it.Partition)
 		}
-		keys[i] = []string{stream, dedupeKey(tag, it.Event.GetSource(), it.Event.GetId())}
+		keys[i] = []string{stream, dedupeKey(tag, it.Event.GetSource(), it.Event.GetId()), CountKey(tag)}
 		maxLen := a.maxLen
 		if it.MaxLen > 0 {
 			maxLen = strconv.FormatInt(it.MaxLen, 10)
 		}
-		args[i] = append([]any{a.window, maxLen, strconv.FormatInt(it.MaxAge.Milliseconds(), 10), n}, fields...)
+		args[i] = append([]any{a.window, maxLen, strconv.FormatInt(it.MaxAge.Milliseconds(), 10), n, it.Account}, fields...)
 	}
 	res, err := a.run(ctx, keys, args)
 	if err != nil && isNoScript(err) {

@@ -14,7 +14,6 @@ import (
 
 	"connectrpc.com/connect"
 	eventv1 "github.com/heraldmesh/herald/api/gen/herald/event/v1"
-	meteringv1 "github.com/heraldmesh/herald/api/gen/herald/metering/v1"
 	registryv1 "github.com/heraldmesh/herald/api/gen/herald/registry/v1"
 	routerv1 "github.com/heraldmesh/herald/api/gen/herald/router/v1"
 	"github.com/heraldmesh/herald/api/gen/herald/router/v1/routerv1connect"
@@ -24,12 +23,10 @@ import (
 	"github.com/heraldmesh/herald/platform/cloudevent"
 	"github.com/heraldmesh/herald/platform/eventlog"
 	"github.com/heraldmesh/herald/platform/eventtype"
-	"github.com/heraldmesh/herald/platform/usage"
 	"github.com/heraldmesh/herald/services/router/internal/appender"
 	"github.com/heraldmesh/herald/services/router/internal/backpressure"
 	"github.com/redis/go-redis/v9"
 	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
 // Limits bound one Publish call.
@@ -55,7 +52,6 @@ type Handler struct {
 	routerv1connect.UnimplementedRouterServiceHandler
 	catalog  *catalog.Cache
 	appender *appender.Appender
-	rdb      redis.Cmdable
 	log      *slog.Logger
 	limits   Limits
 	memory   *backpressure.Memory
@@ -71,7 +67,7 @@ func New(c *catalog.Cache, a *appender.Appender, rdb redis.Cmdable, log *slog.Lo
 	if l.MaxEventBytes <= 0 {
 		l.MaxEventBytes = 1 << 20
 	}
-	return &Handler{catalog: c, appender: a, rdb: rdb, log: log, limits: l, memory: g.Memory, quota: backpressure.NewQuota(rdb)}
+	return &Handler{catalog: c, appender: a, log: log, limits: l, memory: g.Memory, quota: backpressure.NewQuota(rdb)}
 }
 
 // exhausted is a RESOURCE_EXHAUSTED error with a Retry-After hint, in
@@ -140,7 +136,6 @@ func (h *Handler) Publish(ctx context.Context, req *connect.Request[routerv1.Pub
 		for j, r := range appended {
 			results[slots[j]] = &routerv1.PublishResult{Result: &routerv1.PublishResult_Cursor{Cursor: r.Cursor}, Duplicate: r.Duplicate}
 		}
-		h.recordUsage(ctx, p.Account(), items, appended)
 	}
 	return connect.NewResponse(&routerv1.PublishResponse{Results: results}), nil
 }
@@ -239,32 +234,4 @@ func describe[V fmt.Stringer](vs []V) string {
 		parts = append(parts, v.String())
 	}
 	return strings.Join(parts, "; ")
-}
-
-// recordUsage appends one usage record per type of the batch's new events.
-// The record id derives from the first cursor, so a re-append of the same
-// record cannot be counted twice by metering.
-func (h *Handler) recordUsage(ctx context.Context, account string, items []appender.Item, results []appender.Result) {
-	byType := map[string]*meteringv1.UsageRecord{}
-	var recs []*meteringv1.UsageRecord
-	now := timestamppb.Now()
-	for i, r := range results {
-		if r.Duplicate {
-			continue
-		}
-		typ := items[i].Event.GetType()
-		rec, ok := byType[typ]
-		if !ok {
-			rec = &meteringv1.UsageRecord{
-				Id: "pub:" + typ + ":" + r.Cursor, ApplicationId: account, EventType: typ,
-				Metric: meteringv1.UsageMetric_USAGE_METRIC_PUBLISHED, Channel: "grpc", Time: now,
-			}
-			byType[typ] = rec
-			recs = append(recs, rec)
-		}
-		rec.Quantity++
-	}
-	if err := usage.Append(context.WithoutCancel(ctx), h.rdb, recs...); err != nil {
-		h.log.Error("usage not recorded", "err", err, "records", len(recs))
-	}
 }
