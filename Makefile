@@ -52,10 +52,11 @@ test-node:
 test-go: tools test-node
 	go test -race -count=1 -timeout 20m $(PKGS)
 
-## bench: Go benchmarks (Publish vs raw XADD, batches of 100), then `herald bench publish`
+## bench: Go benchmarks (Publish vs raw XADD, batches of 100; Subscribe vs raw XREADGROUP), then `herald bench publish`
 ## with its defaults (Herald vs raw XADD vs NATS JetStream): see BENCHMARKS.md
 bench: build
 	go test -run '^$$' -bench 'PublishBatch100|XAddBatch100' -count=1 ./cmd/herald/internal/bench
+	go test -run '^$$' -bench 'SubscribeAck|XReadGroupAck' -benchtime 20000x -count=1 ./services/router
 	$(BIN)/herald bench publish
 
 clean:
