@@ -177,11 +177,19 @@ func (m *Manager) remove(ctx context.Context, id string, streams []string) error
 	}
 	group := Group(id)
 	pipe := m.rdb.Pipeline()
-	for _, s := range streams {
-		pipe.XGroupDestroy(ctx, s, group)
+	destroys := make([]*redis.IntCmd, len(streams))
+	for i, s := range streams {
+		destroys[i] = pipe.XGroupDestroy(ctx, s, group)
 	}
-	pipe.Del(ctx, delayedKey(id), reasonsKey(id), deadKey(id), deadIdxKey(id), ReplayKey(id))
-	if _, err := pipe.Exec(ctx); err != nil && !isNoGroup(err) {
+	del := pipe.Del(ctx, delayedKey(id), reasonsKey(id), deadKey(id), deadIdxKey(id), ReplayKey(id))
+	_, _ = pipe.Exec(ctx)
+	for _, c := range destroys {
+		// A stream or a group that is gone already is what we want.
+		if err := c.Err(); err != nil && !isNoGroup(err) && !strings.Contains(err.Error(), "requires the key to exist") {
+			return err
+		}
+	}
+	if err := del.Err(); err != nil {
 		return err
 	}
 	m.forget(group)
