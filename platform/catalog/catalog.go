@@ -86,7 +86,7 @@ func (c *Cache) Run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return nil
 		}
-		c.log.Warn("catalog watch ended; reconnecting", "err", err, "in", backoff)
+		c.log.Warn("catalog watch ended; reconnecting", "err", err, "in", backoff.String())
 		select {
 		case <-ctx.Done():
 			return nil
