@@ -49,24 +49,6 @@ func routerProcess() int {
 	return 0
 }
 
-// lockedBuffer collects a child process's output.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // routerProc is a router running as a child process.
 type routerProc struct {
 	cmd  *exec.Cmd
@@ -76,7 +58,7 @@ type routerProc struct {
 // startRouterProcess starts a router process on addr and waits until it
 // is ready. Its output is logged if the test fails; it is killed when the
 // test ends.
-func (e *env) startRouterProcess(t *testing.T, addr string, extraEnv ...string) *routerProc {
+func (e *env) startRouterProcess(t *testing.T, addr string) *routerProc {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(),
@@ -86,9 +68,8 @@ func (e *env) startRouterProcess(t *testing.T, addr string, extraEnv ...string) 
 		"HERALD_REGISTRY_ADDR="+e.common.RegistryAddr,
 		"HERALD_ROUTER_ADDR="+addr,
 	)
-	cmd.Env = append(cmd.Env, extraEnv...)
-	out := &lockedBuffer{}
-	cmd.Stdout, cmd.Stderr = out, out
+	var out bytes.Buffer // read only once the process has ended
+	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start router process: %v", err)
 	}
@@ -123,7 +104,6 @@ type crashPublisher struct {
 	first   []*eventv1.CloudEvent // the first batch, to publish again at the end
 	mu      sync.Mutex
 	acked   map[string]string // event id -> cursor
-	seq     map[string]int    // event id -> its place in the publisher's sequence
 	retries atomic.Int64      // failed attempts
 	dups    atomic.Int64      // events answered duplicate=true
 }
@@ -167,7 +147,6 @@ func (p *crashPublisher) run(ctx context.Context, stop <-chan struct{}, addr, ke
 						p.dups.Add(1)
 					}
 					p.acked[evs[j].GetId()] = r.GetCursor()
-					p.seq[evs[j].GetId()] = b*p.batch + j
 				}
 				p.mu.Unlock()
 				break
@@ -321,7 +300,7 @@ func TestRouterKilledMidBatchAndRedisRestarted(t *testing.T) {
 	pubs := make([]*crashPublisher, producers)
 	errc := make(chan error, producers)
 	for i := range pubs {
-		pubs[i] = &crashPublisher{key: "p" + strconv.Itoa(i), batch: batch, acked: map[string]string{}, seq: map[string]int{}}
+		pubs[i] = &crashPublisher{key: "p" + strconv.Itoa(i), batch: batch, acked: map[string]string{}}
 		go func() { errc <- pubs[i].run(ctx, stop, addr, pubKey) }()
 	}
 	acked := func() int {

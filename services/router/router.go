@@ -57,6 +57,15 @@ func New(cfg Config) (*Service, error) {
 	if cfg.Addr == "" {
 		cfg.Addr = cfg.RouterAddr
 	}
+	if cfg.MaxBatchBytes <= 0 {
+		cfg.MaxBatchBytes = 8 << 20
+	}
+	if cfg.MaxEventBytes <= 0 {
+		cfg.MaxEventBytes = publish.DefaultMaxEventBytes
+	}
+	if cfg.MaxEventBytes > cfg.MaxBatchBytes {
+		return nil, fmt.Errorf("router: the largest event (%d bytes) cannot be larger than the largest batch (%d bytes)", cfg.MaxEventBytes, cfg.MaxBatchBytes)
+	}
 	base, cat, err := service.NewWithCatalog(service.Options{Name: "router", Addr: cfg.Addr, Common: cfg.Common, Logger: cfg.Logger})
 	if err != nil {
 		return nil, err
@@ -70,15 +79,6 @@ func New(cfg Config) (*Service, error) {
 	// Published usage is counted by the append itself; the meter moves the
 	// counts to metering.
 	base.Go(appender.NewMeter(base.Redis, appender.MeterOptions{Log: base.Log}).Run)
-	if cfg.MaxBatchBytes <= 0 {
-		cfg.MaxBatchBytes = 8 << 20
-	}
-	if cfg.MaxEventBytes <= 0 {
-		cfg.MaxEventBytes = 1 << 20
-	}
-	if cfg.MaxEventBytes > cfg.MaxBatchBytes {
-		return nil, fmt.Errorf("router: the largest event (%d bytes) cannot be larger than the largest batch (%d bytes)", cfg.MaxEventBytes, cfg.MaxBatchBytes)
-	}
 	h := publish.New(cat, app, base.Redis, base.Log, publish.Limits{MaxEvents: cfg.MaxBatch, MaxEventBytes: cfg.MaxEventBytes}, publish.Guards{Memory: mem})
 	if cfg.MaxSubscribeStreams <= 0 {
 		cfg.MaxSubscribeStreams = 1000

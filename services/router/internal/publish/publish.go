@@ -35,6 +35,9 @@ type Limits struct {
 	MaxEventBytes int // encoded size of one event (default 1 MiB)
 }
 
+// DefaultMaxEventBytes is Limits.MaxEventBytes when unset: 1 MiB.
+const DefaultMaxEventBytes = 1 << 20
+
 // Guards refuse publishes to protect Redis, rather than queue them.
 type Guards struct {
 	// Memory refuses every publish while Redis is above its memory
@@ -65,7 +68,7 @@ func New(c *catalog.Cache, a *appender.Appender, rdb redis.Cmdable, log *slog.Lo
 		l.MaxEvents = 1000
 	}
 	if l.MaxEventBytes <= 0 {
-		l.MaxEventBytes = 1 << 20
+		l.MaxEventBytes = DefaultMaxEventBytes
 	}
 	return &Handler{catalog: c, appender: a, log: log, limits: l, memory: g.Memory, quota: backpressure.NewQuota(rdb)}
 }
