@@ -43,16 +43,32 @@ const (
 const streamPrefix = "herald:log:{"
 
 // StreamKey is the stream holding events of one type.
-func StreamKey(eventType string) string { return streamPrefix + eventType + "}" }
+func StreamKey(eventType string) string { return TagKey(eventType) }
 
 // PartitionKey is the stream holding partition p of a type: partition 0 is
 // StreamKey, partition p > 0 is herald:log:{<type>#<p>}, a hash tag of its
 // own so that partitions spread over Redis Cluster shards.
-func PartitionKey(eventType string, p int) string {
+func PartitionKey(eventType string, p int) string { return TagKey(Tag(eventType, p)) }
+
+// Tag is the hash tag of partition p of a type: <type>, or <type>#<p> for
+// p > 0. Keys that must live on a stream's shard carry it.
+func Tag(eventType string, p int) string {
 	if p <= 0 {
-		return StreamKey(eventType)
+		return eventType
 	}
-	return streamPrefix + eventType + "#" + strconv.Itoa(p) + "}"
+	return eventType + "#" + strconv.Itoa(p)
+}
+
+// TagKey is the stream with hash tag tag.
+func TagKey(tag string) string { return streamPrefix + tag + "}" }
+
+// TagOfStream is the hash tag of a log stream key, and whether key is one.
+func TagOfStream(key string) (string, bool) {
+	rest, ok := strings.CutPrefix(key, streamPrefix)
+	if !ok || !strings.HasSuffix(rest, "}") {
+		return "", false
+	}
+	return strings.TrimSuffix(rest, "}"), true
 }
 
 // StreamKeys lists the streams of a type with n partitions (n < 1 means 1).

@@ -136,6 +136,34 @@ func TestStreamKey(t *testing.T) {
 	}
 }
 
+func TestTags(t *testing.T) {
+	for _, c := range []struct {
+		typ  string
+		p    int
+		tag  string
+		want string
+	}{
+		{"a.b", 0, "a.b", "herald:log:{a.b}"},
+		{"a.b", 3, "a.b#3", "herald:log:{a.b#3}"},
+	} {
+		if got := eventlog.Tag(c.typ, c.p); got != c.tag {
+			t.Errorf("Tag(%q, %d) = %q, want %q", c.typ, c.p, got, c.tag)
+		}
+		key := eventlog.PartitionKey(c.typ, c.p)
+		if key != c.want || eventlog.TagKey(c.tag) != key {
+			t.Errorf("PartitionKey(%q, %d) = %q, TagKey = %q; want %q", c.typ, c.p, key, eventlog.TagKey(c.tag), c.want)
+		}
+		if tag, ok := eventlog.TagOfStream(key); !ok || tag != c.tag {
+			t.Errorf("TagOfStream(%q) = %q, %v", key, tag, ok)
+		}
+	}
+	for _, k := range []string{"herald:usage", "herald:log:{a.b", "herald:sub:{s}:replay"} {
+		if tag, ok := eventlog.TagOfStream(k); ok {
+			t.Errorf("TagOfStream(%q) = %q, true; want not a log stream", k, tag)
+		}
+	}
+}
+
 func newRedis(t *testing.T) *redis.Client {
 	t.Helper()
 	return testutil.RedisClient(t, testutil.Redis(t))

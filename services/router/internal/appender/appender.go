@@ -176,14 +176,11 @@ func (a *Appender) Append(ctx context.Context, items []Item) ([]Result, error) {
 		if err != nil {
 			return nil, err
 		}
-		stream := eventlog.PartitionKey(it.Event.GetType(), it.Partition)
+		tag := eventlog.Tag(it.Event.GetType(), it.Partition)
+		stream := eventlog.TagKey(tag)
 		n, err := a.streamNumber(ctx, stream)
 		if err != nil {
 			return nil, err
-		}
-		tag := it.Event.GetType()
-		if it.Partition > 0 {
-			tag += "#" + strconv.Itoa(it.Partition)
 		}
 		keys[i] = []string{stream, dedupeKey(tag, it.Event.GetSource(), it.Event.GetId()), CountKey(tag)}
 		maxLen := a.maxLen

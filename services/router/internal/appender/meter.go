@@ -10,6 +10,7 @@ import (
 	"time"
 
 	meteringv1 "github.com/heraldmesh/herald/api/gen/herald/metering/v1"
+	"github.com/heraldmesh/herald/platform/eventlog"
 	"github.com/heraldmesh/herald/platform/usage"
 	"github.com/redis/go-redis/v9"
 	"google.golang.org/protobuf/proto"
@@ -127,8 +128,8 @@ func (m *Meter) Move(ctx context.Context) error {
 	}
 	var tags []string
 	for _, k := range keys {
-		if tag, ok := strings.CutPrefix(k, "herald:log:{"); ok {
-			tags = append(tags, strings.TrimSuffix(tag, "}"))
+		if tag, ok := eventlog.TagOfStream(k); ok {
+			tags = append(tags, tag)
 		}
 	}
 	counts, err := m.read(ctx, tags)
@@ -211,7 +212,7 @@ func (m *Meter) read(ctx context.Context, tags []string) ([]count, error) {
 
 // move appends the record of what c counted beyond done.
 func (m *Meter) move(ctx context.Context, c count, before string, done int64) (bool, error) {
-	typ, _, _ := strings.Cut(c.tag, "#")
+	typ := eventlog.TypeOfStream(eventlog.TagKey(c.tag))
 	rec := &meteringv1.UsageRecord{
 		// Unique per move: the count only grows.
 		Id:            fmt.Sprintf("pub:%s:%d:%s:%d", c.tag, c.hour, c.account, c.n),

@@ -86,7 +86,7 @@ func ackID(subID string, r ref) string {
 	if r.stream == ReplayKey(subID) {
 		return replayTag + "/" + r.id
 	}
-	tag := strings.TrimSuffix(strings.TrimPrefix(r.stream, "herald:log:{"), "}")
+	tag, _ := eventlog.TagOfStream(r.stream)
 	return tag + "/" + r.id
 }
 
@@ -109,7 +109,7 @@ func parseAckID(subID, s string) (ref, error) {
 	if eventtype.ValidateName(name) != nil || (partitioned && !digits(part)) {
 		return ref{}, fmt.Errorf("ack id %q: %w", s, errAckID)
 	}
-	return ref{stream: "herald:log:{" + tag + "}", id: id}, nil
+	return ref{stream: eventlog.TagKey(tag), id: id}, nil
 }
 
 func digits(s string) bool {
