@@ -48,12 +48,14 @@ type Cache struct {
 	types    map[string]*Type
 	apps     map[string]*registryv1.Application
 	keys     map[string]key // by hex SHA-256 of the secret
+	keyByID  map[string]key // the same keys, by key id
 	subs     map[string]*registryv1.Subscription
 	missing  map[string]time.Time // recently confirmed unknown types
 	revision int64
 	synced   bool
 	changed  chan struct{} // closed and replaced on every type change
 	touched  chan struct{} // closed and replaced on every type, application or subscription change
+	updated  chan struct{} // closed and replaced on every change, keys included
 	onKey    []func()
 
 	fetch singleflight.Group
@@ -65,7 +67,7 @@ func New(client registryv1connect.RegistryServiceClient, log *slog.Logger) *Cach
 		client: client, log: log,
 		types: map[string]*Type{}, apps: map[string]*registryv1.Application{}, keys: map[string]key{},
 		subs: map[string]*registryv1.Subscription{}, missing: map[string]time.Time{}, changed: make(chan struct{}),
-		touched: make(chan struct{}),
+		touched: make(chan struct{}), updated: make(chan struct{}), keyByID: map[string]key{},
 	}
 }
 
@@ -126,6 +128,8 @@ func (c *Cache) watch(ctx context.Context) error {
 		keyChanged := c.apply(msg)
 		if _, isKey := msg.GetChange().(*registryv1.WatchResponse_Key); !isKey {
 			c.touch()
+		} else {
+			c.update()
 		}
 		if msg.GetRevision() > c.revision {
 			c.revision = msg.GetRevision()
@@ -160,7 +164,7 @@ func (c *Cache) install(snap *Cache, revision int64) {
 			snap.types[name] = old
 		}
 	}
-	c.types, c.apps, c.keys, c.subs = snap.types, snap.apps, snap.keys, snap.subs
+	c.types, c.apps, c.keys, c.keyByID, c.subs = snap.types, snap.apps, snap.keys, snap.keyByID, snap.subs
 	c.revision = revision
 	c.synced = true
 	close(c.changed)
@@ -173,10 +177,37 @@ func (c *Cache) install(snap *Cache, revision int64) {
 	}
 }
 
-// touch signals a change to Changed's waiters (the caller holds the lock).
+// touch signals a change to Changed's and Updated's waiters (the caller
+// holds the lock).
 func (c *Cache) touch() {
 	close(c.touched)
 	c.touched = make(chan struct{})
+	c.update()
+}
+
+// update signals a change to Updated's waiters (the caller holds the lock).
+func (c *Cache) update() {
+	close(c.updated)
+	c.updated = make(chan struct{})
+}
+
+// Updated returns a channel closed at the next change of anything the cache
+// holds, keys included. Long-lived streams wait on it to re-check their
+// caller's key and grants (see KeyRevoked and Application).
+func (c *Cache) Updated() <-chan struct{} {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.updated
+}
+
+// KeyRevoked reports whether the application key with this id is known to be
+// revoked or expired. A key the cache has not seen yet (created a moment
+// ago, resolved by the registry directly) is not: its Watch change follows.
+func (c *Cache) KeyRevoked(keyID string) bool {
+	c.mu.RLock()
+	k, ok := c.keyByID[keyID]
+	c.mu.RUnlock()
+	return ok && (k.revoked || (!k.expires.IsZero() && time.Now().After(k.expires)))
 }
 
 // Changed returns a channel closed at the next change of a type, an
@@ -212,6 +243,7 @@ func (c *Cache) apply(msg *registryv1.WatchResponse) bool {
 			e.expires = k.GetExpireTime().AsTime()
 		}
 		c.keys[ch.Key.GetKeyHash()] = e
+		c.keyByID[e.keyID] = e
 		return true
 	case *registryv1.WatchResponse_Subscription:
 		c.subs[ch.Subscription.GetId()] = ch.Subscription
