@@ -11,13 +11,18 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"errors"
-	"fmt"
+	"math"
+	"net"
 	"net/http"
+	"net/netip"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	"connectrpc.com/connect"
+	"github.com/hashicorp/golang-lru/v2/expirable"
+	"golang.org/x/time/rate"
 )
 
 // Principal is an authenticated caller.
@@ -83,26 +88,41 @@ type Options struct {
 	// CacheTTL bounds how long a resolved (or unknown) key is remembered, and
 	// so how long a revoked key keeps working. Default 1s.
 	CacheTTL time.Duration
+	// FailedPerSecond and FailedBurst limit failed authentications per
+	// source address (an IPv4 address or an IPv6 /64). Past the limit a
+	// source gets RESOURCE_EXHAUSTED with Retry-After, and its keys are not
+	// looked up at all, until the limit refills. Defaults 1/s, burst 20.
+	FailedPerSecond float64
+	FailedBurst     int
 }
 
 // Authenticator checks bearer keys, caching resolutions briefly so that the
 // hot path does not call the registry per request.
+//
+// Known keys and unknown keys are cached apart, each in a bounded LRU, so
+// that a flood of distinct random keys evicts only other unknown keys and
+// never a good one; and failed attempts are rate-limited per source
+// address, so such a flood costs at most a burst of resolver calls.
 type Authenticator struct {
 	adminHash [32]byte
 	resolver  Resolver
-	ttl       time.Duration
 
-	mu    sync.Mutex
-	cache map[string]cached
+	good    *expirable.LRU[string, Principal]
+	unknown *expirable.LRU[string, struct{}]
+
+	failRate  rate.Limit
+	failBurst int
+	sources   *expirable.LRU[string, *rate.Limiter]
+	sourcesMu sync.Mutex // makes get-or-create of a source's limiter atomic
 }
 
-type cached struct {
-	p       Principal
-	err     error
-	expires time.Time
-}
-
-const maxCached = 10000
+const (
+	maxCached  = 10000
+	maxSources = 10000
+	// sourceTTL is how long a source's failure record is kept after its
+	// last failure; longer than a full refill at the default rate.
+	sourceTTL = 10 * time.Minute
+)
 
 // New returns an Authenticator.
 func New(o Options) (*Authenticator, error) {
@@ -112,13 +132,35 @@ func New(o Options) (*Authenticator, error) {
 	if o.CacheTTL <= 0 {
 		o.CacheTTL = time.Second
 	}
-	return &Authenticator{adminHash: sha256.Sum256([]byte(o.AdminKey)), resolver: o.Resolver, ttl: o.CacheTTL, cache: map[string]cached{}}, nil
+	if o.FailedPerSecond <= 0 {
+		o.FailedPerSecond = 1
+	}
+	if o.FailedBurst <= 0 {
+		o.FailedBurst = 20
+	}
+	return &Authenticator{
+		adminHash: sha256.Sum256([]byte(o.AdminKey)),
+		resolver:  o.Resolver,
+		good:      expirable.NewLRU[string, Principal](maxCached, nil, o.CacheTTL),
+		unknown:   expirable.NewLRU[string, struct{}](maxCached, nil, o.CacheTTL),
+		failRate:  rate.Limit(o.FailedPerSecond),
+		failBurst: o.FailedBurst,
+		sources:   expirable.NewLRU[string, *rate.Limiter](maxSources, nil, sourceTTL),
+	}, nil
 }
 
 // Authenticate resolves a secret to its principal. Errors are connect errors:
 // Unauthenticated for a missing or bad key, Unavailable when the key could
-// not be checked.
+// not be checked. It applies no per-source limit: see AuthenticateFrom.
 func (a *Authenticator) Authenticate(ctx context.Context, secret string) (Principal, error) {
+	return a.AuthenticateFrom(ctx, secret, "")
+}
+
+// AuthenticateFrom is Authenticate for a caller at the given source address
+// ("host:port" or a bare host; "" for none). A source whose failed attempts
+// are over the limit gets ResourceExhausted, with a Retry-After in the
+// error's metadata, without its key being looked up.
+func (a *Authenticator) AuthenticateFrom(ctx context.Context, secret, source string) (Principal, error) {
 	if secret == "" {
 		return Principal{}, connect.NewError(connect.CodeUnauthenticated, errors.New("missing key: send Authorization: Bearer <key>"))
 	}
@@ -127,37 +169,105 @@ func (a *Authenticator) Authenticate(ctx context.Context, secret string) (Princi
 		return Principal{Admin: true}, nil
 	}
 	if a.resolver == nil {
-		return Principal{}, connect.NewError(connect.CodeUnauthenticated, ErrUnknownKey)
+		return Principal{}, a.failed(source)
 	}
 	h := hex.EncodeToString(sum[:])
-	now := time.Now()
-	a.mu.Lock()
-	c, ok := a.cache[h]
-	a.mu.Unlock()
-	if !ok || now.After(c.expires) {
-		p, err := a.resolver.ResolveKey(ctx, h)
-		if err != nil && !errors.Is(err, ErrUnknownKey) {
-			return Principal{}, connect.NewError(connect.CodeUnavailable, fmt.Errorf("checking key: %w", err))
-		}
-		c = cached{p: p, err: err, expires: now.Add(a.ttl)}
-		a.mu.Lock()
-		if len(a.cache) >= maxCached {
-			clear(a.cache)
-		}
-		a.cache[h] = c
-		a.mu.Unlock()
+	if p, ok := a.good.Get(h); ok {
+		return p, nil
 	}
-	if c.err != nil {
-		return Principal{}, connect.NewError(connect.CodeUnauthenticated, ErrUnknownKey)
+	if err := a.limited(source); err != nil {
+		return Principal{}, err
 	}
-	return c.p, nil
+	if _, ok := a.unknown.Get(h); ok {
+		return Principal{}, a.failed(source)
+	}
+	p, err := a.resolver.ResolveKey(ctx, h)
+	if errors.Is(err, ErrUnknownKey) {
+		a.unknown.Add(h, struct{}{})
+		return Principal{}, a.failed(source)
+	}
+	if err != nil {
+		return Principal{}, connect.NewError(connect.CodeUnavailable, errors.New("the key could not be checked; retry later"))
+	}
+	a.good.Add(h, p)
+	return p, nil
+}
+
+// sourceKey is the unit failures are counted per: the IPv4 address, or the
+// /64 of an IPv6 address (one host usually holds a whole /64).
+func sourceKey(source string) string {
+	if source == "" {
+		return ""
+	}
+	host := source
+	if h, _, err := net.SplitHostPort(source); err == nil {
+		host = h
+	}
+	ip, err := netip.ParseAddr(host)
+	if err != nil {
+		return host
+	}
+	ip = ip.Unmap()
+	if ip.Is6() {
+		if pfx, err := ip.Prefix(64); err == nil {
+			return pfx.String()
+		}
+	}
+	return ip.String()
+}
+
+// limited answers ResourceExhausted when the source has no failure left.
+func (a *Authenticator) limited(source string) error {
+	k := sourceKey(source)
+	if k == "" {
+		return nil
+	}
+	lim, ok := a.sources.Peek(k)
+	if !ok || lim.Tokens() >= 1 {
+		return nil
+	}
+	wait := time.Duration((1 - lim.Tokens()) / float64(a.failRate) * float64(time.Second))
+	secs := int(math.Ceil(wait.Seconds()))
+	if secs < 1 {
+		secs = 1
+	}
+	err := connect.NewError(connect.CodeResourceExhausted, errors.New("too many failed authentications from this address; retry later"))
+	err.Meta().Set("Retry-After", strconv.Itoa(secs))
+	return err
+}
+
+// failed counts a failed authentication against the source and returns
+// the Unauthenticated error.
+func (a *Authenticator) failed(source string) error {
+	if k := sourceKey(source); k != "" {
+		a.sourcesMu.Lock()
+		lim, ok := a.sources.Get(k)
+		if !ok {
+			lim = rate.NewLimiter(a.failRate, a.failBurst)
+		}
+		a.sources.Add(k, lim) // refreshes the record's expiry
+		a.sourcesMu.Unlock()
+		lim.Allow()
+	}
+	return connect.NewError(connect.CodeUnauthenticated, ErrUnknownKey)
 }
 
 // Forget drops cached resolutions, e.g. after a key was revoked.
 func (a *Authenticator) Forget() {
-	a.mu.Lock()
-	clear(a.cache)
-	a.mu.Unlock()
+	a.good.Purge()
+	a.unknown.Purge()
+}
+
+// Request authenticates an HTTP request from its headers alone: the bearer
+// key of its Authorization header or, when allowQuery is true, an
+// access_token query parameter (browsers' EventSource cannot set headers).
+// Failures are counted against the request's remote address.
+func (a *Authenticator) Request(r *http.Request, allowQuery bool) (Principal, error) {
+	secret := BearerToken(r.Header)
+	if secret == "" && allowQuery {
+		secret = r.URL.Query().Get("access_token")
+	}
+	return a.AuthenticateFrom(r.Context(), secret, r.RemoteAddr)
 }
 
 type principalKey struct{}
@@ -191,6 +301,8 @@ func BearerToken(h http.Header) string {
 }
 
 // Interceptor authenticates every RPC of the handlers it is installed on.
+// A request whose principal is already in its context (authenticated at
+// the HTTP layer, before its body was read) is not authenticated again.
 func (a *Authenticator) Interceptor() connect.Interceptor { return interceptor{a} }
 
 type interceptor struct{ a *Authenticator }
@@ -200,7 +312,10 @@ func (i interceptor) WrapUnary(next connect.UnaryFunc) connect.UnaryFunc {
 		if req.Spec().IsClient {
 			return next(ctx, req)
 		}
-		p, err := i.a.Authenticate(ctx, BearerToken(req.Header()))
+		if _, ok := FromContext(ctx); ok {
+			return next(ctx, req)
+		}
+		p, err := i.a.AuthenticateFrom(ctx, BearerToken(req.Header()), req.Peer().Addr)
 		if err != nil {
 			return nil, err
 		}
@@ -214,7 +329,10 @@ func (i interceptor) WrapStreamingClient(next connect.StreamingClientFunc) conne
 
 func (i interceptor) WrapStreamingHandler(next connect.StreamingHandlerFunc) connect.StreamingHandlerFunc {
 	return func(ctx context.Context, conn connect.StreamingHandlerConn) error {
-		p, err := i.a.Authenticate(ctx, BearerToken(conn.RequestHeader()))
+		if _, ok := FromContext(ctx); ok {
+			return next(ctx, conn)
+		}
+		p, err := i.a.AuthenticateFrom(ctx, BearerToken(conn.RequestHeader()), conn.Peer().Addr)
 		if err != nil {
 			return err
 		}
@@ -222,59 +340,42 @@ func (i interceptor) WrapStreamingHandler(next connect.StreamingHandlerFunc) con
 	}
 }
 
-// Middleware authenticates plain HTTP routes. Browsers' EventSource cannot
-// set headers, so when allowQuery is true an access_token query parameter is
-// accepted too. Failures answer 401 (or 503) with a JSON error.
+// Middleware authenticates plain HTTP routes (see Request; allowQuery
+// accepts an access_token query parameter). A request already carrying a
+// principal passes through. Failures are written by WriteError.
 func (a *Authenticator) Middleware(allowQuery bool, next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		secret := BearerToken(r.Header)
-		if secret == "" && allowQuery {
-			secret = r.URL.Query().Get("access_token")
+		if _, ok := FromContext(r.Context()); ok {
+			next.ServeHTTP(w, r)
+			return
 		}
-		p, err := a.Authenticate(r.Context(), secret)
+		p, err := a.Request(r, allowQuery)
 		if err != nil {
-			WriteError(w, err)
+			WriteError(w, r, err)
 			return
 		}
 		next.ServeHTTP(w, r.WithContext(WithPrincipal(r.Context(), p)))
 	})
 }
 
-// WriteError writes err as a Connect-style JSON error with the HTTP status
-// matching its code.
-func WriteError(w http.ResponseWriter, err error) {
-	code := connect.CodeOf(err)
-	status := httpStatus(code)
-	if status == http.StatusUnauthorized {
+var errorWriter = connect.NewErrorWriter()
+
+// WriteError writes err in the protocol of the request r: a gRPC or
+// gRPC-Web status, a Connect end-of-stream message, or (for Connect unary
+// requests and plain HTTP routes) Connect's JSON error with the HTTP status
+// of its code. An error's metadata (e.g. Retry-After) is sent as headers.
+// A 401 carries a Bearer challenge. An error that is not a connect error is
+// sent as a bare "internal error": its text may hold internals. WriteError
+// does not read the request body.
+func WriteError(w http.ResponseWriter, r *http.Request, err error) {
+	var ce *connect.Error
+	if !errors.As(err, &ce) {
+		err = connect.NewError(connect.CodeInternal, errors.New("internal error"))
+	}
+	if connect.CodeOf(err) == connect.CodeUnauthenticated {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="herald"`)
 	}
-	msg := err.Error()
-	var ce *connect.Error
-	if errors.As(err, &ce) {
-		msg = ce.Message()
-	}
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	_, _ = fmt.Fprintf(w, `{"code":%q,"message":%q}`+"\n", code.String(), msg)
-}
-
-func httpStatus(c connect.Code) int {
-	switch c {
-	case connect.CodeUnauthenticated:
-		return http.StatusUnauthorized
-	case connect.CodePermissionDenied:
-		return http.StatusForbidden
-	case connect.CodeInvalidArgument:
-		return http.StatusBadRequest
-	case connect.CodeNotFound:
-		return http.StatusNotFound
-	case connect.CodeResourceExhausted:
-		return http.StatusTooManyRequests
-	case connect.CodeUnavailable:
-		return http.StatusServiceUnavailable
-	default:
-		return http.StatusInternalServerError
-	}
+	_ = errorWriter.Write(w, r, err)
 }
 
 // ClientInterceptor adds a bearer key to every outgoing RPC, for calls

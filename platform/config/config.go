@@ -29,6 +29,14 @@ type Common struct {
 	RouterAddr   string // HERALD_ROUTER_ADDR
 	RegistryAddr string // HERALD_REGISTRY_ADDR
 	MeteringAddr string // HERALD_METERING_ADDR
+
+	// MaxConnections is the listener's connection ceiling (suggested
+	// variable HERALD_MAX_CONNECTIONS); 0 derives it from RLIMIT_NOFILE,
+	// negative disables it. See platform/server.
+	MaxConnections int
+	// BodyReadTimeout bounds reading a request body (suggested variable
+	// HERALD_BODY_READ_TIMEOUT); 0 means 30s, negative none.
+	BodyReadTimeout time.Duration
 }
 
 // FromEnv reads Common from the environment, with defaults.

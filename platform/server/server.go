@@ -1,6 +1,27 @@
 // Package server is the one-port HTTP server every Herald service runs: gRPC,
 // gRPC-Web and Connect handlers (h2c and HTTP/1.1) next to /healthz, /readyz,
 // /metrics, grpc.health.v1 and server reflection.
+//
+// Every request passes one gate before it reaches a handler:
+//
+//   - Authentication, from the headers alone and before any byte of the body
+//     is read (connect-go reads a unary request's body before interceptors
+//     run, so an interceptor would come too late). Open without a key: only
+//     /healthz, /readyz, /metrics, grpc.health.v1, server reflection (which
+//     describes the APIs, not their data) and routes mounted with
+//     HandlePublic. The principal goes into the request context, where
+//     auth.Interceptor and auth.Middleware find it.
+//   - A body read deadline (Options.BodyReadTimeout) for every request
+//     except client- and bidi-streaming RPCs, whose request stream is
+//     long-lived. It is lifted once the body has been read to its end, so
+//     server streams and slow handlers are not cut.
+//   - A connection ceiling on the listener (Options.MaxConnections, by
+//     default derived from RLIMIT_NOFILE): idle keep-alive connections are
+//     closed first when the ceiling is reached; past it, a small headroom of
+//     connections is accepted in which only health and metrics are served
+//     and every other request gets 503 with Retry-After; past the headroom
+//     new connections are closed at once, so accept never meets the
+//     process's file limit.
 package server
 
 import (
@@ -15,6 +36,7 @@ import (
 
 	"connectrpc.com/grpchealth"
 	"connectrpc.com/grpcreflect"
+	"github.com/heraldmesh/herald/platform/auth"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
@@ -31,6 +53,10 @@ type Server struct {
 	services []string
 	ready    []ReadyFunc
 	metrics  *prometheus.Registry
+	opts     Options
+	public   map[string]bool // mux patterns served without a key
+	rpc      map[string]bool // mux patterns of RPC services
+	conns    *connTracker
 
 	// streams is cancelled when shutdown starts, so that long-lived streams
 	// (SSE, server streams, Watch) end and let the server drain.
@@ -45,7 +71,44 @@ func New(name string, log *slog.Logger, metrics *prometheus.Registry) *Server {
 		metrics = prometheus.NewRegistry()
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Server{name: name, log: log, mux: http.NewServeMux(), metrics: metrics, streams: ctx, stopStreams: cancel}
+	return &Server{
+		name: name, log: log, mux: http.NewServeMux(), metrics: metrics, streams: ctx, stopStreams: cancel,
+		public: map[string]bool{}, rpc: map[string]bool{}, opts: Options{BodyReadTimeout: DefaultBodyReadTimeout},
+	}
+}
+
+// DefaultBodyReadTimeout is the default Options.BodyReadTimeout.
+const DefaultBodyReadTimeout = 30 * time.Second
+
+// Options configure the gate in front of every handler (see the package
+// documentation).
+type Options struct {
+	// Auth authenticates every request but the public routes, from its
+	// headers, before its body is read. Nil: no authentication at this layer.
+	Auth *auth.Authenticator
+	// BodyReadTimeout bounds how long reading a request body may take
+	// (except client- and bidi-streaming RPCs). 0: DefaultBodyReadTimeout;
+	// negative: no deadline.
+	BodyReadTimeout time.Duration
+	// MaxConnections is the connection ceiling of the listener. 0: derived
+	// from the open-file limit (RLIMIT_NOFILE minus a reserve for Redis
+	// connections and files); negative: no ceiling.
+	MaxConnections int
+}
+
+// Configure sets the options. Call it before Serve.
+func (s *Server) Configure(o Options) {
+	if o.BodyReadTimeout == 0 {
+		o.BodyReadTimeout = DefaultBodyReadTimeout
+	}
+	s.opts = o
+}
+
+// HandlePublic mounts a plain HTTP handler that answers without a key
+// (documents that describe the API, not its data).
+func (s *Server) HandlePublic(pattern string, h http.Handler) {
+	s.public[pattern] = true
+	s.mux.Handle(pattern, h)
 }
 
 // Handle mounts an RPC service handler, as returned by a generated
@@ -53,6 +116,7 @@ func New(name string, log *slog.Logger, metrics *prometheus.Registry) *Server {
 // service for reflection and health.
 func (s *Server) Handle(path string, h http.Handler) {
 	s.services = append(s.services, strings.Trim(path, "/"))
+	s.rpc[path] = true
 	s.mux.Handle(path, h)
 }
 
@@ -81,7 +145,9 @@ func (s *Server) Listen(addr string) (net.Addr, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: listen %s: %w", s.name, addr, err)
 	}
-	s.ln = ln
+	s.conns = newConnTracker(s.log, s.opts.MaxConnections)
+	s.conns.register(s.metrics)
+	s.ln = &limitListener{Listener: ln, t: s.conns}
 	return ln.Addr(), nil
 }
 
@@ -92,22 +158,26 @@ func (s *Server) Serve(ctx context.Context, drain time.Duration) error {
 		return errors.New("server: Serve before Listen")
 	}
 	checker := grpchealth.NewStaticChecker(s.services...)
-	s.mux.Handle(grpchealth.NewHandler(checker))
+	// Health and reflection stay open without a key, as health checkers
+	// and grpcurl expect: they tell which services exist, not their data.
+	s.HandlePublic(grpchealth.NewHandler(checker))
 	reflector := grpcreflect.NewStaticReflector(append([]string{grpchealth.HealthV1ServiceName}, s.services...)...)
-	s.mux.Handle(grpcreflect.NewHandlerV1(reflector))
-	s.mux.Handle(grpcreflect.NewHandlerV1Alpha(reflector))
-	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+	s.HandlePublic(grpcreflect.NewHandlerV1(reflector))
+	s.HandlePublic(grpcreflect.NewHandlerV1Alpha(reflector))
+	s.HandlePublic("GET /healthz", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain")
 		_, _ = w.Write([]byte("ok\n"))
-	})
-	s.mux.HandleFunc("GET /readyz", s.serveReady)
-	s.mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics, promhttp.HandlerOpts{Registry: s.metrics}))
+	}))
+	s.HandlePublic("GET /readyz", http.HandlerFunc(s.serveReady))
+	s.HandlePublic("GET /metrics", promhttp.HandlerFor(s.metrics, promhttp.HandlerOpts{Registry: s.metrics}))
 
 	protocols := new(http.Protocols)
 	protocols.SetHTTP1(true)
 	protocols.SetUnencryptedHTTP2(true)
 	srv := &http.Server{
-		Handler:           s.mux,
+		Handler:           http.HandlerFunc(s.gate),
+		ConnState:         s.conns.state,
+		ConnContext:       connContext,
 		Protocols:         protocols,
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,

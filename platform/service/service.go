@@ -74,6 +74,9 @@ func New(o Options) (*Base, error) {
 		Server:     server.New(o.Name, log, metrics),
 		rpcMetrics: telemetry.NewRPCMetrics(metrics),
 	}
+	// Authentication happens in the server, from the headers, before any
+	// body is read; the interceptor then finds the principal in the context.
+	b.Server.Configure(server.Options{Auth: authn, BodyReadTimeout: o.Common.BodyReadTimeout, MaxConnections: o.Common.MaxConnections})
 	b.Server.OnReady(config.PingRedis(rdb))
 	return b, nil
 }

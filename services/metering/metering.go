@@ -64,7 +64,7 @@ func New(cfg Config) (*Service, error) {
 	// The gateway calls this very server over gRPC (wired in Listen, once
 	// the address is known), so authentication and metrics apply unchanged.
 	base.Server.HandleHTTP("/v1/", s.gwmux)
-	base.Server.HandleHTTP("GET /openapi.json", http.HandlerFunc(serveOpenAPI))
+	base.Server.HandlePublic("GET /openapi.json", http.HandlerFunc(serveOpenAPI))
 	base.Server.OnReady(folder.Ready)
 	base.Go(func(ctx context.Context) error { folder.Run(ctx); return nil })
 	return s, nil

@@ -113,7 +113,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	sr, err := ParseRequest(r.Context(), h.Catalog, q["types"], cursor)
 	if err != nil {
-		auth.WriteError(w, err)
+		auth.WriteError(w, r, err)
 		return
 	}
 	limit := h.MaxStreams
@@ -123,7 +123,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if h.active.Add(1) > limit {
 		h.active.Add(-1)
 		w.Header().Set("Retry-After", "5")
-		auth.WriteError(w, connect.NewError(connect.CodeResourceExhausted, fmt.Errorf("this edge already serves %d streams; retry later or on another replica", limit)))
+		auth.WriteError(w, r, connect.NewError(connect.CodeResourceExhausted, fmt.Errorf("this edge already serves %d streams; retry later or on another replica", limit)))
 		return
 	}
 	defer h.active.Add(-1)
