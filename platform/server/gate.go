@@ -54,8 +54,11 @@ func refuse(w http.ResponseWriter, r *http.Request, err error, retryAfter string
 			ce.Meta().Set("Retry-After", retryAfter)
 		}
 	}
-	if r.ProtoMajor == 1 {
+	if r.ProtoMajor == 1 && hasBody(r) {
 		w.Header().Set("Connection", "close")
+		// net/http drains up to 256 KiB of an unread body when the handler
+		// ends; a deadline in the past makes that drain fail at once.
+		_ = http.NewResponseController(w).SetReadDeadline(time.Now())
 	}
 	auth.WriteError(w, r, err)
 }
