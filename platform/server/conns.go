@@ -38,6 +38,23 @@ type connTracker struct {
 // files, the poller.
 func fileReserve(limit int) int { return 64 + limit/10 }
 
+var (
+	processOnce    sync.Once
+	processTracker *connTracker
+)
+
+// trackerFor returns the tracker of a listener. A ceiling derived from the
+// open-file limit is the process's: servers sharing a process (herald dev
+// runs all four) share one count, so that together they stay below the
+// limit. An explicit ceiling is the listener's own.
+func trackerFor(log *slog.Logger, maxConns int) *connTracker {
+	if maxConns != 0 {
+		return newConnTracker(log, maxConns)
+	}
+	processOnce.Do(func() { processTracker = newConnTracker(log, 0) })
+	return processTracker
+}
+
 func newConnTracker(log *slog.Logger, maxConns int) *connTracker {
 	t := &connTracker{log: log, idle: list.New(),
 		refused: prometheus.NewCounter(prometheus.CounterOpts{Name: "herald_server_connections_refused_total", Help: "Connections closed at accept because the server was past its connection ceiling and headroom."}),

@@ -145,7 +145,7 @@ func (s *Server) Listen(addr string) (net.Addr, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: listen %s: %w", s.name, addr, err)
 	}
-	s.conns = newConnTracker(s.log, s.opts.MaxConnections)
+	s.conns = trackerFor(s.log, s.opts.MaxConnections)
 	s.conns.register(s.metrics)
 	s.ln = &limitListener{Listener: ln, t: s.conns}
 	return ln.Addr(), nil
