@@ -15,6 +15,7 @@ import (
 	registryv1 "github.com/heraldmesh/herald/api/gen/herald/registry/v1"
 	"github.com/heraldmesh/herald/api/gen/herald/registry/v1/registryv1connect"
 	"github.com/heraldmesh/herald/platform/config"
+	"github.com/heraldmesh/herald/platform/redisserver"
 	"github.com/heraldmesh/herald/platform/rpc"
 	"github.com/heraldmesh/herald/platform/testutil"
 	"github.com/heraldmesh/herald/services/registry"
@@ -40,6 +41,7 @@ type env struct {
 	rdb   *redis.Client
 	admin registryv1connect.RegistryServiceClient
 	stop  func() // stops the registry gracefully (also done at the end of the test)
+	redis *redisserver.Server
 }
 
 func start(t *testing.T) *env {
@@ -70,7 +72,7 @@ func start(t *testing.T) *env {
 		})
 	}
 	t.Cleanup(stop)
-	e := &env{addr: addr.String(), rdb: testutil.RedisClient(t, srv), stop: stop}
+	e := &env{addr: addr.String(), rdb: testutil.RedisClient(t, srv), stop: stop, redis: srv}
 	e.admin = e.as(adminKey)
 	testutil.Eventually(t, 10*time.Second, func() bool {
 		res, err := http.Get(rpc.BaseURL(e.addr) + "/readyz")

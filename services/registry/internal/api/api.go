@@ -64,7 +64,8 @@ func notFound(format string, args ...any) error {
 }
 
 // fail maps an error of the store (or of a check run inside a store
-// transaction, already a Connect error) to a Connect error.
+// transaction, already a Connect error) to a Connect error; server faults
+// pass through unchanged (see the default case).
 func fail(err error) error {
 	var ce *connect.Error
 	var conflict *store.ConflictError
@@ -77,12 +78,13 @@ func fail(err error) error {
 		return connect.NewError(connect.CodeAlreadyExists, err)
 	case errors.As(err, &conflict), errors.Is(err, store.ErrBusy):
 		return connect.NewError(connect.CodeAborted, err)
-	case errors.Is(err, context.Canceled):
-		return connect.NewError(connect.CodeCanceled, err)
-	case errors.Is(err, context.DeadlineExceeded):
-		return connect.NewError(connect.CodeDeadlineExceeded, err)
 	default:
-		return connect.NewError(connect.CodeInternal, err)
+		// A server fault (Redis unreachable, a record that does not
+		// decode): returned as it is, for the service's error rule
+		// (service.ErrorInterceptor) to answer UNAVAILABLE or INTERNAL
+		// with a generic message and log the detail. Its text names
+		// Redis keys and key hashes, so it never goes to the client.
+		return err
 	}
 }
 

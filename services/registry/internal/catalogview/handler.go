@@ -14,6 +14,11 @@ import (
 // (and HEAD).
 var Routes = []string{"/asyncapi.json", "/asyncapi.yaml", "/catalog"}
 
+// ErrUnavailable is the answer (503) when the catalog cannot be read: a
+// loader or audience function returns it (or any error, for load) and logs
+// the detail itself.
+var ErrUnavailable = errors.New("the catalog is temporarily unavailable; retry later")
+
 // Option configures Handler.
 type Option func(*handler)
 
@@ -66,6 +71,10 @@ func (h *handler) prepare(w http.ResponseWriter, r *http.Request) (*Catalog, Fil
 	}
 	if h.audience != nil {
 		allowed, err := h.audience(r)
+		if errors.Is(err, ErrUnavailable) {
+			httpError(w, http.StatusServiceUnavailable, err.Error())
+			return nil, Filter{}, false
+		}
 		if err != nil {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="herald"`)
 			httpError(w, http.StatusUnauthorized, err.Error())
@@ -85,7 +94,9 @@ func (h *handler) prepare(w http.ResponseWriter, r *http.Request) (*Catalog, Fil
 	}
 	c, err := h.load(r.Context())
 	if err != nil {
-		httpError(w, http.StatusServiceUnavailable, "catalog unavailable: "+err.Error())
+		// The loader's error may name Redis and its keys: the loader logs
+		// it; the client gets the generic answer.
+		httpError(w, http.StatusServiceUnavailable, ErrUnavailable.Error())
 		return nil, Filter{}, false
 	}
 	return c, f, true
@@ -111,7 +122,7 @@ func (h *handler) serveAsyncAPI(asYAML bool) http.HandlerFunc {
 			w.Header().Set("Content-Type", "application/json")
 		}
 		if err != nil {
-			httpError(w, http.StatusInternalServerError, err.Error())
+			httpError(w, http.StatusInternalServerError, "internal error")
 			return
 		}
 		w.Header().Set("Cache-Control", "no-cache")
