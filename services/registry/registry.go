@@ -72,22 +72,22 @@ func New(cfg Config) (*Service, error) {
 		}
 		return (*catalogview.Catalog)(snap), nil
 	}
-	audience := func(r *http.Request) (registryv1.Audience, error) {
+	caller := func(r *http.Request) (catalogview.Caller, error) {
 		p, _ := auth.FromContext(r.Context())
 		if p.Admin {
-			return registryv1.Audience_AUDIENCE_INTERNAL, nil
+			return catalogview.Caller{Audience: registryv1.Audience_AUDIENCE_INTERNAL}, nil
 		}
 		app, err := st.GetApplication(r.Context(), p.ApplicationID)
 		if errors.Is(err, store.ErrNotFound) {
-			return 0, auth.ErrUnknownKey
+			return catalogview.Caller{}, auth.ErrUnknownKey
 		}
 		if err != nil {
 			log.Error("reading the caller's application", "err", err.Error())
-			return 0, errCatalog
+			return catalogview.Caller{}, errCatalog
 		}
-		return app.GetAudience(), nil
+		return catalogview.Caller{Audience: app.GetAudience(), ApplicationID: app.GetId()}, nil
 	}
-	views := base.Auth.Middleware(true, catalogview.Handler(load, rpc.BaseURL(cfg.EdgeAddr), catalogview.WithAudience(audience)))
+	views := base.Auth.Middleware(true, catalogview.Handler(load, rpc.BaseURL(cfg.EdgeAddr), catalogview.WithCaller(caller)))
 	for _, route := range []string{"GET /asyncapi.json", "GET /asyncapi.yaml", "GET /catalog"} {
 		base.Server.HandleHTTP(route, views)
 	}

@@ -48,7 +48,7 @@ func start(t *testing.T) *env {
 	t.Helper()
 	srv := testutil.Redis(t)
 	svc, err := registry.New(registry.Config{
-		Common: config.Common{RedisURL: srv.URL(), AdminKey: adminKey},
+		Common: config.Common{RedisURL: srv.URL(), AdminKey: adminKey, EdgeAddr: config.DefaultEdgeAddr},
 		Addr:   "127.0.0.1:0",
 		Logger: slog.New(slog.DiscardHandler),
 	})
@@ -325,7 +325,7 @@ func TestApplications(t *testing.T) {
 		t.Errorf("get: %v, want %v", got, app)
 	}
 	_, err := self.GetApplication(ctx, connect.NewRequest(&registryv1.GetApplicationRequest{Id: other.GetId()}))
-	wantCode(t, "get another application", err, connect.CodePermissionDenied)
+	wantCode(t, "get another application", err, connect.CodeNotFound)
 	_, err = self.ListApplications(ctx, connect.NewRequest(&registryv1.ListApplicationsRequest{}))
 	wantCode(t, "list with an application key", err, connect.CodePermissionDenied)
 	_, err = self.UpdateApplication(ctx, connect.NewRequest(&registryv1.UpdateApplicationRequest{Application: app}))

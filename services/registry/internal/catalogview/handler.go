@@ -29,13 +29,29 @@ type Option func(*handler)
 // caller's. Without this option every request may see the whole catalog,
 // so mount the handler behind authentication, or give this option.
 func WithAudience(audience func(*http.Request) (registryv1.Audience, error)) Option {
-	return func(h *handler) { h.audience = audience }
+	return WithCaller(func(r *http.Request) (Caller, error) {
+		a, err := audience(r)
+		return Caller{Audience: a}, err
+	})
+}
+
+// Caller is who asks for a view: the widest audience it may see and, for an
+// application key, its application. An application may name only itself
+// in application=; any other id answers 404, as an unknown one does.
+type Caller struct {
+	Audience      registryv1.Audience
+	ApplicationID string // empty: the operator, who may name any application
+}
+
+// WithCaller is WithAudience that also bounds the application filter.
+func WithCaller(caller func(*http.Request) (Caller, error)) Option {
+	return func(h *handler) { h.caller = caller }
 }
 
 type handler struct {
 	load      func(context.Context) (*Catalog, error)
 	serverURL string
-	audience  func(*http.Request) (registryv1.Audience, error)
+	caller    func(*http.Request) (Caller, error)
 	mux       *http.ServeMux
 }
 
@@ -69,8 +85,9 @@ func (h *handler) prepare(w http.ResponseWriter, r *http.Request) (*Catalog, Fil
 		httpError(w, http.StatusBadRequest, err.Error())
 		return nil, Filter{}, false
 	}
-	if h.audience != nil {
-		allowed, err := h.audience(r)
+	if h.caller != nil {
+		caller, err := h.caller(r)
+		allowed := caller.Audience
 		if errors.Is(err, ErrUnavailable) {
 			httpError(w, http.StatusServiceUnavailable, err.Error())
 			return nil, Filter{}, false
@@ -78,6 +95,10 @@ func (h *handler) prepare(w http.ResponseWriter, r *http.Request) (*Catalog, Fil
 		if err != nil {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="herald"`)
 			httpError(w, http.StatusUnauthorized, err.Error())
+			return nil, Filter{}, false
+		}
+		if caller.ApplicationID != "" && f.Application != "" && f.Application != caller.ApplicationID {
+			filterError(w, &NotFoundError{Kind: "application", Name: f.Application})
 			return nil, Filter{}, false
 		}
 		allowed = normAudience(allowed)
