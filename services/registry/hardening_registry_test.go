@@ -194,3 +194,20 @@ func TestAsyncAPIOfAnotherApplicationIsNotFound(t *testing.T) {
 		t.Errorf("the operator asks for B's document: %d %s", status, body)
 	}
 }
+
+// A schema that refers to itself without reading deeper into the data
+// ({"$ref":"#"}) would refuse every event: the registry refuses it when
+// the type or a new schema version is created.
+func TestSelfReferentialSchemaIsRefused(t *testing.T) {
+	e := start(t)
+	ctx := context.Background()
+	_, err := e.admin.CreateEventType(ctx, connect.NewRequest(&registryv1.CreateEventTypeRequest{EventType: &registryv1.EventType{
+		Name: "billing.loop.made", Description: "Never valid.", Schema: `{"$ref":"#"}`,
+	}}))
+	wantCode(t, "create a type with {\"$ref\":\"#\"}", err, connect.CodeInvalidArgument, "refers to itself")
+	e.createType(t, &registryv1.EventType{Name: "billing.invoice.paid", Description: "An invoice was paid."})
+	_, err = e.admin.CreateSchemaVersion(ctx, connect.NewRequest(&registryv1.CreateSchemaVersionRequest{
+		EventType: "billing.invoice.paid", Schema: `{"allOf":[{"$ref":"#"}]}`,
+	}))
+	wantCode(t, "a new version with a self-reference", err, connect.CodeInvalidArgument, "refers to itself")
+}
