@@ -113,3 +113,50 @@ func ParsePatterns(list []string) ([]string, error) {
 	}
 	return out, nil
 }
+
+// MaxProductLength bounds a product name.
+const MaxProductLength = 100
+
+// ValidateDomain checks a domain name: exactly what may start an event type
+// name, one segment (billing), starting with a lower-case letter, made of
+// a-z, 0-9, '_' and '-', at most MaxNameLength characters.
+func ValidateDomain(name string) error {
+	switch {
+	case name == "":
+		return fmt.Errorf("not a domain name: it is empty")
+	case len(name) > MaxNameLength:
+		return fmt.Errorf("not a domain name: longer than %d characters", MaxNameLength)
+	case strings.Contains(name, "."):
+		return fmt.Errorf("not a domain name: %q must be one segment without dots, like billing", name)
+	case validSegment(name) != nil:
+		return fmt.Errorf("not a domain name: %q must start with a lower-case letter and use only a-z, 0-9, '_' and '-'", name)
+	}
+	return nil
+}
+
+// ValidateProduct checks a product name: starting with a lower-case letter,
+// made of a-z, 0-9 and '-' (no '_', no dots), at most MaxProductLength
+// characters, like checkout-api.
+func ValidateProduct(name string) error {
+	switch {
+	case name == "":
+		return fmt.Errorf("not a product name: it is empty")
+	case len(name) > MaxProductLength:
+		return fmt.Errorf("not a product name: longer than %d characters", MaxProductLength)
+	}
+	ok := name[0] >= 'a' && name[0] <= 'z'
+	for i := 0; ok && i < len(name); i++ {
+		c := name[i]
+		ok = c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-'
+	}
+	if !ok {
+		return fmt.Errorf("not a product name: %q must start with a lower-case letter and use only a-z, 0-9 and '-'", name)
+	}
+	return nil
+}
+
+// DomainOf is the domain of an event type name: its first segment.
+func DomainOf(name string) string {
+	d, _, _ := strings.Cut(name, ".")
+	return d
+}

@@ -71,6 +71,11 @@ func Compile(name, text string) (*Schema, error) {
 	if err != nil {
 		return nil, fmt.Errorf("schema does not compile: %s", cleanError(err))
 	}
+	// A reference that comes back to itself without reading deeper into
+	// the data ({"$ref":"#"}) compiles, then refuses every event.
+	if from, to, ok := refCycle(s); ok {
+		return nil, fmt.Errorf("schema refers to itself without reading deeper into the data: %s leads back to %s, so no event could ever conform", from, to)
+	}
 	return &Schema{s: s}, nil
 }
 

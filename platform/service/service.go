@@ -90,13 +90,14 @@ func serviceLogger(o Options) *slog.Logger {
 }
 
 // HandlerOptions are the Connect handler options of every authenticated
-// service handler: metrics, then authentication. Responses smaller than
+// service handler: metrics, then the error rule (ErrorInterceptor), then
+// authentication. Responses smaller than
 // compressMinBytes are sent uncompressed even to clients that accept gzip:
 // gzip costs more CPU than it saves on small messages, such as one event
 // of a stream.
 func (b *Base) HandlerOptions(extra ...connect.HandlerOption) []connect.HandlerOption {
 	return append([]connect.HandlerOption{
-		connect.WithInterceptors(b.rpcMetrics, b.Auth.Interceptor()),
+		connect.WithInterceptors(b.rpcMetrics, ErrorInterceptor(b.Log), b.Auth.Interceptor()),
 		connect.WithReadMaxBytes(8 << 20),
 		connect.WithCompressMinBytes(compressMinBytes),
 	}, extra...)

@@ -81,11 +81,11 @@ func TestKeyRotation(t *testing.T) {
 	_, otherSecret := e.createApp(t, &registryv1.Application{Name: "other"})
 	other := e.as(otherSecret)
 	_, err := other.CreateKey(ctx, connect.NewRequest(&registryv1.CreateKeyRequest{ApplicationId: app.GetId()}))
-	wantCode(t, "create a key for another application", err, connect.CodePermissionDenied)
+	wantCode(t, "create a key for another application", err, connect.CodeNotFound)
 	_, err = other.ListKeys(ctx, connect.NewRequest(&registryv1.ListKeysRequest{ApplicationId: app.GetId()}))
-	wantCode(t, "list another application's keys", err, connect.CodePermissionDenied)
+	wantCode(t, "list another application's keys", err, connect.CodeNotFound)
 	_, err = other.RevokeKey(ctx, connect.NewRequest(&registryv1.RevokeKeyRequest{Id: rotated.GetId()}))
-	wantCode(t, "revoke another application's key", err, connect.CodePermissionDenied)
+	wantCode(t, "revoke another application's key", err, connect.CodeNotFound)
 }
 
 func TestRevokeKey(t *testing.T) {

@@ -5,6 +5,7 @@ package registry
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"net"
 	"net/http"
@@ -38,16 +39,25 @@ func New(cfg Config) (*Service, error) {
 		cfg.Addr = cfg.RegistryAddr
 	}
 	var h *api.Handler
+	var log *slog.Logger
 	base, err := service.New(service.Options{
 		Name: "registry", Addr: cfg.Addr, Common: cfg.Common, Logger: cfg.Logger,
 		// The registry checks keys against its own store.
 		Resolver: auth.ResolverFunc(func(ctx context.Context, hash string) (auth.Principal, error) {
-			return h.Resolver().ResolveKey(ctx, hash)
+			p, err := h.Resolver().ResolveKey(ctx, hash)
+			if err != nil && !errors.Is(err, auth.ErrUnknownKey) {
+				// The store's error names the key hash and Redis: log it,
+				// answer without it (HTTP routes write this message).
+				log.Error("checking a key", "err", err.Error())
+				return p, errKeyStore
+			}
+			return p, err
 		}),
 	})
 	if err != nil {
 		return nil, err
 	}
+	log = base.Log
 	st := store.New(base.Redis)
 	h = api.New(st, base.Server.StreamContext())
 	base.Server.Handle(registryv1connect.NewRegistryServiceHandler(h, base.HandlerOptions()...))
@@ -56,25 +66,39 @@ func New(cfg Config) (*Service, error) {
 	// narrowed to what the caller's audience may see.
 	load := func(ctx context.Context) (*catalogview.Catalog, error) {
 		snap, err := st.Snapshot(ctx)
-		return (*catalogview.Catalog)(snap), err
+		if err != nil {
+			log.Error("reading the catalog", "err", err.Error())
+			return nil, errCatalog
+		}
+		return (*catalogview.Catalog)(snap), nil
 	}
-	audience := func(r *http.Request) (registryv1.Audience, error) {
+	caller := func(r *http.Request) (catalogview.Caller, error) {
 		p, _ := auth.FromContext(r.Context())
 		if p.Admin {
-			return registryv1.Audience_AUDIENCE_INTERNAL, nil
+			return catalogview.Caller{Audience: registryv1.Audience_AUDIENCE_INTERNAL}, nil
 		}
 		app, err := st.GetApplication(r.Context(), p.ApplicationID)
-		if err != nil {
-			return 0, err
+		if errors.Is(err, store.ErrNotFound) {
+			return catalogview.Caller{}, auth.ErrUnknownKey
 		}
-		return app.GetAudience(), nil
+		if err != nil {
+			log.Error("reading the caller's application", "err", err.Error())
+			return catalogview.Caller{}, errCatalog
+		}
+		return catalogview.Caller{Audience: app.GetAudience(), ApplicationID: app.GetId()}, nil
 	}
-	views := base.Auth.Middleware(true, catalogview.Handler(load, rpc.BaseURL(cfg.EdgeAddr), catalogview.WithAudience(audience)))
+	views := base.Auth.Middleware(true, catalogview.Handler(load, rpc.BaseURL(cfg.EdgeAddr), catalogview.WithCaller(caller)))
 	for _, route := range []string{"GET /asyncapi.json", "GET /asyncapi.yaml", "GET /catalog"} {
 		base.Server.HandleHTTP(route, views)
 	}
 	return &Service{base: base}, nil
 }
+
+// What the catalog routes answer when Redis fails; the detail is logged.
+var (
+	errKeyStore = errors.New("the key store is unavailable; retry later")
+	errCatalog  = catalogview.ErrUnavailable
+)
 
 // Listen binds the listen address, so that Addr is known before Run.
 func (s *Service) Listen() (net.Addr, error) { return s.base.Listen() }

@@ -15,6 +15,7 @@ import (
 	registryv1 "github.com/heraldmesh/herald/api/gen/herald/registry/v1"
 	"github.com/heraldmesh/herald/api/gen/herald/registry/v1/registryv1connect"
 	"github.com/heraldmesh/herald/platform/config"
+	"github.com/heraldmesh/herald/platform/redisserver"
 	"github.com/heraldmesh/herald/platform/rpc"
 	"github.com/heraldmesh/herald/platform/testutil"
 	"github.com/heraldmesh/herald/services/registry"
@@ -40,13 +41,14 @@ type env struct {
 	rdb   *redis.Client
 	admin registryv1connect.RegistryServiceClient
 	stop  func() // stops the registry gracefully (also done at the end of the test)
+	redis *redisserver.Server
 }
 
 func start(t *testing.T) *env {
 	t.Helper()
 	srv := testutil.Redis(t)
 	svc, err := registry.New(registry.Config{
-		Common: config.Common{RedisURL: srv.URL(), AdminKey: adminKey},
+		Common: config.Common{RedisURL: srv.URL(), AdminKey: adminKey, EdgeAddr: config.DefaultEdgeAddr},
 		Addr:   "127.0.0.1:0",
 		Logger: slog.New(slog.DiscardHandler),
 	})
@@ -70,7 +72,7 @@ func start(t *testing.T) *env {
 		})
 	}
 	t.Cleanup(stop)
-	e := &env{addr: addr.String(), rdb: testutil.RedisClient(t, srv), stop: stop}
+	e := &env{addr: addr.String(), rdb: testutil.RedisClient(t, srv), stop: stop, redis: srv}
 	e.admin = e.as(adminKey)
 	testutil.Eventually(t, 10*time.Second, func() bool {
 		res, err := http.Get(rpc.BaseURL(e.addr) + "/readyz")
@@ -323,7 +325,7 @@ func TestApplications(t *testing.T) {
 		t.Errorf("get: %v, want %v", got, app)
 	}
 	_, err := self.GetApplication(ctx, connect.NewRequest(&registryv1.GetApplicationRequest{Id: other.GetId()}))
-	wantCode(t, "get another application", err, connect.CodePermissionDenied)
+	wantCode(t, "get another application", err, connect.CodeNotFound)
 	_, err = self.ListApplications(ctx, connect.NewRequest(&registryv1.ListApplicationsRequest{}))
 	wantCode(t, "list with an application key", err, connect.CodePermissionDenied)
 	_, err = self.UpdateApplication(ctx, connect.NewRequest(&registryv1.UpdateApplicationRequest{Application: app}))

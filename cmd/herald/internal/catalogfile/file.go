@@ -412,19 +412,10 @@ func (f *File) validate() Errors {
 	return errs
 }
 
-func validDomain(name string) error {
-	if strings.Contains(name, ".") || eventtype.ValidateName(name+".x") != nil {
-		return fmt.Errorf("not a domain name: lower-case letters, digits, '_' and '-', starting with a letter, no dots")
-	}
-	return nil
-}
+// The name rules are the registry's own (platform/eventtype).
+func validDomain(name string) error { return eventtype.ValidateDomain(name) }
 
-func validProductName(name string) error {
-	if strings.Contains(name, ".") || eventtype.ValidateName(name+".x") != nil {
-		return fmt.Errorf("not a product name: lower-case letters, digits, '_' and '-', starting with a letter")
-	}
-	return nil
-}
+func validProductName(name string) error { return eventtype.ValidateProduct(name) }
 
 func parseTime(s string) (time.Time, error) {
 	if t, err := time.Parse(time.RFC3339Nano, s); err == nil {

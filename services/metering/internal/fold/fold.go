@@ -242,7 +242,7 @@ func (f *Folder) retry(ctx context.Context, bo *backoff, what string, err error)
 		return
 	}
 	d := bo.next()
-	f.log.Warn("usage fold: "+what+" failed; retrying", "err", err, "retry_in", d.Round(time.Millisecond))
+	f.log.Warn("usage fold: "+what+" failed; retrying", "err", err, "retry_in", d.Round(time.Millisecond).String())
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {

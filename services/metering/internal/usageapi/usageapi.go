@@ -67,7 +67,9 @@ func (h *Handler) GetUsage(ctx context.Context, req *connect.Request[meteringv1.
 	}
 	hours, err := h.st.Hours(ctx, q.Hours())
 	if err != nil {
-		return nil, connect.NewError(connect.CodeUnavailable, err)
+		// A server fault: the service's error rule answers UNAVAILABLE with
+		// a generic message and logs the detail (Redis address, keys).
+		return nil, err
 	}
 	rows := report.Aggregate(q, hours)
 	out := make([]*meteringv1.UsageRow, len(rows))

@@ -9,7 +9,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"unicode/utf8"
 
 	"connectrpc.com/connect"
@@ -26,7 +25,6 @@ import (
 const (
 	maxDescription = 4096
 	maxShortText   = 200
-	maxNameLength  = 100
 	defaultPage    = 100
 	maxPage        = 1000
 )
@@ -64,7 +62,8 @@ func notFound(format string, args ...any) error {
 }
 
 // fail maps an error of the store (or of a check run inside a store
-// transaction, already a Connect error) to a Connect error.
+// transaction, already a Connect error) to a Connect error; server faults
+// pass through unchanged (see the default case).
 func fail(err error) error {
 	var ce *connect.Error
 	var conflict *store.ConflictError
@@ -77,12 +76,13 @@ func fail(err error) error {
 		return connect.NewError(connect.CodeAlreadyExists, err)
 	case errors.As(err, &conflict), errors.Is(err, store.ErrBusy):
 		return connect.NewError(connect.CodeAborted, err)
-	case errors.Is(err, context.Canceled):
-		return connect.NewError(connect.CodeCanceled, err)
-	case errors.Is(err, context.DeadlineExceeded):
-		return connect.NewError(connect.CodeDeadlineExceeded, err)
 	default:
-		return connect.NewError(connect.CodeInternal, err)
+		// A server fault (Redis unreachable, a record that does not
+		// decode): returned as it is, for the service's error rule
+		// (service.ErrorInterceptor) to answer UNAVAILABLE or INTERNAL
+		// with a generic message and log the detail. Its text names
+		// Redis keys and key hashes, so it never goes to the client.
+		return err
 	}
 }
 
@@ -122,13 +122,22 @@ func (h *Handler) reader(ctx context.Context) (caller, error) {
 	return caller{appID: app.GetId(), audience: app.GetAudience()}, nil
 }
 
-// self allows the operator, or the application appID itself.
-func self(ctx context.Context, appID, what string) error {
+// self allows the operator, or the application appID itself; any other
+// caller is told that the application does not exist (see owner).
+func self(ctx context.Context, appID string) error {
+	return owner(ctx, appID, &store.NotFoundError{Kind: "application", Name: appID})
+}
+
+// owner allows the operator, or the application appID that owns what is
+// asked for. Any other application gets hidden, the very NOT_FOUND an
+// unknown id gets: another application's ids cannot be told from unknown
+// ones (the router answers the same way).
+func owner(ctx context.Context, appID string, hidden *store.NotFoundError) error {
 	p, _ := auth.FromContext(ctx)
 	if p.Admin || (p.ApplicationID != "" && p.ApplicationID == appID) {
 		return nil
 	}
-	return denied("an application key can only %s of its own application", what)
+	return fail(hidden)
 }
 
 // text checks a free-text field.
@@ -142,34 +151,24 @@ func text(field, s string, max int) error {
 	return nil
 }
 
-// validDomainName checks a domain name: one segment of an event type name.
+// validDomainName checks a domain name (eventtype.ValidateDomain).
 func validDomainName(field, name string) error {
 	if name == "" {
 		return invalid("%s is required", field)
 	}
-	if strings.Contains(name, ".") {
-		return invalid("%s %q must be one segment without dots, like billing", field, name)
-	}
-	// A domain name is exactly what may start an event type name.
-	if err := eventtype.ValidatePattern(name + ".*"); err != nil || len(name) > eventtype.MaxNameLength {
-		return invalid("%s %q must start with a lower-case letter and use only a-z, 0-9, '_' and '-' (at most %d characters)", field, name, eventtype.MaxNameLength)
+	if err := eventtype.ValidateDomain(name); err != nil {
+		return invalid("%s: %v", field, err)
 	}
 	return nil
 }
 
-// validProductName checks a product name: lower-case letters, digits and
-// dashes, starting with a letter.
+// validProductName checks a product name (eventtype.ValidateProduct).
 func validProductName(field, name string) error {
 	if name == "" {
 		return invalid("%s is required", field)
 	}
-	ok := len(name) <= maxNameLength && name[0] >= 'a' && name[0] <= 'z'
-	for i := 0; ok && i < len(name); i++ {
-		c := name[i]
-		ok = c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-'
-	}
-	if !ok {
-		return invalid("%s %q must start with a lower-case letter and use only a-z, 0-9 and '-' (at most %d characters)", field, name, maxNameLength)
+	if err := eventtype.ValidateProduct(name); err != nil {
+		return invalid("%s: %v", field, err)
 	}
 	return nil
 }

@@ -116,7 +116,7 @@ func (h *Handler) CreateApplication(ctx context.Context, req *connect.Request[re
 // GetApplication implements RegistryService. Applications see themselves;
 // the operator sees every one.
 func (h *Handler) GetApplication(ctx context.Context, req *connect.Request[registryv1.GetApplicationRequest]) (*connect.Response[registryv1.GetApplicationResponse], error) {
-	if err := self(ctx, req.Msg.GetId(), "read the application"); err != nil {
+	if err := self(ctx, req.Msg.GetId()); err != nil {
 		return nil, err
 	}
 	app, err := h.store.GetApplication(ctx, req.Msg.GetId())
@@ -181,7 +181,7 @@ func (h *Handler) CreateKey(ctx context.Context, req *connect.Request[registryv1
 	if appID == "" {
 		return nil, invalid("application_id is required")
 	}
-	if err := self(ctx, appID, "create keys"); err != nil {
+	if err := self(ctx, appID); err != nil {
 		return nil, err
 	}
 	var overlap *time.Duration
@@ -209,7 +209,7 @@ func (h *Handler) ListKeys(ctx context.Context, req *connect.Request[registryv1.
 	if appID == "" {
 		return nil, invalid("application_id is required")
 	}
-	if err := self(ctx, appID, "list keys"); err != nil {
+	if err := self(ctx, appID); err != nil {
 		return nil, err
 	}
 	if _, err := h.store.GetApplication(ctx, appID); err != nil {
@@ -233,7 +233,7 @@ func (h *Handler) RevokeKey(ctx context.Context, req *connect.Request[registryv1
 	if err != nil {
 		return nil, fail(err)
 	}
-	if err := self(ctx, k.GetApplicationId(), "revoke keys"); err != nil {
+	if err := owner(ctx, k.GetApplicationId(), &store.NotFoundError{Kind: "key", Name: id}); err != nil {
 		return nil, err
 	}
 	if k, err = h.store.RevokeKey(ctx, id); err != nil {

@@ -86,7 +86,7 @@ func (h *Handler) visibleDomains(ctx context.Context, c caller) (map[string]bool
 	}
 	out := map[string]bool{}
 	for _, et := range types {
-		out[store.DomainOf(et.GetName())] = true
+		out[eventtype.DomainOf(et.GetName())] = true
 	}
 	return out, nil
 }
@@ -360,7 +360,7 @@ func (h *Handler) ListEventTypes(ctx context.Context, req *connect.Request[regis
 	var page []*registryv1.EventType
 	more := false
 	for _, et := range all {
-		if et.GetName() <= after || (domain != "" && store.DomainOf(et.GetName()) != domain) {
+		if et.GetName() <= after || (domain != "" && eventtype.DomainOf(et.GetName()) != domain) {
 			continue
 		}
 		if len(page) == size {

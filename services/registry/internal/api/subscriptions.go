@@ -11,6 +11,7 @@ import (
 	"github.com/heraldmesh/herald/platform/access"
 	"github.com/heraldmesh/herald/platform/auth"
 	"github.com/heraldmesh/herald/platform/filter"
+	"github.com/heraldmesh/herald/services/registry/internal/store"
 	"google.golang.org/protobuf/types/known/durationpb"
 )
 
@@ -159,7 +160,7 @@ func (h *Handler) CreateSubscription(ctx context.Context, req *connect.Request[r
 	if appID == "" {
 		return nil, invalid("subscription.application_id is required")
 	}
-	if err := self(ctx, appID, "create subscriptions"); err != nil {
+	if err := self(ctx, appID); err != nil {
 		return nil, err
 	}
 	if err := validPatterns("subscription.types", in.GetTypes(), maxSubscriptionTypes); err != nil {
@@ -208,7 +209,7 @@ func (h *Handler) ownSubscription(ctx context.Context, id, what string) (*regist
 	if err != nil {
 		return nil, fail(err)
 	}
-	if err := self(ctx, sub.GetApplicationId(), what); err != nil {
+	if err := owner(ctx, sub.GetApplicationId(), &store.NotFoundError{Kind: "subscription", Name: id}); err != nil {
 		return nil, err
 	}
 	return sub, nil
@@ -221,7 +222,7 @@ func (h *Handler) ListSubscriptions(ctx context.Context, req *connect.Request[re
 	if p, _ := auth.FromContext(ctx); appID == "" && !p.Admin {
 		appID = p.ApplicationID
 	}
-	if err := self(ctx, appID, "list subscriptions"); err != nil {
+	if err := self(ctx, appID); err != nil {
 		return nil, err
 	}
 	subs, err := h.store.ListSubscriptions(ctx, appID)

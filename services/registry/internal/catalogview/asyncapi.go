@@ -11,6 +11,7 @@ import (
 	"time"
 
 	registryv1 "github.com/heraldmesh/herald/api/gen/herald/registry/v1"
+	"github.com/heraldmesh/herald/platform/eventtype"
 )
 
 // AsyncAPIVersion is the AsyncAPI specification version of the documents.
@@ -214,7 +215,7 @@ func AsyncAPI(c *Catalog, f Filter, serverURL string) (*Document, error) {
 			// rather than emit an invalid document.
 			continue
 		}
-		tags := typeTags(tv, domains[DomainOf(name)])
+		tags := typeTags(tv, domains[eventtype.DomainOf(name)])
 		desc := typeDescription(tv)
 		msg := &Message{
 			Name:          name,
@@ -357,7 +358,7 @@ func typeTags(tv *typeView, dv *domainView) []Tag {
 	if dv != nil {
 		tags = append(tags, domainTag(dv))
 	} else {
-		tags = append(tags, Tag{Name: "domain:" + DomainOf(tv.et.GetName())})
+		tags = append(tags, Tag{Name: "domain:" + eventtype.DomainOf(tv.et.GetName())})
 	}
 	vis := visibilityName(tv.et.GetVisibility())
 	tags = append(tags, Tag{Name: "visibility:" + vis, Description: visibilityDescription(vis)})

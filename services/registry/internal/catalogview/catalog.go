@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	registryv1 "github.com/heraldmesh/herald/api/gen/herald/registry/v1"
+	"github.com/heraldmesh/herald/platform/access"
 	"github.com/heraldmesh/herald/platform/eventtype"
 )
 
@@ -102,7 +103,7 @@ func ParseFilter(q url.Values) (Filter, error) {
 	}
 	f.Product = strings.TrimSpace(q.Get(ParamProduct))
 	if f.Product != "" {
-		if err := validName(f.Product); err != nil {
+		if err := eventtype.ValidateProduct(f.Product); err != nil {
 			return Filter{}, &BadFilterError{Param: ParamProduct, Value: f.Product, Reason: err.Error()}
 		}
 	}
@@ -177,16 +178,8 @@ func (f Filter) String() string {
 	return strings.Join(parts, ", ")
 }
 
-func validDomain(s string) error {
-	if s == "" {
-		return fmt.Errorf("is empty")
-	}
-	// A domain is the first segment of event type names.
-	if err := eventtype.ValidateName(s + ".x"); err != nil || strings.Contains(s, ".") {
-		return fmt.Errorf("is not a domain name (lower-case letters, digits, '_' and '-', starting with a letter)")
-	}
-	return nil
-}
+// validDomain is the registry's rule for domain names (platform/eventtype).
+func validDomain(s string) error { return eventtype.ValidateDomain(s) }
 
 func validName(s string) error {
 	if s == "" {
@@ -201,20 +194,6 @@ func validName(s string) error {
 		}
 	}
 	return nil
-}
-
-// Visible reports whether a consumer of audience a may see a type of
-// visibility v. Unset visibility counts as INTERNAL, unset audience as
-// INTERNAL (sees everything).
-func Visible(v registryv1.Visibility, a registryv1.Audience) bool {
-	switch a {
-	case registryv1.Audience_AUDIENCE_PUBLIC:
-		return v == registryv1.Visibility_VISIBILITY_PUBLIC
-	case registryv1.Audience_AUDIENCE_PARTNER:
-		return v == registryv1.Visibility_VISIBILITY_PUBLIC || v == registryv1.Visibility_VISIBILITY_PARTNER
-	default:
-		return true
-	}
 }
 
 // narrower returns the more restrictive of two audiences.
@@ -267,12 +246,6 @@ func compatibilityName(c registryv1.Compatibility) string {
 		c = registryv1.Compatibility_COMPATIBILITY_BACKWARD
 	}
 	return strings.ToLower(strings.TrimPrefix(c.String(), "COMPATIBILITY_"))
-}
-
-// DomainOf is the domain of an event type name: its first segment.
-func DomainOf(typeName string) string {
-	d, _, _ := strings.Cut(typeName, ".")
-	return d
 }
 
 // selection is what a filter keeps of a catalog.
@@ -352,7 +325,7 @@ func selectTypes(c *Catalog, f Filter) (*selection, error) {
 			known = false
 		}
 		for _, et := range c.EventTypes {
-			known = known || (DomainOf(et.GetName()) == f.Domain && Visible(et.GetVisibility(), audience))
+			known = known || (eventtype.DomainOf(et.GetName()) == f.Domain && access.Visible(audience, et.GetVisibility()))
 		}
 		if !known {
 			return nil, &NotFoundError{Kind: "domain", Name: f.Domain}
@@ -361,7 +334,7 @@ func selectTypes(c *Catalog, f Filter) (*selection, error) {
 	if product != nil && restricted {
 		visible := false
 		for _, et := range c.EventTypes {
-			visible = visible || (eventtype.MatchAny(product.GetEventTypes(), et.GetName()) && Visible(et.GetVisibility(), audience))
+			visible = visible || (eventtype.MatchAny(product.GetEventTypes(), et.GetName()) && access.Visible(audience, et.GetVisibility()))
 		}
 		if !visible {
 			return nil, &NotFoundError{Kind: "product", Name: f.Product}
@@ -373,19 +346,19 @@ func selectTypes(c *Catalog, f Filter) (*selection, error) {
 			continue
 		}
 		name := et.GetName()
-		if f.Domain != "" && DomainOf(name) != f.Domain {
+		if f.Domain != "" && eventtype.DomainOf(name) != f.Domain {
 			continue
 		}
 		if product != nil && !eventtype.MatchAny(product.GetEventTypes(), name) {
 			continue
 		}
-		if !Visible(et.GetVisibility(), audience) {
+		if !access.Visible(audience, et.GetVisibility()) {
 			continue
 		}
 		tv := &typeView{et: et, receive: true, send: et.GetLifecycle() != registryv1.Lifecycle_LIFECYCLE_RETIRED}
 		if s.app != nil {
-			tv.send = tv.send && granted(s.app, registryv1.GrantAction_GRANT_ACTION_PUBLISH, name)
-			tv.receive = granted(s.app, registryv1.GrantAction_GRANT_ACTION_SUBSCRIBE, name)
+			tv.send = tv.send && access.Allowed(s.app.GetGrants(), registryv1.GrantAction_GRANT_ACTION_PUBLISH, name)
+			tv.receive = access.Allowed(s.app.GetGrants(), registryv1.GrantAction_GRANT_ACTION_SUBSCRIBE, name)
 			if !tv.send && !tv.receive {
 				continue
 			}
@@ -406,7 +379,7 @@ func selectTypes(c *Catalog, f Filter) (*selection, error) {
 		byName[d.GetName()] = &domainView{d: d, registered: true}
 	}
 	for _, tv := range s.types {
-		dn := DomainOf(tv.et.GetName())
+		dn := eventtype.DomainOf(tv.et.GetName())
 		dv := byName[dn]
 		if dv == nil {
 			d, ok := domains[dn]
@@ -446,15 +419,6 @@ func selectTypes(c *Catalog, f Filter) (*selection, error) {
 		slices.Sort(tv.products)
 	}
 	return s, nil
-}
-
-func granted(app *registryv1.Application, action registryv1.GrantAction, name string) bool {
-	for _, g := range app.GetGrants() {
-		if g.GetAction() == action && eventtype.Match(g.GetPattern(), name) {
-			return true
-		}
-	}
-	return false
 }
 
 // latestSchema returns an event type's latest schema text, its version

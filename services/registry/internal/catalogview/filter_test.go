@@ -127,30 +127,6 @@ func TestFilterNotFound(t *testing.T) {
 	}
 }
 
-func TestVisible(t *testing.T) {
-	V := registryv1.Visibility(0)
-	for _, c := range []struct {
-		v    registryv1.Visibility
-		a    registryv1.Audience
-		want bool
-	}{
-		{V, registryv1.Audience_AUDIENCE_UNSPECIFIED, true},
-		{V, registryv1.Audience_AUDIENCE_INTERNAL, true},
-		{V, registryv1.Audience_AUDIENCE_PARTNER, false},
-		{V, registryv1.Audience_AUDIENCE_PUBLIC, false},
-		{registryv1.Visibility_VISIBILITY_INTERNAL, registryv1.Audience_AUDIENCE_PARTNER, false},
-		{registryv1.Visibility_VISIBILITY_PARTNER, registryv1.Audience_AUDIENCE_PARTNER, true},
-		{registryv1.Visibility_VISIBILITY_PARTNER, registryv1.Audience_AUDIENCE_PUBLIC, false},
-		{registryv1.Visibility_VISIBILITY_PUBLIC, registryv1.Audience_AUDIENCE_PUBLIC, true},
-		{registryv1.Visibility_VISIBILITY_PUBLIC, registryv1.Audience_AUDIENCE_PARTNER, true},
-		{registryv1.Visibility_VISIBILITY_PARTNER, registryv1.Audience_AUDIENCE_INTERNAL, true},
-	} {
-		if got := Visible(c.v, c.a); got != c.want {
-			t.Errorf("Visible(%v, %v) = %v", c.v, c.a, got)
-		}
-	}
-}
-
 func TestParseFilter(t *testing.T) {
 	good := []struct {
 		query string
@@ -180,8 +156,9 @@ func TestParseFilter(t *testing.T) {
 		"domain=billing.invoice":    "not a domain name",
 		"domain=a&domain=b":         "more than once",
 		"domian=billing":            "unknown parameter",
-		"product=" + "%01x":         "control characters",
-		"product=" + longName(201):  "longer than 200",
+		"product=" + "%01x":         "not a product name",
+		"product=my_prod":           "not a product name",
+		"product=" + longName(101):  "longer than 100",
 		"application=" + "%7Fapp_1": "control characters",
 	}
 	for query, want := range bad {

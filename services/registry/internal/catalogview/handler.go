@@ -14,6 +14,11 @@ import (
 // (and HEAD).
 var Routes = []string{"/asyncapi.json", "/asyncapi.yaml", "/catalog"}
 
+// ErrUnavailable is the answer (503) when the catalog cannot be read: a
+// loader or audience function returns it (or any error, for load) and logs
+// the detail itself.
+var ErrUnavailable = errors.New("the catalog is temporarily unavailable; retry later")
+
 // Option configures Handler.
 type Option func(*handler)
 
@@ -24,13 +29,29 @@ type Option func(*handler)
 // caller's. Without this option every request may see the whole catalog,
 // so mount the handler behind authentication, or give this option.
 func WithAudience(audience func(*http.Request) (registryv1.Audience, error)) Option {
-	return func(h *handler) { h.audience = audience }
+	return WithCaller(func(r *http.Request) (Caller, error) {
+		a, err := audience(r)
+		return Caller{Audience: a}, err
+	})
+}
+
+// Caller is who asks for a view: the widest audience it may see and, for an
+// application key, its application. An application may name only itself
+// in application=; any other id answers 404, as an unknown one does.
+type Caller struct {
+	Audience      registryv1.Audience
+	ApplicationID string // empty: the operator, who may name any application
+}
+
+// WithCaller is WithAudience that also bounds the application filter.
+func WithCaller(caller func(*http.Request) (Caller, error)) Option {
+	return func(h *handler) { h.caller = caller }
 }
 
 type handler struct {
 	load      func(context.Context) (*Catalog, error)
 	serverURL string
-	audience  func(*http.Request) (registryv1.Audience, error)
+	caller    func(*http.Request) (Caller, error)
 	mux       *http.ServeMux
 }
 
@@ -64,11 +85,20 @@ func (h *handler) prepare(w http.ResponseWriter, r *http.Request) (*Catalog, Fil
 		httpError(w, http.StatusBadRequest, err.Error())
 		return nil, Filter{}, false
 	}
-	if h.audience != nil {
-		allowed, err := h.audience(r)
+	if h.caller != nil {
+		caller, err := h.caller(r)
+		allowed := caller.Audience
+		if errors.Is(err, ErrUnavailable) {
+			httpError(w, http.StatusServiceUnavailable, err.Error())
+			return nil, Filter{}, false
+		}
 		if err != nil {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="herald"`)
 			httpError(w, http.StatusUnauthorized, err.Error())
+			return nil, Filter{}, false
+		}
+		if caller.ApplicationID != "" && f.Application != "" && f.Application != caller.ApplicationID {
+			filterError(w, &NotFoundError{Kind: "application", Name: f.Application})
 			return nil, Filter{}, false
 		}
 		allowed = normAudience(allowed)
@@ -85,7 +115,9 @@ func (h *handler) prepare(w http.ResponseWriter, r *http.Request) (*Catalog, Fil
 	}
 	c, err := h.load(r.Context())
 	if err != nil {
-		httpError(w, http.StatusServiceUnavailable, "catalog unavailable: "+err.Error())
+		// The loader's error may name Redis and its keys: the loader logs
+		// it; the client gets the generic answer.
+		httpError(w, http.StatusServiceUnavailable, ErrUnavailable.Error())
 		return nil, Filter{}, false
 	}
 	return c, f, true
@@ -111,7 +143,7 @@ func (h *handler) serveAsyncAPI(asYAML bool) http.HandlerFunc {
 			w.Header().Set("Content-Type", "application/json")
 		}
 		if err != nil {
-			httpError(w, http.StatusInternalServerError, err.Error())
+			httpError(w, http.StatusInternalServerError, "internal error")
 			return
 		}
 		w.Header().Set("Cache-Control", "no-cache")

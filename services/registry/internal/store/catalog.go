@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	registryv1 "github.com/heraldmesh/herald/api/gen/herald/registry/v1"
+	"github.com/heraldmesh/herald/platform/eventtype"
 	"github.com/redis/go-redis/v9"
 	"google.golang.org/protobuf/proto"
 )
@@ -101,12 +102,6 @@ func (s *Store) UpdateDomain(ctx context.Context, name string, revision int64, a
 	return out, err
 }
 
-// DomainOf returns the domain of an event type name: its first segment.
-func DomainOf(eventType string) string {
-	d, _, _ := strings.Cut(eventType, ".")
-	return d
-}
-
 // CreateEventType stores a new event type with et.schema as its version 1,
 // or fails with *ExistsError. A domain that does not exist yet is created
 // (empty description and owner) in the same write, so that types can be
@@ -121,7 +116,7 @@ func (s *Store) CreateEventType(ctx context.Context, in *registryv1.EventType) (
 		if found {
 			return &ExistsError{Kind: "event type", Name: in.GetName()}
 		}
-		domain := DomainOf(in.GetName())
+		domain := eventtype.DomainOf(in.GetName())
 		found, err = get(ctx, w.tx, keyDomains, domain, new(registryv1.Domain))
 		if err != nil {
 			return err
