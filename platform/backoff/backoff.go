@@ -61,6 +61,21 @@ func (b *Backoff) Next() time.Duration { return b.b.NextBackOff() }
 // (for a stream, once it delivered its first message).
 func (b *Backoff) Reset() { b.b.Reset() }
 
+// Healthy is how long an attempt of a long-running loop (a stream, a log
+// reader) must have lasted to count as a success even when it reported none:
+// a connection that was refused, or a stream that was refused at once, ends
+// sooner.
+const Healthy = time.Second
+
+// ResetIfLasted resets b when the attempt that began at start lasted at
+// least Healthy. Loops whose attempts run until they fail call it after each
+// one.
+func (b *Backoff) ResetIfLasted(start time.Time) {
+	if time.Since(start) >= Healthy {
+		b.Reset()
+	}
+}
+
 // Sleep waits d, or until ctx ends; it reports whether the whole delay
 // passed.
 func Sleep(ctx context.Context, d time.Duration) bool {

@@ -93,11 +93,9 @@ func (c *Cache) Run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return nil
 		}
-		if time.Since(start) >= healthyWatch {
-			// A resumed watch on a quiet catalog delivers nothing, yet it
-			// was connected: only a failing one ends this soon.
-			bo.Reset()
-		}
+		// A resumed watch on a quiet catalog delivers nothing, yet it was
+		// connected.
+		bo.ResetIfLasted(start)
 		d := bo.Next()
 		c.log.Warn("catalog watch ended; reconnecting", "err", err, "in", d.Round(time.Millisecond).String())
 		if !backoff.Sleep(ctx, d) {
@@ -105,10 +103,6 @@ func (c *Cache) Run(ctx context.Context) error {
 		}
 	}
 }
-
-// healthyWatch is how long a watch must have lasted to count as a successful
-// connection even if it delivered nothing.
-const healthyWatch = time.Second
 
 // watch follows one Watch stream until it ends; connected is called once,
 // when the stream delivered its first message.
