@@ -5,6 +5,7 @@ package registry
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
@@ -27,6 +28,11 @@ type Config struct {
 	Addr string
 	// Logger; nil logs JSON to stderr.
 	Logger *slog.Logger
+	// ChangeLogEntries is about how many catalog changes the change log
+	// keeps for Watch streams to resume from; a router or edge that was
+	// away for more changes than that reloads the whole catalog. Default
+	// 100000.
+	ChangeLogEntries int
 }
 
 // Service is a configured registry.
@@ -36,6 +42,12 @@ type Service struct{ base *service.Base }
 func New(cfg Config) (*Service, error) {
 	if cfg.Addr == "" {
 		cfg.Addr = cfg.RegistryAddr
+	}
+	if cfg.ChangeLogEntries < 0 {
+		return nil, fmt.Errorf("registry: the change log cannot keep %d entries", cfg.ChangeLogEntries)
+	}
+	if cfg.ChangeLogEntries == 0 {
+		cfg.ChangeLogEntries = store.DefaultChangeLogLimit
 	}
 	var h *api.Handler
 	base, err := service.New(service.Options{
@@ -48,7 +60,7 @@ func New(cfg Config) (*Service, error) {
 	if err != nil {
 		return nil, err
 	}
-	st := store.New(base.Redis)
+	st := store.New(base.Redis).WithChangeLogLimit(int64(cfg.ChangeLogEntries))
 	h = api.New(st, base.Server.StreamContext())
 	base.Server.Handle(registryv1connect.NewRegistryServiceHandler(h, base.HandlerOptions()...))
 
