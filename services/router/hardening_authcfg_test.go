@@ -17,8 +17,8 @@ import (
 // The router's catalog cache reconnects to the registry with a delay that
 // grows while the registry is away, and starts over once it is connected
 // again: after one long outage, a later registry restart is followed within
-// moments, so a key revoked right after it is refused at once (D7: the delay
-// stayed at its 5s maximum, and the revoked key published for seconds).
+// moments, so a key revoked right after it is refused well under the 5s cap
+// (D7: the delay stayed at its cap, and the revoked key published for 4.7s).
 func TestCatalogReconnectsPromptlyAfterAnEarlierOutage(t *testing.T) {
 	srv := testutil.Redis(t)
 	common := config.Common{RedisURL: srv.URL(), AdminKey: adminKey, RegistryAddr: testutil.FreeAddr(t)}
@@ -88,6 +88,6 @@ func TestCatalogReconnectsPromptlyAfterAnEarlierOutage(t *testing.T) {
 	startRegistry()
 	revoke(keyID)
 	revokedAt := time.Now()
-	testutil.Eventually(t, 2*time.Second, refused(key), "a key revoked right after a registry restart is refused within moments")
+	testutil.Eventually(t, 3*time.Second, refused(key), "a key revoked right after a registry restart is refused within moments")
 	t.Logf("revoked key refused %v after the revocation", time.Since(revokedAt).Round(time.Millisecond))
 }
