@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -22,6 +23,8 @@ import (
 	"github.com/heraldmesh/herald/cmd/herald/internal/mesh"
 	"github.com/heraldmesh/herald/platform/config"
 	"github.com/heraldmesh/herald/platform/rpc"
+	"github.com/heraldmesh/herald/services/metering"
+	"github.com/heraldmesh/herald/services/registry"
 	"github.com/spf13/cobra"
 )
 
@@ -78,6 +81,7 @@ func runDev(parent context.Context, out io.Writer, varDir string, redisPort int,
 		fmt.Fprintf(out, "herald: redis-server on %s, data in %s (AOF, appendfsync always)\n", srv.Addr(), dir)
 	}
 	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
+	config.WarnUnknownVars(log, []string{"HERALD_REGISTRY_", "HERALD_METERING_"}, slices.Concat(registry.EnvVars, metering.EnvVars)...)
 	m, err := mesh.New(common, log)
 	if err != nil {
 		return err

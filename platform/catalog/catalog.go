@@ -20,6 +20,7 @@ import (
 	registryv1 "github.com/heraldmesh/herald/api/gen/herald/registry/v1"
 	"github.com/heraldmesh/herald/api/gen/herald/registry/v1/registryv1connect"
 	"github.com/heraldmesh/herald/platform/auth"
+	"github.com/heraldmesh/herald/platform/backoff"
 	"github.com/heraldmesh/herald/platform/schema"
 	"golang.org/x/sync/singleflight"
 )
@@ -80,25 +81,32 @@ func (c *Cache) OnKeyChange(f func()) {
 }
 
 // Run follows the registry until ctx ends, reconnecting after failures from
-// the last revision seen (or from scratch when that is too old).
+// the last revision seen (or from scratch when that is too old). The delay
+// before a reconnection grows while attempts fail and starts over once a
+// watch delivered something or stayed connected, so that a long outage does not slow the
+// recovery from the next one.
 func (c *Cache) Run(ctx context.Context) error {
-	backoff := 100 * time.Millisecond
+	bo := backoff.New(backoff.Options{})
 	for {
-		err := c.watch(ctx)
+		start := time.Now()
+		err := c.watch(ctx, bo.Reset)
 		if ctx.Err() != nil {
 			return nil
 		}
-		c.log.Warn("catalog watch ended; reconnecting", "err", err, "in", backoff.String())
-		select {
-		case <-ctx.Done():
+		// A resumed watch on a quiet catalog delivers nothing, yet it was
+		// connected.
+		bo.ResetIfLasted(start)
+		d := bo.Next()
+		c.log.Warn("catalog watch ended; reconnecting", "err", err, "in", d.Round(time.Millisecond).String())
+		if !backoff.Sleep(ctx, d) {
 			return nil
-		case <-time.After(backoff):
 		}
-		backoff = min(2*backoff, 5*time.Second)
 	}
 }
 
-func (c *Cache) watch(ctx context.Context) error {
+// watch follows one Watch stream until it ends; connected is called once,
+// when the stream delivered its first message.
+func (c *Cache) watch(ctx context.Context, connected func()) error {
 	c.mu.RLock()
 	from := c.revision
 	c.mu.RUnlock()
@@ -113,8 +121,13 @@ func (c *Cache) watch(ctx context.Context) error {
 	if from == 0 {
 		snap = New(nil, c.log)
 	}
+	first := true
 	for stream.Receive() {
 		msg := stream.Msg()
+		if first {
+			connected()
+			first = false
+		}
 		if snap != nil {
 			if msg.GetSnapshotComplete() {
 				c.install(snap, msg.GetRevision())

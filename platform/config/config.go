@@ -6,7 +6,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
+	"slices"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -95,5 +99,78 @@ func PingRedis(rdb redis.Cmdable) func(context.Context) error {
 			return fmt.Errorf("redis: %w", err)
 		}
 		return nil
+	}
+}
+
+// EnvInt reads a whole number of at least 1; unset or empty is 0, which
+// leaves the service's default.
+func EnvInt(name string) (int, error) {
+	v := os.Getenv(name)
+	if v == "" {
+		return 0, nil
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 {
+		return 0, fmt.Errorf("%s %q: give a whole number of at least 1", name, v)
+	}
+	return n, nil
+}
+
+// EnvDuration reads a positive Go duration; unset or empty is 0, which
+// leaves the service's default.
+func EnvDuration(name string) (time.Duration, error) {
+	v := os.Getenv(name)
+	if v == "" {
+		return 0, nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d <= 0 {
+		return 0, fmt.Errorf("%s %q: give a positive duration such as 30s or 5m", name, v)
+	}
+	return d, nil
+}
+
+// commonVars are the variables Common reads.
+var commonVars = []string{
+	"HERALD_REDIS_URL", "HERALD_ADMIN_KEY", "HERALD_EDGE_ADDR", "HERALD_ROUTER_ADDR", "HERALD_REGISTRY_ADDR", "HERALD_METERING_ADDR",
+}
+
+// servicePrefixes are the prefixes of each service's own variables.
+var servicePrefixes = []string{"HERALD_EDGE_", "HERALD_ROUTER_", "HERALD_REGISTRY_", "HERALD_METERING_"}
+
+// UnknownVars returns the HERALD_* variables set in the environment that no
+// service reads, sorted. Common's variables and known are read; a variable
+// under another service's HERALD_<SERVICE>_ prefix is left to that service,
+// unless its prefix is in own. A service logs them at start, so that a
+// misspelt setting does not go unnoticed.
+func UnknownVars(own []string, known ...string) []string {
+	var out []string
+	for _, kv := range os.Environ() {
+		name, _, _ := strings.Cut(kv, "=")
+		if !strings.HasPrefix(name, "HERALD_") || slices.Contains(commonVars, name) || slices.Contains(known, name) {
+			continue
+		}
+		other := false
+		for _, p := range servicePrefixes {
+			if strings.HasPrefix(name, p) && !slices.Contains(own, p) {
+				other = true
+			}
+		}
+		if !other {
+			out = append(out, name)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// WarnUnknownVars logs each of UnknownVars(own, known...) as a warning
+// (nil log: JSON to stderr, as the services log).
+func WarnUnknownVars(log *slog.Logger, own []string, known ...string) {
+	if log == nil {
+		log = slog.New(slog.NewJSONHandler(os.Stderr, nil))
+	}
+	for _, name := range UnknownVars(own, known...) {
+		log.Warn("ignoring an unknown HERALD_* variable: is it misspelt?", "variable", name)
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"time"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"github.com/heraldmesh/herald/api"
@@ -33,6 +34,13 @@ type Config struct {
 	Addr string
 	// Logger receives the service's logs. Nil: JSON logs to stderr.
 	Logger *slog.Logger
+	// ClaimIdle is how long a usage record must have been pending with
+	// another metering process before this one takes it over: how long the
+	// records of a process that died wait to be counted. Default 30s.
+	ClaimIdle time.Duration
+	// ClaimEvery is how often pending records are scanned for takeover.
+	// Default 10s.
+	ClaimEvery time.Duration
 }
 
 // Service is a metering service: built by New, driven by Run.
@@ -50,6 +58,9 @@ func New(cfg Config) (*Service, error) {
 	if cfg.Addr == "" {
 		cfg.Addr = cfg.MeteringAddr
 	}
+	if cfg.ClaimIdle < 0 || cfg.ClaimEvery < 0 {
+		return nil, fmt.Errorf("metering: negative claim interval (idle %v, every %v)", cfg.ClaimIdle, cfg.ClaimEvery)
+	}
 	base, err := service.New(service.Options{
 		Name: "metering", Addr: cfg.Addr, Common: cfg.Common, Logger: cfg.Logger,
 		Resolver: service.RegistryResolver(cfg.RegistryAddr, cfg.AdminKey),
@@ -58,7 +69,7 @@ func New(cfg Config) (*Service, error) {
 		return nil, err
 	}
 	st := store.New(base.Redis)
-	folder := fold.New(st, fold.Options{Log: base.Log, Metrics: base.Metrics})
+	folder := fold.New(st, fold.Options{Log: base.Log, Metrics: base.Metrics, ClaimIdle: cfg.ClaimIdle, ClaimEvery: cfg.ClaimEvery})
 	s := &Service{base: base, gwmux: runtime.NewServeMux(runtime.WithErrorHandler(gatewayError))}
 	base.Server.Handle(meteringv1connect.NewMeteringServiceHandler(usageapi.New(st), base.HandlerOptions()...))
 	// The gateway calls this very server over gRPC (wired in Listen, once

@@ -6,6 +6,7 @@ package registry
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
@@ -28,6 +29,11 @@ type Config struct {
 	Addr string
 	// Logger; nil logs JSON to stderr.
 	Logger *slog.Logger
+	// ChangeLogEntries is about how many catalog changes the change log
+	// keeps for Watch streams to resume from; a router or edge that was
+	// away for more changes than that reloads the whole catalog. Default
+	// 100000.
+	ChangeLogEntries int
 }
 
 // Service is a configured registry.
@@ -37,6 +43,12 @@ type Service struct{ base *service.Base }
 func New(cfg Config) (*Service, error) {
 	if cfg.Addr == "" {
 		cfg.Addr = cfg.RegistryAddr
+	}
+	if cfg.ChangeLogEntries < 0 {
+		return nil, fmt.Errorf("registry: the change log cannot keep %d entries", cfg.ChangeLogEntries)
+	}
+	if cfg.ChangeLogEntries == 0 {
+		cfg.ChangeLogEntries = store.DefaultChangeLogLimit
 	}
 	var h *api.Handler
 	var log *slog.Logger
@@ -58,7 +70,7 @@ func New(cfg Config) (*Service, error) {
 		return nil, err
 	}
 	log = base.Log
-	st := store.New(base.Redis)
+	st := store.New(base.Redis).WithChangeLogLimit(int64(cfg.ChangeLogEntries))
 	h = api.New(st, base.Server.StreamContext())
 	base.Server.Handle(registryv1connect.NewRegistryServiceHandler(h, base.HandlerOptions()...))
 

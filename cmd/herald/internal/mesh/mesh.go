@@ -45,7 +45,12 @@ func New(common config.Common, log *slog.Logger) (*Mesh, error) {
 		}
 	}
 	m := &Mesh{Common: common}
-	reg, err := registry.New(registry.Config{Common: common, Logger: log})
+	gcfg, err := registry.ConfigFromEnv()
+	if err != nil {
+		return nil, err
+	}
+	gcfg.Common, gcfg.Logger = common, log
+	reg, err := registry.New(gcfg)
 	if err != nil {
 		return nil, err
 	}
@@ -58,7 +63,12 @@ func New(common config.Common, log *slog.Logger) (*Mesh, error) {
 	if err != nil {
 		return nil, err
 	}
-	mt, err := metering.New(metering.Config{Common: common, Logger: log})
+	mcfg, err := metering.ConfigFromEnv()
+	if err != nil {
+		return nil, err
+	}
+	mcfg.Common, mcfg.Logger = common, log
+	mt, err := metering.New(mcfg)
 	if err != nil {
 		return nil, err
 	}

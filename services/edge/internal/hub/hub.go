@@ -16,6 +16,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/heraldmesh/herald/platform/backoff"
 	"github.com/heraldmesh/herald/platform/catalog"
 	"github.com/heraldmesh/herald/platform/cloudevent"
 	"github.com/heraldmesh/herald/platform/eventlog"
@@ -48,8 +49,7 @@ const (
 	// blockFor bounds a blocking read. go-redis does not interrupt a read
 	// in progress when its context ends, so this is also how long a new
 	// type or a shutdown may wait.
-	blockFor   = time.Second
-	retryAfter = 500 * time.Millisecond
+	blockFor = time.Second
 )
 
 // Hub is the per-process reader and fan-out.
@@ -91,16 +91,18 @@ func (h *Hub) Ready(context.Context) error {
 
 // Run follows the log until ctx ends.
 func (h *Hub) Run(ctx context.Context) error {
+	bo := backoff.New(backoff.Options{})
 	for {
+		start := time.Now()
 		err := h.run(ctx)
 		if ctx.Err() != nil {
 			return nil
 		}
-		h.log.Warn("log reader failed; retrying", "err", err)
-		select {
-		case <-ctx.Done():
+		bo.ResetIfLasted(start)
+		d := bo.Next()
+		h.log.Warn("log reader failed; retrying", "err", err, "in", d.Round(time.Millisecond).String())
+		if !backoff.Sleep(ctx, d) {
 			return nil
-		case <-time.After(retryAfter):
 		}
 	}
 }

@@ -1,5 +1,5 @@
 // Command metering runs Herald's metering service, configured by HERALD_*
-// environment variables (see platform/config).
+// environment variables (see metering.ConfigFromEnv).
 package main
 
 import (
@@ -14,16 +14,12 @@ import (
 )
 
 func main() {
-	svc, err := metering.New(metering.Config{Common: config.FromEnv()})
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	if err := svc.Run(ctx); err != nil {
+	config.WarnUnknownVars(nil, []string{"HERALD_METERING_"}, metering.EnvVars...)
+	if err := metering.RunFromEnv(ctx); err != nil {
 		stop()
-		fmt.Fprintln(os.Stderr, err)
+		fmt.Fprintln(os.Stderr, "metering:", err)
 		os.Exit(1)
 	}
 }

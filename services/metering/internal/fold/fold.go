@@ -8,12 +8,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"os"
 	"sync/atomic"
 	"time"
 
 	"github.com/heraldmesh/herald/platform/auth"
+	"github.com/heraldmesh/herald/platform/backoff"
 	"github.com/heraldmesh/herald/services/metering/internal/store"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
@@ -110,7 +110,7 @@ func (f *Folder) Ready(context.Context) error {
 // folding what it had read, and removes this consumer from the group if it
 // holds nothing.
 func (f *Folder) Run(ctx context.Context) {
-	var bo backoff
+	bo := backoff.New(backoff.Options{})
 	joined := false
 	defer func() {
 		f.ready.Store(false)
@@ -123,7 +123,7 @@ func (f *Folder) Run(ctx context.Context) {
 	for ctx.Err() == nil {
 		if needGroup {
 			if err := f.st.EnsureGroup(ctx); err != nil {
-				f.retry(ctx, &bo, "create consumer group", err)
+				f.retry(ctx, bo, "create consumer group", err)
 				continue
 			}
 			needGroup, joined = false, true
@@ -135,7 +135,7 @@ func (f *Folder) Run(ctx context.Context) {
 					needGroup = true
 					f.ready.Store(false)
 				}
-				f.retry(ctx, &bo, "claim idle entries", err)
+				f.retry(ctx, bo, "claim idle entries", err)
 				continue
 			}
 			nextClaim = time.Now().Add(f.opts.ClaimEvery)
@@ -151,7 +151,7 @@ func (f *Folder) Run(ctx context.Context) {
 				f.ready.Store(false)
 			}
 			own = true
-			f.retry(ctx, &bo, "read usage stream", err)
+			f.retry(ctx, bo, "read usage stream", err)
 			continue
 		}
 		if own && len(msgs) == 0 {
@@ -160,10 +160,10 @@ func (f *Folder) Run(ctx context.Context) {
 		}
 		if err := f.fold(ctx, msgs); err != nil {
 			own = true // what was read stays pending with this consumer
-			f.retry(ctx, &bo, "fold usage", err)
+			f.retry(ctx, bo, "fold usage", err)
 			continue
 		}
-		bo.reset()
+		bo.Reset()
 	}
 }
 
@@ -237,36 +237,11 @@ func (f *Folder) leave(ctx context.Context) {
 }
 
 // retry logs err and waits the next backoff delay, or until ctx is done.
-func (f *Folder) retry(ctx context.Context, bo *backoff, what string, err error) {
+func (f *Folder) retry(ctx context.Context, bo *backoff.Backoff, what string, err error) {
 	if ctx.Err() != nil {
 		return
 	}
-	d := bo.next()
+	d := bo.Next()
 	f.log.Warn("usage fold: "+what+" failed; retrying", "err", err, "retry_in", d.Round(time.Millisecond).String())
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-	case <-t.C:
-	}
+	backoff.Sleep(ctx, d)
 }
-
-// backoff doubles from 100ms to 5s, with jitter so that replicas do not
-// retry in step.
-type backoff struct{ d time.Duration }
-
-const (
-	minBackoff = 100 * time.Millisecond
-	maxBackoff = 5 * time.Second
-)
-
-func (b *backoff) next() time.Duration {
-	if b.d == 0 {
-		b.d = minBackoff
-	} else {
-		b.d = min(2*b.d, maxBackoff)
-	}
-	return b.d/2 + rand.N(b.d/2+1)
-}
-
-func (b *backoff) reset() { b.d = 0 }

@@ -1,4 +1,5 @@
-// Command registry runs Herald's catalog service.
+// Command registry runs Herald's catalog service, configured by HERALD_*
+// environment variables (see registry.ConfigFromEnv).
 package main
 
 import (
@@ -15,11 +16,8 @@ import (
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	svc, err := registry.New(registry.Config{Common: config.FromEnv()})
-	if err == nil {
-		err = svc.Run(ctx)
-	}
-	if err != nil {
+	config.WarnUnknownVars(nil, []string{"HERALD_REGISTRY_"}, registry.EnvVars...)
+	if err := registry.RunFromEnv(ctx); err != nil {
 		fmt.Fprintln(os.Stderr, "registry:", err)
 		os.Exit(1)
 	}

@@ -8,7 +8,7 @@
 //	herald:registry:revision           string  the catalog revision: the last one a change record took
 //	herald:registry:changes            stream  the change log, one entry per change record: id "<rev>-0",
 //	                                           fields rev (decimal) and change (WatchResponse); trimmed to
-//	                                           about 100000 entries
+//	                                           about 100000 entries (WithChangeLogLimit)
 //	herald:registry:domains            hash    domain name -> Domain
 //	herald:registry:types              hash    event type name -> EventType, whose schema and schema_version
 //	                                           are its latest version's
@@ -47,20 +47,19 @@ import (
 )
 
 const (
-	keyRevision    = "herald:registry:revision"
-	keyChanges     = "herald:registry:changes"
-	keyDomains     = "herald:registry:domains"
-	keyTypes       = "herald:registry:types"
-	keySchemasPfx  = "herald:registry:schemas:"
-	keyProducts    = "herald:registry:products"
-	keyApps        = "herald:registry:apps"
-	keyKeys        = "herald:registry:keys"
-	keyKeyIDs      = "herald:registry:key_ids"
-	keyAppKeysPfx  = "herald:registry:app_keys:"
-	keySubs        = "herald:registry:subs"
-	keyAppSubsPfx  = "herald:registry:app_subs:"
-	changeLogLimit = 100_000
-	maxAttempts    = 100
+	keyRevision   = "herald:registry:revision"
+	keyChanges    = "herald:registry:changes"
+	keyDomains    = "herald:registry:domains"
+	keyTypes      = "herald:registry:types"
+	keySchemasPfx = "herald:registry:schemas:"
+	keyProducts   = "herald:registry:products"
+	keyApps       = "herald:registry:apps"
+	keyKeys       = "herald:registry:keys"
+	keyKeyIDs     = "herald:registry:key_ids"
+	keyAppKeysPfx = "herald:registry:app_keys:"
+	keySubs       = "herald:registry:subs"
+	keyAppSubsPfx = "herald:registry:app_subs:"
+	maxAttempts   = 100
 )
 
 func keySchemas(eventType string) string { return keySchemasPfx + eventType }
@@ -102,11 +101,30 @@ func (e *ConflictError) Error() string {
 		e.Kind, e.Name, e.Sent, e.Kind, e.Current)
 }
 
-// Store reads and writes the catalog.
-type Store struct{ rdb redis.UniversalClient }
+// DefaultChangeLogLimit is about how many change records the change log
+// keeps: a watcher further behind starts over from a snapshot.
+const DefaultChangeLogLimit = 100_000
 
-// New returns a Store.
-func New(rdb redis.UniversalClient) *Store { return &Store{rdb: rdb} }
+// Store reads and writes the catalog.
+type Store struct {
+	rdb            redis.UniversalClient
+	changeLogLimit int64
+}
+
+// New returns a Store whose change log keeps about DefaultChangeLogLimit
+// records.
+func New(rdb redis.UniversalClient) *Store {
+	return &Store{rdb: rdb, changeLogLimit: DefaultChangeLogLimit}
+}
+
+// WithChangeLogLimit sets about how many change records the change log
+// keeps (n > 0), and returns s.
+func (s *Store) WithChangeLogLimit(n int64) *Store {
+	if n > 0 {
+		s.changeLogLimit = n
+	}
+	return s
+}
 
 // write is one transaction being prepared. Reads go through tx, after the
 // WATCH of the revision; writes are queued and run in MULTI/EXEC with the
@@ -195,7 +213,7 @@ func (s *Store) update(ctx context.Context, fn func(w *write) error) error {
 				for _, c := range w.changes {
 					p.XAdd(ctx, &redis.XAddArgs{
 						Stream: keyChanges, ID: strconv.FormatInt(c.rev, 10) + "-0",
-						MaxLen: changeLogLimit, Approx: true,
+						MaxLen: s.changeLogLimit, Approx: true,
 						Values: []any{"rev", c.rev, "change", c.data},
 					})
 				}

@@ -1,0 +1,49 @@
+package config_test
+
+import (
+	"slices"
+	"testing"
+
+	"github.com/heraldmesh/herald/platform/config"
+)
+
+func TestUnknownVars(t *testing.T) {
+	t.Setenv("HERALD_REDIS_URL", "redis://127.0.0.1:1/0") // common
+	t.Setenv("HERALD_REDIS_ULR", "redis://127.0.0.1:1/0") // misspelt common
+	t.Setenv("HERALD_METERING_CLAIM_IDLE", "1m")          // known
+	t.Setenv("HERALD_METERING_CLAIM_IDEL", "1m")          // misspelt, own prefix
+	t.Setenv("HERALD_ROUTER_MAX_BATCH", "5")              // another service's
+	t.Setenv("HERALD_ROUTR_MAX_BATCH", "5")               // no service's prefix
+	t.Setenv("NOT_HERALD", "x")                           // not ours
+	got := config.UnknownVars([]string{"HERALD_METERING_"}, "HERALD_METERING_CLAIM_IDLE")
+	want := []string{"HERALD_METERING_CLAIM_IDEL", "HERALD_REDIS_ULR", "HERALD_ROUTR_MAX_BATCH"}
+	for _, w := range want {
+		if !slices.Contains(got, w) {
+			t.Errorf("%s not reported: %v", w, got)
+		}
+	}
+	for _, n := range []string{"HERALD_REDIS_URL", "HERALD_METERING_CLAIM_IDLE", "HERALD_ROUTER_MAX_BATCH", "NOT_HERALD"} {
+		if slices.Contains(got, n) {
+			t.Errorf("%s reported: %v", n, got)
+		}
+	}
+}
+
+func TestEnvIntAndDuration(t *testing.T) {
+	t.Setenv("HERALD_X_N", "")
+	if n, err := config.EnvInt("HERALD_X_N"); n != 0 || err != nil {
+		t.Errorf("unset int: %d, %v", n, err)
+	}
+	t.Setenv("HERALD_X_N", "0")
+	if _, err := config.EnvInt("HERALD_X_N"); err == nil {
+		t.Error("0 accepted")
+	}
+	t.Setenv("HERALD_X_D", "90s")
+	if d, err := config.EnvDuration("HERALD_X_D"); d.Seconds() != 90 || err != nil {
+		t.Errorf("duration: %v, %v", d, err)
+	}
+	t.Setenv("HERALD_X_D", "90")
+	if _, err := config.EnvDuration("HERALD_X_D"); err == nil {
+		t.Error("a duration without unit accepted")
+	}
+}

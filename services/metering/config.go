@@ -1,0 +1,43 @@
+package metering
+
+import (
+	"context"
+
+	"github.com/heraldmesh/herald/platform/config"
+)
+
+// EnvVars are the variables ConfigFromEnv reads besides the common ones.
+var EnvVars = []string{"HERALD_METERING_CLAIM_IDLE", "HERALD_METERING_CLAIM_EVERY"}
+
+// ConfigFromEnv reads metering's settings from the environment: the common
+// HERALD_* settings and
+//
+//	HERALD_METERING_CLAIM_IDLE   how long a record stays pending with another metering process before it is taken over (Go duration, default 30s)
+//	HERALD_METERING_CLAIM_EVERY  how often pending records are scanned for takeover (Go duration, default 10s)
+//
+// Unset variables leave New's defaults.
+func ConfigFromEnv() (Config, error) {
+	cfg := Config{Common: config.FromEnv()}
+	var err error
+	if cfg.ClaimIdle, err = config.EnvDuration("HERALD_METERING_CLAIM_IDLE"); err != nil {
+		return cfg, err
+	}
+	if cfg.ClaimEvery, err = config.EnvDuration("HERALD_METERING_CLAIM_EVERY"); err != nil {
+		return cfg, err
+	}
+	return cfg, nil
+}
+
+// RunFromEnv runs a metering service configured by ConfigFromEnv until ctx
+// ends, as the metering binary does.
+func RunFromEnv(ctx context.Context) error {
+	cfg, err := ConfigFromEnv()
+	if err != nil {
+		return err
+	}
+	svc, err := New(cfg)
+	if err != nil {
+		return err
+	}
+	return svc.Run(ctx)
+}

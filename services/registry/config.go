@@ -1,0 +1,39 @@
+package registry
+
+import (
+	"context"
+
+	"github.com/heraldmesh/herald/platform/config"
+)
+
+// EnvVars are the variables ConfigFromEnv reads besides the common ones.
+var EnvVars = []string{"HERALD_REGISTRY_CHANGE_LOG_ENTRIES"}
+
+// ConfigFromEnv reads the registry's settings from the environment: the
+// common HERALD_* settings and
+//
+//	HERALD_REGISTRY_CHANGE_LOG_ENTRIES  about how many catalog changes Watch streams can resume from (default 100000)
+//
+// Unset variables leave New's defaults.
+func ConfigFromEnv() (Config, error) {
+	cfg := Config{Common: config.FromEnv()}
+	var err error
+	if cfg.ChangeLogEntries, err = config.EnvInt("HERALD_REGISTRY_CHANGE_LOG_ENTRIES"); err != nil {
+		return cfg, err
+	}
+	return cfg, nil
+}
+
+// RunFromEnv runs a registry configured by ConfigFromEnv until ctx ends, as
+// the registry binary does.
+func RunFromEnv(ctx context.Context) error {
+	cfg, err := ConfigFromEnv()
+	if err != nil {
+		return err
+	}
+	svc, err := New(cfg)
+	if err != nil {
+		return err
+	}
+	return svc.Run(ctx)
+}
