@@ -34,18 +34,22 @@ type Common struct {
 	RegistryAddr string // HERALD_REGISTRY_ADDR
 	MeteringAddr string // HERALD_METERING_ADDR
 
-	// MaxConnections is the listener's connection ceiling (suggested
-	// variable HERALD_MAX_CONNECTIONS); 0 derives it from RLIMIT_NOFILE,
-	// negative disables it. See platform/server.
+	// MaxConnections is the listener's connection ceiling
+	// (HERALD_MAX_CONNECTIONS); 0 derives it from RLIMIT_NOFILE, negative
+	// disables it. See platform/server.
 	MaxConnections int
-	// BodyReadTimeout bounds reading a request body (suggested variable
-	// HERALD_BODY_READ_TIMEOUT); 0 means 30s, negative none.
+	// BodyReadTimeout bounds reading a request body
+	// (HERALD_BODY_READ_TIMEOUT); 0 means 30s, negative none.
 	BodyReadTimeout time.Duration
+
+	// envErr is why a variable FromEnv read was refused; Validate reports it.
+	envErr error
 }
 
 // FromEnv reads Common from the environment, with defaults.
+// An invalid value is reported by Validate.
 func FromEnv() Common {
-	return Common{
+	c := Common{
 		RedisURL:     Env("HERALD_REDIS_URL", DefaultRedisURL),
 		AdminKey:     os.Getenv("HERALD_ADMIN_KEY"),
 		EdgeAddr:     Env("HERALD_EDGE_ADDR", DefaultEdgeAddr),
@@ -53,6 +57,28 @@ func FromEnv() Common {
 		RegistryAddr: Env("HERALD_REGISTRY_ADDR", DefaultRegistryAddr),
 		MeteringAddr: Env("HERALD_METERING_ADDR", DefaultMeteringAddr),
 	}
+	var errs []error
+	if v := os.Getenv("HERALD_MAX_CONNECTIONS"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n == 0 {
+			errs = append(errs, fmt.Errorf("HERALD_MAX_CONNECTIONS %q: give a whole number of connections (or -1 for no ceiling); unset derives it from the open-file limit", v))
+		}
+		c.MaxConnections = n
+	}
+	if v := os.Getenv("HERALD_BODY_READ_TIMEOUT"); v != "" {
+		d, err := time.ParseDuration(v)
+		if v == "none" {
+			d, err = -1, nil
+		} else if err == nil && d <= 0 {
+			err = errors.New("not positive")
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("HERALD_BODY_READ_TIMEOUT %q: give a positive duration such as 30s, or none", v))
+		}
+		c.BodyReadTimeout = d
+	}
+	c.envErr = errors.Join(errs...)
+	return c
 }
 
 // Env returns the variable's value, or def when it is unset or empty.
@@ -65,6 +91,9 @@ func Env(name, def string) string {
 
 // Validate checks what every service needs.
 func (c Common) Validate() error {
+	if c.envErr != nil {
+		return c.envErr
+	}
 	if c.AdminKey == "" {
 		return errors.New("HERALD_ADMIN_KEY is not set: every route needs a key, and this is the operator's (at least 16 characters)")
 	}
@@ -133,6 +162,7 @@ func EnvDuration(name string) (time.Duration, error) {
 // commonVars are the variables Common reads.
 var commonVars = []string{
 	"HERALD_REDIS_URL", "HERALD_ADMIN_KEY", "HERALD_EDGE_ADDR", "HERALD_ROUTER_ADDR", "HERALD_REGISTRY_ADDR", "HERALD_METERING_ADDR",
+	"HERALD_MAX_CONNECTIONS", "HERALD_BODY_READ_TIMEOUT",
 }
 
 // servicePrefixes are the prefixes of each service's own variables.

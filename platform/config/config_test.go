@@ -3,6 +3,7 @@ package config_test
 import (
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/heraldmesh/herald/platform/config"
 )
@@ -45,5 +46,35 @@ func TestEnvIntAndDuration(t *testing.T) {
 	t.Setenv("HERALD_X_D", "90")
 	if _, err := config.EnvDuration("HERALD_X_D"); err == nil {
 		t.Error("a duration without unit accepted")
+	}
+}
+
+func TestServerLimitsFromEnv(t *testing.T) {
+	t.Setenv("HERALD_ADMIN_KEY", "0123456789abcdef")
+	for _, tc := range []struct {
+		conns, body string
+		wantConns   int
+		wantBody    time.Duration
+		wantErr     bool
+	}{
+		{"", "", 0, 0, false},
+		{"500", "5s", 500, 5 * time.Second, false},
+		{"-1", "none", -1, -1, false},
+		{"0", "", 0, 0, true},
+		{"many", "", 0, 0, true},
+		{"", "0s", 0, 0, true},
+		{"", "soon", 0, 0, true},
+	} {
+		t.Setenv("HERALD_MAX_CONNECTIONS", tc.conns)
+		t.Setenv("HERALD_BODY_READ_TIMEOUT", tc.body)
+		c := config.FromEnv()
+		err := c.Validate()
+		if (err != nil) != tc.wantErr {
+			t.Errorf("%q %q: err %v, want error %v", tc.conns, tc.body, err, tc.wantErr)
+			continue
+		}
+		if err == nil && (c.MaxConnections != tc.wantConns || c.BodyReadTimeout != tc.wantBody) {
+			t.Errorf("%q %q: got %d %v", tc.conns, tc.body, c.MaxConnections, c.BodyReadTimeout)
+		}
 	}
 }
