@@ -8,14 +8,17 @@ import (
 	"os/signal"
 	"syscall"
 
-	"github.com/heraldmesh/herald/platform/config"
 	"github.com/heraldmesh/herald/services/edge"
 )
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	svc, err := edge.New(edge.Config{Common: config.FromEnv()})
+	cfg, err := edge.ConfigFromEnv()
+	var svc *edge.Service
+	if err == nil {
+		svc, err = edge.New(cfg)
+	}
 	if err == nil {
 		err = svc.Run(ctx)
 	}
