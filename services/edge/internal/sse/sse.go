@@ -179,7 +179,11 @@ func Refusal(guarded context.Context) *connect.Error {
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.ContentLength != 0 {
 		// net/http notices a client leaving only once the body is read: a
-		// stream with an unread body would outlive its client.
+		// stream with an unread body would outlive its client. Nor is the
+		// body read here: the connection closes after this answer.
+		if r.ProtoMajor == 1 {
+			w.Header().Set("Connection", "close")
+		}
 		auth.WriteError(w, connect.NewError(connect.CodeInvalidArgument, errors.New("a stream request has no body: give types and last_event_id in the query string")))
 		return
 	}
