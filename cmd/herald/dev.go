@@ -23,8 +23,10 @@ import (
 	"github.com/heraldmesh/herald/cmd/herald/internal/mesh"
 	"github.com/heraldmesh/herald/platform/config"
 	"github.com/heraldmesh/herald/platform/rpc"
+	"github.com/heraldmesh/herald/services/edge"
 	"github.com/heraldmesh/herald/services/metering"
 	"github.com/heraldmesh/herald/services/registry"
+	"github.com/heraldmesh/herald/services/router"
 	"github.com/spf13/cobra"
 )
 
@@ -81,7 +83,7 @@ func runDev(parent context.Context, out io.Writer, varDir string, redisPort int,
 		fmt.Fprintf(out, "herald: redis-server on %s, data in %s (AOF, appendfsync always)\n", srv.Addr(), dir)
 	}
 	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
-	config.WarnUnknownVars(log, []string{"HERALD_REGISTRY_", "HERALD_METERING_"}, slices.Concat(registry.EnvVars, metering.EnvVars)...)
+	config.WarnUnknownVars(log, []string{"HERALD_REGISTRY_", "HERALD_METERING_", "HERALD_ROUTER_", "HERALD_EDGE_"}, slices.Concat(registry.EnvVars, metering.EnvVars, router.EnvVars, edge.EnvVars)...)
 	m, err := mesh.New(common, log)
 	if err != nil {
 		return err

@@ -15,6 +15,7 @@ import (
 	"github.com/heraldmesh/herald/platform/config"
 	"github.com/heraldmesh/herald/platform/service"
 	"github.com/heraldmesh/herald/platform/usage"
+	"github.com/heraldmesh/herald/services/edge/internal/ceiling"
 	"github.com/heraldmesh/herald/services/edge/internal/hub"
 	"github.com/heraldmesh/herald/services/edge/internal/sse"
 	"github.com/heraldmesh/herald/services/edge/internal/streamrpc"
@@ -30,10 +31,14 @@ type Config struct {
 	Logger *slog.Logger
 	// Heartbeat is the SSE idle heartbeat interval. Default 15s.
 	Heartbeat time.Duration
-	// MaxStreams bounds concurrent SSE streams. Default 10000.
+	// MaxStreams bounds concurrent streams of every channel (SSE and
+	// StreamEvents together). Default 10000.
 	MaxStreams int64
 	// UsageFlush is how often delivery counts are reported. Default 1s.
 	UsageFlush time.Duration
+	// WriteTimeout drops a client that cannot take a write for this long.
+	// Default 30s.
+	WriteTimeout time.Duration
 }
 
 // Service is a configured edge.
@@ -44,12 +49,7 @@ type Service struct {
 
 // New builds the edge. It does not listen or contact Redis yet.
 func New(cfg Config) (*Service, error) {
-	if cfg.Addr == "" {
-		cfg.Addr = cfg.EdgeAddr
-	}
-	if cfg.UsageFlush <= 0 {
-		cfg.UsageFlush = time.Second
-	}
+	cfg.setDefaults()
 	base, cat, err := service.NewWithCatalog(service.Options{Name: "edge", Addr: cfg.Addr, Common: cfg.Common, Logger: cfg.Logger})
 	if err != nil {
 		return nil, err
@@ -63,16 +63,18 @@ func New(cfg Config) (*Service, error) {
 		}
 	}
 	shutdown := base.Server.StreamContext()
+	streams := ceiling.New(cfg.MaxStreams, retryAfter, sse.Channel, streamrpc.Channel)
 	sseHandler := &sse.Handler{
-		Hub: h, Catalog: cat, Log: base.Log, Delivered: delivered("sse"), Shutdown: shutdown,
-		Heartbeat: cfg.Heartbeat, MaxStreams: cfg.MaxStreams,
+		Hub: h, Catalog: cat, Log: base.Log, Delivered: delivered(sse.Channel), Shutdown: shutdown,
+		Heartbeat: cfg.Heartbeat, Ceiling: streams, WriteTimeout: cfg.WriteTimeout,
 	}
 	base.Server.HandleHTTP("GET /v1/stream", base.Auth.Middleware(true, sseHandler))
 	base.Server.Handle(edgev1connect.NewEdgeServiceHandler(&streamrpc.Handler{
-		Hub: h, Catalog: cat, Delivered: delivered("grpc"), Shutdown: shutdown,
+		Hub: h, Catalog: cat, Log: base.Log, Delivered: delivered(streamrpc.Channel), Shutdown: shutdown, Ceiling: streams,
 	}, base.HandlerOptions()...))
 	base.Metrics.MustRegister(
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "herald_edge_sse_streams", Help: "Open SSE streams."}, func() float64 { return float64(sseHandler.Active()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "herald_edge_sse_streams", Help: "Open SSE streams."}, func() float64 { return float64(streams.Active(sse.Channel)) }),
+		streams.Collector(),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "herald_edge_live_subscribers", Help: "Subscribers following the live feed."}, func() float64 { return float64(h.Subscribers()) }),
 	)
 	base.Server.OnReady(h.Ready)

@@ -10,6 +10,12 @@ import (
 	"github.com/heraldmesh/herald/platform/config"
 )
 
+// EnvVars are the variables ConfigFromEnv reads besides the common ones.
+var EnvVars = []string{
+	"HERALD_ROUTER_DEDUPE_WINDOW", "HERALD_ROUTER_MAX_BATCH", "HERALD_ROUTER_MAX_BATCH_BYTES", "HERALD_ROUTER_MAX_EVENT_BYTES",
+	"HERALD_ROUTER_MEMORY_HIGH_WATER", "HERALD_ROUTER_MAX_SUBSCRIBE_STREAMS",
+}
+
 // ConfigFromEnv reads the router's settings from the environment: the
 // common HERALD_* settings and
 //

@@ -72,7 +72,12 @@ func New(common config.Common, log *slog.Logger) (*Mesh, error) {
 	if err != nil {
 		return nil, err
 	}
-	ed, err := edge.New(edge.Config{Common: common, Logger: log})
+	ecfg, err := edge.ConfigFromEnv()
+	if err != nil {
+		return nil, err
+	}
+	ecfg.Common, ecfg.Logger, ecfg.Addr = common, log, ""
+	ed, err := edge.New(ecfg)
 	if err != nil {
 		return nil, err
 	}

@@ -15,7 +15,12 @@ import (
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	svc, err := edge.New(edge.Config{Common: config.FromEnv()})
+	config.WarnUnknownVars(nil, []string{"HERALD_EDGE_"}, edge.EnvVars...)
+	cfg, err := edge.ConfigFromEnv()
+	var svc *edge.Service
+	if err == nil {
+		svc, err = edge.New(cfg)
+	}
 	if err == nil {
 		err = svc.Run(ctx)
 	}

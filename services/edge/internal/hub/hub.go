@@ -347,7 +347,11 @@ func (h *Hub) Stream(ctx context.Context, patterns []string, o Options, send fun
 		defer t.Stop()
 		beat = t.C
 	}
+	first := true
 	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
 		s, head, err := h.subscribe(ctx, patterns, o.Allow)
 		if err != nil {
 			return err
@@ -355,6 +359,13 @@ func (h *Hub) Stream(ctx context.Context, patterns []string, o Options, send fun
 		if live {
 			c.id, live = head, false
 		}
+		if first && head.Less(c.id) {
+			if err := h.checkCursor(ctx, s, c.id); err != nil {
+				h.unsubscribe(s)
+				return err
+			}
+		}
+		first = false
 		if !started && o.Started != nil {
 			if err := o.Started(); err != nil {
 				h.unsubscribe(s)
@@ -380,6 +391,66 @@ func (h *Hub) Stream(ctx context.Context, patterns []string, o Options, send fun
 		}
 		// Overflowed: catch up from Redis and rejoin.
 	}
+}
+
+// CursorAheadError refuses a resume cursor after the newest event and after
+// the current time: no event can ever come after it.
+type CursorAheadError struct {
+	Cursor eventlog.ID
+	// Newest is the newest event of the streams asked for; nil when there is none.
+	Newest *eventlog.ID
+}
+
+func (e *CursorAheadError) Error() string {
+	newest := "0"
+	if e.Newest != nil {
+		newest = e.Newest.String()
+	}
+	return fmt.Sprintf("cursor %s is after the newest event %s; resume from it or omit the cursor", e.Cursor, newest)
+}
+
+// checkCursor refuses a cursor after the hub position (head < cursor) when
+// it is also after the current Redis time and the newest event of the
+// subscriber's streams. Called only for such cursors, so it costs nothing
+// on ordinary resumes.
+func (h *Hub) checkCursor(ctx context.Context, s *sub, cursor eventlog.ID) error {
+	h.mu.Lock()
+	streams := make([]string, 0, len(s.keys))
+	for k := range s.keys {
+		streams = append(streams, k)
+	}
+	h.mu.Unlock()
+	pipe := h.rdb.Pipeline()
+	timeCmd := pipe.Time(ctx)
+	last := make([]*redis.XMessageSliceCmd, len(streams))
+	for i, k := range streams {
+		last[i] = pipe.XRevRangeN(ctx, k, "+", "-", 1)
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return fmt.Errorf("check cursor: %w", err)
+	}
+	now, err := timeCmd.Result()
+	if err != nil {
+		return fmt.Errorf("check cursor: redis TIME: %w", err)
+	}
+	var newest *eventlog.ID
+	for _, cmd := range last {
+		msgs, _ := cmd.Result()
+		if len(msgs) == 0 {
+			continue
+		}
+		id, err := eventlog.ParseID(msgs[0].ID)
+		if err != nil {
+			continue
+		}
+		if newest == nil || newest.Less(id) {
+			newest = &id
+		}
+	}
+	if cursor.Ms <= uint64(now.UnixMilli()) || (newest != nil && !newest.Less(cursor)) {
+		return nil // the present, or an event exists there
+	}
+	return &CursorAheadError{Cursor: cursor, Newest: newest}
 }
 
 // position is how far a subscriber got. Several streams can stamp the same
@@ -437,11 +508,30 @@ func (c *position) readFrom() eventlog.ID {
 }
 
 // catchUp sends the events of streams in (c, head] from Redis.
+// With no streams there is nothing to read: the subscriber is at head at
+// once, and events of streams created later reach it live (or late).
 func (h *Hub) catchUp(ctx context.Context, streams []string, c *position, head eventlog.ID, send func(*Event) error) error {
+	if len(streams) == 0 {
+		c.reached(head)
+		return nil
+	}
 	for c.before(head) {
-		entries, complete, err := eventlog.ReadAfter(ctx, h.rdb, streams, c.readFrom(), readCount)
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		from := c.readFrom()
+		entries, complete, err := eventlog.ReadAfter(ctx, h.rdb, streams, from, readCount)
 		if err != nil {
 			return fmt.Errorf("catch up: %w", err)
+		}
+		if len(entries) == 0 && !from.Less(complete) {
+			// No progress (Redis's clock behind the hub's position):
+			// wait a little rather than spin.
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(10 * time.Millisecond):
+			}
 		}
 		for _, e := range entries {
 			if head.Less(e.ID) {

@@ -20,6 +20,7 @@ import (
 	"github.com/heraldmesh/herald/platform/catalog"
 	"github.com/heraldmesh/herald/platform/eventlog"
 	"github.com/heraldmesh/herald/platform/eventtype"
+	"github.com/heraldmesh/herald/services/edge/internal/ceiling"
 	"github.com/heraldmesh/herald/services/edge/internal/hub"
 )
 
@@ -34,25 +35,27 @@ type Handler struct {
 	Delivered Delivered
 	// Shutdown ends every stream when the server stops.
 	Shutdown context.Context
-	// Heartbeat is the idle interval between comment lines. Default 15s.
+	// Heartbeat is the idle interval between comment lines.
 	Heartbeat time.Duration
-	// MaxStreams bounds concurrent streams. Default 10000.
-	MaxStreams int64
-	// WriteTimeout drops a client that cannot take a write for this long. Default 30s.
+	// Ceiling bounds the streams of every channel of the edge.
+	Ceiling *ceiling.Ceiling
+	// WriteTimeout drops a client that cannot take a write for this long.
 	WriteTimeout time.Duration
-
-	active atomic.Int64
 }
 
-// Active is the number of open streams.
-func (h *Handler) Active() int64 { return h.active.Load() }
+// Channel is this channel's name in the ceiling and in usage.
+const Channel = "sse"
 
 // Request is a parsed stream request.
 type Request struct {
 	Patterns []string
 	After    *eventlog.ID
 	// Allow limits delivery to the types visible to the caller (nil: all).
+	// It reads the caller's audience as last seen by Watch.
 	Allow func(eventType string) bool
+
+	caller   auth.Principal
+	audience atomic.Int32 // registryv1.Audience
 }
 
 // ParseRequest reads the types and the resume cursor of a stream request,
@@ -86,12 +89,12 @@ func ParseRequest(ctx context.Context, cat *catalog.Cache, types []string, curso
 			return nil, connect.NewError(connect.CodeUnavailable, err)
 		}
 	}
-	req := &Request{Patterns: patterns}
+	req := &Request{Patterns: patterns, caller: caller}
 	if app != nil {
-		audience := app.GetAudience()
+		req.audience.Store(int32(app.GetAudience()))
 		req.Allow = func(eventType string) bool {
 			t, ok := cat.Get(eventType)
-			return ok && access.Visible(audience, t.GetVisibility())
+			return ok && access.Visible(registryv1.Audience(req.audience.Load()), t.GetVisibility())
 		}
 	}
 	if cursor == "" {
@@ -105,7 +108,85 @@ func ParseRequest(ctx context.Context, cat *catalog.Cache, types []string, curso
 	return req, nil
 }
 
+// Watch re-checks the caller each time the catalog changes, until ctx ends:
+// a revoked key ends the stream with UNAUTHENTICATED, subscribe grants that
+// no longer cover a requested pattern with PERMISSION_DENIED, and a changed
+// audience narrows or widens the visible types at once. It returns nil when
+// ctx ends, or the reason the stream must end. One re-check per catalog
+// change, none per event.
+func (r *Request) Watch(ctx context.Context, cat *catalog.Cache) error {
+	if r.caller.Admin || r.caller.ApplicationID == "" {
+		return nil // the operator key is never revoked
+	}
+	for {
+		updated := cat.Updated()
+		if err := r.recheck(ctx, cat); err != nil {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-updated:
+		}
+	}
+}
+
+func (r *Request) recheck(ctx context.Context, cat *catalog.Cache) error {
+	if r.caller.KeyID != "" && cat.KeyRevoked(r.caller.KeyID) {
+		return connect.NewError(connect.CodeUnauthenticated, errors.New("the key of this stream was revoked or has expired"))
+	}
+	app, err := cat.Application(ctx, r.caller.ApplicationID)
+	if err != nil {
+		switch connect.CodeOf(err) {
+		case connect.CodeNotFound, connect.CodePermissionDenied:
+			return connect.NewError(connect.CodePermissionDenied, fmt.Errorf("application %s no longer exists", r.caller.ApplicationID))
+		}
+		return nil // the registry is unreachable: keep what was granted
+	}
+	for _, p := range r.Patterns {
+		if !access.Allowed(app.GetGrants(), registryv1.GrantAction_GRANT_ACTION_SUBSCRIBE, p) {
+			return connect.NewError(connect.CodePermissionDenied, fmt.Errorf("application %s no longer has a subscribe grant covering %s", app.GetId(), p))
+		}
+	}
+	r.audience.Store(int32(app.GetAudience()))
+	return nil
+}
+
+// Guard runs Watch for a stream: the returned context ends when ctx does or
+// when Watch finds the caller may no longer stream (context.Cause is then
+// the connect error to end with). stop ends the watch and waits for it.
+func (r *Request) Guard(ctx context.Context, cat *catalog.Cache) (guarded context.Context, stop func()) {
+	guarded, cancel := context.WithCancelCause(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := r.Watch(guarded, cat); err != nil {
+			cancel(err)
+		}
+	}()
+	return guarded, func() { cancel(nil); <-done }
+}
+
+// Refusal is the connect error that ended a guarded stream, if any.
+func Refusal(guarded context.Context) *connect.Error {
+	var ce *connect.Error
+	if errors.As(context.Cause(guarded), &ce) {
+		return ce
+	}
+	return nil
+}
+
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.ContentLength != 0 {
+		// net/http notices a client leaving only once the body is read: a
+		// stream with an unread body would outlive its client. Nor is the
+		// body read here: the connection closes after this answer.
+		if r.ProtoMajor == 1 {
+			w.Header().Set("Connection", "close")
+		}
+		auth.WriteError(w, r, connect.NewError(connect.CodeInvalidArgument, errors.New("a stream request has no body: give types and last_event_id in the query string")))
+		return
+	}
 	q := r.URL.Query()
 	cursor := r.Header.Get("Last-Event-ID")
 	if cursor == "" {
@@ -116,51 +197,41 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		auth.WriteError(w, r, err)
 		return
 	}
-	limit := h.MaxStreams
-	if limit <= 0 {
-		limit = 10000
-	}
-	if h.active.Add(1) > limit {
-		h.active.Add(-1)
-		w.Header().Set("Retry-After", "5")
-		auth.WriteError(w, r, connect.NewError(connect.CodeResourceExhausted, fmt.Errorf("this edge already serves %d streams; retry later or on another replica", limit)))
+	release, ok := h.Ceiling.Acquire(Channel)
+	if !ok {
+		w.Header().Set("Retry-After", h.Ceiling.RetryAfter())
+		auth.WriteError(w, r, connect.NewError(connect.CodeUnavailable, fmt.Errorf("this edge already serves %d streams; retry later or on another replica", h.Ceiling.Max())))
 		return
 	}
-	defer h.active.Add(-1)
+	defer release()
 
-	ctx, cancel := context.WithCancel(r.Context())
-	defer cancel()
-	stop := context.AfterFunc(h.Shutdown, cancel)
+	ctx, stopGuard := sr.Guard(r.Context(), h.Catalog)
+	defer stopGuard()
+	stop := context.AfterFunc(h.Shutdown, stopGuard)
 	defer stop()
 
 	rc := http.NewResponseController(w)
-	writeTimeout := h.WriteTimeout
-	if writeTimeout <= 0 {
-		writeTimeout = 30 * time.Second
-	}
 	write := func(b []byte) error {
-		_ = rc.SetWriteDeadline(time.Now().Add(writeTimeout))
+		_ = rc.SetWriteDeadline(time.Now().Add(h.WriteTimeout))
 		if _, err := w.Write(b); err != nil {
 			return err
 		}
 		return rc.Flush()
-	}
-	heartbeat := h.Heartbeat
-	if heartbeat <= 0 {
-		heartbeat = 15 * time.Second
 	}
 	hdr := w.Header()
 	hdr.Set("Content-Type", "text/event-stream; charset=utf-8")
 	hdr.Set("Cache-Control", "no-cache")
 	hdr.Set("X-Accel-Buffering", "no")
 
+	started := false
 	var buf []byte
 	err = h.Hub.Stream(ctx, sr.Patterns, hub.Options{
 		After:     sr.After,
 		Allow:     sr.Allow,
-		Interval:  heartbeat,
+		Interval:  h.Heartbeat,
 		Heartbeat: func() error { return write([]byte(": heartbeat\n\n")) },
 		Started: func() error {
+			started = true
 			w.WriteHeader(http.StatusOK)
 			return write([]byte("retry: 2000\n: connected\n\n"))
 		},
@@ -186,7 +257,34 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		return nil
 	})
+	if !started {
+		if ce := Refusal(ctx); ce != nil {
+			auth.WriteError(w, r, ce)
+		} else if err != nil && ctx.Err() == nil {
+			h.Log.Warn("stream not started", "err", err)
+			auth.WriteError(w, r, StreamError(err))
+		}
+		return
+	}
+	if ce := Refusal(ctx); ce != nil {
+		// The caller may no longer stream: say why, and close the response.
+		_ = write([]byte(": stream ended: " + strings.ReplaceAll(ce.Message(), "\n", " ") + "\n\n"))
+		return
+	}
 	if err != nil && ctx.Err() == nil {
 		h.Log.Debug("stream ended", "err", err)
 	}
+}
+
+// StreamError is the client's answer to a hub error before any event.
+func StreamError(err error) error {
+	var ahead *hub.CursorAheadError
+	if errors.As(err, &ahead) {
+		return connect.NewError(connect.CodeInvalidArgument, ahead)
+	}
+	var ce *connect.Error
+	if errors.As(err, &ce) {
+		return ce
+	}
+	return connect.NewError(connect.CodeUnavailable, errors.New("cannot read the log; retry later"))
 }

@@ -1,0 +1,95 @@
+package edge
+
+import (
+	"fmt"
+	"os"
+	"strconv"
+	"time"
+
+	"github.com/heraldmesh/herald/platform/config"
+)
+
+// The edge's defaults, in one place: New fills unset fields from these.
+const (
+	DefaultHeartbeat    = 15 * time.Second
+	DefaultMaxStreams   = 10000
+	DefaultUsageFlush   = time.Second
+	DefaultWriteTimeout = 30 * time.Second
+	// retryAfter is what a client refused at the stream ceiling is told.
+	retryAfter = 5 * time.Second
+)
+
+// EnvVars are the variables ConfigFromEnv reads besides the common ones.
+var EnvVars = []string{"HERALD_EDGE_HEARTBEAT", "HERALD_EDGE_MAX_STREAMS", "HERALD_EDGE_USAGE_FLUSH", "HERALD_EDGE_WRITE_TIMEOUT"}
+
+// ConfigFromEnv reads the edge's settings from the environment: the common
+// HERALD_* settings and
+//
+//	HERALD_EDGE_HEARTBEAT      idle interval between SSE heartbeats (Go duration, default 15s)
+//	HERALD_EDGE_MAX_STREAMS    open streams of every channel (SSE and StreamEvents) per edge (default 10000)
+//	HERALD_EDGE_USAGE_FLUSH    how often delivery counts are reported (Go duration, default 1s)
+//	HERALD_EDGE_WRITE_TIMEOUT  how long a client may take one write before it is dropped (Go duration, default 30s)
+//
+// Unset settings get their defaults; malformed ones are refused with the
+// setting's name.
+func ConfigFromEnv() (Config, error) {
+	cfg := Config{Common: config.FromEnv()}
+	var err error
+	if cfg.Heartbeat, err = envDuration("HERALD_EDGE_HEARTBEAT"); err != nil {
+		return cfg, err
+	}
+	if cfg.MaxStreams, err = envInt("HERALD_EDGE_MAX_STREAMS"); err != nil {
+		return cfg, err
+	}
+	if cfg.UsageFlush, err = envDuration("HERALD_EDGE_USAGE_FLUSH"); err != nil {
+		return cfg, err
+	}
+	if cfg.WriteTimeout, err = envDuration("HERALD_EDGE_WRITE_TIMEOUT"); err != nil {
+		return cfg, err
+	}
+	cfg.setDefaults()
+	return cfg, nil
+}
+
+// setDefaults fills every unset field with its default.
+func (c *Config) setDefaults() {
+	if c.Addr == "" {
+		c.Addr = c.EdgeAddr
+	}
+	if c.Heartbeat <= 0 {
+		c.Heartbeat = DefaultHeartbeat
+	}
+	if c.MaxStreams <= 0 {
+		c.MaxStreams = DefaultMaxStreams
+	}
+	if c.UsageFlush <= 0 {
+		c.UsageFlush = DefaultUsageFlush
+	}
+	if c.WriteTimeout <= 0 {
+		c.WriteTimeout = DefaultWriteTimeout
+	}
+}
+
+func envInt(name string) (int64, error) {
+	v := os.Getenv(name)
+	if v == "" {
+		return 0, nil
+	}
+	n, err := strconv.ParseInt(v, 10, 64)
+	if err != nil || n < 1 {
+		return 0, fmt.Errorf("%s %q: give a whole number of at least 1", name, v)
+	}
+	return n, nil
+}
+
+func envDuration(name string) (time.Duration, error) {
+	v := os.Getenv(name)
+	if v == "" {
+		return 0, nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d <= 0 {
+		return 0, fmt.Errorf("%s %q: give a positive duration such as 15s or 1m", name, v)
+	}
+	return d, nil
+}
