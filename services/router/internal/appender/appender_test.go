@@ -206,7 +206,7 @@ func TestAppendDedupeWindow(t *testing.T) {
 			a := appender.New(rdb, appender.Options{DedupeWindow: c.window})
 			ev := newEvent(orderPaid, "/shop", fmt.Sprintf("window-%d", i))
 			first := mustAppend(t, a, itemsOf("app_1", ev))[0]
-			ttl, err := rdb.PTTL(context.Background(), appender.DedupeKey(orderPaid, "/shop", ev.GetId())).Result()
+			ttl, err := rdb.PTTL(context.Background(), appender.DedupeKey(orderPaid, "app_1", "/shop", ev.GetId())).Result()
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -588,12 +588,13 @@ func TestAppendEmpty(t *testing.T) {
 }
 
 func TestDedupeKeyShardsWithStream(t *testing.T) {
-	key := appender.DedupeKey(orderCreated, "/shop", "1")
+	key := appender.DedupeKey(orderCreated, "app_1", "/shop", "1")
 	if !strings.HasPrefix(key, "herald:dedupe:{"+orderCreated+"}:") || !strings.Contains(eventlog.StreamKey(orderCreated), "{"+orderCreated+"}") {
 		t.Fatalf("dedupe key %s and stream %s do not share a hash tag", key, eventlog.StreamKey(orderCreated))
 	}
 	// The NUL separator keeps (a, bc) and (ab, c) apart.
-	if appender.DedupeKey(orderCreated, "a", "bc") == appender.DedupeKey(orderCreated, "ab", "c") {
+	if appender.DedupeKey(orderCreated, "app_1", "a", "bc") == appender.DedupeKey(orderCreated, "app_1", "ab", "c") ||
+		appender.DedupeKey(orderCreated, "app_1", "a", "b") == appender.DedupeKey(orderCreated, "app_1a", "", "b") {
 		t.Fatal("(a, bc) and (ab, c) share a dedupe key")
 	}
 }
