@@ -20,9 +20,10 @@ const (
 )
 
 // checkFilter compiles and type-checks a filter: it must be a boolean CEL
-// expression over event and data (see platform/filter).
+// expression over event and data, whose estimated cost is within the limit
+// (see platform/filter).
 func checkFilter(expr string) error {
-	if _, err := filter.Compile(expr); err != nil {
+	if _, err := filter.Check(expr); err != nil {
 		return invalid("subscription.filter: %v", err)
 	}
 	return nil

@@ -474,7 +474,19 @@ func (s *session) deliver(ctx context.Context, ds []delivery) error {
 			}
 			continue
 		}
-		if ok, _ := s.flt.Match(d.event); !ok {
+		ok, err := s.flt.Match(d.event)
+		if errors.Is(err, filter.ErrUnevaluable) {
+			// Neither a match nor a miss: the consumer would never see it,
+			// so it goes to the dead letters, where it can be looked at and
+			// replayed once the filter is changed.
+			s.m.filterErrors.Inc()
+			s.m.log.Warn("subscription filter cannot be evaluated; event dead-lettered", "subscription", s.sub.GetId(), "cursor", d.cursor, "err", err)
+			if err := s.m.deadLetter(ctx, s.sub.GetId(), d, "filter: "+err.Error(), ""); err != nil {
+				return unavailable("dead-letter", err)
+			}
+			continue
+		}
+		if !ok {
 			filtered = append(filtered, d.ref)
 			continue
 		}
