@@ -2,6 +2,8 @@ package router_test
 
 import (
 	"context"
+	"io"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -176,5 +178,59 @@ func TestSubscribeEndsOnRevocation(t *testing.T) {
 		if d.GetEvent().GetId() != "" {
 			t.Fatalf("delivered after the revocation: %s", d.GetEvent().GetId())
 		}
+	}
+}
+
+// D11: the registry refuses a filter whose estimated cost is over the limit,
+// and an event whose filter cannot be evaluated is dead-lettered with the
+// reason and counted, not dropped.
+func TestFilterErrorsAreDeadLettered(t *testing.T) {
+	e := newEnv(t)
+	const typ = "shop.cart.updated"
+	e.createType(t, typ, `{"type": "object"}`)
+	_, pubKey := e.createApp(t, "shop")
+	consumerID, consumerKey := e.consumerApp(t, "analytics", "shop.*")
+	addr, _ := e.startRouter(t, "127.0.0.1:0", 100)
+
+	_, err := e.registry.CreateSubscription(context.Background(), connect.NewRequest(&registryv1.CreateSubscriptionRequest{Subscription: &registryv1.Subscription{
+		ApplicationId: consumerID, Types: []string{typ},
+		Filter:  `data.items.all(x, data.items.all(y, data.items.all(z, x+y+z>=0)))`,
+		Channel: &registryv1.Subscription_Stream{Stream: &registryv1.StreamChannel{}},
+	}}))
+	wantCode(t, err, connect.CodeInvalidArgument, "too expensive")
+
+	// A filter that passes the check and fails at run time on some event
+	// (the cost limit on one created before the check existed, or here a
+	// division by zero): that event is dead-lettered, the others go on.
+	sub := e.subscription(t, &registryv1.Subscription{ApplicationId: consumerID, Types: []string{typ}, Filter: `int(data.n) / int(data.d) >= 0`})
+	res := mustPublish(t, routerClient(addr, pubKey), event(typ, "zero", `{"n":1,"d":0}`), event(typ, "small", `{"n":1,"d":1}`))
+	if res[0].GetCursor() == "" || res[1].GetCursor() == "" {
+		t.Fatalf("publish: %v", res)
+	}
+	c := subscribeTo(t, routerClient(addr, consumerKey), &routerv1.SubscribeRequest{SubscriptionId: sub.GetId()})
+	if d := c.next(); d.GetEvent().GetId() != "small" {
+		t.Fatalf("delivered %s, want small", d.GetEvent().GetId())
+	}
+	var letters *routerv1.ListDeadLettersResponse
+	testutil.Eventually(t, 10*time.Second, func() bool {
+		r, err := routerClient(addr, consumerKey).ListDeadLetters(context.Background(), connect.NewRequest(&routerv1.ListDeadLettersRequest{SubscriptionId: sub.GetId()}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		letters = r.Msg
+		return len(letters.GetDeadLetters()) > 0
+	}, "a dead letter")
+	dl := letters.GetDeadLetters()[0]
+	if len(letters.GetDeadLetters()) != 1 || dl.GetCursor() != res[0].GetCursor() || !strings.Contains(dl.GetReason(), "division by zero") {
+		t.Fatalf("dead letters %v, want the zero event with a reason naming the division by zero", letters.GetDeadLetters())
+	}
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(body), "herald_router_filter_errors_total 1") {
+		t.Fatal("herald_router_filter_errors_total is not 1")
 	}
 }
