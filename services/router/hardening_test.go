@@ -2,6 +2,7 @@ package router_test
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"strings"
@@ -12,6 +13,7 @@ import (
 	registryv1 "github.com/heraldmesh/herald/api/gen/herald/registry/v1"
 	routerv1 "github.com/heraldmesh/herald/api/gen/herald/router/v1"
 	"github.com/heraldmesh/herald/platform/testutil"
+	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
 // appWith creates an application with an audience and grants, and returns
@@ -232,5 +234,46 @@ func TestFilterErrorsAreDeadLettered(t *testing.T) {
 	resp.Body.Close()
 	if !strings.Contains(string(body), "herald_router_filter_errors_total 1") {
 		t.Fatal("herald_router_filter_errors_total is not 1")
+	}
+}
+
+// D6: a cursor (or a time) in the future is refused, naming the newest
+// cursor, by CreateSubscription and by Subscribe's resume; one between the
+// newest event and now is fine.
+func TestFutureCursorsRefused(t *testing.T) {
+	e := newEnv(t)
+	e.createType(t, orderCreated, orderSchema)
+	_, pubKey := e.createApp(t, "shop")
+	consumerID, consumerKey := e.consumerApp(t, "warehouse", "shop.*")
+	addr, _ := e.startRouter(t, "127.0.0.1:0", 100)
+	newest := mustPublish(t, routerClient(addr, pubKey), event(orderCreated, "e1", order("o", 5)))[0].GetCursor()
+	const future = "99999999999999-0"
+
+	create := func(start *registryv1.StartPosition) error {
+		_, err := e.registry.CreateSubscription(context.Background(), connect.NewRequest(&registryv1.CreateSubscriptionRequest{Subscription: &registryv1.Subscription{
+			ApplicationId: consumerID, Types: []string{"shop.*"}, Start: start,
+			Channel: &registryv1.Subscription_Stream{Stream: &registryv1.StreamChannel{}},
+		}}))
+		return err
+	}
+	wantCode(t, create(&registryv1.StartPosition{Position: &registryv1.StartPosition_Cursor{Cursor: future}}), connect.CodeInvalidArgument, "newest cursor of the types this subscription covers is "+newest)
+	wantCode(t, create(&registryv1.StartPosition{Position: &registryv1.StartPosition_Time{Time: timestamppb.New(time.Now().Add(24 * time.Hour))}}), connect.CodeInvalidArgument, "in the future")
+	// Between the newest event and now: accepted.
+	soon := fmt.Sprintf("%d-0", time.Now().Add(-time.Second).UnixMilli())
+	if err := create(&registryv1.StartPosition{Position: &registryv1.StartPosition_Cursor{Cursor: soon}}); err != nil {
+		t.Fatalf("a cursor between the newest event and now: %v", err)
+	}
+
+	sub := e.subscription(t, &registryv1.Subscription{ApplicationId: consumerID, Types: []string{orderCreated}})
+	client := routerClient(addr, consumerKey)
+	err := subscribeErr(client, &routerv1.SubscribeRequest{SubscriptionId: sub.GetId(), Resume: &routerv1.ResumePosition{Position: &routerv1.ResumePosition_Cursor{Cursor: future}}})
+	wantCode(t, err, connect.CodeInvalidArgument, "newest cursor of subscription "+sub.GetId()+" is "+newest)
+	err = subscribeErr(client, &routerv1.SubscribeRequest{SubscriptionId: sub.GetId(), Resume: &routerv1.ResumePosition{Position: &routerv1.ResumePosition_Time{Time: timestamppb.New(time.Now().Add(time.Hour))}}})
+	wantCode(t, err, connect.CodeInvalidArgument, "in the future")
+	// The group did not move: the next event is delivered.
+	c := subscribeTo(t, client, &routerv1.SubscribeRequest{SubscriptionId: sub.GetId(), Resume: &routerv1.ResumePosition{Position: &routerv1.ResumePosition_Cursor{Cursor: newest}}})
+	mustPublish(t, routerClient(addr, pubKey), event(orderCreated, "e2", order("o", 5)))
+	if d := c.next(); d.GetEvent().GetId() != "e2" {
+		t.Fatalf("delivered %s, want e2", d.GetEvent().GetId())
 	}
 }

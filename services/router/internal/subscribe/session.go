@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"connectrpc.com/connect"
@@ -68,6 +69,9 @@ func (m *Manager) serve(ctx context.Context, sub *registryv1.Subscription, windo
 		return err
 	}
 	if resume != "" {
+		if err := m.notFuture(ctx, sub, s.streams, resume); err != nil {
+			return err
+		}
 		if err := m.seek(ctx, sub, s.streams, resume); err != nil {
 			return connect.NewError(connect.CodeUnavailable, fmt.Errorf("move subscription %s to %s: %w", sub.GetId(), resume, err))
 		}
@@ -80,6 +84,28 @@ func (m *Manager) serve(ctx context.Context, sub *registryv1.Subscription, windo
 	defer m.sessions.Dec()
 	defer s.release()
 	return s.run(ctx)
+}
+
+// notFuture refuses a resume position after the log's clock: the group
+// would skip every event until then. A position between the newest event
+// and now is fine.
+func (m *Manager) notFuture(ctx context.Context, sub *registryv1.Subscription, streams []string, resume string) error {
+	id, err := eventlog.ParseID(resume)
+	if err != nil || id == eventlog.Zero {
+		return nil
+	}
+	logs := slices.DeleteFunc(slices.Clone(streams), func(st string) bool { return st == ReplayKey(sub.GetId()) })
+	newest, now, err := eventlog.Newest(ctx, m.rdb, logs)
+	if err != nil {
+		m.log.Warn("resume position not checked", "subscription", sub.GetId(), "err", err)
+		return connect.NewError(connect.CodeUnavailable, errors.New("the log is unavailable; retry"))
+	}
+	if eventlog.InFuture(id, now) {
+		return connect.NewError(connect.CodeInvalidArgument, fmt.Errorf(
+			"resume position is in the future, which would skip every event until then: the newest cursor of subscription %s is %s",
+			sub.GetId(), eventlog.NewestString(newest)))
+	}
+	return nil
 }
 
 // refresh recomputes the streams after a catalog change and makes sure the
