@@ -146,11 +146,23 @@ func TestAppendDeduplicates(t *testing.T) {
 		// A retry may carry other data: the first version stays.
 		again := proto.Clone(ev).(*eventv1.CloudEvent)
 		again.Data = &eventv1.CloudEvent_TextData{TextData: `{"changed":true}`}
-		second := mustAppend(t, a, itemsOf("app_2", again))[0]
+		second := mustAppend(t, a, itemsOf("app_1", again))[0]
 		if first.Duplicate || !second.Duplicate || second.Cursor != first.Cursor {
 			t.Fatalf("first %+v, second %+v: want the second a duplicate with the first cursor", first, second)
 		}
 		assertStored(t, rdb, orderCreated, first.Cursor, ev)
+	})
+
+	t.Run("same (source, id) from another account", func(t *testing.T) {
+		ev := newEvent(orderCreated, "/shop", "cross-1")
+		first := mustAppend(t, a, itemsOf("app_1", ev))[0]
+		other := mustAppend(t, a, itemsOf("app_2", ev))[0]
+		if first.Duplicate || other.Duplicate || other.Cursor == first.Cursor {
+			t.Fatalf("first %+v, other account %+v: want two events", first, other)
+		}
+		if again := mustAppend(t, a, itemsOf("app_2", ev))[0]; !again.Duplicate || again.Cursor != other.Cursor {
+			t.Fatalf("the other account's retry %+v, want a duplicate of %s", again, other.Cursor)
+		}
 	})
 
 	t.Run("same event twice in one batch", func(t *testing.T) {
@@ -176,12 +188,12 @@ func TestAppendDeduplicates(t *testing.T) {
 		}
 	})
 
-	// Every (source, id) above is in the stream exactly once.
+	// Every (account, source, id) above is in the stream exactly once.
 	seen := map[string]int{}
 	for _, e := range stream(t, rdb, orderCreated) {
 		seen[e.Event.GetSource()+" "+e.Event.GetId()]++
 	}
-	want := map[string]int{"/shop sep-1": 1, "/shop batch-1": 1, "/shop batch-2": 1, "/shop/eu shared-1": 1, "/shop/us shared-1": 1}
+	want := map[string]int{"/shop sep-1": 1, "/shop cross-1": 2, "/shop batch-1": 1, "/shop batch-2": 1, "/shop/eu shared-1": 1, "/shop/us shared-1": 1}
 	if fmt.Sprint(seen) != fmt.Sprint(want) {
 		t.Fatalf("stream holds %v, want %v", seen, want)
 	}
