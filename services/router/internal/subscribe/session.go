@@ -463,8 +463,9 @@ func (s *session) holdBackDelayed(ctx context.Context, out []delivery) ([]delive
 }
 
 // deliver sends deliveries within the window and keeps the rest for
-// later; it dead-letters those past their attempts and acknowledges, without
-// sending, those the filter rejects.
+// later; it dead-letters those past their attempts and those the filter
+// cannot evaluate, acknowledges, without sending, those the filter rejects,
+// and hands back those of types the subscription may no longer receive.
 func (s *session) deliver(ctx context.Context, ds []delivery) error {
 	if len(ds) == 0 {
 		return nil
