@@ -19,7 +19,7 @@ var EnvVars = []string{
 // ConfigFromEnv reads the router's settings from the environment: the
 // common HERALD_* settings and
 //
-//	HERALD_ROUTER_DEDUPE_WINDOW          how long (source, id) is remembered (Go duration, default 24h)
+//	HERALD_ROUTER_DEDUPE_WINDOW          how long a publisher's (source, id) is remembered (Go duration, default 24h)
 //	HERALD_ROUTER_MAX_BATCH              events per Publish (default 1000)
 //	HERALD_ROUTER_MAX_BATCH_BYTES        bytes per request, such as a Publish batch (default 8388608, 8 MiB)
 //	HERALD_ROUTER_MAX_EVENT_BYTES        bytes per event (default 1048576, 1 MiB)

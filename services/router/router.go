@@ -1,6 +1,7 @@
 // Package router is Herald's write path: Publish authenticates the caller,
 // validates each event against the locally cached catalog, and appends it to
-// the durable log on Redis Streams, deduplicated on (source, id).
+// the durable log on Redis Streams, deduplicated on (source, id) per
+// publishing application.
 package router
 
 import (
@@ -29,7 +30,7 @@ type Config struct {
 	Addr string
 	// Logger; nil logs JSON to stderr.
 	Logger *slog.Logger
-	// DedupeWindow is how long a (source, id) pair is remembered. Default 24h.
+	// DedupeWindow is how long a publisher's (source, id) pair is remembered. Default 24h.
 	DedupeWindow time.Duration
 	// MaxBatch is the most events one Publish may carry. Default 1000.
 	MaxBatch int

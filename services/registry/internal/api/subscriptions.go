@@ -2,7 +2,10 @@ package api
 
 import (
 	"context"
+	"errors"
+	"log/slog"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 
@@ -10,6 +13,7 @@ import (
 	registryv1 "github.com/heraldmesh/herald/api/gen/herald/registry/v1"
 	"github.com/heraldmesh/herald/platform/access"
 	"github.com/heraldmesh/herald/platform/auth"
+	"github.com/heraldmesh/herald/platform/eventlog"
 	"github.com/heraldmesh/herald/platform/filter"
 	"github.com/heraldmesh/herald/services/registry/internal/store"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -21,9 +25,10 @@ const (
 )
 
 // checkFilter compiles and type-checks a filter: it must be a boolean CEL
-// expression over event and data (see platform/filter).
+// expression over event and data, whose estimated cost is within the limit
+// (see platform/filter).
 func checkFilter(expr string) error {
-	if _, err := filter.Compile(expr); err != nil {
+	if _, err := filter.Check(expr); err != nil {
 		return invalid("subscription.filter: %v", err)
 	}
 	return nil
@@ -146,6 +151,53 @@ func visibilityName(v registryv1.Visibility) string {
 	return strings.TrimPrefix(v.String(), "VISIBILITY_")
 }
 
+// startNotFuture refuses a start cursor or time after the log's clock (Redis
+// TIME, which stamps the ids): the groups would skip every event until then.
+// The newest cursor named is that of the types the subscription covers and
+// its application may see, so that nothing about others leaks.
+func (h *Handler) startNotFuture(ctx context.Context, app *registryv1.Application, sub *registryv1.Subscription) error {
+	var id eventlog.ID
+	var what string
+	switch p := sub.GetStart().GetPosition().(type) {
+	case *registryv1.StartPosition_Cursor:
+		var err error
+		if id, err = eventlog.ParseID(p.Cursor); err != nil {
+			return invalid("subscription.start.cursor %q is not a cursor", p.Cursor)
+		}
+		what = "subscription.start.cursor " + p.Cursor
+	case *registryv1.StartPosition_Time:
+		id = eventlog.ID{Ms: uint64(max(0, p.Time.AsTime().UnixMilli()))}
+		what = "subscription.start.time " + p.Time.AsTime().UTC().Format(time.RFC3339Nano)
+	default:
+		return nil
+	}
+	if id == eventlog.Zero {
+		return nil
+	}
+	all, err := h.store.ListEventTypes(ctx)
+	if err != nil {
+		return err
+	}
+	var streams []string
+	for _, et := range all {
+		if slices.ContainsFunc(sub.GetTypes(), func(p string) bool { return access.Covers(p, et.GetName()) }) &&
+			access.Allowed(app.GetGrants(), registryv1.GrantAction_GRANT_ACTION_SUBSCRIBE, et.GetName()) &&
+			access.Visible(app.GetAudience(), et.GetVisibility()) {
+			streams = append(streams, eventlog.StreamKeys(et.GetName(), et.GetPartitions())...)
+		}
+	}
+	newest, now, err := eventlog.Newest(ctx, h.store.Log(), streams)
+	if err != nil {
+		slog.Warn("subscription start not checked", "err", err)
+		return connect.NewError(connect.CodeUnavailable, errors.New("the event log is unavailable; retry"))
+	}
+	if eventlog.InFuture(id, now) {
+		return invalid("%s is in the future, which would skip every event until then: the newest cursor of the types this subscription covers is %s",
+			what, eventlog.NewestString(newest))
+	}
+	return nil
+}
+
 // CreateSubscription implements RegistryService. An application key may
 // subscribe only itself.
 func (h *Handler) CreateSubscription(ctx context.Context, req *connect.Request[registryv1.CreateSubscriptionRequest]) (*connect.Response[registryv1.CreateSubscriptionResponse], error) {
@@ -184,7 +236,10 @@ func (h *Handler) CreateSubscription(ctx context.Context, req *connect.Request[r
 		Channel: in.GetChannel(), Start: in.GetStart(), Delivery: policy,
 	}
 	sub, err = h.store.CreateSubscription(ctx, sub, func(app *registryv1.Application, types map[string]*registryv1.EventType) error {
-		return mayReceive(app, sub.GetTypes(), types)
+		if err := mayReceive(app, sub.GetTypes(), types); err != nil {
+			return err
+		}
+		return h.startNotFuture(ctx, app, sub)
 	})
 	if err != nil {
 		return nil, fail(err)

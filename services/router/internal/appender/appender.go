@@ -1,6 +1,6 @@
 // Package appender writes events to the log: one Lua script per event
-// deduplicates on (source, id) and appends, atomically, and a batch is one
-// pipelined round trip.
+// deduplicates on (publishing account, source, id) and appends, atomically,
+// and a batch is one pipelined round trip.
 //
 // Keys (besides eventlog's streams):
 //
@@ -12,10 +12,16 @@
 //	                               published usage, counted in the append script,
 //	                               so exactly once; Meter moves it to metering
 //	herald:dedupe:{<tag>}:<hex>    string, the cursor of the event whose
-//	                               sha256(source NUL id) is <hex>; expires after
-//	                               the dedupe window; <tag> is the stream's hash
-//	                               tag (<type> or <type>#<partition>). It shares the stream's hash
-//	                               tag, so the script touches one shard.
+//	                               sha256(account NUL source NUL id), cut to 16
+//	                               bytes, is <hex>; expires after the dedupe
+//	                               window; <tag> is the stream's hash tag (<type>
+//	                               or <type>#<partition>), so the script touches
+//	                               one shard. The account scopes deduplication to
+//	                               the publisher: another application sending the
+//	                               same (source, id) is stored as its own event.
+//	                               (Keys written before the account was part of
+//	                               the hash, sha256(source NUL id), no longer
+//	                               match; they expire with the window.)
 package appender
 
 import (
@@ -97,7 +103,8 @@ const maxStreams = 1<<24 - 1
 
 // Options configure an Appender.
 type Options struct {
-	// DedupeWindow is how long (source, id) is remembered. Default 24h.
+	// DedupeWindow is how long (account, source, id) is remembered.
+	// Default 24h.
 	DedupeWindow time.Duration
 	// MaxLen caps each stream (approximately). Default 1,000,000.
 	MaxLen int64
@@ -148,14 +155,16 @@ type Result struct {
 // ErrOutOfMemory means Redis refused the write because it reached maxmemory.
 var ErrOutOfMemory = errors.New("redis is out of memory")
 
-// DedupeKey is the key remembering (source, id) for a type (partition 0).
-func DedupeKey(eventType, source, id string) string {
-	return dedupeKey(eventType, source, id)
+// DedupeKey is the key remembering account's (source, id) for a type
+// (partition 0).
+func DedupeKey(eventType, account, source, id string) string {
+	return dedupeKey(eventType, account, source, id)
 }
 
 // dedupeKey shares the hash tag of the stream (tag: the type, or type#p).
-func dedupeKey(tag, source, id string) string {
-	sum := sha256.Sum256([]byte(source + "\x00" + id))
+// Accounts never contain NUL (nor |), so the fields cannot run together.
+func dedupeKey(tag, account, source, id string) string {
+	sum := sha256.Sum256([]byte(account + "\x00" + source + "\x00" + id))
 	return "herald:dedupe:{" + tag + "}:" + hex.EncodeToString(sum[:16])
 }
 
@@ -169,8 +178,8 @@ func (a *Appender) Append(ctx context.Context, items []Item) ([]Result, error) {
 	keys := make([][]string, len(items))
 	args := make([][]any, len(items))
 	for i, it := range items {
-		if it.Account == "" || strings.ContainsRune(it.Account, '|') {
-			return nil, fmt.Errorf("append: account %q: want a non-empty account without |", it.Account)
+		if it.Account == "" || strings.ContainsAny(it.Account, "|\x00") {
+			return nil, fmt.Errorf("append: account %q: want a non-empty account without | or NUL", it.Account)
 		}
 		fields, err := eventlog.Encode(it.Event, it.Account)
 		if err != nil {
@@ -182,7 +191,7 @@ func (a *Appender) Append(ctx context.Context, items []Item) ([]Result, error) {
 		if err != nil {
 			return nil, err
 		}
-		keys[i] = []string{stream, dedupeKey(tag, it.Event.GetSource(), it.Event.GetId()), CountKey(tag)}
+		keys[i] = []string{stream, dedupeKey(tag, it.Account, it.Event.GetSource(), it.Event.GetId()), CountKey(tag)}
 		maxLen := a.maxLen
 		if it.MaxLen > 0 {
 			maxLen = strconv.FormatInt(it.MaxLen, 10)

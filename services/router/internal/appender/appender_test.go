@@ -146,11 +146,23 @@ func TestAppendDeduplicates(t *testing.T) {
 		// A retry may carry other data: the first version stays.
 		again := proto.Clone(ev).(*eventv1.CloudEvent)
 		again.Data = &eventv1.CloudEvent_TextData{TextData: `{"changed":true}`}
-		second := mustAppend(t, a, itemsOf("app_2", again))[0]
+		second := mustAppend(t, a, itemsOf("app_1", again))[0]
 		if first.Duplicate || !second.Duplicate || second.Cursor != first.Cursor {
 			t.Fatalf("first %+v, second %+v: want the second a duplicate with the first cursor", first, second)
 		}
 		assertStored(t, rdb, orderCreated, first.Cursor, ev)
+	})
+
+	t.Run("same (source, id) from another account", func(t *testing.T) {
+		ev := newEvent(orderCreated, "/shop", "cross-1")
+		first := mustAppend(t, a, itemsOf("app_1", ev))[0]
+		other := mustAppend(t, a, itemsOf("app_2", ev))[0]
+		if first.Duplicate || other.Duplicate || other.Cursor == first.Cursor {
+			t.Fatalf("first %+v, other account %+v: want two events", first, other)
+		}
+		if again := mustAppend(t, a, itemsOf("app_2", ev))[0]; !again.Duplicate || again.Cursor != other.Cursor {
+			t.Fatalf("the other account's retry %+v, want a duplicate of %s", again, other.Cursor)
+		}
 	})
 
 	t.Run("same event twice in one batch", func(t *testing.T) {
@@ -176,12 +188,12 @@ func TestAppendDeduplicates(t *testing.T) {
 		}
 	})
 
-	// Every (source, id) above is in the stream exactly once.
+	// Every (account, source, id) above is in the stream exactly once.
 	seen := map[string]int{}
 	for _, e := range stream(t, rdb, orderCreated) {
 		seen[e.Event.GetSource()+" "+e.Event.GetId()]++
 	}
-	want := map[string]int{"/shop sep-1": 1, "/shop batch-1": 1, "/shop batch-2": 1, "/shop/eu shared-1": 1, "/shop/us shared-1": 1}
+	want := map[string]int{"/shop sep-1": 1, "/shop cross-1": 2, "/shop batch-1": 1, "/shop batch-2": 1, "/shop/eu shared-1": 1, "/shop/us shared-1": 1}
 	if fmt.Sprint(seen) != fmt.Sprint(want) {
 		t.Fatalf("stream holds %v, want %v", seen, want)
 	}
@@ -206,7 +218,7 @@ func TestAppendDedupeWindow(t *testing.T) {
 			a := appender.New(rdb, appender.Options{DedupeWindow: c.window})
 			ev := newEvent(orderPaid, "/shop", fmt.Sprintf("window-%d", i))
 			first := mustAppend(t, a, itemsOf("app_1", ev))[0]
-			ttl, err := rdb.PTTL(context.Background(), appender.DedupeKey(orderPaid, "/shop", ev.GetId())).Result()
+			ttl, err := rdb.PTTL(context.Background(), appender.DedupeKey(orderPaid, "app_1", "/shop", ev.GetId())).Result()
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -588,12 +600,13 @@ func TestAppendEmpty(t *testing.T) {
 }
 
 func TestDedupeKeyShardsWithStream(t *testing.T) {
-	key := appender.DedupeKey(orderCreated, "/shop", "1")
+	key := appender.DedupeKey(orderCreated, "app_1", "/shop", "1")
 	if !strings.HasPrefix(key, "herald:dedupe:{"+orderCreated+"}:") || !strings.Contains(eventlog.StreamKey(orderCreated), "{"+orderCreated+"}") {
 		t.Fatalf("dedupe key %s and stream %s do not share a hash tag", key, eventlog.StreamKey(orderCreated))
 	}
 	// The NUL separator keeps (a, bc) and (ab, c) apart.
-	if appender.DedupeKey(orderCreated, "a", "bc") == appender.DedupeKey(orderCreated, "ab", "c") {
+	if appender.DedupeKey(orderCreated, "app_1", "a", "bc") == appender.DedupeKey(orderCreated, "app_1", "ab", "c") ||
+		appender.DedupeKey(orderCreated, "app_1", "a", "b") == appender.DedupeKey(orderCreated, "app_1a", "", "b") {
 		t.Fatal("(a, bc) and (ab, c) share a dedupe key")
 	}
 }

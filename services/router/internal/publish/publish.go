@@ -183,11 +183,15 @@ func (h *Handler) check(ctx context.Context, app *registryv1.Application, ev *ev
 		return nil, refuse(connect.CodeInvalidArgument, "type: %v", err)
 	}
 	t, err := h.catalog.Lookup(ctx, ev.GetType())
-	if errors.Is(err, catalog.ErrUnknownType) {
+	// A type the application's audience may not see does not exist for it,
+	// as when it reads the catalog: the same answer as for an unknown type,
+	// so that publishing cannot probe for names.
+	if errors.Is(err, catalog.ErrUnknownType) || (err == nil && app != nil && !access.Visible(app.GetAudience(), t.GetVisibility())) {
 		return nil, refuse(connect.CodeNotFound, "event type %s is not registered", ev.GetType())
 	}
 	if err != nil {
-		return nil, refuse(connect.CodeUnavailable, "cannot check event type %s: %v", ev.GetType(), err)
+		h.log.Warn("event type not checked", "type", ev.GetType(), "err", err)
+		return nil, refuse(connect.CodeUnavailable, "cannot check event type %s now; retry", ev.GetType())
 	}
 	if app != nil && !access.Allowed(app.GetGrants(), registryv1.GrantAction_GRANT_ACTION_PUBLISH, t.GetName()) {
 		return nil, refuse(connect.CodePermissionDenied, "application %s has no publish grant for %s", app.GetId(), t.GetName())

@@ -103,14 +103,48 @@ func (h *Handler) Subscribe(ctx context.Context, req *connect.Request[routerv1.S
 		err.Meta().Set("Retry-After", "1")
 		return err
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	defer context.AfterFunc(h.shutdown, cancel)()
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	defer context.AfterFunc(h.shutdown, func() { cancel(nil) })()
+	if p, _ := auth.FromContext(ctx); !p.Admin && p.KeyID != "" {
+		go h.m.watchKey(ctx, p.KeyID, cancel)
+	}
 	err = h.m.serve(ctx, sub, window, resume, func() error { return stream.Send(nil) }, stream.Send)
+	if errors.Is(context.Cause(ctx), errKeyRevoked) {
+		return connect.NewError(connect.CodeUnauthenticated, errKeyRevoked)
+	}
 	if h.shutdown.Err() != nil {
 		return connect.NewError(connect.CodeUnavailable, errors.New("the router is shutting down: reconnect (unacknowledged deliveries will be delivered again)"))
 	}
 	return err
+}
+
+// errKeyRevoked ends the streams of a key revoked (or expired) while they
+// were open.
+var errKeyRevoked = errors.New("the key of this stream was revoked or has expired: reconnect with a valid key (unacknowledged deliveries will be delivered again)")
+
+// keyRecheck is how often an open stream looks at its key's expiry, which
+// no catalog change announces.
+const keyRecheck = time.Second
+
+// watchKey ends a stream (cancelling it with errKeyRevoked) once the
+// catalog learns that its key was revoked or once the key expires.
+func (m *Manager) watchKey(ctx context.Context, keyID string, cancel context.CancelCauseFunc) {
+	tick := time.NewTicker(keyRecheck)
+	defer tick.Stop()
+	for {
+		updated := m.cat.Updated()
+		if m.cat.KeyRevoked(keyID) {
+			cancel(errKeyRevoked)
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-updated:
+		case <-tick.C:
+		}
+	}
 }
 
 // resumeID is the group id a resume position stands for ("" for none).

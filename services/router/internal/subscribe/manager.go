@@ -34,8 +34,9 @@ type Manager struct {
 	mu      sync.Mutex
 	waiters map[string]map[chan struct{}]struct{} // by subscription: sessions to wake on Ack or Nack
 
-	deliveries *prometheus.CounterVec
-	sessions   prometheus.Gauge
+	deliveries   *prometheus.CounterVec
+	sessions     prometheus.Gauge
+	filterErrors prometheus.Counter
 
 	// Delivered, when set, is told of each event's first delivery to a
 	// subscription (not of redeliveries or replays), for metering.
@@ -55,9 +56,13 @@ func NewManager(rdb *redis.Client, cat *catalog.Cache, log *slog.Logger, reg pro
 			Name: "herald_router_subscribe_sessions",
 			Help: "Open RouterService.Subscribe streams.",
 		}),
+		filterErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "herald_router_filter_errors_total",
+			Help: "Events whose subscription filter could not be evaluated (cost limit, runtime error): dead-lettered, not delivered.",
+		}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.deliveries, m.sessions)
+		reg.MustRegister(m.deliveries, m.sessions, m.filterErrors)
 	}
 	return m
 }

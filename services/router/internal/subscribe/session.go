@@ -6,12 +6,14 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"connectrpc.com/connect"
 	registryv1 "github.com/heraldmesh/herald/api/gen/herald/registry/v1"
 	routerv1 "github.com/heraldmesh/herald/api/gen/herald/router/v1"
 	"github.com/heraldmesh/herald/platform/catalog"
+	"github.com/heraldmesh/herald/platform/eventlog"
 	"github.com/heraldmesh/herald/platform/filter"
 	"github.com/redis/go-redis/v9"
 )
@@ -38,8 +40,10 @@ type session struct {
 	send     func(*routerv1.SubscribeResponse) error
 
 	streams   []string
-	buffer    []delivery // read but not sent: the window was full
-	inflight  int        // sent and not settled
+	allowed   map[string]bool // the types of streams: what may be delivered now
+	changed   <-chan struct{} // closed at the next catalog change after the last refresh
+	buffer    []delivery      // read but not sent: the window was full
+	inflight  int             // sent and not settled
 	claimFrom map[string]string
 	nextClaim time.Time
 	nextDue   time.Time
@@ -65,6 +69,9 @@ func (m *Manager) serve(ctx context.Context, sub *registryv1.Subscription, windo
 		return err
 	}
 	if resume != "" {
+		if err := m.notFuture(ctx, sub, s.streams, resume); err != nil {
+			return err
+		}
 		if err := m.seek(ctx, sub, s.streams, resume); err != nil {
 			return connect.NewError(connect.CodeUnavailable, fmt.Errorf("move subscription %s to %s: %w", sub.GetId(), resume, err))
 		}
@@ -79,9 +86,32 @@ func (m *Manager) serve(ctx context.Context, sub *registryv1.Subscription, windo
 	return s.run(ctx)
 }
 
+// notFuture refuses a resume position after the log's clock: the group
+// would skip every event until then. A position between the newest event
+// and now is fine.
+func (m *Manager) notFuture(ctx context.Context, sub *registryv1.Subscription, streams []string, resume string) error {
+	id, err := eventlog.ParseID(resume)
+	if err != nil || id == eventlog.Zero {
+		return nil
+	}
+	logs := slices.DeleteFunc(slices.Clone(streams), func(st string) bool { return st == ReplayKey(sub.GetId()) })
+	newest, now, err := eventlog.Newest(ctx, m.rdb, logs)
+	if err != nil {
+		m.log.Warn("resume position not checked", "subscription", sub.GetId(), "err", err)
+		return connect.NewError(connect.CodeUnavailable, errors.New("the log is unavailable; retry"))
+	}
+	if eventlog.InFuture(id, now) {
+		return connect.NewError(connect.CodeInvalidArgument, fmt.Errorf(
+			"resume position is in the future, which would skip every event until then: the newest cursor of subscription %s is %s",
+			sub.GetId(), eventlog.NewestString(newest)))
+	}
+	return nil
+}
+
 // refresh recomputes the streams after a catalog change and makes sure the
 // groups exist.
 func (s *session) refresh(ctx context.Context) error {
+	s.changed = s.m.cat.Changed()
 	if _, err := s.m.cat.Subscription(ctx, s.sub.GetId()); errors.Is(err, catalog.ErrUnknownSubscription) {
 		return connect.NewError(connect.CodeNotFound, fmt.Errorf("subscription %s was deleted", s.sub.GetId()))
 	}
@@ -93,19 +123,30 @@ func (s *session) refresh(ctx context.Context) error {
 		return connect.NewError(connect.CodeUnavailable, err)
 	}
 	s.streams = streams
+	s.allowed = make(map[string]bool, len(streams))
+	for _, st := range streams {
+		if st != ReplayKey(s.sub.GetId()) {
+			s.allowed[eventlog.TypeOfStream(st)] = true
+		}
+	}
 	return nil
 }
 
+// refreshIfChanged refreshes after a catalog change (a withdrawn grant, a
+// new type).
+func (s *session) refreshIfChanged(ctx context.Context) error {
+	select {
+	case <-s.changed:
+		return s.refresh(ctx)
+	default:
+		return nil
+	}
+}
+
 func (s *session) run(ctx context.Context) error {
-	changed := s.m.cat.Changed()
 	for ctx.Err() == nil {
-		select {
-		case <-changed:
-			changed = s.m.cat.Changed()
-			if err := s.refresh(ctx); err != nil {
-				return err
-			}
-		default:
+		if err := s.refreshIfChanged(ctx); err != nil {
+			return err
 		}
 		if s.inflight >= s.window {
 			// What this session's consumer left unacknowledged past the
@@ -422,12 +463,31 @@ func (s *session) holdBackDelayed(ctx context.Context, out []delivery) ([]delive
 }
 
 // deliver sends deliveries within the window and keeps the rest for
-// later; it dead-letters those past their attempts and acknowledges, without
-// sending, those the filter rejects.
+// later; it dead-letters those past their attempts and those the filter
+// cannot evaluate, acknowledges, without sending, those the filter rejects,
+// and hands back those of types the subscription may no longer receive.
 func (s *session) deliver(ctx context.Context, ds []delivery) error {
+	if len(ds) == 0 {
+		return nil
+	}
+	// What was read just before a grant was withdrawn (or a type hidden) is
+	// not sent: it is handed back, pending, for when the grant returns.
+	if err := s.refreshIfChanged(ctx); err != nil {
+		return err
+	}
 	var filtered []ref
+	var withheld []delivery
 	for i, d := range ds {
 		switch {
+		case !s.allowed[d.typ] && d.ref.stream == ReplayKey(s.sub.GetId()):
+			// A replayed dead letter has nowhere to wait: back it goes.
+			if err := s.m.deadLetter(ctx, s.sub.GetId(), d, "the subscription may no longer receive "+d.typ, ""); err != nil {
+				return unavailable("dead-letter", err)
+			}
+			continue
+		case !s.allowed[d.typ]:
+			withheld = append(withheld, d)
+			continue
 		case d.bad != nil:
 			if err := s.m.deadLetter(ctx, s.sub.GetId(), d, d.bad.Error(), ""); err != nil {
 				return unavailable("dead-letter", err)
@@ -441,11 +501,25 @@ func (s *session) deliver(ctx context.Context, ds []delivery) error {
 			}
 			continue
 		}
-		if ok, _ := s.flt.Match(d.event); !ok {
+		ok, err := s.flt.Match(d.event)
+		if errors.Is(err, filter.ErrUnevaluable) {
+			// Neither a match nor a miss: the consumer would never see it,
+			// so it goes to the dead letters, where it can be looked at and
+			// replayed once the filter is changed.
+			s.m.filterErrors.Inc()
+			s.m.log.Warn("subscription filter cannot be evaluated; event dead-lettered", "subscription", s.sub.GetId(), "cursor", d.cursor, "err", err)
+			if err := s.m.deadLetter(ctx, s.sub.GetId(), d, "filter: "+err.Error(), ""); err != nil {
+				return unavailable("dead-letter", err)
+			}
+			continue
+		}
+		if !ok {
 			filtered = append(filtered, d.ref)
 			continue
 		}
-		if s.inflight >= s.window {
+		if s.inflight >= s.window || ctx.Err() != nil {
+			// Full, or the stream is ending (its key may just have been
+			// revoked): send nothing more; release hands the rest back.
 			s.buffer = append(s.buffer, ds[i:]...)
 			break
 		}
@@ -468,6 +542,9 @@ func (s *session) deliver(ctx context.Context, ds []delivery) error {
 		}
 		s.inflight++
 	}
+	if len(withheld) > 0 {
+		s.handBack(withheld)
+	}
 	if len(filtered) > 0 {
 		if _, err := s.m.settle(ctx, s.sub.GetId(), filtered); err != nil {
 			return unavailable("acknowledge filtered events", err)
@@ -480,14 +557,20 @@ func (s *session) deliver(ctx context.Context, ds []delivery) error {
 // release hands back what was read but never sent, so that another
 // session takes it at once, with its delivery count as it was.
 func (s *session) release() {
-	if len(s.buffer) == 0 {
+	s.handBack(s.buffer)
+}
+
+// handBack gives deliveries this consumer read but did not send to
+// herald.released, with their delivery counts as they were.
+func (s *session) handBack(ds []delivery) {
+	if len(ds) == 0 {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), releaseWait)
 	defer cancel()
 	byStream := map[string][]any{}
 	var order []string
-	for _, d := range s.buffer {
+	for _, d := range ds {
 		if _, ok := byStream[d.ref.stream]; !ok {
 			order = append(order, d.ref.stream)
 		}
