@@ -402,11 +402,11 @@ type CursorAheadError struct {
 }
 
 func (e *CursorAheadError) Error() string {
-	newest := "0"
+	newest := eventlog.Zero
 	if e.Newest != nil {
-		newest = e.Newest.String()
+		newest = *e.Newest
 	}
-	return fmt.Sprintf("cursor %s is after the newest event %s; resume from it or omit the cursor", e.Cursor, newest)
+	return fmt.Sprintf("cursor %s is after the newest event %s; resume from it or omit the cursor", e.Cursor, eventlog.NewestString(newest))
 }
 
 // checkCursor refuses a cursor after the hub position (head < cursor) when
@@ -420,35 +420,16 @@ func (h *Hub) checkCursor(ctx context.Context, s *sub, cursor eventlog.ID) error
 		streams = append(streams, k)
 	}
 	h.mu.Unlock()
-	pipe := h.rdb.Pipeline()
-	timeCmd := pipe.Time(ctx)
-	last := make([]*redis.XMessageSliceCmd, len(streams))
-	for i, k := range streams {
-		last[i] = pipe.XRevRangeN(ctx, k, "+", "-", 1)
-	}
-	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+	newestID, now, err := eventlog.Newest(ctx, h.rdb, streams)
+	if err != nil {
 		return fmt.Errorf("check cursor: %w", err)
 	}
-	now, err := timeCmd.Result()
-	if err != nil {
-		return fmt.Errorf("check cursor: redis TIME: %w", err)
+	if !eventlog.InFuture(cursor, now) || !newestID.Less(cursor) {
+		return nil // the present, or an event exists there
 	}
 	var newest *eventlog.ID
-	for _, cmd := range last {
-		msgs, _ := cmd.Result()
-		if len(msgs) == 0 {
-			continue
-		}
-		id, err := eventlog.ParseID(msgs[0].ID)
-		if err != nil {
-			continue
-		}
-		if newest == nil || newest.Less(id) {
-			newest = &id
-		}
-	}
-	if cursor.Ms <= uint64(now.UnixMilli()) || (newest != nil && !newest.Less(cursor)) {
-		return nil // the present, or an event exists there
+	if newestID != eventlog.Zero {
+		newest = &newestID
 	}
 	return &CursorAheadError{Cursor: cursor, Newest: newest}
 }
