@@ -213,6 +213,14 @@ func (c *Cache) Updated() <-chan struct{} {
 	return c.updated
 }
 
+// KeyExpires is when the application key with this id expires; zero when
+// it never does or the cache has not seen it.
+func (c *Cache) KeyExpires(keyID string) time.Time {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.keyByID[keyID].expires
+}
+
 // KeyRevoked reports whether the application key with this id is known to be
 // revoked or expired. A key the cache has not seen yet (created a moment
 // ago, resolved by the registry directly) is not: its Watch change follows.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"io"
 	"log/slog"
 	"net"
@@ -190,6 +191,24 @@ func TestEdgeOpenStreamsEndOnRevocationAndWithdrawnGrant(t *testing.T) {
 			t.Fatal(err)
 		}
 		streamEnds(t, ch, "revoked key")
+		if err := rpcEnd(t, end); connect.CodeOf(err) != connect.CodeUnauthenticated {
+			t.Fatalf("StreamEvents ended with %v, want UNAUTHENTICATED", err)
+		}
+	})
+
+	t.Run("key expired by rotation", func(t *testing.T) {
+		app, key, _ := e.newReader(t, "rotated-reader")
+		ch, closeSSE := e.subscribe("types=billing.*&access_token="+key, "")
+		defer closeSSE()
+		_, end, _ := rpcStream(t, addr, key, &edgev1.StreamEventsRequest{Types: []string{"billing.*"}})
+		// The old key expires a second after the new one is made: no
+		// catalog change marks that moment, the stream must notice it alone.
+		if _, err := e.reg.CreateKey(ctx, connect.NewRequest(&registryv1.CreateKeyRequest{
+			ApplicationId: app.GetId(), RotateOverlap: durationpb.New(time.Second),
+		})); err != nil {
+			t.Fatal(err)
+		}
+		streamEnds(t, ch, "expired key")
 		if err := rpcEnd(t, end); connect.CodeOf(err) != connect.CodeUnauthenticated {
 			t.Fatalf("StreamEvents ended with %v, want UNAUTHENTICATED", err)
 		}
