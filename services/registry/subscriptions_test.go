@@ -100,8 +100,9 @@ func TestSubscriptions(t *testing.T) {
 		{"type without a subscribe grant", "", []string{"identity.user.created"}, "", connect.CodePermissionDenied, []string{"identity.user.created", "grant"}},
 		{"pattern wider than the grant", "", []string{"*"}, "", connect.CodePermissionDenied, []string{`covering *`}},
 		{"pattern beside the grant", "", []string{"identity.*"}, "", connect.CodePermissionDenied, []string{"identity.*"}},
-		{"type not visible to the audience", "", []string{"billing.audit.logged"}, "", connect.CodePermissionDenied, []string{"billing.audit.logged", "PARTNER"}},
-		{"one refused type among allowed ones", "", []string{"billing.invoice.paid", "billing.audit.logged"}, "", connect.CodePermissionDenied, []string{"billing.audit.logged"}},
+		{"type not visible to the audience", "", []string{"billing.audit.logged"}, "", connect.CodeNotFound, []string{`event type "billing.audit.logged" does not exist`}},
+		{"type not registered", "", []string{"billing.invoice.voided"}, "", connect.CodeNotFound, []string{`event type "billing.invoice.voided" does not exist`}},
+		{"one refused type among allowed ones", "", []string{"billing.invoice.paid", "billing.audit.logged"}, "", connect.CodeNotFound, []string{"billing.audit.logged"}},
 		{"another application", other.GetId(), []string{"billing.invoice.paid"}, "", connect.CodeNotFound, []string{"does not exist"}},
 	} {
 		t.Run(c.name, func(t *testing.T) {

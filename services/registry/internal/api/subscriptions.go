@@ -114,15 +114,18 @@ func digits(s string) bool {
 }
 
 // mayReceive tells why an application may not subscribe to the types it
-// names: every exact name must be visible to its audience, not retired,
-// and covered by a subscribe grant; every pattern covered by a subscribe
+// names: every exact name must be registered and visible to its audience
+// (else NOT_FOUND, the same for both), not retired, and covered by a
+// subscribe grant; every pattern covered by a subscribe
 // grant (types it will match are checked for visibility on delivery).
 func mayReceive(app *registryv1.Application, patterns []string, types map[string]*registryv1.EventType) error {
 	for _, p := range patterns {
-		if et, ok := types[p]; ok {
-			if !access.Visible(app.GetAudience(), et.GetVisibility()) {
-				return denied("application %s (audience %s) may not see event type %s (visibility %s)",
-					app.GetId(), audienceName(app.GetAudience()), p, visibilityName(et.GetVisibility()))
+		if !strings.Contains(p, "*") {
+			// A type the audience may not see does not exist for it: the
+			// same answer as for an unregistered one, on every channel.
+			et, ok := types[p]
+			if !ok || !access.Visible(app.GetAudience(), et.GetVisibility()) {
+				return &store.NotFoundError{Kind: "event type", Name: p}
 			}
 			if et.GetLifecycle() == registryv1.Lifecycle_LIFECYCLE_RETIRED {
 				return failedPrecondition("event type %s is retired: it takes no new subscriptions", p)
@@ -133,22 +136,6 @@ func mayReceive(app *registryv1.Application, patterns []string, types map[string
 		}
 	}
 	return nil
-}
-
-// audienceName names an audience as people say it; unset is INTERNAL.
-func audienceName(a registryv1.Audience) string {
-	if a == registryv1.Audience_AUDIENCE_UNSPECIFIED {
-		a = registryv1.Audience_AUDIENCE_INTERNAL
-	}
-	return strings.TrimPrefix(a.String(), "AUDIENCE_")
-}
-
-// visibilityName names a visibility as people say it; unset is INTERNAL.
-func visibilityName(v registryv1.Visibility) string {
-	if v == registryv1.Visibility_VISIBILITY_UNSPECIFIED {
-		v = registryv1.Visibility_VISIBILITY_INTERNAL
-	}
-	return strings.TrimPrefix(v.String(), "VISIBILITY_")
 }
 
 // startNotFuture refuses a start cursor or time after the log's clock (Redis
