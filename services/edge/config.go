@@ -1,9 +1,6 @@
 package edge
 
 import (
-	"fmt"
-	"os"
-	"strconv"
 	"time"
 
 	"github.com/heraldmesh/herald/platform/config"
@@ -35,16 +32,18 @@ var EnvVars = []string{"HERALD_EDGE_HEARTBEAT", "HERALD_EDGE_MAX_STREAMS", "HERA
 func ConfigFromEnv() (Config, error) {
 	cfg := Config{Common: config.FromEnv()}
 	var err error
-	if cfg.Heartbeat, err = envDuration("HERALD_EDGE_HEARTBEAT"); err != nil {
+	if cfg.Heartbeat, err = config.EnvDuration("HERALD_EDGE_HEARTBEAT"); err != nil {
 		return cfg, err
 	}
-	if cfg.MaxStreams, err = envInt("HERALD_EDGE_MAX_STREAMS"); err != nil {
+	maxStreams, err := config.EnvInt("HERALD_EDGE_MAX_STREAMS")
+	if err != nil {
 		return cfg, err
 	}
-	if cfg.UsageFlush, err = envDuration("HERALD_EDGE_USAGE_FLUSH"); err != nil {
+	cfg.MaxStreams = int64(maxStreams)
+	if cfg.UsageFlush, err = config.EnvDuration("HERALD_EDGE_USAGE_FLUSH"); err != nil {
 		return cfg, err
 	}
-	if cfg.WriteTimeout, err = envDuration("HERALD_EDGE_WRITE_TIMEOUT"); err != nil {
+	if cfg.WriteTimeout, err = config.EnvDuration("HERALD_EDGE_WRITE_TIMEOUT"); err != nil {
 		return cfg, err
 	}
 	cfg.setDefaults()
@@ -68,28 +67,4 @@ func (c *Config) setDefaults() {
 	if c.WriteTimeout <= 0 {
 		c.WriteTimeout = DefaultWriteTimeout
 	}
-}
-
-func envInt(name string) (int64, error) {
-	v := os.Getenv(name)
-	if v == "" {
-		return 0, nil
-	}
-	n, err := strconv.ParseInt(v, 10, 64)
-	if err != nil || n < 1 {
-		return 0, fmt.Errorf("%s %q: give a whole number of at least 1", name, v)
-	}
-	return n, nil
-}
-
-func envDuration(name string) (time.Duration, error) {
-	v := os.Getenv(name)
-	if v == "" {
-		return 0, nil
-	}
-	d, err := time.ParseDuration(v)
-	if err != nil || d <= 0 {
-		return 0, fmt.Errorf("%s %q: give a positive duration such as 15s or 1m", name, v)
-	}
-	return d, nil
 }

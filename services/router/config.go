@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"strconv"
-	"time"
 
 	"github.com/heraldmesh/herald/platform/config"
 )
@@ -28,19 +27,19 @@ var EnvVars = []string{
 func ConfigFromEnv() (Config, error) {
 	cfg := Config{Common: config.FromEnv()}
 	var err error
-	if cfg.DedupeWindow, err = envDuration("HERALD_ROUTER_DEDUPE_WINDOW"); err != nil {
+	if cfg.DedupeWindow, err = config.EnvDuration("HERALD_ROUTER_DEDUPE_WINDOW"); err != nil {
 		return cfg, err
 	}
-	if cfg.MaxBatch, err = envInt("HERALD_ROUTER_MAX_BATCH"); err != nil {
+	if cfg.MaxBatch, err = config.EnvInt("HERALD_ROUTER_MAX_BATCH"); err != nil {
 		return cfg, err
 	}
-	if cfg.MaxBatchBytes, err = envInt("HERALD_ROUTER_MAX_BATCH_BYTES"); err != nil {
+	if cfg.MaxBatchBytes, err = config.EnvInt("HERALD_ROUTER_MAX_BATCH_BYTES"); err != nil {
 		return cfg, err
 	}
-	if cfg.MaxEventBytes, err = envInt("HERALD_ROUTER_MAX_EVENT_BYTES"); err != nil {
+	if cfg.MaxEventBytes, err = config.EnvInt("HERALD_ROUTER_MAX_EVENT_BYTES"); err != nil {
 		return cfg, err
 	}
-	if cfg.MaxSubscribeStreams, err = envInt("HERALD_ROUTER_MAX_SUBSCRIBE_STREAMS"); err != nil {
+	if cfg.MaxSubscribeStreams, err = config.EnvInt("HERALD_ROUTER_MAX_SUBSCRIBE_STREAMS"); err != nil {
 		return cfg, err
 	}
 	if v := os.Getenv("HERALD_ROUTER_MEMORY_HIGH_WATER"); v != "" {
@@ -65,28 +64,4 @@ func RunFromEnv(ctx context.Context) error {
 		return err
 	}
 	return svc.Run(ctx)
-}
-
-func envInt(name string) (int, error) {
-	v := os.Getenv(name)
-	if v == "" {
-		return 0, nil
-	}
-	n, err := strconv.Atoi(v)
-	if err != nil || n < 1 {
-		return 0, fmt.Errorf("%s %q: give a whole number of at least 1", name, v)
-	}
-	return n, nil
-}
-
-func envDuration(name string) (time.Duration, error) {
-	v := os.Getenv(name)
-	if v == "" {
-		return 0, nil
-	}
-	d, err := time.ParseDuration(v)
-	if err != nil || d <= 0 {
-		return 0, fmt.Errorf("%s %q: give a positive duration such as 24h or 90m", name, v)
-	}
-	return d, nil
 }
