@@ -56,3 +56,31 @@ func Eventually(t testing.TB, timeout time.Duration, cond func() bool, msg strin
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// Service is what every Herald service's New returns.
+type Service interface {
+	Listen() (net.Addr, error)
+	Run(context.Context) error
+}
+
+// Serve binds and runs svc until the test ends, then stops it (failing the
+// test if it takes over 20s), and returns its bound address.
+func Serve(t testing.TB, svc Service) string {
+	t.Helper()
+	addr, err := svc.Listen()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- svc.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(20 * time.Second):
+			t.Error("service did not stop within 20s")
+		}
+	})
+	return addr.String()
+}

@@ -122,15 +122,8 @@ func TestEdgeConnectionCeilingBelowFileLimit(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	raddr, err := reg.Listen()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	regDone := make(chan error, 1)
-	go func() { regDone <- reg.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-regDone })
-	regClient := registryv1connect.NewRegistryServiceClient(rpc.HTTPClient(), rpc.BaseURL(raddr.String()), rpc.ClientOptions(adminKey)...)
+	raddr := testutil.Serve(t, reg)
+	regClient := registryv1connect.NewRegistryServiceClient(rpc.HTTPClient(), rpc.BaseURL(raddr), rpc.ClientOptions(adminKey)...)
 	testutil.Eventually(t, 20*time.Second, func() bool {
 		_, err := regClient.CreateEventType(context.Background(), connect.NewRequest(&registryv1.CreateEventTypeRequest{
 			EventType: &registryv1.EventType{Name: "shop.order.created", Schema: `{"type":"object"}`},
@@ -142,7 +135,7 @@ func TestEdgeConnectionCeilingBelowFileLimit(t *testing.T) {
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), edgeProcessEnv+"=300",
 		"HERALD_REDIS_URL="+srv.URL(), "HERALD_ADMIN_KEY="+adminKey,
-		"HERALD_REGISTRY_ADDR="+raddr.String(), "HERALD_EDGE_ADDR="+addr)
+		"HERALD_REGISTRY_ADDR="+raddr, "HERALD_EDGE_ADDR="+addr)
 	var out bytes.Buffer // read only once the process has ended
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {

@@ -247,22 +247,7 @@ func TestEdgeStreamCeilingCoversEveryChannel(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	bound, err := svc.Listen()
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := bound.String()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- svc.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case <-done:
-		case <-time.After(20 * time.Second):
-			t.Error("edge did not stop within 20s")
-		}
-	})
+	addr := testutil.Serve(t, svc)
 	testutil.Eventually(t, 20*time.Second, func() bool {
 		res, err := http.Get(rpc.BaseURL(addr) + "/readyz")
 		if err != nil {
