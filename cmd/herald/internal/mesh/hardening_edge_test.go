@@ -316,7 +316,7 @@ func TestEdgeFutureCursorRefused(t *testing.T) {
 	}
 	body, _ := io.ReadAll(io.LimitReader(res.Body, 4096))
 	res.Body.Close()
-	want := "cursor " + future + " is after the newest event " + newest
+	want := "cursor " + future + " is in the future, which would skip every event until then: the newest cursor of the types this stream covers is " + newest
 	if res.StatusCode != http.StatusBadRequest || !strings.Contains(string(body), want) {
 		t.Fatalf("SSE from a future cursor: %d %s, want 400 with %q", res.StatusCode, body, want)
 	}

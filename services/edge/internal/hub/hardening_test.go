@@ -67,12 +67,12 @@ func TestCursorInTheFuture(t *testing.T) {
 	if !errors.As(err, &ahead) {
 		t.Fatalf("future cursor: got %v, want CursorAheadError", err)
 	}
-	if want := "cursor 99999999999999-0 is after the newest event " + p.Cursor.String(); !strings.Contains(err.Error(), want) {
+	if want := "cursor 99999999999999-0 is in the future, which would skip every event until then: the newest cursor of the types this stream covers is " + p.Cursor.String(); !strings.Contains(err.Error(), want) {
 		t.Fatalf("got %q, want it to contain %q", err, want)
 	}
 	// No event in the streams asked for: the newest cursor is 0.
 	err = stream([]string{"identity.*"}, future)
-	if !errors.As(err, &ahead) || !strings.Contains(err.Error(), "newest event 0;") {
+	if !errors.As(err, &ahead) || !strings.Contains(err.Error(), "covers is 0;") {
 		t.Fatalf("future cursor over empty streams: got %v", err)
 	}
 	// Between the newest event and now: fine.

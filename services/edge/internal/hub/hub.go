@@ -406,7 +406,7 @@ func (e *CursorAheadError) Error() string {
 	if e.Newest != nil {
 		newest = *e.Newest
 	}
-	return fmt.Sprintf("cursor %s is after the newest event %s; resume from it or omit the cursor", e.Cursor, eventlog.NewestString(newest))
+	return fmt.Sprintf("cursor %s is in the future, which would skip every event until then: the newest cursor of the types this stream covers is %s; resume from it or omit the cursor", e.Cursor, eventlog.NewestString(newest))
 }
 
 // checkCursor refuses a cursor after the hub position (head < cursor) when
