@@ -1,6 +1,5 @@
 // Package backoff is the one delay policy of Herald's retry loops (the
-// catalog's Watch, the edge's log reader, metering's fold, the router's
-// background loops): exponential from Initial to Max, with jitter so that
+// catalog's Watch, the edge's log reader, metering's fold): exponential from Initial to Max, with jitter so that
 // replicas do not retry in step, and reset by the loop as soon as an attempt
 // succeeds, so that one long outage does not slow the recovery from the next.
 // It is github.com/cenkalti/backoff/v5's exponential policy with Herald's

@@ -20,6 +20,7 @@ import (
 	"github.com/heraldmesh/herald/platform/catalog"
 	"github.com/heraldmesh/herald/platform/eventlog"
 	"github.com/heraldmesh/herald/platform/eventtype"
+	"github.com/heraldmesh/herald/platform/service"
 	"github.com/heraldmesh/herald/services/edge/internal/ceiling"
 	"github.com/heraldmesh/herald/services/edge/internal/hub"
 )
@@ -207,7 +208,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	sr, err := ParseRequest(r.Context(), h.Catalog, q["types"], cursor)
 	if err != nil {
-		auth.WriteError(w, r, err)
+		// The rule every RPC gets from service.ErrorInterceptor: a server
+		// fault (the registry unreachable) is answered without its detail.
+		auth.WriteError(w, r, service.ClientError(h.Log, "GET /v1/stream", err))
 		return
 	}
 	release, ok := h.Ceiling.Acquire(Channel)
