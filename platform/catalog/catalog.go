@@ -213,12 +213,33 @@ func (c *Cache) Updated() <-chan struct{} {
 	return c.updated
 }
 
-// KeyExpires is when the application key with this id expires; zero when
-// it never does or the cache has not seen it.
-func (c *Cache) KeyExpires(keyID string) time.Time {
+// WaitKey blocks until updated (from Updated, taken before the caller
+// last looked at the key) is closed, the application key keyID expires
+// (which no change announces), or ctx ends; it reports whether ctx is still
+// live. Open streams loop on it to re-check their caller:
+//
+//	for {
+//		updated := cat.Updated()
+//		if cat.KeyRevoked(keyID) { ... end the stream }
+//		if !cat.WaitKey(ctx, updated, keyID) { return }
+//	}
+func (c *Cache) WaitKey(ctx context.Context, updated <-chan struct{}, keyID string) bool {
 	c.mu.RLock()
-	defer c.mu.RUnlock()
-	return c.keyByID[keyID].expires
+	expires := c.keyByID[keyID].expires
+	c.mu.RUnlock()
+	var expiry <-chan time.Time
+	if !expires.IsZero() {
+		t := time.NewTimer(time.Until(expires) + time.Millisecond)
+		defer t.Stop()
+		expiry = t.C
+	}
+	select {
+	case <-ctx.Done():
+		return false
+	case <-updated:
+	case <-expiry:
+	}
+	return ctx.Err() == nil
 }
 
 // KeyRevoked reports whether the application key with this id is known to be

@@ -13,6 +13,7 @@ import (
 	registryv1 "github.com/heraldmesh/herald/api/gen/herald/registry/v1"
 	routerv1 "github.com/heraldmesh/herald/api/gen/herald/router/v1"
 	"github.com/heraldmesh/herald/platform/testutil"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
@@ -180,6 +181,29 @@ func TestSubscribeEndsOnRevocation(t *testing.T) {
 		if d.GetEvent().GetId() != "" {
 			t.Fatalf("delivered after the revocation: %s", d.GetEvent().GetId())
 		}
+	}
+
+	// A key that expires (rotated out) ends its stream too, though no
+	// catalog change marks the moment it expires.
+	old, err := e.registry.CreateKey(context.Background(), connect.NewRequest(&registryv1.CreateKeyRequest{ApplicationId: app.GetId()}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c = subscribeTo(t, routerClient(addr, old.Msg.GetKey().GetSecret()), &routerv1.SubscribeRequest{SubscriptionId: sub.GetId()})
+	mustPublish(t, pub, event(orderCreated, "before-rotation", order("o", 5)))
+	c.ack(c.next())
+	if _, err := e.registry.CreateKey(context.Background(), connect.NewRequest(&registryv1.CreateKeyRequest{
+		ApplicationId: app.GetId(), RotateOverlap: durationpb.New(time.Second),
+	})); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-c.done:
+		if connect.CodeOf(err) != connect.CodeUnauthenticated {
+			t.Fatalf("the stream of an expired key ended with %v, want UNAUTHENTICATED", err)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("the stream of an expired key is still open")
 	}
 }
 

@@ -124,22 +124,7 @@ func (r *Request) Watch(ctx context.Context, cat *catalog.Cache) error {
 		if err := r.recheck(ctx, cat); err != nil {
 			return err
 		}
-		// A key expiring is no catalog change: wake up for it too.
-		var expiry <-chan time.Time
-		var t *time.Timer
-		if at := cat.KeyExpires(r.caller.KeyID); !at.IsZero() {
-			t = time.NewTimer(time.Until(at) + time.Millisecond)
-			expiry = t.C
-		}
-		select {
-		case <-ctx.Done():
-		case <-updated:
-		case <-expiry:
-		}
-		if t != nil {
-			t.Stop()
-		}
-		if ctx.Err() != nil {
+		if !cat.WaitKey(ctx, updated, r.caller.KeyID) {
 			return nil
 		}
 	}

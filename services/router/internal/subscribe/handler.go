@@ -123,26 +123,17 @@ func (h *Handler) Subscribe(ctx context.Context, req *connect.Request[routerv1.S
 // were open.
 var errKeyRevoked = errors.New("the key of this stream was revoked or has expired: reconnect with a valid key (unacknowledged deliveries will be delivered again)")
 
-// keyRecheck is how often an open stream looks at its key's expiry, which
-// no catalog change announces.
-const keyRecheck = time.Second
-
 // watchKey ends a stream (cancelling it with errKeyRevoked) once the
 // catalog learns that its key was revoked or once the key expires.
 func (m *Manager) watchKey(ctx context.Context, keyID string, cancel context.CancelCauseFunc) {
-	tick := time.NewTicker(keyRecheck)
-	defer tick.Stop()
 	for {
 		updated := m.cat.Updated()
 		if m.cat.KeyRevoked(keyID) {
 			cancel(errKeyRevoked)
 			return
 		}
-		select {
-		case <-ctx.Done():
+		if !m.cat.WaitKey(ctx, updated, keyID) {
 			return
-		case <-updated:
-		case <-tick.C:
 		}
 	}
 }
