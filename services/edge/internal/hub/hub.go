@@ -397,16 +397,13 @@ func (h *Hub) Stream(ctx context.Context, patterns []string, o Options, send fun
 // the current time: no event can ever come after it.
 type CursorAheadError struct {
 	Cursor eventlog.ID
-	// Newest is the newest event of the streams asked for; nil when there is none.
-	Newest *eventlog.ID
+	// Newest is the newest event of the streams asked for; Zero when there
+	// is none.
+	Newest eventlog.ID
 }
 
 func (e *CursorAheadError) Error() string {
-	newest := eventlog.Zero
-	if e.Newest != nil {
-		newest = *e.Newest
-	}
-	return fmt.Sprintf("cursor %s is in the future, which would skip every event until then: the newest cursor of the types this stream covers is %s; resume from it or omit the cursor", e.Cursor, eventlog.NewestString(newest))
+	return fmt.Sprintf("cursor %s is in the future, which would skip every event until then: the newest cursor of the types this stream covers is %s; resume from it or omit the cursor", e.Cursor, eventlog.NewestString(e.Newest))
 }
 
 // checkCursor refuses a cursor after the hub position (head < cursor) when
@@ -420,16 +417,12 @@ func (h *Hub) checkCursor(ctx context.Context, s *sub, cursor eventlog.ID) error
 		streams = append(streams, k)
 	}
 	h.mu.Unlock()
-	newestID, now, err := eventlog.Newest(ctx, h.rdb, streams)
+	newest, now, err := eventlog.Newest(ctx, h.rdb, streams)
 	if err != nil {
 		return fmt.Errorf("check cursor: %w", err)
 	}
-	if !eventlog.InFuture(cursor, now) || !newestID.Less(cursor) {
+	if !eventlog.InFuture(cursor, now) || !newest.Less(cursor) {
 		return nil // the present, or an event exists there
-	}
-	var newest *eventlog.ID
-	if newestID != eventlog.Zero {
-		newest = &newestID
 	}
 	return &CursorAheadError{Cursor: cursor, Newest: newest}
 }
