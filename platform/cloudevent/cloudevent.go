@@ -17,6 +17,11 @@ import (
 	eventv1 "github.com/heraldmesh/herald/api/gen/herald/event/v1"
 )
 
+// DefaultMaxBytes is the default largest encoded event the router takes
+// (HERALD_ROUTER_MAX_EVENT_BYTES), and the largest a filter's cost is
+// estimated on.
+const DefaultMaxBytes = 1 << 20
+
 // SpecVersion is the CloudEvents version Herald speaks.
 const SpecVersion = "1.0"
 

@@ -50,7 +50,7 @@ const MaxEstimatedCost = 100 * CostLimit
 
 // MaxEventBytes bounds the size of every list, map and string a filter may
 // meet, for the cost estimate: the router's default largest event.
-const MaxEventBytes = 1 << 20
+const MaxEventBytes = cloudevent.DefaultMaxBytes
 
 // ErrUnevaluable marks an evaluation that failed for another reason than
 // the event's shape (a missing field or a type mismatch, which are no

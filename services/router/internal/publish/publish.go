@@ -36,7 +36,7 @@ type Limits struct {
 }
 
 // DefaultMaxEventBytes is Limits.MaxEventBytes when unset: 1 MiB.
-const DefaultMaxEventBytes = 1 << 20
+const DefaultMaxEventBytes = cloudevent.DefaultMaxBytes
 
 // Guards refuse publishes to protect Redis, rather than queue them.
 type Guards struct {
