@@ -182,3 +182,18 @@ func RegistryResolver(registryAddr, adminKey string) auth.Resolver {
 		return auth.Principal{ApplicationID: res.Msg.GetKey().GetApplicationId(), KeyID: res.Msg.GetKey().GetId()}, nil
 	})
 }
+
+// RunFromEnv builds a service from its settings in the environment and
+// runs it until ctx ends: what each service's binary does. fromEnv is the
+// service's ConfigFromEnv, build its New.
+func RunFromEnv[C any, S interface{ Run(context.Context) error }](ctx context.Context, fromEnv func() (C, error), build func(C) (S, error)) error {
+	cfg, err := fromEnv()
+	if err != nil {
+		return err
+	}
+	svc, err := build(cfg)
+	if err != nil {
+		return err
+	}
+	return svc.Run(ctx)
+}

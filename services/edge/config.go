@@ -1,9 +1,11 @@
 package edge
 
 import (
+	"context"
 	"time"
 
 	"github.com/heraldmesh/herald/platform/config"
+	"github.com/heraldmesh/herald/platform/service"
 )
 
 // The edge's defaults, in one place: New fills unset fields from these.
@@ -67,4 +69,10 @@ func (c *Config) setDefaults() {
 	if c.WriteTimeout <= 0 {
 		c.WriteTimeout = DefaultWriteTimeout
 	}
+}
+
+// RunFromEnv runs an edge configured by ConfigFromEnv until ctx ends, as
+// the edge binary does.
+func RunFromEnv(ctx context.Context) error {
+	return service.RunFromEnv(ctx, ConfigFromEnv, New)
 }

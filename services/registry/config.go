@@ -4,6 +4,7 @@ import (
 	"context"
 
 	"github.com/heraldmesh/herald/platform/config"
+	"github.com/heraldmesh/herald/platform/service"
 )
 
 // EnvVars are the variables ConfigFromEnv reads besides the common ones.
@@ -27,13 +28,5 @@ func ConfigFromEnv() (Config, error) {
 // RunFromEnv runs a registry configured by ConfigFromEnv until ctx ends, as
 // the registry binary does.
 func RunFromEnv(ctx context.Context) error {
-	cfg, err := ConfigFromEnv()
-	if err != nil {
-		return err
-	}
-	svc, err := New(cfg)
-	if err != nil {
-		return err
-	}
-	return svc.Run(ctx)
+	return service.RunFromEnv(ctx, ConfigFromEnv, New)
 }

@@ -7,6 +7,7 @@ import (
 	"strconv"
 
 	"github.com/heraldmesh/herald/platform/config"
+	"github.com/heraldmesh/herald/platform/service"
 )
 
 // EnvVars are the variables ConfigFromEnv reads besides the common ones.
@@ -55,13 +56,5 @@ func ConfigFromEnv() (Config, error) {
 // RunFromEnv runs a router configured by ConfigFromEnv until ctx ends, as
 // the router binary does.
 func RunFromEnv(ctx context.Context) error {
-	cfg, err := ConfigFromEnv()
-	if err != nil {
-		return err
-	}
-	svc, err := New(cfg)
-	if err != nil {
-		return err
-	}
-	return svc.Run(ctx)
+	return service.RunFromEnv(ctx, ConfigFromEnv, New)
 }

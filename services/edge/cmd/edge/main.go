@@ -16,15 +16,7 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	config.WarnUnknownVars(nil, []string{"HERALD_EDGE_"}, edge.EnvVars...)
-	cfg, err := edge.ConfigFromEnv()
-	var svc *edge.Service
-	if err == nil {
-		svc, err = edge.New(cfg)
-	}
-	if err == nil {
-		err = svc.Run(ctx)
-	}
-	if err != nil {
+	if err := edge.RunFromEnv(ctx); err != nil {
 		fmt.Fprintln(os.Stderr, "edge:", err)
 		os.Exit(1)
 	}
