@@ -5,6 +5,7 @@ package testutil
 import (
 	"context"
 	"net"
+	"sync"
 	"testing"
 	"time"
 
@@ -67,20 +68,33 @@ type Service interface {
 // test if it takes over 20s), and returns its bound address.
 func Serve(t testing.TB, svc Service) string {
 	t.Helper()
-	addr, err := svc.Listen()
+	addr, _ := Start(t, svc)
+	return addr
+}
+
+// Start is Serve that also returns stop, which stops svc at once and waits
+// for it (a test breaking a dependency on purpose); calling it again, or the
+// cleanup after it, does nothing.
+func Start(t testing.TB, svc Service) (addr string, stop func()) {
+	t.Helper()
+	bound, err := svc.Listen()
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- svc.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case <-done:
-		case <-time.After(20 * time.Second):
-			t.Error("service did not stop within 20s")
-		}
-	})
-	return addr.String()
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case <-done:
+			case <-time.After(20 * time.Second):
+				t.Error("service did not stop within 20s")
+			}
+		})
+	}
+	t.Cleanup(stop)
+	return bound.String(), stop
 }

@@ -30,15 +30,8 @@ func TestSSEServerFaultCarriesNoInternals(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	raddr, err := reg.Listen()
-	if err != nil {
-		t.Fatal(err)
-	}
-	regCtx, stopRegistry := context.WithCancel(context.Background())
-	regDone := make(chan error, 1)
-	go func() { regDone <- reg.Run(regCtx) }()
-	t.Cleanup(func() { stopRegistry(); <-regDone })
-	common.RegistryAddr = raddr.String()
+	var stopRegistry func()
+	common.RegistryAddr, stopRegistry = testutil.Start(t, reg)
 
 	regClient := registryv1connect.NewRegistryServiceClient(rpc.HTTPClient(), rpc.BaseURL(common.RegistryAddr), rpc.ClientOptions(adminKey)...)
 	var key string
@@ -78,8 +71,6 @@ func TestSSEServerFaultCarriesNoInternals(t *testing.T) {
 	testutil.Eventually(t, 20*time.Second, func() bool { code, _ := get("types=billing.*"); return code == http.StatusOK }, "edge never served the key")
 
 	stopRegistry()
-	<-regDone
-	regDone <- nil // for the cleanup
 	code, body := get("types=billing.invoice.unseen")
 	if code != http.StatusServiceUnavailable {
 		t.Fatalf("stream of an unseen type with the registry down: %d %s, want 503", code, body)
