@@ -324,6 +324,163 @@ func (GrantAction) EnumDescriptor() ([]byte, []int) {
 	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{4}
 }
 
+// WebhookOrdering is how deliveries to one endpoint are ordered.
+type WebhookOrdering int32
+
+const (
+	// Unordered: up to max_concurrency requests at once; a failed delivery
+	// is retried later while others go on.
+	WebhookOrdering_WEBHOOK_ORDERING_UNSPECIFIED WebhookOrdering = 0
+	// In log order, one request at a time; a failing delivery holds the
+	// ones after it until it succeeds or is dead-lettered.
+	WebhookOrdering_WEBHOOK_ORDERING_ORDERED WebhookOrdering = 1
+	// In log order per CloudEvents partitionkey (retries included: a later
+	// event of a key waits for the earlier one); keys go in parallel, up to
+	// max_concurrency. Events without a key are ordered among themselves.
+	WebhookOrdering_WEBHOOK_ORDERING_PARTITION_KEY WebhookOrdering = 2
+)
+
+// Enum value maps for WebhookOrdering.
+var (
+	WebhookOrdering_name = map[int32]string{
+		0: "WEBHOOK_ORDERING_UNSPECIFIED",
+		1: "WEBHOOK_ORDERING_ORDERED",
+		2: "WEBHOOK_ORDERING_PARTITION_KEY",
+	}
+	WebhookOrdering_value = map[string]int32{
+		"WEBHOOK_ORDERING_UNSPECIFIED":   0,
+		"WEBHOOK_ORDERING_ORDERED":       1,
+		"WEBHOOK_ORDERING_PARTITION_KEY": 2,
+	}
+)
+
+func (x WebhookOrdering) Enum() *WebhookOrdering {
+	p := new(WebhookOrdering)
+	*p = x
+	return p
+}
+
+func (x WebhookOrdering) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (WebhookOrdering) Descriptor() protoreflect.EnumDescriptor {
+	return file_herald_registry_v1_registry_proto_enumTypes[5].Descriptor()
+}
+
+func (WebhookOrdering) Type() protoreflect.EnumType {
+	return &file_herald_registry_v1_registry_proto_enumTypes[5]
+}
+
+func (x WebhookOrdering) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use WebhookOrdering.Descriptor instead.
+func (WebhookOrdering) EnumDescriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{5}
+}
+
+// WebhookSigning is the Standard Webhooks signature scheme of an endpoint.
+type WebhookSigning int32
+
+const (
+	// v1: HMAC-SHA256 with a shared whsec_ secret.
+	WebhookSigning_WEBHOOK_SIGNING_UNSPECIFIED WebhookSigning = 0
+	// v1a: Ed25519; receivers verify with the whpk_ public key, also
+	// published at jwks_url.
+	WebhookSigning_WEBHOOK_SIGNING_ED25519 WebhookSigning = 1
+)
+
+// Enum value maps for WebhookSigning.
+var (
+	WebhookSigning_name = map[int32]string{
+		0: "WEBHOOK_SIGNING_UNSPECIFIED",
+		1: "WEBHOOK_SIGNING_ED25519",
+	}
+	WebhookSigning_value = map[string]int32{
+		"WEBHOOK_SIGNING_UNSPECIFIED": 0,
+		"WEBHOOK_SIGNING_ED25519":     1,
+	}
+)
+
+func (x WebhookSigning) Enum() *WebhookSigning {
+	p := new(WebhookSigning)
+	*p = x
+	return p
+}
+
+func (x WebhookSigning) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (WebhookSigning) Descriptor() protoreflect.EnumDescriptor {
+	return file_herald_registry_v1_registry_proto_enumTypes[6].Descriptor()
+}
+
+func (WebhookSigning) Type() protoreflect.EnumType {
+	return &file_herald_registry_v1_registry_proto_enumTypes[6]
+}
+
+func (x WebhookSigning) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use WebhookSigning.Descriptor instead.
+func (WebhookSigning) EnumDescriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{6}
+}
+
+// WebhookContentMode is how the CloudEvent travels in the request.
+type WebhookContentMode int32
+
+const (
+	// Structured: the whole CloudEvent as application/cloudevents+json.
+	WebhookContentMode_WEBHOOK_CONTENT_MODE_UNSPECIFIED WebhookContentMode = 0
+	// Binary: attributes as ce-* headers, the data as the body with its
+	// datacontenttype.
+	WebhookContentMode_WEBHOOK_CONTENT_MODE_BINARY WebhookContentMode = 1
+)
+
+// Enum value maps for WebhookContentMode.
+var (
+	WebhookContentMode_name = map[int32]string{
+		0: "WEBHOOK_CONTENT_MODE_UNSPECIFIED",
+		1: "WEBHOOK_CONTENT_MODE_BINARY",
+	}
+	WebhookContentMode_value = map[string]int32{
+		"WEBHOOK_CONTENT_MODE_UNSPECIFIED": 0,
+		"WEBHOOK_CONTENT_MODE_BINARY":      1,
+	}
+)
+
+func (x WebhookContentMode) Enum() *WebhookContentMode {
+	p := new(WebhookContentMode)
+	*p = x
+	return p
+}
+
+func (x WebhookContentMode) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (WebhookContentMode) Descriptor() protoreflect.EnumDescriptor {
+	return file_herald_registry_v1_registry_proto_enumTypes[7].Descriptor()
+}
+
+func (WebhookContentMode) Type() protoreflect.EnumType {
+	return &file_herald_registry_v1_registry_proto_enumTypes[7]
+}
+
+func (x WebhookContentMode) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use WebhookContentMode.Descriptor instead.
+func (WebhookContentMode) EnumDescriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{7}
+}
+
 // Domain groups event types by business area; its name is the first
 // segment of their names.
 type Domain struct {
@@ -3597,11 +3754,52 @@ func (x *DeliveryPolicy) GetMaxAttempts() int32 {
 	return 0
 }
 
-// WebhookChannel is a webhook endpoint.
+// WebhookChannel is a webhook endpoint: where and how events are POSTed,
+// signed per Standard Webhooks.
 type WebhookChannel struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The endpoint URL (https, or http for allowlisted hosts).
-	Url           string `protobuf:"bytes,1,opt,name=url,proto3" json:"url,omitempty"`
+	// The endpoint URL (https, or http for allowlisted hosts). Loopback,
+	// private, link-local and metadata addresses are refused unless the
+	// operator allowlisted them (HERALD_WEBHOOK_ALLOW).
+	Url string `protobuf:"bytes,1,opt,name=url,proto3" json:"url,omitempty"`
+	// How deliveries to this endpoint are ordered. Default unordered.
+	Ordering WebhookOrdering `protobuf:"varint,2,opt,name=ordering,proto3,enum=herald.registry.v1.WebhookOrdering" json:"ordering,omitempty"`
+	// Most requests in flight at once to this endpoint: 1 to 100, default 10.
+	// Ordered endpoints send one at a time; ordered-by-key endpoints up to
+	// this many keys at once.
+	MaxConcurrency int32 `protobuf:"varint,3,opt,name=max_concurrency,json=maxConcurrency,proto3" json:"max_concurrency,omitempty"`
+	// Most deliveries per second to this endpoint; 0 means no limit.
+	RateLimit float64 `protobuf:"fixed64,4,opt,name=rate_limit,json=rateLimit,proto3" json:"rate_limit,omitempty"`
+	// Extra request headers (at most 20; not Standard Webhooks, CloudEvents,
+	// Content-Type, Host or hop-by-hop headers).
+	Headers map[string]string `protobuf:"bytes,5,rep,name=headers,proto3" json:"headers,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// How requests are signed. Default HMAC (v1).
+	Signing WebhookSigning `protobuf:"varint,6,opt,name=signing,proto3,enum=herald.registry.v1.WebhookSigning" json:"signing,omitempty"`
+	// How the CloudEvent is put in the request. Default structured JSON.
+	ContentMode WebhookContentMode `protobuf:"varint,7,opt,name=content_mode,json=contentMode,proto3,enum=herald.registry.v1.WebhookContentMode" json:"content_mode,omitempty"`
+	// The delays between attempts: after the first failed attempt the first
+	// delay (with full jitter), and so on; its length plus one is the number
+	// of attempts. Empty: the default schedule (5s, 5m, 30m, 2h, 5h, 10h, 10h:
+	// eight attempts over about 28 hours). At most 50 entries, each 1s to 24h.
+	RetrySchedule []*durationpb.Duration `protobuf:"bytes,8,rep,name=retry_schedule,json=retrySchedule,proto3" json:"retry_schedule,omitempty"`
+	// Per-request timeout: 1s to 60s, default 15s.
+	Timeout *durationpb.Duration `protobuf:"bytes,9,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	// True stops deliveries; events keep accumulating in the log and are
+	// delivered once it is enabled again (while retention keeps them).
+	Disabled bool `protobuf:"varint,10,opt,name=disabled,proto3" json:"disabled,omitempty"`
+	// Why it was disabled (by whom or by what failure). Output only.
+	DisabledReason string `protobuf:"bytes,11,opt,name=disabled_reason,json=disabledReason,proto3" json:"disabled_reason,omitempty"`
+	// When it was disabled. Output only.
+	DisableTime *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=disable_time,json=disableTime,proto3" json:"disable_time,omitempty"`
+	// How long an endpoint may keep failing (no success at all) before it is
+	// disabled: 1m to 30 days, default 5 days.
+	DisableAfter *durationpb.Duration `protobuf:"bytes,13,opt,name=disable_after,json=disableAfter,proto3" json:"disable_after,omitempty"`
+	// The signing secrets (metadata only: the secret itself is shown once,
+	// in the response that created it). Output only.
+	Secrets []*WebhookSecret `protobuf:"bytes,14,rep,name=secrets,proto3" json:"secrets,omitempty"`
+	// Where receivers find the Ed25519 public keys of an ED25519 endpoint (a
+	// JSON Web Key Set). Output only.
+	JwksUrl       string `protobuf:"bytes,15,opt,name=jwks_url,json=jwksUrl,proto3" json:"jwks_url,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3643,6 +3841,188 @@ func (x *WebhookChannel) GetUrl() string {
 	return ""
 }
 
+func (x *WebhookChannel) GetOrdering() WebhookOrdering {
+	if x != nil {
+		return x.Ordering
+	}
+	return WebhookOrdering_WEBHOOK_ORDERING_UNSPECIFIED
+}
+
+func (x *WebhookChannel) GetMaxConcurrency() int32 {
+	if x != nil {
+		return x.MaxConcurrency
+	}
+	return 0
+}
+
+func (x *WebhookChannel) GetRateLimit() float64 {
+	if x != nil {
+		return x.RateLimit
+	}
+	return 0
+}
+
+func (x *WebhookChannel) GetHeaders() map[string]string {
+	if x != nil {
+		return x.Headers
+	}
+	return nil
+}
+
+func (x *WebhookChannel) GetSigning() WebhookSigning {
+	if x != nil {
+		return x.Signing
+	}
+	return WebhookSigning_WEBHOOK_SIGNING_UNSPECIFIED
+}
+
+func (x *WebhookChannel) GetContentMode() WebhookContentMode {
+	if x != nil {
+		return x.ContentMode
+	}
+	return WebhookContentMode_WEBHOOK_CONTENT_MODE_UNSPECIFIED
+}
+
+func (x *WebhookChannel) GetRetrySchedule() []*durationpb.Duration {
+	if x != nil {
+		return x.RetrySchedule
+	}
+	return nil
+}
+
+func (x *WebhookChannel) GetTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.Timeout
+	}
+	return nil
+}
+
+func (x *WebhookChannel) GetDisabled() bool {
+	if x != nil {
+		return x.Disabled
+	}
+	return false
+}
+
+func (x *WebhookChannel) GetDisabledReason() string {
+	if x != nil {
+		return x.DisabledReason
+	}
+	return ""
+}
+
+func (x *WebhookChannel) GetDisableTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.DisableTime
+	}
+	return nil
+}
+
+func (x *WebhookChannel) GetDisableAfter() *durationpb.Duration {
+	if x != nil {
+		return x.DisableAfter
+	}
+	return nil
+}
+
+func (x *WebhookChannel) GetSecrets() []*WebhookSecret {
+	if x != nil {
+		return x.Secrets
+	}
+	return nil
+}
+
+func (x *WebhookChannel) GetJwksUrl() string {
+	if x != nil {
+		return x.JwksUrl
+	}
+	return ""
+}
+
+// WebhookSecret is one signing secret of an endpoint.
+type WebhookSecret struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Identifies the secret (also the JWKS kid of an Ed25519 key).
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// When it was created.
+	CreateTime *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	// Set while a rotation overlaps: after this time it no longer signs.
+	ExpireTime *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=expire_time,json=expireTime,proto3" json:"expire_time,omitempty"`
+	// For Ed25519: the whpk_ public key. Empty for HMAC.
+	PublicKey string `protobuf:"bytes,4,opt,name=public_key,json=publicKey,proto3" json:"public_key,omitempty"`
+	// The secret sealed with the mesh's secret key (HERALD_SECRET_KEY):
+	// only the services that sign see it, on Watch. Never returned to
+	// clients.
+	Sealed        string `protobuf:"bytes,5,opt,name=sealed,proto3" json:"sealed,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WebhookSecret) Reset() {
+	*x = WebhookSecret{}
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[59]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WebhookSecret) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WebhookSecret) ProtoMessage() {}
+
+func (x *WebhookSecret) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[59]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WebhookSecret.ProtoReflect.Descriptor instead.
+func (*WebhookSecret) Descriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{59}
+}
+
+func (x *WebhookSecret) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *WebhookSecret) GetCreateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreateTime
+	}
+	return nil
+}
+
+func (x *WebhookSecret) GetExpireTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpireTime
+	}
+	return nil
+}
+
+func (x *WebhookSecret) GetPublicKey() string {
+	if x != nil {
+		return x.PublicKey
+	}
+	return ""
+}
+
+func (x *WebhookSecret) GetSealed() string {
+	if x != nil {
+		return x.Sealed
+	}
+	return ""
+}
+
 // StreamChannel is delivery over a consumer-opened stream.
 type StreamChannel struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -3652,7 +4032,7 @@ type StreamChannel struct {
 
 func (x *StreamChannel) Reset() {
 	*x = StreamChannel{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[59]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3664,7 +4044,7 @@ func (x *StreamChannel) String() string {
 func (*StreamChannel) ProtoMessage() {}
 
 func (x *StreamChannel) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[59]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3677,7 +4057,7 @@ func (x *StreamChannel) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamChannel.ProtoReflect.Descriptor instead.
 func (*StreamChannel) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{59}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{60}
 }
 
 // StartPosition is where a durable subscription starts reading.
@@ -3696,7 +4076,7 @@ type StartPosition struct {
 
 func (x *StartPosition) Reset() {
 	*x = StartPosition{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[60]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3708,7 +4088,7 @@ func (x *StartPosition) String() string {
 func (*StartPosition) ProtoMessage() {}
 
 func (x *StartPosition) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[60]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3721,7 +4101,7 @@ func (x *StartPosition) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartPosition.ProtoReflect.Descriptor instead.
 func (*StartPosition) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{60}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *StartPosition) GetPosition() isStartPosition_Position {
@@ -3778,7 +4158,7 @@ type CreateSubscriptionRequest struct {
 
 func (x *CreateSubscriptionRequest) Reset() {
 	*x = CreateSubscriptionRequest{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[61]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3790,7 +4170,7 @@ func (x *CreateSubscriptionRequest) String() string {
 func (*CreateSubscriptionRequest) ProtoMessage() {}
 
 func (x *CreateSubscriptionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[61]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3803,7 +4183,7 @@ func (x *CreateSubscriptionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateSubscriptionRequest.ProtoReflect.Descriptor instead.
 func (*CreateSubscriptionRequest) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{61}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *CreateSubscriptionRequest) GetSubscription() *Subscription {
@@ -3817,14 +4197,17 @@ func (x *CreateSubscriptionRequest) GetSubscription() *Subscription {
 type CreateSubscriptionResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The created subscription.
-	Subscription  *Subscription `protobuf:"bytes,1,opt,name=subscription,proto3" json:"subscription,omitempty"`
+	Subscription *Subscription `protobuf:"bytes,1,opt,name=subscription,proto3" json:"subscription,omitempty"`
+	// For a webhook endpoint signed with HMAC: its whsec_ secret, shown this
+	// once. For Ed25519: the whpk_ public key receivers verify with.
+	WebhookSecret string `protobuf:"bytes,2,opt,name=webhook_secret,json=webhookSecret,proto3" json:"webhook_secret,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CreateSubscriptionResponse) Reset() {
 	*x = CreateSubscriptionResponse{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[62]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3836,7 +4219,7 @@ func (x *CreateSubscriptionResponse) String() string {
 func (*CreateSubscriptionResponse) ProtoMessage() {}
 
 func (x *CreateSubscriptionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[62]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3849,7 +4232,7 @@ func (x *CreateSubscriptionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateSubscriptionResponse.ProtoReflect.Descriptor instead.
 func (*CreateSubscriptionResponse) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{62}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *CreateSubscriptionResponse) GetSubscription() *Subscription {
@@ -3857,6 +4240,231 @@ func (x *CreateSubscriptionResponse) GetSubscription() *Subscription {
 		return x.Subscription
 	}
 	return nil
+}
+
+func (x *CreateSubscriptionResponse) GetWebhookSecret() string {
+	if x != nil {
+		return x.WebhookSecret
+	}
+	return ""
+}
+
+// UpdateSubscriptionRequest is the request of UpdateSubscription.
+type UpdateSubscriptionRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The subscription with its new values (id set).
+	Subscription *Subscription `protobuf:"bytes,1,opt,name=subscription,proto3" json:"subscription,omitempty"`
+	// Which fields to change, as paths: filter, delivery,
+	// webhook.url, webhook.ordering, webhook.max_concurrency,
+	// webhook.rate_limit, webhook.headers, webhook.content_mode,
+	// webhook.retry_schedule, webhook.timeout, webhook.disabled,
+	// webhook.disable_after. A changed URL, or enabling, validates the
+	// endpoint again.
+	UpdateMask    []string `protobuf:"bytes,2,rep,name=update_mask,json=updateMask,proto3" json:"update_mask,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateSubscriptionRequest) Reset() {
+	*x = UpdateSubscriptionRequest{}
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[64]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateSubscriptionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateSubscriptionRequest) ProtoMessage() {}
+
+func (x *UpdateSubscriptionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[64]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateSubscriptionRequest.ProtoReflect.Descriptor instead.
+func (*UpdateSubscriptionRequest) Descriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{64}
+}
+
+func (x *UpdateSubscriptionRequest) GetSubscription() *Subscription {
+	if x != nil {
+		return x.Subscription
+	}
+	return nil
+}
+
+func (x *UpdateSubscriptionRequest) GetUpdateMask() []string {
+	if x != nil {
+		return x.UpdateMask
+	}
+	return nil
+}
+
+// UpdateSubscriptionResponse is the response of UpdateSubscription.
+type UpdateSubscriptionResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The subscription as it now is.
+	Subscription  *Subscription `protobuf:"bytes,1,opt,name=subscription,proto3" json:"subscription,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateSubscriptionResponse) Reset() {
+	*x = UpdateSubscriptionResponse{}
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[65]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateSubscriptionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateSubscriptionResponse) ProtoMessage() {}
+
+func (x *UpdateSubscriptionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[65]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateSubscriptionResponse.ProtoReflect.Descriptor instead.
+func (*UpdateSubscriptionResponse) Descriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{65}
+}
+
+func (x *UpdateSubscriptionResponse) GetSubscription() *Subscription {
+	if x != nil {
+		return x.Subscription
+	}
+	return nil
+}
+
+// RotateWebhookSecretRequest is the request of RotateWebhookSecret.
+type RotateWebhookSecretRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The webhook subscription.
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// How long the old secrets keep signing beside the new one: 0 to 7 days,
+	// default 24h. 0 retires them at once.
+	Overlap       *durationpb.Duration `protobuf:"bytes,2,opt,name=overlap,proto3" json:"overlap,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RotateWebhookSecretRequest) Reset() {
+	*x = RotateWebhookSecretRequest{}
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[66]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotateWebhookSecretRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotateWebhookSecretRequest) ProtoMessage() {}
+
+func (x *RotateWebhookSecretRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[66]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotateWebhookSecretRequest.ProtoReflect.Descriptor instead.
+func (*RotateWebhookSecretRequest) Descriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{66}
+}
+
+func (x *RotateWebhookSecretRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *RotateWebhookSecretRequest) GetOverlap() *durationpb.Duration {
+	if x != nil {
+		return x.Overlap
+	}
+	return nil
+}
+
+// RotateWebhookSecretResponse is the response of RotateWebhookSecret.
+type RotateWebhookSecretResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The subscription as it now is.
+	Subscription *Subscription `protobuf:"bytes,1,opt,name=subscription,proto3" json:"subscription,omitempty"`
+	// The new whsec_ secret (HMAC), shown this once, or the new whpk_
+	// public key (Ed25519).
+	WebhookSecret string `protobuf:"bytes,2,opt,name=webhook_secret,json=webhookSecret,proto3" json:"webhook_secret,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RotateWebhookSecretResponse) Reset() {
+	*x = RotateWebhookSecretResponse{}
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[67]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotateWebhookSecretResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotateWebhookSecretResponse) ProtoMessage() {}
+
+func (x *RotateWebhookSecretResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[67]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotateWebhookSecretResponse.ProtoReflect.Descriptor instead.
+func (*RotateWebhookSecretResponse) Descriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{67}
+}
+
+func (x *RotateWebhookSecretResponse) GetSubscription() *Subscription {
+	if x != nil {
+		return x.Subscription
+	}
+	return nil
+}
+
+func (x *RotateWebhookSecretResponse) GetWebhookSecret() string {
+	if x != nil {
+		return x.WebhookSecret
+	}
+	return ""
 }
 
 // GetSubscriptionRequest is the request of GetSubscription.
@@ -3870,7 +4478,7 @@ type GetSubscriptionRequest struct {
 
 func (x *GetSubscriptionRequest) Reset() {
 	*x = GetSubscriptionRequest{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[63]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3882,7 +4490,7 @@ func (x *GetSubscriptionRequest) String() string {
 func (*GetSubscriptionRequest) ProtoMessage() {}
 
 func (x *GetSubscriptionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[63]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3895,7 +4503,7 @@ func (x *GetSubscriptionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSubscriptionRequest.ProtoReflect.Descriptor instead.
 func (*GetSubscriptionRequest) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{63}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{68}
 }
 
 func (x *GetSubscriptionRequest) GetId() string {
@@ -3916,7 +4524,7 @@ type GetSubscriptionResponse struct {
 
 func (x *GetSubscriptionResponse) Reset() {
 	*x = GetSubscriptionResponse{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[64]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3928,7 +4536,7 @@ func (x *GetSubscriptionResponse) String() string {
 func (*GetSubscriptionResponse) ProtoMessage() {}
 
 func (x *GetSubscriptionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[64]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3941,7 +4549,7 @@ func (x *GetSubscriptionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSubscriptionResponse.ProtoReflect.Descriptor instead.
 func (*GetSubscriptionResponse) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{64}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{69}
 }
 
 func (x *GetSubscriptionResponse) GetSubscription() *Subscription {
@@ -3962,7 +4570,7 @@ type ListSubscriptionsRequest struct {
 
 func (x *ListSubscriptionsRequest) Reset() {
 	*x = ListSubscriptionsRequest{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[65]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3974,7 +4582,7 @@ func (x *ListSubscriptionsRequest) String() string {
 func (*ListSubscriptionsRequest) ProtoMessage() {}
 
 func (x *ListSubscriptionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[65]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3987,7 +4595,7 @@ func (x *ListSubscriptionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSubscriptionsRequest.ProtoReflect.Descriptor instead.
 func (*ListSubscriptionsRequest) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{65}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{70}
 }
 
 func (x *ListSubscriptionsRequest) GetApplicationId() string {
@@ -4008,7 +4616,7 @@ type ListSubscriptionsResponse struct {
 
 func (x *ListSubscriptionsResponse) Reset() {
 	*x = ListSubscriptionsResponse{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[66]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[71]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4020,7 +4628,7 @@ func (x *ListSubscriptionsResponse) String() string {
 func (*ListSubscriptionsResponse) ProtoMessage() {}
 
 func (x *ListSubscriptionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[66]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[71]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4033,7 +4641,7 @@ func (x *ListSubscriptionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSubscriptionsResponse.ProtoReflect.Descriptor instead.
 func (*ListSubscriptionsResponse) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{66}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{71}
 }
 
 func (x *ListSubscriptionsResponse) GetSubscriptions() []*Subscription {
@@ -4054,7 +4662,7 @@ type DeleteSubscriptionRequest struct {
 
 func (x *DeleteSubscriptionRequest) Reset() {
 	*x = DeleteSubscriptionRequest{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[67]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4066,7 +4674,7 @@ func (x *DeleteSubscriptionRequest) String() string {
 func (*DeleteSubscriptionRequest) ProtoMessage() {}
 
 func (x *DeleteSubscriptionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[67]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4079,7 +4687,7 @@ func (x *DeleteSubscriptionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteSubscriptionRequest.ProtoReflect.Descriptor instead.
 func (*DeleteSubscriptionRequest) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{67}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{72}
 }
 
 func (x *DeleteSubscriptionRequest) GetId() string {
@@ -4098,7 +4706,7 @@ type DeleteSubscriptionResponse struct {
 
 func (x *DeleteSubscriptionResponse) Reset() {
 	*x = DeleteSubscriptionResponse{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[68]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[73]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4110,7 +4718,7 @@ func (x *DeleteSubscriptionResponse) String() string {
 func (*DeleteSubscriptionResponse) ProtoMessage() {}
 
 func (x *DeleteSubscriptionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[68]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[73]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4123,7 +4731,7 @@ func (x *DeleteSubscriptionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteSubscriptionResponse.ProtoReflect.Descriptor instead.
 func (*DeleteSubscriptionResponse) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{68}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{73}
 }
 
 // WatchRequest is the request of Watch.
@@ -4137,7 +4745,7 @@ type WatchRequest struct {
 
 func (x *WatchRequest) Reset() {
 	*x = WatchRequest{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[69]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[74]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4149,7 +4757,7 @@ func (x *WatchRequest) String() string {
 func (*WatchRequest) ProtoMessage() {}
 
 func (x *WatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[69]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[74]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4162,7 +4770,7 @@ func (x *WatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRequest.ProtoReflect.Descriptor instead.
 func (*WatchRequest) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{69}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{74}
 }
 
 func (x *WatchRequest) GetFromRevision() int64 {
@@ -4185,7 +4793,7 @@ type KeyChange struct {
 
 func (x *KeyChange) Reset() {
 	*x = KeyChange{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[70]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[75]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4197,7 +4805,7 @@ func (x *KeyChange) String() string {
 func (*KeyChange) ProtoMessage() {}
 
 func (x *KeyChange) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[70]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[75]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4210,7 +4818,7 @@ func (x *KeyChange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyChange.ProtoReflect.Descriptor instead.
 func (*KeyChange) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{70}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{75}
 }
 
 func (x *KeyChange) GetKey() *Key {
@@ -4240,7 +4848,7 @@ type Deletion struct {
 
 func (x *Deletion) Reset() {
 	*x = Deletion{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[71]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[76]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4252,7 +4860,7 @@ func (x *Deletion) String() string {
 func (*Deletion) ProtoMessage() {}
 
 func (x *Deletion) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[71]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[76]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4265,7 +4873,7 @@ func (x *Deletion) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Deletion.ProtoReflect.Descriptor instead.
 func (*Deletion) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{71}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{76}
 }
 
 func (x *Deletion) GetKind() string {
@@ -4307,7 +4915,7 @@ type WatchResponse struct {
 
 func (x *WatchResponse) Reset() {
 	*x = WatchResponse{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[72]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[77]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4319,7 +4927,7 @@ func (x *WatchResponse) String() string {
 func (*WatchResponse) ProtoMessage() {}
 
 func (x *WatchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[72]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[77]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4332,7 +4940,7 @@ func (x *WatchResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchResponse.ProtoReflect.Descriptor instead.
 func (*WatchResponse) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{72}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{77}
 }
 
 func (x *WatchResponse) GetRevision() int64 {
@@ -4690,9 +5298,37 @@ const file_herald_registry_v1_registry_proto_rawDesc = "" +
 	"\x0eDeliveryPolicy\x12:\n" +
 	"\vack_timeout\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\n" +
 	"ackTimeout\x12!\n" +
-	"\fmax_attempts\x18\x02 \x01(\x05R\vmaxAttempts\"\"\n" +
+	"\fmax_attempts\x18\x02 \x01(\x05R\vmaxAttempts\"\xce\x06\n" +
 	"\x0eWebhookChannel\x12\x10\n" +
-	"\x03url\x18\x01 \x01(\tR\x03url\"\x0f\n" +
+	"\x03url\x18\x01 \x01(\tR\x03url\x12?\n" +
+	"\bordering\x18\x02 \x01(\x0e2#.herald.registry.v1.WebhookOrderingR\bordering\x12'\n" +
+	"\x0fmax_concurrency\x18\x03 \x01(\x05R\x0emaxConcurrency\x12\x1d\n" +
+	"\n" +
+	"rate_limit\x18\x04 \x01(\x01R\trateLimit\x12I\n" +
+	"\aheaders\x18\x05 \x03(\v2/.herald.registry.v1.WebhookChannel.HeadersEntryR\aheaders\x12<\n" +
+	"\asigning\x18\x06 \x01(\x0e2\".herald.registry.v1.WebhookSigningR\asigning\x12I\n" +
+	"\fcontent_mode\x18\a \x01(\x0e2&.herald.registry.v1.WebhookContentModeR\vcontentMode\x12@\n" +
+	"\x0eretry_schedule\x18\b \x03(\v2\x19.google.protobuf.DurationR\rretrySchedule\x123\n" +
+	"\atimeout\x18\t \x01(\v2\x19.google.protobuf.DurationR\atimeout\x12\x1a\n" +
+	"\bdisabled\x18\n" +
+	" \x01(\bR\bdisabled\x12'\n" +
+	"\x0fdisabled_reason\x18\v \x01(\tR\x0edisabledReason\x12=\n" +
+	"\fdisable_time\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\vdisableTime\x12>\n" +
+	"\rdisable_after\x18\r \x01(\v2\x19.google.protobuf.DurationR\fdisableAfter\x12;\n" +
+	"\asecrets\x18\x0e \x03(\v2!.herald.registry.v1.WebhookSecretR\asecrets\x12\x19\n" +
+	"\bjwks_url\x18\x0f \x01(\tR\ajwksUrl\x1a:\n" +
+	"\fHeadersEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xd0\x01\n" +
+	"\rWebhookSecret\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12;\n" +
+	"\vcreate_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"createTime\x12;\n" +
+	"\vexpire_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"expireTime\x12\x1d\n" +
+	"\n" +
+	"public_key\x18\x04 \x01(\tR\tpublicKey\x12\x16\n" +
+	"\x06sealed\x18\x05 \x01(\tR\x06sealed\"\x0f\n" +
 	"\rStreamChannel\"g\n" +
 	"\rStartPosition\x12\x18\n" +
 	"\x06cursor\x18\x01 \x01(\tH\x00R\x06cursor\x120\n" +
@@ -4700,9 +5336,22 @@ const file_herald_registry_v1_registry_proto_rawDesc = "" +
 	"\n" +
 	"\bposition\"a\n" +
 	"\x19CreateSubscriptionRequest\x12D\n" +
-	"\fsubscription\x18\x01 \x01(\v2 .herald.registry.v1.SubscriptionR\fsubscription\"b\n" +
+	"\fsubscription\x18\x01 \x01(\v2 .herald.registry.v1.SubscriptionR\fsubscription\"\x89\x01\n" +
 	"\x1aCreateSubscriptionResponse\x12D\n" +
-	"\fsubscription\x18\x01 \x01(\v2 .herald.registry.v1.SubscriptionR\fsubscription\"(\n" +
+	"\fsubscription\x18\x01 \x01(\v2 .herald.registry.v1.SubscriptionR\fsubscription\x12%\n" +
+	"\x0ewebhook_secret\x18\x02 \x01(\tR\rwebhookSecret\"\x82\x01\n" +
+	"\x19UpdateSubscriptionRequest\x12D\n" +
+	"\fsubscription\x18\x01 \x01(\v2 .herald.registry.v1.SubscriptionR\fsubscription\x12\x1f\n" +
+	"\vupdate_mask\x18\x02 \x03(\tR\n" +
+	"updateMask\"b\n" +
+	"\x1aUpdateSubscriptionResponse\x12D\n" +
+	"\fsubscription\x18\x01 \x01(\v2 .herald.registry.v1.SubscriptionR\fsubscription\"a\n" +
+	"\x1aRotateWebhookSecretRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x123\n" +
+	"\aoverlap\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\aoverlap\"\x8a\x01\n" +
+	"\x1bRotateWebhookSecretResponse\x12D\n" +
+	"\fsubscription\x18\x01 \x01(\v2 .herald.registry.v1.SubscriptionR\fsubscription\x12%\n" +
+	"\x0ewebhook_secret\x18\x02 \x01(\tR\rwebhookSecret\"(\n" +
 	"\x16GetSubscriptionRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"_\n" +
 	"\x17GetSubscriptionResponse\x12D\n" +
@@ -4762,7 +5411,17 @@ const file_herald_registry_v1_registry_proto_rawDesc = "" +
 	"\vGrantAction\x12\x1c\n" +
 	"\x18GRANT_ACTION_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14GRANT_ACTION_PUBLISH\x10\x01\x12\x1a\n" +
-	"\x16GRANT_ACTION_SUBSCRIBE\x10\x022\xee\x16\n" +
+	"\x16GRANT_ACTION_SUBSCRIBE\x10\x02*u\n" +
+	"\x0fWebhookOrdering\x12 \n" +
+	"\x1cWEBHOOK_ORDERING_UNSPECIFIED\x10\x00\x12\x1c\n" +
+	"\x18WEBHOOK_ORDERING_ORDERED\x10\x01\x12\"\n" +
+	"\x1eWEBHOOK_ORDERING_PARTITION_KEY\x10\x02*N\n" +
+	"\x0eWebhookSigning\x12\x1f\n" +
+	"\x1bWEBHOOK_SIGNING_UNSPECIFIED\x10\x00\x12\x1b\n" +
+	"\x17WEBHOOK_SIGNING_ED25519\x10\x01*[\n" +
+	"\x12WebhookContentMode\x12$\n" +
+	" WEBHOOK_CONTENT_MODE_UNSPECIFIED\x10\x00\x12\x1f\n" +
+	"\x1bWEBHOOK_CONTENT_MODE_BINARY\x10\x012\xdb\x18\n" +
 	"\x0fRegistryService\x12a\n" +
 	"\fCreateDomain\x12'.herald.registry.v1.CreateDomainRequest\x1a(.herald.registry.v1.CreateDomainResponse\x12X\n" +
 	"\tGetDomain\x12$.herald.registry.v1.GetDomainRequest\x1a%.herald.registry.v1.GetDomainResponse\x12^\n" +
@@ -4791,7 +5450,9 @@ const file_herald_registry_v1_registry_proto_rawDesc = "" +
 	"\x12CreateSubscription\x12-.herald.registry.v1.CreateSubscriptionRequest\x1a..herald.registry.v1.CreateSubscriptionResponse\x12j\n" +
 	"\x0fGetSubscription\x12*.herald.registry.v1.GetSubscriptionRequest\x1a+.herald.registry.v1.GetSubscriptionResponse\x12p\n" +
 	"\x11ListSubscriptions\x12,.herald.registry.v1.ListSubscriptionsRequest\x1a-.herald.registry.v1.ListSubscriptionsResponse\x12s\n" +
-	"\x12DeleteSubscription\x12-.herald.registry.v1.DeleteSubscriptionRequest\x1a..herald.registry.v1.DeleteSubscriptionResponse\x12N\n" +
+	"\x12DeleteSubscription\x12-.herald.registry.v1.DeleteSubscriptionRequest\x1a..herald.registry.v1.DeleteSubscriptionResponse\x12s\n" +
+	"\x12UpdateSubscription\x12-.herald.registry.v1.UpdateSubscriptionRequest\x1a..herald.registry.v1.UpdateSubscriptionResponse\x12v\n" +
+	"\x13RotateWebhookSecret\x12..herald.registry.v1.RotateWebhookSecretRequest\x1a/.herald.registry.v1.RotateWebhookSecretResponse\x12N\n" +
 	"\x05Watch\x12 .herald.registry.v1.WatchRequest\x1a!.herald.registry.v1.WatchResponse0\x01BDZBgithub.com/heraldmesh/herald/api/gen/herald/registry/v1;registryv1b\x06proto3"
 
 var (
@@ -4806,225 +5467,253 @@ func file_herald_registry_v1_registry_proto_rawDescGZIP() []byte {
 	return file_herald_registry_v1_registry_proto_rawDescData
 }
 
-var file_herald_registry_v1_registry_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_herald_registry_v1_registry_proto_msgTypes = make([]protoimpl.MessageInfo, 73)
+var file_herald_registry_v1_registry_proto_enumTypes = make([]protoimpl.EnumInfo, 8)
+var file_herald_registry_v1_registry_proto_msgTypes = make([]protoimpl.MessageInfo, 79)
 var file_herald_registry_v1_registry_proto_goTypes = []any{
 	(Compatibility)(0),                  // 0: herald.registry.v1.Compatibility
 	(Visibility)(0),                     // 1: herald.registry.v1.Visibility
 	(Lifecycle)(0),                      // 2: herald.registry.v1.Lifecycle
 	(Audience)(0),                       // 3: herald.registry.v1.Audience
 	(GrantAction)(0),                    // 4: herald.registry.v1.GrantAction
-	(*Domain)(nil),                      // 5: herald.registry.v1.Domain
-	(*Product)(nil),                     // 6: herald.registry.v1.Product
-	(*RetentionPolicy)(nil),             // 7: herald.registry.v1.RetentionPolicy
-	(*Example)(nil),                     // 8: herald.registry.v1.Example
-	(*SchemaVersion)(nil),               // 9: herald.registry.v1.SchemaVersion
-	(*EventType)(nil),                   // 10: herald.registry.v1.EventType
-	(*CreateEventTypeRequest)(nil),      // 11: herald.registry.v1.CreateEventTypeRequest
-	(*CreateEventTypeResponse)(nil),     // 12: herald.registry.v1.CreateEventTypeResponse
-	(*GetEventTypeRequest)(nil),         // 13: herald.registry.v1.GetEventTypeRequest
-	(*GetEventTypeResponse)(nil),        // 14: herald.registry.v1.GetEventTypeResponse
-	(*ListEventTypesRequest)(nil),       // 15: herald.registry.v1.ListEventTypesRequest
-	(*ListEventTypesResponse)(nil),      // 16: herald.registry.v1.ListEventTypesResponse
-	(*UpdateEventTypeRequest)(nil),      // 17: herald.registry.v1.UpdateEventTypeRequest
-	(*UpdateEventTypeResponse)(nil),     // 18: herald.registry.v1.UpdateEventTypeResponse
-	(*CreateSchemaVersionRequest)(nil),  // 19: herald.registry.v1.CreateSchemaVersionRequest
-	(*CreateSchemaVersionResponse)(nil), // 20: herald.registry.v1.CreateSchemaVersionResponse
-	(*ListSchemaVersionsRequest)(nil),   // 21: herald.registry.v1.ListSchemaVersionsRequest
-	(*ListSchemaVersionsResponse)(nil),  // 22: herald.registry.v1.ListSchemaVersionsResponse
-	(*CheckCompatibilityRequest)(nil),   // 23: herald.registry.v1.CheckCompatibilityRequest
-	(*CheckCompatibilityResponse)(nil),  // 24: herald.registry.v1.CheckCompatibilityResponse
-	(*CreateDomainRequest)(nil),         // 25: herald.registry.v1.CreateDomainRequest
-	(*CreateDomainResponse)(nil),        // 26: herald.registry.v1.CreateDomainResponse
-	(*GetDomainRequest)(nil),            // 27: herald.registry.v1.GetDomainRequest
-	(*GetDomainResponse)(nil),           // 28: herald.registry.v1.GetDomainResponse
-	(*ListDomainsRequest)(nil),          // 29: herald.registry.v1.ListDomainsRequest
-	(*ListDomainsResponse)(nil),         // 30: herald.registry.v1.ListDomainsResponse
-	(*UpdateDomainRequest)(nil),         // 31: herald.registry.v1.UpdateDomainRequest
-	(*UpdateDomainResponse)(nil),        // 32: herald.registry.v1.UpdateDomainResponse
-	(*CreateProductRequest)(nil),        // 33: herald.registry.v1.CreateProductRequest
-	(*CreateProductResponse)(nil),       // 34: herald.registry.v1.CreateProductResponse
-	(*GetProductRequest)(nil),           // 35: herald.registry.v1.GetProductRequest
-	(*GetProductResponse)(nil),          // 36: herald.registry.v1.GetProductResponse
-	(*ListProductsRequest)(nil),         // 37: herald.registry.v1.ListProductsRequest
-	(*ListProductsResponse)(nil),        // 38: herald.registry.v1.ListProductsResponse
-	(*UpdateProductRequest)(nil),        // 39: herald.registry.v1.UpdateProductRequest
-	(*UpdateProductResponse)(nil),       // 40: herald.registry.v1.UpdateProductResponse
-	(*Application)(nil),                 // 41: herald.registry.v1.Application
-	(*PublishLimit)(nil),                // 42: herald.registry.v1.PublishLimit
-	(*Grant)(nil),                       // 43: herald.registry.v1.Grant
-	(*Key)(nil),                         // 44: herald.registry.v1.Key
-	(*CreateApplicationRequest)(nil),    // 45: herald.registry.v1.CreateApplicationRequest
-	(*CreateApplicationResponse)(nil),   // 46: herald.registry.v1.CreateApplicationResponse
-	(*GetApplicationRequest)(nil),       // 47: herald.registry.v1.GetApplicationRequest
-	(*GetApplicationResponse)(nil),      // 48: herald.registry.v1.GetApplicationResponse
-	(*ListApplicationsRequest)(nil),     // 49: herald.registry.v1.ListApplicationsRequest
-	(*ListApplicationsResponse)(nil),    // 50: herald.registry.v1.ListApplicationsResponse
-	(*UpdateApplicationRequest)(nil),    // 51: herald.registry.v1.UpdateApplicationRequest
-	(*UpdateApplicationResponse)(nil),   // 52: herald.registry.v1.UpdateApplicationResponse
-	(*CreateKeyRequest)(nil),            // 53: herald.registry.v1.CreateKeyRequest
-	(*CreateKeyResponse)(nil),           // 54: herald.registry.v1.CreateKeyResponse
-	(*ListKeysRequest)(nil),             // 55: herald.registry.v1.ListKeysRequest
-	(*ListKeysResponse)(nil),            // 56: herald.registry.v1.ListKeysResponse
-	(*RevokeKeyRequest)(nil),            // 57: herald.registry.v1.RevokeKeyRequest
-	(*RevokeKeyResponse)(nil),           // 58: herald.registry.v1.RevokeKeyResponse
-	(*AuthenticateKeyRequest)(nil),      // 59: herald.registry.v1.AuthenticateKeyRequest
-	(*AuthenticateKeyResponse)(nil),     // 60: herald.registry.v1.AuthenticateKeyResponse
-	(*Subscription)(nil),                // 61: herald.registry.v1.Subscription
-	(*DeliveryPolicy)(nil),              // 62: herald.registry.v1.DeliveryPolicy
-	(*WebhookChannel)(nil),              // 63: herald.registry.v1.WebhookChannel
-	(*StreamChannel)(nil),               // 64: herald.registry.v1.StreamChannel
-	(*StartPosition)(nil),               // 65: herald.registry.v1.StartPosition
-	(*CreateSubscriptionRequest)(nil),   // 66: herald.registry.v1.CreateSubscriptionRequest
-	(*CreateSubscriptionResponse)(nil),  // 67: herald.registry.v1.CreateSubscriptionResponse
-	(*GetSubscriptionRequest)(nil),      // 68: herald.registry.v1.GetSubscriptionRequest
-	(*GetSubscriptionResponse)(nil),     // 69: herald.registry.v1.GetSubscriptionResponse
-	(*ListSubscriptionsRequest)(nil),    // 70: herald.registry.v1.ListSubscriptionsRequest
-	(*ListSubscriptionsResponse)(nil),   // 71: herald.registry.v1.ListSubscriptionsResponse
-	(*DeleteSubscriptionRequest)(nil),   // 72: herald.registry.v1.DeleteSubscriptionRequest
-	(*DeleteSubscriptionResponse)(nil),  // 73: herald.registry.v1.DeleteSubscriptionResponse
-	(*WatchRequest)(nil),                // 74: herald.registry.v1.WatchRequest
-	(*KeyChange)(nil),                   // 75: herald.registry.v1.KeyChange
-	(*Deletion)(nil),                    // 76: herald.registry.v1.Deletion
-	(*WatchResponse)(nil),               // 77: herald.registry.v1.WatchResponse
-	(*timestamppb.Timestamp)(nil),       // 78: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),         // 79: google.protobuf.Duration
+	(WebhookOrdering)(0),                // 5: herald.registry.v1.WebhookOrdering
+	(WebhookSigning)(0),                 // 6: herald.registry.v1.WebhookSigning
+	(WebhookContentMode)(0),             // 7: herald.registry.v1.WebhookContentMode
+	(*Domain)(nil),                      // 8: herald.registry.v1.Domain
+	(*Product)(nil),                     // 9: herald.registry.v1.Product
+	(*RetentionPolicy)(nil),             // 10: herald.registry.v1.RetentionPolicy
+	(*Example)(nil),                     // 11: herald.registry.v1.Example
+	(*SchemaVersion)(nil),               // 12: herald.registry.v1.SchemaVersion
+	(*EventType)(nil),                   // 13: herald.registry.v1.EventType
+	(*CreateEventTypeRequest)(nil),      // 14: herald.registry.v1.CreateEventTypeRequest
+	(*CreateEventTypeResponse)(nil),     // 15: herald.registry.v1.CreateEventTypeResponse
+	(*GetEventTypeRequest)(nil),         // 16: herald.registry.v1.GetEventTypeRequest
+	(*GetEventTypeResponse)(nil),        // 17: herald.registry.v1.GetEventTypeResponse
+	(*ListEventTypesRequest)(nil),       // 18: herald.registry.v1.ListEventTypesRequest
+	(*ListEventTypesResponse)(nil),      // 19: herald.registry.v1.ListEventTypesResponse
+	(*UpdateEventTypeRequest)(nil),      // 20: herald.registry.v1.UpdateEventTypeRequest
+	(*UpdateEventTypeResponse)(nil),     // 21: herald.registry.v1.UpdateEventTypeResponse
+	(*CreateSchemaVersionRequest)(nil),  // 22: herald.registry.v1.CreateSchemaVersionRequest
+	(*CreateSchemaVersionResponse)(nil), // 23: herald.registry.v1.CreateSchemaVersionResponse
+	(*ListSchemaVersionsRequest)(nil),   // 24: herald.registry.v1.ListSchemaVersionsRequest
+	(*ListSchemaVersionsResponse)(nil),  // 25: herald.registry.v1.ListSchemaVersionsResponse
+	(*CheckCompatibilityRequest)(nil),   // 26: herald.registry.v1.CheckCompatibilityRequest
+	(*CheckCompatibilityResponse)(nil),  // 27: herald.registry.v1.CheckCompatibilityResponse
+	(*CreateDomainRequest)(nil),         // 28: herald.registry.v1.CreateDomainRequest
+	(*CreateDomainResponse)(nil),        // 29: herald.registry.v1.CreateDomainResponse
+	(*GetDomainRequest)(nil),            // 30: herald.registry.v1.GetDomainRequest
+	(*GetDomainResponse)(nil),           // 31: herald.registry.v1.GetDomainResponse
+	(*ListDomainsRequest)(nil),          // 32: herald.registry.v1.ListDomainsRequest
+	(*ListDomainsResponse)(nil),         // 33: herald.registry.v1.ListDomainsResponse
+	(*UpdateDomainRequest)(nil),         // 34: herald.registry.v1.UpdateDomainRequest
+	(*UpdateDomainResponse)(nil),        // 35: herald.registry.v1.UpdateDomainResponse
+	(*CreateProductRequest)(nil),        // 36: herald.registry.v1.CreateProductRequest
+	(*CreateProductResponse)(nil),       // 37: herald.registry.v1.CreateProductResponse
+	(*GetProductRequest)(nil),           // 38: herald.registry.v1.GetProductRequest
+	(*GetProductResponse)(nil),          // 39: herald.registry.v1.GetProductResponse
+	(*ListProductsRequest)(nil),         // 40: herald.registry.v1.ListProductsRequest
+	(*ListProductsResponse)(nil),        // 41: herald.registry.v1.ListProductsResponse
+	(*UpdateProductRequest)(nil),        // 42: herald.registry.v1.UpdateProductRequest
+	(*UpdateProductResponse)(nil),       // 43: herald.registry.v1.UpdateProductResponse
+	(*Application)(nil),                 // 44: herald.registry.v1.Application
+	(*PublishLimit)(nil),                // 45: herald.registry.v1.PublishLimit
+	(*Grant)(nil),                       // 46: herald.registry.v1.Grant
+	(*Key)(nil),                         // 47: herald.registry.v1.Key
+	(*CreateApplicationRequest)(nil),    // 48: herald.registry.v1.CreateApplicationRequest
+	(*CreateApplicationResponse)(nil),   // 49: herald.registry.v1.CreateApplicationResponse
+	(*GetApplicationRequest)(nil),       // 50: herald.registry.v1.GetApplicationRequest
+	(*GetApplicationResponse)(nil),      // 51: herald.registry.v1.GetApplicationResponse
+	(*ListApplicationsRequest)(nil),     // 52: herald.registry.v1.ListApplicationsRequest
+	(*ListApplicationsResponse)(nil),    // 53: herald.registry.v1.ListApplicationsResponse
+	(*UpdateApplicationRequest)(nil),    // 54: herald.registry.v1.UpdateApplicationRequest
+	(*UpdateApplicationResponse)(nil),   // 55: herald.registry.v1.UpdateApplicationResponse
+	(*CreateKeyRequest)(nil),            // 56: herald.registry.v1.CreateKeyRequest
+	(*CreateKeyResponse)(nil),           // 57: herald.registry.v1.CreateKeyResponse
+	(*ListKeysRequest)(nil),             // 58: herald.registry.v1.ListKeysRequest
+	(*ListKeysResponse)(nil),            // 59: herald.registry.v1.ListKeysResponse
+	(*RevokeKeyRequest)(nil),            // 60: herald.registry.v1.RevokeKeyRequest
+	(*RevokeKeyResponse)(nil),           // 61: herald.registry.v1.RevokeKeyResponse
+	(*AuthenticateKeyRequest)(nil),      // 62: herald.registry.v1.AuthenticateKeyRequest
+	(*AuthenticateKeyResponse)(nil),     // 63: herald.registry.v1.AuthenticateKeyResponse
+	(*Subscription)(nil),                // 64: herald.registry.v1.Subscription
+	(*DeliveryPolicy)(nil),              // 65: herald.registry.v1.DeliveryPolicy
+	(*WebhookChannel)(nil),              // 66: herald.registry.v1.WebhookChannel
+	(*WebhookSecret)(nil),               // 67: herald.registry.v1.WebhookSecret
+	(*StreamChannel)(nil),               // 68: herald.registry.v1.StreamChannel
+	(*StartPosition)(nil),               // 69: herald.registry.v1.StartPosition
+	(*CreateSubscriptionRequest)(nil),   // 70: herald.registry.v1.CreateSubscriptionRequest
+	(*CreateSubscriptionResponse)(nil),  // 71: herald.registry.v1.CreateSubscriptionResponse
+	(*UpdateSubscriptionRequest)(nil),   // 72: herald.registry.v1.UpdateSubscriptionRequest
+	(*UpdateSubscriptionResponse)(nil),  // 73: herald.registry.v1.UpdateSubscriptionResponse
+	(*RotateWebhookSecretRequest)(nil),  // 74: herald.registry.v1.RotateWebhookSecretRequest
+	(*RotateWebhookSecretResponse)(nil), // 75: herald.registry.v1.RotateWebhookSecretResponse
+	(*GetSubscriptionRequest)(nil),      // 76: herald.registry.v1.GetSubscriptionRequest
+	(*GetSubscriptionResponse)(nil),     // 77: herald.registry.v1.GetSubscriptionResponse
+	(*ListSubscriptionsRequest)(nil),    // 78: herald.registry.v1.ListSubscriptionsRequest
+	(*ListSubscriptionsResponse)(nil),   // 79: herald.registry.v1.ListSubscriptionsResponse
+	(*DeleteSubscriptionRequest)(nil),   // 80: herald.registry.v1.DeleteSubscriptionRequest
+	(*DeleteSubscriptionResponse)(nil),  // 81: herald.registry.v1.DeleteSubscriptionResponse
+	(*WatchRequest)(nil),                // 82: herald.registry.v1.WatchRequest
+	(*KeyChange)(nil),                   // 83: herald.registry.v1.KeyChange
+	(*Deletion)(nil),                    // 84: herald.registry.v1.Deletion
+	(*WatchResponse)(nil),               // 85: herald.registry.v1.WatchResponse
+	nil,                                 // 86: herald.registry.v1.WebhookChannel.HeadersEntry
+	(*timestamppb.Timestamp)(nil),       // 87: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),         // 88: google.protobuf.Duration
 }
 var file_herald_registry_v1_registry_proto_depIdxs = []int32{
-	78,  // 0: herald.registry.v1.Domain.create_time:type_name -> google.protobuf.Timestamp
-	78,  // 1: herald.registry.v1.Domain.update_time:type_name -> google.protobuf.Timestamp
-	78,  // 2: herald.registry.v1.Product.create_time:type_name -> google.protobuf.Timestamp
-	78,  // 3: herald.registry.v1.Product.update_time:type_name -> google.protobuf.Timestamp
-	79,  // 4: herald.registry.v1.RetentionPolicy.max_age:type_name -> google.protobuf.Duration
-	78,  // 5: herald.registry.v1.SchemaVersion.create_time:type_name -> google.protobuf.Timestamp
-	78,  // 6: herald.registry.v1.EventType.create_time:type_name -> google.protobuf.Timestamp
-	78,  // 7: herald.registry.v1.EventType.update_time:type_name -> google.protobuf.Timestamp
+	87,  // 0: herald.registry.v1.Domain.create_time:type_name -> google.protobuf.Timestamp
+	87,  // 1: herald.registry.v1.Domain.update_time:type_name -> google.protobuf.Timestamp
+	87,  // 2: herald.registry.v1.Product.create_time:type_name -> google.protobuf.Timestamp
+	87,  // 3: herald.registry.v1.Product.update_time:type_name -> google.protobuf.Timestamp
+	88,  // 4: herald.registry.v1.RetentionPolicy.max_age:type_name -> google.protobuf.Duration
+	87,  // 5: herald.registry.v1.SchemaVersion.create_time:type_name -> google.protobuf.Timestamp
+	87,  // 6: herald.registry.v1.EventType.create_time:type_name -> google.protobuf.Timestamp
+	87,  // 7: herald.registry.v1.EventType.update_time:type_name -> google.protobuf.Timestamp
 	1,   // 8: herald.registry.v1.EventType.visibility:type_name -> herald.registry.v1.Visibility
 	2,   // 9: herald.registry.v1.EventType.lifecycle:type_name -> herald.registry.v1.Lifecycle
-	78,  // 10: herald.registry.v1.EventType.sunset_time:type_name -> google.protobuf.Timestamp
-	8,   // 11: herald.registry.v1.EventType.examples:type_name -> herald.registry.v1.Example
-	7,   // 12: herald.registry.v1.EventType.retention:type_name -> herald.registry.v1.RetentionPolicy
+	87,  // 10: herald.registry.v1.EventType.sunset_time:type_name -> google.protobuf.Timestamp
+	11,  // 11: herald.registry.v1.EventType.examples:type_name -> herald.registry.v1.Example
+	10,  // 12: herald.registry.v1.EventType.retention:type_name -> herald.registry.v1.RetentionPolicy
 	0,   // 13: herald.registry.v1.EventType.compatibility:type_name -> herald.registry.v1.Compatibility
-	10,  // 14: herald.registry.v1.CreateEventTypeRequest.event_type:type_name -> herald.registry.v1.EventType
-	10,  // 15: herald.registry.v1.CreateEventTypeResponse.event_type:type_name -> herald.registry.v1.EventType
-	10,  // 16: herald.registry.v1.GetEventTypeResponse.event_type:type_name -> herald.registry.v1.EventType
-	10,  // 17: herald.registry.v1.ListEventTypesResponse.event_types:type_name -> herald.registry.v1.EventType
-	10,  // 18: herald.registry.v1.UpdateEventTypeRequest.event_type:type_name -> herald.registry.v1.EventType
-	10,  // 19: herald.registry.v1.UpdateEventTypeResponse.event_type:type_name -> herald.registry.v1.EventType
-	9,   // 20: herald.registry.v1.CreateSchemaVersionResponse.schema_version:type_name -> herald.registry.v1.SchemaVersion
-	9,   // 21: herald.registry.v1.ListSchemaVersionsResponse.schema_versions:type_name -> herald.registry.v1.SchemaVersion
-	5,   // 22: herald.registry.v1.CreateDomainRequest.domain:type_name -> herald.registry.v1.Domain
-	5,   // 23: herald.registry.v1.CreateDomainResponse.domain:type_name -> herald.registry.v1.Domain
-	5,   // 24: herald.registry.v1.GetDomainResponse.domain:type_name -> herald.registry.v1.Domain
-	5,   // 25: herald.registry.v1.ListDomainsResponse.domains:type_name -> herald.registry.v1.Domain
-	5,   // 26: herald.registry.v1.UpdateDomainRequest.domain:type_name -> herald.registry.v1.Domain
-	5,   // 27: herald.registry.v1.UpdateDomainResponse.domain:type_name -> herald.registry.v1.Domain
-	6,   // 28: herald.registry.v1.CreateProductRequest.product:type_name -> herald.registry.v1.Product
-	6,   // 29: herald.registry.v1.CreateProductResponse.product:type_name -> herald.registry.v1.Product
-	6,   // 30: herald.registry.v1.GetProductResponse.product:type_name -> herald.registry.v1.Product
-	6,   // 31: herald.registry.v1.ListProductsResponse.products:type_name -> herald.registry.v1.Product
-	6,   // 32: herald.registry.v1.UpdateProductRequest.product:type_name -> herald.registry.v1.Product
-	6,   // 33: herald.registry.v1.UpdateProductResponse.product:type_name -> herald.registry.v1.Product
-	78,  // 34: herald.registry.v1.Application.create_time:type_name -> google.protobuf.Timestamp
-	43,  // 35: herald.registry.v1.Application.grants:type_name -> herald.registry.v1.Grant
+	13,  // 14: herald.registry.v1.CreateEventTypeRequest.event_type:type_name -> herald.registry.v1.EventType
+	13,  // 15: herald.registry.v1.CreateEventTypeResponse.event_type:type_name -> herald.registry.v1.EventType
+	13,  // 16: herald.registry.v1.GetEventTypeResponse.event_type:type_name -> herald.registry.v1.EventType
+	13,  // 17: herald.registry.v1.ListEventTypesResponse.event_types:type_name -> herald.registry.v1.EventType
+	13,  // 18: herald.registry.v1.UpdateEventTypeRequest.event_type:type_name -> herald.registry.v1.EventType
+	13,  // 19: herald.registry.v1.UpdateEventTypeResponse.event_type:type_name -> herald.registry.v1.EventType
+	12,  // 20: herald.registry.v1.CreateSchemaVersionResponse.schema_version:type_name -> herald.registry.v1.SchemaVersion
+	12,  // 21: herald.registry.v1.ListSchemaVersionsResponse.schema_versions:type_name -> herald.registry.v1.SchemaVersion
+	8,   // 22: herald.registry.v1.CreateDomainRequest.domain:type_name -> herald.registry.v1.Domain
+	8,   // 23: herald.registry.v1.CreateDomainResponse.domain:type_name -> herald.registry.v1.Domain
+	8,   // 24: herald.registry.v1.GetDomainResponse.domain:type_name -> herald.registry.v1.Domain
+	8,   // 25: herald.registry.v1.ListDomainsResponse.domains:type_name -> herald.registry.v1.Domain
+	8,   // 26: herald.registry.v1.UpdateDomainRequest.domain:type_name -> herald.registry.v1.Domain
+	8,   // 27: herald.registry.v1.UpdateDomainResponse.domain:type_name -> herald.registry.v1.Domain
+	9,   // 28: herald.registry.v1.CreateProductRequest.product:type_name -> herald.registry.v1.Product
+	9,   // 29: herald.registry.v1.CreateProductResponse.product:type_name -> herald.registry.v1.Product
+	9,   // 30: herald.registry.v1.GetProductResponse.product:type_name -> herald.registry.v1.Product
+	9,   // 31: herald.registry.v1.ListProductsResponse.products:type_name -> herald.registry.v1.Product
+	9,   // 32: herald.registry.v1.UpdateProductRequest.product:type_name -> herald.registry.v1.Product
+	9,   // 33: herald.registry.v1.UpdateProductResponse.product:type_name -> herald.registry.v1.Product
+	87,  // 34: herald.registry.v1.Application.create_time:type_name -> google.protobuf.Timestamp
+	46,  // 35: herald.registry.v1.Application.grants:type_name -> herald.registry.v1.Grant
 	3,   // 36: herald.registry.v1.Application.audience:type_name -> herald.registry.v1.Audience
-	42,  // 37: herald.registry.v1.Application.publish_limit:type_name -> herald.registry.v1.PublishLimit
+	45,  // 37: herald.registry.v1.Application.publish_limit:type_name -> herald.registry.v1.PublishLimit
 	4,   // 38: herald.registry.v1.Grant.action:type_name -> herald.registry.v1.GrantAction
-	78,  // 39: herald.registry.v1.Key.create_time:type_name -> google.protobuf.Timestamp
-	78,  // 40: herald.registry.v1.Key.expire_time:type_name -> google.protobuf.Timestamp
-	78,  // 41: herald.registry.v1.Key.revoke_time:type_name -> google.protobuf.Timestamp
-	41,  // 42: herald.registry.v1.CreateApplicationRequest.application:type_name -> herald.registry.v1.Application
-	41,  // 43: herald.registry.v1.CreateApplicationResponse.application:type_name -> herald.registry.v1.Application
-	44,  // 44: herald.registry.v1.CreateApplicationResponse.key:type_name -> herald.registry.v1.Key
-	41,  // 45: herald.registry.v1.GetApplicationResponse.application:type_name -> herald.registry.v1.Application
-	41,  // 46: herald.registry.v1.ListApplicationsResponse.applications:type_name -> herald.registry.v1.Application
-	41,  // 47: herald.registry.v1.UpdateApplicationRequest.application:type_name -> herald.registry.v1.Application
-	41,  // 48: herald.registry.v1.UpdateApplicationResponse.application:type_name -> herald.registry.v1.Application
-	79,  // 49: herald.registry.v1.CreateKeyRequest.rotate_overlap:type_name -> google.protobuf.Duration
-	44,  // 50: herald.registry.v1.CreateKeyResponse.key:type_name -> herald.registry.v1.Key
-	44,  // 51: herald.registry.v1.ListKeysResponse.keys:type_name -> herald.registry.v1.Key
-	44,  // 52: herald.registry.v1.RevokeKeyResponse.key:type_name -> herald.registry.v1.Key
-	44,  // 53: herald.registry.v1.AuthenticateKeyResponse.key:type_name -> herald.registry.v1.Key
-	63,  // 54: herald.registry.v1.Subscription.webhook:type_name -> herald.registry.v1.WebhookChannel
-	64,  // 55: herald.registry.v1.Subscription.stream:type_name -> herald.registry.v1.StreamChannel
-	65,  // 56: herald.registry.v1.Subscription.start:type_name -> herald.registry.v1.StartPosition
-	78,  // 57: herald.registry.v1.Subscription.create_time:type_name -> google.protobuf.Timestamp
-	62,  // 58: herald.registry.v1.Subscription.delivery:type_name -> herald.registry.v1.DeliveryPolicy
-	79,  // 59: herald.registry.v1.DeliveryPolicy.ack_timeout:type_name -> google.protobuf.Duration
-	78,  // 60: herald.registry.v1.StartPosition.time:type_name -> google.protobuf.Timestamp
-	61,  // 61: herald.registry.v1.CreateSubscriptionRequest.subscription:type_name -> herald.registry.v1.Subscription
-	61,  // 62: herald.registry.v1.CreateSubscriptionResponse.subscription:type_name -> herald.registry.v1.Subscription
-	61,  // 63: herald.registry.v1.GetSubscriptionResponse.subscription:type_name -> herald.registry.v1.Subscription
-	61,  // 64: herald.registry.v1.ListSubscriptionsResponse.subscriptions:type_name -> herald.registry.v1.Subscription
-	44,  // 65: herald.registry.v1.KeyChange.key:type_name -> herald.registry.v1.Key
-	10,  // 66: herald.registry.v1.WatchResponse.event_type:type_name -> herald.registry.v1.EventType
-	5,   // 67: herald.registry.v1.WatchResponse.domain:type_name -> herald.registry.v1.Domain
-	6,   // 68: herald.registry.v1.WatchResponse.product:type_name -> herald.registry.v1.Product
-	41,  // 69: herald.registry.v1.WatchResponse.application:type_name -> herald.registry.v1.Application
-	75,  // 70: herald.registry.v1.WatchResponse.key:type_name -> herald.registry.v1.KeyChange
-	61,  // 71: herald.registry.v1.WatchResponse.subscription:type_name -> herald.registry.v1.Subscription
-	76,  // 72: herald.registry.v1.WatchResponse.deleted:type_name -> herald.registry.v1.Deletion
-	25,  // 73: herald.registry.v1.RegistryService.CreateDomain:input_type -> herald.registry.v1.CreateDomainRequest
-	27,  // 74: herald.registry.v1.RegistryService.GetDomain:input_type -> herald.registry.v1.GetDomainRequest
-	29,  // 75: herald.registry.v1.RegistryService.ListDomains:input_type -> herald.registry.v1.ListDomainsRequest
-	31,  // 76: herald.registry.v1.RegistryService.UpdateDomain:input_type -> herald.registry.v1.UpdateDomainRequest
-	11,  // 77: herald.registry.v1.RegistryService.CreateEventType:input_type -> herald.registry.v1.CreateEventTypeRequest
-	13,  // 78: herald.registry.v1.RegistryService.GetEventType:input_type -> herald.registry.v1.GetEventTypeRequest
-	15,  // 79: herald.registry.v1.RegistryService.ListEventTypes:input_type -> herald.registry.v1.ListEventTypesRequest
-	17,  // 80: herald.registry.v1.RegistryService.UpdateEventType:input_type -> herald.registry.v1.UpdateEventTypeRequest
-	19,  // 81: herald.registry.v1.RegistryService.CreateSchemaVersion:input_type -> herald.registry.v1.CreateSchemaVersionRequest
-	21,  // 82: herald.registry.v1.RegistryService.ListSchemaVersions:input_type -> herald.registry.v1.ListSchemaVersionsRequest
-	23,  // 83: herald.registry.v1.RegistryService.CheckCompatibility:input_type -> herald.registry.v1.CheckCompatibilityRequest
-	33,  // 84: herald.registry.v1.RegistryService.CreateProduct:input_type -> herald.registry.v1.CreateProductRequest
-	35,  // 85: herald.registry.v1.RegistryService.GetProduct:input_type -> herald.registry.v1.GetProductRequest
-	37,  // 86: herald.registry.v1.RegistryService.ListProducts:input_type -> herald.registry.v1.ListProductsRequest
-	39,  // 87: herald.registry.v1.RegistryService.UpdateProduct:input_type -> herald.registry.v1.UpdateProductRequest
-	45,  // 88: herald.registry.v1.RegistryService.CreateApplication:input_type -> herald.registry.v1.CreateApplicationRequest
-	47,  // 89: herald.registry.v1.RegistryService.GetApplication:input_type -> herald.registry.v1.GetApplicationRequest
-	49,  // 90: herald.registry.v1.RegistryService.ListApplications:input_type -> herald.registry.v1.ListApplicationsRequest
-	51,  // 91: herald.registry.v1.RegistryService.UpdateApplication:input_type -> herald.registry.v1.UpdateApplicationRequest
-	53,  // 92: herald.registry.v1.RegistryService.CreateKey:input_type -> herald.registry.v1.CreateKeyRequest
-	55,  // 93: herald.registry.v1.RegistryService.ListKeys:input_type -> herald.registry.v1.ListKeysRequest
-	57,  // 94: herald.registry.v1.RegistryService.RevokeKey:input_type -> herald.registry.v1.RevokeKeyRequest
-	59,  // 95: herald.registry.v1.RegistryService.AuthenticateKey:input_type -> herald.registry.v1.AuthenticateKeyRequest
-	66,  // 96: herald.registry.v1.RegistryService.CreateSubscription:input_type -> herald.registry.v1.CreateSubscriptionRequest
-	68,  // 97: herald.registry.v1.RegistryService.GetSubscription:input_type -> herald.registry.v1.GetSubscriptionRequest
-	70,  // 98: herald.registry.v1.RegistryService.ListSubscriptions:input_type -> herald.registry.v1.ListSubscriptionsRequest
-	72,  // 99: herald.registry.v1.RegistryService.DeleteSubscription:input_type -> herald.registry.v1.DeleteSubscriptionRequest
-	74,  // 100: herald.registry.v1.RegistryService.Watch:input_type -> herald.registry.v1.WatchRequest
-	26,  // 101: herald.registry.v1.RegistryService.CreateDomain:output_type -> herald.registry.v1.CreateDomainResponse
-	28,  // 102: herald.registry.v1.RegistryService.GetDomain:output_type -> herald.registry.v1.GetDomainResponse
-	30,  // 103: herald.registry.v1.RegistryService.ListDomains:output_type -> herald.registry.v1.ListDomainsResponse
-	32,  // 104: herald.registry.v1.RegistryService.UpdateDomain:output_type -> herald.registry.v1.UpdateDomainResponse
-	12,  // 105: herald.registry.v1.RegistryService.CreateEventType:output_type -> herald.registry.v1.CreateEventTypeResponse
-	14,  // 106: herald.registry.v1.RegistryService.GetEventType:output_type -> herald.registry.v1.GetEventTypeResponse
-	16,  // 107: herald.registry.v1.RegistryService.ListEventTypes:output_type -> herald.registry.v1.ListEventTypesResponse
-	18,  // 108: herald.registry.v1.RegistryService.UpdateEventType:output_type -> herald.registry.v1.UpdateEventTypeResponse
-	20,  // 109: herald.registry.v1.RegistryService.CreateSchemaVersion:output_type -> herald.registry.v1.CreateSchemaVersionResponse
-	22,  // 110: herald.registry.v1.RegistryService.ListSchemaVersions:output_type -> herald.registry.v1.ListSchemaVersionsResponse
-	24,  // 111: herald.registry.v1.RegistryService.CheckCompatibility:output_type -> herald.registry.v1.CheckCompatibilityResponse
-	34,  // 112: herald.registry.v1.RegistryService.CreateProduct:output_type -> herald.registry.v1.CreateProductResponse
-	36,  // 113: herald.registry.v1.RegistryService.GetProduct:output_type -> herald.registry.v1.GetProductResponse
-	38,  // 114: herald.registry.v1.RegistryService.ListProducts:output_type -> herald.registry.v1.ListProductsResponse
-	40,  // 115: herald.registry.v1.RegistryService.UpdateProduct:output_type -> herald.registry.v1.UpdateProductResponse
-	46,  // 116: herald.registry.v1.RegistryService.CreateApplication:output_type -> herald.registry.v1.CreateApplicationResponse
-	48,  // 117: herald.registry.v1.RegistryService.GetApplication:output_type -> herald.registry.v1.GetApplicationResponse
-	50,  // 118: herald.registry.v1.RegistryService.ListApplications:output_type -> herald.registry.v1.ListApplicationsResponse
-	52,  // 119: herald.registry.v1.RegistryService.UpdateApplication:output_type -> herald.registry.v1.UpdateApplicationResponse
-	54,  // 120: herald.registry.v1.RegistryService.CreateKey:output_type -> herald.registry.v1.CreateKeyResponse
-	56,  // 121: herald.registry.v1.RegistryService.ListKeys:output_type -> herald.registry.v1.ListKeysResponse
-	58,  // 122: herald.registry.v1.RegistryService.RevokeKey:output_type -> herald.registry.v1.RevokeKeyResponse
-	60,  // 123: herald.registry.v1.RegistryService.AuthenticateKey:output_type -> herald.registry.v1.AuthenticateKeyResponse
-	67,  // 124: herald.registry.v1.RegistryService.CreateSubscription:output_type -> herald.registry.v1.CreateSubscriptionResponse
-	69,  // 125: herald.registry.v1.RegistryService.GetSubscription:output_type -> herald.registry.v1.GetSubscriptionResponse
-	71,  // 126: herald.registry.v1.RegistryService.ListSubscriptions:output_type -> herald.registry.v1.ListSubscriptionsResponse
-	73,  // 127: herald.registry.v1.RegistryService.DeleteSubscription:output_type -> herald.registry.v1.DeleteSubscriptionResponse
-	77,  // 128: herald.registry.v1.RegistryService.Watch:output_type -> herald.registry.v1.WatchResponse
-	101, // [101:129] is the sub-list for method output_type
-	73,  // [73:101] is the sub-list for method input_type
-	73,  // [73:73] is the sub-list for extension type_name
-	73,  // [73:73] is the sub-list for extension extendee
-	0,   // [0:73] is the sub-list for field type_name
+	87,  // 39: herald.registry.v1.Key.create_time:type_name -> google.protobuf.Timestamp
+	87,  // 40: herald.registry.v1.Key.expire_time:type_name -> google.protobuf.Timestamp
+	87,  // 41: herald.registry.v1.Key.revoke_time:type_name -> google.protobuf.Timestamp
+	44,  // 42: herald.registry.v1.CreateApplicationRequest.application:type_name -> herald.registry.v1.Application
+	44,  // 43: herald.registry.v1.CreateApplicationResponse.application:type_name -> herald.registry.v1.Application
+	47,  // 44: herald.registry.v1.CreateApplicationResponse.key:type_name -> herald.registry.v1.Key
+	44,  // 45: herald.registry.v1.GetApplicationResponse.application:type_name -> herald.registry.v1.Application
+	44,  // 46: herald.registry.v1.ListApplicationsResponse.applications:type_name -> herald.registry.v1.Application
+	44,  // 47: herald.registry.v1.UpdateApplicationRequest.application:type_name -> herald.registry.v1.Application
+	44,  // 48: herald.registry.v1.UpdateApplicationResponse.application:type_name -> herald.registry.v1.Application
+	88,  // 49: herald.registry.v1.CreateKeyRequest.rotate_overlap:type_name -> google.protobuf.Duration
+	47,  // 50: herald.registry.v1.CreateKeyResponse.key:type_name -> herald.registry.v1.Key
+	47,  // 51: herald.registry.v1.ListKeysResponse.keys:type_name -> herald.registry.v1.Key
+	47,  // 52: herald.registry.v1.RevokeKeyResponse.key:type_name -> herald.registry.v1.Key
+	47,  // 53: herald.registry.v1.AuthenticateKeyResponse.key:type_name -> herald.registry.v1.Key
+	66,  // 54: herald.registry.v1.Subscription.webhook:type_name -> herald.registry.v1.WebhookChannel
+	68,  // 55: herald.registry.v1.Subscription.stream:type_name -> herald.registry.v1.StreamChannel
+	69,  // 56: herald.registry.v1.Subscription.start:type_name -> herald.registry.v1.StartPosition
+	87,  // 57: herald.registry.v1.Subscription.create_time:type_name -> google.protobuf.Timestamp
+	65,  // 58: herald.registry.v1.Subscription.delivery:type_name -> herald.registry.v1.DeliveryPolicy
+	88,  // 59: herald.registry.v1.DeliveryPolicy.ack_timeout:type_name -> google.protobuf.Duration
+	5,   // 60: herald.registry.v1.WebhookChannel.ordering:type_name -> herald.registry.v1.WebhookOrdering
+	86,  // 61: herald.registry.v1.WebhookChannel.headers:type_name -> herald.registry.v1.WebhookChannel.HeadersEntry
+	6,   // 62: herald.registry.v1.WebhookChannel.signing:type_name -> herald.registry.v1.WebhookSigning
+	7,   // 63: herald.registry.v1.WebhookChannel.content_mode:type_name -> herald.registry.v1.WebhookContentMode
+	88,  // 64: herald.registry.v1.WebhookChannel.retry_schedule:type_name -> google.protobuf.Duration
+	88,  // 65: herald.registry.v1.WebhookChannel.timeout:type_name -> google.protobuf.Duration
+	87,  // 66: herald.registry.v1.WebhookChannel.disable_time:type_name -> google.protobuf.Timestamp
+	88,  // 67: herald.registry.v1.WebhookChannel.disable_after:type_name -> google.protobuf.Duration
+	67,  // 68: herald.registry.v1.WebhookChannel.secrets:type_name -> herald.registry.v1.WebhookSecret
+	87,  // 69: herald.registry.v1.WebhookSecret.create_time:type_name -> google.protobuf.Timestamp
+	87,  // 70: herald.registry.v1.WebhookSecret.expire_time:type_name -> google.protobuf.Timestamp
+	87,  // 71: herald.registry.v1.StartPosition.time:type_name -> google.protobuf.Timestamp
+	64,  // 72: herald.registry.v1.CreateSubscriptionRequest.subscription:type_name -> herald.registry.v1.Subscription
+	64,  // 73: herald.registry.v1.CreateSubscriptionResponse.subscription:type_name -> herald.registry.v1.Subscription
+	64,  // 74: herald.registry.v1.UpdateSubscriptionRequest.subscription:type_name -> herald.registry.v1.Subscription
+	64,  // 75: herald.registry.v1.UpdateSubscriptionResponse.subscription:type_name -> herald.registry.v1.Subscription
+	88,  // 76: herald.registry.v1.RotateWebhookSecretRequest.overlap:type_name -> google.protobuf.Duration
+	64,  // 77: herald.registry.v1.RotateWebhookSecretResponse.subscription:type_name -> herald.registry.v1.Subscription
+	64,  // 78: herald.registry.v1.GetSubscriptionResponse.subscription:type_name -> herald.registry.v1.Subscription
+	64,  // 79: herald.registry.v1.ListSubscriptionsResponse.subscriptions:type_name -> herald.registry.v1.Subscription
+	47,  // 80: herald.registry.v1.KeyChange.key:type_name -> herald.registry.v1.Key
+	13,  // 81: herald.registry.v1.WatchResponse.event_type:type_name -> herald.registry.v1.EventType
+	8,   // 82: herald.registry.v1.WatchResponse.domain:type_name -> herald.registry.v1.Domain
+	9,   // 83: herald.registry.v1.WatchResponse.product:type_name -> herald.registry.v1.Product
+	44,  // 84: herald.registry.v1.WatchResponse.application:type_name -> herald.registry.v1.Application
+	83,  // 85: herald.registry.v1.WatchResponse.key:type_name -> herald.registry.v1.KeyChange
+	64,  // 86: herald.registry.v1.WatchResponse.subscription:type_name -> herald.registry.v1.Subscription
+	84,  // 87: herald.registry.v1.WatchResponse.deleted:type_name -> herald.registry.v1.Deletion
+	28,  // 88: herald.registry.v1.RegistryService.CreateDomain:input_type -> herald.registry.v1.CreateDomainRequest
+	30,  // 89: herald.registry.v1.RegistryService.GetDomain:input_type -> herald.registry.v1.GetDomainRequest
+	32,  // 90: herald.registry.v1.RegistryService.ListDomains:input_type -> herald.registry.v1.ListDomainsRequest
+	34,  // 91: herald.registry.v1.RegistryService.UpdateDomain:input_type -> herald.registry.v1.UpdateDomainRequest
+	14,  // 92: herald.registry.v1.RegistryService.CreateEventType:input_type -> herald.registry.v1.CreateEventTypeRequest
+	16,  // 93: herald.registry.v1.RegistryService.GetEventType:input_type -> herald.registry.v1.GetEventTypeRequest
+	18,  // 94: herald.registry.v1.RegistryService.ListEventTypes:input_type -> herald.registry.v1.ListEventTypesRequest
+	20,  // 95: herald.registry.v1.RegistryService.UpdateEventType:input_type -> herald.registry.v1.UpdateEventTypeRequest
+	22,  // 96: herald.registry.v1.RegistryService.CreateSchemaVersion:input_type -> herald.registry.v1.CreateSchemaVersionRequest
+	24,  // 97: herald.registry.v1.RegistryService.ListSchemaVersions:input_type -> herald.registry.v1.ListSchemaVersionsRequest
+	26,  // 98: herald.registry.v1.RegistryService.CheckCompatibility:input_type -> herald.registry.v1.CheckCompatibilityRequest
+	36,  // 99: herald.registry.v1.RegistryService.CreateProduct:input_type -> herald.registry.v1.CreateProductRequest
+	38,  // 100: herald.registry.v1.RegistryService.GetProduct:input_type -> herald.registry.v1.GetProductRequest
+	40,  // 101: herald.registry.v1.RegistryService.ListProducts:input_type -> herald.registry.v1.ListProductsRequest
+	42,  // 102: herald.registry.v1.RegistryService.UpdateProduct:input_type -> herald.registry.v1.UpdateProductRequest
+	48,  // 103: herald.registry.v1.RegistryService.CreateApplication:input_type -> herald.registry.v1.CreateApplicationRequest
+	50,  // 104: herald.registry.v1.RegistryService.GetApplication:input_type -> herald.registry.v1.GetApplicationRequest
+	52,  // 105: herald.registry.v1.RegistryService.ListApplications:input_type -> herald.registry.v1.ListApplicationsRequest
+	54,  // 106: herald.registry.v1.RegistryService.UpdateApplication:input_type -> herald.registry.v1.UpdateApplicationRequest
+	56,  // 107: herald.registry.v1.RegistryService.CreateKey:input_type -> herald.registry.v1.CreateKeyRequest
+	58,  // 108: herald.registry.v1.RegistryService.ListKeys:input_type -> herald.registry.v1.ListKeysRequest
+	60,  // 109: herald.registry.v1.RegistryService.RevokeKey:input_type -> herald.registry.v1.RevokeKeyRequest
+	62,  // 110: herald.registry.v1.RegistryService.AuthenticateKey:input_type -> herald.registry.v1.AuthenticateKeyRequest
+	70,  // 111: herald.registry.v1.RegistryService.CreateSubscription:input_type -> herald.registry.v1.CreateSubscriptionRequest
+	76,  // 112: herald.registry.v1.RegistryService.GetSubscription:input_type -> herald.registry.v1.GetSubscriptionRequest
+	78,  // 113: herald.registry.v1.RegistryService.ListSubscriptions:input_type -> herald.registry.v1.ListSubscriptionsRequest
+	80,  // 114: herald.registry.v1.RegistryService.DeleteSubscription:input_type -> herald.registry.v1.DeleteSubscriptionRequest
+	72,  // 115: herald.registry.v1.RegistryService.UpdateSubscription:input_type -> herald.registry.v1.UpdateSubscriptionRequest
+	74,  // 116: herald.registry.v1.RegistryService.RotateWebhookSecret:input_type -> herald.registry.v1.RotateWebhookSecretRequest
+	82,  // 117: herald.registry.v1.RegistryService.Watch:input_type -> herald.registry.v1.WatchRequest
+	29,  // 118: herald.registry.v1.RegistryService.CreateDomain:output_type -> herald.registry.v1.CreateDomainResponse
+	31,  // 119: herald.registry.v1.RegistryService.GetDomain:output_type -> herald.registry.v1.GetDomainResponse
+	33,  // 120: herald.registry.v1.RegistryService.ListDomains:output_type -> herald.registry.v1.ListDomainsResponse
+	35,  // 121: herald.registry.v1.RegistryService.UpdateDomain:output_type -> herald.registry.v1.UpdateDomainResponse
+	15,  // 122: herald.registry.v1.RegistryService.CreateEventType:output_type -> herald.registry.v1.CreateEventTypeResponse
+	17,  // 123: herald.registry.v1.RegistryService.GetEventType:output_type -> herald.registry.v1.GetEventTypeResponse
+	19,  // 124: herald.registry.v1.RegistryService.ListEventTypes:output_type -> herald.registry.v1.ListEventTypesResponse
+	21,  // 125: herald.registry.v1.RegistryService.UpdateEventType:output_type -> herald.registry.v1.UpdateEventTypeResponse
+	23,  // 126: herald.registry.v1.RegistryService.CreateSchemaVersion:output_type -> herald.registry.v1.CreateSchemaVersionResponse
+	25,  // 127: herald.registry.v1.RegistryService.ListSchemaVersions:output_type -> herald.registry.v1.ListSchemaVersionsResponse
+	27,  // 128: herald.registry.v1.RegistryService.CheckCompatibility:output_type -> herald.registry.v1.CheckCompatibilityResponse
+	37,  // 129: herald.registry.v1.RegistryService.CreateProduct:output_type -> herald.registry.v1.CreateProductResponse
+	39,  // 130: herald.registry.v1.RegistryService.GetProduct:output_type -> herald.registry.v1.GetProductResponse
+	41,  // 131: herald.registry.v1.RegistryService.ListProducts:output_type -> herald.registry.v1.ListProductsResponse
+	43,  // 132: herald.registry.v1.RegistryService.UpdateProduct:output_type -> herald.registry.v1.UpdateProductResponse
+	49,  // 133: herald.registry.v1.RegistryService.CreateApplication:output_type -> herald.registry.v1.CreateApplicationResponse
+	51,  // 134: herald.registry.v1.RegistryService.GetApplication:output_type -> herald.registry.v1.GetApplicationResponse
+	53,  // 135: herald.registry.v1.RegistryService.ListApplications:output_type -> herald.registry.v1.ListApplicationsResponse
+	55,  // 136: herald.registry.v1.RegistryService.UpdateApplication:output_type -> herald.registry.v1.UpdateApplicationResponse
+	57,  // 137: herald.registry.v1.RegistryService.CreateKey:output_type -> herald.registry.v1.CreateKeyResponse
+	59,  // 138: herald.registry.v1.RegistryService.ListKeys:output_type -> herald.registry.v1.ListKeysResponse
+	61,  // 139: herald.registry.v1.RegistryService.RevokeKey:output_type -> herald.registry.v1.RevokeKeyResponse
+	63,  // 140: herald.registry.v1.RegistryService.AuthenticateKey:output_type -> herald.registry.v1.AuthenticateKeyResponse
+	71,  // 141: herald.registry.v1.RegistryService.CreateSubscription:output_type -> herald.registry.v1.CreateSubscriptionResponse
+	77,  // 142: herald.registry.v1.RegistryService.GetSubscription:output_type -> herald.registry.v1.GetSubscriptionResponse
+	79,  // 143: herald.registry.v1.RegistryService.ListSubscriptions:output_type -> herald.registry.v1.ListSubscriptionsResponse
+	81,  // 144: herald.registry.v1.RegistryService.DeleteSubscription:output_type -> herald.registry.v1.DeleteSubscriptionResponse
+	73,  // 145: herald.registry.v1.RegistryService.UpdateSubscription:output_type -> herald.registry.v1.UpdateSubscriptionResponse
+	75,  // 146: herald.registry.v1.RegistryService.RotateWebhookSecret:output_type -> herald.registry.v1.RotateWebhookSecretResponse
+	85,  // 147: herald.registry.v1.RegistryService.Watch:output_type -> herald.registry.v1.WatchResponse
+	118, // [118:148] is the sub-list for method output_type
+	88,  // [88:118] is the sub-list for method input_type
+	88,  // [88:88] is the sub-list for extension type_name
+	88,  // [88:88] is the sub-list for extension extendee
+	0,   // [0:88] is the sub-list for field type_name
 }
 
 func init() { file_herald_registry_v1_registry_proto_init() }
@@ -5036,11 +5725,11 @@ func file_herald_registry_v1_registry_proto_init() {
 		(*Subscription_Webhook)(nil),
 		(*Subscription_Stream)(nil),
 	}
-	file_herald_registry_v1_registry_proto_msgTypes[60].OneofWrappers = []any{
+	file_herald_registry_v1_registry_proto_msgTypes[61].OneofWrappers = []any{
 		(*StartPosition_Cursor)(nil),
 		(*StartPosition_Time)(nil),
 	}
-	file_herald_registry_v1_registry_proto_msgTypes[72].OneofWrappers = []any{
+	file_herald_registry_v1_registry_proto_msgTypes[77].OneofWrappers = []any{
 		(*WatchResponse_EventType)(nil),
 		(*WatchResponse_Domain)(nil),
 		(*WatchResponse_Product)(nil),
@@ -5054,8 +5743,8 @@ func file_herald_registry_v1_registry_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_herald_registry_v1_registry_proto_rawDesc), len(file_herald_registry_v1_registry_proto_rawDesc)),
-			NumEnums:      5,
-			NumMessages:   73,
+			NumEnums:      8,
+			NumMessages:   79,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -114,6 +114,12 @@ const (
 	// RegistryServiceDeleteSubscriptionProcedure is the fully-qualified name of the RegistryService's
 	// DeleteSubscription RPC.
 	RegistryServiceDeleteSubscriptionProcedure = "/herald.registry.v1.RegistryService/DeleteSubscription"
+	// RegistryServiceUpdateSubscriptionProcedure is the fully-qualified name of the RegistryService's
+	// UpdateSubscription RPC.
+	RegistryServiceUpdateSubscriptionProcedure = "/herald.registry.v1.RegistryService/UpdateSubscription"
+	// RegistryServiceRotateWebhookSecretProcedure is the fully-qualified name of the RegistryService's
+	// RotateWebhookSecret RPC.
+	RegistryServiceRotateWebhookSecretProcedure = "/herald.registry.v1.RegistryService/RotateWebhookSecret"
 	// RegistryServiceWatchProcedure is the fully-qualified name of the RegistryService's Watch RPC.
 	RegistryServiceWatchProcedure = "/herald.registry.v1.RegistryService/Watch"
 )
@@ -183,6 +189,12 @@ type RegistryServiceClient interface {
 	ListSubscriptions(context.Context, *connect.Request[v1.ListSubscriptionsRequest]) (*connect.Response[v1.ListSubscriptionsResponse], error)
 	// DeleteSubscription removes a subscription.
 	DeleteSubscription(context.Context, *connect.Request[v1.DeleteSubscriptionRequest]) (*connect.Response[v1.DeleteSubscriptionResponse], error)
+	// UpdateSubscription changes a subscription's filter, delivery policy or
+	// webhook settings (enable, disable, URL, ordering, limits...).
+	UpdateSubscription(context.Context, *connect.Request[v1.UpdateSubscriptionRequest]) (*connect.Response[v1.UpdateSubscriptionResponse], error)
+	// RotateWebhookSecret gives a webhook endpoint a new signing secret; the
+	// old ones keep signing beside it for the overlap.
+	RotateWebhookSecret(context.Context, *connect.Request[v1.RotateWebhookSecretRequest]) (*connect.Response[v1.RotateWebhookSecretResponse], error)
 	// Watch streams catalog changes after a revision, so that router and edge
 	// keep local caches fresh. From revision 0 it first sends the whole
 	// catalog, then a response with snapshot_complete set, then live changes.
@@ -362,6 +374,18 @@ func NewRegistryServiceClient(httpClient connect.HTTPClient, baseURL string, opt
 			connect.WithSchema(registryServiceMethods.ByName("DeleteSubscription")),
 			connect.WithClientOptions(opts...),
 		),
+		updateSubscription: connect.NewClient[v1.UpdateSubscriptionRequest, v1.UpdateSubscriptionResponse](
+			httpClient,
+			baseURL+RegistryServiceUpdateSubscriptionProcedure,
+			connect.WithSchema(registryServiceMethods.ByName("UpdateSubscription")),
+			connect.WithClientOptions(opts...),
+		),
+		rotateWebhookSecret: connect.NewClient[v1.RotateWebhookSecretRequest, v1.RotateWebhookSecretResponse](
+			httpClient,
+			baseURL+RegistryServiceRotateWebhookSecretProcedure,
+			connect.WithSchema(registryServiceMethods.ByName("RotateWebhookSecret")),
+			connect.WithClientOptions(opts...),
+		),
 		watch: connect.NewClient[v1.WatchRequest, v1.WatchResponse](
 			httpClient,
 			baseURL+RegistryServiceWatchProcedure,
@@ -400,6 +424,8 @@ type registryServiceClient struct {
 	getSubscription     *connect.Client[v1.GetSubscriptionRequest, v1.GetSubscriptionResponse]
 	listSubscriptions   *connect.Client[v1.ListSubscriptionsRequest, v1.ListSubscriptionsResponse]
 	deleteSubscription  *connect.Client[v1.DeleteSubscriptionRequest, v1.DeleteSubscriptionResponse]
+	updateSubscription  *connect.Client[v1.UpdateSubscriptionRequest, v1.UpdateSubscriptionResponse]
+	rotateWebhookSecret *connect.Client[v1.RotateWebhookSecretRequest, v1.RotateWebhookSecretResponse]
 	watch               *connect.Client[v1.WatchRequest, v1.WatchResponse]
 }
 
@@ -538,6 +564,16 @@ func (c *registryServiceClient) DeleteSubscription(ctx context.Context, req *con
 	return c.deleteSubscription.CallUnary(ctx, req)
 }
 
+// UpdateSubscription calls herald.registry.v1.RegistryService.UpdateSubscription.
+func (c *registryServiceClient) UpdateSubscription(ctx context.Context, req *connect.Request[v1.UpdateSubscriptionRequest]) (*connect.Response[v1.UpdateSubscriptionResponse], error) {
+	return c.updateSubscription.CallUnary(ctx, req)
+}
+
+// RotateWebhookSecret calls herald.registry.v1.RegistryService.RotateWebhookSecret.
+func (c *registryServiceClient) RotateWebhookSecret(ctx context.Context, req *connect.Request[v1.RotateWebhookSecretRequest]) (*connect.Response[v1.RotateWebhookSecretResponse], error) {
+	return c.rotateWebhookSecret.CallUnary(ctx, req)
+}
+
 // Watch calls herald.registry.v1.RegistryService.Watch.
 func (c *registryServiceClient) Watch(ctx context.Context, req *connect.Request[v1.WatchRequest]) (*connect.ServerStreamForClient[v1.WatchResponse], error) {
 	return c.watch.CallServerStream(ctx, req)
@@ -608,6 +644,12 @@ type RegistryServiceHandler interface {
 	ListSubscriptions(context.Context, *connect.Request[v1.ListSubscriptionsRequest]) (*connect.Response[v1.ListSubscriptionsResponse], error)
 	// DeleteSubscription removes a subscription.
 	DeleteSubscription(context.Context, *connect.Request[v1.DeleteSubscriptionRequest]) (*connect.Response[v1.DeleteSubscriptionResponse], error)
+	// UpdateSubscription changes a subscription's filter, delivery policy or
+	// webhook settings (enable, disable, URL, ordering, limits...).
+	UpdateSubscription(context.Context, *connect.Request[v1.UpdateSubscriptionRequest]) (*connect.Response[v1.UpdateSubscriptionResponse], error)
+	// RotateWebhookSecret gives a webhook endpoint a new signing secret; the
+	// old ones keep signing beside it for the overlap.
+	RotateWebhookSecret(context.Context, *connect.Request[v1.RotateWebhookSecretRequest]) (*connect.Response[v1.RotateWebhookSecretResponse], error)
 	// Watch streams catalog changes after a revision, so that router and edge
 	// keep local caches fresh. From revision 0 it first sends the whole
 	// catalog, then a response with snapshot_complete set, then live changes.
@@ -783,6 +825,18 @@ func NewRegistryServiceHandler(svc RegistryServiceHandler, opts ...connect.Handl
 		connect.WithSchema(registryServiceMethods.ByName("DeleteSubscription")),
 		connect.WithHandlerOptions(opts...),
 	)
+	registryServiceUpdateSubscriptionHandler := connect.NewUnaryHandler(
+		RegistryServiceUpdateSubscriptionProcedure,
+		svc.UpdateSubscription,
+		connect.WithSchema(registryServiceMethods.ByName("UpdateSubscription")),
+		connect.WithHandlerOptions(opts...),
+	)
+	registryServiceRotateWebhookSecretHandler := connect.NewUnaryHandler(
+		RegistryServiceRotateWebhookSecretProcedure,
+		svc.RotateWebhookSecret,
+		connect.WithSchema(registryServiceMethods.ByName("RotateWebhookSecret")),
+		connect.WithHandlerOptions(opts...),
+	)
 	registryServiceWatchHandler := connect.NewServerStreamHandler(
 		RegistryServiceWatchProcedure,
 		svc.Watch,
@@ -845,6 +899,10 @@ func NewRegistryServiceHandler(svc RegistryServiceHandler, opts ...connect.Handl
 			registryServiceListSubscriptionsHandler.ServeHTTP(w, r)
 		case RegistryServiceDeleteSubscriptionProcedure:
 			registryServiceDeleteSubscriptionHandler.ServeHTTP(w, r)
+		case RegistryServiceUpdateSubscriptionProcedure:
+			registryServiceUpdateSubscriptionHandler.ServeHTTP(w, r)
+		case RegistryServiceRotateWebhookSecretProcedure:
+			registryServiceRotateWebhookSecretHandler.ServeHTTP(w, r)
 		case RegistryServiceWatchProcedure:
 			registryServiceWatchHandler.ServeHTTP(w, r)
 		default:
@@ -962,6 +1020,14 @@ func (UnimplementedRegistryServiceHandler) ListSubscriptions(context.Context, *c
 
 func (UnimplementedRegistryServiceHandler) DeleteSubscription(context.Context, *connect.Request[v1.DeleteSubscriptionRequest]) (*connect.Response[v1.DeleteSubscriptionResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("herald.registry.v1.RegistryService.DeleteSubscription is not implemented"))
+}
+
+func (UnimplementedRegistryServiceHandler) UpdateSubscription(context.Context, *connect.Request[v1.UpdateSubscriptionRequest]) (*connect.Response[v1.UpdateSubscriptionResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("herald.registry.v1.RegistryService.UpdateSubscription is not implemented"))
+}
+
+func (UnimplementedRegistryServiceHandler) RotateWebhookSecret(context.Context, *connect.Request[v1.RotateWebhookSecretRequest]) (*connect.Response[v1.RotateWebhookSecretResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("herald.registry.v1.RegistryService.RotateWebhookSecret is not implemented"))
 }
 
 func (UnimplementedRegistryServiceHandler) Watch(context.Context, *connect.Request[v1.WatchRequest], *connect.ServerStream[v1.WatchResponse]) error {
