@@ -42,6 +42,20 @@ type Common struct {
 	// (HERALD_BODY_READ_TIMEOUT); 0 means 30s, negative none.
 	BodyReadTimeout time.Duration
 
+	// SecretKey seals secrets at rest, such as webhook signing secrets
+	// (HERALD_SECRET_KEY): base64 of 32 random bytes, comma-separated to
+	// rotate (the first seals, all open). See platform/secretbox.
+	SecretKey string
+	// WebhookAllow is the allowlist of outbound webhook destinations that
+	// are otherwise refused (HERALD_WEBHOOK_ALLOW): comma-separated CIDR
+	// prefixes, addresses or host names, which may also use plain http.
+	// See platform/safehttp.
+	WebhookAllow string
+	// PublicURL is the edge's address as consumers reach it
+	// (HERALD_PUBLIC_URL), for the links Herald hands out, such as an
+	// endpoint's JWKS URL; default http://<EdgeAddr>.
+	PublicURL string
+
 	// envErr is why a variable FromEnv read was refused; Validate reports it.
 	envErr error
 }
@@ -56,7 +70,10 @@ func FromEnv() Common {
 		RouterAddr:   Env("HERALD_ROUTER_ADDR", DefaultRouterAddr),
 		RegistryAddr: Env("HERALD_REGISTRY_ADDR", DefaultRegistryAddr),
 		MeteringAddr: Env("HERALD_METERING_ADDR", DefaultMeteringAddr),
+		SecretKey:    os.Getenv("HERALD_SECRET_KEY"),
+		WebhookAllow: os.Getenv("HERALD_WEBHOOK_ALLOW"),
 	}
+	c.PublicURL = strings.TrimSuffix(Env("HERALD_PUBLIC_URL", "http://"+c.EdgeAddr), "/")
 	var errs []error
 	if v := os.Getenv("HERALD_MAX_CONNECTIONS"); v != "" {
 		n, err := strconv.Atoi(v)
@@ -162,7 +179,7 @@ func EnvDuration(name string) (time.Duration, error) {
 // commonVars are the variables Common reads.
 var commonVars = []string{
 	"HERALD_REDIS_URL", "HERALD_ADMIN_KEY", "HERALD_EDGE_ADDR", "HERALD_ROUTER_ADDR", "HERALD_REGISTRY_ADDR", "HERALD_METERING_ADDR",
-	"HERALD_MAX_CONNECTIONS", "HERALD_BODY_READ_TIMEOUT",
+	"HERALD_MAX_CONNECTIONS", "HERALD_BODY_READ_TIMEOUT", "HERALD_SECRET_KEY", "HERALD_WEBHOOK_ALLOW", "HERALD_PUBLIC_URL",
 }
 
 // servicePrefixes are the prefixes of each service's own variables.
