@@ -20,7 +20,7 @@ import (
 	"github.com/heraldmesh/herald/services/router/internal/appender"
 	"github.com/heraldmesh/herald/services/router/internal/backpressure"
 	"github.com/heraldmesh/herald/services/router/internal/publish"
-	"github.com/heraldmesh/herald/services/router/internal/subscribe"
+	"github.com/heraldmesh/herald/platform/subscription"
 )
 
 // Config configures the router.
@@ -90,7 +90,7 @@ func New(cfg Config) (*Service, error) {
 	if err != nil {
 		return nil, fmt.Errorf("router: %w", err)
 	}
-	mgr := subscribe.NewManager(subRedis, cat, base.Log, base.Metrics)
+	mgr := subscription.NewManager(subRedis, cat, base.Log, base.Metrics)
 	batcher := usage.NewBatcher(base.Redis, base.Log, time.Second)
 	mgr.Delivered = func(account, eventType string) {
 		batcher.Add(usage.Key{Account: account, EventType: eventType, Channel: "subscription", Metric: meteringv1.UsageMetric_USAGE_METRIC_DELIVERED}, 1)
@@ -101,7 +101,7 @@ func New(cfg Config) (*Service, error) {
 		<-ctx.Done() // after the server drained its streams
 		return subRedis.Close()
 	})
-	sh := subscribe.NewHandler(mgr, base.Server.StreamContext(), subscribe.Limits{MaxSessions: cfg.MaxSubscribeStreams})
+	sh := subscription.NewHandler(mgr, base.Server.StreamContext(), subscription.Limits{MaxSessions: cfg.MaxSubscribeStreams})
 	base.Server.Handle(routerv1connect.NewRouterServiceHandler(handler{h, sh}, base.HandlerOptions(connect.WithReadMaxBytes(cfg.MaxBatchBytes))...))
 	return &Service{base: base}, nil
 }
@@ -114,7 +114,7 @@ type handler struct {
 
 type (
 	publisher  = publish.Handler
-	subscriber = subscribe.Handler
+	subscriber = subscription.Handler
 )
 
 // Listen binds the listen address, so that Addr is known before Run.

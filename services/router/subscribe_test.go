@@ -17,7 +17,7 @@ import (
 	"github.com/heraldmesh/herald/api/gen/herald/router/v1/routerv1connect"
 	"github.com/heraldmesh/herald/platform/testutil"
 	"github.com/heraldmesh/herald/platform/usage"
-	"github.com/heraldmesh/herald/services/router/internal/subscribe"
+	"github.com/heraldmesh/herald/platform/subscription"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -207,7 +207,7 @@ func (e *env) usage(t *testing.T, account, channel string, metric meteringv1.Usa
 // on one type's stream.
 func (e *env) pendingCount(t *testing.T, typ, subID string) int64 {
 	t.Helper()
-	p, err := e.rdb.XPending(context.Background(), "herald:log:{"+typ+"}", subscribe.Group(subID)).Result()
+	p, err := e.rdb.XPending(context.Background(), "herald:log:{"+typ+"}", subscription.Group(subID)).Result()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -394,7 +394,7 @@ func TestNackAndDeadLetters(t *testing.T) {
 	if c.ack(back2) != 1 {
 		t.Fatal("ack of a replayed delivery")
 	}
-	replayLen, _ := e.rdb.XLen(context.Background(), subscribe.ReplayKey(sub.GetId())).Result()
+	replayLen, _ := e.rdb.XLen(context.Background(), subscription.ReplayKey(sub.GetId())).Result()
 	if replayLen != 0 {
 		t.Fatalf("acknowledged replay entries are removed; %d left", replayLen)
 	}
@@ -612,12 +612,12 @@ func TestSubscriptionDeletedCleansUp(t *testing.T) {
 		}
 		return names
 	}
-	testutil.Eventually(t, 10*time.Second, func() bool { return slices.Contains(groups(), subscribe.Group(sub.GetId())) },
+	testutil.Eventually(t, 10*time.Second, func() bool { return slices.Contains(groups(), subscription.Group(sub.GetId())) },
 		"the router creates the group without waiting for a consumer")
 	if _, err := e.registry.DeleteSubscription(context.Background(), connect.NewRequest(&registryv1.DeleteSubscriptionRequest{Id: sub.GetId()})); err != nil {
 		t.Fatal(err)
 	}
-	testutil.Eventually(t, 10*time.Second, func() bool { return !slices.Contains(groups(), subscribe.Group(sub.GetId())) }, "the group is removed")
+	testutil.Eventually(t, 10*time.Second, func() bool { return !slices.Contains(groups(), subscription.Group(sub.GetId())) }, "the group is removed")
 }
 
 // A consumer whose whole window is unacknowledged past the ack timeout gets

@@ -1,4 +1,4 @@
-// Package subscribe implements durable subscriptions on Redis consumer
+// Package subscription implements durable subscriptions on Redis consumer
 // groups: RouterService.Subscribe, Ack, Nack and the dead-letter RPCs.
 //
 // A subscription (created in the registry) owns one consumer group, named
@@ -28,7 +28,7 @@
 // before its start time, or, by default, at its creation time. Groups are
 // created on demand with the same start, so a type or a partition that
 // appears later is read from the same point by every router.
-package subscribe
+package subscription
 
 import (
 	"errors"
