@@ -174,18 +174,7 @@ func (d *dialer) DialContext(ctx context.Context, network, address string) (net.
 // socket's Control function that the address connected to is one of them.
 func (d *dialer) dialChecked(ctx context.Context, network, host string, addrs []netip.Addr, port uint16) (net.Conn, error) {
 	nd := d.net
-	nd.Control = func(_, address string, _ syscall.RawConn) error {
-		ap, err := netip.ParseAddrPort(address)
-		if err != nil {
-			return &RefusedError{Class: ClassMalformed, Host: host, Detail: "not a host and port"}
-		}
-		for _, a := range addrs {
-			if ap.Addr().Unmap() == a && ap.Port() == port {
-				return nil
-			}
-		}
-		return &RefusedError{Class: ClassReserved, Host: host, Resolved: true}
-	}
+	nd.Control = control(host, addrs, port)
 	var first error
 	for i, a := range addrs {
 		actx := ctx
@@ -214,4 +203,21 @@ func (d *dialer) dialChecked(ctx context.Context, network, host string, addrs []
 		return nil, re
 	}
 	return nil, dialError(host, first)
+}
+
+// control is the second line of defence: a net.Dialer Control function that
+// refuses a socket to any address other than the checked ones, whatever the
+// code above it did.
+func control(host string, addrs []netip.Addr, port uint16) func(network, address string, _ syscall.RawConn) error {
+	return func(_, address string, _ syscall.RawConn) error {
+		ap, err := netip.ParseAddrPort(address)
+		if err == nil && ap.Port() == port {
+			for _, a := range addrs {
+				if ap.Addr().Unmap() == a {
+					return nil
+				}
+			}
+		}
+		return &RefusedError{Class: ClassReserved, Host: host, Resolved: true}
+	}
 }
