@@ -515,6 +515,11 @@ func TestHTTPS(t *testing.T) {
 	if resp.ProtoMajor != 2 {
 		t.Errorf("protocol %s, want HTTP/2", resp.Proto)
 	}
+	// ClientWith: the same, with the https rule and no redirects.
+	resp, err = get(t, p.ClientWith(base, 0), srv.URL)
+	if err != nil || resp.ProtoMajor != 2 {
+		t.Fatalf("ClientWith: GET %s: %v", srv.URL, err)
+	}
 	c = &http.Client{Transport: safehttp.Policy{}.Transport(base)}
 	_, err = get(t, c, srv.URL)
 	if re := refusal(t, err); re.Class != safehttp.ClassLoopback {

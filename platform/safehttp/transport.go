@@ -73,12 +73,16 @@ func (p Policy) Transport(base *http.Transport) *http.Transport {
 	return t
 }
 
-// Client returns an http.Client for customer URLs: Transport(NewTransport()),
-// the https rule checked on every request, redirects never followed (a 3xx
-// is returned as it is, with its Location, and the target is never
-// requested), and a whole-request timeout: DefaultTimeout when timeout <= 0,
-// at most MaxTimeout.
-func (p Policy) Client(timeout time.Duration) *http.Client {
+// Client returns an http.Client for customer URLs: ClientWith(nil, timeout).
+func (p Policy) Client(timeout time.Duration) *http.Client { return p.ClientWith(nil, timeout) }
+
+// ClientWith returns an http.Client for customer URLs over
+// p.Transport(base) (base nil: NewTransport()), with the https rule checked
+// on every request, redirects never followed (a 3xx is returned as it is,
+// with its Location, and the target is never requested), and a whole-request
+// timeout: DefaultTimeout when timeout <= 0, at most MaxTimeout. A test
+// gives a base whose TLSClientConfig trusts its receivers' certificate.
+func (p Policy) ClientWith(base *http.Transport, timeout time.Duration) *http.Client {
 	switch {
 	case timeout <= 0:
 		timeout = DefaultTimeout
@@ -87,7 +91,7 @@ func (p Policy) Client(timeout time.Duration) *http.Client {
 	}
 	al, _ := p.compile()
 	return &http.Client{
-		Transport: &roundTripper{p: p, al: al, t: p.Transport(NewTransport())},
+		Transport: &roundTripper{p: p, al: al, t: p.Transport(base)},
 		CheckRedirect: func(*http.Request, []*http.Request) error {
 			return http.ErrUseLastResponse
 		},
@@ -141,7 +145,7 @@ func (d *dialer) DialContext(ctx context.Context, network, address string) (net.
 	case "tcp6":
 		family = "ip6"
 	default:
-		return nil, &RefusedError{Class: ClassScheme, Detail: network}
+		return nil, &RefusedError{Class: ClassMalformed, Detail: fmt.Sprintf("network %q is not supported", network)}
 	}
 	h, ps, err := net.SplitHostPort(address)
 	if err != nil {
