@@ -327,9 +327,14 @@ func normalizeName(h string) (string, error) {
 	if h == "" {
 		return "", errors.New("empty host name")
 	}
-	a, err := idna.Lookup.ToASCII(h)
-	if err != nil {
-		return "", errors.New("not a valid host name")
+	// Like net/http, which converts only a non-ASCII host: idna's STD3
+	// rules would refuse the underscores some real host names carry.
+	a := h
+	if !ascii(h) {
+		var err error
+		if a, err = idna.Lookup.ToASCII(h); err != nil {
+			return "", errors.New("not a valid host name")
+		}
 	}
 	a = strings.ToLower(a)
 	if len(a) > 253 {
@@ -339,6 +344,9 @@ func normalizeName(h string) (string, error) {
 	for _, l := range labels {
 		if l == "" || len(l) > 63 {
 			return "", errors.New("not a valid host name (empty or over-long label)")
+		}
+		if l[0] == '-' || l[len(l)-1] == '-' {
+			return "", errors.New("not a valid host name (a label starts or ends with a hyphen)")
 		}
 		for _, c := range []byte(l) {
 			if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
@@ -401,4 +409,13 @@ func (p Policy) resolve(ctx context.Context, al *allowlist, network, host string
 		out = append(out, a.Unmap())
 	}
 	return out, nil
+}
+
+func ascii(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 {
+			return false
+		}
+	}
+	return true
 }

@@ -554,6 +554,30 @@ func TestHTTPSRequired(t *testing.T) {
 	}
 }
 
+// TestHostNames: names are checked in the form the transport dials.
+func TestHostNames(t *testing.T) {
+	r := newResolver()
+	r.set("my_host.example.com", "93.184.215.14")
+	r.set("xn--bcher-kva.example", "93.184.215.14")
+	r.set("evil.example", "10.0.0.1")
+	r.set("xn--evl-sma.example", "10.0.0.1") // "evíl.example"
+	p := safehttp.Policy{Resolver: r}
+	for _, u := range []string{"https://my_host.example.com/", "https://b\u00fccher.example/", "https://B\u00dcCHER.example./", "https://xn--bcher-kva.example/"} {
+		if err := p.CheckURL(t.Context(), u); err != nil {
+			t.Errorf("CheckURL(%s): %v", u, err)
+		}
+	}
+	for _, u := range []string{"https://EVIL.example./", "https://ev\u00edl.example/"} {
+		if re := refusal(t, p.CheckURL(t.Context(), u)); re.Class != safehttp.ClassPrivate {
+			t.Errorf("CheckURL(%s): class %q, want private", u, re.Class)
+		}
+		_, err := get(t, p.Client(0), u)
+		if re := refusal(t, err); re.Class != safehttp.ClassPrivate {
+			t.Errorf("GET %s: class %q, want private", u, re.Class)
+		}
+	}
+}
+
 // TestMalformed: URLs refused before any lookup, each with its class.
 func TestMalformed(t *testing.T) {
 	r := newResolver()
@@ -572,6 +596,8 @@ func TestMalformed(t *testing.T) {
 		{"https://%zz/", safehttp.ClassMalformed},
 		{"https://a..b/", safehttp.ClassMalformed},
 		{"https://-/", safehttp.ClassMalformed},
+		{"https://a-.example/", safehttp.ClassMalformed},
+		{"https://-a.example/", safehttp.ClassMalformed},
 		{"https://127.1/", safehttp.ClassMalformed},
 		{"https://0x7f000001/", safehttp.ClassMalformed},
 		{"https://2130706433/", safehttp.ClassMalformed},
