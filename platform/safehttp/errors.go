@@ -70,8 +70,11 @@ func (e *RefusedError) Unwrap() error { return ErrRefused }
 // host and a short reason and never the resolver's own address (which a
 // *net.DNSError's message carries); errors.As still finds the *net.DNSError.
 type ResolveError struct {
-	Host   string
-	Reason string // "no such host", "no address", "timed out", "temporary failure"
+	// Host is the name that did not resolve, in its dialled (ASCII) form.
+	Host string
+	// Reason is "no such host", "no address", "timed out" or "temporary
+	// failure".
+	Reason string
 	err    error
 }
 
@@ -115,8 +118,12 @@ func resolveError(host string, err error) error {
 // errors.Is and errors.As still reach the underlying error (syscall.ECONNREFUSED,
 // *net.OpError).
 type DialError struct {
-	Host   string
-	Reason string // "connection refused", "timed out", "network unreachable", ...
+	// Host is the host of the URL (a name or the literal it gave).
+	Host string
+	// Reason is "connection refused", "connection reset", "timed out",
+	// "network unreachable", "host unreachable", "canceled" or "connection
+	// failed".
+	Reason string
 	err    error
 }
 
