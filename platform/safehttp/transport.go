@@ -65,7 +65,7 @@ func (p Policy) Transport(base *http.Transport) *http.Transport {
 	t.OnProxyConnectResponse = nil
 	t.GetProxyConnectHeader = nil
 	t.Dial = nil    //nolint:staticcheck // cleared so it cannot bypass DialContext
-	t.DialTLS = nil //nolint:staticcheck // idem
+	t.DialTLS = nil // idem
 	t.DialTLSContext = nil
 	d := &dialer{p: p, net: net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}}
 	d.al, _ = p.compile() // invalid entries are skipped: they open nothing
