@@ -16,11 +16,11 @@ import (
 	"github.com/heraldmesh/herald/api/gen/herald/router/v1/routerv1connect"
 	"github.com/heraldmesh/herald/platform/config"
 	"github.com/heraldmesh/herald/platform/service"
+	"github.com/heraldmesh/herald/platform/subscription"
 	"github.com/heraldmesh/herald/platform/usage"
 	"github.com/heraldmesh/herald/services/router/internal/appender"
 	"github.com/heraldmesh/herald/services/router/internal/backpressure"
 	"github.com/heraldmesh/herald/services/router/internal/publish"
-	"github.com/heraldmesh/herald/platform/subscription"
 )
 
 // Config configures the router.
