@@ -54,15 +54,18 @@ type session struct {
 // serve runs a Subscribe stream until ctx ends or sending fails. open is
 // called once the session is set up (groups exist, a resume is done), to
 // send the response headers: the client knows it is subscribed.
-func (m *Manager) serve(ctx context.Context, sub *registryv1.Subscription, window int, resume string, open func() error, send func(*routerv1.SubscribeResponse) error) error {
+func (m *Manager) serve(ctx context.Context, sub *registryv1.Subscription, window int, resume, consumer string, open func() error, send func(*routerv1.SubscribeResponse) error) error {
 	flt, err := filter.Compile(sub.GetFilter())
 	if err != nil {
 		return connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("subscription %s has a filter that does not compile: %w", sub.GetId(), err))
 	}
-	var b [8]byte
-	_, _ = rand.Read(b[:])
+	if consumer == "" {
+		var b [8]byte
+		_, _ = rand.Read(b[:])
+		consumer = "c-" + hex.EncodeToString(b[:])
+	}
 	s := &session{
-		m: m, sub: sub, pol: policyOf(sub), flt: flt, consumer: "c-" + hex.EncodeToString(b[:]),
+		m: m, sub: sub, pol: policyOf(sub), flt: flt, consumer: consumer,
 		window: window, send: send, claimFrom: map[string]string{}, wake: make(chan struct{}, 1),
 	}
 	if err := s.refresh(ctx); err != nil {

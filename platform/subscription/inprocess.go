@@ -1,0 +1,249 @@
+package subscription
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"time"
+
+	registryv1 "github.com/heraldmesh/herald/api/gen/herald/registry/v1"
+	routerv1 "github.com/heraldmesh/herald/api/gen/herald/router/v1"
+	"github.com/heraldmesh/herald/platform/eventlog"
+	"github.com/redis/go-redis/v9"
+)
+
+// This file is the in-process face of the Manager, for consumers that live
+// inside a Herald service (the edge's webhook engine) rather than behind
+// RouterService.Subscribe. The guarantees are the same: every delivery
+// stays pending until it is acknowledged or dead-lettered.
+
+// Serve runs one consumer of sub, named consumer, until ctx ends: it passes
+// each delivery to send, at most window unacknowledged at a time. The
+// caller settles each one with Ack, Nack or GiveUp by its AckId, and keeps
+// those it holds for long with Extend.
+func (m *Manager) Serve(ctx context.Context, sub *registryv1.Subscription, window int, consumer string, send func(*routerv1.SubscribeResponse) error) error {
+	return m.serve(ctx, sub, window, "", consumer, func() error { return nil }, send)
+}
+
+// refsOf parses ack ids of one subscription.
+func refsOf(subID string, ackIDs []string) ([]ref, error) {
+	out := make([]ref, len(ackIDs))
+	for i, s := range ackIDs {
+		r, err := parseAckID(subID, s)
+		if err != nil {
+			return nil, err
+		}
+		out[i] = r
+	}
+	return out, nil
+}
+
+// Ack acknowledges deliveries: they are never delivered again. It returns
+// how many were still pending.
+func (m *Manager) Ack(ctx context.Context, subID string, ackIDs ...string) (int64, error) {
+	refs, err := refsOf(subID, ackIDs)
+	if err != nil || len(refs) == 0 {
+		return 0, err
+	}
+	n, err := m.settle(ctx, subID, refs)
+	m.wake(subID)
+	return n, err
+}
+
+// Nack hands deliveries back to be delivered again after delay, or
+// dead-letters those that used up the subscription's attempts.
+func (m *Manager) Nack(ctx context.Context, sub *registryv1.Subscription, ackIDs []string, delay time.Duration, reason string) (retrying, dead int, err error) {
+	refs, err := refsOf(sub.GetId(), ackIDs)
+	if err != nil || len(refs) == 0 {
+		return 0, 0, err
+	}
+	retrying, dead, err = m.nack(ctx, sub, refs, delay, reason)
+	m.wake(sub.GetId())
+	return retrying, dead, err
+}
+
+// GiveUp moves a pending delivery to the subscription's dead letters at
+// once, with the reason. A delivery no longer pending (settled meanwhile)
+// is left alone; one trimmed from the log is only acknowledged.
+func (m *Manager) GiveUp(ctx context.Context, subID, ackID string, attempts int64, reason string) error {
+	r, err := parseAckID(subID, ackID)
+	if err != nil {
+		return err
+	}
+	info, err := m.pending(ctx, subID, []ref{r})
+	if err != nil {
+		return err
+	}
+	if _, ok := info[r]; !ok {
+		return nil
+	}
+	d, found, err := m.fetch(ctx, subID, r, attempts)
+	if err != nil {
+		return err
+	}
+	if !found {
+		_, err := m.settle(ctx, subID, []ref{r})
+		return err
+	}
+	err = m.deadLetter(ctx, subID, d, reason, "")
+	m.wake(subID)
+	return err
+}
+
+// extendScript restarts the idle time of deliveries a consumer still
+// holds, keeping their delivery counts, so that no session takes them over
+// while the consumer works on them: KEYS[1] stream; ARGV[1] group, ARGV[2]
+// consumer, ARGV[3..] entry ids. Returns how many it still held.
+var extendScript = redis.NewScript(`
+local n = 0
+for i = 3, #ARGV do
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+  if p[1] and p[1][2] == ARGV[2] then
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+    n = n + 1
+  end
+end
+return n
+`)
+
+// Extend tells that consumer is still working on deliveries (a webhook
+// waiting for its retry, or a later event of an ordered key waiting for an
+// earlier one): their ack timeout starts again. Deliveries another
+// consumer took over meanwhile are left alone. It returns how many the
+// consumer still holds.
+func (m *Manager) Extend(ctx context.Context, subID, consumer string, ackIDs []string) (int64, error) {
+	refs, err := refsOf(subID, ackIDs)
+	if err != nil || len(refs) == 0 {
+		return 0, err
+	}
+	byStream := map[string][]any{}
+	for _, r := range refs {
+		byStream[r.stream] = append(byStream[r.stream], r.id)
+	}
+	pipe := m.rdb.Pipeline()
+	var cmds []*redis.Cmd
+	for st, ids := range byStream {
+		cmds = append(cmds, extendScript.Eval(ctx, pipe, []string{st}, append([]any{Group(subID), consumer}, ids...)...))
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !isNoGroup(err) {
+		return 0, err
+	}
+	var n int64
+	for _, c := range cmds {
+		v, _ := c.Int64()
+		n += v
+	}
+	return n, nil
+}
+
+// Held lists the ack ids of the deliveries consumer holds on the
+// subscription's streams (to pick up what a consumer of the same name left
+// pending before a restart is the sessions' job; this is for checks).
+func (m *Manager) Held(ctx context.Context, sub *registryv1.Subscription, consumer string) ([]string, error) {
+	streams, err := m.streams(ctx, sub)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, st := range streams {
+		p, err := m.rdb.XPendingExt(ctx, &redis.XPendingExtArgs{Stream: st, Group: Group(sub.GetId()), Start: "-", End: "+", Count: 10000, Consumer: consumer}).Result()
+		if err != nil && !isNoGroup(err) {
+			return nil, err
+		}
+		for _, e := range p {
+			out = append(out, ackID(sub.GetId(), ref{stream: st, id: e.ID}))
+		}
+	}
+	return out, nil
+}
+
+// ListDead pages through the subscription's dead letters after the dead
+// letter id `after` ("" for the start), at most n.
+func (m *Manager) ListDead(ctx context.Context, subID, after string, n int64) ([]DeadLetter, string, int64, error) {
+	return m.listDead(ctx, subID, after, n)
+}
+
+// ReplayDeadSince sends every dead letter made at or after t back for
+// delivery, and returns how many.
+func (m *Manager) ReplayDeadSince(ctx context.Context, subID string, t time.Time) (int64, error) {
+	var total int64
+	start := fmt.Sprintf("%d-0", t.UnixMilli())
+	for {
+		msgs, err := m.rdb.XRangeN(ctx, deadKey(subID), start, "+", 500).Result()
+		if err != nil || len(msgs) == 0 {
+			return total, err
+		}
+		ids := make([]string, len(msgs))
+		for i, msg := range msgs {
+			ids[i] = msg.ID
+		}
+		n, err := m.replay(ctx, subID, ids, false)
+		total += n
+		if err != nil || len(msgs) < 500 {
+			return total, err
+		}
+		start = "(" + msgs[len(msgs)-1].ID
+	}
+}
+
+// ErrTooMany is returned when a replay range holds more events than allowed.
+var ErrTooMany = errors.New("too many events")
+
+// ReplayRange sends again every event of the subscription's streams with
+// a cursor after `after` and up to `to` (inclusive; "+" for the newest),
+// through its replay stream: they keep their cursors, and the
+// subscription's filter applies again. At most limit events; more is
+// ErrTooMany, and nothing is queued.
+func (m *Manager) ReplayRange(ctx context.Context, sub *registryv1.Subscription, after, to string, limit int) (int, error) {
+	streams, err := m.streams(ctx, sub)
+	if err != nil {
+		return 0, err
+	}
+	type entry struct {
+		id, typ string
+		values  map[string]any
+	}
+	var all []entry
+	for _, st := range streams {
+		if st == ReplayKey(sub.GetId()) {
+			continue
+		}
+		msgs, err := m.rdb.XRangeN(ctx, st, "("+after, to, int64(limit+1)).Result()
+		if err != nil {
+			return 0, err
+		}
+		for _, msg := range msgs {
+			all = append(all, entry{id: msg.ID, typ: eventlog.TypeOfStream(st), values: msg.Values})
+		}
+		if len(all) > limit {
+			return 0, fmt.Errorf("the range holds more than %d events: %w; replay a shorter range", limit, ErrTooMany)
+		}
+	}
+	sort.Slice(all, func(i, j int) bool {
+		return eventlog.MustParseID(all[i].id).Less(eventlog.MustParseID(all[j].id))
+	})
+	pipe := m.rdb.Pipeline()
+	for _, e := range all {
+		pipe.XAdd(ctx, &redis.XAddArgs{Stream: ReplayKey(sub.GetId()), Values: []any{
+			eventlog.FieldEvent, e.values[eventlog.FieldEvent], eventlog.FieldApp, e.values[eventlog.FieldApp],
+			fieldType, e.typ, fieldCursor, e.id,
+		}})
+	}
+	if len(all) > 0 {
+		if _, err := pipe.Exec(ctx); err != nil {
+			return 0, err
+		}
+		if err := m.ensure(ctx, sub, streams); err != nil {
+			return 0, err
+		}
+		m.wake(sub.GetId())
+	}
+	return len(all), nil
+}
+
+// Streams lists the log streams the subscription reads now, its replay
+// stream last.
+func (m *Manager) Streams(ctx context.Context, sub *registryv1.Subscription) ([]string, error) {
+	return m.streams(ctx, sub)
+}
