@@ -14,12 +14,18 @@ const (
 	DefaultMaxStreams   = 10000
 	DefaultUsageFlush   = time.Second
 	DefaultWriteTimeout = 30 * time.Second
+	// DefaultWebhookEndpoints is how many webhook endpoints one edge
+	// delivers to at once: each holds a Redis connection while it waits
+	// for events.
+	DefaultWebhookEndpoints      = 1000
+	DefaultWebhookAppConcurrency = 200
 	// retryAfter is what a client refused at the stream ceiling is told.
 	retryAfter = 5 * time.Second
 )
 
 // EnvVars are the variables ConfigFromEnv reads besides the common ones.
-var EnvVars = []string{"HERALD_EDGE_HEARTBEAT", "HERALD_EDGE_MAX_STREAMS", "HERALD_EDGE_USAGE_FLUSH", "HERALD_EDGE_WRITE_TIMEOUT"}
+var EnvVars = []string{"HERALD_EDGE_HEARTBEAT", "HERALD_EDGE_MAX_STREAMS", "HERALD_EDGE_USAGE_FLUSH", "HERALD_EDGE_WRITE_TIMEOUT",
+	"HERALD_EDGE_WEBHOOK_ENDPOINTS", "HERALD_EDGE_WEBHOOK_APP_CONCURRENCY"}
 
 // ConfigFromEnv reads the edge's settings from the environment: the common
 // HERALD_* settings and
@@ -28,6 +34,8 @@ var EnvVars = []string{"HERALD_EDGE_HEARTBEAT", "HERALD_EDGE_MAX_STREAMS", "HERA
 //	HERALD_EDGE_MAX_STREAMS    open streams of every channel (SSE and StreamEvents) per edge (default 10000)
 //	HERALD_EDGE_USAGE_FLUSH    how often delivery counts are reported (Go duration, default 1s)
 //	HERALD_EDGE_WRITE_TIMEOUT  how long a client may take one write before it is dropped (Go duration, default 30s)
+//	HERALD_EDGE_WEBHOOK_ENDPOINTS        webhook endpoints one edge delivers to at once (default 1000; others wait for a free edge)
+//	HERALD_EDGE_WEBHOOK_APP_CONCURRENCY  webhook requests in flight per application over all its endpoints (default 200)
 //
 // Unset settings get their defaults; malformed ones are refused with the
 // setting's name.
@@ -46,6 +54,12 @@ func ConfigFromEnv() (Config, error) {
 		return cfg, err
 	}
 	if cfg.WriteTimeout, err = config.EnvDuration("HERALD_EDGE_WRITE_TIMEOUT"); err != nil {
+		return cfg, err
+	}
+	if cfg.WebhookEndpoints, err = config.EnvInt("HERALD_EDGE_WEBHOOK_ENDPOINTS"); err != nil {
+		return cfg, err
+	}
+	if cfg.WebhookAppConcurrency, err = config.EnvInt("HERALD_EDGE_WEBHOOK_APP_CONCURRENCY"); err != nil {
 		return cfg, err
 	}
 	cfg.setDefaults()
@@ -68,6 +82,12 @@ func (c *Config) setDefaults() {
 	}
 	if c.WriteTimeout <= 0 {
 		c.WriteTimeout = DefaultWriteTimeout
+	}
+	if c.WebhookEndpoints <= 0 {
+		c.WebhookEndpoints = DefaultWebhookEndpoints
+	}
+	if c.WebhookAppConcurrency <= 0 {
+		c.WebhookAppConcurrency = DefaultWebhookAppConcurrency
 	}
 }
 

@@ -5,13 +5,22 @@ package edge
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
+	"strings"
 	"time"
 
 	"github.com/heraldmesh/herald/api/gen/herald/edge/v1/edgev1connect"
 	meteringv1 "github.com/heraldmesh/herald/api/gen/herald/metering/v1"
+	"github.com/heraldmesh/herald/api/gen/herald/registry/v1/registryv1connect"
+	"github.com/heraldmesh/herald/api/gen/herald/router/v1/routerv1connect"
 	"github.com/heraldmesh/herald/platform/auth"
+	"github.com/heraldmesh/herald/platform/catalog"
+	"github.com/heraldmesh/herald/platform/rpc"
+	"github.com/heraldmesh/herald/platform/safehttp"
+	"github.com/heraldmesh/herald/platform/secretbox"
 	"github.com/heraldmesh/herald/platform/config"
 	"github.com/heraldmesh/herald/platform/service"
 	"github.com/heraldmesh/herald/platform/usage"
@@ -19,6 +28,7 @@ import (
 	"github.com/heraldmesh/herald/services/edge/internal/hub"
 	"github.com/heraldmesh/herald/services/edge/internal/sse"
 	"github.com/heraldmesh/herald/services/edge/internal/streamrpc"
+	"github.com/heraldmesh/herald/services/edge/internal/webhook"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -39,6 +49,15 @@ type Config struct {
 	// WriteTimeout drops a client that cannot take a write for this long.
 	// Default 30s.
 	WriteTimeout time.Duration
+	// WebhookEndpoints bounds the webhook endpoints this edge delivers to
+	// at once. Default 1000.
+	WebhookEndpoints int
+	// WebhookAppConcurrency caps one application's webhook requests in
+	// flight. Default 200.
+	WebhookAppConcurrency int
+	// WebhookResolver, when set, resolves webhook hosts instead of the
+	// system resolver (tests).
+	WebhookResolver safehttp.Resolver
 }
 
 // Service is a configured edge.
@@ -77,10 +96,49 @@ func New(cfg Config) (*Service, error) {
 		streams.Collector(),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "herald_edge_live_subscribers", Help: "Subscribers following the live feed."}, func() float64 { return float64(h.Subscribers()) }),
 	)
+	if err := webhooks(base, cat, cfg); err != nil {
+		return nil, err
+	}
 	base.Server.OnReady(h.Ready)
 	base.Go(h.Run)
 	base.Go(func(ctx context.Context) error { batcher.Run(ctx); return nil })
 	return &Service{base: base, hub: h}, nil
+}
+
+// webhooks sets up the webhook engine and its API.
+func webhooks(base *service.Base, cat *catalog.Cache, cfg Config) error {
+	var box *secretbox.Box
+	if cfg.SecretKey != "" {
+		var err error
+		if box, err = secretbox.New(strings.Split(cfg.SecretKey, ",")...); err != nil {
+			return fmt.Errorf("edge: HERALD_SECRET_KEY: %w", err)
+		}
+	}
+	policy, err := safehttp.ParsePolicy(cfg.WebhookAllow)
+	if err != nil {
+		return fmt.Errorf("edge: HERALD_WEBHOOK_ALLOW: %w", err)
+	}
+	policy.Resolver = cfg.WebhookResolver
+	// Each endpoint's consumer blocks on Redis for events: a pool of its
+	// own, so that the SSE hub never waits for a connection.
+	rdb, err := config.OpenRedis(cfg.RedisURL, cfg.WebhookEndpoints+16)
+	if err != nil {
+		return fmt.Errorf("edge: %w", err)
+	}
+	engine := webhook.New(webhook.Options{
+		Redis: rdb, Catalog: cat, Log: base.Log, Box: box, Policy: policy,
+		Registry: registryv1connect.NewRegistryServiceClient(rpc.HTTPClient(), rpc.BaseURL(cfg.RegistryAddr), rpc.ClientOptions(cfg.AdminKey)...),
+		Router:   routerv1connect.NewRouterServiceClient(rpc.HTTPClient(), rpc.BaseURL(cfg.RouterAddr), rpc.ClientOptions(cfg.AdminKey)...),
+		Metrics:  base.Metrics, AppConcurrency: cfg.WebhookAppConcurrency, MaxEndpoints: cfg.WebhookEndpoints,
+	})
+	api := &webhook.API{E: engine}
+	base.Server.Handle(edgev1connect.NewWebhookServiceHandler(api, base.HandlerOptions()...))
+	base.Server.HandlePublic("GET /v1/webhooks/{id}/jwks.json", http.HandlerFunc(api.JWKS))
+	base.Go(func(ctx context.Context) error {
+		defer rdb.Close()
+		return engine.Run(ctx)
+	})
+	return nil
 }
 
 // Listen binds the listen address, so that Addr is known before Run.
