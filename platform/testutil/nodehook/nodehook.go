@@ -38,7 +38,8 @@ const (
 // of its secrets verifies, 400 with the library's message otherwise, and
 // records every POST (see Results).
 type Receiver struct {
-	url string
+	url    string
+	client *http.Client // its own, so no idle connection outlives the test (goleak)
 }
 
 // A Result is the receiver's record of one POST.
@@ -127,8 +128,12 @@ func Start(t testing.TB, secrets ...string) *Receiver {
 		stop()
 		t.Fatalf("nodehook: receiver.mjs did not start (first line %q); stderr:\n%s", strings.TrimSpace(line), stderr)
 	}
-	t.Cleanup(stop)
-	return &Receiver{url: fmt.Sprintf("http://127.0.0.1:%d", hello.Port)}
+	tr := &http.Transport{}
+	t.Cleanup(func() {
+		tr.CloseIdleConnections()
+		stop()
+	})
+	return &Receiver{url: fmt.Sprintf("http://127.0.0.1:%d", hello.Port), client: &http.Client{Transport: tr}}
 }
 
 // URL returns the receiver's base URL, http://127.0.0.1:port. Any path
@@ -144,7 +149,7 @@ func (r *Receiver) Results(t testing.TB) []Result {
 	if err != nil {
 		t.Fatal(err)
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := r.client.Do(req)
 	if err != nil {
 		t.Fatalf("nodehook: GET /results: %v", err)
 	}
