@@ -44,10 +44,12 @@ lint: tools
 ## test: every test (what CI runs): generated code fresh, lint, Go tests with the race detector
 test: check-generated lint test-node test-go
 
-## test-node: install the Node test tooling (tests/asyncapi: the official AsyncAPI parser, pinned by
-## package-lock.json) that the catalog's Go tests run to check the AsyncAPI export
+## test-node: install the Node test tooling, pinned by package-lock.json, that Go tests run: tests/asyncapi
+## (the official AsyncAPI parser, for the catalog's AsyncAPI export) and tests/webhooks (the official
+## standardwebhooks library, verifying Herald's webhook signatures)
 test-node:
 	cd tests/asyncapi && npm ci --no-audit --no-fund --ignore-scripts
+	cd tests/webhooks && npm ci --no-audit --no-fund --ignore-scripts
 
 test-go: tools test-node
 	go test -race -count=1 -timeout 20m $(PKGS)
