@@ -2,22 +2,24 @@ package registry
 
 import (
 	"context"
+	"os"
 
 	"github.com/heraldmesh/herald/platform/config"
 	"github.com/heraldmesh/herald/platform/service"
 )
 
 // EnvVars are the variables ConfigFromEnv reads besides the common ones.
-var EnvVars = []string{"HERALD_REGISTRY_CHANGE_LOG_ENTRIES"}
+var EnvVars = []string{"HERALD_REGISTRY_CHANGE_LOG_ENTRIES", "HERALD_REGISTRY_WEBHOOK_ORIGIN"}
 
 // ConfigFromEnv reads the registry's settings from the environment: the
 // common HERALD_* settings and
 //
 //	HERALD_REGISTRY_CHANGE_LOG_ENTRIES  about how many catalog changes Watch streams can resume from (default 100000)
+//	HERALD_REGISTRY_WEBHOOK_ORIGIN      the WebHook-Request-Origin of endpoint validation (default the host of HERALD_PUBLIC_URL)
 //
 // Unset variables leave New's defaults.
 func ConfigFromEnv() (Config, error) {
-	cfg := Config{Common: config.FromEnv()}
+	cfg := Config{Common: config.FromEnv(), WebhookOrigin: os.Getenv("HERALD_REGISTRY_WEBHOOK_ORIGIN")}
 	var err error
 	if cfg.ChangeLogEntries, err = config.EnvInt("HERALD_REGISTRY_CHANGE_LOG_ENTRIES"); err != nil {
 		return cfg, err

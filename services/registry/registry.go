@@ -4,18 +4,25 @@
 package registry
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
+	"strings"
+	"sync/atomic"
 
 	registryv1 "github.com/heraldmesh/herald/api/gen/herald/registry/v1"
 	"github.com/heraldmesh/herald/api/gen/herald/registry/v1/registryv1connect"
 	"github.com/heraldmesh/herald/platform/auth"
+	"github.com/heraldmesh/herald/platform/backoff"
 	"github.com/heraldmesh/herald/platform/config"
 	"github.com/heraldmesh/herald/platform/rpc"
+	"github.com/heraldmesh/herald/platform/safehttp"
+	"github.com/heraldmesh/herald/platform/secretbox"
 	"github.com/heraldmesh/herald/platform/service"
 	"github.com/heraldmesh/herald/services/registry/internal/api"
 	"github.com/heraldmesh/herald/services/registry/internal/catalogview"
@@ -34,6 +41,17 @@ type Config struct {
 	// away for more changes than that reloads the whole catalog. Default
 	// 100000.
 	ChangeLogEntries int
+
+	// WebhookOrigin is the WebHook-Request-Origin of the CloudEvents
+	// abuse-protection handshake that validates webhook endpoints
+	// (HERALD_REGISTRY_WEBHOOK_ORIGIN); default the host of
+	// Common.PublicURL.
+	WebhookOrigin string
+	// WebhookResolver resolves the host names of webhook endpoints, for the
+	// URL check at creation and the validation requests; nil is the
+	// system's resolver. Tests give one whose answers they choose; the
+	// allowlist is Common.WebhookAllow.
+	WebhookResolver safehttp.Resolver
 }
 
 // Service is a configured registry.
@@ -49,6 +67,10 @@ func New(cfg Config) (*Service, error) {
 	}
 	if cfg.ChangeLogEntries == 0 {
 		cfg.ChangeLogEntries = store.DefaultChangeLogLimit
+	}
+	hooks, err := webhookSettings(&cfg)
+	if err != nil {
+		return nil, err
 	}
 	var h *api.Handler
 	var log *slog.Logger
@@ -71,7 +93,33 @@ func New(cfg Config) (*Service, error) {
 	}
 	log = base.Log
 	st := store.New(base.Redis).WithChangeLogLimit(int64(cfg.ChangeLogEntries))
-	h = api.New(st, base.Server.StreamContext())
+	h = api.New(st, base.Server.StreamContext()).WithWebhooks(hooks)
+	// The herald domain and its types, registered once Redis answers; the
+	// registry is not ready until they are.
+	var meshReady atomic.Bool
+	base.Go(func(ctx context.Context) error {
+		bo := backoff.New(backoff.Options{})
+		for {
+			err := h.EnsureMeshCatalog(ctx)
+			if err == nil {
+				meshReady.Store(true)
+				return nil
+			}
+			if ctx.Err() != nil {
+				return nil
+			}
+			log.Warn("registering the herald domain; retrying", "err", err.Error())
+			if !backoff.Sleep(ctx, bo.Next()) {
+				return nil
+			}
+		}
+	})
+	base.Server.OnReady(func(context.Context) error {
+		if !meshReady.Load() {
+			return errMeshCatalog
+		}
+		return nil
+	})
 	base.Server.Handle(registryv1connect.NewRegistryServiceHandler(h, base.HandlerOptions()...))
 
 	// The catalog as documents: AsyncAPI 3.0 and a page for people, each
@@ -110,7 +158,57 @@ func New(cfg Config) (*Service, error) {
 var (
 	errKeyStore = errors.New("the key store is unavailable; retry later")
 	errCatalog  = catalogview.ErrUnavailable
+	// errMeshCatalog is the readiness failure until the herald domain is
+	// registered.
+	errMeshCatalog = errors.New("the herald domain is not registered yet")
 )
+
+// webhookSettings derives what webhook endpoints need from the
+// configuration: the secret box (none without HERALD_SECRET_KEY), the
+// outbound policy, the public URL and the handshake's origin.
+func webhookSettings(cfg *Config) (api.Webhooks, error) {
+	var w api.Webhooks
+	if cfg.SecretKey != "" {
+		box, err := secretbox.New(strings.Split(cfg.SecretKey, ",")...)
+		if err != nil {
+			return w, fmt.Errorf("registry: HERALD_SECRET_KEY: %w", err)
+		}
+		w.Box = box
+	}
+	policy, err := safehttp.ParsePolicy(cfg.WebhookAllow)
+	if err != nil {
+		return w, fmt.Errorf("registry: HERALD_WEBHOOK_ALLOW: %w", err)
+	}
+	policy.Resolver = cfg.WebhookResolver
+	w.Policy = policy
+	w.PublicURL = strings.TrimSuffix(cfg.PublicURL, "/")
+	if w.PublicURL == "" {
+		w.PublicURL = "http://" + cmp.Or(cfg.EdgeAddr, config.DefaultEdgeAddr)
+	}
+	u, err := url.Parse(w.PublicURL)
+	if err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") {
+		return w, fmt.Errorf("registry: HERALD_PUBLIC_URL %q is not an absolute http or https URL", w.PublicURL)
+	}
+	w.Origin = cmp.Or(cfg.WebhookOrigin, u.Hostname())
+	if !validOrigin(w.Origin) {
+		return w, fmt.Errorf("registry: HERALD_REGISTRY_WEBHOOK_ORIGIN %q is not a host name", w.Origin)
+	}
+	return w, nil
+}
+
+// validOrigin reports whether s can be a WebHook-Request-Origin: a host
+// name (or address) without spaces or control characters.
+func validOrigin(s string) bool {
+	if s == "" || len(s) > 253 {
+		return false
+	}
+	for _, c := range s {
+		if c <= ' ' || c == 0x7f || c == '/' || c == ',' {
+			return false
+		}
+	}
+	return true
+}
 
 // Listen binds the listen address, so that Addr is known before Run.
 func (s *Service) Listen() (net.Addr, error) { return s.base.Listen() }

@@ -32,8 +32,9 @@ const (
 // Handler serves RegistryService.
 type Handler struct {
 	registryv1connect.UnimplementedRegistryServiceHandler
-	store   *store.Store
-	streams context.Context
+	store    *store.Store
+	streams  context.Context
+	webhooks Webhooks
 
 	// checkCompatibility is schema.CheckCompatibility, replaced in tests.
 	checkCompatibility func(registryv1.Compatibility, string, []string) ([]string, error)

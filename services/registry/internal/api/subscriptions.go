@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"net/url"
 	"slices"
 	"strings"
 	"time"
@@ -17,6 +16,7 @@ import (
 	"github.com/heraldmesh/herald/platform/filter"
 	"github.com/heraldmesh/herald/services/registry/internal/store"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
 const (
@@ -64,18 +64,15 @@ func deliveryPolicy(in *registryv1.DeliveryPolicy) (*registryv1.DeliveryPolicy, 
 	return out, nil
 }
 
+// checkChannel checks that the subscription names a channel; a webhook
+// endpoint's settings are checked by webhookSettings.
 func checkChannel(sub *registryv1.Subscription) error {
-	switch ch := sub.GetChannel().(type) {
+	switch sub.GetChannel().(type) {
 	case *registryv1.Subscription_Stream:
 		return nil
 	case *registryv1.Subscription_Webhook:
-		raw := ch.Webhook.GetUrl()
-		if len(raw) > maxURL {
-			return invalid("subscription.webhook.url is longer than %d characters", maxURL)
-		}
-		u, err := url.Parse(raw)
-		if err != nil || !u.IsAbs() || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
-			return invalid("subscription.webhook.url %q must be an absolute http or https URL", raw)
+		if sub.GetWebhook() == nil {
+			return invalid("subscription.webhook needs a url")
 		}
 		return nil
 	default:
@@ -222,6 +219,12 @@ func (h *Handler) CreateSubscription(ctx context.Context, req *connect.Request[r
 		Id: auth.NewID("sub_"), ApplicationId: appID, Types: in.GetTypes(), Filter: in.GetFilter(),
 		Channel: in.GetChannel(), Start: in.GetStart(), Delivery: policy,
 	}
+	var secret *newSecret
+	if in.GetWebhook() != nil {
+		if secret, err = h.prepareEndpoint(ctx, sub, in.GetWebhook()); err != nil {
+			return nil, err
+		}
+	}
 	sub, err = h.store.CreateSubscription(ctx, sub, func(app *registryv1.Application, types map[string]*registryv1.EventType) error {
 		if err := mayReceive(app, sub.GetTypes(), types); err != nil {
 			return err
@@ -231,7 +234,83 @@ func (h *Handler) CreateSubscription(ctx context.Context, req *connect.Request[r
 	if err != nil {
 		return nil, fail(err)
 	}
-	return connect.NewResponse(&registryv1.CreateSubscriptionResponse{Subscription: sub}), nil
+	out := &registryv1.CreateSubscriptionResponse{Subscription: forClient(sub)}
+	if secret != nil {
+		out.WebhookSecret = secret.shown
+	}
+	return connect.NewResponse(out), nil
+}
+
+// prepareEndpoint makes the webhook endpoint of a subscription being
+// created: its settings checked and defaulted, its URL checked against the
+// outbound policy, its first secret, and (unless it is created disabled) its
+// consent, asked over the network once the application is known to be
+// allowed the subscription. It sets sub's channel and returns the secret.
+func (h *Handler) prepareEndpoint(ctx context.Context, sub *registryv1.Subscription, in *registryv1.WebhookChannel) (*newSecret, error) {
+	if len(in.GetSecrets()) > 0 {
+		return nil, invalid("subscription.webhook.secrets is output only: Herald makes the signing secret and shows it once, in the response that creates the endpoint")
+	}
+	ch, err := webhookSettings(in)
+	if err != nil {
+		return nil, err
+	}
+	if h.webhooks.Box == nil {
+		return nil, errNoSecretKey
+	}
+	if err := h.checkEndpointURL(ctx, ch.GetUrl()); err != nil {
+		return nil, err
+	}
+	now := time.Now()
+	if ch.GetDisabled() {
+		if ch.DisabledReason, err = reasonGiven(ctx, in.GetDisabledReason()); err != nil {
+			return nil, err
+		}
+		ch.DisableTime = timestamppb.New(now)
+	}
+	secret, err := h.makeSecret(sub.GetId(), ch.GetSigning(), now)
+	if err != nil {
+		return nil, err
+	}
+	ch.Secrets = []*registryv1.WebhookSecret{secret.record}
+	if ch.GetSigning() == registryv1.WebhookSigning_WEBHOOK_SIGNING_ED25519 {
+		ch.JwksUrl = h.jwksURL(sub.GetId())
+	}
+	sub.Channel = &registryv1.Subscription_Webhook{Webhook: ch}
+	if ch.GetDisabled() {
+		return secret, nil
+	}
+	// Refuse what the store would refuse before calling anyone: an
+	// application without the grants does not get to make Herald knock on
+	// a server's door.
+	app, types, err := h.store.SubscriptionContext(ctx, sub.GetApplicationId(), sub.GetTypes())
+	if err != nil {
+		return nil, fail(err)
+	}
+	if err := mayReceive(app, sub.GetTypes(), types); err != nil {
+		return nil, fail(err)
+	}
+	if err := h.startNotFuture(ctx, app, sub); err != nil {
+		return nil, fail(err)
+	}
+	if err := h.validateEndpoint(ctx, sub, []string{secret.signKey}); err != nil {
+		return nil, err
+	}
+	return secret, nil
+}
+
+// disableReason is the disabled_reason of an endpoint the caller disables:
+// the operator's own words (the edge gives the failure), else who did it.
+// An application's words are not taken: the reason is output only for it.
+func disableReason(ctx context.Context, given string) string {
+	p, _ := auth.FromContext(ctx)
+	switch {
+	case p.Admin && strings.TrimSpace(given) != "":
+		return strings.TrimSpace(given)
+	case p.Admin:
+		return "disabled by the operator"
+	default:
+		return "disabled by the application"
+	}
 }
 
 // GetSubscription implements RegistryService.
@@ -240,7 +319,7 @@ func (h *Handler) GetSubscription(ctx context.Context, req *connect.Request[regi
 	if err != nil {
 		return nil, err
 	}
-	return connect.NewResponse(&registryv1.GetSubscriptionResponse{Subscription: sub}), nil
+	return connect.NewResponse(&registryv1.GetSubscriptionResponse{Subscription: forClient(sub)}), nil
 }
 
 func (h *Handler) ownSubscription(ctx context.Context, id, what string) (*registryv1.Subscription, error) {
@@ -270,6 +349,9 @@ func (h *Handler) ListSubscriptions(ctx context.Context, req *connect.Request[re
 	subs, err := h.store.ListSubscriptions(ctx, appID)
 	if err != nil {
 		return nil, fail(err)
+	}
+	for i, sub := range subs {
+		subs[i] = forClient(sub)
 	}
 	return connect.NewResponse(&registryv1.ListSubscriptionsResponse{Subscriptions: subs}), nil
 }

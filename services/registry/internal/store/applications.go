@@ -365,3 +365,47 @@ func (s *Store) DeleteSubscription(ctx context.Context, id string) error {
 		return nil
 	})
 }
+
+// SubscriptionContext returns what CreateSubscription's check sees for a
+// subscription of appID to list, without writing: the application (else a
+// *NotFoundError) and the exact type names of list (each must exist, else
+// a *NotFoundError). A caller that must do slow work before creating (such
+// as validating a webhook endpoint over the network) checks first with it.
+func (s *Store) SubscriptionContext(ctx context.Context, appID string, list []string) (*registryv1.Application, map[string]*registryv1.EventType, error) {
+	app, err := getApp(ctx, s.rdb, appID)
+	if err != nil {
+		return nil, nil, err
+	}
+	types, err := requireTypes(ctx, s.rdb, list)
+	if err != nil {
+		return nil, nil, err
+	}
+	return app, types, nil
+}
+
+// UpdateSubscription changes a subscription: apply edits a copy of the
+// current one, given the write's time, and may refuse. Its id, application
+// and creation time are kept whatever apply does. The change is recorded
+// in the change log like any other, so Watch streams it.
+func (s *Store) UpdateSubscription(ctx context.Context, id string, apply func(sub *registryv1.Subscription, now time.Time) error) (*registryv1.Subscription, error) {
+	var out *registryv1.Subscription
+	err := s.update(ctx, func(w *write) error {
+		cur := new(registryv1.Subscription)
+		found, err := get(ctx, w.tx, keySubs, id, cur)
+		if err != nil {
+			return err
+		}
+		if !found {
+			return &NotFoundError{Kind: "subscription", Name: id}
+		}
+		sub := proto.Clone(cur).(*registryv1.Subscription)
+		if err := apply(sub, w.now); err != nil {
+			return err
+		}
+		sub.Id, sub.ApplicationId, sub.CreateTime = cur.GetId(), cur.GetApplicationId(), cur.GetCreateTime()
+		w.putSub(sub)
+		out = sub
+		return nil
+	})
+	return out, err
+}

@@ -18,7 +18,8 @@
 //	herald:registry:keys               hash    hex SHA-256 of a key secret -> Key (never the secret)
 //	herald:registry:key_ids            hash    key id -> hex SHA-256 of its secret
 //	herald:registry:app_keys:<app id>  set     hex SHA-256 of each of the application's keys
-//	herald:registry:subs               hash    subscription id -> Subscription
+//	herald:registry:subs               hash    subscription id -> Subscription (a webhook endpoint's
+//	                                           secrets only sealed, see platform/secretbox)
 //	herald:registry:app_subs:<app id>  set     ids of the application's subscriptions
 //
 // A write that changes several resources (an event type and the domain

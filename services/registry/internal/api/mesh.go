@@ -1,0 +1,83 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"connectrpc.com/connect"
+	registryv1 "github.com/heraldmesh/herald/api/gen/herald/registry/v1"
+	"github.com/heraldmesh/herald/platform/auth"
+)
+
+// The mesh's own catalog: events about Herald itself are ordinary catalog
+// events, in the herald domain, deliverable like any other.
+const (
+	// MeshDomain is the domain of Herald's own event types.
+	MeshDomain = "herald"
+	// EndpointDisabledType is published when a failing webhook endpoint is
+	// disabled.
+	EndpointDisabledType = "herald.endpoint.disabled"
+)
+
+const endpointDisabledSchema = `{
+  "$schema": "https://json-schema.org/draft/2020-12/schema",
+  "type": "object",
+  "required": ["subscription_id", "application_id", "reason", "disable_time"],
+  "properties": {
+    "subscription_id": {"type": "string", "description": "The webhook subscription whose endpoint was disabled."},
+    "application_id": {"type": "string", "description": "The consumer application that owns it."},
+    "reason": {"type": "string", "description": "Why it was disabled, e.g. the failures that led to it."},
+    "disable_time": {"type": "string", "format": "date-time", "description": "When it was disabled (RFC 3339)."}
+  }
+}`
+
+const endpointPingSchema = `{
+  "$schema": "https://json-schema.org/draft/2020-12/schema",
+  "type": "object",
+  "required": ["subscription_id", "application_id"],
+  "properties": {
+    "subscription_id": {"type": "string", "description": "The webhook subscription being validated."},
+    "application_id": {"type": "string", "description": "The consumer application that owns it."}
+  }
+}`
+
+// meshCatalog is what EnsureMeshCatalog registers.
+func meshCatalog() (*registryv1.Domain, []*registryv1.EventType) {
+	d := &registryv1.Domain{Name: MeshDomain, Owner: "herald", Description: "Events about the mesh itself, published by Herald."}
+	types := []*registryv1.EventType{
+		{
+			Name: EndpointDisabledType, Owner: "herald", Schema: endpointDisabledSchema,
+			Description: "A webhook endpoint kept failing for its disable_after period (or answered 410 Gone) and was disabled: nothing is delivered to it until it is enabled again (UpdateSubscription, webhook.disabled).",
+		},
+		{
+			Name: PingType, Owner: "herald", Schema: endpointPingSchema,
+			Description: "The validation ping a webhook endpoint gets when it is created, enabled or moved to another URL and does not do the CloudEvents validation handshake; it must answer with a 2xx.",
+		},
+	}
+	return d, types
+}
+
+// EnsureMeshCatalog registers the herald domain and its event types
+// through the same handlers, as the operator, so that the writes are
+// checked, recorded and streamed by Watch like any other. What exists is
+// left as it is: a restart, or another replica starting at the same time,
+// changes nothing.
+func (h *Handler) EnsureMeshCatalog(ctx context.Context) error {
+	ctx = auth.WithPrincipal(ctx, auth.Principal{Admin: true})
+	d, types := meshCatalog()
+	if _, err := h.CreateDomain(ctx, connect.NewRequest(&registryv1.CreateDomainRequest{Domain: d})); err != nil && !exists(err) {
+		return fmt.Errorf("register domain %s: %w", d.GetName(), err)
+	}
+	for _, et := range types {
+		if _, err := h.CreateEventType(ctx, connect.NewRequest(&registryv1.CreateEventTypeRequest{EventType: et})); err != nil && !exists(err) {
+			return fmt.Errorf("register event type %s: %w", et.GetName(), err)
+		}
+	}
+	return nil
+}
+
+func exists(err error) bool {
+	var ce *connect.Error
+	return errors.As(err, &ce) && ce.Code() == connect.CodeAlreadyExists
+}
