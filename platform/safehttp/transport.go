@@ -64,8 +64,9 @@ func (p Policy) Transport(base *http.Transport) *http.Transport {
 	t.Proxy = nil
 	t.OnProxyConnectResponse = nil
 	t.GetProxyConnectHeader = nil
-	t.Dial = nil    //nolint:staticcheck // cleared so it cannot bypass DialContext
-	t.DialTLS = nil //nolint:staticcheck // idem
+	// Deprecated fields too: a base dialer must not bypass DialContext.
+	t.Dial = nil
+	t.DialTLS = nil
 	t.DialTLSContext = nil
 	d := &dialer{p: p, net: net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}}
 	d.al, _ = p.compile() // invalid entries are skipped: they open nothing
