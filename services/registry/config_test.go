@@ -4,6 +4,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/heraldmesh/herald/platform/config"
 	"github.com/heraldmesh/herald/services/registry"
 )
 
@@ -22,7 +23,30 @@ func TestConfigFromEnv(t *testing.T) {
 			t.Errorf("%q: %v", bad, err)
 		}
 	}
+	t.Setenv("HERALD_REGISTRY_CHANGE_LOG_ENTRIES", "")
+	t.Setenv("HERALD_REGISTRY_WEBHOOK_ORIGIN", "hooks.mesh.example")
+	if cfg, err = registry.ConfigFromEnv(); err != nil || cfg.WebhookOrigin != "hooks.mesh.example" {
+		t.Fatalf("webhook origin: %+v, %v", cfg, err)
+	}
 	if _, err := registry.New(registry.Config{ChangeLogEntries: -1}); err == nil {
 		t.Error("New accepted a negative change log size")
+	}
+}
+
+// The public URL and the handshake origin are checked at start.
+func TestWebhookConfig(t *testing.T) {
+	for _, c := range []struct {
+		name   string
+		change func(*registry.Config)
+		target string
+	}{
+		{"public URL without a scheme", func(c *registry.Config) { c.PublicURL = "mesh.example.com" }, "HERALD_PUBLIC_URL"},
+		{"origin with a space", func(c *registry.Config) { c.WebhookOrigin = "mesh example" }, "HERALD_REGISTRY_WEBHOOK_ORIGIN"},
+	} {
+		cfg := registry.Config{Common: config.Common{RedisURL: "redis://127.0.0.1:1/0", AdminKey: "registry-test-admin-key"}, Addr: "127.0.0.1:0"}
+		c.change(&cfg)
+		if _, err := registry.New(cfg); err == nil || !strings.Contains(err.Error(), c.target) {
+			t.Errorf("%s: %v", c.name, err)
+		}
 	}
 }

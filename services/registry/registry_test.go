@@ -17,6 +17,7 @@ import (
 	"github.com/heraldmesh/herald/platform/config"
 	"github.com/heraldmesh/herald/platform/redisserver"
 	"github.com/heraldmesh/herald/platform/rpc"
+	"github.com/heraldmesh/herald/platform/secretbox"
 	"github.com/heraldmesh/herald/platform/testutil"
 	"github.com/heraldmesh/herald/services/registry"
 	"github.com/redis/go-redis/v9"
@@ -44,14 +45,31 @@ type env struct {
 	redis *redisserver.Server
 }
 
-func start(t *testing.T) *env {
+// testSecretKey is the HERALD_SECRET_KEY of the registries tests start.
+var testSecretKey = secretbox.NewKey()
+
+// start starts a registry on a new Redis. It has a secret key; webhook
+// endpoint host names resolve with testResolver, and nothing is
+// allowlisted (see startWith).
+func start(t *testing.T) *env { return startWith(t, nil) }
+
+// startWith starts a registry on srv (nil: a new Redis), its configuration
+// changed by each option.
+func startWith(t *testing.T, srv *redisserver.Server, opts ...func(*registry.Config)) *env {
 	t.Helper()
-	srv := testutil.Redis(t)
-	svc, err := registry.New(registry.Config{
-		Common: config.Common{RedisURL: srv.URL(), AdminKey: adminKey, EdgeAddr: config.DefaultEdgeAddr},
-		Addr:   "127.0.0.1:0",
-		Logger: slog.New(slog.DiscardHandler),
-	})
+	if srv == nil {
+		srv = testutil.Redis(t)
+	}
+	cfg := registry.Config{
+		Common:          config.Common{RedisURL: srv.URL(), AdminKey: adminKey, EdgeAddr: config.DefaultEdgeAddr, SecretKey: testSecretKey},
+		Addr:            "127.0.0.1:0",
+		Logger:          slog.New(slog.DiscardHandler),
+		WebhookResolver: testResolver,
+	}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	svc, err := registry.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -186,8 +204,9 @@ func TestDomains(t *testing.T) {
 	}
 	must(e.admin.CreateDomain(ctx, connect.NewRequest(&registryv1.CreateDomainRequest{Domain: &registryv1.Domain{Name: "identity"}}))).msg(t)
 	list := must(e.admin.ListDomains(ctx, connect.NewRequest(&registryv1.ListDomainsRequest{}))).msg(t).GetDomains()
-	if len(list) != 2 || list[0].GetName() != "billing" || list[1].GetName() != "identity" {
-		t.Errorf("list: %v, want billing and identity", list)
+	// herald is registered at start.
+	if len(list) != 3 || list[0].GetName() != "billing" || list[1].GetName() != "herald" || list[2].GetName() != "identity" {
+		t.Errorf("list: %v, want billing, herald and identity", list)
 	}
 
 	got.Description = "Invoices, payments and refunds."
@@ -233,7 +252,7 @@ func TestEventTypes(t *testing.T) {
 		return strings.Join(out, ",")
 	}
 	all := must(e.admin.ListEventTypes(ctx, connect.NewRequest(&registryv1.ListEventTypesRequest{}))).msg(t).GetEventTypes()
-	if got := names(all); got != "billing.invoice.created,billing.invoice.paid,identity.user.created" {
+	if got := names(all); got != "billing.invoice.created,billing.invoice.paid,herald.endpoint.disabled,herald.endpoint.ping,identity.user.created" {
 		t.Errorf("list: %s", got)
 	}
 	billing := must(e.admin.ListEventTypes(ctx, connect.NewRequest(&registryv1.ListEventTypesRequest{Domain: "billing"}))).msg(t).GetEventTypes()
@@ -242,8 +261,10 @@ func TestEventTypes(t *testing.T) {
 	}
 	page1 := must(e.admin.ListEventTypes(ctx, connect.NewRequest(&registryv1.ListEventTypesRequest{PageSize: 2}))).msg(t)
 	page2 := must(e.admin.ListEventTypes(ctx, connect.NewRequest(&registryv1.ListEventTypesRequest{PageSize: 2, PageToken: page1.GetNextPageToken()}))).msg(t)
-	if names(page1.GetEventTypes()) != "billing.invoice.created,billing.invoice.paid" || names(page2.GetEventTypes()) != "identity.user.created" || page2.GetNextPageToken() != "" {
-		t.Errorf("pages: %s | %s (%q)", names(page1.GetEventTypes()), names(page2.GetEventTypes()), page2.GetNextPageToken())
+	page3 := must(e.admin.ListEventTypes(ctx, connect.NewRequest(&registryv1.ListEventTypesRequest{PageSize: 2, PageToken: page2.GetNextPageToken()}))).msg(t)
+	if names(page1.GetEventTypes()) != "billing.invoice.created,billing.invoice.paid" || names(page2.GetEventTypes()) != "herald.endpoint.disabled,herald.endpoint.ping" ||
+		names(page3.GetEventTypes()) != "identity.user.created" || page3.GetNextPageToken() != "" {
+		t.Errorf("pages: %s | %s | %s (%q)", names(page1.GetEventTypes()), names(page2.GetEventTypes()), names(page3.GetEventTypes()), page3.GetNextPageToken())
 	}
 
 	// Metadata changes; the schema does not.

@@ -26,11 +26,12 @@ func TestSubscriptions(t *testing.T) {
 	asPartner := e.as(partnerKey)
 
 	// The application subscribes itself (application_id defaults to the
-	// caller), with a filter and a webhook.
+	// caller), with a filter and a webhook (created disabled: nothing
+	// answers at partner.example, see webhooks_test.go for validation).
 	created := must(asPartner.CreateSubscription(ctx, connect.NewRequest(&registryv1.CreateSubscriptionRequest{Subscription: &registryv1.Subscription{
 		Types:   []string{"billing.invoice.paid"},
 		Filter:  `event.type == "billing.invoice.paid" && data.amount > 1000`,
-		Channel: &registryv1.Subscription_Webhook{Webhook: &registryv1.WebhookChannel{Url: "https://partner.example/hooks/herald"}},
+		Channel: &registryv1.Subscription_Webhook{Webhook: &registryv1.WebhookChannel{Url: "https://partner.example/hooks/herald", Disabled: true}},
 	}}))).msg(t).GetSubscription()
 	if !strings.HasPrefix(created.GetId(), "sub_") || created.GetApplicationId() != partner.GetId() || created.GetRevision() == 0 || created.GetCreateTime() == nil {
 		t.Errorf("created: %v", created)
@@ -141,8 +142,9 @@ func TestVisibility(t *testing.T) {
 		domains  string
 		products string
 	}{
-		{registryv1.Audience_AUDIENCE_UNSPECIFIED, "billing.audit.logged,billing.invoice.paid,identity.user.created,ops.disk.full", "billing,identity,ops", "billing-all,identity-all,ops-all"},
-		{registryv1.Audience_AUDIENCE_INTERNAL, "billing.audit.logged,billing.invoice.paid,identity.user.created,ops.disk.full", "billing,identity,ops", "billing-all,identity-all,ops-all"},
+		// The herald domain's types (registered at start) are internal.
+		{registryv1.Audience_AUDIENCE_UNSPECIFIED, "billing.audit.logged,billing.invoice.paid,herald.endpoint.disabled,herald.endpoint.ping,identity.user.created,ops.disk.full", "billing,herald,identity,ops", "billing-all,identity-all,ops-all"},
+		{registryv1.Audience_AUDIENCE_INTERNAL, "billing.audit.logged,billing.invoice.paid,herald.endpoint.disabled,herald.endpoint.ping,identity.user.created,ops.disk.full", "billing,herald,identity,ops", "billing-all,identity-all,ops-all"},
 		{registryv1.Audience_AUDIENCE_PARTNER, "billing.invoice.paid,identity.user.created", "billing,identity", "billing-all,identity-all"},
 		{registryv1.Audience_AUDIENCE_PUBLIC, "identity.user.created", "identity", "identity-all"},
 	} {

@@ -23,7 +23,8 @@ var updatablePaths = []string{
 
 // UpdateSubscription implements RegistryService: the fields named by
 // update_mask take the request's values (an unset value is the default, as
-// on create), the others are kept. The owner or the operator may update; a
+// on create), the others are kept. A revision, if given, must be the
+// subscription's current one (else ABORTED). The owner or the operator may update; a
 // changed URL, or enabling, validates the endpoint again. A disabled
 // endpoint records when and why: the operator's reason (the edge gives the
 // failure), else who disabled it.
