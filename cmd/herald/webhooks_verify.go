@@ -115,7 +115,7 @@ func runVerify(out, errOut io.Writer, o *verifyOptions) error {
 
 // reason is a webhook error without the package's prefix.
 func reason(err error) string {
-	return strings.TrimPrefix(err.Error(), "webhook: ")
+	return strings.ReplaceAll(err.Error(), "webhook: ", "")
 }
 
 // ago says how long before now (d > 0) or after it a timestamp is.
