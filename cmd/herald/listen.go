@@ -117,7 +117,7 @@ func newListener(flags *edgeFlags, o *listenOptions, out, errOut io.Writer) (*li
 	if err != nil {
 		return nil, fmt.Errorf("--secret: %s", reason(err))
 	}
-	base, client, key, err := flags.resolve()
+	base, _, key, err := flags.resolve()
 	if err != nil {
 		return nil, err
 	}
@@ -126,7 +126,10 @@ func newListener(flags *edgeFlags, o *listenOptions, out, errOut io.Writer) (*li
 		out: out, errOut: errOut,
 		streamURL: base + "/v1/stream?" + q.Encode(),
 		key:       key,
-		stream:    client,
+		// HTTP/1.1 (or HTTP/2 over TLS), as a browser's EventSource: not
+		// the h2c of service-to-service calls, which a proxy in front of
+		// the edge may not speak.
+		stream: &http.Client{Transport: http.DefaultTransport.(*http.Transport).Clone()},
 		forward: &http.Client{
 			Timeout: o.forwardTimeout,
 			// A 3xx is shown, never followed, as the webhook engine does.
