@@ -26,7 +26,7 @@ type delivery struct {
 // receiver is a local webhook endpoint that verifies what it gets.
 type receiver struct {
 	mu       sync.Mutex
-	secret   func() string
+	secret   string
 	got      []delivery
 	statuses []int // answered in turn; 200 once used up
 }
@@ -36,7 +36,7 @@ func (rc *receiver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rc.mu.Lock()
 	defer rc.mu.Unlock()
 	d := delivery{id: r.Header.Get(webhook.HeaderID), body: string(body)}
-	v, err := webhook.NewVerifier(rc.secret())
+	v, err := webhook.NewVerifier(rc.secret)
 	if err == nil {
 		err = v.Verify(r.Header, body, time.Now())
 	}
@@ -50,6 +50,12 @@ func (rc *receiver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		status, rc.statuses = rc.statuses[0], rc.statuses[1:]
 	}
 	w.WriteHeader(status)
+}
+
+func (rc *receiver) setSecret(s string) {
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	rc.secret = s
 }
 
 func (rc *receiver) deliveries() []delivery {
@@ -131,7 +137,7 @@ func runListen(t *testing.T, args ...string) (out *syncBuffer, stop func() error
 
 func TestListenReconnectsAndResumes(t *testing.T) {
 	secret := webhook.NewSecret()
-	rc := &receiver{secret: func() string { return secret }, statuses: []int{http.StatusInternalServerError}}
+	rc := &receiver{secret: secret, statuses: []int{http.StatusInternalServerError}}
 	hooks := httptest.NewServer(rc)
 	defer hooks.Close()
 
@@ -275,7 +281,7 @@ func TestListenRefusals(t *testing.T) {
 }
 
 func TestListenIdleStreamReconnects(t *testing.T) {
-	rc := &receiver{secret: func() string { return "" }}
+	rc := &receiver{}
 	hooks := httptest.NewServer(rc)
 	defer hooks.Close()
 	edge := &sseEdge{conns: []func(http.ResponseWriter, *http.Request){
