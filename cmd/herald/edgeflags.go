@@ -23,7 +23,8 @@ type edgeFlags struct {
 	timeout   time.Duration
 }
 
-// register adds --edge and --key (and --timeout when timeout is set) to fs.
+// register adds --edge and --key (and --timeout when timeout is set) to
+// cmd.
 func (f *edgeFlags) register(cmd *cobra.Command, timeout time.Duration) {
 	fs := cmd.PersistentFlags()
 	fs.StringVar(&f.addr, "edge", "", "edge address, host:port or URL (default $HERALD_EDGE_ADDR, else "+config.DefaultEdgeAddr+")")

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -31,24 +33,33 @@ endpoints, the operator's key sees all.
 A cursor is an event's position in the log (a stream id like 1764669600000-0): the SSE id,
 the cursor of Publish and Subscribe, and the cursor column of "attempts".`,
 	}
-	flags.register(cmd, 30*time.Second)
-	cmd.AddCommand(
-		webhooksVerifyCommand(),
+	cmd.AddCommand(webhooksVerifyCommand())
+	// verify works offline: only the verbs that call the edge take its flags.
+	for _, sub := range []*cobra.Command{
 		webhooksAttemptsCommand(flags),
 		webhooksDeadLettersCommand(flags),
 		webhooksRetryCommand(flags),
 		webhooksReplayCommand(flags),
-	)
+	} {
+		flags.register(sub, 30*time.Second)
+		cmd.AddCommand(sub)
+	}
 	return cmd
 }
 
-// printJSON writes m as indented protojson.
+// printJSON writes m as protojson, indented by encoding/json: protojson
+// varies its spacing on purpose, and scripts diffing outputs should not.
 func printJSON(out io.Writer, m proto.Message) error {
-	b, err := protojson.MarshalOptions{Multiline: true, Indent: "  "}.Marshal(m)
+	b, err := protojson.Marshal(m)
 	if err != nil {
 		return err
 	}
-	_, err = fmt.Fprintf(out, "%s\n", b)
+	var buf bytes.Buffer
+	if err := json.Indent(&buf, b, "", "  "); err != nil {
+		return err
+	}
+	buf.WriteByte('\n')
+	_, err = buf.WriteTo(out)
 	return err
 }
 
