@@ -260,7 +260,7 @@ func (v *Verifier) Tolerance() time.Duration { return v.tolerance }
 // The signature is checked before the timestamp so that a captured request
 // can be told apart: authentic but stale, or not authentic.
 func (v *Verifier) Verify(h http.Header, body []byte, now time.Time) error {
-	id, tsValue, sigValue := header(h, HeaderID), header(h, HeaderTimestamp), header(h, HeaderSignature)
+	id, tsValue, sigValue := header(h, HeaderID), header(h, HeaderTimestamp), signatureHeader(h)
 	var missing []string
 	for _, hv := range [...]struct{ name, value string }{{HeaderID, id}, {HeaderTimestamp, tsValue}, {HeaderSignature, sigValue}} {
 		if hv.value == "" {
@@ -298,6 +298,16 @@ func header(h http.Header, name string) string {
 		return strings.TrimSpace(vs[0])
 	}
 	return ""
+}
+
+// signatureHeader returns every webhook-signature value joined by spaces:
+// a proxy may have split one header into several lines.
+func signatureHeader(h http.Header) string {
+	vs := h.Values(HeaderSignature)
+	if len(vs) == 0 {
+		vs = h[HeaderSignature]
+	}
+	return strings.TrimSpace(strings.Join(vs, " "))
 }
 
 // parseTimestamp accepts unix seconds in decimal digits.

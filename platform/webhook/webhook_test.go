@@ -221,6 +221,18 @@ func TestVerifyLowerCaseHeaderMap(t *testing.T) {
 	}
 }
 
+// Signatures split over several webhook-signature lines are all read.
+func TestVerifySignatureOnSeveralLines(t *testing.T) {
+	oldS, newS := webhook.NewSecret(), webhook.NewSecret()
+	body := []byte("hello")
+	h := signed(mustSigner(t, newS, oldS), "m", t0, body)
+	sigs := strings.Fields(h.Get("webhook-signature"))
+	h["Webhook-Signature"] = sigs
+	if err := mustVerifier(t, oldS).Verify(h, body, t0); err != nil {
+		t.Fatalf("Verify with the second line's secret: %v", err)
+	}
+}
+
 func TestWithTolerance(t *testing.T) {
 	sec := webhook.NewSecret()
 	body := []byte("x")
