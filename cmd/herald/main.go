@@ -19,6 +19,8 @@ func main() {
 	root.AddCommand(devCommand())
 	root.AddCommand(catalogCommand())
 	root.AddCommand(benchCommand())
+	root.AddCommand(listenCommand())
+	root.AddCommand(webhooksCommand())
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "herald:", err)
 		os.Exit(1)
