@@ -46,12 +46,18 @@ type env struct {
 }
 
 // start runs the whole mesh in-process against a private redis-server.
-func start(t *testing.T) *env {
+func start(t *testing.T) *env { return startWith(t, nil) }
+
+// startWith is start with settings changed by set.
+func startWith(t *testing.T, set func(*config.Common)) *env {
 	t.Helper()
 	redis := testutil.Redis(t)
 	common := config.Common{
 		RedisURL: redis.URL(), AdminKey: adminKey,
 		EdgeAddr: "127.0.0.1:0", RouterAddr: "127.0.0.1:0", RegistryAddr: "127.0.0.1:0", MeteringAddr: "127.0.0.1:0",
+	}
+	if set != nil {
+		set(&common)
 	}
 	m, err := mesh.New(common, slog.New(slog.DiscardHandler))
 	if err != nil {

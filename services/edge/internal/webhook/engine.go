@@ -289,7 +289,7 @@ func (e *Engine) disable(ctx context.Context, ep *endpoint, reason string) bool 
 		Subscription: &registryv1.Subscription{Id: ep.id, Channel: &registryv1.Subscription_Webhook{Webhook: &registryv1.WebhookChannel{
 			Disabled: true, DisabledReason: reason,
 		}}},
-		UpdateMask: []string{"webhook.disabled", "webhook.disabled_reason"},
+		UpdateMask: []string{"webhook.disabled"},
 	}))
 	if err != nil {
 		e.o.Log.Error("webhook endpoint not disabled", "subscription", ep.id, "reason", reason, "err", err)
