@@ -23,6 +23,7 @@ import (
 	"github.com/heraldmesh/herald/cmd/herald/internal/mesh"
 	"github.com/heraldmesh/herald/platform/config"
 	"github.com/heraldmesh/herald/platform/rpc"
+	"github.com/heraldmesh/herald/platform/secretbox"
 	"github.com/heraldmesh/herald/services/edge"
 	"github.com/heraldmesh/herald/services/metering"
 	"github.com/heraldmesh/herald/services/registry"
@@ -67,6 +68,19 @@ func runDev(parent context.Context, out io.Writer, varDir string, redisPort int,
 			return err
 		}
 		common.AdminKey = key
+	}
+	if common.SecretKey == "" {
+		// Webhook secrets are sealed at rest with this key: keep it with
+		// the admin key, so that a restart opens what was sealed before.
+		key, err := secretKey(filepath.Join(varDir, "secret.key"))
+		if err != nil {
+			return err
+		}
+		common.SecretKey = key
+	}
+	if common.WebhookAllow == "" {
+		// On a developer's machine, webhooks go to local receivers.
+		common.WebhookAllow = "127.0.0.0/8,::1/128,localhost"
 	}
 	if os.Getenv("HERALD_REDIS_URL") == "" {
 		dir, err := filepath.Abs(filepath.Join(varDir, "redis"))
@@ -115,6 +129,18 @@ func adminKey(path string) (string, error) {
 	key := "hadm_" + base64.RawURLEncoding.EncodeToString(b)
 	if err := os.WriteFile(path, []byte(key+"\n"), 0o600); err != nil {
 		return "", fmt.Errorf("keep admin key: %w", err)
+	}
+	return key, nil
+}
+
+// secretKey reads the key kept at path, or makes one and keeps it.
+func secretKey(path string) (string, error) {
+	if b, err := os.ReadFile(path); err == nil && len(strings.TrimSpace(string(b))) > 0 {
+		return strings.TrimSpace(string(b)), nil
+	}
+	key := secretbox.NewKey()
+	if err := os.WriteFile(path, []byte(key+"\n"), 0o600); err != nil {
+		return "", fmt.Errorf("keep secret key: %w", err)
 	}
 	return key, nil
 }

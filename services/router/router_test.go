@@ -19,6 +19,7 @@ import (
 	routerv1 "github.com/heraldmesh/herald/api/gen/herald/router/v1"
 	"github.com/heraldmesh/herald/api/gen/herald/router/v1/routerv1connect"
 	"github.com/heraldmesh/herald/platform/config"
+	"github.com/heraldmesh/herald/platform/secretbox"
 	"github.com/heraldmesh/herald/platform/eventlog"
 	"github.com/heraldmesh/herald/platform/redisserver"
 	"github.com/heraldmesh/herald/platform/rpc"
@@ -53,7 +54,7 @@ func quietLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
 func newEnv(t testing.TB) *env {
 	t.Helper()
 	srv := testutil.Redis(t)
-	common := config.Common{RedisURL: srv.URL(), AdminKey: adminKey}
+	common := config.Common{RedisURL: srv.URL(), AdminKey: adminKey, SecretKey: secretbox.NewKey(), WebhookAllow: "127.0.0.0/8"}
 	reg, err := registry.New(registry.Config{Common: common, Addr: "127.0.0.1:0", Logger: quietLogger()})
 	if err != nil {
 		t.Fatal(err)

@@ -305,7 +305,7 @@ func TestSubscribeAccess(t *testing.T) {
 	addr, _ := e.startRouter(t, "127.0.0.1:0", 100)
 	sub := e.subscription(t, &registryv1.Subscription{ApplicationId: consumerID, Types: []string{orderCreated}})
 	hook := e.subscription(t, &registryv1.Subscription{ApplicationId: consumerID, Types: []string{orderCreated},
-		Channel: &registryv1.Subscription_Webhook{Webhook: &registryv1.WebhookChannel{Url: "https://example.com/hook"}}})
+		Channel: &registryv1.Subscription_Webhook{Webhook: &registryv1.WebhookChannel{Url: "http://127.0.0.1:9/hook", Disabled: true}}})
 
 	wantCode(t, subscribeErr(routerClient(addr, strangerKey), &routerv1.SubscribeRequest{SubscriptionId: sub.GetId()}), connect.CodeNotFound, sub.GetId())
 	wantCode(t, subscribeErr(routerClient(addr, consumerKey), &routerv1.SubscribeRequest{SubscriptionId: hook.GetId()}), connect.CodeFailedPrecondition, "webhook")

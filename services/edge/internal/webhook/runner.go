@@ -394,4 +394,3 @@ func (r *runner) handBackAll(js []job) {
 		r.e.o.Log.Warn("webhook deliveries not handed back; they come back after the ack timeout", "subscription", r.ep.id, "err", err)
 	}
 }
-
