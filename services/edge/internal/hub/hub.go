@@ -411,12 +411,14 @@ func (e *CursorAheadError) Error() string {
 // subscriber's streams. Called only for such cursors, so it costs nothing
 // on ordinary resumes.
 func (h *Hub) checkCursor(ctx context.Context, s *sub, cursor eventlog.ID) error {
-	h.mu.Lock()
-	streams := make([]string, 0, len(s.keys))
-	for k := range s.keys {
-		streams = append(streams, k)
+	// From the catalog, not s.keys: a type created a moment ago may not be
+	// followed by the hub yet, and its events are still the newest.
+	var streams []string
+	for _, k := range h.streamKeys() {
+		if s.wants(eventlog.TypeOfStream(k)) {
+			streams = append(streams, k)
+		}
 	}
-	h.mu.Unlock()
 	newest, now, err := eventlog.Newest(ctx, h.rdb, streams)
 	if err != nil {
 		return fmt.Errorf("check cursor: %w", err)
