@@ -17,10 +17,11 @@ import (
 // Defaults of an endpoint's settings, where the registry left one unset.
 var (
 	// DefaultSchedule is the wait after each failed attempt, before full
-	// jitter: a retry waits a random time between zero and the entry. Eight
-	// attempts, spread over about a day (at most a day and a half).
+	// jitter (a retry waits a random time between zero and the entry): the
+	// registry's default, which it stores on every endpoint. Eight
+	// attempts, over about 14 hours on average and at most about 28.
 	DefaultSchedule = []time.Duration{
-		10 * time.Second, 10 * time.Minute, time.Hour, 4 * time.Hour, 8 * time.Hour, 12 * time.Hour, 12 * time.Hour,
+		5 * time.Second, 5 * time.Minute, 30 * time.Minute, 2 * time.Hour, 5 * time.Hour, 10 * time.Hour, 10 * time.Hour,
 	}
 	DefaultTimeout      = 15 * time.Second
 	DefaultConcurrency  = 10

@@ -3780,7 +3780,8 @@ type WebhookChannel struct {
 	// The delays between attempts: after the first failed attempt the first
 	// delay (with full jitter), and so on; its length plus one is the number
 	// of attempts. Empty: the default schedule (5s, 5m, 30m, 2h, 5h, 10h, 10h:
-	// eight attempts over about 28 hours). At most 50 entries, each 1s to 24h.
+	// eight attempts over about 14 hours on average, 28 at most). At most 50
+	// entries, each 10ms (for tests) to 24h.
 	RetrySchedule []*durationpb.Duration `protobuf:"bytes,8,rep,name=retry_schedule,json=retrySchedule,proto3" json:"retry_schedule,omitempty"`
 	// Per-request timeout: 1s to 60s, default 15s.
 	Timeout *durationpb.Duration `protobuf:"bytes,9,opt,name=timeout,proto3" json:"timeout,omitempty"`
