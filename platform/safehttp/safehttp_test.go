@@ -607,7 +607,7 @@ func TestMalformed(t *testing.T) {
 		{"ftp://example.com/", safehttp.ClassScheme},
 		{"javascript:alert(1)", safehttp.ClassScheme},
 		{"file:///etc/passwd", safehttp.ClassScheme},
-		{"gopher://127.0.0.1:6379/_FLUSHALL", safehttp.ClassScheme},
+		{"gopher://127.0.0.1:70/_FLUSHALL", safehttp.ClassScheme},
 		{"https://user:pw@example.com/", safehttp.ClassUserinfo},
 		{"https://user@example.com/", safehttp.ClassUserinfo},
 		{"https://example.com:0/", safehttp.ClassPort},
