@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -407,4 +408,49 @@ func TestWebhookGoneDisablesAndPublishesEndpointDisabled(t *testing.T) {
 	if n := len(r.got()); n != 1 {
 		t.Fatalf("a gone endpoint got %d requests", n)
 	}
+}
+
+// WebhookService answers only the endpoint's own application (and the
+// operator): no key and a revoked key are UNAUTHENTICATED, another
+// tenant's key is NOT_FOUND, as for an endpoint that does not exist, and no
+// error carries internals.
+func TestWebhookServiceAccess(t *testing.T) {
+	e := startWebhooks(t)
+	r := newReceiver(t, nil)
+	owner, ownerKey, ownerKeyID := e.newReader(t, "partner")
+	_, strangerKey, _ := e.newReader(t, "stranger")
+	res, err := e.reg.CreateSubscription(context.Background(), connect.NewRequest(&registryv1.CreateSubscriptionRequest{Subscription: &registryv1.Subscription{
+		ApplicationId: owner.GetId(), Types: []string{e.invoice}, Channel: &registryv1.Subscription_Webhook{Webhook: &registryv1.WebhookChannel{Url: r.URL}},
+	}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	subID := res.Msg.GetSubscription().GetId()
+	list := func(key string) error {
+		_, err := e.webhooks(key).ListAttempts(context.Background(), connect.NewRequest(&edgev1.ListAttemptsRequest{SubscriptionId: subID}))
+		return err
+	}
+	if err := list(ownerKey); err != nil {
+		t.Fatalf("owner: %v", err)
+	}
+	noKey := edgev1connect.NewWebhookServiceClient(http.DefaultClient, rpc.BaseURL(e.common.EdgeAddr))
+	if _, err := noKey.ListAttempts(context.Background(), connect.NewRequest(&edgev1.ListAttemptsRequest{SubscriptionId: subID})); connect.CodeOf(err) != connect.CodeUnauthenticated {
+		t.Fatalf("no key: %v", err)
+	}
+	err = list(strangerKey)
+	if connect.CodeOf(err) != connect.CodeNotFound {
+		t.Fatalf("another tenant's key: %v", err)
+	}
+	for _, leak := range []string{"127.0.0.1", "herald:", r.URL} {
+		if strings.Contains(err.Error(), leak) {
+			t.Fatalf("error carries %q: %v", leak, err)
+		}
+	}
+	if _, err := e.webhooks(strangerKey).Replay(context.Background(), connect.NewRequest(&edgev1.ReplayRequest{SubscriptionId: subID, Selection: &edgev1.ReplayRequest_Cursor{Cursor: "0-1"}})); connect.CodeOf(err) != connect.CodeNotFound {
+		t.Fatalf("another tenant's replay: %v", err)
+	}
+	if _, err := e.reg.RevokeKey(context.Background(), connect.NewRequest(&registryv1.RevokeKeyRequest{Id: ownerKeyID})); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 10*time.Second, func() bool { return connect.CodeOf(list(ownerKey)) == connect.CodeUnauthenticated }, "a revoked key is refused")
 }
