@@ -17,7 +17,7 @@ func benchCommand() *cobra.Command {
 		Use:   "bench",
 		Short: "Measure Herald on this machine",
 	}
-	cmd.AddCommand(benchPublishCommand())
+	cmd.AddCommand(benchPublishCommand(), benchWebhooksCommand())
 	return cmd
 }
 
@@ -89,6 +89,74 @@ and that a re-published batch is answered duplicate=true.`,
 	f.StringVar(&o.RedisFsync, "redis-fsync", "always", "Redis appendfsync: always (Herald's default) or everysec")
 	f.BoolVar(&o.AsAdmin, "as-admin", false, "publish with the admin key instead of an application key with a publish grant")
 	f.DurationVar(&o.Timeout, "timeout", 10*time.Minute, "bound on the whole run")
+	f.BoolVar(&asJSON, "json", false, "print the report as JSON")
+	return cmd
+}
+
+func benchWebhooksCommand() *cobra.Command {
+	var o bench.WebhookOptions
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "webhooks",
+		Short: "Signed webhook deliveries/s and publish-to-receipt latency through the whole path",
+		Long: `Measures webhook delivery through the whole path: gRPC Publish to the router,
+the log in Redis, the edge's webhook engine, signed POSTs to local receivers
+that verify every signature. Phases, each with an event type and endpoints
+of its own (every endpoint its own application):
+
+  1-endpoint         --events to one endpoint, published as fast as possible
+  N-endpoints        --fanout-events, each delivered to every one of --endpoints
+  N-endpoints+slow   the same with one more endpoint answering after --slow-sleep
+  steady-R/s         --rate events/s for --rate-duration to one endpoint
+
+It starts everything it measures, bound to 127.0.0.1, and stops it at the
+end: a redis-server in a temporary directory (AOF, appendfsync --redis-fsync),
+the registry in this process, the router and the edge as their own processes
+(the binaries of 'make build', next to this executable or on PATH) so that
+their CPU time and peak RSS are read from /proc. It reports deliveries/s,
+publish-to-receipt p50/p99, what the slow endpoint cost the healthy ones, and
+checks that every event reached every healthy endpoint with a valid
+signature and was counted once for metering.`,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			var err error
+			if o.RouterBin, err = bench.FindRouter(); err != nil {
+				return err
+			}
+			if o.EdgeBin, err = bench.FindEdge(); err != nil {
+				return err
+			}
+			o.Progress = cmd.ErrOrStderr()
+			rep, err := bench.RunWebhooks(ctx, o)
+			if rep != nil && (err == nil || errors.Is(err, bench.ErrCheckFailed)) {
+				out := cmd.OutOrStdout()
+				if asJSON {
+					if werr := rep.WriteJSON(out); werr != nil {
+						return werr
+					}
+				} else if werr := rep.WriteTable(out); werr != nil {
+					return werr
+				}
+			}
+			if ctx.Err() != nil && err != nil {
+				return fmt.Errorf("interrupted: %w", err)
+			}
+			return err
+		},
+	}
+	f := cmd.Flags()
+	f.IntVar(&o.Events, "events", 20000, "events published in the one-endpoint phase")
+	f.IntVar(&o.FanoutEvents, "fanout-events", 500, "events published in each many-endpoint phase (each goes to every endpoint)")
+	f.IntVar(&o.Endpoints, "endpoints", 100, "endpoints of the many-endpoint phases")
+	f.IntVar(&o.MaxConcurrency, "max-concurrency", 10, "requests in flight per endpoint (the registry's default is 10)")
+	f.DurationVar(&o.SlowSleep, "slow-sleep", 10*time.Second, "how long the slow endpoint takes to answer")
+	f.IntVar(&o.Rate, "rate", 1000, "events/s of the steady phase")
+	f.DurationVar(&o.RateDuration, "rate-duration", 10*time.Second, "how long the steady phase publishes")
+	f.IntVar(&o.PayloadBytes, "payload-bytes", 256, "size of each event's JSON data")
+	f.StringVar(&o.RedisFsync, "redis-fsync", "always", "Redis appendfsync: always (Herald's default) or everysec")
+	f.DurationVar(&o.Timeout, "timeout", 10*time.Minute, "bound on the whole run")
+	f.StringArrayVar(&o.EdgeEnv, "edge-env", nil, "KEY=VALUE added to the edge's environment (repeatable), e.g. HERALD_PPROF_ADDR=127.0.0.1:6060 to profile it")
 	f.BoolVar(&asJSON, "json", false, "print the report as JSON")
 	return cmd
 }

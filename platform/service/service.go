@@ -126,6 +126,9 @@ func (b *Base) Run(ctx context.Context) error {
 	defer b.Redis.Close()
 	loopCtx, stopLoops := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopLoops()
+	if err := pprofFromEnv(loopCtx); err != nil {
+		return fmt.Errorf("%s: %w", b.Name, err)
+	}
 	g, gctx := errgroup.WithContext(loopCtx)
 	for _, loop := range b.loops {
 		g.Go(func() error { return loop(gctx) })

@@ -288,6 +288,22 @@ func decodeScripted(subID, stream string, v any) []delivery {
 // settle acknowledges deliveries: XACK (and XDEL for replayed ones), and
 // drops their Nack state. It returns how many were still pending.
 func (m *Manager) settle(ctx context.Context, subID string, refs []ref) (int64, error) {
+	pipe := m.rdb.Pipeline()
+	acks := settleIn(ctx, pipe, subID, refs)
+	_, err := pipe.Exec(ctx)
+	n, aerr := ackedOf(acks)
+	if aerr != nil {
+		return n, aerr
+	}
+	if err != nil && !isNoGroup(err) {
+		return n, err
+	}
+	return n, nil
+}
+
+// settleIn queues the commands that settle refs of one subscription on
+// pipe, and returns the XACK commands.
+func settleIn(ctx context.Context, pipe redis.Pipeliner, subID string, refs []ref) []*redis.IntCmd {
 	group := Group(subID)
 	byStream := map[string][]string{}
 	var order []string
@@ -297,7 +313,6 @@ func (m *Manager) settle(ctx context.Context, subID string, refs []ref) (int64, 
 		}
 		byStream[r.stream] = append(byStream[r.stream], r.id)
 	}
-	pipe := m.rdb.Pipeline()
 	acks := make([]*redis.IntCmd, 0, len(order))
 	for _, s := range order {
 		acks = append(acks, pipe.XAck(ctx, s, group, byStream[s]...))
@@ -313,7 +328,12 @@ func (m *Manager) settle(ctx context.Context, subID string, refs []ref) (int64, 
 	}
 	pipe.ZRem(ctx, delayedKey(subID), members...)
 	pipe.HDel(ctx, reasonsKey(subID), fields...)
-	_, err := pipe.Exec(ctx)
+	return acks
+}
+
+// ackedOf sums what XACK commands acknowledged; a missing group (a deleted
+// subscription) acknowledges nothing and is no error.
+func ackedOf(acks []*redis.IntCmd) (int64, error) {
 	var n int64
 	for _, c := range acks {
 		if isNoGroup(c.Err()) {
@@ -323,9 +343,6 @@ func (m *Manager) settle(ctx context.Context, subID string, refs []ref) (int64, 
 			return n, c.Err()
 		}
 		n += c.Val()
-	}
-	if err != nil && !isNoGroup(err) {
-		return n, err
 	}
 	return n, nil
 }

@@ -37,17 +37,33 @@ func Append(ctx context.Context, rdb redis.Cmdable, recs ...*meteringv1.UsageRec
 		return nil
 	}
 	pipe := rdb.Pipeline()
-	for _, r := range recs {
-		b, err := proto.Marshal(r)
-		if err != nil {
-			return fmt.Errorf("encode usage record: %w", err)
-		}
-		pipe.XAdd(ctx, &redis.XAddArgs{Stream: StreamKey, MaxLen: MaxLen, Approx: true, Values: []any{FieldRecord, b}})
+	if _, err := AppendIn(ctx, pipe, recs...); err != nil {
+		return err
 	}
 	if _, err := pipe.Exec(ctx); err != nil {
 		return fmt.Errorf("append usage: %w", err)
 	}
 	return nil
+}
+
+// AppendIn queues the XADDs of recs on pipe, for a caller that sends them
+// with other commands in one round trip, and returns them (in the order of
+// recs) for the caller to check once pipe has run. Nothing is queued when
+// a record does not encode.
+func AppendIn(ctx context.Context, pipe redis.Pipeliner, recs ...*meteringv1.UsageRecord) ([]*redis.StringCmd, error) {
+	bs := make([][]byte, len(recs))
+	for i, r := range recs {
+		b, err := proto.Marshal(r)
+		if err != nil {
+			return nil, fmt.Errorf("encode usage record: %w", err)
+		}
+		bs[i] = b
+	}
+	cmds := make([]*redis.StringCmd, len(bs))
+	for i, b := range bs {
+		cmds[i] = pipe.XAdd(ctx, &redis.XAddArgs{Stream: StreamKey, MaxLen: MaxLen, Approx: true, Values: []any{FieldRecord, b}})
+	}
+	return cmds, nil
 }
 
 // Key identifies one counter.

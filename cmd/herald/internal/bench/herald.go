@@ -242,3 +242,18 @@ func batches(events []*eventv1.CloudEvent, b int) [][]*eventv1.CloudEvent {
 	}
 	return out
 }
+
+// FindEdge returns the edge binary `make build` puts in ./bin: next to the
+// running executable, else on PATH.
+func FindEdge() (string, error) {
+	if exe, err := os.Executable(); err == nil {
+		p := filepath.Join(filepath.Dir(exe), "edge")
+		if st, err := os.Stat(p); err == nil && !st.IsDir() && st.Mode()&0o111 != 0 {
+			return p, nil
+		}
+	}
+	if p, err := exec.LookPath("edge"); err == nil {
+		return p, nil
+	}
+	return "", errors.New("the edge binary is neither next to this executable nor on PATH: run `make build` (it builds ./bin/herald and the service binaries) and run ./bin/herald")
+}

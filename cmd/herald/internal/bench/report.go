@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"strconv"
 )
 
 // WriteJSON writes the report as indented JSON.
@@ -71,6 +72,63 @@ func (rep *Report) WriteTable(w io.Writer) error {
 		for _, n := range rep.Notes {
 			fmt.Fprintf(w, "  %s\n", n)
 		}
+	}
+	return nil
+}
+
+// WriteJSON writes the report as indented JSON.
+func (rep *WebhookReport) WriteJSON(w io.Writer) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(rep)
+}
+
+// WriteTable writes the report for people.
+func (rep *WebhookReport) WriteTable(w io.Writer) error {
+	s, m := rep.Settings, rep.Machine
+	fmt.Fprintf(w, "herald bench webhooks: %d events to 1 endpoint, %d events to each of %d endpoints, max %d requests in flight per endpoint, slow endpoint %s, steady %d events/s for %s, %d-byte JSON data, Redis appendfsync %s\n",
+		s.Events, s.FanoutEvents, s.Endpoints, s.MaxConcurrency, s.SlowSleep, s.Rate, s.RateDuration, s.PayloadBytes, s.RedisFsync)
+	fmt.Fprintf(w, "machine: %d CPUs (%s), %d GiB, %s, %s; %s\n", m.CPUs, m.CPUModel, m.MemoryGiB, m.Kernel, m.Go, m.Redis)
+	fmt.Fprintf(w, "load average (1, 5, 15 min): %s at the start, %s at the end\n\n", m.LoadAvgStart, m.LoadAvgEnd)
+	const row = "%-20s %9s %10s %12s %8s %8s %6s %7s %9s %9s %7s %7s %7s\n"
+	fmt.Fprintf(w, row, "", "", "", "", "publish→", "receipt", "", "edge", "edge", "edge", "router", "redis", "client")
+	fmt.Fprintf(w, row, "phase", "endpoints", "deliveries", "deliveries/s", "p50 ms", "p99 ms", "dups", "CPU s", "CPU µs/d", "peak RSS", "CPU s", "CPU s", "CPU s")
+	for _, p := range rep.Phases {
+		edge, per, rss, router, redisCPU := "-", "-", "-", "-", "-"
+		if p.Edge != nil {
+			edge = fmt.Sprintf("%.2f", p.Edge.CPUSeconds)
+			if p.Deliveries > 0 {
+				per = fmt.Sprintf("%.0f", p.Edge.CPUSeconds*1e6/float64(p.Deliveries))
+			}
+			rss = fmt.Sprintf("%.0f MiB", p.Edge.PeakRSSMiB)
+		}
+		if p.Router != nil {
+			router = fmt.Sprintf("%.2f", p.Router.CPUSeconds)
+		}
+		if p.RedisCPU != nil {
+			redisCPU = fmt.Sprintf("%.2f", *p.RedisCPU)
+		}
+		fmt.Fprintf(w, row, p.Name, strconv.Itoa(p.Endpoints), strconv.Itoa(p.Deliveries), fmt.Sprintf("%.0f", p.DeliveriesPerS),
+			fmt.Sprintf("%.1f", p.P50Ms), fmt.Sprintf("%.1f", p.P99Ms), strconv.Itoa(p.Duplicates), edge, per, rss, router, redisCPU, fmt.Sprintf("%.2f", p.ClientCPU))
+	}
+	if c := rep.Compare; c != nil {
+		fmt.Fprintf(w, "\nslow endpoint: the healthy endpoints got %.0f deliveries/s with it and %.0f without: it cost them %.1f%%\n", c.WithSlow, c.Healthy, 100*c.CostRatio)
+	}
+	for _, p := range rep.Phases {
+		if p.SlowReceived > 0 {
+			fmt.Fprintf(w, "%s: the slow endpoint received %d requests meanwhile\n", p.Name, p.SlowReceived)
+		}
+	}
+	fmt.Fprintln(w, "\nchecks:")
+	for _, c := range rep.Checks {
+		mark := "ok  "
+		if !c.OK {
+			mark = "FAIL"
+		}
+		fmt.Fprintf(w, "  %s %s: %s\n", mark, c.Name, c.Detail)
+	}
+	for _, n := range rep.Notes {
+		fmt.Fprintf(w, "note: %s\n", n)
 	}
 	return nil
 }

@@ -172,11 +172,7 @@ func (a *API) RetryDelivery(ctx context.Context, req *connect.Request[edgev1.Ret
 		return nil, err
 	}
 	ep := endpointOf(sub, a.E.o.Box)
-	n, err := a.E.st.count(ctx, sub.GetId(), req.Msg.GetCursor())
-	if err != nil {
-		return nil, unavailable(err)
-	}
-	o, att, _ := a.E.attempt(ctx, ep, req.Msg.GetCursor(), ev, int32(n+1), edgev1.AttemptTrigger_ATTEMPT_TRIGGER_MANUAL)
+	o, att, _ := a.E.attempt(ctx, ep, req.Msg.GetCursor(), ev, edgev1.AttemptTrigger_ATTEMPT_TRIGGER_MANUAL)
 	if o.success {
 		if err := a.E.count(ctx, ep, req.Msg.GetCursor(), ev); err != nil {
 			a.E.o.Log.Warn("manual webhook delivery not counted", "subscription", sub.GetId(), "err", err)

@@ -90,6 +90,7 @@ type Engine struct {
 	o      Options
 	mgr    *subscription.Manager
 	st     store
+	settle *settler
 	client *http.Client
 	holder string
 
@@ -136,6 +137,7 @@ func New(o Options) *Engine {
 			Buckets: prometheus.ExponentialBuckets(0.001, 2.5, 12),
 		}),
 	}
+	e.settle = newSettler(o.Redis, e.mgr, o.Log)
 	e.endpoints = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "herald_webhook_endpoints", Help: "Webhook endpoints this edge delivers to (holds the lease of).",
 	}, func() float64 { return float64(e.Active()) })
@@ -164,6 +166,7 @@ func (e *Engine) Run(ctx context.Context) error {
 	if e.o.Box == nil {
 		e.o.Log.Error("HERALD_SECRET_KEY is not set: webhook endpoints cannot be signed, so nothing is delivered to them")
 	}
+	e.settle.run(ctx)
 	defer e.stopAll()
 	for {
 		changed := e.o.Catalog.Changed()
@@ -232,9 +235,9 @@ func (e *Engine) appSlots(app string) chan struct{} {
 	return ch
 }
 
-// attempt sends an event to an endpoint once and records the attempt. It
-// returns the outcome and since when the endpoint has been failing.
-func (e *Engine) attempt(ctx context.Context, ep *endpoint, cursor string, ev *eventv1.CloudEvent, n int32, trigger edgev1.AttemptTrigger) (outcome, *edgev1.Attempt, time.Time) {
+// deliver sends an event to an endpoint once. It returns the outcome and
+// the attempt's record, not kept yet.
+func (e *Engine) deliver(ctx context.Context, ep *endpoint, cursor string, ev *eventv1.CloudEvent, trigger edgev1.AttemptTrigger) (outcome, *edgev1.Attempt) {
 	now := time.Now()
 	var o outcome
 	signer, err := ep.currentSigner(now)
@@ -256,24 +259,41 @@ func (e *Engine) attempt(ctx context.Context, ep *endpoint, cursor string, ev *e
 	if o.status != 0 {
 		e.latency.Observe(o.latency.Seconds())
 	}
-	a := attemptOf(ep, cursor, ev, n, now, o, trigger)
+	return o, attemptOf(ep, cursor, ev, 0, now, o, trigger)
+}
+
+// keep records an attempt (numbering it) and returns since when the
+// endpoint has been failing.
+func (e *Engine) keep(ctx context.Context, a *edgev1.Attempt) time.Time {
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
 	since, err := e.st.record(rctx, a)
 	if err != nil {
-		e.o.Log.Warn("webhook attempt not recorded", "subscription", ep.id, "cursor", cursor, "err", err)
+		e.o.Log.Warn("webhook attempt not recorded", "subscription", a.GetSubscriptionId(), "cursor", a.GetCursor(), "err", err)
 	}
-	return o, a, since
+	return since
 }
 
-// count reports a successful delivery to metering, once per endpoint and
-// event whatever the number of attempts (the record id is the fold's
-// idempotency key).
-func (e *Engine) count(ctx context.Context, ep *endpoint, cursor string, ev *eventv1.CloudEvent) error {
-	return usage.Append(ctx, e.o.Redis, &meteringv1.UsageRecord{
+// attempt sends an event to an endpoint once and records the attempt. It
+// returns the outcome and since when the endpoint has been failing.
+func (e *Engine) attempt(ctx context.Context, ep *endpoint, cursor string, ev *eventv1.CloudEvent, trigger edgev1.AttemptTrigger) (outcome, *edgev1.Attempt, time.Time) {
+	o, a := e.deliver(ctx, ep, cursor, ev, trigger)
+	return o, a, e.keep(ctx, a)
+}
+
+// usageOf is the metering record of a successful delivery: once per
+// endpoint and event whatever the number of attempts (the record id is the
+// fold's idempotency key).
+func usageOf(ep *endpoint, cursor string, ev *eventv1.CloudEvent) *meteringv1.UsageRecord {
+	return &meteringv1.UsageRecord{
 		Id: "webhook/" + ep.id + "/" + cursor, ApplicationId: ep.app, EventType: ev.GetType(),
 		Metric: meteringv1.UsageMetric_USAGE_METRIC_DELIVERED, Channel: Channel, Quantity: 1, Time: timestamppb.Now(),
-	})
+	}
+}
+
+// count reports a successful delivery to metering.
+func (e *Engine) count(ctx context.Context, ep *endpoint, cursor string, ev *eventv1.CloudEvent) error {
+	return usage.Append(ctx, e.o.Redis, usageOf(ep, cursor, ev))
 }
 
 // disable turns an endpoint off in the registry, with the reason, and

@@ -30,10 +30,11 @@ type runner struct {
 	slots chan struct{} // the endpoint's requests in flight
 	wg    sync.WaitGroup
 
-	mu     sync.Mutex
-	held   map[string]struct{} // ack ids received and not settled
-	queues map[string][]job    // ordered modes: per key, waiting behind the head
-	active map[string]bool     // ordered modes: keys with a worker
+	mu      sync.Mutex
+	held    map[string]struct{} // ack ids received and not settled
+	queues  map[string][]job    // ordered modes: per key, waiting behind the head
+	active  map[string]bool     // ordered modes: keys with a worker
+	workers int                 // unordered: workers taking the queue
 }
 
 // job is one delivery handed over by the session.
@@ -209,8 +210,15 @@ func (r *runner) dispatch(ctx, work context.Context, d *routerv1.SubscribeRespon
 			j.key = "k:" + cloudevent.AttributeString(v)
 		}
 	default:
+		// A few workers per endpoint take the queue: not a goroutine per
+		// delivery, which a deep backlog of many endpoints would make
+		// into a hundred thousand.
+		r.queues[unorderedKey] = append(r.queues[unorderedKey], j)
+		if r.workers < cap(r.slots)*workersPerSlot {
+			r.workers++
+			r.wg.Go(func() { r.unorderedWorker(ctx, work) })
+		}
 		r.mu.Unlock()
-		r.wg.Go(func() { r.unordered(ctx, work, j) })
 		return
 	}
 	r.queues[j.key] = append(r.queues[j.key], j)
@@ -253,6 +261,43 @@ func (r *runner) acquire(ctx context.Context) (func(), bool) {
 	return release, true
 }
 
+// unorderedKey is the queue of an unordered endpoint (ordered keys are ""
+// or start with "k:").
+const unorderedKey = "u"
+
+// workersPerSlot: the workers of an unordered endpoint per request in
+// flight; the others settle what they sent meanwhile.
+const workersPerSlot = 4
+
+// unorderedWorker delivers from the endpoint's queue until it is empty, or
+// hands the queue back when ctx ends.
+func (r *runner) unorderedWorker(ctx, work context.Context) {
+	for {
+		r.mu.Lock()
+		q := r.queues[unorderedKey]
+		if len(q) == 0 || ctx.Err() != nil {
+			if ctx.Err() != nil {
+				for _, j := range q {
+					delete(r.held, j.ackID)
+				}
+			} else {
+				q = nil
+			}
+			delete(r.queues, unorderedKey)
+			r.workers--
+			r.mu.Unlock()
+			if len(q) > 0 {
+				r.handBackAll(q)
+			}
+			return
+		}
+		j := q[0]
+		r.queues[unorderedKey] = q[1:]
+		r.mu.Unlock()
+		r.unordered(ctx, work, j)
+	}
+}
+
 // unordered delivers one event; a failure is handed back to the
 // subscription to come again after its delay, so that the endpoint goes on
 // with other events meanwhile.
@@ -263,8 +308,9 @@ func (r *runner) unordered(ctx, work context.Context, j job) {
 		r.handBack(j)
 		return
 	}
-	o, done := r.try(work, j)
-	release()
+	// The endpoint's slot is free once its answer is in: the bookkeeping
+	// that follows is not a request in flight.
+	o, done := r.try(work, j, release)
 	if done {
 		return
 	}
@@ -302,7 +348,7 @@ func (r *runner) ordered(ctx, work context.Context, key string) {
 			if !ok {
 				break
 			}
-			o, done := r.try(work, j)
+			o, done := r.try(work, j, nil)
 			release()
 			if done {
 				break
@@ -327,25 +373,28 @@ func (r *runner) ordered(ctx, work context.Context, key string) {
 // endpoint is gone (disabled; the delivery stays pending for when it is
 // enabled again). It reports the outcome and whether the delivery is done
 // with.
-func (r *runner) try(ctx context.Context, j job) (outcome, bool) {
-	n, err := r.number(ctx, j)
-	if err != nil {
-		return outcome{err: "the attempt count is unavailable"}, false
+func (r *runner) try(ctx context.Context, j job, answered func()) (outcome, bool) {
+	o, a := r.e.deliver(ctx, r.ep, j.cursor, j.ev, edgev1.AttemptTrigger_ATTEMPT_TRIGGER_UNSPECIFIED)
+	if answered != nil {
+		answered()
 	}
-	o, _, since := r.e.attempt(ctx, r.ep, j.cursor, j.ev, n, edgev1.AttemptTrigger_ATTEMPT_TRIGGER_UNSPECIFIED)
-	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-	defer cancel()
-	switch {
-	case o.success:
-		if err := r.e.count(sctx, r.ep, j.cursor, j.ev); err != nil {
+	if o.success {
+		err := r.e.settle.settle(ctx, &settlement{subID: r.sub.GetId(), ackID: j.ackID, attempt: a, usage: usageOf(r.ep, j.cursor, j.ev)})
+		if err != nil {
 			// Not acknowledged: it comes again, and counts once then.
 			r.e.o.Log.Warn("webhook delivery not counted; it will be delivered again", "subscription", r.ep.id, "cursor", j.cursor, "err", err)
 			return o, false
 		}
-		if _, err := r.e.mgr.Ack(sctx, r.sub.GetId(), j.ackID); err != nil {
-			r.e.o.Log.Warn("webhook delivery not acknowledged; it will be delivered again", "subscription", r.ep.id, "cursor", j.cursor, "err", err)
-		}
 		return o, true
+	}
+	since := r.e.keep(ctx, a)
+	n := a.GetNumber()
+	if n == 0 { // not recorded: the attempts this session knows of
+		n = int32(j.tries + 1)
+	}
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	switch {
 	case o.gone:
 		r.disable(sctx, j, "the endpoint answered 410 Gone")
 		return o, true
@@ -371,12 +420,6 @@ func (r *runner) disable(ctx context.Context, j job, reason string) {
 	if r.e.disable(ctx, r.ep, reason) {
 		r.cancel()
 	}
-}
-
-// number is the attempt's number among every attempt at the event.
-func (r *runner) number(ctx context.Context, j job) (int32, error) {
-	n, err := r.e.st.count(ctx, r.ep.id, j.cursor)
-	return int32(n + 1), err
 }
 
 // handBack returns a delivery to the subscription at once, for whoever

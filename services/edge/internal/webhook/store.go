@@ -27,6 +27,7 @@ func leaseKey(subID string) string         { return subKey(subID, "lease") }
 
 const (
 	fieldAttempt    = "a"
+	fieldNumber     = "n"
 	maxAttemptsKept = 10_000              // per endpoint, newest
 	attemptsTTL     = 30 * 24 * time.Hour // per event, after its last attempt
 )
@@ -41,33 +42,71 @@ func (s store) count(ctx context.Context, subID, cursor string) (int64, error) {
 	return s.rdb.LLen(ctx, eventKey(subID, cursor)).Result()
 }
 
-// record keeps an attempt, in the endpoint's list and the event's, and
-// updates the endpoint's health. It returns since when the endpoint has been
-// failing (zero after a success).
-func (s store) record(ctx context.Context, a *edgev1.Attempt) (time.Time, error) {
+// recordScript keeps an attempt: KEYS[1] the endpoint's attempts stream,
+// KEYS[2] the event's attempt list, KEYS[3] the endpoint's health (one
+// hash tag: one slot); ARGV[1] the attempt, ARGV[2] 1 for a success,
+// ARGV[3] its time (ms), ARGV[4] the stream's cap, ARGV[5] the list's TTL
+// (s). The attempt's number is its place in the event's list, kept beside
+// it in the stream (field n). Returns {number, failing since (ms) or 0}.
+var recordScript = redis.NewScript(`
+local n = redis.call('RPUSH', KEYS[2], ARGV[1])
+redis.call('EXPIRE', KEYS[2], ARGV[5])
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], '*', 'a', ARGV[1], 'n', n)
+if ARGV[2] == '1' then
+  redis.call('HDEL', KEYS[3], 'failing_since')
+  return {n, 0}
+end
+redis.call('HSETNX', KEYS[3], 'failing_since', ARGV[3])
+return {n, tonumber(redis.call('HGET', KEYS[3], 'failing_since'))}
+`)
+
+// recordArgs are the keys and arguments of recordScript for a.
+func recordArgs(a *edgev1.Attempt) ([]string, []any, error) {
+	n := a.Number
+	a.Number = 0 // the list's order numbers it
 	b, err := proto.Marshal(a)
+	a.Number = n
+	if err != nil {
+		return nil, nil, err
+	}
+	ok := 0
+	if a.GetSuccess() {
+		ok = 1
+	}
+	id := a.GetSubscriptionId()
+	return []string{attemptsKey(id), eventKey(id, a.GetCursor()), healthKey(id)},
+		[]any{b, ok, a.GetTime().AsTime().UnixMilli(), maxAttemptsKept, int64(attemptsTTL / time.Second)}, nil
+}
+
+// recordResult reads recordScript's answer into a.Number and returns since
+// when the endpoint has been failing (zero after a success).
+func recordResult(a *edgev1.Attempt, v any) time.Time {
+	r, _ := v.([]any)
+	if len(r) != 2 {
+		return time.Time{}
+	}
+	if n, ok := r[0].(int64); ok {
+		a.Number = int32(n)
+	}
+	if ms, ok := r[1].(int64); ok && ms > 0 {
+		return time.UnixMilli(ms)
+	}
+	return time.Time{}
+}
+
+// record keeps an attempt, in the endpoint's stream and the event's list,
+// numbers it (a.Number) and updates the endpoint's health. It returns since
+// when the endpoint has been failing (zero after a success).
+func (s store) record(ctx context.Context, a *edgev1.Attempt) (time.Time, error) {
+	keys, args, err := recordArgs(a)
 	if err != nil {
 		return time.Time{}, err
 	}
-	pipe := s.rdb.TxPipeline()
-	pipe.XAdd(ctx, &redis.XAddArgs{Stream: attemptsKey(a.GetSubscriptionId()), MaxLen: maxAttemptsKept, Approx: true, Values: []any{fieldAttempt, b}})
-	pipe.RPush(ctx, eventKey(a.GetSubscriptionId(), a.GetCursor()), b)
-	pipe.Expire(ctx, eventKey(a.GetSubscriptionId(), a.GetCursor()), attemptsTTL)
-	var since *redis.StringCmd
-	if a.GetSuccess() {
-		pipe.HDel(ctx, healthKey(a.GetSubscriptionId()), "failing_since")
-	} else {
-		pipe.HSetNX(ctx, healthKey(a.GetSubscriptionId()), "failing_since", a.GetTime().AsTime().UnixMilli())
-		since = pipe.HGet(ctx, healthKey(a.GetSubscriptionId()), "failing_since")
-	}
-	if _, err := pipe.Exec(ctx); err != nil {
+	v, err := recordScript.Run(ctx, s.rdb, keys, args...).Result()
+	if err != nil {
 		return time.Time{}, fmt.Errorf("record the attempt: %w", err)
 	}
-	if since == nil {
-		return time.Time{}, nil
-	}
-	ms, _ := strconv.ParseInt(since.Val(), 10, 64)
-	return time.UnixMilli(ms), nil
+	return recordResult(a, v), nil
 }
 
 // forEvent lists the attempts at one event, oldest first.
@@ -77,9 +116,12 @@ func (s store) forEvent(ctx context.Context, subID, cursor string) ([]*edgev1.At
 		return nil, err
 	}
 	out := make([]*edgev1.Attempt, 0, len(raw))
-	for _, r := range raw {
+	for i, r := range raw {
 		a := new(edgev1.Attempt)
 		if proto.Unmarshal([]byte(r), a) == nil {
+			if a.Number == 0 {
+				a.Number = int32(i + 1)
+			}
 			out = append(out, a)
 		}
 	}
@@ -108,6 +150,10 @@ func (s store) page(ctx context.Context, subID, before string, n int64) ([]*edge
 		a := new(edgev1.Attempt)
 		if proto.Unmarshal([]byte(raw), a) == nil {
 			a.Id = m.ID
+			if n, _ := m.Values[fieldNumber].(string); a.Number == 0 && n != "" {
+				v, _ := strconv.ParseInt(n, 10, 32)
+				a.Number = int32(v)
+			}
 			out = append(out, a)
 		}
 	}
