@@ -645,6 +645,9 @@ func TestWebhookDNSRebindToPrivateAddressIsRefusedAndDeadLettered(t *testing.T) 
 		cur := e.publish(invoiceEvent(rb.id, 2))[0]
 		var dead *edgev1.WebhookDeadLetter
 		testutil.Eventually(t, 20*time.Second, func() bool {
+			if n := private.conns.Load(); n != 0 {
+				t.Fatalf("%s: the private receiver got %d connections (%d requests)", rb.id, n, len(private.got()))
+			}
 			for _, d := range e.deadLetters(t, sub.GetId()) {
 				if d.GetCursor() == cur {
 					dead = d
