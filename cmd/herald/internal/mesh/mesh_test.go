@@ -74,6 +74,14 @@ func startWith(t *testing.T, set func(*config.Common)) *env {
 			t.Error("mesh did not stop within 20s")
 		}
 	})
+	e.connect(t)
+	return e
+}
+
+// connect waits until every service answers /readyz, then makes the
+// clients and the test's event type and application.
+func (e *env) connect(t *testing.T) {
+	t.Helper()
 	for _, addr := range []string{e.common.RegistryAddr, e.common.RouterAddr, e.common.MeteringAddr, e.common.EdgeAddr} {
 		why := "no answer"
 		deadline := time.Now().Add(20 * time.Second)
@@ -122,7 +130,6 @@ func startWith(t *testing.T, set func(*config.Common)) *env {
 		t.Fatal(err)
 	}
 	e.appKey, e.appID = app.Msg.GetKey().GetSecret(), app.Msg.GetApplication().GetId()
-	return e
 }
 
 func withKey(key string) context.Context {

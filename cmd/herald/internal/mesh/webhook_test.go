@@ -54,30 +54,34 @@ type receiver struct {
 
 func newReceiver(t *testing.T, answer func(n int, h hit) int) *receiver {
 	r := &receiver{answer: answer}
-	r.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
-		if req.Method != http.MethodPost {
-			w.WriteHeader(http.StatusMethodNotAllowed) // no handshake: the registry falls back to a ping
-			return
-		}
-		body, _ := io.ReadAll(req.Body)
-		h := hit{header: req.Header.Clone(), body: body, at: time.Now()}
-		if req.Header.Get("webhook-id") != "" && isPing(body) {
-			w.WriteHeader(http.StatusNoContent)
-			return
-		}
-		r.mu.Lock()
-		r.hits = append(r.hits, h)
-		n := len(r.hits)
-		r.mu.Unlock()
-		status := http.StatusNoContent
-		if r.answer != nil {
-			status = r.answer(n, h)
-		}
-		w.WriteHeader(status)
-		_, _ = fmt.Fprintf(w, "answer %d", n)
-	}))
+	r.Server = httptest.NewServer(http.HandlerFunc(r.serve))
 	t.Cleanup(r.Close)
 	return r
+}
+
+// serve records a delivery and answers it (a validation ping is answered
+// 204 and not recorded).
+func (r *receiver) serve(w http.ResponseWriter, req *http.Request) {
+	if req.Method != http.MethodPost {
+		w.WriteHeader(http.StatusMethodNotAllowed) // no handshake: the registry falls back to a ping
+		return
+	}
+	body, _ := io.ReadAll(req.Body)
+	h := hit{header: req.Header.Clone(), body: body, at: time.Now()}
+	if req.Header.Get("webhook-id") != "" && isPing(body) {
+		w.WriteHeader(http.StatusNoContent)
+		return
+	}
+	r.mu.Lock()
+	r.hits = append(r.hits, h)
+	n := len(r.hits)
+	r.mu.Unlock()
+	status := http.StatusNoContent
+	if r.answer != nil {
+		status = r.answer(n, h)
+	}
+	w.WriteHeader(status)
+	_, _ = fmt.Fprintf(w, "answer %d", n)
 }
 
 func isPing(body []byte) bool {

@@ -23,9 +23,10 @@ type runner struct {
 	sub *registryv1.Subscription // as the session reads it
 	ep  *endpoint
 
-	cancel context.CancelFunc
-	done   chan struct{}
-	leased atomic.Bool
+	cancel  context.CancelFunc // set by run, under mu
+	stopped bool               // stop was called (perhaps before run set cancel), under mu
+	done    chan struct{}
+	leased  atomic.Bool
 
 	slots chan struct{} // the endpoint's requests in flight
 	wg    sync.WaitGroup
@@ -68,8 +69,12 @@ func (r *runner) ackTimeout() time.Duration { return r.sub.GetDelivery().GetAckT
 
 // stop ends the runner and waits for its requests in flight.
 func (r *runner) stop() {
-	if r.cancel != nil {
-		r.cancel()
+	r.mu.Lock()
+	r.stopped = true
+	cancel := r.cancel
+	r.mu.Unlock()
+	if cancel != nil {
+		cancel()
 	}
 	<-r.done
 }
@@ -80,6 +85,9 @@ func (r *runner) run(parent context.Context) {
 	ctx, cancel := context.WithCancel(parent)
 	r.mu.Lock()
 	r.cancel = cancel
+	if r.stopped {
+		cancel()
+	}
 	r.mu.Unlock()
 	defer cancel()
 	b := backoff.New(backoff.Options{})
