@@ -199,12 +199,19 @@ func TestWebhookDeliveredSignedAndVerifiedByBothLibraries(t *testing.T) {
 			t.Fatalf("body %s, webhook-id %q", h.body, h.header.Get("webhook-id"))
 		}
 	}
-	// The attempts are on record, per endpoint and per event.
+	// The attempts are on record, per endpoint and per event (the edge
+	// records one once it has read the answer: a moment after the receiver
+	// sees the request).
 	wh := e.webhooks(e.appKey)
-	at, err := wh.ListAttempts(context.Background(), connect.NewRequest(&edgev1.ListAttemptsRequest{SubscriptionId: sub.GetId(), Cursor: cursors[0]}))
-	if err != nil {
-		t.Fatal(err)
-	}
+	var at *connect.Response[edgev1.ListAttemptsResponse]
+	testutil.Eventually(t, 10*time.Second, func() bool {
+		var err error
+		at, err = wh.ListAttempts(context.Background(), connect.NewRequest(&edgev1.ListAttemptsRequest{SubscriptionId: sub.GetId(), Cursor: cursors[0]}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(at.Msg.GetAttempts()) > 0
+	}, "the attempt on record")
 	if len(at.Msg.GetAttempts()) != 1 || !at.Msg.GetAttempts()[0].GetSuccess() || at.Msg.GetAttempts()[0].GetStatus() != 204 || at.Msg.GetAttempts()[0].GetNumber() != 1 {
 		t.Fatalf("attempts: %v", at.Msg.GetAttempts())
 	}
