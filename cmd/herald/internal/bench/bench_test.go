@@ -17,6 +17,7 @@ import (
 	"github.com/heraldmesh/herald/platform/config"
 	"github.com/heraldmesh/herald/platform/eventlog"
 	"github.com/heraldmesh/herald/platform/testutil"
+	"github.com/heraldmesh/herald/services/edge"
 	"github.com/heraldmesh/herald/services/router"
 	"github.com/redis/go-redis/v9"
 )
@@ -25,7 +26,20 @@ import (
 // exercises the separate-process path without building ./bin/router.
 const routerChildEnv = "HERALD_BENCH_TEST_ROUTER_CHILD"
 
+// edgeChildEnv makes the test binary run as the edge.
+const edgeChildEnv = "HERALD_BENCH_TEST_EDGE_CHILD"
+
 func TestMain(m *testing.M) {
+	if os.Getenv(edgeChildEnv) == "1" {
+		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+		err := edge.RunFromEnv(ctx)
+		stop()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "edge:", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
 	if os.Getenv(routerChildEnv) == "1" {
 		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 		svc, err := router.New(router.Config{Common: config.FromEnv()})
@@ -103,6 +117,56 @@ func TestRunSmall(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("publishing as: %s\n%s", rep.Settings.Principal, table.String())
+}
+
+// TestRunWebhooksSmall runs `herald bench webhooks` with tiny numbers: the
+// processes, the receivers, the phases and the checks (every event to every
+// endpoint, signatures, usage counted once).
+func TestRunWebhooksSmall(t *testing.T) {
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := WebhookOptions{
+		Events: 100, FanoutEvents: 20, Endpoints: 5, SlowSleep: 500 * time.Millisecond, Rate: 200, RateDuration: time.Second,
+		RouterBin: exe, EdgeBin: exe, Timeout: 2 * time.Minute,
+	}
+	var progress bytes.Buffer
+	o.Progress = &progress
+	// Both children are this binary: a variable picks the role.
+	o.RouterEnvForTest = []string{routerChildEnv + "=1"}
+	o.EdgeEnv = []string{edgeChildEnv + "=1"}
+	rep, err := RunWebhooks(context.Background(), o)
+	if err != nil {
+		t.Fatalf("%v\nprogress:\n%s", err, progress.String())
+	}
+	want := []string{"1-endpoint", "5-endpoints", "5-endpoints+slow", "steady-200/s"}
+	var got []string
+	for _, p := range rep.Phases {
+		got = append(got, p.Name)
+		if p.Deliveries != p.Published*min(p.Endpoints, 5) || p.DeliveriesPerS <= 0 || p.P99Ms < p.P50Ms || p.Edge == nil || p.Edge.PeakRSSMiB <= 0 {
+			t.Errorf("phase %s: %+v", p.Name, p)
+		}
+	}
+	if strings.Join(got, ",") != strings.Join(want, ",") {
+		t.Errorf("phases %v, want %v", got, want)
+	}
+	if len(rep.Checks) != 3*len(want) {
+		t.Errorf("%d checks: %+v", len(rep.Checks), rep.Checks)
+	}
+	for _, c := range rep.Checks {
+		if !c.OK {
+			t.Errorf("check failed: %s: %s", c.Name, c.Detail)
+		}
+	}
+	if rep.Compare == nil {
+		t.Error("no slow-endpoint comparison")
+	}
+	var table bytes.Buffer
+	if err := rep.WriteTable(&table); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("\n%s", table.String())
 }
 
 // inProcessHerald runs the registry and the router in this process against

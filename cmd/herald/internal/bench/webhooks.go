@@ -61,6 +61,8 @@ type WebhookOptions struct {
 	// EdgeEnv is added to the edge's environment (HERALD_PPROF_ADDR to
 	// profile it, for one).
 	EdgeEnv []string
+	// RouterEnvForTest is added to the router's environment.
+	RouterEnvForTest []string
 	// Timeout bounds the whole run. Default 10 minutes.
 	Timeout time.Duration
 	// Progress receives one line per step; nil discards them.
@@ -270,7 +272,7 @@ func (r *whRun) all(ctx context.Context, dir string) error {
 
 	env := append(routerEnv(common, nil), "HERALD_SECRET_KEY="+common.SecretKey, "HERALD_WEBHOOK_ALLOW="+common.WebhookAllow)
 	r.progress("starting the router (%s) on %s", o.RouterBin, common.RouterAddr)
-	if r.router, err = startChild("router", o.RouterBin, nil, env, filepath.Join(dir, "router.log")); err != nil {
+	if r.router, err = startChild("router", o.RouterBin, nil, append(slices.Clip(env), o.RouterEnvForTest...), filepath.Join(dir, "router.log")); err != nil {
 		return err
 	}
 	defer r.router.stop(10 * time.Second)
