@@ -2478,7 +2478,10 @@ type Application struct {
 	// limits.
 	PublishLimit *PublishLimit `protobuf:"bytes,8,opt,name=publish_limit,json=publishLimit,proto3" json:"publish_limit,omitempty"`
 	// How the edge verifies the browser tokens the application mints for
-	// its users. Unset: the edge refuses its tokens.
+	// its users. Unset: the edge refuses its tokens. An UpdateApplication
+	// without it keeps the stored settings; one with it replaces jwks_url,
+	// public_keys and max_lifetime (the secrets only change through
+	// RotateTokenSecret).
 	TokenSettings *TokenSettings `protobuf:"bytes,9,opt,name=token_settings,json=tokenSettings,proto3" json:"token_settings,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
