@@ -3,12 +3,15 @@ package mesh_test
 import (
 	"context"
 	"crypto/ecdsa"
+	"crypto/ed25519"
 	"crypto/elliptic"
 	"crypto/rand"
 	"encoding/json"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -359,5 +362,62 @@ func TestBrowserTokenStreamsEndWhenWithdrawn(t *testing.T) {
 		if strings.Contains(body, leak) {
 			t.Errorf("the refusal %q shows %q", body, leak)
 		}
+	}
+}
+
+// An application whose keys are at a JWKS URL: the edge fetches the set
+// through the outbound guard (the receiver's loopback address is
+// allowlisted here) and verifies EdDSA and ES256 tokens with it; a kid the
+// set does not have is refused.
+func TestBrowserTokenFromJWKS(t *testing.T) {
+	e := startWith(t, func(c *config.Common) { c.WebhookAllow = "127.0.0.0/8" })
+	ctx := context.Background()
+	_, ed, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ec, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc, err := json.Marshal(jose.JSONWebKeySet{Keys: []jose.JSONWebKey{
+		{Key: ed.Public(), KeyID: "ed-1", Use: "sig"},
+		{Key: &ec.PublicKey, KeyID: "ec-1", Use: "sig", Algorithm: "ES256"},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fetches atomic.Int32
+	jwks := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fetches.Add(1)
+		w.Header().Set("Content-Type", "application/jwk-set+json")
+		_, _ = w.Write(doc)
+	}))
+	defer jwks.Close()
+	res, err := e.reg.CreateApplication(ctx, connect.NewRequest(&registryv1.CreateApplicationRequest{Application: &registryv1.Application{
+		Name:          "jwks-shop",
+		Grants:        []*registryv1.Grant{{Action: registryv1.GrantAction_GRANT_ACTION_SUBSCRIBE, Pattern: "billing.*"}},
+		TokenSettings: &registryv1.TokenSettings{JwksUrl: jwks.URL + "/.well-known/jwks.json"},
+	}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ta := &tokenApp{app: res.Msg.GetApplication()}
+	edTok := mint(t, jose.EdDSA, ed, "ed-1", ta.claims("billing.*", 5*time.Minute))
+	e.waitStatus(t, "types=billing.*&access_token="+edTok, http.StatusOK, "", "the edge verifies tokens of the JWKS")
+	edCh, closeED := e.subscribe("types=billing.*&access_token="+edTok, "")
+	defer closeED()
+	esCh, closeES := e.subscribe("types=billing.invoice.paid&access_token="+mint(t, jose.ES256, ec, "ec-1", ta.claims("billing.*", 5*time.Minute)), "")
+	defer closeES()
+	cursor := e.publish(invoiceEvent("via-jwks", 7))[0]
+	if next(t, edCh).id != cursor || next(t, esCh).id != cursor {
+		t.Fatal("the JWKS token streams did not get the event")
+	}
+	status, body := e.streamStatus(t, "types=billing.*&access_token="+mint(t, jose.EdDSA, ed, "ed-2", ta.claims("billing.*", 5*time.Minute)))
+	if status != http.StatusUnauthorized || !strings.Contains(body, "kid is not a key of this application") || strings.Contains(body, "127.0.0.1") {
+		t.Errorf("unknown kid: %d %s", status, body)
+	}
+	if n := fetches.Load(); n < 1 || n > 3 {
+		t.Errorf("the JWKS was fetched %d times for four tokens, want it cached", n)
 	}
 }
