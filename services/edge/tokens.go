@@ -14,9 +14,10 @@ import (
 )
 
 // tokenRoutes are the routes that take browser tokens: those whose
-// handlers apply a token's scope (types, filter, expiry). Everywhere else
-// a token is refused.
-var tokenRoutes = map[string]bool{"/v1/stream": true, "/v1/poll": true}
+// handlers apply a token's scope (auth.Principal.Scope: types, filter,
+// expiry). Everywhere else a token is refused. A channel joins the list
+// once it applies the scope (long polling, StreamEvents).
+var tokenRoutes = map[string]bool{"/v1/stream": true}
 
 // browserTokens makes the edge accept applications' browser tokens on its
 // stream routes: HS256 secrets are opened with HERALD_SECRET_KEY (without
