@@ -124,17 +124,19 @@ func (s *Scope) Matches(ev *eventv1.CloudEvent) bool {
 	return err == nil && ok
 }
 
-// ErrTokenExpired is the cause of a stream context that Deadline ended.
-var ErrTokenExpired = connect.NewError(connect.CodeUnauthenticated, errors.New("the token of this stream has expired"))
+// ErrTokenExpired is wrapped by the cause of a stream context that
+// Deadline ended.
+var ErrTokenExpired = errors.New("the token of this stream has expired")
 
-// Deadline returns ctx ending when the scope's token expires, with
-// ErrTokenExpired as its cause (context.Cause); for a nil scope, ctx
-// itself. Call the cancel function when the stream ends.
+// Deadline returns ctx ending when the scope's token expires, with an
+// UNAUTHENTICATED connect error wrapping ErrTokenExpired as its cause
+// (context.Cause); for a nil scope, ctx itself. Call the cancel function
+// when the stream ends.
 func (s *Scope) Deadline(ctx context.Context) (context.Context, context.CancelFunc) {
 	if s == nil || s.Expires.IsZero() {
 		return ctx, func() {}
 	}
-	return context.WithDeadlineCause(ctx, s.Expires, ErrTokenExpired)
+	return context.WithDeadlineCause(ctx, s.Expires, connect.NewError(connect.CodeUnauthenticated, ErrTokenExpired))
 }
 
 // TokenKeyID is the key id of a token principal: which key of which

@@ -373,7 +373,7 @@ func TestScopeFilterAndDeadline(t *testing.T) {
 	ctx, cancel := p.Scope.Deadline(context.Background())
 	defer cancel()
 	<-ctx.Done()
-	if !errors.Is(context.Cause(ctx), auth.ErrTokenExpired) {
+	if !errors.Is(context.Cause(ctx), auth.ErrTokenExpired) || connect.CodeOf(context.Cause(ctx)) != connect.CodeUnauthenticated {
 		t.Fatalf("cause %v, want ErrTokenExpired", context.Cause(ctx))
 	}
 	if same, _ := none.Deadline(context.Background()); same != context.Background() {
