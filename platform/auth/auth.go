@@ -1,6 +1,9 @@
 // Package auth authenticates callers of every Herald route with bearer keys:
 // the operator's bootstrap admin key, or application keys issued by the
-// registry and known to other services only by their SHA-256 hash.
+// registry and known to other services only by their SHA-256 hash; and, on
+// the stream routes of the edge, browser tokens (short-lived JWTs an
+// application mints for its users; see token.go) whose principal carries a
+// Scope.
 package auth
 
 import (
@@ -32,6 +35,9 @@ type Principal struct {
 	// ApplicationID and KeyID identify an application key.
 	ApplicationID string
 	KeyID         string
+	// Scope narrows a browser token's principal to the types, filter and
+	// lifetime of its token; nil for keys.
+	Scope *Scope
 }
 
 // Account is the name usage is counted under: the application id, or
@@ -114,6 +120,9 @@ type Authenticator struct {
 	failBurst int
 	sources   *expirable.LRU[string, *rate.Limiter]
 	sourcesMu sync.Mutex // makes get-or-create of a source's limiter atomic
+
+	tokens     *TokenVerifier
+	tokenRoute func(*http.Request) bool
 }
 
 const (
@@ -239,6 +248,12 @@ func (a *Authenticator) limited(source string) error {
 // failed counts a failed authentication against the source and returns
 // the Unauthenticated error.
 func (a *Authenticator) failed(source string) error {
+	a.countFailure(source)
+	return connect.NewError(connect.CodeUnauthenticated, ErrUnknownKey)
+}
+
+// countFailure counts a failed authentication against the source.
+func (a *Authenticator) countFailure(source string) {
 	if k := sourceKey(source); k != "" {
 		a.sourcesMu.Lock()
 		lim, ok := a.sources.Get(k)
@@ -249,7 +264,6 @@ func (a *Authenticator) failed(source string) error {
 		a.sourcesMu.Unlock()
 		lim.Allow()
 	}
-	return connect.NewError(connect.CodeUnauthenticated, ErrUnknownKey)
 }
 
 // Forget drops cached resolutions, e.g. after a key was revoked.
@@ -258,16 +272,49 @@ func (a *Authenticator) Forget() {
 	a.unknown.Purge()
 }
 
+// AcceptTokens makes a accept browser tokens, verified by v, on the
+// requests for which route reports true (the edge's stream routes); a token
+// anywhere else is refused, so that its scope is enforced wherever it is
+// accepted. Call it before serving.
+func (a *Authenticator) AcceptTokens(v *TokenVerifier, route func(*http.Request) bool) {
+	a.tokens, a.tokenRoute = v, route
+}
+
 // Request authenticates an HTTP request from its headers alone: the bearer
-// key of its Authorization header or, when allowQuery is true, an
-// access_token query parameter (browsers' EventSource cannot set headers).
-// Failures are counted against the request's remote address.
+// credential of its Authorization header or, when allowQuery is true and
+// the request is a GET (browsers' EventSource cannot set headers), an
+// access_token query parameter or else the herald_token cookie. The
+// credential is a key, or on the routes given to AcceptTokens a browser
+// token. Failures are counted against the request's remote address.
 func (a *Authenticator) Request(r *http.Request, allowQuery bool) (Principal, error) {
 	secret := BearerToken(r.Header)
-	if secret == "" && allowQuery {
+	if secret == "" && allowQuery && (r.Method == http.MethodGet || r.Method == http.MethodHead) {
 		secret = r.URL.Query().Get("access_token")
+		if secret == "" {
+			if c, err := r.Cookie(TokenCookie); err == nil {
+				secret = c.Value
+			}
+		}
+	}
+	if a.tokens != nil && LooksLikeToken(secret) {
+		return a.token(r, secret)
 	}
 	return a.AuthenticateFrom(r.Context(), secret, r.RemoteAddr)
+}
+
+// token authenticates a browser token.
+func (a *Authenticator) token(r *http.Request, raw string) (Principal, error) {
+	if !a.tokenRoute(r) {
+		return Principal{}, connect.NewError(connect.CodeUnauthenticated, errors.New("a browser token is accepted only on the stream routes (GET /v1/stream); use an application key here"))
+	}
+	if err := a.limited(r.RemoteAddr); err != nil {
+		return Principal{}, err
+	}
+	p, err := a.tokens.Verify(r.Context(), raw)
+	if c := connect.CodeOf(err); c == connect.CodeUnauthenticated || c == connect.CodePermissionDenied {
+		a.countFailure(r.RemoteAddr)
+	}
+	return p, err
 }
 
 type principalKey struct{}

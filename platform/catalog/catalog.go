@@ -226,6 +226,9 @@ func (c *Cache) Updated() <-chan struct{} {
 func (c *Cache) WaitKey(ctx context.Context, updated <-chan struct{}, keyID string) bool {
 	c.mu.RLock()
 	expires := c.keyByID[keyID].expires
+	if _, exp, ok := c.tokenKeyState(keyID, time.Now()); ok {
+		expires = exp // a browser token's key: a rotated-out secret
+	}
 	c.mu.RUnlock()
 	var expiry <-chan time.Time
 	if !expires.IsZero() {
@@ -245,10 +248,17 @@ func (c *Cache) WaitKey(ctx context.Context, updated <-chan struct{}, keyID stri
 // KeyRevoked reports whether the application key with this id is known to be
 // revoked or expired. A key the cache has not seen yet (created a moment
 // ago, resolved by the registry directly) is not: its Watch change follows.
+// For the key id of a browser token's principal (auth.TokenKeyID) it
+// reports whether the key that verified the token was withdrawn: its HS256
+// secret rotated out, its public key or JWKS URL removed.
 func (c *Cache) KeyRevoked(keyID string) bool {
 	c.mu.RLock()
 	k, ok := c.keyByID[keyID]
+	revoked, _, isToken := c.tokenKeyState(keyID, time.Now())
 	c.mu.RUnlock()
+	if isToken {
+		return revoked
+	}
 	return ok && (k.revoked || (!k.expires.IsZero() && time.Now().After(k.expires)))
 }
 

@@ -99,6 +99,9 @@ func New(cfg Config) (*Service, error) {
 	if err := webhooks(base, cat, cfg); err != nil {
 		return nil, err
 	}
+	if err := browserTokens(base, cat, cfg); err != nil {
+		return nil, err
+	}
 	base.Server.OnReady(h.Ready)
 	base.Go(h.Run)
 	base.Go(func(ctx context.Context) error { batcher.Run(ctx); return nil })

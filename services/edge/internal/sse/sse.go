@@ -80,6 +80,9 @@ func ParseRequest(ctx context.Context, cat *catalog.Cache, types []string, curso
 		if app != nil && !access.Allowed(app.GetGrants(), registryv1.GrantAction_GRANT_ACTION_SUBSCRIBE, p) {
 			return nil, connect.NewError(connect.CodePermissionDenied, fmt.Errorf("application %s has no subscribe grant covering %s", app.GetId(), p))
 		}
+		if err := caller.Scope.Permit(p); err != nil {
+			return nil, err // a browser token's types
+		}
 		if strings.Contains(p, "*") {
 			continue
 		}
@@ -155,6 +158,7 @@ func (r *Request) recheck(ctx context.Context, cat *catalog.Cache) error {
 // when Watch finds the caller may no longer stream (context.Cause is then
 // the connect error to end with). stop ends the watch and waits for it.
 func (r *Request) Guard(ctx context.Context, cat *catalog.Cache) (guarded context.Context, stop func()) {
+	ctx, expired := r.caller.Scope.Deadline(ctx) // a browser token's exp
 	guarded, cancel := context.WithCancelCause(ctx)
 	done := make(chan struct{})
 	go func() {
@@ -163,7 +167,7 @@ func (r *Request) Guard(ctx context.Context, cat *catalog.Cache) (guarded contex
 			cancel(err)
 		}
 	}()
-	return guarded, func() { cancel(nil); <-done }
+	return guarded, func() { cancel(nil); <-done; expired() }
 }
 
 // Refusal is the connect error that ended a guarded stream, if any.
@@ -237,6 +241,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return write([]byte("retry: 2000\n: connected\n\n"))
 		},
 	}, func(ev *hub.Event) error {
+		if !sr.caller.Scope.Matches(ev.Event) {
+			return nil // outside a browser token's filter
+		}
 		data, err := ev.JSON()
 		if err != nil {
 			h.Log.Error("event not renderable; skipped", "cursor", ev.ID.String(), "err", err)

@@ -101,16 +101,20 @@ func (h *Handler) CreateApplication(ctx context.Context, req *connect.Request[re
 	if err != nil {
 		return nil, err
 	}
+	tokens, err := h.tokenSettings(ctx, in.GetTokenSettings())
+	if err != nil {
+		return nil, err
+	}
 	app := &registryv1.Application{
 		Id: auth.NewID("app_"), Name: name, Tenant: in.GetTenant(), Audience: in.GetAudience(), Grants: in.GetGrants(),
-		PublishLimit: in.GetPublishLimit(),
+		PublishLimit: in.GetPublishLimit(), TokenSettings: tokens,
 	}
 	key, hash := newKey(app.GetId())
 	app, key, err = h.store.CreateApplication(ctx, app, key, hash)
 	if err != nil {
 		return nil, fail(err)
 	}
-	return connect.NewResponse(&registryv1.CreateApplicationResponse{Application: app, Key: key}), nil
+	return connect.NewResponse(&registryv1.CreateApplicationResponse{Application: appForClient(app), Key: key}), nil
 }
 
 // GetApplication implements RegistryService. Applications see themselves;
@@ -123,7 +127,7 @@ func (h *Handler) GetApplication(ctx context.Context, req *connect.Request[regis
 	if err != nil {
 		return nil, fail(err)
 	}
-	return connect.NewResponse(&registryv1.GetApplicationResponse{Application: app}), nil
+	return connect.NewResponse(&registryv1.GetApplicationResponse{Application: appForClient(app)}), nil
 }
 
 // ListApplications implements RegistryService.
@@ -144,6 +148,9 @@ func (h *Handler) ListApplications(ctx context.Context, req *connect.Request[reg
 		}
 		apps = out
 	}
+	for i, a := range apps {
+		apps[i] = appForClient(a)
+	}
 	return connect.NewResponse(&registryv1.ListApplicationsResponse{Applications: apps}), nil
 }
 
@@ -163,15 +170,20 @@ func (h *Handler) UpdateApplication(ctx context.Context, req *connect.Request[re
 	if err != nil {
 		return nil, err
 	}
+	tokens, err := h.tokenSettings(ctx, in.GetTokenSettings())
+	if err != nil {
+		return nil, err
+	}
 	app, err := h.store.UpdateApplication(ctx, in.GetId(), in.GetRevision(), func(app *registryv1.Application) error {
 		app.Name, app.Tenant, app.Audience, app.Grants = name, in.GetTenant(), in.GetAudience(), in.GetGrants()
 		app.PublishLimit = in.GetPublishLimit() // unset in the update: no limit any more
+		app.TokenSettings = withSecrets(tokens, app.GetTokenSettings())
 		return nil
 	})
 	if err != nil {
 		return nil, fail(err)
 	}
-	return connect.NewResponse(&registryv1.UpdateApplicationResponse{Application: app}), nil
+	return connect.NewResponse(&registryv1.UpdateApplicationResponse{Application: appForClient(app)}), nil
 }
 
 // CreateKey implements RegistryService. An application may rotate its own

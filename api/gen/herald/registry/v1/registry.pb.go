@@ -2476,7 +2476,13 @@ type Application struct {
 	Revision int64 `protobuf:"varint,7,opt,name=revision,proto3" json:"revision,omitempty"`
 	// How fast it may publish. Unset: no limit beyond the router's batch
 	// limits.
-	PublishLimit  *PublishLimit `protobuf:"bytes,8,opt,name=publish_limit,json=publishLimit,proto3" json:"publish_limit,omitempty"`
+	PublishLimit *PublishLimit `protobuf:"bytes,8,opt,name=publish_limit,json=publishLimit,proto3" json:"publish_limit,omitempty"`
+	// How the edge verifies the browser tokens the application mints for
+	// its users. Unset: the edge refuses its tokens. An UpdateApplication
+	// without it keeps the stored settings; one with it replaces jwks_url,
+	// public_keys and max_lifetime (the secrets only change through
+	// RotateTokenSecret).
+	TokenSettings *TokenSettings `protobuf:"bytes,9,opt,name=token_settings,json=tokenSettings,proto3" json:"token_settings,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2567,6 +2573,237 @@ func (x *Application) GetPublishLimit() *PublishLimit {
 	return nil
 }
 
+func (x *Application) GetTokenSettings() *TokenSettings {
+	if x != nil {
+		return x.TokenSettings
+	}
+	return nil
+}
+
+// TokenSettings are how the edge verifies an application's browser tokens:
+// short-lived JWTs whose iss is the application id and whose herald claim
+// names the types (and optional filter) the bearer may stream. A token is
+// accepted only when signed by one of these keys, with the algorithm of
+// that key (HS256 for the secrets; RS256, ES256 or EdDSA for public keys).
+type TokenSettings struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The HS256 secrets, newest first (metadata only: a secret is shown
+	// once, by RotateTokenSecret, which creates them). Output only.
+	Secrets []*TokenSecret `protobuf:"bytes,1,rep,name=secrets,proto3" json:"secrets,omitempty"`
+	// A JSON Web Key Set of public keys (RS256, ES256, EdDSA) the edge
+	// fetches and caches: https, or http for hosts the operator allowlisted
+	// (HERALD_WEBHOOK_ALLOW); loopback, private and metadata addresses are
+	// refused like webhook URLs.
+	JwksUrl string `protobuf:"bytes,2,opt,name=jwks_url,json=jwksUrl,proto3" json:"jwks_url,omitempty"`
+	// Public keys held in the registry (at most 10).
+	PublicKeys []*TokenPublicKey `protobuf:"bytes,3,rep,name=public_keys,json=publicKeys,proto3" json:"public_keys,omitempty"`
+	// The longest lifetime a token may have (exp minus iat, and exp minus
+	// the time it is presented): 1m to 24h, default 1h.
+	MaxLifetime   *durationpb.Duration `protobuf:"bytes,4,opt,name=max_lifetime,json=maxLifetime,proto3" json:"max_lifetime,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TokenSettings) Reset() {
+	*x = TokenSettings{}
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TokenSettings) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TokenSettings) ProtoMessage() {}
+
+func (x *TokenSettings) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TokenSettings.ProtoReflect.Descriptor instead.
+func (*TokenSettings) Descriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *TokenSettings) GetSecrets() []*TokenSecret {
+	if x != nil {
+		return x.Secrets
+	}
+	return nil
+}
+
+func (x *TokenSettings) GetJwksUrl() string {
+	if x != nil {
+		return x.JwksUrl
+	}
+	return ""
+}
+
+func (x *TokenSettings) GetPublicKeys() []*TokenPublicKey {
+	if x != nil {
+		return x.PublicKeys
+	}
+	return nil
+}
+
+func (x *TokenSettings) GetMaxLifetime() *durationpb.Duration {
+	if x != nil {
+		return x.MaxLifetime
+	}
+	return nil
+}
+
+// TokenSecret is one HS256 secret of an application's browser tokens.
+type TokenSecret struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The kid tokens signed with it carry in their header.
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// When it was created.
+	CreateTime *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	// Set while a rotation overlaps: after this time it no longer verifies.
+	ExpireTime *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=expire_time,json=expireTime,proto3" json:"expire_time,omitempty"`
+	// The secret sealed with the mesh's secret key (HERALD_SECRET_KEY): only
+	// the services that verify tokens see it, on Watch. Never returned to
+	// clients.
+	Sealed        string `protobuf:"bytes,4,opt,name=sealed,proto3" json:"sealed,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TokenSecret) Reset() {
+	*x = TokenSecret{}
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[38]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TokenSecret) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TokenSecret) ProtoMessage() {}
+
+func (x *TokenSecret) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[38]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TokenSecret.ProtoReflect.Descriptor instead.
+func (*TokenSecret) Descriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{38}
+}
+
+func (x *TokenSecret) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *TokenSecret) GetCreateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreateTime
+	}
+	return nil
+}
+
+func (x *TokenSecret) GetExpireTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpireTime
+	}
+	return nil
+}
+
+func (x *TokenSecret) GetSealed() string {
+	if x != nil {
+		return x.Sealed
+	}
+	return ""
+}
+
+// TokenPublicKey is a public key held in the registry that verifies an
+// application's browser tokens.
+type TokenPublicKey struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The kid tokens signed with it carry in their header; default the key's
+	// RFC 7638 JWK thumbprint.
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// The public key: a JWK (JSON object) or PEM (PUBLIC KEY). RSA of at
+	// least 2048 bits (RS256), EC P-256 (ES256) or Ed25519 (EdDSA).
+	Key string `protobuf:"bytes,2,opt,name=key,proto3" json:"key,omitempty"`
+	// The algorithm it verifies: RS256, ES256 or EdDSA. Output only.
+	Algorithm     string `protobuf:"bytes,3,opt,name=algorithm,proto3" json:"algorithm,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TokenPublicKey) Reset() {
+	*x = TokenPublicKey{}
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TokenPublicKey) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TokenPublicKey) ProtoMessage() {}
+
+func (x *TokenPublicKey) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TokenPublicKey.ProtoReflect.Descriptor instead.
+func (*TokenPublicKey) Descriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *TokenPublicKey) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *TokenPublicKey) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *TokenPublicKey) GetAlgorithm() string {
+	if x != nil {
+		return x.Algorithm
+	}
+	return ""
+}
+
 // PublishLimit is a producer's publish quota, enforced by every router
 // together (the count lives in Redis): past it, Publish answers
 // RESOURCE_EXHAUSTED with a Retry-After hint.
@@ -2583,7 +2820,7 @@ type PublishLimit struct {
 
 func (x *PublishLimit) Reset() {
 	*x = PublishLimit{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[37]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2595,7 +2832,7 @@ func (x *PublishLimit) String() string {
 func (*PublishLimit) ProtoMessage() {}
 
 func (x *PublishLimit) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[37]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2608,7 +2845,7 @@ func (x *PublishLimit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PublishLimit.ProtoReflect.Descriptor instead.
 func (*PublishLimit) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{37}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *PublishLimit) GetEventsPerSecond() int32 {
@@ -2638,7 +2875,7 @@ type Grant struct {
 
 func (x *Grant) Reset() {
 	*x = Grant{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[38]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2650,7 +2887,7 @@ func (x *Grant) String() string {
 func (*Grant) ProtoMessage() {}
 
 func (x *Grant) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[38]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2663,7 +2900,7 @@ func (x *Grant) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Grant.ProtoReflect.Descriptor instead.
 func (*Grant) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{38}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *Grant) GetAction() GrantAction {
@@ -2704,7 +2941,7 @@ type Key struct {
 
 func (x *Key) Reset() {
 	*x = Key{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[39]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2716,7 +2953,7 @@ func (x *Key) String() string {
 func (*Key) ProtoMessage() {}
 
 func (x *Key) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[39]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2729,7 +2966,7 @@ func (x *Key) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Key.ProtoReflect.Descriptor instead.
 func (*Key) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{39}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *Key) GetId() string {
@@ -2792,7 +3029,7 @@ type CreateApplicationRequest struct {
 
 func (x *CreateApplicationRequest) Reset() {
 	*x = CreateApplicationRequest{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[40]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2804,7 +3041,7 @@ func (x *CreateApplicationRequest) String() string {
 func (*CreateApplicationRequest) ProtoMessage() {}
 
 func (x *CreateApplicationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[40]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2817,7 +3054,7 @@ func (x *CreateApplicationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateApplicationRequest.ProtoReflect.Descriptor instead.
 func (*CreateApplicationRequest) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{40}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *CreateApplicationRequest) GetApplication() *Application {
@@ -2840,7 +3077,7 @@ type CreateApplicationResponse struct {
 
 func (x *CreateApplicationResponse) Reset() {
 	*x = CreateApplicationResponse{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[41]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2852,7 +3089,7 @@ func (x *CreateApplicationResponse) String() string {
 func (*CreateApplicationResponse) ProtoMessage() {}
 
 func (x *CreateApplicationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[41]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2865,7 +3102,7 @@ func (x *CreateApplicationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateApplicationResponse.ProtoReflect.Descriptor instead.
 func (*CreateApplicationResponse) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{41}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *CreateApplicationResponse) GetApplication() *Application {
@@ -2893,7 +3130,7 @@ type GetApplicationRequest struct {
 
 func (x *GetApplicationRequest) Reset() {
 	*x = GetApplicationRequest{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[42]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2905,7 +3142,7 @@ func (x *GetApplicationRequest) String() string {
 func (*GetApplicationRequest) ProtoMessage() {}
 
 func (x *GetApplicationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[42]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2918,7 +3155,7 @@ func (x *GetApplicationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetApplicationRequest.ProtoReflect.Descriptor instead.
 func (*GetApplicationRequest) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{42}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *GetApplicationRequest) GetId() string {
@@ -2939,7 +3176,7 @@ type GetApplicationResponse struct {
 
 func (x *GetApplicationResponse) Reset() {
 	*x = GetApplicationResponse{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[43]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2951,7 +3188,7 @@ func (x *GetApplicationResponse) String() string {
 func (*GetApplicationResponse) ProtoMessage() {}
 
 func (x *GetApplicationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[43]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2964,7 +3201,7 @@ func (x *GetApplicationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetApplicationResponse.ProtoReflect.Descriptor instead.
 func (*GetApplicationResponse) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{43}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *GetApplicationResponse) GetApplication() *Application {
@@ -2985,7 +3222,7 @@ type ListApplicationsRequest struct {
 
 func (x *ListApplicationsRequest) Reset() {
 	*x = ListApplicationsRequest{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[44]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2997,7 +3234,7 @@ func (x *ListApplicationsRequest) String() string {
 func (*ListApplicationsRequest) ProtoMessage() {}
 
 func (x *ListApplicationsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[44]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3010,7 +3247,7 @@ func (x *ListApplicationsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListApplicationsRequest.ProtoReflect.Descriptor instead.
 func (*ListApplicationsRequest) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{44}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *ListApplicationsRequest) GetTenant() string {
@@ -3031,7 +3268,7 @@ type ListApplicationsResponse struct {
 
 func (x *ListApplicationsResponse) Reset() {
 	*x = ListApplicationsResponse{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[45]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3043,7 +3280,7 @@ func (x *ListApplicationsResponse) String() string {
 func (*ListApplicationsResponse) ProtoMessage() {}
 
 func (x *ListApplicationsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[45]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3056,7 +3293,7 @@ func (x *ListApplicationsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListApplicationsResponse.ProtoReflect.Descriptor instead.
 func (*ListApplicationsResponse) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{45}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *ListApplicationsResponse) GetApplications() []*Application {
@@ -3077,7 +3314,7 @@ type UpdateApplicationRequest struct {
 
 func (x *UpdateApplicationRequest) Reset() {
 	*x = UpdateApplicationRequest{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[46]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3089,7 +3326,7 @@ func (x *UpdateApplicationRequest) String() string {
 func (*UpdateApplicationRequest) ProtoMessage() {}
 
 func (x *UpdateApplicationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[46]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3102,7 +3339,7 @@ func (x *UpdateApplicationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateApplicationRequest.ProtoReflect.Descriptor instead.
 func (*UpdateApplicationRequest) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{46}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *UpdateApplicationRequest) GetApplication() *Application {
@@ -3123,7 +3360,7 @@ type UpdateApplicationResponse struct {
 
 func (x *UpdateApplicationResponse) Reset() {
 	*x = UpdateApplicationResponse{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[47]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3135,7 +3372,7 @@ func (x *UpdateApplicationResponse) String() string {
 func (*UpdateApplicationResponse) ProtoMessage() {}
 
 func (x *UpdateApplicationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[47]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3148,7 +3385,7 @@ func (x *UpdateApplicationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateApplicationResponse.ProtoReflect.Descriptor instead.
 func (*UpdateApplicationResponse) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{47}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *UpdateApplicationResponse) GetApplication() *Application {
@@ -3172,7 +3409,7 @@ type CreateKeyRequest struct {
 
 func (x *CreateKeyRequest) Reset() {
 	*x = CreateKeyRequest{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[48]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3184,7 +3421,7 @@ func (x *CreateKeyRequest) String() string {
 func (*CreateKeyRequest) ProtoMessage() {}
 
 func (x *CreateKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[48]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3197,7 +3434,7 @@ func (x *CreateKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateKeyRequest.ProtoReflect.Descriptor instead.
 func (*CreateKeyRequest) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{48}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *CreateKeyRequest) GetApplicationId() string {
@@ -3225,7 +3462,7 @@ type CreateKeyResponse struct {
 
 func (x *CreateKeyResponse) Reset() {
 	*x = CreateKeyResponse{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[49]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3237,7 +3474,7 @@ func (x *CreateKeyResponse) String() string {
 func (*CreateKeyResponse) ProtoMessage() {}
 
 func (x *CreateKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[49]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3250,7 +3487,7 @@ func (x *CreateKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateKeyResponse.ProtoReflect.Descriptor instead.
 func (*CreateKeyResponse) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{49}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *CreateKeyResponse) GetKey() *Key {
@@ -3271,7 +3508,7 @@ type ListKeysRequest struct {
 
 func (x *ListKeysRequest) Reset() {
 	*x = ListKeysRequest{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[50]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3283,7 +3520,7 @@ func (x *ListKeysRequest) String() string {
 func (*ListKeysRequest) ProtoMessage() {}
 
 func (x *ListKeysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[50]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3296,7 +3533,7 @@ func (x *ListKeysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListKeysRequest.ProtoReflect.Descriptor instead.
 func (*ListKeysRequest) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{50}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *ListKeysRequest) GetApplicationId() string {
@@ -3317,7 +3554,7 @@ type ListKeysResponse struct {
 
 func (x *ListKeysResponse) Reset() {
 	*x = ListKeysResponse{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[51]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3329,7 +3566,7 @@ func (x *ListKeysResponse) String() string {
 func (*ListKeysResponse) ProtoMessage() {}
 
 func (x *ListKeysResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[51]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3342,7 +3579,7 @@ func (x *ListKeysResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListKeysResponse.ProtoReflect.Descriptor instead.
 func (*ListKeysResponse) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{51}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *ListKeysResponse) GetKeys() []*Key {
@@ -3363,7 +3600,7 @@ type RevokeKeyRequest struct {
 
 func (x *RevokeKeyRequest) Reset() {
 	*x = RevokeKeyRequest{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[52]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3375,7 +3612,7 @@ func (x *RevokeKeyRequest) String() string {
 func (*RevokeKeyRequest) ProtoMessage() {}
 
 func (x *RevokeKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[52]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3388,7 +3625,7 @@ func (x *RevokeKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeKeyRequest.ProtoReflect.Descriptor instead.
 func (*RevokeKeyRequest) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{52}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *RevokeKeyRequest) GetId() string {
@@ -3409,7 +3646,7 @@ type RevokeKeyResponse struct {
 
 func (x *RevokeKeyResponse) Reset() {
 	*x = RevokeKeyResponse{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[53]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3421,7 +3658,7 @@ func (x *RevokeKeyResponse) String() string {
 func (*RevokeKeyResponse) ProtoMessage() {}
 
 func (x *RevokeKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[53]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3434,7 +3671,7 @@ func (x *RevokeKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeKeyResponse.ProtoReflect.Descriptor instead.
 func (*RevokeKeyResponse) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{53}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *RevokeKeyResponse) GetKey() *Key {
@@ -3455,7 +3692,7 @@ type AuthenticateKeyRequest struct {
 
 func (x *AuthenticateKeyRequest) Reset() {
 	*x = AuthenticateKeyRequest{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[54]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3467,7 +3704,7 @@ func (x *AuthenticateKeyRequest) String() string {
 func (*AuthenticateKeyRequest) ProtoMessage() {}
 
 func (x *AuthenticateKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[54]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3480,7 +3717,7 @@ func (x *AuthenticateKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthenticateKeyRequest.ProtoReflect.Descriptor instead.
 func (*AuthenticateKeyRequest) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{54}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *AuthenticateKeyRequest) GetKeyHash() string {
@@ -3501,7 +3738,7 @@ type AuthenticateKeyResponse struct {
 
 func (x *AuthenticateKeyResponse) Reset() {
 	*x = AuthenticateKeyResponse{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[55]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3513,7 +3750,7 @@ func (x *AuthenticateKeyResponse) String() string {
 func (*AuthenticateKeyResponse) ProtoMessage() {}
 
 func (x *AuthenticateKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[55]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3526,7 +3763,7 @@ func (x *AuthenticateKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthenticateKeyResponse.ProtoReflect.Descriptor instead.
 func (*AuthenticateKeyResponse) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{55}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *AuthenticateKeyResponse) GetKey() *Key {
@@ -3569,7 +3806,7 @@ type Subscription struct {
 
 func (x *Subscription) Reset() {
 	*x = Subscription{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[56]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3581,7 +3818,7 @@ func (x *Subscription) String() string {
 func (*Subscription) ProtoMessage() {}
 
 func (x *Subscription) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[56]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3594,7 +3831,7 @@ func (x *Subscription) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Subscription.ProtoReflect.Descriptor instead.
 func (*Subscription) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{56}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *Subscription) GetId() string {
@@ -3712,7 +3949,7 @@ type DeliveryPolicy struct {
 
 func (x *DeliveryPolicy) Reset() {
 	*x = DeliveryPolicy{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[57]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3724,7 +3961,7 @@ func (x *DeliveryPolicy) String() string {
 func (*DeliveryPolicy) ProtoMessage() {}
 
 func (x *DeliveryPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[57]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3737,7 +3974,7 @@ func (x *DeliveryPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeliveryPolicy.ProtoReflect.Descriptor instead.
 func (*DeliveryPolicy) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{57}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *DeliveryPolicy) GetAckTimeout() *durationpb.Duration {
@@ -3807,7 +4044,7 @@ type WebhookChannel struct {
 
 func (x *WebhookChannel) Reset() {
 	*x = WebhookChannel{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[58]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3819,7 +4056,7 @@ func (x *WebhookChannel) String() string {
 func (*WebhookChannel) ProtoMessage() {}
 
 func (x *WebhookChannel) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[58]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3832,7 +4069,7 @@ func (x *WebhookChannel) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WebhookChannel.ProtoReflect.Descriptor instead.
 func (*WebhookChannel) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{58}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *WebhookChannel) GetUrl() string {
@@ -3961,7 +4198,7 @@ type WebhookSecret struct {
 
 func (x *WebhookSecret) Reset() {
 	*x = WebhookSecret{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[59]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3973,7 +4210,7 @@ func (x *WebhookSecret) String() string {
 func (*WebhookSecret) ProtoMessage() {}
 
 func (x *WebhookSecret) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[59]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3986,7 +4223,7 @@ func (x *WebhookSecret) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WebhookSecret.ProtoReflect.Descriptor instead.
 func (*WebhookSecret) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{59}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *WebhookSecret) GetId() string {
@@ -4033,7 +4270,7 @@ type StreamChannel struct {
 
 func (x *StreamChannel) Reset() {
 	*x = StreamChannel{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[60]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4045,7 +4282,7 @@ func (x *StreamChannel) String() string {
 func (*StreamChannel) ProtoMessage() {}
 
 func (x *StreamChannel) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[60]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4058,7 +4295,7 @@ func (x *StreamChannel) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamChannel.ProtoReflect.Descriptor instead.
 func (*StreamChannel) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{60}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{63}
 }
 
 // StartPosition is where a durable subscription starts reading.
@@ -4077,7 +4314,7 @@ type StartPosition struct {
 
 func (x *StartPosition) Reset() {
 	*x = StartPosition{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[61]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4089,7 +4326,7 @@ func (x *StartPosition) String() string {
 func (*StartPosition) ProtoMessage() {}
 
 func (x *StartPosition) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[61]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4102,7 +4339,7 @@ func (x *StartPosition) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartPosition.ProtoReflect.Descriptor instead.
 func (*StartPosition) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{61}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{64}
 }
 
 func (x *StartPosition) GetPosition() isStartPosition_Position {
@@ -4159,7 +4396,7 @@ type CreateSubscriptionRequest struct {
 
 func (x *CreateSubscriptionRequest) Reset() {
 	*x = CreateSubscriptionRequest{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[62]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4171,7 +4408,7 @@ func (x *CreateSubscriptionRequest) String() string {
 func (*CreateSubscriptionRequest) ProtoMessage() {}
 
 func (x *CreateSubscriptionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[62]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4184,7 +4421,7 @@ func (x *CreateSubscriptionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateSubscriptionRequest.ProtoReflect.Descriptor instead.
 func (*CreateSubscriptionRequest) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{62}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *CreateSubscriptionRequest) GetSubscription() *Subscription {
@@ -4208,7 +4445,7 @@ type CreateSubscriptionResponse struct {
 
 func (x *CreateSubscriptionResponse) Reset() {
 	*x = CreateSubscriptionResponse{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[63]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4220,7 +4457,7 @@ func (x *CreateSubscriptionResponse) String() string {
 func (*CreateSubscriptionResponse) ProtoMessage() {}
 
 func (x *CreateSubscriptionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[63]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4233,7 +4470,7 @@ func (x *CreateSubscriptionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateSubscriptionResponse.ProtoReflect.Descriptor instead.
 func (*CreateSubscriptionResponse) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{63}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{66}
 }
 
 func (x *CreateSubscriptionResponse) GetSubscription() *Subscription {
@@ -4268,7 +4505,7 @@ type UpdateSubscriptionRequest struct {
 
 func (x *UpdateSubscriptionRequest) Reset() {
 	*x = UpdateSubscriptionRequest{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[64]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4280,7 +4517,7 @@ func (x *UpdateSubscriptionRequest) String() string {
 func (*UpdateSubscriptionRequest) ProtoMessage() {}
 
 func (x *UpdateSubscriptionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[64]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4293,7 +4530,7 @@ func (x *UpdateSubscriptionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateSubscriptionRequest.ProtoReflect.Descriptor instead.
 func (*UpdateSubscriptionRequest) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{64}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{67}
 }
 
 func (x *UpdateSubscriptionRequest) GetSubscription() *Subscription {
@@ -4321,7 +4558,7 @@ type UpdateSubscriptionResponse struct {
 
 func (x *UpdateSubscriptionResponse) Reset() {
 	*x = UpdateSubscriptionResponse{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[65]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4333,7 +4570,7 @@ func (x *UpdateSubscriptionResponse) String() string {
 func (*UpdateSubscriptionResponse) ProtoMessage() {}
 
 func (x *UpdateSubscriptionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[65]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4346,7 +4583,7 @@ func (x *UpdateSubscriptionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateSubscriptionResponse.ProtoReflect.Descriptor instead.
 func (*UpdateSubscriptionResponse) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{65}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{68}
 }
 
 func (x *UpdateSubscriptionResponse) GetSubscription() *Subscription {
@@ -4370,7 +4607,7 @@ type RotateWebhookSecretRequest struct {
 
 func (x *RotateWebhookSecretRequest) Reset() {
 	*x = RotateWebhookSecretRequest{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[66]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4382,7 +4619,7 @@ func (x *RotateWebhookSecretRequest) String() string {
 func (*RotateWebhookSecretRequest) ProtoMessage() {}
 
 func (x *RotateWebhookSecretRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[66]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4395,7 +4632,7 @@ func (x *RotateWebhookSecretRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateWebhookSecretRequest.ProtoReflect.Descriptor instead.
 func (*RotateWebhookSecretRequest) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{66}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{69}
 }
 
 func (x *RotateWebhookSecretRequest) GetId() string {
@@ -4426,7 +4663,7 @@ type RotateWebhookSecretResponse struct {
 
 func (x *RotateWebhookSecretResponse) Reset() {
 	*x = RotateWebhookSecretResponse{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[67]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4438,7 +4675,7 @@ func (x *RotateWebhookSecretResponse) String() string {
 func (*RotateWebhookSecretResponse) ProtoMessage() {}
 
 func (x *RotateWebhookSecretResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[67]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4451,7 +4688,7 @@ func (x *RotateWebhookSecretResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateWebhookSecretResponse.ProtoReflect.Descriptor instead.
 func (*RotateWebhookSecretResponse) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{67}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{70}
 }
 
 func (x *RotateWebhookSecretResponse) GetSubscription() *Subscription {
@@ -4468,6 +4705,129 @@ func (x *RotateWebhookSecretResponse) GetWebhookSecret() string {
 	return ""
 }
 
+// RotateTokenSecretRequest is the request of RotateTokenSecret.
+type RotateTokenSecretRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The application.
+	ApplicationId string `protobuf:"bytes,1,opt,name=application_id,json=applicationId,proto3" json:"application_id,omitempty"`
+	// How long the older secrets keep verifying beside the new one: 0 to
+	// 24h, default the application's token max_lifetime (so that tokens
+	// minted before the rotation live out their lifetime). 0 retires them at
+	// once, ending every stream opened with their tokens.
+	Overlap       *durationpb.Duration `protobuf:"bytes,2,opt,name=overlap,proto3" json:"overlap,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RotateTokenSecretRequest) Reset() {
+	*x = RotateTokenSecretRequest{}
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[71]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotateTokenSecretRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotateTokenSecretRequest) ProtoMessage() {}
+
+func (x *RotateTokenSecretRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[71]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotateTokenSecretRequest.ProtoReflect.Descriptor instead.
+func (*RotateTokenSecretRequest) Descriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{71}
+}
+
+func (x *RotateTokenSecretRequest) GetApplicationId() string {
+	if x != nil {
+		return x.ApplicationId
+	}
+	return ""
+}
+
+func (x *RotateTokenSecretRequest) GetOverlap() *durationpb.Duration {
+	if x != nil {
+		return x.Overlap
+	}
+	return nil
+}
+
+// RotateTokenSecretResponse is the response of RotateTokenSecret.
+type RotateTokenSecretResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The application as it now is.
+	Application *Application `protobuf:"bytes,1,opt,name=application,proto3" json:"application,omitempty"`
+	// The new HS256 secret, shown this once: its UTF-8 bytes are the HMAC
+	// key.
+	Secret string `protobuf:"bytes,2,opt,name=secret,proto3" json:"secret,omitempty"`
+	// Its id: the kid to put in the header of tokens signed with it.
+	SecretId      string `protobuf:"bytes,3,opt,name=secret_id,json=secretId,proto3" json:"secret_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RotateTokenSecretResponse) Reset() {
+	*x = RotateTokenSecretResponse{}
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[72]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotateTokenSecretResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotateTokenSecretResponse) ProtoMessage() {}
+
+func (x *RotateTokenSecretResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[72]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotateTokenSecretResponse.ProtoReflect.Descriptor instead.
+func (*RotateTokenSecretResponse) Descriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{72}
+}
+
+func (x *RotateTokenSecretResponse) GetApplication() *Application {
+	if x != nil {
+		return x.Application
+	}
+	return nil
+}
+
+func (x *RotateTokenSecretResponse) GetSecret() string {
+	if x != nil {
+		return x.Secret
+	}
+	return ""
+}
+
+func (x *RotateTokenSecretResponse) GetSecretId() string {
+	if x != nil {
+		return x.SecretId
+	}
+	return ""
+}
+
 // GetSubscriptionRequest is the request of GetSubscription.
 type GetSubscriptionRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -4479,7 +4839,7 @@ type GetSubscriptionRequest struct {
 
 func (x *GetSubscriptionRequest) Reset() {
 	*x = GetSubscriptionRequest{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[68]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[73]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4491,7 +4851,7 @@ func (x *GetSubscriptionRequest) String() string {
 func (*GetSubscriptionRequest) ProtoMessage() {}
 
 func (x *GetSubscriptionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[68]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[73]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4504,7 +4864,7 @@ func (x *GetSubscriptionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSubscriptionRequest.ProtoReflect.Descriptor instead.
 func (*GetSubscriptionRequest) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{68}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{73}
 }
 
 func (x *GetSubscriptionRequest) GetId() string {
@@ -4525,7 +4885,7 @@ type GetSubscriptionResponse struct {
 
 func (x *GetSubscriptionResponse) Reset() {
 	*x = GetSubscriptionResponse{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[69]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[74]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4537,7 +4897,7 @@ func (x *GetSubscriptionResponse) String() string {
 func (*GetSubscriptionResponse) ProtoMessage() {}
 
 func (x *GetSubscriptionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[69]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[74]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4550,7 +4910,7 @@ func (x *GetSubscriptionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSubscriptionResponse.ProtoReflect.Descriptor instead.
 func (*GetSubscriptionResponse) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{69}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{74}
 }
 
 func (x *GetSubscriptionResponse) GetSubscription() *Subscription {
@@ -4571,7 +4931,7 @@ type ListSubscriptionsRequest struct {
 
 func (x *ListSubscriptionsRequest) Reset() {
 	*x = ListSubscriptionsRequest{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[70]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[75]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4583,7 +4943,7 @@ func (x *ListSubscriptionsRequest) String() string {
 func (*ListSubscriptionsRequest) ProtoMessage() {}
 
 func (x *ListSubscriptionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[70]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[75]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4596,7 +4956,7 @@ func (x *ListSubscriptionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSubscriptionsRequest.ProtoReflect.Descriptor instead.
 func (*ListSubscriptionsRequest) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{70}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{75}
 }
 
 func (x *ListSubscriptionsRequest) GetApplicationId() string {
@@ -4617,7 +4977,7 @@ type ListSubscriptionsResponse struct {
 
 func (x *ListSubscriptionsResponse) Reset() {
 	*x = ListSubscriptionsResponse{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[71]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[76]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4629,7 +4989,7 @@ func (x *ListSubscriptionsResponse) String() string {
 func (*ListSubscriptionsResponse) ProtoMessage() {}
 
 func (x *ListSubscriptionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[71]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[76]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4642,7 +5002,7 @@ func (x *ListSubscriptionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSubscriptionsResponse.ProtoReflect.Descriptor instead.
 func (*ListSubscriptionsResponse) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{71}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{76}
 }
 
 func (x *ListSubscriptionsResponse) GetSubscriptions() []*Subscription {
@@ -4663,7 +5023,7 @@ type DeleteSubscriptionRequest struct {
 
 func (x *DeleteSubscriptionRequest) Reset() {
 	*x = DeleteSubscriptionRequest{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[72]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[77]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4675,7 +5035,7 @@ func (x *DeleteSubscriptionRequest) String() string {
 func (*DeleteSubscriptionRequest) ProtoMessage() {}
 
 func (x *DeleteSubscriptionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[72]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[77]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4688,7 +5048,7 @@ func (x *DeleteSubscriptionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteSubscriptionRequest.ProtoReflect.Descriptor instead.
 func (*DeleteSubscriptionRequest) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{72}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{77}
 }
 
 func (x *DeleteSubscriptionRequest) GetId() string {
@@ -4707,7 +5067,7 @@ type DeleteSubscriptionResponse struct {
 
 func (x *DeleteSubscriptionResponse) Reset() {
 	*x = DeleteSubscriptionResponse{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[73]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[78]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4719,7 +5079,7 @@ func (x *DeleteSubscriptionResponse) String() string {
 func (*DeleteSubscriptionResponse) ProtoMessage() {}
 
 func (x *DeleteSubscriptionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[73]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[78]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4732,7 +5092,7 @@ func (x *DeleteSubscriptionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteSubscriptionResponse.ProtoReflect.Descriptor instead.
 func (*DeleteSubscriptionResponse) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{73}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{78}
 }
 
 // WatchRequest is the request of Watch.
@@ -4746,7 +5106,7 @@ type WatchRequest struct {
 
 func (x *WatchRequest) Reset() {
 	*x = WatchRequest{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[74]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[79]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4758,7 +5118,7 @@ func (x *WatchRequest) String() string {
 func (*WatchRequest) ProtoMessage() {}
 
 func (x *WatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[74]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[79]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4771,7 +5131,7 @@ func (x *WatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRequest.ProtoReflect.Descriptor instead.
 func (*WatchRequest) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{74}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{79}
 }
 
 func (x *WatchRequest) GetFromRevision() int64 {
@@ -4794,7 +5154,7 @@ type KeyChange struct {
 
 func (x *KeyChange) Reset() {
 	*x = KeyChange{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[75]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[80]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4806,7 +5166,7 @@ func (x *KeyChange) String() string {
 func (*KeyChange) ProtoMessage() {}
 
 func (x *KeyChange) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[75]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[80]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4819,7 +5179,7 @@ func (x *KeyChange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyChange.ProtoReflect.Descriptor instead.
 func (*KeyChange) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{75}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{80}
 }
 
 func (x *KeyChange) GetKey() *Key {
@@ -4849,7 +5209,7 @@ type Deletion struct {
 
 func (x *Deletion) Reset() {
 	*x = Deletion{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[76]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[81]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4861,7 +5221,7 @@ func (x *Deletion) String() string {
 func (*Deletion) ProtoMessage() {}
 
 func (x *Deletion) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[76]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[81]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4874,7 +5234,7 @@ func (x *Deletion) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Deletion.ProtoReflect.Descriptor instead.
 func (*Deletion) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{76}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{81}
 }
 
 func (x *Deletion) GetKind() string {
@@ -4916,7 +5276,7 @@ type WatchResponse struct {
 
 func (x *WatchResponse) Reset() {
 	*x = WatchResponse{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[77]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[82]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4928,7 +5288,7 @@ func (x *WatchResponse) String() string {
 func (*WatchResponse) ProtoMessage() {}
 
 func (x *WatchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[77]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[82]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4941,7 +5301,7 @@ func (x *WatchResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchResponse.ProtoReflect.Descriptor instead.
 func (*WatchResponse) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{77}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{82}
 }
 
 func (x *WatchResponse) GetRevision() int64 {
@@ -5220,7 +5580,7 @@ const file_herald_registry_v1_registry_proto_rawDesc = "" +
 	"\x14UpdateProductRequest\x125\n" +
 	"\aproduct\x18\x01 \x01(\v2\x1b.herald.registry.v1.ProductR\aproduct\"N\n" +
 	"\x15UpdateProductResponse\x125\n" +
-	"\aproduct\x18\x01 \x01(\v2\x1b.herald.registry.v1.ProductR\aproduct\"\xd6\x02\n" +
+	"\aproduct\x18\x01 \x01(\v2\x1b.herald.registry.v1.ProductR\aproduct\"\xa0\x03\n" +
 	"\vApplication\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12;\n" +
@@ -5230,7 +5590,25 @@ const file_herald_registry_v1_registry_proto_rawDesc = "" +
 	"\x06tenant\x18\x05 \x01(\tR\x06tenant\x128\n" +
 	"\baudience\x18\x06 \x01(\x0e2\x1c.herald.registry.v1.AudienceR\baudience\x12\x1a\n" +
 	"\brevision\x18\a \x01(\x03R\brevision\x12E\n" +
-	"\rpublish_limit\x18\b \x01(\v2 .herald.registry.v1.PublishLimitR\fpublishLimit\"P\n" +
+	"\rpublish_limit\x18\b \x01(\v2 .herald.registry.v1.PublishLimitR\fpublishLimit\x12H\n" +
+	"\x0etoken_settings\x18\t \x01(\v2!.herald.registry.v1.TokenSettingsR\rtokenSettings\"\xe8\x01\n" +
+	"\rTokenSettings\x129\n" +
+	"\asecrets\x18\x01 \x03(\v2\x1f.herald.registry.v1.TokenSecretR\asecrets\x12\x19\n" +
+	"\bjwks_url\x18\x02 \x01(\tR\ajwksUrl\x12C\n" +
+	"\vpublic_keys\x18\x03 \x03(\v2\".herald.registry.v1.TokenPublicKeyR\n" +
+	"publicKeys\x12<\n" +
+	"\fmax_lifetime\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\vmaxLifetime\"\xaf\x01\n" +
+	"\vTokenSecret\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12;\n" +
+	"\vcreate_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"createTime\x12;\n" +
+	"\vexpire_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"expireTime\x12\x16\n" +
+	"\x06sealed\x18\x04 \x01(\tR\x06sealed\"P\n" +
+	"\x0eTokenPublicKey\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x10\n" +
+	"\x03key\x18\x02 \x01(\tR\x03key\x12\x1c\n" +
+	"\talgorithm\x18\x03 \x01(\tR\talgorithm\"P\n" +
 	"\fPublishLimit\x12*\n" +
 	"\x11events_per_second\x18\x01 \x01(\x05R\x0feventsPerSecond\x12\x14\n" +
 	"\x05burst\x18\x02 \x01(\x05R\x05burst\"Z\n" +
@@ -5352,7 +5730,14 @@ const file_herald_registry_v1_registry_proto_rawDesc = "" +
 	"\aoverlap\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\aoverlap\"\x8a\x01\n" +
 	"\x1bRotateWebhookSecretResponse\x12D\n" +
 	"\fsubscription\x18\x01 \x01(\v2 .herald.registry.v1.SubscriptionR\fsubscription\x12%\n" +
-	"\x0ewebhook_secret\x18\x02 \x01(\tR\rwebhookSecret\"(\n" +
+	"\x0ewebhook_secret\x18\x02 \x01(\tR\rwebhookSecret\"v\n" +
+	"\x18RotateTokenSecretRequest\x12%\n" +
+	"\x0eapplication_id\x18\x01 \x01(\tR\rapplicationId\x123\n" +
+	"\aoverlap\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\aoverlap\"\x93\x01\n" +
+	"\x19RotateTokenSecretResponse\x12A\n" +
+	"\vapplication\x18\x01 \x01(\v2\x1f.herald.registry.v1.ApplicationR\vapplication\x12\x16\n" +
+	"\x06secret\x18\x02 \x01(\tR\x06secret\x12\x1b\n" +
+	"\tsecret_id\x18\x03 \x01(\tR\bsecretId\"(\n" +
 	"\x16GetSubscriptionRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"_\n" +
 	"\x17GetSubscriptionResponse\x12D\n" +
@@ -5422,7 +5807,7 @@ const file_herald_registry_v1_registry_proto_rawDesc = "" +
 	"\x17WEBHOOK_SIGNING_ED25519\x10\x01*[\n" +
 	"\x12WebhookContentMode\x12$\n" +
 	" WEBHOOK_CONTENT_MODE_UNSPECIFIED\x10\x00\x12\x1f\n" +
-	"\x1bWEBHOOK_CONTENT_MODE_BINARY\x10\x012\xdb\x18\n" +
+	"\x1bWEBHOOK_CONTENT_MODE_BINARY\x10\x012\xcd\x19\n" +
 	"\x0fRegistryService\x12a\n" +
 	"\fCreateDomain\x12'.herald.registry.v1.CreateDomainRequest\x1a(.herald.registry.v1.CreateDomainResponse\x12X\n" +
 	"\tGetDomain\x12$.herald.registry.v1.GetDomainRequest\x1a%.herald.registry.v1.GetDomainResponse\x12^\n" +
@@ -5453,7 +5838,8 @@ const file_herald_registry_v1_registry_proto_rawDesc = "" +
 	"\x11ListSubscriptions\x12,.herald.registry.v1.ListSubscriptionsRequest\x1a-.herald.registry.v1.ListSubscriptionsResponse\x12s\n" +
 	"\x12DeleteSubscription\x12-.herald.registry.v1.DeleteSubscriptionRequest\x1a..herald.registry.v1.DeleteSubscriptionResponse\x12s\n" +
 	"\x12UpdateSubscription\x12-.herald.registry.v1.UpdateSubscriptionRequest\x1a..herald.registry.v1.UpdateSubscriptionResponse\x12v\n" +
-	"\x13RotateWebhookSecret\x12..herald.registry.v1.RotateWebhookSecretRequest\x1a/.herald.registry.v1.RotateWebhookSecretResponse\x12N\n" +
+	"\x13RotateWebhookSecret\x12..herald.registry.v1.RotateWebhookSecretRequest\x1a/.herald.registry.v1.RotateWebhookSecretResponse\x12p\n" +
+	"\x11RotateTokenSecret\x12,.herald.registry.v1.RotateTokenSecretRequest\x1a-.herald.registry.v1.RotateTokenSecretResponse\x12N\n" +
 	"\x05Watch\x12 .herald.registry.v1.WatchRequest\x1a!.herald.registry.v1.WatchResponse0\x01BDZBgithub.com/heraldmesh/herald/api/gen/herald/registry/v1;registryv1b\x06proto3"
 
 var (
@@ -5469,7 +5855,7 @@ func file_herald_registry_v1_registry_proto_rawDescGZIP() []byte {
 }
 
 var file_herald_registry_v1_registry_proto_enumTypes = make([]protoimpl.EnumInfo, 8)
-var file_herald_registry_v1_registry_proto_msgTypes = make([]protoimpl.MessageInfo, 79)
+var file_herald_registry_v1_registry_proto_msgTypes = make([]protoimpl.MessageInfo, 84)
 var file_herald_registry_v1_registry_proto_goTypes = []any{
 	(Compatibility)(0),                  // 0: herald.registry.v1.Compatibility
 	(Visibility)(0),                     // 1: herald.registry.v1.Visibility
@@ -5516,63 +5902,68 @@ var file_herald_registry_v1_registry_proto_goTypes = []any{
 	(*UpdateProductRequest)(nil),        // 42: herald.registry.v1.UpdateProductRequest
 	(*UpdateProductResponse)(nil),       // 43: herald.registry.v1.UpdateProductResponse
 	(*Application)(nil),                 // 44: herald.registry.v1.Application
-	(*PublishLimit)(nil),                // 45: herald.registry.v1.PublishLimit
-	(*Grant)(nil),                       // 46: herald.registry.v1.Grant
-	(*Key)(nil),                         // 47: herald.registry.v1.Key
-	(*CreateApplicationRequest)(nil),    // 48: herald.registry.v1.CreateApplicationRequest
-	(*CreateApplicationResponse)(nil),   // 49: herald.registry.v1.CreateApplicationResponse
-	(*GetApplicationRequest)(nil),       // 50: herald.registry.v1.GetApplicationRequest
-	(*GetApplicationResponse)(nil),      // 51: herald.registry.v1.GetApplicationResponse
-	(*ListApplicationsRequest)(nil),     // 52: herald.registry.v1.ListApplicationsRequest
-	(*ListApplicationsResponse)(nil),    // 53: herald.registry.v1.ListApplicationsResponse
-	(*UpdateApplicationRequest)(nil),    // 54: herald.registry.v1.UpdateApplicationRequest
-	(*UpdateApplicationResponse)(nil),   // 55: herald.registry.v1.UpdateApplicationResponse
-	(*CreateKeyRequest)(nil),            // 56: herald.registry.v1.CreateKeyRequest
-	(*CreateKeyResponse)(nil),           // 57: herald.registry.v1.CreateKeyResponse
-	(*ListKeysRequest)(nil),             // 58: herald.registry.v1.ListKeysRequest
-	(*ListKeysResponse)(nil),            // 59: herald.registry.v1.ListKeysResponse
-	(*RevokeKeyRequest)(nil),            // 60: herald.registry.v1.RevokeKeyRequest
-	(*RevokeKeyResponse)(nil),           // 61: herald.registry.v1.RevokeKeyResponse
-	(*AuthenticateKeyRequest)(nil),      // 62: herald.registry.v1.AuthenticateKeyRequest
-	(*AuthenticateKeyResponse)(nil),     // 63: herald.registry.v1.AuthenticateKeyResponse
-	(*Subscription)(nil),                // 64: herald.registry.v1.Subscription
-	(*DeliveryPolicy)(nil),              // 65: herald.registry.v1.DeliveryPolicy
-	(*WebhookChannel)(nil),              // 66: herald.registry.v1.WebhookChannel
-	(*WebhookSecret)(nil),               // 67: herald.registry.v1.WebhookSecret
-	(*StreamChannel)(nil),               // 68: herald.registry.v1.StreamChannel
-	(*StartPosition)(nil),               // 69: herald.registry.v1.StartPosition
-	(*CreateSubscriptionRequest)(nil),   // 70: herald.registry.v1.CreateSubscriptionRequest
-	(*CreateSubscriptionResponse)(nil),  // 71: herald.registry.v1.CreateSubscriptionResponse
-	(*UpdateSubscriptionRequest)(nil),   // 72: herald.registry.v1.UpdateSubscriptionRequest
-	(*UpdateSubscriptionResponse)(nil),  // 73: herald.registry.v1.UpdateSubscriptionResponse
-	(*RotateWebhookSecretRequest)(nil),  // 74: herald.registry.v1.RotateWebhookSecretRequest
-	(*RotateWebhookSecretResponse)(nil), // 75: herald.registry.v1.RotateWebhookSecretResponse
-	(*GetSubscriptionRequest)(nil),      // 76: herald.registry.v1.GetSubscriptionRequest
-	(*GetSubscriptionResponse)(nil),     // 77: herald.registry.v1.GetSubscriptionResponse
-	(*ListSubscriptionsRequest)(nil),    // 78: herald.registry.v1.ListSubscriptionsRequest
-	(*ListSubscriptionsResponse)(nil),   // 79: herald.registry.v1.ListSubscriptionsResponse
-	(*DeleteSubscriptionRequest)(nil),   // 80: herald.registry.v1.DeleteSubscriptionRequest
-	(*DeleteSubscriptionResponse)(nil),  // 81: herald.registry.v1.DeleteSubscriptionResponse
-	(*WatchRequest)(nil),                // 82: herald.registry.v1.WatchRequest
-	(*KeyChange)(nil),                   // 83: herald.registry.v1.KeyChange
-	(*Deletion)(nil),                    // 84: herald.registry.v1.Deletion
-	(*WatchResponse)(nil),               // 85: herald.registry.v1.WatchResponse
-	nil,                                 // 86: herald.registry.v1.WebhookChannel.HeadersEntry
-	(*timestamppb.Timestamp)(nil),       // 87: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),         // 88: google.protobuf.Duration
+	(*TokenSettings)(nil),               // 45: herald.registry.v1.TokenSettings
+	(*TokenSecret)(nil),                 // 46: herald.registry.v1.TokenSecret
+	(*TokenPublicKey)(nil),              // 47: herald.registry.v1.TokenPublicKey
+	(*PublishLimit)(nil),                // 48: herald.registry.v1.PublishLimit
+	(*Grant)(nil),                       // 49: herald.registry.v1.Grant
+	(*Key)(nil),                         // 50: herald.registry.v1.Key
+	(*CreateApplicationRequest)(nil),    // 51: herald.registry.v1.CreateApplicationRequest
+	(*CreateApplicationResponse)(nil),   // 52: herald.registry.v1.CreateApplicationResponse
+	(*GetApplicationRequest)(nil),       // 53: herald.registry.v1.GetApplicationRequest
+	(*GetApplicationResponse)(nil),      // 54: herald.registry.v1.GetApplicationResponse
+	(*ListApplicationsRequest)(nil),     // 55: herald.registry.v1.ListApplicationsRequest
+	(*ListApplicationsResponse)(nil),    // 56: herald.registry.v1.ListApplicationsResponse
+	(*UpdateApplicationRequest)(nil),    // 57: herald.registry.v1.UpdateApplicationRequest
+	(*UpdateApplicationResponse)(nil),   // 58: herald.registry.v1.UpdateApplicationResponse
+	(*CreateKeyRequest)(nil),            // 59: herald.registry.v1.CreateKeyRequest
+	(*CreateKeyResponse)(nil),           // 60: herald.registry.v1.CreateKeyResponse
+	(*ListKeysRequest)(nil),             // 61: herald.registry.v1.ListKeysRequest
+	(*ListKeysResponse)(nil),            // 62: herald.registry.v1.ListKeysResponse
+	(*RevokeKeyRequest)(nil),            // 63: herald.registry.v1.RevokeKeyRequest
+	(*RevokeKeyResponse)(nil),           // 64: herald.registry.v1.RevokeKeyResponse
+	(*AuthenticateKeyRequest)(nil),      // 65: herald.registry.v1.AuthenticateKeyRequest
+	(*AuthenticateKeyResponse)(nil),     // 66: herald.registry.v1.AuthenticateKeyResponse
+	(*Subscription)(nil),                // 67: herald.registry.v1.Subscription
+	(*DeliveryPolicy)(nil),              // 68: herald.registry.v1.DeliveryPolicy
+	(*WebhookChannel)(nil),              // 69: herald.registry.v1.WebhookChannel
+	(*WebhookSecret)(nil),               // 70: herald.registry.v1.WebhookSecret
+	(*StreamChannel)(nil),               // 71: herald.registry.v1.StreamChannel
+	(*StartPosition)(nil),               // 72: herald.registry.v1.StartPosition
+	(*CreateSubscriptionRequest)(nil),   // 73: herald.registry.v1.CreateSubscriptionRequest
+	(*CreateSubscriptionResponse)(nil),  // 74: herald.registry.v1.CreateSubscriptionResponse
+	(*UpdateSubscriptionRequest)(nil),   // 75: herald.registry.v1.UpdateSubscriptionRequest
+	(*UpdateSubscriptionResponse)(nil),  // 76: herald.registry.v1.UpdateSubscriptionResponse
+	(*RotateWebhookSecretRequest)(nil),  // 77: herald.registry.v1.RotateWebhookSecretRequest
+	(*RotateWebhookSecretResponse)(nil), // 78: herald.registry.v1.RotateWebhookSecretResponse
+	(*RotateTokenSecretRequest)(nil),    // 79: herald.registry.v1.RotateTokenSecretRequest
+	(*RotateTokenSecretResponse)(nil),   // 80: herald.registry.v1.RotateTokenSecretResponse
+	(*GetSubscriptionRequest)(nil),      // 81: herald.registry.v1.GetSubscriptionRequest
+	(*GetSubscriptionResponse)(nil),     // 82: herald.registry.v1.GetSubscriptionResponse
+	(*ListSubscriptionsRequest)(nil),    // 83: herald.registry.v1.ListSubscriptionsRequest
+	(*ListSubscriptionsResponse)(nil),   // 84: herald.registry.v1.ListSubscriptionsResponse
+	(*DeleteSubscriptionRequest)(nil),   // 85: herald.registry.v1.DeleteSubscriptionRequest
+	(*DeleteSubscriptionResponse)(nil),  // 86: herald.registry.v1.DeleteSubscriptionResponse
+	(*WatchRequest)(nil),                // 87: herald.registry.v1.WatchRequest
+	(*KeyChange)(nil),                   // 88: herald.registry.v1.KeyChange
+	(*Deletion)(nil),                    // 89: herald.registry.v1.Deletion
+	(*WatchResponse)(nil),               // 90: herald.registry.v1.WatchResponse
+	nil,                                 // 91: herald.registry.v1.WebhookChannel.HeadersEntry
+	(*timestamppb.Timestamp)(nil),       // 92: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),         // 93: google.protobuf.Duration
 }
 var file_herald_registry_v1_registry_proto_depIdxs = []int32{
-	87,  // 0: herald.registry.v1.Domain.create_time:type_name -> google.protobuf.Timestamp
-	87,  // 1: herald.registry.v1.Domain.update_time:type_name -> google.protobuf.Timestamp
-	87,  // 2: herald.registry.v1.Product.create_time:type_name -> google.protobuf.Timestamp
-	87,  // 3: herald.registry.v1.Product.update_time:type_name -> google.protobuf.Timestamp
-	88,  // 4: herald.registry.v1.RetentionPolicy.max_age:type_name -> google.protobuf.Duration
-	87,  // 5: herald.registry.v1.SchemaVersion.create_time:type_name -> google.protobuf.Timestamp
-	87,  // 6: herald.registry.v1.EventType.create_time:type_name -> google.protobuf.Timestamp
-	87,  // 7: herald.registry.v1.EventType.update_time:type_name -> google.protobuf.Timestamp
+	92,  // 0: herald.registry.v1.Domain.create_time:type_name -> google.protobuf.Timestamp
+	92,  // 1: herald.registry.v1.Domain.update_time:type_name -> google.protobuf.Timestamp
+	92,  // 2: herald.registry.v1.Product.create_time:type_name -> google.protobuf.Timestamp
+	92,  // 3: herald.registry.v1.Product.update_time:type_name -> google.protobuf.Timestamp
+	93,  // 4: herald.registry.v1.RetentionPolicy.max_age:type_name -> google.protobuf.Duration
+	92,  // 5: herald.registry.v1.SchemaVersion.create_time:type_name -> google.protobuf.Timestamp
+	92,  // 6: herald.registry.v1.EventType.create_time:type_name -> google.protobuf.Timestamp
+	92,  // 7: herald.registry.v1.EventType.update_time:type_name -> google.protobuf.Timestamp
 	1,   // 8: herald.registry.v1.EventType.visibility:type_name -> herald.registry.v1.Visibility
 	2,   // 9: herald.registry.v1.EventType.lifecycle:type_name -> herald.registry.v1.Lifecycle
-	87,  // 10: herald.registry.v1.EventType.sunset_time:type_name -> google.protobuf.Timestamp
+	92,  // 10: herald.registry.v1.EventType.sunset_time:type_name -> google.protobuf.Timestamp
 	11,  // 11: herald.registry.v1.EventType.examples:type_name -> herald.registry.v1.Example
 	10,  // 12: herald.registry.v1.EventType.retention:type_name -> herald.registry.v1.RetentionPolicy
 	0,   // 13: herald.registry.v1.EventType.compatibility:type_name -> herald.registry.v1.Compatibility
@@ -5596,125 +5987,135 @@ var file_herald_registry_v1_registry_proto_depIdxs = []int32{
 	9,   // 31: herald.registry.v1.ListProductsResponse.products:type_name -> herald.registry.v1.Product
 	9,   // 32: herald.registry.v1.UpdateProductRequest.product:type_name -> herald.registry.v1.Product
 	9,   // 33: herald.registry.v1.UpdateProductResponse.product:type_name -> herald.registry.v1.Product
-	87,  // 34: herald.registry.v1.Application.create_time:type_name -> google.protobuf.Timestamp
-	46,  // 35: herald.registry.v1.Application.grants:type_name -> herald.registry.v1.Grant
+	92,  // 34: herald.registry.v1.Application.create_time:type_name -> google.protobuf.Timestamp
+	49,  // 35: herald.registry.v1.Application.grants:type_name -> herald.registry.v1.Grant
 	3,   // 36: herald.registry.v1.Application.audience:type_name -> herald.registry.v1.Audience
-	45,  // 37: herald.registry.v1.Application.publish_limit:type_name -> herald.registry.v1.PublishLimit
-	4,   // 38: herald.registry.v1.Grant.action:type_name -> herald.registry.v1.GrantAction
-	87,  // 39: herald.registry.v1.Key.create_time:type_name -> google.protobuf.Timestamp
-	87,  // 40: herald.registry.v1.Key.expire_time:type_name -> google.protobuf.Timestamp
-	87,  // 41: herald.registry.v1.Key.revoke_time:type_name -> google.protobuf.Timestamp
-	44,  // 42: herald.registry.v1.CreateApplicationRequest.application:type_name -> herald.registry.v1.Application
-	44,  // 43: herald.registry.v1.CreateApplicationResponse.application:type_name -> herald.registry.v1.Application
-	47,  // 44: herald.registry.v1.CreateApplicationResponse.key:type_name -> herald.registry.v1.Key
-	44,  // 45: herald.registry.v1.GetApplicationResponse.application:type_name -> herald.registry.v1.Application
-	44,  // 46: herald.registry.v1.ListApplicationsResponse.applications:type_name -> herald.registry.v1.Application
-	44,  // 47: herald.registry.v1.UpdateApplicationRequest.application:type_name -> herald.registry.v1.Application
-	44,  // 48: herald.registry.v1.UpdateApplicationResponse.application:type_name -> herald.registry.v1.Application
-	88,  // 49: herald.registry.v1.CreateKeyRequest.rotate_overlap:type_name -> google.protobuf.Duration
-	47,  // 50: herald.registry.v1.CreateKeyResponse.key:type_name -> herald.registry.v1.Key
-	47,  // 51: herald.registry.v1.ListKeysResponse.keys:type_name -> herald.registry.v1.Key
-	47,  // 52: herald.registry.v1.RevokeKeyResponse.key:type_name -> herald.registry.v1.Key
-	47,  // 53: herald.registry.v1.AuthenticateKeyResponse.key:type_name -> herald.registry.v1.Key
-	66,  // 54: herald.registry.v1.Subscription.webhook:type_name -> herald.registry.v1.WebhookChannel
-	68,  // 55: herald.registry.v1.Subscription.stream:type_name -> herald.registry.v1.StreamChannel
-	69,  // 56: herald.registry.v1.Subscription.start:type_name -> herald.registry.v1.StartPosition
-	87,  // 57: herald.registry.v1.Subscription.create_time:type_name -> google.protobuf.Timestamp
-	65,  // 58: herald.registry.v1.Subscription.delivery:type_name -> herald.registry.v1.DeliveryPolicy
-	88,  // 59: herald.registry.v1.DeliveryPolicy.ack_timeout:type_name -> google.protobuf.Duration
-	5,   // 60: herald.registry.v1.WebhookChannel.ordering:type_name -> herald.registry.v1.WebhookOrdering
-	86,  // 61: herald.registry.v1.WebhookChannel.headers:type_name -> herald.registry.v1.WebhookChannel.HeadersEntry
-	6,   // 62: herald.registry.v1.WebhookChannel.signing:type_name -> herald.registry.v1.WebhookSigning
-	7,   // 63: herald.registry.v1.WebhookChannel.content_mode:type_name -> herald.registry.v1.WebhookContentMode
-	88,  // 64: herald.registry.v1.WebhookChannel.retry_schedule:type_name -> google.protobuf.Duration
-	88,  // 65: herald.registry.v1.WebhookChannel.timeout:type_name -> google.protobuf.Duration
-	87,  // 66: herald.registry.v1.WebhookChannel.disable_time:type_name -> google.protobuf.Timestamp
-	88,  // 67: herald.registry.v1.WebhookChannel.disable_after:type_name -> google.protobuf.Duration
-	67,  // 68: herald.registry.v1.WebhookChannel.secrets:type_name -> herald.registry.v1.WebhookSecret
-	87,  // 69: herald.registry.v1.WebhookSecret.create_time:type_name -> google.protobuf.Timestamp
-	87,  // 70: herald.registry.v1.WebhookSecret.expire_time:type_name -> google.protobuf.Timestamp
-	87,  // 71: herald.registry.v1.StartPosition.time:type_name -> google.protobuf.Timestamp
-	64,  // 72: herald.registry.v1.CreateSubscriptionRequest.subscription:type_name -> herald.registry.v1.Subscription
-	64,  // 73: herald.registry.v1.CreateSubscriptionResponse.subscription:type_name -> herald.registry.v1.Subscription
-	64,  // 74: herald.registry.v1.UpdateSubscriptionRequest.subscription:type_name -> herald.registry.v1.Subscription
-	64,  // 75: herald.registry.v1.UpdateSubscriptionResponse.subscription:type_name -> herald.registry.v1.Subscription
-	88,  // 76: herald.registry.v1.RotateWebhookSecretRequest.overlap:type_name -> google.protobuf.Duration
-	64,  // 77: herald.registry.v1.RotateWebhookSecretResponse.subscription:type_name -> herald.registry.v1.Subscription
-	64,  // 78: herald.registry.v1.GetSubscriptionResponse.subscription:type_name -> herald.registry.v1.Subscription
-	64,  // 79: herald.registry.v1.ListSubscriptionsResponse.subscriptions:type_name -> herald.registry.v1.Subscription
-	47,  // 80: herald.registry.v1.KeyChange.key:type_name -> herald.registry.v1.Key
-	13,  // 81: herald.registry.v1.WatchResponse.event_type:type_name -> herald.registry.v1.EventType
-	8,   // 82: herald.registry.v1.WatchResponse.domain:type_name -> herald.registry.v1.Domain
-	9,   // 83: herald.registry.v1.WatchResponse.product:type_name -> herald.registry.v1.Product
-	44,  // 84: herald.registry.v1.WatchResponse.application:type_name -> herald.registry.v1.Application
-	83,  // 85: herald.registry.v1.WatchResponse.key:type_name -> herald.registry.v1.KeyChange
-	64,  // 86: herald.registry.v1.WatchResponse.subscription:type_name -> herald.registry.v1.Subscription
-	84,  // 87: herald.registry.v1.WatchResponse.deleted:type_name -> herald.registry.v1.Deletion
-	28,  // 88: herald.registry.v1.RegistryService.CreateDomain:input_type -> herald.registry.v1.CreateDomainRequest
-	30,  // 89: herald.registry.v1.RegistryService.GetDomain:input_type -> herald.registry.v1.GetDomainRequest
-	32,  // 90: herald.registry.v1.RegistryService.ListDomains:input_type -> herald.registry.v1.ListDomainsRequest
-	34,  // 91: herald.registry.v1.RegistryService.UpdateDomain:input_type -> herald.registry.v1.UpdateDomainRequest
-	14,  // 92: herald.registry.v1.RegistryService.CreateEventType:input_type -> herald.registry.v1.CreateEventTypeRequest
-	16,  // 93: herald.registry.v1.RegistryService.GetEventType:input_type -> herald.registry.v1.GetEventTypeRequest
-	18,  // 94: herald.registry.v1.RegistryService.ListEventTypes:input_type -> herald.registry.v1.ListEventTypesRequest
-	20,  // 95: herald.registry.v1.RegistryService.UpdateEventType:input_type -> herald.registry.v1.UpdateEventTypeRequest
-	22,  // 96: herald.registry.v1.RegistryService.CreateSchemaVersion:input_type -> herald.registry.v1.CreateSchemaVersionRequest
-	24,  // 97: herald.registry.v1.RegistryService.ListSchemaVersions:input_type -> herald.registry.v1.ListSchemaVersionsRequest
-	26,  // 98: herald.registry.v1.RegistryService.CheckCompatibility:input_type -> herald.registry.v1.CheckCompatibilityRequest
-	36,  // 99: herald.registry.v1.RegistryService.CreateProduct:input_type -> herald.registry.v1.CreateProductRequest
-	38,  // 100: herald.registry.v1.RegistryService.GetProduct:input_type -> herald.registry.v1.GetProductRequest
-	40,  // 101: herald.registry.v1.RegistryService.ListProducts:input_type -> herald.registry.v1.ListProductsRequest
-	42,  // 102: herald.registry.v1.RegistryService.UpdateProduct:input_type -> herald.registry.v1.UpdateProductRequest
-	48,  // 103: herald.registry.v1.RegistryService.CreateApplication:input_type -> herald.registry.v1.CreateApplicationRequest
-	50,  // 104: herald.registry.v1.RegistryService.GetApplication:input_type -> herald.registry.v1.GetApplicationRequest
-	52,  // 105: herald.registry.v1.RegistryService.ListApplications:input_type -> herald.registry.v1.ListApplicationsRequest
-	54,  // 106: herald.registry.v1.RegistryService.UpdateApplication:input_type -> herald.registry.v1.UpdateApplicationRequest
-	56,  // 107: herald.registry.v1.RegistryService.CreateKey:input_type -> herald.registry.v1.CreateKeyRequest
-	58,  // 108: herald.registry.v1.RegistryService.ListKeys:input_type -> herald.registry.v1.ListKeysRequest
-	60,  // 109: herald.registry.v1.RegistryService.RevokeKey:input_type -> herald.registry.v1.RevokeKeyRequest
-	62,  // 110: herald.registry.v1.RegistryService.AuthenticateKey:input_type -> herald.registry.v1.AuthenticateKeyRequest
-	70,  // 111: herald.registry.v1.RegistryService.CreateSubscription:input_type -> herald.registry.v1.CreateSubscriptionRequest
-	76,  // 112: herald.registry.v1.RegistryService.GetSubscription:input_type -> herald.registry.v1.GetSubscriptionRequest
-	78,  // 113: herald.registry.v1.RegistryService.ListSubscriptions:input_type -> herald.registry.v1.ListSubscriptionsRequest
-	80,  // 114: herald.registry.v1.RegistryService.DeleteSubscription:input_type -> herald.registry.v1.DeleteSubscriptionRequest
-	72,  // 115: herald.registry.v1.RegistryService.UpdateSubscription:input_type -> herald.registry.v1.UpdateSubscriptionRequest
-	74,  // 116: herald.registry.v1.RegistryService.RotateWebhookSecret:input_type -> herald.registry.v1.RotateWebhookSecretRequest
-	82,  // 117: herald.registry.v1.RegistryService.Watch:input_type -> herald.registry.v1.WatchRequest
-	29,  // 118: herald.registry.v1.RegistryService.CreateDomain:output_type -> herald.registry.v1.CreateDomainResponse
-	31,  // 119: herald.registry.v1.RegistryService.GetDomain:output_type -> herald.registry.v1.GetDomainResponse
-	33,  // 120: herald.registry.v1.RegistryService.ListDomains:output_type -> herald.registry.v1.ListDomainsResponse
-	35,  // 121: herald.registry.v1.RegistryService.UpdateDomain:output_type -> herald.registry.v1.UpdateDomainResponse
-	15,  // 122: herald.registry.v1.RegistryService.CreateEventType:output_type -> herald.registry.v1.CreateEventTypeResponse
-	17,  // 123: herald.registry.v1.RegistryService.GetEventType:output_type -> herald.registry.v1.GetEventTypeResponse
-	19,  // 124: herald.registry.v1.RegistryService.ListEventTypes:output_type -> herald.registry.v1.ListEventTypesResponse
-	21,  // 125: herald.registry.v1.RegistryService.UpdateEventType:output_type -> herald.registry.v1.UpdateEventTypeResponse
-	23,  // 126: herald.registry.v1.RegistryService.CreateSchemaVersion:output_type -> herald.registry.v1.CreateSchemaVersionResponse
-	25,  // 127: herald.registry.v1.RegistryService.ListSchemaVersions:output_type -> herald.registry.v1.ListSchemaVersionsResponse
-	27,  // 128: herald.registry.v1.RegistryService.CheckCompatibility:output_type -> herald.registry.v1.CheckCompatibilityResponse
-	37,  // 129: herald.registry.v1.RegistryService.CreateProduct:output_type -> herald.registry.v1.CreateProductResponse
-	39,  // 130: herald.registry.v1.RegistryService.GetProduct:output_type -> herald.registry.v1.GetProductResponse
-	41,  // 131: herald.registry.v1.RegistryService.ListProducts:output_type -> herald.registry.v1.ListProductsResponse
-	43,  // 132: herald.registry.v1.RegistryService.UpdateProduct:output_type -> herald.registry.v1.UpdateProductResponse
-	49,  // 133: herald.registry.v1.RegistryService.CreateApplication:output_type -> herald.registry.v1.CreateApplicationResponse
-	51,  // 134: herald.registry.v1.RegistryService.GetApplication:output_type -> herald.registry.v1.GetApplicationResponse
-	53,  // 135: herald.registry.v1.RegistryService.ListApplications:output_type -> herald.registry.v1.ListApplicationsResponse
-	55,  // 136: herald.registry.v1.RegistryService.UpdateApplication:output_type -> herald.registry.v1.UpdateApplicationResponse
-	57,  // 137: herald.registry.v1.RegistryService.CreateKey:output_type -> herald.registry.v1.CreateKeyResponse
-	59,  // 138: herald.registry.v1.RegistryService.ListKeys:output_type -> herald.registry.v1.ListKeysResponse
-	61,  // 139: herald.registry.v1.RegistryService.RevokeKey:output_type -> herald.registry.v1.RevokeKeyResponse
-	63,  // 140: herald.registry.v1.RegistryService.AuthenticateKey:output_type -> herald.registry.v1.AuthenticateKeyResponse
-	71,  // 141: herald.registry.v1.RegistryService.CreateSubscription:output_type -> herald.registry.v1.CreateSubscriptionResponse
-	77,  // 142: herald.registry.v1.RegistryService.GetSubscription:output_type -> herald.registry.v1.GetSubscriptionResponse
-	79,  // 143: herald.registry.v1.RegistryService.ListSubscriptions:output_type -> herald.registry.v1.ListSubscriptionsResponse
-	81,  // 144: herald.registry.v1.RegistryService.DeleteSubscription:output_type -> herald.registry.v1.DeleteSubscriptionResponse
-	73,  // 145: herald.registry.v1.RegistryService.UpdateSubscription:output_type -> herald.registry.v1.UpdateSubscriptionResponse
-	75,  // 146: herald.registry.v1.RegistryService.RotateWebhookSecret:output_type -> herald.registry.v1.RotateWebhookSecretResponse
-	85,  // 147: herald.registry.v1.RegistryService.Watch:output_type -> herald.registry.v1.WatchResponse
-	118, // [118:148] is the sub-list for method output_type
-	88,  // [88:118] is the sub-list for method input_type
-	88,  // [88:88] is the sub-list for extension type_name
-	88,  // [88:88] is the sub-list for extension extendee
-	0,   // [0:88] is the sub-list for field type_name
+	48,  // 37: herald.registry.v1.Application.publish_limit:type_name -> herald.registry.v1.PublishLimit
+	45,  // 38: herald.registry.v1.Application.token_settings:type_name -> herald.registry.v1.TokenSettings
+	46,  // 39: herald.registry.v1.TokenSettings.secrets:type_name -> herald.registry.v1.TokenSecret
+	47,  // 40: herald.registry.v1.TokenSettings.public_keys:type_name -> herald.registry.v1.TokenPublicKey
+	93,  // 41: herald.registry.v1.TokenSettings.max_lifetime:type_name -> google.protobuf.Duration
+	92,  // 42: herald.registry.v1.TokenSecret.create_time:type_name -> google.protobuf.Timestamp
+	92,  // 43: herald.registry.v1.TokenSecret.expire_time:type_name -> google.protobuf.Timestamp
+	4,   // 44: herald.registry.v1.Grant.action:type_name -> herald.registry.v1.GrantAction
+	92,  // 45: herald.registry.v1.Key.create_time:type_name -> google.protobuf.Timestamp
+	92,  // 46: herald.registry.v1.Key.expire_time:type_name -> google.protobuf.Timestamp
+	92,  // 47: herald.registry.v1.Key.revoke_time:type_name -> google.protobuf.Timestamp
+	44,  // 48: herald.registry.v1.CreateApplicationRequest.application:type_name -> herald.registry.v1.Application
+	44,  // 49: herald.registry.v1.CreateApplicationResponse.application:type_name -> herald.registry.v1.Application
+	50,  // 50: herald.registry.v1.CreateApplicationResponse.key:type_name -> herald.registry.v1.Key
+	44,  // 51: herald.registry.v1.GetApplicationResponse.application:type_name -> herald.registry.v1.Application
+	44,  // 52: herald.registry.v1.ListApplicationsResponse.applications:type_name -> herald.registry.v1.Application
+	44,  // 53: herald.registry.v1.UpdateApplicationRequest.application:type_name -> herald.registry.v1.Application
+	44,  // 54: herald.registry.v1.UpdateApplicationResponse.application:type_name -> herald.registry.v1.Application
+	93,  // 55: herald.registry.v1.CreateKeyRequest.rotate_overlap:type_name -> google.protobuf.Duration
+	50,  // 56: herald.registry.v1.CreateKeyResponse.key:type_name -> herald.registry.v1.Key
+	50,  // 57: herald.registry.v1.ListKeysResponse.keys:type_name -> herald.registry.v1.Key
+	50,  // 58: herald.registry.v1.RevokeKeyResponse.key:type_name -> herald.registry.v1.Key
+	50,  // 59: herald.registry.v1.AuthenticateKeyResponse.key:type_name -> herald.registry.v1.Key
+	69,  // 60: herald.registry.v1.Subscription.webhook:type_name -> herald.registry.v1.WebhookChannel
+	71,  // 61: herald.registry.v1.Subscription.stream:type_name -> herald.registry.v1.StreamChannel
+	72,  // 62: herald.registry.v1.Subscription.start:type_name -> herald.registry.v1.StartPosition
+	92,  // 63: herald.registry.v1.Subscription.create_time:type_name -> google.protobuf.Timestamp
+	68,  // 64: herald.registry.v1.Subscription.delivery:type_name -> herald.registry.v1.DeliveryPolicy
+	93,  // 65: herald.registry.v1.DeliveryPolicy.ack_timeout:type_name -> google.protobuf.Duration
+	5,   // 66: herald.registry.v1.WebhookChannel.ordering:type_name -> herald.registry.v1.WebhookOrdering
+	91,  // 67: herald.registry.v1.WebhookChannel.headers:type_name -> herald.registry.v1.WebhookChannel.HeadersEntry
+	6,   // 68: herald.registry.v1.WebhookChannel.signing:type_name -> herald.registry.v1.WebhookSigning
+	7,   // 69: herald.registry.v1.WebhookChannel.content_mode:type_name -> herald.registry.v1.WebhookContentMode
+	93,  // 70: herald.registry.v1.WebhookChannel.retry_schedule:type_name -> google.protobuf.Duration
+	93,  // 71: herald.registry.v1.WebhookChannel.timeout:type_name -> google.protobuf.Duration
+	92,  // 72: herald.registry.v1.WebhookChannel.disable_time:type_name -> google.protobuf.Timestamp
+	93,  // 73: herald.registry.v1.WebhookChannel.disable_after:type_name -> google.protobuf.Duration
+	70,  // 74: herald.registry.v1.WebhookChannel.secrets:type_name -> herald.registry.v1.WebhookSecret
+	92,  // 75: herald.registry.v1.WebhookSecret.create_time:type_name -> google.protobuf.Timestamp
+	92,  // 76: herald.registry.v1.WebhookSecret.expire_time:type_name -> google.protobuf.Timestamp
+	92,  // 77: herald.registry.v1.StartPosition.time:type_name -> google.protobuf.Timestamp
+	67,  // 78: herald.registry.v1.CreateSubscriptionRequest.subscription:type_name -> herald.registry.v1.Subscription
+	67,  // 79: herald.registry.v1.CreateSubscriptionResponse.subscription:type_name -> herald.registry.v1.Subscription
+	67,  // 80: herald.registry.v1.UpdateSubscriptionRequest.subscription:type_name -> herald.registry.v1.Subscription
+	67,  // 81: herald.registry.v1.UpdateSubscriptionResponse.subscription:type_name -> herald.registry.v1.Subscription
+	93,  // 82: herald.registry.v1.RotateWebhookSecretRequest.overlap:type_name -> google.protobuf.Duration
+	67,  // 83: herald.registry.v1.RotateWebhookSecretResponse.subscription:type_name -> herald.registry.v1.Subscription
+	93,  // 84: herald.registry.v1.RotateTokenSecretRequest.overlap:type_name -> google.protobuf.Duration
+	44,  // 85: herald.registry.v1.RotateTokenSecretResponse.application:type_name -> herald.registry.v1.Application
+	67,  // 86: herald.registry.v1.GetSubscriptionResponse.subscription:type_name -> herald.registry.v1.Subscription
+	67,  // 87: herald.registry.v1.ListSubscriptionsResponse.subscriptions:type_name -> herald.registry.v1.Subscription
+	50,  // 88: herald.registry.v1.KeyChange.key:type_name -> herald.registry.v1.Key
+	13,  // 89: herald.registry.v1.WatchResponse.event_type:type_name -> herald.registry.v1.EventType
+	8,   // 90: herald.registry.v1.WatchResponse.domain:type_name -> herald.registry.v1.Domain
+	9,   // 91: herald.registry.v1.WatchResponse.product:type_name -> herald.registry.v1.Product
+	44,  // 92: herald.registry.v1.WatchResponse.application:type_name -> herald.registry.v1.Application
+	88,  // 93: herald.registry.v1.WatchResponse.key:type_name -> herald.registry.v1.KeyChange
+	67,  // 94: herald.registry.v1.WatchResponse.subscription:type_name -> herald.registry.v1.Subscription
+	89,  // 95: herald.registry.v1.WatchResponse.deleted:type_name -> herald.registry.v1.Deletion
+	28,  // 96: herald.registry.v1.RegistryService.CreateDomain:input_type -> herald.registry.v1.CreateDomainRequest
+	30,  // 97: herald.registry.v1.RegistryService.GetDomain:input_type -> herald.registry.v1.GetDomainRequest
+	32,  // 98: herald.registry.v1.RegistryService.ListDomains:input_type -> herald.registry.v1.ListDomainsRequest
+	34,  // 99: herald.registry.v1.RegistryService.UpdateDomain:input_type -> herald.registry.v1.UpdateDomainRequest
+	14,  // 100: herald.registry.v1.RegistryService.CreateEventType:input_type -> herald.registry.v1.CreateEventTypeRequest
+	16,  // 101: herald.registry.v1.RegistryService.GetEventType:input_type -> herald.registry.v1.GetEventTypeRequest
+	18,  // 102: herald.registry.v1.RegistryService.ListEventTypes:input_type -> herald.registry.v1.ListEventTypesRequest
+	20,  // 103: herald.registry.v1.RegistryService.UpdateEventType:input_type -> herald.registry.v1.UpdateEventTypeRequest
+	22,  // 104: herald.registry.v1.RegistryService.CreateSchemaVersion:input_type -> herald.registry.v1.CreateSchemaVersionRequest
+	24,  // 105: herald.registry.v1.RegistryService.ListSchemaVersions:input_type -> herald.registry.v1.ListSchemaVersionsRequest
+	26,  // 106: herald.registry.v1.RegistryService.CheckCompatibility:input_type -> herald.registry.v1.CheckCompatibilityRequest
+	36,  // 107: herald.registry.v1.RegistryService.CreateProduct:input_type -> herald.registry.v1.CreateProductRequest
+	38,  // 108: herald.registry.v1.RegistryService.GetProduct:input_type -> herald.registry.v1.GetProductRequest
+	40,  // 109: herald.registry.v1.RegistryService.ListProducts:input_type -> herald.registry.v1.ListProductsRequest
+	42,  // 110: herald.registry.v1.RegistryService.UpdateProduct:input_type -> herald.registry.v1.UpdateProductRequest
+	51,  // 111: herald.registry.v1.RegistryService.CreateApplication:input_type -> herald.registry.v1.CreateApplicationRequest
+	53,  // 112: herald.registry.v1.RegistryService.GetApplication:input_type -> herald.registry.v1.GetApplicationRequest
+	55,  // 113: herald.registry.v1.RegistryService.ListApplications:input_type -> herald.registry.v1.ListApplicationsRequest
+	57,  // 114: herald.registry.v1.RegistryService.UpdateApplication:input_type -> herald.registry.v1.UpdateApplicationRequest
+	59,  // 115: herald.registry.v1.RegistryService.CreateKey:input_type -> herald.registry.v1.CreateKeyRequest
+	61,  // 116: herald.registry.v1.RegistryService.ListKeys:input_type -> herald.registry.v1.ListKeysRequest
+	63,  // 117: herald.registry.v1.RegistryService.RevokeKey:input_type -> herald.registry.v1.RevokeKeyRequest
+	65,  // 118: herald.registry.v1.RegistryService.AuthenticateKey:input_type -> herald.registry.v1.AuthenticateKeyRequest
+	73,  // 119: herald.registry.v1.RegistryService.CreateSubscription:input_type -> herald.registry.v1.CreateSubscriptionRequest
+	81,  // 120: herald.registry.v1.RegistryService.GetSubscription:input_type -> herald.registry.v1.GetSubscriptionRequest
+	83,  // 121: herald.registry.v1.RegistryService.ListSubscriptions:input_type -> herald.registry.v1.ListSubscriptionsRequest
+	85,  // 122: herald.registry.v1.RegistryService.DeleteSubscription:input_type -> herald.registry.v1.DeleteSubscriptionRequest
+	75,  // 123: herald.registry.v1.RegistryService.UpdateSubscription:input_type -> herald.registry.v1.UpdateSubscriptionRequest
+	77,  // 124: herald.registry.v1.RegistryService.RotateWebhookSecret:input_type -> herald.registry.v1.RotateWebhookSecretRequest
+	79,  // 125: herald.registry.v1.RegistryService.RotateTokenSecret:input_type -> herald.registry.v1.RotateTokenSecretRequest
+	87,  // 126: herald.registry.v1.RegistryService.Watch:input_type -> herald.registry.v1.WatchRequest
+	29,  // 127: herald.registry.v1.RegistryService.CreateDomain:output_type -> herald.registry.v1.CreateDomainResponse
+	31,  // 128: herald.registry.v1.RegistryService.GetDomain:output_type -> herald.registry.v1.GetDomainResponse
+	33,  // 129: herald.registry.v1.RegistryService.ListDomains:output_type -> herald.registry.v1.ListDomainsResponse
+	35,  // 130: herald.registry.v1.RegistryService.UpdateDomain:output_type -> herald.registry.v1.UpdateDomainResponse
+	15,  // 131: herald.registry.v1.RegistryService.CreateEventType:output_type -> herald.registry.v1.CreateEventTypeResponse
+	17,  // 132: herald.registry.v1.RegistryService.GetEventType:output_type -> herald.registry.v1.GetEventTypeResponse
+	19,  // 133: herald.registry.v1.RegistryService.ListEventTypes:output_type -> herald.registry.v1.ListEventTypesResponse
+	21,  // 134: herald.registry.v1.RegistryService.UpdateEventType:output_type -> herald.registry.v1.UpdateEventTypeResponse
+	23,  // 135: herald.registry.v1.RegistryService.CreateSchemaVersion:output_type -> herald.registry.v1.CreateSchemaVersionResponse
+	25,  // 136: herald.registry.v1.RegistryService.ListSchemaVersions:output_type -> herald.registry.v1.ListSchemaVersionsResponse
+	27,  // 137: herald.registry.v1.RegistryService.CheckCompatibility:output_type -> herald.registry.v1.CheckCompatibilityResponse
+	37,  // 138: herald.registry.v1.RegistryService.CreateProduct:output_type -> herald.registry.v1.CreateProductResponse
+	39,  // 139: herald.registry.v1.RegistryService.GetProduct:output_type -> herald.registry.v1.GetProductResponse
+	41,  // 140: herald.registry.v1.RegistryService.ListProducts:output_type -> herald.registry.v1.ListProductsResponse
+	43,  // 141: herald.registry.v1.RegistryService.UpdateProduct:output_type -> herald.registry.v1.UpdateProductResponse
+	52,  // 142: herald.registry.v1.RegistryService.CreateApplication:output_type -> herald.registry.v1.CreateApplicationResponse
+	54,  // 143: herald.registry.v1.RegistryService.GetApplication:output_type -> herald.registry.v1.GetApplicationResponse
+	56,  // 144: herald.registry.v1.RegistryService.ListApplications:output_type -> herald.registry.v1.ListApplicationsResponse
+	58,  // 145: herald.registry.v1.RegistryService.UpdateApplication:output_type -> herald.registry.v1.UpdateApplicationResponse
+	60,  // 146: herald.registry.v1.RegistryService.CreateKey:output_type -> herald.registry.v1.CreateKeyResponse
+	62,  // 147: herald.registry.v1.RegistryService.ListKeys:output_type -> herald.registry.v1.ListKeysResponse
+	64,  // 148: herald.registry.v1.RegistryService.RevokeKey:output_type -> herald.registry.v1.RevokeKeyResponse
+	66,  // 149: herald.registry.v1.RegistryService.AuthenticateKey:output_type -> herald.registry.v1.AuthenticateKeyResponse
+	74,  // 150: herald.registry.v1.RegistryService.CreateSubscription:output_type -> herald.registry.v1.CreateSubscriptionResponse
+	82,  // 151: herald.registry.v1.RegistryService.GetSubscription:output_type -> herald.registry.v1.GetSubscriptionResponse
+	84,  // 152: herald.registry.v1.RegistryService.ListSubscriptions:output_type -> herald.registry.v1.ListSubscriptionsResponse
+	86,  // 153: herald.registry.v1.RegistryService.DeleteSubscription:output_type -> herald.registry.v1.DeleteSubscriptionResponse
+	76,  // 154: herald.registry.v1.RegistryService.UpdateSubscription:output_type -> herald.registry.v1.UpdateSubscriptionResponse
+	78,  // 155: herald.registry.v1.RegistryService.RotateWebhookSecret:output_type -> herald.registry.v1.RotateWebhookSecretResponse
+	80,  // 156: herald.registry.v1.RegistryService.RotateTokenSecret:output_type -> herald.registry.v1.RotateTokenSecretResponse
+	90,  // 157: herald.registry.v1.RegistryService.Watch:output_type -> herald.registry.v1.WatchResponse
+	127, // [127:158] is the sub-list for method output_type
+	96,  // [96:127] is the sub-list for method input_type
+	96,  // [96:96] is the sub-list for extension type_name
+	96,  // [96:96] is the sub-list for extension extendee
+	0,   // [0:96] is the sub-list for field type_name
 }
 
 func init() { file_herald_registry_v1_registry_proto_init() }
@@ -5722,15 +6123,15 @@ func file_herald_registry_v1_registry_proto_init() {
 	if File_herald_registry_v1_registry_proto != nil {
 		return
 	}
-	file_herald_registry_v1_registry_proto_msgTypes[56].OneofWrappers = []any{
+	file_herald_registry_v1_registry_proto_msgTypes[59].OneofWrappers = []any{
 		(*Subscription_Webhook)(nil),
 		(*Subscription_Stream)(nil),
 	}
-	file_herald_registry_v1_registry_proto_msgTypes[61].OneofWrappers = []any{
+	file_herald_registry_v1_registry_proto_msgTypes[64].OneofWrappers = []any{
 		(*StartPosition_Cursor)(nil),
 		(*StartPosition_Time)(nil),
 	}
-	file_herald_registry_v1_registry_proto_msgTypes[77].OneofWrappers = []any{
+	file_herald_registry_v1_registry_proto_msgTypes[82].OneofWrappers = []any{
 		(*WatchResponse_EventType)(nil),
 		(*WatchResponse_Domain)(nil),
 		(*WatchResponse_Product)(nil),
@@ -5745,7 +6146,7 @@ func file_herald_registry_v1_registry_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_herald_registry_v1_registry_proto_rawDesc), len(file_herald_registry_v1_registry_proto_rawDesc)),
 			NumEnums:      8,
-			NumMessages:   79,
+			NumMessages:   84,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -48,6 +48,7 @@ const (
 	RegistryService_DeleteSubscription_FullMethodName  = "/herald.registry.v1.RegistryService/DeleteSubscription"
 	RegistryService_UpdateSubscription_FullMethodName  = "/herald.registry.v1.RegistryService/UpdateSubscription"
 	RegistryService_RotateWebhookSecret_FullMethodName = "/herald.registry.v1.RegistryService/RotateWebhookSecret"
+	RegistryService_RotateTokenSecret_FullMethodName   = "/herald.registry.v1.RegistryService/RotateTokenSecret"
 	RegistryService_Watch_FullMethodName               = "/herald.registry.v1.RegistryService/Watch"
 )
 
@@ -128,6 +129,10 @@ type RegistryServiceClient interface {
 	// RotateWebhookSecret gives a webhook endpoint a new signing secret; the
 	// old ones keep signing beside it for the overlap.
 	RotateWebhookSecret(ctx context.Context, in *RotateWebhookSecretRequest, opts ...grpc.CallOption) (*RotateWebhookSecretResponse, error)
+	// RotateTokenSecret gives an application a new HS256 secret for its
+	// browser tokens, shown once; the older ones keep verifying for the
+	// overlap. An application may rotate its own.
+	RotateTokenSecret(ctx context.Context, in *RotateTokenSecretRequest, opts ...grpc.CallOption) (*RotateTokenSecretResponse, error)
 	// Watch streams catalog changes after a revision, so that router and edge
 	// keep local caches fresh. From revision 0 it first sends the whole
 	// catalog, then a response with snapshot_complete set, then live changes.
@@ -432,6 +437,16 @@ func (c *registryServiceClient) RotateWebhookSecret(ctx context.Context, in *Rot
 	return out, nil
 }
 
+func (c *registryServiceClient) RotateTokenSecret(ctx context.Context, in *RotateTokenSecretRequest, opts ...grpc.CallOption) (*RotateTokenSecretResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RotateTokenSecretResponse)
+	err := c.cc.Invoke(ctx, RegistryService_RotateTokenSecret_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *registryServiceClient) Watch(ctx context.Context, in *WatchRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchResponse], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	stream, err := c.cc.NewStream(ctx, &RegistryService_ServiceDesc.Streams[0], RegistryService_Watch_FullMethodName, cOpts...)
@@ -528,6 +543,10 @@ type RegistryServiceServer interface {
 	// RotateWebhookSecret gives a webhook endpoint a new signing secret; the
 	// old ones keep signing beside it for the overlap.
 	RotateWebhookSecret(context.Context, *RotateWebhookSecretRequest) (*RotateWebhookSecretResponse, error)
+	// RotateTokenSecret gives an application a new HS256 secret for its
+	// browser tokens, shown once; the older ones keep verifying for the
+	// overlap. An application may rotate its own.
+	RotateTokenSecret(context.Context, *RotateTokenSecretRequest) (*RotateTokenSecretResponse, error)
 	// Watch streams catalog changes after a revision, so that router and edge
 	// keep local caches fresh. From revision 0 it first sends the whole
 	// catalog, then a response with snapshot_complete set, then live changes.
@@ -628,6 +647,9 @@ func (UnimplementedRegistryServiceServer) UpdateSubscription(context.Context, *U
 }
 func (UnimplementedRegistryServiceServer) RotateWebhookSecret(context.Context, *RotateWebhookSecretRequest) (*RotateWebhookSecretResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RotateWebhookSecret not implemented")
+}
+func (UnimplementedRegistryServiceServer) RotateTokenSecret(context.Context, *RotateTokenSecretRequest) (*RotateTokenSecretResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RotateTokenSecret not implemented")
 }
 func (UnimplementedRegistryServiceServer) Watch(*WatchRequest, grpc.ServerStreamingServer[WatchResponse]) error {
 	return status.Error(codes.Unimplemented, "method Watch not implemented")
@@ -1175,6 +1197,24 @@ func _RegistryService_RotateWebhookSecret_Handler(srv interface{}, ctx context.C
 	return interceptor(ctx, in, info, handler)
 }
 
+func _RegistryService_RotateTokenSecret_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RotateTokenSecretRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RegistryServiceServer).RotateTokenSecret(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: RegistryService_RotateTokenSecret_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RegistryServiceServer).RotateTokenSecret(ctx, req.(*RotateTokenSecretRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _RegistryService_Watch_Handler(srv interface{}, stream grpc.ServerStream) error {
 	m := new(WatchRequest)
 	if err := stream.RecvMsg(m); err != nil {
@@ -1308,6 +1348,10 @@ var RegistryService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RotateWebhookSecret",
 			Handler:    _RegistryService_RotateWebhookSecret_Handler,
+		},
+		{
+			MethodName: "RotateTokenSecret",
+			Handler:    _RegistryService_RotateTokenSecret_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -120,6 +120,9 @@ const (
 	// RegistryServiceRotateWebhookSecretProcedure is the fully-qualified name of the RegistryService's
 	// RotateWebhookSecret RPC.
 	RegistryServiceRotateWebhookSecretProcedure = "/herald.registry.v1.RegistryService/RotateWebhookSecret"
+	// RegistryServiceRotateTokenSecretProcedure is the fully-qualified name of the RegistryService's
+	// RotateTokenSecret RPC.
+	RegistryServiceRotateTokenSecretProcedure = "/herald.registry.v1.RegistryService/RotateTokenSecret"
 	// RegistryServiceWatchProcedure is the fully-qualified name of the RegistryService's Watch RPC.
 	RegistryServiceWatchProcedure = "/herald.registry.v1.RegistryService/Watch"
 )
@@ -195,6 +198,10 @@ type RegistryServiceClient interface {
 	// RotateWebhookSecret gives a webhook endpoint a new signing secret; the
 	// old ones keep signing beside it for the overlap.
 	RotateWebhookSecret(context.Context, *connect.Request[v1.RotateWebhookSecretRequest]) (*connect.Response[v1.RotateWebhookSecretResponse], error)
+	// RotateTokenSecret gives an application a new HS256 secret for its
+	// browser tokens, shown once; the older ones keep verifying for the
+	// overlap. An application may rotate its own.
+	RotateTokenSecret(context.Context, *connect.Request[v1.RotateTokenSecretRequest]) (*connect.Response[v1.RotateTokenSecretResponse], error)
 	// Watch streams catalog changes after a revision, so that router and edge
 	// keep local caches fresh. From revision 0 it first sends the whole
 	// catalog, then a response with snapshot_complete set, then live changes.
@@ -386,6 +393,12 @@ func NewRegistryServiceClient(httpClient connect.HTTPClient, baseURL string, opt
 			connect.WithSchema(registryServiceMethods.ByName("RotateWebhookSecret")),
 			connect.WithClientOptions(opts...),
 		),
+		rotateTokenSecret: connect.NewClient[v1.RotateTokenSecretRequest, v1.RotateTokenSecretResponse](
+			httpClient,
+			baseURL+RegistryServiceRotateTokenSecretProcedure,
+			connect.WithSchema(registryServiceMethods.ByName("RotateTokenSecret")),
+			connect.WithClientOptions(opts...),
+		),
 		watch: connect.NewClient[v1.WatchRequest, v1.WatchResponse](
 			httpClient,
 			baseURL+RegistryServiceWatchProcedure,
@@ -426,6 +439,7 @@ type registryServiceClient struct {
 	deleteSubscription  *connect.Client[v1.DeleteSubscriptionRequest, v1.DeleteSubscriptionResponse]
 	updateSubscription  *connect.Client[v1.UpdateSubscriptionRequest, v1.UpdateSubscriptionResponse]
 	rotateWebhookSecret *connect.Client[v1.RotateWebhookSecretRequest, v1.RotateWebhookSecretResponse]
+	rotateTokenSecret   *connect.Client[v1.RotateTokenSecretRequest, v1.RotateTokenSecretResponse]
 	watch               *connect.Client[v1.WatchRequest, v1.WatchResponse]
 }
 
@@ -574,6 +588,11 @@ func (c *registryServiceClient) RotateWebhookSecret(ctx context.Context, req *co
 	return c.rotateWebhookSecret.CallUnary(ctx, req)
 }
 
+// RotateTokenSecret calls herald.registry.v1.RegistryService.RotateTokenSecret.
+func (c *registryServiceClient) RotateTokenSecret(ctx context.Context, req *connect.Request[v1.RotateTokenSecretRequest]) (*connect.Response[v1.RotateTokenSecretResponse], error) {
+	return c.rotateTokenSecret.CallUnary(ctx, req)
+}
+
 // Watch calls herald.registry.v1.RegistryService.Watch.
 func (c *registryServiceClient) Watch(ctx context.Context, req *connect.Request[v1.WatchRequest]) (*connect.ServerStreamForClient[v1.WatchResponse], error) {
 	return c.watch.CallServerStream(ctx, req)
@@ -650,6 +669,10 @@ type RegistryServiceHandler interface {
 	// RotateWebhookSecret gives a webhook endpoint a new signing secret; the
 	// old ones keep signing beside it for the overlap.
 	RotateWebhookSecret(context.Context, *connect.Request[v1.RotateWebhookSecretRequest]) (*connect.Response[v1.RotateWebhookSecretResponse], error)
+	// RotateTokenSecret gives an application a new HS256 secret for its
+	// browser tokens, shown once; the older ones keep verifying for the
+	// overlap. An application may rotate its own.
+	RotateTokenSecret(context.Context, *connect.Request[v1.RotateTokenSecretRequest]) (*connect.Response[v1.RotateTokenSecretResponse], error)
 	// Watch streams catalog changes after a revision, so that router and edge
 	// keep local caches fresh. From revision 0 it first sends the whole
 	// catalog, then a response with snapshot_complete set, then live changes.
@@ -837,6 +860,12 @@ func NewRegistryServiceHandler(svc RegistryServiceHandler, opts ...connect.Handl
 		connect.WithSchema(registryServiceMethods.ByName("RotateWebhookSecret")),
 		connect.WithHandlerOptions(opts...),
 	)
+	registryServiceRotateTokenSecretHandler := connect.NewUnaryHandler(
+		RegistryServiceRotateTokenSecretProcedure,
+		svc.RotateTokenSecret,
+		connect.WithSchema(registryServiceMethods.ByName("RotateTokenSecret")),
+		connect.WithHandlerOptions(opts...),
+	)
 	registryServiceWatchHandler := connect.NewServerStreamHandler(
 		RegistryServiceWatchProcedure,
 		svc.Watch,
@@ -903,6 +932,8 @@ func NewRegistryServiceHandler(svc RegistryServiceHandler, opts ...connect.Handl
 			registryServiceUpdateSubscriptionHandler.ServeHTTP(w, r)
 		case RegistryServiceRotateWebhookSecretProcedure:
 			registryServiceRotateWebhookSecretHandler.ServeHTTP(w, r)
+		case RegistryServiceRotateTokenSecretProcedure:
+			registryServiceRotateTokenSecretHandler.ServeHTTP(w, r)
 		case RegistryServiceWatchProcedure:
 			registryServiceWatchHandler.ServeHTTP(w, r)
 		default:
@@ -1028,6 +1059,10 @@ func (UnimplementedRegistryServiceHandler) UpdateSubscription(context.Context, *
 
 func (UnimplementedRegistryServiceHandler) RotateWebhookSecret(context.Context, *connect.Request[v1.RotateWebhookSecretRequest]) (*connect.Response[v1.RotateWebhookSecretResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("herald.registry.v1.RegistryService.RotateWebhookSecret is not implemented"))
+}
+
+func (UnimplementedRegistryServiceHandler) RotateTokenSecret(context.Context, *connect.Request[v1.RotateTokenSecretRequest]) (*connect.Response[v1.RotateTokenSecretResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("herald.registry.v1.RegistryService.RotateTokenSecret is not implemented"))
 }
 
 func (UnimplementedRegistryServiceHandler) Watch(context.Context, *connect.Request[v1.WatchRequest], *connect.ServerStream[v1.WatchResponse]) error {

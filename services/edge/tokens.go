@@ -1,0 +1,49 @@
+package edge
+
+import (
+	"fmt"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/heraldmesh/herald/platform/auth"
+	"github.com/heraldmesh/herald/platform/catalog"
+	"github.com/heraldmesh/herald/platform/safehttp"
+	"github.com/heraldmesh/herald/platform/secretbox"
+	"github.com/heraldmesh/herald/platform/service"
+)
+
+// tokenRoutes are the routes that take browser tokens: those whose
+// handlers apply a token's scope (auth.Principal.Scope: types, filter,
+// expiry). Everywhere else a token is refused. A channel joins the list
+// once it applies the scope (long polling, StreamEvents).
+var tokenRoutes = map[string]bool{"/v1/stream": true}
+
+// browserTokens makes the edge accept applications' browser tokens on its
+// stream routes: HS256 secrets are opened with HERALD_SECRET_KEY (without
+// it only public-key tokens verify), JWKS URLs are fetched through the
+// outbound guard of webhooks (HERALD_WEBHOOK_ALLOW) and cached, and aud
+// may be "herald" or the edge's public URL.
+func browserTokens(base *service.Base, cat *catalog.Cache, cfg Config) error {
+	var box *secretbox.Box
+	if cfg.SecretKey != "" {
+		var err error
+		if box, err = secretbox.New(strings.Split(cfg.SecretKey, ",")...); err != nil {
+			return fmt.Errorf("edge: HERALD_SECRET_KEY: %w", err)
+		}
+	}
+	policy, err := safehttp.ParsePolicy(cfg.WebhookAllow)
+	if err != nil {
+		return fmt.Errorf("edge: HERALD_WEBHOOK_ALLOW: %w", err)
+	}
+	policy.Resolver = cfg.WebhookResolver
+	verifier := auth.NewTokenVerifier(auth.TokenOptions{
+		Issuers:   cat.TokenIssuers(box),
+		Audiences: []string{cfg.PublicURL},
+		JWKS:      auth.NewJWKSCache(policy.Client(10*time.Second), 0),
+	})
+	base.Auth.AcceptTokens(verifier, func(r *http.Request) bool {
+		return (r.Method == http.MethodGet || r.Method == http.MethodHead) && tokenRoutes[r.URL.Path]
+	})
+	return nil
+}
