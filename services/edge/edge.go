@@ -25,6 +25,7 @@ import (
 	"github.com/heraldmesh/herald/platform/service"
 	"github.com/heraldmesh/herald/platform/usage"
 	"github.com/heraldmesh/herald/services/edge/internal/ceiling"
+	"github.com/heraldmesh/herald/services/edge/internal/console"
 	"github.com/heraldmesh/herald/services/edge/internal/hub"
 	"github.com/heraldmesh/herald/services/edge/internal/sse"
 	"github.com/heraldmesh/herald/services/edge/internal/streamrpc"
@@ -88,6 +89,9 @@ func New(cfg Config) (*Service, error) {
 		Heartbeat: cfg.Heartbeat, Ceiling: streams, WriteTimeout: cfg.WriteTimeout,
 	}
 	base.Server.HandleHTTP("GET /v1/stream", base.Auth.Middleware(true, sseHandler))
+	// The console page is static and public: the events it shows come from
+	// GET /v1/stream, authenticated by the token its user gives.
+	base.Server.HandlePublic("GET /{$}", console.Handler())
 	base.Server.Handle(edgev1connect.NewEdgeServiceHandler(&streamrpc.Handler{
 		Hub: h, Catalog: cat, Log: base.Log, Delivered: delivered(streamrpc.Channel), Shutdown: shutdown, Ceiling: streams,
 	}, base.HandlerOptions()...))

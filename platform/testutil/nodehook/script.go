@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,6 +20,9 @@ type Script struct {
 	Lines <-chan string
 	// Stderr returns what it wrote to standard error so far.
 	Stderr func() string
+	// Stdin is its standard input, for scripts that take commands there;
+	// Run closes it when the test ends.
+	Stdin io.Writer
 }
 
 var (
@@ -97,7 +101,7 @@ func Run(t testing.TB, area, script, module string, env ...string) *Script {
 			<-exited
 		}
 	})
-	return &Script{Lines: lines, Stderr: stderr.String}
+	return &Script{Lines: lines, Stderr: stderr.String, Stdin: stdin}
 }
 
 // ensureModule runs `npm ci` in dir unless node_modules/<module> is there.
