@@ -264,7 +264,8 @@ func checkEvents(t *testing.T, p consolePage, ids, cursors []string) {
 // with Last-Event-ID, and the page shows every event published before,
 // during and after the outage once, in order. Pause then Resume (with
 // last_event_id) shows what was published meanwhile, once. A bad token and
-// a token for other types are refused, and the page says why.
+// a token for other types are refused, a token expiring on an open stream
+// ends it, and the page says why.
 func TestConsoleInChromium(t *testing.T) {
 	e, ta := startTokens(t)
 	f := startFront(t)
@@ -384,6 +385,18 @@ func TestConsoleInChromium(t *testing.T) {
 		if !strings.Contains(p.Message, c.want) {
 			t.Errorf("types %s: page says %q, want %q", c.types, p.Message, c.want)
 		}
+	}
+
+	// A token that expires on an open stream: the edge ends the stream,
+	// EventSource's reconnection is refused, and the page says why.
+	short := ta.hs256(t, ta.secretID, "billing.invoice.paid", 3*time.Second)
+	b.do(map[string]any{"cmd": "fill", "field": "token", "value": short})
+	b.do(map[string]any{"cmd": "fill", "field": "types", "value": "billing.invoice.paid"})
+	b.do(map[string]any{"cmd": "click", "button": "connect"})
+	b.do(map[string]any{"cmd": "wait", "state": "open"})
+	p = b.do(map[string]any{"cmd": "wait", "state": "closed", "messageHas": "401"})
+	if !strings.Contains(p.Message, "expired") {
+		t.Errorf("expired token: page says %q", p.Message)
 	}
 }
 

@@ -10,7 +10,7 @@
     form: $('form'), token: $('token'), types: $('types'), filter: $('filter'),
     connect: $('connect'), pause: $('pause'), resume: $('resume'), clear: $('clear'),
     state: $('state'), count: $('count'), notices: $('notices'), opens: $('opens'),
-    cursor: $('cursor'), message: $('message'), events: $('events'),
+    cursor: $('cursor'), message: $('message'), warning: $('warning'), events: $('events'),
   };
   const MAX_ROWS = 5000; // the oldest rows go first past this
   let es = null;      // the EventSource, null when none
@@ -148,9 +148,16 @@
       if (es === null && els.state.dataset.state === 'closed') setState('closed', reason);
     };
     src.onmessage = (e) => show('event', e);
+    const patterns = [];
     for (const t of typeList(stream.types)) {
-      if (!t.includes('*') && t !== 'message') src.addEventListener(t, (e) => show('event', e));
+      if (t.includes('*')) patterns.push(t);
+      else if (t !== 'message') src.addEventListener(t, (e) => show('event', e));
     }
+    // The edge names each event by its type, and EventSource hands over
+    // only the names it listens for: a pattern matches on the edge, but
+    // its events cannot be caught here.
+    els.warning.textContent = patterns.length === 0 ? '' :
+      `not shown: events of ${patterns.join(', ')} (EventSource needs exact type names; list them)`;
     for (const t of ['herald.lagged', 'herald.gap', 'herald.notice']) {
       src.addEventListener(t, (e) => show('notice', e));
     }
