@@ -23,13 +23,15 @@
 //   {"seq": n, "kind": "page", "state": "open", "message": "", "count": 5,
 //    "notices": 0, "opens": 1, "cursor": "...",
 //    "events": [{"kind": "event" | "notice", "cursor", "type", "id"}],
-//    "requests": [{"lastEventId": "...", "query": {...}, "status": 200}]}
+//    "requests": [{"lastEventId": "...", "query": {...}, "status": 200}],
+//    "protocols": ["h2", ...]}
 //   {"seq": n, "kind": "error", "message": "..."}
 //
 // requests are the stream requests the browser made so far (the token left
 // out), with the Last-Event-ID header each carried and the status of its
 // answer (0: none; Chromium shows the headers of a request that never got
-// an answer without Last-Event-ID). Other lines: {"kind":
+// an answer without Last-Event-ID); protocols are the protocols of the
+// stream responses (h2, http/1.1), as Chromium's network stack saw them. Other lines: {"kind":
 // "ready"} once the browser runs, {"kind": "console", "text"} for the
 // page's errors. With --watch-stdin the script exits when its standard input
 // closes. Exit code 2: bad usage.
@@ -89,6 +91,14 @@ page.on('response', (res) => {
   const entry = entries.get(res.request());
   if (entry) entry.status = res.status();
 });
+// The protocol of every stream response (h2, http/1.1), as Chromium's
+// network stack saw it.
+const protocols = [];
+const cdp = await context.newCDPSession(page);
+cdp.on('Network.responseReceived', (ev) => {
+  if (new URL(ev.response.url).pathname === '/v1/stream') protocols.push(ev.response.protocol ?? '');
+});
+await cdp.send('Network.enable');
 page.on('console', (msg) => {
   if (msg.type() === 'error') out({ kind: 'console', text: msg.text() });
 });
@@ -108,7 +118,7 @@ async function snapshot(seq) {
         .map((li) => ({ kind: li.dataset.testid, cursor: li.dataset.cursor, type: li.dataset.type, id: li.dataset.eventId ?? '' })),
     };
   });
-  return { seq, kind: 'page', ...s, requests };
+  return { seq, kind: 'page', ...s, requests, protocols };
 }
 
 async function run(c) {

@@ -188,6 +188,7 @@ type consolePage struct {
 		Query       map[string]string `json:"query"`
 		Status      int               `json:"status"`
 	} `json:"requests"`
+	Protocols []string `json:"protocols"`
 }
 
 // browser is a running console.mjs.
@@ -352,6 +353,11 @@ func TestConsoleInChromium(t *testing.T) {
 	}
 	if answered != 2 {
 		t.Errorf("%d stream requests answered, want the first and one reconnection: %+v", answered, p.Requests)
+	}
+	// Over plain HTTP the browser speaks HTTP/1.1 (h2c is not for
+	// browsers); with the edge's TLS settings it would be h2.
+	if len(p.Protocols) != 2 || p.Protocols[0] != "http/1.1" || p.Protocols[1] != "http/1.1" {
+		t.Errorf("stream responses came over %v, want http/1.1 twice", p.Protocols)
 	}
 	requests := len(p.Requests)
 
