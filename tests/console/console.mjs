@@ -25,7 +25,7 @@
 //    "events": [{"kind": "event" | "notice", "cursor", "type", "id"}],
 //    "requests": [{"lastEventId": "...", "query": {...}, "status": 200}],
 //    "protocols": ["h2", ...]}
-//   {"seq": n, "kind": "error", "message": "..."}
+//   {"seq": n, "kind": "error", "error": "...", ...the page as above, when it can be read}
 //
 // requests are the stream requests the browser made so far (the token left
 // out), with the Last-Event-ID header each carried and the status of its
@@ -162,7 +162,7 @@ rl.on('line', (line) => {
     } catch (err) {
       let extra = {};
       try { extra = await snapshot(c.seq); } catch (_) { /* the page is gone */ }
-      out({ ...extra, seq: c.seq, kind: 'error', message: String(err && err.message ? err.message : err) });
+      out({ ...extra, seq: c.seq, kind: 'error', error: String(err && err.message ? err.message : err) });
     }
   });
 });

@@ -174,6 +174,7 @@ type consolePage struct {
 	Seq     int    `json:"seq"`
 	Kind    string `json:"kind"`
 	Message string `json:"message"`
+	Error   string `json:"error"`
 	State   string `json:"state"`
 	Count   int    `json:"count"`
 	Notices int    `json:"notices"`
@@ -217,7 +218,7 @@ func (b *browser) do(cmd map[string]any) consolePage {
 			b.t.Fatalf("console.mjs answered %d, want %d", p.Seq, b.seq)
 		}
 		if p.Kind == "error" {
-			b.t.Fatalf("console.mjs: %s: %s (page: state %s, message %q, %d events)", raw, p.Message, p.State, p.Message, p.Count)
+			b.t.Fatalf("console.mjs: %s: %s (page: state %s, message %q, %d events)", raw, p.Error, p.State, p.Message, p.Count)
 		}
 		return p
 	}
@@ -379,10 +380,11 @@ func TestConsoleInChromium(t *testing.T) {
 		t.Fatalf("Resume asked for %v with Last-Event-ID %q, want last_event_id=%s", r.Query, r.LastEventID, cursors[9])
 	}
 
-	// Refusals: the page shows the edge's reason.
+	// Refusals (a token that does not verify, a token naming types outside
+	// the application's grants): the page shows the edge's reason.
 	for _, c := range []struct{ token, types, want string }{
 		{tok[:len(tok)-4] + "AAAA", "billing.invoice.paid", "401"},
-		{tok, "billing.invoice.created", "the token does not cover billing.invoice.created"},
+		{ta.hs256(t, ta.secretID, "billing.invoice.paid,identity.*", time.Minute), "billing.invoice.paid", "403: the token names identity.*, outside the subscribe grants"},
 	} {
 		b.do(map[string]any{"cmd": "fill", "field": "token", "value": c.token})
 		b.do(map[string]any{"cmd": "fill", "field": "types", "value": c.types})
