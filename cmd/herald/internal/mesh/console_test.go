@@ -380,6 +380,19 @@ func TestConsoleInChromium(t *testing.T) {
 		t.Fatalf("Resume asked for %v with Last-Event-ID %q, want last_event_id=%s", r.Query, r.LastEventID, cursors[9])
 	}
 
+	// Connect starts afresh; a filter travels as filter= (only when given).
+	const odd = "data.amount % 2 == 1"
+	b.do(map[string]any{"cmd": "fill", "field": "filter", "value": odd})
+	b.do(map[string]any{"cmd": "click", "button": "connect"})
+	p = b.do(map[string]any{"cmd": "wait", "state": "open", "opens": 1})
+	if r := p.Requests[len(p.Requests)-1]; r.Query["filter"] != odd || r.Query["last_event_id"] != "" || r.LastEventID != "" {
+		t.Fatalf("Connect with a filter asked for %v (Last-Event-ID %q)", r.Query, r.LastEventID)
+	}
+	if p.Count != 0 || len(p.Events) != 0 || p.Cursor != "" {
+		t.Fatalf("Connect kept %d events and cursor %q", p.Count, p.Cursor)
+	}
+	b.do(map[string]any{"cmd": "fill", "field": "filter", "value": ""})
+
 	// Refusals (a token that does not verify, a token naming types outside
 	// the application's grants): the page shows the edge's reason.
 	for _, c := range []struct{ token, types, want string }{

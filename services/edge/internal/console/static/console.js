@@ -177,10 +177,12 @@
       setState(els.state.dataset.state, 'give a token (or key) and at least one type');
       return;
     }
+    // A new stream starts afresh, from now.
     stream = s;
     setCursor('');
     opens = 0;
     els.opens.textContent = '0';
+    els.clear.click();
     open('');
   });
   els.pause.addEventListener('click', () => {
