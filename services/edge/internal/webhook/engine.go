@@ -166,7 +166,11 @@ func (e *Engine) Run(ctx context.Context) error {
 	if e.o.Box == nil {
 		e.o.Log.Error("HERALD_SECRET_KEY is not set: webhook endpoints cannot be signed, so nothing is delivered to them")
 	}
-	e.settle.run(ctx)
+	// The settler outlives the runners: a runner that is stopping waits
+	// for what it handed to the settler.
+	settleCtx, stopSettling := context.WithCancel(context.WithoutCancel(ctx))
+	e.settle.run(settleCtx)
+	defer stopSettling()
 	defer e.stopAll()
 	for {
 		changed := e.o.Catalog.Changed()
