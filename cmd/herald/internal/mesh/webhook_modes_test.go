@@ -505,3 +505,115 @@ func TestWebhookDisabledAfterFailingThenEnabledAgain(t *testing.T) {
 	}
 	testutil.Eventually(t, 20*time.Second, func() bool { return e.webhookCount(t) == 4+1 }, "four deliveries and the disabled event counted")
 }
+
+// streamStatus is the status of an SSE stream request with key: 200 while
+// the key may subscribe to types, 403 once the edge knows it may not.
+func (e *env) streamStatus(t *testing.T, key, types string) int {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "GET", rpc.BaseURL(e.common.EdgeAddr)+"/v1/stream?types="+types, nil)
+	req.Header.Set("Authorization", "Bearer "+key)
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	return res.StatusCode
+}
+
+// A consumer whose subscribe grant is withdrawn gets nothing more on its
+// endpoints: not the events published afterwards, and not the retries of a
+// delivery that was failing when the grant went (ordered endpoints retry in
+// place, unordered ones through the subscription). Other endpoints go on; a
+// deleted endpoint gets nothing more either.
+func TestWebhookWithdrawnGrantStopsDelivery(t *testing.T) {
+	e := startWebhooks(t)
+	ctx := context.Background()
+	partner, partnerKey, _ := e.newReader(t, "partner")
+	var failing atomic.Bool
+	failing.Store(true)
+	failUntilHealthy := func(int, hit) int {
+		if failing.Load() {
+			return http.StatusInternalServerError
+		}
+		return http.StatusOK
+	}
+	control := newReceiver(t, nil)
+	deleted := newReceiver(t, nil)
+	fresh := newReceiver(t, nil)
+	ordered := newReceiver(t, failUntilHealthy)
+	unordered := newReceiver(t, failUntilHealthy)
+	schedule := make([]time.Duration, 50)
+	for i := range schedule {
+		schedule[i] = 100 * time.Millisecond
+	}
+	e.createEndpoint(t, &registryv1.WebhookChannel{Url: control.URL})
+	deletedSub, _ := e.createEndpoint(t, &registryv1.WebhookChannel{Url: deleted.URL})
+	e.createEndpointOf(t, partner.GetId(), &registryv1.WebhookChannel{Url: fresh.URL})
+	e.createEndpointOf(t, partner.GetId(), &registryv1.WebhookChannel{Url: ordered.URL, Ordering: registryv1.WebhookOrdering_WEBHOOK_ORDERING_ORDERED, RetrySchedule: short(schedule...)})
+	e.createEndpointOf(t, partner.GetId(), &registryv1.WebhookChannel{Url: unordered.URL, RetrySchedule: short(schedule...)})
+
+	e.publish(invoiceEvent("granted", 1))
+	testutil.Eventually(t, 20*time.Second, func() bool {
+		return len(control.got()) == 1 && len(deleted.got()) == 1 && len(fresh.got()) == 1 && len(ordered.got()) >= 2 && len(unordered.got()) >= 2
+	}, "delivered while granted, and retrying")
+
+	if _, err := e.reg.DeleteSubscription(ctx, connect.NewRequest(&registryv1.DeleteSubscriptionRequest{Id: deletedSub.GetId()})); err != nil {
+		t.Fatal(err)
+	}
+	app, err := e.reg.GetApplication(ctx, connect.NewRequest(&registryv1.GetApplicationRequest{Id: partner.GetId()}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	upd := app.Msg.GetApplication()
+	upd.Grants = []*registryv1.Grant{{Action: registryv1.GrantAction_GRANT_ACTION_SUBSCRIBE, Pattern: "identity.*"}}
+	if _, err := e.reg.UpdateApplication(ctx, connect.NewRequest(&registryv1.UpdateApplicationRequest{Application: upd})); err != nil {
+		t.Fatal(err)
+	}
+	// The edge knows once its streams refuse the partner's key.
+	testutil.Eventually(t, 10*time.Second, func() bool { return e.streamStatus(t, partnerKey, e.invoice) == http.StatusForbidden }, "the edge sees the withdrawn grant")
+	time.Sleep(300 * time.Millisecond) // a request in flight at the change finishes
+	orderedBefore, unorderedBefore, deletedBefore := len(ordered.got()), len(unordered.got()), len(deleted.got())
+
+	e.publish(invoiceEvent("withdrawn", 2))
+	testutil.Eventually(t, 20*time.Second, func() bool { return len(control.got()) == 2 }, "a granted endpoint still delivered to")
+	time.Sleep(1500 * time.Millisecond) // fifteen retry delays
+	if n := len(fresh.got()); n != 1 {
+		t.Fatalf("an endpoint whose grant was withdrawn got %d events: %v", n, fresh.ids())
+	}
+	if n := len(ordered.got()) - orderedBefore; n > 0 {
+		t.Fatalf("an ordered endpoint whose grant was withdrawn was retried %d more times", n)
+	}
+	if n := len(unordered.got()) - unorderedBefore; n > 0 {
+		t.Fatalf("an unordered endpoint whose grant was withdrawn was retried %d more times", n)
+	}
+	if n := len(deleted.got()) - deletedBefore; n > 0 {
+		t.Fatalf("a deleted endpoint got %d more events", n)
+	}
+	// The engine goes on.
+	e.publish(invoiceEvent("still-on", 3))
+	testutil.Eventually(t, 20*time.Second, func() bool { return len(control.got()) == 3 }, "the engine still delivers")
+	time.Sleep(time.Second)
+	if len(fresh.got()) != 1 || len(ordered.got()) != orderedBefore || len(unordered.got()) != unorderedBefore {
+		t.Fatalf("delivered while the grant is withdrawn: fresh %v, ordered %v, unordered %v", fresh.ids(), ordered.ids()[orderedBefore:], unordered.ids()[unorderedBefore:])
+	}
+
+	// The failing deliveries were kept pending, not lost: with the grant
+	// back and the receivers healthy, they arrive.
+	failing.Store(false)
+	app, err = e.reg.GetApplication(ctx, connect.NewRequest(&registryv1.GetApplicationRequest{Id: partner.GetId()}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	upd = app.Msg.GetApplication()
+	upd.Grants = []*registryv1.Grant{{Action: registryv1.GrantAction_GRANT_ACTION_SUBSCRIBE, Pattern: "billing.*"}}
+	if _, err := e.reg.UpdateApplication(ctx, connect.NewRequest(&registryv1.UpdateApplicationRequest{Application: upd})); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 20*time.Second, func() bool {
+		return slices.Contains(ordered.ids()[orderedBefore:], "granted") && slices.Contains(unordered.ids()[unorderedBefore:], "granted")
+	}, "the deliveries held while the grant was withdrawn arrive once it is back")
+	time.Sleep(time.Second)
+	t.Logf("after the grant came back: fresh %v, ordered %v, unordered %v", fresh.ids(), ordered.ids()[orderedBefore:], unordered.ids()[unorderedBefore:])
+}

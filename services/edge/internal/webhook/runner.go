@@ -7,10 +7,12 @@ import (
 	"sync/atomic"
 	"time"
 
+	"connectrpc.com/connect"
 	edgev1 "github.com/heraldmesh/herald/api/gen/herald/edge/v1"
 	eventv1 "github.com/heraldmesh/herald/api/gen/herald/event/v1"
 	registryv1 "github.com/heraldmesh/herald/api/gen/herald/registry/v1"
 	routerv1 "github.com/heraldmesh/herald/api/gen/herald/router/v1"
+	"github.com/heraldmesh/herald/platform/access"
 	"github.com/heraldmesh/herald/platform/backoff"
 	"github.com/heraldmesh/herald/platform/cloudevent"
 	"google.golang.org/protobuf/proto"
@@ -34,6 +36,10 @@ type runner struct {
 	held   map[string]struct{} // ack ids received and not settled
 	queues map[string][]job    // ordered modes: per key, waiting behind the head
 	active map[string]bool     // ordered modes: keys with a worker
+
+	permMu sync.Mutex
+	permAt <-chan struct{} // closed at the catalog change that outdates perm
+	perm   map[string]bool // event type -> the application may receive it
 }
 
 // job is one delivery handed over by the session.
@@ -328,6 +334,13 @@ func (r *runner) ordered(ctx, work context.Context, key string) {
 // enabled again). It reports the outcome and whether the delivery is done
 // with.
 func (r *runner) try(ctx context.Context, j job) (outcome, bool) {
+	if !r.mayDeliver(ctx, j.ev.GetType()) {
+		// Its grant was withdrawn while the runner held it (waiting for a
+		// slot, or retried in place): no request. Handed back, the session
+		// withholds it, pending, for when the grant returns.
+		r.handBack(j)
+		return outcome{err: "the application may no longer receive " + j.ev.GetType()}, true
+	}
 	n, err := r.number(ctx, j)
 	if err != nil {
 		return outcome{err: "the attempt count is unavailable"}, false
@@ -362,6 +375,54 @@ func (r *runner) try(ctx context.Context, j job) (outcome, bool) {
 		return o, true
 	}
 	return o, false
+}
+
+// mayDeliver reports whether the endpoint's application may still receive
+// events of typ: its subscribe grants and audience as the catalog cache
+// has them, the check the session makes when it reads (which does not see
+// what the runner already holds). The answers are kept until the next
+// catalog change, so an attempt costs a map lookup. An application the
+// catalog cannot load now keeps what it had, as SSE streams do; one that no
+// longer exists receives nothing.
+func (r *runner) mayDeliver(ctx context.Context, typ string) bool {
+	cat := r.e.o.Catalog
+	if cat == nil {
+		return true
+	}
+	r.permMu.Lock()
+	if r.permAt != nil {
+		select {
+		case <-r.permAt:
+			r.permAt = nil
+		default:
+			if ok, known := r.perm[typ]; known {
+				r.permMu.Unlock()
+				return ok
+			}
+		}
+	}
+	if r.permAt == nil {
+		r.permAt, r.perm = cat.Changed(), map[string]bool{}
+	}
+	perm := r.perm
+	r.permMu.Unlock()
+	app, err := cat.Application(ctx, r.ep.app)
+	if err != nil {
+		switch connect.CodeOf(err) {
+		case connect.CodeNotFound, connect.CodePermissionDenied:
+		default:
+			return true
+		}
+	}
+	ok := err == nil && access.Allowed(app.GetGrants(), registryv1.GrantAction_GRANT_ACTION_SUBSCRIBE, typ)
+	if ok {
+		t, known := cat.Get(typ)
+		ok = known && access.Visible(app.GetAudience(), t.GetVisibility())
+	}
+	r.permMu.Lock()
+	perm[typ] = ok
+	r.permMu.Unlock()
+	return ok
 }
 
 // disable turns the endpoint off and stops delivering to it; the delivery
