@@ -479,6 +479,10 @@ func TestWebhookDisabledAfterFailingThenEnabledAgain(t *testing.T) {
 	if n := len(r.got()); n != before {
 		t.Fatalf("a disabled endpoint got %d more requests", n-before)
 	}
+	// Disabled once, announced once, however many deliveries were failing.
+	if n := len(watcher.got()); n != 1 {
+		t.Fatalf("herald.endpoint.disabled delivered %d times for one disabling", n)
+	}
 
 	// Enabled again: what failed and what queued meanwhile is delivered.
 	healthy.Store(true)

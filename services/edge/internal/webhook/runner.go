@@ -25,9 +25,10 @@ type runner struct {
 	sub *registryv1.Subscription // as the session reads it
 	ep  *endpoint
 
-	cancel context.CancelFunc
-	done   chan struct{}
-	leased atomic.Bool
+	cancel    context.CancelFunc
+	done      chan struct{}
+	leased    atomic.Bool
+	disabling atomic.Bool // one delivery is disabling the endpoint
 
 	slots chan struct{} // the endpoint's requests in flight
 	wg    sync.WaitGroup
@@ -429,9 +430,16 @@ func (r *runner) mayDeliver(ctx context.Context, typ string) bool {
 // stays pending, for when it is enabled again.
 func (r *runner) disable(ctx context.Context, j job, reason string) {
 	r.handBack(j)
+	// Several failing deliveries may come to it at once: one disables the
+	// endpoint and announces it, once.
+	if !r.disabling.CompareAndSwap(false, true) {
+		return
+	}
 	if r.e.disable(ctx, r.ep, reason) {
 		r.cancel()
+		return
 	}
+	r.disabling.Store(false)
 }
 
 // number is the attempt's number among every attempt at the event.
