@@ -388,11 +388,15 @@ func TestWebhookHeadersRedirectsAndRetryAfter(t *testing.T) {
 	}
 
 	testutil.Eventually(t, 20*time.Second, func() bool { return len(redirect.got()) == 2 }, "the redirected delivery retried")
-	at, err := e.webhooks(e.appKey).ListAttempts(context.Background(), connect.NewRequest(&edgev1.ListAttemptsRequest{SubscriptionId: redirSub.GetId(), Cursor: cur}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	a := at.Msg.GetAttempts() // newest first
+	var a []*edgev1.Attempt // newest first
+	testutil.Eventually(t, 10*time.Second, func() bool {
+		at, err := e.webhooks(e.appKey).ListAttempts(context.Background(), connect.NewRequest(&edgev1.ListAttemptsRequest{SubscriptionId: redirSub.GetId(), Cursor: cur}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		a = at.Msg.GetAttempts()
+		return len(a) == 2 // recorded once each response is in
+	}, "both attempts on record")
 	if len(a) != 2 || a[1].GetStatus() != http.StatusTemporaryRedirect || a[1].GetSuccess() || !strings.Contains(a[1].GetError(), "redirect") ||
 		a[1].GetResponseHeaders()["Location"] != target.URL+"/moved" || !a[0].GetSuccess() {
 		t.Fatalf("attempts after a redirect: %v", a)

@@ -212,10 +212,17 @@ func TestWebhookDeliveredSignedAndVerifiedByBothLibraries(t *testing.T) {
 	}
 	// The attempts are on record, per endpoint and per event.
 	wh := e.webhooks(e.appKey)
-	at, err := wh.ListAttempts(context.Background(), connect.NewRequest(&edgev1.ListAttemptsRequest{SubscriptionId: sub.GetId(), Cursor: cursors[0]}))
-	if err != nil {
-		t.Fatal(err)
-	}
+	var at *connect.Response[edgev1.ListAttemptsResponse]
+	// The attempt is recorded once the response is in: just after the
+	// receiver answered.
+	testutil.Eventually(t, 10*time.Second, func() bool {
+		var err error
+		at, err = wh.ListAttempts(context.Background(), connect.NewRequest(&edgev1.ListAttemptsRequest{SubscriptionId: sub.GetId(), Cursor: cursors[0]}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(at.Msg.GetAttempts()) > 0
+	}, "the attempt on record")
 	if len(at.Msg.GetAttempts()) != 1 || !at.Msg.GetAttempts()[0].GetSuccess() || at.Msg.GetAttempts()[0].GetStatus() != 204 || at.Msg.GetAttempts()[0].GetNumber() != 1 {
 		t.Fatalf("attempts: %v", at.Msg.GetAttempts())
 	}
@@ -308,6 +315,11 @@ func TestWebhookDeadLetterWithAttemptsThenReplay(t *testing.T) {
 	if r.ids()[3] != "doomed" {
 		t.Fatalf("replayed id %q", r.ids()[3])
 	}
+	// The replayed attempt is recorded once its response is in.
+	testutil.Eventually(t, 10*time.Second, func() bool {
+		at, err := wh.ListAttempts(context.Background(), connect.NewRequest(&edgev1.ListAttemptsRequest{SubscriptionId: sub.GetId(), Cursor: cur}))
+		return err == nil && len(at.Msg.GetAttempts()) == 4
+	}, "the replayed attempt on record")
 	// A manual retry is an attempt on record too.
 	rd, err := wh.RetryDelivery(context.Background(), connect.NewRequest(&edgev1.RetryDeliveryRequest{SubscriptionId: sub.GetId(), Cursor: cur}))
 	if err != nil || !rd.Msg.GetAttempt().GetSuccess() || rd.Msg.GetAttempt().GetTrigger() != edgev1.AttemptTrigger_ATTEMPT_TRIGGER_MANUAL || rd.Msg.GetAttempt().GetNumber() != 5 {
