@@ -625,3 +625,37 @@ func TestWebhookWithdrawnGrantStopsDelivery(t *testing.T) {
 	time.Sleep(time.Second)
 	t.Logf("after the grant came back: fresh %v, ordered %v, unordered %v", fresh.ids(), ordered.ids()[orderedBefore:], unordered.ids()[unorderedBefore:])
 }
+
+// An endpoint enabled again while it still fails gets its whole
+// disable_after again before it is disabled anew: the failures before it
+// was disabled do not count.
+func TestWebhookEnabledAgainGetsAFreshDisableAfter(t *testing.T) {
+	t.Setenv("HERALD_REGISTRY_WEBHOOK_MIN_DISABLE_AFTER", "1s")
+	e := startWebhooks(t)
+	r := newReceiver(t, func(int, hit) int { return http.StatusInternalServerError })
+	schedule := make([]time.Duration, 50)
+	for i := range schedule {
+		schedule[i] = 300 * time.Millisecond
+	}
+	const disableAfter = 2 * time.Second
+	sub, _ := e.createEndpoint(t, &registryv1.WebhookChannel{Url: r.URL, DisableAfter: durationpb.New(disableAfter), RetrySchedule: short(schedule...)})
+	e.publish(invoiceEvent("still-failing", 1))
+	disabled := func() bool { return e.subscription(t, sub.GetId()).GetWebhook().GetDisabled() }
+	testutil.Eventually(t, 20*time.Second, disabled, "disabled after failing")
+	time.Sleep(500 * time.Millisecond) // requests in flight at the disabling finish
+	if _, err := e.reg.UpdateSubscription(context.Background(), connect.NewRequest(&registryv1.UpdateSubscriptionRequest{
+		Subscription: &registryv1.Subscription{Id: sub.GetId(), Channel: &registryv1.Subscription_Webhook{Webhook: &registryv1.WebhookChannel{Disabled: false}}},
+		UpdateMask:   []string{"webhook.disabled"},
+	})); err != nil {
+		t.Fatal(err)
+	}
+	enabled := time.Now()
+	before := len(r.got())
+	testutil.Eventually(t, 20*time.Second, disabled, "disabled again")
+	if len(r.got()) == before {
+		t.Fatal("disabled again without an attempt")
+	}
+	if gap := e.subscription(t, sub.GetId()).GetWebhook().GetDisableTime().AsTime().Sub(enabled); gap < disableAfter {
+		t.Fatalf("enabled again, then disabled %v later, before its disable_after of %v", gap, disableAfter)
+	}
+}

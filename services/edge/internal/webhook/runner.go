@@ -25,10 +25,14 @@ type runner struct {
 	sub *registryv1.Subscription // as the session reads it
 	ep  *endpoint
 
-	cancel    context.CancelFunc
-	done      chan struct{}
-	leased    atomic.Bool
-	disabling atomic.Bool // one delivery is disabling the endpoint
+	cancel context.CancelFunc
+	done   chan struct{}
+	leased atomic.Bool
+	// disabling: one delivery is disabling (or has disabled) the endpoint.
+	disabling atomic.Bool
+	// enabledAgain: the endpoint was disabled; its failures before that
+	// no longer count toward disable_after.
+	enabledAgain bool
 
 	slots chan struct{} // the endpoint's requests in flight
 	wg    sync.WaitGroup
@@ -88,6 +92,11 @@ func (r *runner) run(parent context.Context) {
 	r.cancel = cancel
 	r.mu.Unlock()
 	defer cancel()
+	if r.enabledAgain {
+		if err := r.e.st.healthy(ctx, r.ep.id); err != nil {
+			r.e.o.Log.Warn("webhook endpoint enabled again, but its failures before are still counted", "subscription", r.ep.id, "err", err)
+		}
+	}
 	b := backoff.New(backoff.Options{})
 	for ctx.Err() == nil {
 		select {
