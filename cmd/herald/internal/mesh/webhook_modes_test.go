@@ -539,6 +539,9 @@ func TestWebhookWithdrawnGrantStopsDelivery(t *testing.T) {
 	e := startWebhooks(t)
 	ctx := context.Background()
 	partner, partnerKey, _ := e.newReader(t, "partner")
+	// Another consumer's audience narrows to partner types: the invoice
+	// type (internal) goes out of its sight.
+	outsider, outsiderKey, _ := e.newReader(t, "outsider")
 	var failing atomic.Bool
 	failing.Store(true)
 	failUntilHealthy := func(int, hit) int {
@@ -552,6 +555,7 @@ func TestWebhookWithdrawnGrantStopsDelivery(t *testing.T) {
 	fresh := newReceiver(t, nil)
 	ordered := newReceiver(t, failUntilHealthy)
 	unordered := newReceiver(t, failUntilHealthy)
+	unseen := newReceiver(t, failUntilHealthy)
 	schedule := make([]time.Duration, 50)
 	for i := range schedule {
 		schedule[i] = 100 * time.Millisecond
@@ -561,10 +565,11 @@ func TestWebhookWithdrawnGrantStopsDelivery(t *testing.T) {
 	e.createEndpointOf(t, partner.GetId(), &registryv1.WebhookChannel{Url: fresh.URL})
 	e.createEndpointOf(t, partner.GetId(), &registryv1.WebhookChannel{Url: ordered.URL, Ordering: registryv1.WebhookOrdering_WEBHOOK_ORDERING_ORDERED, RetrySchedule: short(schedule...)})
 	e.createEndpointOf(t, partner.GetId(), &registryv1.WebhookChannel{Url: unordered.URL, RetrySchedule: short(schedule...)})
+	e.createEndpointOf(t, outsider.GetId(), &registryv1.WebhookChannel{Url: unseen.URL, Ordering: registryv1.WebhookOrdering_WEBHOOK_ORDERING_PARTITION_KEY, RetrySchedule: short(schedule...)})
 
 	e.publish(invoiceEvent("granted", 1))
 	testutil.Eventually(t, 20*time.Second, func() bool {
-		return len(control.got()) == 1 && len(deleted.got()) == 1 && len(fresh.got()) == 1 && len(ordered.got()) >= 2 && len(unordered.got()) >= 2
+		return len(control.got()) == 1 && len(deleted.got()) == 1 && len(fresh.got()) == 1 && len(ordered.got()) >= 2 && len(unordered.got()) >= 2 && len(unseen.got()) >= 2
 	}, "delivered while granted, and retrying")
 
 	if _, err := e.reg.DeleteSubscription(ctx, connect.NewRequest(&registryv1.DeleteSubscriptionRequest{Id: deletedSub.GetId()})); err != nil {
@@ -579,10 +584,20 @@ func TestWebhookWithdrawnGrantStopsDelivery(t *testing.T) {
 	if _, err := e.reg.UpdateApplication(ctx, connect.NewRequest(&registryv1.UpdateApplicationRequest{Application: upd})); err != nil {
 		t.Fatal(err)
 	}
-	// The edge knows once its streams refuse the partner's key.
+	out, err := e.reg.GetApplication(ctx, connect.NewRequest(&registryv1.GetApplicationRequest{Id: outsider.GetId()}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	narrowed := out.Msg.GetApplication()
+	narrowed.Audience = registryv1.Audience_AUDIENCE_PARTNER
+	if _, err := e.reg.UpdateApplication(ctx, connect.NewRequest(&registryv1.UpdateApplicationRequest{Application: narrowed})); err != nil {
+		t.Fatal(err)
+	}
+	// The edge knows once its streams refuse the consumers' keys.
 	testutil.Eventually(t, 10*time.Second, func() bool { return e.streamStatus(t, partnerKey, e.invoice) == http.StatusForbidden }, "the edge sees the withdrawn grant")
+	testutil.Eventually(t, 10*time.Second, func() bool { return e.streamStatus(t, outsiderKey, e.invoice) == http.StatusNotFound }, "the edge sees the narrowed audience")
 	time.Sleep(300 * time.Millisecond) // a request in flight at the change finishes
-	orderedBefore, unorderedBefore, deletedBefore := len(ordered.got()), len(unordered.got()), len(deleted.got())
+	orderedBefore, unorderedBefore, deletedBefore, unseenBefore := len(ordered.got()), len(unordered.got()), len(deleted.got()), len(unseen.got())
 
 	e.publish(invoiceEvent("withdrawn", 2))
 	testutil.Eventually(t, 20*time.Second, func() bool { return len(control.got()) == 2 }, "a granted endpoint still delivered to")
@@ -599,11 +614,14 @@ func TestWebhookWithdrawnGrantStopsDelivery(t *testing.T) {
 	if n := len(deleted.got()) - deletedBefore; n > 0 {
 		t.Fatalf("a deleted endpoint got %d more events", n)
 	}
+	if n := len(unseen.got()) - unseenBefore; n > 0 {
+		t.Fatalf("an endpoint whose application no longer sees the type got %d more requests", n)
+	}
 	// The engine goes on.
 	e.publish(invoiceEvent("still-on", 3))
 	testutil.Eventually(t, 20*time.Second, func() bool { return len(control.got()) == 3 }, "the engine still delivers")
 	time.Sleep(time.Second)
-	if len(fresh.got()) != 1 || len(ordered.got()) != orderedBefore || len(unordered.got()) != unorderedBefore {
+	if len(fresh.got()) != 1 || len(ordered.got()) != orderedBefore || len(unordered.got()) != unorderedBefore || len(unseen.got()) != unseenBefore {
 		t.Fatalf("delivered while the grant is withdrawn: fresh %v, ordered %v, unordered %v", fresh.ids(), ordered.ids()[orderedBefore:], unordered.ids()[unorderedBefore:])
 	}
 
