@@ -262,6 +262,18 @@ func TestWebhookBinaryContentMode(t *testing.T) {
 	if se["datacontenttype"] != "application/json" {
 		t.Fatalf("structured datacontenttype %v", se["datacontenttype"])
 	}
+
+	// Binary data goes as its bytes, with its own content type.
+	raw := []byte(`{"invoice_id": "bin-2", "amount": 7}`)
+	ev2 := invoiceEvent("bin-2", 7)
+	ev2.Data = &eventv1.CloudEvent_BinaryData{BinaryData: raw}
+	ev2.Attributes = map[string]*eventv1.CloudEvent_CloudEventAttributeValue{"datacontenttype": str("application/vnd.herald.invoice+json")}
+	e.publish(ev2)
+	testutil.Eventually(t, 20*time.Second, func() bool { return len(bin.got()) == 2 }, "binary data delivered")
+	b2 := bin.got()[1]
+	if string(b2.body) != string(raw) || b2.header.Get("Content-Type") != "application/vnd.herald.invoice+json" || b2.header.Get("ce-id") != "bin-2" || verifies(t, b2, binSecret) != nil {
+		t.Fatalf("binary data delivered as %q, Content-Type %q, ce-id %q", b2.body, b2.header.Get("Content-Type"), b2.header.Get("ce-id"))
+	}
 	var structuredData, binData any
 	sd, _ := json.Marshal(se["data"])
 	if json.Unmarshal(sd, &structuredData) != nil || json.Unmarshal(b.body, &binData) != nil || fmt.Sprint(structuredData) != fmt.Sprint(binData) {
@@ -368,6 +380,10 @@ func TestWebhookHeadersRedirectsAndRetryAfter(t *testing.T) {
 		case 2:
 			w.Set("Retry-After", "1")
 			return http.StatusTooManyRequests
+		case 3:
+			// An HTTP date, whole seconds: at least 2s from now.
+			w.Set("Retry-After", time.Now().Add(3*time.Second).UTC().Format(http.TimeFormat))
+			return http.StatusServiceUnavailable
 		}
 		return http.StatusOK
 	})
@@ -375,7 +391,7 @@ func TestWebhookHeadersRedirectsAndRetryAfter(t *testing.T) {
 		"X-Partner-Tenant": "acme", "Authorization": "Bearer partner-token-1",
 	}})
 	redirSub, _ := e.createEndpoint(t, &registryv1.WebhookChannel{Url: redirect.URL, RetrySchedule: short(50 * time.Millisecond)})
-	e.createEndpoint(t, &registryv1.WebhookChannel{Url: later.URL, RetrySchedule: short(10*time.Millisecond, 10*time.Millisecond, 10*time.Millisecond)})
+	e.createEndpoint(t, &registryv1.WebhookChannel{Url: later.URL, RetrySchedule: short(10*time.Millisecond, 10*time.Millisecond, 10*time.Millisecond, 10*time.Millisecond)})
 	cur := e.publish(invoiceEvent("hdr-1", 1))[0]
 
 	testutil.Eventually(t, 20*time.Second, func() bool { return len(headers.got()) == 1 }, "delivered with headers")
@@ -402,13 +418,16 @@ func TestWebhookHeadersRedirectsAndRetryAfter(t *testing.T) {
 		t.Fatalf("attempts after a redirect: %v", a)
 	}
 
-	testutil.Eventually(t, 20*time.Second, func() bool { return len(later.got()) == 3 }, "delivered after two Retry-After answers")
+	testutil.Eventually(t, 20*time.Second, func() bool { return len(later.got()) == 4 }, "delivered after three Retry-After answers")
 	hits := later.got()
 	if gap := hits[1].at.Sub(hits[0].at); gap < 2*time.Second {
 		t.Fatalf("503 with Retry-After: 2 retried after %v", gap)
 	}
 	if gap := hits[2].at.Sub(hits[1].at); gap < time.Second {
 		t.Fatalf("429 with Retry-After: 1 retried after %v", gap)
+	}
+	if gap := hits[3].at.Sub(hits[2].at); gap < 2*time.Second {
+		t.Fatalf("503 with a Retry-After date 2-3s ahead retried after %v", gap)
 	}
 	if n := targetHits.Load(); n != 0 {
 		t.Fatalf("the redirect target got %d requests", n)
