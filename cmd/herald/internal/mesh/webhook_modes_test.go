@@ -87,6 +87,45 @@ func (e *env) rotate(t *testing.T, id string, overlap time.Duration) (*registryv
 	return res.Msg.GetSubscription(), res.Msg.GetWebhookSecret()
 }
 
+// await returns the request with webhook-id id, once it came.
+func (r *receiver) await(t *testing.T, id string) hit {
+	t.Helper()
+	var found hit
+	testutil.Eventually(t, 20*time.Second, func() bool {
+		for _, h := range r.got() {
+			if h.header.Get("webhook-id") == id {
+				found = h
+				return true
+			}
+		}
+		return false
+	}, "delivery "+id)
+	return found
+}
+
+// untilSigned publishes probes until each receiver gets one with n
+// signatures: a rotation reaches the edge's catalog cache (and its JWKS) at
+// once, but the endpoint's deliveries only once the engine has stopped its
+// old runner, and the engine stops changed endpoints one at a time, each
+// taking up to about half a second.
+func (e *env) untilSigned(t *testing.T, stage string, n int, rs ...*receiver) {
+	t.Helper()
+	for i := 0; ; i++ {
+		id := fmt.Sprintf("probe-%s-%d", stage, i)
+		e.publish(invoiceEvent(id, i))
+		done := true
+		for _, r := range rs {
+			done = len(signatures(r.await(t, id))) == n && done
+		}
+		if done {
+			return
+		}
+		if i == 50 {
+			t.Fatalf("%s: after %d probes, deliveries still not signed %d times", stage, i+1, n)
+		}
+	}
+}
+
 // An Ed25519 endpoint's deliveries carry v1a signatures that verify with
 // the public keys the edge publishes as a JWKS (read by go-jose); during a
 // rotation's overlap both keys are published and both sign every request;
@@ -137,17 +176,18 @@ func TestWebhookEd25519WithJWKSAndRotations(t *testing.T) {
 	}
 
 	// Rotation with an overlap: both keys published, both sign.
-	_, edPub2 := e.rotate(t, edSub.GetId(), time.Hour)
+	// The HMAC endpoint rotates first: the edge sees catalog changes in
+	// order, so the JWKS showing the Ed25519 rotation says it has both.
 	_, newSecret := e.rotate(t, hmSub.GetId(), time.Hour)
+	_, edPub2 := e.rotate(t, edSub.GetId(), time.Hour)
 	testutil.Eventually(t, 10*time.Second, func() bool { _, k := e.jwks(t, jwksURL); return len(k) == 2 }, "both keys in the JWKS")
 	_, keys = e.jwks(t, jwksURL)
 	if !slices.Contains(slices.Collect(maps.Values(keys)), edPub2) || !slices.Contains(slices.Collect(maps.Values(keys)), edPub) {
 		t.Fatalf("JWKS during the overlap %v, want %s and %s", keys, edPub, edPub2)
 	}
-	time.Sleep(500 * time.Millisecond) // the edge restarts the endpoints on the change
+	e.untilSigned(t, "overlap", 2, ed, hm)
 	e.publish(invoiceEvent("ed-2", 2))
-	testutil.Eventually(t, 20*time.Second, func() bool { return len(ed.got()) == 2 && len(hm.got()) == 2 }, "deliveries during the overlap")
-	h = ed.got()[1]
+	h = ed.await(t, "ed-2")
 	if s := signatures(h); len(s) != 2 || !strings.HasPrefix(s[0], "v1a,") || !strings.HasPrefix(s[1], "v1a,") {
 		t.Fatalf("Ed25519 delivery during the overlap signed %q", h.header.Get("webhook-signature"))
 	}
@@ -157,7 +197,7 @@ func TestWebhookEd25519WithJWKSAndRotations(t *testing.T) {
 			t.Fatalf("key %s alone does not verify the overlap's delivery: %v", kid, err)
 		}
 	}
-	hh := hm.got()[1]
+	hh := hm.await(t, "ed-2")
 	if s := signatures(hh); len(s) != 2 || !strings.HasPrefix(s[0], "v1,") || !strings.HasPrefix(s[1], "v1,") {
 		t.Fatalf("HMAC delivery during the overlap signed %q", hh.header.Get("webhook-signature"))
 	}
@@ -168,21 +208,38 @@ func TestWebhookEd25519WithJWKSAndRotations(t *testing.T) {
 	}
 
 	// Rotation without overlap: only the newest key is published and signs.
-	_, edPub3 := e.rotate(t, edSub.GetId(), 0)
 	_, lastSecret := e.rotate(t, hmSub.GetId(), 0)
+	_, edPub3 := e.rotate(t, edSub.GetId(), 0)
 	testutil.Eventually(t, 10*time.Second, func() bool {
 		_, k := e.jwks(t, jwksURL)
 		return len(k) == 1 && slices.Contains(slices.Collect(maps.Values(k)), edPub3)
 	}, "only the newest key in the JWKS")
-	time.Sleep(500 * time.Millisecond)
+	e.untilSigned(t, "no-overlap", 1, ed, hm)
 	e.publish(invoiceEvent("ed-3", 3))
-	testutil.Eventually(t, 20*time.Second, func() bool { return len(ed.got()) == 3 && len(hm.got()) == 3 }, "deliveries after the rotation")
-	h, hh = ed.got()[2], hm.got()[2]
+	h, hh = ed.await(t, "ed-3"), hm.await(t, "ed-3")
 	if len(signatures(h)) != 1 || verifies(t, h, edPub3) != nil || verifies(t, h, edPub, edPub2) == nil {
 		t.Fatalf("Ed25519 delivery after a rotation without overlap: %v", signatures(h))
 	}
 	if len(signatures(hh)) != 1 || verifies(t, hh, lastSecret) != nil || verifies(t, hh, oldSecret, newSecret) == nil {
 		t.Fatalf("HMAC delivery after a rotation without overlap: %v", signatures(hh))
+	}
+
+	// A short overlap ends by itself, with no catalog change: the old key
+	// leaves the set and stops signing.
+	_, shortSecret := e.rotate(t, hmSub.GetId(), 2*time.Second)
+	_, edPub4 := e.rotate(t, edSub.GetId(), 2*time.Second)
+	testutil.Eventually(t, 10*time.Second, func() bool { _, k := e.jwks(t, jwksURL); return len(k) == 2 }, "both keys during the short overlap")
+	testutil.Eventually(t, 10*time.Second, func() bool {
+		_, k := e.jwks(t, jwksURL)
+		return len(k) == 1 && slices.Contains(slices.Collect(maps.Values(k)), edPub4)
+	}, "the old key leaves the JWKS when the overlap ends")
+	e.publish(invoiceEvent("ed-4", 4))
+	h, hh = ed.await(t, "ed-4"), hm.await(t, "ed-4")
+	if len(signatures(h)) != 1 || verifies(t, h, edPub4) != nil || verifies(t, h, edPub3) == nil {
+		t.Fatalf("Ed25519 delivery after the overlap ended: %v", signatures(h))
+	}
+	if len(signatures(hh)) != 1 || verifies(t, hh, shortSecret) != nil || verifies(t, hh, lastSecret) == nil {
+		t.Fatalf("HMAC delivery after the overlap ended: %v", signatures(hh))
 	}
 }
 
