@@ -98,6 +98,8 @@ type Engine struct {
 	runners map[string]*runner
 	apps    map[string]chan struct{}
 	leases  chan struct{} // endpoints delivered to at once
+	// paused are the endpoints disabled at the last sync (under mu).
+	paused map[string]bool
 
 	attemptsTotal *prometheus.CounterVec
 	latency       prometheus.Histogram
@@ -186,12 +188,17 @@ func (e *Engine) Run(ctx context.Context) error {
 // sync starts and stops runners to match the catalog.
 func (e *Engine) sync(ctx context.Context) {
 	want := map[string]*registryv1.Subscription{}
+	paused := map[string]bool{}
 	for _, sub := range e.o.Catalog.Subscriptions() {
 		if wh := sub.GetWebhook(); wh != nil && !wh.GetDisabled() {
 			want[sub.GetId()] = sub
+		} else if wh != nil {
+			paused[sub.GetId()] = true
 		}
 	}
 	e.mu.Lock()
+	wasPaused := e.paused
+	e.paused = paused
 	var stop []*runner
 	for id, r := range e.runners {
 		if sub, ok := want[id]; !ok || sub.GetRevision() != r.sub.GetRevision() {
@@ -202,6 +209,7 @@ func (e *Engine) sync(ctx context.Context) {
 	for id, sub := range want {
 		if _, ok := e.runners[id]; !ok {
 			r := newRunner(e, sub)
+			r.enabledAgain = wasPaused[id]
 			e.runners[id] = r
 			go r.run(ctx)
 		}
