@@ -206,6 +206,16 @@ func (e *Engine) sync(ctx context.Context) {
 			delete(e.runners, id)
 		}
 	}
+	e.mu.Unlock()
+	// The old runners stop first, all at once (each lets its requests in
+	// flight finish): a changed endpoint's new runner then finds its lease
+	// free instead of waiting it out.
+	var wg sync.WaitGroup
+	for _, r := range stop {
+		wg.Go(r.stop)
+	}
+	wg.Wait()
+	e.mu.Lock()
 	for id, sub := range want {
 		if _, ok := e.runners[id]; !ok {
 			r := newRunner(e, sub)
@@ -215,9 +225,6 @@ func (e *Engine) sync(ctx context.Context) {
 		}
 	}
 	e.mu.Unlock()
-	for _, r := range stop {
-		r.stop()
-	}
 }
 
 func (e *Engine) stopAll() {
