@@ -177,7 +177,9 @@ func (r *runner) deliver(ctx context.Context, d *routerv1.SubscribeResponse) {
 	defer cancel()
 	ev := d.GetEvent()
 	if !r.mayReceive(ctx, ev.GetType()) {
-		if _, _, err := r.h.mgr.Nack(sctx, r.sub, []string{d.GetAckId()}, 0, "the application may no longer receive "+ev.GetType()); err != nil {
+		// The session withholds it once it has seen the same change; the
+		// delay keeps a registry that cannot be reached from making a loop.
+		if _, _, err := r.h.mgr.Nack(sctx, r.sub, []string{d.GetAckId()}, time.Second, "the application may no longer receive "+ev.GetType()); err != nil {
 			r.h.o.Log.Warn("websub delivery not handed back; it comes back after the ack timeout", "subscription", r.rec.ID, "err", err)
 		}
 		return

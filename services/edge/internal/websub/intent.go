@@ -81,6 +81,14 @@ func (h *Hub) verify(ctx context.Context, in intent) {
 			log.Info("websub subscription not confirmed by the subscriber", "why", why)
 			return
 		}
+		// Again, for a grant withdrawn while the subscriber answered.
+		if err := h.authorize(ctx, in.app, in.typ); err != nil {
+			if c := connect.CodeOf(err); c == connect.CodePermissionDenied || c == connect.CodeNotFound {
+				h.verifications.WithLabelValues(in.mode, "denied").Inc()
+				h.deny(ctx, in, connectMessage(err))
+			}
+			return
+		}
 		now := time.Now()
 		// What is left of an expired subscription goes first: a new one
 		// starts from now.

@@ -729,3 +729,28 @@ func TestSecretNeedsKey(t *testing.T) {
 	}
 	other.subscribe(e.key, e.app, paid, s)
 }
+
+// A grant withdrawn while the subscriber answers the verification: the
+// subscription is denied (hub.mode=denied, with the reason) and not made.
+func TestDeniedWhenGrantWithdrawnDuringVerification(t *testing.T) {
+	e := start(t)
+	s := newSubscriber(t)
+	s.echo = func(q url.Values) string {
+		if q.Get("hub.mode") == "subscribe" {
+			e.setGrants(e.app, e.key, sent)
+		}
+		return q.Get("hub.challenge")
+	}
+	if code, body := e.request(e.key, subscribeForm(e.topicURL(paid), s.callback())); code != http.StatusAccepted {
+		t.Fatalf("subscribe: %d %s", code, body)
+	}
+	testutil.Eventually(t, wait, func() bool { return len(s.verifications()) == 2 }, "never denied")
+	d := s.verifications()[1]
+	if d.Get("hub.mode") != "denied" || d.Get("hub.topic") != e.topicURL(paid) || !strings.Contains(d.Get("hub.reason"), "grant") || d.Get("tenant") != "shop" {
+		t.Fatalf("denial %v", d)
+	}
+	e.waitMetric(`herald_websub_verifications_total{mode="subscribe",outcome="denied"}`, "1")
+	if e.stored(websub.SubscriptionID(e.app.GetId(), paid, s.callback())) {
+		t.Fatal("a denied subscription was stored")
+	}
+}
