@@ -18,6 +18,10 @@ import (
 // webSub sets up the WebSub hub (POST /websub) and its topics
 // (GET /v1/topics/{type}), both authenticated.
 func webSub(base *service.Base, cat *catalog.Cache, cfg Config) error {
+	lease, longest := cmp.Or(cfg.WebSubLease, websub.DefaultLease), cmp.Or(cfg.WebSubMaxLease, websub.DefaultMaxLease)
+	if lease > longest {
+		return fmt.Errorf("edge: HERALD_EDGE_WEBSUB_LEASE (%s) is longer than HERALD_EDGE_WEBSUB_MAX_LEASE (%s)", lease, longest)
+	}
 	box, policy, err := outbound(cfg)
 	if err != nil {
 		return err

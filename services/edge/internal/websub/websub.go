@@ -125,7 +125,8 @@ type Hub struct {
 
 	mu      sync.Mutex
 	runners map[string]*runner
-	active  chan struct{} // subscriptions delivered to at once
+	broken  map[string]bool // subscriptions this process cannot deliver (said once in the log)
+	active  chan struct{}   // subscriptions delivered to at once
 
 	deliveries    *prometheus.CounterVec
 	verifications *prometheus.CounterVec
@@ -177,7 +178,7 @@ func New(o Options) (*Hub, error) {
 	h := &Hub{
 		o: o, mgr: mgr, st: store{rdb: o.Redis}, client: o.Policy.Client(o.Timeout), holder: "ws-" + hex.EncodeToString(b[:]),
 		intents: make(chan intent, verifyQueue), wake: make(chan struct{}, 1),
-		runners: map[string]*runner{}, active: make(chan struct{}, o.MaxActive),
+		runners: map[string]*runner{}, broken: map[string]bool{}, active: make(chan struct{}, o.MaxActive),
 		deliveries: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "herald_websub_deliveries_total",
 			Help: "WebSub content distribution attempts by outcome: success, failure.",
@@ -279,8 +280,13 @@ func (h *Hub) sync(ctx context.Context) error {
 	}
 	var start []string
 	for id := range subs {
-		if _, ok := h.runners[id]; !ok {
+		if _, ok := h.runners[id]; !ok && !h.broken[id] {
 			start = append(start, id)
+		}
+	}
+	for id := range h.broken {
+		if _, ok := subs[id]; !ok {
+			delete(h.broken, id)
 		}
 	}
 	h.mu.Unlock()
@@ -297,7 +303,11 @@ func (h *Hub) sync(ctx context.Context) error {
 		}
 		r, err := newRunner(h, rec)
 		if err != nil {
-			h.o.Log.Error("websub subscription cannot be delivered", "subscription", id, "err", err)
+			// Another edge, with the key, may deliver it.
+			h.o.Log.Error("websub subscription cannot be delivered by this edge", "subscription", id, "err", err)
+			h.mu.Lock()
+			h.broken[id] = true
+			h.mu.Unlock()
 			continue
 		}
 		h.mu.Lock()
