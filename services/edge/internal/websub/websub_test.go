@@ -56,6 +56,7 @@ type env struct {
 	app, other    *registryv1.Application
 	key, otherKey string
 	common        config.Common
+	stopEdge      func()
 }
 
 func start(t *testing.T) *env {
@@ -97,7 +98,9 @@ func start(t *testing.T) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e.base = rpc.BaseURL(testutil.Serve(t, svc))
+	var addr string
+	addr, e.stopEdge = testutil.Start(t, svc)
+	e.base = rpc.BaseURL(addr)
 	testutil.Eventually(t, wait, func() bool {
 		res, err := e.client.Get(e.base + "/readyz")
 		if err != nil {
@@ -752,5 +755,47 @@ func TestDeniedWhenGrantWithdrawnDuringVerification(t *testing.T) {
 	e.waitMetric(`herald_websub_verifications_total{mode="subscribe",outcome="denied"}`, "1")
 	if e.stored(websub.SubscriptionID(e.app.GetId(), paid, s.callback())) {
 		t.Fatal("a denied subscription was stored")
+	}
+}
+
+// Two edges share the subscriptions: one delivers each (it holds the
+// lease); when it stops, the other takes over.
+func TestSecondEdgeTakesOver(t *testing.T) {
+	e := start(t)
+	common := e.common
+	common.EdgeAddr = testutil.FreeAddr(t)
+	svc, err := edge.New(edge.Config{Common: common, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	second := rpc.BaseURL(testutil.Serve(t, svc))
+	testutil.Eventually(t, wait, func() bool {
+		res, err := e.client.Get(second + "/readyz")
+		if err != nil {
+			return false
+		}
+		res.Body.Close()
+		return res.StatusCode == http.StatusOK
+	}, "the second edge never became ready")
+
+	s := newSubscriber(t)
+	const secret = "shared by both edges"
+	id := e.subscribe(e.key, e.app, paid, s, "hub.secret", secret)
+	e.publish(paid, "one")
+	s.waitIDs(t, "one")
+	testutil.Eventually(t, wait, func() bool { return len(e.pendingBy(id, paid)) == 0 }, "never acknowledged")
+	e.stopEdge()
+	e.publish(paid, "two")
+	s.waitIDs(t, "two")
+	for _, d := range s.got() {
+		if d.header.Get("X-Hub-Signature") != sign(secret, d.body) {
+			t.Fatalf("signature %q", d.header.Get("X-Hub-Signature"))
+		}
+	}
+	if n := len(s.ids()); n != 2 {
+		t.Fatalf("delivered %v, want each once", s.ids())
+	}
+	if holder, _ := e.rdb.Get(context.Background(), "herald:websub:lease:"+id).Result(); holder == "" {
+		t.Fatal("nobody holds the lease")
 	}
 }
