@@ -90,12 +90,6 @@ func (h *Hub) verify(ctx context.Context, in intent) {
 			return
 		}
 		now := time.Now()
-		// What is left of an expired subscription goes first: a new one
-		// starts from now.
-		if err := h.end(ctx, in.id(), now); err != nil {
-			log.Warn("expired websub subscription not removed", "err", err)
-			return
-		}
 		renewed, err := h.st.activate(ctx, record{
 			ID: in.id(), App: in.app, Type: in.typ, Topic: in.topic, Callback: in.callback, Secret: in.secret,
 			Lease: in.lease, Expires: now.Add(in.lease),
@@ -113,12 +107,13 @@ func (h *Hub) verify(ctx context.Context, in intent) {
 			log.Info("websub unsubscription not confirmed by the subscriber", "why", why)
 			return
 		}
-		if err := h.end(ctx, in.id(), time.Time{}); err != nil {
+		if err := h.st.finish(ctx, in.id(), time.Now()); err != nil {
 			log.Warn("websub subscription not removed; the subscriber may retry", "err", err)
 			return
 		}
 		h.verifications.WithLabelValues(in.mode, "confirmed").Inc()
 		log.Info("websub subscription ended by its subscriber")
+		h.poke()
 	}
 }
 

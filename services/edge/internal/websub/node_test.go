@@ -175,7 +175,7 @@ func TestNodeSubscriber(t *testing.T) {
 			t.Fatalf("verification of %s: %+v", path, v)
 		}
 		ids[path] = websub.SubscriptionID(e.app.GetId(), paid, fmt.Sprintf("http://127.0.0.1:%d%s", port, path))
-		testutil.Eventually(t, wait, func() bool { return e.stored(ids[path]) }, path+" was never stored")
+		testutil.Eventually(t, wait, func() bool { return e.live(ids[path]) }, path+" was never stored")
 	}
 
 	delivered := func(path, id string) nodeEvent {
@@ -189,7 +189,7 @@ func TestNodeSubscriber(t *testing.T) {
 		}
 	}
 
-	testutil.Eventually(t, wait, func() bool { return !e.stored(ids["/short"]) }, "the short lease never ran out")
+	testutil.Eventually(t, wait, func() bool { return !e.live(ids["/short"]) }, "the short lease never ran out")
 	e.publish(paid, "node-2")
 	if ev := delivered("/long", "node-2"); !ev.Signature || !ev.Links {
 		t.Fatalf("delivery to /long: %+v", ev)

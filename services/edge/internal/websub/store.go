@@ -64,14 +64,15 @@ type store struct {
 
 // activateScript makes or renews a subscription: KEYS[1] the set, KEYS[2]
 // the record; ARGV[1] id, ARGV[2] now (ms), ARGV[3] expires (ms), then
-// field, value pairs. A live subscription keeps its creation time (where
-// its delivery started); an expired or unknown one starts now. Returns 1
-// for a renewal.
+// field, value pairs. A subscription still on record (live, or ended and
+// not yet removed with its consumer group) keeps its creation time, where
+// its group started; an unknown one starts now. Returns 1 for a renewal of
+// a live one.
 var activateScript = redis.NewScript(`
 local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
 local renewed = 0
-if score and tonumber(score) > tonumber(ARGV[2]) and redis.call('EXISTS', KEYS[2]) == 1 then
-  renewed = 1
+if redis.call('EXISTS', KEYS[2]) == 1 and score then
+  if tonumber(score) > tonumber(ARGV[2]) then renewed = 1 end
 else
   redis.call('DEL', KEYS[2])
   redis.call('HSET', KEYS[2], 'created', ARGV[2])
@@ -96,33 +97,48 @@ func (s store) activate(ctx context.Context, r record, now time.Time) (bool, err
 	return n == 1, nil
 }
 
-// removeScript ends a subscription: KEYS[1] the set, KEYS[2] the record;
-// ARGV[1] id, ARGV[2] "" to end it whatever its lease, or now (ms) to end
-// it only if its lease is over (a renewal may just have come). Returns its
-// type when this call ended it, false otherwise.
+// finishScript ends a live subscription now: KEYS[1] the set, KEYS[2] the
+// record; ARGV[1] id, ARGV[2] now (ms). Returns 1 when it was live.
+var finishScript = redis.NewScript(`
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not score or tonumber(score) <= tonumber(ARGV[2]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('HSET', KEYS[2], 'expires', ARGV[2])
+return 1
+`)
+
+// finish ends a subscription now (an unsubscription): every edge stops
+// delivering it at its next sync, and it is removed after the grace.
+func (s store) finish(ctx context.Context, id string, now time.Time) error {
+	if err := finishScript.Run(ctx, s.rdb, []string{subsKey, recordKey(id)}, id, now.UnixMilli()).Err(); err != nil && !errors.Is(err, redis.Nil) {
+		return fmt.Errorf("end websub subscription: %w", err)
+	}
+	return nil
+}
+
+// removeScript removes a subscription that ended by a given time: KEYS[1]
+// the set, KEYS[2] the record; ARGV[1] id, ARGV[2] that time (ms): one
+// renewed since is kept. Returns its type when this call removed it, false
+// otherwise.
 var removeScript = redis.NewScript(`
 local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if not score then return false end
-if ARGV[2] ~= '' and tonumber(score) > tonumber(ARGV[2]) then return false end
+if tonumber(score) > tonumber(ARGV[2]) then return false end
 local typ = redis.call('HGET', KEYS[2], 'type')
 redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('DEL', KEYS[2])
 return typ or ''
 `)
 
-// remove ends a subscription (expiredBy zero: whatever its lease) and
-// returns its type, or ok false when it was not there (or was renewed).
-func (s store) remove(ctx context.Context, id string, expiredBy time.Time) (typ string, ok bool, err error) {
-	at := ""
-	if !expiredBy.IsZero() {
-		at = strconv.FormatInt(expiredBy.UnixMilli(), 10)
-	}
-	typ, err = removeScript.Run(ctx, s.rdb, []string{subsKey, recordKey(id)}, id, at).Text()
+// remove removes a subscription that ended by endedBy and returns its
+// type, or ok false when it was not there (or was renewed).
+func (s store) remove(ctx context.Context, id string, endedBy time.Time) (typ string, ok bool, err error) {
+	typ, err = removeScript.Run(ctx, s.rdb, []string{subsKey, recordKey(id)}, id, endedBy.UnixMilli()).Text()
 	if errors.Is(err, redis.Nil) {
 		return "", false, nil
 	}
 	if err != nil {
-		return "", false, fmt.Errorf("end websub subscription: %w", err)
+		return "", false, fmt.Errorf("remove websub subscription: %w", err)
 	}
 	return typ, true, nil
 }

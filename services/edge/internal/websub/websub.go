@@ -56,6 +56,7 @@ const (
 	DefaultConcurrency  = 10
 	DefaultLeaseTTL     = 10 * time.Second
 	DefaultSyncInterval = time.Second
+	DefaultRemoveGrace  = 5 * time.Second
 	// MaxSecret is one more than the longest hub.secret: the Recommendation
 	// asks for fewer than 200 bytes.
 	MaxSecret       = 200
@@ -109,6 +110,11 @@ type Options struct {
 	// SyncInterval is how often the process looks for subscriptions made,
 	// renewed or ended elsewhere. Default 1s.
 	SyncInterval time.Duration
+	// RemoveGrace is how long an ended subscription stays on record, with
+	// its consumer group, so that every edge has stopped reading it before
+	// the group goes (a session still reading would make it again).
+	// Subscribing again meanwhile picks it up where it was. Default 5s.
+	RemoveGrace time.Duration
 }
 
 // Hub is the WebSub hub. Run drives delivery and verification; Handler
@@ -169,6 +175,9 @@ func New(o Options) (*Hub, error) {
 	}
 	if o.SyncInterval <= 0 {
 		o.SyncInterval = DefaultSyncInterval
+	}
+	if o.RemoveGrace <= 0 {
+		o.RemoveGrace = max(DefaultRemoveGrace, 3*o.SyncInterval)
 	}
 	o.PublicURL = strings.TrimSuffix(o.PublicURL, "/")
 	var b [6]byte
@@ -261,10 +270,16 @@ func (h *Hub) sync(ctx context.Context) error {
 	}
 	now := time.Now()
 	for id, exp := range subs {
-		if !now.Before(exp) {
-			delete(subs, id)
-			if err := h.end(ctx, id, now); err != nil {
-				h.o.Log.Warn("expired websub subscription not removed", "subscription", id, "err", err)
+		if now.Before(exp) {
+			continue
+		}
+		// Ended: no edge delivers it any more (each stops its runner at
+		// its next sync); after the grace, when none can still be reading
+		// its group, it goes with its group.
+		delete(subs, id)
+		if now.Sub(exp) >= h.o.RemoveGrace {
+			if err := h.end(ctx, id, now.Add(-h.o.RemoveGrace)); err != nil {
+				h.o.Log.Warn("ended websub subscription not removed", "subscription", id, "err", err)
 			}
 		}
 	}
@@ -322,11 +337,10 @@ func (h *Hub) sync(ctx context.Context) error {
 	return nil
 }
 
-// end removes a subscription (expiredBy zero: whatever its lease; else only
-// if its lease is over by then), stops its runner here and drops its
-// consumer groups. Other edges stop theirs at their next sync.
-func (h *Hub) end(ctx context.Context, id string, expiredBy time.Time) error {
-	typ, ok, err := h.st.remove(ctx, id, expiredBy)
+// end removes a subscription that ended by endedBy (one renewed since is
+// kept), stops its runner here and drops its consumer groups.
+func (h *Hub) end(ctx context.Context, id string, endedBy time.Time) error {
+	typ, ok, err := h.st.remove(ctx, id, endedBy)
 	if err != nil || !ok {
 		return err
 	}

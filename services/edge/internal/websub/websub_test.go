@@ -199,13 +199,20 @@ func (e *env) subscribe(key string, app *registryv1.Application, typ string, s *
 		e.t.Fatalf("subscribe: %d %s", code, body)
 	}
 	id := websub.SubscriptionID(app.GetId(), typ, s.callback())
-	testutil.Eventually(e.t, wait, func() bool { return e.stored(id) }, "the subscription was never stored")
+	testutil.Eventually(e.t, wait, func() bool { return e.live(id) }, "the subscription was never stored")
 	return id
 }
 
+// stored reports whether a subscription is on record (live, or ended and
+// not removed yet); live whether its lease is running.
 func (e *env) stored(id string) bool {
 	_, err := e.rdb.ZScore(context.Background(), websub.SubsKey, id).Result()
 	return err == nil
+}
+
+func (e *env) live(id string) bool {
+	s, err := e.rdb.ZScore(context.Background(), websub.SubsKey, id).Result()
+	return err == nil && int64(s) > time.Now().UnixMilli()
 }
 
 // publish appends events to the log as the router does, and returns their
@@ -528,7 +535,7 @@ func TestUnsubscribe(t *testing.T) {
 		t.Fatalf("unsubscribe: %d %s", code, body)
 	}
 	e.waitMetric(`herald_websub_verifications_total{mode="unsubscribe",outcome="refused"}`, "1")
-	if !e.stored(id) {
+	if !e.live(id) {
 		t.Fatal("an unconfirmed unsubscription ended the subscription")
 	}
 
@@ -538,7 +545,7 @@ func TestUnsubscribe(t *testing.T) {
 	if code, body := e.request(e.key, unsub); code != http.StatusAccepted {
 		t.Fatalf("unsubscribe: %d %s", code, body)
 	}
-	testutil.Eventually(t, wait, func() bool { return !e.stored(id) }, "never unsubscribed")
+	testutil.Eventually(t, wait, func() bool { return !e.live(id) }, "never unsubscribed")
 	v := s.verifications()
 	last := v[len(v)-1]
 	if last.Get("hub.mode") != "unsubscribe" || last.Get("hub.topic") != e.topicURL(paid) || last.Get("hub.challenge") == "" {
