@@ -285,9 +285,12 @@ func (h *Hub) sync(ctx context.Context) error {
 	}
 	h.mu.Lock()
 	var stop []*runner
+	renewed := map[string]*runner{}
 	for id, r := range h.runners {
 		if exp, ok := subs[id]; ok {
-			r.expires.Store(exp.UnixMilli())
+			if r.expires.Load() != exp.UnixMilli() {
+				renewed[id] = r
+			}
 			continue
 		}
 		stop = append(stop, r)
@@ -307,6 +310,25 @@ func (h *Hub) sync(ctx context.Context) error {
 	h.mu.Unlock()
 	for _, r := range stop {
 		r.stop()
+	}
+	// A renewal may bring a new hub.secret: then the runner starts again
+	// with it; otherwise it only learns the new end of its lease.
+	for id, r := range renewed {
+		rec, ok, err := h.st.get(ctx, id)
+		if err != nil {
+			return err
+		}
+		if ok && rec.Secret == r.rec.Secret {
+			r.expires.Store(rec.Expires.UnixMilli())
+			continue
+		}
+		h.mu.Lock()
+		if h.runners[id] == r {
+			delete(h.runners, id)
+		}
+		h.mu.Unlock()
+		r.stop()
+		start = append(start, id)
 	}
 	for _, id := range start {
 		rec, ok, err := h.st.get(ctx, id)

@@ -806,3 +806,39 @@ func TestSecondEdgeTakesOver(t *testing.T) {
 		t.Fatal("nobody holds the lease")
 	}
 }
+
+// A renewal may change hub.secret: deliveries are then signed with the new
+// one (within a sync of the edges), and never with anything else.
+func TestRenewalChangesSecret(t *testing.T) {
+	e := start(t)
+	s := newSubscriber(t)
+	id := e.subscribe(e.key, e.app, paid, s, "hub.secret", "first secret", "hub.lease_seconds", "600")
+	e.publish(paid, "old")
+	s.waitIDs(t, "old")
+	before, _ := e.rdb.ZScore(context.Background(), websub.SubsKey, id).Result()
+	if code, body := e.request(e.key, subscribeForm(e.topicURL(paid), s.callback(), "hub.secret", "second secret", "hub.lease_seconds", "1200")); code != http.StatusAccepted {
+		t.Fatalf("renew: %d %s", code, body)
+	}
+	testutil.Eventually(t, wait, func() bool {
+		now, _ := e.rdb.ZScore(context.Background(), websub.SubsKey, id).Result()
+		return now > before
+	}, "never renewed")
+	n := 0
+	testutil.Eventually(t, wait, func() bool {
+		n++
+		evID := fmt.Sprintf("new-%d", n)
+		e.publish(paid, evID)
+		s.waitIDs(t, evID)
+		for _, d := range s.got() {
+			if strings.Contains(string(d.body), `"`+evID+`"`) {
+				return d.header.Get("X-Hub-Signature") == sign("second secret", d.body)
+			}
+		}
+		return false
+	}, "never signed with the new secret")
+	for _, d := range s.got() {
+		if h := d.header.Get("X-Hub-Signature"); h != sign("first secret", d.body) && h != sign("second secret", d.body) {
+			t.Fatalf("signature %q matches neither secret", h)
+		}
+	}
+}
