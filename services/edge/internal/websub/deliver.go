@@ -184,7 +184,7 @@ func (r *runner) deliver(ctx context.Context, d *routerv1.SubscribeResponse) {
 		}
 		return
 	}
-	ok, why := r.post(ctx, ev.GetType(), d)
+	ok, why := r.post(ctx, d)
 	if ctx.Err() != nil && !ok {
 		return // stopping: it stays pending and comes again
 	}
@@ -231,7 +231,7 @@ func (r *runner) mayReceive(ctx context.Context, typ string) bool {
 
 // post makes one content distribution request; it reports success, or why
 // not in the subscriber's terms.
-func (r *runner) post(ctx context.Context, typ string, d *routerv1.SubscribeResponse) (bool, string) {
+func (r *runner) post(ctx context.Context, d *routerv1.SubscribeResponse) (bool, string) {
 	body, err := cloudevent.MarshalJSON(d.GetEvent())
 	if err != nil {
 		return false, "the event cannot be rendered"
