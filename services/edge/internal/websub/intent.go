@@ -76,6 +76,9 @@ func (h *Hub) verify(ctx context.Context, in intent) {
 			log.Warn("websub subscription not verified: the grants cannot be checked; the subscriber may retry", "err", err)
 			return
 		}
+		// The lease counts from the verification request, as the
+		// Recommendation says.
+		asked := time.Now()
 		if ok, why := h.confirm(ctx, in); !ok {
 			h.verifications.WithLabelValues(in.mode, "refused").Inc()
 			log.Info("websub subscription not confirmed by the subscriber", "why", why)
@@ -92,7 +95,7 @@ func (h *Hub) verify(ctx context.Context, in intent) {
 		now := time.Now()
 		renewed, err := h.st.activate(ctx, record{
 			ID: in.id(), App: in.app, Type: in.typ, Topic: in.topic, Callback: in.callback, Secret: in.secret,
-			Lease: in.lease, Expires: now.Add(in.lease),
+			Lease: in.lease, Expires: asked.Add(in.lease),
 		}, now)
 		if err != nil {
 			log.Warn("websub subscription not stored; the subscriber may retry", "err", err)
