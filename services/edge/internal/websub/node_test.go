@@ -120,7 +120,7 @@ func TestNodeSubscriber(t *testing.T) {
 	cmd := exec.Command(node, "subscriber.mjs", "--watch-stdin")
 	cmd.Dir = dir
 	cmd.Env = append(os.Environ(), "HERALD_URL="+e.base, "HERALD_KEY="+e.key, "TOPIC_TYPE="+paid,
-		"WEBSUB_SECRET="+secret, "SHORT_LEASE=2")
+		"WEBSUB_SECRET="+secret, "SHORT_LEASE=5")
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -165,7 +165,7 @@ func TestNodeSubscriber(t *testing.T) {
 		t.Fatalf("discovered hub %q, self %q", d.Hub, d.Self)
 	}
 	ids := map[string]string{}
-	for path, lease := range map[string]int{"/short": 2, "/long": 3600} {
+	for path, lease := range map[string]int{"/short": 5, "/long": 3600} {
 		r := n.find(t, "no answer to the subscription of "+path, func(ev nodeEvent) bool { return ev.Event == "requested" && ev.Path == path })
 		if r.Status != 202 {
 			t.Fatalf("subscription of %s: %d %s", path, r.Status, r.Body)

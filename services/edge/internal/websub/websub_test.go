@@ -573,15 +573,15 @@ func TestUnsubscribe(t *testing.T) {
 func TestLeaseExpiryAndRenewal(t *testing.T) {
 	e := start(t)
 	short := newSubscriber(t)
-	id := e.subscribe(e.key, e.app, paid, short, "hub.lease_seconds", "2")
-	if got := short.verifications()[0].Get("hub.lease_seconds"); got != "2" {
+	id := e.subscribe(e.key, e.app, paid, short, "hub.lease_seconds", "5")
+	if got := short.verifications()[0].Get("hub.lease_seconds"); got != "5" {
 		t.Fatalf("lease %q", got)
 	}
 	e.publish(paid, "within")
 	short.waitIDs(t, "within")
 
 	renewed := newSubscriber(t)
-	rid := e.subscribe(e.key, e.app, paid, renewed, "hub.lease_seconds", "2")
+	rid := e.subscribe(e.key, e.app, paid, renewed, "hub.lease_seconds", "5")
 	first, _ := e.rdb.ZScore(context.Background(), websub.SubsKey, rid).Result()
 	if code, body := e.request(e.key, subscribeForm(e.topicURL(paid), renewed.callback(), "hub.lease_seconds", "3600")); code != http.StatusAccepted {
 		t.Fatalf("renew: %d %s", code, body)
