@@ -47,12 +47,14 @@ test: check-generated lint test-node test-go
 ## test-node: install the Node test tooling, pinned by package-lock.json, that Go tests run: tests/asyncapi
 ## (the official AsyncAPI parser, for the catalog's AsyncAPI export), tests/webhooks (the official
 ## standardwebhooks library, verifying Herald's webhook signatures), tests/tokens (the jose library,
-## minting browser tokens that stream from the edge) and tests/console (playwright-core, driving Debian's
-## chromium through the edge's console page; it downloads no browser)
+## minting browser tokens that stream from the edge), tests/websub (a WebSub subscriber, with
+## http-link-header for discovery) and tests/console (playwright-core, driving Debian's chromium through
+## the edge's console page; it downloads no browser)
 test-node:
 	cd tests/asyncapi && npm ci --no-audit --no-fund --ignore-scripts
 	cd tests/webhooks && npm ci --no-audit --no-fund --ignore-scripts
 	cd tests/tokens && npm ci --no-audit --no-fund --ignore-scripts
+	cd tests/websub && npm ci --no-audit --no-fund --ignore-scripts
 	cd tests/console && npm ci --no-audit --no-fund --ignore-scripts
 
 test-go: tools test-node

@@ -107,6 +107,8 @@ of its own (every endpoint its own application):
   1-endpoint         --events to one endpoint, published as fast as possible
   N-endpoints        --fanout-events, each delivered to every one of --endpoints
   N-endpoints+slow   the same with one more endpoint answering after --slow-sleep
+  N-endpoints-again  the N-endpoints phase again (the slow endpoint's cost is
+                     measured against the mean of the runs before and after)
   steady-R/s         --rate events/s for --rate-duration to one endpoint
 
 It starts everything it measures, bound to 127.0.0.1, and stops it at the

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"time"
 
@@ -272,6 +273,14 @@ func (m *Manager) ReplayRange(ctx context.Context, sub *registryv1.Subscription,
 		m.wake(sub.GetId())
 	}
 	return len(all), nil
+}
+
+// Delete removes an External subscription once its owner has ended it:
+// its consumer group on each of the given log streams (every stream it may
+// have read, also those of a grant withdrawn since), its replay stream,
+// and its delayed, reason and dead-letter keys.
+func (m *Manager) Delete(ctx context.Context, subID string, streams []string) error {
+	return m.drop(ctx, subID, append(slices.Clone(streams), ReplayKey(subID)))
 }
 
 // Streams lists the log streams the subscription reads now, its replay

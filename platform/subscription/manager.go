@@ -41,6 +41,12 @@ type Manager struct {
 	// Delivered, when set, is told of each event's first delivery to a
 	// subscription (not of redeliveries or replays), for metering.
 	Delivered func(account, eventType string)
+
+	// External, when true, serves subscriptions kept outside the registry
+	// by their owner (the edge's WebSub subscriptions, in Redis): sessions
+	// do not look them up in the catalog, and the owner ends them by
+	// cancelling Serve's context, then removes them with Delete.
+	External bool
 }
 
 // NewManager returns a Manager. rdb should be a pool of its own, sized for
@@ -180,6 +186,11 @@ func (m *Manager) remove(ctx context.Context, id string, streams []string) error
 	if _, err := m.cat.Subscription(ctx, id); !errors.Is(err, catalog.ErrUnknownSubscription) {
 		return err // still there (or unknown): keep it
 	}
+	return m.drop(ctx, id, streams)
+}
+
+// drop deletes a subscription's groups on streams and its own keys.
+func (m *Manager) drop(ctx context.Context, id string, streams []string) error {
 	group := Group(id)
 	pipe := m.rdb.Pipeline()
 	destroys := make([]*redis.IntCmd, len(streams))

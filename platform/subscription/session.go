@@ -115,8 +115,10 @@ func (m *Manager) notFuture(ctx context.Context, sub *registryv1.Subscription, s
 // groups exist.
 func (s *session) refresh(ctx context.Context) error {
 	s.changed = s.m.cat.Changed()
-	if _, err := s.m.cat.Subscription(ctx, s.sub.GetId()); errors.Is(err, catalog.ErrUnknownSubscription) {
-		return connect.NewError(connect.CodeNotFound, fmt.Errorf("subscription %s was deleted", s.sub.GetId()))
+	if !s.m.External { // an External one's owner ends the session itself
+		if _, err := s.m.cat.Subscription(ctx, s.sub.GetId()); errors.Is(err, catalog.ErrUnknownSubscription) {
+			return connect.NewError(connect.CodeNotFound, fmt.Errorf("subscription %s was deleted", s.sub.GetId()))
+		}
 	}
 	streams, err := s.m.streams(ctx, s.sub)
 	if err != nil {

@@ -19,13 +19,17 @@ const (
 	// for events.
 	DefaultWebhookEndpoints      = 1000
 	DefaultWebhookAppConcurrency = 200
+	// DefaultWebSubSubscriptions is how many WebSub subscriptions one edge
+	// delivers to at once (each holds a Redis connection while it waits).
+	DefaultWebSubSubscriptions = 1000
 	// retryAfter is what a client refused at the stream ceiling is told.
 	retryAfter = 5 * time.Second
 )
 
 // EnvVars are the variables ConfigFromEnv reads besides the common ones.
 var EnvVars = []string{"HERALD_EDGE_HEARTBEAT", "HERALD_EDGE_MAX_STREAMS", "HERALD_EDGE_USAGE_FLUSH", "HERALD_EDGE_WRITE_TIMEOUT",
-	"HERALD_EDGE_WEBHOOK_ENDPOINTS", "HERALD_EDGE_WEBHOOK_APP_CONCURRENCY"}
+	"HERALD_EDGE_WEBHOOK_ENDPOINTS", "HERALD_EDGE_WEBHOOK_APP_CONCURRENCY",
+	"HERALD_EDGE_WEBSUB_LEASE", "HERALD_EDGE_WEBSUB_MAX_LEASE", "HERALD_EDGE_WEBSUB_SUBSCRIPTIONS"}
 
 // ConfigFromEnv reads the edge's settings from the environment: the common
 // HERALD_* settings and
@@ -36,6 +40,9 @@ var EnvVars = []string{"HERALD_EDGE_HEARTBEAT", "HERALD_EDGE_MAX_STREAMS", "HERA
 //	HERALD_EDGE_WRITE_TIMEOUT  how long a client may take one write before it is dropped (Go duration, default 30s)
 //	HERALD_EDGE_WEBHOOK_ENDPOINTS        webhook endpoints one edge delivers to at once (default 1000; others wait for a free edge)
 //	HERALD_EDGE_WEBHOOK_APP_CONCURRENCY  webhook requests in flight per application over all its endpoints (default 200)
+//	HERALD_EDGE_WEBSUB_LEASE             lease of a WebSub subscription that asks for none (Go duration, default 240h)
+//	HERALD_EDGE_WEBSUB_MAX_LEASE         longest lease granted (Go duration, default 720h)
+//	HERALD_EDGE_WEBSUB_SUBSCRIPTIONS     WebSub subscriptions one edge delivers to at once (default 1000)
 //
 // Unset settings get their defaults; malformed ones are refused with the
 // setting's name.
@@ -60,6 +67,15 @@ func ConfigFromEnv() (Config, error) {
 		return cfg, err
 	}
 	if cfg.WebhookAppConcurrency, err = config.EnvInt("HERALD_EDGE_WEBHOOK_APP_CONCURRENCY"); err != nil {
+		return cfg, err
+	}
+	if cfg.WebSubLease, err = config.EnvDuration("HERALD_EDGE_WEBSUB_LEASE"); err != nil {
+		return cfg, err
+	}
+	if cfg.WebSubMaxLease, err = config.EnvDuration("HERALD_EDGE_WEBSUB_MAX_LEASE"); err != nil {
+		return cfg, err
+	}
+	if cfg.WebSubSubscriptions, err = config.EnvInt("HERALD_EDGE_WEBSUB_SUBSCRIPTIONS"); err != nil {
 		return cfg, err
 	}
 	cfg.setDefaults()
@@ -88,6 +104,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.WebhookAppConcurrency <= 0 {
 		c.WebhookAppConcurrency = DefaultWebhookAppConcurrency
+	}
+	if c.WebSubSubscriptions <= 0 {
+		c.WebSubSubscriptions = DefaultWebSubSubscriptions
 	}
 }
 

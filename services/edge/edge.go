@@ -59,6 +59,15 @@ type Config struct {
 	// WebhookResolver, when set, resolves webhook hosts instead of the
 	// system resolver (tests).
 	WebhookResolver safehttp.Resolver
+	// WebSubLease is the lease of a WebSub subscription that asks for
+	// none, WebSubMaxLease the longest granted. Defaults 10 and 30 days.
+	WebSubLease, WebSubMaxLease time.Duration
+	// WebSubSubscriptions bounds the WebSub subscriptions this edge
+	// delivers to at once. Default 1000.
+	WebSubSubscriptions int
+	// WebSubRetry is the delays between attempts at one WebSub delivery;
+	// default websub.DefaultRetry.
+	WebSubRetry []time.Duration
 }
 
 // Service is a configured edge.
@@ -104,6 +113,9 @@ func New(cfg Config) (*Service, error) {
 		return nil, err
 	}
 	if err := browserTokens(base, cat, cfg); err != nil {
+		return nil, err
+	}
+	if err := webSub(base, cat, cfg); err != nil {
 		return nil, err
 	}
 	base.Server.OnReady(h.Ready)

@@ -3,6 +3,7 @@ package registry_test
 import (
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/heraldmesh/herald/platform/config"
 	"github.com/heraldmesh/herald/services/registry"
@@ -28,6 +29,15 @@ func TestConfigFromEnv(t *testing.T) {
 	if cfg, err = registry.ConfigFromEnv(); err != nil || cfg.WebhookOrigin != "hooks.mesh.example" {
 		t.Fatalf("webhook origin: %+v, %v", cfg, err)
 	}
+	t.Setenv("HERALD_REGISTRY_WEBHOOK_MIN_DISABLE_AFTER", "2s")
+	if cfg, err = registry.ConfigFromEnv(); err != nil || cfg.WebhookMinDisableAfter != 2*time.Second {
+		t.Fatalf("webhook min disable_after: %+v, %v", cfg, err)
+	}
+	t.Setenv("HERALD_REGISTRY_WEBHOOK_MIN_DISABLE_AFTER", "soon")
+	if _, err := registry.ConfigFromEnv(); err == nil || !strings.Contains(err.Error(), "HERALD_REGISTRY_WEBHOOK_MIN_DISABLE_AFTER") {
+		t.Errorf("bad min disable_after: %v", err)
+	}
+	t.Setenv("HERALD_REGISTRY_WEBHOOK_MIN_DISABLE_AFTER", "")
 	if _, err := registry.New(registry.Config{ChangeLogEntries: -1}); err == nil {
 		t.Error("New accepted a negative change log size")
 	}

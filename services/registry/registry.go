@@ -14,6 +14,7 @@ import (
 	"net/url"
 	"strings"
 	"sync/atomic"
+	"time"
 
 	registryv1 "github.com/heraldmesh/herald/api/gen/herald/registry/v1"
 	"github.com/heraldmesh/herald/api/gen/herald/registry/v1/registryv1connect"
@@ -52,6 +53,10 @@ type Config struct {
 	// system's resolver. Tests give one whose answers they choose; the
 	// allowlist is Common.WebhookAllow.
 	WebhookResolver safehttp.Resolver
+	// WebhookMinDisableAfter is the shortest disable_after an endpoint may
+	// ask for (HERALD_REGISTRY_WEBHOOK_MIN_DISABLE_AFTER); default the
+	// contract's one minute. Tests lower it.
+	WebhookMinDisableAfter time.Duration
 }
 
 // Service is a configured registry.
@@ -190,6 +195,7 @@ func webhookSettings(cfg *Config) (api.Webhooks, error) {
 		return w, fmt.Errorf("registry: HERALD_PUBLIC_URL %q is not an absolute http or https URL", w.PublicURL)
 	}
 	w.Origin = cmp.Or(cfg.WebhookOrigin, u.Hostname())
+	w.MinDisableAfter = cfg.WebhookMinDisableAfter
 	if !validOrigin(w.Origin) {
 		return w, fmt.Errorf("registry: HERALD_REGISTRY_WEBHOOK_ORIGIN %q is not a host name", w.Origin)
 	}

@@ -140,7 +140,7 @@ func TestRunWebhooksSmall(t *testing.T) {
 	if err != nil {
 		t.Fatalf("%v\nprogress:\n%s", err, progress.String())
 	}
-	want := []string{"1-endpoint", "5-endpoints", "5-endpoints+slow", "steady-200/s"}
+	want := []string{"1-endpoint", "5-endpoints", "5-endpoints+slow", "5-endpoints-again", "steady-200/s"}
 	var got []string
 	for _, p := range rep.Phases {
 		got = append(got, p.Name)

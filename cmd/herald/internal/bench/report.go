@@ -112,7 +112,7 @@ func (rep *WebhookReport) WriteTable(w io.Writer) error {
 			fmt.Sprintf("%.1f", p.P50Ms), fmt.Sprintf("%.1f", p.P99Ms), strconv.Itoa(p.Duplicates), edge, per, rss, router, redisCPU, fmt.Sprintf("%.2f", p.ClientCPU))
 	}
 	if c := rep.Compare; c != nil {
-		fmt.Fprintf(w, "\nslow endpoint: the healthy endpoints got %.0f deliveries/s with it and %.0f without: it cost them %.1f%%\n", c.WithSlow, c.Healthy, 100*c.CostRatio)
+		fmt.Fprintf(w, "\nslow endpoint: the healthy endpoints got %.0f deliveries/s with it and %.0f without (the mean of the runs before and after): it cost them %.1f%%\n", c.WithSlow, c.Healthy, 100*c.CostRatio)
 	}
 	for _, p := range rep.Phases {
 		if p.SlowReceived > 0 {

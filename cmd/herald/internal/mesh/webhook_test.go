@@ -49,10 +49,19 @@ type receiver struct {
 	*httptest.Server
 	mu     sync.Mutex
 	hits   []hit
-	answer func(n int, h hit) int // status for the n-th POST (1-based)
+	answer func(n int, h hit, w http.Header) int // status (and response headers) for the n-th POST (1-based)
 }
 
 func newReceiver(t *testing.T, answer func(n int, h hit) int) *receiver {
+	if answer == nil {
+		return newResponder(t, nil)
+	}
+	return newResponder(t, func(n int, h hit, _ http.Header) int { return answer(n, h) })
+}
+
+// newResponder is newReceiver with answers that may set response headers
+// (Location, Retry-After).
+func newResponder(t *testing.T, answer func(n int, h hit, w http.Header) int) *receiver {
 	r := &receiver{answer: answer}
 	r.Server = httptest.NewServer(http.HandlerFunc(r.serve))
 	t.Cleanup(r.Close)
@@ -68,7 +77,7 @@ func (r *receiver) serve(w http.ResponseWriter, req *http.Request) {
 	}
 	body, _ := io.ReadAll(req.Body)
 	h := hit{header: req.Header.Clone(), body: body, at: time.Now()}
-	if req.Header.Get("webhook-id") != "" && isPing(body) {
+	if req.Header.Get("webhook-id") != "" && (isPing(body) || req.Header.Get("ce-type") == "herald.endpoint.ping") {
 		w.WriteHeader(http.StatusNoContent)
 		return
 	}
@@ -78,7 +87,7 @@ func (r *receiver) serve(w http.ResponseWriter, req *http.Request) {
 	r.mu.Unlock()
 	status := http.StatusNoContent
 	if r.answer != nil {
-		status = r.answer(n, h)
+		status = r.answer(n, h, w.Header())
 	}
 	w.WriteHeader(status)
 	_, _ = fmt.Fprintf(w, "answer %d", n)
@@ -110,11 +119,17 @@ func (r *receiver) ids() []string {
 // returns it with its secret.
 func (e *env) createEndpoint(t *testing.T, wh *registryv1.WebhookChannel, types ...string) (*registryv1.Subscription, string) {
 	t.Helper()
+	return e.createEndpointOf(t, e.appID, wh, types...)
+}
+
+// createEndpointOf is createEndpoint for another application.
+func (e *env) createEndpointOf(t *testing.T, appID string, wh *registryv1.WebhookChannel, types ...string) (*registryv1.Subscription, string) {
+	t.Helper()
 	if len(types) == 0 {
 		types = []string{e.invoice}
 	}
 	res, err := e.reg.CreateSubscription(context.Background(), connect.NewRequest(&registryv1.CreateSubscriptionRequest{Subscription: &registryv1.Subscription{
-		ApplicationId: e.appID, Types: types, Channel: &registryv1.Subscription_Webhook{Webhook: wh},
+		ApplicationId: appID, Types: types, Channel: &registryv1.Subscription_Webhook{Webhook: wh},
 	}}))
 	if err != nil {
 		t.Fatalf("create webhook subscription: %v", err)
@@ -304,6 +319,11 @@ func TestWebhookDeadLetterWithAttemptsThenReplay(t *testing.T) {
 	if r.ids()[3] != "doomed" {
 		t.Fatalf("replayed id %q", r.ids()[3])
 	}
+	// The replayed attempt is recorded once its response is in.
+	testutil.Eventually(t, 10*time.Second, func() bool {
+		at, err := wh.ListAttempts(context.Background(), connect.NewRequest(&edgev1.ListAttemptsRequest{SubscriptionId: sub.GetId(), Cursor: cur}))
+		return err == nil && len(at.Msg.GetAttempts()) == 4
+	}, "the replayed attempt on record")
 	// A manual retry is an attempt on record too.
 	rd, err := wh.RetryDelivery(context.Background(), connect.NewRequest(&edgev1.RetryDeliveryRequest{SubscriptionId: sub.GetId(), Cursor: cur}))
 	if err != nil || !rd.Msg.GetAttempt().GetSuccess() || rd.Msg.GetAttempt().GetTrigger() != edgev1.AttemptTrigger_ATTEMPT_TRIGGER_MANUAL || rd.Msg.GetAttempt().GetNumber() != 5 {

@@ -98,6 +98,8 @@ type Engine struct {
 	runners map[string]*runner
 	apps    map[string]chan struct{}
 	leases  chan struct{} // endpoints delivered to at once
+	// paused are the endpoints disabled at the last sync (under mu).
+	paused map[string]bool
 
 	attemptsTotal *prometheus.CounterVec
 	latency       prometheus.Histogram
@@ -166,7 +168,11 @@ func (e *Engine) Run(ctx context.Context) error {
 	if e.o.Box == nil {
 		e.o.Log.Error("HERALD_SECRET_KEY is not set: webhook endpoints cannot be signed, so nothing is delivered to them")
 	}
-	e.settle.run(ctx)
+	// The settler outlives the runners: a runner that is stopping waits
+	// for what it handed to the settler.
+	settleCtx, stopSettling := context.WithCancel(context.WithoutCancel(ctx))
+	e.settle.run(settleCtx)
+	defer stopSettling()
 	defer e.stopAll()
 	for {
 		changed := e.o.Catalog.Changed()
@@ -182,12 +188,17 @@ func (e *Engine) Run(ctx context.Context) error {
 // sync starts and stops runners to match the catalog.
 func (e *Engine) sync(ctx context.Context) {
 	want := map[string]*registryv1.Subscription{}
+	paused := map[string]bool{}
 	for _, sub := range e.o.Catalog.Subscriptions() {
 		if wh := sub.GetWebhook(); wh != nil && !wh.GetDisabled() {
 			want[sub.GetId()] = sub
+		} else if wh != nil {
+			paused[sub.GetId()] = true
 		}
 	}
 	e.mu.Lock()
+	wasPaused := e.paused
+	e.paused = paused
 	var stop []*runner
 	for id, r := range e.runners {
 		if sub, ok := want[id]; !ok || sub.GetRevision() != r.sub.GetRevision() {
@@ -195,17 +206,25 @@ func (e *Engine) sync(ctx context.Context) {
 			delete(e.runners, id)
 		}
 	}
+	e.mu.Unlock()
+	// The old runners stop first, all at once (each lets its requests in
+	// flight finish): a changed endpoint's new runner then finds its lease
+	// free instead of waiting it out.
+	var wg sync.WaitGroup
+	for _, r := range stop {
+		wg.Go(r.stop)
+	}
+	wg.Wait()
+	e.mu.Lock()
 	for id, sub := range want {
 		if _, ok := e.runners[id]; !ok {
 			r := newRunner(e, sub)
+			r.enabledAgain = wasPaused[id]
 			e.runners[id] = r
 			go r.run(ctx)
 		}
 	}
 	e.mu.Unlock()
-	for _, r := range stop {
-		r.stop()
-	}
 }
 
 func (e *Engine) stopAll() {

@@ -7,10 +7,12 @@ import (
 	"sync/atomic"
 	"time"
 
+	"connectrpc.com/connect"
 	edgev1 "github.com/heraldmesh/herald/api/gen/herald/edge/v1"
 	eventv1 "github.com/heraldmesh/herald/api/gen/herald/event/v1"
 	registryv1 "github.com/heraldmesh/herald/api/gen/herald/registry/v1"
 	routerv1 "github.com/heraldmesh/herald/api/gen/herald/router/v1"
+	"github.com/heraldmesh/herald/platform/access"
 	"github.com/heraldmesh/herald/platform/backoff"
 	"github.com/heraldmesh/herald/platform/cloudevent"
 	"google.golang.org/protobuf/proto"
@@ -27,6 +29,11 @@ type runner struct {
 	stopped bool               // stop was called (perhaps before run set cancel), under mu
 	done    chan struct{}
 	leased  atomic.Bool
+	// disabling: one delivery is disabling (or has disabled) the endpoint.
+	disabling atomic.Bool
+	// enabledAgain: the endpoint was disabled; its failures before that
+	// no longer count toward disable_after.
+	enabledAgain bool
 
 	slots chan struct{} // the endpoint's requests in flight
 	wg    sync.WaitGroup
@@ -36,6 +43,10 @@ type runner struct {
 	queues  map[string][]job    // ordered modes: per key, waiting behind the head
 	active  map[string]bool     // ordered modes: keys with a worker
 	workers int                 // unordered: workers taking the queue
+
+	permMu sync.Mutex
+	permAt <-chan struct{} // closed at the catalog change that outdates perm
+	perm   map[string]bool // event type -> the application may receive it
 }
 
 // job is one delivery handed over by the session.
@@ -90,6 +101,11 @@ func (r *runner) run(parent context.Context) {
 	}
 	r.mu.Unlock()
 	defer cancel()
+	if r.enabledAgain {
+		if err := r.e.st.healthy(ctx, r.ep.id); err != nil {
+			r.e.o.Log.Warn("webhook endpoint enabled again, but its failures before are still counted", "subscription", r.ep.id, "err", err)
+		}
+	}
 	b := backoff.New(backoff.Options{})
 	for ctx.Err() == nil {
 		select {
@@ -382,6 +398,16 @@ func (r *runner) ordered(ctx, work context.Context, key string) {
 // enabled again). It reports the outcome and whether the delivery is done
 // with.
 func (r *runner) try(ctx context.Context, j job, answered func()) (outcome, bool) {
+	if !r.mayDeliver(ctx, j.ev.GetType()) {
+		// Its grant was withdrawn while the runner held it (waiting for a
+		// slot, or retried in place): no request. Handed back, the session
+		// withholds it, pending, for when the grant returns.
+		if answered != nil {
+			answered()
+		}
+		r.handBack(j)
+		return outcome{err: "the application may no longer receive " + j.ev.GetType()}, true
+	}
 	o, a := r.e.deliver(ctx, r.ep, j.cursor, j.ev, edgev1.AttemptTrigger_ATTEMPT_TRIGGER_UNSPECIFIED)
 	if answered != nil {
 		answered()
@@ -421,13 +447,68 @@ func (r *runner) try(ctx context.Context, j job, answered func()) (outcome, bool
 	return o, false
 }
 
+// mayDeliver reports whether the endpoint's application may still receive
+// events of typ: its subscribe grants and audience as the catalog cache
+// has them, the check the session makes when it reads (which does not see
+// what the runner already holds). The answers are kept until the next
+// catalog change, so an attempt costs a map lookup. An application the
+// catalog cannot load now keeps what it had, as SSE streams do; one that no
+// longer exists receives nothing.
+func (r *runner) mayDeliver(ctx context.Context, typ string) bool {
+	cat := r.e.o.Catalog
+	if cat == nil {
+		return true
+	}
+	r.permMu.Lock()
+	if r.permAt != nil {
+		select {
+		case <-r.permAt:
+			r.permAt = nil
+		default:
+			if ok, known := r.perm[typ]; known {
+				r.permMu.Unlock()
+				return ok
+			}
+		}
+	}
+	if r.permAt == nil {
+		r.permAt, r.perm = cat.Changed(), map[string]bool{}
+	}
+	perm := r.perm
+	r.permMu.Unlock()
+	app, err := cat.Application(ctx, r.ep.app)
+	if err != nil {
+		switch connect.CodeOf(err) {
+		case connect.CodeNotFound, connect.CodePermissionDenied:
+		default:
+			return true
+		}
+	}
+	ok := err == nil && access.Allowed(app.GetGrants(), registryv1.GrantAction_GRANT_ACTION_SUBSCRIBE, typ)
+	if ok {
+		t, known := cat.Get(typ)
+		ok = known && access.Visible(app.GetAudience(), t.GetVisibility())
+	}
+	r.permMu.Lock()
+	perm[typ] = ok
+	r.permMu.Unlock()
+	return ok
+}
+
 // disable turns the endpoint off and stops delivering to it; the delivery
 // stays pending, for when it is enabled again.
 func (r *runner) disable(ctx context.Context, j job, reason string) {
 	r.handBack(j)
+	// Several failing deliveries may come to it at once: one disables the
+	// endpoint and announces it, once.
+	if !r.disabling.CompareAndSwap(false, true) {
+		return
+	}
 	if r.e.disable(ctx, r.ep, reason) {
 		r.cancel()
+		return
 	}
+	r.disabling.Store(false)
 }
 
 // handBack returns a delivery to the subscription at once, for whoever

@@ -37,6 +37,11 @@ type store struct {
 	rdb redis.Cmdable
 }
 
+// healthy forgets since when an endpoint has been failing.
+func (s store) healthy(ctx context.Context, subID string) error {
+	return s.rdb.HDel(ctx, healthKey(subID), "failing_since").Err()
+}
+
 // count is how many attempts an event had.
 func (s store) count(ctx context.Context, subID, cursor string) (int64, error) {
 	return s.rdb.LLen(ctx, eventKey(subID, cursor)).Result()

@@ -250,7 +250,7 @@ func (h *Handler) prepareEndpoint(ctx context.Context, sub *registryv1.Subscript
 	if len(in.GetSecrets()) > 0 {
 		return nil, invalid("subscription.webhook.secrets is output only: Herald makes the signing secret and shows it once, in the response that creates the endpoint")
 	}
-	ch, err := webhookSettings(in)
+	ch, err := h.webhooks.webhookSettings(in)
 	if err != nil {
 		return nil, err
 	}

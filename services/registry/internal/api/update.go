@@ -132,7 +132,7 @@ func (h *Handler) updateEndpoint(ctx context.Context, cur, next *registryv1.Subs
 			merged.DisableAfter = in.GetDisableAfter()
 		}
 	}
-	ch, err := webhookSettings(merged)
+	ch, err := h.webhooks.webhookSettings(merged)
 	if err != nil {
 		return err
 	}

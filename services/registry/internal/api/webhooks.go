@@ -1,6 +1,7 @@
 package api
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -29,6 +30,10 @@ type Webhooks struct {
 	// Origin is the WebHook-Request-Origin of the abuse-protection
 	// handshake.
 	Origin string
+	// MinDisableAfter is the shortest disable_after an endpoint may ask
+	// for; 0 is the contract's one minute. Tests lower it to see an
+	// endpoint disabled in seconds.
+	MinDisableAfter time.Duration
 }
 
 // WithWebhooks sets what webhook endpoints need, and returns h.
@@ -78,7 +83,7 @@ var hopByHop = map[string]bool{
 // concrete values. Output-only fields (secrets, jwks_url, disable_time,
 // disabled_reason) are not copied: the caller sets them. The URL is only
 // checked for form here; checkEndpointURL applies the outbound policy.
-func webhookSettings(in *registryv1.WebhookChannel) (*registryv1.WebhookChannel, error) {
+func (w Webhooks) webhookSettings(in *registryv1.WebhookChannel) (*registryv1.WebhookChannel, error) {
 	out := &registryv1.WebhookChannel{Url: in.GetUrl(), Disabled: in.GetDisabled()}
 	if err := webhookURLForm(in.GetUrl()); err != nil {
 		return nil, err
@@ -132,7 +137,7 @@ func webhookSettings(in *registryv1.WebhookChannel) (*registryv1.WebhookChannel,
 	if out.Timeout, err = bounded("subscription.webhook.timeout", in.GetTimeout(), defaultTimeout, minTimeout, maxTimeout); err != nil {
 		return nil, err
 	}
-	if out.DisableAfter, err = bounded("subscription.webhook.disable_after", in.GetDisableAfter(), defaultDisableAfter, minDisableAfter, maxDisableAfter); err != nil {
+	if out.DisableAfter, err = bounded("subscription.webhook.disable_after", in.GetDisableAfter(), defaultDisableAfter, cmp.Or(w.MinDisableAfter, minDisableAfter), maxDisableAfter); err != nil {
 		return nil, err
 	}
 	return out, nil
