@@ -26,6 +26,7 @@ import (
 	"github.com/heraldmesh/herald/platform/usage"
 	"github.com/heraldmesh/herald/services/edge/internal/ceiling"
 	"github.com/heraldmesh/herald/services/edge/internal/hub"
+	"github.com/heraldmesh/herald/services/edge/internal/request"
 	"github.com/heraldmesh/herald/services/edge/internal/sse"
 	"github.com/heraldmesh/herald/services/edge/internal/streamrpc"
 	"github.com/heraldmesh/herald/services/edge/internal/webhook"
@@ -75,7 +76,8 @@ func New(cfg Config) (*Service, error) {
 	}
 	h := hub.New(base.Redis, cat, base.Log)
 	batcher := usage.NewBatcher(base.Redis, base.Log, cfg.UsageFlush)
-	delivered := func(channel string) sse.Delivered {
+	requests := request.NewParser(cat)
+	delivered := func(channel string) request.Delivered {
 		return func(ctx context.Context, ev *hub.Event) {
 			p, _ := auth.FromContext(ctx)
 			batcher.Add(usage.Key{Account: p.Account(), EventType: ev.Type, Channel: channel, Metric: meteringv1.UsageMetric_USAGE_METRIC_DELIVERED}, 1)
@@ -84,12 +86,12 @@ func New(cfg Config) (*Service, error) {
 	shutdown := base.Server.StreamContext()
 	streams := ceiling.New(cfg.MaxStreams, retryAfter, sse.Channel, streamrpc.Channel)
 	sseHandler := &sse.Handler{
-		Hub: h, Catalog: cat, Log: base.Log, Delivered: delivered(sse.Channel), Shutdown: shutdown,
+		Hub: h, Requests: requests, Log: base.Log, Delivered: delivered(sse.Channel), Shutdown: shutdown,
 		Heartbeat: cfg.Heartbeat, Ceiling: streams, WriteTimeout: cfg.WriteTimeout,
 	}
 	base.Server.HandleHTTP("GET /v1/stream", base.Auth.Middleware(true, sseHandler))
 	base.Server.Handle(edgev1connect.NewEdgeServiceHandler(&streamrpc.Handler{
-		Hub: h, Catalog: cat, Log: base.Log, Delivered: delivered(streamrpc.Channel), Shutdown: shutdown, Ceiling: streams,
+		Hub: h, Requests: requests, Log: base.Log, Delivered: delivered(streamrpc.Channel), Shutdown: shutdown, Ceiling: streams,
 	}, base.HandlerOptions()...))
 	base.Metrics.MustRegister(
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "herald_edge_sse_streams", Help: "Open SSE streams."}, func() float64 { return float64(streams.Active(sse.Channel)) }),
@@ -101,6 +103,7 @@ func New(cfg Config) (*Service, error) {
 	}
 	base.Server.OnReady(h.Ready)
 	base.Go(h.Run)
+	base.Go(requests.Run)
 	base.Go(func(ctx context.Context) error { batcher.Run(ctx); return nil })
 	return &Service{base: base, hub: h}, nil
 }
