@@ -1,10 +1,12 @@
 // Package edge is Herald's way out: it follows the log and delivers events
-// to consumers outside the mesh as Server-Sent Events (GET /v1/stream) and
-// HTTP/2 server streams (EdgeService.StreamEvents).
+// to consumers outside the mesh as Server-Sent Events (GET /v1/stream),
+// HTTP/2 server streams (EdgeService.StreamEvents) and long polls
+// (GET /v1/poll).
 package edge
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -25,7 +27,9 @@ import (
 	"github.com/heraldmesh/herald/platform/service"
 	"github.com/heraldmesh/herald/platform/usage"
 	"github.com/heraldmesh/herald/services/edge/internal/ceiling"
+	"github.com/heraldmesh/herald/services/edge/internal/cors"
 	"github.com/heraldmesh/herald/services/edge/internal/hub"
+	"github.com/heraldmesh/herald/services/edge/internal/poll"
 	"github.com/heraldmesh/herald/services/edge/internal/request"
 	"github.com/heraldmesh/herald/services/edge/internal/sse"
 	"github.com/heraldmesh/herald/services/edge/internal/streamrpc"
@@ -50,6 +54,16 @@ type Config struct {
 	// WriteTimeout drops a client that cannot take a write for this long.
 	// Default 30s.
 	WriteTimeout time.Duration
+	// StreamBuffer bounds the events queued for one SSE or StreamEvents
+	// client while it writes; a client further behind the live feed is
+	// ended with its cursor (herald.lagged). Default hub.DefaultBuffer.
+	StreamBuffer int
+	// CORSOrigins are the browser origins allowed to read SSE streams and
+	// polls from another origin, credentials included ("*": any origin).
+	CORSOrigins []string
+	// TLSCert and TLSKey, both set, serve HTTPS (and HTTP/2 to browsers)
+	// instead of h2c.
+	TLSCert, TLSKey string
 	// WebhookEndpoints bounds the webhook endpoints this edge delivers to
 	// at once. Default 1000.
 	WebhookEndpoints int
@@ -75,6 +89,17 @@ func New(cfg Config) (*Service, error) {
 		return nil, err
 	}
 	h := hub.New(base.Redis, cat, base.Log)
+	origins, err := cors.New(cfg.CORSOrigins)
+	if err != nil {
+		return nil, fmt.Errorf("edge: HERALD_EDGE_CORS_ORIGINS: %w", err)
+	}
+	if (cfg.TLSCert == "") != (cfg.TLSKey == "") {
+		return nil, errors.New("edge: set both HERALD_EDGE_TLS_CERT and HERALD_EDGE_TLS_KEY, or neither")
+	} else if cfg.TLSCert != "" {
+		if err := base.Server.UseTLS(cfg.TLSCert, cfg.TLSKey); err != nil {
+			return nil, fmt.Errorf("edge: %w", err)
+		}
+	}
 	batcher := usage.NewBatcher(base.Redis, base.Log, cfg.UsageFlush)
 	requests := request.NewParser(cat)
 	delivered := func(channel string) request.Delivered {
@@ -84,14 +109,19 @@ func New(cfg Config) (*Service, error) {
 		}
 	}
 	shutdown := base.Server.StreamContext()
-	streams := ceiling.New(cfg.MaxStreams, retryAfter, sse.Channel, streamrpc.Channel)
+	streams := ceiling.New(cfg.MaxStreams, retryAfter, sse.Channel, streamrpc.Channel, poll.Channel)
 	sseHandler := &sse.Handler{
 		Hub: h, Requests: requests, Log: base.Log, Delivered: delivered(sse.Channel), Shutdown: shutdown,
-		Heartbeat: cfg.Heartbeat, Ceiling: streams, WriteTimeout: cfg.WriteTimeout,
+		Heartbeat: cfg.Heartbeat, Ceiling: streams, WriteTimeout: cfg.WriteTimeout, Buffer: cfg.StreamBuffer,
 	}
-	base.Server.HandleHTTP("GET /v1/stream", base.Auth.Middleware(true, sseHandler))
+	base.Server.HandleHTTP("GET /v1/stream", origins.Wrap(base.Auth.Middleware(true, sseHandler)))
+	base.Server.HandleHTTP("GET /v1/poll", origins.Wrap(base.Auth.Middleware(true, &poll.Handler{
+		Hub: h, Requests: requests, Log: base.Log, Delivered: delivered(poll.Channel), Shutdown: shutdown, Ceiling: streams,
+	})))
+	base.Server.HandlePublic("OPTIONS /v1/stream", origins.Preflight())
+	base.Server.HandlePublic("OPTIONS /v1/poll", origins.Preflight())
 	base.Server.Handle(edgev1connect.NewEdgeServiceHandler(&streamrpc.Handler{
-		Hub: h, Requests: requests, Log: base.Log, Delivered: delivered(streamrpc.Channel), Shutdown: shutdown, Ceiling: streams,
+		Hub: h, Requests: requests, Log: base.Log, Delivered: delivered(streamrpc.Channel), Shutdown: shutdown, Ceiling: streams, Buffer: cfg.StreamBuffer,
 	}, base.HandlerOptions()...))
 	base.Metrics.MustRegister(
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "herald_edge_sse_streams", Help: "Open SSE streams."}, func() float64 { return float64(streams.Active(sse.Channel)) }),

@@ -149,7 +149,9 @@ func (h *Hub) push(s *sub, evs ...*Event) {
 		return
 	}
 	was := len(s.q)
-	if was+len(evs) > s.max {
+	// A subscriber that took everything is keeping up: one read of the
+	// hub may exceed its bound. One with events still waiting may not.
+	if was > 0 && was+len(evs) > s.max {
 		s.overflow, s.q = true, nil
 		delete(h.subs, s)
 	} else {
@@ -512,9 +514,10 @@ func (h *Hub) Stream(ctx context.Context, patterns []string, o Options, send fun
 		if err != nil {
 			return err
 		}
-		// Overflowed: catch up from Redis and rejoin, or end.
+		// Overflowed: catch up from Redis and rejoin, or end. The cursor
+		// is the last event sent, as a client's Last-Event-ID would be.
 		if o.CutWhenBehind {
-			return &LaggedError{Cursor: c.readFrom()}
+			return &LaggedError{Cursor: c.id}
 		}
 	}
 }

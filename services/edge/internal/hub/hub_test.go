@@ -248,9 +248,10 @@ type subscriber struct {
 	done    chan error
 	started chan struct{}
 
-	mu   sync.Mutex
-	got  []received
-	gate func(n int) // called before recording the n-th event (0-based), may block
+	mu      sync.Mutex
+	got     []received
+	batches []int       // the length of each batch handed to send
+	gate    func(n int) // called before recording the n-th event (0-based), may block
 }
 
 type subOpt func(*subscriber, *hub.Options)
@@ -274,6 +275,9 @@ func (e *env) subscribe(t *testing.T, name string, patterns []string, opts ...su
 	o.Started = func() error { close(s.started); return nil }
 	go func() {
 		s.done <- e.hub.Stream(ctx, patterns, o, func(batch []*hub.Event) error {
+			s.mu.Lock()
+			s.batches = append(s.batches, len(batch))
+			s.mu.Unlock()
 			for _, ev := range batch {
 				if err := s.record(ev); err != nil {
 					return err
@@ -651,7 +655,9 @@ func TestTiedCursors(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	base := uint64(now.UnixMilli()) + 200
+	// Far enough ahead that a loaded machine writes them all in time: a
+	// hub reading some before the rest are written would skip the rest.
+	base := uint64(now.UnixMilli()) + 3000
 	const pairs = 1500
 	var pub []published
 	pipe := e.rdb.Pipeline()

@@ -24,7 +24,8 @@ var errFull = errors.New("batch full")
 // Poll answers a long poll: the events matching patterns after o.After
 // (nil: from now on), at once when there are some, else the first ones
 // published within wait, else none after wait; at most max of them.
-// Heartbeat, Started and CutWhenBehind are ignored.
+// Heartbeat, Started and CutWhenBehind are ignored. When ctx ends while it
+// waits, it returns ctx's error with the batch so far and its Next.
 func (h *Hub) Poll(ctx context.Context, patterns []string, o Options, max int, wait time.Duration) (Batch, error) {
 	var b Batch
 	var c position
@@ -88,6 +89,7 @@ func (h *Hub) Poll(ctx context.Context, patterns []string, o Options, max int, w
 		first = false
 		overflowed, err := h.pollLive(ctx, s, &c, timer.C, o, collect)
 		if err != nil && !errors.Is(err, errFull) {
+			b.Next = next() // how far it got, for a poll cut short
 			return b, err
 		}
 		if !overflowed || len(b.Events) > 0 {
