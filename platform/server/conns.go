@@ -193,9 +193,25 @@ func (t *connTracker) state(c net.Conn, st http.ConnState) {
 		if tc.idleAt == nil {
 			tc.idleAt = t.idle.PushBack(tc)
 		}
-	case http.StateClosed, http.StateHijacked:
+	case http.StateHijacked:
+		// Its handler owns it now, and it still holds a file: it counts
+		// until it is closed (see trackedConn.Close), but is never idle.
+		if tc.idleAt != nil {
+			t.idle.Remove(tc.idleAt)
+			tc.idleAt = nil
+		}
+	case http.StateClosed:
 		t.forgetLocked(tc)
 	}
+}
+
+// Close closes the connection and stops counting it (a hijacked
+// connection is counted until then).
+func (tc *trackedConn) Close() error {
+	tc.t.mu.Lock()
+	tc.t.forgetLocked(tc)
+	tc.t.mu.Unlock()
+	return tc.Conn.Close()
 }
 
 type connKey struct{}

@@ -112,7 +112,7 @@ func New(cfg Config) (*Service, error) {
 	streams := ceiling.New(cfg.MaxStreams, retryAfter, sse.Channel, streamrpc.Channel, poll.Channel)
 	sseHandler := &sse.Handler{
 		Hub: h, Requests: requests, Log: base.Log, Delivered: delivered(sse.Channel), Shutdown: shutdown,
-		Heartbeat: cfg.Heartbeat, Ceiling: streams, WriteTimeout: cfg.WriteTimeout, Buffer: cfg.StreamBuffer,
+		Heartbeat: cfg.Heartbeat, Ceiling: streams, WriteTimeout: cfg.WriteTimeout, Buffer: cfg.StreamBuffer, Detach: true,
 	}
 	base.Server.HandleHTTP("GET /v1/stream", origins.Wrap(base.Auth.Middleware(true, sseHandler)))
 	base.Server.HandleHTTP("GET /v1/poll", origins.Wrap(base.Auth.Middleware(true, &poll.Handler{
@@ -134,6 +134,7 @@ func New(cfg Config) (*Service, error) {
 	base.Server.OnReady(h.Ready)
 	base.Go(h.Run)
 	base.Go(requests.Run)
+	base.Go(func(ctx context.Context) error { <-ctx.Done(); sseHandler.Wait(); return nil })
 	base.Go(func(ctx context.Context) error { batcher.Run(ctx); return nil })
 	return &Service{base: base, hub: h}, nil
 }

@@ -729,3 +729,25 @@ func (h *Hub) follow(ctx context.Context, s *sub, c *position, beat <-chan time.
 		}
 	}
 }
+
+// CheckCursor refuses, with a *CursorAheadError, a resume cursor that
+// Stream would refuse: one after the newest event of the matching types
+// and after the current time. Channels call it to answer such a request
+// before committing to a stream.
+func (h *Hub) CheckCursor(ctx context.Context, patterns []string, o Options) error {
+	if o.After == nil {
+		return nil
+	}
+	select {
+	case <-h.ready:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	h.mu.Lock()
+	head := h.pos
+	h.mu.Unlock()
+	if !head.Less(*o.After) {
+		return nil
+	}
+	return h.checkCursor(ctx, &sub{patterns: patterns, allow: o.Allow}, *o.After)
+}

@@ -9,14 +9,17 @@
 package sse
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"connectrpc.com/connect"
@@ -44,6 +47,12 @@ type Handler struct {
 	Ceiling *ceiling.Ceiling
 	// WriteTimeout drops a client that cannot take a write for this long.
 	WriteTimeout time.Duration
+	// Detach serves HTTP/1 streams from connections taken over from the
+	// server (see detach), for a much smaller idle stream.
+	Detach bool
+
+	streams sync.WaitGroup // detached streams
+
 	// Buffer bounds the events queued for one client while it writes; a
 	// client further behind is ended with herald.lagged (0: the hub's
 	// default).
@@ -88,26 +97,163 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		auth.WriteError(w, r, connect.NewError(connect.CodeUnavailable, fmt.Errorf("this edge already serves %d streams; retry later or on another replica", h.Ceiling.Max())))
 		return
 	}
-	defer release()
-
-	ctx, stopGuard := h.Requests.Guard(r.Context(), sr)
-	defer stopGuard()
-	stop := context.AfterFunc(h.Shutdown, stopGuard)
-	defer stop()
-
-	rc := http.NewResponseController(w)
-	write := func(b []byte) error {
-		_ = rc.SetWriteDeadline(time.Now().Add(h.WriteTimeout))
-		if _, err := w.Write(b); err != nil {
-			return err
-		}
-		return rc.Flush()
-	}
 	hdr := w.Header()
 	hdr.Set("Content-Type", "text/event-stream; charset=utf-8")
 	hdr.Set("Cache-Control", "no-cache")
 	hdr.Set("X-Accel-Buffering", "no")
+	if h.Detach && r.ProtoMajor == 1 && h.detach(w, r, sr, release) {
+		return
+	}
+	defer release()
+	ctx, stopGuard := h.Requests.Guard(r.Context(), sr)
+	defer stopGuard()
+	stop := context.AfterFunc(h.Shutdown, stopGuard)
+	defer stop()
+	h.serve(ctx, sr, &responseOut{w: w, r: r, rc: http.NewResponseController(w), timeout: h.WriteTimeout})
+}
 
+// detach answers an HTTP/1 stream from a connection taken over from the
+// server, served by a goroutine of its own: the server's goroutine, its
+// grown stack and its buffers (about 25 KiB) are let go, which is most of
+// what an idle stream cost. A second small goroutine notices the client
+// leaving. It reports false, having written nothing, when the connection
+// cannot be taken over.
+func (h *Handler) detach(w http.ResponseWriter, r *http.Request, sr *request.Request, release func()) bool {
+	caller, _ := auth.FromContext(r.Context())
+	ctx, cancel := context.WithCancel(auth.WithPrincipal(context.Background(), caller))
+	ctx, stopGuard := h.Requests.Guard(ctx, sr)
+	// Refusals that need no stream are answered here, as without detaching.
+	err := h.Hub.CheckCursor(ctx, sr.Patterns, sr.Options())
+	if ce := request.Refusal(ctx); ce != nil {
+		err = ce
+	}
+	if err != nil {
+		stopGuard()
+		cancel()
+		if r.Context().Err() == nil {
+			auth.WriteError(w, r, request.StreamError(err))
+		}
+		release()
+		return true
+	}
+	conn, bufs, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		stopGuard()
+		cancel()
+		return false
+	}
+	_ = bufs // dropped, and the server's buffers with it
+	out := &connOut{conn: conn, header: w.Header().Clone(), timeout: h.WriteTimeout}
+	h.streams.Add(2)
+	go func() {
+		defer h.streams.Done()
+		var b [1]byte
+		_, _ = conn.Read(b[:]) // the client left (or spoke out of turn)
+		cancel()
+	}()
+	go func() {
+		defer h.streams.Done()
+		defer release()
+		defer conn.Close()
+		defer cancel()
+		defer stopGuard()
+		stop := context.AfterFunc(h.Shutdown, stopGuard)
+		defer stop()
+		h.serve(ctx, sr, out)
+	}()
+	return true
+}
+
+// Wait waits for the streams served from detached connections to end.
+func (h *Handler) Wait() { h.streams.Wait() }
+
+// output is where a stream goes: a ResponseWriter, or a connection taken
+// over from the server.
+type output interface {
+	// start sends the 200 and the headers.
+	start() error
+	// write sends b at once.
+	write(b []byte) error
+	// fail answers with err instead of a stream (before start).
+	fail(err error)
+}
+
+type responseOut struct {
+	w       http.ResponseWriter
+	r       *http.Request
+	rc      *http.ResponseController
+	timeout time.Duration
+}
+
+func (o *responseOut) start() error { o.w.WriteHeader(http.StatusOK); return nil }
+
+func (o *responseOut) write(b []byte) error {
+	_ = o.rc.SetWriteDeadline(time.Now().Add(o.timeout))
+	if _, err := o.w.Write(b); err != nil {
+		return err
+	}
+	return o.rc.Flush()
+}
+
+func (o *responseOut) fail(err error) { auth.WriteError(o.w, o.r, err) }
+
+// connOut writes HTTP/1.1 by hand: the body ends when the connection
+// closes (no chunking), as EventSource and proxies accept.
+type connOut struct {
+	conn    net.Conn
+	header  http.Header
+	timeout time.Duration
+}
+
+func (o *connOut) start() error {
+	var b bytes.Buffer
+	b.WriteString("HTTP/1.1 200 OK\r\n")
+	o.header.Set("Connection", "close")
+	_ = o.header.Write(&b)
+	b.WriteString("\r\n")
+	return o.write(b.Bytes())
+}
+
+func (o *connOut) write(b []byte) error {
+	_ = o.conn.SetWriteDeadline(time.Now().Add(o.timeout))
+	_, err := o.conn.Write(b)
+	return err
+}
+
+func (o *connOut) fail(err error) {
+	rec := &recorder{header: http.Header{}}
+	auth.WriteError(rec, &http.Request{Method: http.MethodGet, Header: http.Header{}}, err)
+	var b bytes.Buffer
+	fmt.Fprintf(&b, "HTTP/1.1 %d %s\r\n", rec.code, http.StatusText(rec.code))
+	rec.header.Set("Connection", "close")
+	rec.header.Set("Content-Length", strconv.Itoa(rec.body.Len()))
+	_ = rec.header.Write(&b)
+	b.WriteString("\r\n")
+	b.Write(rec.body.Bytes())
+	_ = o.write(b.Bytes())
+}
+
+// recorder is the ResponseWriter an error is rendered into.
+type recorder struct {
+	header http.Header
+	code   int
+	body   bytes.Buffer
+}
+
+func (r *recorder) Header() http.Header { return r.header }
+func (r *recorder) WriteHeader(code int) {
+	if r.code == 0 {
+		r.code = code
+	}
+}
+func (r *recorder) Write(b []byte) (int, error) {
+	r.WriteHeader(http.StatusOK)
+	return r.body.Write(b)
+}
+
+// serve runs one stream to out until it ends.
+func (h *Handler) serve(ctx context.Context, sr *request.Request, out output) {
+	write := out.write
 	retry := h.Retry
 	if retry <= 0 {
 		retry = 2 * time.Second
@@ -119,14 +265,16 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	o.Heartbeat = func() error { return write([]byte(": heartbeat\n\n")) }
 	o.Started = func() error {
 		started = true
-		w.WriteHeader(http.StatusOK)
+		if err := out.start(); err != nil {
+			return err
+		}
 		return write([]byte("retry: " + strconv.FormatInt(retry.Milliseconds(), 10) + "\n: connected\n\n"))
 	}
 	o.Gap = func(g hub.Gap) error {
 		data, _ := json.Marshal(request.NewGapJSON(g))
 		return write(notice(nil, GapEvent, "", data))
 	}
-	err = h.Hub.Stream(ctx, sr.Patterns, o, func(batch []*hub.Event) error {
+	err := h.Hub.Stream(ctx, sr.Patterns, o, func(batch []*hub.Event) error {
 		// One write and one flush for every event queued meanwhile; each
 		// event's frame is rendered once for every client.
 		buf = buf[:0]
@@ -152,17 +300,17 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		if h.Delivered != nil {
 			for _, ev := range batch[:n] {
-				h.Delivered(r.Context(), ev)
+				h.Delivered(ctx, ev)
 			}
 		}
 		return nil
 	})
 	if !started {
 		if ce := request.Refusal(ctx); ce != nil {
-			auth.WriteError(w, r, ce)
+			out.fail(ce)
 		} else if err != nil && ctx.Err() == nil {
 			h.Log.Warn("stream not started", "err", err)
-			auth.WriteError(w, r, request.StreamError(err))
+			out.fail(request.StreamError(err))
 		}
 		return
 	}
