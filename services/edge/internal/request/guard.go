@@ -63,14 +63,20 @@ func (p *Parser) Run(ctx context.Context) error {
 // stop ends the watch.
 func (p *Parser) Guard(ctx context.Context, r *Request) (guarded context.Context, stop func()) {
 	guarded, cancel := context.WithCancelCause(ctx)
-	if r.caller.Admin || r.caller.ApplicationID == "" {
-		return guarded, func() { cancel(nil) } // the operator key is never revoked
-	}
 	g := &guard{req: r, cancel: cancel}
 	if !r.Expires.IsZero() {
 		g.expiry = time.AfterFunc(time.Until(r.Expires), func() {
 			cancel(connect.NewError(connect.CodeUnauthenticated, errors.New("the token of this stream has expired")))
 		})
+	}
+	if r.caller.Admin || r.caller.ApplicationID == "" {
+		// The operator key is never revoked.
+		return guarded, func() {
+			if g.expiry != nil {
+				g.expiry.Stop()
+			}
+			cancel(nil)
+		}
 	}
 	gs := p.guards
 	gs.mu.Lock()
