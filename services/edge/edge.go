@@ -120,9 +120,11 @@ func New(cfg Config) (*Service, error) {
 	})))
 	base.Server.HandlePublic("OPTIONS /v1/stream", origins.Preflight())
 	base.Server.HandlePublic("OPTIONS /v1/poll", origins.Preflight())
-	base.Server.Handle(edgev1connect.NewEdgeServiceHandler(&streamrpc.Handler{
+	rpcPath, rpcHandler := edgev1connect.NewEdgeServiceHandler(&streamrpc.Handler{
 		Hub: h, Requests: requests, Log: base.Log, Delivered: delivered(streamrpc.Channel), Shutdown: shutdown, Ceiling: streams, Buffer: cfg.StreamBuffer,
-	}, base.HandlerOptions()...))
+	}, base.HandlerOptions()...)
+	base.Server.Handle(rpcPath, origins.WrapRPC(rpcHandler))
+	base.Server.HandlePublic("OPTIONS "+rpcPath, origins.PreflightRPC())
 	base.Metrics.MustRegister(
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "herald_edge_sse_streams", Help: "Open SSE streams."}, func() float64 { return float64(streams.Active(sse.Channel)) }),
 		streams.Collector(),

@@ -432,6 +432,33 @@ func TestCORS(t *testing.T) {
 	if res.Header.Get("Access-Control-Allow-Origin") != "http://localhost:3000" {
 		t.Fatalf("poll from the second origin: %v", res.Header)
 	}
+	// Connect and gRPC-Web calls from a browser (@connectrpc/connect-web).
+	const rpcPath = "/herald.edge.v1.EdgeService/StreamEvents"
+	preq, _ := http.NewRequest("OPTIONS", e.base+rpcPath, nil)
+	preq.Header.Set("Origin", origin)
+	preq.Header.Set("Access-Control-Request-Method", "POST")
+	preq.Header.Set("Access-Control-Request-Headers", "content-type, connect-protocol-version, authorization")
+	pres, err := http.DefaultClient.Do(preq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pres.Body.Close()
+	if h := pres.Header; pres.StatusCode != 204 || h.Get("Access-Control-Allow-Origin") != origin || !strings.Contains(h.Get("Access-Control-Allow-Methods"), "POST") ||
+		!strings.Contains(h.Get("Access-Control-Allow-Headers"), "Connect-Protocol-Version") {
+		t.Fatalf("RPC preflight: %d %v", pres.StatusCode, h)
+	}
+	rreq, _ := http.NewRequest("POST", e.base+rpcPath, strings.NewReader(""))
+	rreq.Header.Set("Origin", origin)
+	rreq.Header.Set("Content-Type", "application/connect+json")
+	rreq.Header.Set("Authorization", "Bearer "+key)
+	rres, err := http.DefaultClient.Do(rreq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rres.Body.Close()
+	if h := rres.Header; h.Get("Access-Control-Allow-Origin") != origin || !strings.Contains(h.Get("Access-Control-Expose-Headers"), "Grpc-Status") {
+		t.Fatalf("RPC answer to %s: %v", origin, h)
+	}
 	for _, path := range []string{"/v1/stream", "/v1/poll"} {
 		req, _ := http.NewRequest("OPTIONS", e.base+path, nil)
 		req.Header.Set("Origin", origin)

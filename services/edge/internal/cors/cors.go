@@ -63,6 +63,37 @@ func (p *Policy) Wrap(next http.Handler) http.Handler {
 // Preflight answers OPTIONS requests: allowed origins may send GET with
 // the headers a stream or poll uses.
 func (p *Policy) Preflight() http.Handler {
+	return p.preflight("GET", "Authorization, Last-Event-ID, Cache-Control")
+}
+
+// rpcHeaders are what Connect, gRPC-Web and their browser clients
+// (@connectrpc/connect-web) send and read.
+const (
+	rpcHeaders = "Authorization, Content-Type, Connect-Protocol-Version, Connect-Timeout-Ms, Grpc-Timeout, X-Grpc-Web, X-User-Agent"
+	rpcExposed = "Grpc-Status, Grpc-Message, Grpc-Status-Details-Bin, Retry-After, Herald-Resume-Cursor"
+)
+
+// WrapRPC is Wrap for Connect and gRPC-Web handlers.
+func (p *Policy) WrapRPC(next http.Handler) http.Handler {
+	if p == nil || (!p.any && len(p.origins) == 0) {
+		return next
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h := w.Header()
+		h.Add("Vary", "Origin")
+		if origin := r.Header.Get("Origin"); p.allowed(origin) {
+			h.Set("Access-Control-Allow-Origin", origin)
+			h.Set("Access-Control-Allow-Credentials", "true")
+			h.Set("Access-Control-Expose-Headers", rpcExposed)
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// PreflightRPC answers OPTIONS requests for Connect and gRPC-Web calls.
+func (p *Policy) PreflightRPC() http.Handler { return p.preflight("GET, POST", rpcHeaders) }
+
+func (p *Policy) preflight(methods, headers string) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		h := w.Header()
 		h.Add("Vary", "Origin")
@@ -71,8 +102,8 @@ func (p *Policy) Preflight() http.Handler {
 		if origin := r.Header.Get("Origin"); p.allowed(origin) {
 			h.Set("Access-Control-Allow-Origin", origin)
 			h.Set("Access-Control-Allow-Credentials", "true")
-			h.Set("Access-Control-Allow-Methods", "GET")
-			h.Set("Access-Control-Allow-Headers", "Authorization, Last-Event-ID, Cache-Control")
+			h.Set("Access-Control-Allow-Methods", methods)
+			h.Set("Access-Control-Allow-Headers", headers)
 			h.Set("Access-Control-Max-Age", "600")
 		}
 		w.WriteHeader(http.StatusNoContent)
