@@ -360,9 +360,9 @@ type rpcStream struct {
 	end  chan error
 }
 
-func (e *rt) rpc(key string, req *edgev1.StreamEventsRequest) *rpcStream {
+func (e *rt) rpc(key string, req *edgev1.StreamEventsRequest, opts ...connect.ClientOption) *rpcStream {
 	e.t.Helper()
-	client := edgev1connect.NewEdgeServiceClient(rpc.HTTPClient(), e.base, rpc.ClientOptions(key)...)
+	client := edgev1connect.NewEdgeServiceClient(rpc.HTTPClient(), e.base, append(rpc.ClientOptions(key), opts...)...)
 	ctx, cancel := context.WithCancel(context.Background())
 	e.t.Cleanup(cancel)
 	s := &rpcStream{more: make(chan struct{}, 1), end: make(chan error, 1)}

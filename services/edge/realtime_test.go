@@ -218,11 +218,14 @@ func TestFilterOnEveryChannel(t *testing.T) {
 		t.Fatalf("poll: %d %s", code, body)
 	}
 
-	r := e.rpc(key, &edgev1.StreamEventsRequest{Types: []string{"billing.*"}, Cursor: "0", Filter: filter})
-	got := r.waitN(t, 4)
-	for i, w := range append(slices.Clone(want), live[1]) {
-		if got[i].GetCursor() != w || got[i].GetEvent().GetType() != paid {
-			t.Fatalf("StreamEvents message %d: %v, want %s", i, got[i], w)
+	// Binary (each event encoded once for every client) and JSON clients.
+	for _, opts := range [][]connect.ClientOption{nil, {connect.WithProtoJSON()}, {connect.WithGRPC()}} {
+		r := e.rpc(key, &edgev1.StreamEventsRequest{Types: []string{"billing.*"}, Cursor: "0", Filter: filter}, opts...)
+		got := r.waitN(t, 4)
+		for i, w := range append(slices.Clone(want), live[1]) {
+			if got[i].GetCursor() != w || got[i].GetEvent().GetType() != paid || got[i].GetEvent().GetTextData() == "" || len(got[i].ProtoReflect().GetUnknown()) != 0 {
+				t.Fatalf("StreamEvents (%d options) message %d: %v, want %s", len(opts), i, got[i], w)
+			}
 		}
 	}
 

@@ -23,6 +23,8 @@ import (
 	"github.com/heraldmesh/herald/platform/eventtype"
 	"github.com/heraldmesh/herald/platform/filter"
 	"github.com/redis/go-redis/v9"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
 )
 
 // Event is one event as delivered; it is shared by every subscriber, so it
@@ -40,6 +42,10 @@ type Event struct {
 
 	sseOnce sync.Once
 	sse     []byte
+
+	protoOnce sync.Once
+	proto     []byte
+	protoErr  error
 
 	mu      sync.Mutex
 	matches []matched // filter results, one per distinct filter
@@ -76,6 +82,23 @@ func (e *Event) SSE() ([]byte, error) {
 		e.sse = b
 	})
 	return e.sse, nil
+}
+
+// ProtoField is the event encoded as protobuf field number n of an
+// enclosing message (tag, length, CloudEvent), rendered once, for a
+// channel that sends it inside a message of its own (StreamEvents).
+// Every call must pass the same n.
+func (e *Event) ProtoField(n protowire.Number) ([]byte, error) {
+	e.protoOnce.Do(func() {
+		raw, err := proto.MarshalOptions{Deterministic: true}.Marshal(e.Event)
+		if err != nil {
+			e.protoErr = err
+			return
+		}
+		b := protowire.AppendTag(make([]byte, 0, len(raw)+8), n, protowire.BytesType)
+		e.proto = protowire.AppendBytes(b, raw)
+	})
+	return e.proto, e.protoErr
 }
 
 // Match runs f on the event once per distinct filter: subscribers sharing

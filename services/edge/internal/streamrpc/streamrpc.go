@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 
 	"connectrpc.com/connect"
 	edgev1 "github.com/heraldmesh/herald/api/gen/herald/edge/v1"
@@ -15,6 +16,9 @@ import (
 	"github.com/heraldmesh/herald/services/edge/internal/hub"
 	"github.com/heraldmesh/herald/services/edge/internal/request"
 )
+
+// eventField is StreamEventsResponse.event's field number.
+const eventField = 2
 
 // Channel is this channel's name in the ceiling and in usage.
 const Channel = "grpc"
@@ -57,10 +61,19 @@ func (h *Handler) StreamEvents(ctx context.Context, req *connect.Request[edgev1.
 	o.Buffer, o.CutWhenBehind = h.Buffer, true
 	o.Started = func() error { started = true; return nil }
 	o.Gap = func(g hub.Gap) error { return stream.Send(&edgev1.StreamEventsResponse{Gap: GapProto(g)}) }
+	// Binary clients get each event's encoding, made once for all of
+	// them, as the bytes of the event field; JSON clients the message.
+	binary := !strings.Contains(req.Header().Get("Content-Type"), "json")
 	var msg edgev1.StreamEventsResponse
 	err = h.Hub.Stream(ctx, sr.Patterns, o, func(batch []*hub.Event) error {
 		for _, ev := range batch {
 			msg.Cursor, msg.Event = ev.ID.String(), ev.Event
+			if binary {
+				if field, err := ev.ProtoField(eventField); err == nil {
+					msg.Event = nil
+					msg.ProtoReflect().SetUnknown(field)
+				}
+			}
 			if err := stream.Send(&msg); err != nil {
 				return err
 			}
