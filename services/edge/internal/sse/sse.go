@@ -157,7 +157,9 @@ func (h *Handler) detach(w http.ResponseWriter, r *http.Request, sr *request.Req
 		defer conn.Close()
 		defer cancel()
 		defer stopGuard()
-		stop := context.AfterFunc(h.Shutdown, stopGuard)
+		// At shutdown, a write blocked on a client that does not read
+		// gives up at once rather than after WriteTimeout.
+		stop := context.AfterFunc(h.Shutdown, func() { stopGuard(); _ = conn.SetWriteDeadline(time.Now()) })
 		defer stop()
 		h.serve(ctx, sr, out)
 	}()
