@@ -3,6 +3,7 @@ package server
 import (
 	"container/list"
 	"context"
+	"crypto/tls"
 	"log/slog"
 	"net"
 	"net/http"
@@ -167,7 +168,7 @@ func (t *connTracker) forgetLocked(tc *trackedConn) {
 
 // state is the http.Server ConnState hook.
 func (t *connTracker) state(c net.Conn, st http.ConnState) {
-	tc, ok := c.(*trackedConn)
+	tc, ok := tracked(c)
 	if !ok {
 		return
 	}
@@ -192,15 +193,40 @@ func (t *connTracker) state(c net.Conn, st http.ConnState) {
 		if tc.idleAt == nil {
 			tc.idleAt = t.idle.PushBack(tc)
 		}
-	case http.StateClosed, http.StateHijacked:
+	case http.StateHijacked:
+		// Its handler owns it now, and it still holds a file: it counts
+		// until it is closed (see trackedConn.Close), but is never idle.
+		if tc.idleAt != nil {
+			t.idle.Remove(tc.idleAt)
+			tc.idleAt = nil
+		}
+	case http.StateClosed:
 		t.forgetLocked(tc)
 	}
 }
 
+// Close closes the connection and stops counting it (a hijacked
+// connection is counted until then).
+func (tc *trackedConn) Close() error {
+	tc.t.mu.Lock()
+	tc.t.forgetLocked(tc)
+	tc.t.mu.Unlock()
+	return tc.Conn.Close()
+}
+
 type connKey struct{}
 
+// tracked is the tracked connection under c (a TLS connection wraps it).
+func tracked(c net.Conn) (*trackedConn, bool) {
+	if tc, ok := c.(*tls.Conn); ok {
+		c = tc.NetConn()
+	}
+	tc, ok := c.(*trackedConn)
+	return tc, ok
+}
+
 func connContext(ctx context.Context, c net.Conn) context.Context {
-	if tc, ok := c.(*trackedConn); ok {
+	if tc, ok := tracked(c); ok {
 		return context.WithValue(ctx, connKey{}, tc)
 	}
 	return ctx

@@ -26,6 +26,7 @@ package server
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -63,6 +64,7 @@ type Server struct {
 	streams     context.Context
 	stopStreams context.CancelFunc
 	ln          net.Listener
+	tls         *tls.Config // nil: h2c and HTTP/1.1 in the clear
 }
 
 // New returns a server for the named service. metrics may be nil.
@@ -102,6 +104,18 @@ func (s *Server) Configure(o Options) {
 		o.BodyReadTimeout = DefaultBodyReadTimeout
 	}
 	s.opts = o
+}
+
+// UseTLS serves HTTPS with the PEM certificate (chain) and key files:
+// HTTP/2 and HTTP/1.1 negotiated by ALPN, as browsers need to get HTTP/2.
+// Call it before Serve.
+func (s *Server) UseTLS(certFile, keyFile string) error {
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		return fmt.Errorf("%s: TLS certificate: %w", s.name, err)
+	}
+	s.tls = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	return nil
 }
 
 // HandlePublic mounts a plain HTTP handler that answers without a key
@@ -174,7 +188,11 @@ func (s *Server) Serve(ctx context.Context, drain time.Duration) error {
 	protocols := new(http.Protocols)
 	protocols.SetHTTP1(true)
 	protocols.SetUnencryptedHTTP2(true)
+	if s.tls != nil {
+		protocols.SetHTTP2(true)
+	}
 	srv := &http.Server{
+		TLSConfig:         s.tls,
 		Handler:           http.HandlerFunc(s.gate),
 		ConnState:         s.conns.state,
 		ConnContext:       connContext,
@@ -185,7 +203,13 @@ func (s *Server) Serve(ctx context.Context, drain time.Duration) error {
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
 	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(s.ln) }()
+	go func() {
+		if s.tls != nil {
+			errc <- srv.ServeTLS(s.ln, "", "")
+			return
+		}
+		errc <- srv.Serve(s.ln)
+	}()
 	s.log.Info("serving", "addr", s.ln.Addr().String())
 	select {
 	case err := <-errc:

@@ -2,6 +2,8 @@ package edge
 
 import (
 	"context"
+	"os"
+	"strings"
 	"time"
 
 	"github.com/heraldmesh/herald/platform/config"
@@ -29,7 +31,8 @@ const (
 // EnvVars are the variables ConfigFromEnv reads besides the common ones.
 var EnvVars = []string{"HERALD_EDGE_HEARTBEAT", "HERALD_EDGE_MAX_STREAMS", "HERALD_EDGE_USAGE_FLUSH", "HERALD_EDGE_WRITE_TIMEOUT",
 	"HERALD_EDGE_WEBHOOK_ENDPOINTS", "HERALD_EDGE_WEBHOOK_APP_CONCURRENCY",
-	"HERALD_EDGE_WEBSUB_LEASE", "HERALD_EDGE_WEBSUB_MAX_LEASE", "HERALD_EDGE_WEBSUB_SUBSCRIPTIONS"}
+	"HERALD_EDGE_WEBSUB_LEASE", "HERALD_EDGE_WEBSUB_MAX_LEASE", "HERALD_EDGE_WEBSUB_SUBSCRIPTIONS",
+	"HERALD_EDGE_STREAM_BUFFER", "HERALD_EDGE_CORS_ORIGINS", "HERALD_EDGE_TLS_CERT", "HERALD_EDGE_TLS_KEY"}
 
 // ConfigFromEnv reads the edge's settings from the environment: the common
 // HERALD_* settings and
@@ -43,6 +46,9 @@ var EnvVars = []string{"HERALD_EDGE_HEARTBEAT", "HERALD_EDGE_MAX_STREAMS", "HERA
 //	HERALD_EDGE_WEBSUB_LEASE             lease of a WebSub subscription that asks for none (Go duration, default 240h)
 //	HERALD_EDGE_WEBSUB_MAX_LEASE         longest lease granted (Go duration, default 720h)
 //	HERALD_EDGE_WEBSUB_SUBSCRIPTIONS     WebSub subscriptions one edge delivers to at once (default 1000)
+//	HERALD_EDGE_STREAM_BUFFER  events queued per SSE/StreamEvents client before it is ended as lagged (default 1024)
+//	HERALD_EDGE_CORS_ORIGINS   comma-separated browser origins allowed to read /v1/stream and /v1/poll, with credentials ("*": any)
+//	HERALD_EDGE_TLS_CERT, HERALD_EDGE_TLS_KEY  PEM files: serve HTTPS (HTTP/2 for browsers) instead of h2c; both or neither
 //
 // Unset settings get their defaults; malformed ones are refused with the
 // setting's name.
@@ -78,6 +84,15 @@ func ConfigFromEnv() (Config, error) {
 	if cfg.WebSubSubscriptions, err = config.EnvInt("HERALD_EDGE_WEBSUB_SUBSCRIPTIONS"); err != nil {
 		return cfg, err
 	}
+	if cfg.StreamBuffer, err = config.EnvInt("HERALD_EDGE_STREAM_BUFFER"); err != nil {
+		return cfg, err
+	}
+	for _, o := range strings.Split(os.Getenv("HERALD_EDGE_CORS_ORIGINS"), ",") {
+		if o = strings.TrimSpace(o); o != "" {
+			cfg.CORSOrigins = append(cfg.CORSOrigins, o)
+		}
+	}
+	cfg.TLSCert, cfg.TLSKey = os.Getenv("HERALD_EDGE_TLS_CERT"), os.Getenv("HERALD_EDGE_TLS_KEY")
 	cfg.setDefaults()
 	return cfg, nil
 }

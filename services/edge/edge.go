@@ -1,10 +1,12 @@
 // Package edge is Herald's way out: it follows the log and delivers events
-// to consumers outside the mesh as Server-Sent Events (GET /v1/stream) and
-// HTTP/2 server streams (EdgeService.StreamEvents).
+// to consumers outside the mesh as Server-Sent Events (GET /v1/stream),
+// HTTP/2 server streams (EdgeService.StreamEvents) and long polls
+// (GET /v1/poll).
 package edge
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -26,7 +28,10 @@ import (
 	"github.com/heraldmesh/herald/platform/usage"
 	"github.com/heraldmesh/herald/services/edge/internal/ceiling"
 	"github.com/heraldmesh/herald/services/edge/internal/console"
+	"github.com/heraldmesh/herald/services/edge/internal/cors"
 	"github.com/heraldmesh/herald/services/edge/internal/hub"
+	"github.com/heraldmesh/herald/services/edge/internal/poll"
+	"github.com/heraldmesh/herald/services/edge/internal/request"
 	"github.com/heraldmesh/herald/services/edge/internal/sse"
 	"github.com/heraldmesh/herald/services/edge/internal/streamrpc"
 	"github.com/heraldmesh/herald/services/edge/internal/webhook"
@@ -50,6 +55,16 @@ type Config struct {
 	// WriteTimeout drops a client that cannot take a write for this long.
 	// Default 30s.
 	WriteTimeout time.Duration
+	// StreamBuffer bounds the events queued for one SSE or StreamEvents
+	// client while it writes; a client further behind the live feed is
+	// ended with its cursor (herald.lagged). Default hub.DefaultBuffer.
+	StreamBuffer int
+	// CORSOrigins are the browser origins allowed to read SSE streams and
+	// polls from another origin, credentials included ("*": any origin).
+	CORSOrigins []string
+	// TLSCert and TLSKey, both set, serve HTTPS (and HTTP/2 to browsers)
+	// instead of h2c.
+	TLSCert, TLSKey string
 	// WebhookEndpoints bounds the webhook endpoints this edge delivers to
 	// at once. Default 1000.
 	WebhookEndpoints int
@@ -84,26 +99,53 @@ func New(cfg Config) (*Service, error) {
 		return nil, err
 	}
 	h := hub.New(base.Redis, cat, base.Log)
+	origins, err := cors.New(cfg.CORSOrigins)
+	if err != nil {
+		return nil, fmt.Errorf("edge: HERALD_EDGE_CORS_ORIGINS: %w", err)
+	}
+	if (cfg.TLSCert == "") != (cfg.TLSKey == "") {
+		return nil, errors.New("edge: set both HERALD_EDGE_TLS_CERT and HERALD_EDGE_TLS_KEY, or neither")
+	} else if cfg.TLSCert != "" {
+		if err := base.Server.UseTLS(cfg.TLSCert, cfg.TLSKey); err != nil {
+			return nil, fmt.Errorf("edge: %w", err)
+		}
+	}
 	batcher := usage.NewBatcher(base.Redis, base.Log, cfg.UsageFlush)
-	delivered := func(channel string) sse.Delivered {
+	requests := request.NewParser(cat)
+	// A browser token's claims (auth.Principal.Scope) narrow every channel
+	// in one place: types, filter, expiry.
+	requests.ScopeOf = func(p auth.Principal) *request.Scope {
+		if p.Scope == nil {
+			return nil
+		}
+		return &request.Scope{Types: p.Scope.Types, Filter: p.Scope.Filter, Expires: p.Scope.Expires}
+	}
+	delivered := func(channel string) request.Delivered {
 		return func(ctx context.Context, ev *hub.Event) {
 			p, _ := auth.FromContext(ctx)
 			batcher.Add(usage.Key{Account: p.Account(), EventType: ev.Type, Channel: channel, Metric: meteringv1.UsageMetric_USAGE_METRIC_DELIVERED}, 1)
 		}
 	}
 	shutdown := base.Server.StreamContext()
-	streams := ceiling.New(cfg.MaxStreams, retryAfter, sse.Channel, streamrpc.Channel)
+	streams := ceiling.New(cfg.MaxStreams, retryAfter, sse.Channel, streamrpc.Channel, poll.Channel)
 	sseHandler := &sse.Handler{
-		Hub: h, Catalog: cat, Log: base.Log, Delivered: delivered(sse.Channel), Shutdown: shutdown,
-		Heartbeat: cfg.Heartbeat, Ceiling: streams, WriteTimeout: cfg.WriteTimeout,
+		Hub: h, Requests: requests, Log: base.Log, Delivered: delivered(sse.Channel), Shutdown: shutdown,
+		Heartbeat: cfg.Heartbeat, Ceiling: streams, WriteTimeout: cfg.WriteTimeout, Buffer: cfg.StreamBuffer, Detach: true,
 	}
-	base.Server.HandleHTTP("GET /v1/stream", base.Auth.Middleware(true, sseHandler))
+	base.Server.HandleHTTP("GET /v1/stream", origins.Wrap(base.Auth.Middleware(true, sseHandler)))
 	// The console page is static and public: the events it shows come from
 	// GET /v1/stream, authenticated by the token its user gives.
 	base.Server.HandlePublic("GET /{$}", console.Handler())
-	base.Server.Handle(edgev1connect.NewEdgeServiceHandler(&streamrpc.Handler{
-		Hub: h, Catalog: cat, Log: base.Log, Delivered: delivered(streamrpc.Channel), Shutdown: shutdown, Ceiling: streams,
-	}, base.HandlerOptions()...))
+	base.Server.HandleHTTP("GET /v1/poll", origins.Wrap(base.Auth.Middleware(true, &poll.Handler{
+		Hub: h, Requests: requests, Log: base.Log, Delivered: delivered(poll.Channel), Shutdown: shutdown, Ceiling: streams,
+	})))
+	base.Server.HandlePublic("OPTIONS /v1/stream", origins.Preflight())
+	base.Server.HandlePublic("OPTIONS /v1/poll", origins.Preflight())
+	rpcPath, rpcHandler := edgev1connect.NewEdgeServiceHandler(&streamrpc.Handler{
+		Hub: h, Requests: requests, Log: base.Log, Delivered: delivered(streamrpc.Channel), Shutdown: shutdown, Ceiling: streams, Buffer: cfg.StreamBuffer,
+	}, base.HandlerOptions()...)
+	base.Server.Handle(rpcPath, origins.WrapRPC(rpcHandler))
+	base.Server.HandlePublic("OPTIONS "+rpcPath, origins.PreflightRPC())
 	base.Metrics.MustRegister(
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "herald_edge_sse_streams", Help: "Open SSE streams."}, func() float64 { return float64(streams.Active(sse.Channel)) }),
 		streams.Collector(),
@@ -120,6 +162,8 @@ func New(cfg Config) (*Service, error) {
 	}
 	base.Server.OnReady(h.Ready)
 	base.Go(h.Run)
+	base.Go(requests.Run)
+	base.Go(func(ctx context.Context) error { <-ctx.Done(); sseHandler.Wait(); return nil })
 	base.Go(func(ctx context.Context) error { batcher.Run(ctx); return nil })
 	return &Service{base: base, hub: h}, nil
 }

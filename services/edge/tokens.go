@@ -6,6 +6,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/heraldmesh/herald/api/gen/herald/edge/v1/edgev1connect"
 	"github.com/heraldmesh/herald/platform/auth"
 	"github.com/heraldmesh/herald/platform/catalog"
 	"github.com/heraldmesh/herald/platform/safehttp"
@@ -15,9 +16,11 @@ import (
 
 // tokenRoutes are the routes that take browser tokens: those whose
 // handlers apply a token's scope (auth.Principal.Scope: types, filter,
-// expiry). Everywhere else a token is refused. A channel joins the list
-// once it applies the scope (long polling, StreamEvents).
-var tokenRoutes = map[string]bool{"/v1/stream": true}
+// expiry) through the request parser. Everywhere else a token is refused.
+var tokenRoutes = map[string]bool{
+	"/v1/stream": true, "/v1/poll": true,
+	edgev1connect.EdgeServiceStreamEventsProcedure: true,
+}
 
 // browserTokens makes the edge accept applications' browser tokens on its
 // stream routes: HS256 secrets are opened with HERALD_SECRET_KEY (without
@@ -43,7 +46,9 @@ func browserTokens(base *service.Base, cat *catalog.Cache, cfg Config) error {
 		JWKS:      auth.NewJWKSCache(policy.Client(10*time.Second), 0),
 	})
 	base.Auth.AcceptTokens(verifier, func(r *http.Request) bool {
-		return (r.Method == http.MethodGet || r.Method == http.MethodHead) && tokenRoutes[r.URL.Path]
+		// The query and the cookie are read on GET and HEAD only (auth);
+		// StreamEvents (a POST) takes the token in its header.
+		return tokenRoutes[r.URL.Path]
 	})
 	return nil
 }

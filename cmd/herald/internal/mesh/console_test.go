@@ -2,13 +2,23 @@ package mesh_test
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	cryptotls "crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"math/big"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -16,7 +26,6 @@ import (
 
 	eventv1 "github.com/heraldmesh/herald/api/gen/herald/event/v1"
 	"github.com/heraldmesh/herald/platform/config"
-	"github.com/heraldmesh/herald/platform/rpc"
 	"github.com/heraldmesh/herald/platform/testutil/nodehook"
 	"github.com/heraldmesh/herald/services/edge"
 )
@@ -30,13 +39,14 @@ type consoleEdge struct {
 
 // runEdge starts an edge on a free port with the mesh's settings and waits
 // until it answers /readyz.
-func runEdge(t *testing.T, common config.Common) *consoleEdge {
+func runEdge(t *testing.T, common config.Common, tls tlsFiles) *consoleEdge {
 	t.Helper()
 	cfg, err := edge.ConfigFromEnv()
 	if err != nil {
 		t.Fatal(err)
 	}
 	cfg.Common, cfg.Addr, cfg.Logger = common, "127.0.0.1:0", slog.New(slog.DiscardHandler)
+	cfg.TLSCert, cfg.TLSKey = tls.cert, tls.key
 	ed, err := edge.New(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -63,7 +73,7 @@ func runEdge(t *testing.T, common config.Common) *consoleEdge {
 	ce := &consoleEdge{addr: addr.String(), stop: stop}
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		res, err := http.Get(rpc.BaseURL(ce.addr) + "/readyz")
+		res, err := tls.client.Get("https://" + ce.addr + "/readyz")
 		if err == nil {
 			res.Body.Close()
 			if res.StatusCode == http.StatusOK {
@@ -260,26 +270,28 @@ func checkEvents(t *testing.T, p consolePage, ids, cursors []string) {
 }
 
 // The edge's console page (GET /), in Debian's headless Chromium driven by
-// playwright-core: with a browser token given in the link's fragment, the
-// page's own EventSource streams from the edge; the edge stops (its streams
-// end) and another takes its address; the EventSource reconnects by itself
-// with Last-Event-ID, and the page shows every event published before,
-// during and after the outage once, in order. Pause then Resume (with
-// last_event_id) shows what was published meanwhile, once. A bad token and
-// a token for other types are refused, a token expiring on an open stream
-// ends it, and the page says why.
+// playwright-core, over TLS (a throwaway certificate): with a browser token
+// given in the link's fragment, the page's own EventSource streams from the
+// edge over HTTP/2; the edge stops (its streams end) and another takes its
+// address; the EventSource reconnects by itself with Last-Event-ID, and the
+// page shows every event published before, during and after the outage
+// once, in order. Pause then Resume (with last_event_id) shows what was
+// published meanwhile, once. The filter applies. A token that does not
+// verify and one naming types outside the grants are refused, a token
+// expiring on an open stream ends it, and the page says why.
 func TestConsoleInChromium(t *testing.T) {
 	e, ta := startTokens(t)
 	f := startFront(t)
-	first := runEdge(t, e.common)
+	tls := throwawayTLS(t)
+	first := runEdge(t, e.common, tls)
 	f.route(first.addr)
 	tok := ta.hs256(t, ta.secretID, "billing.invoice.paid", 10*time.Minute)
 	// The new edge verifies the application's tokens once its catalog is loaded.
-	e.waitStatusAt(t, first.addr, "types=billing.invoice.paid&access_token="+tok, http.StatusOK)
+	tls.waitStatusAt(t, first.addr, "types=billing.invoice.paid&access_token="+tok, http.StatusOK)
 
 	// The page itself needs no key, and tells the browser to load nothing
 	// from elsewhere.
-	res, err := http.Get("http://" + f.addr() + "/")
+	res, err := tls.client.Get("https://" + f.addr() + "/")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -291,7 +303,7 @@ func TestConsoleInChromium(t *testing.T) {
 	}
 
 	node := nodehook.Run(t, "console", "console.mjs", "playwright-core",
-		"CONSOLE_URL=http://"+f.addr()+"/#token="+tok)
+		"CONSOLE_URL=https://"+f.addr()+"/#token="+tok)
 	b := &browser{t: t, node: node}
 	if p := b.line("ready"); p.Kind != "ready" {
 		t.Fatalf("console.mjs: first line %+v; stderr:\n%s", p, node.Stderr())
@@ -322,8 +334,8 @@ func TestConsoleInChromium(t *testing.T) {
 	first.stop()
 	b.do(map[string]any{"cmd": "wait", "state": "reconnecting"})
 	publish(2) // while no edge runs
-	second := runEdge(t, e.common)
-	e.waitStatusAt(t, second.addr, "types=billing.invoice.paid&access_token="+tok, http.StatusOK)
+	second := runEdge(t, e.common, tls)
+	tls.waitStatusAt(t, second.addr, "types=billing.invoice.paid&access_token="+tok, http.StatusOK)
 	f.route(second.addr)
 	b.do(map[string]any{"cmd": "wait", "state": "open", "opens": 2})
 	publish(3)
@@ -355,10 +367,9 @@ func TestConsoleInChromium(t *testing.T) {
 	if answered != 2 {
 		t.Errorf("%d stream requests answered, want the first and one reconnection: %+v", answered, p.Requests)
 	}
-	// Over plain HTTP the browser speaks HTTP/1.1 (h2c is not for
-	// browsers); with the edge's TLS settings it would be h2.
-	if len(p.Protocols) != 2 || p.Protocols[0] != "http/1.1" || p.Protocols[1] != "http/1.1" {
-		t.Errorf("stream responses came over %v, want http/1.1 twice", p.Protocols)
+	// Over TLS the browser's EventSource speaks HTTP/2.
+	if len(p.Protocols) != 2 || p.Protocols[0] != "h2" || p.Protocols[1] != "h2" {
+		t.Errorf("stream responses came over %v, want h2 twice", p.Protocols)
 	}
 	requests := len(p.Requests)
 
@@ -391,6 +402,11 @@ func TestConsoleInChromium(t *testing.T) {
 	if p.Count != 0 || len(p.Events) != 0 || p.Cursor != "" {
 		t.Fatalf("Connect kept %d events and cursor %q", p.Count, p.Cursor)
 	}
+	// The edge applies it: of amounts 116 and then 117 only the second
+	// arrives (the first, earlier in the log, would be there before it).
+	publish(2)
+	p = b.do(map[string]any{"cmd": "wait", "count": 1})
+	checkEvents(t, p, ids[len(ids)-1:], cursors[len(cursors)-1:])
 	b.do(map[string]any{"cmd": "fill", "field": "filter", "value": ""})
 
 	// Refusals (a token that does not verify, a token naming types outside
@@ -421,14 +437,59 @@ func TestConsoleInChromium(t *testing.T) {
 	}
 }
 
-// waitStatusAt is waitStatus against the edge at addr.
-func (e *env) waitStatusAt(t *testing.T, addr, query string, want int) {
+// tlsFiles is a throwaway certificate for 127.0.0.1 (PEM files) and a
+// client that trusts it.
+type tlsFiles struct {
+	cert, key string
+	client    *http.Client
+}
+
+func throwawayTLS(t *testing.T) tlsFiles {
+	t.Helper()
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "127.0.0.1"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, KeyUsage: x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kder, err := x509.MarshalPKCS8PrivateKey(k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	f := tlsFiles{cert: filepath.Join(dir, "cert.pem"), key: filepath.Join(dir, "key.pem")}
+	if err := os.WriteFile(f.cert, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(f.key, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kder}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	cert, _ := x509.ParseCertificate(der)
+	pool.AddCert(cert)
+	tr := &http.Transport{TLSClientConfig: &cryptotls.Config{RootCAs: pool}, ForceAttemptHTTP2: true}
+	t.Cleanup(tr.CloseIdleConnections)
+	f.client = &http.Client{Transport: tr}
+	return f
+}
+
+// waitStatusAt waits until a stream request to the edge at addr is
+// answered with want.
+func (f tlsFiles) waitStatusAt(t *testing.T, addr, query string, want int) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		req, _ := http.NewRequestWithContext(ctx, "GET", rpc.BaseURL(addr)+"/v1/stream?"+query, nil)
-		res, err := http.DefaultClient.Do(req)
+		req, _ := http.NewRequestWithContext(ctx, "GET", "https://"+addr+"/v1/stream?"+query, nil)
+		res, err := f.client.Do(req)
 		status := 0
 		if err == nil {
 			status = res.StatusCode

@@ -243,7 +243,7 @@ func TestBrowserTokensMintedInNode(t *testing.T) {
 	}
 	for name, want := range map[string]string{
 		"outside-grants": "the token names identity.*, outside the subscribe grants",
-		"outside-token":  "the token does not cover billing.invoice.paid",
+		"outside-token":  "the token does not allow billing.invoice.paid",
 	} {
 		if l := status[name]; l.Status != http.StatusForbidden || !strings.Contains(l.Body, want) {
 			t.Errorf("%s: %d %s, want 403 saying %q", name, l.Status, l.Body, want)
@@ -337,12 +337,23 @@ func TestBrowserTokenStreamsEndWhenWithdrawn(t *testing.T) {
 	}
 	streamEnds(t, grantCh, "withdrawn grant")
 
-	// Off the stream routes a token is no credential: StreamEvents on the
-	// edge, and the registry, refuse it.
-	_, end, _ := rpcStream(t, e.common.EdgeAddr, fresh, &edgev1.StreamEventsRequest{Types: []string{"identity.*"}})
-	if err := rpcEnd(t, end); connect.CodeOf(err) != connect.CodeUnauthenticated || !strings.Contains(err.Error(), "accepted only on the stream routes") {
-		t.Errorf("StreamEvents with a token: %v", err)
+	// StreamEvents and long polling apply a token's scope like SSE: a
+	// token for identity.* streams identity.* and nothing else.
+	ident := ta.hs256(t, ta.secretID, "identity.*", 10*time.Minute)
+	e.waitStatus(t, "types=identity.*&access_token="+ident, http.StatusOK, "", "the narrowed grant reaches the edge")
+	_, end, cancelRPC := rpcStream(t, e.common.EdgeAddr, ident, &edgev1.StreamEventsRequest{Types: []string{"billing.*"}})
+	if err := rpcEnd(t, end); connect.CodeOf(err) != connect.CodePermissionDenied {
+		t.Errorf("StreamEvents with a token asking for types outside it: %v", err)
 	}
+	cancelRPC()
+	if res := pollWith(t, e, "types=billing.*&wait=0s&access_token="+ident); res != http.StatusForbidden {
+		t.Errorf("poll with a token asking for types outside it: %d", res)
+	}
+	if res := pollWith(t, e, "types=identity.*&wait=0s&access_token="+ident); res != http.StatusOK {
+		t.Errorf("poll with a token inside its scope: %d", res)
+	}
+	// Off the edge's stream routes a token is no credential: the registry
+	// refuses it.
 	_, err = registryClient(e, fresh).RotateTokenSecret(ctx, connect.NewRequest(&registryv1.RotateTokenSecretRequest{ApplicationId: ta.app.GetId()}))
 	if connect.CodeOf(err) != connect.CodeUnauthenticated {
 		t.Errorf("the registry with a token: %v", err)
@@ -420,4 +431,15 @@ func TestBrowserTokenFromJWKS(t *testing.T) {
 	if n := fetches.Load(); n < 1 || n > 3 {
 		t.Errorf("the JWKS was fetched %d times for four tokens, want it cached", n)
 	}
+}
+
+// pollWith is the status of one long poll.
+func pollWith(t *testing.T, e *env, query string) int {
+	t.Helper()
+	res, err := http.Get(rpc.BaseURL(e.common.EdgeAddr) + "/v1/poll?" + query)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	return res.StatusCode
 }

@@ -55,7 +55,7 @@ func TestCursorInTheFuture(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 		defer cancel()
 		started := false
-		err := e.hub.Stream(ctx, patterns, hub.Options{After: &cursor, Started: func() error { started = true; return nil }}, func(*hub.Event) error { return nil })
+		err := e.hub.Stream(ctx, patterns, hub.Options{After: &cursor, Started: func() error { started = true; return nil }}, func([]*hub.Event) error { return nil })
 		if started && err != nil && !errors.Is(err, context.DeadlineExceeded) {
 			t.Errorf("%v from %v: error after starting: %v", patterns, cursor, err)
 		}

@@ -21,11 +21,15 @@ import (
 	"github.com/heraldmesh/herald/platform/cloudevent"
 	"github.com/heraldmesh/herald/platform/eventlog"
 	"github.com/heraldmesh/herald/platform/eventtype"
+	"github.com/heraldmesh/herald/platform/filter"
 	"github.com/redis/go-redis/v9"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
 )
 
 // Event is one event as delivered; it is shared by every subscriber, so it
-// must not be modified.
+// must not be modified. What each wire format makes of it is rendered once
+// and shared too.
 type Event struct {
 	eventlog.Entry
 	// Late marks an event of a type this subscriber learned about after it
@@ -35,6 +39,21 @@ type Event struct {
 	jsonOnce sync.Once
 	json     []byte
 	jsonErr  error
+
+	sseOnce sync.Once
+	sse     []byte
+
+	protoOnce sync.Once
+	proto     []byte
+	protoErr  error
+
+	mu      sync.Mutex
+	matches []matched // filter results, one per distinct filter
+}
+
+type matched struct {
+	f  *filter.Filter
+	ok bool
 }
 
 // JSON is the event in CloudEvents structured JSON, rendered once.
@@ -43,9 +62,71 @@ func (e *Event) JSON() ([]byte, error) {
 	return e.json, e.jsonErr
 }
 
+// SSE is the event as one Server-Sent Events message (id: the cursor,
+// event: the type, data: the CloudEvent JSON), rendered once.
+func (e *Event) SSE() ([]byte, error) {
+	data, err := e.JSON()
+	if err != nil {
+		return nil, err
+	}
+	e.sseOnce.Do(func() {
+		id := e.ID.String()
+		b := make([]byte, 0, len(id)+len(e.Type)+len(data)+24)
+		b = append(b, "id: "...)
+		b = append(b, id...)
+		b = append(b, "\nevent: "...)
+		b = append(b, e.Type...)
+		b = append(b, "\ndata: "...)
+		b = append(b, data...)
+		b = append(b, "\n\n"...)
+		e.sse = b
+	})
+	return e.sse, nil
+}
+
+// ProtoField is the event encoded as protobuf field number n of an
+// enclosing message (tag, length, CloudEvent), rendered once, for a
+// channel that sends it inside a message of its own (StreamEvents).
+// Every call must pass the same n.
+func (e *Event) ProtoField(n protowire.Number) ([]byte, error) {
+	e.protoOnce.Do(func() {
+		raw, err := proto.MarshalOptions{Deterministic: true}.Marshal(e.Event)
+		if err != nil {
+			e.protoErr = err
+			return
+		}
+		b := protowire.AppendTag(make([]byte, 0, len(raw)+8), n, protowire.BytesType)
+		e.proto = protowire.AppendBytes(b, raw)
+	})
+	return e.proto, e.protoErr
+}
+
+// Match runs f on the event once per distinct filter: subscribers sharing
+// a filter (the request package compiles each expression once) share the
+// result. A filter that cannot be evaluated on the event does not match.
+func (e *Event) Match(f *filter.Filter) bool {
+	if f == nil {
+		return true
+	}
+	e.mu.Lock()
+	for _, m := range e.matches {
+		if m.f == f {
+			e.mu.Unlock()
+			return m.ok
+		}
+	}
+	e.mu.Unlock()
+	ok, _ := f.Match(e.Event)
+	e.mu.Lock()
+	e.matches = append(e.matches, matched{f, ok})
+	e.mu.Unlock()
+	return ok
+}
+
 const (
 	readCount = 512
-	subBuffer = 1024
+	// DefaultBuffer bounds the events queued for one subscriber.
+	DefaultBuffer = 1024
 	// blockFor bounds a blocking read. go-redis does not interrupt a read
 	// in progress when its context ends, so this is also how long a new
 	// type or a shutdown may wait.
@@ -66,12 +147,56 @@ type Hub struct {
 	ready   chan struct{}
 }
 
+// sub is one subscriber of the live feed. The hub appends to its queue;
+// the subscriber takes the whole queue at once, so that events that queued
+// while it was writing go out together. The queue is allocated only while
+// events wait, so an idle subscriber holds no buffer.
 type sub struct {
 	patterns []string
 	allow    func(eventType string) bool // nil: every matching type
 	keys     map[string]bool             // streams whose history this subscriber reads itself
-	ch       chan *Event
-	overflow bool // set by the hub when ch was full; ch is then closed
+	max      int                         // queue bound
+
+	mu       sync.Mutex
+	q        []*Event
+	overflow bool          // the queue hit max: it was dropped, and s left the hub
+	wake     chan struct{} // signalled when q turns non-empty or on overflow
+}
+
+// push queues evs (the caller holds the hub's lock); a subscriber whose
+// queue would pass its bound is cut off from the live feed.
+func (h *Hub) push(s *sub, evs ...*Event) {
+	s.mu.Lock()
+	if s.overflow {
+		s.mu.Unlock()
+		return
+	}
+	was := len(s.q)
+	// A subscriber that took everything is keeping up: one read of the
+	// hub may exceed its bound. One with events still waiting may not.
+	if was > 0 && was+len(evs) > s.max {
+		s.overflow, s.q = true, nil
+		delete(h.subs, s)
+	} else {
+		s.q = append(s.q, evs...)
+	}
+	s.mu.Unlock()
+	if was == 0 {
+		select {
+		case s.wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// take returns every queued event, handing spare to the queue for reuse,
+// and whether the subscriber overflowed.
+func (s *sub) take(spare []*Event) ([]*Event, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	q := s.q
+	s.q = spare[:0]
+	return q, s.overflow
 }
 
 // New returns a hub; start it with Run.
@@ -216,25 +341,24 @@ func (h *Hub) addNewTypes(ctx context.Context) (<-chan struct{}, error) {
 			return nil, fmt.Errorf("read new stream %s: %w", k, err)
 		}
 		n := eventlog.TypeOfStream(k)
-		h.mu.Lock()
-		h.known[k] = true
-		h.streams = append(h.streams, k)
-		var late []*sub
-		for s := range h.subs {
-			if s.wants(n) && !s.keys[k] {
-				s.keys[k] = true
-				late = append(late, s)
-			}
-		}
+		var evs []*Event
 		for _, m := range msgs {
 			e, err := eventlog.Decode(k, m)
 			if err != nil {
 				h.log.Error("undecodable event skipped", "err", err)
 				continue
 			}
-			ev := &Event{Entry: e, Late: true}
-			for _, s := range late {
-				h.send(s, ev)
+			evs = append(evs, &Event{Entry: e, Late: true})
+		}
+		h.mu.Lock()
+		h.known[k] = true
+		h.streams = append(h.streams, k)
+		for s := range h.subs {
+			if s.wants(n) && !s.keys[k] {
+				s.keys[k] = true
+				if len(evs) > 0 {
+					h.push(s, evs...)
+				}
 			}
 		}
 		h.mu.Unlock()
@@ -243,33 +367,27 @@ func (h *Hub) addNewTypes(ctx context.Context) (<-chan struct{}, error) {
 }
 
 func (h *Hub) broadcast(entries []eventlog.Entry, complete eventlog.ID) {
+	evs := make([]*Event, len(entries))
+	for i, e := range entries {
+		evs[i] = &Event{Entry: e}
+	}
+	var mine []*Event
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	for _, e := range entries {
-		ev := &Event{Entry: e}
-		for s := range h.subs {
-			if s.wants(e.Type) {
-				h.send(s, ev)
+	for s := range h.subs {
+		// One push per subscriber per read: one wake-up, one write.
+		mine = mine[:0]
+		for _, ev := range evs {
+			if s.wants(ev.Type) {
+				mine = append(mine, ev)
 			}
+		}
+		if len(mine) > 0 {
+			h.push(s, mine...)
 		}
 	}
 	if h.pos.Less(complete) {
 		h.pos = complete
-	}
-}
-
-// send hands ev to s without blocking; a full subscriber is cut off and
-// catches up from Redis. Called with h.mu held.
-func (h *Hub) send(s *sub, ev *Event) {
-	if s.overflow {
-		return
-	}
-	select {
-	case s.ch <- ev:
-	default:
-		s.overflow = true
-		close(s.ch)
-		delete(h.subs, s)
 	}
 }
 
@@ -278,13 +396,16 @@ func (s *sub) wants(eventType string) bool {
 	return eventtype.MatchAny(s.patterns, eventType) && (s.allow == nil || s.allow(eventType))
 }
 
-func (h *Hub) subscribe(ctx context.Context, patterns []string, allow func(string) bool) (*sub, eventlog.ID, error) {
+func (h *Hub) subscribe(ctx context.Context, patterns []string, allow func(string) bool, max int) (*sub, eventlog.ID, error) {
 	select {
 	case <-h.ready:
 	case <-ctx.Done():
 		return nil, eventlog.ID{}, ctx.Err()
 	}
-	s := &sub{patterns: patterns, allow: allow, keys: map[string]bool{}, ch: make(chan *Event, subBuffer)}
+	if max <= 0 {
+		max = DefaultBuffer
+	}
+	s := &sub{patterns: patterns, allow: allow, keys: map[string]bool{}, max: max, wake: make(chan struct{}, 1)}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for k := range h.known {
@@ -299,9 +420,7 @@ func (h *Hub) subscribe(ctx context.Context, patterns []string, allow func(strin
 func (h *Hub) unsubscribe(s *sub) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if !s.overflow {
-		delete(h.subs, s)
-	}
+	delete(h.subs, s)
 }
 
 // Subscribers is the number of live subscribers.
@@ -317,6 +436,10 @@ type Options struct {
 	// visible to the subscriber). It is called with the hub's lock held and
 	// must not block.
 	Allow func(eventType string) bool
+	// Filter, when set, limits delivery to the events it matches; each
+	// event is evaluated once per distinct filter, however many
+	// subscribers share it.
+	Filter *filter.Filter
 	// After is the cursor to resume after; nil starts with events published
 	// from now on, eventlog.Zero replays the retained log.
 	After *eventlog.ID
@@ -326,15 +449,38 @@ type Options struct {
 	// Started, when set, is called once the subscription is in place, before
 	// any event: from then on nothing published is missed.
 	Started func() error
+	// Gap, when set, is told when events after the resume cursor are no
+	// longer in the log (trimmed by retention), before the events that
+	// follow them. Without it the stream goes on silently.
+	Gap func(Gap) error
+	// Buffer bounds the live events queued for this subscriber while it
+	// writes (0: DefaultBuffer).
+	Buffer int
+	// CutWhenBehind ends the stream with a *LaggedError when the subscriber
+	// falls Buffer events behind the live feed; without it the subscriber
+	// catches up from the log on its own and rejoins the feed.
+	CutWhenBehind bool
+}
+
+// LaggedError ends a stream whose client fell behind the live feed (see
+// Options.CutWhenBehind). Resuming after Cursor loses nothing.
+type LaggedError struct {
+	Cursor eventlog.ID
+}
+
+func (e *LaggedError) Error() string {
+	return fmt.Sprintf("this stream fell more than its buffer behind the log and was ended; resume after cursor %s", e.Cursor)
 }
 
 // Stream calls send for every event matching patterns after the cursor, in
-// cursor order (late events excepted), until ctx ends or send fails.
+// cursor order (late events excepted), until ctx ends or send fails. Events
+// that queue while send runs are handed to the next call together, so that
+// a channel writes and flushes them at once.
 //
 // Entry ids are unique per stream only: events of different types can share
 // a cursor. A cursor passed in Options.After counts every event at it as
 // delivered.
-func (h *Hub) Stream(ctx context.Context, patterns []string, o Options, send func(*Event) error) error {
+func (h *Hub) Stream(ctx context.Context, patterns []string, o Options, send func([]*Event) error) error {
 	var c position
 	live := o.After == nil
 	if !live {
@@ -352,7 +498,7 @@ func (h *Hub) Stream(ctx context.Context, patterns []string, o Options, send fun
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		s, head, err := h.subscribe(ctx, patterns, o.Allow)
+		s, head, err := h.subscribe(ctx, patterns, o.Allow, o.Buffer)
 		if err != nil {
 			return err
 		}
@@ -365,7 +511,6 @@ func (h *Hub) Stream(ctx context.Context, patterns []string, o Options, send fun
 				return err
 			}
 		}
-		first = false
 		if !started && o.Started != nil {
 			if err := o.Started(); err != nil {
 				h.unsubscribe(s)
@@ -374,23 +519,41 @@ func (h *Hub) Stream(ctx context.Context, patterns []string, o Options, send fun
 		}
 		started = true
 		if c.before(head) {
-			streams := make([]string, 0, len(s.keys))
-			h.mu.Lock()
-			for k := range s.keys {
-				streams = append(streams, k)
+			streams := s.streams(h)
+			if o.Gap != nil && (!first || c.id != eventlog.Zero) {
+				if err := h.reportGap(ctx, streams, c.id, o.Gap); err != nil {
+					h.unsubscribe(s)
+					return err
+				}
 			}
-			h.mu.Unlock()
-			if err := h.catchUp(ctx, streams, &c, head, send); err != nil {
+			if err := h.catchUp(ctx, streams, &c, head, o.Filter, send); err != nil {
 				h.unsubscribe(s)
 				return err
 			}
 		}
-		if err := h.follow(ctx, s, &c, beat, o.Heartbeat, send); err != nil {
-			h.unsubscribe(s)
+		first = false
+		err = h.follow(ctx, s, &c, beat, o, send)
+		h.unsubscribe(s)
+		if err != nil {
 			return err
 		}
-		// Overflowed: catch up from Redis and rejoin.
+		// Overflowed: catch up from Redis and rejoin, or end. The cursor
+		// is the last event sent, as a client's Last-Event-ID would be.
+		if o.CutWhenBehind {
+			return &LaggedError{Cursor: c.id}
+		}
 	}
+}
+
+// streams lists the streams whose history s reads itself.
+func (s *sub) streams(h *Hub) []string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	streams := make([]string, 0, len(s.keys))
+	for k := range s.keys {
+		streams = append(streams, k)
+	}
+	return streams
 }
 
 // CursorAheadError refuses a resume cursor after the newest event and after
@@ -483,14 +646,16 @@ func (c *position) readFrom() eventlog.ID {
 	return eventlog.Zero
 }
 
-// catchUp sends the events of streams in (c, head] from Redis.
+// catchUp sends the events of streams in (c, head] from Redis, one send
+// per read.
 // With no streams there is nothing to read: the subscriber is at head at
 // once, and events of streams created later reach it live (or late).
-func (h *Hub) catchUp(ctx context.Context, streams []string, c *position, head eventlog.ID, send func(*Event) error) error {
+func (h *Hub) catchUp(ctx context.Context, streams []string, c *position, head eventlog.ID, f *filter.Filter, send func([]*Event) error) error {
 	if len(streams) == 0 {
 		c.reached(head)
 		return nil
 	}
+	var batch []*Event
 	for c.before(head) {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -509,6 +674,7 @@ func (h *Hub) catchUp(ctx context.Context, streams []string, c *position, head e
 			case <-time.After(10 * time.Millisecond):
 			}
 		}
+		batch = batch[:0]
 		for _, e := range entries {
 			if head.Less(e.ID) {
 				break
@@ -517,10 +683,17 @@ func (h *Hub) catchUp(ctx context.Context, streams []string, c *position, head e
 				continue
 			}
 			ev := &Event{Entry: e}
-			if err := send(ev); err != nil {
+			// Every event read counts as sent for the position, matched or
+			// not: the filter only decides what the client sees.
+			c.sent(ev)
+			if ev.Match(f) {
+				batch = append(batch, ev)
+			}
+		}
+		if len(batch) > 0 {
+			if err := send(batch); err != nil {
 				return err
 			}
-			c.sent(ev)
 		}
 		if head.Less(complete) {
 			complete = head
@@ -530,30 +703,74 @@ func (h *Hub) catchUp(ctx context.Context, streams []string, c *position, head e
 	return nil
 }
 
+// maxSpare is the largest queue kept for reuse between wake-ups: a burst
+// does not leave an idle subscriber holding its peak.
+const maxSpare = 64
+
 // follow sends live events until the subscriber overflows (nil) or fails.
 // Live events come after the hub position the subscriber joined at; those
 // up to a resume cursor beyond it were delivered before.
-func (h *Hub) follow(ctx context.Context, s *sub, c *position, beat <-chan time.Time, heartbeat func() error, send func(*Event) error) error {
+func (h *Hub) follow(ctx context.Context, s *sub, c *position, beat <-chan time.Time, o Options, send func([]*Event) error) error {
 	floor := c.id
+	var spare, out []*Event
 	for {
 		select {
-		case ev, ok := <-s.ch:
-			if !ok {
+		case <-s.wake:
+			q, overflow := s.take(spare)
+			out = out[:0]
+			for _, ev := range q {
+				if !ev.Late && !floor.Less(ev.ID) {
+					continue // at or before the resume cursor
+				}
+				c.sent(ev)
+				if ev.Match(o.Filter) {
+					out = append(out, ev)
+				}
+			}
+			clear(q)
+			if spare = q; cap(spare) > maxSpare {
+				spare = nil
+			}
+			if len(out) > 0 {
+				if err := send(out); err != nil {
+					return err
+				}
+				clear(out)
+				if cap(out) > maxSpare {
+					out = nil
+				}
+			}
+			if overflow {
 				return nil
 			}
-			if !ev.Late && !floor.Less(ev.ID) {
-				continue // at or before the resume cursor
-			}
-			if err := send(ev); err != nil {
-				return err
-			}
-			c.sent(ev)
 		case <-beat:
-			if err := heartbeat(); err != nil {
+			if err := o.Heartbeat(); err != nil {
 				return err
 			}
 		case <-ctx.Done():
 			return ctx.Err()
 		}
 	}
+}
+
+// CheckCursor refuses, with a *CursorAheadError, a resume cursor that
+// Stream would refuse: one after the newest event of the matching types
+// and after the current time. Channels call it to answer such a request
+// before committing to a stream.
+func (h *Hub) CheckCursor(ctx context.Context, patterns []string, o Options) error {
+	if o.After == nil {
+		return nil
+	}
+	select {
+	case <-h.ready:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	h.mu.Lock()
+	head := h.pos
+	h.mu.Unlock()
+	if !head.Less(*o.After) {
+		return nil
+	}
+	return h.checkCursor(ctx, &sub{patterns: patterns, allow: o.Allow}, *o.After)
 }

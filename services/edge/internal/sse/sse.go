@@ -1,183 +1,72 @@
 // Package sse serves the log as Server-Sent Events (GET /v1/stream), in the
 // WHATWG EventSource model: id is the cursor, event the CloudEvents type,
-// data the CloudEvent in structured JSON; Last-Event-ID resumes.
+// data the CloudEvent in structured JSON; Last-Event-ID (or the
+// last_event_id query parameter) resumes. Besides events it sends two
+// notices: herald.gap when retention trimmed events after the resume
+// cursor, and herald.lagged, last, when the client fell behind and must
+// reconnect (its id is the cursor to resume after, so EventSource resumes
+// there by itself).
 package sse
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
+	"strconv"
 	"strings"
-	"sync/atomic"
+	"sync"
 	"time"
 
 	"connectrpc.com/connect"
-	registryv1 "github.com/heraldmesh/herald/api/gen/herald/registry/v1"
-	"github.com/heraldmesh/herald/platform/access"
 	"github.com/heraldmesh/herald/platform/auth"
-	"github.com/heraldmesh/herald/platform/catalog"
-	"github.com/heraldmesh/herald/platform/eventlog"
-	"github.com/heraldmesh/herald/platform/eventtype"
 	"github.com/heraldmesh/herald/platform/service"
 	"github.com/heraldmesh/herald/services/edge/internal/ceiling"
 	"github.com/heraldmesh/herald/services/edge/internal/hub"
+	"github.com/heraldmesh/herald/services/edge/internal/request"
 )
-
-// Delivered is told about every event written to a client.
-type Delivered func(ctx context.Context, ev *hub.Event)
 
 // Handler serves SSE streams.
 type Handler struct {
 	Hub       *hub.Hub
-	Catalog   *catalog.Cache
+	Requests  *request.Parser
 	Log       *slog.Logger
-	Delivered Delivered
+	Delivered request.Delivered
 	// Shutdown ends every stream when the server stops.
 	Shutdown context.Context
 	// Heartbeat is the idle interval between comment lines.
 	Heartbeat time.Duration
+	// Retry is the reconnection delay suggested to EventSource (retry:).
+	// Default 2s.
+	Retry time.Duration
 	// Ceiling bounds the streams of every channel of the edge.
 	Ceiling *ceiling.Ceiling
 	// WriteTimeout drops a client that cannot take a write for this long.
 	WriteTimeout time.Duration
+	// Detach serves HTTP/1 streams from connections taken over from the
+	// server (see detach), for a much smaller idle stream.
+	Detach bool
+
+	streams sync.WaitGroup // detached streams
+
+	// Buffer bounds the events queued for one client while it writes; a
+	// client further behind is ended with herald.lagged (0: the hub's
+	// default).
+	Buffer int
 }
 
 // Channel is this channel's name in the ceiling and in usage.
 const Channel = "sse"
 
-// Request is a parsed stream request.
-type Request struct {
-	Patterns []string
-	After    *eventlog.ID
-	// Allow limits delivery to the types visible to the caller (nil: all).
-	// It reads the caller's audience as last seen by Watch.
-	Allow func(eventType string) bool
-
-	caller   auth.Principal
-	audience atomic.Int32 // registryv1.Audience
-}
-
-// ParseRequest reads the types and the resume cursor of a stream request,
-// checking the caller's subscribe grants. Exact names must be registered
-// and visible to the caller; patterns may match nothing yet, and deliver
-// only the types visible to the caller.
-func ParseRequest(ctx context.Context, cat *catalog.Cache, types []string, cursor string) (*Request, error) {
-	patterns, err := eventtype.ParsePatterns(types)
-	if err != nil {
-		return nil, connect.NewError(connect.CodeInvalidArgument, err)
-	}
-	caller, _ := auth.FromContext(ctx)
-	var app *registryv1.Application
-	if !caller.Admin {
-		var err error
-		if app, err = cat.Application(ctx, caller.ApplicationID); err != nil {
-			return nil, connect.NewError(connect.CodeUnavailable, fmt.Errorf("cannot load the grants of %s: %w", caller.ApplicationID, err))
-		}
-	}
-	for _, p := range patterns {
-		if app != nil && !access.Allowed(app.GetGrants(), registryv1.GrantAction_GRANT_ACTION_SUBSCRIBE, p) {
-			return nil, connect.NewError(connect.CodePermissionDenied, fmt.Errorf("application %s has no subscribe grant covering %s", app.GetId(), p))
-		}
-		if err := caller.Scope.Permit(p); err != nil {
-			return nil, err // a browser token's types
-		}
-		if strings.Contains(p, "*") {
-			continue
-		}
-		t, err := cat.Lookup(ctx, p)
-		if errors.Is(err, catalog.ErrUnknownType) || (err == nil && app != nil && !access.Visible(app.GetAudience(), t.GetVisibility())) {
-			return nil, connect.NewError(connect.CodeNotFound, fmt.Errorf("event type %s is not registered", p))
-		} else if err != nil {
-			return nil, connect.NewError(connect.CodeUnavailable, err)
-		}
-	}
-	req := &Request{Patterns: patterns, caller: caller}
-	if app != nil {
-		req.audience.Store(int32(app.GetAudience()))
-		req.Allow = func(eventType string) bool {
-			t, ok := cat.Get(eventType)
-			return ok && access.Visible(registryv1.Audience(req.audience.Load()), t.GetVisibility())
-		}
-	}
-	if cursor == "" {
-		return req, nil
-	}
-	id, err := eventlog.ParseID(cursor)
-	if err != nil {
-		return nil, connect.NewError(connect.CodeInvalidArgument, err)
-	}
-	req.After = &id
-	return req, nil
-}
-
-// Watch re-checks the caller each time the catalog changes, until ctx ends:
-// a revoked key ends the stream with UNAUTHENTICATED, subscribe grants that
-// no longer cover a requested pattern with PERMISSION_DENIED, and a changed
-// audience narrows or widens the visible types at once. It returns nil when
-// ctx ends, or the reason the stream must end. One re-check per catalog
-// change, none per event.
-func (r *Request) Watch(ctx context.Context, cat *catalog.Cache) error {
-	if r.caller.Admin || r.caller.ApplicationID == "" {
-		return nil // the operator key is never revoked
-	}
-	for {
-		updated := cat.Updated()
-		if err := r.recheck(ctx, cat); err != nil {
-			return err
-		}
-		if !cat.WaitKey(ctx, updated, r.caller.KeyID) {
-			return nil
-		}
-	}
-}
-
-func (r *Request) recheck(ctx context.Context, cat *catalog.Cache) error {
-	if r.caller.KeyID != "" && cat.KeyRevoked(r.caller.KeyID) {
-		return connect.NewError(connect.CodeUnauthenticated, errors.New("the key of this stream was revoked or has expired"))
-	}
-	app, err := cat.Application(ctx, r.caller.ApplicationID)
-	if err != nil {
-		switch connect.CodeOf(err) {
-		case connect.CodeNotFound, connect.CodePermissionDenied:
-			return connect.NewError(connect.CodePermissionDenied, fmt.Errorf("application %s no longer exists", r.caller.ApplicationID))
-		}
-		return nil // the registry is unreachable: keep what was granted
-	}
-	for _, p := range r.Patterns {
-		if !access.Allowed(app.GetGrants(), registryv1.GrantAction_GRANT_ACTION_SUBSCRIBE, p) {
-			return connect.NewError(connect.CodePermissionDenied, fmt.Errorf("application %s no longer has a subscribe grant covering %s", app.GetId(), p))
-		}
-	}
-	r.audience.Store(int32(app.GetAudience()))
-	return nil
-}
-
-// Guard runs Watch for a stream: the returned context ends when ctx does or
-// when Watch finds the caller may no longer stream (context.Cause is then
-// the connect error to end with). stop ends the watch and waits for it.
-func (r *Request) Guard(ctx context.Context, cat *catalog.Cache) (guarded context.Context, stop func()) {
-	ctx, expired := r.caller.Scope.Deadline(ctx) // a browser token's exp
-	guarded, cancel := context.WithCancelCause(ctx)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		if err := r.Watch(guarded, cat); err != nil {
-			cancel(err)
-		}
-	}()
-	return guarded, func() { cancel(nil); <-done; expired() }
-}
-
-// Refusal is the connect error that ended a guarded stream, if any.
-func Refusal(guarded context.Context) *connect.Error {
-	var ce *connect.Error
-	if errors.As(context.Cause(guarded), &ce) {
-		return ce
-	}
-	return nil
-}
+// Notice event names.
+const (
+	GapEvent    = "herald.gap"
+	LaggedEvent = "herald.lagged"
+)
 
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.ContentLength != 0 {
@@ -195,7 +84,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if cursor == "" {
 		cursor = q.Get("last_event_id")
 	}
-	sr, err := ParseRequest(r.Context(), h.Catalog, q["types"], cursor)
+	sr, err := h.Requests.Parse(r.Context(), request.Params{Types: q["types"], Filter: q.Get("filter"), Cursor: cursor})
 	if err != nil {
 		// The rule every RPC gets from service.ErrorInterceptor: a server
 		// fault (the registry unreachable) is answered without its detail.
@@ -208,75 +97,237 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		auth.WriteError(w, r, connect.NewError(connect.CodeUnavailable, fmt.Errorf("this edge already serves %d streams; retry later or on another replica", h.Ceiling.Max())))
 		return
 	}
-	defer release()
-
-	ctx, stopGuard := sr.Guard(r.Context(), h.Catalog)
-	defer stopGuard()
-	stop := context.AfterFunc(h.Shutdown, stopGuard)
-	defer stop()
-
-	rc := http.NewResponseController(w)
-	write := func(b []byte) error {
-		_ = rc.SetWriteDeadline(time.Now().Add(h.WriteTimeout))
-		if _, err := w.Write(b); err != nil {
-			return err
-		}
-		return rc.Flush()
-	}
 	hdr := w.Header()
 	hdr.Set("Content-Type", "text/event-stream; charset=utf-8")
 	hdr.Set("Cache-Control", "no-cache")
 	hdr.Set("X-Accel-Buffering", "no")
+	if h.Detach && r.ProtoMajor == 1 && h.detach(w, r, sr, release) {
+		return
+	}
+	defer release()
+	ctx, stopGuard := h.Requests.Guard(r.Context(), sr)
+	defer stopGuard()
+	stop := context.AfterFunc(h.Shutdown, stopGuard)
+	defer stop()
+	h.serve(ctx, sr, &responseOut{w: w, r: r, rc: http.NewResponseController(w), timeout: h.WriteTimeout})
+}
 
+// detach answers an HTTP/1 stream from a connection taken over from the
+// server, served by a goroutine of its own: the server's goroutine, its
+// grown stack and its buffers (about 25 KiB) are let go, which is most of
+// what an idle stream cost. A second small goroutine notices the client
+// leaving. It reports false, having written nothing, when the connection
+// cannot be taken over.
+func (h *Handler) detach(w http.ResponseWriter, r *http.Request, sr *request.Request, release func()) bool {
+	caller, _ := auth.FromContext(r.Context())
+	ctx, cancel := context.WithCancel(auth.WithPrincipal(context.Background(), caller))
+	ctx, stopGuard := h.Requests.Guard(ctx, sr)
+	// Refusals that need no stream are answered here, as without detaching.
+	err := h.Hub.CheckCursor(ctx, sr.Patterns, sr.Options())
+	if ce := request.Refusal(ctx); ce != nil {
+		err = ce
+	}
+	if err != nil {
+		stopGuard()
+		cancel()
+		if r.Context().Err() == nil {
+			auth.WriteError(w, r, request.StreamError(err))
+		}
+		release()
+		return true
+	}
+	conn, bufs, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		stopGuard()
+		cancel()
+		return false
+	}
+	_ = bufs // dropped, and the server's buffers with it
+	out := &connOut{conn: conn, header: w.Header().Clone(), timeout: h.WriteTimeout}
+	h.streams.Add(2)
+	go func() {
+		defer h.streams.Done()
+		var b [1]byte
+		_, _ = conn.Read(b[:]) // the client left (or spoke out of turn)
+		cancel()
+	}()
+	go func() {
+		defer h.streams.Done()
+		defer release()
+		defer conn.Close()
+		defer cancel()
+		defer stopGuard()
+		// At shutdown, a write blocked on a client that does not read
+		// gives up at once rather than after WriteTimeout.
+		stop := context.AfterFunc(h.Shutdown, func() { stopGuard(); _ = conn.SetWriteDeadline(time.Now()) })
+		defer stop()
+		h.serve(ctx, sr, out)
+	}()
+	return true
+}
+
+// Wait waits for the streams served from detached connections to end.
+func (h *Handler) Wait() { h.streams.Wait() }
+
+// output is where a stream goes: a ResponseWriter, or a connection taken
+// over from the server.
+type output interface {
+	// start sends the 200 and the headers.
+	start() error
+	// write sends b at once.
+	write(b []byte) error
+	// fail answers with err instead of a stream (before start).
+	fail(err error)
+}
+
+type responseOut struct {
+	w       http.ResponseWriter
+	r       *http.Request
+	rc      *http.ResponseController
+	timeout time.Duration
+}
+
+func (o *responseOut) start() error { o.w.WriteHeader(http.StatusOK); return nil }
+
+func (o *responseOut) write(b []byte) error {
+	_ = o.rc.SetWriteDeadline(time.Now().Add(o.timeout))
+	if _, err := o.w.Write(b); err != nil {
+		return err
+	}
+	return o.rc.Flush()
+}
+
+func (o *responseOut) fail(err error) { auth.WriteError(o.w, o.r, err) }
+
+// connOut writes HTTP/1.1 by hand: the body ends when the connection
+// closes (no chunking), as EventSource and proxies accept.
+type connOut struct {
+	conn    net.Conn
+	header  http.Header
+	timeout time.Duration
+}
+
+func (o *connOut) start() error {
+	var b bytes.Buffer
+	b.WriteString("HTTP/1.1 200 OK\r\n")
+	o.header.Set("Connection", "close")
+	_ = o.header.Write(&b)
+	b.WriteString("\r\n")
+	return o.write(b.Bytes())
+}
+
+func (o *connOut) write(b []byte) error {
+	_ = o.conn.SetWriteDeadline(time.Now().Add(o.timeout))
+	_, err := o.conn.Write(b)
+	return err
+}
+
+func (o *connOut) fail(err error) {
+	rec := &recorder{header: http.Header{}}
+	auth.WriteError(rec, &http.Request{Method: http.MethodGet, Header: http.Header{}}, err)
+	var b bytes.Buffer
+	fmt.Fprintf(&b, "HTTP/1.1 %d %s\r\n", rec.code, http.StatusText(rec.code))
+	rec.header.Set("Connection", "close")
+	rec.header.Set("Content-Length", strconv.Itoa(rec.body.Len()))
+	_ = rec.header.Write(&b)
+	b.WriteString("\r\n")
+	b.Write(rec.body.Bytes())
+	_ = o.write(b.Bytes())
+}
+
+// recorder is the ResponseWriter an error is rendered into.
+type recorder struct {
+	header http.Header
+	code   int
+	body   bytes.Buffer
+}
+
+func (r *recorder) Header() http.Header { return r.header }
+func (r *recorder) WriteHeader(code int) {
+	if r.code == 0 {
+		r.code = code
+	}
+}
+func (r *recorder) Write(b []byte) (int, error) {
+	r.WriteHeader(http.StatusOK)
+	return r.body.Write(b)
+}
+
+// serve runs one stream to out until it ends.
+func (h *Handler) serve(ctx context.Context, sr *request.Request, out output) {
+	write := out.write
+	retry := h.Retry
+	if retry <= 0 {
+		retry = 2 * time.Second
+	}
 	started := false
 	var buf []byte
-	err = h.Hub.Stream(ctx, sr.Patterns, hub.Options{
-		After:     sr.After,
-		Allow:     sr.Allow,
-		Interval:  h.Heartbeat,
-		Heartbeat: func() error { return write([]byte(": heartbeat\n\n")) },
-		Started: func() error {
-			started = true
-			w.WriteHeader(http.StatusOK)
-			return write([]byte("retry: 2000\n: connected\n\n"))
-		},
-	}, func(ev *hub.Event) error {
-		if !sr.caller.Scope.Matches(ev.Event) {
-			return nil // outside a browser token's filter
+	o := sr.Options()
+	o.Interval, o.Buffer, o.CutWhenBehind = h.Heartbeat, h.Buffer, true
+	o.Heartbeat = func() error { return write([]byte(": heartbeat\n\n")) }
+	o.Started = func() error {
+		started = true
+		if err := out.start(); err != nil {
+			return err
 		}
-		data, err := ev.JSON()
-		if err != nil {
-			h.Log.Error("event not renderable; skipped", "cursor", ev.ID.String(), "err", err)
+		return write([]byte("retry: " + strconv.FormatInt(retry.Milliseconds(), 10) + "\n: connected\n\n"))
+	}
+	o.Gap = func(g hub.Gap) error {
+		data, _ := json.Marshal(request.NewGapJSON(g))
+		return write(notice(nil, GapEvent, "", data))
+	}
+	err := h.Hub.Stream(ctx, sr.Patterns, o, func(batch []*hub.Event) error {
+		// One write and one flush for every event queued meanwhile; each
+		// event's frame is rendered once for every client.
+		buf = buf[:0]
+		n := 0
+		for _, ev := range batch {
+			frame, err := ev.SSE()
+			if err != nil {
+				h.Log.Error("event not renderable; skipped", "cursor", ev.ID.String(), "err", err)
+				continue
+			}
+			buf = append(buf, frame...)
+			batch[n] = ev
+			n++
+		}
+		if n == 0 {
 			return nil
 		}
-		buf = buf[:0]
-		buf = append(buf, "id: "...)
-		buf = append(buf, ev.ID.String()...)
-		buf = append(buf, "\nevent: "...)
-		buf = append(buf, ev.Type...)
-		buf = append(buf, "\ndata: "...)
-		buf = append(buf, data...)
-		buf = append(buf, "\n\n"...)
 		if err := write(buf); err != nil {
 			return err
 		}
+		if cap(buf) > 64<<10 {
+			buf = nil // a burst does not stay with an idle client
+		}
 		if h.Delivered != nil {
-			h.Delivered(r.Context(), ev)
+			for _, ev := range batch[:n] {
+				h.Delivered(ctx, ev)
+			}
 		}
 		return nil
 	})
 	if !started {
-		if ce := Refusal(ctx); ce != nil {
-			auth.WriteError(w, r, ce)
+		if ce := request.Refusal(ctx); ce != nil {
+			out.fail(ce)
 		} else if err != nil && ctx.Err() == nil {
 			h.Log.Warn("stream not started", "err", err)
-			auth.WriteError(w, r, StreamError(err))
+			out.fail(request.StreamError(err))
 		}
 		return
 	}
-	if ce := Refusal(ctx); ce != nil {
+	if ce := request.Refusal(ctx); ce != nil {
 		// The caller may no longer stream: say why, and close the response.
 		_ = write([]byte(": stream ended: " + strings.ReplaceAll(ce.Message(), "\n", " ") + "\n\n"))
+		return
+	}
+	var lagged *hub.LaggedError
+	if errors.As(err, &lagged) {
+		// The last word: the cursor to resume after, as the id, so that
+		// EventSource reconnects from there.
+		c := lagged.Cursor.String()
+		data, _ := json.Marshal(map[string]string{"cursor": c, "reason": lagged.Error()})
+		_ = write(notice(nil, LaggedEvent, c, data))
 		return
 	}
 	if err != nil && ctx.Err() == nil {
@@ -284,15 +335,16 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// StreamError is the client's answer to a hub error before any event.
-func StreamError(err error) error {
-	var ahead *hub.CursorAheadError
-	if errors.As(err, &ahead) {
-		return connect.NewError(connect.CodeInvalidArgument, ahead)
+// notice appends one SSE message of the given event name to b.
+func notice(b []byte, event, id string, data []byte) []byte {
+	if id != "" {
+		b = append(b, "id: "...)
+		b = append(b, id...)
+		b = append(b, '\n')
 	}
-	var ce *connect.Error
-	if errors.As(err, &ce) {
-		return ce
-	}
-	return connect.NewError(connect.CodeUnavailable, errors.New("cannot read the log; retry later"))
+	b = append(b, "event: "...)
+	b = append(b, event...)
+	b = append(b, "\ndata: "...)
+	b = append(b, data...)
+	return append(b, "\n\n"...)
 }

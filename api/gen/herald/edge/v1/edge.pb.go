@@ -29,7 +29,10 @@ type StreamEventsRequest struct {
 	Types []string `protobuf:"bytes,1,rep,name=types,proto3" json:"types,omitempty"`
 	// Resume after this cursor. Empty: only events published from now on.
 	// "0": everything still retained.
-	Cursor        string `protobuf:"bytes,2,opt,name=cursor,proto3" json:"cursor,omitempty"`
+	Cursor string `protobuf:"bytes,2,opt,name=cursor,proto3" json:"cursor,omitempty"`
+	// A CEL filter over the event's attributes (event) and JSON data (data),
+	// as subscription filters: only events it matches are sent. Empty: all.
+	Filter        string `protobuf:"bytes,3,opt,name=filter,proto3" json:"filter,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -78,13 +81,28 @@ func (x *StreamEventsRequest) GetCursor() string {
 	return ""
 }
 
-// StreamEventsResponse carries one event.
+func (x *StreamEventsRequest) GetFilter() string {
+	if x != nil {
+		return x.Filter
+	}
+	return ""
+}
+
+// StreamEventsResponse carries one event, or one notice about the stream
+// (then event is unset): a gap, or that the stream is ending because the
+// client fell behind.
 type StreamEventsResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The event's cursor; pass it back to resume after this event.
 	Cursor string `protobuf:"bytes,1,opt,name=cursor,proto3" json:"cursor,omitempty"`
 	// The event.
-	Event         *v1.CloudEvent `protobuf:"bytes,2,opt,name=event,proto3" json:"event,omitempty"`
+	Event *v1.CloudEvent `protobuf:"bytes,2,opt,name=event,proto3" json:"event,omitempty"`
+	// Set, before the events that follow it, when events after the resume
+	// cursor were trimmed from the log by retention.
+	Gap *Gap `protobuf:"bytes,3,opt,name=gap,proto3" json:"gap,omitempty"`
+	// Set on the last message of a stream whose client fell too far behind
+	// the log: the stream then ends with ABORTED. Resume after its cursor.
+	Lagged        *Lagged `protobuf:"bytes,4,opt,name=lagged,proto3" json:"lagged,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -133,17 +151,163 @@ func (x *StreamEventsResponse) GetEvent() *v1.CloudEvent {
 	return nil
 }
 
+func (x *StreamEventsResponse) GetGap() *Gap {
+	if x != nil {
+		return x.Gap
+	}
+	return nil
+}
+
+func (x *StreamEventsResponse) GetLagged() *Lagged {
+	if x != nil {
+		return x.Lagged
+	}
+	return nil
+}
+
+// Gap says that events after a resume cursor are no longer in the log.
+type Gap struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The cursor the client resumed after.
+	FromCursor string `protobuf:"bytes,1,opt,name=from_cursor,json=fromCursor,proto3" json:"from_cursor,omitempty"`
+	// The newest cursor that may have been trimmed: events of types in
+	// (from_cursor, to_cursor] are gone.
+	ToCursor string `protobuf:"bytes,2,opt,name=to_cursor,json=toCursor,proto3" json:"to_cursor,omitempty"`
+	// The oldest cursor still retained after to_cursor, where delivery
+	// resumes; empty when nothing is left.
+	ResumeCursor string `protobuf:"bytes,3,opt,name=resume_cursor,json=resumeCursor,proto3" json:"resume_cursor,omitempty"`
+	// The event types that lost events.
+	Types         []string `protobuf:"bytes,4,rep,name=types,proto3" json:"types,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Gap) Reset() {
+	*x = Gap{}
+	mi := &file_herald_edge_v1_edge_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Gap) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Gap) ProtoMessage() {}
+
+func (x *Gap) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_edge_v1_edge_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Gap.ProtoReflect.Descriptor instead.
+func (*Gap) Descriptor() ([]byte, []int) {
+	return file_herald_edge_v1_edge_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *Gap) GetFromCursor() string {
+	if x != nil {
+		return x.FromCursor
+	}
+	return ""
+}
+
+func (x *Gap) GetToCursor() string {
+	if x != nil {
+		return x.ToCursor
+	}
+	return ""
+}
+
+func (x *Gap) GetResumeCursor() string {
+	if x != nil {
+		return x.ResumeCursor
+	}
+	return ""
+}
+
+func (x *Gap) GetTypes() []string {
+	if x != nil {
+		return x.Types
+	}
+	return nil
+}
+
+// Lagged ends a stream whose client fell behind.
+type Lagged struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Resume after this cursor: nothing is lost.
+	Cursor        string `protobuf:"bytes,1,opt,name=cursor,proto3" json:"cursor,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Lagged) Reset() {
+	*x = Lagged{}
+	mi := &file_herald_edge_v1_edge_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Lagged) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Lagged) ProtoMessage() {}
+
+func (x *Lagged) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_edge_v1_edge_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Lagged.ProtoReflect.Descriptor instead.
+func (*Lagged) Descriptor() ([]byte, []int) {
+	return file_herald_edge_v1_edge_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *Lagged) GetCursor() string {
+	if x != nil {
+		return x.Cursor
+	}
+	return ""
+}
+
 var File_herald_edge_v1_edge_proto protoreflect.FileDescriptor
 
 const file_herald_edge_v1_edge_proto_rawDesc = "" +
 	"\n" +
-	"\x19herald/edge/v1/edge.proto\x12\x0eherald.edge.v1\x1a herald/event/v1/cloudevent.proto\"C\n" +
+	"\x19herald/edge/v1/edge.proto\x12\x0eherald.edge.v1\x1a herald/event/v1/cloudevent.proto\"[\n" +
 	"\x13StreamEventsRequest\x12\x14\n" +
 	"\x05types\x18\x01 \x03(\tR\x05types\x12\x16\n" +
-	"\x06cursor\x18\x02 \x01(\tR\x06cursor\"a\n" +
+	"\x06cursor\x18\x02 \x01(\tR\x06cursor\x12\x16\n" +
+	"\x06filter\x18\x03 \x01(\tR\x06filter\"\xb8\x01\n" +
 	"\x14StreamEventsResponse\x12\x16\n" +
 	"\x06cursor\x18\x01 \x01(\tR\x06cursor\x121\n" +
-	"\x05event\x18\x02 \x01(\v2\x1b.herald.event.v1.CloudEventR\x05event2j\n" +
+	"\x05event\x18\x02 \x01(\v2\x1b.herald.event.v1.CloudEventR\x05event\x12%\n" +
+	"\x03gap\x18\x03 \x01(\v2\x13.herald.edge.v1.GapR\x03gap\x12.\n" +
+	"\x06lagged\x18\x04 \x01(\v2\x16.herald.edge.v1.LaggedR\x06lagged\"~\n" +
+	"\x03Gap\x12\x1f\n" +
+	"\vfrom_cursor\x18\x01 \x01(\tR\n" +
+	"fromCursor\x12\x1b\n" +
+	"\tto_cursor\x18\x02 \x01(\tR\btoCursor\x12#\n" +
+	"\rresume_cursor\x18\x03 \x01(\tR\fresumeCursor\x12\x14\n" +
+	"\x05types\x18\x04 \x03(\tR\x05types\" \n" +
+	"\x06Lagged\x12\x16\n" +
+	"\x06cursor\x18\x01 \x01(\tR\x06cursor2j\n" +
 	"\vEdgeService\x12[\n" +
 	"\fStreamEvents\x12#.herald.edge.v1.StreamEventsRequest\x1a$.herald.edge.v1.StreamEventsResponse0\x01B<Z:github.com/heraldmesh/herald/api/gen/herald/edge/v1;edgev1b\x06proto3"
 
@@ -159,21 +323,25 @@ func file_herald_edge_v1_edge_proto_rawDescGZIP() []byte {
 	return file_herald_edge_v1_edge_proto_rawDescData
 }
 
-var file_herald_edge_v1_edge_proto_msgTypes = make([]protoimpl.MessageInfo, 2)
+var file_herald_edge_v1_edge_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
 var file_herald_edge_v1_edge_proto_goTypes = []any{
 	(*StreamEventsRequest)(nil),  // 0: herald.edge.v1.StreamEventsRequest
 	(*StreamEventsResponse)(nil), // 1: herald.edge.v1.StreamEventsResponse
-	(*v1.CloudEvent)(nil),        // 2: herald.event.v1.CloudEvent
+	(*Gap)(nil),                  // 2: herald.edge.v1.Gap
+	(*Lagged)(nil),               // 3: herald.edge.v1.Lagged
+	(*v1.CloudEvent)(nil),        // 4: herald.event.v1.CloudEvent
 }
 var file_herald_edge_v1_edge_proto_depIdxs = []int32{
-	2, // 0: herald.edge.v1.StreamEventsResponse.event:type_name -> herald.event.v1.CloudEvent
-	0, // 1: herald.edge.v1.EdgeService.StreamEvents:input_type -> herald.edge.v1.StreamEventsRequest
-	1, // 2: herald.edge.v1.EdgeService.StreamEvents:output_type -> herald.edge.v1.StreamEventsResponse
-	2, // [2:3] is the sub-list for method output_type
-	1, // [1:2] is the sub-list for method input_type
-	1, // [1:1] is the sub-list for extension type_name
-	1, // [1:1] is the sub-list for extension extendee
-	0, // [0:1] is the sub-list for field type_name
+	4, // 0: herald.edge.v1.StreamEventsResponse.event:type_name -> herald.event.v1.CloudEvent
+	2, // 1: herald.edge.v1.StreamEventsResponse.gap:type_name -> herald.edge.v1.Gap
+	3, // 2: herald.edge.v1.StreamEventsResponse.lagged:type_name -> herald.edge.v1.Lagged
+	0, // 3: herald.edge.v1.EdgeService.StreamEvents:input_type -> herald.edge.v1.StreamEventsRequest
+	1, // 4: herald.edge.v1.EdgeService.StreamEvents:output_type -> herald.edge.v1.StreamEventsResponse
+	4, // [4:5] is the sub-list for method output_type
+	3, // [3:4] is the sub-list for method input_type
+	3, // [3:3] is the sub-list for extension type_name
+	3, // [3:3] is the sub-list for extension extendee
+	0, // [0:3] is the sub-list for field type_name
 }
 
 func init() { file_herald_edge_v1_edge_proto_init() }
@@ -187,7 +355,7 @@ func file_herald_edge_v1_edge_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_herald_edge_v1_edge_proto_rawDesc), len(file_herald_edge_v1_edge_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   2,
+			NumMessages:   4,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
