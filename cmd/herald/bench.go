@@ -1,8 +1,10 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os/exec"
 	"os/signal"
 	"syscall"
@@ -64,20 +66,7 @@ and that a re-published batch is answered duplicate=true.`,
 			o.NATSServer = natsServer
 			o.Progress = cmd.ErrOrStderr()
 			rep, err := bench.Run(ctx, o)
-			if rep != nil && (err == nil || errors.Is(err, bench.ErrCheckFailed)) {
-				out := cmd.OutOrStdout()
-				if asJSON {
-					if werr := rep.WriteJSON(out); werr != nil {
-						return werr
-					}
-				} else if werr := rep.WriteTable(out); werr != nil {
-					return werr
-				}
-			}
-			if ctx.Err() != nil && err != nil {
-				return fmt.Errorf("interrupted: %w", err)
-			}
-			return err
+			return report(ctx, cmd, rep, rep != nil, err, asJSON)
 		},
 	}
 	f := cmd.Flags()
@@ -131,20 +120,7 @@ signature and was counted once for metering.`,
 			}
 			o.Progress = cmd.ErrOrStderr()
 			rep, err := bench.RunWebhooks(ctx, o)
-			if rep != nil && (err == nil || errors.Is(err, bench.ErrCheckFailed)) {
-				out := cmd.OutOrStdout()
-				if asJSON {
-					if werr := rep.WriteJSON(out); werr != nil {
-						return werr
-					}
-				} else if werr := rep.WriteTable(out); werr != nil {
-					return werr
-				}
-			}
-			if ctx.Err() != nil && err != nil {
-				return fmt.Errorf("interrupted: %w", err)
-			}
-			return err
+			return report(ctx, cmd, rep, rep != nil, err, asJSON)
 		},
 	}
 	f := cmd.Flags()
@@ -161,4 +137,26 @@ signature and was counted once for metering.`,
 	f.StringArrayVar(&o.EdgeEnv, "edge-env", nil, "KEY=VALUE added to the edge's environment (repeatable), e.g. HERALD_PPROF_ADDR=127.0.0.1:6060 to profile it")
 	f.BoolVar(&asJSON, "json", false, "print the report as JSON")
 	return cmd
+}
+
+// report prints a run's report (also when a check failed) and returns the
+// run's error.
+func report(ctx context.Context, cmd *cobra.Command, rep interface {
+	WriteJSON(io.Writer) error
+	WriteTable(io.Writer) error
+}, ok bool, err error, asJSON bool) error {
+	if ok && (err == nil || errors.Is(err, bench.ErrCheckFailed)) {
+		out := cmd.OutOrStdout()
+		write := rep.WriteTable
+		if asJSON {
+			write = rep.WriteJSON
+		}
+		if werr := write(out); werr != nil {
+			return werr
+		}
+	}
+	if ctx.Err() != nil && err != nil {
+		return fmt.Errorf("interrupted: %w", err)
+	}
+	return err
 }

@@ -11,7 +11,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"strings"
 	"time"
 
 	"github.com/heraldmesh/herald/api/gen/herald/edge/v1/edgev1connect"
@@ -23,7 +22,6 @@ import (
 	"github.com/heraldmesh/herald/platform/config"
 	"github.com/heraldmesh/herald/platform/rpc"
 	"github.com/heraldmesh/herald/platform/safehttp"
-	"github.com/heraldmesh/herald/platform/secretbox"
 	"github.com/heraldmesh/herald/platform/service"
 	"github.com/heraldmesh/herald/platform/usage"
 	"github.com/heraldmesh/herald/services/edge/internal/ceiling"
@@ -170,18 +168,10 @@ func New(cfg Config) (*Service, error) {
 
 // webhooks sets up the webhook engine and its API.
 func webhooks(base *service.Base, cat *catalog.Cache, cfg Config) error {
-	var box *secretbox.Box
-	if cfg.SecretKey != "" {
-		var err error
-		if box, err = secretbox.New(strings.Split(cfg.SecretKey, ",")...); err != nil {
-			return fmt.Errorf("edge: HERALD_SECRET_KEY: %w", err)
-		}
-	}
-	policy, err := safehttp.ParsePolicy(cfg.WebhookAllow)
+	box, policy, err := outbound(cfg)
 	if err != nil {
-		return fmt.Errorf("edge: HERALD_WEBHOOK_ALLOW: %w", err)
+		return err
 	}
-	policy.Resolver = cfg.WebhookResolver
 	// Each endpoint's consumer blocks on Redis for events: a pool of its
 	// own, so that the SSE hub never waits for a connection.
 	rdb, err := config.OpenRedis(cfg.RedisURL, cfg.WebhookEndpoints+16)

@@ -1,16 +1,12 @@
 package edge
 
 import (
-	"fmt"
 	"net/http"
-	"strings"
 	"time"
 
 	"github.com/heraldmesh/herald/api/gen/herald/edge/v1/edgev1connect"
 	"github.com/heraldmesh/herald/platform/auth"
 	"github.com/heraldmesh/herald/platform/catalog"
-	"github.com/heraldmesh/herald/platform/safehttp"
-	"github.com/heraldmesh/herald/platform/secretbox"
 	"github.com/heraldmesh/herald/platform/service"
 )
 
@@ -28,18 +24,10 @@ var tokenRoutes = map[string]bool{
 // outbound guard of webhooks (HERALD_WEBHOOK_ALLOW) and cached, and aud
 // may be "herald" or the edge's public URL.
 func browserTokens(base *service.Base, cat *catalog.Cache, cfg Config) error {
-	var box *secretbox.Box
-	if cfg.SecretKey != "" {
-		var err error
-		if box, err = secretbox.New(strings.Split(cfg.SecretKey, ",")...); err != nil {
-			return fmt.Errorf("edge: HERALD_SECRET_KEY: %w", err)
-		}
-	}
-	policy, err := safehttp.ParsePolicy(cfg.WebhookAllow)
+	box, policy, err := outbound(cfg)
 	if err != nil {
-		return fmt.Errorf("edge: HERALD_WEBHOOK_ALLOW: %w", err)
+		return err
 	}
-	policy.Resolver = cfg.WebhookResolver
 	verifier := auth.NewTokenVerifier(auth.TokenOptions{
 		Issuers:   cat.TokenIssuers(box),
 		Audiences: []string{cfg.PublicURL},

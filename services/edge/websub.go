@@ -48,8 +48,9 @@ func webSub(base *service.Base, cat *catalog.Cache, cfg Config) error {
 	return nil
 }
 
-// outbound is what WebSub shares with webhooks: the box that seals their
-// secrets (nil without HERALD_SECRET_KEY) and the guard of their requests.
+// outbound is what webhooks, WebSub and browser tokens share: the box
+// that seals their secrets (nil without HERALD_SECRET_KEY) and the guard
+// of their outbound requests (HERALD_WEBHOOK_ALLOW).
 func outbound(cfg Config) (*secretbox.Box, safehttp.Policy, error) {
 	var box *secretbox.Box
 	if cfg.SecretKey != "" {

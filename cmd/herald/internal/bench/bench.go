@@ -408,8 +408,12 @@ func (r *run) meter(router, redis, nats bool) func(ph *Phase) {
 }
 
 // redisCPU is redis-server's user+system CPU seconds, or -1.
-func (r *run) redisCPU() float64 {
-	info, err := r.rdb.Info(context.Background(), "cpu").Result()
+func (r *run) redisCPU() float64 { return redisCPU(r.rdb) }
+
+// redisCPU is the user+system CPU seconds of the redis-server behind rdb,
+// or -1.
+func redisCPU(rdb *redis.Client) float64 {
+	info, err := rdb.Info(context.Background(), "cpu").Result()
 	if err != nil {
 		return -1
 	}

@@ -481,18 +481,7 @@ func (r *whRun) meter() func(ph *WebhookPhase) {
 	}
 }
 
-func (r *whRun) redisCPU() float64 {
-	info, err := r.rdb.Info(context.Background(), "cpu").Result()
-	if err != nil {
-		return -1
-	}
-	sys, err1 := strconv.ParseFloat(infoField(info, "used_cpu_sys"), 64)
-	user, err2 := strconv.ParseFloat(infoField(info, "used_cpu_user"), 64)
-	if err1 != nil || err2 != nil {
-		return -1
-	}
-	return sys + user
-}
+func (r *whRun) redisCPU() float64 { return redisCPU(r.rdb) }
 
 // publishAll publishes events in batches of 100 from 8 callers.
 func (r *whRun) publishAll(ctx context.Context, f *farm, evs []*eventv1.CloudEvent) error {
