@@ -40,7 +40,7 @@ func TestWriteErrorMapsEveryCode(t *testing.T) {
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		var code connect.Code
 		if err := code.UnmarshalText([]byte(r.URL.Query().Get("code"))); err != nil {
-			auth.WriteError(w, r, errors.New("redis: dial tcp 10.0.0.1:16379: secret internals"))
+			auth.WriteError(w, r, errors.New("redis: dial tcp 10.0.0.1:7001: secret internals"))
 			return
 		}
 		err := connect.NewError(code, errors.New("boom"))
