@@ -18,6 +18,7 @@ import (
 	registryv1 "github.com/heraldmesh/herald/api/gen/herald/registry/v1"
 	"github.com/heraldmesh/herald/platform/auth"
 	"github.com/heraldmesh/herald/platform/secretbox"
+	"github.com/heraldmesh/herald/platform/testutil"
 	"github.com/heraldmesh/herald/services/registry"
 	"google.golang.org/protobuf/types/known/durationpb"
 )
@@ -222,6 +223,17 @@ func TestRotateTokenSecret(t *testing.T) {
 	wantCode(t, "no application", err, connect.CodeInvalidArgument, "application_id is required")
 	_, err = e.admin.RotateTokenSecret(ctx, connect.NewRequest(&registryv1.RotateTokenSecretRequest{ApplicationId: "app_nope"}))
 	wantCode(t, "unknown application", err, connect.CodeNotFound)
+	for what, c := range map[string]string{"no key": "", "unknown key": "hk_not-a-key-at-all"} {
+		_, err = e.as(c).RotateTokenSecret(ctx, connect.NewRequest(&registryv1.RotateTokenSecretRequest{ApplicationId: app.GetId()}))
+		wantCode(t, what, err, connect.CodeUnauthenticated)
+	}
+	// A revoked key of the application itself.
+	keys := must(e.admin.ListKeys(ctx, connect.NewRequest(&registryv1.ListKeysRequest{ApplicationId: app.GetId()}))).msg(t).GetKeys()
+	must(e.admin.RevokeKey(ctx, connect.NewRequest(&registryv1.RevokeKeyRequest{Id: keys[0].GetId()}))).msg(t)
+	testutil.Eventually(t, 10*time.Second, func() bool {
+		_, err := self.RotateTokenSecret(ctx, connect.NewRequest(&registryv1.RotateTokenSecretRequest{ApplicationId: app.GetId()}))
+		return connect.CodeOf(err) == connect.CodeUnauthenticated
+	}, "a revoked key is refused")
 }
 
 func TestRotateTokenSecretWithoutSecretKey(t *testing.T) {
