@@ -638,12 +638,12 @@ func TestWebhookWithdrawnGrantStopsDelivery(t *testing.T) {
 	}
 	e.createEndpoint(t, &registryv1.WebhookChannel{Url: control.URL})
 	deletedSub, _ := e.createEndpoint(t, &registryv1.WebhookChannel{Url: deleted.URL})
-	e.createEndpointOf(t, partner.GetId(), &registryv1.WebhookChannel{Url: fresh.URL})
+	freshSub, _ := e.createEndpointOf(t, partner.GetId(), &registryv1.WebhookChannel{Url: fresh.URL})
 	e.createEndpointOf(t, partner.GetId(), &registryv1.WebhookChannel{Url: ordered.URL, Ordering: registryv1.WebhookOrdering_WEBHOOK_ORDERING_ORDERED, RetrySchedule: short(schedule...)})
 	e.createEndpointOf(t, partner.GetId(), &registryv1.WebhookChannel{Url: unordered.URL, RetrySchedule: short(schedule...)})
 	e.createEndpointOf(t, outsider.GetId(), &registryv1.WebhookChannel{Url: unseen.URL, Ordering: registryv1.WebhookOrdering_WEBHOOK_ORDERING_PARTITION_KEY, RetrySchedule: short(schedule...)})
 
-	e.publish(invoiceEvent("granted", 1))
+	grantedCursor := e.publish(invoiceEvent("granted", 1))[0]
 	testutil.Eventually(t, 20*time.Second, func() bool {
 		return len(control.got()) == 1 && len(deleted.got()) == 1 && len(fresh.got()) == 1 && len(ordered.got()) >= 2 && len(unordered.got()) >= 2 && len(unseen.got()) >= 2
 	}, "delivered while granted, and retrying")
@@ -678,6 +678,12 @@ func TestWebhookWithdrawnGrantStopsDelivery(t *testing.T) {
 	e.publish(invoiceEvent("withdrawn", 2))
 	testutil.Eventually(t, 20*time.Second, func() bool { return len(control.got()) == 2 }, "a granted endpoint still delivered to")
 	time.Sleep(1500 * time.Millisecond) // fifteen retry delays
+	// Nor may its application send it again by hand: the type is no longer
+	// one of the endpoint's.
+	_, err = e.webhooks(partnerKey).RetryDelivery(ctx, connect.NewRequest(&edgev1.RetryDeliveryRequest{SubscriptionId: freshSub.GetId(), Cursor: grantedCursor}))
+	if connect.CodeOf(err) != connect.CodeNotFound || !strings.Contains(err.Error(), "it is not one of its types") {
+		t.Fatalf("a manual retry after the grant was withdrawn: %v", err)
+	}
 	if n := len(fresh.got()); n != 1 {
 		t.Fatalf("an endpoint whose grant was withdrawn got %d events: %v", n, fresh.ids())
 	}
