@@ -74,24 +74,61 @@ func (o *Options) defaults() error {
 	if o.PayloadBytes <= 0 {
 		o.PayloadBytes = 256
 	}
-	if o.RedisFsync == "" {
-		o.RedisFsync = "always"
-	}
-	if o.Timeout <= 0 {
-		o.Timeout = 10 * time.Minute
-	}
-	if o.Progress == nil {
-		o.Progress = io.Discard
+	if err := runDefaults(&o.RedisFsync, &o.Timeout, &o.Progress); err != nil {
+		return err
 	}
 	switch {
-	case o.RedisFsync != "always" && o.RedisFsync != "everysec":
-		return fmt.Errorf("redis fsync %q: want always or everysec", o.RedisFsync)
 	case o.Batch > 1000:
 		return errors.New("batch: the router accepts at most 1000 events per Publish")
 	case o.RouterBin == "":
 		return errors.New("no router executable given")
 	}
 	return nil
+}
+
+// runDefaults fills and checks the settings every bench command has.
+func runDefaults(fsync *string, timeout *time.Duration, progress *io.Writer) error {
+	if *fsync == "" {
+		*fsync = "always"
+	}
+	if *timeout <= 0 {
+		*timeout = 10 * time.Minute
+	}
+	if *progress == nil {
+		*progress = io.Discard
+	}
+	if *fsync != "always" && *fsync != "everysec" {
+		return fmt.Errorf("redis fsync %q: want always or everysec", *fsync)
+	}
+	return nil
+}
+
+// startRedis starts the run's private redis-server in dir (AOF on, with
+// the given appendfsync) and returns it, a client of it and its version.
+func startRedis(ctx context.Context, dir, fsync string, pool int, readTimeout time.Duration) (*redisserver.Server, *redis.Client, string, error) {
+	srv, err := redisserver.Start(ctx, redisserver.Options{Dir: filepath.Join(dir, "redis"), AppendOnly: true})
+	if err != nil {
+		return nil, nil, "", fmt.Errorf("start redis-server: %w", err)
+	}
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr(), PoolSize: pool, ReadTimeout: readTimeout, WriteTimeout: 10 * time.Second})
+	fail := func(err error) (*redisserver.Server, *redis.Client, string, error) {
+		rdb.Close()
+		srv.Stop()
+		return nil, nil, "", err
+	}
+	if fsync != "always" {
+		if err := rdb.ConfigSet(ctx, "appendfsync", fsync).Err(); err != nil {
+			return fail(fmt.Errorf("redis CONFIG SET appendfsync: %w", err))
+		}
+	}
+	if got, err := rdb.ConfigGet(ctx, "appendfsync").Result(); err != nil || got["appendfsync"] != fsync {
+		return fail(fmt.Errorf("redis appendfsync is %v (%v), want %s", got, err, fsync))
+	}
+	version := ""
+	if info, err := rdb.Info(ctx, "server").Result(); err == nil {
+		version = "redis-server " + infoField(info, "redis_version")
+	}
+	return srv, rdb, version, nil
 }
 
 // Report is the outcome of a run.
@@ -212,24 +249,14 @@ func (r *run) all(ctx context.Context, dir string) error {
 	o := r.o
 	// Redis: private, AOF on, with the chosen appendfsync.
 	r.progress("starting redis-server (AOF, appendfsync %s)", o.RedisFsync)
-	srv, err := redisserver.Start(ctx, redisserver.Options{Dir: filepath.Join(dir, "redis"), AppendOnly: true})
+	srv, rdb, version, err := startRedis(ctx, dir, o.RedisFsync, o.Concurrency+4, 10*time.Second)
 	if err != nil {
-		return fmt.Errorf("start redis-server: %w", err)
+		return err
 	}
 	defer srv.Stop()
-	r.rdb = redis.NewClient(&redis.Options{Addr: srv.Addr(), PoolSize: o.Concurrency + 4, ReadTimeout: 10 * time.Second, WriteTimeout: 10 * time.Second})
+	r.rdb = rdb
 	defer r.rdb.Close()
-	if o.RedisFsync != "always" {
-		if err := r.rdb.ConfigSet(ctx, "appendfsync", o.RedisFsync).Err(); err != nil {
-			return fmt.Errorf("redis CONFIG SET appendfsync: %w", err)
-		}
-	}
-	if got, err := r.rdb.ConfigGet(ctx, "appendfsync").Result(); err != nil || got["appendfsync"] != o.RedisFsync {
-		return fmt.Errorf("redis appendfsync is %v (%v), want %s", got, err, o.RedisFsync)
-	}
-	if info, err := r.rdb.Info(ctx, "server").Result(); err == nil {
-		r.rep.Machine.Redis = "redis-server " + infoField(info, "redis_version")
-	}
+	r.rep.Machine.Redis = version
 
 	// Registry in this process, router as its own process.
 	adminKey := "hadm_bench_" + randomToken()

@@ -24,7 +24,6 @@ import (
 	registryv1 "github.com/heraldmesh/herald/api/gen/herald/registry/v1"
 	"github.com/heraldmesh/herald/api/gen/herald/registry/v1/registryv1connect"
 	"github.com/heraldmesh/herald/platform/config"
-	"github.com/heraldmesh/herald/platform/redisserver"
 	"github.com/heraldmesh/herald/platform/rpc"
 	"github.com/heraldmesh/herald/platform/secretbox"
 	"github.com/heraldmesh/herald/platform/usage"
@@ -87,18 +86,10 @@ func (o *WebhookOptions) defaults() error {
 	if o.RateDuration <= 0 {
 		o.RateDuration = 10 * time.Second
 	}
-	if o.RedisFsync == "" {
-		o.RedisFsync = "always"
-	}
-	if o.Timeout <= 0 {
-		o.Timeout = 10 * time.Minute
-	}
-	if o.Progress == nil {
-		o.Progress = io.Discard
+	if err := runDefaults(&o.RedisFsync, &o.Timeout, &o.Progress); err != nil {
+		return err
 	}
 	switch {
-	case o.RedisFsync != "always" && o.RedisFsync != "everysec":
-		return fmt.Errorf("redis fsync %q: want always or everysec", o.RedisFsync)
 	case o.MaxConcurrency > 100:
 		return errors.New("max concurrency: the registry accepts 1 to 100")
 	case o.SlowSleep >= 15*time.Second:
@@ -228,21 +219,14 @@ func (r *whRun) withLogs(err error) error {
 func (r *whRun) all(ctx context.Context, dir string) error {
 	o := r.o
 	r.progress("starting redis-server (AOF, appendfsync %s)", o.RedisFsync)
-	srv, err := redisserver.Start(ctx, redisserver.Options{Dir: filepath.Join(dir, "redis"), AppendOnly: true})
+	srv, rdb, version, err := startRedis(ctx, dir, o.RedisFsync, 8, 30*time.Second)
 	if err != nil {
-		return fmt.Errorf("start redis-server: %w", err)
+		return err
 	}
 	defer srv.Stop()
-	r.rdb = redis.NewClient(&redis.Options{Addr: srv.Addr(), PoolSize: 8, ReadTimeout: 30 * time.Second, WriteTimeout: 10 * time.Second})
+	r.rdb = rdb
 	defer r.rdb.Close()
-	if o.RedisFsync != "always" {
-		if err := r.rdb.ConfigSet(ctx, "appendfsync", o.RedisFsync).Err(); err != nil {
-			return fmt.Errorf("redis CONFIG SET appendfsync: %w", err)
-		}
-	}
-	if info, err := r.rdb.Info(ctx, "server").Result(); err == nil {
-		r.rep.Machine.Redis = "redis-server " + infoField(info, "redis_version")
-	}
+	r.rep.Machine.Redis = version
 
 	adminKey := "hadm_bench_" + randomToken()
 	common := config.Common{RedisURL: srv.URL(), AdminKey: adminKey}
