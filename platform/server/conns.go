@@ -36,8 +36,44 @@ type connTracker struct {
 
 // fileReserve is what the ceiling leaves of the open-file limit for
 // everything but client connections: Redis and registry connections, log
-// files, the poller.
-func fileReserve(limit int) int { return 64 + limit/10 }
+// files, the poller. An idle edge holds about 30 of them (a Redis pool, one
+// blocked reader per stream it fans out, the registry watch): 84 leaves
+// room for more and admits 19,900 streams under a 20,000-file limit. Small
+// limits keep a larger share (64 + 10%, at most 84).
+func fileReserve(limit int) int { return 64 + min(limit/10, 20) }
+
+// openFileLimit is RLIMIT_NOFILE's soft limit, 0 when it is unlimited or
+// unreadable.
+func openFileLimit() int {
+	var rl unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err == nil && rl.Cur != unix.RLIM_INFINITY && rl.Cur < 1<<30 {
+		return int(rl.Cur)
+	}
+	return 0
+}
+
+// derivedCeiling is the connection ceiling a limit of that many open files
+// leaves (10,000 with no limit).
+func derivedCeiling(limit int) int {
+	if limit <= 0 {
+		return 10000
+	}
+	return max(limit-fileReserve(limit)-Headroom, Headroom)
+}
+
+// Ceiling is the connection ceiling a listener configured with maxConns
+// (Options.MaxConnections) has: maxConns itself when positive, none (0)
+// when negative, else the one derived from the open-file limit. Stream
+// ceilings default to it.
+func Ceiling(maxConns int) int {
+	switch {
+	case maxConns > 0:
+		return maxConns
+	case maxConns < 0:
+		return 0
+	}
+	return derivedCeiling(openFileLimit())
+}
 
 var (
 	processOnce    sync.Once
@@ -61,23 +97,13 @@ func newConnTracker(log *slog.Logger, maxConns int) *connTracker {
 		refused: prometheus.NewCounter(prometheus.CounterOpts{Name: "herald_server_connections_refused_total", Help: "Connections closed at accept because the server was past its connection ceiling and headroom."}),
 		evicted: prometheus.NewCounter(prometheus.CounterOpts{Name: "herald_server_idle_connections_closed_total", Help: "Idle keep-alive connections closed to make room under the connection ceiling."}),
 	}
-	limit := 0
-	var rl unix.Rlimit
-	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err == nil && rl.Cur != unix.RLIM_INFINITY && rl.Cur < 1<<30 {
-		limit = int(rl.Cur)
-	}
-	switch {
-	case maxConns < 0:
+	limit := openFileLimit()
+	if maxConns < 0 {
 		return t
-	case maxConns > 0:
-		t.ceiling = maxConns
-		if limit > 0 && maxConns+Headroom > limit-fileReserve(limit) {
-			log.Warn("the connection ceiling is above what the open-file limit leaves for connections", "max_connections", maxConns, "nofile", limit)
-		}
-	case limit > 0:
-		t.ceiling = max(limit-fileReserve(limit)-Headroom, Headroom)
-	default:
-		t.ceiling = 10000
+	}
+	t.ceiling = Ceiling(maxConns)
+	if maxConns > 0 && limit > 0 && maxConns+Headroom > limit-fileReserve(limit) {
+		log.Warn("the connection ceiling is above what the open-file limit leaves for connections", "max_connections", maxConns, "nofile", limit)
 	}
 	t.hard = t.ceiling + Headroom
 	log.Info("connection ceiling", "max_connections", t.ceiling, "headroom", Headroom, "nofile", limit)

@@ -7,12 +7,17 @@ import (
 	"time"
 
 	"github.com/heraldmesh/herald/platform/config"
+	"github.com/heraldmesh/herald/platform/server"
 	"github.com/heraldmesh/herald/platform/service"
 )
 
 // The edge's defaults, in one place: New fills unset fields from these.
 const (
-	DefaultHeartbeat    = 15 * time.Second
+	DefaultHeartbeat = 15 * time.Second
+	// DefaultMaxStreams is the stream ceiling when neither it nor the
+	// connection ceiling can be derived (no open-file limit); otherwise
+	// the stream ceiling is the connection ceiling (HERALD_MAX_CONNECTIONS
+	// or what the file limit leaves: 19,900 under 20,000 files).
 	DefaultMaxStreams   = 10000
 	DefaultUsageFlush   = time.Second
 	DefaultWriteTimeout = 30 * time.Second
@@ -38,7 +43,7 @@ var EnvVars = []string{"HERALD_EDGE_HEARTBEAT", "HERALD_EDGE_MAX_STREAMS", "HERA
 // HERALD_* settings and
 //
 //	HERALD_EDGE_HEARTBEAT      idle interval between SSE heartbeats (Go duration, default 15s)
-//	HERALD_EDGE_MAX_STREAMS    open streams of every channel (SSE and StreamEvents) per edge (default 10000)
+//	HERALD_EDGE_MAX_STREAMS    open streams of every channel (SSE, StreamEvents, poll) per edge (default: the connection ceiling)
 //	HERALD_EDGE_USAGE_FLUSH    how often delivery counts are reported (Go duration, default 1s)
 //	HERALD_EDGE_WRITE_TIMEOUT  how long a client may take one write before it is dropped (Go duration, default 30s)
 //	HERALD_EDGE_WEBHOOK_ENDPOINTS        webhook endpoints one edge delivers to at once (default 1000; others wait for a free edge)
@@ -106,7 +111,10 @@ func (c *Config) setDefaults() {
 		c.Heartbeat = DefaultHeartbeat
 	}
 	if c.MaxStreams <= 0 {
-		c.MaxStreams = DefaultMaxStreams
+		c.MaxStreams = int64(server.Ceiling(c.MaxConnections))
+		if c.MaxStreams <= 0 {
+			c.MaxStreams = DefaultMaxStreams
+		}
 	}
 	if c.UsageFlush <= 0 {
 		c.UsageFlush = DefaultUsageFlush

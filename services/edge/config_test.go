@@ -4,6 +4,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/heraldmesh/herald/platform/server"
 )
 
 func TestConfigFromEnv(t *testing.T) {
@@ -14,7 +16,12 @@ func TestConfigFromEnv(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.Heartbeat != DefaultHeartbeat || cfg.MaxStreams != DefaultMaxStreams || cfg.UsageFlush != DefaultUsageFlush || cfg.WriteTimeout != DefaultWriteTimeout {
+	// The stream ceiling follows the connection ceiling: 19,900 streams
+	// under a 20,000-file limit.
+	if want := int64(server.Ceiling(0)); want <= 0 || cfg.MaxStreams != want {
+		t.Fatalf("default stream ceiling %d, want the connection ceiling %d", cfg.MaxStreams, want)
+	}
+	if cfg.Heartbeat != DefaultHeartbeat || cfg.UsageFlush != DefaultUsageFlush || cfg.WriteTimeout != DefaultWriteTimeout {
 		t.Fatalf("defaults: %+v", cfg)
 	}
 
