@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"os/exec"
 	"os/signal"
+	"slices"
 	"syscall"
 	"time"
 
@@ -19,7 +21,7 @@ func benchCommand() *cobra.Command {
 		Use:   "bench",
 		Short: "Measure Herald on this machine",
 	}
-	cmd.AddCommand(benchPublishCommand(), benchWebhooksCommand())
+	cmd.AddCommand(benchPublishCommand(), benchWebhooksCommand(), benchFanoutCommand(), benchLoaderCommand())
 	return cmd
 }
 
@@ -137,6 +139,88 @@ signature and was counted once for metering.`,
 	f.StringArrayVar(&o.EdgeEnv, "edge-env", nil, "KEY=VALUE added to the edge's environment (repeatable), e.g. HERALD_PPROF_ADDR=127.0.0.1:6060 to profile it")
 	f.BoolVar(&asJSON, "json", false, "print the report as JSON")
 	return cmd
+}
+
+func benchFanoutCommand() *cobra.Command {
+	var o bench.FanoutOptions
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "fanout",
+		Short: "One event to up to 19,900 SSE clients per edge, and publish-to-receive latency at a steady rate, against Centrifugo and Mercure",
+		Long: `Measures the real-time edge with the same load client for every target:
+
+  levels       one event at a time (--events per level) to --levels idle SSE
+               clients: p50/p99/max from the start of the publish call to each
+               client's receipt; the server's RSS per idle connection
+  two edges    (--two-edges, Herald) the largest level on each of two edges
+  steady       --rate events/s for --rate-duration to --rate-clients clients
+  saturation   --saturation-rates in turn until one is not held (p99 >= 50 ms,
+               an event missing after 10 s, or published below 95% of the rate)
+
+Targets (--targets): herald (gRPC Publish → router → Redis with AOF → edge →
+SSE, all started here: a private redis-server, the registry in this process,
+the router and edge binaries of 'make build' as their own processes),
+centrifugo (--centrifugo BIN: its uni-directional SSE transport, in memory,
+published over its HTTP API) and mercure (--mercure BIN: the hub, in memory,
+published with POST). The clients live in load processes ('herald bench
+fanout-loader', up to 19,900 connections each under a 20,000-file limit),
+connecting from 127.0.0.x source addresses. Every event's data carries its
+number and the publisher's clock: a client records each event once and
+counts duplicates; the run checks that every client got every event once.`,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			var err error
+			if slices.Contains(o.Targets, "herald") || len(o.Targets) == 0 {
+				if o.RouterBin, err = bench.FindRouter(); err != nil {
+					return err
+				}
+				if o.EdgeBin, err = bench.FindEdge(); err != nil {
+					return err
+				}
+			}
+			exe, err := os.Executable()
+			if err != nil {
+				return err
+			}
+			o.Loader = []string{exe, "bench", "fanout-loader"}
+			o.Progress = cmd.ErrOrStderr()
+			rep, err := bench.RunFanout(ctx, o)
+			return report(ctx, cmd, rep, rep != nil, err, asJSON)
+		},
+	}
+	f := cmd.Flags()
+	f.StringSliceVar(&o.Targets, "targets", []string{"herald"}, "what to measure, in order: herald, centrifugo, mercure")
+	f.IntSliceVar(&o.Levels, "levels", []int{1000, 10000, 19900}, "client counts of the one-event phases (increasing, at most 19,900)")
+	f.IntVar(&o.Events, "events", 5, "events published one at a time at each level")
+	f.BoolVar(&o.TwoEdges, "two-edges", false, "Herald: a second edge with the largest level of clients on each")
+	f.IntVar(&o.RateClients, "rate-clients", 100, "clients of the steady and saturation phases")
+	f.IntVar(&o.Rate, "rate", 1000, "events/s of the steady phase")
+	f.DurationVar(&o.RateDuration, "rate-duration", 10*time.Second, "length of the steady phase")
+	f.IntSliceVar(&o.SaturationRates, "saturation-rates", nil, "offered rates of the saturation phases (default 2000,4000,6000,8000,10000,12000,16000,20000)")
+	f.DurationVar(&o.SaturationDuration, "saturation-duration", 5*time.Second, "length of each saturation phase")
+	f.BoolVar(&o.NoSaturation, "no-saturation", false, "skip the saturation phases")
+	f.IntVar(&o.PayloadBytes, "payload-bytes", 256, "size of each event's JSON data")
+	f.StringVar(&o.RedisFsync, "redis-fsync", "always", "Redis appendfsync: always (Herald's default) or everysec")
+	f.StringVar(&o.CentrifugoBin, "centrifugo", "", "centrifugo executable (target centrifugo)")
+	f.StringVar(&o.MercureBin, "mercure", "", "mercure executable (target mercure)")
+	f.StringArrayVar(&o.EdgeEnv, "edge-env", nil, "KEY=VALUE added to the edge's environment (repeatable)")
+	f.DurationVar(&o.Timeout, "timeout", 30*time.Minute, "bound on the whole run")
+	f.BoolVar(&asJSON, "json", false, "print the report as JSON")
+	return cmd
+}
+
+// benchLoaderCommand is the load client of `herald bench fanout`: it reads
+// commands on stdin and answers on stdout.
+func benchLoaderCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:    "fanout-loader",
+		Short:  "The load client process of herald bench fanout",
+		Hidden: true,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return bench.RunLoader(cmd.InOrStdin(), cmd.OutOrStdout())
+		},
+	}
 }
 
 // report prints a run's report (also when a check failed) and returns the

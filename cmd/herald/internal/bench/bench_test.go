@@ -29,7 +29,18 @@ const routerChildEnv = "HERALD_BENCH_TEST_ROUTER_CHILD"
 // edgeChildEnv makes the test binary run as the edge.
 const edgeChildEnv = "HERALD_BENCH_TEST_EDGE_CHILD"
 
+// loaderChildEnv makes the test binary run as a fan-out load client. Its
+// HERALD_ prefix keeps it out of the router's and the edge's environment.
+const loaderChildEnv = "HERALD_BENCH_TEST_LOADER_CHILD"
+
 func TestMain(m *testing.M) {
+	if os.Getenv(loaderChildEnv) == "1" {
+		if err := RunLoader(os.Stdin, os.Stdout); err != nil {
+			fmt.Fprintln(os.Stderr, "loader:", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
 	if os.Getenv(edgeChildEnv) == "1" {
 		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 		err := edge.RunFromEnv(ctx)
@@ -296,4 +307,59 @@ func TestPercentile(t *testing.T) {
 	if _, _, err := runCalls(context.Background(), 10, 3, func(context.Context, int) error { return errors.New("boom") }); err == nil {
 		t.Error("runCalls hid an error")
 	}
+}
+
+// TestRunFanoutSmall runs `herald bench fanout` on Herald with tiny
+// numbers: load clients as child processes, two edges, the steady and
+// saturation phases, and the checks that every client got every event
+// once.
+func TestRunFanoutSmall(t *testing.T) {
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv(loaderChildEnv, "1") // the load clients are this binary too
+	o := FanoutOptions{
+		Levels: []int{5, 30}, Events: 2, TwoEdges: true, RateClients: 4, Rate: 200, RateDuration: time.Second,
+		SaturationRates: []int{400}, SaturationDuration: time.Second,
+		RouterBin: exe, EdgeBin: exe, RouterEnv: []string{routerChildEnv + "=1"}, EdgeEnv: []string{edgeChildEnv + "=1"},
+		Loader: []string{exe}, Timeout: 3 * time.Minute,
+	}
+	var progress bytes.Buffer
+	o.Progress = &progress
+	rep, err := RunFanout(context.Background(), o)
+	if err != nil {
+		var table bytes.Buffer
+		if rep != nil {
+			_ = rep.WriteTable(&table)
+		}
+		t.Fatalf("%v\nprogress:\n%s\n%s", err, progress.String(), table.String())
+	}
+	if len(rep.Targets) != 1 {
+		t.Fatalf("targets: %+v", rep.Targets)
+	}
+	h := rep.Targets[0]
+	if len(h.Levels) != 2 || h.Levels[0].Clients != 5 || h.Levels[1].Clients != 30 {
+		t.Fatalf("levels: %+v", h.Levels)
+	}
+	for _, l := range append(h.Levels, *h.TwoEdges) {
+		if l.P50Ms <= 0 || l.P99Ms < l.P50Ms || l.MaxMs < l.P99Ms || l.ServerRSSMiB <= 0 {
+			t.Errorf("level %+v", l)
+		}
+	}
+	if h.TwoEdges.Clients != 60 {
+		t.Errorf("two edges: %+v", h.TwoEdges)
+	}
+	if h.Steady == nil || !h.Steady.Complete || h.Steady.Published <= 0 || len(h.Saturation) != 1 {
+		t.Errorf("rates: steady %+v, saturation %+v", h.Steady, h.Saturation)
+	}
+	// One check per level, the two edges and the steady rate.
+	if len(rep.Checks) != 4 {
+		t.Errorf("%d checks: %+v", len(rep.Checks), rep.Checks)
+	}
+	var table bytes.Buffer
+	if err := rep.WriteTable(&table); err != nil || !strings.Contains(table.String(), "30 clients") {
+		t.Errorf("table (%v):\n%s", err, table.String())
+	}
+	t.Log("\n" + table.String())
 }
