@@ -196,6 +196,10 @@ type FanoutRate struct {
 	P50Ms     float64 `json:"p50_ms"`
 	P99Ms     float64 `json:"p99_ms"`
 	MaxMs     float64 `json:"max_ms"`
+	// AckP50Ms and AckP99Ms time the publish calls (to their answer):
+	// what of the latency is the write path's.
+	AckP50Ms float64 `json:"ack_p50_ms"`
+	AckP99Ms float64 `json:"ack_p99_ms"`
 	// Complete says every client had every event within 10s of the end.
 	Complete  bool    `json:"complete"`
 	Held      bool    `json:"held"`
@@ -533,6 +537,7 @@ func (r *fanRun) atRate(ctx context.Context, t fanTarget, ld *loaderProc, rate i
 	var wg sync.WaitGroup
 	var errMu sync.Mutex
 	var pubErr error
+	var acks latencies
 	start := time.Now()
 	sent := 0
 	tick := time.NewTicker(time.Millisecond)
@@ -552,7 +557,10 @@ func (r *fanRun) atRate(ctx context.Context, t fanTarget, ld *loaderProc, rate i
 			sent += n
 			wg.Go(func() {
 				defer func() { <-sem }()
-				if err := t.publish(ctx, data); err != nil {
+				t0 := time.Now()
+				err := t.publish(ctx, data)
+				acks.add([]time.Duration{time.Since(t0)})
+				if err != nil {
 					errMu.Lock()
 					pubErr = errors.Join(pubErr, err)
 					errMu.Unlock()
@@ -567,6 +575,8 @@ func (r *fanRun) atRate(ctx context.Context, t fanTarget, ld *loaderProc, rate i
 		return fr, fmt.Errorf("publish at %d/s: %w", rate, pubErr)
 	}
 	fr.Published = float64(sent) / elapsed.Seconds()
+	slices.Sort(acks.d)
+	fr.AckP50Ms, fr.AckP99Ms = percentile(acks.d, 50), percentile(acks.d, 99)
 	last := first + int64(sent) - 1
 	fr.Complete = r.waitAll(ctx, []*loaderProc{ld}, first, last, 10*time.Second) == nil
 	fr.ServerCPU = float64(cpuOf(t.pids(0))-cpu0) / float64(time.Second)
@@ -653,17 +663,18 @@ func (rep *FanoutReport) WriteTable(w io.Writer) error {
 			fmt.Fprintf(w, row, name, fmt.Sprintf("%.1f", l.P50Ms), fmt.Sprintf("%.1f", l.P99Ms), fmt.Sprintf("%.1f", l.MaxMs),
 				fmt.Sprintf("%.1f", l.RSSPerConnKiB), fmt.Sprintf("%.0f", l.ServerRSSMiB), fmt.Sprintf("%.0f", l.ServerCPUms))
 		}
-		const rrow = "  %-22s %9s %9s %9s %12s %10s %10s\n"
+		const rrow = "  %-22s %9s %9s %9s %12s %10s %10s %12s\n"
 		rates := t.Saturation
 		if t.Steady != nil {
 			rates = append([]FanoutRate{*t.Steady}, rates...)
 		}
 		if len(rates) > 0 {
-			fmt.Fprintf(w, rrow, "events/s to clients", "p50 ms", "p99 ms", "max ms", "published/s", "complete", "CPU s")
+			fmt.Fprintf(w, rrow, "events/s to clients", "p50 ms", "p99 ms", "max ms", "published/s", "complete", "CPU s", "ack p50/p99")
 		}
 		for _, x := range rates {
 			fmt.Fprintf(w, rrow, fmt.Sprintf("%d/s to %d", x.Offered, x.Clients), fmt.Sprintf("%.1f", x.P50Ms), fmt.Sprintf("%.1f", x.P99Ms),
-				fmt.Sprintf("%.1f", x.MaxMs), fmt.Sprintf("%.0f", x.Published), strconv.FormatBool(x.Complete), fmt.Sprintf("%.2f", x.ServerCPU))
+				fmt.Sprintf("%.1f", x.MaxMs), fmt.Sprintf("%.0f", x.Published), strconv.FormatBool(x.Complete), fmt.Sprintf("%.2f", x.ServerCPU),
+				fmt.Sprintf("%.1f/%.1f", x.AckP50Ms, x.AckP99Ms))
 		}
 		if len(t.Saturation) > 0 {
 			fmt.Fprintf(w, "  saturation: %d events/s held (p99 < 50 ms, every event to every client, published at >= 95%% of the rate)\n", t.SaturationRate)
