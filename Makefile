@@ -48,14 +48,19 @@ test: check-generated lint test-node test-go
 ## (the official AsyncAPI parser, for the catalog's AsyncAPI export), tests/webhooks (the official
 ## standardwebhooks library, verifying Herald's webhook signatures), tests/tokens (the jose library,
 ## minting browser tokens that stream from the edge), tests/websub (a WebSub subscriber, with
-## http-link-header for discovery) and tests/console (playwright-core, driving Debian's chromium through
-## the edge's console page; it downloads no browser)
+## http-link-header for discovery), tests/console (playwright-core, driving Debian's chromium through
+## the edge's console page; it downloads no browser), tests/eventsource (the npm eventsource library,
+## following the edge's SSE stream with an application key and reconnecting by itself) and tests/connect
+## (@connectrpc/connect-node and @bufbuild/protobuf, calling EdgeService.StreamEvents over Connect and
+## gRPC on h2c from descriptors loaded at run time). Node.js >= 20
 test-node:
 	cd tests/asyncapi && npm ci --no-audit --no-fund --ignore-scripts
 	cd tests/webhooks && npm ci --no-audit --no-fund --ignore-scripts
 	cd tests/tokens && npm ci --no-audit --no-fund --ignore-scripts
 	cd tests/websub && npm ci --no-audit --no-fund --ignore-scripts
 	cd tests/console && npm ci --no-audit --no-fund --ignore-scripts
+	cd tests/eventsource && npm ci --no-audit --no-fund --ignore-scripts
+	cd tests/connect && npm ci --no-audit --no-fund --ignore-scripts
 
 test-go: tools test-node
 	go test -race -count=1 -timeout 20m $(PKGS)

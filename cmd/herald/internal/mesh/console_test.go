@@ -38,7 +38,8 @@ type consoleEdge struct {
 }
 
 // runEdge starts an edge on a free port with the mesh's settings and waits
-// until it answers /readyz.
+// until it answers /readyz. It serves HTTPS with tls's certificate, or h2c
+// and HTTP/1.1 when tls is the zero value.
 func runEdge(t *testing.T, common config.Common, tls tlsFiles) *consoleEdge {
 	t.Helper()
 	cfg, err := edge.ConfigFromEnv()
@@ -71,9 +72,13 @@ func runEdge(t *testing.T, common config.Common, tls tlsFiles) *consoleEdge {
 	})
 	t.Cleanup(stop)
 	ce := &consoleEdge{addr: addr.String(), stop: stop}
+	scheme, client := "https://", tls.client
+	if tls.cert == "" {
+		scheme, client = "http://", http.DefaultClient
+	}
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		res, err := tls.client.Get("https://" + ce.addr + "/readyz")
+		res, err := client.Get(scheme + ce.addr + "/readyz")
 		if err == nil {
 			res.Body.Close()
 			if res.StatusCode == http.StatusOK {
