@@ -54,14 +54,30 @@ func refuse(w http.ResponseWriter, r *http.Request, err error, retryAfter string
 			ce.Meta().Set("Retry-After", retryAfter)
 		}
 	}
-	if r.ProtoMajor == 1 && hasBody(r) {
-		w.Header().Set("Connection", "close")
-		// net/http drains up to 256 KiB of an unread body when the handler
-		// ends; a deadline in the past makes that drain fail at once.
-		_ = http.NewResponseController(w).SetReadDeadline(time.Now())
+	if r.ProtoMajor != 1 || !hasBody(r) {
+		auth.WriteError(w, r, err)
+		return
 	}
+	// HTTP/1 with a body: answer at once and close, without waiting for
+	// the body. A client still writing it (connect-node, curl) would see
+	// the close as a reset and lose the answer if unread bytes were left
+	// in the socket, so what has already arrived (at most 64 KiB, for at
+	// most 100 ms) is read and thrown away after the answer is flushed.
+	rc := http.NewResponseController(w)
+	w.Header().Set("Connection", "close")
+	_ = rc.EnableFullDuplex()
 	auth.WriteError(w, r, err)
+	_ = rc.Flush()
+	_ = rc.SetReadDeadline(time.Now().Add(refuseLinger))
+	_, _ = io.CopyN(io.Discard, r.Body, 64<<10)
+	// net/http drains up to 256 KiB more when the handler ends; a
+	// deadline in the past makes that drain fail at once.
+	_ = rc.SetReadDeadline(time.Now())
 }
+
+// refuseLinger is how long a refused HTTP/1 request's body is read after
+// the answer.
+const refuseLinger = 100 * time.Millisecond
 
 func hasBody(r *http.Request) bool {
 	return r.Body != nil && r.Body != http.NoBody && r.ContentLength != 0
