@@ -397,10 +397,16 @@ func (s *sub) wants(eventType string) bool {
 }
 
 func (h *Hub) subscribe(ctx context.Context, patterns []string, allow func(string) bool, max int) (*sub, eventlog.ID, error) {
+	// A hub that follows the log subscribes even an ended context, so
+	// that a poll cut short still has the hub's position to answer with.
 	select {
 	case <-h.ready:
-	case <-ctx.Done():
-		return nil, eventlog.ID{}, ctx.Err()
+	default:
+		select {
+		case <-h.ready:
+		case <-ctx.Done():
+			return nil, eventlog.ID{}, ctx.Err()
+		}
 	}
 	if max <= 0 {
 		max = DefaultBuffer

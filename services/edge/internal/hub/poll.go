@@ -24,8 +24,10 @@ var errFull = errors.New("batch full")
 // Poll answers a long poll: the events matching patterns after o.After
 // (nil: from now on), at once when there are some, else the first ones
 // published within wait, else none after wait; at most max of them.
-// Heartbeat, Started and CutWhenBehind are ignored. When ctx ends while it
-// waits, it returns ctx's error with the batch so far and its Next.
+// Heartbeat, Started and CutWhenBehind are ignored. When ctx ends, it
+// returns ctx's error with the batch so far and its Next, wherever it was
+// (reading the log or waiting): the edge answers the polls it cuts short
+// when it stops, and their clients resume at Next on another replica.
 func (h *Hub) Poll(ctx context.Context, patterns []string, o Options, max int, wait time.Duration) (Batch, error) {
 	var b Batch
 	var c position
@@ -42,21 +44,6 @@ func (h *Hub) Poll(ctx context.Context, patterns []string, o Options, max int, w
 		}
 		return nil
 	}
-	s, head, err := h.subscribe(ctx, patterns, o.Allow, o.Buffer)
-	if err != nil {
-		return b, err
-	}
-	defer func() { h.unsubscribe(s) }()
-	if o.After == nil {
-		c.id = head
-	} else {
-		c.id = *o.After
-		if head.Less(c.id) {
-			if err := h.checkCursor(ctx, s, c.id); err != nil {
-				return b, err
-			}
-		}
-	}
 	// A full batch ends at its last event (what followed it was read but
 	// not answered); otherwise everything up to the position was looked at.
 	next := func() eventlog.ID {
@@ -64,6 +51,32 @@ func (h *Hub) Poll(ctx context.Context, patterns []string, o Options, max int, w
 			return b.Events[max-1].ID
 		}
 		return c.id
+	}
+	// answer ends the poll with its batch and how far it got. Every return
+	// once the poll has a position goes through it: a Next left at Zero
+	// would send the client back to the start of the log.
+	answer := func(err error) (Batch, error) {
+		b.Next = next()
+		return b, err
+	}
+	if o.After != nil {
+		c.id = *o.After
+	}
+	s, head, err := h.subscribe(ctx, patterns, o.Allow, o.Buffer)
+	if err != nil {
+		if o.After == nil {
+			// No position to answer with: the hub never followed the log.
+			return b, errNotFollowing
+		}
+		return answer(err)
+	}
+	defer func() { h.unsubscribe(s) }()
+	if o.After == nil {
+		c.id = head
+	} else if head.Less(c.id) {
+		if err := h.checkCursor(ctx, s, c.id); err != nil {
+			return answer(err)
+		}
 	}
 	timer := time.NewTimer(wait)
 	defer timer.Stop()
@@ -73,36 +86,37 @@ func (h *Hub) Poll(ctx context.Context, patterns []string, o Options, max int, w
 			streams := s.streams(h)
 			if first && c.id != eventlog.Zero {
 				if b.Gap, err = FindGap(ctx, h.rdb, streams, c.id); err != nil {
-					return b, err
+					return answer(err)
 				}
 			}
 			// Up to head only: what comes later is in s's queue.
 			err := h.catchUp(ctx, streams, &c, head, o.Filter, collect)
 			if errors.Is(err, errFull) || err == nil && len(b.Events) > 0 {
-				b.Next = next()
-				return b, nil
+				return answer(nil)
 			}
 			if err != nil {
-				return b, err
+				return answer(err)
 			}
 		}
 		first = false
 		overflowed, err := h.pollLive(ctx, s, &c, timer.C, o, collect)
 		if err != nil && !errors.Is(err, errFull) {
-			b.Next = next() // how far it got, for a poll cut short
-			return b, err
+			return answer(err) // how far it got, for a poll cut short
 		}
 		if !overflowed || len(b.Events) > 0 {
-			b.Next = next()
-			return b, nil
+			return answer(nil)
 		}
 		// Cut off from the live feed: read the rest from the log.
 		h.unsubscribe(s)
 		if s, head, err = h.subscribe(ctx, patterns, o.Allow, o.Buffer); err != nil {
-			return b, err
+			return answer(err)
 		}
 	}
 }
+
+// errNotFollowing ends a cursor-less poll whose context ended before the
+// hub followed the log: there is no position to answer it with.
+var errNotFollowing = errors.New("the edge stopped before it followed the log")
 
 // pollLive waits for live events, or for the timer. Once some came, or
 // the wait is over, it claims the hub position when nothing more is
