@@ -2,7 +2,6 @@ package bench
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -631,11 +630,7 @@ func cpuOf(pids []int) time.Duration {
 }
 
 // WriteJSON writes the report as indented JSON.
-func (rep *FanoutReport) WriteJSON(w io.Writer) error {
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	return enc.Encode(rep)
-}
+func (rep *FanoutReport) WriteJSON(w io.Writer) error { return writeJSON(w, rep) }
 
 // WriteTable writes the report for people.
 func (rep *FanoutReport) WriteTable(w io.Writer) error {
@@ -680,16 +675,6 @@ func (rep *FanoutReport) WriteTable(w io.Writer) error {
 			fmt.Fprintf(w, "  saturation: %d events/s held (p99 < 50 ms, every event to every client, published at >= 95%% of the rate)\n", t.SaturationRate)
 		}
 	}
-	fmt.Fprintln(w, "\nchecks:")
-	for _, c := range rep.Checks {
-		mark := "ok  "
-		if !c.OK {
-			mark = "FAIL"
-		}
-		fmt.Fprintf(w, "  %s %s: %s\n", mark, c.Name, c.Detail)
-	}
-	for _, n := range rep.Notes {
-		fmt.Fprintf(w, "note: %s\n", n)
-	}
+	writeChecks(w, rep.Checks, rep.Notes)
 	return nil
 }

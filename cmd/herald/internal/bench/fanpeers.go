@@ -95,6 +95,20 @@ func peerVersion(bin string) string {
 	return strings.TrimSpace(strings.SplitN(string(out), "\n", 2)[0])
 }
 
+// startPeer starts a peer's process (its output in dir/<name>.log) and
+// waits until it listens on addr.
+func startPeer(ctx context.Context, name, bin string, args, env []string, dir, addr string) (*child, error) {
+	proc, err := startChild(name, bin, args, env, filepath.Join(dir, name+".log"))
+	if err != nil {
+		return nil, err
+	}
+	if err := waitListening(ctx, proc, addr); err != nil {
+		proc.stop(5 * time.Second)
+		return nil, err
+	}
+	return proc, nil
+}
+
 // waitListening waits until addr accepts TCP connections.
 func waitListening(ctx context.Context, c *child, addr string) error {
 	deadline := time.Now().Add(60 * time.Second)
@@ -146,12 +160,8 @@ func startCentrifugo(ctx context.Context, dir, bin string, progress func(string,
 	}
 	ver := peerVersion(bin)
 	progress("centrifugo: starting %s (%s) on %s", bin, ver, addr)
-	proc, err := startChild("centrifugo", bin, []string{"-c", confPath}, append(os.Environ(), "HOME="+dir), filepath.Join(dir, "centrifugo.log"))
+	proc, err := startPeer(ctx, "centrifugo", bin, []string{"-c", confPath}, append(os.Environ(), "HOME="+dir), dir, addr)
 	if err != nil {
-		return nil, err
-	}
-	if err := waitListening(ctx, proc, addr); err != nil {
-		proc.stop(5 * time.Second)
 		return nil, err
 	}
 	return &peer{
@@ -210,12 +220,8 @@ http://%s {
 	ver := peerVersion(bin)
 	progress("mercure: starting %s (%s) on %s", bin, ver, addr)
 	env := append(os.Environ(), "HOME="+dir, "XDG_DATA_HOME="+filepath.Join(dir, "data"), "XDG_CONFIG_HOME="+filepath.Join(dir, "config"))
-	proc, err := startChild("mercure", bin, []string{"run", "--config", confPath, "--adapter", "caddyfile"}, env, filepath.Join(dir, "mercure.log"))
+	proc, err := startPeer(ctx, "mercure", bin, []string{"run", "--config", confPath, "--adapter", "caddyfile"}, env, dir, addr)
 	if err != nil {
-		return nil, err
-	}
-	if err := waitListening(ctx, proc, addr); err != nil {
-		proc.stop(5 * time.Second)
 		return nil, err
 	}
 	return &peer{

@@ -8,10 +8,27 @@ import (
 )
 
 // WriteJSON writes the report as indented JSON.
-func (rep *Report) WriteJSON(w io.Writer) error {
+func (rep *Report) WriteJSON(w io.Writer) error { return writeJSON(w, rep) }
+
+func writeJSON(w io.Writer, rep any) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	return enc.Encode(rep)
+}
+
+// writeChecks writes a report's checks and notes.
+func writeChecks(w io.Writer, checks []Check, notes []string) {
+	fmt.Fprintln(w, "\nchecks:")
+	for _, c := range checks {
+		mark := "ok  "
+		if !c.OK {
+			mark = "FAIL"
+		}
+		fmt.Fprintf(w, "  %s %s: %s\n", mark, c.Name, c.Detail)
+	}
+	for _, n := range notes {
+		fmt.Fprintf(w, "note: %s\n", n)
+	}
 }
 
 // WriteTable writes the report for people.
@@ -77,11 +94,7 @@ func (rep *Report) WriteTable(w io.Writer) error {
 }
 
 // WriteJSON writes the report as indented JSON.
-func (rep *WebhookReport) WriteJSON(w io.Writer) error {
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	return enc.Encode(rep)
-}
+func (rep *WebhookReport) WriteJSON(w io.Writer) error { return writeJSON(w, rep) }
 
 // WriteTable writes the report for people.
 func (rep *WebhookReport) WriteTable(w io.Writer) error {
@@ -119,16 +132,6 @@ func (rep *WebhookReport) WriteTable(w io.Writer) error {
 			fmt.Fprintf(w, "%s: the slow endpoint received %d requests meanwhile\n", p.Name, p.SlowReceived)
 		}
 	}
-	fmt.Fprintln(w, "\nchecks:")
-	for _, c := range rep.Checks {
-		mark := "ok  "
-		if !c.OK {
-			mark = "FAIL"
-		}
-		fmt.Fprintf(w, "  %s %s: %s\n", mark, c.Name, c.Detail)
-	}
-	for _, n := range rep.Notes {
-		fmt.Fprintf(w, "note: %s\n", n)
-	}
+	writeChecks(w, rep.Checks, rep.Notes)
 	return nil
 }
