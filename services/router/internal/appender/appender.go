@@ -198,12 +198,21 @@ func (a *Appender) Append(ctx context.Context, items []Item) ([]Result, error) {
 		}
 		args[i] = append([]any{a.window, maxLen, strconv.FormatInt(it.MaxAge.Milliseconds(), 10), n, it.Account}, fields...)
 	}
-	res, err := a.run(ctx, keys, args)
-	if err != nil && isNoScript(err) {
-		// Redis restarted or flushed its script cache: load and retry. The
-		// script is idempotent, so retrying entries that did run is safe.
+	res := make([]Result, len(keys))
+	all := make([]int, len(keys))
+	for i := range all {
+		all[i] = i
+	}
+	again, err := a.run(ctx, keys, args, all, res)
+	if err == nil && len(again) > 0 {
+		// Redis restarted or flushed its script cache (or another caller
+		// loaded it midway through this pipeline): load it and run again
+		// only the entries that were refused. Those that ran keep their
+		// answer: run again, a new entry would be answered duplicate.
 		if err = appendScript.Load(ctx, a.rdb).Err(); err == nil {
-			res, err = a.run(ctx, keys, args)
+			if again, err = a.run(ctx, keys, args, again, res); err == nil && len(again) > 0 {
+				err = errors.New("NOSCRIPT after SCRIPT LOAD")
+			}
 		}
 	}
 	if err != nil {
@@ -215,18 +224,23 @@ func (a *Appender) Append(ctx context.Context, items []Item) ([]Result, error) {
 	return res, nil
 }
 
-func (a *Appender) run(ctx context.Context, keys [][]string, args [][]any) ([]Result, error) {
+// run runs the append script for the entries idx in one pipeline, filling
+// their results in out. It returns the entries Redis refused with NOSCRIPT.
+func (a *Appender) run(ctx context.Context, keys [][]string, args [][]any, idx []int, out []Result) (noScript []int, err error) {
 	pipe := a.rdb.Pipeline()
-	cmds := make([]*redis.Cmd, len(keys))
-	for i := range keys {
-		cmds[i] = appendScript.EvalSha(ctx, pipe, keys[i], args[i]...)
+	cmds := make([]*redis.Cmd, len(idx))
+	for j, i := range idx {
+		cmds[j] = appendScript.EvalSha(ctx, pipe, keys[i], args[i]...)
 	}
-	if _, err := pipe.Exec(ctx); err != nil {
+	if _, err := pipe.Exec(ctx); err != nil && !isNoScript(err) {
 		return nil, err
 	}
-	out := make([]Result, len(cmds))
-	for i, c := range cmds {
+	for j, c := range cmds {
 		v, err := c.Slice()
+		if isNoScript(err) {
+			noScript = append(noScript, idx[j])
+			continue
+		}
 		if err != nil {
 			return nil, err
 		}
@@ -235,9 +249,9 @@ func (a *Appender) run(ctx context.Context, keys [][]string, args [][]any) ([]Re
 		}
 		isNew, _ := v[0].(int64)
 		id, _ := v[1].(string)
-		out[i] = Result{Cursor: id, Duplicate: isNew == 0}
+		out[idx[j]] = Result{Cursor: id, Duplicate: isNew == 0}
 	}
-	return out, nil
+	return noScript, nil
 }
 
 // streamNumber returns the stream's number, remembered after the first ask.

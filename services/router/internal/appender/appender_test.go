@@ -725,3 +725,66 @@ func TestAppendToPartitions(t *testing.T) {
 		}
 	}
 }
+
+// splitPipeline runs the first pipeline it sees in two halves, calling
+// between runs between them: the script cache changing midway through a
+// pipeline, as when another caller loads the script.
+type splitPipeline struct {
+	between func()
+	once    sync.Once
+}
+
+func (h *splitPipeline) DialHook(next redis.DialHook) redis.DialHook          { return next }
+func (h *splitPipeline) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
+func (h *splitPipeline) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		split := false
+		if len(cmds) >= 4 {
+			h.once.Do(func() { split = true })
+		}
+		if !split {
+			return next(ctx, cmds)
+		}
+		k := len(cmds) / 2
+		err1 := next(ctx, cmds[:k])
+		h.between()
+		err2 := next(ctx, cmds[k:])
+		return errors.Join(err1, err2)
+	}
+}
+
+// When the script is missing for some entries of a batch and not for
+// others (another caller loaded it midway), the entries that ran keep
+// their answer: every new event is answered new, none duplicate, and each
+// is stored once.
+func TestAppendScriptLoadedMidwayAnswersNewEventsNew(t *testing.T) {
+	srv := testutil.Redis(t)
+	rdb, other := testutil.RedisClient(t, srv), testutil.RedisClient(t, srv)
+	ctx := context.Background()
+	if err := rdb.ScriptFlush(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	rdb.AddHook(&splitPipeline{between: func() {
+		if err := appender.New(other, appender.Options{}).Load(ctx); err != nil {
+			t.Error(err)
+		}
+	}})
+	a := appender.New(rdb, appender.Options{})
+	var evs []*eventv1.CloudEvent
+	for i := range 6 {
+		evs = append(evs, newEvent("shop.order.created", "//shop", fmt.Sprintf("mid-%d", i)))
+	}
+	for i, r := range mustAppend(t, a, itemsOf("acct", evs...)) {
+		if r.Duplicate || r.Cursor == "" {
+			t.Errorf("event %d: %+v, want new with a cursor", i, r)
+		}
+	}
+	if got := len(stream(t, rdb, "shop.order.created")); got != len(evs) {
+		t.Errorf("%d entries stored, want %d", got, len(evs))
+	}
+	for i, r := range mustAppend(t, a, itemsOf("acct", evs...)) {
+		if !r.Duplicate {
+			t.Errorf("event %d again: %+v, want duplicate", i, r)
+		}
+	}
+}
