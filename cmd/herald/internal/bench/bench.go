@@ -340,12 +340,7 @@ func (r *run) all(ctx context.Context, dir string) error {
 	return nil
 }
 
-func (r *run) withRouterLog(err error) error {
-	if r.router != nil && r.router.exited() {
-		return fmt.Errorf("%w\nthe router exited (%v):\n%s", err, r.router.err, r.router.logTail())
-	}
-	return err
-}
+func (r *run) withRouterLog(err error) error { return withChildLogs(err, r.router) }
 
 // routerEnv is this process's environment without HERALD_* settings, plus
 // the router's.

@@ -111,7 +111,7 @@ func startHeraldFan(ctx context.Context, dir string, o FanoutOptions, progress f
 	if h.router, err = startChild("router", o.RouterBin, nil, routerEnv(h.common, o.RouterEnv), filepath.Join(dir, "router.log")); err != nil {
 		return nil, err
 	}
-	if err := h.waitChild(ctx, h.router, h.common.RouterAddr); err != nil {
+	if err := waitChild(ctx, h.router, h.common.RouterAddr); err != nil {
 		return nil, err
 	}
 	if err := h.addEdge(ctx, 0); err != nil {
@@ -121,16 +121,6 @@ func startHeraldFan(ctx context.Context, dir string, o FanoutOptions, progress f
 		return nil, err
 	}
 	return h, nil
-}
-
-func (h *heraldFan) waitChild(ctx context.Context, c *child, addr string) error {
-	_, err := waitReady(ctx, addr, 60*time.Second, 0, func() error {
-		if c.exited() {
-			return fmt.Errorf("%s exited: %v", c.name, c.err)
-		}
-		return nil
-	})
-	return err
 }
 
 func (h *heraldFan) addEdge(ctx context.Context, i int) error {
@@ -154,7 +144,7 @@ func (h *heraldFan) addEdge(ctx context.Context, i int) error {
 	}
 	h.edges = append(h.edges, ch)
 	h.addrs = append(h.addrs, addr)
-	return h.waitChild(ctx, ch, addr)
+	return waitChild(ctx, ch, addr)
 }
 
 func (h *heraldFan) stream(i int) (string, map[string]string) {
@@ -187,12 +177,7 @@ func (h *heraldFan) path() string {
 }
 
 func (h *heraldFan) withLogs(err error) error {
-	for _, c := range append(slices.Clip(h.edges), h.router) {
-		if c != nil && c.exited() {
-			err = fmt.Errorf("%w\nthe %s exited (%v):\n%s", err, c.name, c.err, c.logTail())
-		}
-	}
-	return err
+	return withChildLogs(err, append(slices.Clip(h.edges), h.router)...)
 }
 
 func (h *heraldFan) close() {

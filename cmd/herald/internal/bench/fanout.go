@@ -413,8 +413,7 @@ func (r *fanRun) connect(ctx context.Context, ld *loaderProc, t fanTarget, i, n 
 		return nil
 	}
 	u, h := t.stream(i)
-	k := i
-	a, err := ld.call(ctx, loaderCmd{Op: "connect", N: n, URL: u, Headers: h, Src: srcAddrs(k), DialConcurrency: 64})
+	a, err := ld.call(ctx, loaderCmd{Op: "connect", N: n, URL: u, Headers: h, Src: srcAddrs(i), DialConcurrency: 64})
 	if err != nil {
 		return err
 	}
@@ -604,15 +603,8 @@ func (r *fanRun) atRate(ctx context.Context, t fanTarget, ld *loaderProc, rate i
 func rssOf(pids []int) int64 {
 	var total int64
 	for _, pid := range pids {
-		b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "status"))
-		if err != nil {
-			continue
-		}
-		for line := range strings.SplitSeq(string(b), "\n") {
-			if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-				kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
-				total += kb << 10
-			}
+		if s, err := readProc(pid); err == nil {
+			total += s.rss
 		}
 	}
 	return total

@@ -2,6 +2,7 @@ package bench
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -91,7 +92,7 @@ type procUsage struct {
 
 type procSample struct {
 	cpu, sys time.Duration
-	hwm      int64 // bytes
+	hwm, rss int64 // bytes
 }
 
 // clockTick is USER_HZ, the unit of /proc/<pid>/stat times: 100 on every
@@ -125,14 +126,42 @@ func readProc(pid int) (procSample, error) {
 		return procSample{}, err
 	}
 	for line := range strings.SplitSeq(string(status), "\n") {
-		if rest, ok := strings.CutPrefix(line, "VmHWM:"); ok {
-			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
-			if err == nil {
-				s.hwm = kb << 10
+		for _, f := range []struct {
+			name string
+			v    *int64
+		}{{"VmHWM:", &s.hwm}, {"VmRSS:", &s.rss}} {
+			if rest, ok := strings.CutPrefix(line, f.name); ok {
+				kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
+				if err == nil {
+					*f.v = kb << 10
+				}
 			}
 		}
 	}
 	return s, nil
+}
+
+// withChildLogs adds the end of the output of every child that exited to
+// err.
+func withChildLogs(err error, children ...*child) error {
+	for _, c := range children {
+		if c != nil && c.exited() {
+			err = fmt.Errorf("%w\nthe %s exited (%v):\n%s", err, c.name, c.err, c.logTail())
+		}
+	}
+	return err
+}
+
+// waitChild waits until the child answers /readyz on addr, failing at once
+// if it exits.
+func waitChild(ctx context.Context, c *child, addr string) error {
+	_, err := waitReady(ctx, addr, 60*time.Second, 0, func() error {
+		if c.exited() {
+			return fmt.Errorf("%s exited: %v", c.name, c.err)
+		}
+		return nil
+	})
+	return err
 }
 
 // resetPeak resets the process's VmHWM to its current RSS (Linux >= 4.0).

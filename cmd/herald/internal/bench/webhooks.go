@@ -207,14 +207,7 @@ func RunWebhooks(parent context.Context, o WebhookOptions) (*WebhookReport, erro
 	return r.rep, nil
 }
 
-func (r *whRun) withLogs(err error) error {
-	for _, c := range []*child{r.router, r.edge} {
-		if c != nil && c.exited() {
-			err = fmt.Errorf("%w\nthe %s exited (%v):\n%s", err, c.name, c.err, c.logTail())
-		}
-	}
-	return err
-}
+func (r *whRun) withLogs(err error) error { return withChildLogs(err, r.router, r.edge) }
 
 func (r *whRun) all(ctx context.Context, dir string) error {
 	o := r.o
@@ -266,18 +259,11 @@ func (r *whRun) all(ctx context.Context, dir string) error {
 		return err
 	}
 	defer r.edge.stop(20 * time.Second)
-	for _, c := range []struct {
-		ch   *child
-		addr string
-	}{{r.router, common.RouterAddr}, {r.edge, common.EdgeAddr}} {
-		if _, err := waitReady(ctx, c.addr, 60*time.Second, 0, func() error {
-			if c.ch.exited() {
-				return fmt.Errorf("%s exited: %v", c.ch.name, c.ch.err)
-			}
-			return nil
-		}); err != nil {
-			return err
-		}
+	if err := waitChild(ctx, r.router, common.RouterAddr); err != nil {
+		return err
+	}
+	if err := waitChild(ctx, r.edge, common.EdgeAddr); err != nil {
+		return err
 	}
 	if r.pub, err = newPublisher(common.RouterAddr, pubKey); err != nil {
 		return err
