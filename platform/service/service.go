@@ -105,6 +105,14 @@ func (b *Base) HandlerOptions(extra ...connect.HandlerOption) []connect.HandlerO
 
 const compressMinBytes = 4 << 10
 
+// GatewayInterceptors are the interceptors an in-process REST gateway runs
+// around a handler: the error rule, then authentication (which passes a
+// principal the HTTP middleware already set). RPC metrics are left out: a
+// gateway request carries no procedure name.
+func (b *Base) GatewayInterceptors() []connect.Interceptor {
+	return []connect.Interceptor{ErrorInterceptor(b.Log), b.Auth.Interceptor()}
+}
+
 // Go adds a background loop that runs while the service runs. Its context
 // ends at shutdown; a loop returning an error stops the service.
 func (b *Base) Go(loop func(context.Context) error) { b.loops = append(b.loops, loop) }

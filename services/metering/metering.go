@@ -1,7 +1,8 @@
 // Package metering is Herald's usage service: it folds the usage records
 // router and edge append to Redis into hourly counters, exactly once, and
 // answers usage queries over Connect, gRPC, gRPC-Web and a REST gateway
-// (GET /v1/usage, described by GET /openapi.json), all on one port.
+// (GET /v1/usage, described by GET /openapi.json, served in process by
+// grpc-gateway), all on one port.
 package metering
 
 import (
@@ -10,20 +11,17 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"sync"
 	"time"
 
-	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"github.com/heraldmesh/herald/api"
 	meteringv1 "github.com/heraldmesh/herald/api/gen/herald/metering/v1"
 	"github.com/heraldmesh/herald/api/gen/herald/metering/v1/meteringv1connect"
 	"github.com/heraldmesh/herald/platform/config"
 	"github.com/heraldmesh/herald/platform/service"
 	"github.com/heraldmesh/herald/services/metering/internal/fold"
+	"github.com/heraldmesh/herald/services/metering/internal/gateway"
 	"github.com/heraldmesh/herald/services/metering/internal/store"
 	"github.com/heraldmesh/herald/services/metering/internal/usageapi"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 )
 
 // Config configures the metering service.
@@ -45,11 +43,7 @@ type Config struct {
 
 // Service is a metering service: built by New, driven by Run.
 type Service struct {
-	base  *service.Base
-	gwmux *runtime.ServeMux
-
-	mu     sync.Mutex
-	gwconn *grpc.ClientConn
+	base *service.Base
 }
 
 // New validates cfg, opens the Redis client and builds the handlers. It
@@ -70,31 +64,20 @@ func New(cfg Config) (*Service, error) {
 	}
 	st := store.New(base.Redis)
 	folder := fold.New(st, fold.Options{Log: base.Log, Metrics: base.Metrics, ClaimIdle: cfg.ClaimIdle, ClaimEvery: cfg.ClaimEvery})
-	s := &Service{base: base, gwmux: runtime.NewServeMux(runtime.WithErrorHandler(gatewayError))}
-	base.Server.Handle(meteringv1connect.NewMeteringServiceHandler(usageapi.New(st), base.HandlerOptions()...))
-	// The gateway calls this very server over gRPC (wired in Listen, once
-	// the address is known), so authentication and metrics apply unchanged.
-	base.Server.HandleHTTP("/v1/", s.gwmux)
+	s := &Service{base: base}
+	usageHandler := usageapi.New(st)
+	base.Server.Handle(meteringv1connect.NewMeteringServiceHandler(usageHandler, base.HandlerOptions()...))
+	// The REST gateway calls the same handlers in process; the HTTP
+	// middleware authenticates, as the interceptor does for RPCs.
+	gwmux := gateway.NewMux()
+	if err := meteringv1.RegisterMeteringServiceHandlerServer(context.Background(), gwmux, meteringGRPC{c: gateway.NewCaller(base.GatewayInterceptors()...), h: usageHandler}); err != nil {
+		return nil, fmt.Errorf("metering: gateway: %w", err)
+	}
+	base.Server.HandleHTTP("/v1/", base.Auth.Middleware(false, gwmux))
 	base.Server.HandlePublic("GET /openapi.json", http.HandlerFunc(serveOpenAPI))
 	base.Server.OnReady(folder.Ready)
 	base.Go(func(ctx context.Context) error { folder.Run(ctx); return nil })
 	return s, nil
-}
-
-// gatewayError is grpc-gateway's error handler, except that a 401 carries
-// the same Bearer challenge as Herald's other routes (grpc-gateway would put
-// the error message there).
-func gatewayError(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshaler, w http.ResponseWriter, r *http.Request, err error) {
-	runtime.DefaultHTTPErrorHandler(ctx, mux, m, bearerChallenge{w}, r, err)
-}
-
-type bearerChallenge struct{ http.ResponseWriter }
-
-func (b bearerChallenge) WriteHeader(status int) {
-	if status == http.StatusUnauthorized {
-		b.Header().Set("WWW-Authenticate", `Bearer realm="herald"`)
-	}
-	b.ResponseWriter.WriteHeader(status)
 }
 
 func serveOpenAPI(w http.ResponseWriter, _ *http.Request) {
@@ -105,53 +88,20 @@ func serveOpenAPI(w http.ResponseWriter, _ *http.Request) {
 // Listen binds the listen address and returns the bound address, which
 // tells a caller the port when the configured port is 0. Calling it again
 // returns the same address.
-func (s *Service) Listen() (net.Addr, error) {
-	bound, err := s.base.Listen()
-	if err != nil {
-		return nil, err
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.gwconn != nil {
-		return bound, nil
-	}
-	// grpc.NewClient does not dial until the first call.
-	conn, err := grpc.NewClient(dialAddr(bound), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		return nil, fmt.Errorf("metering: gateway client: %w", err)
-	}
-	if err := meteringv1.RegisterMeteringServiceHandler(context.Background(), s.gwmux, conn); err != nil {
-		_ = conn.Close()
-		return nil, fmt.Errorf("metering: gateway: %w", err)
-	}
-	s.gwconn = conn
-	return bound, nil
-}
+func (s *Service) Listen() (net.Addr, error) { return s.base.Listen() }
 
 // Run listens if Listen was not called, folds usage and serves until ctx is
 // done, then shuts down: it drains in-flight requests, stops the fold and
 // closes Redis. It returns nil after a clean shutdown.
-func (s *Service) Run(ctx context.Context) error {
-	if _, err := s.Listen(); err != nil {
-		return err
-	}
-	defer s.gwconn.Close()
-	return s.base.Run(ctx)
+func (s *Service) Run(ctx context.Context) error { return s.base.Run(ctx) }
+
+// meteringGRPC is MeteringService as the gateway calls it.
+type meteringGRPC struct {
+	meteringv1.UnimplementedMeteringServiceServer
+	c *gateway.Caller
+	h *usageapi.Handler
 }
 
-// dialAddr is where the gateway reaches this server: a wildcard bind
-// address is reached on loopback.
-func dialAddr(a net.Addr) string {
-	tcp, ok := a.(*net.TCPAddr)
-	if !ok {
-		return a.String()
-	}
-	ip := tcp.IP
-	if ip == nil || ip.IsUnspecified() {
-		ip = net.IPv4(127, 0, 0, 1)
-		if tcp.IP.To4() == nil && tcp.IP != nil {
-			ip = net.IPv6loopback
-		}
-	}
-	return net.JoinHostPort(ip.String(), fmt.Sprint(tcp.Port))
+func (g meteringGRPC) GetUsage(ctx context.Context, r *meteringv1.GetUsageRequest) (*meteringv1.GetUsageResponse, error) {
+	return gateway.Call(ctx, g.c, r, g.h.GetUsage)
 }
