@@ -30,8 +30,19 @@ const (
 	UsageMetric_USAGE_METRIC_UNSPECIFIED UsageMetric = 0
 	// An event accepted by Publish.
 	UsageMetric_USAGE_METRIC_PUBLISHED UsageMetric = 1
-	// An event delivered to a consumer.
+	// An event delivered to a consumer: billable, counted once per
+	// (tenant, application, subscription or stream, event source and id,
+	// channel) however often it is redelivered.
 	UsageMetric_USAGE_METRIC_DELIVERED UsageMetric = 2
+	// A delivery attempt that failed (an error answer, a timeout, a broken
+	// connection). Never billable.
+	UsageMetric_USAGE_METRIC_FAILED UsageMetric = 3
+	// A delivery refused by a hard quota. Never billable.
+	UsageMetric_USAGE_METRIC_REFUSED UsageMetric = 4
+	// A delivery attempt after the first one (a webhook retry, a redelivery
+	// of a durable subscription), whatever its outcome; counted besides the
+	// attempt's own DELIVERED or FAILED record. Never billable.
+	UsageMetric_USAGE_METRIC_RETRIED UsageMetric = 5
 )
 
 // Enum value maps for UsageMetric.
@@ -40,11 +51,17 @@ var (
 		0: "USAGE_METRIC_UNSPECIFIED",
 		1: "USAGE_METRIC_PUBLISHED",
 		2: "USAGE_METRIC_DELIVERED",
+		3: "USAGE_METRIC_FAILED",
+		4: "USAGE_METRIC_REFUSED",
+		5: "USAGE_METRIC_RETRIED",
 	}
 	UsageMetric_value = map[string]int32{
 		"USAGE_METRIC_UNSPECIFIED": 0,
 		"USAGE_METRIC_PUBLISHED":   1,
 		"USAGE_METRIC_DELIVERED":   2,
+		"USAGE_METRIC_FAILED":      3,
+		"USAGE_METRIC_REFUSED":     4,
+		"USAGE_METRIC_RETRIED":     5,
 	}
 )
 
@@ -87,6 +104,8 @@ const (
 	Granularity_GRANULARITY_DAY Granularity = 2
 	// One bucket for the whole range.
 	Granularity_GRANULARITY_TOTAL Granularity = 3
+	// One bucket per UTC minute (kept for a few days only).
+	Granularity_GRANULARITY_MINUTE Granularity = 4
 )
 
 // Enum value maps for Granularity.
@@ -96,12 +115,14 @@ var (
 		1: "GRANULARITY_HOUR",
 		2: "GRANULARITY_DAY",
 		3: "GRANULARITY_TOTAL",
+		4: "GRANULARITY_MINUTE",
 	}
 	Granularity_value = map[string]int32{
 		"GRANULARITY_UNSPECIFIED": 0,
 		"GRANULARITY_HOUR":        1,
 		"GRANULARITY_DAY":         2,
 		"GRANULARITY_TOTAL":       3,
+		"GRANULARITY_MINUTE":      4,
 	}
 )
 
@@ -370,24 +391,44 @@ func (x *UsageRow) GetCount() int64 {
 }
 
 // UsageRecord is what router and edge append to the usage stream
-// (herald:usage); metering folds each record into its counters exactly once,
-// keyed by id.
+// (herald:{usage}:log); metering folds each record into its counters
+// exactly once, keyed by id.
 type UsageRecord struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Unique id of the record: the fold is idempotent on it.
+	// Unique id of the record: the fold is idempotent on it. A delivery's id
+	// is derived from tenant, application, subscription or stream, event
+	// source and id, and channel (see platform/usage), so a redelivery or a
+	// replay of the same event to the same place carries the same id.
 	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	// The application.
+	// The application: the consumer of a delivery, the producer of a publish.
 	ApplicationId string `protobuf:"bytes,2,opt,name=application_id,json=applicationId,proto3" json:"application_id,omitempty"`
 	// The event type.
 	EventType string `protobuf:"bytes,3,opt,name=event_type,json=eventType,proto3" json:"event_type,omitempty"`
 	// What happened.
 	Metric UsageMetric `protobuf:"varint,4,opt,name=metric,proto3,enum=herald.metering.v1.UsageMetric" json:"metric,omitempty"`
-	// The channel (grpc, sse, ...).
+	// The channel: grpc (publish), stream (StreamEvents), subscribe, sse,
+	// poll, websub, webhook, bridge.
 	Channel string `protobuf:"bytes,5,opt,name=channel,proto3" json:"channel,omitempty"`
 	// How many events.
 	Quantity int64 `protobuf:"varint,6,opt,name=quantity,proto3" json:"quantity,omitempty"`
 	// When it happened.
-	Time          *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=time,proto3" json:"time,omitempty"`
+	Time *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=time,proto3" json:"time,omitempty"`
+	// The tenant of application_id.
+	Tenant string `protobuf:"bytes,8,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	// The application that published the event (for a publish, the same as
+	// application_id): producer statements credit it.
+	ProducerApplicationId string `protobuf:"bytes,9,opt,name=producer_application_id,json=producerApplicationId,proto3" json:"producer_application_id,omitempty"`
+	// The subscription id, or for ad-hoc streams the stream's name.
+	Subscription string `protobuf:"bytes,10,opt,name=subscription,proto3" json:"subscription,omitempty"`
+	// The event's CloudEvents source and id.
+	EventSource string `protobuf:"bytes,11,opt,name=event_source,json=eventSource,proto3" json:"event_source,omitempty"`
+	EventId     string `protobuf:"bytes,12,opt,name=event_id,json=eventId,proto3" json:"event_id,omitempty"`
+	// Bytes of event data carried.
+	Bytes int64 `protobuf:"varint,13,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	// Publish to delivery, in milliseconds (deliveries only; 0 when unknown).
+	LatencyMs int64 `protobuf:"varint,14,opt,name=latency_ms,json=latencyMs,proto3" json:"latency_ms,omitempty"`
+	// The attempt number of a delivery, 1 for the first.
+	Attempt       int32 `protobuf:"varint,15,opt,name=attempt,proto3" json:"attempt,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -471,6 +512,109 @@ func (x *UsageRecord) GetTime() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *UsageRecord) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *UsageRecord) GetProducerApplicationId() string {
+	if x != nil {
+		return x.ProducerApplicationId
+	}
+	return ""
+}
+
+func (x *UsageRecord) GetSubscription() string {
+	if x != nil {
+		return x.Subscription
+	}
+	return ""
+}
+
+func (x *UsageRecord) GetEventSource() string {
+	if x != nil {
+		return x.EventSource
+	}
+	return ""
+}
+
+func (x *UsageRecord) GetEventId() string {
+	if x != nil {
+		return x.EventId
+	}
+	return ""
+}
+
+func (x *UsageRecord) GetBytes() int64 {
+	if x != nil {
+		return x.Bytes
+	}
+	return 0
+}
+
+func (x *UsageRecord) GetLatencyMs() int64 {
+	if x != nil {
+		return x.LatencyMs
+	}
+	return 0
+}
+
+func (x *UsageRecord) GetAttempt() int32 {
+	if x != nil {
+		return x.Attempt
+	}
+	return 0
+}
+
+// UsageRecordBatch is an entry of the usage stream holding many records
+// (field "rs"), so that a busy edge appends one entry per flush.
+type UsageRecordBatch struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The records, each folded once by its own id.
+	Records       []*UsageRecord `protobuf:"bytes,1,rep,name=records,proto3" json:"records,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UsageRecordBatch) Reset() {
+	*x = UsageRecordBatch{}
+	mi := &file_herald_metering_v1_metering_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UsageRecordBatch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UsageRecordBatch) ProtoMessage() {}
+
+func (x *UsageRecordBatch) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_metering_v1_metering_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UsageRecordBatch.ProtoReflect.Descriptor instead.
+func (*UsageRecordBatch) Descriptor() ([]byte, []int) {
+	return file_herald_metering_v1_metering_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *UsageRecordBatch) GetRecords() []*UsageRecord {
+	if x != nil {
+		return x.Records
+	}
+	return nil
+}
+
 var File_herald_metering_v1_metering_proto protoreflect.FileDescriptor
 
 const file_herald_metering_v1_metering_proto_rawDesc = "" +
@@ -496,7 +640,7 @@ const file_herald_metering_v1_metering_proto_rawDesc = "" +
 	"\n" +
 	"start_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\tstartTime\x125\n" +
 	"\bend_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\x12\x14\n" +
-	"\x05count\x18\a \x01(\x03R\x05count\"\x82\x02\n" +
+	"\x05count\x18\a \x01(\x03R\x05count\"\x83\x04\n" +
 	"\vUsageRecord\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12%\n" +
 	"\x0eapplication_id\x18\x02 \x01(\tR\rapplicationId\x12\x1d\n" +
@@ -505,16 +649,32 @@ const file_herald_metering_v1_metering_proto_rawDesc = "" +
 	"\x06metric\x18\x04 \x01(\x0e2\x1f.herald.metering.v1.UsageMetricR\x06metric\x12\x18\n" +
 	"\achannel\x18\x05 \x01(\tR\achannel\x12\x1a\n" +
 	"\bquantity\x18\x06 \x01(\x03R\bquantity\x12.\n" +
-	"\x04time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\x04time*c\n" +
+	"\x04time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x16\n" +
+	"\x06tenant\x18\b \x01(\tR\x06tenant\x126\n" +
+	"\x17producer_application_id\x18\t \x01(\tR\x15producerApplicationId\x12\"\n" +
+	"\fsubscription\x18\n" +
+	" \x01(\tR\fsubscription\x12!\n" +
+	"\fevent_source\x18\v \x01(\tR\veventSource\x12\x19\n" +
+	"\bevent_id\x18\f \x01(\tR\aeventId\x12\x14\n" +
+	"\x05bytes\x18\r \x01(\x03R\x05bytes\x12\x1d\n" +
+	"\n" +
+	"latency_ms\x18\x0e \x01(\x03R\tlatencyMs\x12\x18\n" +
+	"\aattempt\x18\x0f \x01(\x05R\aattempt\"M\n" +
+	"\x10UsageRecordBatch\x129\n" +
+	"\arecords\x18\x01 \x03(\v2\x1f.herald.metering.v1.UsageRecordR\arecords*\xb0\x01\n" +
 	"\vUsageMetric\x12\x1c\n" +
 	"\x18USAGE_METRIC_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16USAGE_METRIC_PUBLISHED\x10\x01\x12\x1a\n" +
-	"\x16USAGE_METRIC_DELIVERED\x10\x02*l\n" +
+	"\x16USAGE_METRIC_DELIVERED\x10\x02\x12\x17\n" +
+	"\x13USAGE_METRIC_FAILED\x10\x03\x12\x18\n" +
+	"\x14USAGE_METRIC_REFUSED\x10\x04\x12\x18\n" +
+	"\x14USAGE_METRIC_RETRIED\x10\x05*\x84\x01\n" +
 	"\vGranularity\x12\x1b\n" +
 	"\x17GRANULARITY_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10GRANULARITY_HOUR\x10\x01\x12\x13\n" +
 	"\x0fGRANULARITY_DAY\x10\x02\x12\x15\n" +
-	"\x11GRANULARITY_TOTAL\x10\x032h\n" +
+	"\x11GRANULARITY_TOTAL\x10\x03\x12\x16\n" +
+	"\x12GRANULARITY_MINUTE\x10\x042h\n" +
 	"\x0fMeteringService\x12U\n" +
 	"\bGetUsage\x12#.herald.metering.v1.GetUsageRequest\x1a$.herald.metering.v1.GetUsageResponseBDZBgithub.com/heraldmesh/herald/api/gen/herald/metering/v1;meteringv1b\x06proto3"
 
@@ -531,7 +691,7 @@ func file_herald_metering_v1_metering_proto_rawDescGZIP() []byte {
 }
 
 var file_herald_metering_v1_metering_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_herald_metering_v1_metering_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
+var file_herald_metering_v1_metering_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
 var file_herald_metering_v1_metering_proto_goTypes = []any{
 	(UsageMetric)(0),              // 0: herald.metering.v1.UsageMetric
 	(Granularity)(0),              // 1: herald.metering.v1.Granularity
@@ -539,26 +699,28 @@ var file_herald_metering_v1_metering_proto_goTypes = []any{
 	(*GetUsageResponse)(nil),      // 3: herald.metering.v1.GetUsageResponse
 	(*UsageRow)(nil),              // 4: herald.metering.v1.UsageRow
 	(*UsageRecord)(nil),           // 5: herald.metering.v1.UsageRecord
-	(*timestamppb.Timestamp)(nil), // 6: google.protobuf.Timestamp
+	(*UsageRecordBatch)(nil),      // 6: herald.metering.v1.UsageRecordBatch
+	(*timestamppb.Timestamp)(nil), // 7: google.protobuf.Timestamp
 }
 var file_herald_metering_v1_metering_proto_depIdxs = []int32{
 	0,  // 0: herald.metering.v1.GetUsageRequest.metric:type_name -> herald.metering.v1.UsageMetric
-	6,  // 1: herald.metering.v1.GetUsageRequest.start_time:type_name -> google.protobuf.Timestamp
-	6,  // 2: herald.metering.v1.GetUsageRequest.end_time:type_name -> google.protobuf.Timestamp
+	7,  // 1: herald.metering.v1.GetUsageRequest.start_time:type_name -> google.protobuf.Timestamp
+	7,  // 2: herald.metering.v1.GetUsageRequest.end_time:type_name -> google.protobuf.Timestamp
 	1,  // 3: herald.metering.v1.GetUsageRequest.granularity:type_name -> herald.metering.v1.Granularity
 	4,  // 4: herald.metering.v1.GetUsageResponse.rows:type_name -> herald.metering.v1.UsageRow
 	0,  // 5: herald.metering.v1.UsageRow.metric:type_name -> herald.metering.v1.UsageMetric
-	6,  // 6: herald.metering.v1.UsageRow.start_time:type_name -> google.protobuf.Timestamp
-	6,  // 7: herald.metering.v1.UsageRow.end_time:type_name -> google.protobuf.Timestamp
+	7,  // 6: herald.metering.v1.UsageRow.start_time:type_name -> google.protobuf.Timestamp
+	7,  // 7: herald.metering.v1.UsageRow.end_time:type_name -> google.protobuf.Timestamp
 	0,  // 8: herald.metering.v1.UsageRecord.metric:type_name -> herald.metering.v1.UsageMetric
-	6,  // 9: herald.metering.v1.UsageRecord.time:type_name -> google.protobuf.Timestamp
-	2,  // 10: herald.metering.v1.MeteringService.GetUsage:input_type -> herald.metering.v1.GetUsageRequest
-	3,  // 11: herald.metering.v1.MeteringService.GetUsage:output_type -> herald.metering.v1.GetUsageResponse
-	11, // [11:12] is the sub-list for method output_type
-	10, // [10:11] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	7,  // 9: herald.metering.v1.UsageRecord.time:type_name -> google.protobuf.Timestamp
+	5,  // 10: herald.metering.v1.UsageRecordBatch.records:type_name -> herald.metering.v1.UsageRecord
+	2,  // 11: herald.metering.v1.MeteringService.GetUsage:input_type -> herald.metering.v1.GetUsageRequest
+	3,  // 12: herald.metering.v1.MeteringService.GetUsage:output_type -> herald.metering.v1.GetUsageResponse
+	12, // [12:13] is the sub-list for method output_type
+	11, // [11:12] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_herald_metering_v1_metering_proto_init() }
@@ -572,7 +734,7 @@ func file_herald_metering_v1_metering_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_herald_metering_v1_metering_proto_rawDesc), len(file_herald_metering_v1_metering_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   4,
+			NumMessages:   5,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
