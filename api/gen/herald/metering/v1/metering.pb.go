@@ -153,6 +153,84 @@ func (Granularity) EnumDescriptor() ([]byte, []int) {
 	return file_herald_metering_v1_metering_proto_rawDescGZIP(), []int{1}
 }
 
+// UsageDimension is what usage can be grouped or ranked by.
+type UsageDimension int32
+
+const (
+	// Not set: invalid in a request.
+	UsageDimension_USAGE_DIMENSION_UNSPECIFIED UsageDimension = 0
+	// The tenant of the application.
+	UsageDimension_USAGE_DIMENSION_TENANT UsageDimension = 1
+	// The application: the consumer of a delivery, the producer of a publish.
+	UsageDimension_USAGE_DIMENSION_APPLICATION UsageDimension = 2
+	// The application that published the event.
+	UsageDimension_USAGE_DIMENSION_PRODUCER UsageDimension = 3
+	// The event type.
+	UsageDimension_USAGE_DIMENSION_EVENT_TYPE UsageDimension = 4
+	// The domain: the event type's name before its first dot.
+	UsageDimension_USAGE_DIMENSION_DOMAIN UsageDimension = 5
+	// The registry product whose patterns match the event type. A type in
+	// several products counts in each of them; a type in none has product "".
+	UsageDimension_USAGE_DIMENSION_PRODUCT UsageDimension = 6
+	// The channel (grpc, stream, subscribe, sse, poll, websub, webhook, bridge).
+	UsageDimension_USAGE_DIMENSION_CHANNEL UsageDimension = 7
+	// The metric.
+	UsageDimension_USAGE_DIMENSION_METRIC UsageDimension = 8
+)
+
+// Enum value maps for UsageDimension.
+var (
+	UsageDimension_name = map[int32]string{
+		0: "USAGE_DIMENSION_UNSPECIFIED",
+		1: "USAGE_DIMENSION_TENANT",
+		2: "USAGE_DIMENSION_APPLICATION",
+		3: "USAGE_DIMENSION_PRODUCER",
+		4: "USAGE_DIMENSION_EVENT_TYPE",
+		5: "USAGE_DIMENSION_DOMAIN",
+		6: "USAGE_DIMENSION_PRODUCT",
+		7: "USAGE_DIMENSION_CHANNEL",
+		8: "USAGE_DIMENSION_METRIC",
+	}
+	UsageDimension_value = map[string]int32{
+		"USAGE_DIMENSION_UNSPECIFIED": 0,
+		"USAGE_DIMENSION_TENANT":      1,
+		"USAGE_DIMENSION_APPLICATION": 2,
+		"USAGE_DIMENSION_PRODUCER":    3,
+		"USAGE_DIMENSION_EVENT_TYPE":  4,
+		"USAGE_DIMENSION_DOMAIN":      5,
+		"USAGE_DIMENSION_PRODUCT":     6,
+		"USAGE_DIMENSION_CHANNEL":     7,
+		"USAGE_DIMENSION_METRIC":      8,
+	}
+)
+
+func (x UsageDimension) Enum() *UsageDimension {
+	p := new(UsageDimension)
+	*p = x
+	return p
+}
+
+func (x UsageDimension) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (UsageDimension) Descriptor() protoreflect.EnumDescriptor {
+	return file_herald_metering_v1_metering_proto_enumTypes[2].Descriptor()
+}
+
+func (UsageDimension) Type() protoreflect.EnumType {
+	return &file_herald_metering_v1_metering_proto_enumTypes[2]
+}
+
+func (x UsageDimension) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use UsageDimension.Descriptor instead.
+func (UsageDimension) EnumDescriptor() ([]byte, []int) {
+	return file_herald_metering_v1_metering_proto_rawDescGZIP(), []int{2}
+}
+
 // GetUsageRequest is the request of GetUsage. Every filter is optional.
 type GetUsageRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -615,6 +693,998 @@ func (x *UsageRecordBatch) GetRecords() []*UsageRecord {
 	return nil
 }
 
+// UsageFilter selects usage. Every field is optional; set fields combine
+// with AND. An application key is always narrowed to its own tenant (or to
+// its own application when it belongs to no tenant).
+type UsageFilter struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Only this tenant.
+	Tenant string `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	// Only this application (consumer of a delivery, producer of a publish).
+	ApplicationId string `protobuf:"bytes,2,opt,name=application_id,json=applicationId,proto3" json:"application_id,omitempty"`
+	// Only events published by this application.
+	ProducerApplicationId string `protobuf:"bytes,3,opt,name=producer_application_id,json=producerApplicationId,proto3" json:"producer_application_id,omitempty"`
+	// Only this event type: an exact name, or a pattern ending in ".*"
+	// (billing.* matches billing.invoice.paid) or "*" for every type.
+	EventType string `protobuf:"bytes,4,opt,name=event_type,json=eventType,proto3" json:"event_type,omitempty"`
+	// Only event types of this domain (the name before the first dot).
+	Domain string `protobuf:"bytes,5,opt,name=domain,proto3" json:"domain,omitempty"`
+	// Only event types matched by this registry product's patterns.
+	Product string `protobuf:"bytes,6,opt,name=product,proto3" json:"product,omitempty"`
+	// Only this channel.
+	Channel string `protobuf:"bytes,7,opt,name=channel,proto3" json:"channel,omitempty"`
+	// Only this metric.
+	Metric        UsageMetric `protobuf:"varint,8,opt,name=metric,proto3,enum=herald.metering.v1.UsageMetric" json:"metric,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UsageFilter) Reset() {
+	*x = UsageFilter{}
+	mi := &file_herald_metering_v1_metering_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UsageFilter) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UsageFilter) ProtoMessage() {}
+
+func (x *UsageFilter) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_metering_v1_metering_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UsageFilter.ProtoReflect.Descriptor instead.
+func (*UsageFilter) Descriptor() ([]byte, []int) {
+	return file_herald_metering_v1_metering_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *UsageFilter) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *UsageFilter) GetApplicationId() string {
+	if x != nil {
+		return x.ApplicationId
+	}
+	return ""
+}
+
+func (x *UsageFilter) GetProducerApplicationId() string {
+	if x != nil {
+		return x.ProducerApplicationId
+	}
+	return ""
+}
+
+func (x *UsageFilter) GetEventType() string {
+	if x != nil {
+		return x.EventType
+	}
+	return ""
+}
+
+func (x *UsageFilter) GetDomain() string {
+	if x != nil {
+		return x.Domain
+	}
+	return ""
+}
+
+func (x *UsageFilter) GetProduct() string {
+	if x != nil {
+		return x.Product
+	}
+	return ""
+}
+
+func (x *UsageFilter) GetChannel() string {
+	if x != nil {
+		return x.Channel
+	}
+	return ""
+}
+
+func (x *UsageFilter) GetMetric() UsageMetric {
+	if x != nil {
+		return x.Metric
+	}
+	return UsageMetric_USAGE_METRIC_UNSPECIFIED
+}
+
+// QueryUsageRequest is the request of QueryUsage.
+type QueryUsageRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// What to count.
+	Filter *UsageFilter `protobuf:"bytes,1,opt,name=filter,proto3" json:"filter,omitempty"`
+	// Start of the range, inclusive, rounded down to the granularity's bucket
+	// (to the minute for MINUTE and TOTAL, the hour for HOUR, the day for
+	// DAY). Default: 24 hours before end_time.
+	StartTime *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=start_time,json=startTime,proto3" json:"start_time,omitempty"`
+	// End of the range, exclusive. Default: now.
+	EndTime *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=end_time,json=endTime,proto3" json:"end_time,omitempty"`
+	// Bucket size. Default: TOTAL. MINUTE covers at most the last 3 days and
+	// at most 1 day per query.
+	Granularity Granularity `protobuf:"varint,4,opt,name=granularity,proto3,enum=herald.metering.v1.Granularity" json:"granularity,omitempty"`
+	// Dimensions to group by, in this order; none: one series for everything
+	// the filter selects. Grouping events of different metrics together
+	// (without METRIC and without a metric filter) adds them up.
+	GroupBy       []UsageDimension `protobuf:"varint,5,rep,packed,name=group_by,json=groupBy,proto3,enum=herald.metering.v1.UsageDimension" json:"group_by,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *QueryUsageRequest) Reset() {
+	*x = QueryUsageRequest{}
+	mi := &file_herald_metering_v1_metering_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *QueryUsageRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*QueryUsageRequest) ProtoMessage() {}
+
+func (x *QueryUsageRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_metering_v1_metering_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use QueryUsageRequest.ProtoReflect.Descriptor instead.
+func (*QueryUsageRequest) Descriptor() ([]byte, []int) {
+	return file_herald_metering_v1_metering_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *QueryUsageRequest) GetFilter() *UsageFilter {
+	if x != nil {
+		return x.Filter
+	}
+	return nil
+}
+
+func (x *QueryUsageRequest) GetStartTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StartTime
+	}
+	return nil
+}
+
+func (x *QueryUsageRequest) GetEndTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.EndTime
+	}
+	return nil
+}
+
+func (x *QueryUsageRequest) GetGranularity() Granularity {
+	if x != nil {
+		return x.Granularity
+	}
+	return Granularity_GRANULARITY_UNSPECIFIED
+}
+
+func (x *QueryUsageRequest) GetGroupBy() []UsageDimension {
+	if x != nil {
+		return x.GroupBy
+	}
+	return nil
+}
+
+// QueryUsageResponse is the response of QueryUsage.
+type QueryUsageResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// One series per combination of the group_by dimensions' values, sorted
+	// by those values.
+	Series        []*UsageSeries `protobuf:"bytes,1,rep,name=series,proto3" json:"series,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *QueryUsageResponse) Reset() {
+	*x = QueryUsageResponse{}
+	mi := &file_herald_metering_v1_metering_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *QueryUsageResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*QueryUsageResponse) ProtoMessage() {}
+
+func (x *QueryUsageResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_metering_v1_metering_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use QueryUsageResponse.ProtoReflect.Descriptor instead.
+func (*QueryUsageResponse) Descriptor() ([]byte, []int) {
+	return file_herald_metering_v1_metering_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *QueryUsageResponse) GetSeries() []*UsageSeries {
+	if x != nil {
+		return x.Series
+	}
+	return nil
+}
+
+// UsageSeries is the usage of one combination of dimension values.
+type UsageSeries struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The values of the group_by dimensions; fields of dimensions not grouped
+	// by are empty.
+	Dimensions *UsageDimensions `protobuf:"bytes,1,opt,name=dimensions,proto3" json:"dimensions,omitempty"`
+	// One point per bucket that has usage, in time order.
+	Points        []*UsagePoint `protobuf:"bytes,2,rep,name=points,proto3" json:"points,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UsageSeries) Reset() {
+	*x = UsageSeries{}
+	mi := &file_herald_metering_v1_metering_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UsageSeries) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UsageSeries) ProtoMessage() {}
+
+func (x *UsageSeries) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_metering_v1_metering_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UsageSeries.ProtoReflect.Descriptor instead.
+func (*UsageSeries) Descriptor() ([]byte, []int) {
+	return file_herald_metering_v1_metering_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *UsageSeries) GetDimensions() *UsageDimensions {
+	if x != nil {
+		return x.Dimensions
+	}
+	return nil
+}
+
+func (x *UsageSeries) GetPoints() []*UsagePoint {
+	if x != nil {
+		return x.Points
+	}
+	return nil
+}
+
+// UsageDimensions holds the dimension values of a series or a top entry.
+type UsageDimensions struct {
+	state                 protoimpl.MessageState `protogen:"open.v1"`
+	Tenant                string                 `protobuf:"bytes,1,opt,name=tenant,proto3" json:"tenant,omitempty"`
+	ApplicationId         string                 `protobuf:"bytes,2,opt,name=application_id,json=applicationId,proto3" json:"application_id,omitempty"`
+	ProducerApplicationId string                 `protobuf:"bytes,3,opt,name=producer_application_id,json=producerApplicationId,proto3" json:"producer_application_id,omitempty"`
+	EventType             string                 `protobuf:"bytes,4,opt,name=event_type,json=eventType,proto3" json:"event_type,omitempty"`
+	Domain                string                 `protobuf:"bytes,5,opt,name=domain,proto3" json:"domain,omitempty"`
+	Product               string                 `protobuf:"bytes,6,opt,name=product,proto3" json:"product,omitempty"`
+	Channel               string                 `protobuf:"bytes,7,opt,name=channel,proto3" json:"channel,omitempty"`
+	Metric                UsageMetric            `protobuf:"varint,8,opt,name=metric,proto3,enum=herald.metering.v1.UsageMetric" json:"metric,omitempty"`
+	unknownFields         protoimpl.UnknownFields
+	sizeCache             protoimpl.SizeCache
+}
+
+func (x *UsageDimensions) Reset() {
+	*x = UsageDimensions{}
+	mi := &file_herald_metering_v1_metering_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UsageDimensions) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UsageDimensions) ProtoMessage() {}
+
+func (x *UsageDimensions) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_metering_v1_metering_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UsageDimensions.ProtoReflect.Descriptor instead.
+func (*UsageDimensions) Descriptor() ([]byte, []int) {
+	return file_herald_metering_v1_metering_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *UsageDimensions) GetTenant() string {
+	if x != nil {
+		return x.Tenant
+	}
+	return ""
+}
+
+func (x *UsageDimensions) GetApplicationId() string {
+	if x != nil {
+		return x.ApplicationId
+	}
+	return ""
+}
+
+func (x *UsageDimensions) GetProducerApplicationId() string {
+	if x != nil {
+		return x.ProducerApplicationId
+	}
+	return ""
+}
+
+func (x *UsageDimensions) GetEventType() string {
+	if x != nil {
+		return x.EventType
+	}
+	return ""
+}
+
+func (x *UsageDimensions) GetDomain() string {
+	if x != nil {
+		return x.Domain
+	}
+	return ""
+}
+
+func (x *UsageDimensions) GetProduct() string {
+	if x != nil {
+		return x.Product
+	}
+	return ""
+}
+
+func (x *UsageDimensions) GetChannel() string {
+	if x != nil {
+		return x.Channel
+	}
+	return ""
+}
+
+func (x *UsageDimensions) GetMetric() UsageMetric {
+	if x != nil {
+		return x.Metric
+	}
+	return UsageMetric_USAGE_METRIC_UNSPECIFIED
+}
+
+// UsagePoint is the usage of one time bucket.
+type UsagePoint struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Start of the bucket, inclusive.
+	StartTime *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=start_time,json=startTime,proto3" json:"start_time,omitempty"`
+	// End of the bucket, exclusive.
+	EndTime *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=end_time,json=endTime,proto3" json:"end_time,omitempty"`
+	// The number of events.
+	Events int64 `protobuf:"varint,3,opt,name=events,proto3" json:"events,omitempty"`
+	// Bytes of event data.
+	Bytes         int64 `protobuf:"varint,4,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UsagePoint) Reset() {
+	*x = UsagePoint{}
+	mi := &file_herald_metering_v1_metering_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UsagePoint) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UsagePoint) ProtoMessage() {}
+
+func (x *UsagePoint) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_metering_v1_metering_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UsagePoint.ProtoReflect.Descriptor instead.
+func (*UsagePoint) Descriptor() ([]byte, []int) {
+	return file_herald_metering_v1_metering_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *UsagePoint) GetStartTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StartTime
+	}
+	return nil
+}
+
+func (x *UsagePoint) GetEndTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.EndTime
+	}
+	return nil
+}
+
+func (x *UsagePoint) GetEvents() int64 {
+	if x != nil {
+		return x.Events
+	}
+	return 0
+}
+
+func (x *UsagePoint) GetBytes() int64 {
+	if x != nil {
+		return x.Bytes
+	}
+	return 0
+}
+
+// TopUsageRequest is the request of TopUsage.
+type TopUsageRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The dimension to rank: APPLICATION with metric DELIVERED is the top
+	// consumers, PRODUCER the top producers, EVENT_TYPE the top types.
+	Dimension UsageDimension `protobuf:"varint,1,opt,name=dimension,proto3,enum=herald.metering.v1.UsageDimension" json:"dimension,omitempty"`
+	// What to count. An unset metric counts DELIVERED.
+	Filter *UsageFilter `protobuf:"bytes,2,opt,name=filter,proto3" json:"filter,omitempty"`
+	// Start of the range, inclusive, rounded down to the minute. Default: 24
+	// hours before end_time.
+	StartTime *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=start_time,json=startTime,proto3" json:"start_time,omitempty"`
+	// End of the range, exclusive. Default: now.
+	EndTime *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=end_time,json=endTime,proto3" json:"end_time,omitempty"`
+	// How many entries at most. Default 10, at most 1000.
+	Limit         int32 `protobuf:"varint,5,opt,name=limit,proto3" json:"limit,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TopUsageRequest) Reset() {
+	*x = TopUsageRequest{}
+	mi := &file_herald_metering_v1_metering_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TopUsageRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TopUsageRequest) ProtoMessage() {}
+
+func (x *TopUsageRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_metering_v1_metering_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TopUsageRequest.ProtoReflect.Descriptor instead.
+func (*TopUsageRequest) Descriptor() ([]byte, []int) {
+	return file_herald_metering_v1_metering_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *TopUsageRequest) GetDimension() UsageDimension {
+	if x != nil {
+		return x.Dimension
+	}
+	return UsageDimension_USAGE_DIMENSION_UNSPECIFIED
+}
+
+func (x *TopUsageRequest) GetFilter() *UsageFilter {
+	if x != nil {
+		return x.Filter
+	}
+	return nil
+}
+
+func (x *TopUsageRequest) GetStartTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StartTime
+	}
+	return nil
+}
+
+func (x *TopUsageRequest) GetEndTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.EndTime
+	}
+	return nil
+}
+
+func (x *TopUsageRequest) GetLimit() int32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+// TopUsageResponse is the response of TopUsage.
+type TopUsageResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Entries by events, highest first; ties by bytes, then by value.
+	Entries       []*TopUsageEntry `protobuf:"bytes,1,rep,name=entries,proto3" json:"entries,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TopUsageResponse) Reset() {
+	*x = TopUsageResponse{}
+	mi := &file_herald_metering_v1_metering_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TopUsageResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TopUsageResponse) ProtoMessage() {}
+
+func (x *TopUsageResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_metering_v1_metering_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TopUsageResponse.ProtoReflect.Descriptor instead.
+func (*TopUsageResponse) Descriptor() ([]byte, []int) {
+	return file_herald_metering_v1_metering_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *TopUsageResponse) GetEntries() []*TopUsageEntry {
+	if x != nil {
+		return x.Entries
+	}
+	return nil
+}
+
+// TopUsageEntry is one ranked value.
+type TopUsageEntry struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The dimension's value (for METRIC, the metric's name).
+	Value string `protobuf:"bytes,1,opt,name=value,proto3" json:"value,omitempty"`
+	// The number of events.
+	Events int64 `protobuf:"varint,2,opt,name=events,proto3" json:"events,omitempty"`
+	// Bytes of event data.
+	Bytes         int64 `protobuf:"varint,3,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TopUsageEntry) Reset() {
+	*x = TopUsageEntry{}
+	mi := &file_herald_metering_v1_metering_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TopUsageEntry) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TopUsageEntry) ProtoMessage() {}
+
+func (x *TopUsageEntry) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_metering_v1_metering_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TopUsageEntry.ProtoReflect.Descriptor instead.
+func (*TopUsageEntry) Descriptor() ([]byte, []int) {
+	return file_herald_metering_v1_metering_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *TopUsageEntry) GetValue() string {
+	if x != nil {
+		return x.Value
+	}
+	return ""
+}
+
+func (x *TopUsageEntry) GetEvents() int64 {
+	if x != nil {
+		return x.Events
+	}
+	return 0
+}
+
+func (x *TopUsageEntry) GetBytes() int64 {
+	if x != nil {
+		return x.Bytes
+	}
+	return 0
+}
+
+// GetDeliveryStatsRequest is the request of GetDeliveryStats.
+type GetDeliveryStatsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// What to count; its metric is ignored.
+	Filter *UsageFilter `protobuf:"bytes,1,opt,name=filter,proto3" json:"filter,omitempty"`
+	// Start of the range, inclusive, rounded down to the minute. Default: 24
+	// hours before end_time.
+	StartTime *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=start_time,json=startTime,proto3" json:"start_time,omitempty"`
+	// End of the range, exclusive. Default: now.
+	EndTime *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=end_time,json=endTime,proto3" json:"end_time,omitempty"`
+	// One entry per channel and event type, rather than per channel.
+	ByEventType   bool `protobuf:"varint,4,opt,name=by_event_type,json=byEventType,proto3" json:"by_event_type,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetDeliveryStatsRequest) Reset() {
+	*x = GetDeliveryStatsRequest{}
+	mi := &file_herald_metering_v1_metering_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetDeliveryStatsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetDeliveryStatsRequest) ProtoMessage() {}
+
+func (x *GetDeliveryStatsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_metering_v1_metering_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetDeliveryStatsRequest.ProtoReflect.Descriptor instead.
+func (*GetDeliveryStatsRequest) Descriptor() ([]byte, []int) {
+	return file_herald_metering_v1_metering_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *GetDeliveryStatsRequest) GetFilter() *UsageFilter {
+	if x != nil {
+		return x.Filter
+	}
+	return nil
+}
+
+func (x *GetDeliveryStatsRequest) GetStartTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StartTime
+	}
+	return nil
+}
+
+func (x *GetDeliveryStatsRequest) GetEndTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.EndTime
+	}
+	return nil
+}
+
+func (x *GetDeliveryStatsRequest) GetByEventType() bool {
+	if x != nil {
+		return x.ByEventType
+	}
+	return false
+}
+
+// GetDeliveryStatsResponse is the response of GetDeliveryStats.
+type GetDeliveryStatsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Sorted by channel, then event type.
+	Stats         []*DeliveryStats `protobuf:"bytes,1,rep,name=stats,proto3" json:"stats,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetDeliveryStatsResponse) Reset() {
+	*x = GetDeliveryStatsResponse{}
+	mi := &file_herald_metering_v1_metering_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetDeliveryStatsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetDeliveryStatsResponse) ProtoMessage() {}
+
+func (x *GetDeliveryStatsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_metering_v1_metering_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetDeliveryStatsResponse.ProtoReflect.Descriptor instead.
+func (*GetDeliveryStatsResponse) Descriptor() ([]byte, []int) {
+	return file_herald_metering_v1_metering_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *GetDeliveryStatsResponse) GetStats() []*DeliveryStats {
+	if x != nil {
+		return x.Stats
+	}
+	return nil
+}
+
+// DeliveryStats are the delivery outcomes of one channel (and event type).
+type DeliveryStats struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The channel (sse, webhook, ...).
+	Channel string `protobuf:"bytes,1,opt,name=channel,proto3" json:"channel,omitempty"`
+	// The event type, when by_event_type was set.
+	EventType string `protobuf:"bytes,2,opt,name=event_type,json=eventType,proto3" json:"event_type,omitempty"`
+	// Events delivered (billable, each counted once).
+	Delivered int64 `protobuf:"varint,3,opt,name=delivered,proto3" json:"delivered,omitempty"`
+	// Delivery attempts that failed.
+	Failed int64 `protobuf:"varint,4,opt,name=failed,proto3" json:"failed,omitempty"`
+	// Deliveries refused by a hard quota.
+	Refused int64 `protobuf:"varint,5,opt,name=refused,proto3" json:"refused,omitempty"`
+	// Attempts after the first one.
+	Retried int64 `protobuf:"varint,6,opt,name=retried,proto3" json:"retried,omitempty"`
+	// failed / (delivered + failed); 0 when both are 0.
+	ErrorRate float64 `protobuf:"fixed64,7,opt,name=error_rate,json=errorRate,proto3" json:"error_rate,omitempty"`
+	// retried / (delivered + failed); 0 when both are 0.
+	RetryRate float64 `protobuf:"fixed64,8,opt,name=retry_rate,json=retryRate,proto3" json:"retry_rate,omitempty"`
+	// Publish-to-delivery latency percentiles of delivered events, in
+	// milliseconds: the upper bound of the histogram bucket the percentile
+	// falls in (so p99 <= latency_p99_ms), or the largest finite bound when
+	// it falls in the overflow bucket; 0 when nothing was delivered.
+	LatencyP50Ms int64 `protobuf:"varint,9,opt,name=latency_p50_ms,json=latencyP50Ms,proto3" json:"latency_p50_ms,omitempty"`
+	LatencyP90Ms int64 `protobuf:"varint,10,opt,name=latency_p90_ms,json=latencyP90Ms,proto3" json:"latency_p90_ms,omitempty"`
+	LatencyP99Ms int64 `protobuf:"varint,11,opt,name=latency_p99_ms,json=latencyP99Ms,proto3" json:"latency_p99_ms,omitempty"`
+	// The latency histogram of delivered events.
+	LatencyBuckets []*LatencyBucket `protobuf:"bytes,12,rep,name=latency_buckets,json=latencyBuckets,proto3" json:"latency_buckets,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *DeliveryStats) Reset() {
+	*x = DeliveryStats{}
+	mi := &file_herald_metering_v1_metering_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeliveryStats) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeliveryStats) ProtoMessage() {}
+
+func (x *DeliveryStats) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_metering_v1_metering_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeliveryStats.ProtoReflect.Descriptor instead.
+func (*DeliveryStats) Descriptor() ([]byte, []int) {
+	return file_herald_metering_v1_metering_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *DeliveryStats) GetChannel() string {
+	if x != nil {
+		return x.Channel
+	}
+	return ""
+}
+
+func (x *DeliveryStats) GetEventType() string {
+	if x != nil {
+		return x.EventType
+	}
+	return ""
+}
+
+func (x *DeliveryStats) GetDelivered() int64 {
+	if x != nil {
+		return x.Delivered
+	}
+	return 0
+}
+
+func (x *DeliveryStats) GetFailed() int64 {
+	if x != nil {
+		return x.Failed
+	}
+	return 0
+}
+
+func (x *DeliveryStats) GetRefused() int64 {
+	if x != nil {
+		return x.Refused
+	}
+	return 0
+}
+
+func (x *DeliveryStats) GetRetried() int64 {
+	if x != nil {
+		return x.Retried
+	}
+	return 0
+}
+
+func (x *DeliveryStats) GetErrorRate() float64 {
+	if x != nil {
+		return x.ErrorRate
+	}
+	return 0
+}
+
+func (x *DeliveryStats) GetRetryRate() float64 {
+	if x != nil {
+		return x.RetryRate
+	}
+	return 0
+}
+
+func (x *DeliveryStats) GetLatencyP50Ms() int64 {
+	if x != nil {
+		return x.LatencyP50Ms
+	}
+	return 0
+}
+
+func (x *DeliveryStats) GetLatencyP90Ms() int64 {
+	if x != nil {
+		return x.LatencyP90Ms
+	}
+	return 0
+}
+
+func (x *DeliveryStats) GetLatencyP99Ms() int64 {
+	if x != nil {
+		return x.LatencyP99Ms
+	}
+	return 0
+}
+
+func (x *DeliveryStats) GetLatencyBuckets() []*LatencyBucket {
+	if x != nil {
+		return x.LatencyBuckets
+	}
+	return nil
+}
+
+// LatencyBucket is one bucket of a latency histogram.
+type LatencyBucket struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Upper bound in milliseconds, inclusive; 0 for the overflow bucket
+	// (above the largest bound).
+	LeMs int64 `protobuf:"varint,1,opt,name=le_ms,json=leMs,proto3" json:"le_ms,omitempty"`
+	// Delivered events with latency <= le_ms (and above the previous bound).
+	Count         int64 `protobuf:"varint,2,opt,name=count,proto3" json:"count,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LatencyBucket) Reset() {
+	*x = LatencyBucket{}
+	mi := &file_herald_metering_v1_metering_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LatencyBucket) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LatencyBucket) ProtoMessage() {}
+
+func (x *LatencyBucket) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_metering_v1_metering_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LatencyBucket.ProtoReflect.Descriptor instead.
+func (*LatencyBucket) Descriptor() ([]byte, []int) {
+	return file_herald_metering_v1_metering_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *LatencyBucket) GetLeMs() int64 {
+	if x != nil {
+		return x.LeMs
+	}
+	return 0
+}
+
+func (x *LatencyBucket) GetCount() int64 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
 var File_herald_metering_v1_metering_proto protoreflect.FileDescriptor
 
 const file_herald_metering_v1_metering_proto_rawDesc = "" +
@@ -661,7 +1731,89 @@ const file_herald_metering_v1_metering_proto_rawDesc = "" +
 	"latency_ms\x18\x0e \x01(\x03R\tlatencyMs\x12\x18\n" +
 	"\aattempt\x18\x0f \x01(\x05R\aattempt\"M\n" +
 	"\x10UsageRecordBatch\x129\n" +
-	"\arecords\x18\x01 \x03(\v2\x1f.herald.metering.v1.UsageRecordR\arecords*\xb0\x01\n" +
+	"\arecords\x18\x01 \x03(\v2\x1f.herald.metering.v1.UsageRecordR\arecords\"\xa8\x02\n" +
+	"\vUsageFilter\x12\x16\n" +
+	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12%\n" +
+	"\x0eapplication_id\x18\x02 \x01(\tR\rapplicationId\x126\n" +
+	"\x17producer_application_id\x18\x03 \x01(\tR\x15producerApplicationId\x12\x1d\n" +
+	"\n" +
+	"event_type\x18\x04 \x01(\tR\teventType\x12\x16\n" +
+	"\x06domain\x18\x05 \x01(\tR\x06domain\x12\x18\n" +
+	"\aproduct\x18\x06 \x01(\tR\aproduct\x12\x18\n" +
+	"\achannel\x18\a \x01(\tR\achannel\x127\n" +
+	"\x06metric\x18\b \x01(\x0e2\x1f.herald.metering.v1.UsageMetricR\x06metric\"\xc0\x02\n" +
+	"\x11QueryUsageRequest\x127\n" +
+	"\x06filter\x18\x01 \x01(\v2\x1f.herald.metering.v1.UsageFilterR\x06filter\x129\n" +
+	"\n" +
+	"start_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\tstartTime\x125\n" +
+	"\bend_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\x12A\n" +
+	"\vgranularity\x18\x04 \x01(\x0e2\x1f.herald.metering.v1.GranularityR\vgranularity\x12=\n" +
+	"\bgroup_by\x18\x05 \x03(\x0e2\".herald.metering.v1.UsageDimensionR\agroupBy\"M\n" +
+	"\x12QueryUsageResponse\x127\n" +
+	"\x06series\x18\x01 \x03(\v2\x1f.herald.metering.v1.UsageSeriesR\x06series\"\x8a\x01\n" +
+	"\vUsageSeries\x12C\n" +
+	"\n" +
+	"dimensions\x18\x01 \x01(\v2#.herald.metering.v1.UsageDimensionsR\n" +
+	"dimensions\x126\n" +
+	"\x06points\x18\x02 \x03(\v2\x1e.herald.metering.v1.UsagePointR\x06points\"\xac\x02\n" +
+	"\x0fUsageDimensions\x12\x16\n" +
+	"\x06tenant\x18\x01 \x01(\tR\x06tenant\x12%\n" +
+	"\x0eapplication_id\x18\x02 \x01(\tR\rapplicationId\x126\n" +
+	"\x17producer_application_id\x18\x03 \x01(\tR\x15producerApplicationId\x12\x1d\n" +
+	"\n" +
+	"event_type\x18\x04 \x01(\tR\teventType\x12\x16\n" +
+	"\x06domain\x18\x05 \x01(\tR\x06domain\x12\x18\n" +
+	"\aproduct\x18\x06 \x01(\tR\aproduct\x12\x18\n" +
+	"\achannel\x18\a \x01(\tR\achannel\x127\n" +
+	"\x06metric\x18\b \x01(\x0e2\x1f.herald.metering.v1.UsageMetricR\x06metric\"\xac\x01\n" +
+	"\n" +
+	"UsagePoint\x129\n" +
+	"\n" +
+	"start_time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\tstartTime\x125\n" +
+	"\bend_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\x12\x16\n" +
+	"\x06events\x18\x03 \x01(\x03R\x06events\x12\x14\n" +
+	"\x05bytes\x18\x04 \x01(\x03R\x05bytes\"\x94\x02\n" +
+	"\x0fTopUsageRequest\x12@\n" +
+	"\tdimension\x18\x01 \x01(\x0e2\".herald.metering.v1.UsageDimensionR\tdimension\x127\n" +
+	"\x06filter\x18\x02 \x01(\v2\x1f.herald.metering.v1.UsageFilterR\x06filter\x129\n" +
+	"\n" +
+	"start_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\tstartTime\x125\n" +
+	"\bend_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\x12\x14\n" +
+	"\x05limit\x18\x05 \x01(\x05R\x05limit\"O\n" +
+	"\x10TopUsageResponse\x12;\n" +
+	"\aentries\x18\x01 \x03(\v2!.herald.metering.v1.TopUsageEntryR\aentries\"S\n" +
+	"\rTopUsageEntry\x12\x14\n" +
+	"\x05value\x18\x01 \x01(\tR\x05value\x12\x16\n" +
+	"\x06events\x18\x02 \x01(\x03R\x06events\x12\x14\n" +
+	"\x05bytes\x18\x03 \x01(\x03R\x05bytes\"\xe8\x01\n" +
+	"\x17GetDeliveryStatsRequest\x127\n" +
+	"\x06filter\x18\x01 \x01(\v2\x1f.herald.metering.v1.UsageFilterR\x06filter\x129\n" +
+	"\n" +
+	"start_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\tstartTime\x125\n" +
+	"\bend_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\x12\"\n" +
+	"\rby_event_type\x18\x04 \x01(\bR\vbyEventType\"S\n" +
+	"\x18GetDeliveryStatsResponse\x127\n" +
+	"\x05stats\x18\x01 \x03(\v2!.herald.metering.v1.DeliveryStatsR\x05stats\"\xae\x03\n" +
+	"\rDeliveryStats\x12\x18\n" +
+	"\achannel\x18\x01 \x01(\tR\achannel\x12\x1d\n" +
+	"\n" +
+	"event_type\x18\x02 \x01(\tR\teventType\x12\x1c\n" +
+	"\tdelivered\x18\x03 \x01(\x03R\tdelivered\x12\x16\n" +
+	"\x06failed\x18\x04 \x01(\x03R\x06failed\x12\x18\n" +
+	"\arefused\x18\x05 \x01(\x03R\arefused\x12\x18\n" +
+	"\aretried\x18\x06 \x01(\x03R\aretried\x12\x1d\n" +
+	"\n" +
+	"error_rate\x18\a \x01(\x01R\terrorRate\x12\x1d\n" +
+	"\n" +
+	"retry_rate\x18\b \x01(\x01R\tretryRate\x12$\n" +
+	"\x0elatency_p50_ms\x18\t \x01(\x03R\flatencyP50Ms\x12$\n" +
+	"\x0elatency_p90_ms\x18\n" +
+	" \x01(\x03R\flatencyP90Ms\x12$\n" +
+	"\x0elatency_p99_ms\x18\v \x01(\x03R\flatencyP99Ms\x12J\n" +
+	"\x0flatency_buckets\x18\f \x03(\v2!.herald.metering.v1.LatencyBucketR\x0elatencyBuckets\":\n" +
+	"\rLatencyBucket\x12\x13\n" +
+	"\x05le_ms\x18\x01 \x01(\x03R\x04leMs\x12\x14\n" +
+	"\x05count\x18\x02 \x01(\x03R\x05count*\xb0\x01\n" +
 	"\vUsageMetric\x12\x1c\n" +
 	"\x18USAGE_METRIC_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16USAGE_METRIC_PUBLISHED\x10\x01\x12\x1a\n" +
@@ -674,9 +1826,23 @@ const file_herald_metering_v1_metering_proto_rawDesc = "" +
 	"\x10GRANULARITY_HOUR\x10\x01\x12\x13\n" +
 	"\x0fGRANULARITY_DAY\x10\x02\x12\x15\n" +
 	"\x11GRANULARITY_TOTAL\x10\x03\x12\x16\n" +
-	"\x12GRANULARITY_MINUTE\x10\x042h\n" +
+	"\x12GRANULARITY_MINUTE\x10\x04*\x9e\x02\n" +
+	"\x0eUsageDimension\x12\x1f\n" +
+	"\x1bUSAGE_DIMENSION_UNSPECIFIED\x10\x00\x12\x1a\n" +
+	"\x16USAGE_DIMENSION_TENANT\x10\x01\x12\x1f\n" +
+	"\x1bUSAGE_DIMENSION_APPLICATION\x10\x02\x12\x1c\n" +
+	"\x18USAGE_DIMENSION_PRODUCER\x10\x03\x12\x1e\n" +
+	"\x1aUSAGE_DIMENSION_EVENT_TYPE\x10\x04\x12\x1a\n" +
+	"\x16USAGE_DIMENSION_DOMAIN\x10\x05\x12\x1b\n" +
+	"\x17USAGE_DIMENSION_PRODUCT\x10\x06\x12\x1b\n" +
+	"\x17USAGE_DIMENSION_CHANNEL\x10\a\x12\x1a\n" +
+	"\x16USAGE_DIMENSION_METRIC\x10\b2\x8b\x03\n" +
 	"\x0fMeteringService\x12U\n" +
-	"\bGetUsage\x12#.herald.metering.v1.GetUsageRequest\x1a$.herald.metering.v1.GetUsageResponseBDZBgithub.com/heraldmesh/herald/api/gen/herald/metering/v1;meteringv1b\x06proto3"
+	"\bGetUsage\x12#.herald.metering.v1.GetUsageRequest\x1a$.herald.metering.v1.GetUsageResponse\x12[\n" +
+	"\n" +
+	"QueryUsage\x12%.herald.metering.v1.QueryUsageRequest\x1a&.herald.metering.v1.QueryUsageResponse\x12U\n" +
+	"\bTopUsage\x12#.herald.metering.v1.TopUsageRequest\x1a$.herald.metering.v1.TopUsageResponse\x12m\n" +
+	"\x10GetDeliveryStats\x12+.herald.metering.v1.GetDeliveryStatsRequest\x1a,.herald.metering.v1.GetDeliveryStatsResponseBDZBgithub.com/heraldmesh/herald/api/gen/herald/metering/v1;meteringv1b\x06proto3"
 
 var (
 	file_herald_metering_v1_metering_proto_rawDescOnce sync.Once
@@ -690,37 +1856,79 @@ func file_herald_metering_v1_metering_proto_rawDescGZIP() []byte {
 	return file_herald_metering_v1_metering_proto_rawDescData
 }
 
-var file_herald_metering_v1_metering_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_herald_metering_v1_metering_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
+var file_herald_metering_v1_metering_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_herald_metering_v1_metering_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_herald_metering_v1_metering_proto_goTypes = []any{
-	(UsageMetric)(0),              // 0: herald.metering.v1.UsageMetric
-	(Granularity)(0),              // 1: herald.metering.v1.Granularity
-	(*GetUsageRequest)(nil),       // 2: herald.metering.v1.GetUsageRequest
-	(*GetUsageResponse)(nil),      // 3: herald.metering.v1.GetUsageResponse
-	(*UsageRow)(nil),              // 4: herald.metering.v1.UsageRow
-	(*UsageRecord)(nil),           // 5: herald.metering.v1.UsageRecord
-	(*UsageRecordBatch)(nil),      // 6: herald.metering.v1.UsageRecordBatch
-	(*timestamppb.Timestamp)(nil), // 7: google.protobuf.Timestamp
+	(UsageMetric)(0),                 // 0: herald.metering.v1.UsageMetric
+	(Granularity)(0),                 // 1: herald.metering.v1.Granularity
+	(UsageDimension)(0),              // 2: herald.metering.v1.UsageDimension
+	(*GetUsageRequest)(nil),          // 3: herald.metering.v1.GetUsageRequest
+	(*GetUsageResponse)(nil),         // 4: herald.metering.v1.GetUsageResponse
+	(*UsageRow)(nil),                 // 5: herald.metering.v1.UsageRow
+	(*UsageRecord)(nil),              // 6: herald.metering.v1.UsageRecord
+	(*UsageRecordBatch)(nil),         // 7: herald.metering.v1.UsageRecordBatch
+	(*UsageFilter)(nil),              // 8: herald.metering.v1.UsageFilter
+	(*QueryUsageRequest)(nil),        // 9: herald.metering.v1.QueryUsageRequest
+	(*QueryUsageResponse)(nil),       // 10: herald.metering.v1.QueryUsageResponse
+	(*UsageSeries)(nil),              // 11: herald.metering.v1.UsageSeries
+	(*UsageDimensions)(nil),          // 12: herald.metering.v1.UsageDimensions
+	(*UsagePoint)(nil),               // 13: herald.metering.v1.UsagePoint
+	(*TopUsageRequest)(nil),          // 14: herald.metering.v1.TopUsageRequest
+	(*TopUsageResponse)(nil),         // 15: herald.metering.v1.TopUsageResponse
+	(*TopUsageEntry)(nil),            // 16: herald.metering.v1.TopUsageEntry
+	(*GetDeliveryStatsRequest)(nil),  // 17: herald.metering.v1.GetDeliveryStatsRequest
+	(*GetDeliveryStatsResponse)(nil), // 18: herald.metering.v1.GetDeliveryStatsResponse
+	(*DeliveryStats)(nil),            // 19: herald.metering.v1.DeliveryStats
+	(*LatencyBucket)(nil),            // 20: herald.metering.v1.LatencyBucket
+	(*timestamppb.Timestamp)(nil),    // 21: google.protobuf.Timestamp
 }
 var file_herald_metering_v1_metering_proto_depIdxs = []int32{
 	0,  // 0: herald.metering.v1.GetUsageRequest.metric:type_name -> herald.metering.v1.UsageMetric
-	7,  // 1: herald.metering.v1.GetUsageRequest.start_time:type_name -> google.protobuf.Timestamp
-	7,  // 2: herald.metering.v1.GetUsageRequest.end_time:type_name -> google.protobuf.Timestamp
+	21, // 1: herald.metering.v1.GetUsageRequest.start_time:type_name -> google.protobuf.Timestamp
+	21, // 2: herald.metering.v1.GetUsageRequest.end_time:type_name -> google.protobuf.Timestamp
 	1,  // 3: herald.metering.v1.GetUsageRequest.granularity:type_name -> herald.metering.v1.Granularity
-	4,  // 4: herald.metering.v1.GetUsageResponse.rows:type_name -> herald.metering.v1.UsageRow
+	5,  // 4: herald.metering.v1.GetUsageResponse.rows:type_name -> herald.metering.v1.UsageRow
 	0,  // 5: herald.metering.v1.UsageRow.metric:type_name -> herald.metering.v1.UsageMetric
-	7,  // 6: herald.metering.v1.UsageRow.start_time:type_name -> google.protobuf.Timestamp
-	7,  // 7: herald.metering.v1.UsageRow.end_time:type_name -> google.protobuf.Timestamp
+	21, // 6: herald.metering.v1.UsageRow.start_time:type_name -> google.protobuf.Timestamp
+	21, // 7: herald.metering.v1.UsageRow.end_time:type_name -> google.protobuf.Timestamp
 	0,  // 8: herald.metering.v1.UsageRecord.metric:type_name -> herald.metering.v1.UsageMetric
-	7,  // 9: herald.metering.v1.UsageRecord.time:type_name -> google.protobuf.Timestamp
-	5,  // 10: herald.metering.v1.UsageRecordBatch.records:type_name -> herald.metering.v1.UsageRecord
-	2,  // 11: herald.metering.v1.MeteringService.GetUsage:input_type -> herald.metering.v1.GetUsageRequest
-	3,  // 12: herald.metering.v1.MeteringService.GetUsage:output_type -> herald.metering.v1.GetUsageResponse
-	12, // [12:13] is the sub-list for method output_type
-	11, // [11:12] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	21, // 9: herald.metering.v1.UsageRecord.time:type_name -> google.protobuf.Timestamp
+	6,  // 10: herald.metering.v1.UsageRecordBatch.records:type_name -> herald.metering.v1.UsageRecord
+	0,  // 11: herald.metering.v1.UsageFilter.metric:type_name -> herald.metering.v1.UsageMetric
+	8,  // 12: herald.metering.v1.QueryUsageRequest.filter:type_name -> herald.metering.v1.UsageFilter
+	21, // 13: herald.metering.v1.QueryUsageRequest.start_time:type_name -> google.protobuf.Timestamp
+	21, // 14: herald.metering.v1.QueryUsageRequest.end_time:type_name -> google.protobuf.Timestamp
+	1,  // 15: herald.metering.v1.QueryUsageRequest.granularity:type_name -> herald.metering.v1.Granularity
+	2,  // 16: herald.metering.v1.QueryUsageRequest.group_by:type_name -> herald.metering.v1.UsageDimension
+	11, // 17: herald.metering.v1.QueryUsageResponse.series:type_name -> herald.metering.v1.UsageSeries
+	12, // 18: herald.metering.v1.UsageSeries.dimensions:type_name -> herald.metering.v1.UsageDimensions
+	13, // 19: herald.metering.v1.UsageSeries.points:type_name -> herald.metering.v1.UsagePoint
+	0,  // 20: herald.metering.v1.UsageDimensions.metric:type_name -> herald.metering.v1.UsageMetric
+	21, // 21: herald.metering.v1.UsagePoint.start_time:type_name -> google.protobuf.Timestamp
+	21, // 22: herald.metering.v1.UsagePoint.end_time:type_name -> google.protobuf.Timestamp
+	2,  // 23: herald.metering.v1.TopUsageRequest.dimension:type_name -> herald.metering.v1.UsageDimension
+	8,  // 24: herald.metering.v1.TopUsageRequest.filter:type_name -> herald.metering.v1.UsageFilter
+	21, // 25: herald.metering.v1.TopUsageRequest.start_time:type_name -> google.protobuf.Timestamp
+	21, // 26: herald.metering.v1.TopUsageRequest.end_time:type_name -> google.protobuf.Timestamp
+	16, // 27: herald.metering.v1.TopUsageResponse.entries:type_name -> herald.metering.v1.TopUsageEntry
+	8,  // 28: herald.metering.v1.GetDeliveryStatsRequest.filter:type_name -> herald.metering.v1.UsageFilter
+	21, // 29: herald.metering.v1.GetDeliveryStatsRequest.start_time:type_name -> google.protobuf.Timestamp
+	21, // 30: herald.metering.v1.GetDeliveryStatsRequest.end_time:type_name -> google.protobuf.Timestamp
+	19, // 31: herald.metering.v1.GetDeliveryStatsResponse.stats:type_name -> herald.metering.v1.DeliveryStats
+	20, // 32: herald.metering.v1.DeliveryStats.latency_buckets:type_name -> herald.metering.v1.LatencyBucket
+	3,  // 33: herald.metering.v1.MeteringService.GetUsage:input_type -> herald.metering.v1.GetUsageRequest
+	9,  // 34: herald.metering.v1.MeteringService.QueryUsage:input_type -> herald.metering.v1.QueryUsageRequest
+	14, // 35: herald.metering.v1.MeteringService.TopUsage:input_type -> herald.metering.v1.TopUsageRequest
+	17, // 36: herald.metering.v1.MeteringService.GetDeliveryStats:input_type -> herald.metering.v1.GetDeliveryStatsRequest
+	4,  // 37: herald.metering.v1.MeteringService.GetUsage:output_type -> herald.metering.v1.GetUsageResponse
+	10, // 38: herald.metering.v1.MeteringService.QueryUsage:output_type -> herald.metering.v1.QueryUsageResponse
+	15, // 39: herald.metering.v1.MeteringService.TopUsage:output_type -> herald.metering.v1.TopUsageResponse
+	18, // 40: herald.metering.v1.MeteringService.GetDeliveryStats:output_type -> herald.metering.v1.GetDeliveryStatsResponse
+	37, // [37:41] is the sub-list for method output_type
+	33, // [33:37] is the sub-list for method input_type
+	33, // [33:33] is the sub-list for extension type_name
+	33, // [33:33] is the sub-list for extension extendee
+	0,  // [0:33] is the sub-list for field type_name
 }
 
 func init() { file_herald_metering_v1_metering_proto_init() }
@@ -733,8 +1941,8 @@ func file_herald_metering_v1_metering_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_herald_metering_v1_metering_proto_rawDesc), len(file_herald_metering_v1_metering_proto_rawDesc)),
-			NumEnums:      2,
-			NumMessages:   5,
+			NumEnums:      3,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -19,7 +19,10 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	MeteringService_GetUsage_FullMethodName = "/herald.metering.v1.MeteringService/GetUsage"
+	MeteringService_GetUsage_FullMethodName         = "/herald.metering.v1.MeteringService/GetUsage"
+	MeteringService_QueryUsage_FullMethodName       = "/herald.metering.v1.MeteringService/QueryUsage"
+	MeteringService_TopUsage_FullMethodName         = "/herald.metering.v1.MeteringService/TopUsage"
+	MeteringService_GetDeliveryStats_FullMethodName = "/herald.metering.v1.MeteringService/GetDeliveryStats"
 )
 
 // MeteringServiceClient is the client API for MeteringService service.
@@ -33,6 +36,17 @@ type MeteringServiceClient interface {
 	// GetUsage returns usage counters per application, event type and metric,
 	// in time buckets.
 	GetUsage(ctx context.Context, in *GetUsageRequest, opts ...grpc.CallOption) (*GetUsageResponse, error)
+	// QueryUsage returns usage time series, filtered and grouped by any of
+	// tenant, application, producer, event type, domain, product, channel
+	// and metric, with events and bytes per bucket.
+	QueryUsage(ctx context.Context, in *QueryUsageRequest, opts ...grpc.CallOption) (*QueryUsageResponse, error)
+	// TopUsage ranks the values of one dimension (top consumers, producers,
+	// event types, ...) by events over a range.
+	TopUsage(ctx context.Context, in *TopUsageRequest, opts ...grpc.CallOption) (*TopUsageResponse, error)
+	// GetDeliveryStats returns, per channel (and optionally per event type),
+	// delivered, failed, refused and retried counts, error and retry rates,
+	// and publish-to-delivery latency percentiles.
+	GetDeliveryStats(ctx context.Context, in *GetDeliveryStatsRequest, opts ...grpc.CallOption) (*GetDeliveryStatsResponse, error)
 }
 
 type meteringServiceClient struct {
@@ -53,6 +67,36 @@ func (c *meteringServiceClient) GetUsage(ctx context.Context, in *GetUsageReques
 	return out, nil
 }
 
+func (c *meteringServiceClient) QueryUsage(ctx context.Context, in *QueryUsageRequest, opts ...grpc.CallOption) (*QueryUsageResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(QueryUsageResponse)
+	err := c.cc.Invoke(ctx, MeteringService_QueryUsage_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *meteringServiceClient) TopUsage(ctx context.Context, in *TopUsageRequest, opts ...grpc.CallOption) (*TopUsageResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(TopUsageResponse)
+	err := c.cc.Invoke(ctx, MeteringService_TopUsage_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *meteringServiceClient) GetDeliveryStats(ctx context.Context, in *GetDeliveryStatsRequest, opts ...grpc.CallOption) (*GetDeliveryStatsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetDeliveryStatsResponse)
+	err := c.cc.Invoke(ctx, MeteringService_GetDeliveryStats_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // MeteringServiceServer is the server API for MeteringService service.
 // All implementations must embed UnimplementedMeteringServiceServer
 // for forward compatibility.
@@ -64,6 +108,17 @@ type MeteringServiceServer interface {
 	// GetUsage returns usage counters per application, event type and metric,
 	// in time buckets.
 	GetUsage(context.Context, *GetUsageRequest) (*GetUsageResponse, error)
+	// QueryUsage returns usage time series, filtered and grouped by any of
+	// tenant, application, producer, event type, domain, product, channel
+	// and metric, with events and bytes per bucket.
+	QueryUsage(context.Context, *QueryUsageRequest) (*QueryUsageResponse, error)
+	// TopUsage ranks the values of one dimension (top consumers, producers,
+	// event types, ...) by events over a range.
+	TopUsage(context.Context, *TopUsageRequest) (*TopUsageResponse, error)
+	// GetDeliveryStats returns, per channel (and optionally per event type),
+	// delivered, failed, refused and retried counts, error and retry rates,
+	// and publish-to-delivery latency percentiles.
+	GetDeliveryStats(context.Context, *GetDeliveryStatsRequest) (*GetDeliveryStatsResponse, error)
 	mustEmbedUnimplementedMeteringServiceServer()
 }
 
@@ -76,6 +131,15 @@ type UnimplementedMeteringServiceServer struct{}
 
 func (UnimplementedMeteringServiceServer) GetUsage(context.Context, *GetUsageRequest) (*GetUsageResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetUsage not implemented")
+}
+func (UnimplementedMeteringServiceServer) QueryUsage(context.Context, *QueryUsageRequest) (*QueryUsageResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method QueryUsage not implemented")
+}
+func (UnimplementedMeteringServiceServer) TopUsage(context.Context, *TopUsageRequest) (*TopUsageResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method TopUsage not implemented")
+}
+func (UnimplementedMeteringServiceServer) GetDeliveryStats(context.Context, *GetDeliveryStatsRequest) (*GetDeliveryStatsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetDeliveryStats not implemented")
 }
 func (UnimplementedMeteringServiceServer) mustEmbedUnimplementedMeteringServiceServer() {}
 func (UnimplementedMeteringServiceServer) testEmbeddedByValue()                         {}
@@ -116,6 +180,60 @@ func _MeteringService_GetUsage_Handler(srv interface{}, ctx context.Context, dec
 	return interceptor(ctx, in, info, handler)
 }
 
+func _MeteringService_QueryUsage_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(QueryUsageRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MeteringServiceServer).QueryUsage(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: MeteringService_QueryUsage_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MeteringServiceServer).QueryUsage(ctx, req.(*QueryUsageRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _MeteringService_TopUsage_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(TopUsageRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MeteringServiceServer).TopUsage(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: MeteringService_TopUsage_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MeteringServiceServer).TopUsage(ctx, req.(*TopUsageRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _MeteringService_GetDeliveryStats_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetDeliveryStatsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MeteringServiceServer).GetDeliveryStats(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: MeteringService_GetDeliveryStats_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MeteringServiceServer).GetDeliveryStats(ctx, req.(*GetDeliveryStatsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // MeteringService_ServiceDesc is the grpc.ServiceDesc for MeteringService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -126,6 +244,18 @@ var MeteringService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetUsage",
 			Handler:    _MeteringService_GetUsage_Handler,
+		},
+		{
+			MethodName: "QueryUsage",
+			Handler:    _MeteringService_QueryUsage_Handler,
+		},
+		{
+			MethodName: "TopUsage",
+			Handler:    _MeteringService_TopUsage_Handler,
+		},
+		{
+			MethodName: "GetDeliveryStats",
+			Handler:    _MeteringService_GetDeliveryStats_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

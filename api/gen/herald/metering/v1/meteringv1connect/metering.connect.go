@@ -36,6 +36,15 @@ const (
 	// MeteringServiceGetUsageProcedure is the fully-qualified name of the MeteringService's GetUsage
 	// RPC.
 	MeteringServiceGetUsageProcedure = "/herald.metering.v1.MeteringService/GetUsage"
+	// MeteringServiceQueryUsageProcedure is the fully-qualified name of the MeteringService's
+	// QueryUsage RPC.
+	MeteringServiceQueryUsageProcedure = "/herald.metering.v1.MeteringService/QueryUsage"
+	// MeteringServiceTopUsageProcedure is the fully-qualified name of the MeteringService's TopUsage
+	// RPC.
+	MeteringServiceTopUsageProcedure = "/herald.metering.v1.MeteringService/TopUsage"
+	// MeteringServiceGetDeliveryStatsProcedure is the fully-qualified name of the MeteringService's
+	// GetDeliveryStats RPC.
+	MeteringServiceGetDeliveryStatsProcedure = "/herald.metering.v1.MeteringService/GetDeliveryStats"
 )
 
 // MeteringServiceClient is a client for the herald.metering.v1.MeteringService service.
@@ -43,6 +52,17 @@ type MeteringServiceClient interface {
 	// GetUsage returns usage counters per application, event type and metric,
 	// in time buckets.
 	GetUsage(context.Context, *connect.Request[v1.GetUsageRequest]) (*connect.Response[v1.GetUsageResponse], error)
+	// QueryUsage returns usage time series, filtered and grouped by any of
+	// tenant, application, producer, event type, domain, product, channel
+	// and metric, with events and bytes per bucket.
+	QueryUsage(context.Context, *connect.Request[v1.QueryUsageRequest]) (*connect.Response[v1.QueryUsageResponse], error)
+	// TopUsage ranks the values of one dimension (top consumers, producers,
+	// event types, ...) by events over a range.
+	TopUsage(context.Context, *connect.Request[v1.TopUsageRequest]) (*connect.Response[v1.TopUsageResponse], error)
+	// GetDeliveryStats returns, per channel (and optionally per event type),
+	// delivered, failed, refused and retried counts, error and retry rates,
+	// and publish-to-delivery latency percentiles.
+	GetDeliveryStats(context.Context, *connect.Request[v1.GetDeliveryStatsRequest]) (*connect.Response[v1.GetDeliveryStatsResponse], error)
 }
 
 // NewMeteringServiceClient constructs a client for the herald.metering.v1.MeteringService service.
@@ -62,12 +82,33 @@ func NewMeteringServiceClient(httpClient connect.HTTPClient, baseURL string, opt
 			connect.WithSchema(meteringServiceMethods.ByName("GetUsage")),
 			connect.WithClientOptions(opts...),
 		),
+		queryUsage: connect.NewClient[v1.QueryUsageRequest, v1.QueryUsageResponse](
+			httpClient,
+			baseURL+MeteringServiceQueryUsageProcedure,
+			connect.WithSchema(meteringServiceMethods.ByName("QueryUsage")),
+			connect.WithClientOptions(opts...),
+		),
+		topUsage: connect.NewClient[v1.TopUsageRequest, v1.TopUsageResponse](
+			httpClient,
+			baseURL+MeteringServiceTopUsageProcedure,
+			connect.WithSchema(meteringServiceMethods.ByName("TopUsage")),
+			connect.WithClientOptions(opts...),
+		),
+		getDeliveryStats: connect.NewClient[v1.GetDeliveryStatsRequest, v1.GetDeliveryStatsResponse](
+			httpClient,
+			baseURL+MeteringServiceGetDeliveryStatsProcedure,
+			connect.WithSchema(meteringServiceMethods.ByName("GetDeliveryStats")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
 // meteringServiceClient implements MeteringServiceClient.
 type meteringServiceClient struct {
-	getUsage *connect.Client[v1.GetUsageRequest, v1.GetUsageResponse]
+	getUsage         *connect.Client[v1.GetUsageRequest, v1.GetUsageResponse]
+	queryUsage       *connect.Client[v1.QueryUsageRequest, v1.QueryUsageResponse]
+	topUsage         *connect.Client[v1.TopUsageRequest, v1.TopUsageResponse]
+	getDeliveryStats *connect.Client[v1.GetDeliveryStatsRequest, v1.GetDeliveryStatsResponse]
 }
 
 // GetUsage calls herald.metering.v1.MeteringService.GetUsage.
@@ -75,11 +116,37 @@ func (c *meteringServiceClient) GetUsage(ctx context.Context, req *connect.Reque
 	return c.getUsage.CallUnary(ctx, req)
 }
 
+// QueryUsage calls herald.metering.v1.MeteringService.QueryUsage.
+func (c *meteringServiceClient) QueryUsage(ctx context.Context, req *connect.Request[v1.QueryUsageRequest]) (*connect.Response[v1.QueryUsageResponse], error) {
+	return c.queryUsage.CallUnary(ctx, req)
+}
+
+// TopUsage calls herald.metering.v1.MeteringService.TopUsage.
+func (c *meteringServiceClient) TopUsage(ctx context.Context, req *connect.Request[v1.TopUsageRequest]) (*connect.Response[v1.TopUsageResponse], error) {
+	return c.topUsage.CallUnary(ctx, req)
+}
+
+// GetDeliveryStats calls herald.metering.v1.MeteringService.GetDeliveryStats.
+func (c *meteringServiceClient) GetDeliveryStats(ctx context.Context, req *connect.Request[v1.GetDeliveryStatsRequest]) (*connect.Response[v1.GetDeliveryStatsResponse], error) {
+	return c.getDeliveryStats.CallUnary(ctx, req)
+}
+
 // MeteringServiceHandler is an implementation of the herald.metering.v1.MeteringService service.
 type MeteringServiceHandler interface {
 	// GetUsage returns usage counters per application, event type and metric,
 	// in time buckets.
 	GetUsage(context.Context, *connect.Request[v1.GetUsageRequest]) (*connect.Response[v1.GetUsageResponse], error)
+	// QueryUsage returns usage time series, filtered and grouped by any of
+	// tenant, application, producer, event type, domain, product, channel
+	// and metric, with events and bytes per bucket.
+	QueryUsage(context.Context, *connect.Request[v1.QueryUsageRequest]) (*connect.Response[v1.QueryUsageResponse], error)
+	// TopUsage ranks the values of one dimension (top consumers, producers,
+	// event types, ...) by events over a range.
+	TopUsage(context.Context, *connect.Request[v1.TopUsageRequest]) (*connect.Response[v1.TopUsageResponse], error)
+	// GetDeliveryStats returns, per channel (and optionally per event type),
+	// delivered, failed, refused and retried counts, error and retry rates,
+	// and publish-to-delivery latency percentiles.
+	GetDeliveryStats(context.Context, *connect.Request[v1.GetDeliveryStatsRequest]) (*connect.Response[v1.GetDeliveryStatsResponse], error)
 }
 
 // NewMeteringServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -95,10 +162,34 @@ func NewMeteringServiceHandler(svc MeteringServiceHandler, opts ...connect.Handl
 		connect.WithSchema(meteringServiceMethods.ByName("GetUsage")),
 		connect.WithHandlerOptions(opts...),
 	)
+	meteringServiceQueryUsageHandler := connect.NewUnaryHandler(
+		MeteringServiceQueryUsageProcedure,
+		svc.QueryUsage,
+		connect.WithSchema(meteringServiceMethods.ByName("QueryUsage")),
+		connect.WithHandlerOptions(opts...),
+	)
+	meteringServiceTopUsageHandler := connect.NewUnaryHandler(
+		MeteringServiceTopUsageProcedure,
+		svc.TopUsage,
+		connect.WithSchema(meteringServiceMethods.ByName("TopUsage")),
+		connect.WithHandlerOptions(opts...),
+	)
+	meteringServiceGetDeliveryStatsHandler := connect.NewUnaryHandler(
+		MeteringServiceGetDeliveryStatsProcedure,
+		svc.GetDeliveryStats,
+		connect.WithSchema(meteringServiceMethods.ByName("GetDeliveryStats")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/herald.metering.v1.MeteringService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case MeteringServiceGetUsageProcedure:
 			meteringServiceGetUsageHandler.ServeHTTP(w, r)
+		case MeteringServiceQueryUsageProcedure:
+			meteringServiceQueryUsageHandler.ServeHTTP(w, r)
+		case MeteringServiceTopUsageProcedure:
+			meteringServiceTopUsageHandler.ServeHTTP(w, r)
+		case MeteringServiceGetDeliveryStatsProcedure:
+			meteringServiceGetDeliveryStatsHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -110,4 +201,16 @@ type UnimplementedMeteringServiceHandler struct{}
 
 func (UnimplementedMeteringServiceHandler) GetUsage(context.Context, *connect.Request[v1.GetUsageRequest]) (*connect.Response[v1.GetUsageResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("herald.metering.v1.MeteringService.GetUsage is not implemented"))
+}
+
+func (UnimplementedMeteringServiceHandler) QueryUsage(context.Context, *connect.Request[v1.QueryUsageRequest]) (*connect.Response[v1.QueryUsageResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("herald.metering.v1.MeteringService.QueryUsage is not implemented"))
+}
+
+func (UnimplementedMeteringServiceHandler) TopUsage(context.Context, *connect.Request[v1.TopUsageRequest]) (*connect.Response[v1.TopUsageResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("herald.metering.v1.MeteringService.TopUsage is not implemented"))
+}
+
+func (UnimplementedMeteringServiceHandler) GetDeliveryStats(context.Context, *connect.Request[v1.GetDeliveryStatsRequest]) (*connect.Response[v1.GetDeliveryStatsResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("herald.metering.v1.MeteringService.GetDeliveryStats is not implemented"))
 }
