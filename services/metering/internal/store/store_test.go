@@ -100,7 +100,7 @@ func TestFoldCountsOnceAndTrims(t *testing.T) {
 		t.Errorf("seen key TTL = %v, want about %v", ttl, SeenTTL)
 	}
 	k := report.Key{ApplicationID: "app_a", EventType: "shop.order.created", Metric: meteringv1.UsageMetric_USAGE_METRIC_PUBLISHED, Channel: "grpc"}
-	if got := rdb.HGet(ctx, "herald:{usage}:h:2026031022", "app_a|shop.order.created|1|grpc").Val(); got != "3" {
+	if got := rdb.HGet(ctx, "herald:{usage}:h:2026031022", "c||app_a||shop.order.created|grpc|1").Val(); got != "3" {
 		t.Errorf("hour field = %q, want 3", got)
 	}
 
