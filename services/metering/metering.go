@@ -16,7 +16,9 @@ import (
 	"github.com/heraldmesh/herald/api"
 	meteringv1 "github.com/heraldmesh/herald/api/gen/herald/metering/v1"
 	"github.com/heraldmesh/herald/api/gen/herald/metering/v1/meteringv1connect"
+	"github.com/heraldmesh/herald/api/gen/herald/registry/v1/registryv1connect"
 	"github.com/heraldmesh/herald/platform/config"
+	"github.com/heraldmesh/herald/platform/rpc"
 	"github.com/heraldmesh/herald/platform/service"
 	"github.com/heraldmesh/herald/services/metering/internal/fold"
 	"github.com/heraldmesh/herald/services/metering/internal/gateway"
@@ -65,7 +67,8 @@ func New(cfg Config) (*Service, error) {
 	st := store.New(base.Redis)
 	folder := fold.New(st, fold.Options{Log: base.Log, Metrics: base.Metrics, ClaimIdle: cfg.ClaimIdle, ClaimEvery: cfg.ClaimEvery})
 	s := &Service{base: base}
-	usageHandler := usageapi.New(st)
+	registry := registryv1connect.NewRegistryServiceClient(rpc.HTTPClient(), rpc.BaseURL(cfg.RegistryAddr), rpc.ClientOptions(cfg.AdminKey)...)
+	usageHandler := usageapi.New(st, usageapi.NewDirectory(registry))
 	base.Server.Handle(meteringv1connect.NewMeteringServiceHandler(usageHandler, base.HandlerOptions()...))
 	// The REST gateway calls the same handlers in process; the HTTP
 	// middleware authenticates, as the interceptor does for RPCs.
@@ -104,4 +107,16 @@ type meteringGRPC struct {
 
 func (g meteringGRPC) GetUsage(ctx context.Context, r *meteringv1.GetUsageRequest) (*meteringv1.GetUsageResponse, error) {
 	return gateway.Call(ctx, g.c, r, g.h.GetUsage)
+}
+
+func (g meteringGRPC) QueryUsage(ctx context.Context, r *meteringv1.QueryUsageRequest) (*meteringv1.QueryUsageResponse, error) {
+	return gateway.Call(ctx, g.c, r, g.h.QueryUsage)
+}
+
+func (g meteringGRPC) TopUsage(ctx context.Context, r *meteringv1.TopUsageRequest) (*meteringv1.TopUsageResponse, error) {
+	return gateway.Call(ctx, g.c, r, g.h.TopUsage)
+}
+
+func (g meteringGRPC) GetDeliveryStats(ctx context.Context, r *meteringv1.GetDeliveryStatsRequest) (*meteringv1.GetDeliveryStatsResponse, error) {
+	return gateway.Call(ctx, g.c, r, g.h.GetDeliveryStats)
 }

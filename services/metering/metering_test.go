@@ -52,6 +52,34 @@ func (r *registry) AuthenticateKey(_ context.Context, req *connect.Request[regis
 	return connect.NewResponse(&registryv1.AuthenticateKeyResponse{Key: k}), nil
 }
 
+// applications are the registry's applications and their tenants: app_a
+// and app_c share tenant acme, app_b is tenant globex's, app_d in none.
+var applications = map[string]string{"app_a": "acme", "app_b": "globex", "app_c": "acme", "app_d": ""}
+
+func (r *registry) GetApplication(_ context.Context, req *connect.Request[registryv1.GetApplicationRequest]) (*connect.Response[registryv1.GetApplicationResponse], error) {
+	if auth.BearerToken(req.Header()) != adminKey {
+		return nil, connect.NewError(connect.CodeUnauthenticated, errors.New("the registry wants the admin key"))
+	}
+	tenant, ok := applications[req.Msg.GetId()]
+	if !ok {
+		return nil, connect.NewError(connect.CodeNotFound, errors.New("no such application"))
+	}
+	return connect.NewResponse(&registryv1.GetApplicationResponse{Application: &registryv1.Application{Id: req.Msg.GetId(), Tenant: tenant}}), nil
+}
+
+// products are the catalog's products.
+var products = []*registryv1.Product{
+	{Name: "orders", EventTypes: []string{"shop.order.*"}},
+	{Name: "everything-paid", EventTypes: []string{"shop.order.paid", "billing.*"}},
+}
+
+func (r *registry) ListProducts(_ context.Context, req *connect.Request[registryv1.ListProductsRequest]) (*connect.Response[registryv1.ListProductsResponse], error) {
+	if auth.BearerToken(req.Header()) != adminKey {
+		return nil, connect.NewError(connect.CodeUnauthenticated, errors.New("the registry wants the admin key"))
+	}
+	return connect.NewResponse(&registryv1.ListProductsResponse{Products: products}), nil
+}
+
 // startRegistry serves the registry over h2c, as Herald services talk.
 func startRegistry(t *testing.T) string {
 	t.Helper()

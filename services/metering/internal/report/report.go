@@ -18,6 +18,9 @@ import (
 // that one answer reads at most a few thousand hour buckets.
 const MaxRange = 93 * 24 * time.Hour
 
+// MaxMinuteRange is the longest range of a query by minute.
+const MaxMinuteRange = 24 * time.Hour
+
 // DefaultRange is the range of a query that sets no start.
 const DefaultRange = 24 * time.Hour
 
@@ -80,6 +83,9 @@ func (q *Query) Normalize(now time.Time) error {
 		return fmt.Errorf("%w: start_time %s is not before end_time %s", ErrInvalid, q.Start.Format(time.RFC3339), q.End.Format(time.RFC3339))
 	}
 	q.Start = q.Start.Truncate(time.Hour)
+	if q.Granularity == meteringv1.Granularity_GRANULARITY_MINUTE && q.End.Sub(q.Start) > MaxMinuteRange {
+		return fmt.Errorf("%w: minute buckets cover at most %d hours per query", ErrInvalid, MaxMinuteRange/time.Hour)
+	}
 	if q.End.Sub(q.Start) > MaxRange {
 		return fmt.Errorf("%w: the range %s .. %s is longer than %d days", ErrInvalid, q.Start.Format(time.RFC3339), q.End.Format(time.RFC3339), MaxRange/(24*time.Hour))
 	}
@@ -95,6 +101,15 @@ func (q Query) Hours() []time.Time {
 	return hours
 }
 
+// Minutes lists the start of every minute bucket a normalized query covers.
+func (q Query) Minutes() []time.Time {
+	out := make([]time.Time, 0, q.End.Sub(q.Start)/time.Minute+1)
+	for m := q.Start.Truncate(time.Minute); m.Before(q.End); m = m.Add(time.Minute) {
+		out = append(out, m)
+	}
+	return out
+}
+
 func (q Query) matches(k Key) bool {
 	return (q.ApplicationID == "" || k.ApplicationID == q.ApplicationID) &&
 		(q.EventType == "" || k.EventType == q.EventType) &&
@@ -104,6 +119,8 @@ func (q Query) matches(k Key) bool {
 // bucket returns the bounds of the bucket an hour falls in.
 func (q Query) bucket(hour time.Time) (start, end time.Time) {
 	switch q.Granularity {
+	case meteringv1.Granularity_GRANULARITY_MINUTE:
+		return hour, hour.Add(time.Minute)
 	case meteringv1.Granularity_GRANULARITY_HOUR:
 		return hour, hour.Add(time.Hour)
 	case meteringv1.Granularity_GRANULARITY_DAY:

@@ -631,15 +631,12 @@ func recordTime(rec *meteringv1.UsageRecord, entryID string) time.Time {
 // channel, summed over tenants and producers). Fields that do not parse are
 // ignored.
 func (s *Store) Hours(ctx context.Context, starts []time.Time) ([]report.Hour, error) {
-	return s.legacy(ctx, Hour, starts)
+	return s.Legacy(ctx, Hour, starts, nil)
 }
 
-// Minutes is Hours for minute buckets.
-func (s *Store) Minutes(ctx context.Context, starts []time.Time) ([]report.Hour, error) {
-	return s.legacy(ctx, Minute, starts)
-}
-
-func (s *Store) legacy(ctx context.Context, k Kind, starts []time.Time) ([]report.Hour, error) {
+// Legacy reads buckets of kind k as legacy counters, keeping only the cells
+// keep accepts (nil: all).
+func (s *Store) Legacy(ctx context.Context, k Kind, starts []time.Time, keep func(Dims) bool) ([]report.Hour, error) {
 	buckets, err := s.Buckets(ctx, k, starts)
 	if err != nil {
 		return nil, err
@@ -648,6 +645,9 @@ func (s *Store) legacy(ctx context.Context, k Kind, starts []time.Time) ([]repor
 	for i, b := range buckets {
 		counts := make(map[report.Key]int64, len(b.Cells))
 		for d, v := range b.Cells {
+			if keep != nil && !keep(d) {
+				continue
+			}
 			counts[report.Key{ApplicationID: d.Application, EventType: d.EventType, Metric: d.Metric, Channel: d.Channel}] += v.Events
 		}
 		hours[i] = report.Hour{Start: b.Start, Counts: counts}
