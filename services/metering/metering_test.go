@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"sync"
 	"testing"
 	"time"
 
@@ -33,7 +34,12 @@ const (
 	adminKey = "test-admin-key-0123456789"
 	keyA     = "hk_test_key_of_application_a"
 	keyB     = "hk_test_key_of_application_b"
+	keyD     = "hk_test_key_of_application_d"
+	keyR     = "hk_test_key_of_application_c_revoked_later"
 )
+
+// revokedKeys holds the hashes of keys revoked during a test.
+var revokedKeys sync.Map
 
 // registry is a real RegistryService that knows two application keys.
 type registry struct {
@@ -46,7 +52,7 @@ func (r *registry) AuthenticateKey(_ context.Context, req *connect.Request[regis
 		return nil, connect.NewError(connect.CodeUnauthenticated, errors.New("the registry wants the admin key"))
 	}
 	k, ok := r.keys[req.Msg.GetKeyHash()]
-	if !ok {
+	if _, gone := revokedKeys.Load(req.Msg.GetKeyHash()); !ok || gone {
 		return nil, connect.NewError(connect.CodeNotFound, errors.New("no such key"))
 	}
 	return connect.NewResponse(&registryv1.AuthenticateKeyResponse{Key: k}), nil
@@ -54,7 +60,7 @@ func (r *registry) AuthenticateKey(_ context.Context, req *connect.Request[regis
 
 // applications are the registry's applications and their tenants: app_a
 // and app_c share tenant acme, app_b is tenant globex's, app_d in none.
-var applications = map[string]string{"app_a": "acme", "app_b": "globex", "app_c": "acme", "app_d": ""}
+var applications = map[string]string{"app_a": "acme", "app_b": "globex", "app_c": "acme", "app_d": "", "app_p": "acme"}
 
 func (r *registry) GetApplication(_ context.Context, req *connect.Request[registryv1.GetApplicationRequest]) (*connect.Response[registryv1.GetApplicationResponse], error) {
 	if auth.BearerToken(req.Header()) != adminKey {
@@ -86,6 +92,8 @@ func startRegistry(t *testing.T) string {
 	reg := &registry{keys: map[string]*registryv1.Key{
 		auth.HashSecret(keyA): {Id: "key_a", ApplicationId: "app_a"},
 		auth.HashSecret(keyB): {Id: "key_b", ApplicationId: "app_b"},
+		auth.HashSecret(keyD): {Id: "key_d", ApplicationId: "app_d"},
+		auth.HashSecret(keyR): {Id: "key_r", ApplicationId: "app_c"},
 	}}
 	mux := http.NewServeMux()
 	mux.Handle(registryv1connect.NewRegistryServiceHandler(reg))
