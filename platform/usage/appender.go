@@ -8,9 +8,11 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
+	eventv1 "github.com/heraldmesh/herald/api/gen/herald/event/v1"
 	meteringv1 "github.com/heraldmesh/herald/api/gen/herald/metering/v1"
 	"github.com/heraldmesh/herald/platform/backoff"
 	"github.com/prometheus/client_golang/prometheus"
@@ -291,4 +293,51 @@ func (a *Appender) Flush(ctx context.Context) error {
 	}
 	a.appended.Add(float64(len(recs)))
 	return nil
+}
+
+// EventDelivery starts the Delivery of an event read from the log: its
+// source, id, type, data size, and publish time (the entry id's
+// milliseconds, stamped by Redis when the router appended it). producer is
+// the entry's "app" field. The caller sets tenant, application,
+// subscription, channel and attempt.
+func EventDelivery(ev *eventv1.CloudEvent, cursor, producer string) Delivery {
+	d := Delivery{Producer: producer, EventSource: ev.GetSource(), EventID: ev.GetId(), EventType: ev.GetType(), Bytes: DataBytes(ev)}
+	if ms, _, _ := strings.Cut(cursor, "-"); ms != "" {
+		if n, err := strconv.ParseInt(ms, 10, 64); err == nil && n > 0 {
+			d.Published = time.UnixMilli(n)
+		}
+	}
+	return d
+}
+
+// DataBytes is the size of an event's data, as metered.
+func DataBytes(ev *eventv1.CloudEvent) int64 {
+	switch d := ev.GetData().(type) {
+	case *eventv1.CloudEvent_BinaryData:
+		return int64(len(d.BinaryData))
+	case *eventv1.CloudEvent_TextData:
+		return int64(len(d.TextData))
+	case *eventv1.CloudEvent_ProtoData:
+		return int64(len(d.ProtoData.GetValue()))
+	}
+	return 0
+}
+
+// Decode returns the records of a usage stream entry: one (field "r") or a
+// batch (field "rs").
+func Decode(m redis.XMessage) ([]*meteringv1.UsageRecord, error) {
+	if v, ok := m.Values[FieldBatch]; ok {
+		s, _ := v.(string)
+		b := new(meteringv1.UsageRecordBatch)
+		if err := proto.Unmarshal([]byte(s), b); err != nil {
+			return nil, fmt.Errorf("decode usage record batch %s: %w", m.ID, err)
+		}
+		return b.Records, nil
+	}
+	s, _ := m.Values[FieldRecord].(string)
+	r := new(meteringv1.UsageRecord)
+	if err := proto.Unmarshal([]byte(s), r); err != nil {
+		return nil, fmt.Errorf("decode usage record %s: %w", m.ID, err)
+	}
+	return []*meteringv1.UsageRecord{r}, nil
 }
