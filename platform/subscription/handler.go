@@ -109,7 +109,7 @@ func (h *Handler) Subscribe(ctx context.Context, req *connect.Request[routerv1.S
 	if p, _ := auth.FromContext(ctx); !p.Admin && p.KeyID != "" {
 		go h.m.watchKey(ctx, p.KeyID, cancel)
 	}
-	err = h.m.serve(ctx, sub, window, resume, "", func() error { return stream.Send(nil) }, stream.Send)
+	err = h.m.serve(ctx, sub, window, resume, "", func() error { return stream.Send(nil) }, func(d *routerv1.SubscribeResponse, _ Meta) error { return stream.Send(d) })
 	if errors.Is(context.Cause(ctx), errKeyRevoked) {
 		return connect.NewError(connect.CodeUnauthenticated, errKeyRevoked)
 	}

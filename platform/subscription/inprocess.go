@@ -24,6 +24,21 @@ import (
 // caller settles each one with Ack, Nack or GiveUp by its AckId, and keeps
 // those it holds for long with Extend.
 func (m *Manager) Serve(ctx context.Context, sub *registryv1.Subscription, window int, consumer string, send func(*routerv1.SubscribeResponse) error) error {
+	return m.ServeMeta(ctx, sub, window, consumer, func(d *routerv1.SubscribeResponse, _ Meta) error { return send(d) })
+}
+
+// Channel is the usage channel of RouterService.Subscribe deliveries.
+const Channel = "subscribe"
+
+// Meta is what an in-process consumer learns of a delivery besides what
+// RouterService.Subscribe sends: who published the event (for metering).
+type Meta struct {
+	// Producer is the application that published the event.
+	Producer string
+}
+
+// ServeMeta is Serve passing each delivery's Meta as well.
+func (m *Manager) ServeMeta(ctx context.Context, sub *registryv1.Subscription, window int, consumer string, send func(*routerv1.SubscribeResponse, Meta) error) error {
 	return m.serve(ctx, sub, window, "", consumer, func() error { return nil }, send)
 }
 

@@ -17,6 +17,7 @@ import (
 	"github.com/heraldmesh/herald/platform/access"
 	"github.com/heraldmesh/herald/platform/catalog"
 	"github.com/heraldmesh/herald/platform/eventlog"
+	"github.com/heraldmesh/herald/platform/usage"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 	"google.golang.org/protobuf/proto"
@@ -38,9 +39,11 @@ type Manager struct {
 	sessions     prometheus.Gauge
 	filterErrors prometheus.Counter
 
-	// Delivered, when set, is told of each event's first delivery to a
-	// subscription (not of redeliveries or replays), for metering.
-	Delivered func(account, eventType string)
+	// Delivered, when set, is told of each delivery sent to a subscription
+	// (first, redelivery or replay; the attempt number tells which), for
+	// metering: a usage record keyed by the delivery's id counts a
+	// redelivery or a replay once. The tenant is for the callee to set.
+	Delivered func(ctx context.Context, d usage.Delivery)
 
 	// External, when true, serves subscriptions kept outside the registry
 	// by their owner (the edge's WebSub subscriptions, in Redis): sessions

@@ -15,6 +15,7 @@ import (
 	"github.com/heraldmesh/herald/platform/catalog"
 	"github.com/heraldmesh/herald/platform/eventlog"
 	"github.com/heraldmesh/herald/platform/filter"
+	"github.com/heraldmesh/herald/platform/usage"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -37,7 +38,7 @@ type session struct {
 	flt      *filter.Filter
 	consumer string
 	window   int
-	send     func(*routerv1.SubscribeResponse) error
+	send     func(*routerv1.SubscribeResponse, Meta) error
 
 	streams   []string
 	allowed   map[string]bool // the types of streams: what may be delivered now
@@ -54,7 +55,7 @@ type session struct {
 // serve runs a Subscribe stream until ctx ends or sending fails. open is
 // called once the session is set up (groups exist, a resume is done), to
 // send the response headers: the client knows it is subscribed.
-func (m *Manager) serve(ctx context.Context, sub *registryv1.Subscription, window int, resume, consumer string, open func() error, send func(*routerv1.SubscribeResponse) error) error {
+func (m *Manager) serve(ctx context.Context, sub *registryv1.Subscription, window int, resume, consumer string, open func() error, send func(*routerv1.SubscribeResponse, Meta) error) error {
 	flt, err := filter.Compile(sub.GetFilter())
 	if err != nil {
 		return connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("subscription %s has a filter that does not compile: %w", sub.GetId(), err))
@@ -537,13 +538,15 @@ func (s *session) deliver(ctx context.Context, ds []delivery) error {
 		}
 		if err := s.send(&routerv1.SubscribeResponse{
 			AckId: ackID(s.sub.GetId(), d.ref), Cursor: d.cursor, Event: d.event, Attempt: int32(d.count),
-		}); err != nil {
+		}, Meta{Producer: d.account}); err != nil {
 			s.buffer = append(s.buffer, ds[i:]...)
 			return err
 		}
 		s.m.deliveries.WithLabelValues(kind).Inc()
-		if kind == "first" && s.m.Delivered != nil {
-			s.m.Delivered(s.sub.GetApplicationId(), d.typ)
+		if s.m.Delivered != nil {
+			u := usage.EventDelivery(d.event, d.cursor, d.account)
+			u.Application, u.Subscription, u.Channel, u.Attempt = s.sub.GetApplicationId(), s.sub.GetId(), Channel, int32(d.count)
+			s.m.Delivered(ctx, u)
 		}
 		s.inflight++
 	}

@@ -108,7 +108,9 @@ func New(cfg Config) (*Service, error) {
 			return nil, fmt.Errorf("edge: %w", err)
 		}
 	}
-	batcher := usage.NewBatcher(base.Redis, base.Log, cfg.UsageFlush)
+	// One usage record per delivery, keyed by usage.DeliveryID, appended
+	// in batches.
+	meter := usage.NewAppender(base.Redis, usage.AppenderOptions{FlushEvery: cfg.UsageFlush, Log: base.Log, Metrics: base.Metrics})
 	requests := request.NewParser(cat)
 	// A browser token's claims (auth.Principal.Scope) narrow every channel
 	// in one place: types, filter, expiry.
@@ -121,7 +123,13 @@ func New(cfg Config) (*Service, error) {
 	delivered := func(channel string) request.Delivered {
 		return func(ctx context.Context, ev *hub.Event) {
 			p, _ := auth.FromContext(ctx)
-			batcher.Add(usage.Key{Account: p.Account(), EventType: ev.Type, Channel: channel, Metric: meteringv1.UsageMetric_USAGE_METRIC_DELIVERED}, 1)
+			d := usage.EventDelivery(ev.Event, ev.ID.String(), ev.Account)
+			// Ad-hoc streams have no subscription: one application's
+			// deliveries of an event on one channel count once, however
+			// often a stream replays it.
+			d.Application, d.Channel = p.Account(), channel
+			d.Tenant = tenantOf(ctx, cat, p)
+			_ = meter.Add(ctx, d.Record(meteringv1.UsageMetric_USAGE_METRIC_DELIVERED, time.Now()))
 		}
 	}
 	shutdown := base.Server.StreamContext()

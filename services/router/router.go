@@ -79,7 +79,16 @@ func New(cfg Config) (*Service, error) {
 	app := appender.New(base.Redis, appender.Options{DedupeWindow: cfg.DedupeWindow})
 	// Published usage is counted by the append itself; the meter moves the
 	// counts to metering.
-	base.Go(appender.NewMeter(base.Redis, appender.MeterOptions{Log: base.Log}).Run)
+	base.Go(appender.NewMeter(base.Redis, appender.MeterOptions{Log: base.Log, Tenant: func(ctx context.Context, app string) string {
+		if app == "admin" {
+			return ""
+		}
+		a, err := cat.Application(ctx, app)
+		if err != nil {
+			return "" // the operator's "admin" account, or an application gone
+		}
+		return a.GetTenant()
+	}}).Run)
 	h := publish.New(cat, app, base.Redis, base.Log, publish.Limits{MaxEvents: cfg.MaxBatch, MaxEventBytes: cfg.MaxEventBytes}, publish.Guards{Memory: mem})
 	if cfg.MaxSubscribeStreams <= 0 {
 		cfg.MaxSubscribeStreams = 1000
@@ -91,11 +100,17 @@ func New(cfg Config) (*Service, error) {
 		return nil, fmt.Errorf("router: %w", err)
 	}
 	mgr := subscription.NewManager(subRedis, cat, base.Log, base.Metrics)
-	batcher := usage.NewBatcher(base.Redis, base.Log, time.Second)
-	mgr.Delivered = func(account, eventType string) {
-		batcher.Add(usage.Key{Account: account, EventType: eventType, Channel: "subscription", Metric: meteringv1.UsageMetric_USAGE_METRIC_DELIVERED}, 1)
+	// One usage record per delivery sent, keyed by the delivery's id: a
+	// redelivery or a replay counts once as DELIVERED (and each redelivery
+	// as RETRIED).
+	deliveries := usage.NewAppender(base.Redis, usage.AppenderOptions{Log: base.Log, Metrics: base.Metrics})
+	mgr.Delivered = func(ctx context.Context, d usage.Delivery) {
+		if app, err := cat.Application(ctx, d.Application); err == nil {
+			d.Tenant = app.GetTenant()
+		}
+		_ = deliveries.Add(ctx, d.Records(meteringv1.UsageMetric_USAGE_METRIC_DELIVERED, time.Now())...)
 	}
-	base.Go(func(ctx context.Context) error { batcher.Run(ctx); return nil })
+	base.Go(deliveries.Run)
 	base.Go(mgr.Run)
 	base.Go(func(ctx context.Context) error {
 		<-ctx.Done() // after the server drained its streams

@@ -62,6 +62,9 @@ type MeterOptions struct {
 	// Now is the clock that decides which hours are over; default
 	// time.Now.
 	Now func() time.Time
+	// Tenant returns the tenant of an application, for the records; nil
+	// or "" leaves it unset.
+	Tenant func(ctx context.Context, application string) string
 }
 
 // Meter moves the published counts of the append script into the usage
@@ -216,9 +219,12 @@ func (m *Meter) move(ctx context.Context, c count, before string, done int64) (b
 	rec := &meteringv1.UsageRecord{
 		// Unique per move: the count only grows.
 		Id:            fmt.Sprintf("pub:%s:%d:%s:%d", c.tag, c.hour, c.account, c.n),
-		ApplicationId: c.account, EventType: typ,
+		ApplicationId: c.account, ProducerApplicationId: c.account, EventType: typ,
 		Metric: meteringv1.UsageMetric_USAGE_METRIC_PUBLISHED, Channel: "grpc",
 		Quantity: c.n - done, Time: timestamppb.New(time.UnixMilli(c.hour * time.Hour.Milliseconds())),
+	}
+	if m.opts.Tenant != nil {
+		rec.Tenant = m.opts.Tenant(ctx, c.account)
 	}
 	b, err := proto.Marshal(rec)
 	if err != nil {

@@ -39,6 +39,9 @@ func published(t *testing.T, rdb redis.Cmdable) map[string]int64 {
 			t.Fatalf("record id %s appears twice", rec.GetId())
 		}
 		ids[rec.GetId()] = true
+		if rec.GetProducerApplicationId() != rec.GetApplicationId() {
+			t.Errorf("record %s: producer %q, want the publisher %q", rec.GetId(), rec.GetProducerApplicationId(), rec.GetApplicationId())
+		}
 		if h := rec.GetTime().AsTime(); !h.Equal(h.Truncate(time.Hour)) {
 			t.Errorf("record %s is timed %v, not at the start of its hour", rec.GetId(), h)
 		}
