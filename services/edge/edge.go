@@ -148,7 +148,7 @@ func New(cfg Config) (*Service, error) {
 	base.Server.HandlePublic("OPTIONS /v1/stream", origins.Preflight())
 	base.Server.HandlePublic("OPTIONS /v1/poll", origins.Preflight())
 	rpcPath, rpcHandler := edgev1connect.NewEdgeServiceHandler(&streamrpc.Handler{
-		Hub: h, Requests: requests, Log: base.Log, Delivered: delivered(streamrpc.Channel), Shutdown: shutdown, Ceiling: streams, Buffer: cfg.StreamBuffer,
+		Hub: h, Requests: requests, Log: base.Log, Delivered: delivered(StreamUsageChannel), Shutdown: shutdown, Ceiling: streams, Buffer: cfg.StreamBuffer,
 	}, base.HandlerOptions()...)
 	base.Server.Handle(rpcPath, origins.WrapRPC(rpcHandler))
 	base.Server.HandlePublic("OPTIONS "+rpcPath, origins.PreflightRPC())
@@ -157,7 +157,7 @@ func New(cfg Config) (*Service, error) {
 		streams.Collector(),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "herald_edge_live_subscribers", Help: "Subscribers following the live feed."}, func() float64 { return float64(h.Subscribers()) }),
 	)
-	if err := webhooks(base, cat, cfg); err != nil {
+	if err := webhooks(base, cat, cfg, meter); err != nil {
 		return nil, err
 	}
 	if err := browserTokens(base, cat, cfg); err != nil {
@@ -170,12 +170,29 @@ func New(cfg Config) (*Service, error) {
 	base.Go(h.Run)
 	base.Go(requests.Run)
 	base.Go(func(ctx context.Context) error { <-ctx.Done(); sseHandler.Wait(); return nil })
-	base.Go(func(ctx context.Context) error { batcher.Run(ctx); return nil })
+	base.Go(meter.Run)
 	return &Service{base: base, hub: h}, nil
 }
 
+// StreamUsageChannel is the usage channel of StreamEvents deliveries
+// ("stream"; the RPC's own name, grpc, is publish's usage channel).
+const StreamUsageChannel = "stream"
+
+// tenantOf is the tenant of the caller's application, from the catalog
+// ("" for the operator, or when it cannot be told).
+func tenantOf(ctx context.Context, cat *catalog.Cache, p auth.Principal) string {
+	if p.Admin || p.ApplicationID == "" {
+		return ""
+	}
+	app, err := cat.Application(ctx, p.ApplicationID)
+	if err != nil {
+		return ""
+	}
+	return app.GetTenant()
+}
+
 // webhooks sets up the webhook engine and its API.
-func webhooks(base *service.Base, cat *catalog.Cache, cfg Config) error {
+func webhooks(base *service.Base, cat *catalog.Cache, cfg Config, meter *usage.Appender) error {
 	box, policy, err := outbound(cfg)
 	if err != nil {
 		return err
@@ -191,6 +208,7 @@ func webhooks(base *service.Base, cat *catalog.Cache, cfg Config) error {
 		Registry: registryv1connect.NewRegistryServiceClient(rpc.HTTPClient(), rpc.BaseURL(cfg.RegistryAddr), rpc.ClientOptions(cfg.AdminKey)...),
 		Router:   routerv1connect.NewRouterServiceClient(rpc.HTTPClient(), rpc.BaseURL(cfg.RouterAddr), rpc.ClientOptions(cfg.AdminKey)...),
 		Metrics:  base.Metrics, AppConcurrency: cfg.WebhookAppConcurrency, MaxEndpoints: cfg.WebhookEndpoints,
+		Usage: meter,
 	})
 	api := &webhook.API{E: engine}
 	base.Server.Handle(edgev1connect.NewWebhookServiceHandler(api, base.HandlerOptions()...))

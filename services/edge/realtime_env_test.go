@@ -174,14 +174,18 @@ func (e *rt) delivered() map[string]int64 {
 		e.t.Fatal(err)
 	}
 	out := map[string]int64{}
+	seen := map[string]bool{}
 	for _, m := range msgs {
-		raw, _ := m.Values[usage.FieldRecord].(string)
-		var r meteringv1.UsageRecord
-		if err := proto.Unmarshal([]byte(raw), &r); err != nil {
+		recs, err := usage.Decode(m)
+		if err != nil {
 			e.t.Fatal(err)
 		}
-		if r.GetMetric() == meteringv1.UsageMetric_USAGE_METRIC_DELIVERED {
-			out[r.GetChannel()] += r.GetQuantity()
+		for _, r := range recs {
+			// Each id once, as metering counts: a replay repeats the id.
+			if r.GetMetric() == meteringv1.UsageMetric_USAGE_METRIC_DELIVERED && !seen[r.GetId()] {
+				seen[r.GetId()] = true
+				out[r.GetChannel()] += r.GetQuantity()
+			}
 		}
 	}
 	return out

@@ -14,11 +14,13 @@ import (
 	"connectrpc.com/connect"
 	edgev1 "github.com/heraldmesh/herald/api/gen/herald/edge/v1"
 	eventv1 "github.com/heraldmesh/herald/api/gen/herald/event/v1"
+	meteringv1 "github.com/heraldmesh/herald/api/gen/herald/metering/v1"
 	registryv1 "github.com/heraldmesh/herald/api/gen/herald/registry/v1"
 	"github.com/heraldmesh/herald/platform/auth"
 	"github.com/heraldmesh/herald/platform/catalog"
 	"github.com/heraldmesh/herald/platform/eventlog"
 	"github.com/heraldmesh/herald/platform/subscription"
+	"github.com/heraldmesh/herald/platform/usage"
 	"github.com/heraldmesh/herald/platform/webhook"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -167,25 +169,28 @@ func (a *API) RetryDelivery(ctx context.Context, req *connect.Request[edgev1.Ret
 	if _, err := checkCursor("cursor", req.Msg.GetCursor()); err != nil {
 		return nil, err
 	}
-	ev, err := a.find(ctx, sub, req.Msg.GetCursor())
+	ev, producer, err := a.find(ctx, sub, req.Msg.GetCursor())
 	if err != nil {
 		return nil, err
 	}
 	ep := endpointOf(sub, a.E.o.Box)
 	o, att, _ := a.E.attempt(ctx, ep, req.Msg.GetCursor(), ev, edgev1.AttemptTrigger_ATTEMPT_TRIGGER_MANUAL)
+	d := a.E.usageOf(ctx, ep, job{cursor: req.Msg.GetCursor(), ev: ev, producer: producer}, max(att.GetNumber(), 1))
 	if o.success {
-		if err := a.E.count(ctx, ep, req.Msg.GetCursor(), ev); err != nil {
+		if err := usage.Append(ctx, a.E.o.Redis, d.Records(meteringv1.UsageMetric_USAGE_METRIC_DELIVERED, time.Now())...); err != nil {
 			a.E.o.Log.Warn("manual webhook delivery not counted", "subscription", sub.GetId(), "err", err)
 		}
+	} else {
+		a.E.countFailure(ctx, d)
 	}
 	return connect.NewResponse(&edgev1.RetryDeliveryResponse{Attempt: att}), nil
 }
 
 // find reads one event of the subscription's streams by cursor.
-func (a *API) find(ctx context.Context, sub *registryv1.Subscription, cursor string) (*eventv1.CloudEvent, error) {
+func (a *API) find(ctx context.Context, sub *registryv1.Subscription, cursor string) (*eventv1.CloudEvent, string, error) {
 	streams, err := a.E.mgr.Streams(ctx, sub)
 	if err != nil {
-		return nil, unavailable(err)
+		return nil, "", unavailable(err)
 	}
 	for _, st := range streams {
 		if st == subscription.ReplayKey(sub.GetId()) {
@@ -193,18 +198,19 @@ func (a *API) find(ctx context.Context, sub *registryv1.Subscription, cursor str
 		}
 		msgs, err := a.E.o.Redis.XRangeN(ctx, st, cursor, cursor, 1).Result()
 		if err != nil {
-			return nil, unavailable(err)
+			return nil, "", unavailable(err)
 		}
 		if len(msgs) == 1 {
 			raw, _ := msgs[0].Values[eventlog.FieldEvent].(string)
+			producer, _ := msgs[0].Values[eventlog.FieldApp].(string)
 			ev := new(eventv1.CloudEvent)
 			if err := proto.Unmarshal([]byte(raw), ev); err != nil {
-				return nil, connect.NewError(connect.CodeDataLoss, fmt.Errorf("the event at %s does not decode", cursor))
+				return nil, "", connect.NewError(connect.CodeDataLoss, fmt.Errorf("the event at %s does not decode", cursor))
 			}
-			return ev, nil
+			return ev, producer, nil
 		}
 	}
-	return nil, connect.NewError(connect.CodeNotFound, fmt.Errorf("no event of subscription %s at cursor %s: it is not one of its types, or retention has trimmed it", sub.GetId(), cursor))
+	return nil, "", connect.NewError(connect.CodeNotFound, fmt.Errorf("no event of subscription %s at cursor %s: it is not one of its types, or retention has trimmed it", sub.GetId(), cursor))
 }
 
 // Replay implements WebhookService.
@@ -220,7 +226,7 @@ func (a *API) Replay(ctx context.Context, req *connect.Request[edgev1.ReplayRequ
 		if err != nil {
 			return nil, err
 		}
-		if _, err := a.find(ctx, sub, sel.Cursor); err != nil {
+		if _, _, err := a.find(ctx, sub, sel.Cursor); err != nil {
 			return nil, err
 		}
 		m, err := a.E.mgr.ReplayRange(ctx, sub, justBefore(id), id.String(), 1)

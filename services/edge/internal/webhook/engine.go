@@ -52,6 +52,9 @@ const DisabledType = "herald.endpoint.disabled"
 
 // Options configure an Engine.
 type Options struct {
+	// Usage, when set, batches the usage records of failed attempts;
+	// nil appends each at once.
+	Usage *usage.Appender
 	// Redis holds the log and the engine's state; it should be a pool of
 	// its own, sized for one blocking read per endpoint this process
 	// delivers to.
@@ -300,19 +303,33 @@ func (e *Engine) attempt(ctx context.Context, ep *endpoint, cursor string, ev *e
 	return o, a, e.keep(ctx, a)
 }
 
-// usageOf is the metering record of a successful delivery: once per
-// endpoint and event whatever the number of attempts (the record id is the
-// fold's idempotency key).
-func usageOf(ep *endpoint, cursor string, ev *eventv1.CloudEvent) *meteringv1.UsageRecord {
-	return &meteringv1.UsageRecord{
-		Id: "webhook/" + ep.id + "/" + cursor, ApplicationId: ep.app, EventType: ev.GetType(),
-		Metric: meteringv1.UsageMetric_USAGE_METRIC_DELIVERED, Channel: Channel, Quantity: 1, Time: timestamppb.Now(),
+// usageOf is the delivery (for metering) of an event to an endpoint: its
+// records' ids derive from tenant, application, subscription, event and
+// channel, so a success counts once as DELIVERED whatever the number of
+// attempts, and each failed attempt once as FAILED.
+func (e *Engine) usageOf(ctx context.Context, ep *endpoint, j job, attempt int32) usage.Delivery {
+	d := usage.EventDelivery(j.ev, j.cursor, j.producer)
+	d.Application, d.Subscription, d.Channel, d.Attempt = ep.app, ep.id, Channel, attempt
+	if app, err := e.o.Catalog.Application(ctx, ep.app); err == nil {
+		d.Tenant = app.GetTenant()
 	}
+	return d
 }
 
-// count reports a successful delivery to metering.
-func (e *Engine) count(ctx context.Context, ep *endpoint, cursor string, ev *eventv1.CloudEvent) error {
-	return usage.Append(ctx, e.o.Redis, usageOf(ep, cursor, ev))
+// countFailure reports a failed attempt to metering (FAILED, and RETRIED
+// for an attempt after the first). It is never billable, and its loss is
+// only logged.
+func (e *Engine) countFailure(ctx context.Context, d usage.Delivery) {
+	recs := d.Records(meteringv1.UsageMetric_USAGE_METRIC_FAILED, time.Now())
+	var err error
+	if e.o.Usage != nil {
+		err = e.o.Usage.Add(ctx, recs...)
+	} else {
+		err = usage.Append(ctx, e.o.Redis, recs...)
+	}
+	if err != nil {
+		e.o.Log.Warn("failed webhook attempt not counted", "subscription", d.Subscription, "err", err)
+	}
 }
 
 // disable turns an endpoint off in the registry, with the reason, and

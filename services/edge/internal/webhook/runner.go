@@ -10,11 +10,13 @@ import (
 	"connectrpc.com/connect"
 	edgev1 "github.com/heraldmesh/herald/api/gen/herald/edge/v1"
 	eventv1 "github.com/heraldmesh/herald/api/gen/herald/event/v1"
+	meteringv1 "github.com/heraldmesh/herald/api/gen/herald/metering/v1"
 	registryv1 "github.com/heraldmesh/herald/api/gen/herald/registry/v1"
 	routerv1 "github.com/heraldmesh/herald/api/gen/herald/router/v1"
 	"github.com/heraldmesh/herald/platform/access"
 	"github.com/heraldmesh/herald/platform/backoff"
 	"github.com/heraldmesh/herald/platform/cloudevent"
+	"github.com/heraldmesh/herald/platform/subscription"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 )
@@ -53,7 +55,8 @@ type runner struct {
 type job struct {
 	ackID, cursor string
 	ev            *eventv1.CloudEvent
-	tries         int // failed attempts already behind it (of this delivery's schedule)
+	producer      string // the application that published it
+	tries         int    // failed attempts already behind it (of this delivery's schedule)
 	key           string
 }
 
@@ -155,8 +158,8 @@ func (r *runner) deliverWhileLeased(parent context.Context) {
 	b := backoff.New(backoff.Options{Initial: 200 * time.Millisecond, Max: 10 * time.Second})
 	for ctx.Err() == nil {
 		started := time.Now()
-		err := r.e.mgr.Serve(ctx, r.sub, r.e.o.Window, r.e.holder, func(d *routerv1.SubscribeResponse) error {
-			r.dispatch(ctx, work, d)
+		err := r.e.mgr.ServeMeta(ctx, r.sub, r.e.o.Window, r.e.holder, func(d *routerv1.SubscribeResponse, meta subscription.Meta) error {
+			r.dispatch(ctx, work, d, meta)
 			return nil
 		})
 		if ctx.Err() != nil {
@@ -216,8 +219,8 @@ func (r *runner) keepHeld(ctx context.Context) {
 }
 
 // dispatch takes one delivery from the session.
-func (r *runner) dispatch(ctx, work context.Context, d *routerv1.SubscribeResponse) {
-	j := job{ackID: d.GetAckId(), cursor: d.GetCursor(), ev: d.GetEvent(), tries: max(int(d.GetAttempt())-1, 0)}
+func (r *runner) dispatch(ctx, work context.Context, d *routerv1.SubscribeResponse, meta subscription.Meta) {
+	j := job{ackID: d.GetAckId(), cursor: d.GetCursor(), ev: d.GetEvent(), producer: meta.Producer, tries: max(int(d.GetAttempt())-1, 0)}
 	r.mu.Lock()
 	if _, dup := r.held[j.ackID]; dup {
 		// Taken over again by this consumer (its ack timeout passed while
@@ -412,8 +415,13 @@ func (r *runner) try(ctx context.Context, j job, answered func()) (outcome, bool
 	if answered != nil {
 		answered()
 	}
+	number := a.GetNumber()
+	if number == 0 { // not recorded: the attempts this session knows of
+		number = int32(j.tries + 1)
+	}
 	if o.success {
-		err := r.e.settle.settle(ctx, &settlement{subID: r.sub.GetId(), ackID: j.ackID, attempt: a, usage: usageOf(r.ep, j.cursor, j.ev)})
+		recs := r.e.usageOf(ctx, r.ep, j, number).Records(meteringv1.UsageMetric_USAGE_METRIC_DELIVERED, time.Now())
+		err := r.e.settle.settle(ctx, &settlement{subID: r.sub.GetId(), ackID: j.ackID, attempt: a, usage: recs})
 		if err != nil {
 			// Not acknowledged: it comes again, and counts once then.
 			r.e.o.Log.Warn("webhook delivery not counted; it will be delivered again", "subscription", r.ep.id, "cursor", j.cursor, "err", err)
@@ -422,10 +430,8 @@ func (r *runner) try(ctx context.Context, j job, answered func()) (outcome, bool
 		return o, true
 	}
 	since := r.e.keep(ctx, a)
-	n := a.GetNumber()
-	if n == 0 { // not recorded: the attempts this session knows of
-		n = int32(j.tries + 1)
-	}
+	n := number
+	r.e.countFailure(ctx, r.e.usageOf(ctx, r.ep, j, n))
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
 	switch {

@@ -32,7 +32,7 @@ type settler struct {
 type settlement struct {
 	subID, ackID string
 	attempt      *edgev1.Attempt
-	usage        *meteringv1.UsageRecord
+	usage        []*meteringv1.UsageRecord
 	done         chan error // nil once counted; the ack's own failure is only logged
 }
 
@@ -94,18 +94,18 @@ func (s *settler) flush(ctx context.Context, batch []*settlement) {
 	defer cancel()
 	pipe := s.rdb.Pipeline()
 	records := make([]*redis.Cmd, len(batch))
-	counts := make([]*redis.StringCmd, len(batch))
+	counts := make([][]*redis.StringCmd, len(batch))
 	errs := make([]error, len(batch))
 	for i, st := range batch {
 		if keys, args, err := recordArgs(st.attempt); err == nil {
 			records[i] = pipe.EvalSha(ctx, recordScript.Hash(), keys, args...)
 		}
-		c, err := usage.AppendIn(ctx, pipe, st.usage)
+		c, err := usage.AppendIn(ctx, pipe, st.usage...)
 		if err != nil {
 			errs[i] = err
 			continue
 		}
-		counts[i] = c[0]
+		counts[i] = c
 	}
 	_, _ = pipe.Exec(ctx) // each command's error is read below
 	acks := map[string][]string{}
@@ -123,8 +123,10 @@ func (s *settler) flush(ctx context.Context, batch []*settlement) {
 				recordResult(st.attempt, v)
 			}
 		}
-		if errs[i] == nil {
-			errs[i] = counts[i].Err()
+		for _, c := range counts[i] {
+			if errs[i] == nil {
+				errs[i] = c.Err()
+			}
 		}
 		if errs[i] == nil {
 			acks[st.subID] = append(acks[st.subID], st.ackID)

@@ -19,6 +19,7 @@ import (
 	"github.com/heraldmesh/herald/platform/access"
 	"github.com/heraldmesh/herald/platform/backoff"
 	"github.com/heraldmesh/herald/platform/cloudevent"
+	"github.com/heraldmesh/herald/platform/subscription"
 	"github.com/heraldmesh/herald/platform/usage"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -131,8 +132,8 @@ func (r *runner) deliverWhileLeased(parent context.Context) {
 	b := backoff.New(backoff.Options{Initial: 200 * time.Millisecond, Max: 10 * time.Second})
 	for ctx.Err() == nil {
 		started := time.Now()
-		err := r.h.mgr.Serve(ctx, r.sub, r.h.o.Concurrency, r.h.holder, func(d *routerv1.SubscribeResponse) error {
-			r.wg.Go(func() { r.deliver(ctx, d) })
+		err := r.h.mgr.ServeMeta(ctx, r.sub, r.h.o.Concurrency, r.h.holder, func(d *routerv1.SubscribeResponse, meta subscription.Meta) error {
+			r.wg.Go(func() { r.deliver(ctx, d, meta.Producer) })
 			return nil
 		})
 		if ctx.Err() != nil {
@@ -169,7 +170,7 @@ func (r *runner) keepLease(ctx context.Context, lost context.CancelFunc) {
 // is being removed); a type the application may no longer receive is
 // handed back to the subscription, which keeps it pending until the grant
 // returns.
-func (r *runner) deliver(ctx context.Context, d *routerv1.SubscribeResponse) {
+func (r *runner) deliver(ctx context.Context, d *routerv1.SubscribeResponse, producer string) {
 	if r.expired(time.Now()) {
 		return
 	}
@@ -188,12 +189,17 @@ func (r *runner) deliver(ctx context.Context, d *routerv1.SubscribeResponse) {
 	if ctx.Err() != nil && !ok {
 		return // stopping: it stays pending and comes again
 	}
+	// The usage of this attempt: its ids derive from tenant, application,
+	// subscription, event and channel, so a success counts once as
+	// DELIVERED however often it is redelivered.
+	u := usage.EventDelivery(ev, d.GetCursor(), producer)
+	u.Application, u.Subscription, u.Channel, u.Attempt = r.rec.App, r.rec.ID, Channel, max(d.GetAttempt(), 1)
+	if app, err := r.h.o.Catalog.Application(ctx, r.rec.App); err == nil {
+		u.Tenant = app.GetTenant()
+	}
 	if ok {
 		r.h.deliveries.WithLabelValues("success").Inc()
-		if err := usage.Append(sctx, r.h.o.Redis, &meteringv1.UsageRecord{
-			Id: "websub/" + r.rec.ID + "/" + d.GetCursor(), ApplicationId: r.rec.App, EventType: ev.GetType(),
-			Metric: meteringv1.UsageMetric_USAGE_METRIC_DELIVERED, Channel: Channel, Quantity: 1, Time: timestamppb.Now(),
-		}); err != nil {
+		if err := usage.Append(sctx, r.h.o.Redis, u.Records(meteringv1.UsageMetric_USAGE_METRIC_DELIVERED, time.Now())...); err != nil {
 			// Not acknowledged: it comes again, and counts once then.
 			r.h.o.Log.Warn("websub delivery not counted; it will be delivered again", "subscription", r.rec.ID, "cursor", d.GetCursor(), "err", err)
 			return
@@ -204,6 +210,9 @@ func (r *runner) deliver(ctx context.Context, d *routerv1.SubscribeResponse) {
 		return
 	}
 	r.h.deliveries.WithLabelValues("failure").Inc()
+	if err := usage.Append(sctx, r.h.o.Redis, u.Records(meteringv1.UsageMetric_USAGE_METRIC_FAILED, time.Now())...); err != nil {
+		r.h.o.Log.Warn("failed websub attempt not counted", "subscription", r.rec.ID, "err", err)
+	}
 	n := int(max(d.GetAttempt(), 1))
 	if n > len(r.h.o.Retry) {
 		reason := fmt.Sprintf("%d attempts failed; the last: %s", n, why)

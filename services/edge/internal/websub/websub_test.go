@@ -34,7 +34,6 @@ import (
 	"github.com/heraldmesh/herald/services/edge/internal/websub"
 	"github.com/heraldmesh/herald/services/registry"
 	"github.com/redis/go-redis/v9"
-	"google.golang.org/protobuf/proto"
 )
 
 const (
@@ -260,8 +259,13 @@ func (e *env) waitMetric(sample, want string) {
 	testutil.Eventually(e.t, wait, func() bool { return e.metric(sample) == want }, sample+" never reached "+want)
 }
 
-// usage lists the WebSub usage records.
+// usage lists the WebSub DELIVERED usage records.
 func (e *env) usage() []*meteringv1.UsageRecord {
+	return e.usageOf(meteringv1.UsageMetric_USAGE_METRIC_DELIVERED)
+}
+
+// usageOf lists the WebSub usage records of a metric.
+func (e *env) usageOf(metric meteringv1.UsageMetric) []*meteringv1.UsageRecord {
 	e.t.Helper()
 	msgs, err := e.rdb.XRange(context.Background(), usage.StreamKey, "-", "+").Result()
 	if err != nil {
@@ -269,10 +273,14 @@ func (e *env) usage() []*meteringv1.UsageRecord {
 	}
 	var out []*meteringv1.UsageRecord
 	for _, m := range msgs {
-		raw, _ := m.Values[usage.FieldRecord].(string)
-		r := new(meteringv1.UsageRecord)
-		if proto.Unmarshal([]byte(raw), r) == nil && r.GetChannel() == websub.Channel {
-			out = append(out, r)
+		recs, err := usage.Decode(m)
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		for _, r := range recs {
+			if r.GetChannel() == websub.Channel && r.GetMetric() == metric {
+				out = append(out, r)
+			}
 		}
 	}
 	return out
@@ -423,7 +431,7 @@ func TestSubscribeVerifyDeliverSigned(t *testing.T) {
 		t.Fatalf("stored secret %q (%v): want it sealed", stored, err)
 	}
 
-	cursors := e.publish(paid, "inv-1", "inv-2")
+	e.publish(paid, "inv-1", "inv-2")
 	e.publish(sent, "not-subscribed")
 	s.waitIDs(t, "inv-1", "inv-2")
 	for _, d := range s.got() {
@@ -444,8 +452,9 @@ func TestSubscribeVerifyDeliverSigned(t *testing.T) {
 	testutil.Eventually(t, wait, func() bool { return len(e.usage()) == 2 }, "deliveries never counted")
 	for _, r := range e.usage() {
 		if r.GetApplicationId() != e.app.GetId() || r.GetEventType() != paid || r.GetQuantity() != 1 ||
-			r.GetMetric() != meteringv1.UsageMetric_USAGE_METRIC_DELIVERED ||
-			(r.GetId() != "websub/"+id+"/"+cursors[0] && r.GetId() != "websub/"+id+"/"+cursors[1]) {
+			r.GetMetric() != meteringv1.UsageMetric_USAGE_METRIC_DELIVERED || r.GetSubscription() != id ||
+			r.GetId() != usage.DeliveryID(e.app.GetTenant(), e.app.GetId(), id, r.GetEventSource(), r.GetEventId(), websub.Channel) ||
+			r.GetEventId() == "" || r.GetProducerApplicationId() == "" || r.GetAttempt() != 1 {
 			t.Fatalf("usage record %v", r)
 		}
 	}
@@ -469,9 +478,15 @@ func TestDeliveryRetried(t *testing.T) {
 	cursor := e.publish(paid, "retried")[0]
 	testutil.Eventually(t, wait, func() bool { return len(s.got()) == 3 }, "never delivered three times")
 	testutil.Eventually(t, wait, func() bool { return len(e.usage()) == 1 }, "the delivery was never counted")
-	if r := e.usage()[0]; r.GetId() != "websub/"+id+"/"+cursor {
-		t.Fatalf("usage record id %q", r.GetId())
+	if r := e.usage()[0]; r.GetAttempt() != 3 || r.GetSubscription() != id {
+		t.Fatalf("usage record %v", r)
 	}
+	// Each failed attempt counts once as FAILED, each attempt after the
+	// first as RETRIED; none is billable.
+	testutil.Eventually(t, wait, func() bool {
+		return len(e.usageOf(meteringv1.UsageMetric_USAGE_METRIC_FAILED)) == 2 && len(e.usageOf(meteringv1.UsageMetric_USAGE_METRIC_RETRIED)) == 2
+	}, "failed and retried attempts counted")
+	_ = cursor
 	if d := s.got()[2].header.Get("X-Hub-Signature"); d != "" {
 		t.Fatalf("a subscription without hub.secret got X-Hub-Signature %q", d)
 	}
