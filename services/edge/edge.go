@@ -48,7 +48,8 @@ type Config struct {
 	// MaxStreams bounds concurrent streams of every channel (SSE and
 	// StreamEvents together). Default 10000.
 	MaxStreams int64
-	// UsageFlush is how often delivery counts are reported. Default 1s.
+	// UsageFlush is the longest a usage record waits in memory before it is
+	// appended (records go out at once when a batch fills). Default 100ms.
 	UsageFlush time.Duration
 	// WriteTimeout drops a client that cannot take a write for this long.
 	// Default 30s.
