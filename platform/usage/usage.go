@@ -1,24 +1,22 @@
 // Package usage is how router and edge report usage to metering: records
 // appended to one Redis stream, which metering folds into its counters
-// exactly once (keyed by record id).
+// exactly once (keyed by record id). A delivery's record id derives from
+// the delivery (DeliveryID), so a redelivery or a replay counts once; the
+// Appender batches records, many per stream entry.
 //
 // Keys (one hash tag, so metering's fold is one atomic script on one shard):
 //
-//	herald:{usage}:log   stream of records; field "r" = UsageRecord protobuf
+//	herald:{usage}:log   stream of entries; field "r" = one UsageRecord protobuf,
+//	                     or field "rs" = a UsageRecordBatch protobuf
 package usage
 
 import (
 	"context"
 	"fmt"
-	"log/slog"
-	"sync"
-	"time"
 
 	meteringv1 "github.com/heraldmesh/herald/api/gen/herald/metering/v1"
-	"github.com/heraldmesh/herald/platform/auth"
 	"github.com/redis/go-redis/v9"
 	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
 // StreamKey is the usage stream.
@@ -64,79 +62,4 @@ func AppendIn(ctx context.Context, pipe redis.Pipeliner, recs ...*meteringv1.Usa
 		cmds[i] = pipe.XAdd(ctx, &redis.XAddArgs{Stream: StreamKey, MaxLen: MaxLen, Approx: true, Values: []any{FieldRecord, b}})
 	}
 	return cmds, nil
-}
-
-// Key identifies one counter.
-type Key struct {
-	Account, EventType, Channel string
-	Metric                      meteringv1.UsageMetric
-}
-
-// Batcher sums usage in memory and appends it every interval, so that a busy
-// fan-out writes one record per counter per interval instead of one per
-// event. A crash loses at most one interval of these counts.
-type Batcher struct {
-	rdb      redis.Cmdable
-	log      *slog.Logger
-	interval time.Duration
-
-	mu     sync.Mutex
-	counts map[Key]int64
-}
-
-// NewBatcher returns a Batcher; run it with Run.
-func NewBatcher(rdb redis.Cmdable, log *slog.Logger, interval time.Duration) *Batcher {
-	return &Batcher{rdb: rdb, log: log, interval: interval, counts: map[Key]int64{}}
-}
-
-// Add counts n events.
-func (b *Batcher) Add(k Key, n int64) {
-	b.mu.Lock()
-	b.counts[k] += n
-	b.mu.Unlock()
-}
-
-// Run flushes every interval until ctx ends, then flushes once more.
-func (b *Batcher) Run(ctx context.Context) {
-	t := time.NewTicker(b.interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			fctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			b.Flush(fctx)
-			cancel()
-			return
-		case <-t.C:
-			b.Flush(ctx)
-		}
-	}
-}
-
-// Flush appends what was counted since the last flush. On failure the counts
-// are kept for the next try.
-func (b *Batcher) Flush(ctx context.Context) {
-	b.mu.Lock()
-	counts := b.counts
-	b.counts = make(map[Key]int64, len(counts))
-	b.mu.Unlock()
-	if len(counts) == 0 {
-		return
-	}
-	now := timestamppb.Now()
-	recs := make([]*meteringv1.UsageRecord, 0, len(counts))
-	for k, n := range counts {
-		recs = append(recs, &meteringv1.UsageRecord{
-			Id: auth.NewID("u_"), ApplicationId: k.Account, EventType: k.EventType,
-			Metric: k.Metric, Channel: k.Channel, Quantity: n, Time: now,
-		})
-	}
-	if err := Append(ctx, b.rdb, recs...); err != nil {
-		b.log.Warn("usage flush failed; will retry", "err", err)
-		b.mu.Lock()
-		for k, n := range counts {
-			b.counts[k] += n
-		}
-		b.mu.Unlock()
-	}
 }
