@@ -19,7 +19,7 @@ const (
 	// the stream ceiling is the connection ceiling (HERALD_MAX_CONNECTIONS
 	// or what the file limit leaves: 19,900 under 20,000 files).
 	DefaultMaxStreams   = 10000
-	DefaultUsageFlush   = time.Second
+	DefaultUsageFlush   = 250 * time.Millisecond // a part of the second a hard quota on delivered events has to take effect in
 	DefaultWriteTimeout = 30 * time.Second
 	// DefaultWebhookEndpoints is how many webhook endpoints one edge
 	// delivers to at once: each holds a Redis connection while it waits

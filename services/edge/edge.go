@@ -20,6 +20,7 @@ import (
 	"github.com/heraldmesh/herald/platform/auth"
 	"github.com/heraldmesh/herald/platform/catalog"
 	"github.com/heraldmesh/herald/platform/config"
+	"github.com/heraldmesh/herald/platform/quota"
 	"github.com/heraldmesh/herald/platform/rpc"
 	"github.com/heraldmesh/herald/platform/safehttp"
 	"github.com/heraldmesh/herald/platform/service"
@@ -110,6 +111,9 @@ func New(cfg Config) (*Service, error) {
 	}
 	batcher := usage.NewBatcher(base.Redis, base.Log, cfg.UsageFlush)
 	requests := request.NewParser(cat)
+	// Hard quotas on delivered events, from memory (see platform/quota).
+	quotas := quota.NewCache(base.Redis, quota.Options{Log: base.Log})
+	requests.UseQuotas(quotas)
 	// A browser token's claims (auth.Principal.Scope) narrow every channel
 	// in one place: types, filter, expiry.
 	requests.ScopeOf = func(p auth.Principal) *request.Scope {
@@ -149,25 +153,26 @@ func New(cfg Config) (*Service, error) {
 		streams.Collector(),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "herald_edge_live_subscribers", Help: "Subscribers following the live feed."}, func() float64 { return float64(h.Subscribers()) }),
 	)
-	if err := webhooks(base, cat, cfg); err != nil {
+	if err := webhooks(base, cat, cfg, quotas); err != nil {
 		return nil, err
 	}
 	if err := browserTokens(base, cat, cfg); err != nil {
 		return nil, err
 	}
-	if err := webSub(base, cat, cfg); err != nil {
+	if err := webSub(base, cat, cfg, quotas); err != nil {
 		return nil, err
 	}
 	base.Server.OnReady(h.Ready)
 	base.Go(h.Run)
 	base.Go(requests.Run)
+	base.Go(quotas.Run)
 	base.Go(func(ctx context.Context) error { <-ctx.Done(); sseHandler.Wait(); return nil })
 	base.Go(func(ctx context.Context) error { batcher.Run(ctx); return nil })
 	return &Service{base: base, hub: h}, nil
 }
 
 // webhooks sets up the webhook engine and its API.
-func webhooks(base *service.Base, cat *catalog.Cache, cfg Config) error {
+func webhooks(base *service.Base, cat *catalog.Cache, cfg Config, quotas *quota.Cache) error {
 	box, policy, err := outbound(cfg)
 	if err != nil {
 		return err
@@ -183,6 +188,7 @@ func webhooks(base *service.Base, cat *catalog.Cache, cfg Config) error {
 		Registry: registryv1connect.NewRegistryServiceClient(rpc.HTTPClient(), rpc.BaseURL(cfg.RegistryAddr), rpc.ClientOptions(cfg.AdminKey)...),
 		Router:   routerv1connect.NewRouterServiceClient(rpc.HTTPClient(), rpc.BaseURL(cfg.RouterAddr), rpc.ClientOptions(cfg.AdminKey)...),
 		Metrics:  base.Metrics, AppConcurrency: cfg.WebhookAppConcurrency, MaxEndpoints: cfg.WebhookEndpoints,
+		Quotas: quotas,
 	})
 	api := &webhook.API{E: engine}
 	base.Server.Handle(edgev1connect.NewWebhookServiceHandler(api, base.HandlerOptions()...))

@@ -15,6 +15,7 @@ import (
 	meteringv1 "github.com/heraldmesh/herald/api/gen/herald/metering/v1"
 	"github.com/heraldmesh/herald/api/gen/herald/router/v1/routerv1connect"
 	"github.com/heraldmesh/herald/platform/config"
+	"github.com/heraldmesh/herald/platform/quota"
 	"github.com/heraldmesh/herald/platform/service"
 	"github.com/heraldmesh/herald/platform/subscription"
 	"github.com/heraldmesh/herald/platform/usage"
@@ -48,6 +49,9 @@ type Config struct {
 	// MaxSubscribeStreams is the most RouterService.Subscribe streams one
 	// router serves at once. Default 1000.
 	MaxSubscribeStreams int
+	// MeterInterval is how often published counts move to metering.
+	// Default appender.DefaultMeterInterval (250ms).
+	MeterInterval time.Duration
 }
 
 // Service is a configured router.
@@ -78,9 +82,12 @@ func New(cfg Config) (*Service, error) {
 	base.Go(mem.Run)
 	app := appender.New(base.Redis, appender.Options{DedupeWindow: cfg.DedupeWindow})
 	// Published usage is counted by the append itself; the meter moves the
-	// counts to metering.
-	base.Go(appender.NewMeter(base.Redis, appender.MeterOptions{Log: base.Log}).Run)
-	h := publish.New(cat, app, base.Redis, base.Log, publish.Limits{MaxEvents: cfg.MaxBatch, MaxEventBytes: cfg.MaxEventBytes}, publish.Guards{Memory: mem})
+	// counts to metering, every MeterInterval (a part of the second a hard
+	// quota has to take effect in).
+	base.Go(appender.NewMeter(base.Redis, appender.MeterOptions{Log: base.Log, Interval: cfg.MeterInterval}).Run)
+	quotas := quota.NewCache(base.Redis, quota.Options{Log: base.Log})
+	base.Go(quotas.Run)
+	h := publish.New(cat, app, base.Redis, base.Log, publish.Limits{MaxEvents: cfg.MaxBatch, MaxEventBytes: cfg.MaxEventBytes}, publish.Guards{Memory: mem, Quotas: quotas})
 	if cfg.MaxSubscribeStreams <= 0 {
 		cfg.MaxSubscribeStreams = 1000
 	}
