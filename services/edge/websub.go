@@ -9,9 +9,9 @@ import (
 
 	"github.com/heraldmesh/herald/platform/catalog"
 	"github.com/heraldmesh/herald/platform/config"
+	"github.com/heraldmesh/herald/platform/quota"
 	"github.com/heraldmesh/herald/platform/safehttp"
 	"github.com/heraldmesh/herald/platform/secretbox"
-	"github.com/heraldmesh/herald/platform/quota"
 	"github.com/heraldmesh/herald/platform/service"
 	"github.com/heraldmesh/herald/services/edge/internal/websub"
 )

@@ -338,7 +338,9 @@ func periodName(p meteringv1.QuotaPeriod) string {
 }
 
 // RouterPublisher publishes through the router's Publish.
-type RouterPublisher struct{ Router routerv1connect.RouterServiceClient }
+type RouterPublisher struct {
+	Router routerv1connect.RouterServiceClient
+}
 
 // Publish implements Publisher: a duplicate (already published) is success.
 func (p RouterPublisher) Publish(ctx context.Context, ev *eventv1.CloudEvent) error {
