@@ -49,7 +49,7 @@ type Config struct {
 	// MaxStreams bounds concurrent streams of every channel (SSE and
 	// StreamEvents together). Default 10000.
 	MaxStreams int64
-	// UsageFlush is how often delivery counts are reported. Default 1s.
+	// UsageFlush is how often delivery counts are reported. Default 250ms.
 	UsageFlush time.Duration
 	// WriteTimeout drops a client that cannot take a write for this long.
 	// Default 30s.
