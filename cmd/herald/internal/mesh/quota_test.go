@@ -444,7 +444,11 @@ func TestQuotaServiceAccessAndBadInput(t *testing.T) {
 		code connect.Code
 		says string
 	}{
-		{"negative limit", func() *meteringv1.Quota { x := hard(meteringv1.QuotaScope_QUOTA_SCOPE_TENANT, "acme"); x.Limit = -1; return x }(), connect.CodeInvalidArgument, "negative"},
+		{"negative limit", func() *meteringv1.Quota {
+			x := hard(meteringv1.QuotaScope_QUOTA_SCOPE_TENANT, "acme")
+			x.Limit = -1
+			return x
+		}(), connect.CodeInvalidArgument, "negative"},
 		{"unknown application", hard(meteringv1.QuotaScope_QUOTA_SCOPE_APPLICATION, "app_nope"), connect.CodeNotFound, "app_nope"},
 		{"unknown tenant", hard(meteringv1.QuotaScope_QUOTA_SCOPE_TENANT, "initech"), connect.CodeNotFound, "initech"},
 		{"unknown metric", func() *meteringv1.Quota {
@@ -462,7 +466,11 @@ func TestQuotaServiceAccessAndBadInput(t *testing.T) {
 			x.Period = 9
 			return x
 		}(), connect.CodeInvalidArgument, "period"},
-		{"no mode", func() *meteringv1.Quota { x := hard(meteringv1.QuotaScope_QUOTA_SCOPE_TENANT, "acme"); x.Mode = 0; return x }(), connect.CodeInvalidArgument, "mode"},
+		{"no mode", func() *meteringv1.Quota {
+			x := hard(meteringv1.QuotaScope_QUOTA_SCOPE_TENANT, "acme")
+			x.Mode = 0
+			return x
+		}(), connect.CodeInvalidArgument, "mode"},
 		{"no scope", hard(0, "acme"), connect.CodeInvalidArgument, "scope"},
 		{"no subject", hard(meteringv1.QuotaScope_QUOTA_SCOPE_TENANT, ""), connect.CodeInvalidArgument, "subject"},
 		{"no quota", nil, connect.CodeInvalidArgument, "quota"},
