@@ -44,7 +44,7 @@ var EnvVars = []string{"HERALD_EDGE_HEARTBEAT", "HERALD_EDGE_MAX_STREAMS", "HERA
 //
 //	HERALD_EDGE_HEARTBEAT      idle interval between SSE heartbeats (Go duration, default 15s)
 //	HERALD_EDGE_MAX_STREAMS    open streams of every channel (SSE, StreamEvents, poll) per edge (default: the connection ceiling)
-//	HERALD_EDGE_USAGE_FLUSH    the longest a usage record waits before it is appended (Go duration, default 100ms)
+//	HERALD_EDGE_USAGE_FLUSH    the longest a usage record waits before it is appended (Go duration, default 100ms; a part of the second a hard quota on delivered events has to take effect in)
 //	HERALD_EDGE_WRITE_TIMEOUT  how long a client may take one write before it is dropped (Go duration, default 30s)
 //	HERALD_EDGE_WEBHOOK_ENDPOINTS        webhook endpoints one edge delivers to at once (default 1000; others wait for a free edge)
 //	HERALD_EDGE_WEBHOOK_APP_CONCURRENCY  webhook requests in flight per application over all its endpoints (default 200)

@@ -20,6 +20,7 @@ import (
 	"github.com/heraldmesh/herald/platform/auth"
 	"github.com/heraldmesh/herald/platform/catalog"
 	"github.com/heraldmesh/herald/platform/config"
+	"github.com/heraldmesh/herald/platform/quota"
 	"github.com/heraldmesh/herald/platform/rpc"
 	"github.com/heraldmesh/herald/platform/safehttp"
 	"github.com/heraldmesh/herald/platform/service"
@@ -113,6 +114,9 @@ func New(cfg Config) (*Service, error) {
 	// in batches.
 	meter := usage.NewAppender(base.Redis, usage.AppenderOptions{FlushEvery: cfg.UsageFlush, Log: base.Log, Metrics: base.Metrics})
 	requests := request.NewParser(cat)
+	// Hard quotas on delivered events, from memory (see platform/quota).
+	quotas := quota.NewCache(base.Redis, quota.Options{Log: base.Log})
+	requests.UseQuotas(quotas)
 	// A browser token's claims (auth.Principal.Scope) narrow every channel
 	// in one place: types, filter, expiry.
 	requests.ScopeOf = func(p auth.Principal) *request.Scope {
@@ -158,18 +162,19 @@ func New(cfg Config) (*Service, error) {
 		streams.Collector(),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "herald_edge_live_subscribers", Help: "Subscribers following the live feed."}, func() float64 { return float64(h.Subscribers()) }),
 	)
-	if err := webhooks(base, cat, cfg, meter); err != nil {
+	if err := webhooks(base, cat, cfg, meter, quotas); err != nil {
 		return nil, err
 	}
 	if err := browserTokens(base, cat, cfg); err != nil {
 		return nil, err
 	}
-	if err := webSub(base, cat, cfg); err != nil {
+	if err := webSub(base, cat, cfg, quotas); err != nil {
 		return nil, err
 	}
 	base.Server.OnReady(h.Ready)
 	base.Go(h.Run)
 	base.Go(requests.Run)
+	base.Go(quotas.Run)
 	base.Go(func(ctx context.Context) error { <-ctx.Done(); sseHandler.Wait(); return nil })
 	base.Go(meter.Run)
 	return &Service{base: base, hub: h}, nil
@@ -193,7 +198,7 @@ func tenantOf(ctx context.Context, cat *catalog.Cache, p auth.Principal) string 
 }
 
 // webhooks sets up the webhook engine and its API.
-func webhooks(base *service.Base, cat *catalog.Cache, cfg Config, meter *usage.Appender) error {
+func webhooks(base *service.Base, cat *catalog.Cache, cfg Config, meter *usage.Appender, quotas *quota.Cache) error {
 	box, policy, err := outbound(cfg)
 	if err != nil {
 		return err
@@ -209,7 +214,8 @@ func webhooks(base *service.Base, cat *catalog.Cache, cfg Config, meter *usage.A
 		Registry: registryv1connect.NewRegistryServiceClient(rpc.HTTPClient(), rpc.BaseURL(cfg.RegistryAddr), rpc.ClientOptions(cfg.AdminKey)...),
 		Router:   routerv1connect.NewRouterServiceClient(rpc.HTTPClient(), rpc.BaseURL(cfg.RouterAddr), rpc.ClientOptions(cfg.AdminKey)...),
 		Metrics:  base.Metrics, AppConcurrency: cfg.WebhookAppConcurrency, MaxEndpoints: cfg.WebhookEndpoints,
-		Usage: meter,
+		Usage:  meter,
+		Quotas: quotas,
 	})
 	api := &webhook.API{E: engine}
 	base.Server.Handle(edgev1connect.NewWebhookServiceHandler(api, base.HandlerOptions()...))

@@ -9,6 +9,7 @@ import (
 
 	"github.com/heraldmesh/herald/platform/catalog"
 	"github.com/heraldmesh/herald/platform/config"
+	"github.com/heraldmesh/herald/platform/quota"
 	"github.com/heraldmesh/herald/platform/safehttp"
 	"github.com/heraldmesh/herald/platform/secretbox"
 	"github.com/heraldmesh/herald/platform/service"
@@ -17,7 +18,7 @@ import (
 
 // webSub sets up the WebSub hub (POST /websub) and its topics
 // (GET /v1/topics/{type}), both authenticated.
-func webSub(base *service.Base, cat *catalog.Cache, cfg Config) error {
+func webSub(base *service.Base, cat *catalog.Cache, cfg Config, quotas *quota.Cache) error {
 	lease, longest := cmp.Or(cfg.WebSubLease, websub.DefaultLease), cmp.Or(cfg.WebSubMaxLease, websub.DefaultMaxLease)
 	if lease > longest {
 		return fmt.Errorf("edge: HERALD_EDGE_WEBSUB_LEASE (%s) is longer than HERALD_EDGE_WEBSUB_MAX_LEASE (%s)", lease, longest)
@@ -31,7 +32,7 @@ func webSub(base *service.Base, cat *catalog.Cache, cfg Config) error {
 		return fmt.Errorf("edge: %w", err)
 	}
 	h, err := websub.New(websub.Options{
-		Redis: rdb, Catalog: cat, Log: base.Log, Box: box, Policy: policy, Metrics: base.Metrics,
+		Redis: rdb, Catalog: cat, Quotas: quotas, Log: base.Log, Box: box, Policy: policy, Metrics: base.Metrics,
 		PublicURL: cmp.Or(cfg.PublicURL, "http://"+cfg.Addr), Lease: cfg.WebSubLease, MaxLease: cfg.WebSubMaxLease,
 		Retry: cfg.WebSubRetry, MaxActive: cfg.WebSubSubscriptions,
 	})

@@ -13,15 +13,18 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"github.com/heraldmesh/herald/api"
 	meteringv1 "github.com/heraldmesh/herald/api/gen/herald/metering/v1"
 	"github.com/heraldmesh/herald/api/gen/herald/metering/v1/meteringv1connect"
 	"github.com/heraldmesh/herald/api/gen/herald/registry/v1/registryv1connect"
+	"github.com/heraldmesh/herald/api/gen/herald/router/v1/routerv1connect"
 	"github.com/heraldmesh/herald/platform/config"
 	"github.com/heraldmesh/herald/platform/rpc"
 	"github.com/heraldmesh/herald/platform/service"
 	"github.com/heraldmesh/herald/services/metering/internal/fold"
 	"github.com/heraldmesh/herald/services/metering/internal/gateway"
+	"github.com/heraldmesh/herald/services/metering/internal/quota"
 	"github.com/heraldmesh/herald/services/metering/internal/store"
 	"github.com/heraldmesh/herald/services/metering/internal/usageapi"
 )
@@ -41,6 +44,9 @@ type Config struct {
 	// ClaimEvery is how often pending records are scanned for takeover.
 	// Default 10s.
 	ClaimEvery time.Duration
+	// QuotaInterval is how often usage is compared with the quotas.
+	// Default 200ms: a hard quota takes effect within a second.
+	QuotaInterval time.Duration
 }
 
 // Service is a metering service: built by New, driven by Run.
@@ -75,6 +81,9 @@ func New(cfg Config) (*Service, error) {
 	gwmux := gateway.NewMux()
 	if err := meteringv1.RegisterMeteringServiceHandlerServer(context.Background(), gwmux, meteringGRPC{c: gateway.NewCaller(base.GatewayInterceptors()...), h: usageHandler}); err != nil {
 		return nil, fmt.Errorf("metering: gateway: %w", err)
+	}
+	if err := quotas(base, cfg, gwmux); err != nil {
+		return nil, err
 	}
 	base.Server.HandleHTTP("/v1/", base.Auth.Middleware(false, gwmux))
 	base.Server.HandlePublic("GET /openapi.json", http.HandlerFunc(serveOpenAPI))
@@ -119,4 +128,43 @@ func (g meteringGRPC) TopUsage(ctx context.Context, r *meteringv1.TopUsageReques
 
 func (g meteringGRPC) GetDeliveryStats(ctx context.Context, r *meteringv1.GetDeliveryStatsRequest) (*meteringv1.GetDeliveryStatsResponse, error) {
 	return gateway.Call(ctx, g.c, r, g.h.GetDeliveryStats)
+}
+
+// quotas serves QuotaService (Connect, gRPC and the REST gateway on gwmux)
+// and runs the enforcer that writes the blocked set router and edge read.
+func quotas(base *service.Base, cfg Config, gwmux *runtime.ServeMux) error {
+	st := quota.NewStore(base.Redis)
+	router := routerv1connect.NewRouterServiceClient(rpc.HTTPClient(), rpc.BaseURL(cfg.RouterAddr), rpc.ClientOptions(cfg.AdminKey)...)
+	enforcer := quota.NewEnforcer(st, base.Redis, quota.Options{Log: base.Log, Interval: cfg.QuotaInterval, Publisher: quota.RouterPublisher{Router: router}})
+	registry := registryv1connect.NewRegistryServiceClient(rpc.HTTPClient(), rpc.BaseURL(cfg.RegistryAddr), rpc.ClientOptions(cfg.AdminKey)...)
+	h := quota.NewHandler(st, enforcer, registry)
+	base.Server.Handle(meteringv1connect.NewQuotaServiceHandler(h, base.HandlerOptions()...))
+	if err := meteringv1.RegisterQuotaServiceHandlerServer(context.Background(), gwmux, quotaGRPC{c: gateway.NewCaller(base.GatewayInterceptors()...), h: h}); err != nil {
+		return fmt.Errorf("metering: quota gateway: %w", err)
+	}
+	base.Go(enforcer.Run)
+	return nil
+}
+
+// quotaGRPC is QuotaService as the gateway calls it.
+type quotaGRPC struct {
+	meteringv1.UnimplementedQuotaServiceServer
+	c *gateway.Caller
+	h *quota.Handler
+}
+
+func (g quotaGRPC) SetQuota(ctx context.Context, r *meteringv1.SetQuotaRequest) (*meteringv1.SetQuotaResponse, error) {
+	return gateway.Call(ctx, g.c, r, g.h.SetQuota)
+}
+
+func (g quotaGRPC) DeleteQuota(ctx context.Context, r *meteringv1.DeleteQuotaRequest) (*meteringv1.DeleteQuotaResponse, error) {
+	return gateway.Call(ctx, g.c, r, g.h.DeleteQuota)
+}
+
+func (g quotaGRPC) ListQuotas(ctx context.Context, r *meteringv1.ListQuotasRequest) (*meteringv1.ListQuotasResponse, error) {
+	return gateway.Call(ctx, g.c, r, g.h.ListQuotas)
+}
+
+func (g quotaGRPC) GetQuotaStatus(ctx context.Context, r *meteringv1.GetQuotaStatusRequest) (*meteringv1.GetQuotaStatusResponse, error) {
+	return gateway.Call(ctx, g.c, r, g.h.GetQuotaStatus)
 }

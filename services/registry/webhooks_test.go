@@ -859,8 +859,8 @@ func TestMeshCatalog(t *testing.T) {
 	}
 	check()
 	rev := e.revision(t)
-	if rev != 3 {
-		t.Errorf("revision %d after start, want 3 (the domain and two types)", rev)
+	if rev != 4 {
+		t.Errorf("revision %d after start, want 4 (the domain and three types)", rev)
 	}
 	w := e.watch(t, 0)
 	_, msgs := w.snapshot(t)
@@ -873,7 +873,7 @@ func TestMeshCatalog(t *testing.T) {
 			names = append(names, et.GetName())
 		}
 	}
-	if strings.Join(names, ",") != "herald,herald.endpoint.disabled,herald.endpoint.ping" {
+	if strings.Join(names, ",") != "herald,herald.endpoint.disabled,herald.endpoint.ping,herald.quota.warning" {
 		t.Errorf("watched: %v", names)
 	}
 	// Restart on the same Redis, twice at once as two replicas would.

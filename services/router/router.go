@@ -15,6 +15,7 @@ import (
 	meteringv1 "github.com/heraldmesh/herald/api/gen/herald/metering/v1"
 	"github.com/heraldmesh/herald/api/gen/herald/router/v1/routerv1connect"
 	"github.com/heraldmesh/herald/platform/config"
+	"github.com/heraldmesh/herald/platform/quota"
 	"github.com/heraldmesh/herald/platform/service"
 	"github.com/heraldmesh/herald/platform/subscription"
 	"github.com/heraldmesh/herald/platform/usage"
@@ -48,6 +49,9 @@ type Config struct {
 	// MaxSubscribeStreams is the most RouterService.Subscribe streams one
 	// router serves at once. Default 1000.
 	MaxSubscribeStreams int
+	// MeterInterval is how often published counts move to metering.
+	// Default appender.DefaultMeterInterval (250ms).
+	MeterInterval time.Duration
 }
 
 // Service is a configured router.
@@ -79,7 +83,7 @@ func New(cfg Config) (*Service, error) {
 	app := appender.New(base.Redis, appender.Options{DedupeWindow: cfg.DedupeWindow})
 	// Published usage is counted by the append itself; the meter moves the
 	// counts to metering.
-	base.Go(appender.NewMeter(base.Redis, appender.MeterOptions{Log: base.Log, Tenant: func(ctx context.Context, app string) string {
+	base.Go(appender.NewMeter(base.Redis, appender.MeterOptions{Log: base.Log, Interval: cfg.MeterInterval, Tenant: func(ctx context.Context, app string) string {
 		if app == "admin" {
 			return ""
 		}
@@ -89,7 +93,9 @@ func New(cfg Config) (*Service, error) {
 		}
 		return a.GetTenant()
 	}}).Run)
-	h := publish.New(cat, app, base.Redis, base.Log, publish.Limits{MaxEvents: cfg.MaxBatch, MaxEventBytes: cfg.MaxEventBytes}, publish.Guards{Memory: mem})
+	quotas := quota.NewCache(base.Redis, quota.Options{Log: base.Log})
+	base.Go(quotas.Run)
+	h := publish.New(cat, app, base.Redis, base.Log, publish.Limits{MaxEvents: cfg.MaxBatch, MaxEventBytes: cfg.MaxEventBytes}, publish.Guards{Memory: mem, Quotas: quotas})
 	if cfg.MaxSubscribeStreams <= 0 {
 		cfg.MaxSubscribeStreams = 1000
 	}

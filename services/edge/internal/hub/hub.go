@@ -455,6 +455,10 @@ type Options struct {
 	// Started, when set, is called once the subscription is in place, before
 	// any event: from then on nothing published is missed.
 	Started func() error
+	// StartsAfter, when set, is told once, before Started, the cursor the
+	// stream starts after (for a live stream, the head of the log when it
+	// subscribed): where a client that received nothing resumes.
+	StartsAfter func(eventlog.ID)
 	// Gap, when set, is told when events after the resume cursor are no
 	// longer in the log (trimmed by retention), before the events that
 	// follow them. Without it the stream goes on silently.
@@ -516,6 +520,9 @@ func (h *Hub) Stream(ctx context.Context, patterns []string, o Options, send fun
 				h.unsubscribe(s)
 				return err
 			}
+		}
+		if !started && o.StartsAfter != nil {
+			o.StartsAfter(c.id)
 		}
 		if !started && o.Started != nil {
 			if err := o.Started(); err != nil {

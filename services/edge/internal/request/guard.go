@@ -11,6 +11,7 @@ import (
 	registryv1 "github.com/heraldmesh/herald/api/gen/herald/registry/v1"
 	"github.com/heraldmesh/herald/platform/access"
 	"github.com/heraldmesh/herald/platform/catalog"
+	"github.com/heraldmesh/herald/platform/quota"
 )
 
 // recheckEvery is how often open requests are re-checked without a
@@ -21,7 +22,8 @@ const recheckEvery = time.Second
 // each catalog change and every recheckEvery: no goroutine nor timer per
 // request but a token expiry's, so that an idle stream costs little.
 type guards struct {
-	cat *catalog.Cache
+	cat    *catalog.Cache
+	quotas *quota.Cache // nil: no quotas
 
 	mu   sync.Mutex
 	open map[*guard]struct{}
@@ -44,11 +46,12 @@ func (p *Parser) Run(ctx context.Context) error {
 	t := time.NewTicker(recheckEvery)
 	defer t.Stop()
 	for {
-		updated := g.cat.Updated()
+		updated, quotas := g.cat.Updated(), g.quotas.Changed()
 		g.recheckAll(ctx)
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-quotas: // a hard quota reached ends open streams at once
 		case <-updated:
 		case <-t.C:
 		}
@@ -83,7 +86,7 @@ func (p *Parser) Guard(ctx context.Context, r *Request) (guarded context.Context
 	gs.open[g] = struct{}{}
 	gs.mu.Unlock()
 	// A change between Parse and now is seen here; later ones by Run.
-	if err := newCheck(gs.cat).request(guarded, r); err != nil {
+	if err := newCheck(gs.cat, gs.quotas).request(guarded, r); err != nil {
 		cancel(err)
 	}
 	return guarded, func() {
@@ -104,7 +107,7 @@ func (g *guards) recheckAll(ctx context.Context) {
 		open = append(open, o)
 	}
 	g.mu.Unlock()
-	c := newCheck(g.cat)
+	c := newCheck(g.cat, g.quotas)
 	for _, o := range open {
 		if err := c.request(ctx, o.req); err != nil {
 			o.cancel(err)
@@ -115,8 +118,9 @@ func (g *guards) recheckAll(ctx context.Context) {
 // check is one pass of re-checks: each application is looked up once per
 // pass, however many requests it has open.
 type check struct {
-	cat  *catalog.Cache
-	apps map[string]appResult
+	cat    *catalog.Cache
+	quotas *quota.Cache
+	apps   map[string]appResult
 }
 
 type appResult struct {
@@ -124,7 +128,9 @@ type appResult struct {
 	err error
 }
 
-func newCheck(cat *catalog.Cache) *check { return &check{cat: cat, apps: map[string]appResult{}} }
+func newCheck(cat *catalog.Cache, quotas *quota.Cache) *check {
+	return &check{cat: cat, quotas: quotas, apps: map[string]appResult{}}
+}
 
 func (c *check) request(ctx context.Context, r *Request) error {
 	if r.caller.KeyID != "" && c.cat.KeyRevoked(r.caller.KeyID) {
@@ -151,5 +157,8 @@ func (c *check) request(ctx context.Context, r *Request) error {
 		}
 	}
 	r.audience.Store(int32(res.app.GetAudience()))
+	if ce := OverQuota(c.quotas, res.app); ce != nil {
+		return ce
+	}
 	return nil
 }

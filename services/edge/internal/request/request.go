@@ -22,6 +22,7 @@ import (
 	"github.com/heraldmesh/herald/platform/eventlog"
 	"github.com/heraldmesh/herald/platform/eventtype"
 	"github.com/heraldmesh/herald/platform/filter"
+	"github.com/heraldmesh/herald/platform/quota"
 	"github.com/heraldmesh/herald/services/edge/internal/hub"
 )
 
@@ -82,6 +83,7 @@ type Parser struct {
 	cat     *catalog.Cache
 	filters *filterCache
 	guards  *guards
+	quotas  *quota.Cache
 	// ScopeOf, when set, gives the scope of a caller's token (nil: none).
 	// It is how a token's claims reach every channel in one place.
 	ScopeOf func(auth.Principal) *Scope
@@ -128,6 +130,9 @@ func (p *Parser) Parse(ctx context.Context, in Params) (*Request, error) {
 	if !caller.Admin {
 		if app, err = p.cat.Application(ctx, caller.ApplicationID); err != nil {
 			return nil, connect.NewError(connect.CodeUnavailable, fmt.Errorf("cannot load the grants of %s: %w", caller.ApplicationID, err))
+		}
+		if ce := OverQuota(p.quotas, app); ce != nil {
+			return nil, ce
 		}
 	}
 	for _, pat := range patterns {

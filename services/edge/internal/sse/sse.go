@@ -24,6 +24,7 @@ import (
 
 	"connectrpc.com/connect"
 	"github.com/heraldmesh/herald/platform/auth"
+	"github.com/heraldmesh/herald/platform/eventlog"
 	"github.com/heraldmesh/herald/platform/service"
 	"github.com/heraldmesh/herald/services/edge/internal/ceiling"
 	"github.com/heraldmesh/herald/services/edge/internal/hub"
@@ -66,6 +67,11 @@ const Channel = "sse"
 const (
 	GapEvent    = "herald.gap"
 	LaggedEvent = "herald.lagged"
+	// QuotaExhaustedEvent ends an open stream whose application or tenant
+	// reached a hard quota on delivered events: its id (and data.cursor)
+	// is the cursor to resume after, data.retry_after the seconds until
+	// the period resets.
+	QuotaExhaustedEvent = "herald.quota.exhausted"
 )
 
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -265,6 +271,8 @@ func (h *Handler) serve(ctx context.Context, sr *request.Request, out output) {
 	o := sr.Options()
 	o.Interval, o.Buffer, o.CutWhenBehind = h.Heartbeat, h.Buffer, true
 	o.Heartbeat = func() error { return write([]byte(": heartbeat\n\n")) }
+	var last string // the cursor a resumed stream goes on after
+	o.StartsAfter = func(c eventlog.ID) { last = c.String() }
 	o.Started = func() error {
 		started = true
 		if err := out.start(); err != nil {
@@ -297,6 +305,7 @@ func (h *Handler) serve(ctx context.Context, sr *request.Request, out output) {
 		if err := write(buf); err != nil {
 			return err
 		}
+		last = batch[n-1].ID.String()
 		if cap(buf) > 64<<10 {
 			buf = nil // a burst does not stay with an idle client
 		}
@@ -314,6 +323,14 @@ func (h *Handler) serve(ctx context.Context, sr *request.Request, out output) {
 			h.Log.Warn("stream not started", "err", err)
 			out.fail(request.StreamError(err))
 		}
+		return
+	}
+	if ce := request.Refusal(ctx); request.IsQuota(ce) {
+		// The last word, as for herald.lagged: the cursor to resume after
+		// once the quota allows again.
+		retry, _ := strconv.Atoi(ce.Meta().Get("Retry-After"))
+		data, _ := json.Marshal(map[string]any{"cursor": last, "reason": ce.Message(), "retry_after": retry})
+		_ = write(notice(nil, QuotaExhaustedEvent, last, data))
 		return
 	}
 	if ce := request.Refusal(ctx); ce != nil {

@@ -12,6 +12,7 @@ import (
 	"connectrpc.com/connect"
 	edgev1 "github.com/heraldmesh/herald/api/gen/herald/edge/v1"
 	"github.com/heraldmesh/herald/api/gen/herald/edge/v1/edgev1connect"
+	"github.com/heraldmesh/herald/platform/eventlog"
 	"github.com/heraldmesh/herald/services/edge/internal/ceiling"
 	"github.com/heraldmesh/herald/services/edge/internal/hub"
 	"github.com/heraldmesh/herald/services/edge/internal/request"
@@ -60,6 +61,8 @@ func (h *Handler) StreamEvents(ctx context.Context, req *connect.Request[edgev1.
 	o := sr.Options()
 	o.Buffer, o.CutWhenBehind = h.Buffer, true
 	o.Started = func() error { started = true; return nil }
+	var last string // the cursor to resume after
+	o.StartsAfter = func(c eventlog.ID) { last = c.String() }
 	o.Gap = func(g hub.Gap) error { return stream.Send(&edgev1.StreamEventsResponse{Gap: GapProto(g)}) }
 	// Binary clients get each event's encoding, made once for all of
 	// them, as the bytes of the event field; JSON clients the message.
@@ -77,6 +80,7 @@ func (h *Handler) StreamEvents(ctx context.Context, req *connect.Request[edgev1.
 			if err := stream.Send(&msg); err != nil {
 				return err
 			}
+			last = msg.Cursor
 			if h.Delivered != nil {
 				h.Delivered(ctx, ev)
 			}
@@ -84,6 +88,9 @@ func (h *Handler) StreamEvents(ctx context.Context, req *connect.Request[edgev1.
 		return nil
 	})
 	if ce := request.Refusal(ctx); ce != nil {
+		if request.IsQuota(ce) && last != "" {
+			ce.Meta().Set(request.CursorHeader, last) // where to resume once allowed again
+		}
 		return ce // the caller may no longer stream
 	}
 	if h.Shutdown.Err() != nil {

@@ -34,6 +34,7 @@ import (
 	routerv1 "github.com/heraldmesh/herald/api/gen/herald/router/v1"
 	"github.com/heraldmesh/herald/api/gen/herald/router/v1/routerv1connect"
 	"github.com/heraldmesh/herald/platform/catalog"
+	"github.com/heraldmesh/herald/platform/quota"
 	"github.com/heraldmesh/herald/platform/safehttp"
 	"github.com/heraldmesh/herald/platform/secretbox"
 	"github.com/heraldmesh/herald/platform/subscription"
@@ -86,6 +87,9 @@ type Options struct {
 	// Window is how many deliveries of one endpoint may be read ahead and
 	// pending at once. Default 1000.
 	Window int
+	// Quotas hold deliveries while a hard quota on delivered events stops
+	// their application or tenant (see waitQuota); nil: no quotas.
+	Quotas *quota.Cache
 }
 
 // Engine delivers webhooks. Run drives it.

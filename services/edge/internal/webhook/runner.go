@@ -330,6 +330,10 @@ func (r *runner) unorderedWorker(ctx, work context.Context) {
 // with other events meanwhile.
 func (r *runner) unordered(ctx, work context.Context, j job) {
 	defer r.settled(j.ackID)
+	if !r.waitQuota(ctx, j) {
+		r.handBack(j)
+		return
+	}
 	release, ok := r.acquire(ctx)
 	if !ok {
 		r.handBack(j)
@@ -371,6 +375,9 @@ func (r *runner) ordered(ctx, work context.Context, key string) {
 		j := q[0]
 		r.mu.Unlock()
 		for {
+			if !r.waitQuota(ctx, j) {
+				break
+			}
 			release, ok := r.acquire(ctx)
 			if !ok {
 				break

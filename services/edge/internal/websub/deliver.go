@@ -185,6 +185,9 @@ func (r *runner) deliver(ctx context.Context, d *routerv1.SubscribeResponse, pro
 		}
 		return
 	}
+	if !r.waitQuota(ctx, d) {
+		return // stopping: it stays pending and comes again
+	}
 	ok, why := r.post(ctx, d)
 	if ctx.Err() != nil && !ok {
 		return // stopping: it stays pending and comes again

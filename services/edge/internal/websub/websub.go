@@ -29,6 +29,7 @@ import (
 	"github.com/heraldmesh/herald/platform/backoff"
 	"github.com/heraldmesh/herald/platform/catalog"
 	"github.com/heraldmesh/herald/platform/eventlog"
+	"github.com/heraldmesh/herald/platform/quota"
 	"github.com/heraldmesh/herald/platform/safehttp"
 	"github.com/heraldmesh/herald/platform/secretbox"
 	"github.com/heraldmesh/herald/platform/subscription"
@@ -79,6 +80,9 @@ type Options struct {
 	Redis   *redis.Client
 	Catalog *catalog.Cache
 	Log     *slog.Logger
+	// Quotas hold deliveries while a hard quota on delivered events stops
+	// their application or tenant; nil: no quotas.
+	Quotas *quota.Cache
 	// Box seals hub.secret at rest; nil refuses subscriptions with a
 	// secret (and delivers those without one).
 	Box *secretbox.Box

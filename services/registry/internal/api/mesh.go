@@ -18,7 +18,29 @@ const (
 	// EndpointDisabledType is published when a failing webhook endpoint is
 	// disabled.
 	EndpointDisabledType = "herald.endpoint.disabled"
+	// QuotaWarningType is published by metering when a soft quota reaches
+	// 80% and 100% of its limit, once each per period.
+	QuotaWarningType = "herald.quota.warning"
 )
+
+const quotaWarningSchema = `{
+  "$schema": "https://json-schema.org/draft/2020-12/schema",
+  "type": "object",
+  "required": ["quota_id", "scope", "subject", "metric", "period", "limit", "used", "threshold", "period_start", "resets_at"],
+  "properties": {
+    "quota_id": {"type": "string", "description": "The quota (QuotaService)."},
+    "scope": {"enum": ["application", "tenant"], "description": "What the quota counts for."},
+    "subject": {"type": "string", "description": "The application id or the tenant."},
+    "tenant": {"type": "string", "description": "The tenant the quota belongs to."},
+    "metric": {"enum": ["published", "delivered"], "description": "What is counted."},
+    "period": {"enum": ["day", "month"], "description": "The quota's period, in UTC."},
+    "limit": {"type": "integer", "minimum": 0, "description": "Events allowed per period."},
+    "used": {"type": "integer", "minimum": 0, "description": "Events counted in the period when the threshold was seen reached."},
+    "threshold": {"enum": [80, 100], "description": "The percentage of the limit reached."},
+    "period_start": {"type": "string", "format": "date-time", "description": "Start of the period (RFC 3339)."},
+    "resets_at": {"type": "string", "format": "date-time", "description": "End of the period (RFC 3339)."}
+  }
+}`
 
 const endpointDisabledSchema = `{
   "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -49,6 +71,10 @@ func meshCatalog() (*registryv1.Domain, []*registryv1.EventType) {
 		{
 			Name: EndpointDisabledType, Owner: "herald", Schema: endpointDisabledSchema,
 			Description: "A webhook endpoint kept failing for its disable_after period (or answered 410 Gone) and was disabled: nothing is delivered to it until it is enabled again (UpdateSubscription, webhook.disabled).",
+		},
+		{
+			Name: QuotaWarningType, Owner: "herald", Schema: quotaWarningSchema,
+			Description: "A soft quota reached 80% or 100% of its limit for the current period: published once per threshold and period by metering.",
 		},
 		{
 			Name: PingType, Owner: "herald", Schema: endpointPingSchema,

@@ -54,8 +54,8 @@ return 0
 
 // MeterOptions configure a Meter. The zero value is ready to use.
 type MeterOptions struct {
-	// Interval between moves. Default 1s: how late published usage may
-	// reach metering.
+	// Interval between moves. Default DefaultMeterInterval: how late
+	// published usage may reach metering.
 	Interval time.Duration
 	// Log receives failed moves; nil discards them.
 	Log *slog.Logger
@@ -66,6 +66,11 @@ type MeterOptions struct {
 	// or "" leaves it unset.
 	Tenant func(ctx context.Context, application string) string
 }
+
+// DefaultMeterInterval is MeterOptions.Interval when unset: a quarter of
+// the second in which a hard quota on published events must take effect
+// (publish -> count moved -> folded -> enforcer -> router's quota cache).
+const DefaultMeterInterval = 250 * time.Millisecond
 
 // Meter moves the published counts of the append script into the usage
 // stream that metering folds: one record per stream, hour and account with
@@ -80,7 +85,7 @@ type Meter struct {
 // NewMeter returns a Meter; Run drives it.
 func NewMeter(rdb redis.Cmdable, o MeterOptions) *Meter {
 	if o.Interval <= 0 {
-		o.Interval = time.Second
+		o.Interval = DefaultMeterInterval
 	}
 	if o.Log == nil {
 		o.Log = slog.New(slog.DiscardHandler)

@@ -23,6 +23,7 @@ import (
 	"github.com/heraldmesh/herald/platform/cloudevent"
 	"github.com/heraldmesh/herald/platform/eventlog"
 	"github.com/heraldmesh/herald/platform/eventtype"
+	"github.com/heraldmesh/herald/platform/quota"
 	"github.com/heraldmesh/herald/services/router/internal/appender"
 	"github.com/heraldmesh/herald/services/router/internal/backpressure"
 	"github.com/redis/go-redis/v9"
@@ -44,6 +45,9 @@ type Guards struct {
 	// high-water mark; its Run must be running. Nil: no such check (Redis's
 	// own refusal at maxmemory still answers RESOURCE_EXHAUSTED).
 	Memory *backpressure.Memory
+	// Quotas refuse the publishes of applications and tenants over a hard
+	// quota; its Run must be running. Nil: no quotas.
+	Quotas *quota.Cache
 }
 
 // retryFull is the Retry-After hint while Redis is (nearly) full: long
@@ -59,6 +63,7 @@ type Handler struct {
 	limits   Limits
 	memory   *backpressure.Memory
 	quota    *backpressure.Quota
+	quotas   *quota.Cache
 }
 
 // New returns a Handler. Applications' publish limits are always enforced,
@@ -70,7 +75,7 @@ func New(c *catalog.Cache, a *appender.Appender, rdb redis.Cmdable, log *slog.Lo
 	if l.MaxEventBytes <= 0 {
 		l.MaxEventBytes = DefaultMaxEventBytes
 	}
-	return &Handler{catalog: c, appender: a, log: log, limits: l, memory: g.Memory, quota: backpressure.NewQuota(rdb)}
+	return &Handler{catalog: c, appender: a, log: log, limits: l, memory: g.Memory, quota: backpressure.NewQuota(rdb), quotas: g.Quotas}
 }
 
 // exhausted is a RESOURCE_EXHAUSTED error with a Retry-After hint, in
@@ -105,6 +110,9 @@ func (h *Handler) Publish(ctx context.Context, req *connect.Request[routerv1.Pub
 		var err error
 		if app, err = h.catalog.Application(ctx, p.ApplicationID); err != nil {
 			return nil, connect.NewError(connect.CodeUnavailable, fmt.Errorf("cannot load the grants of %s: %w", p.ApplicationID, err))
+		}
+		if err := h.refuseOverQuota(app); err != nil {
+			return nil, err
 		}
 	}
 	results := make([]*routerv1.PublishResult, len(events))
