@@ -179,6 +179,8 @@ func TestHardQuotaStopsPublishAndEveryDelivery(t *testing.T) {
 	q.createEndpointOf(t, consumer.GetId(), &registryv1.WebhookChannel{Url: r.URL})
 	ch, closeStream := q.subscribe("types=billing.*&access_token="+consumerKey, "")
 	defer closeStream()
+	rpcMsgs, rpcEnded, _ := rpcStream(t, q.common.EdgeAddr, consumerKey, &edgev1.StreamEventsRequest{Types: []string{"billing.*"}})
+	time.Sleep(300 * time.Millisecond) // the StreamEvents subscription in place
 	first := q.publish(paid("d-1"))[0]
 	// (Events published just before the stream opened may come first.)
 	for got := next(t, ch); got.id != first; got = next(t, ch) {
@@ -210,6 +212,20 @@ func TestHardQuotaStopsPublishAndEveryDelivery(t *testing.T) {
 	}
 	if err := json.Unmarshal([]byte(last.data), &notice); err != nil || notice.Cursor != first || notice.RetryAfter < 1 || !strings.Contains(notice.Reason, "quota") {
 		t.Fatalf("herald.quota.exhausted data %s (%v)", last.data, err)
+	}
+	// The open StreamEvents ends too, naming where to resume.
+	for got := ""; got != first; {
+		select {
+		case m := <-rpcMsgs:
+			got = m.GetCursor()
+		case <-time.After(10 * time.Second):
+			t.Fatalf("StreamEvents never got %s", first)
+		}
+	}
+	err := rpcEnd(t, rpcEnded)
+	var rpcErr *connect.Error
+	if !errors.As(err, &rpcErr) || rpcErr.Code() != connect.CodeResourceExhausted || rpcErr.Meta().Get("Herald-Resume-Cursor") != first {
+		t.Fatalf("open StreamEvents at the quota: %v (meta %v)", err, rpcErr)
 	}
 	// Every channel refuses, for every application of the tenant.
 	for _, key := range []string{consumerKey, neighbourKey} {
