@@ -12,6 +12,7 @@ import (
 	"github.com/heraldmesh/herald/platform/auth"
 	"github.com/heraldmesh/herald/platform/catalog"
 	"github.com/heraldmesh/herald/platform/eventlog"
+	"github.com/heraldmesh/herald/platform/quota"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
@@ -35,6 +36,7 @@ type Handler struct {
 	shutdown context.Context
 	limits   Limits
 	sessions chan struct{}
+	quotas   *quota.Cache // see UseQuotas
 }
 
 // NewHandler returns a Handler over m. Subscribe streams end when shutdown
@@ -95,6 +97,9 @@ func (h *Handler) Subscribe(ctx context.Context, req *connect.Request[routerv1.S
 	if err != nil {
 		return err
 	}
+	if ce := h.overQuota(ctx, sub); ce != nil {
+		return ce
+	}
 	select {
 	case h.sessions <- struct{}{}:
 		defer func() { <-h.sessions }()
@@ -109,7 +114,13 @@ func (h *Handler) Subscribe(ctx context.Context, req *connect.Request[routerv1.S
 	if p, _ := auth.FromContext(ctx); !p.Admin && p.KeyID != "" {
 		go h.m.watchKey(ctx, p.KeyID, cancel)
 	}
+	if h.quotas != nil {
+		go h.watchQuota(ctx, sub, cancel)
+	}
 	err = h.m.serve(ctx, sub, window, resume, "", func() error { return stream.Send(nil) }, func(d *routerv1.SubscribeResponse, _ Meta) error { return stream.Send(d) })
+	if q, ok := context.Cause(ctx).(quotaEnded); ok {
+		return q.err
+	}
 	if errors.Is(context.Cause(ctx), errKeyRevoked) {
 		return connect.NewError(connect.CodeUnauthenticated, errKeyRevoked)
 	}

@@ -123,6 +123,7 @@ func New(cfg Config) (*Service, error) {
 		return subRedis.Close()
 	})
 	sh := subscription.NewHandler(mgr, base.Server.StreamContext(), subscription.Limits{MaxSessions: cfg.MaxSubscribeStreams})
+	sh.UseQuotas(quotas)
 	base.Server.Handle(routerv1connect.NewRouterServiceHandler(handler{h, sh}, base.HandlerOptions(connect.WithReadMaxBytes(cfg.MaxBatchBytes))...))
 	return &Service{base: base}, nil
 }

@@ -24,6 +24,7 @@ import (
 	"github.com/heraldmesh/herald/platform/rpc"
 	"github.com/heraldmesh/herald/platform/testutil"
 	"github.com/redis/go-redis/v9"
+	"google.golang.org/protobuf/types/known/durationpb"
 )
 
 // quotaEnv is the mesh with helpers for quotas.
@@ -95,7 +96,7 @@ func (q *quotaEnv) seedUsage(t *testing.T, scope meteringv1.QuotaScope, subject 
 
 // connectRouter is a Connect client of the router, with a key.
 func (q *quotaEnv) connectRouter(key string) routerv1connect.RouterServiceClient {
-	return routerv1connect.NewRouterServiceClient(http.DefaultClient, rpc.BaseURL(q.common.RouterAddr), connect.WithInterceptors(bearer(key)))
+	return routerv1connect.NewRouterServiceClient(rpc.HTTPClient(), rpc.BaseURL(q.common.RouterAddr), rpc.ClientOptions(key)...)
 }
 
 func paid(id string) *eventv1.CloudEvent { return invoiceEvent(id, 1) }
@@ -179,6 +180,8 @@ func TestHardQuotaStopsPublishAndEveryDelivery(t *testing.T) {
 	q.createEndpointOf(t, consumer.GetId(), &registryv1.WebhookChannel{Url: r.URL})
 	ch, closeStream := q.subscribe("types=billing.*&access_token="+consumerKey, "")
 	defer closeStream()
+	rpcMsgs, rpcEnded, _ := rpcStream(t, q.common.EdgeAddr, consumerKey, &edgev1.StreamEventsRequest{Types: []string{"billing.*"}})
+	time.Sleep(300 * time.Millisecond) // the StreamEvents subscription in place
 	first := q.publish(paid("d-1"))[0]
 	// (Events published just before the stream opened may come first.)
 	for got := next(t, ch); got.id != first; got = next(t, ch) {
@@ -210,6 +213,20 @@ func TestHardQuotaStopsPublishAndEveryDelivery(t *testing.T) {
 	}
 	if err := json.Unmarshal([]byte(last.data), &notice); err != nil || notice.Cursor != first || notice.RetryAfter < 1 || !strings.Contains(notice.Reason, "quota") {
 		t.Fatalf("herald.quota.exhausted data %s (%v)", last.data, err)
+	}
+	// The open StreamEvents ends too, naming where to resume.
+	for got := ""; got != first; {
+		select {
+		case m := <-rpcMsgs:
+			got = m.GetCursor()
+		case <-time.After(10 * time.Second):
+			t.Fatalf("StreamEvents never got %s", first)
+		}
+	}
+	err := rpcEnd(t, rpcEnded)
+	var rpcErr *connect.Error
+	if !errors.As(err, &rpcErr) || rpcErr.Code() != connect.CodeResourceExhausted || rpcErr.Meta().Get("Herald-Resume-Cursor") != first {
+		t.Fatalf("open StreamEvents at the quota: %v (meta %v)", err, rpcErr)
 	}
 	// Every channel refuses, for every application of the tenant.
 	for _, key := range []string{consumerKey, neighbourKey} {
@@ -487,5 +504,86 @@ func TestQuotaServiceAccessAndBadInput(t *testing.T) {
 	}
 	if _, err := q.quotas(adminKey).DeleteQuota(ctx, connect.NewRequest(&meteringv1.DeleteQuotaRequest{Id: "q_nope"})); connect.CodeOf(err) != connect.CodeNotFound {
 		t.Fatalf("delete an unknown quota: %v", err)
+	}
+}
+
+// TestHardQuotaKeepsDurableSubscriptionPending: a hard quota on delivered
+// events ends an open Subscribe stream and refuses new ones
+// (RESOURCE_EXHAUSTED, Retry-After); what was not acknowledged, and what
+// was published meanwhile, stays pending and is delivered once the quota
+// is lifted.
+func TestHardQuotaKeepsDurableSubscriptionPending(t *testing.T) {
+	q := startQuotas(t)
+	ctx := context.Background()
+	consumer, consumerKey, _ := q.tenantApp(t, "consumer", "globex")
+	created, err := q.reg.CreateSubscription(ctx, connect.NewRequest(&registryv1.CreateSubscriptionRequest{Subscription: &registryv1.Subscription{
+		ApplicationId: consumer.GetId(), Types: []string{"billing.*"},
+		Channel:  &registryv1.Subscription_Stream{Stream: &registryv1.StreamChannel{}},
+		Delivery: &registryv1.DeliveryPolicy{AckTimeout: durationpb.New(time.Second)},
+	}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	subID := created.Msg.GetSubscription().GetId()
+	client := q.connectRouter(consumerKey)
+	open := func() (*connect.ServerStreamForClient[routerv1.SubscribeResponse], context.CancelFunc) {
+		sctx, cancel := context.WithCancel(ctx)
+		s, err := client.Subscribe(sctx, connect.NewRequest(&routerv1.SubscribeRequest{SubscriptionId: subID, MaxInFlight: 10}))
+		if err != nil {
+			cancel()
+			t.Fatal(err)
+		}
+		return s, cancel
+	}
+	s, cancel := open()
+	defer cancel()
+	time.Sleep(300 * time.Millisecond) // the stream's group in place
+	first := q.publish(paid("s-1"))[0]
+	if !s.Receive() || s.Msg().GetCursor() != first {
+		t.Fatalf("first delivery: %v %v", s.Msg(), s.Err())
+	}
+	dq := q.setQuota(t, &meteringv1.Quota{
+		Scope: meteringv1.QuotaScope_QUOTA_SCOPE_APPLICATION, Subject: consumer.GetId(),
+		Metric: meteringv1.UsageMetric_USAGE_METRIC_DELIVERED, Period: meteringv1.QuotaPeriod_QUOTA_PERIOD_DAY,
+		Limit: 1, Mode: meteringv1.QuotaMode_QUOTA_MODE_HARD,
+	})
+	q.seedUsage(t, meteringv1.QuotaScope_QUOTA_SCOPE_APPLICATION, consumer.GetId(), meteringv1.UsageMetric_USAGE_METRIC_DELIVERED, 1)
+	for s.Receive() {
+	}
+	if connect.CodeOf(s.Err()) != connect.CodeResourceExhausted {
+		t.Fatalf("open Subscribe at the quota ended with %v", s.Err())
+	}
+	cancel()
+	second := q.publish(paid("s-2"))[0]
+	s, cancel = open()
+	for s.Receive() {
+		t.Fatalf("delivered over the quota: %v", s.Msg())
+	}
+	var ce *connect.Error
+	if !errors.As(s.Err(), &ce) || ce.Code() != connect.CodeResourceExhausted {
+		t.Fatalf("Subscribe over the quota: %v", s.Err())
+	}
+	retryAfterOK(t, "Subscribe", ce.Meta().Get("Retry-After"))
+	cancel()
+	if _, err := q.quotas(adminKey).DeleteQuota(ctx, connect.NewRequest(&meteringv1.DeleteQuotaRequest{Id: dq.GetId()})); err != nil {
+		t.Fatal(err)
+	}
+	var s2 *connect.ServerStreamForClient[routerv1.SubscribeResponse]
+	testutil.Eventually(t, 10*time.Second, func() bool {
+		st, c := open()
+		if st.Receive() {
+			s2, cancel = st, c
+			return true
+		}
+		c()
+		return false
+	}, "Subscribe still refused after the quota was lifted")
+	defer cancel()
+	got := map[string]bool{s2.Msg().GetCursor(): true}
+	for len(got) < 2 && s2.Receive() {
+		got[s2.Msg().GetCursor()] = true
+	}
+	if !got[first] || !got[second] {
+		t.Fatalf("after the quota was lifted got %v, want %s (unacknowledged) and %s (published meanwhile)", got, first, second)
 	}
 }
