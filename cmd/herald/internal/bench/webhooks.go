@@ -29,7 +29,6 @@ import (
 	"github.com/heraldmesh/herald/platform/usage"
 	"github.com/heraldmesh/herald/platform/webhook"
 	"github.com/redis/go-redis/v9"
-	"google.golang.org/protobuf/proto"
 )
 
 // WebhookOptions configure `herald bench webhooks`.
@@ -532,13 +531,14 @@ func (r *whRun) usageOf(ctx context.Context, subs []string) (int, error) {
 			return 0, err
 		}
 		for _, m := range msgs {
-			raw, _ := m.Values[usage.FieldRecord].(string)
-			rec := new(meteringv1.UsageRecord)
-			if proto.Unmarshal([]byte(raw), rec) != nil {
-				continue
+			recs, err := usage.Decode(m)
+			if err != nil {
+				return 0, err
 			}
-			if parts := strings.SplitN(rec.GetId(), "/", 3); len(parts) == 3 && parts[0] == "webhook" && ours[parts[1]] {
-				seen[rec.GetId()] = struct{}{}
+			for _, rec := range recs {
+				if rec.GetChannel() == "webhook" && rec.GetMetric() == meteringv1.UsageMetric_USAGE_METRIC_DELIVERED && ours[rec.GetSubscription()] {
+					seen[rec.GetId()] = struct{}{}
+				}
 			}
 		}
 		if len(msgs) < 10000 {
