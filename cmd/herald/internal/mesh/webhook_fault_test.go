@@ -72,7 +72,10 @@ var testCA struct {
 
 func TestMain(m *testing.M) {
 	if os.Getenv(webhookEdgeEnv) == "1" {
-		os.Exit(edgeProcess())
+		os.Exit(serviceProcess("edge", edge.RunFromEnv))
+	}
+	if os.Getenv(meteringProcessEnv) == "1" {
+		os.Exit(serviceProcess("metering", metering.RunFromEnv))
 	}
 	dir, err := os.MkdirTemp("", "herald-mesh-ca-")
 	if err == nil {
@@ -87,11 +90,13 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-func edgeProcess() int {
+// serviceProcess runs one service configured from the environment until
+// SIGINT or SIGTERM: this test binary as a service process.
+func serviceProcess(name string, run func(context.Context) error) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	if err := edge.RunFromEnv(ctx); err != nil {
-		fmt.Fprintln(os.Stderr, "edge:", err)
+	if err := run(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, name+":", err)
 		return 1
 	}
 	return 0
@@ -154,6 +159,9 @@ type meshParts struct {
 	resolver safehttp.Resolver
 	// noEdge leaves the edge out: the test runs it as a process.
 	noEdge bool
+	// noMetering leaves metering out: the test runs it as a process
+	// before the edge's start (or its call to e.connect).
+	noMetering func(config.Common)
 }
 
 // startParts runs the services in-process one by one, as mesh.New does,
@@ -188,12 +196,16 @@ func startParts(t *testing.T, p meshParts) *env {
 	rt, err := router.New(rcfg)
 	must(err)
 	testutil.Serve(t, rt)
-	mcfg, err := metering.ConfigFromEnv()
-	must(err)
-	mcfg.Common, mcfg.Logger, mcfg.Addr = common, log, common.MeteringAddr
-	mt, err := metering.New(mcfg)
-	must(err)
-	testutil.Serve(t, mt)
+	if p.noMetering != nil {
+		p.noMetering(common)
+	} else {
+		mcfg, err := metering.ConfigFromEnv()
+		must(err)
+		mcfg.Common, mcfg.Logger, mcfg.Addr = common, log, common.MeteringAddr
+		mt, err := metering.New(mcfg)
+		must(err)
+		testutil.Serve(t, mt)
+	}
 	e := &env{t: t, common: common, stop: func() {}, done: make(chan error, 1)}
 	if p.noEdge {
 		return e
@@ -208,7 +220,7 @@ func startParts(t *testing.T, p meshParts) *env {
 	return e
 }
 
-// edgeProc is an edge running as a child process.
+// edgeProc is a service (an edge, or metering) running as a child process.
 type edgeProc struct {
 	cmd  *exec.Cmd
 	done chan struct{}
@@ -219,17 +231,26 @@ type edgeProc struct {
 // test fails; it is killed when the test ends.
 func startEdgeProcess(t *testing.T, c config.Common) *edgeProc {
 	t.Helper()
+	return startServiceProcess(t, "edge", webhookEdgeEnv, c.EdgeAddr, c)
+}
+
+// startServiceProcess starts this test binary as the service that role
+// (an environment variable TestMain reads) selects, with the mesh's
+// settings and extra variables, and waits until it answers ready at addr.
+func startServiceProcess(t *testing.T, name, role, addr string, c config.Common, extra ...string) *edgeProc {
+	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), webhookEdgeEnv+"=1",
+	cmd.Env = append(os.Environ(), role+"=1",
 		"HERALD_REDIS_URL="+c.RedisURL, "HERALD_ADMIN_KEY="+c.AdminKey,
 		"HERALD_EDGE_ADDR="+c.EdgeAddr, "HERALD_ROUTER_ADDR="+c.RouterAddr,
 		"HERALD_REGISTRY_ADDR="+c.RegistryAddr, "HERALD_METERING_ADDR="+c.MeteringAddr,
 		"HERALD_SECRET_KEY="+c.SecretKey, "HERALD_WEBHOOK_ALLOW="+c.WebhookAllow,
 	)
+	cmd.Env = append(cmd.Env, extra...)
 	var out bytes.Buffer // read only once the process has ended
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
-		t.Fatalf("start edge process: %v", err)
+		t.Fatalf("start %s process: %v", name, err)
 	}
 	p := &edgeProc{cmd: cmd, done: make(chan struct{})}
 	go func() { _ = cmd.Wait(); close(p.done) }()
@@ -237,22 +258,22 @@ func startEdgeProcess(t *testing.T, c config.Common) *edgeProc {
 		p.kill()
 		if t.Failed() {
 			lines := strings.Split(strings.TrimRight(out.String(), "\n"), "\n")
-			t.Logf("edge process %d output (last lines):\n%s", cmd.Process.Pid, strings.Join(lines[max(0, len(lines)-40):], "\n"))
+			t.Logf("%s process %d output (last lines):\n%s", name, cmd.Process.Pid, strings.Join(lines[max(0, len(lines)-40):], "\n"))
 		}
 	})
 	testutil.Eventually(t, 20*time.Second, func() bool {
 		select {
 		case <-p.done:
-			t.Fatalf("the edge process ended before it was ready")
+			t.Fatalf("the %s process ended before it was ready", name)
 		default:
 		}
-		res, err := http.Get(rpc.BaseURL(c.EdgeAddr) + "/readyz")
+		res, err := http.Get(rpc.BaseURL(addr) + "/readyz")
 		if err != nil {
 			return false
 		}
 		res.Body.Close()
 		return res.StatusCode == http.StatusOK
-	}, "the edge process is ready")
+	}, "the "+name+" process is ready")
 	return p
 }
 
