@@ -150,7 +150,7 @@ func (b *business) delivered(t *testing.T) map[usageCell]int64 {
 	t.Helper()
 	c := meteringv1connect.NewMeteringServiceClient(rpc.HTTPClient(), rpc.BaseURL(b.common.MeteringAddr), rpc.ClientOptions(adminKey)...)
 	res, err := c.QueryUsage(context.Background(), connect.NewRequest(&meteringv1.QueryUsageRequest{
-		Filter: &meteringv1.UsageFilter{Metric: meteringv1.UsageMetric_USAGE_METRIC_DELIVERED},
+		Filter:      &meteringv1.UsageFilter{Metric: meteringv1.UsageMetric_USAGE_METRIC_DELIVERED},
 		Granularity: meteringv1.Granularity_GRANULARITY_TOTAL,
 		GroupBy:     []meteringv1.UsageDimension{meteringv1.UsageDimension_USAGE_DIMENSION_APPLICATION, meteringv1.UsageDimension_USAGE_DIMENSION_EVENT_TYPE, meteringv1.UsageDimension_USAGE_DIMENSION_CHANNEL},
 	}))
