@@ -1,6 +1,6 @@
-// Package appender writes events to the log: one Lua script per event
-// deduplicates on (publishing account, source, id) and appends, atomically,
-// and a batch is one pipelined round trip.
+// Package appender writes events to the log: one Lua script per stream of
+// a batch deduplicates each event on (publishing account, source, id) and
+// appends it, atomically, and a batch is one pipelined round trip.
 //
 // Keys (besides eventlog's streams):
 //
@@ -30,6 +30,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -40,13 +41,20 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// appendScript: KEYS[1] stream, KEYS[2] dedupe key, KEYS[3] the stream's
-// count hash; ARGV[1] dedupe window in seconds, ARGV[2] max length of the
+// appendScript appends a batch of events to one stream: KEYS[1] the
+// stream, KEYS[2] the stream's count hash, KEYS[3..] one dedupe key per
+// event; ARGV[1] dedupe window in seconds, ARGV[2] max length of the
 // stream, ARGV[3] max age of its entries in milliseconds (0: no age limit),
-// ARGV[4] the stream's number, ARGV[5] the publishing account, ARGV[6..]
-// entry fields. Returns {1, id} for a new entry, {0, id} for a duplicate.
-// A new entry is counted for its account in the same script: a duplicate
-// never is, and a counted entry is always in the log.
+// ARGV[4] the stream's number, then per event: its publishing account, the
+// number of its entry fields, and the fields. It returns, per event, 1 and
+// the new entry's id, or 0 and the id of the entry its dedupe key already
+// names. Each new entry is counted for its account in the same script: a
+// duplicate never is, and a counted entry is always in the log. A dedupe
+// key repeated within the batch is a duplicate of the batch's own entry.
+//
+// The clock, the stream's last id, the counts and the trim are read and
+// written once per batch; the dedupe checks, XADDs and dedupe keys once
+// per event.
 //
 // Ids are stamped here rather than by Redis ('*'), because Redis numbers the
 // entries of each stream separately: two types written in the same
@@ -60,30 +68,55 @@ import (
 // cheap and never trims more than asked. Ages are measured on the clock that
 // stamps the ids.
 var appendScript = redis.NewScript(`
-local prev = redis.call('GET', KEYS[2])
-if prev then return {0, prev} end
 local slots = 16777216
 local t = redis.call('TIME')
 local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local k = 0
+local k = -1
 local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
 if #last > 0 then
   local lms, lseq = string.match(last[1][1], '^(%d+)-(%d+)$')
   lms = tonumber(lms)
   if lms >= ms then
     ms = lms
-    k = math.floor(tonumber(lseq) / slots) + 1
+    k = math.floor(tonumber(lseq) / slots)
   end
 end
-local id = string.format('%.0f-%.0f', ms, k * slots + tonumber(ARGV[4]))
-redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], id, unpack(ARGV, 6))
-redis.call('HINCRBY', KEYS[3], string.format('%.0f', math.floor(ms / 3600000)) .. '|' .. ARGV[5], 1)
-local maxAge = tonumber(ARGV[3])
-if maxAge > 0 and ms > maxAge then
-  redis.call('XTRIM', KEYS[1], 'MINID', '~', string.format('%.0f', ms - maxAge))
+local number = tonumber(ARGV[4])
+local out = {}
+local counts = {}
+local added = 0
+local a = 5
+for i = 3, #KEYS do
+  local account = ARGV[a]
+  local nf = tonumber(ARGV[a + 1])
+  local prev = redis.call('GET', KEYS[i])
+  if prev then
+    out[#out + 1] = 0
+    out[#out + 1] = prev
+  else
+    k = k + 1
+    local id = string.format('%.0f-%.0f', ms, k * slots + number)
+    redis.call('XADD', KEYS[1], id, unpack(ARGV, a + 2, a + 1 + nf))
+    redis.call('SET', KEYS[i], id, 'EX', ARGV[1])
+    counts[account] = (counts[account] or 0) + 1
+    added = added + 1
+    out[#out + 1] = 1
+    out[#out + 1] = id
+  end
+  a = a + 2 + nf
 end
-redis.call('SET', KEYS[2], id, 'EX', ARGV[1])
-return {1, id}
+if added > 0 then
+  local hour = string.format('%.0f', math.floor(ms / 3600000))
+  for account, n in pairs(counts) do
+    redis.call('HINCRBY', KEYS[2], hour .. '|' .. account, n)
+  end
+  redis.call('XTRIM', KEYS[1], 'MAXLEN', '~', ARGV[2])
+  local maxAge = tonumber(ARGV[3])
+  if maxAge > 0 and ms > maxAge then
+    redis.call('XTRIM', KEYS[1], 'MINID', '~', string.format('%.0f', ms - maxAge))
+  end
+end
+return out
 `)
 
 // numberScript gives a stream its number once: KEYS[1] the numbers hash,
@@ -108,6 +141,11 @@ type Options struct {
 	DedupeWindow time.Duration
 	// MaxLen caps each stream (approximately). Default 1,000,000.
 	MaxLen int64
+	// MaxCombined is how many events concurrent Append calls may share in
+	// one round trip. Default 1000 (a call larger than that goes alone).
+	MaxCombined int
+	// Timeout bounds one round trip. Default 10s.
+	Timeout time.Duration
 }
 
 // Appender appends to the log.
@@ -117,6 +155,12 @@ type Appender struct {
 	numbers map[string]int64
 	window  string
 	maxLen  string
+
+	maxCombined int
+	timeout     time.Duration
+	qmu         sync.Mutex
+	queue       []*waiter // calls waiting for a round trip
+	flushing    bool      // a flushLoop runs
 }
 
 // New returns an Appender.
@@ -130,7 +174,16 @@ func New(rdb redis.Cmdable, o Options) *Appender {
 	// SET EX takes whole seconds, and refuses 0 (after the script's XADD ran):
 	// round a partial second up.
 	secs := int64((o.DedupeWindow + time.Second - 1) / time.Second)
-	return &Appender{rdb: rdb, numbers: map[string]int64{}, window: strconv.FormatInt(secs, 10), maxLen: strconv.FormatInt(o.MaxLen, 10)}
+	if o.MaxCombined <= 0 {
+		o.MaxCombined = 1000
+	}
+	if o.Timeout <= 0 {
+		o.Timeout = 10 * time.Second
+	}
+	return &Appender{
+		rdb: rdb, numbers: map[string]int64{}, window: strconv.FormatInt(secs, 10), maxLen: strconv.FormatInt(o.MaxLen, 10),
+		maxCombined: o.MaxCombined, timeout: o.Timeout,
+	}
 }
 
 // Item is one event to append.
@@ -168,15 +221,110 @@ func dedupeKey(tag, account, source, id string) string {
 	return "herald:dedupe:{" + tag + "}:" + hex.EncodeToString(sum[:16])
 }
 
-// Append appends items in order, in one round trip. Either every item is
-// stored (or found to be a duplicate) and results are returned, or an error
-// is: a caller retrying the whole batch cannot create copies.
+// Append appends items in order: one script call per stream (and
+// retention) of the batch. Either every item is stored (or found to be a
+// duplicate) and results are returned, or an error is: a caller retrying
+// the whole batch cannot create copies.
+//
+// Concurrent calls share round trips: while one round trip is in flight,
+// the calls that arrive queue, and go together in the next one as soon as
+// it returns (at most MaxCombined events each). An idle Appender sends a
+// call at once, so combining adds no fixed delay; under load, many callers
+// wait for one fsync rather than one each.
 func (a *Appender) Append(ctx context.Context, items []Item) ([]Result, error) {
 	if len(items) == 0 {
 		return nil, nil
 	}
-	keys := make([][]string, len(items))
-	args := make([][]any, len(items))
+	preps, err := a.prepare(ctx, items)
+	if err != nil {
+		return nil, err
+	}
+	w := &waiter{preps: preps, done: make(chan struct{})}
+	a.qmu.Lock()
+	a.queue = append(a.queue, w)
+	if !a.flushing {
+		a.flushing = true
+		go a.flushLoop()
+	}
+	a.qmu.Unlock()
+	select {
+	case <-w.done:
+		return w.res, w.err
+	case <-ctx.Done():
+		// The events may still be appended: a retry is deduplicated.
+		return nil, fmt.Errorf("append: %w", ctx.Err())
+	}
+}
+
+// waiter is one Append call waiting for its round trip.
+type waiter struct {
+	preps []prepared
+	res   []Result
+	err   error
+	done  chan struct{}
+}
+
+// flushLoop sends the queued calls, as many as fit in one round trip each
+// time, until the queue is empty.
+func (a *Appender) flushLoop() {
+	for {
+		a.qmu.Lock()
+		if len(a.queue) == 0 {
+			a.flushing = false
+			a.qmu.Unlock()
+			return
+		}
+		// Whole calls, at least one, up to MaxCombined events.
+		n, events := 0, 0
+		for n < len(a.queue) && (n == 0 || events+len(a.queue[n].preps) <= a.maxCombined) {
+			events += len(a.queue[n].preps)
+			n++
+		}
+		batch := slices.Clone(a.queue[:n])
+		a.queue = slices.Delete(a.queue, 0, n)
+		a.qmu.Unlock()
+
+		all := make([]prepared, 0, events)
+		for _, w := range batch {
+			all = append(all, w.preps...)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), a.timeout)
+		res, err := a.execute(ctx, all)
+		cancel()
+		off := 0
+		for _, w := range batch {
+			if err != nil {
+				w.err = err
+			} else {
+				w.res = res[off : off+len(w.preps)]
+			}
+			off += len(w.preps)
+			close(w.done)
+		}
+	}
+}
+
+// prepared is one item encoded for the script.
+type prepared struct {
+	group  groupKey
+	tag    string
+	number int64
+	maxLen string
+	maxAge string
+	dedupe string
+	acct   string
+	fields []any
+}
+
+type groupKey struct {
+	stream string
+	maxLen int64
+	maxAge time.Duration
+}
+
+// prepare checks and encodes items.
+func (a *Appender) prepare(ctx context.Context, items []Item) ([]prepared, error) {
+	out := make([]prepared, len(items))
 	for i, it := range items {
 		if it.Account == "" || strings.ContainsAny(it.Account, "|\x00") {
 			return nil, fmt.Errorf("append: account %q: want a non-empty account without | or NUL", it.Account)
@@ -191,26 +339,36 @@ func (a *Appender) Append(ctx context.Context, items []Item) ([]Result, error) {
 		if err != nil {
 			return nil, err
 		}
-		keys[i] = []string{stream, dedupeKey(tag, it.Account, it.Event.GetSource(), it.Event.GetId()), CountKey(tag)}
 		maxLen := a.maxLen
 		if it.MaxLen > 0 {
 			maxLen = strconv.FormatInt(it.MaxLen, 10)
 		}
-		args[i] = append([]any{a.window, maxLen, strconv.FormatInt(it.MaxAge.Milliseconds(), 10), n, it.Account}, fields...)
+		out[i] = prepared{
+			group: groupKey{stream, it.MaxLen, it.MaxAge}, tag: tag, number: n, maxLen: maxLen,
+			maxAge: strconv.FormatInt(it.MaxAge.Milliseconds(), 10),
+			dedupe: dedupeKey(tag, it.Account, it.Event.GetSource(), it.Event.GetId()), acct: it.Account, fields: fields,
+		}
 	}
-	res := make([]Result, len(keys))
-	all := make([]int, len(keys))
+	return out, nil
+}
+
+// execute appends prepared items in one round trip (and one more should
+// Redis have lost the script).
+func (a *Appender) execute(ctx context.Context, preps []prepared) ([]Result, error) {
+	calls := group(a.window, preps)
+	res := make([]Result, len(preps))
+	all := make([]int, len(calls))
 	for i := range all {
 		all[i] = i
 	}
-	again, err := a.run(ctx, keys, args, all, res)
+	again, err := a.run(ctx, calls, all, res)
 	if err == nil && len(again) > 0 {
 		// Redis restarted or flushed its script cache (or another caller
 		// loaded it midway through this pipeline): load it and run again
-		// only the entries that were refused. Those that ran keep their
+		// only the calls that were refused. Those that ran keep their
 		// answer: run again, a new entry would be answered duplicate.
 		if err = appendScript.Load(ctx, a.rdb).Err(); err == nil {
-			if again, err = a.run(ctx, keys, args, again, res); err == nil && len(again) > 0 {
+			if again, err = a.run(ctx, calls, again, res); err == nil && len(again) > 0 {
 				err = errors.New("NOSCRIPT after SCRIPT LOAD")
 			}
 		}
@@ -224,13 +382,41 @@ func (a *Appender) Append(ctx context.Context, items []Item) ([]Result, error) {
 	return res, nil
 }
 
-// run runs the append script for the entries idx in one pipeline, filling
-// their results in out. It returns the entries Redis refused with NOSCRIPT.
-func (a *Appender) run(ctx context.Context, keys [][]string, args [][]any, idx []int, out []Result) (noScript []int, err error) {
+// call is one run of the append script: the items of one stream with one
+// retention, in their order in the batch.
+type call struct {
+	keys []string
+	args []any
+	idx  []int // the items' positions in the batch
+}
+
+// group builds the script calls of a batch: one per stream and retention,
+// in the order of each group's first item.
+func group(window string, preps []prepared) []*call {
+	var calls []*call
+	byKey := make(map[groupKey]*call, 4)
+	for i, p := range preps {
+		c := byKey[p.group]
+		if c == nil {
+			c = &call{keys: []string{p.group.stream, CountKey(p.tag)}, args: []any{window, p.maxLen, p.maxAge, p.number}}
+			byKey[p.group] = c
+			calls = append(calls, c)
+		}
+		c.keys = append(c.keys, p.dedupe)
+		c.args = append(c.args, p.acct, len(p.fields))
+		c.args = append(c.args, p.fields...)
+		c.idx = append(c.idx, i)
+	}
+	return calls
+}
+
+// run runs the script calls idx in one pipeline, filling their items'
+// results in out. It returns the calls Redis refused with NOSCRIPT.
+func (a *Appender) run(ctx context.Context, calls []*call, idx []int, out []Result) (noScript []int, err error) {
 	pipe := a.rdb.Pipeline()
 	cmds := make([]*redis.Cmd, len(idx))
 	for j, i := range idx {
-		cmds[j] = appendScript.EvalSha(ctx, pipe, keys[i], args[i]...)
+		cmds[j] = appendScript.EvalSha(ctx, pipe, calls[i].keys, calls[i].args...)
 	}
 	if _, err := pipe.Exec(ctx); err != nil && !isNoScript(err) {
 		return nil, err
@@ -244,12 +430,15 @@ func (a *Appender) run(ctx context.Context, keys [][]string, args [][]any, idx [
 		if err != nil {
 			return nil, err
 		}
-		if len(v) != 2 {
-			return nil, fmt.Errorf("append script answered %v", v)
+		cl := calls[idx[j]]
+		if len(v) != 2*len(cl.idx) {
+			return nil, fmt.Errorf("append script answered %d values for %d events", len(v), len(cl.idx))
 		}
-		isNew, _ := v[0].(int64)
-		id, _ := v[1].(string)
-		out[idx[j]] = Result{Cursor: id, Duplicate: isNew == 0}
+		for e, item := range cl.idx {
+			isNew, _ := v[2*e].(int64)
+			id, _ := v[2*e+1].(string)
+			out[item] = Result{Cursor: id, Duplicate: isNew == 0}
+		}
 	}
 	return noScript, nil
 }

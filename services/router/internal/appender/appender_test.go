@@ -770,21 +770,135 @@ func TestAppendScriptLoadedMidwayAnswersNewEventsNew(t *testing.T) {
 		}
 	}})
 	a := appender.New(rdb, appender.Options{})
+	// Six streams: one script call each, so the pipeline splits.
 	var evs []*eventv1.CloudEvent
 	for i := range 6 {
-		evs = append(evs, newEvent("shop.order.created", "//shop", fmt.Sprintf("mid-%d", i)))
+		evs = append(evs, newEvent(fmt.Sprintf("shop.order.kind%d", i), "//shop", fmt.Sprintf("mid-%d", i)))
 	}
 	for i, r := range mustAppend(t, a, itemsOf("acct", evs...)) {
 		if r.Duplicate || r.Cursor == "" {
 			t.Errorf("event %d: %+v, want new with a cursor", i, r)
 		}
 	}
-	if got := len(stream(t, rdb, "shop.order.created")); got != len(evs) {
-		t.Errorf("%d entries stored, want %d", got, len(evs))
+	for _, ev := range evs {
+		if got := len(stream(t, rdb, ev.GetType())); got != 1 {
+			t.Errorf("%s: %d entries stored, want 1", ev.GetType(), got)
+		}
 	}
 	for i, r := range mustAppend(t, a, itemsOf("acct", evs...)) {
 		if !r.Duplicate {
 			t.Errorf("event %d again: %+v, want duplicate", i, r)
 		}
+	}
+}
+
+// countPipelines counts the pipelines sent; the first one waits for
+// release before it goes, so that calls queue behind it.
+type countPipelines struct {
+	n       atomic.Int64
+	release chan struct{}
+}
+
+func (h *countPipelines) DialHook(next redis.DialHook) redis.DialHook          { return next }
+func (h *countPipelines) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
+func (h *countPipelines) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		if h.n.Add(1) == 1 {
+			<-h.release
+		}
+		return next(ctx, cmds)
+	}
+}
+
+// Concurrent single-event calls share round trips: the calls that arrive
+// while one is in flight go together in the next, and each caller gets its
+// own answers (new, or the duplicate of a call combined with it), with every
+// event stored and counted once.
+func TestAppendCombinesConcurrentCalls(t *testing.T) {
+	rdb := testutil.RedisClient(t, testutil.Redis(t))
+	ctx := context.Background()
+	a := appender.New(rdb, appender.Options{})
+	if err := a.Load(ctx); err != nil {
+		t.Fatal(err)
+	}
+	hook := &countPipelines{release: make(chan struct{})}
+	rdb.AddHook(hook)
+	const callers = 64
+	types := []string{orderCreated, orderPaid}
+	// Callers 2k and 2k+1 (k < 8) send the same event: one is stored, the
+	// other answered duplicate with its cursor.
+	eventOf := func(i int) *eventv1.CloudEvent {
+		id := fmt.Sprintf("c-%d", i)
+		if i < 16 {
+			id = fmt.Sprintf("pair-%d", i/2)
+		}
+		return newEvent(types[i%2], "//shop", id)
+	}
+	res := make([]appender.Result, callers)
+	var wg sync.WaitGroup
+	first := make(chan struct{})
+	go func() {
+		defer close(first)
+		res[callers-1] = mustAppend(t, a, itemsOf("acct", newEvent(orderCreated, "//shop", "opener")))[0]
+	}()
+	testutil.Eventually(t, 10*time.Second, func() bool { return hook.n.Load() == 1 }, "the first round trip in flight")
+	for i := range callers - 1 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			// Pairs share a type, so the two land in one stream.
+			ev := eventOf(i)
+			if i < 16 {
+				ev.Type = types[(i/2)%2]
+			}
+			res[i] = mustAppend(t, a, itemsOf("acct", ev))[0]
+		}()
+	}
+	// Every other call queued behind the first: release it.
+	time.Sleep(200 * time.Millisecond)
+	close(hook.release)
+	wg.Wait()
+	<-first
+	if n := hook.n.Load(); n >= callers/2 {
+		t.Errorf("%d round trips for %d concurrent calls: not combined", n, callers)
+	}
+	cursors := map[string]int{}
+	dups := 0
+	for i, r := range res {
+		if r.Cursor == "" {
+			t.Fatalf("call %d: no cursor", i)
+		}
+		if r.Duplicate {
+			dups++
+		}
+		cursors[r.Cursor]++
+	}
+	for i := 0; i < 16; i += 2 {
+		a, b := res[i], res[i+1]
+		if a.Cursor != b.Cursor || a.Duplicate == b.Duplicate {
+			t.Errorf("pair %d: %+v and %+v, want one new and one duplicate with its cursor", i/2, a, b)
+		}
+	}
+	if dups != 8 || len(cursors) != callers-8 {
+		t.Errorf("%d duplicates, %d distinct cursors; want 8 and %d", dups, len(cursors), callers-8)
+	}
+	stored := len(stream(t, rdb, orderCreated)) + len(stream(t, rdb, orderPaid))
+	if stored != callers-8 {
+		t.Errorf("%d entries stored, want %d", stored, callers-8)
+	}
+	var counted int64
+	for _, typ := range types {
+		vals, err := rdb.HGetAll(ctx, appender.CountKey(typ)).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, v := range vals {
+			var n int64
+			fmt.Sscan(v, &n)
+			counted += n
+		}
+	}
+	if counted != callers-8 {
+		t.Errorf("%d events counted, want %d", counted, callers-8)
 	}
 }
