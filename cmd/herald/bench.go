@@ -81,6 +81,10 @@ and that a re-published batch is answered duplicate=true.`,
 	f.BoolVar(&o.AsAdmin, "as-admin", false, "publish with the admin key instead of an application key with a publish grant")
 	f.DurationVar(&o.Timeout, "timeout", 10*time.Minute, "bound on the whole run")
 	f.BoolVar(&asJSON, "json", false, "print the report as JSON")
+	f.Func("router-pprof", "serve the router's pprof endpoints on this loopback address (e.g. 127.0.0.1:6060) to profile it during the run", func(addr string) error {
+		o.RouterEnv = append(o.RouterEnv, "HERALD_PPROF_ADDR="+addr)
+		return nil
+	})
 	return cmd
 }
 
