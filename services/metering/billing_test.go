@@ -394,6 +394,12 @@ func TestBilling(t *testing.T) {
 		// The event, once, with the invoice id, after the router came back.
 		testutil.Eventually(t, 10*time.Second, func() bool { return rt.published()[inv.GetId()] != nil }, "herald.invoice.finalized published")
 		evs := rt.published()
+		rt.mu.Lock()
+		calls := rt.calls
+		rt.mu.Unlock()
+		if calls < 3 {
+			t.Errorf("%d publish calls: the two refused ones were not retried", calls)
+		}
 		ev := evs[inv.GetId()]
 		if len(evs) != 1 || ev.GetType() != "herald.invoice.finalized" || ev.GetSource() != "herald/metering" ||
 			!strings.Contains(ev.GetTextData(), `"total_minor":1181`) || !strings.Contains(ev.GetTextData(), `"invoice_id":"`+inv.GetId()+`"`) {
