@@ -119,7 +119,9 @@ func (e *env) startBilling(t *testing.T, routerAddr string) *running {
 	errc := make(chan error, 1)
 	go func() { errc <- svc.Run(ctx) }()
 	r := &running{base: "http://" + addr.String()}
-	r.stop = func() error { cancel(); return <-errc }
+	var once sync.Once
+	var runErr error
+	r.stop = func() error { once.Do(func() { cancel(); runErr = <-errc }); return runErr }
 	t.Cleanup(func() { _ = r.stop() })
 	testutil.Eventually(t, 10*time.Second, func() bool {
 		res, err := http.Get(r.base + "/readyz")
@@ -608,4 +610,47 @@ func TestBilling(t *testing.T) {
 			t.Errorf("plan std: %v %v", p, err)
 		}
 	})
+}
+
+// A herald.invoice.finalized the router never took before metering stopped
+// is published by the next metering process, from the outbox.
+func TestBillingOutboxSurvivesRestart(t *testing.T) {
+	e := newEnv(t)
+	rt := &router{fail: 1 << 30, events: map[string]*eventv1.CloudEvent{}}
+	routerAddr := startRouter(t, rt)
+	svc := e.startBilling(t, routerAddr)
+	ctx := context.Background()
+	admin := billingClient(svc, adminKey)
+	now := time.Now().UTC()
+	M := time.Date(now.Year(), now.Month(), 1, 0, 0, 0, 0, time.UTC).AddDate(0, -1, 0).Format("2006-01")
+	if _, err := admin.CreatePlan(ctx, connect.NewRequest(&meteringv1.CreatePlanRequest{PlanId: "fee", Version: &meteringv1.PlanVersion{Currency: "USD", MonthlyFeeMinor: 4900}})); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.AssignPlan(ctx, connect.NewRequest(&meteringv1.AssignPlanRequest{Tenant: "acme", PlanId: "fee", StartMonth: M})); err != nil {
+		t.Fatal(err)
+	}
+	res, err := admin.FinalizeInvoice(ctx, connect.NewRequest(&meteringv1.FinalizeInvoiceRequest{Tenant: "acme", Month: M}))
+	if err != nil || res.Msg.GetInvoice().GetTotalMinor() != 4900 {
+		t.Fatalf("finalize: %v %v", res, err)
+	}
+	id := res.Msg.GetInvoice().GetId()
+	testutil.Eventually(t, 5*time.Second, func() bool {
+		rt.mu.Lock()
+		defer rt.mu.Unlock()
+		return rt.calls >= 2
+	}, "publish attempted and retried")
+	if err := svc.stop(); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := e.rdb.HLen(ctx, "herald:{billing}:outbox").Result(); n != 1 {
+		t.Fatalf("outbox holds %d after the stop", n)
+	}
+	rt.mu.Lock()
+	rt.fail = 0
+	rt.mu.Unlock()
+	e.startBilling(t, routerAddr)
+	testutil.Eventually(t, 10*time.Second, func() bool { return rt.published()[id] != nil }, "published by the next process")
+	if evs := rt.published(); len(evs) != 1 {
+		t.Errorf("events %v", evs)
+	}
 }
