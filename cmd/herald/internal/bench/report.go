@@ -167,6 +167,13 @@ func (rep *UsageReport) WriteTable(w io.Writer) error {
 	if x.RedisCPU != nil {
 		fmt.Fprintf(w, "  redis      CPU %.2f s, %.2f µs per record\n", *x.RedisCPU, x.RedisUsPerRec)
 	}
+	if len(x.RedisCommands) > 0 {
+		fmt.Fprintf(w, "  redis time by command (INFO commandstats; the fold script's calls are inside evalsha):")
+		for _, c := range x.RedisCommands[:min(len(x.RedisCommands), 6)] {
+			fmt.Fprintf(w, " %s %d calls %.1f µs/call %.2f s;", c.Name, c.Calls, c.PerUs, float64(c.Usec)/1e6)
+		}
+		fmt.Fprintln(w)
+	}
 	fmt.Fprintf(w, "  producers  CPU %.2f s (this process: records, Appenders, probes)\n", x.ClientCPU)
 	if r := rep.Raw; r != nil {
 		fmt.Fprintf(w, "\nraw baseline: XADD of %d-record entries (the same encoding), %d clients, nothing folding\n", s.BatchSize, r.Concurrency)

@@ -172,12 +172,67 @@ type UsageMetered struct {
 	// MaxBacklogEntries is the most entries the usage stream held (appended,
 	// not yet folded; the fold deletes what it counted).
 	MaxBacklogEntries int64 `json:"max_backlog_entries"`
+	// RedisCommands is Redis' INFO commandstats over the phase, the
+	// commands the fold script calls included, most time first.
+	RedisCommands []RedisCommand `json:"redis_commands,omitempty"`
 	// Metering is the metering process's usage over the phase and drain.
 	Metering         *procUsage `json:"metering,omitempty"`
 	MeteringUsPerRec float64    `json:"metering_cpu_us_per_record"`
 	RedisCPU         *float64   `json:"redis_cpu_seconds,omitempty"`
 	RedisUsPerRec    float64    `json:"redis_cpu_us_per_record"`
 	ClientCPU        float64    `json:"client_cpu_seconds"`
+}
+
+// RedisCommand is one command's INFO commandstats over a phase.
+type RedisCommand struct {
+	Name  string  `json:"name"`
+	Calls int64   `json:"calls"`
+	Usec  int64   `json:"usec"`
+	PerUs float64 `json:"usec_per_call"`
+}
+
+// commandStats reads INFO commandstats: calls and usec per command.
+func commandStats(ctx context.Context, rdb *redis.Client) map[string][2]int64 {
+	info, err := rdb.Info(ctx, "commandstats").Result()
+	if err != nil {
+		return nil
+	}
+	out := map[string][2]int64{}
+	for line := range strings.SplitSeq(info, "\n") {
+		name, rest, ok := strings.Cut(strings.TrimSpace(line), ":")
+		name, found := strings.CutPrefix(name, "cmdstat_")
+		if !ok || !found {
+			continue
+		}
+		var v [2]int64
+		for kv := range strings.SplitSeq(rest, ",") {
+			k, val, _ := strings.Cut(kv, "=")
+			n, _ := strconv.ParseInt(val, 10, 64)
+			switch k {
+			case "calls":
+				v[0] = n
+			case "usec":
+				v[1] = n
+			}
+		}
+		out[name] = v
+	}
+	return out
+}
+
+// commandDelta is what ran between two commandStats, most time first.
+func commandDelta(before, after map[string][2]int64) []RedisCommand {
+	var out []RedisCommand
+	for name, a := range after {
+		b := before[name]
+		if calls := a[0] - b[0]; calls > 0 {
+			c := RedisCommand{Name: name, Calls: calls, Usec: a[1] - b[1]}
+			c.PerUs = float64(c.Usec) / float64(calls)
+			out = append(out, c)
+		}
+	}
+	slices.SortFunc(out, func(x, y RedisCommand) int { return int(y.Usec - x.Usec) })
+	return out
 }
 
 // UsageRaw is the baseline: the same entries XADDed with no consumer.
@@ -480,6 +535,7 @@ func (r *usageRun) metered(ctx context.Context) error {
 	m := &r.rep.Metered
 	mm := startMeter(r.metering.pid())
 	redisBefore := redisCPU(r.rdb)
+	statsBefore := commandStats(ctx, r.rdb)
 	self := selfCPU()
 
 	sampler := newLagSampler(r.rdb)
@@ -579,6 +635,7 @@ func (r *usageRun) metered(ctx context.Context) error {
 		m.RedisCPU = &v
 	}
 	m.ClientCPU = (selfCPU() - self).Seconds()
+	m.RedisCommands = commandDelta(statsBefore, commandStats(ctx, r.rdb))
 	for _, g := range gens {
 		m.Unique += g.unique
 		m.Duplicates += g.dups
