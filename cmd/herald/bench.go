@@ -21,7 +21,7 @@ func benchCommand() *cobra.Command {
 		Use:   "bench",
 		Short: "Measure Herald on this machine",
 	}
-	cmd.AddCommand(benchPublishCommand(), benchWebhooksCommand(), benchFanoutCommand(), benchLoaderCommand())
+	cmd.AddCommand(benchPublishCommand(), benchWebhooksCommand(), benchFanoutCommand(), benchUsageCommand(), benchLoaderCommand())
 	return cmd
 }
 
@@ -210,6 +210,65 @@ counts duplicates; the run checks that every client got every event once.`,
 	f.StringVar(&o.MercureBin, "mercure", "", "mercure executable (target mercure)")
 	f.StringArrayVar(&o.EdgeEnv, "edge-env", nil, "KEY=VALUE added to the edge's environment (repeatable)")
 	f.DurationVar(&o.Timeout, "timeout", 30*time.Minute, "bound on the whole run")
+	f.BoolVar(&asJSON, "json", false, "print the report as JSON")
+	return cmd
+}
+
+func benchUsageCommand() *cobra.Command {
+	var o bench.UsageOptions
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "usage",
+		Short: "Metering lag (record appended to record counted) at a target rate of usage records, against raw XADD",
+		Long: `Measures metering under load: --producers producers, each with a
+platform/usage Appender (batched, as router and edge append), add usage
+records at --rate records/s for --duration while the metering service folds
+them. Records are DELIVERED records spread over --tenants, --apps (consumer
+applications, Zipf-distributed), --types (event types) and the seven delivery
+channels, each with a unique id; a --duplicates fraction repeats a recent
+record (a redelivery), which must not be counted.
+
+Lag: every --probe-every one record is a probe; its lag runs from its Add to
+the moment its seen marker, set in the same script as its counters, is
+visible. Reported: p50/p99/max lag, the achieved append rate, how long the
+stream took to drain, metering's CPU per record and peak RSS, Redis' CPU per
+record, and a raw baseline in the same run: XADD of the same entries with
+nothing folding (the rate Redis alone sustains). Checks: each bucket kind
+(minute, quarter-hour, hour, day) counts every unique record once, cell by
+cell with its bytes, and metering counted every duplicate as a duplicate.
+
+It starts everything it measures, bound to 127.0.0.1, and stops it at the
+end: a redis-server in a temporary directory (AOF, appendfsync --redis-fsync),
+the registry in this process (metering resolves keys through it), and
+metering as its own process (the binary of 'make build', next to this
+executable or on PATH) so that its CPU time and peak RSS are read from /proc.`,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			var err error
+			if o.MeteringBin, err = bench.FindMetering(); err != nil {
+				return err
+			}
+			o.Progress = cmd.ErrOrStderr()
+			rep, err := bench.RunUsage(ctx, o)
+			return report(ctx, cmd, rep, rep != nil, err, asJSON)
+		},
+	}
+	f := cmd.Flags()
+	f.IntVar(&o.Rate, "rate", 50000, "usage records/s offered (duplicates included), over all producers")
+	f.DurationVar(&o.Duration, "duration", 20*time.Second, "how long the producers append")
+	f.IntVar(&o.Producers, "producers", 4, "producers, each with an Appender of its own (as each router and edge has)")
+	f.IntVar(&o.BatchSize, "batch", 500, "the Appenders' records per stream entry")
+	f.DurationVar(&o.FlushEvery, "flush-every", 100*time.Millisecond, "the Appenders' longest wait before a flush")
+	f.Float64Var(&o.Duplicates, "duplicates", 0.05, "fraction of appended records that repeat a recent one (0 for the default, negative for none)")
+	f.IntVar(&o.Tenants, "tenants", 50, "tenants")
+	f.IntVar(&o.Apps, "apps", 500, "consumer applications, spread over the tenants")
+	f.IntVar(&o.Types, "types", 40, "event types (published by types/2 producer applications)")
+	f.DurationVar(&o.ProbeEvery, "probe-every", 10*time.Millisecond, "how often a record is picked to measure its lag")
+	f.StringVar(&o.RedisFsync, "redis-fsync", "always", "Redis appendfsync: always (Herald's default) or everysec")
+	f.BoolVar(&o.NoRaw, "no-raw", false, "skip the raw XADD baseline")
+	f.StringArrayVar(&o.MeteringEnv, "metering-env", nil, "KEY=VALUE added to metering's environment (repeatable), e.g. HERALD_PPROF_ADDR=127.0.0.1:6062 to profile it")
+	f.DurationVar(&o.Timeout, "timeout", 10*time.Minute, "bound on the whole run")
 	f.BoolVar(&asJSON, "json", false, "print the report as JSON")
 	return cmd
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/heraldmesh/herald/platform/eventlog"
 	"github.com/heraldmesh/herald/platform/testutil"
 	"github.com/heraldmesh/herald/services/edge"
+	"github.com/heraldmesh/herald/services/metering"
 	"github.com/heraldmesh/herald/services/router"
 	"github.com/redis/go-redis/v9"
 )
@@ -28,6 +29,9 @@ const routerChildEnv = "HERALD_BENCH_TEST_ROUTER_CHILD"
 
 // edgeChildEnv makes the test binary run as the edge.
 const edgeChildEnv = "HERALD_BENCH_TEST_EDGE_CHILD"
+
+// meteringChildEnv makes the test binary run as metering.
+const meteringChildEnv = "HERALD_BENCH_TEST_METERING_CHILD"
 
 // loaderChildEnv makes the test binary run as a fan-out load client. Its
 // HERALD_ prefix keeps it out of the router's and the edge's environment.
@@ -47,6 +51,16 @@ func TestMain(m *testing.M) {
 		stop()
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "edge:", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	if os.Getenv(meteringChildEnv) == "1" {
+		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+		err := metering.RunFromEnv(ctx)
+		stop()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "metering:", err)
 			os.Exit(1)
 		}
 		os.Exit(0)
@@ -178,6 +192,65 @@ func TestRunWebhooksSmall(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("\n%s", table.String())
+}
+
+// TestRunUsageSmall runs `herald bench usage` with tiny numbers: metering
+// as a child process, the producers, the lag probes, the raw baseline and
+// the checks (every unique record counted once, cell by cell, duplicates
+// not counted).
+func TestRunUsageSmall(t *testing.T) {
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := UsageOptions{
+		Rate: 2000, Duration: 2 * time.Second, Producers: 2, BatchSize: 50, Duplicates: 0.1,
+		Tenants: 5, Apps: 20, Types: 6, MeteringBin: exe, MeteringEnv: []string{meteringChildEnv + "=1"},
+		Timeout: 2 * time.Minute,
+	}
+	var progress bytes.Buffer
+	o.Progress = &progress
+	rep, err := RunUsage(context.Background(), o)
+	if err != nil {
+		var table bytes.Buffer
+		if rep != nil {
+			_ = rep.WriteTable(&table)
+		}
+		t.Fatalf("%v\nprogress:\n%s\n%s", err, progress.String(), table.String())
+	}
+	m := rep.Metered
+	if m.Appended < 2000 || m.Duplicates == 0 || m.Unique+m.Duplicates != m.Appended || m.AppendedPerS <= 0 {
+		t.Errorf("metered: %+v", m)
+	}
+	if m.LagSamples < 10 || m.LagP50Ms <= 0 || m.LagP99Ms < m.LagP50Ms || m.LagMaxMs < m.LagP99Ms {
+		t.Errorf("lag: %d samples, p50 %v, p99 %v, max %v", m.LagSamples, m.LagP50Ms, m.LagP99Ms, m.LagMaxMs)
+	}
+	if m.Metering == nil || m.Metering.PeakRSSMiB <= 0 || m.RedisCPU == nil {
+		t.Errorf("no metering or redis usage: %+v", m)
+	}
+	if rep.Raw == nil || rep.Raw.RecordsPerS <= 0 || rep.Raw.Records < m.Appended {
+		t.Errorf("raw baseline: %+v", rep.Raw)
+	}
+	if len(rep.Timeline) < 2 {
+		t.Errorf("timeline: %+v", rep.Timeline)
+	}
+	// Two per bucket kind, metering's counters, the raw stream.
+	if len(rep.Checks) != 10 {
+		t.Errorf("%d checks: %+v", len(rep.Checks), rep.Checks)
+	}
+	for _, c := range rep.Checks {
+		if !c.OK {
+			t.Errorf("check failed: %s: %s", c.Name, c.Detail)
+		}
+	}
+	var table, js bytes.Buffer
+	if err := rep.WriteTable(&table); err != nil || !strings.Contains(table.String(), "raw baseline") {
+		t.Errorf("table (%v):\n%s", err, table.String())
+	}
+	if err := rep.WriteJSON(&js); err != nil || !strings.Contains(js.String(), `"lag_p99_ms"`) {
+		t.Errorf("json (%v): %s", err, js.String())
+	}
+	t.Log("\n" + table.String())
 }
 
 // inProcessHerald runs the registry and the router in this process against

@@ -245,15 +245,23 @@ func batches(events []*eventv1.CloudEvent, b int) [][]*eventv1.CloudEvent {
 
 // FindEdge returns the edge binary `make build` puts in ./bin: next to the
 // running executable, else on PATH.
-func FindEdge() (string, error) {
+func FindEdge() (string, error) { return findService("edge") }
+
+// FindMetering returns the metering binary `make build` puts in ./bin: next
+// to the running executable, else on PATH.
+func FindMetering() (string, error) { return findService("metering") }
+
+// findService finds a service binary of `make build`: next to the running
+// executable, else on PATH.
+func findService(name string) (string, error) {
 	if exe, err := os.Executable(); err == nil {
-		p := filepath.Join(filepath.Dir(exe), "edge")
+		p := filepath.Join(filepath.Dir(exe), name)
 		if st, err := os.Stat(p); err == nil && !st.IsDir() && st.Mode()&0o111 != 0 {
 			return p, nil
 		}
 	}
-	if p, err := exec.LookPath("edge"); err == nil {
+	if p, err := exec.LookPath(name); err == nil {
 		return p, nil
 	}
-	return "", errors.New("the edge binary is neither next to this executable nor on PATH: run `make build` (it builds ./bin/herald and the service binaries) and run ./bin/herald")
+	return "", fmt.Errorf("the %s binary is neither next to this executable nor on PATH: run `make build` (it builds ./bin/herald and the service binaries) and run ./bin/herald", name)
 }

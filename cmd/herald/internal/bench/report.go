@@ -135,3 +135,68 @@ func (rep *WebhookReport) WriteTable(w io.Writer) error {
 	writeChecks(w, rep.Checks, rep.Notes)
 	return nil
 }
+
+// WriteJSON writes the report as indented JSON.
+func (rep *UsageReport) WriteJSON(w io.Writer) error { return writeJSON(w, rep) }
+
+// WriteTable writes the report for people.
+func (rep *UsageReport) WriteTable(w io.Writer) error {
+	s, m, x := rep.Settings, rep.Machine, rep.Metered
+	fmt.Fprintf(w, "herald bench usage: %d records/s offered for %s by %d producers (platform/usage Appender: %d records per entry, flush every %s), %.0f%% duplicates; %d tenants, %d applications, %d event types, %d channels; %.0f-byte records; Redis appendfsync %s\n",
+		s.Rate, s.Duration, s.Producers, s.BatchSize, s.FlushEvery, 100*s.Duplicates, s.Tenants, s.Apps, s.Types, s.Channels, s.RecordBytes, s.RedisFsync)
+	fmt.Fprintf(w, "machine: %d CPUs (%s), %d GiB, %s, %s; %s\n", m.CPUs, m.CPUModel, m.MemoryGiB, m.Kernel, m.Go, m.Redis)
+	fmt.Fprintf(w, "load average (1, 5, 15 min): %s at the start, %s at the end\n\n", m.LoadAvgStart, m.LoadAvgEnd)
+
+	fmt.Fprintf(w, "metered: producers -> usage stream -> metering's fold\n")
+	fmt.Fprintf(w, "  appended   %d records (%d unique, %d duplicates) in %.2f s: %.0f records/s (offered %d)\n",
+		x.Appended, x.Unique, x.Duplicates, x.Seconds, x.AppendedPerS, s.Rate)
+	fmt.Fprintf(w, "  folded     the stream was empty %.2f s after the last append: %.0f records/s over the whole phase\n", x.DrainSeconds, x.FoldedPerS)
+	verdict := "met"
+	switch {
+	case s.Rate < s.TargetRate:
+		verdict = "not measured: offered below the target rate"
+	case x.LagP99Ms >= s.TargetLagMs || x.AppendedPerS < 0.95*float64(s.TargetRate):
+		verdict = "NOT met"
+	}
+	fmt.Fprintf(w, "  lag        append to counted, %d probes (one every %s): p50 %.1f ms, p99 %.1f ms, max %.1f ms  (target: < %.0f ms at %d records/s: %s)\n",
+		x.LagSamples, s.ProbeEvery, x.LagP50Ms, x.LagP99Ms, x.LagMaxMs, s.TargetLagMs, s.TargetRate, verdict)
+	fmt.Fprintf(w, "  backlog    at most %d entries in the usage stream\n", x.MaxBacklogEntries)
+	if u := x.Metering; u != nil {
+		fmt.Fprintf(w, "  metering   CPU %.2f s (%.0f%% system), %.2f µs per record; peak RSS %.0f MiB\n", u.CPUSeconds, pct(u.SystemCPUSeconds, u.CPUSeconds), x.MeteringUsPerRec, u.PeakRSSMiB)
+	}
+	if x.RedisCPU != nil {
+		fmt.Fprintf(w, "  redis      CPU %.2f s, %.2f µs per record\n", *x.RedisCPU, x.RedisUsPerRec)
+	}
+	if len(x.RedisCommands) > 0 {
+		fmt.Fprintf(w, "  redis time by command (INFO commandstats; the fold script's calls are inside evalsha):")
+		for _, c := range x.RedisCommands[:min(len(x.RedisCommands), 6)] {
+			fmt.Fprintf(w, " %s %d calls %.1f µs/call %.2f s;", c.Name, c.Calls, c.PerUs, float64(c.Usec)/1e6)
+		}
+		fmt.Fprintln(w)
+	}
+	fmt.Fprintf(w, "  producers  CPU %.2f s (this process: records, Appenders, probes)\n", x.ClientCPU)
+	if r := rep.Raw; r != nil {
+		fmt.Fprintf(w, "\nraw baseline: XADD of %d-record entries (the same encoding), %d clients, nothing folding\n", s.BatchSize, r.Concurrency)
+		fmt.Fprintf(w, "  %d records (%d entries) in %.2f s: %.0f records/s; XADD p50 %.2f ms, p99 %.2f ms", r.Records, r.Entries, r.Seconds, r.RecordsPerS, r.P50Ms, r.P99Ms)
+		if r.RedisCPU != nil {
+			fmt.Fprintf(w, "; redis CPU %.2f s, %.2f µs per record", *r.RedisCPU, r.RedisUsPerRec)
+		}
+		fmt.Fprintln(w)
+		if r.RecordsPerS > 0 {
+			fmt.Fprintf(w, "  metered append rate is %.0f%% of the raw rate; metering folded at %.0f%% of it\n", 100*x.AppendedPerS/r.RecordsPerS, 100*x.FoldedPerS/r.RecordsPerS)
+		}
+	}
+	fmt.Fprintf(w, "\n%6s %10s %16s %12s %7s\n", "second", "appended", "backlog entries", "max lag ms", "probes")
+	for _, t := range rep.Timeline {
+		fmt.Fprintf(w, "%6d %10d %16d %12.1f %7d\n", t.Second, t.Appended, t.BacklogEntries, t.LagMaxMs, t.Probes)
+	}
+	writeChecks(w, rep.Checks, rep.Notes)
+	return nil
+}
+
+func pct(part, whole float64) float64 {
+	if whole <= 0 {
+		return 0
+	}
+	return 100 * part / whole
+}

@@ -11,6 +11,7 @@ import (
 	"github.com/heraldmesh/herald/platform/usage"
 	"github.com/heraldmesh/herald/services/metering/internal/report"
 	"github.com/heraldmesh/herald/services/metering/internal/store"
+	promtest "github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/goleak"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -206,5 +207,32 @@ func TestStopsWhileRedisIsDown(t *testing.T) {
 	stop()
 	if d := time.Since(begun); d > 3*time.Second {
 		t.Errorf("stop took %v", d)
+	}
+}
+
+// TestFoldsLargeReadsInChunks folds a read of many batch entries in chunks
+// of about FoldBytes (here one entry each): every record counts once, a
+// copy in a later entry counts as a duplicate, and the counters agree.
+func TestFoldsLargeReadsInChunks(t *testing.T) {
+	rdb := testutil.RedisClient(t, testutil.Redis(t))
+	st := store.New(rdb)
+	f := New(st, Options{Block: 100 * time.Millisecond, FoldBytes: 1})
+	ctx := context.Background()
+	recs := make([]*meteringv1.UsageRecord, 1000)
+	for i := range recs {
+		recs[i] = record(fmt.Sprintf("c_%d", i), 1)
+	}
+	if err := usage.AppendBatch(ctx, rdb, 100, recs...); err != nil {
+		t.Fatal(err)
+	}
+	if err := usage.AppendBatch(ctx, rdb, 100, recs[:10]...); err != nil { // copies
+		t.Fatal(err)
+	}
+	stop := start(f)
+	defer stop()
+	waitCount(t, st, 1000)
+	testutil.Eventually(t, 5*time.Second, func() bool { return rdb.XLen(ctx, usage.StreamKey).Val() == 0 }, "stream trimmed")
+	if c, d := promtest.ToFloat64(f.counted), promtest.ToFloat64(f.duplicates); c != 1000 || d != 10 {
+		t.Errorf("counted %v, duplicates %v; want 1000 and 10", c, d)
 	}
 }
