@@ -51,6 +51,9 @@ type Config struct {
 	// BillingOutboxInterval is how often unpublished herald.invoice.finalized
 	// events are retried. Default 1s.
 	BillingOutboxInterval time.Duration
+	// BillingClock is the clock billing tells the end of a month by (a
+	// month is invoiced once it has ended). Nil: time.Now. Tests move it.
+	BillingClock func() time.Time
 }
 
 // Service is a metering service: built by New, driven by Run.
@@ -183,7 +186,7 @@ func billings(base *service.Base, cfg Config, usage *store.Store, gwmux *runtime
 	router := routerv1connect.NewRouterServiceClient(rpc.HTTPClient(), rpc.BaseURL(cfg.RouterAddr), rpc.ClientOptions(cfg.AdminKey)...)
 	registry := registryv1connect.NewRegistryServiceClient(rpc.HTTPClient(), rpc.BaseURL(cfg.RegistryAddr), rpc.ClientOptions(cfg.AdminKey)...)
 	h := billing.NewHandler(billing.NewStore(base.Redis), usage, registry, billing.Options{
-		Log: base.Log, Publisher: quota.RouterPublisher{Router: router}, OutboxInterval: cfg.BillingOutboxInterval,
+		Log: base.Log, Publisher: quota.RouterPublisher{Router: router}, OutboxInterval: cfg.BillingOutboxInterval, Now: cfg.BillingClock,
 	})
 	base.Server.Handle(meteringv1connect.NewBillingServiceHandler(h, base.HandlerOptions()...))
 	if err := meteringv1.RegisterBillingServiceHandlerServer(context.Background(), gwmux, billingGRPC{c: gateway.NewCaller(base.GatewayInterceptors()...), h: h}); err != nil {

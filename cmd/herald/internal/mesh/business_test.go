@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"net/url"
 	"slices"
@@ -22,6 +23,7 @@ import (
 	"github.com/heraldmesh/herald/platform/rpc"
 	"github.com/heraldmesh/herald/platform/secretbox"
 	"github.com/heraldmesh/herald/platform/testutil"
+	"github.com/heraldmesh/herald/services/metering"
 )
 
 // meteringProcessEnv, set to 1, makes this test binary a metering process
@@ -172,7 +174,10 @@ func (b *business) delivered(t *testing.T) map[usageCell]int64 {
 // their first attempt, SSE, long polling, StreamEvents); metering is killed
 // with SIGKILL in the middle and restarted; streams are replayed and
 // webhooks retried and replayed; delivered usage is exactly one per event
-// per consumer per channel.
+// per consumer per channel, and the month's invoices under two plans (an
+// application's and a tenant's, two currencies, graduated and volume tiers,
+// a product and a domain rule, a pinned plan version) and the producers'
+// statements come to the minor unit worked out by hand.
 func TestBusinessEndToEnd(t *testing.T) {
 	b := startBusiness(t)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -281,6 +286,150 @@ func TestBusinessEndToEnd(t *testing.T) {
 	time.Sleep(1500 * time.Millisecond)
 	if got = b.delivered(t); fmt.Sprint(sortedCells(got)) != fmt.Sprint(sortedCells(want)) {
 		t.Fatalf("delivered usage moved to %v, want %v", sortedCells(got), sortedCells(want))
+	}
+	b.invoiceTheMonth(t)
+}
+
+// invoiceTheMonth prices the test's traffic under two plans, and checks the
+// invoices and producer statements against amounts worked out by hand here,
+// not by the pricing code. A month is invoiced once it has ended, so this
+// runs a second metering whose billing clock is a month ahead.
+func (b *business) invoiceTheMonth(t *testing.T) {
+	t.Helper()
+	ctx := context.Background()
+	mcfg, err := metering.ConfigFromEnv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	mcfg.Common, mcfg.Logger, mcfg.Addr = b.common, slog.New(slog.DiscardHandler), testutil.FreeAddr(t)
+	mcfg.BillingClock = func() time.Time { return time.Now().AddDate(0, 1, 5) }
+	later, err := metering.New(mcfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	testutil.Serve(t, later)
+	waitReady(t, mcfg.Addr)
+	bill := meteringv1connect.NewBillingServiceClient(rpc.HTTPClient(), rpc.BaseURL(mcfg.Addr), rpc.ClientOptions(adminKey)...)
+	// The billing systems' subscription: every finalized invoice is an event.
+	finalized, closeFinalized := b.subscribe("types=herald.invoice.finalized&access_token="+adminKey, "")
+	defer closeFinalized()
+
+	kolkata, err := time.LoadLocation("Asia/Kolkata")
+	if err != nil {
+		t.Fatal(err)
+	}
+	monthUTC, monthIST := time.Now().UTC().Format("2006-01"), time.Now().In(kolkata).Format("2006-01")
+	buyer1 := b.apps["buyer-1"]
+	makerA, makerB := b.apps["maker-a"].id, b.apps["maker-b"].id
+
+	// growth, version 1 (USD): a monthly fee, shop.order.paid graduated
+	// (the first 5 at 10, the rest at 4), the orders product flat at 7,
+	// anything else 2; 30% to the producers. Version 2 changes every price:
+	// buyer-1's assignment pins version 1.
+	growth := &meteringv1.PlanVersion{
+		Currency: "USD", MonthlyFeeMinor: 1000, DefaultUnitPriceMinor: 2, RevenueShareBps: 3000,
+		Rules: []*meteringv1.PriceRule{
+			{EventType: "shop.order.paid", Model: meteringv1.PricingModel_PRICING_MODEL_GRADUATED, Tiers: []*meteringv1.PriceTier{{UpTo: 5, UnitPriceMinor: 10}, {UnitPriceMinor: 4}}},
+			{Product: "orders", Model: meteringv1.PricingModel_PRICING_MODEL_FLAT, UnitPriceMinor: 7},
+		},
+	}
+	if _, err := bill.CreatePlan(ctx, connect.NewRequest(&meteringv1.CreatePlanRequest{PlanId: "growth", Name: "Growth", Version: growth})); err != nil {
+		t.Fatalf("CreatePlan growth: %v", err)
+	}
+	v2 := &meteringv1.PlanVersion{Currency: "USD", MonthlyFeeMinor: 5000, DefaultUnitPriceMinor: 50}
+	if _, err := bill.CreatePlanVersion(ctx, connect.NewRequest(&meteringv1.CreatePlanVersionRequest{PlanId: "growth", Version: v2})); err != nil {
+		t.Fatalf("CreatePlanVersion: %v", err)
+	}
+	// scale (EUR, months in Kolkata): the shop domain in volume tiers (up
+	// to 10 at 9 each, beyond that every unit at 6), anything else 3; 15%
+	// to the producers. For the whole globex tenant.
+	scale := &meteringv1.PlanVersion{
+		Currency: "EUR", MonthlyFeeMinor: 500, DefaultUnitPriceMinor: 3, RevenueShareBps: 1500, TimeZone: "Asia/Kolkata",
+		Rules: []*meteringv1.PriceRule{
+			{Domain: "shop", Model: meteringv1.PricingModel_PRICING_MODEL_VOLUME, Tiers: []*meteringv1.PriceTier{{UpTo: 10, UnitPriceMinor: 9}, {UnitPriceMinor: 6}}},
+		},
+	}
+	if _, err := bill.CreatePlan(ctx, connect.NewRequest(&meteringv1.CreatePlanRequest{PlanId: "scale", Name: "Scale", Version: scale})); err != nil {
+		t.Fatalf("CreatePlan scale: %v", err)
+	}
+	if _, err := bill.AssignPlan(ctx, connect.NewRequest(&meteringv1.AssignPlanRequest{ApplicationId: buyer1.id, PlanId: "growth", PlanVersion: 1, StartMonth: monthUTC})); err != nil {
+		t.Fatalf("AssignPlan growth: %v", err)
+	}
+	if _, err := bill.AssignPlan(ctx, connect.NewRequest(&meteringv1.AssignPlanRequest{Tenant: "globex", PlanId: "scale", PlanVersion: 1, StartMonth: monthIST})); err != nil {
+		t.Fatalf("AssignPlan scale: %v", err)
+	}
+
+	// buyer-1 got 7 paid orders (maker-a), 4 sent orders and 5 parcels
+	// (maker-b): 5*10 + 2*4 = 58 for the paid orders, 4*7 = 28 for the
+	// orders product, 5*2 = 10 for the rest: usage 96, total 1096. The
+	// pool is floor(96 * 30%) = 28, split 58:38 between maker-a and
+	// maker-b: 16.92 and 11.08, the one left over to the larger remainder:
+	// 17 and 11.
+	// globex (buyer-2) got 7 paid orders (maker-a) and 4 sent (maker-b):
+	// 11 shop units, past the first tier, so all at 6: 66; 5 parcels at 3:
+	// 15. Usage 81, total 581. The shop line is 42 for maker-a and 24 for
+	// maker-b (7:4 of 66), so the revenues are 42 and 39; the pool
+	// floor(81 * 15%) = 12 splits into 6.22 and 5.78: 6 and 6.
+	invoices := map[string]*meteringv1.Invoice{}
+	for _, c := range []struct {
+		name         string
+		req          *meteringv1.FinalizeInvoiceRequest
+		currency     string
+		usage, total int64
+		shares       map[string]int64
+	}{
+		{"buyer-1", &meteringv1.FinalizeInvoiceRequest{ApplicationId: buyer1.id, Month: monthUTC}, "USD", 96, 1096, map[string]int64{makerA: 17, makerB: 11}},
+		{"globex", &meteringv1.FinalizeInvoiceRequest{Tenant: "globex", Month: monthIST}, "EUR", 81, 581, map[string]int64{makerA: 6, makerB: 6}},
+	} {
+		res, err := bill.FinalizeInvoice(ctx, connect.NewRequest(c.req))
+		if err != nil {
+			t.Fatalf("finalize %s: %v", c.name, err)
+		}
+		inv := res.Msg.GetInvoice()
+		shares := map[string]int64{}
+		for _, s := range inv.GetProducerShares() {
+			shares[s.GetProducerApplicationId()] = s.GetShareMinor()
+		}
+		if inv.GetStatus() != meteringv1.InvoiceStatus_INVOICE_STATUS_FINALIZED || inv.GetCurrency() != c.currency || inv.GetUsageMinor() != c.usage ||
+			inv.GetTotalMinor() != c.total || fmt.Sprint(shares) != fmt.Sprint(c.shares) {
+			t.Errorf("%s invoice: %s %s usage %d total %d shares %v; want FINALIZED %s usage %d total %d shares %v\nlines: %v",
+				c.name, inv.GetStatus(), inv.GetCurrency(), inv.GetUsageMinor(), inv.GetTotalMinor(), shares, c.currency, c.usage, c.total, c.shares, inv.GetLines())
+		}
+		// Finalizing again answers the same invoice.
+		again, err := bill.FinalizeInvoice(ctx, connect.NewRequest(c.req))
+		if err != nil || again.Msg.GetInvoice().GetId() != inv.GetId() || again.Msg.GetInvoice().GetTotalMinor() != c.total {
+			t.Errorf("%s finalized again: %v %v", c.name, again, err)
+		}
+		invoices[inv.GetId()] = inv
+	}
+	for _, c := range []struct {
+		producer string
+		want     string
+	}{{makerA, "[EUR:6 USD:17]"}, {makerB, "[EUR:6 USD:11]"}} {
+		var totals []string
+		for _, month := range slices.Compact([]string{monthIST, monthUTC}) {
+			res, err := bill.GetProducerStatement(ctx, connect.NewRequest(&meteringv1.GetProducerStatementRequest{ProducerApplicationId: c.producer, Month: month}))
+			if err != nil {
+				t.Fatalf("statement: %v", err)
+			}
+			for _, m := range res.Msg.GetStatement().GetTotals() {
+				totals = append(totals, fmt.Sprintf("%s:%d", m.GetCurrency(), m.GetAmountMinor()))
+			}
+		}
+		slices.Sort(totals)
+		if fmt.Sprint(totals) != c.want {
+			t.Errorf("statement of %s: %v, want %s", c.producer, totals, c.want)
+		}
+	}
+	// One herald.invoice.finalized per invoice, whose id is the invoice's.
+	for range invoices {
+		ev := next(t, finalized)
+		var ce struct {
+			ID string `json:"id"`
+		}
+		if err := json.Unmarshal([]byte(ev.data), &ce); err != nil || invoices[ce.ID] == nil {
+			t.Errorf("finalized event %s names no invoice of the test: %v", ev.data, err)
+		}
 	}
 }
 
