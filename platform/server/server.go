@@ -56,6 +56,7 @@ type Server struct {
 	metrics  *prometheus.Registry
 	opts     Options
 	public   map[string]bool // mux patterns served without a key
+	selfAuth map[string]bool // mux patterns whose handler authenticates
 	rpc      map[string]bool // mux patterns of RPC services
 	conns    *connTracker
 
@@ -75,7 +76,7 @@ func New(name string, log *slog.Logger, metrics *prometheus.Registry) *Server {
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Server{
 		name: name, log: log, mux: http.NewServeMux(), metrics: metrics, streams: ctx, stopStreams: cancel,
-		public: map[string]bool{}, rpc: map[string]bool{}, opts: Options{BodyReadTimeout: DefaultBodyReadTimeout},
+		public: map[string]bool{}, selfAuth: map[string]bool{}, rpc: map[string]bool{}, opts: Options{BodyReadTimeout: DefaultBodyReadTimeout},
 	}
 }
 
@@ -122,6 +123,16 @@ func (s *Server) UseTLS(certFile, keyFile string) error {
 // (documents that describe the API, not its data).
 func (s *Server) HandlePublic(pattern string, h http.Handler) {
 	s.public[pattern] = true
+	s.mux.Handle(pattern, h)
+}
+
+// HandleSelfAuth mounts a plain HTTP handler that authenticates its
+// requests itself, from their headers and before reading their bodies (the
+// metering dashboard's routes, which accept a session cookie besides a
+// bearer key). The gate skips authentication for it but applies the
+// connection ceiling and the body read deadline.
+func (s *Server) HandleSelfAuth(pattern string, h http.Handler) {
+	s.selfAuth[pattern] = true
 	s.mux.Handle(pattern, h)
 }
 
