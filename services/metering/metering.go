@@ -23,6 +23,7 @@ import (
 	"github.com/heraldmesh/herald/platform/config"
 	"github.com/heraldmesh/herald/platform/rpc"
 	"github.com/heraldmesh/herald/platform/service"
+	"github.com/heraldmesh/herald/services/metering/internal/billing"
 	"github.com/heraldmesh/herald/services/metering/internal/dashboard"
 	"github.com/heraldmesh/herald/services/metering/internal/fold"
 	"github.com/heraldmesh/herald/services/metering/internal/gateway"
@@ -49,6 +50,9 @@ type Config struct {
 	// QuotaInterval is how often usage is compared with the quotas.
 	// Default 200ms: a hard quota takes effect within a second.
 	QuotaInterval time.Duration
+	// BillingOutboxInterval is how often unpublished herald.invoice.finalized
+	// events are retried. Default 1s.
+	BillingOutboxInterval time.Duration
 	// DashboardSessionTTL is how long a dashboard sign-in lasts.
 	// Default 30m.
 	DashboardSessionTTL time.Duration
@@ -88,6 +92,9 @@ func New(cfg Config) (*Service, error) {
 		return nil, fmt.Errorf("metering: gateway: %w", err)
 	}
 	if err := quotas(base, cfg, gwmux); err != nil {
+		return nil, err
+	}
+	if err := billings(base, cfg, st, gwmux); err != nil {
 		return nil, err
 	}
 	// The operator dashboard: the page, its sign-in and sign-out; the REST
@@ -178,4 +185,86 @@ func (g quotaGRPC) ListQuotas(ctx context.Context, r *meteringv1.ListQuotasReque
 
 func (g quotaGRPC) GetQuotaStatus(ctx context.Context, r *meteringv1.GetQuotaStatusRequest) (*meteringv1.GetQuotaStatusResponse, error) {
 	return gateway.Call(ctx, g.c, r, g.h.GetQuotaStatus)
+}
+
+// billings serves BillingService (Connect, gRPC and the REST gateway on
+// gwmux, plus the invoice export download) and runs the loop that
+// publishes herald.invoice.finalized from the outbox.
+func billings(base *service.Base, cfg Config, usage *store.Store, gwmux *runtime.ServeMux) error {
+	router := routerv1connect.NewRouterServiceClient(rpc.HTTPClient(), rpc.BaseURL(cfg.RouterAddr), rpc.ClientOptions(cfg.AdminKey)...)
+	registry := registryv1connect.NewRegistryServiceClient(rpc.HTTPClient(), rpc.BaseURL(cfg.RegistryAddr), rpc.ClientOptions(cfg.AdminKey)...)
+	h := billing.NewHandler(billing.NewStore(base.Redis), usage, registry, billing.Options{
+		Log: base.Log, Publisher: quota.RouterPublisher{Router: router}, OutboxInterval: cfg.BillingOutboxInterval,
+	})
+	base.Server.Handle(meteringv1connect.NewBillingServiceHandler(h, base.HandlerOptions()...))
+	if err := meteringv1.RegisterBillingServiceHandlerServer(context.Background(), gwmux, billingGRPC{c: gateway.NewCaller(base.GatewayInterceptors()...), h: h}); err != nil {
+		return fmt.Errorf("metering: billing gateway: %w", err)
+	}
+	// A plain download, on the gateway's mux (behind the same /v1/
+	// authentication): registered last, so it is matched before
+	// GET /v1/invoices/{invoice_id}.
+	if err := gwmux.HandlePath(http.MethodGet, "/v1/invoices/{invoice_id}/export", h.Export); err != nil {
+		return fmt.Errorf("metering: billing export: %w", err)
+	}
+	base.Go(h.Run)
+	return nil
+}
+
+// billingGRPC is BillingService as the gateway calls it.
+type billingGRPC struct {
+	meteringv1.UnimplementedBillingServiceServer
+	c *gateway.Caller
+	h *billing.Handler
+}
+
+func (g billingGRPC) CreatePlan(ctx context.Context, r *meteringv1.CreatePlanRequest) (*meteringv1.CreatePlanResponse, error) {
+	return gateway.Call(ctx, g.c, r, g.h.CreatePlan)
+}
+
+func (g billingGRPC) CreatePlanVersion(ctx context.Context, r *meteringv1.CreatePlanVersionRequest) (*meteringv1.CreatePlanVersionResponse, error) {
+	return gateway.Call(ctx, g.c, r, g.h.CreatePlanVersion)
+}
+
+func (g billingGRPC) ListPlans(ctx context.Context, r *meteringv1.ListPlansRequest) (*meteringv1.ListPlansResponse, error) {
+	return gateway.Call(ctx, g.c, r, g.h.ListPlans)
+}
+
+func (g billingGRPC) GetPlan(ctx context.Context, r *meteringv1.GetPlanRequest) (*meteringv1.GetPlanResponse, error) {
+	return gateway.Call(ctx, g.c, r, g.h.GetPlan)
+}
+
+func (g billingGRPC) AssignPlan(ctx context.Context, r *meteringv1.AssignPlanRequest) (*meteringv1.AssignPlanResponse, error) {
+	return gateway.Call(ctx, g.c, r, g.h.AssignPlan)
+}
+
+func (g billingGRPC) ListAssignments(ctx context.Context, r *meteringv1.ListAssignmentsRequest) (*meteringv1.ListAssignmentsResponse, error) {
+	return gateway.Call(ctx, g.c, r, g.h.ListAssignments)
+}
+
+func (g billingGRPC) DeleteAssignment(ctx context.Context, r *meteringv1.DeleteAssignmentRequest) (*meteringv1.DeleteAssignmentResponse, error) {
+	return gateway.Call(ctx, g.c, r, g.h.DeleteAssignment)
+}
+
+func (g billingGRPC) FinalizeInvoice(ctx context.Context, r *meteringv1.FinalizeInvoiceRequest) (*meteringv1.FinalizeInvoiceResponse, error) {
+	return gateway.Call(ctx, g.c, r, g.h.FinalizeInvoice)
+}
+
+func (g billingGRPC) ListInvoices(ctx context.Context, r *meteringv1.ListInvoicesRequest) (*meteringv1.ListInvoicesResponse, error) {
+	return gateway.Call(ctx, g.c, r, g.h.ListInvoices)
+}
+
+func (g billingGRPC) GetInvoice(ctx context.Context, r *meteringv1.GetInvoiceRequest) (*meteringv1.GetInvoiceResponse, error) {
+	return gateway.Call(ctx, g.c, r, g.h.GetInvoice)
+}
+
+func (g billingGRPC) PreviewInvoice(ctx context.Context, r *meteringv1.PreviewInvoiceRequest) (*meteringv1.PreviewInvoiceResponse, error) {
+	return gateway.Call(ctx, g.c, r, g.h.PreviewInvoice)
+}
+
+func (g billingGRPC) CreateCreditNote(ctx context.Context, r *meteringv1.CreateCreditNoteRequest) (*meteringv1.CreateCreditNoteResponse, error) {
+	return gateway.Call(ctx, g.c, r, g.h.CreateCreditNote)
+}
+
+func (g billingGRPC) GetProducerStatement(ctx context.Context, r *meteringv1.GetProducerStatementRequest) (*meteringv1.GetProducerStatementResponse, error) {
+	return gateway.Call(ctx, g.c, r, g.h.GetProducerStatement)
 }

@@ -252,7 +252,7 @@ func TestEventTypes(t *testing.T) {
 		return strings.Join(out, ",")
 	}
 	all := must(e.admin.ListEventTypes(ctx, connect.NewRequest(&registryv1.ListEventTypesRequest{}))).msg(t).GetEventTypes()
-	if got := names(all); got != "billing.invoice.created,billing.invoice.paid,herald.endpoint.disabled,herald.endpoint.ping,herald.quota.warning,identity.user.created" {
+	if got := names(all); got != "billing.invoice.created,billing.invoice.paid,herald.endpoint.disabled,herald.endpoint.ping,herald.invoice.finalized,herald.quota.warning,identity.user.created" {
 		t.Errorf("list: %s", got)
 	}
 	billing := must(e.admin.ListEventTypes(ctx, connect.NewRequest(&registryv1.ListEventTypesRequest{Domain: "billing"}))).msg(t).GetEventTypes()
@@ -262,9 +262,11 @@ func TestEventTypes(t *testing.T) {
 	page1 := must(e.admin.ListEventTypes(ctx, connect.NewRequest(&registryv1.ListEventTypesRequest{PageSize: 2}))).msg(t)
 	page2 := must(e.admin.ListEventTypes(ctx, connect.NewRequest(&registryv1.ListEventTypesRequest{PageSize: 2, PageToken: page1.GetNextPageToken()}))).msg(t)
 	page3 := must(e.admin.ListEventTypes(ctx, connect.NewRequest(&registryv1.ListEventTypesRequest{PageSize: 2, PageToken: page2.GetNextPageToken()}))).msg(t)
+	page4 := must(e.admin.ListEventTypes(ctx, connect.NewRequest(&registryv1.ListEventTypesRequest{PageSize: 2, PageToken: page3.GetNextPageToken()}))).msg(t)
 	if names(page1.GetEventTypes()) != "billing.invoice.created,billing.invoice.paid" || names(page2.GetEventTypes()) != "herald.endpoint.disabled,herald.endpoint.ping" ||
-		names(page3.GetEventTypes()) != "herald.quota.warning,identity.user.created" || page3.GetNextPageToken() != "" {
-		t.Errorf("pages: %s | %s | %s (%q)", names(page1.GetEventTypes()), names(page2.GetEventTypes()), names(page3.GetEventTypes()), page3.GetNextPageToken())
+		names(page3.GetEventTypes()) != "herald.invoice.finalized,herald.quota.warning" ||
+		names(page4.GetEventTypes()) != "identity.user.created" || page4.GetNextPageToken() != "" {
+		t.Errorf("pages: %s | %s | %s | %s (%q)", names(page1.GetEventTypes()), names(page2.GetEventTypes()), names(page3.GetEventTypes()), names(page4.GetEventTypes()), page4.GetNextPageToken())
 	}
 
 	// Metadata changes; the schema does not.

@@ -143,8 +143,8 @@ func TestVisibility(t *testing.T) {
 		products string
 	}{
 		// The herald domain's types (registered at start) are internal.
-		{registryv1.Audience_AUDIENCE_UNSPECIFIED, "billing.audit.logged,billing.invoice.paid,herald.endpoint.disabled,herald.endpoint.ping,herald.quota.warning,identity.user.created,ops.disk.full", "billing,herald,identity,ops", "billing-all,identity-all,ops-all"},
-		{registryv1.Audience_AUDIENCE_INTERNAL, "billing.audit.logged,billing.invoice.paid,herald.endpoint.disabled,herald.endpoint.ping,herald.quota.warning,identity.user.created,ops.disk.full", "billing,herald,identity,ops", "billing-all,identity-all,ops-all"},
+		{registryv1.Audience_AUDIENCE_UNSPECIFIED, "billing.audit.logged,billing.invoice.paid,herald.endpoint.disabled,herald.endpoint.ping,herald.invoice.finalized,herald.quota.warning,identity.user.created,ops.disk.full", "billing,herald,identity,ops", "billing-all,identity-all,ops-all"},
+		{registryv1.Audience_AUDIENCE_INTERNAL, "billing.audit.logged,billing.invoice.paid,herald.endpoint.disabled,herald.endpoint.ping,herald.invoice.finalized,herald.quota.warning,identity.user.created,ops.disk.full", "billing,herald,identity,ops", "billing-all,identity-all,ops-all"},
 		{registryv1.Audience_AUDIENCE_PARTNER, "billing.invoice.paid,identity.user.created", "billing,identity", "billing-all,identity-all"},
 		{registryv1.Audience_AUDIENCE_PUBLIC, "identity.user.created", "identity", "identity-all"},
 	} {

@@ -145,7 +145,7 @@ func TestWatchFromZero(t *testing.T) {
 			t.Errorf("unexpected snapshot message: %v", m)
 		}
 	}
-	want := []string{"domain billing", "domain herald", "type billing.invoice.paid", "type herald.endpoint.disabled", "type herald.endpoint.ping", "type herald.quota.warning", "product pro", "application shop", "key", "subscription"}
+	want := []string{"domain billing", "domain herald", "type billing.invoice.paid", "type herald.endpoint.disabled", "type herald.endpoint.ping", "type herald.invoice.finalized", "type herald.quota.warning", "product pro", "application shop", "key", "subscription"}
 	if len(kinds) != len(want) {
 		t.Fatalf("snapshot: %v, want %v", kinds, want)
 	}

@@ -859,8 +859,8 @@ func TestMeshCatalog(t *testing.T) {
 	}
 	check()
 	rev := e.revision(t)
-	if rev != 4 {
-		t.Errorf("revision %d after start, want 4 (the domain and three types)", rev)
+	if rev != 5 {
+		t.Errorf("revision %d after start, want 5 (the domain and four types)", rev)
 	}
 	w := e.watch(t, 0)
 	_, msgs := w.snapshot(t)
@@ -873,7 +873,7 @@ func TestMeshCatalog(t *testing.T) {
 			names = append(names, et.GetName())
 		}
 	}
-	if strings.Join(names, ",") != "herald,herald.endpoint.disabled,herald.endpoint.ping,herald.quota.warning" {
+	if strings.Join(names, ",") != "herald,herald.endpoint.disabled,herald.endpoint.ping,herald.invoice.finalized,herald.quota.warning" {
 		t.Errorf("watched: %v", names)
 	}
 	// Restart on the same Redis, twice at once as two replicas would.

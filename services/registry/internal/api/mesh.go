@@ -21,7 +21,28 @@ const (
 	// QuotaWarningType is published by metering when a soft quota reaches
 	// 80% and 100% of its limit, once each per period.
 	QuotaWarningType = "herald.quota.warning"
+	// InvoiceFinalizedType is published by metering when an invoice is
+	// finalized, once per invoice (its id is the event id).
+	InvoiceFinalizedType = "herald.invoice.finalized"
 )
+
+const invoiceFinalizedSchema = `{
+  "$schema": "https://json-schema.org/draft/2020-12/schema",
+  "type": "object",
+  "required": ["invoice_id", "tenant", "month", "currency", "subtotal_minor", "total_minor", "finalize_time"],
+  "properties": {
+    "invoice_id": {"type": "string", "description": "The invoice (BillingService.GetInvoice)."},
+    "application_id": {"type": "string", "description": "The application billed; empty for a tenant invoice."},
+    "tenant": {"type": "string", "description": "The tenant billed, or the application's tenant."},
+    "month": {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}$", "description": "The month billed (YYYY-MM, in the plan's time zone)."},
+    "currency": {"type": "string", "description": "ISO 4217 code."},
+    "plan_id": {"type": "string", "description": "The plan priced with."},
+    "plan_version": {"type": "integer", "description": "The plan version priced with."},
+    "subtotal_minor": {"type": "integer", "description": "Sum of the lines, in minor units."},
+    "total_minor": {"type": "integer", "description": "Amount due at finalization, in minor units."},
+    "finalize_time": {"type": "string", "format": "date-time", "description": "When it was finalized (RFC 3339)."}
+  }
+}`
 
 const quotaWarningSchema = `{
   "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -75,6 +96,10 @@ func meshCatalog() (*registryv1.Domain, []*registryv1.EventType) {
 		{
 			Name: QuotaWarningType, Owner: "herald", Schema: quotaWarningSchema,
 			Description: "A soft quota reached 80% or 100% of its limit for the current period: published once per threshold and period by metering.",
+		},
+		{
+			Name: InvoiceFinalizedType, Owner: "herald", Schema: invoiceFinalizedSchema,
+			Description: "An invoice was finalized by metering (BillingService.FinalizeInvoice): published once per invoice, its id the event id; the invoice is immutable from then on.",
 		},
 		{
 			Name: PingType, Owner: "herald", Schema: endpointPingSchema,

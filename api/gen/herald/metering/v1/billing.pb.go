@@ -250,9 +250,9 @@ func (x *PriceTier) GetUnitPriceMinor() int64 {
 // and product is set. The first matching rule of a plan version wins.
 type PriceRule struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// An event type ("shop.order.created") or a pattern whose segments may be
-	// "*" (exactly one segment: "shop.order.*") or a final ">" (one or more
-	// segments: "shop.>").
+	// An event type ("shop.order.created") or a subscription pattern: a
+	// prefix and ".*" ("shop.order.*": every type under shop.order, at any
+	// depth) or "*" (every type).
 	EventType string `protobuf:"bytes,1,opt,name=event_type,json=eventType,proto3" json:"event_type,omitempty"`
 	// A domain: every event type whose first segment is it ("shop").
 	Domain string `protobuf:"bytes,2,opt,name=domain,proto3" json:"domain,omitempty"`
