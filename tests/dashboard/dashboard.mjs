@@ -26,7 +26,7 @@
 //    "points": {"PUBLISHED": [{"start", "events"}], ...} (buckets with events only),
 //    "top": {"consumers": [{"value", "events"}], "producers": [...], "types": [...]},
 //    "deliveries": [{"channel", "delivered", "failed", "retried", "refused", "errorRate", "retryRate", "p50", "p90", "p99"}],
-//    "quotas": [{"id", "used", "limit", "percent", "state"}], "invoices": {"state", "count"},
+//    "quotas": [{"id", "used", "limit", "percent", "state"}], "invoices": {"state", "count", "rows": [{"id", "totalMinor", "currency", "status", "total"}]},
 //    "documentCookie": document.cookie, "foreign": [URLs the page requested from another origin]}
 //   {"seq": n, "kind": "error", "error": "...", ...the page as above, when it can be read}
 //
@@ -119,7 +119,13 @@ async function snapshot(seq) {
       quotas: all('[data-testid="quotas"] tr[data-id]').map((tr) => ({
         id: tr.dataset.id, used: n(tr.dataset.used), limit: n(tr.dataset.limit), percent: n(tr.dataset.percent), state: tr.dataset.state,
       })),
-      invoices: { state: inv.dataset.state, count: n(inv.dataset.count) },
+      invoices: {
+        state: inv.dataset.state, count: n(inv.dataset.count),
+        rows: all('[data-testid="invoices"] tr[data-id]').map((tr) => ({
+          id: tr.dataset.id, totalMinor: tr.dataset.totalMinor, currency: tr.dataset.currency, status: tr.dataset.status,
+          total: tr.querySelector('td:last-child').textContent,
+        })),
+      },
       documentCookie: document.cookie,
     };
   });

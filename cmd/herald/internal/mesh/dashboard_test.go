@@ -55,6 +55,13 @@ type dashboardPage struct {
 	Invoices struct {
 		State string `json:"state"`
 		Count int    `json:"count"`
+		Rows  []struct {
+			ID         string `json:"id"`
+			TotalMinor string `json:"totalMinor"`
+			Currency   string `json:"currency"`
+			Status     string `json:"status"`
+			Total      string `json:"total"`
+		} `json:"rows"`
 	} `json:"invoices"`
 	DocumentCookie string   `json:"documentCookie"`
 	Foreign        []string `json:"foreign"`
@@ -147,6 +154,39 @@ func (e *env) meteringJSON(t *testing.T, path string, q url.Values, into any) {
 	}
 }
 
+// meteringPost POSTs body to a metering REST route with the admin key.
+func (e *env) meteringPost(t *testing.T, path, body string) {
+	t.Helper()
+	e.meteringSend(t, "POST", path, body)
+}
+
+func (e *env) meteringSend(t *testing.T, method, path, body string) {
+	t.Helper()
+	req, _ := http.NewRequest(method, rpc.BaseURL(e.common.MeteringAddr)+path, strings.NewReader(body))
+	req.Header.Set("Authorization", "Bearer "+adminKey)
+	req.Header.Set("Content-Type", "application/json")
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	if res.StatusCode != http.StatusOK {
+		t.Fatalf("%s %s: %d %s", method, path, res.StatusCode, b)
+	}
+}
+
+// mine keeps the entries of the given values, in order.
+func mine(entries []topEntry, values ...string) []topEntry {
+	out := []topEntry{}
+	for _, e := range entries {
+		if slices.Contains(values, e.Value) {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
 type apiTop struct {
 	Entries []struct {
 		Value  string `json:"value"`
@@ -220,6 +260,18 @@ func TestDashboardInChromium(t *testing.T) {
 	ledgerKey, ledgerID := ledger.Msg.GetKey().GetSecret(), ledger.Msg.GetApplication().GetId()
 	e.waitStatus(t, "types=billing.refund.issued&access_token="+ledgerKey, http.StatusOK, "", "the edge knows the ledger's key")
 
+	// An invoice: a plan with a monthly fee, assigned to shop from last
+	// month, and last month's invoice finalized (its herald.invoice.finalized
+	// event is published too: an operator's publish of its own type).
+	lastMonth := time.Now().UTC().AddDate(0, 0, -time.Now().UTC().Day()).Format("2006-01")
+	for _, c := range []struct{ path, body string }{
+		{"/v1/plans", `{"planId":"dash","name":"Dashboard","version":{"currency":"EUR","monthlyFeeMinor":"1999"}}`},
+		{"/v1/assignments", `{"applicationId":"` + e.appID + `","planId":"dash","planVersion":1,"startMonth":"` + lastMonth + `"}`},
+		{"/v1/invoices", `{"applicationId":"` + e.appID + `","month":"` + lastMonth + `"}`},
+	} {
+		e.meteringPost(t, c.path, c.body)
+	}
+
 	shopStream, closeShop := e.subscribe("types=billing.*&access_token="+e.appKey, "")
 	defer closeShop()
 	ledgerStream, closeLedger := e.subscribe("types=billing.refund.issued&access_token="+ledgerKey, "")
@@ -245,27 +297,16 @@ func TestDashboardInChromium(t *testing.T) {
 		next(t, ledgerStream)
 	}
 	// A soft quota, for the quota table.
-	req, _ := http.NewRequest("PUT", rpc.BaseURL(e.common.MeteringAddr)+"/v1/quotas", strings.NewReader(
-		`{"quota":{"scope":"QUOTA_SCOPE_APPLICATION","subject":"`+e.appID+`","metric":"USAGE_METRIC_PUBLISHED","period":"QUOTA_PERIOD_DAY","limit":"1000","mode":"QUOTA_MODE_SOFT"}}`))
-	req.Header.Set("Authorization", "Bearer "+adminKey)
-	req.Header.Set("Content-Type", "application/json")
-	res, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(res.Body)
-	res.Body.Close()
-	if res.StatusCode != http.StatusOK {
-		t.Fatalf("PUT /v1/quotas: %d %s", res.StatusCode, body)
-	}
+	e.meteringSend(t, "PUT", "/v1/quotas", `{"quota":{"scope":"QUOTA_SCOPE_APPLICATION","subject":"`+e.appID+`","metric":"USAGE_METRIC_PUBLISHED","period":"QUOTA_PERIOD_DAY","limit":"1000","mode":"QUOTA_MODE_SOFT"}}`)
 
 	// Wait until metering has counted it all (over the last hour).
 	hourAgo := time.Now().Add(-time.Hour).UTC().Format(time.RFC3339)
 	wantConsumers := []topEntry{{e.appID, 10}, {ledgerID, 5}}
 	wantProducers := []topEntry{{e.appID, 7}, {ledgerID, 3}}
 	testutil.Eventually(t, 20*time.Second, func() bool {
-		return slices.Equal(e.top(t, hourAgo, "USAGE_DIMENSION_APPLICATION", "USAGE_METRIC_DELIVERED"), wantConsumers) &&
-			slices.Equal(e.top(t, hourAgo, "USAGE_DIMENSION_PRODUCER", "USAGE_METRIC_PUBLISHED"), wantProducers)
+		return slices.Equal(mine(e.top(t, hourAgo, "USAGE_DIMENSION_APPLICATION", "USAGE_METRIC_DELIVERED"), e.appID, ledgerID), wantConsumers) &&
+			slices.Equal(mine(e.top(t, hourAgo, "USAGE_DIMENSION_PRODUCER", "USAGE_METRIC_PUBLISHED"), e.appID, ledgerID), wantProducers) &&
+			slices.Equal(mine(e.top(t, hourAgo, "USAGE_DIMENSION_EVENT_TYPE", "USAGE_METRIC_PUBLISHED"), "herald.invoice.finalized"), []topEntry{{"herald.invoice.finalized", 1}})
 	}, "metering never counted the mix")
 	var qs struct {
 		Statuses []struct {
@@ -344,21 +385,24 @@ func TestDashboardInChromium(t *testing.T) {
 			t.Errorf("chart %s: total %d, buckets %v; the API answers %d, %v", metric, p.Series[metric], got, total, want)
 		}
 	}
-	if p.Series["PUBLISHED"] != 10 || p.Series["DELIVERED"] != 15 {
-		t.Errorf("chart shows %d published and %d delivered, want 10 and 15", p.Series["PUBLISHED"], p.Series["DELIVERED"])
+	// 10 published by shop and ledger and the operator's herald.invoice.finalized.
+	if p.Series["PUBLISHED"] != 11 || p.Series["DELIVERED"] != 15 {
+		t.Errorf("chart shows %d published and %d delivered, want 11 and 15", p.Series["PUBLISHED"], p.Series["DELIVERED"])
 	}
 
 	// The top lists: what TopUsage answers, and what was sent.
 	for _, c := range []struct {
 		list, dimension, metric string
 		want                    []topEntry
+		of                      []string
 	}{
-		{"consumers", "USAGE_DIMENSION_APPLICATION", "USAGE_METRIC_DELIVERED", wantConsumers},
-		{"producers", "USAGE_DIMENSION_PRODUCER", "USAGE_METRIC_PUBLISHED", wantProducers},
-		{"types", "USAGE_DIMENSION_EVENT_TYPE", "USAGE_METRIC_PUBLISHED", []topEntry{{"billing.invoice.paid", 5}, {"billing.refund.issued", 5}}},
+		{"consumers", "USAGE_DIMENSION_APPLICATION", "USAGE_METRIC_DELIVERED", wantConsumers, []string{e.appID, ledgerID}},
+		{"producers", "USAGE_DIMENSION_PRODUCER", "USAGE_METRIC_PUBLISHED", wantProducers, []string{e.appID, ledgerID}},
+		{"types", "USAGE_DIMENSION_EVENT_TYPE", "USAGE_METRIC_PUBLISHED", []topEntry{{"billing.invoice.paid", 5}, {"billing.refund.issued", 5}, {"herald.invoice.finalized", 1}},
+			[]string{"billing.invoice.paid", "billing.refund.issued", "herald.invoice.finalized"}},
 	} {
 		api := e.top(t, p.Start, c.dimension, c.metric)
-		if !slices.Equal(p.Top[c.list], api) || !slices.Equal(api, c.want) {
+		if !slices.Equal(p.Top[c.list], api) || !slices.Equal(mine(api, c.of...), c.want) {
 			t.Errorf("top %s: page %v, API %v, want %v", c.list, p.Top[c.list], api, c.want)
 		}
 	}
@@ -395,16 +439,21 @@ func TestDashboardInChromium(t *testing.T) {
 	if len(p.Quotas) != 1 || p.Quotas[0].Used != 7 || p.Quotas[0].Limit != 1000 || p.Quotas[0].State != "OK" {
 		t.Errorf("quotas: page %+v, want shop's 7 of 1000, OK", p.Quotas)
 	}
-	if p.Invoices.State == "ok" {
-		var inv struct {
-			Invoices []json.RawMessage `json:"invoices"`
-		}
-		e.meteringJSON(t, "/v1/invoices", nil, &inv)
-		if p.Invoices.Count != len(inv.Invoices) {
-			t.Errorf("invoices: page shows %d, the API %d", p.Invoices.Count, len(inv.Invoices))
-		}
-	} else if p.Invoices.State != "unavailable" {
-		t.Errorf("invoices section: %+v", p.Invoices)
+	var inv struct {
+		Invoices []struct {
+			ID         string `json:"id"`
+			TotalMinor string `json:"totalMinor"`
+			Currency   string `json:"currency"`
+			Status     string `json:"status"`
+		} `json:"invoices"`
+	}
+	e.meteringJSON(t, "/v1/invoices", nil, &inv)
+	if p.Invoices.State != "ok" || p.Invoices.Count != 1 || len(inv.Invoices) != 1 || len(p.Invoices.Rows) != 1 {
+		t.Fatalf("invoices: page %+v, API %+v", p.Invoices, inv)
+	}
+	if r, a := p.Invoices.Rows[0], inv.Invoices[0]; r.ID != a.ID || r.TotalMinor != a.TotalMinor || r.Currency != a.Currency || r.Status != a.Status ||
+		a.TotalMinor != "1999" || a.Currency != "EUR" || r.Total != "19.99 EUR" {
+		t.Errorf("invoice: page %+v, API %+v, want 1999 EUR shown as 19.99 EUR", r, a)
 	}
 	if len(p.Foreign) != 0 {
 		t.Errorf("the page loaded from elsewhere: %v", p.Foreign)
