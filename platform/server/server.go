@@ -9,8 +9,10 @@
 //     run, so an interceptor would come too late). Open without a key: only
 //     /healthz, /readyz, /metrics, grpc.health.v1, server reflection (which
 //     describes the APIs, not their data) and routes mounted with
-//     HandlePublic. The principal goes into the request context, where
-//     auth.Interceptor and auth.Middleware find it.
+//     HandlePublic. Routes mounted with HandleSelfAuth authenticate
+//     themselves (metering's dashboard session cookie). The principal goes
+//     into the request context, where auth.Interceptor and auth.Middleware
+//     find it.
 //   - A body read deadline (Options.BodyReadTimeout) for every request
 //     except client- and bidi-streaming RPCs, whose request stream is
 //     long-lived. It is lifted once the body has been read to its end, so
