@@ -52,7 +52,9 @@ test: check-generated lint test-node test-go
 ## the edge's console page; it downloads no browser), tests/eventsource (the npm eventsource library,
 ## following the edge's SSE stream with an application key and reconnecting by itself) and tests/connect
 ## (@connectrpc/connect-node and @bufbuild/protobuf, calling EdgeService.StreamEvents over Connect and
-## gRPC on h2c from descriptors loaded at run time). Node.js >= 20
+## gRPC on h2c from descriptors loaded at run time) and tests/dashboard (playwright-core again, driving
+## metering's operator dashboard: sign-in form, charts and top lists against the API, live counter).
+## Node.js >= 20
 test-node:
 	cd tests/asyncapi && npm ci --no-audit --no-fund --ignore-scripts
 	cd tests/webhooks && npm ci --no-audit --no-fund --ignore-scripts
@@ -61,6 +63,7 @@ test-node:
 	cd tests/console && npm ci --no-audit --no-fund --ignore-scripts
 	cd tests/eventsource && npm ci --no-audit --no-fund --ignore-scripts
 	cd tests/connect && npm ci --no-audit --no-fund --ignore-scripts
+	cd tests/dashboard && npm ci --no-audit --no-fund --ignore-scripts
 
 test-go: tools test-node
 	go test -race -count=1 -timeout 20m $(PKGS)

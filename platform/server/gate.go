@@ -25,7 +25,7 @@ func (s *Server) gate(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ctx := r.Context()
-	if !public && s.opts.Auth != nil {
+	if !public && !s.selfAuth[pattern] && s.opts.Auth != nil {
 		p, err := s.opts.Auth.Request(r, !s.rpc[pattern])
 		if err != nil {
 			refuse(w, r, err, "")

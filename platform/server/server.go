@@ -9,8 +9,10 @@
 //     run, so an interceptor would come too late). Open without a key: only
 //     /healthz, /readyz, /metrics, grpc.health.v1, server reflection (which
 //     describes the APIs, not their data) and routes mounted with
-//     HandlePublic. The principal goes into the request context, where
-//     auth.Interceptor and auth.Middleware find it.
+//     HandlePublic. Routes mounted with HandleSelfAuth authenticate
+//     themselves (metering's dashboard session cookie). The principal goes
+//     into the request context, where auth.Interceptor and auth.Middleware
+//     find it.
 //   - A body read deadline (Options.BodyReadTimeout) for every request
 //     except client- and bidi-streaming RPCs, whose request stream is
 //     long-lived. It is lifted once the body has been read to its end, so
@@ -56,6 +58,7 @@ type Server struct {
 	metrics  *prometheus.Registry
 	opts     Options
 	public   map[string]bool // mux patterns served without a key
+	selfAuth map[string]bool // mux patterns whose handler authenticates
 	rpc      map[string]bool // mux patterns of RPC services
 	conns    *connTracker
 
@@ -75,7 +78,7 @@ func New(name string, log *slog.Logger, metrics *prometheus.Registry) *Server {
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Server{
 		name: name, log: log, mux: http.NewServeMux(), metrics: metrics, streams: ctx, stopStreams: cancel,
-		public: map[string]bool{}, rpc: map[string]bool{}, opts: Options{BodyReadTimeout: DefaultBodyReadTimeout},
+		public: map[string]bool{}, selfAuth: map[string]bool{}, rpc: map[string]bool{}, opts: Options{BodyReadTimeout: DefaultBodyReadTimeout},
 	}
 }
 
@@ -122,6 +125,16 @@ func (s *Server) UseTLS(certFile, keyFile string) error {
 // (documents that describe the API, not its data).
 func (s *Server) HandlePublic(pattern string, h http.Handler) {
 	s.public[pattern] = true
+	s.mux.Handle(pattern, h)
+}
+
+// HandleSelfAuth mounts a plain HTTP handler that authenticates its
+// requests itself, from their headers and before reading their bodies (the
+// metering dashboard's routes, which accept a session cookie besides a
+// bearer key). The gate skips authentication for it but applies the
+// connection ceiling and the body read deadline.
+func (s *Server) HandleSelfAuth(pattern string, h http.Handler) {
+	s.selfAuth[pattern] = true
 	s.mux.Handle(pattern, h)
 }
 

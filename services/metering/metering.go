@@ -2,7 +2,8 @@
 // router and edge append to Redis into hourly counters, exactly once, and
 // answers usage queries over Connect, gRPC, gRPC-Web and a REST gateway
 // (GET /v1/usage, described by GET /openapi.json, served in process by
-// grpc-gateway), all on one port.
+// grpc-gateway), all on one port, with the operator dashboard at
+// GET /dashboard.
 package metering
 
 import (
@@ -23,6 +24,7 @@ import (
 	"github.com/heraldmesh/herald/platform/rpc"
 	"github.com/heraldmesh/herald/platform/service"
 	"github.com/heraldmesh/herald/services/metering/internal/billing"
+	"github.com/heraldmesh/herald/services/metering/internal/dashboard"
 	"github.com/heraldmesh/herald/services/metering/internal/fold"
 	"github.com/heraldmesh/herald/services/metering/internal/gateway"
 	"github.com/heraldmesh/herald/services/metering/internal/quota"
@@ -54,6 +56,9 @@ type Config struct {
 	// BillingClock is the clock billing tells the end of a month by (a
 	// month is invoiced once it has ended). Nil: time.Now. Tests move it.
 	BillingClock func() time.Time
+	// DashboardSessionTTL is how long a dashboard sign-in lasts.
+	// Default 30m.
+	DashboardSessionTTL time.Duration
 }
 
 // Service is a metering service: built by New, driven by Run.
@@ -95,7 +100,13 @@ func New(cfg Config) (*Service, error) {
 	if err := billings(base, cfg, st, gwmux); err != nil {
 		return nil, err
 	}
-	base.Server.HandleHTTP("/v1/", base.Auth.Middleware(false, gwmux))
+	// The operator dashboard: the page, its sign-in and sign-out; the REST
+	// routes accept its session cookie besides a bearer key.
+	dash := dashboard.New(base.Auth, base.Redis, cfg.DashboardSessionTTL, base.Log)
+	base.Server.HandlePublic("GET /dashboard", http.HandlerFunc(dash.ServePage))
+	base.Server.HandleSelfAuth("POST /dashboard/session", http.HandlerFunc(dash.SignIn))
+	base.Server.HandleSelfAuth("DELETE /dashboard/session", http.HandlerFunc(dash.SignOut))
+	base.Server.HandleSelfAuth("/v1/", dash.Middleware(base.Auth.Middleware(false, gwmux)))
 	base.Server.HandlePublic("GET /openapi.json", http.HandlerFunc(serveOpenAPI))
 	base.Server.OnReady(folder.Ready)
 	base.Go(func(ctx context.Context) error { folder.Run(ctx); return nil })

@@ -122,13 +122,20 @@ type running struct {
 }
 
 // start runs a metering service in-process on a free port until stop.
-func (e *env) start(t *testing.T) *running {
+func (e *env) start(t *testing.T) *running { t.Helper(); return e.startWith(t, nil) }
+
+// startWith is start with the configuration changed by set.
+func (e *env) startWith(t *testing.T, set func(*metering.Config)) *running {
 	t.Helper()
-	svc, err := metering.New(metering.Config{
+	cfg := metering.Config{
 		Common: config.Common{RedisURL: e.redisURL, AdminKey: adminKey, RegistryAddr: e.registryAddr},
 		Addr:   "127.0.0.1:0",
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-	})
+	}
+	if set != nil {
+		set(&cfg)
+	}
+	svc, err := metering.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
