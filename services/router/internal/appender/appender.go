@@ -6,9 +6,11 @@
 //
 //	herald:log:numbers            hash, stream key -> the stream's number (1..2^24-1),
 //	                               stamped into its entry ids (see appendScript)
-//	herald:count:{<tag>}           hash, "<hour>|<account>" -> events the account
-//	                               appended to the stream in that hour (hours since
-//	                               the epoch, on the clock that stamps the ids):
+//	herald:count:{<tag>}           hash, "m<minute>|<account>" -> events the account
+//	                               appended to the stream in that minute (minutes
+//	                               since the epoch, on the clock that stamps the ids;
+//	                               fields "<hour>|<account>" of older routers count
+//	                               per hour):
 //	                               published usage, counted in the append script,
 //	                               so exactly once; Meter moves it to metering
 //	herald:dedupe:{<tag>}:<hex>    string, the cursor of the event whose
@@ -106,9 +108,9 @@ for i = 3, #KEYS do
   a = a + 2 + nf
 end
 if added > 0 then
-  local hour = string.format('%.0f', math.floor(ms / 3600000))
+  local minute = string.format('m%.0f', math.floor(ms / 60000))
   for account, n in pairs(counts) do
-    redis.call('HINCRBY', KEYS[2], hour .. '|' .. account, n)
+    redis.call('HINCRBY', KEYS[2], minute .. '|' .. account, n)
   end
   redis.call('XTRIM', KEYS[1], 'MAXLEN', '~', ARGV[2])
   local maxAge = tonumber(ARGV[3])

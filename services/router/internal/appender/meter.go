@@ -18,13 +18,14 @@ import (
 )
 
 // CountKey is the hash that counts what each account published to a stream
-// per hour (tag: the stream's hash tag, <type> or <type>#<partition>). The
+// per minute (tag: the stream's hash tag, <type> or <type>#<partition>). The
 // append script increments it with the append, so it shares the stream's
 // hash tag.
 func CountKey(tag string) string { return "herald:count:{" + tag + "}" }
 
 // MovedKey remembers how much of each count is already in the usage stream:
-// field "<tag>|<hour>|<account>" -> the count moved. It shares the usage
+// field "<tag>|<period>|<account>" -> the count moved, the period being
+// "m<minute>" (or "<hour>", written by older routers). It shares the usage
 // stream's hash tag, so a move is one script on one shard.
 const MovedKey = "herald:{usage}:published"
 
@@ -59,7 +60,7 @@ type MeterOptions struct {
 	Interval time.Duration
 	// Log receives failed moves; nil discards them.
 	Log *slog.Logger
-	// Now is the clock that decides which hours are over; default
+	// Now is the clock that decides which periods are over; default
 	// time.Now.
 	Now func() time.Time
 	// Tenant returns the tenant of an application, for the records; nil
@@ -73,7 +74,7 @@ type MeterOptions struct {
 const DefaultMeterInterval = 250 * time.Millisecond
 
 // Meter moves the published counts of the append script into the usage
-// stream that metering folds: one record per stream, hour and account with
+// stream that metering folds: one record per stream, minute and account with
 // what was counted since the last move. A count is moved exactly once, by
 // whichever router gets there first, and nothing counted is lost when a
 // router dies: the counts are in Redis, written with the events.
@@ -119,8 +120,9 @@ func (m *Meter) Run(ctx context.Context) error {
 
 // count is one field of a count hash.
 type count struct {
-	tag, field string // field: "<hour>|<account>"
-	hour       int64
+	tag, field string // field: "<period>|<account>"
+	period     string // "m<minute>", or "<hour>" from older routers
+	start      int64  // the period's start, unix ms
 	account    string
 	n          int64
 }
@@ -128,7 +130,8 @@ type count struct {
 func (c count) movedField() string { return c.tag + "|" + c.field }
 
 // Move moves what was counted since the last move into the usage stream.
-// Counts of hours that ended more than an hour ago are removed once moved.
+// Counts of periods that started more than two hours ago are removed once
+// moved.
 func (m *Meter) Move(ctx context.Context) error {
 	keys, err := m.rdb.HKeys(ctx, numbersKey).Result()
 	if err != nil {
@@ -148,7 +151,8 @@ func (m *Meter) Move(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("read moved counts: %w", err)
 	}
-	current := m.opts.Now().UnixMilli() / time.Hour.Milliseconds()
+	now := m.opts.Now().UnixMilli()
+	old := now - 2*time.Hour.Milliseconds()
 	var errs []error
 	live := make(map[string]bool, len(counts))
 	for _, c := range counts {
@@ -169,7 +173,7 @@ func (m *Meter) Move(ctx context.Context) error {
 			}
 			done = c.n
 		}
-		if c.hour < current-1 && done == c.n {
+		if c.start < old && done == c.n {
 			if err := m.forget(ctx, c); err != nil {
 				errs = append(errs, err)
 			}
@@ -181,7 +185,7 @@ func (m *Meter) Move(ctx context.Context) error {
 		if live[f] {
 			continue
 		}
-		if hour, ok := hourOfMoved(f); ok && hour < current-2 {
+		if start, ok := startOfMoved(f); ok && start < old-time.Hour.Milliseconds() {
 			if err := m.rdb.HDel(ctx, MovedKey, f).Err(); err != nil {
 				errs = append(errs, err)
 			}
@@ -206,13 +210,13 @@ func (m *Meter) read(ctx context.Context, tags []string) ([]count, error) {
 	var out []count
 	for i, c := range cmds {
 		for field, v := range c.Val() {
-			hour, account, ok := strings.Cut(field, "|")
-			h, err1 := strconv.ParseInt(hour, 10, 64)
-			n, err2 := strconv.ParseInt(v, 10, 64)
-			if !ok || err1 != nil || err2 != nil {
+			period, account, ok := strings.Cut(field, "|")
+			start, ok1 := periodStart(period)
+			n, err := strconv.ParseInt(v, 10, 64)
+			if !ok || !ok1 || err != nil {
 				continue
 			}
-			out = append(out, count{tag: tags[i], field: field, hour: h, account: account, n: n})
+			out = append(out, count{tag: tags[i], field: field, period: period, start: start, account: account, n: n})
 		}
 	}
 	return out, nil
@@ -223,10 +227,10 @@ func (m *Meter) move(ctx context.Context, c count, before string, done int64) (b
 	typ := eventlog.TypeOfStream(eventlog.TagKey(c.tag))
 	rec := &meteringv1.UsageRecord{
 		// Unique per move: the count only grows.
-		Id:            fmt.Sprintf("pub:%s:%d:%s:%d", c.tag, c.hour, c.account, c.n),
+		Id:            fmt.Sprintf("pub:%s:%s:%s:%d", c.tag, c.period, c.account, c.n),
 		ApplicationId: c.account, ProducerApplicationId: c.account, EventType: typ,
 		Metric: meteringv1.UsageMetric_USAGE_METRIC_PUBLISHED, Channel: "grpc",
-		Quantity: c.n - done, Time: timestamppb.New(time.UnixMilli(c.hour * time.Hour.Milliseconds())),
+		Quantity: c.n - done, Time: timestamppb.New(time.UnixMilli(c.start)),
 	}
 	if m.opts.Tenant != nil {
 		rec.Tenant = m.opts.Tenant(ctx, c.account)
@@ -255,16 +259,27 @@ func (m *Meter) forget(ctx context.Context, c count) error {
 	return nil
 }
 
-// hourOfMoved reads the hour of a MovedKey field, "<tag>|<hour>|<account>".
-func hourOfMoved(f string) (int64, bool) {
+// periodStart reads a count field's period, "m<minute>" or "<hour>"
+// (minutes or hours since the epoch), as its start in unix ms.
+func periodStart(p string) (int64, bool) {
+	unit := time.Hour.Milliseconds()
+	if rest, ok := strings.CutPrefix(p, "m"); ok {
+		p, unit = rest, time.Minute.Milliseconds()
+	}
+	n, err := strconv.ParseInt(p, 10, 64)
+	return n * unit, err == nil
+}
+
+// startOfMoved reads the period's start of a MovedKey field,
+// "<tag>|<period>|<account>".
+func startOfMoved(f string) (int64, bool) {
 	_, rest, ok := strings.Cut(f, "|")
 	if !ok {
 		return 0, false
 	}
-	hour, _, ok := strings.Cut(rest, "|")
+	period, _, ok := strings.Cut(rest, "|")
 	if !ok {
 		return 0, false
 	}
-	h, err := strconv.ParseInt(hour, 10, 64)
-	return h, err == nil
+	return periodStart(period)
 }

@@ -42,8 +42,8 @@ func published(t *testing.T, rdb redis.Cmdable) map[string]int64 {
 		if rec.GetProducerApplicationId() != rec.GetApplicationId() {
 			t.Errorf("record %s: producer %q, want the publisher %q", rec.GetId(), rec.GetProducerApplicationId(), rec.GetApplicationId())
 		}
-		if h := rec.GetTime().AsTime(); !h.Equal(h.Truncate(time.Hour)) {
-			t.Errorf("record %s is timed %v, not at the start of its hour", rec.GetId(), h)
+		if h := rec.GetTime().AsTime(); !h.Equal(h.Truncate(time.Minute)) || time.Since(h) > time.Hour {
+			t.Errorf("record %s is timed %v, not at the start of its minute", rec.GetId(), h)
 		}
 		out[rec.GetApplicationId()+" "+rec.GetEventType()] += rec.GetQuantity()
 	}
@@ -186,5 +186,43 @@ func TestMeterRun(t *testing.T) {
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatal(err)
+	}
+}
+
+// Published counts are per minute, so analytics by the minute see a
+// publish in its own minute; a count an older router kept per hour is
+// still moved, timed at its hour.
+func TestMeterMovesMinuteAndLegacyHourCounts(t *testing.T) {
+	rdb := testutil.RedisClient(t, testutil.Redis(t))
+	ctx := context.Background()
+	a := appender.New(rdb, appender.Options{})
+	before := time.Now().Truncate(time.Minute)
+	mustAppend(t, a, itemsOf("acct", newEvent(orderPaid, "//shop", "m1"), newEvent(orderPaid, "//shop", "m2")))
+	hour := time.Now().Add(-time.Hour).Truncate(time.Hour)
+	if err := rdb.HSet(ctx, appender.CountKey(orderPaid), fmt.Sprintf("%d|old", hour.UnixMilli()/time.Hour.Milliseconds()), 3).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := appender.NewMeter(rdb, appender.MeterOptions{}).Move(ctx); err != nil {
+		t.Fatal(err)
+	}
+	msgs, err := rdb.XRange(ctx, usage.StreamKey, "-", "+").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]time.Time{}
+	for _, m := range msgs {
+		recs, err := usage.Decode(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range recs {
+			got[fmt.Sprintf("%s %d", r.GetApplicationId(), r.GetQuantity())] = r.GetTime().AsTime()
+		}
+	}
+	if at, ok := got["acct 2"]; !ok || at.Before(before) || !at.Equal(at.Truncate(time.Minute)) {
+		t.Errorf("the minute's count: %v (records %v), want 2 at the minute of the publish (%v)", at, got, before)
+	}
+	if at, ok := got["old 3"]; !ok || !at.Equal(hour) {
+		t.Errorf("the legacy hour's count: %v (records %v), want 3 at %v", at, got, hour)
 	}
 }
