@@ -263,13 +263,13 @@ func TestBusinessEndToEnd(t *testing.T) {
 		t.Fatalf("a poll from the start got %d events, want 7", len(cursors))
 	}
 	wh := b.webhooks(buyer1.key)
+	before := len(r.got()) // the replay may start delivering before Replay answers
 	rp, err := wh.Replay(ctx, connect.NewRequest(&edgev1.ReplayRequest{SubscriptionId: ep.GetId(), Selection: &edgev1.ReplayRequest_Range{Range: &edgev1.LogRange{
 		From: &edgev1.LogRange_AfterCursor{AfterCursor: "0"},
 	}}}))
 	if err != nil || rp.Msg.GetQueued() != 11 {
 		t.Fatalf("webhook range replay: %v %v", rp, err)
 	}
-	before := len(r.got())
 	testutil.Eventually(t, 30*time.Second, func() bool { return len(r.got()) >= before+11 }, "the webhook replay delivered")
 	stopStream()
 
