@@ -111,6 +111,25 @@ func (m *Manager) Nack(ctx context.Context, sub *registryv1.Subscription, ackIDs
 	return retrying, dead, err
 }
 
+// Release hands a delivery that consumer was sent but never attempted
+// (its process is stopping) back to the subscription at once, with the
+// delivery count it had before (attempt is the delivery's Attempt): the
+// next session takes it without waiting for the ack timeout, and no
+// attempt is used up. A delivery consumer no longer holds is left alone.
+func (m *Manager) Release(ctx context.Context, sub *registryv1.Subscription, consumer, ackID string, attempt int32) error {
+	r, err := parseAckID(sub.GetId(), ackID)
+	if err != nil {
+		return err
+	}
+	pol := policyOf(sub)
+	err = releaseScript.Run(ctx, m.rdb, []string{r.stream}, Group(sub.GetId()), consumer, pol.ackTimeout.Milliseconds(), r.id, max(attempt-1, 0)).Err()
+	if err != nil && !isNoGroup(err) {
+		return err
+	}
+	m.wake(sub.GetId())
+	return nil
+}
+
 // GiveUp moves a pending delivery to the subscription's dead letters at
 // once, with the reason. A delivery no longer pending (settled meanwhile)
 // is left alone; one trimmed from the log is only acknowledged.

@@ -164,6 +164,16 @@ func (r *runner) keepLease(ctx context.Context, lost context.CancelFunc) {
 	}
 }
 
+// release hands back a delivery this runner was sent but did not attempt,
+// because it is stopping (a renewal with a new secret, a lost lease, the
+// edge shutting down): the next runner takes it at once rather than after
+// the ack timeout. Should that fail, it comes back after the ack timeout.
+func (r *runner) release(ctx context.Context, d *routerv1.SubscribeResponse) {
+	if err := r.h.mgr.Release(ctx, r.sub, r.h.holder, d.GetAckId(), d.GetAttempt()); err != nil {
+		r.h.o.Log.Warn("websub delivery not handed back; it comes back after the ack timeout", "subscription", r.rec.ID, "err", err)
+	}
+}
+
 // deliver POSTs one event to the callback and settles it: acknowledged
 // (and counted) on 2xx, retried after the schedule's delay otherwise, given
 // up after the last attempt. An expired subscription delivers nothing (it
@@ -186,11 +196,13 @@ func (r *runner) deliver(ctx context.Context, d *routerv1.SubscribeResponse, pro
 		return
 	}
 	if !r.waitQuota(ctx, d) {
-		return // stopping: it stays pending and comes again
+		r.release(sctx, d) // stopping
+		return
 	}
 	ok, why := r.post(ctx, d)
 	if ctx.Err() != nil && !ok {
-		return // stopping: it stays pending and comes again
+		r.release(sctx, d) // stopping
+		return
 	}
 	// The usage of this attempt: its ids derive from tenant, application,
 	// subscription, event and channel, so a success counts once as
