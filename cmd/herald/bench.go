@@ -28,7 +28,7 @@ func benchCommand() *cobra.Command {
 func benchPublishCommand() *cobra.Command {
 	var o bench.Options
 	var natsServer string
-	var asJSON bool
+	var asJSON, noLatency bool
 	cmd := &cobra.Command{
 		Use:   "publish",
 		Short: "Events/s and latency of Publish (single and batched) against raw XADD and NATS JetStream",
@@ -41,16 +41,24 @@ func benchPublishCommand() *cobra.Command {
   nats-js-async  NATS JetStream PublishAsync (file storage, Nats-Msg-Id dedupe),
                  batch x concurrency messages in flight, waiting for every ack
   nats-js-sync   NATS JetStream Publish, one per call, --concurrency callers
+  herald-single-cN  (--callers N,...) herald-single with N concurrent callers
+                 (sharing one gRPC connection per 128 callers)
+  latency        one event per call at --latency-rate for --latency-duration,
+                 timed from the start of the publish call to its arrival at
+                 one SSE client of the edge (started for this phase only)
 
 It starts everything it measures, bound to 127.0.0.1, and stops it at the end:
 a redis-server in a temporary directory (AOF, appendfsync --redis-fsync), the
 registry in this process, the router as its own process (the router binary of
 'make build', next to this executable or on PATH) so that its CPU time and peak
 RSS are read from /proc, and a nats-server with JetStream on a free port with
-its store in a temporary directory. It reports events/s, p50/p99 latency per
+its store in a temporary directory; for the latency phase, the edge binary of
+'make build' as its own process. It reports events/s, p50/p99 latency per
 call (per batch for batched phases), the router's CPU and peak RSS, Redis' and
-nats-server's CPU; then checks that the log holds each acknowledged event once
-and that a re-published batch is answered duplicate=true.`,
+nats-server's CPU, and the targets of issue 13 as ratios of this run; then
+checks that the log holds each acknowledged event once, that a re-published
+batch is answered duplicate=true and that the SSE client got every event of
+the latency phase once.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
@@ -66,6 +74,11 @@ and that a re-published batch is answered duplicate=true.`,
 				return fmt.Errorf("--nats-server: %w", err)
 			}
 			o.NATSServer = natsServer
+			if !noLatency {
+				if o.EdgeBin, err = bench.FindEdge(); err != nil {
+					return err
+				}
+			}
 			o.Progress = cmd.ErrOrStderr()
 			rep, err := bench.Run(ctx, o)
 			return report(ctx, cmd, rep, rep != nil, err, asJSON)
@@ -79,6 +92,11 @@ and that a re-published batch is answered duplicate=true.`,
 	f.StringVar(&natsServer, "nats-server", "", "nats-server executable (default: nats-server on PATH, else /usr/sbin/nats-server)")
 	f.StringVar(&o.RedisFsync, "redis-fsync", "always", "Redis appendfsync: always (Herald's default) or everysec")
 	f.BoolVar(&o.AsAdmin, "as-admin", false, "publish with the admin key instead of an application key with a publish grant")
+	f.IntSliceVar(&o.Callers, "callers", nil, "add a herald-single-cN phase for each N: single-event calls by N concurrent callers (e.g. 1,8,64,512)")
+	f.IntVar(&o.LatencyRate, "latency-rate", 100, "events/s of the latency phase (one event per call)")
+	f.DurationVar(&o.LatencyDuration, "latency-duration", 10*time.Second, "how long the latency phase publishes")
+	f.BoolVar(&noLatency, "no-latency", false, "skip the latency phase (and the edge)")
+	f.StringArrayVar(&o.EdgeEnv, "edge-env", nil, "KEY=VALUE added to the edge's environment (repeatable)")
 	f.DurationVar(&o.Timeout, "timeout", 10*time.Minute, "bound on the whole run")
 	f.BoolVar(&asJSON, "json", false, "print the report as JSON")
 	f.Func("router-pprof", "serve the router's pprof endpoints on this loopback address (e.g. 127.0.0.1:6060) to profile it during the run", func(addr string) error {

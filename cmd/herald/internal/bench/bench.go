@@ -53,6 +53,19 @@ type Options struct {
 	// NATSServer is the nats-server executable; empty skips the JetStream
 	// phases.
 	NATSServer string
+	// Callers adds a herald-single-cN phase per entry: single-event calls
+	// by N concurrent callers (sharing one gRPC connection per
+	// callersPerConn callers).
+	Callers []int
+	// EdgeBin is the edge executable of the latency phase; empty skips it.
+	EdgeBin string
+	// EdgeEnv is added to the edge's environment.
+	EdgeEnv []string
+	// LatencyRate is the events/s of the latency phase, one per call.
+	// Default 100.
+	LatencyRate int
+	// LatencyDuration is how long the latency phase publishes. Default 10s.
+	LatencyDuration time.Duration
 	// AsAdmin publishes with the admin key instead of an application key.
 	AsAdmin bool
 	// Timeout bounds the whole run. Default 10 minutes.
@@ -73,6 +86,17 @@ func (o *Options) defaults() error {
 	}
 	if o.PayloadBytes <= 0 {
 		o.PayloadBytes = 256
+	}
+	if o.LatencyRate <= 0 {
+		o.LatencyRate = 100
+	}
+	if o.LatencyDuration <= 0 {
+		o.LatencyDuration = 10 * time.Second
+	}
+	for _, n := range o.Callers {
+		if n <= 0 {
+			return fmt.Errorf("callers: %d is not a number of callers", n)
+		}
 	}
 	if err := runDefaults(&o.RedisFsync, &o.Timeout, &o.Progress); err != nil {
 		return err
@@ -137,6 +161,7 @@ type Report struct {
 	Settings Settings `json:"settings"`
 	Phases   []Phase  `json:"phases"`
 	Checks   []Check  `json:"checks"`
+	Goals    []Goal   `json:"goals,omitempty"`
 	Notes    []string `json:"notes,omitempty"`
 }
 
@@ -179,6 +204,10 @@ type Settings struct {
 	Principal    string `json:"principal"`
 	Router       string `json:"router"`
 	NATSWindow   int    `json:"nats_async_window,omitempty"`
+	Callers      []int  `json:"callers,omitempty"`
+	Edge         string `json:"edge,omitempty"`
+	LatencyRate  int    `json:"latency_rate,omitempty"`
+	LatencyFor   string `json:"latency_duration,omitempty"`
 }
 
 // Check is one correctness check made at the end of the run.
@@ -196,7 +225,9 @@ type run struct {
 	o        Options
 	rep      *Report
 	rdb      *redis.Client
+	common   config.Common
 	router   *child
+	edge     *child
 	nats     *natsServer
 	natsC    *natsClient
 	pub      *publisher
@@ -220,7 +251,10 @@ func Run(parent context.Context, o Options) (*Report, error) {
 	r := &run{o: o, rep: &Report{}}
 	r.progress = func(format string, args ...any) { fmt.Fprintf(o.Progress, "bench: "+format+"\n", args...) }
 	r.rep.Settings = Settings{Events: o.Events, Batch: o.Batch, Concurrency: o.Concurrency, PayloadBytes: o.PayloadBytes,
-		RedisFsync: o.RedisFsync, Router: o.RouterBin}
+		RedisFsync: o.RedisFsync, Router: o.RouterBin, Callers: o.Callers}
+	if o.EdgeBin != "" {
+		r.rep.Settings.Edge, r.rep.Settings.LatencyRate, r.rep.Settings.LatencyFor = o.EdgeBin, o.LatencyRate, o.LatencyDuration.String()
+	}
 	r.rep.Machine = machine()
 
 	dir, err := os.MkdirTemp("", "herald-bench-")
@@ -231,6 +265,7 @@ func Run(parent context.Context, o Options) (*Report, error) {
 
 	err = r.all(ctx, dir)
 	r.rep.Machine.LoadAvgEnd = loadAvg()
+	r.rep.Goals = r.rep.goals()
 	if err != nil && ctx.Err() != nil && parent.Err() == nil {
 		err = fmt.Errorf("the run took longer than %v: %w", o.Timeout, err)
 	}
@@ -266,6 +301,7 @@ func (r *run) all(ctx context.Context, dir string) error {
 			return err
 		}
 	}
+	r.common = common
 	regLog, err := os.Create(filepath.Join(dir, "registry.log"))
 	if err != nil {
 		return err
@@ -315,6 +351,9 @@ func (r *run) all(ctx context.Context, dir string) error {
 	if err := r.heraldPhases(ctx); err != nil {
 		return r.withRouterLog(err)
 	}
+	if err := r.callerPhases(ctx); err != nil {
+		return r.withRouterLog(err)
+	}
 	if err := r.rawPhases(ctx); err != nil {
 		return err
 	}
@@ -333,6 +372,15 @@ func (r *run) all(ctx context.Context, dir string) error {
 	} else {
 		r.rep.Notes = append(r.rep.Notes, "NATS JetStream phases skipped: no nats-server")
 	}
+	// Last, so that the edge (started for it, stopped after it) costs the
+	// other phases nothing.
+	if o.EdgeBin != "" {
+		if err := r.latencyPhase(ctx, dir); err != nil {
+			return r.withRouterLog(err)
+		}
+	} else {
+		r.rep.Notes = append(r.rep.Notes, "latency phase skipped: no edge")
+	}
 	r.progress("checking the log")
 	if err := r.checks(ctx); err != nil {
 		return r.withRouterLog(err)
@@ -340,7 +388,7 @@ func (r *run) all(ctx context.Context, dir string) error {
 	return nil
 }
 
-func (r *run) withRouterLog(err error) error { return withChildLogs(err, r.router) }
+func (r *run) withRouterLog(err error) error { return withChildLogs(err, r.router, r.edge) }
 
 // routerEnv is this process's environment without HERALD_* settings, plus
 // the router's.
@@ -476,31 +524,19 @@ func (r *run) heraldPhases(ctx context.Context) error {
 	}
 
 	// (a) one event per call.
-	single := makeEvents("single", o.Events, o.PayloadBytes)
-	r.progress("herald-single: %d events, one per Publish, %d callers", o.Events, o.Concurrency)
-	ph := Phase{Name: "herald-single", Description: "Herald gRPC Publish, 1 event per call (validate + dedupe + XADD)",
-		Events: o.Events, Calls: o.Events, BatchSize: 1, Concurrency: o.Concurrency, LatencyOf: "call"}
-	done := r.meter(true, true, false)
-	elapsed, lat, err := runCalls(ctx, len(single), o.Concurrency, func(ctx context.Context, i int) error {
-		_, err := r.pub.publish(ctx, single[i:i+1], false)
+	if err := r.singlePhase(ctx, "herald-single", "Herald gRPC Publish, 1 event per call (validate + dedupe + XADD)",
+		o.Concurrency, []*publisher{r.pub}); err != nil {
 		return err
-	})
-	done(&ph)
-	if err != nil {
-		return fmt.Errorf("herald-single: %w", err)
 	}
-	r.heraldAcked += len(single)
-	ph.finish(elapsed, lat)
-	r.rep.Phases = append(r.rep.Phases, ph)
 
 	// (b) batches.
 	bs := batches(makeEvents("batch", o.Events, o.PayloadBytes), o.Batch)
 	r.batch0 = bs[0]
 	r.progress("herald-batch: %d events, %d per Publish, %d callers", o.Events, o.Batch, o.Concurrency)
-	ph = Phase{Name: "herald-batch", Description: fmt.Sprintf("Herald gRPC Publish, %d events per call", o.Batch),
+	ph := Phase{Name: "herald-batch", Description: fmt.Sprintf("Herald gRPC Publish, %d events per call", o.Batch),
 		Events: o.Events, Calls: len(bs), BatchSize: o.Batch, Concurrency: o.Concurrency, LatencyOf: "batch"}
-	done = r.meter(true, true, false)
-	elapsed, lat, err = runCalls(ctx, len(bs), o.Concurrency, func(ctx context.Context, i int) error {
+	done := r.meter(true, true, false)
+	elapsed, lat, err := runCalls(ctx, len(bs), o.Concurrency, func(ctx context.Context, i int) error {
 		cursors, err := r.pub.publish(ctx, bs[i], false)
 		if i == 0 {
 			r.firstBatch = cursors // read after runCalls returns

@@ -82,7 +82,9 @@ func TestMain(m *testing.M) {
 }
 
 // TestRunSmall runs `herald bench publish` with tiny numbers: the plumbing
-// (processes, phases, /proc readings) and the correctness checks.
+// (processes, phases, /proc readings), the caller-scaling rows (130
+// callers: two gRPC connections), the latency phase through the edge and
+// the correctness checks.
 func TestRunSmall(t *testing.T) {
 	exe, err := os.Executable()
 	if err != nil {
@@ -91,6 +93,8 @@ func TestRunSmall(t *testing.T) {
 	o := Options{
 		Events: 200, Batch: 20, Concurrency: 4, PayloadBytes: 200,
 		RouterBin: exe, RouterEnv: []string{routerChildEnv + "=1"},
+		Callers: []int{1, 3, 130},
+		EdgeBin: exe, EdgeEnv: []string{edgeChildEnv + "=1"}, LatencyRate: 50, LatencyDuration: time.Second,
 		Timeout: 60 * time.Second,
 	}
 	// The JetStream phases are part of the comparison: nats-server must be
@@ -106,14 +110,25 @@ func TestRunSmall(t *testing.T) {
 	if err != nil {
 		t.Fatalf("%v\nprogress:\n%s", err, progress.String())
 	}
-	want := []string{"herald-single", "herald-batch", "xadd-single", "xadd-batch", "nats-js-async", "nats-js-sync"}
+	want := []string{"herald-single", "herald-batch", "herald-single-c1", "herald-single-c3", "herald-single-c130",
+		"xadd-single", "xadd-batch", "nats-js-async", "nats-js-sync", "latency"}
 	var got []string
 	for _, p := range rep.Phases {
 		got = append(got, p.Name)
-		if p.Events != 200 || p.EventsPerS <= 0 || p.P50Ms <= 0 || p.P99Ms < p.P50Ms {
+		events := 200
+		if p.Name == "latency" {
+			events = 50
+			if p.Edge == nil || p.Edge.PeakRSSMiB <= 0 || p.AckP50Ms <= 0 || p.AckP99Ms < p.AckP50Ms || p.P50Ms < p.AckP50Ms {
+				t.Errorf("latency phase: %+v", p)
+			}
+		}
+		if p.Events != events || p.EventsPerS <= 0 || p.P50Ms <= 0 || p.P99Ms < p.P50Ms {
 			t.Errorf("phase %s: %+v", p.Name, p)
 		}
-		if strings.HasPrefix(p.Name, "herald-") && (p.Router == nil || p.Router.PeakRSSMiB <= 0 || p.RedisCPUSeconds == nil) {
+		if strings.HasPrefix(p.Name, "herald-single-c") && p.Concurrency != map[string]int{"herald-single-c1": 1, "herald-single-c3": 3, "herald-single-c130": 130}[p.Name] {
+			t.Errorf("phase %s: %d callers", p.Name, p.Concurrency)
+		}
+		if (strings.HasPrefix(p.Name, "herald-") || p.Name == "latency") && (p.Router == nil || p.Router.PeakRSSMiB <= 0 || p.RedisCPUSeconds == nil) {
 			t.Errorf("phase %s has no router or redis usage: %+v", p.Name, p)
 		}
 		if strings.HasPrefix(p.Name, "nats-") && p.NATS == nil {
@@ -123,8 +138,13 @@ func TestRunSmall(t *testing.T) {
 	if strings.Join(got, ",") != strings.Join(want, ",") {
 		t.Errorf("phases %v, want %v", got, want)
 	}
-	if len(rep.Checks) < 4 {
+	if len(rep.Checks) < 5 {
 		t.Errorf("only %d checks: %+v", len(rep.Checks), rep.Checks)
+	}
+	// The targets the run has phases for: three ratios and the latency
+	// (no 512-caller row, no RSS target).
+	if len(rep.Goals) != 4 || rep.Goals[3].Name != "publish to SSE p50 <= 2 ms and p99 <= 10 ms" {
+		t.Errorf("goals: %+v", rep.Goals)
 	}
 	for _, c := range rep.Checks {
 		if !c.OK {

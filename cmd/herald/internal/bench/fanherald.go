@@ -86,25 +86,14 @@ func startHeraldFan(ctx context.Context, dir string, o FanoutOptions, progress f
 		return nil, fmt.Errorf("start registry: %w", err)
 	}
 	reg := registryv1connect.NewRegistryServiceClient(rpc.HTTPClient(), rpc.BaseURL(h.common.RegistryAddr), rpc.ClientOptions(h.common.AdminKey)...)
-	if _, err := reg.CreateEventType(ctx, connect.NewRequest(&registryv1.CreateEventTypeRequest{EventType: &registryv1.EventType{
-		Name: fanType, Description: "Fan-out benchmark tick.", Schema: fanSchema,
-	}})); err != nil {
-		return nil, fmt.Errorf("register %s: %w", fanType, err)
+	if err := registerFanType(ctx, reg); err != nil {
+		return nil, err
 	}
-	app := func(name string, action registryv1.GrantAction) (string, error) {
-		res, err := reg.CreateApplication(ctx, connect.NewRequest(&registryv1.CreateApplicationRequest{Application: &registryv1.Application{
-			Name: name, Grants: []*registryv1.Grant{{Action: action, Pattern: "bench.*"}},
-		}}))
-		if err != nil {
-			return "", fmt.Errorf("create application %s: %w", name, err)
-		}
-		return res.Msg.GetKey().GetSecret(), nil
-	}
-	pubKey, err := app("bench-fanout-publisher", registryv1.GrantAction_GRANT_ACTION_PUBLISH)
+	pubKey, err := benchApp(ctx, reg, "bench-fanout-publisher", registryv1.GrantAction_GRANT_ACTION_PUBLISH)
 	if err != nil {
 		return nil, err
 	}
-	if h.readKey, err = app("bench-fanout-reader", registryv1.GrantAction_GRANT_ACTION_SUBSCRIBE); err != nil {
+	if h.readKey, err = benchApp(ctx, reg, "bench-fanout-reader", registryv1.GrantAction_GRANT_ACTION_SUBSCRIBE); err != nil {
 		return nil, err
 	}
 	progress("herald: starting the router (%s) on %s", o.RouterBin, h.common.RouterAddr)
@@ -123,6 +112,42 @@ func startHeraldFan(ctx context.Context, dir string, o FanoutOptions, progress f
 	return h, nil
 }
 
+// registerFanType registers fanType, whose events carry what the SSE load
+// clients time.
+func registerFanType(ctx context.Context, reg registryv1connect.RegistryServiceClient) error {
+	if _, err := reg.CreateEventType(ctx, connect.NewRequest(&registryv1.CreateEventTypeRequest{EventType: &registryv1.EventType{
+		Name: fanType, Description: "Fan-out benchmark tick.", Schema: fanSchema,
+	}})); err != nil {
+		return fmt.Errorf("register %s: %w", fanType, err)
+	}
+	return nil
+}
+
+// benchApp creates an application with one grant on "bench.*" and returns
+// its key.
+func benchApp(ctx context.Context, reg registryv1connect.RegistryServiceClient, name string, action registryv1.GrantAction) (string, error) {
+	res, err := reg.CreateApplication(ctx, connect.NewRequest(&registryv1.CreateApplicationRequest{Application: &registryv1.Application{
+		Name: name, Grants: []*registryv1.Grant{{Action: action, Pattern: "bench.*"}},
+	}}))
+	if err != nil {
+		return "", fmt.Errorf("create application %s: %w", name, err)
+	}
+	return res.Msg.GetKey().GetSecret(), nil
+}
+
+// startEdge starts an edge process with common's settings plus extra, and
+// waits until it is ready.
+func startEdge(ctx context.Context, name, bin string, c config.Common, extra []string, logPath string) (*child, error) {
+	ch, err := startChild(name, bin, nil, append(routerEnv(c, nil), extra...), logPath)
+	if err != nil {
+		return nil, err
+	}
+	if err := waitChild(ctx, ch, c.EdgeAddr); err != nil {
+		return ch, err
+	}
+	return ch, nil
+}
+
 func (h *heraldFan) addEdge(ctx context.Context, i int) error {
 	addr := h.common.EdgeAddr
 	if i > 0 {
@@ -138,13 +163,23 @@ func (h *heraldFan) addEdge(ctx context.Context, i int) error {
 		name = "edge-" + strconv.Itoa(i+1)
 	}
 	h.progress("herald: starting %s (%s) on %s", name, h.o.EdgeBin, addr)
-	ch, err := startChild(name, h.o.EdgeBin, nil, append(routerEnv(c, nil), h.o.EdgeEnv...), filepath.Join(h.dir, name+".log"))
-	if err != nil {
-		return err
+	ch, err := startEdge(ctx, name, h.o.EdgeBin, c, h.o.EdgeEnv, filepath.Join(h.dir, name+".log"))
+	if ch != nil {
+		h.edges = append(h.edges, ch)
+		h.addrs = append(h.addrs, addr)
 	}
-	h.edges = append(h.edges, ch)
-	h.addrs = append(h.addrs, addr)
-	return waitChild(ctx, ch, addr)
+	return err
+}
+
+// fanEvent is a CloudEvent of fanType with JSON data.
+func fanEvent(id string, data []byte) *eventv1.CloudEvent {
+	return &eventv1.CloudEvent{
+		Id: id, Source: EventSource, SpecVersion: "1.0", Type: fanType,
+		Attributes: map[string]*eventv1.CloudEvent_CloudEventAttributeValue{
+			"datacontenttype": {Attr: &eventv1.CloudEvent_CloudEventAttributeValue_CeString{CeString: "application/json"}},
+		},
+		Data: &eventv1.CloudEvent_TextData{TextData: string(data)},
+	}
 }
 
 func (h *heraldFan) stream(i int) (string, map[string]string) {
@@ -156,13 +191,7 @@ func (h *heraldFan) maxBatch() int { return 1000 }
 func (h *heraldFan) publish(ctx context.Context, data [][]byte) error {
 	evs := make([]*eventv1.CloudEvent, len(data))
 	for i, d := range data {
-		evs[i] = &eventv1.CloudEvent{
-			Id: "fan-" + strconv.FormatInt(h.ev.Add(1), 10), Source: EventSource, SpecVersion: "1.0", Type: fanType,
-			Attributes: map[string]*eventv1.CloudEvent_CloudEventAttributeValue{
-				"datacontenttype": {Attr: &eventv1.CloudEvent_CloudEventAttributeValue_CeString{CeString: "application/json"}},
-			},
-			Data: &eventv1.CloudEvent_TextData{TextData: string(d)},
-		}
+		evs[i] = fanEvent("fan-"+strconv.FormatInt(h.ev.Add(1), 10), d)
 	}
 	_, err := h.pub.publish(ctx, evs, false)
 	return err

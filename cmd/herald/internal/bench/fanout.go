@@ -432,10 +432,16 @@ func (r *fanRun) nextData(n int) ([][]byte, int64) {
 	ts := time.Now().UnixNano()
 	out := make([][]byte, n)
 	for i := range out {
-		head := `{"hseq":` + strconv.FormatInt(first+int64(i), 10) + `,"hts":` + strconv.FormatInt(ts, 10) + `,"pad":"`
-		out[i] = []byte(head + strings.Repeat("x", max(0, r.o.PayloadBytes-len(head)-2)) + `"}`)
+		out[i] = stampedData(first+int64(i), ts, r.o.PayloadBytes)
 	}
 	return out, first
+}
+
+// stampedData is the JSON data of event seq stamped ts (unix ns), padded
+// to about size bytes: what the load clients time (see fanload.go).
+func stampedData(seq, ts int64, size int) []byte {
+	head := `{"hseq":` + strconv.FormatInt(seq, 10) + `,"hts":` + strconv.FormatInt(ts, 10) + `,"pad":"`
+	return []byte(head + strings.Repeat("x", max(0, size-len(head)-2)) + `"}`)
 }
 
 // one publishes one event and waits until every client of lds has it.

@@ -33,6 +33,12 @@ type Phase struct {
 	RedisCPUSeconds *float64 `json:"redis_cpu_seconds,omitempty"`
 	// NATS is the nats-server process's usage during the phase.
 	NATS *procUsage `json:"nats_server,omitempty"`
+	// Edge is the edge process's usage during the phase (latency).
+	Edge *procUsage `json:"edge,omitempty"`
+	// AckP50Ms and AckP99Ms time the publish call itself when P50Ms and
+	// P99Ms time something longer (latency: publish to SSE delivery).
+	AckP50Ms float64 `json:"ack_p50_ms,omitempty"`
+	AckP99Ms float64 `json:"ack_p99_ms,omitempty"`
 	// ClientCPUSeconds is the CPU time of the benchmark's own process
 	// during the phase: the callers (gRPC, Redis or NATS clients), and the
 	// registry, which runs in it and is idle while phases run.

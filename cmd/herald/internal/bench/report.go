@@ -43,7 +43,7 @@ func (rep *Report) WriteTable(w io.Writer) error {
 	fmt.Fprintf(w, "\nload average (1, 5, 15 min): %s at the start, %s at the end\n", m.LoadAvgStart, m.LoadAvgEnd)
 	fmt.Fprintf(w, "publishing to Herald as: %s\n\n", s.Principal)
 
-	const row = "%-14s %9s %8s %8s  %-21s %7s %9s %9s %7s %7s %9s %7s\n"
+	const row = "%-18s %9s %8s %8s  %-21s %7s %9s %9s %7s %7s %9s %7s\n"
 	fmt.Fprintf(w, row, "", "", "", "", "", "router", "router", "router", "redis", "nats", "nats", "client")
 	fmt.Fprintf(w, row, "phase", "events/s", "p50 ms", "p99 ms", "latency of", "CPU s", "CPU µs/ev", "peak RSS", "CPU s", "CPU s", "peak RSS", "CPU s")
 	for _, p := range rep.Phases {
@@ -65,16 +65,32 @@ func (rep *Report) WriteTable(w io.Writer) error {
 	}
 	fmt.Fprintln(w)
 	for _, p := range rep.Phases {
-		fmt.Fprintf(w, "  %-14s %s; %d calls in %.2fs", p.Name, p.Description, p.Calls, p.Seconds)
+		fmt.Fprintf(w, "  %-18s %s; %d calls in %.2fs", p.Name, p.Description, p.Calls, p.Seconds)
+		if p.AckP99Ms > 0 {
+			fmt.Fprintf(w, "; the publish call itself p50 %.2f ms, p99 %.2f ms", p.AckP50Ms, p.AckP99Ms)
+		}
 		for _, u := range []struct {
 			name string
 			u    *procUsage
-		}{{"router", p.Router}, {"nats-server", p.NATS}} {
+		}{{"router", p.Router}, {"nats-server", p.NATS}, {"edge", p.Edge}} {
 			if u.u != nil && u.u.CPUSeconds > 0 {
 				fmt.Fprintf(w, "; %s CPU %.0f%% system", u.name, 100*u.u.SystemCPUSeconds/u.u.CPUSeconds)
 			}
 		}
+		if p.Edge != nil {
+			fmt.Fprintf(w, "; edge CPU %.2f s, peak RSS %.0f MiB", p.Edge.CPUSeconds, p.Edge.PeakRSSMiB)
+		}
 		fmt.Fprintln(w)
+	}
+	if t := rep.goals(); len(t) > 0 {
+		fmt.Fprintln(w, "\ntargets of issue 13 (ratios from this run):")
+		for _, t := range t {
+			mark := "met    "
+			if !t.Met {
+				mark = "NOT met"
+			}
+			fmt.Fprintf(w, "  %s %s: %s\n", mark, t.Name, t.Detail)
+		}
 	}
 	fmt.Fprintln(w, "\nchecks:")
 	for _, c := range rep.Checks {
@@ -91,6 +107,45 @@ func (rep *Report) WriteTable(w io.Writer) error {
 		}
 	}
 	return nil
+}
+
+// Goal is one of issue 13's targets, as this run measured it.
+type Goal struct {
+	Name   string `json:"name"`
+	Met    bool   `json:"met"`
+	Detail string `json:"detail"`
+}
+
+// goals compares the run with issue 13's targets, for the phases it has.
+// Benchmarks report: a target not met is not an error.
+func (rep *Report) goals() []Goal {
+	by := map[string]Phase{}
+	for _, p := range rep.Phases {
+		by[p.Name] = p
+	}
+	var out []Goal
+	ratio := func(name, of string, want float64) {
+		a, ok1 := by[name]
+		b, ok2 := by[of]
+		if !ok1 || !ok2 || b.EventsPerS <= 0 {
+			return
+		}
+		x := a.EventsPerS / b.EventsPerS
+		out = append(out, Goal{Name: fmt.Sprintf("%s >= %.1fx %s", name, want, of), Met: x >= want,
+			Detail: fmt.Sprintf("%.2fx (%.0f / %.0f events/s)", x, a.EventsPerS, b.EventsPerS)})
+	}
+	ratio("herald-single", "xadd-single", 0.8)
+	ratio("herald-batch", "xadd-batch", 0.5)
+	ratio("herald-batch", "nats-js-async", 1.0)
+	if p, ok := by["latency"]; ok {
+		out = append(out, Goal{Name: "publish to SSE p50 <= 2 ms and p99 <= 10 ms", Met: p.P50Ms <= 2 && p.P99Ms <= 10,
+			Detail: fmt.Sprintf("p50 %.2f ms, p99 %.2f ms at %.0f events/s", p.P50Ms, p.P99Ms, p.EventsPerS)})
+	}
+	if p, ok := by["herald-single-c512"]; ok && p.Router != nil {
+		out = append(out, Goal{Name: "router peak RSS < 200 MiB at 512 callers", Met: p.Router.PeakRSSMiB < 200,
+			Detail: fmt.Sprintf("%.0f MiB", p.Router.PeakRSSMiB)})
+	}
+	return out
 }
 
 // WriteJSON writes the report as indented JSON.
