@@ -17,7 +17,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -294,23 +293,15 @@ func (r *run) all(ctx context.Context, dir string) error {
 	r.rep.Machine.Redis = version
 
 	// Registry in this process, router as its own process.
-	adminKey := "hadm_bench_" + randomToken()
-	common := config.Common{RedisURL: srv.URL(), AdminKey: adminKey}
-	for _, a := range []*string{&common.RegistryAddr, &common.RouterAddr, &common.EdgeAddr, &common.MeteringAddr} {
-		if *a, err = freeAddr(); err != nil {
-			return err
-		}
-	}
-	r.common = common
-	regLog, err := os.Create(filepath.Join(dir, "registry.log"))
+	common, err := benchMesh(srv.URL())
 	if err != nil {
 		return err
 	}
-	defer regLog.Close()
-	r.progress("starting the registry (in this process) on %s", common.RegistryAddr)
-	stopRegistry, err := startRegistry(ctx, common, slog.New(slog.NewJSONHandler(regLog, nil)))
+	adminKey := common.AdminKey
+	r.common = common
+	stopRegistry, err := startRegistryIn(ctx, dir, common, r.progress)
 	if err != nil {
-		return fmt.Errorf("start registry: %w", err)
+		return err
 	}
 	defer stopRegistry()
 	p, err := setupCatalog(ctx, common.RegistryAddr, adminKey, o.AsAdmin)

@@ -120,6 +120,35 @@ func waitReady(ctx context.Context, addr string, timeout, aliveGrace time.Durati
 
 // startRegistry runs the registry in this process until the returned stop
 // is called.
+// benchMesh returns the settings of a bench's mesh over the Redis at url:
+// a fresh admin key and a free loopback address for each service.
+func benchMesh(url string) (config.Common, error) {
+	common := config.Common{RedisURL: url, AdminKey: "hadm_bench_" + randomToken()}
+	for _, a := range []*string{&common.RegistryAddr, &common.RouterAddr, &common.EdgeAddr, &common.MeteringAddr} {
+		var err error
+		if *a, err = freeAddr(); err != nil {
+			return common, err
+		}
+	}
+	return common, nil
+}
+
+// startRegistryIn starts the registry in this process, logging to
+// registry.log in dir; stop ends it and closes the log.
+func startRegistryIn(ctx context.Context, dir string, common config.Common, progress func(string, ...any)) (stop func(), err error) {
+	regLog, err := os.Create(filepath.Join(dir, "registry.log"))
+	if err != nil {
+		return nil, err
+	}
+	progress("starting the registry (in this process) on %s", common.RegistryAddr)
+	stopRegistry, err := startRegistry(ctx, common, slog.New(slog.NewJSONHandler(regLog, nil)))
+	if err != nil {
+		regLog.Close()
+		return nil, fmt.Errorf("start registry: %w", err)
+	}
+	return func() { stopRegistry(); regLog.Close() }, nil
+}
+
 func startRegistry(ctx context.Context, common config.Common, log *slog.Logger) (stop func(), err error) {
 	reg, err := registry.New(registry.Config{Common: common, Logger: log})
 	if err != nil {

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"math/rand/v2"
 	"net/http"
 	"os"
@@ -19,7 +18,6 @@ import (
 	"time"
 
 	meteringv1 "github.com/heraldmesh/herald/api/gen/herald/metering/v1"
-	"github.com/heraldmesh/herald/platform/config"
 	"github.com/heraldmesh/herald/platform/rpc"
 	"github.com/heraldmesh/herald/platform/usage"
 	"github.com/redis/go-redis/v9"
@@ -434,23 +432,13 @@ func (r *usageRun) all(ctx context.Context, dir string) error {
 	defer r.rdb.Close()
 	r.rep.Machine.Redis = version
 
-	adminKey := "hadm_bench_" + randomToken()
-	common := config.Common{RedisURL: srv.URL(), AdminKey: adminKey}
-	for _, a := range []*string{&common.RegistryAddr, &common.RouterAddr, &common.EdgeAddr, &common.MeteringAddr} {
-		if *a, err = freeAddr(); err != nil {
-			return err
-		}
-	}
-	regLog, err := os.Create(filepath.Join(dir, "registry.log"))
+	common, err := benchMesh(srv.URL())
 	if err != nil {
 		return err
 	}
-	defer regLog.Close()
-	// Metering resolves API keys through the registry.
-	r.progress("starting the registry (in this process) on %s", common.RegistryAddr)
-	stopRegistry, err := startRegistry(ctx, common, slog.New(slog.NewJSONHandler(regLog, nil)))
+	stopRegistry, err := startRegistryIn(ctx, dir, common, r.progress)
 	if err != nil {
-		return fmt.Errorf("start registry: %w", err)
+		return err
 	}
 	defer stopRegistry()
 	r.progress("starting metering (%s) on %s", o.MeteringBin, common.MeteringAddr)

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -23,7 +22,6 @@ import (
 	meteringv1 "github.com/heraldmesh/herald/api/gen/herald/metering/v1"
 	registryv1 "github.com/heraldmesh/herald/api/gen/herald/registry/v1"
 	"github.com/heraldmesh/herald/api/gen/herald/registry/v1/registryv1connect"
-	"github.com/heraldmesh/herald/platform/config"
 	"github.com/heraldmesh/herald/platform/rpc"
 	"github.com/heraldmesh/herald/platform/secretbox"
 	"github.com/heraldmesh/herald/platform/usage"
@@ -220,25 +218,17 @@ func (r *whRun) all(ctx context.Context, dir string) error {
 	defer r.rdb.Close()
 	r.rep.Machine.Redis = version
 
-	adminKey := "hadm_bench_" + randomToken()
-	common := config.Common{RedisURL: srv.URL(), AdminKey: adminKey}
-	for _, a := range []*string{&common.RegistryAddr, &common.RouterAddr, &common.EdgeAddr, &common.MeteringAddr} {
-		if *a, err = freeAddr(); err != nil {
-			return err
-		}
-	}
-	// Receivers are on 127.0.0.1: allowlisted, over http, as `herald dev` does.
-	common.WebhookAllow = "127.0.0.0/8"
-	common.SecretKey = secretbox.NewKey()
-	regLog, err := os.Create(filepath.Join(dir, "registry.log"))
+	common, err := benchMesh(srv.URL())
 	if err != nil {
 		return err
 	}
-	defer regLog.Close()
-	r.progress("starting the registry (in this process) on %s", common.RegistryAddr)
-	stopRegistry, err := startRegistry(ctx, common, slog.New(slog.NewJSONHandler(regLog, nil)))
+	adminKey := common.AdminKey
+	// Receivers are on 127.0.0.1: allowlisted, over http, as `herald dev` does.
+	common.WebhookAllow = "127.0.0.0/8"
+	common.SecretKey = secretbox.NewKey()
+	stopRegistry, err := startRegistryIn(ctx, dir, common, r.progress)
 	if err != nil {
-		return fmt.Errorf("start registry: %w", err)
+		return err
 	}
 	defer stopRegistry()
 	r.reg = registryv1connect.NewRegistryServiceClient(rpc.HTTPClient(), rpc.BaseURL(common.RegistryAddr), rpc.ClientOptions(adminKey)...)
