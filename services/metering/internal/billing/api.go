@@ -23,6 +23,7 @@ import (
 	registryv1 "github.com/heraldmesh/herald/api/gen/herald/registry/v1"
 	"github.com/heraldmesh/herald/api/gen/herald/registry/v1/registryv1connect"
 	"github.com/heraldmesh/herald/platform/auth"
+	"github.com/heraldmesh/herald/services/metering/internal/apps"
 	"github.com/heraldmesh/herald/services/metering/internal/pricing"
 	"github.com/heraldmesh/herald/services/metering/internal/store"
 )
@@ -146,15 +147,11 @@ func (h *Handler) registryDown(ctx context.Context, err error) error {
 
 // tenantOf returns the tenant of an application, and whether it exists.
 func (h *Handler) tenantOf(ctx context.Context, app string) (string, bool, error) {
-	res, err := h.registry.GetApplication(ctx, connect.NewRequest(&registryv1.GetApplicationRequest{Id: app}))
-	switch connect.CodeOf(err) {
-	case connect.CodeNotFound, connect.CodeInvalidArgument:
-		return "", false, nil
-	}
+	t, known, err := apps.Lookup{Registry: h.registry}.TenantOf(ctx, app)
 	if err != nil {
 		return "", false, h.registryDown(ctx, err)
 	}
-	return res.Msg.GetApplication().GetTenant(), true, nil
+	return t, known, nil
 }
 
 func (h *Handler) products(ctx context.Context) (pricing.Products, error) {
@@ -179,11 +176,11 @@ func (h *Handler) subject(ctx context.Context, app, tenant string) (string, erro
 	case len(app) > 200 || len(tenant) > 200:
 		return "", invalid("application_id or tenant is longer than 200 bytes")
 	case tenant != "":
-		res, err := h.registry.ListApplications(ctx, connect.NewRequest(&registryv1.ListApplicationsRequest{Tenant: tenant}))
+		ok, err := apps.Lookup{Registry: h.registry}.TenantExists(ctx, tenant)
 		if err != nil {
 			return "", h.registryDown(ctx, err)
 		}
-		if len(res.Msg.GetApplications()) == 0 {
+		if !ok {
 			return "", notFound("no application belongs to tenant %s", tenant)
 		}
 		return tenant, nil

@@ -11,9 +11,9 @@ import (
 	"connectrpc.com/connect"
 	meteringv1 "github.com/heraldmesh/herald/api/gen/herald/metering/v1"
 	"github.com/heraldmesh/herald/api/gen/herald/metering/v1/meteringv1connect"
-	registryv1 "github.com/heraldmesh/herald/api/gen/herald/registry/v1"
 	"github.com/heraldmesh/herald/api/gen/herald/registry/v1/registryv1connect"
 	"github.com/heraldmesh/herald/platform/auth"
+	"github.com/heraldmesh/herald/services/metering/internal/apps"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
@@ -122,16 +122,16 @@ func validate(q *meteringv1.Quota) error {
 // the quota belongs to.
 func (h *Handler) tenantOfSubject(ctx context.Context, q *meteringv1.Quota) (string, error) {
 	if q.GetScope() == meteringv1.QuotaScope_QUOTA_SCOPE_TENANT {
-		res, err := h.registry.ListApplications(ctx, connect.NewRequest(&registryv1.ListApplicationsRequest{Tenant: q.GetSubject()}))
+		ok, err := h.apps().TenantExists(ctx, q.GetSubject())
 		if err != nil {
-			return "", fmt.Errorf("list applications of tenant %s: %w", q.GetSubject(), err)
+			return "", err
 		}
-		if len(res.Msg.GetApplications()) == 0 {
+		if !ok {
 			return "", connect.NewError(connect.CodeNotFound, fmt.Errorf("no application belongs to tenant %s", q.GetSubject()))
 		}
 		return q.GetSubject(), nil
 	}
-	tenant, known, err := h.tenantOf(ctx, q.GetSubject())
+	tenant, known, err := h.apps().TenantOf(ctx, q.GetSubject())
 	if err != nil {
 		return "", err
 	}
@@ -141,18 +141,7 @@ func (h *Handler) tenantOfSubject(ctx context.Context, q *meteringv1.Quota) (str
 	return tenant, nil
 }
 
-// tenantOf returns the tenant of an application, and whether it exists.
-func (h *Handler) tenantOf(ctx context.Context, app string) (string, bool, error) {
-	res, err := h.registry.GetApplication(ctx, connect.NewRequest(&registryv1.GetApplicationRequest{Id: app}))
-	switch connect.CodeOf(err) {
-	case connect.CodeNotFound, connect.CodeInvalidArgument:
-		return "", false, nil
-	}
-	if err != nil {
-		return "", false, fmt.Errorf("look up application %s: %w", app, err)
-	}
-	return res.Msg.GetApplication().GetTenant(), true, nil
-}
+func (h *Handler) apps() apps.Lookup { return apps.Lookup{Registry: h.registry} }
 
 // DeleteQuota implements QuotaService.
 func (h *Handler) DeleteQuota(ctx context.Context, req *connect.Request[meteringv1.DeleteQuotaRequest]) (*connect.Response[meteringv1.DeleteQuotaResponse], error) {
@@ -196,7 +185,7 @@ func (h *Handler) viewer(ctx context.Context, tenant string) (viewer, error) {
 	if p.ApplicationID == "" {
 		return viewer{}, connect.NewError(connect.CodePermissionDenied, errors.New("this key belongs to no application"))
 	}
-	own, known, err := h.tenantOf(ctx, p.ApplicationID)
+	own, known, err := h.apps().TenantOf(ctx, p.ApplicationID)
 	if err != nil {
 		return viewer{}, err
 	}
