@@ -30,6 +30,7 @@ import (
 	"github.com/heraldmesh/herald/services/edge/internal/cors"
 	"github.com/heraldmesh/herald/services/edge/internal/hub"
 	"github.com/heraldmesh/herald/services/edge/internal/poll"
+	"github.com/heraldmesh/herald/services/edge/internal/portal"
 	"github.com/heraldmesh/herald/services/edge/internal/request"
 	"github.com/heraldmesh/herald/services/edge/internal/sse"
 	"github.com/heraldmesh/herald/services/edge/internal/streamrpc"
@@ -162,7 +163,11 @@ func New(cfg Config) (*Service, error) {
 		streams.Collector(),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "herald_edge_live_subscribers", Help: "Subscribers following the live feed."}, func() float64 { return float64(h.Subscribers()) }),
 	)
-	if err := webhooks(base, cat, cfg, meter, quotas); err != nil {
+	webhookAPI, err := webhooks(base, cat, cfg, meter, quotas)
+	if err != nil {
+		return nil, err
+	}
+	if err := consumerPortal(base, cat, cfg, webhookAPI); err != nil {
 		return nil, err
 	}
 	if err := browserTokens(base, cat, cfg); err != nil {
@@ -198,16 +203,16 @@ func tenantOf(ctx context.Context, cat *catalog.Cache, p auth.Principal) string 
 }
 
 // webhooks sets up the webhook engine and its API.
-func webhooks(base *service.Base, cat *catalog.Cache, cfg Config, meter *usage.Appender, quotas *quota.Cache) error {
+func webhooks(base *service.Base, cat *catalog.Cache, cfg Config, meter *usage.Appender, quotas *quota.Cache) (http.Handler, error) {
 	box, policy, err := outbound(cfg)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	// Each endpoint's consumer blocks on Redis for events: a pool of its
 	// own, so that the SSE hub never waits for a connection.
 	rdb, err := config.OpenRedis(cfg.RedisURL, cfg.WebhookEndpoints+16)
 	if err != nil {
-		return fmt.Errorf("edge: %w", err)
+		return nil, fmt.Errorf("edge: %w", err)
 	}
 	engine := webhook.New(webhook.Options{
 		Redis: rdb, Catalog: cat, Log: base.Log, Box: box, Policy: policy,
@@ -218,11 +223,47 @@ func webhooks(base *service.Base, cat *catalog.Cache, cfg Config, meter *usage.A
 		Quotas: quotas,
 	})
 	api := &webhook.API{E: engine}
-	base.Server.Handle(edgev1connect.NewWebhookServiceHandler(api, base.HandlerOptions()...))
+	path, handler := edgev1connect.NewWebhookServiceHandler(api, base.HandlerOptions()...)
+	base.Server.Handle(path, handler)
 	base.Server.HandlePublic("GET /v1/webhooks/{id}/jwks.json", http.HandlerFunc(api.JWKS))
 	base.Go(func(ctx context.Context) error {
 		defer rdb.Close()
 		return engine.Run(ctx)
+	})
+	return handler, nil
+}
+
+// consumerPortal mounts the consumer portal (/portal/): its page, its
+// sessions, and the RPCs it forwards as the session's application to the
+// registry, metering and the edge's own WebhookService.
+func consumerPortal(base *service.Base, cat *catalog.Cache, cfg Config, webhookAPI http.Handler) error {
+	box, _, err := outbound(cfg)
+	if err != nil {
+		return err
+	}
+	var issuers auth.Issuers
+	if box != nil {
+		issuers = cat.TokenIssuers(box)
+	}
+	client := rpc.HTTPClient()
+	p, err := portal.New(portal.Options{
+		Auth:        base.Auth,
+		Registry:    registryv1connect.NewRegistryServiceClient(client, rpc.BaseURL(cfg.RegistryAddr), rpc.ClientOptions(cfg.AdminKey)...),
+		RegistryURL: rpc.BaseURL(cfg.RegistryAddr), MeteringURL: rpc.BaseURL(cfg.MeteringAddr),
+		Local:     base.Auth.Middleware(false, webhookAPI),
+		Transport: client.Transport,
+		Issuers:   issuers, Audience: "herald",
+		Log: base.Log,
+	})
+	if err != nil {
+		return fmt.Errorf("edge: portal: %w", err)
+	}
+	p.Mount(func(pattern string, h http.Handler, public bool) {
+		if public {
+			base.Server.HandlePublic(pattern, h)
+			return
+		}
+		base.Server.HandleSelfAuth(pattern, h)
 	})
 	return nil
 }
