@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -356,6 +357,13 @@ func TestPortalWebhookSelfService(t *testing.T) {
 	att := attempts["attempts"].([]any)[0].(map[string]any)
 	if att["cursor"] != cursor || att["status"] != float64(204) || att["success"] != true {
 		t.Fatalf("attempt: %v", att)
+	}
+	// The attempt shows the request as sent: its signature headers and body.
+	if hdrs, _ := att["requestHeaders"].(map[string]any); hdrs["Webhook-Id"] != first.header.Get("webhook-id") || hdrs["Webhook-Signature"] != first.header.Get("webhook-signature") {
+		t.Fatalf("attempt request headers: %v", att["requestHeaders"])
+	}
+	if b64, _ := att["requestBody"].(string); b64 != base64.StdEncoding.EncodeToString(first.body) {
+		t.Fatalf("attempt request body %q, sent %s", b64, first.body)
 	}
 	// Replay it: the same webhook-id again.
 	if q := c.mustCall(webhookSvc, "Replay", map[string]any{"subscriptionId": subID, "cursor": cursor}); q["queued"] != float64(1) {
