@@ -319,6 +319,27 @@ func TestAPIsJSONSchemaRefusesBrokenDocuments(t *testing.T) {
 			t.Errorf("%+v: %v\n%s", c, err, b)
 		}
 	}
+	// What each caller is shown: publishing with a publish grant, delivery
+	// with a subscribe grant, the catalog and metering to everyone.
+	for _, tc := range []struct {
+		c    discovery.Caller
+		apis []string
+		vis  string
+	}{
+		{discovery.Caller{Admin: true}, []string{"Herald catalog", "Herald publishing", "Herald event delivery", "Herald usage and billing"}, "Private"},
+		{discovery.Caller{Publish: true, Audience: registryv1.Audience_AUDIENCE_PARTNER}, []string{"Herald catalog", "Herald publishing", "Herald usage and billing"}, "Partner"},
+		{discovery.Caller{Subscribe: true, Audience: registryv1.Audience_AUDIENCE_PUBLIC}, []string{"Herald catalog", "Herald event delivery", "Herald usage and billing"}, "Public"},
+		{discovery.Caller{}, []string{"Herald catalog", "Herald usage and billing"}, "Private"},
+	} {
+		d := discovery.Build(links, tc.c, now, now)
+		var names []string
+		for _, a := range d.APIs {
+			names = append(names, a.Name)
+		}
+		if !slices.Equal(names, tc.apis) || d.Visibility != tc.vis || d.Created != "2026-12-03" || d.AID != "events.example.com:herald" {
+			t.Errorf("%+v: %v %q %q %q", tc.c, names, d.Visibility, d.Created, d.AID)
+		}
+	}
 	good, _ := json.Marshal(discovery.Build(links, discovery.Caller{Admin: true}, now, now))
 	for name, breakIt := range map[string]func(d map[string]any){
 		"no maintainers":            func(d map[string]any) { delete(d, "maintainers") },

@@ -242,8 +242,8 @@ func Build(l Links, c Caller, created, modified time.Time) *Document {
 		{Type: "Portal", Name: "Consumer portal", MediaType: "text/html", URL: portal,
 			Description: "Self-service for consumers: catalog, subscriptions, webhook endpoints, keys, usage and invoices."},
 		{Type: "Authentication", Name: "Bearer keys",
-			Description: "Every API takes Authorization: Bearer <key>, an application's key (hk_...) or the operator's.",
-			Data:        map[string]any{"type": "http", "scheme": "bearer", "in": "header", "name": "Authorization"}},
+			Description: "Every API takes Authorization: Bearer <key>, an application's key (hk_...) or the operator's; data is an OpenAPI security scheme.",
+			Data:        map[string]any{"type": "http", "scheme": "bearer"}},
 	}
 	return d
 }
