@@ -1,7 +1,8 @@
 // Package edge is Herald's way out: it follows the log and delivers events
 // to consumers outside the mesh as Server-Sent Events (GET /v1/stream),
 // HTTP/2 server streams (EdgeService.StreamEvents) and long polls
-// (GET /v1/poll).
+// (GET /v1/poll), and lists Herald's APIs for a caller (GET /apis.json,
+// APIs.json).
 package edge
 
 import (
@@ -95,6 +96,10 @@ type Service struct {
 // New builds the edge. It does not listen or contact Redis yet.
 func New(cfg Config) (*Service, error) {
 	cfg.setDefaults()
+	links, err := discoveryLinks(cfg)
+	if err != nil {
+		return nil, err
+	}
 	base, cat, err := service.NewWithCatalog(service.Options{Name: "edge", Addr: cfg.Addr, Common: cfg.Common, Logger: cfg.Logger})
 	if err != nil {
 		return nil, err
@@ -176,6 +181,7 @@ func New(cfg Config) (*Service, error) {
 	if err := webSub(base, cat, cfg, quotas); err != nil {
 		return nil, err
 	}
+	apisJSON(base, cat, links)
 	base.Server.OnReady(h.Ready)
 	base.Go(h.Run)
 	base.Go(requests.Run)
