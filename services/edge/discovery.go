@@ -55,9 +55,9 @@ func discoveryLinks(cfg Config) (discovery.Links, error) {
 
 // apisJSON serves GET /apis.json (see package discovery) to callers with a
 // key: what it lists depends on the caller's grants.
-func apisJSON(base *service.Base, cat *catalog.Cache, links discovery.Links) {
+func apisJSON(base *service.Base, cat *catalog.Cache, links discovery.Links) http.Handler {
 	started := time.Now()
-	base.Server.HandleHTTP("GET "+discovery.Path, base.Auth.Middleware(false, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	h := base.Auth.Middleware(false, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		l := links
 		if l.Edge == "" {
 			if a := base.Server.Addr(); a != nil {
@@ -79,7 +79,9 @@ func apisJSON(base *service.Base, cat *catalog.Cache, links discovery.Links) {
 			base.Log.Error("apis.json: encoding", "err", err.Error())
 			auth.WriteError(w, r, err)
 		}
-	})))
+	}))
+	base.Server.HandleHTTP("GET "+discovery.Path, h)
+	return h
 }
 
 // discoveryCaller is what the document needs to know of the caller.

@@ -28,6 +28,7 @@ import (
 	"github.com/heraldmesh/herald/platform/usage"
 	"github.com/heraldmesh/herald/services/edge/internal/ceiling"
 	"github.com/heraldmesh/herald/services/edge/internal/console"
+	"github.com/heraldmesh/herald/services/edge/internal/discovery"
 	"github.com/heraldmesh/herald/services/edge/internal/cors"
 	"github.com/heraldmesh/herald/services/edge/internal/hub"
 	"github.com/heraldmesh/herald/services/edge/internal/poll"
@@ -172,7 +173,8 @@ func New(cfg Config) (*Service, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := consumerPortal(base, cat, cfg, webhookAPI); err != nil {
+	apis := apisJSON(base, cat, links)
+	if err := consumerPortal(base, cat, cfg, webhookAPI, apis); err != nil {
 		return nil, err
 	}
 	if err := browserTokens(base, cat, cfg); err != nil {
@@ -181,7 +183,6 @@ func New(cfg Config) (*Service, error) {
 	if err := webSub(base, cat, cfg, quotas); err != nil {
 		return nil, err
 	}
-	apisJSON(base, cat, links)
 	base.Server.OnReady(h.Ready)
 	base.Go(h.Run)
 	base.Go(requests.Run)
@@ -242,7 +243,7 @@ func webhooks(base *service.Base, cat *catalog.Cache, cfg Config, meter *usage.A
 // consumerPortal mounts the consumer portal (/portal/): its page, its
 // sessions, and the RPCs it forwards as the session's application to the
 // registry, metering and the edge's own WebhookService.
-func consumerPortal(base *service.Base, cat *catalog.Cache, cfg Config, webhookAPI http.Handler) error {
+func consumerPortal(base *service.Base, cat *catalog.Cache, cfg Config, webhookAPI, apis http.Handler) error {
 	box, _, err := outbound(cfg)
 	if err != nil {
 		return err
@@ -252,11 +253,16 @@ func consumerPortal(base *service.Base, cat *catalog.Cache, cfg Config, webhookA
 		issuers = cat.TokenIssuers(box)
 	}
 	client := rpc.HTTPClient()
+	// What the portal serves from the edge itself: WebhookService and
+	// apis.json (which authenticates by itself).
+	local := http.NewServeMux()
+	local.Handle("/"+edgev1connect.WebhookServiceName+"/", base.Auth.Middleware(false, webhookAPI))
+	local.Handle("GET "+discovery.Path, apis)
 	p, err := portal.New(portal.Options{
 		Auth:        base.Auth,
 		Registry:    registryv1connect.NewRegistryServiceClient(client, rpc.BaseURL(cfg.RegistryAddr), rpc.ClientOptions(cfg.AdminKey)...),
 		RegistryURL: rpc.BaseURL(cfg.RegistryAddr), MeteringURL: rpc.BaseURL(cfg.MeteringAddr),
-		Local:     base.Auth.Middleware(false, webhookAPI),
+		Local:     local,
 		Transport: client.Transport,
 		Issuers:   issuers, Audience: "herald",
 		Log: base.Log,

@@ -293,8 +293,14 @@ func TestPortalAuthorization(t *testing.T) {
 	}
 	// A key as the cookie is still only that key: another tenant's key
 	// sees only its own.
-	if status, _, _ := c.do("GET", "/portal/asyncapi.json", nil, nil); status != http.StatusOK {
-		t.Fatalf("asyncapi: %d", status)
+	if status, body, _ := c.do("GET", "/portal/asyncapi.json", nil, nil); status != http.StatusOK || !strings.Contains(string(body), e.invoice) {
+		t.Fatalf("asyncapi: %d %s", status, body)
+	}
+	if status, body, _ := c.do("GET", "/portal/apis.json", nil, nil); status != http.StatusOK || !strings.Contains(string(body), "specificationVersion") {
+		t.Fatalf("apis.json through the portal: %d %s", status, body)
+	}
+	if status, _, _ := anon.do("GET", "/portal/apis.json", nil, nil); status != http.StatusUnauthorized {
+		t.Fatalf("apis.json without a session: %d", status)
 	}
 }
 

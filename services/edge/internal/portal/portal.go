@@ -185,6 +185,7 @@ func (h *Handler) Mount(mount func(pattern string, handler http.Handler, public 
 	mount("GET /portal/asyncapi.json", h.session(h.forward(h.registry, "/asyncapi.json")), false)
 	mount("GET /portal/asyncapi.yaml", h.session(h.forward(h.registry, "/asyncapi.yaml")), false)
 	mount("GET /portal/invoices/{id}/export", h.session(h.exportInvoice), false)
+	mount("GET /portal/apis.json", h.session(h.local("/apis.json")), false)
 	mount("POST /portal/token", h.session(h.mintToken), false)
 	if h.o.Codegen != nil {
 		mount("GET /portal/codegen", h.session(func(w http.ResponseWriter, r *http.Request, _ auth.Principal) {
@@ -351,7 +352,14 @@ func (h *Handler) rpc(w http.ResponseWriter, r *http.Request, _ auth.Principal) 
 	case strings.HasPrefix(service, "herald.metering."):
 		h.metering.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), pathKey{}, path)))
 	default:
-		// The edge's own service, in process, behind its authentication.
+		h.local(path)(w, r, auth.Principal{})
+	}
+}
+
+// local serves a request from the edge itself (Options.Local), in
+// process, at path, with the session's key.
+func (h *Handler) local(path string) func(http.ResponseWriter, *http.Request, auth.Principal) {
+	return func(w http.ResponseWriter, r *http.Request, _ auth.Principal) {
 		out := r.Clone(r.Context())
 		out.URL.Path, out.URL.RawPath, out.RequestURI = path, "", path
 		out.Header.Del("Cookie")
