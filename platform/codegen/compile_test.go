@@ -298,3 +298,30 @@ func main() {
 		t.Fatalf("gofmt changed the generated files (%s)", out)
 	}
 }
+
+// Every schema of the mapping tests gives TypeScript that tsc --strict
+// accepts and Go that go vet accepts, all in one file (so the names of
+// different types do not collide either).
+func TestEveryMappingCompiles(t *testing.T) {
+	var types []codegen.Type
+	for i, s := range codegen.MappingSchemas() {
+		types = append(types, codegen.Type{Name: fmt.Sprintf("shop.case%d.done", i), Schema: []byte(s), SchemaVersion: i + 1})
+	}
+	types = append(types, sampleTypes(t)...)
+	ts, err := codegen.Generate(codegen.TypeScript, codegen.Options{}, types)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := codegentest.TSDir(t)
+	codegentest.WriteFiles(t, dir, ts...)
+	if out, ok := codegentest.TSC(t, dir, "--noEmit", "events.ts"); !ok {
+		t.Errorf("tsc --strict:\n%s", out)
+	}
+	gf, err := codegen.Generate(codegen.Go, codegen.Options{}, types)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, ok := codegentest.Go(t, codegentest.GoModule(t, "events", gf, ""), "vet", "./..."); !ok {
+		t.Errorf("go vet:\n%s", out)
+	}
+}
