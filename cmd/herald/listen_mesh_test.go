@@ -28,13 +28,20 @@ import (
 
 // startMesh runs the four services in this process against a private
 // redis-server, and returns the addresses once every one is ready.
-func startMesh(t *testing.T) config.Common {
+func startMesh(t *testing.T) config.Common { return startMeshWith(t, nil) }
+
+// startMeshWith is startMesh with settings changed by set.
+func startMeshWith(t *testing.T, set func(*config.Common)) config.Common {
 	t.Helper()
 	srv := testutil.Redis(t)
-	m, err := mesh.New(config.Common{
+	common := config.Common{
 		RedisURL: srv.URL(), AdminKey: cliTestKey,
 		EdgeAddr: "127.0.0.1:0", RouterAddr: "127.0.0.1:0", RegistryAddr: "127.0.0.1:0", MeteringAddr: "127.0.0.1:0",
-	}, slog.New(slog.DiscardHandler))
+	}
+	if set != nil {
+		set(&common)
+	}
+	m, err := mesh.New(common, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
