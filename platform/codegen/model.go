@@ -445,13 +445,13 @@ func unescapePointer(s string) string {
 // following chains of such references.
 func onlyRef(s *jsonschema.Schema) *jsonschema.Schema {
 	var target *jsonschema.Schema
-	for s.Ref != nil && s.Types == nil && s.Enum == nil && s.Const == nil && len(s.Properties) == 0 &&
-		len(s.OneOf) == 0 && len(s.AnyOf) == 0 && len(s.AllOf) == 0 && s.Items2020 == nil && s.Items == nil && s.AdditionalProperties == nil {
+	for hops := 0; hops < 64 && s.Ref != nil && s.Types == nil && s.Enum == nil && s.Const == nil && len(s.Properties) == 0 &&
+		len(s.OneOf) == 0 && len(s.AnyOf) == 0 && len(s.AllOf) == 0 && s.Items2020 == nil && s.Items == nil && s.AdditionalProperties == nil; hops++ {
 		if s.Ref == target {
 			break
 		}
 		target, s = s.Ref, s.Ref
-		if s == nil || s.Bool != nil {
+		if s.Bool != nil {
 			break
 		}
 	}
