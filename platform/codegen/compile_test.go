@@ -325,3 +325,26 @@ func TestEveryMappingCompiles(t *testing.T) {
 		t.Errorf("go vet:\n%s", out)
 	}
 }
+
+// events.ts compiles under the strictest settings consumers use, and
+// without the DOM or Node's type declarations (lib es2022 only): it
+// declares the Web APIs it uses itself.
+func TestGeneratedTypeScriptUnderStrictestSettings(t *testing.T) {
+	var types []codegen.Type
+	for i, s := range codegen.MappingSchemas() {
+		types = append(types, codegen.Type{Name: fmt.Sprintf("shop.case%d.done", i), Schema: []byte(s), SchemaVersion: 1})
+	}
+	types = append(types, sampleTypes(t)...)
+	files, err := codegen.Generate(codegen.TypeScript, codegen.Options{}, types)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := codegentest.TSDir(t)
+	codegentest.WriteFiles(t, dir, files...)
+	out, ok := codegentest.TSC(t, dir, "--noEmit", "--lib", "es2022", "--types", "", "--noUncheckedIndexedAccess", "--exactOptionalPropertyTypes",
+		"--noImplicitReturns", "--noUnusedLocals", "--noUnusedParameters", "--noImplicitOverride", "--noPropertyAccessFromIndexSignature",
+		"--noFallthroughCasesInSwitch", "--verbatimModuleSyntax", "--isolatedModules", "events.ts")
+	if !ok {
+		t.Fatalf("tsc:\n%s", out)
+	}
+}
