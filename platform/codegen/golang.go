@@ -7,6 +7,7 @@ import (
 	"go/format"
 	"strconv"
 	"strings"
+	"unicode"
 )
 
 //go:embed webhook.go.txt
@@ -115,9 +116,17 @@ func (w *goWriter) object(d *decl) {
 	fields := newNamer()
 	if d.extra != nil {
 		fields.take("AdditionalProperties")
+		fields.take("MarshalJSON") // the methods: a field may not share their names
+		fields.take("UnmarshalJSON")
 	}
 	w.line("type " + d.name + " struct {")
 	for _, f := range d.fields {
+		if !goTagName(f.json) {
+			// encoding/json would fall back to the field's Go name: leave
+			// the property out rather than decode it wrongly.
+			w.line(fmt.Sprintf("	// The property %s is left out: encoding/json cannot name it in a struct tag.", strconv.Quote(f.json)))
+			continue
+		}
 		name := fields.take(identifier(f.json, "Field", true))
 		doc := f.doc
 		if note := goTypeNote(f.t); note != "" {
@@ -310,6 +319,23 @@ func ParseEvent(body []byte) (Event, error) {
 	}
 	return ev, nil
 }`)
+}
+
+// goTagName tells whether encoding/json accepts name as the name in a
+// struct tag (the characters its isValidTag allows).
+func goTagName(name string) bool {
+	if name == "" {
+		return false
+	}
+	for _, r := range name {
+		switch {
+		case strings.ContainsRune("!#$%&()*+-./:;<=>?@[]^_{|}~ ", r):
+		case unicode.IsLetter(r), unicode.IsDigit(r):
+		default:
+			return false
+		}
+	}
+	return true
 }
 
 // goDeclDoc is a declaration's comment: what it is, its description and

@@ -157,6 +157,12 @@ var mappingCases = []struct {
 		goSrc:  []string{"\tAnything json.RawMessage `json:\"anything,omitempty\"`", "\t// The schema allows no value here: the property is never present.\n\tNothing json.RawMessage"},
 	},
 	{
+		name:   "property names encoding/json cannot tag, and names of the methods",
+		schema: `{"type":"object","properties":{"a,b":{"type":"string"},"say \"hi\"":{"type":"string"},"marshal_json":{"type":"string"},"ok":{"type":"string"}},"additionalProperties":{"type":"string"}}`,
+		ts:     []string{`  "a,b"?: string;`, `  "say \"hi\""?: string;`},
+		goSrc:  []string{"\t// The property \"a,b\" is left out: encoding/json cannot name it in a struct tag.", "\tMarshalJSON2 *string `json:\"marshal_json,omitempty\"`", "\tOk *string `json:\"ok,omitempty\"`", "\t\tcase \"a,b\", \"marshal_json\", \"ok\", \"say \\\"hi\\\"\":"},
+	},
+	{
 		name:   "required but undescribed",
 		schema: `{"type":"object","required":["x"],"properties":{"y":{"type":"string"}}}`,
 		ts:     []string{"  x: unknown;"},
