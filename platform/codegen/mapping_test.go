@@ -121,6 +121,12 @@ var mappingCases = []struct {
 		goSrc:  []string{"\tRoot ShopOrderPlacedNode `json:\"root\"`", "\tAgain *ShopOrderPlaced `json:\"again,omitempty\"`", "type ShopOrderPlacedID string", "\tNext *ShopOrderPlacedNode `json:\"next\"`", "\tKids []ShopOrderPlacedNode `json:\"kids,omitempty\"`", "// An id.\n//\n// Schema: shop.order.placed#/$defs/id."},
 	},
 	{
+		name:   "properties beside oneOf: the object, the variants as a note",
+		schema: `{"type":"object","properties":{"email":{"type":"string"},"phone":{"type":"string"}},"oneOf":[{"required":["email"]},{"required":["phone"]}]}`,
+		ts:     []string{"The schema also has 2 alternatives (oneOf/anyOf) that these fields do not express.", "  email?: string;", "  phone?: string;"},
+		goSrc:  []string{"\tEmail *string `json:\"email,omitempty\"`"},
+	},
+	{
 		name:   "allOf merges objects",
 		schema: `{"allOf":[{"$ref":"#/$defs/base"},{"type":"object","required":["extra"],"properties":{"extra":{"type":"boolean"}}}],"$defs":{"base":{"type":"object","required":["id"],"properties":{"id":{"type":"string"}}}}}`,
 		ts:     []string{"export interface ShopOrderPlaced {\n  extra: boolean;\n  id: string;"},

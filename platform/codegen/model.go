@@ -226,6 +226,9 @@ func (b *builder) fill(d *decl, s *jsonschema.Schema, doc string) {
 	if isObject(s) {
 		if props, required, extra, open := collectObject(s); len(props) > 0 {
 			d.kind = declObject
+			if n := len(s.OneOf) + len(s.AnyOf); n > 0 {
+				d.doc = strings.TrimSpace(d.doc + fmt.Sprintf("\n\nThe schema also has %d alternatives (oneOf/anyOf) that these fields do not express.", n))
+			}
 			b.building[d] = true
 			b.objectFields(d, props, required)
 			delete(b.building, d)
@@ -313,7 +316,10 @@ func (b *builder) typeOf(s *jsonschema.Schema, want string) *typeExpr {
 		}
 		return &typeExpr{kind: kindNamed, decl: b.named(s, want), nullable: nullable}
 	}
-	if variants := s.OneOf; len(variants) > 0 || len(s.AnyOf) > 0 {
+	// Properties beside oneOf/anyOf (the variants often only add required
+	// properties): the object is what the data has; the variants stay a
+	// constraint, said in its comment.
+	if variants := s.OneOf; (len(variants) > 0 || len(s.AnyOf) > 0) && len(s.Properties) == 0 {
 		if len(variants) == 0 {
 			variants = s.AnyOf
 		}
