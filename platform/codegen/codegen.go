@@ -77,7 +77,9 @@ type File struct {
 // Generate writes the typed definitions of types in lang (Go or
 // TypeScript). types may come in any order and must have distinct, valid
 // names and schemas that compile; an error names the type at fault. The
-// files come sorted by name.
+// files come sorted by name. With no types it still writes the envelope
+// and the verifier, so Generate(lang, opts, nil) also checks lang
+// (errors.Is ErrUnknownLanguage) and opts before the types are fetched.
 //
 // Names: each type's data is the PascalCase of its name
 // (billing.invoice.paid: BillingInvoicePaid), its envelope that plus
