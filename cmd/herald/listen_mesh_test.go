@@ -28,6 +28,9 @@ import (
 
 // startMesh runs the four services in this process against a private
 // redis-server, and returns the addresses once every one is ready.
+// startMeshWith is startMesh with settings changed by set.
+func startMeshWith(t *testing.T, set func(*config.Common)) config.Common { return startMesh(t, set) }
+
 func startMesh(t *testing.T, set ...func(*config.Common)) config.Common {
 	t.Helper()
 	srv := testutil.Redis(t)
