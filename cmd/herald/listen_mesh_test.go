@@ -26,11 +26,11 @@ import (
 	"github.com/heraldmesh/herald/platform/webhook"
 )
 
-// startMesh runs the four services in this process against a private
-// redis-server, and returns the addresses once every one is ready.
 // startMeshWith is startMesh with settings changed by set.
 func startMeshWith(t *testing.T, set func(*config.Common)) config.Common { return startMesh(t, set) }
 
+// startMesh runs the four services in this process against a private
+// redis-server, and returns the addresses once every one is ready.
 func startMesh(t *testing.T, set ...func(*config.Common)) config.Common {
 	t.Helper()
 	srv := testutil.Redis(t)

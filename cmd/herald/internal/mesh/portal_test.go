@@ -1,6 +1,7 @@
 package mesh_test
 
 import (
+	"archive/zip"
 	"bytes"
 	"context"
 	"crypto/sha256"
@@ -301,6 +302,27 @@ func TestPortalAuthorization(t *testing.T) {
 	}
 	if status, _, _ := anon.do("GET", "/portal/apis.json", nil, nil); status != http.StatusUnauthorized {
 		t.Fatalf("apis.json without a session: %d", status)
+	}
+	// Typed clients of the types it may see.
+	if status, body, hdr := c.do("GET", "/portal/codegen?lang=ts&types=billing.*", nil, nil); status != http.StatusOK ||
+		!strings.Contains(string(body), "interface BillingInvoicePaid") || !strings.Contains(hdr.Get("Content-Disposition"), "attachment") {
+		t.Fatalf("codegen ts: %d %s", status, body)
+	}
+	status, body, hdr := c.do("GET", "/portal/codegen?lang=go", nil, nil)
+	if status != http.StatusOK || hdr.Get("Content-Type") != "application/zip" {
+		t.Fatalf("codegen go: %d %s", status, body)
+	}
+	zr, err := zip.NewReader(bytes.NewReader(body), int64(len(body)))
+	if err != nil || len(zr.File) < 2 {
+		t.Fatalf("codegen go archive: %v", err)
+	}
+	for _, q := range []string{"lang=rust", "lang=ts&types=Bad Pattern", "lang=ts&types=nothing.here.*"} {
+		if status, body, _ := c.do("GET", "/portal/codegen?"+strings.ReplaceAll(q, " ", "%20"), nil, nil); status == http.StatusOK {
+			t.Fatalf("codegen %s: %d %s", q, status, body)
+		}
+	}
+	if status, _, _ := anon.do("GET", "/portal/codegen?lang=ts", nil, nil); status != http.StatusUnauthorized {
+		t.Fatalf("codegen without a session: %d", status)
 	}
 }
 

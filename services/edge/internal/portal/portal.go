@@ -114,8 +114,6 @@ type Options struct {
 	Issuers auth.Issuers
 	// Audience is the aud of minted tokens.
 	Audience string
-	// Codegen, when set, serves GET /portal/codegen.
-	Codegen http.Handler
 	Log     *slog.Logger
 }
 
@@ -187,11 +185,7 @@ func (h *Handler) Mount(mount func(pattern string, handler http.Handler, public 
 	mount("GET /portal/invoices/{id}/export", h.session(h.exportInvoice), false)
 	mount("GET /portal/apis.json", h.session(h.local("/apis.json")), false)
 	mount("POST /portal/token", h.session(h.mintToken), false)
-	if h.o.Codegen != nil {
-		mount("GET /portal/codegen", h.session(func(w http.ResponseWriter, r *http.Request, _ auth.Principal) {
-			h.o.Codegen.ServeHTTP(w, r)
-		}), false)
-	}
+	mount("GET /portal/codegen", h.session(h.codegenDownload), false)
 }
 
 func (h *Handler) servePage(w http.ResponseWriter, _ *http.Request) {
