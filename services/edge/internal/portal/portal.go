@@ -114,7 +114,7 @@ type Options struct {
 	Issuers auth.Issuers
 	// Audience is the aud of minted tokens.
 	Audience string
-	Log     *slog.Logger
+	Log      *slog.Logger
 }
 
 // Handler serves the portal.
