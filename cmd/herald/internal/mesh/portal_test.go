@@ -264,6 +264,24 @@ func TestPortalAuthorization(t *testing.T) {
 			t.Fatalf("%s: the error carries internals: %s", call.method, msg)
 		}
 	}
+	// Metering through the portal: its own usage and invoices, nobody
+	// else's.
+	const meterSvc, billSvc = "herald.metering.v1.MeteringService", "herald.metering.v1.BillingService"
+	c.mustCall(meterSvc, "GetUsage", map[string]any{"applicationId": e.appID})
+	for _, call := range []struct {
+		service, method string
+		req             map[string]any
+	}{
+		{meterSvc, "GetUsage", map[string]any{"applicationId": other.GetId()}},
+		{billSvc, "ListInvoices", map[string]any{"applicationId": other.GetId()}},
+	} {
+		if status, out := c.call(call.service, call.method, call.req); status == http.StatusOK {
+			t.Fatalf("%s of another application through the portal: %v", call.method, out)
+		}
+	}
+	if status, _ := c.call(billSvc, "CreatePlan", map[string]any{}); status != http.StatusNotFound {
+		t.Fatalf("an operator-only billing method through the portal: %d", status)
+	}
 	if status, _ := c.call(regSvc, "CreateEventType", map[string]any{"eventType": map[string]any{"name": "x.y.z"}}); status != http.StatusNotFound {
 		t.Fatalf("an operator-only method through the portal: %d", status)
 	}
