@@ -231,6 +231,25 @@ func TestPortalSignIn(t *testing.T) {
 	if status, _, _ := d.do("GET", "/portal/session", nil, nil); status != http.StatusUnauthorized {
 		t.Fatalf("after sign-out: %d", status)
 	}
+
+	// Last, as it limits every request from this address: Guessing links runs out of tries like guessing keys: 429 with
+	// Retry-After, and then even a good link waits.
+	good := e.portalLink(t, e.appID)
+	var limited http.Header
+	for i := 0; i < 40 && limited == nil; i++ {
+		status, _, hdr := again.signIn(fmt.Sprintf("hpl_guess%d", i))
+		if status == http.StatusTooManyRequests {
+			limited = hdr
+		} else if status != http.StatusUnauthorized {
+			t.Fatalf("guess %d: %d", i, status)
+		}
+	}
+	if limited == nil || limited.Get("Retry-After") == "" {
+		t.Fatalf("40 wrong links were never limited")
+	}
+	if status, _, _ := again.signIn(good); status != http.StatusTooManyRequests {
+		t.Fatalf("a good link from a limited address: %d", status)
+	}
 }
 
 // The portal acts as its application and nothing more: another tenant's

@@ -235,9 +235,17 @@ func (h *Handler) signIn(w http.ResponseWriter, r *http.Request) {
 		auth.WriteError(w, r, connect.NewError(connect.CodeInvalidArgument, errors.New(`send {"link": "<the token after #link= in the portal link>"}`)))
 		return
 	}
+	// Guessing links is as slow as guessing keys: the same failure budget
+	// per source address.
+	if err := h.o.Auth.Limited(r.RemoteAddr); err != nil {
+		auth.WriteError(w, r, err)
+		return
+	}
 	res, err := h.o.Registry.RedeemPortalLink(r.Context(), connect.NewRequest(&registryv1.RedeemPortalLinkRequest{Token: in.Link}))
 	if err != nil {
-		if c := connect.CodeOf(err); c != connect.CodeUnauthenticated {
+		if c := connect.CodeOf(err); c == connect.CodeUnauthenticated {
+			h.o.Auth.CountFailure(r.RemoteAddr)
+		} else {
 			h.o.Log.Warn("portal: link not redeemed", "err", err)
 			err = connect.NewError(connect.CodeUnavailable, errors.New("the sign-in could not be completed; retry later"))
 		}
