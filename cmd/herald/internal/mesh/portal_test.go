@@ -232,7 +232,8 @@ func TestPortalSignIn(t *testing.T) {
 		t.Fatalf("after sign-out: %d", status)
 	}
 
-	// Last, as it limits every request from this address: Guessing links runs out of tries like guessing keys: 429 with
+	// Last, as it limits every request from this address: guessing links
+	// runs out of tries like guessing keys: 429 with
 	// Retry-After, and then even a good link waits.
 	good := e.portalLink(t, e.appID)
 	var limited http.Header
