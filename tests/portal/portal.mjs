@@ -11,6 +11,7 @@
 // are named by "testid" (a data-testid) or "sel" (a CSS selector):
 //
 //   {"seq": 1, "cmd": "open", "url": "/portal/#link=..."}   load a URL (relative to PORTAL_ORIGIN)
+//   {"seq": 2, "cmd": "reload"}                             load the page again
 //   {"seq": 2, "cmd": "click", "testid": "sub-create"}      click the first match
 //   {"seq": 3, "cmd": "fill", "sel": "#suburl", "value": "..."}
 //   {"seq": 4, "cmd": "select", "testid": "sub-ordering", "value": "WEBHOOK_ORDERING_ORDERED"}
@@ -132,6 +133,9 @@ async function run(c) {
   switch (c.cmd) {
     case 'open':
       await page.goto(new URL(c.url, origin).toString());
+      break;
+    case 'reload':
+      await page.reload();
       break;
     case 'click':
       await page.locator(selector(c)).first().click({ timeout });
