@@ -24,6 +24,7 @@
 //        fetch from the page (its origin, its cookies): {"status", "contentType", "body"}
 //   {"seq": 9, "cmd": "download", "testid": "invoice-csv"}   click a download link: {"filename", "body"}
 //   {"seq": 10, "cmd": "cookies"}                            the browser's cookies, with their attributes
+//   {"seq": 10, "cmd": "screenshot", "path": "/tmp/x.png"}   the whole page as a PNG
 //   {"seq": 11, "cmd": "clearCookies"}
 //
 // Every answer also carries the page as it stands: {"seq", "kind": "page",
@@ -180,6 +181,9 @@ async function run(c) {
       result.failure = (await dl.failure()) || '';
       break;
     }
+    case 'screenshot':
+      await page.screenshot({ path: c.path, fullPage: true });
+      break;
     case 'cookies':
       result.cookies = await context.cookies();
       break;

@@ -5,8 +5,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -165,6 +168,13 @@ func (b *chrome) wait(sel string, attrs ...string) []chromeElem {
 	return b.do(map[string]any{"cmd": "wait", "sel": sel, "attrs": a}).Elements
 }
 
+// shown waits for a visible element matching sel and returns every
+// match.
+func (b *chrome) shown(sel string) []chromeElem {
+	b.t.Helper()
+	return b.do(map[string]any{"cmd": "wait", "sel": sel, "visible": true}).Elements
+}
+
 // view waits until the page shows view, loaded.
 func (b *chrome) view(name string) {
 	b.t.Helper()
@@ -207,6 +217,15 @@ func (b *chrome) session() (int, map[string]any) {
 	var out map[string]any
 	_ = json.Unmarshal([]byte(body), &out)
 	return status, out
+}
+
+// shot saves a screenshot of the page when HERALD_PORTAL_SCREENSHOTS names
+// a directory (to look at the page; the test asserts nothing on them).
+func (b *chrome) shot(name string) {
+	b.t.Helper()
+	if dir := os.Getenv("HERALD_PORTAL_SCREENSHOTS"); dir != "" {
+		b.do(map[string]any{"cmd": "screenshot", "path": filepath.Join(dir, name+".png")})
+	}
 }
 
 func one(t *testing.T, what string, els []chromeElem) chromeElem {
@@ -352,9 +371,14 @@ func TestPortalInChromium(t *testing.T) {
 	expiring := mint(time.Minute)
 	link := mint(0)
 
-	// A local receiver: 202, a header and a body of its own.
+	// A local receiver: 202, a header and a body of its own (500 while
+	// failing).
+	var failing atomic.Bool
 	receiver := newResponder(t, func(_ int, _ hit, w http.Header) int {
 		w.Set("X-Receiver", "portal-test")
+		if failing.Load() {
+			return http.StatusInternalServerError
+		}
 		return http.StatusAccepted
 	})
 
@@ -418,6 +442,7 @@ func TestPortalInChromium(t *testing.T) {
 	if lostRow.Data["data-lifecycle"] != "LIFECYCLE_DEPRECATED" || !strings.Contains(lostRow.Text, "sunset "+sunset.Format("2006-01-02")) {
 		t.Fatalf("deprecated type shown as %+v", lostRow)
 	}
+	b.shot("catalog")
 	one(t, "the shipping domain", b.read(tid("domains")+` tr[data-name="shipping"]`))
 	product := one(t, "the parcels product", b.read(tid("products")+` tr[data-name="parcels"]`))
 	if !strings.Contains(product.Text, "Starter: 0.05 EUR per event") {
@@ -440,6 +465,7 @@ func TestPortalInChromium(t *testing.T) {
 	if !anyText(added, `"carrier"`) {
 		t.Fatalf("the diff adds %+v, want the carrier property", added)
 	}
+	b.shot("type")
 	if ex := b.read(tid("example")); len(ex) != 2 || ex[0].Data["data-name"] != "heavy" || !strings.Contains(ex[0].Text, `"weight_kg": 12`) {
 		t.Fatalf("examples %+v", ex)
 	}
@@ -466,7 +492,7 @@ func TestPortalInChromium(t *testing.T) {
 	b.choose(tid("sub-ordering"), "WEBHOOK_ORDERING_ORDERED")
 	b.fill(tid("sub-rate"), "5")
 	b.click(tid("sub-create"))
-	created := b.wait(tid("sub-created"))
+	created := b.shown(tid("sub-created") + `[data-id^="sub_"]`)
 	subID := created[0].Data["data-id"]
 	secret1 := one(t, "the new secret", b.read(tid("new-webhook-secret"))).Text
 	b.secrets = append(b.secrets, secret1)
@@ -592,11 +618,62 @@ func TestPortalInChromium(t *testing.T) {
 	b.click(tid("ep-toggle"))
 	b.wait(tid("view-endpoint"), "data-disabled", "false", "data-state", "ready")
 
+	// A failing receiver: a test event is dead-lettered (the operator set a
+	// short retry schedule), the page lists it, and its Replay delivers it
+	// once the receiver answers again.
+	if _, err := e.reg.UpdateSubscription(ctx, connect.NewRequest(&registryv1.UpdateSubscriptionRequest{
+		Subscription: &registryv1.Subscription{Id: subID, Channel: &registryv1.Subscription_Webhook{Webhook: &registryv1.WebhookChannel{RetrySchedule: short(20*time.Millisecond, 20*time.Millisecond)}}},
+		UpdateMask:   []string{"webhook.retry_schedule"},
+	})); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second) // the engine restarts the endpoint with the change
+	failing.Store(true)
+	doomed := send()
+	doomedID, doomedCursor := doomed.Data["data-event-id"], doomed.Data["data-cursor"]
+	dead := one(t, "the dead letter", b.wait(tid("deadletter")+`[data-event-id="`+doomedID+`"]`))
+	if dead.Data["data-cursor"] != doomedCursor || countID(receiver, doomedID) != 3 {
+		t.Fatalf("dead letter %+v after %d requests, want 3", dead.Data, countID(receiver, doomedID))
+	}
+	b.wait(tid("attempt")+`[data-event-id="`+doomedID+`"]`, "data-status", "500", "data-number", "3", "data-success", "false")
+	b.shot("endpoint")
+	failing.Store(false)
+	b.click(tid("deadletter-replay") + `[data-cursor="` + doomedCursor + `"]`)
+	testutil.Eventually(t, 20*time.Second, func() bool { return countID(receiver, doomedID) == 4 }, "the dead letter replayed")
+	b.wait(tid("attempt")+`[data-event-id="`+doomedID+`"]`, "data-status", "202", "data-number", "4")
+
+	// A stream subscription to a product, then deleted.
+	b.click(tid("tab-subscriptions"))
+	b.view("subscriptions")
+	b.check(tid("sub-source-product"))
+	b.choose(tid("sub-product"), "parcels")
+	b.check(tid("sub-channel-stream"))
+	b.fill(tid("sub-filter"), "")
+	b.wait(tid("filter-verdict"), "data-state", "empty")
+	b.click(tid("sub-create"))
+	streamID := b.shown(tid("sub-created") + `[data-id^="sub_"]:not([data-id="` + subID + `"])`)[0].Data["data-id"]
+	if n := len(b.read(tid("new-webhook-secret"))); n != 0 {
+		t.Fatal("a stream subscription shows a webhook secret")
+	}
+	stream, err := e.reg.GetSubscription(ctx, connect.NewRequest(&registryv1.GetSubscriptionRequest{Id: streamID}))
+	if err != nil || stream.Msg.GetSubscription().GetStream() == nil || !slices.Equal(stream.Msg.GetSubscription().GetTypes(), []string{"shipping.parcel.*"}) ||
+		stream.Msg.GetSubscription().GetApplicationId() != appA.GetId() {
+		t.Fatalf("the product's stream subscription: %v %v", stream, err)
+	}
+	b.wait(tid("subs")+` tr[data-id="`+streamID+`"]`, "data-channel", "stream")
+	b.shot("subscriptions")
+	b.click(tid("sub-delete") + `[data-id="` + streamID + `"]`)
+	b.click(tid("sub-delete") + `[data-id="` + streamID + `"]`)
+	testutil.Eventually(t, 10*time.Second, func() bool { return len(b.read(tid("subs")+` tr[data-id="`+streamID+`"]`)) == 0 }, "the deleted row gone")
+	if _, err := e.reg.GetSubscription(ctx, connect.NewRequest(&registryv1.GetSubscriptionRequest{Id: streamID})); connect.CodeOf(err) != connect.CodeNotFound {
+		t.Fatalf("the deleted subscription: %v", err)
+	}
+
 	// Keys: one created (shown once, and it works), then revoked.
 	b.click(tid("tab-keys"))
 	b.view("keys")
 	b.click(tid("key-create"))
-	keyID := b.wait(tid("key-created"))[0].Data["data-id"]
+	keyID := b.shown(tid("key-created") + `[data-id^="key_"]`)[0].Data["data-id"]
 	newKey := one(t, "the new key", b.read(tid("new-key-secret"))).Text
 	b.secrets = append(b.secrets, newKey)
 	if _, err := e.router.Publish(withKey(newKey), &routerv1.PublishRequest{}); err != nil && strings.Contains(err.Error(), "nauthenticated") {
@@ -623,6 +700,7 @@ func TestPortalInChromium(t *testing.T) {
 	}
 	consoleCursor := pub.GetResults()[0].GetCursor()
 	b.wait(tid("sse-event"), "data-cursor", consoleCursor, "data-type", sent)
+	b.shot("keys")
 	b.click(tid("sse-disconnect"))
 	// The published event also reached the webhook (it passes the filter).
 	receiver.await(t, "console-1")
@@ -636,6 +714,7 @@ func TestPortalInChromium(t *testing.T) {
 		return len(b.read(tid("usage-table")+` tr[data-type="`+sent+`"][data-channel="sse"]`)) == 1 &&
 			len(b.read(tid("usage-table")+` tr[data-type="`+sent+`"][data-channel="webhook"]`)) == 1
 	}, "the console's and the webhook's deliveries in the usage table")
+	b.shot("usage")
 	if q := b.read(tid("quotas") + " tr[data-id]"); len(q) != 1 || q[0].Data["data-limit"] != "1000" {
 		t.Fatalf("quotas shown %+v", q)
 	}
@@ -650,6 +729,7 @@ func TestPortalInChromium(t *testing.T) {
 	if !slices.Equal(invs, []string{aInvoice}) {
 		t.Fatalf("invoices shown %v, want only A's %s", invs, aInvoice)
 	}
+	b.shot("invoices")
 	dl = b.do(map[string]any{"cmd": "download", "sel": tid("invoice-csv") + `[data-id="` + aInvoice + `"]`})
 	if dl.Failure != "" || dl.Body == "" || !strings.HasSuffix(dl.Filename, ".csv") {
 		t.Fatalf("CSV download %q: failure %q, %d bytes", dl.Filename, dl.Failure, len(dl.Body))
