@@ -428,6 +428,12 @@ func TestPortalInChromium(t *testing.T) {
 		t.Fatalf("GET /portal/session: %d %v", status, info)
 	}
 	b.secrets = append(b.secrets, csrf)
+	// A forged link while signed in is refused too; the page offers the
+	// session the cookie holds.
+	b.open("/portal/#link=hpl_forged-while-signed-in")
+	b.wait(`#app[data-signin="refused"]`)
+	b.click(tid("signin-resume"))
+	b.view("catalog")
 
 	// The catalog A may see: not the internal type (nor the test's
 	// internal billing type).
