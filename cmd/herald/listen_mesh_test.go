@@ -26,15 +26,22 @@ import (
 	"github.com/heraldmesh/herald/platform/webhook"
 )
 
+// startMeshWith is startMesh with settings changed by set.
+func startMeshWith(t *testing.T, set func(*config.Common)) config.Common { return startMesh(t, set) }
+
 // startMesh runs the four services in this process against a private
 // redis-server, and returns the addresses once every one is ready.
-func startMesh(t *testing.T) config.Common {
+func startMesh(t *testing.T, set ...func(*config.Common)) config.Common {
 	t.Helper()
 	srv := testutil.Redis(t)
-	m, err := mesh.New(config.Common{
+	common := config.Common{
 		RedisURL: srv.URL(), AdminKey: cliTestKey,
 		EdgeAddr: "127.0.0.1:0", RouterAddr: "127.0.0.1:0", RegistryAddr: "127.0.0.1:0", MeteringAddr: "127.0.0.1:0",
-	}, slog.New(slog.DiscardHandler))
+	}
+	for _, f := range set {
+		f(&common)
+	}
+	m, err := mesh.New(common, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}

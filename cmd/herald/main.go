@@ -21,6 +21,8 @@ func main() {
 	root.AddCommand(benchCommand())
 	root.AddCommand(listenCommand())
 	root.AddCommand(webhooksCommand())
+	root.AddCommand(triggerCommand())
+	root.AddCommand(codegenCommand())
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "herald:", err)
 		os.Exit(1)

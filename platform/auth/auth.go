@@ -225,6 +225,15 @@ func sourceKey(source string) string {
 	return ip.String()
 }
 
+// Limited is ResourceExhausted (with Retry-After) when the source address
+// ("host:port" or a host) has used up its failed authentications, as for
+// keys: for routes with credentials of their own (portal links).
+func (a *Authenticator) Limited(source string) error { return a.limited(source) }
+
+// CountFailure counts a failed authentication by other credentials (a
+// portal link) against the source address, as a wrong key counts.
+func (a *Authenticator) CountFailure(source string) { a.countFailure(source) }
+
 // limited answers ResourceExhausted when the source has no failure left.
 func (a *Authenticator) limited(source string) error {
 	k := sourceKey(source)

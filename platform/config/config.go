@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/url"
 	"os"
 	"slices"
 	"strconv"
@@ -55,6 +57,12 @@ type Common struct {
 	// (HERALD_PUBLIC_URL), for the links Herald hands out, such as an
 	// endpoint's JWKS URL; default http://<EdgeAddr>.
 	PublicURL string
+	// RegistryPublicURL, RouterPublicURL and MeteringPublicURL are those
+	// services as clients outside the mesh reach them
+	// (HERALD_REGISTRY_PUBLIC_URL, HERALD_ROUTER_PUBLIC_URL,
+	// HERALD_METERING_PUBLIC_URL), for the links the edge's /apis.json
+	// hands out; default http://<their addr>.
+	RegistryPublicURL, RouterPublicURL, MeteringPublicURL string
 
 	// envErr is why a variable FromEnv read was refused; Validate reports it.
 	envErr error
@@ -73,8 +81,24 @@ func FromEnv() Common {
 		SecretKey:    os.Getenv("HERALD_SECRET_KEY"),
 		WebhookAllow: os.Getenv("HERALD_WEBHOOK_ALLOW"),
 	}
-	c.PublicURL = strings.TrimSuffix(Env("HERALD_PUBLIC_URL", "http://"+c.EdgeAddr), "/")
 	var errs []error
+	for _, u := range []struct {
+		name, addr string
+		dst        *string
+	}{
+		{"HERALD_PUBLIC_URL", c.EdgeAddr, &c.PublicURL},
+		{"HERALD_REGISTRY_PUBLIC_URL", c.RegistryAddr, &c.RegistryPublicURL},
+		{"HERALD_ROUTER_PUBLIC_URL", c.RouterAddr, &c.RouterPublicURL},
+		{"HERALD_METERING_PUBLIC_URL", c.MeteringAddr, &c.MeteringPublicURL},
+	} {
+		*u.dst = AddrURL(u.addr)
+		if v := os.Getenv(u.name); v != "" {
+			var err error
+			if *u.dst, err = CheckPublicURL(u.name, v); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
 	if v := os.Getenv("HERALD_MAX_CONNECTIONS"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n == 0 {
@@ -104,6 +128,33 @@ func Env(name, def string) string {
 		return v
 	}
 	return def
+}
+
+// CheckPublicURL checks the value v of the setting name, a public base URL: an
+// absolute http or https URL with a host, perhaps a path (behind a
+// proxy), and no query, fragment or user information. It returns v without
+// a trailing slash, so that paths can be appended.
+func CheckPublicURL(name, v string) (string, error) {
+	u, err := url.Parse(v)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.Hostname() == "" ||
+		u.User != nil || u.RawQuery != "" || u.ForceQuery || u.Fragment != "" || u.Opaque != "" {
+		return strings.TrimSuffix(v, "/"), fmt.Errorf("%s %q: give an absolute http or https URL such as https://herald.example.com (a path may follow; no query, fragment or user)", name, v)
+	}
+	return strings.TrimSuffix(v, "/"), nil
+}
+
+// AddrURL is the http URL of a listen address, as a client on this host
+// reaches it: an unspecified host (":7700", "0.0.0.0:7700", "[::]:7700")
+// becomes 127.0.0.1. It is the default of the *_PUBLIC_URL settings.
+func AddrURL(addr string) string {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "http://" + addr
+	}
+	if host == "" || host == "0.0.0.0" || host == "::" {
+		host = "127.0.0.1"
+	}
+	return "http://" + net.JoinHostPort(host, port)
 }
 
 // Validate checks what every service needs.
@@ -180,6 +231,7 @@ func EnvDuration(name string) (time.Duration, error) {
 var commonVars = []string{
 	"HERALD_REDIS_URL", "HERALD_ADMIN_KEY", "HERALD_EDGE_ADDR", "HERALD_ROUTER_ADDR", "HERALD_REGISTRY_ADDR", "HERALD_METERING_ADDR",
 	"HERALD_MAX_CONNECTIONS", "HERALD_BODY_READ_TIMEOUT", "HERALD_SECRET_KEY", "HERALD_WEBHOOK_ALLOW", "HERALD_PUBLIC_URL",
+	"HERALD_REGISTRY_PUBLIC_URL", "HERALD_ROUTER_PUBLIC_URL", "HERALD_METERING_PUBLIC_URL",
 }
 
 // servicePrefixes are the prefixes of each service's own variables.

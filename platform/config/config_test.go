@@ -2,6 +2,7 @@ package config_test
 
 import (
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -76,5 +77,42 @@ func TestServerLimitsFromEnv(t *testing.T) {
 		if err == nil && (c.MaxConnections != tc.wantConns || c.BodyReadTimeout != tc.wantBody) {
 			t.Errorf("%q %q: got %d %v", tc.conns, tc.body, c.MaxConnections, c.BodyReadTimeout)
 		}
+	}
+}
+
+// The public URLs default to the services' addresses and, when set, must
+// be absolute http(s) URLs; a refusal names the setting.
+func TestPublicURLsFromEnv(t *testing.T) {
+	t.Setenv("HERALD_ADMIN_KEY", "0123456789abcdef")
+	t.Setenv("HERALD_EDGE_ADDR", "0.0.0.0:7700")
+	t.Setenv("HERALD_REGISTRY_ADDR", "127.0.0.1:9702")
+	t.Setenv("HERALD_ROUTER_ADDR", ":9701")
+	c := config.FromEnv()
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if c.PublicURL != "http://127.0.0.1:7700" || c.RegistryPublicURL != "http://127.0.0.1:9702" ||
+		c.RouterPublicURL != "http://127.0.0.1:9701" || c.MeteringPublicURL != "http://127.0.0.1:7703" {
+		t.Errorf("defaults: %q %q %q %q", c.PublicURL, c.RegistryPublicURL, c.RouterPublicURL, c.MeteringPublicURL)
+	}
+	t.Setenv("HERALD_REGISTRY_PUBLIC_URL", "https://catalog.example.com/herald/")
+	t.Setenv("HERALD_METERING_PUBLIC_URL", "http://[::1]:9703")
+	if c = config.FromEnv(); c.Validate() != nil || c.RegistryPublicURL != "https://catalog.example.com/herald" || c.MeteringPublicURL != "http://[::1]:9703" {
+		t.Errorf("set: %q %q, %v", c.RegistryPublicURL, c.MeteringPublicURL, c.Validate())
+	}
+	for _, name := range []string{"HERALD_PUBLIC_URL", "HERALD_REGISTRY_PUBLIC_URL", "HERALD_ROUTER_PUBLIC_URL", "HERALD_METERING_PUBLIC_URL"} {
+		for _, bad := range []string{"events.example.com", "ftp://events.example.com", "https://", "https://:443", "https://u:p@events.example.com",
+			"https://events.example.com/?a=b", "https://events.example.com/#x", "http//events.example.com", "https://exa mple.com"} {
+			t.Run(name+" "+bad, func(t *testing.T) {
+				t.Setenv(name, bad)
+				err := config.FromEnv().Validate()
+				if err == nil || !strings.Contains(err.Error(), name) {
+					t.Errorf("%s=%q: %v", name, bad, err)
+				}
+			})
+		}
+	}
+	if got := config.UnknownVars([]string{"HERALD_REGISTRY_"}); slices.Contains(got, "HERALD_REGISTRY_PUBLIC_URL") || slices.Contains(got, "HERALD_METERING_PUBLIC_URL") {
+		t.Errorf("a public URL reported as unknown: %v", got)
 	}
 }

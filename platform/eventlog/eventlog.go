@@ -256,3 +256,17 @@ func WaitAfter(ctx context.Context, rdb redis.Cmdable, streams []string, after I
 	}
 	return len(res) > 0, nil
 }
+
+// streamNumberBits is how many low bits of a cursor's sequence number the
+// stream number takes (ids are <ms>-<k * 2^24 + stream number>).
+const streamNumberBits = 24
+
+// StreamNumber is the number of the log stream an id was stamped for; 0,
+// which no log stream has, marks a test event (see TestID).
+func (id ID) StreamNumber() uint64 { return id.Seq & (1<<streamNumberBits - 1) }
+
+// IsTest reports whether a cursor is a test event's: stream number 0.
+func IsTest(cursor string) bool {
+	id, err := ParseID(cursor)
+	return err == nil && id.StreamNumber() == 0 && id.Ms > 0
+}

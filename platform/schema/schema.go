@@ -79,6 +79,12 @@ func Compile(name, text string) (*Schema, error) {
 	return &Schema{s: s}, nil
 }
 
+// Parsed returns the compiled schema as the validator's library
+// (github.com/santhosh-tekuri/jsonschema/v6) holds it, references resolved,
+// for tools that read a schema's structure (platform/codegen). It is shared:
+// callers must not change it.
+func (s *Schema) Parsed() *jsonschema.Schema { return s.s }
+
 func cleanError(err error) string {
 	msg := err.Error()
 	return strings.ReplaceAll(msg, "\n", "; ")

@@ -200,7 +200,7 @@ func (m *Manager) drop(ctx context.Context, id string, streams []string) error {
 	for i, s := range streams {
 		destroys[i] = pipe.XGroupDestroy(ctx, s, group)
 	}
-	del := pipe.Del(ctx, delayedKey(id), reasonsKey(id), deadKey(id), deadIdxKey(id), ReplayKey(id))
+	del := pipe.Del(ctx, delayedKey(id), reasonsKey(id), deadKey(id), deadIdxKey(id), ReplayKey(id), TestKey(id))
 	_, _ = pipe.Exec(ctx)
 	for _, c := range destroys {
 		// A stream or a group that is gone already is what we want.

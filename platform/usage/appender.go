@@ -15,6 +15,7 @@ import (
 	eventv1 "github.com/heraldmesh/herald/api/gen/herald/event/v1"
 	meteringv1 "github.com/heraldmesh/herald/api/gen/herald/metering/v1"
 	"github.com/heraldmesh/herald/platform/backoff"
+	"github.com/heraldmesh/herald/platform/eventlog"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 	"google.golang.org/protobuf/proto"
@@ -74,6 +75,9 @@ type Delivery struct {
 	Published time.Time
 	// Attempt is the attempt number, 1 for the first; 0 counts as 1.
 	Attempt int32
+	// Test marks a test event (a cursor with stream number 0, see
+	// eventlog.IsTest): it has no records, so it is never counted.
+	Test bool
 }
 
 // ID is the delivery's id (see DeliveryID).
@@ -104,6 +108,9 @@ func (d Delivery) Record(metric meteringv1.UsageMetric, now time.Time) *metering
 // Records returns the records of one attempt's outcome: the outcome's
 // record, and a RETRIED record as well when the attempt is not the first.
 func (d Delivery) Records(metric meteringv1.UsageMetric, now time.Time) []*meteringv1.UsageRecord {
+	if d.Test {
+		return nil
+	}
 	recs := []*meteringv1.UsageRecord{d.Record(metric, now)}
 	if d.Attempt > 1 {
 		recs = append(recs, d.Record(meteringv1.UsageMetric_USAGE_METRIC_RETRIED, now))
@@ -301,7 +308,7 @@ func (a *Appender) Flush(ctx context.Context) error {
 // the entry's "app" field. The caller sets tenant, application,
 // subscription, channel and attempt.
 func EventDelivery(ev *eventv1.CloudEvent, cursor, producer string) Delivery {
-	d := Delivery{Producer: producer, EventSource: ev.GetSource(), EventID: ev.GetId(), EventType: ev.GetType(), Bytes: DataBytes(ev)}
+	d := Delivery{Producer: producer, EventSource: ev.GetSource(), EventID: ev.GetId(), EventType: ev.GetType(), Bytes: DataBytes(ev), Test: eventlog.IsTest(cursor)}
 	if ms, _, _ := strings.Cut(cursor, "-"); ms != "" {
 		if n, err := strconv.ParseInt(ms, 10, 64); err == nil && n > 0 {
 			d.Published = time.UnixMilli(n)

@@ -55,6 +55,10 @@ var EnvVars = []string{"HERALD_EDGE_HEARTBEAT", "HERALD_EDGE_MAX_STREAMS", "HERA
 //	HERALD_EDGE_CORS_ORIGINS   comma-separated browser origins allowed to read /v1/stream and /v1/poll, with credentials ("*": any)
 //	HERALD_EDGE_TLS_CERT, HERALD_EDGE_TLS_KEY  PEM files: serve HTTPS (HTTP/2 for browsers) instead of h2c; both or neither
 //
+// and, of the common ones, the public URLs GET /apis.json links
+// (HERALD_PUBLIC_URL, HERALD_REGISTRY_PUBLIC_URL, HERALD_ROUTER_PUBLIC_URL,
+// HERALD_METERING_PUBLIC_URL: absolute http or https URLs).
+//
 // Unset settings get their defaults; malformed ones are refused with the
 // setting's name.
 func ConfigFromEnv() (Config, error) {
@@ -99,6 +103,10 @@ func ConfigFromEnv() (Config, error) {
 	}
 	cfg.TLSCert, cfg.TLSKey = os.Getenv("HERALD_EDGE_TLS_CERT"), os.Getenv("HERALD_EDGE_TLS_KEY")
 	cfg.setDefaults()
+	// The public URLs (common settings) are the links of /apis.json.
+	if _, err := discoveryLinks(cfg); err != nil {
+		return cfg, err
+	}
 	return cfg, nil
 }
 

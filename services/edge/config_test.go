@@ -38,10 +38,12 @@ func TestConfigFromEnv(t *testing.T) {
 	}
 
 	for name, bad := range map[string]string{
-		"HERALD_EDGE_HEARTBEAT":     "15",
-		"HERALD_EDGE_MAX_STREAMS":   "0",
-		"HERALD_EDGE_USAGE_FLUSH":   "-1s",
-		"HERALD_EDGE_WRITE_TIMEOUT": "soon",
+		"HERALD_EDGE_HEARTBEAT":      "15",
+		"HERALD_EDGE_MAX_STREAMS":    "0",
+		"HERALD_EDGE_USAGE_FLUSH":    "-1s",
+		"HERALD_EDGE_WRITE_TIMEOUT":  "soon",
+		"HERALD_REGISTRY_PUBLIC_URL": "catalog.example.com",
+		"HERALD_PUBLIC_URL":          "https://events.example.com/?x",
 	} {
 		t.Run(name, func(t *testing.T) {
 			t.Setenv(name, bad)

@@ -1,7 +1,8 @@
 // Package edge is Herald's way out: it follows the log and delivers events
 // to consumers outside the mesh as Server-Sent Events (GET /v1/stream),
 // HTTP/2 server streams (EdgeService.StreamEvents) and long polls
-// (GET /v1/poll).
+// (GET /v1/poll), and lists Herald's APIs for a caller (GET /apis.json,
+// APIs.json).
 package edge
 
 import (
@@ -28,8 +29,10 @@ import (
 	"github.com/heraldmesh/herald/services/edge/internal/ceiling"
 	"github.com/heraldmesh/herald/services/edge/internal/console"
 	"github.com/heraldmesh/herald/services/edge/internal/cors"
+	"github.com/heraldmesh/herald/services/edge/internal/discovery"
 	"github.com/heraldmesh/herald/services/edge/internal/hub"
 	"github.com/heraldmesh/herald/services/edge/internal/poll"
+	"github.com/heraldmesh/herald/services/edge/internal/portal"
 	"github.com/heraldmesh/herald/services/edge/internal/request"
 	"github.com/heraldmesh/herald/services/edge/internal/sse"
 	"github.com/heraldmesh/herald/services/edge/internal/streamrpc"
@@ -94,6 +97,10 @@ type Service struct {
 // New builds the edge. It does not listen or contact Redis yet.
 func New(cfg Config) (*Service, error) {
 	cfg.setDefaults()
+	links, err := discoveryLinks(cfg)
+	if err != nil {
+		return nil, err
+	}
 	base, cat, err := service.NewWithCatalog(service.Options{Name: "edge", Addr: cfg.Addr, Common: cfg.Common, Logger: cfg.Logger})
 	if err != nil {
 		return nil, err
@@ -162,7 +169,12 @@ func New(cfg Config) (*Service, error) {
 		streams.Collector(),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "herald_edge_live_subscribers", Help: "Subscribers following the live feed."}, func() float64 { return float64(h.Subscribers()) }),
 	)
-	if err := webhooks(base, cat, cfg, meter, quotas); err != nil {
+	webhookAPI, err := webhooks(base, cat, cfg, meter, quotas)
+	if err != nil {
+		return nil, err
+	}
+	apis := apisJSON(base, cat, links)
+	if err := consumerPortal(base, cat, cfg, webhookAPI, apis); err != nil {
 		return nil, err
 	}
 	if err := browserTokens(base, cat, cfg); err != nil {
@@ -198,16 +210,16 @@ func tenantOf(ctx context.Context, cat *catalog.Cache, p auth.Principal) string 
 }
 
 // webhooks sets up the webhook engine and its API.
-func webhooks(base *service.Base, cat *catalog.Cache, cfg Config, meter *usage.Appender, quotas *quota.Cache) error {
+func webhooks(base *service.Base, cat *catalog.Cache, cfg Config, meter *usage.Appender, quotas *quota.Cache) (http.Handler, error) {
 	box, policy, err := outbound(cfg)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	// Each endpoint's consumer blocks on Redis for events: a pool of its
 	// own, so that the SSE hub never waits for a connection.
 	rdb, err := config.OpenRedis(cfg.RedisURL, cfg.WebhookEndpoints+16)
 	if err != nil {
-		return fmt.Errorf("edge: %w", err)
+		return nil, fmt.Errorf("edge: %w", err)
 	}
 	engine := webhook.New(webhook.Options{
 		Redis: rdb, Catalog: cat, Log: base.Log, Box: box, Policy: policy,
@@ -218,11 +230,52 @@ func webhooks(base *service.Base, cat *catalog.Cache, cfg Config, meter *usage.A
 		Quotas: quotas,
 	})
 	api := &webhook.API{E: engine}
-	base.Server.Handle(edgev1connect.NewWebhookServiceHandler(api, base.HandlerOptions()...))
+	path, handler := edgev1connect.NewWebhookServiceHandler(api, base.HandlerOptions()...)
+	base.Server.Handle(path, handler)
 	base.Server.HandlePublic("GET /v1/webhooks/{id}/jwks.json", http.HandlerFunc(api.JWKS))
 	base.Go(func(ctx context.Context) error {
 		defer rdb.Close()
 		return engine.Run(ctx)
+	})
+	return handler, nil
+}
+
+// consumerPortal mounts the consumer portal (/portal/): its page, its
+// sessions, and the RPCs it forwards as the session's application to the
+// registry, metering and the edge's own WebhookService.
+func consumerPortal(base *service.Base, cat *catalog.Cache, cfg Config, webhookAPI, apis http.Handler) error {
+	box, _, err := outbound(cfg)
+	if err != nil {
+		return err
+	}
+	var issuers auth.Issuers
+	if box != nil {
+		issuers = cat.TokenIssuers(box)
+	}
+	client := rpc.HTTPClient()
+	// What the portal serves from the edge itself: WebhookService and
+	// apis.json (which authenticates by itself).
+	local := http.NewServeMux()
+	local.Handle("/"+edgev1connect.WebhookServiceName+"/", base.Auth.Middleware(false, webhookAPI))
+	local.Handle("GET "+discovery.Path, apis)
+	p, err := portal.New(portal.Options{
+		Auth:        base.Auth,
+		Registry:    registryv1connect.NewRegistryServiceClient(client, rpc.BaseURL(cfg.RegistryAddr), rpc.ClientOptions(cfg.AdminKey)...),
+		RegistryURL: rpc.BaseURL(cfg.RegistryAddr), MeteringURL: rpc.BaseURL(cfg.MeteringAddr),
+		Local:     local,
+		Transport: client.Transport,
+		Issuers:   issuers, Audience: "herald",
+		Log: base.Log,
+	})
+	if err != nil {
+		return fmt.Errorf("edge: portal: %w", err)
+	}
+	p.Mount(func(pattern string, h http.Handler, public bool) {
+		if public {
+			base.Server.HandlePublic(pattern, h)
+			return
+		}
+		base.Server.HandleSelfAuth(pattern, h)
 	})
 	return nil
 }

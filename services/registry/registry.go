@@ -21,7 +21,6 @@ import (
 	"github.com/heraldmesh/herald/platform/auth"
 	"github.com/heraldmesh/herald/platform/backoff"
 	"github.com/heraldmesh/herald/platform/config"
-	"github.com/heraldmesh/herald/platform/rpc"
 	"github.com/heraldmesh/herald/platform/safehttp"
 	"github.com/heraldmesh/herald/platform/secretbox"
 	"github.com/heraldmesh/herald/platform/service"
@@ -152,7 +151,8 @@ func New(cfg Config) (*Service, error) {
 		}
 		return catalogview.Caller{Audience: app.GetAudience(), ApplicationID: app.GetId()}, nil
 	}
-	views := base.Auth.Middleware(true, catalogview.Handler(load, rpc.BaseURL(cfg.EdgeAddr), catalogview.WithCaller(caller)))
+	// The AsyncAPI servers are the edge as consumers reach it.
+	views := base.Auth.Middleware(true, catalogview.Handler(load, hooks.PublicURL, catalogview.WithCaller(caller)))
 	for _, route := range []string{"GET /asyncapi.json", "GET /asyncapi.yaml", "GET /catalog"} {
 		base.Server.HandleHTTP(route, views)
 	}

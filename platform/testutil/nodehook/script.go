@@ -104,6 +104,29 @@ func Run(t testing.TB, area, script, module string, env ...string) *Script {
 	return &Script{Lines: lines, Stderr: stderr.String, Stdin: stdin}
 }
 
+// Install returns the directory of the repository's tests/<area> once
+// its package-lock.json is installed (`npm ci` when node_modules/<module>
+// is missing, once per test binary, as Run does), for tools a test runs
+// itself, such as node_modules/.bin/tsc.
+func Install(t testing.TB, area, module string) string {
+	t.Helper()
+	dir, err := findArea(area, "package-lock.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	areasMu.Lock()
+	installErr, done := areas[dir]
+	if !done {
+		installErr = ensureModule(dir, module)
+		areas[dir] = installErr
+	}
+	areasMu.Unlock()
+	if installErr != nil {
+		t.Fatal(installErr)
+	}
+	return dir
+}
+
 // ensureModule runs `npm ci` in dir unless node_modules/<module> is there.
 func ensureModule(dir, module string) error {
 	has := func() bool {

@@ -188,6 +188,16 @@ func (a *API) RetryDelivery(ctx context.Context, req *connect.Request[edgev1.Ret
 
 // find reads one event of the subscription's streams by cursor.
 func (a *API) find(ctx context.Context, sub *registryv1.Subscription, cursor string) (*eventv1.CloudEvent, string, error) {
+	if eventlog.IsTest(cursor) {
+		ev, producer, found, err := a.E.mgr.FindTest(ctx, sub.GetId(), cursor)
+		if err != nil {
+			return nil, "", unavailable(err)
+		}
+		if !found {
+			return nil, "", connect.NewError(connect.CodeNotFound, fmt.Errorf("no test event of subscription %s at cursor %s: test events are kept %v", sub.GetId(), cursor, subscription.TestTTL))
+		}
+		return ev, producer, nil
+	}
 	streams, err := a.E.mgr.Streams(ctx, sub)
 	if err != nil {
 		return nil, "", unavailable(err)
@@ -228,6 +238,12 @@ func (a *API) Replay(ctx context.Context, req *connect.Request[edgev1.ReplayRequ
 		}
 		if _, _, err := a.find(ctx, sub, sel.Cursor); err != nil {
 			return nil, err
+		}
+		if eventlog.IsTest(sel.Cursor) {
+			if _, err := a.E.mgr.ReplayTest(ctx, sub, sel.Cursor); err != nil {
+				return nil, unavailable(err)
+			}
+			return connect.NewResponse(&edgev1.ReplayResponse{Queued: 1}), nil
 		}
 		m, err := a.E.mgr.ReplayRange(ctx, sub, justBefore(id), id.String(), 1)
 		if err != nil {

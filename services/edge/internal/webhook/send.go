@@ -100,6 +100,10 @@ type outcome struct {
 	success    bool
 	gone       bool          // 410: the receiver says the endpoint is no more
 	retryAfter time.Duration // asked for by a 429 or 503
+	// reqHeaders and reqBody are what was sent (custom header values
+	// masked, the body's first maxResponseBody bytes).
+	reqHeaders map[string]string
+	reqBody    []byte
 }
 
 // send makes one signed request to the endpoint.
@@ -121,15 +125,22 @@ func send(ctx context.Context, client *http.Client, ep *endpoint, signer *webhoo
 	}
 	hr.Header.Set("User-Agent", userAgent)
 	signer.Headers(hr.Header, id, now, req.body)
+	sent := flatten(hr.Header)
+	for k := range ep.headers {
+		if _, ok := sent[http.CanonicalHeaderKey(k)]; ok {
+			sent[http.CanonicalHeaderKey(k)] = "(custom header, value hidden)"
+		}
+	}
+	sentBody := req.body[:min(len(req.body), maxResponseBody)]
 	start := time.Now()
 	resp, err := client.Do(hr)
 	if err != nil {
-		return outcome{latency: time.Since(start), err: describe(err, ep.timeout)}
+		return outcome{latency: time.Since(start), err: describe(err, ep.timeout), reqHeaders: sent, reqBody: sentBody}
 	}
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, maxResponseBody))
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxDrain))
-	o := outcome{status: resp.StatusCode, latency: time.Since(start), body: body, headers: flatten(resp.Header)}
+	o := outcome{status: resp.StatusCode, latency: time.Since(start), body: body, headers: flatten(resp.Header), reqHeaders: sent, reqBody: sentBody}
 	switch {
 	case resp.StatusCode >= 200 && resp.StatusCode < 300:
 		o.success = true
@@ -212,5 +223,6 @@ func attemptOf(ep *endpoint, cursor string, ev *eventv1.CloudEvent, n int32, at 
 		SubscriptionId: ep.id, Cursor: cursor, EventId: ev.GetId(), EventType: ev.GetType(), Number: n,
 		Time: timestamppb.New(at), Status: int32(o.status), LatencyMs: o.latency.Milliseconds(), Success: o.success,
 		Error: o.err, ResponseHeaders: o.headers, ResponseBody: o.body, Trigger: trigger,
+		RequestHeaders: o.reqHeaders, RequestBody: o.reqBody,
 	}
 }

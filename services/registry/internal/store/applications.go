@@ -144,7 +144,9 @@ func (s *Store) CreateKey(ctx context.Context, key *registryv1.Key, keyHash stri
 			return err
 		}
 		for i, old := range keys {
-			if old.GetRevokeTime() != nil || (old.GetExpireTime() != nil && !old.GetExpireTime().AsTime().After(until)) {
+			// A portal session is not an API key: it ends with its session.
+			if old.GetPurpose() == registryv1.KeyPurpose_KEY_PURPOSE_PORTAL_SESSION ||
+				old.GetRevokeTime() != nil || (old.GetExpireTime() != nil && !old.GetExpireTime().AsTime().After(until)) {
 				continue
 			}
 			old.ExpireTime = timestamppb.New(until)

@@ -107,7 +107,12 @@ type Attempt struct {
 	// The first 4 KiB of the response body.
 	ResponseBody []byte `protobuf:"bytes,13,opt,name=response_body,json=responseBody,proto3" json:"response_body,omitempty"`
 	// What started it.
-	Trigger       AttemptTrigger `protobuf:"varint,14,opt,name=trigger,proto3,enum=herald.edge.v1.AttemptTrigger" json:"trigger,omitempty"`
+	Trigger AttemptTrigger `protobuf:"varint,14,opt,name=trigger,proto3,enum=herald.edge.v1.AttemptTrigger" json:"trigger,omitempty"`
+	// The request headers as sent (the signature headers included); the
+	// values of the endpoint's custom headers are masked.
+	RequestHeaders map[string]string `protobuf:"bytes,15,rep,name=request_headers,json=requestHeaders,proto3" json:"request_headers,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// The first 4 KiB of the request body.
+	RequestBody   []byte `protobuf:"bytes,16,opt,name=request_body,json=requestBody,proto3" json:"request_body,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -238,6 +243,20 @@ func (x *Attempt) GetTrigger() AttemptTrigger {
 		return x.Trigger
 	}
 	return AttemptTrigger_ATTEMPT_TRIGGER_UNSPECIFIED
+}
+
+func (x *Attempt) GetRequestHeaders() map[string]string {
+	if x != nil {
+		return x.RequestHeaders
+	}
+	return nil
+}
+
+func (x *Attempt) GetRequestBody() []byte {
+	if x != nil {
+		return x.RequestBody
+	}
+	return nil
 }
 
 // ListAttemptsRequest is the request of ListAttempts.
@@ -986,11 +1005,143 @@ func (x *ReplayResponse) GetQueued() int32 {
 	return 0
 }
 
+// SendTestEventRequest is the request of SendTestEvent.
+type SendTestEventRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The subscription (a webhook endpoint or a durable stream).
+	SubscriptionId string `protobuf:"bytes,1,opt,name=subscription_id,json=subscriptionId,proto3" json:"subscription_id,omitempty"`
+	// The event type: one the subscription covers and its application may
+	// receive.
+	Type string `protobuf:"bytes,2,opt,name=type,proto3" json:"type,omitempty"`
+	// The event data as JSON text, validated against the type's schema;
+	// empty: the type's first example.
+	Data          string `protobuf:"bytes,3,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SendTestEventRequest) Reset() {
+	*x = SendTestEventRequest{}
+	mi := &file_herald_edge_v1_webhooks_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SendTestEventRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SendTestEventRequest) ProtoMessage() {}
+
+func (x *SendTestEventRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_edge_v1_webhooks_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SendTestEventRequest.ProtoReflect.Descriptor instead.
+func (*SendTestEventRequest) Descriptor() ([]byte, []int) {
+	return file_herald_edge_v1_webhooks_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *SendTestEventRequest) GetSubscriptionId() string {
+	if x != nil {
+		return x.SubscriptionId
+	}
+	return ""
+}
+
+func (x *SendTestEventRequest) GetType() string {
+	if x != nil {
+		return x.Type
+	}
+	return ""
+}
+
+func (x *SendTestEventRequest) GetData() string {
+	if x != nil {
+		return x.Data
+	}
+	return ""
+}
+
+// SendTestEventResponse is the response of SendTestEvent.
+type SendTestEventResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The test event's cursor: what ListAttempts, RetryDelivery and Replay
+	// take.
+	Cursor string `protobuf:"bytes,1,opt,name=cursor,proto3" json:"cursor,omitempty"`
+	// The event as sent.
+	Event *v1.CloudEvent `protobuf:"bytes,2,opt,name=event,proto3" json:"event,omitempty"`
+	// Whether the subscription's filter lets it through; when it does not,
+	// nothing is sent.
+	FilteredOut   bool `protobuf:"varint,3,opt,name=filtered_out,json=filteredOut,proto3" json:"filtered_out,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SendTestEventResponse) Reset() {
+	*x = SendTestEventResponse{}
+	mi := &file_herald_edge_v1_webhooks_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SendTestEventResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SendTestEventResponse) ProtoMessage() {}
+
+func (x *SendTestEventResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_edge_v1_webhooks_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SendTestEventResponse.ProtoReflect.Descriptor instead.
+func (*SendTestEventResponse) Descriptor() ([]byte, []int) {
+	return file_herald_edge_v1_webhooks_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *SendTestEventResponse) GetCursor() string {
+	if x != nil {
+		return x.Cursor
+	}
+	return ""
+}
+
+func (x *SendTestEventResponse) GetEvent() *v1.CloudEvent {
+	if x != nil {
+		return x.Event
+	}
+	return nil
+}
+
+func (x *SendTestEventResponse) GetFilteredOut() bool {
+	if x != nil {
+		return x.FilteredOut
+	}
+	return false
+}
+
 var File_herald_edge_v1_webhooks_proto protoreflect.FileDescriptor
 
 const file_herald_edge_v1_webhooks_proto_rawDesc = "" +
 	"\n" +
-	"\x1dherald/edge/v1/webhooks.proto\x12\x0eherald.edge.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a herald/event/v1/cloudevent.proto\"\xbf\x04\n" +
+	"\x1dherald/edge/v1/webhooks.proto\x12\x0eherald.edge.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a herald/event/v1/cloudevent.proto\"\xfb\x05\n" +
 	"\aAttempt\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12'\n" +
 	"\x0fsubscription_id\x18\x02 \x01(\tR\x0esubscriptionId\x12\x16\n" +
@@ -1008,8 +1159,13 @@ const file_herald_edge_v1_webhooks_proto_rawDesc = "" +
 	"\x05error\x18\v \x01(\tR\x05error\x12W\n" +
 	"\x10response_headers\x18\f \x03(\v2,.herald.edge.v1.Attempt.ResponseHeadersEntryR\x0fresponseHeaders\x12#\n" +
 	"\rresponse_body\x18\r \x01(\fR\fresponseBody\x128\n" +
-	"\atrigger\x18\x0e \x01(\x0e2\x1e.herald.edge.v1.AttemptTriggerR\atrigger\x1aB\n" +
+	"\atrigger\x18\x0e \x01(\x0e2\x1e.herald.edge.v1.AttemptTriggerR\atrigger\x12T\n" +
+	"\x0frequest_headers\x18\x0f \x03(\v2+.herald.edge.v1.Attempt.RequestHeadersEntryR\x0erequestHeaders\x12!\n" +
+	"\frequest_body\x18\x10 \x01(\fR\vrequestBody\x1aB\n" +
 	"\x14ResponseHeadersEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1aA\n" +
+	"\x13RequestHeadersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x92\x01\n" +
 	"\x13ListAttemptsRequest\x12'\n" +
@@ -1056,16 +1212,25 @@ const file_herald_edge_v1_webhooks_proto_rawDesc = "" +
 	"\x04fromB\x04\n" +
 	"\x02to\"(\n" +
 	"\x0eReplayResponse\x12\x16\n" +
-	"\x06queued\x18\x01 \x01(\x05R\x06queued*i\n" +
+	"\x06queued\x18\x01 \x01(\x05R\x06queued\"g\n" +
+	"\x14SendTestEventRequest\x12'\n" +
+	"\x0fsubscription_id\x18\x01 \x01(\tR\x0esubscriptionId\x12\x12\n" +
+	"\x04type\x18\x02 \x01(\tR\x04type\x12\x12\n" +
+	"\x04data\x18\x03 \x01(\tR\x04data\"\x85\x01\n" +
+	"\x15SendTestEventResponse\x12\x16\n" +
+	"\x06cursor\x18\x01 \x01(\tR\x06cursor\x121\n" +
+	"\x05event\x18\x02 \x01(\v2\x1b.herald.event.v1.CloudEventR\x05event\x12!\n" +
+	"\ffiltered_out\x18\x03 \x01(\bR\vfilteredOut*i\n" +
 	"\x0eAttemptTrigger\x12\x1f\n" +
 	"\x1bATTEMPT_TRIGGER_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16ATTEMPT_TRIGGER_MANUAL\x10\x01\x12\x1a\n" +
-	"\x16ATTEMPT_TRIGGER_REPLAY\x10\x022\x8b\x03\n" +
+	"\x16ATTEMPT_TRIGGER_REPLAY\x10\x022\xe9\x03\n" +
 	"\x0eWebhookService\x12Y\n" +
 	"\fListAttempts\x12#.herald.edge.v1.ListAttemptsRequest\x1a$.herald.edge.v1.ListAttemptsResponse\x12w\n" +
 	"\x16ListWebhookDeadLetters\x12-.herald.edge.v1.ListWebhookDeadLettersRequest\x1a..herald.edge.v1.ListWebhookDeadLettersResponse\x12\\\n" +
 	"\rRetryDelivery\x12$.herald.edge.v1.RetryDeliveryRequest\x1a%.herald.edge.v1.RetryDeliveryResponse\x12G\n" +
-	"\x06Replay\x12\x1d.herald.edge.v1.ReplayRequest\x1a\x1e.herald.edge.v1.ReplayResponseB<Z:github.com/heraldmesh/herald/api/gen/herald/edge/v1;edgev1b\x06proto3"
+	"\x06Replay\x12\x1d.herald.edge.v1.ReplayRequest\x1a\x1e.herald.edge.v1.ReplayResponse\x12\\\n" +
+	"\rSendTestEvent\x12$.herald.edge.v1.SendTestEventRequest\x1a%.herald.edge.v1.SendTestEventResponseB<Z:github.com/heraldmesh/herald/api/gen/herald/edge/v1;edgev1b\x06proto3"
 
 var (
 	file_herald_edge_v1_webhooks_proto_rawDescOnce sync.Once
@@ -1080,7 +1245,7 @@ func file_herald_edge_v1_webhooks_proto_rawDescGZIP() []byte {
 }
 
 var file_herald_edge_v1_webhooks_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_herald_edge_v1_webhooks_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_herald_edge_v1_webhooks_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_herald_edge_v1_webhooks_proto_goTypes = []any{
 	(AttemptTrigger)(0),                    // 0: herald.edge.v1.AttemptTrigger
 	(*Attempt)(nil),                        // 1: herald.edge.v1.Attempt
@@ -1094,37 +1259,44 @@ var file_herald_edge_v1_webhooks_proto_goTypes = []any{
 	(*ReplayRequest)(nil),                  // 9: herald.edge.v1.ReplayRequest
 	(*LogRange)(nil),                       // 10: herald.edge.v1.LogRange
 	(*ReplayResponse)(nil),                 // 11: herald.edge.v1.ReplayResponse
-	nil,                                    // 12: herald.edge.v1.Attempt.ResponseHeadersEntry
-	(*timestamppb.Timestamp)(nil),          // 13: google.protobuf.Timestamp
-	(*v1.CloudEvent)(nil),                  // 14: herald.event.v1.CloudEvent
+	(*SendTestEventRequest)(nil),           // 12: herald.edge.v1.SendTestEventRequest
+	(*SendTestEventResponse)(nil),          // 13: herald.edge.v1.SendTestEventResponse
+	nil,                                    // 14: herald.edge.v1.Attempt.ResponseHeadersEntry
+	nil,                                    // 15: herald.edge.v1.Attempt.RequestHeadersEntry
+	(*timestamppb.Timestamp)(nil),          // 16: google.protobuf.Timestamp
+	(*v1.CloudEvent)(nil),                  // 17: herald.event.v1.CloudEvent
 }
 var file_herald_edge_v1_webhooks_proto_depIdxs = []int32{
-	13, // 0: herald.edge.v1.Attempt.time:type_name -> google.protobuf.Timestamp
-	12, // 1: herald.edge.v1.Attempt.response_headers:type_name -> herald.edge.v1.Attempt.ResponseHeadersEntry
+	16, // 0: herald.edge.v1.Attempt.time:type_name -> google.protobuf.Timestamp
+	14, // 1: herald.edge.v1.Attempt.response_headers:type_name -> herald.edge.v1.Attempt.ResponseHeadersEntry
 	0,  // 2: herald.edge.v1.Attempt.trigger:type_name -> herald.edge.v1.AttemptTrigger
-	1,  // 3: herald.edge.v1.ListAttemptsResponse.attempts:type_name -> herald.edge.v1.Attempt
-	14, // 4: herald.edge.v1.WebhookDeadLetter.event:type_name -> herald.event.v1.CloudEvent
-	13, // 5: herald.edge.v1.WebhookDeadLetter.time:type_name -> google.protobuf.Timestamp
-	1,  // 6: herald.edge.v1.WebhookDeadLetter.attempts:type_name -> herald.edge.v1.Attempt
-	4,  // 7: herald.edge.v1.ListWebhookDeadLettersResponse.dead_letters:type_name -> herald.edge.v1.WebhookDeadLetter
-	1,  // 8: herald.edge.v1.RetryDeliveryResponse.attempt:type_name -> herald.edge.v1.Attempt
-	13, // 9: herald.edge.v1.ReplayRequest.failed_since:type_name -> google.protobuf.Timestamp
-	10, // 10: herald.edge.v1.ReplayRequest.range:type_name -> herald.edge.v1.LogRange
-	13, // 11: herald.edge.v1.LogRange.from_time:type_name -> google.protobuf.Timestamp
-	13, // 12: herald.edge.v1.LogRange.to_time:type_name -> google.protobuf.Timestamp
-	2,  // 13: herald.edge.v1.WebhookService.ListAttempts:input_type -> herald.edge.v1.ListAttemptsRequest
-	5,  // 14: herald.edge.v1.WebhookService.ListWebhookDeadLetters:input_type -> herald.edge.v1.ListWebhookDeadLettersRequest
-	7,  // 15: herald.edge.v1.WebhookService.RetryDelivery:input_type -> herald.edge.v1.RetryDeliveryRequest
-	9,  // 16: herald.edge.v1.WebhookService.Replay:input_type -> herald.edge.v1.ReplayRequest
-	3,  // 17: herald.edge.v1.WebhookService.ListAttempts:output_type -> herald.edge.v1.ListAttemptsResponse
-	6,  // 18: herald.edge.v1.WebhookService.ListWebhookDeadLetters:output_type -> herald.edge.v1.ListWebhookDeadLettersResponse
-	8,  // 19: herald.edge.v1.WebhookService.RetryDelivery:output_type -> herald.edge.v1.RetryDeliveryResponse
-	11, // 20: herald.edge.v1.WebhookService.Replay:output_type -> herald.edge.v1.ReplayResponse
-	17, // [17:21] is the sub-list for method output_type
-	13, // [13:17] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	15, // 3: herald.edge.v1.Attempt.request_headers:type_name -> herald.edge.v1.Attempt.RequestHeadersEntry
+	1,  // 4: herald.edge.v1.ListAttemptsResponse.attempts:type_name -> herald.edge.v1.Attempt
+	17, // 5: herald.edge.v1.WebhookDeadLetter.event:type_name -> herald.event.v1.CloudEvent
+	16, // 6: herald.edge.v1.WebhookDeadLetter.time:type_name -> google.protobuf.Timestamp
+	1,  // 7: herald.edge.v1.WebhookDeadLetter.attempts:type_name -> herald.edge.v1.Attempt
+	4,  // 8: herald.edge.v1.ListWebhookDeadLettersResponse.dead_letters:type_name -> herald.edge.v1.WebhookDeadLetter
+	1,  // 9: herald.edge.v1.RetryDeliveryResponse.attempt:type_name -> herald.edge.v1.Attempt
+	16, // 10: herald.edge.v1.ReplayRequest.failed_since:type_name -> google.protobuf.Timestamp
+	10, // 11: herald.edge.v1.ReplayRequest.range:type_name -> herald.edge.v1.LogRange
+	16, // 12: herald.edge.v1.LogRange.from_time:type_name -> google.protobuf.Timestamp
+	16, // 13: herald.edge.v1.LogRange.to_time:type_name -> google.protobuf.Timestamp
+	17, // 14: herald.edge.v1.SendTestEventResponse.event:type_name -> herald.event.v1.CloudEvent
+	2,  // 15: herald.edge.v1.WebhookService.ListAttempts:input_type -> herald.edge.v1.ListAttemptsRequest
+	5,  // 16: herald.edge.v1.WebhookService.ListWebhookDeadLetters:input_type -> herald.edge.v1.ListWebhookDeadLettersRequest
+	7,  // 17: herald.edge.v1.WebhookService.RetryDelivery:input_type -> herald.edge.v1.RetryDeliveryRequest
+	9,  // 18: herald.edge.v1.WebhookService.Replay:input_type -> herald.edge.v1.ReplayRequest
+	12, // 19: herald.edge.v1.WebhookService.SendTestEvent:input_type -> herald.edge.v1.SendTestEventRequest
+	3,  // 20: herald.edge.v1.WebhookService.ListAttempts:output_type -> herald.edge.v1.ListAttemptsResponse
+	6,  // 21: herald.edge.v1.WebhookService.ListWebhookDeadLetters:output_type -> herald.edge.v1.ListWebhookDeadLettersResponse
+	8,  // 22: herald.edge.v1.WebhookService.RetryDelivery:output_type -> herald.edge.v1.RetryDeliveryResponse
+	11, // 23: herald.edge.v1.WebhookService.Replay:output_type -> herald.edge.v1.ReplayResponse
+	13, // 24: herald.edge.v1.WebhookService.SendTestEvent:output_type -> herald.edge.v1.SendTestEventResponse
+	20, // [20:25] is the sub-list for method output_type
+	15, // [15:20] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_herald_edge_v1_webhooks_proto_init() }
@@ -1149,7 +1321,7 @@ func file_herald_edge_v1_webhooks_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_herald_edge_v1_webhooks_proto_rawDesc), len(file_herald_edge_v1_webhooks_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   12,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

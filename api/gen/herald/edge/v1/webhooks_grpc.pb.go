@@ -23,6 +23,7 @@ const (
 	WebhookService_ListWebhookDeadLetters_FullMethodName = "/herald.edge.v1.WebhookService/ListWebhookDeadLetters"
 	WebhookService_RetryDelivery_FullMethodName          = "/herald.edge.v1.WebhookService/RetryDelivery"
 	WebhookService_Replay_FullMethodName                 = "/herald.edge.v1.WebhookService/Replay"
+	WebhookService_SendTestEvent_FullMethodName          = "/herald.edge.v1.WebhookService/SendTestEvent"
 )
 
 // WebhookServiceClient is the client API for WebhookService service.
@@ -46,6 +47,13 @@ type WebhookServiceClient interface {
 	// cursor, every dead letter since a time, or a range of the log by cursor
 	// or time. Replayed events keep their cursor and webhook-id.
 	Replay(ctx context.Context, in *ReplayRequest, opts ...grpc.CallOption) (*ReplayResponse, error)
+	// SendTestEvent sends a test event of one of a subscription's types to
+	// that subscription only (a webhook endpoint or a durable stream), through
+	// the same delivery path as any event: signed, retried, recorded as
+	// attempts, replayable by its cursor. It carries the extension attribute
+	// heraldtest=true, is never billed, and its cursor has stream number 0,
+	// which no log stream has.
+	SendTestEvent(ctx context.Context, in *SendTestEventRequest, opts ...grpc.CallOption) (*SendTestEventResponse, error)
 }
 
 type webhookServiceClient struct {
@@ -96,6 +104,16 @@ func (c *webhookServiceClient) Replay(ctx context.Context, in *ReplayRequest, op
 	return out, nil
 }
 
+func (c *webhookServiceClient) SendTestEvent(ctx context.Context, in *SendTestEventRequest, opts ...grpc.CallOption) (*SendTestEventResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SendTestEventResponse)
+	err := c.cc.Invoke(ctx, WebhookService_SendTestEvent_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // WebhookServiceServer is the server API for WebhookService service.
 // All implementations must embed UnimplementedWebhookServiceServer
 // for forward compatibility.
@@ -117,6 +135,13 @@ type WebhookServiceServer interface {
 	// cursor, every dead letter since a time, or a range of the log by cursor
 	// or time. Replayed events keep their cursor and webhook-id.
 	Replay(context.Context, *ReplayRequest) (*ReplayResponse, error)
+	// SendTestEvent sends a test event of one of a subscription's types to
+	// that subscription only (a webhook endpoint or a durable stream), through
+	// the same delivery path as any event: signed, retried, recorded as
+	// attempts, replayable by its cursor. It carries the extension attribute
+	// heraldtest=true, is never billed, and its cursor has stream number 0,
+	// which no log stream has.
+	SendTestEvent(context.Context, *SendTestEventRequest) (*SendTestEventResponse, error)
 	mustEmbedUnimplementedWebhookServiceServer()
 }
 
@@ -138,6 +163,9 @@ func (UnimplementedWebhookServiceServer) RetryDelivery(context.Context, *RetryDe
 }
 func (UnimplementedWebhookServiceServer) Replay(context.Context, *ReplayRequest) (*ReplayResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Replay not implemented")
+}
+func (UnimplementedWebhookServiceServer) SendTestEvent(context.Context, *SendTestEventRequest) (*SendTestEventResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SendTestEvent not implemented")
 }
 func (UnimplementedWebhookServiceServer) mustEmbedUnimplementedWebhookServiceServer() {}
 func (UnimplementedWebhookServiceServer) testEmbeddedByValue()                        {}
@@ -232,6 +260,24 @@ func _WebhookService_Replay_Handler(srv interface{}, ctx context.Context, dec fu
 	return interceptor(ctx, in, info, handler)
 }
 
+func _WebhookService_SendTestEvent_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SendTestEventRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(WebhookServiceServer).SendTestEvent(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: WebhookService_SendTestEvent_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(WebhookServiceServer).SendTestEvent(ctx, req.(*SendTestEventRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // WebhookService_ServiceDesc is the grpc.ServiceDesc for WebhookService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -254,6 +300,10 @@ var WebhookService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Replay",
 			Handler:    _WebhookService_Replay_Handler,
+		},
+		{
+			MethodName: "SendTestEvent",
+			Handler:    _WebhookService_SendTestEvent_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -324,6 +324,56 @@ func (GrantAction) EnumDescriptor() ([]byte, []int) {
 	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{4}
 }
 
+// KeyPurpose tells API keys from portal sessions.
+type KeyPurpose int32
+
+const (
+	// An API key, created with the application or by CreateKey.
+	KeyPurpose_KEY_PURPOSE_UNSPECIFIED KeyPurpose = 0
+	// The key behind a consumer portal session (RedeemPortalLink): it
+	// expires with the session and key rotation leaves it alone.
+	KeyPurpose_KEY_PURPOSE_PORTAL_SESSION KeyPurpose = 1
+)
+
+// Enum value maps for KeyPurpose.
+var (
+	KeyPurpose_name = map[int32]string{
+		0: "KEY_PURPOSE_UNSPECIFIED",
+		1: "KEY_PURPOSE_PORTAL_SESSION",
+	}
+	KeyPurpose_value = map[string]int32{
+		"KEY_PURPOSE_UNSPECIFIED":    0,
+		"KEY_PURPOSE_PORTAL_SESSION": 1,
+	}
+)
+
+func (x KeyPurpose) Enum() *KeyPurpose {
+	p := new(KeyPurpose)
+	*p = x
+	return p
+}
+
+func (x KeyPurpose) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (KeyPurpose) Descriptor() protoreflect.EnumDescriptor {
+	return file_herald_registry_v1_registry_proto_enumTypes[5].Descriptor()
+}
+
+func (KeyPurpose) Type() protoreflect.EnumType {
+	return &file_herald_registry_v1_registry_proto_enumTypes[5]
+}
+
+func (x KeyPurpose) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use KeyPurpose.Descriptor instead.
+func (KeyPurpose) EnumDescriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{5}
+}
+
 // WebhookOrdering is how deliveries to one endpoint are ordered.
 type WebhookOrdering int32
 
@@ -365,11 +415,11 @@ func (x WebhookOrdering) String() string {
 }
 
 func (WebhookOrdering) Descriptor() protoreflect.EnumDescriptor {
-	return file_herald_registry_v1_registry_proto_enumTypes[5].Descriptor()
+	return file_herald_registry_v1_registry_proto_enumTypes[6].Descriptor()
 }
 
 func (WebhookOrdering) Type() protoreflect.EnumType {
-	return &file_herald_registry_v1_registry_proto_enumTypes[5]
+	return &file_herald_registry_v1_registry_proto_enumTypes[6]
 }
 
 func (x WebhookOrdering) Number() protoreflect.EnumNumber {
@@ -378,7 +428,7 @@ func (x WebhookOrdering) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use WebhookOrdering.Descriptor instead.
 func (WebhookOrdering) EnumDescriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{5}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{6}
 }
 
 // WebhookSigning is the Standard Webhooks signature scheme of an endpoint.
@@ -415,11 +465,11 @@ func (x WebhookSigning) String() string {
 }
 
 func (WebhookSigning) Descriptor() protoreflect.EnumDescriptor {
-	return file_herald_registry_v1_registry_proto_enumTypes[6].Descriptor()
+	return file_herald_registry_v1_registry_proto_enumTypes[7].Descriptor()
 }
 
 func (WebhookSigning) Type() protoreflect.EnumType {
-	return &file_herald_registry_v1_registry_proto_enumTypes[6]
+	return &file_herald_registry_v1_registry_proto_enumTypes[7]
 }
 
 func (x WebhookSigning) Number() protoreflect.EnumNumber {
@@ -428,7 +478,7 @@ func (x WebhookSigning) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use WebhookSigning.Descriptor instead.
 func (WebhookSigning) EnumDescriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{6}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{7}
 }
 
 // WebhookContentMode is how the CloudEvent travels in the request.
@@ -465,11 +515,11 @@ func (x WebhookContentMode) String() string {
 }
 
 func (WebhookContentMode) Descriptor() protoreflect.EnumDescriptor {
-	return file_herald_registry_v1_registry_proto_enumTypes[7].Descriptor()
+	return file_herald_registry_v1_registry_proto_enumTypes[8].Descriptor()
 }
 
 func (WebhookContentMode) Type() protoreflect.EnumType {
-	return &file_herald_registry_v1_registry_proto_enumTypes[7]
+	return &file_herald_registry_v1_registry_proto_enumTypes[8]
 }
 
 func (x WebhookContentMode) Number() protoreflect.EnumNumber {
@@ -478,7 +528,7 @@ func (x WebhookContentMode) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use WebhookContentMode.Descriptor instead.
 func (WebhookContentMode) EnumDescriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{7}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{8}
 }
 
 // Domain groups event types by business area; its name is the first
@@ -2934,7 +2984,9 @@ type Key struct {
 	// When the key stops working (rotation overlap), if set.
 	ExpireTime *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=expire_time,json=expireTime,proto3" json:"expire_time,omitempty"`
 	// When the key was revoked, if it was.
-	RevokeTime    *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=revoke_time,json=revokeTime,proto3" json:"revoke_time,omitempty"`
+	RevokeTime *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=revoke_time,json=revokeTime,proto3" json:"revoke_time,omitempty"`
+	// What the key is for. Output only.
+	Purpose       KeyPurpose `protobuf:"varint,8,opt,name=purpose,proto3,enum=herald.registry.v1.KeyPurpose" json:"purpose,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3016,6 +3068,13 @@ func (x *Key) GetRevokeTime() *timestamppb.Timestamp {
 		return x.RevokeTime
 	}
 	return nil
+}
+
+func (x *Key) GetPurpose() KeyPurpose {
+	if x != nil {
+		return x.Purpose
+	}
+	return KeyPurpose_KEY_PURPOSE_UNSPECIFIED
 }
 
 // CreateApplicationRequest is the request of CreateApplication.
@@ -5441,6 +5500,423 @@ func (*WatchResponse_Subscription) isWatchResponse_Change() {}
 
 func (*WatchResponse_Deleted) isWatchResponse_Change() {}
 
+// CreatePortalLinkRequest is the request of CreatePortalLink.
+type CreatePortalLinkRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The application the portal session acts for.
+	ApplicationId string `protobuf:"bytes,1,opt,name=application_id,json=applicationId,proto3" json:"application_id,omitempty"`
+	// How long the link can be opened: 1 minute to 24 hours, default 15
+	// minutes.
+	LinkTtl *durationpb.Duration `protobuf:"bytes,2,opt,name=link_ttl,json=linkTtl,proto3" json:"link_ttl,omitempty"`
+	// How long the session it opens lasts: 5 minutes to 12 hours, default 1
+	// hour.
+	SessionTtl    *durationpb.Duration `protobuf:"bytes,3,opt,name=session_ttl,json=sessionTtl,proto3" json:"session_ttl,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreatePortalLinkRequest) Reset() {
+	*x = CreatePortalLinkRequest{}
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[83]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreatePortalLinkRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreatePortalLinkRequest) ProtoMessage() {}
+
+func (x *CreatePortalLinkRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[83]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreatePortalLinkRequest.ProtoReflect.Descriptor instead.
+func (*CreatePortalLinkRequest) Descriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{83}
+}
+
+func (x *CreatePortalLinkRequest) GetApplicationId() string {
+	if x != nil {
+		return x.ApplicationId
+	}
+	return ""
+}
+
+func (x *CreatePortalLinkRequest) GetLinkTtl() *durationpb.Duration {
+	if x != nil {
+		return x.LinkTtl
+	}
+	return nil
+}
+
+func (x *CreatePortalLinkRequest) GetSessionTtl() *durationpb.Duration {
+	if x != nil {
+		return x.SessionTtl
+	}
+	return nil
+}
+
+// CreatePortalLinkResponse is the response of CreatePortalLink.
+type CreatePortalLinkResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The link to hand to the consumer: the portal's URL with the token in
+	// its fragment (never sent to a server, so it stays out of logs and
+	// Referer headers, and link scanners cannot spend it).
+	Url string `protobuf:"bytes,1,opt,name=url,proto3" json:"url,omitempty"`
+	// The token alone (hpl_...), shown this once; only its hash is stored.
+	Token string `protobuf:"bytes,2,opt,name=token,proto3" json:"token,omitempty"`
+	// When the link stops working.
+	ExpireTime    *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=expire_time,json=expireTime,proto3" json:"expire_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreatePortalLinkResponse) Reset() {
+	*x = CreatePortalLinkResponse{}
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[84]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreatePortalLinkResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreatePortalLinkResponse) ProtoMessage() {}
+
+func (x *CreatePortalLinkResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[84]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreatePortalLinkResponse.ProtoReflect.Descriptor instead.
+func (*CreatePortalLinkResponse) Descriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{84}
+}
+
+func (x *CreatePortalLinkResponse) GetUrl() string {
+	if x != nil {
+		return x.Url
+	}
+	return ""
+}
+
+func (x *CreatePortalLinkResponse) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+func (x *CreatePortalLinkResponse) GetExpireTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpireTime
+	}
+	return nil
+}
+
+// RedeemPortalLinkRequest is the request of RedeemPortalLink.
+type RedeemPortalLinkRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The token of a portal link.
+	Token         string `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RedeemPortalLinkRequest) Reset() {
+	*x = RedeemPortalLinkRequest{}
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[85]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RedeemPortalLinkRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RedeemPortalLinkRequest) ProtoMessage() {}
+
+func (x *RedeemPortalLinkRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[85]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RedeemPortalLinkRequest.ProtoReflect.Descriptor instead.
+func (*RedeemPortalLinkRequest) Descriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{85}
+}
+
+func (x *RedeemPortalLinkRequest) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+// RedeemPortalLinkResponse is the response of RedeemPortalLink.
+type RedeemPortalLinkResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The session's key, with its secret (shown this once) and expire_time.
+	Key *Key `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	// The application it acts for.
+	Application   *Application `protobuf:"bytes,2,opt,name=application,proto3" json:"application,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RedeemPortalLinkResponse) Reset() {
+	*x = RedeemPortalLinkResponse{}
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[86]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RedeemPortalLinkResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RedeemPortalLinkResponse) ProtoMessage() {}
+
+func (x *RedeemPortalLinkResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[86]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RedeemPortalLinkResponse.ProtoReflect.Descriptor instead.
+func (*RedeemPortalLinkResponse) Descriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{86}
+}
+
+func (x *RedeemPortalLinkResponse) GetKey() *Key {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+func (x *RedeemPortalLinkResponse) GetApplication() *Application {
+	if x != nil {
+		return x.Application
+	}
+	return nil
+}
+
+// EvaluateFilterRequest is the request of EvaluateFilter.
+type EvaluateFilterRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The CEL expression, as a subscription's filter.
+	Filter string `protobuf:"bytes,1,opt,name=filter,proto3" json:"filter,omitempty"`
+	// The event type whose examples it runs over.
+	Type string `protobuf:"bytes,2,opt,name=type,proto3" json:"type,omitempty"`
+	// Event data (JSON text) to run it over instead of the examples.
+	Data          []string `protobuf:"bytes,3,rep,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EvaluateFilterRequest) Reset() {
+	*x = EvaluateFilterRequest{}
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[87]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EvaluateFilterRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EvaluateFilterRequest) ProtoMessage() {}
+
+func (x *EvaluateFilterRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[87]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EvaluateFilterRequest.ProtoReflect.Descriptor instead.
+func (*EvaluateFilterRequest) Descriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{87}
+}
+
+func (x *EvaluateFilterRequest) GetFilter() string {
+	if x != nil {
+		return x.Filter
+	}
+	return ""
+}
+
+func (x *EvaluateFilterRequest) GetType() string {
+	if x != nil {
+		return x.Type
+	}
+	return ""
+}
+
+func (x *EvaluateFilterRequest) GetData() []string {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+// EvaluateFilterResponse is the response of EvaluateFilter.
+type EvaluateFilterResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// One per example (or per data given), in order.
+	Results       []*FilterResult `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EvaluateFilterResponse) Reset() {
+	*x = EvaluateFilterResponse{}
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[88]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EvaluateFilterResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EvaluateFilterResponse) ProtoMessage() {}
+
+func (x *EvaluateFilterResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[88]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EvaluateFilterResponse.ProtoReflect.Descriptor instead.
+func (*EvaluateFilterResponse) Descriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{88}
+}
+
+func (x *EvaluateFilterResponse) GetResults() []*FilterResult {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
+// FilterResult is the filter's verdict on one event.
+type FilterResult struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The example's name ("" for data given).
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// The data it ran over.
+	Data string `protobuf:"bytes,2,opt,name=data,proto3" json:"data,omitempty"`
+	// Whether the event would be delivered.
+	Match bool `protobuf:"varint,3,opt,name=match,proto3" json:"match,omitempty"`
+	// Why it could not be evaluated, if it could not (the event is then
+	// not delivered).
+	Error         string `protobuf:"bytes,4,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FilterResult) Reset() {
+	*x = FilterResult{}
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[89]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FilterResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FilterResult) ProtoMessage() {}
+
+func (x *FilterResult) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[89]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FilterResult.ProtoReflect.Descriptor instead.
+func (*FilterResult) Descriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{89}
+}
+
+func (x *FilterResult) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *FilterResult) GetData() string {
+	if x != nil {
+		return x.Data
+	}
+	return ""
+}
+
+func (x *FilterResult) GetMatch() bool {
+	if x != nil {
+		return x.Match
+	}
+	return false
+}
+
+func (x *FilterResult) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
 var File_herald_registry_v1_registry_proto protoreflect.FileDescriptor
 
 const file_herald_registry_v1_registry_proto_rawDesc = "" +
@@ -5614,7 +6090,7 @@ const file_herald_registry_v1_registry_proto_rawDesc = "" +
 	"\x05burst\x18\x02 \x01(\x05R\x05burst\"Z\n" +
 	"\x05Grant\x127\n" +
 	"\x06action\x18\x01 \x01(\x0e2\x1f.herald.registry.v1.GrantActionR\x06action\x12\x18\n" +
-	"\apattern\x18\x02 \x01(\tR\apattern\"\xa3\x02\n" +
+	"\apattern\x18\x02 \x01(\tR\apattern\"\xdd\x02\n" +
 	"\x03Key\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
 	"\x06secret\x18\x02 \x01(\tR\x06secret\x12%\n" +
@@ -5625,7 +6101,8 @@ const file_herald_registry_v1_registry_proto_rawDesc = "" +
 	"\vexpire_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"expireTime\x12;\n" +
 	"\vrevoke_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"revokeTime\"]\n" +
+	"revokeTime\x128\n" +
+	"\apurpose\x18\b \x01(\x0e2\x1e.herald.registry.v1.KeyPurposeR\apurpose\"]\n" +
 	"\x18CreateApplicationRequest\x12A\n" +
 	"\vapplication\x18\x01 \x01(\v2\x1f.herald.registry.v1.ApplicationR\vapplication\"\x89\x01\n" +
 	"\x19CreateApplicationResponse\x12A\n" +
@@ -5768,7 +6245,33 @@ const file_herald_registry_v1_registry_proto_rawDesc = "" +
 	"\x03key\x18\a \x01(\v2\x1d.herald.registry.v1.KeyChangeH\x00R\x03key\x12F\n" +
 	"\fsubscription\x18\b \x01(\v2 .herald.registry.v1.SubscriptionH\x00R\fsubscription\x128\n" +
 	"\adeleted\x18\t \x01(\v2\x1c.herald.registry.v1.DeletionH\x00R\adeletedB\b\n" +
-	"\x06change*\x85\x02\n" +
+	"\x06change\"\xb2\x01\n" +
+	"\x17CreatePortalLinkRequest\x12%\n" +
+	"\x0eapplication_id\x18\x01 \x01(\tR\rapplicationId\x124\n" +
+	"\blink_ttl\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\alinkTtl\x12:\n" +
+	"\vsession_ttl\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\n" +
+	"sessionTtl\"\x7f\n" +
+	"\x18CreatePortalLinkResponse\x12\x10\n" +
+	"\x03url\x18\x01 \x01(\tR\x03url\x12\x14\n" +
+	"\x05token\x18\x02 \x01(\tR\x05token\x12;\n" +
+	"\vexpire_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"expireTime\"/\n" +
+	"\x17RedeemPortalLinkRequest\x12\x14\n" +
+	"\x05token\x18\x01 \x01(\tR\x05token\"\x88\x01\n" +
+	"\x18RedeemPortalLinkResponse\x12)\n" +
+	"\x03key\x18\x01 \x01(\v2\x17.herald.registry.v1.KeyR\x03key\x12A\n" +
+	"\vapplication\x18\x02 \x01(\v2\x1f.herald.registry.v1.ApplicationR\vapplication\"W\n" +
+	"\x15EvaluateFilterRequest\x12\x16\n" +
+	"\x06filter\x18\x01 \x01(\tR\x06filter\x12\x12\n" +
+	"\x04type\x18\x02 \x01(\tR\x04type\x12\x12\n" +
+	"\x04data\x18\x03 \x03(\tR\x04data\"T\n" +
+	"\x16EvaluateFilterResponse\x12:\n" +
+	"\aresults\x18\x01 \x03(\v2 .herald.registry.v1.FilterResultR\aresults\"b\n" +
+	"\fFilterResult\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
+	"\x04data\x18\x02 \x01(\tR\x04data\x12\x14\n" +
+	"\x05match\x18\x03 \x01(\bR\x05match\x12\x14\n" +
+	"\x05error\x18\x04 \x01(\tR\x05error*\x85\x02\n" +
 	"\rCompatibility\x12\x1d\n" +
 	"\x19COMPATIBILITY_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12COMPATIBILITY_NONE\x10\x01\x12\x1a\n" +
@@ -5797,7 +6300,11 @@ const file_herald_registry_v1_registry_proto_rawDesc = "" +
 	"\vGrantAction\x12\x1c\n" +
 	"\x18GRANT_ACTION_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14GRANT_ACTION_PUBLISH\x10\x01\x12\x1a\n" +
-	"\x16GRANT_ACTION_SUBSCRIBE\x10\x02*u\n" +
+	"\x16GRANT_ACTION_SUBSCRIBE\x10\x02*I\n" +
+	"\n" +
+	"KeyPurpose\x12\x1b\n" +
+	"\x17KEY_PURPOSE_UNSPECIFIED\x10\x00\x12\x1e\n" +
+	"\x1aKEY_PURPOSE_PORTAL_SESSION\x10\x01*u\n" +
 	"\x0fWebhookOrdering\x12 \n" +
 	"\x1cWEBHOOK_ORDERING_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18WEBHOOK_ORDERING_ORDERED\x10\x01\x12\"\n" +
@@ -5807,7 +6314,7 @@ const file_herald_registry_v1_registry_proto_rawDesc = "" +
 	"\x17WEBHOOK_SIGNING_ED25519\x10\x01*[\n" +
 	"\x12WebhookContentMode\x12$\n" +
 	" WEBHOOK_CONTENT_MODE_UNSPECIFIED\x10\x00\x12\x1f\n" +
-	"\x1bWEBHOOK_CONTENT_MODE_BINARY\x10\x012\xcd\x19\n" +
+	"\x1bWEBHOOK_CONTENT_MODE_BINARY\x10\x012\x94\x1c\n" +
 	"\x0fRegistryService\x12a\n" +
 	"\fCreateDomain\x12'.herald.registry.v1.CreateDomainRequest\x1a(.herald.registry.v1.CreateDomainResponse\x12X\n" +
 	"\tGetDomain\x12$.herald.registry.v1.GetDomainRequest\x1a%.herald.registry.v1.GetDomainResponse\x12^\n" +
@@ -5839,7 +6346,10 @@ const file_herald_registry_v1_registry_proto_rawDesc = "" +
 	"\x12DeleteSubscription\x12-.herald.registry.v1.DeleteSubscriptionRequest\x1a..herald.registry.v1.DeleteSubscriptionResponse\x12s\n" +
 	"\x12UpdateSubscription\x12-.herald.registry.v1.UpdateSubscriptionRequest\x1a..herald.registry.v1.UpdateSubscriptionResponse\x12v\n" +
 	"\x13RotateWebhookSecret\x12..herald.registry.v1.RotateWebhookSecretRequest\x1a/.herald.registry.v1.RotateWebhookSecretResponse\x12p\n" +
-	"\x11RotateTokenSecret\x12,.herald.registry.v1.RotateTokenSecretRequest\x1a-.herald.registry.v1.RotateTokenSecretResponse\x12N\n" +
+	"\x11RotateTokenSecret\x12,.herald.registry.v1.RotateTokenSecretRequest\x1a-.herald.registry.v1.RotateTokenSecretResponse\x12m\n" +
+	"\x10CreatePortalLink\x12+.herald.registry.v1.CreatePortalLinkRequest\x1a,.herald.registry.v1.CreatePortalLinkResponse\x12m\n" +
+	"\x10RedeemPortalLink\x12+.herald.registry.v1.RedeemPortalLinkRequest\x1a,.herald.registry.v1.RedeemPortalLinkResponse\x12g\n" +
+	"\x0eEvaluateFilter\x12).herald.registry.v1.EvaluateFilterRequest\x1a*.herald.registry.v1.EvaluateFilterResponse\x12N\n" +
 	"\x05Watch\x12 .herald.registry.v1.WatchRequest\x1a!.herald.registry.v1.WatchResponse0\x01BDZBgithub.com/heraldmesh/herald/api/gen/herald/registry/v1;registryv1b\x06proto3"
 
 var (
@@ -5854,268 +6364,289 @@ func file_herald_registry_v1_registry_proto_rawDescGZIP() []byte {
 	return file_herald_registry_v1_registry_proto_rawDescData
 }
 
-var file_herald_registry_v1_registry_proto_enumTypes = make([]protoimpl.EnumInfo, 8)
-var file_herald_registry_v1_registry_proto_msgTypes = make([]protoimpl.MessageInfo, 84)
+var file_herald_registry_v1_registry_proto_enumTypes = make([]protoimpl.EnumInfo, 9)
+var file_herald_registry_v1_registry_proto_msgTypes = make([]protoimpl.MessageInfo, 91)
 var file_herald_registry_v1_registry_proto_goTypes = []any{
 	(Compatibility)(0),                  // 0: herald.registry.v1.Compatibility
 	(Visibility)(0),                     // 1: herald.registry.v1.Visibility
 	(Lifecycle)(0),                      // 2: herald.registry.v1.Lifecycle
 	(Audience)(0),                       // 3: herald.registry.v1.Audience
 	(GrantAction)(0),                    // 4: herald.registry.v1.GrantAction
-	(WebhookOrdering)(0),                // 5: herald.registry.v1.WebhookOrdering
-	(WebhookSigning)(0),                 // 6: herald.registry.v1.WebhookSigning
-	(WebhookContentMode)(0),             // 7: herald.registry.v1.WebhookContentMode
-	(*Domain)(nil),                      // 8: herald.registry.v1.Domain
-	(*Product)(nil),                     // 9: herald.registry.v1.Product
-	(*RetentionPolicy)(nil),             // 10: herald.registry.v1.RetentionPolicy
-	(*Example)(nil),                     // 11: herald.registry.v1.Example
-	(*SchemaVersion)(nil),               // 12: herald.registry.v1.SchemaVersion
-	(*EventType)(nil),                   // 13: herald.registry.v1.EventType
-	(*CreateEventTypeRequest)(nil),      // 14: herald.registry.v1.CreateEventTypeRequest
-	(*CreateEventTypeResponse)(nil),     // 15: herald.registry.v1.CreateEventTypeResponse
-	(*GetEventTypeRequest)(nil),         // 16: herald.registry.v1.GetEventTypeRequest
-	(*GetEventTypeResponse)(nil),        // 17: herald.registry.v1.GetEventTypeResponse
-	(*ListEventTypesRequest)(nil),       // 18: herald.registry.v1.ListEventTypesRequest
-	(*ListEventTypesResponse)(nil),      // 19: herald.registry.v1.ListEventTypesResponse
-	(*UpdateEventTypeRequest)(nil),      // 20: herald.registry.v1.UpdateEventTypeRequest
-	(*UpdateEventTypeResponse)(nil),     // 21: herald.registry.v1.UpdateEventTypeResponse
-	(*CreateSchemaVersionRequest)(nil),  // 22: herald.registry.v1.CreateSchemaVersionRequest
-	(*CreateSchemaVersionResponse)(nil), // 23: herald.registry.v1.CreateSchemaVersionResponse
-	(*ListSchemaVersionsRequest)(nil),   // 24: herald.registry.v1.ListSchemaVersionsRequest
-	(*ListSchemaVersionsResponse)(nil),  // 25: herald.registry.v1.ListSchemaVersionsResponse
-	(*CheckCompatibilityRequest)(nil),   // 26: herald.registry.v1.CheckCompatibilityRequest
-	(*CheckCompatibilityResponse)(nil),  // 27: herald.registry.v1.CheckCompatibilityResponse
-	(*CreateDomainRequest)(nil),         // 28: herald.registry.v1.CreateDomainRequest
-	(*CreateDomainResponse)(nil),        // 29: herald.registry.v1.CreateDomainResponse
-	(*GetDomainRequest)(nil),            // 30: herald.registry.v1.GetDomainRequest
-	(*GetDomainResponse)(nil),           // 31: herald.registry.v1.GetDomainResponse
-	(*ListDomainsRequest)(nil),          // 32: herald.registry.v1.ListDomainsRequest
-	(*ListDomainsResponse)(nil),         // 33: herald.registry.v1.ListDomainsResponse
-	(*UpdateDomainRequest)(nil),         // 34: herald.registry.v1.UpdateDomainRequest
-	(*UpdateDomainResponse)(nil),        // 35: herald.registry.v1.UpdateDomainResponse
-	(*CreateProductRequest)(nil),        // 36: herald.registry.v1.CreateProductRequest
-	(*CreateProductResponse)(nil),       // 37: herald.registry.v1.CreateProductResponse
-	(*GetProductRequest)(nil),           // 38: herald.registry.v1.GetProductRequest
-	(*GetProductResponse)(nil),          // 39: herald.registry.v1.GetProductResponse
-	(*ListProductsRequest)(nil),         // 40: herald.registry.v1.ListProductsRequest
-	(*ListProductsResponse)(nil),        // 41: herald.registry.v1.ListProductsResponse
-	(*UpdateProductRequest)(nil),        // 42: herald.registry.v1.UpdateProductRequest
-	(*UpdateProductResponse)(nil),       // 43: herald.registry.v1.UpdateProductResponse
-	(*Application)(nil),                 // 44: herald.registry.v1.Application
-	(*TokenSettings)(nil),               // 45: herald.registry.v1.TokenSettings
-	(*TokenSecret)(nil),                 // 46: herald.registry.v1.TokenSecret
-	(*TokenPublicKey)(nil),              // 47: herald.registry.v1.TokenPublicKey
-	(*PublishLimit)(nil),                // 48: herald.registry.v1.PublishLimit
-	(*Grant)(nil),                       // 49: herald.registry.v1.Grant
-	(*Key)(nil),                         // 50: herald.registry.v1.Key
-	(*CreateApplicationRequest)(nil),    // 51: herald.registry.v1.CreateApplicationRequest
-	(*CreateApplicationResponse)(nil),   // 52: herald.registry.v1.CreateApplicationResponse
-	(*GetApplicationRequest)(nil),       // 53: herald.registry.v1.GetApplicationRequest
-	(*GetApplicationResponse)(nil),      // 54: herald.registry.v1.GetApplicationResponse
-	(*ListApplicationsRequest)(nil),     // 55: herald.registry.v1.ListApplicationsRequest
-	(*ListApplicationsResponse)(nil),    // 56: herald.registry.v1.ListApplicationsResponse
-	(*UpdateApplicationRequest)(nil),    // 57: herald.registry.v1.UpdateApplicationRequest
-	(*UpdateApplicationResponse)(nil),   // 58: herald.registry.v1.UpdateApplicationResponse
-	(*CreateKeyRequest)(nil),            // 59: herald.registry.v1.CreateKeyRequest
-	(*CreateKeyResponse)(nil),           // 60: herald.registry.v1.CreateKeyResponse
-	(*ListKeysRequest)(nil),             // 61: herald.registry.v1.ListKeysRequest
-	(*ListKeysResponse)(nil),            // 62: herald.registry.v1.ListKeysResponse
-	(*RevokeKeyRequest)(nil),            // 63: herald.registry.v1.RevokeKeyRequest
-	(*RevokeKeyResponse)(nil),           // 64: herald.registry.v1.RevokeKeyResponse
-	(*AuthenticateKeyRequest)(nil),      // 65: herald.registry.v1.AuthenticateKeyRequest
-	(*AuthenticateKeyResponse)(nil),     // 66: herald.registry.v1.AuthenticateKeyResponse
-	(*Subscription)(nil),                // 67: herald.registry.v1.Subscription
-	(*DeliveryPolicy)(nil),              // 68: herald.registry.v1.DeliveryPolicy
-	(*WebhookChannel)(nil),              // 69: herald.registry.v1.WebhookChannel
-	(*WebhookSecret)(nil),               // 70: herald.registry.v1.WebhookSecret
-	(*StreamChannel)(nil),               // 71: herald.registry.v1.StreamChannel
-	(*StartPosition)(nil),               // 72: herald.registry.v1.StartPosition
-	(*CreateSubscriptionRequest)(nil),   // 73: herald.registry.v1.CreateSubscriptionRequest
-	(*CreateSubscriptionResponse)(nil),  // 74: herald.registry.v1.CreateSubscriptionResponse
-	(*UpdateSubscriptionRequest)(nil),   // 75: herald.registry.v1.UpdateSubscriptionRequest
-	(*UpdateSubscriptionResponse)(nil),  // 76: herald.registry.v1.UpdateSubscriptionResponse
-	(*RotateWebhookSecretRequest)(nil),  // 77: herald.registry.v1.RotateWebhookSecretRequest
-	(*RotateWebhookSecretResponse)(nil), // 78: herald.registry.v1.RotateWebhookSecretResponse
-	(*RotateTokenSecretRequest)(nil),    // 79: herald.registry.v1.RotateTokenSecretRequest
-	(*RotateTokenSecretResponse)(nil),   // 80: herald.registry.v1.RotateTokenSecretResponse
-	(*GetSubscriptionRequest)(nil),      // 81: herald.registry.v1.GetSubscriptionRequest
-	(*GetSubscriptionResponse)(nil),     // 82: herald.registry.v1.GetSubscriptionResponse
-	(*ListSubscriptionsRequest)(nil),    // 83: herald.registry.v1.ListSubscriptionsRequest
-	(*ListSubscriptionsResponse)(nil),   // 84: herald.registry.v1.ListSubscriptionsResponse
-	(*DeleteSubscriptionRequest)(nil),   // 85: herald.registry.v1.DeleteSubscriptionRequest
-	(*DeleteSubscriptionResponse)(nil),  // 86: herald.registry.v1.DeleteSubscriptionResponse
-	(*WatchRequest)(nil),                // 87: herald.registry.v1.WatchRequest
-	(*KeyChange)(nil),                   // 88: herald.registry.v1.KeyChange
-	(*Deletion)(nil),                    // 89: herald.registry.v1.Deletion
-	(*WatchResponse)(nil),               // 90: herald.registry.v1.WatchResponse
-	nil,                                 // 91: herald.registry.v1.WebhookChannel.HeadersEntry
-	(*timestamppb.Timestamp)(nil),       // 92: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),         // 93: google.protobuf.Duration
+	(KeyPurpose)(0),                     // 5: herald.registry.v1.KeyPurpose
+	(WebhookOrdering)(0),                // 6: herald.registry.v1.WebhookOrdering
+	(WebhookSigning)(0),                 // 7: herald.registry.v1.WebhookSigning
+	(WebhookContentMode)(0),             // 8: herald.registry.v1.WebhookContentMode
+	(*Domain)(nil),                      // 9: herald.registry.v1.Domain
+	(*Product)(nil),                     // 10: herald.registry.v1.Product
+	(*RetentionPolicy)(nil),             // 11: herald.registry.v1.RetentionPolicy
+	(*Example)(nil),                     // 12: herald.registry.v1.Example
+	(*SchemaVersion)(nil),               // 13: herald.registry.v1.SchemaVersion
+	(*EventType)(nil),                   // 14: herald.registry.v1.EventType
+	(*CreateEventTypeRequest)(nil),      // 15: herald.registry.v1.CreateEventTypeRequest
+	(*CreateEventTypeResponse)(nil),     // 16: herald.registry.v1.CreateEventTypeResponse
+	(*GetEventTypeRequest)(nil),         // 17: herald.registry.v1.GetEventTypeRequest
+	(*GetEventTypeResponse)(nil),        // 18: herald.registry.v1.GetEventTypeResponse
+	(*ListEventTypesRequest)(nil),       // 19: herald.registry.v1.ListEventTypesRequest
+	(*ListEventTypesResponse)(nil),      // 20: herald.registry.v1.ListEventTypesResponse
+	(*UpdateEventTypeRequest)(nil),      // 21: herald.registry.v1.UpdateEventTypeRequest
+	(*UpdateEventTypeResponse)(nil),     // 22: herald.registry.v1.UpdateEventTypeResponse
+	(*CreateSchemaVersionRequest)(nil),  // 23: herald.registry.v1.CreateSchemaVersionRequest
+	(*CreateSchemaVersionResponse)(nil), // 24: herald.registry.v1.CreateSchemaVersionResponse
+	(*ListSchemaVersionsRequest)(nil),   // 25: herald.registry.v1.ListSchemaVersionsRequest
+	(*ListSchemaVersionsResponse)(nil),  // 26: herald.registry.v1.ListSchemaVersionsResponse
+	(*CheckCompatibilityRequest)(nil),   // 27: herald.registry.v1.CheckCompatibilityRequest
+	(*CheckCompatibilityResponse)(nil),  // 28: herald.registry.v1.CheckCompatibilityResponse
+	(*CreateDomainRequest)(nil),         // 29: herald.registry.v1.CreateDomainRequest
+	(*CreateDomainResponse)(nil),        // 30: herald.registry.v1.CreateDomainResponse
+	(*GetDomainRequest)(nil),            // 31: herald.registry.v1.GetDomainRequest
+	(*GetDomainResponse)(nil),           // 32: herald.registry.v1.GetDomainResponse
+	(*ListDomainsRequest)(nil),          // 33: herald.registry.v1.ListDomainsRequest
+	(*ListDomainsResponse)(nil),         // 34: herald.registry.v1.ListDomainsResponse
+	(*UpdateDomainRequest)(nil),         // 35: herald.registry.v1.UpdateDomainRequest
+	(*UpdateDomainResponse)(nil),        // 36: herald.registry.v1.UpdateDomainResponse
+	(*CreateProductRequest)(nil),        // 37: herald.registry.v1.CreateProductRequest
+	(*CreateProductResponse)(nil),       // 38: herald.registry.v1.CreateProductResponse
+	(*GetProductRequest)(nil),           // 39: herald.registry.v1.GetProductRequest
+	(*GetProductResponse)(nil),          // 40: herald.registry.v1.GetProductResponse
+	(*ListProductsRequest)(nil),         // 41: herald.registry.v1.ListProductsRequest
+	(*ListProductsResponse)(nil),        // 42: herald.registry.v1.ListProductsResponse
+	(*UpdateProductRequest)(nil),        // 43: herald.registry.v1.UpdateProductRequest
+	(*UpdateProductResponse)(nil),       // 44: herald.registry.v1.UpdateProductResponse
+	(*Application)(nil),                 // 45: herald.registry.v1.Application
+	(*TokenSettings)(nil),               // 46: herald.registry.v1.TokenSettings
+	(*TokenSecret)(nil),                 // 47: herald.registry.v1.TokenSecret
+	(*TokenPublicKey)(nil),              // 48: herald.registry.v1.TokenPublicKey
+	(*PublishLimit)(nil),                // 49: herald.registry.v1.PublishLimit
+	(*Grant)(nil),                       // 50: herald.registry.v1.Grant
+	(*Key)(nil),                         // 51: herald.registry.v1.Key
+	(*CreateApplicationRequest)(nil),    // 52: herald.registry.v1.CreateApplicationRequest
+	(*CreateApplicationResponse)(nil),   // 53: herald.registry.v1.CreateApplicationResponse
+	(*GetApplicationRequest)(nil),       // 54: herald.registry.v1.GetApplicationRequest
+	(*GetApplicationResponse)(nil),      // 55: herald.registry.v1.GetApplicationResponse
+	(*ListApplicationsRequest)(nil),     // 56: herald.registry.v1.ListApplicationsRequest
+	(*ListApplicationsResponse)(nil),    // 57: herald.registry.v1.ListApplicationsResponse
+	(*UpdateApplicationRequest)(nil),    // 58: herald.registry.v1.UpdateApplicationRequest
+	(*UpdateApplicationResponse)(nil),   // 59: herald.registry.v1.UpdateApplicationResponse
+	(*CreateKeyRequest)(nil),            // 60: herald.registry.v1.CreateKeyRequest
+	(*CreateKeyResponse)(nil),           // 61: herald.registry.v1.CreateKeyResponse
+	(*ListKeysRequest)(nil),             // 62: herald.registry.v1.ListKeysRequest
+	(*ListKeysResponse)(nil),            // 63: herald.registry.v1.ListKeysResponse
+	(*RevokeKeyRequest)(nil),            // 64: herald.registry.v1.RevokeKeyRequest
+	(*RevokeKeyResponse)(nil),           // 65: herald.registry.v1.RevokeKeyResponse
+	(*AuthenticateKeyRequest)(nil),      // 66: herald.registry.v1.AuthenticateKeyRequest
+	(*AuthenticateKeyResponse)(nil),     // 67: herald.registry.v1.AuthenticateKeyResponse
+	(*Subscription)(nil),                // 68: herald.registry.v1.Subscription
+	(*DeliveryPolicy)(nil),              // 69: herald.registry.v1.DeliveryPolicy
+	(*WebhookChannel)(nil),              // 70: herald.registry.v1.WebhookChannel
+	(*WebhookSecret)(nil),               // 71: herald.registry.v1.WebhookSecret
+	(*StreamChannel)(nil),               // 72: herald.registry.v1.StreamChannel
+	(*StartPosition)(nil),               // 73: herald.registry.v1.StartPosition
+	(*CreateSubscriptionRequest)(nil),   // 74: herald.registry.v1.CreateSubscriptionRequest
+	(*CreateSubscriptionResponse)(nil),  // 75: herald.registry.v1.CreateSubscriptionResponse
+	(*UpdateSubscriptionRequest)(nil),   // 76: herald.registry.v1.UpdateSubscriptionRequest
+	(*UpdateSubscriptionResponse)(nil),  // 77: herald.registry.v1.UpdateSubscriptionResponse
+	(*RotateWebhookSecretRequest)(nil),  // 78: herald.registry.v1.RotateWebhookSecretRequest
+	(*RotateWebhookSecretResponse)(nil), // 79: herald.registry.v1.RotateWebhookSecretResponse
+	(*RotateTokenSecretRequest)(nil),    // 80: herald.registry.v1.RotateTokenSecretRequest
+	(*RotateTokenSecretResponse)(nil),   // 81: herald.registry.v1.RotateTokenSecretResponse
+	(*GetSubscriptionRequest)(nil),      // 82: herald.registry.v1.GetSubscriptionRequest
+	(*GetSubscriptionResponse)(nil),     // 83: herald.registry.v1.GetSubscriptionResponse
+	(*ListSubscriptionsRequest)(nil),    // 84: herald.registry.v1.ListSubscriptionsRequest
+	(*ListSubscriptionsResponse)(nil),   // 85: herald.registry.v1.ListSubscriptionsResponse
+	(*DeleteSubscriptionRequest)(nil),   // 86: herald.registry.v1.DeleteSubscriptionRequest
+	(*DeleteSubscriptionResponse)(nil),  // 87: herald.registry.v1.DeleteSubscriptionResponse
+	(*WatchRequest)(nil),                // 88: herald.registry.v1.WatchRequest
+	(*KeyChange)(nil),                   // 89: herald.registry.v1.KeyChange
+	(*Deletion)(nil),                    // 90: herald.registry.v1.Deletion
+	(*WatchResponse)(nil),               // 91: herald.registry.v1.WatchResponse
+	(*CreatePortalLinkRequest)(nil),     // 92: herald.registry.v1.CreatePortalLinkRequest
+	(*CreatePortalLinkResponse)(nil),    // 93: herald.registry.v1.CreatePortalLinkResponse
+	(*RedeemPortalLinkRequest)(nil),     // 94: herald.registry.v1.RedeemPortalLinkRequest
+	(*RedeemPortalLinkResponse)(nil),    // 95: herald.registry.v1.RedeemPortalLinkResponse
+	(*EvaluateFilterRequest)(nil),       // 96: herald.registry.v1.EvaluateFilterRequest
+	(*EvaluateFilterResponse)(nil),      // 97: herald.registry.v1.EvaluateFilterResponse
+	(*FilterResult)(nil),                // 98: herald.registry.v1.FilterResult
+	nil,                                 // 99: herald.registry.v1.WebhookChannel.HeadersEntry
+	(*timestamppb.Timestamp)(nil),       // 100: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),         // 101: google.protobuf.Duration
 }
 var file_herald_registry_v1_registry_proto_depIdxs = []int32{
-	92,  // 0: herald.registry.v1.Domain.create_time:type_name -> google.protobuf.Timestamp
-	92,  // 1: herald.registry.v1.Domain.update_time:type_name -> google.protobuf.Timestamp
-	92,  // 2: herald.registry.v1.Product.create_time:type_name -> google.protobuf.Timestamp
-	92,  // 3: herald.registry.v1.Product.update_time:type_name -> google.protobuf.Timestamp
-	93,  // 4: herald.registry.v1.RetentionPolicy.max_age:type_name -> google.protobuf.Duration
-	92,  // 5: herald.registry.v1.SchemaVersion.create_time:type_name -> google.protobuf.Timestamp
-	92,  // 6: herald.registry.v1.EventType.create_time:type_name -> google.protobuf.Timestamp
-	92,  // 7: herald.registry.v1.EventType.update_time:type_name -> google.protobuf.Timestamp
+	100, // 0: herald.registry.v1.Domain.create_time:type_name -> google.protobuf.Timestamp
+	100, // 1: herald.registry.v1.Domain.update_time:type_name -> google.protobuf.Timestamp
+	100, // 2: herald.registry.v1.Product.create_time:type_name -> google.protobuf.Timestamp
+	100, // 3: herald.registry.v1.Product.update_time:type_name -> google.protobuf.Timestamp
+	101, // 4: herald.registry.v1.RetentionPolicy.max_age:type_name -> google.protobuf.Duration
+	100, // 5: herald.registry.v1.SchemaVersion.create_time:type_name -> google.protobuf.Timestamp
+	100, // 6: herald.registry.v1.EventType.create_time:type_name -> google.protobuf.Timestamp
+	100, // 7: herald.registry.v1.EventType.update_time:type_name -> google.protobuf.Timestamp
 	1,   // 8: herald.registry.v1.EventType.visibility:type_name -> herald.registry.v1.Visibility
 	2,   // 9: herald.registry.v1.EventType.lifecycle:type_name -> herald.registry.v1.Lifecycle
-	92,  // 10: herald.registry.v1.EventType.sunset_time:type_name -> google.protobuf.Timestamp
-	11,  // 11: herald.registry.v1.EventType.examples:type_name -> herald.registry.v1.Example
-	10,  // 12: herald.registry.v1.EventType.retention:type_name -> herald.registry.v1.RetentionPolicy
+	100, // 10: herald.registry.v1.EventType.sunset_time:type_name -> google.protobuf.Timestamp
+	12,  // 11: herald.registry.v1.EventType.examples:type_name -> herald.registry.v1.Example
+	11,  // 12: herald.registry.v1.EventType.retention:type_name -> herald.registry.v1.RetentionPolicy
 	0,   // 13: herald.registry.v1.EventType.compatibility:type_name -> herald.registry.v1.Compatibility
-	13,  // 14: herald.registry.v1.CreateEventTypeRequest.event_type:type_name -> herald.registry.v1.EventType
-	13,  // 15: herald.registry.v1.CreateEventTypeResponse.event_type:type_name -> herald.registry.v1.EventType
-	13,  // 16: herald.registry.v1.GetEventTypeResponse.event_type:type_name -> herald.registry.v1.EventType
-	13,  // 17: herald.registry.v1.ListEventTypesResponse.event_types:type_name -> herald.registry.v1.EventType
-	13,  // 18: herald.registry.v1.UpdateEventTypeRequest.event_type:type_name -> herald.registry.v1.EventType
-	13,  // 19: herald.registry.v1.UpdateEventTypeResponse.event_type:type_name -> herald.registry.v1.EventType
-	12,  // 20: herald.registry.v1.CreateSchemaVersionResponse.schema_version:type_name -> herald.registry.v1.SchemaVersion
-	12,  // 21: herald.registry.v1.ListSchemaVersionsResponse.schema_versions:type_name -> herald.registry.v1.SchemaVersion
-	8,   // 22: herald.registry.v1.CreateDomainRequest.domain:type_name -> herald.registry.v1.Domain
-	8,   // 23: herald.registry.v1.CreateDomainResponse.domain:type_name -> herald.registry.v1.Domain
-	8,   // 24: herald.registry.v1.GetDomainResponse.domain:type_name -> herald.registry.v1.Domain
-	8,   // 25: herald.registry.v1.ListDomainsResponse.domains:type_name -> herald.registry.v1.Domain
-	8,   // 26: herald.registry.v1.UpdateDomainRequest.domain:type_name -> herald.registry.v1.Domain
-	8,   // 27: herald.registry.v1.UpdateDomainResponse.domain:type_name -> herald.registry.v1.Domain
-	9,   // 28: herald.registry.v1.CreateProductRequest.product:type_name -> herald.registry.v1.Product
-	9,   // 29: herald.registry.v1.CreateProductResponse.product:type_name -> herald.registry.v1.Product
-	9,   // 30: herald.registry.v1.GetProductResponse.product:type_name -> herald.registry.v1.Product
-	9,   // 31: herald.registry.v1.ListProductsResponse.products:type_name -> herald.registry.v1.Product
-	9,   // 32: herald.registry.v1.UpdateProductRequest.product:type_name -> herald.registry.v1.Product
-	9,   // 33: herald.registry.v1.UpdateProductResponse.product:type_name -> herald.registry.v1.Product
-	92,  // 34: herald.registry.v1.Application.create_time:type_name -> google.protobuf.Timestamp
-	49,  // 35: herald.registry.v1.Application.grants:type_name -> herald.registry.v1.Grant
+	14,  // 14: herald.registry.v1.CreateEventTypeRequest.event_type:type_name -> herald.registry.v1.EventType
+	14,  // 15: herald.registry.v1.CreateEventTypeResponse.event_type:type_name -> herald.registry.v1.EventType
+	14,  // 16: herald.registry.v1.GetEventTypeResponse.event_type:type_name -> herald.registry.v1.EventType
+	14,  // 17: herald.registry.v1.ListEventTypesResponse.event_types:type_name -> herald.registry.v1.EventType
+	14,  // 18: herald.registry.v1.UpdateEventTypeRequest.event_type:type_name -> herald.registry.v1.EventType
+	14,  // 19: herald.registry.v1.UpdateEventTypeResponse.event_type:type_name -> herald.registry.v1.EventType
+	13,  // 20: herald.registry.v1.CreateSchemaVersionResponse.schema_version:type_name -> herald.registry.v1.SchemaVersion
+	13,  // 21: herald.registry.v1.ListSchemaVersionsResponse.schema_versions:type_name -> herald.registry.v1.SchemaVersion
+	9,   // 22: herald.registry.v1.CreateDomainRequest.domain:type_name -> herald.registry.v1.Domain
+	9,   // 23: herald.registry.v1.CreateDomainResponse.domain:type_name -> herald.registry.v1.Domain
+	9,   // 24: herald.registry.v1.GetDomainResponse.domain:type_name -> herald.registry.v1.Domain
+	9,   // 25: herald.registry.v1.ListDomainsResponse.domains:type_name -> herald.registry.v1.Domain
+	9,   // 26: herald.registry.v1.UpdateDomainRequest.domain:type_name -> herald.registry.v1.Domain
+	9,   // 27: herald.registry.v1.UpdateDomainResponse.domain:type_name -> herald.registry.v1.Domain
+	10,  // 28: herald.registry.v1.CreateProductRequest.product:type_name -> herald.registry.v1.Product
+	10,  // 29: herald.registry.v1.CreateProductResponse.product:type_name -> herald.registry.v1.Product
+	10,  // 30: herald.registry.v1.GetProductResponse.product:type_name -> herald.registry.v1.Product
+	10,  // 31: herald.registry.v1.ListProductsResponse.products:type_name -> herald.registry.v1.Product
+	10,  // 32: herald.registry.v1.UpdateProductRequest.product:type_name -> herald.registry.v1.Product
+	10,  // 33: herald.registry.v1.UpdateProductResponse.product:type_name -> herald.registry.v1.Product
+	100, // 34: herald.registry.v1.Application.create_time:type_name -> google.protobuf.Timestamp
+	50,  // 35: herald.registry.v1.Application.grants:type_name -> herald.registry.v1.Grant
 	3,   // 36: herald.registry.v1.Application.audience:type_name -> herald.registry.v1.Audience
-	48,  // 37: herald.registry.v1.Application.publish_limit:type_name -> herald.registry.v1.PublishLimit
-	45,  // 38: herald.registry.v1.Application.token_settings:type_name -> herald.registry.v1.TokenSettings
-	46,  // 39: herald.registry.v1.TokenSettings.secrets:type_name -> herald.registry.v1.TokenSecret
-	47,  // 40: herald.registry.v1.TokenSettings.public_keys:type_name -> herald.registry.v1.TokenPublicKey
-	93,  // 41: herald.registry.v1.TokenSettings.max_lifetime:type_name -> google.protobuf.Duration
-	92,  // 42: herald.registry.v1.TokenSecret.create_time:type_name -> google.protobuf.Timestamp
-	92,  // 43: herald.registry.v1.TokenSecret.expire_time:type_name -> google.protobuf.Timestamp
+	49,  // 37: herald.registry.v1.Application.publish_limit:type_name -> herald.registry.v1.PublishLimit
+	46,  // 38: herald.registry.v1.Application.token_settings:type_name -> herald.registry.v1.TokenSettings
+	47,  // 39: herald.registry.v1.TokenSettings.secrets:type_name -> herald.registry.v1.TokenSecret
+	48,  // 40: herald.registry.v1.TokenSettings.public_keys:type_name -> herald.registry.v1.TokenPublicKey
+	101, // 41: herald.registry.v1.TokenSettings.max_lifetime:type_name -> google.protobuf.Duration
+	100, // 42: herald.registry.v1.TokenSecret.create_time:type_name -> google.protobuf.Timestamp
+	100, // 43: herald.registry.v1.TokenSecret.expire_time:type_name -> google.protobuf.Timestamp
 	4,   // 44: herald.registry.v1.Grant.action:type_name -> herald.registry.v1.GrantAction
-	92,  // 45: herald.registry.v1.Key.create_time:type_name -> google.protobuf.Timestamp
-	92,  // 46: herald.registry.v1.Key.expire_time:type_name -> google.protobuf.Timestamp
-	92,  // 47: herald.registry.v1.Key.revoke_time:type_name -> google.protobuf.Timestamp
-	44,  // 48: herald.registry.v1.CreateApplicationRequest.application:type_name -> herald.registry.v1.Application
-	44,  // 49: herald.registry.v1.CreateApplicationResponse.application:type_name -> herald.registry.v1.Application
-	50,  // 50: herald.registry.v1.CreateApplicationResponse.key:type_name -> herald.registry.v1.Key
-	44,  // 51: herald.registry.v1.GetApplicationResponse.application:type_name -> herald.registry.v1.Application
-	44,  // 52: herald.registry.v1.ListApplicationsResponse.applications:type_name -> herald.registry.v1.Application
-	44,  // 53: herald.registry.v1.UpdateApplicationRequest.application:type_name -> herald.registry.v1.Application
-	44,  // 54: herald.registry.v1.UpdateApplicationResponse.application:type_name -> herald.registry.v1.Application
-	93,  // 55: herald.registry.v1.CreateKeyRequest.rotate_overlap:type_name -> google.protobuf.Duration
-	50,  // 56: herald.registry.v1.CreateKeyResponse.key:type_name -> herald.registry.v1.Key
-	50,  // 57: herald.registry.v1.ListKeysResponse.keys:type_name -> herald.registry.v1.Key
-	50,  // 58: herald.registry.v1.RevokeKeyResponse.key:type_name -> herald.registry.v1.Key
-	50,  // 59: herald.registry.v1.AuthenticateKeyResponse.key:type_name -> herald.registry.v1.Key
-	69,  // 60: herald.registry.v1.Subscription.webhook:type_name -> herald.registry.v1.WebhookChannel
-	71,  // 61: herald.registry.v1.Subscription.stream:type_name -> herald.registry.v1.StreamChannel
-	72,  // 62: herald.registry.v1.Subscription.start:type_name -> herald.registry.v1.StartPosition
-	92,  // 63: herald.registry.v1.Subscription.create_time:type_name -> google.protobuf.Timestamp
-	68,  // 64: herald.registry.v1.Subscription.delivery:type_name -> herald.registry.v1.DeliveryPolicy
-	93,  // 65: herald.registry.v1.DeliveryPolicy.ack_timeout:type_name -> google.protobuf.Duration
-	5,   // 66: herald.registry.v1.WebhookChannel.ordering:type_name -> herald.registry.v1.WebhookOrdering
-	91,  // 67: herald.registry.v1.WebhookChannel.headers:type_name -> herald.registry.v1.WebhookChannel.HeadersEntry
-	6,   // 68: herald.registry.v1.WebhookChannel.signing:type_name -> herald.registry.v1.WebhookSigning
-	7,   // 69: herald.registry.v1.WebhookChannel.content_mode:type_name -> herald.registry.v1.WebhookContentMode
-	93,  // 70: herald.registry.v1.WebhookChannel.retry_schedule:type_name -> google.protobuf.Duration
-	93,  // 71: herald.registry.v1.WebhookChannel.timeout:type_name -> google.protobuf.Duration
-	92,  // 72: herald.registry.v1.WebhookChannel.disable_time:type_name -> google.protobuf.Timestamp
-	93,  // 73: herald.registry.v1.WebhookChannel.disable_after:type_name -> google.protobuf.Duration
-	70,  // 74: herald.registry.v1.WebhookChannel.secrets:type_name -> herald.registry.v1.WebhookSecret
-	92,  // 75: herald.registry.v1.WebhookSecret.create_time:type_name -> google.protobuf.Timestamp
-	92,  // 76: herald.registry.v1.WebhookSecret.expire_time:type_name -> google.protobuf.Timestamp
-	92,  // 77: herald.registry.v1.StartPosition.time:type_name -> google.protobuf.Timestamp
-	67,  // 78: herald.registry.v1.CreateSubscriptionRequest.subscription:type_name -> herald.registry.v1.Subscription
-	67,  // 79: herald.registry.v1.CreateSubscriptionResponse.subscription:type_name -> herald.registry.v1.Subscription
-	67,  // 80: herald.registry.v1.UpdateSubscriptionRequest.subscription:type_name -> herald.registry.v1.Subscription
-	67,  // 81: herald.registry.v1.UpdateSubscriptionResponse.subscription:type_name -> herald.registry.v1.Subscription
-	93,  // 82: herald.registry.v1.RotateWebhookSecretRequest.overlap:type_name -> google.protobuf.Duration
-	67,  // 83: herald.registry.v1.RotateWebhookSecretResponse.subscription:type_name -> herald.registry.v1.Subscription
-	93,  // 84: herald.registry.v1.RotateTokenSecretRequest.overlap:type_name -> google.protobuf.Duration
-	44,  // 85: herald.registry.v1.RotateTokenSecretResponse.application:type_name -> herald.registry.v1.Application
-	67,  // 86: herald.registry.v1.GetSubscriptionResponse.subscription:type_name -> herald.registry.v1.Subscription
-	67,  // 87: herald.registry.v1.ListSubscriptionsResponse.subscriptions:type_name -> herald.registry.v1.Subscription
-	50,  // 88: herald.registry.v1.KeyChange.key:type_name -> herald.registry.v1.Key
-	13,  // 89: herald.registry.v1.WatchResponse.event_type:type_name -> herald.registry.v1.EventType
-	8,   // 90: herald.registry.v1.WatchResponse.domain:type_name -> herald.registry.v1.Domain
-	9,   // 91: herald.registry.v1.WatchResponse.product:type_name -> herald.registry.v1.Product
-	44,  // 92: herald.registry.v1.WatchResponse.application:type_name -> herald.registry.v1.Application
-	88,  // 93: herald.registry.v1.WatchResponse.key:type_name -> herald.registry.v1.KeyChange
-	67,  // 94: herald.registry.v1.WatchResponse.subscription:type_name -> herald.registry.v1.Subscription
-	89,  // 95: herald.registry.v1.WatchResponse.deleted:type_name -> herald.registry.v1.Deletion
-	28,  // 96: herald.registry.v1.RegistryService.CreateDomain:input_type -> herald.registry.v1.CreateDomainRequest
-	30,  // 97: herald.registry.v1.RegistryService.GetDomain:input_type -> herald.registry.v1.GetDomainRequest
-	32,  // 98: herald.registry.v1.RegistryService.ListDomains:input_type -> herald.registry.v1.ListDomainsRequest
-	34,  // 99: herald.registry.v1.RegistryService.UpdateDomain:input_type -> herald.registry.v1.UpdateDomainRequest
-	14,  // 100: herald.registry.v1.RegistryService.CreateEventType:input_type -> herald.registry.v1.CreateEventTypeRequest
-	16,  // 101: herald.registry.v1.RegistryService.GetEventType:input_type -> herald.registry.v1.GetEventTypeRequest
-	18,  // 102: herald.registry.v1.RegistryService.ListEventTypes:input_type -> herald.registry.v1.ListEventTypesRequest
-	20,  // 103: herald.registry.v1.RegistryService.UpdateEventType:input_type -> herald.registry.v1.UpdateEventTypeRequest
-	22,  // 104: herald.registry.v1.RegistryService.CreateSchemaVersion:input_type -> herald.registry.v1.CreateSchemaVersionRequest
-	24,  // 105: herald.registry.v1.RegistryService.ListSchemaVersions:input_type -> herald.registry.v1.ListSchemaVersionsRequest
-	26,  // 106: herald.registry.v1.RegistryService.CheckCompatibility:input_type -> herald.registry.v1.CheckCompatibilityRequest
-	36,  // 107: herald.registry.v1.RegistryService.CreateProduct:input_type -> herald.registry.v1.CreateProductRequest
-	38,  // 108: herald.registry.v1.RegistryService.GetProduct:input_type -> herald.registry.v1.GetProductRequest
-	40,  // 109: herald.registry.v1.RegistryService.ListProducts:input_type -> herald.registry.v1.ListProductsRequest
-	42,  // 110: herald.registry.v1.RegistryService.UpdateProduct:input_type -> herald.registry.v1.UpdateProductRequest
-	51,  // 111: herald.registry.v1.RegistryService.CreateApplication:input_type -> herald.registry.v1.CreateApplicationRequest
-	53,  // 112: herald.registry.v1.RegistryService.GetApplication:input_type -> herald.registry.v1.GetApplicationRequest
-	55,  // 113: herald.registry.v1.RegistryService.ListApplications:input_type -> herald.registry.v1.ListApplicationsRequest
-	57,  // 114: herald.registry.v1.RegistryService.UpdateApplication:input_type -> herald.registry.v1.UpdateApplicationRequest
-	59,  // 115: herald.registry.v1.RegistryService.CreateKey:input_type -> herald.registry.v1.CreateKeyRequest
-	61,  // 116: herald.registry.v1.RegistryService.ListKeys:input_type -> herald.registry.v1.ListKeysRequest
-	63,  // 117: herald.registry.v1.RegistryService.RevokeKey:input_type -> herald.registry.v1.RevokeKeyRequest
-	65,  // 118: herald.registry.v1.RegistryService.AuthenticateKey:input_type -> herald.registry.v1.AuthenticateKeyRequest
-	73,  // 119: herald.registry.v1.RegistryService.CreateSubscription:input_type -> herald.registry.v1.CreateSubscriptionRequest
-	81,  // 120: herald.registry.v1.RegistryService.GetSubscription:input_type -> herald.registry.v1.GetSubscriptionRequest
-	83,  // 121: herald.registry.v1.RegistryService.ListSubscriptions:input_type -> herald.registry.v1.ListSubscriptionsRequest
-	85,  // 122: herald.registry.v1.RegistryService.DeleteSubscription:input_type -> herald.registry.v1.DeleteSubscriptionRequest
-	75,  // 123: herald.registry.v1.RegistryService.UpdateSubscription:input_type -> herald.registry.v1.UpdateSubscriptionRequest
-	77,  // 124: herald.registry.v1.RegistryService.RotateWebhookSecret:input_type -> herald.registry.v1.RotateWebhookSecretRequest
-	79,  // 125: herald.registry.v1.RegistryService.RotateTokenSecret:input_type -> herald.registry.v1.RotateTokenSecretRequest
-	87,  // 126: herald.registry.v1.RegistryService.Watch:input_type -> herald.registry.v1.WatchRequest
-	29,  // 127: herald.registry.v1.RegistryService.CreateDomain:output_type -> herald.registry.v1.CreateDomainResponse
-	31,  // 128: herald.registry.v1.RegistryService.GetDomain:output_type -> herald.registry.v1.GetDomainResponse
-	33,  // 129: herald.registry.v1.RegistryService.ListDomains:output_type -> herald.registry.v1.ListDomainsResponse
-	35,  // 130: herald.registry.v1.RegistryService.UpdateDomain:output_type -> herald.registry.v1.UpdateDomainResponse
-	15,  // 131: herald.registry.v1.RegistryService.CreateEventType:output_type -> herald.registry.v1.CreateEventTypeResponse
-	17,  // 132: herald.registry.v1.RegistryService.GetEventType:output_type -> herald.registry.v1.GetEventTypeResponse
-	19,  // 133: herald.registry.v1.RegistryService.ListEventTypes:output_type -> herald.registry.v1.ListEventTypesResponse
-	21,  // 134: herald.registry.v1.RegistryService.UpdateEventType:output_type -> herald.registry.v1.UpdateEventTypeResponse
-	23,  // 135: herald.registry.v1.RegistryService.CreateSchemaVersion:output_type -> herald.registry.v1.CreateSchemaVersionResponse
-	25,  // 136: herald.registry.v1.RegistryService.ListSchemaVersions:output_type -> herald.registry.v1.ListSchemaVersionsResponse
-	27,  // 137: herald.registry.v1.RegistryService.CheckCompatibility:output_type -> herald.registry.v1.CheckCompatibilityResponse
-	37,  // 138: herald.registry.v1.RegistryService.CreateProduct:output_type -> herald.registry.v1.CreateProductResponse
-	39,  // 139: herald.registry.v1.RegistryService.GetProduct:output_type -> herald.registry.v1.GetProductResponse
-	41,  // 140: herald.registry.v1.RegistryService.ListProducts:output_type -> herald.registry.v1.ListProductsResponse
-	43,  // 141: herald.registry.v1.RegistryService.UpdateProduct:output_type -> herald.registry.v1.UpdateProductResponse
-	52,  // 142: herald.registry.v1.RegistryService.CreateApplication:output_type -> herald.registry.v1.CreateApplicationResponse
-	54,  // 143: herald.registry.v1.RegistryService.GetApplication:output_type -> herald.registry.v1.GetApplicationResponse
-	56,  // 144: herald.registry.v1.RegistryService.ListApplications:output_type -> herald.registry.v1.ListApplicationsResponse
-	58,  // 145: herald.registry.v1.RegistryService.UpdateApplication:output_type -> herald.registry.v1.UpdateApplicationResponse
-	60,  // 146: herald.registry.v1.RegistryService.CreateKey:output_type -> herald.registry.v1.CreateKeyResponse
-	62,  // 147: herald.registry.v1.RegistryService.ListKeys:output_type -> herald.registry.v1.ListKeysResponse
-	64,  // 148: herald.registry.v1.RegistryService.RevokeKey:output_type -> herald.registry.v1.RevokeKeyResponse
-	66,  // 149: herald.registry.v1.RegistryService.AuthenticateKey:output_type -> herald.registry.v1.AuthenticateKeyResponse
-	74,  // 150: herald.registry.v1.RegistryService.CreateSubscription:output_type -> herald.registry.v1.CreateSubscriptionResponse
-	82,  // 151: herald.registry.v1.RegistryService.GetSubscription:output_type -> herald.registry.v1.GetSubscriptionResponse
-	84,  // 152: herald.registry.v1.RegistryService.ListSubscriptions:output_type -> herald.registry.v1.ListSubscriptionsResponse
-	86,  // 153: herald.registry.v1.RegistryService.DeleteSubscription:output_type -> herald.registry.v1.DeleteSubscriptionResponse
-	76,  // 154: herald.registry.v1.RegistryService.UpdateSubscription:output_type -> herald.registry.v1.UpdateSubscriptionResponse
-	78,  // 155: herald.registry.v1.RegistryService.RotateWebhookSecret:output_type -> herald.registry.v1.RotateWebhookSecretResponse
-	80,  // 156: herald.registry.v1.RegistryService.RotateTokenSecret:output_type -> herald.registry.v1.RotateTokenSecretResponse
-	90,  // 157: herald.registry.v1.RegistryService.Watch:output_type -> herald.registry.v1.WatchResponse
-	127, // [127:158] is the sub-list for method output_type
-	96,  // [96:127] is the sub-list for method input_type
-	96,  // [96:96] is the sub-list for extension type_name
-	96,  // [96:96] is the sub-list for extension extendee
-	0,   // [0:96] is the sub-list for field type_name
+	100, // 45: herald.registry.v1.Key.create_time:type_name -> google.protobuf.Timestamp
+	100, // 46: herald.registry.v1.Key.expire_time:type_name -> google.protobuf.Timestamp
+	100, // 47: herald.registry.v1.Key.revoke_time:type_name -> google.protobuf.Timestamp
+	5,   // 48: herald.registry.v1.Key.purpose:type_name -> herald.registry.v1.KeyPurpose
+	45,  // 49: herald.registry.v1.CreateApplicationRequest.application:type_name -> herald.registry.v1.Application
+	45,  // 50: herald.registry.v1.CreateApplicationResponse.application:type_name -> herald.registry.v1.Application
+	51,  // 51: herald.registry.v1.CreateApplicationResponse.key:type_name -> herald.registry.v1.Key
+	45,  // 52: herald.registry.v1.GetApplicationResponse.application:type_name -> herald.registry.v1.Application
+	45,  // 53: herald.registry.v1.ListApplicationsResponse.applications:type_name -> herald.registry.v1.Application
+	45,  // 54: herald.registry.v1.UpdateApplicationRequest.application:type_name -> herald.registry.v1.Application
+	45,  // 55: herald.registry.v1.UpdateApplicationResponse.application:type_name -> herald.registry.v1.Application
+	101, // 56: herald.registry.v1.CreateKeyRequest.rotate_overlap:type_name -> google.protobuf.Duration
+	51,  // 57: herald.registry.v1.CreateKeyResponse.key:type_name -> herald.registry.v1.Key
+	51,  // 58: herald.registry.v1.ListKeysResponse.keys:type_name -> herald.registry.v1.Key
+	51,  // 59: herald.registry.v1.RevokeKeyResponse.key:type_name -> herald.registry.v1.Key
+	51,  // 60: herald.registry.v1.AuthenticateKeyResponse.key:type_name -> herald.registry.v1.Key
+	70,  // 61: herald.registry.v1.Subscription.webhook:type_name -> herald.registry.v1.WebhookChannel
+	72,  // 62: herald.registry.v1.Subscription.stream:type_name -> herald.registry.v1.StreamChannel
+	73,  // 63: herald.registry.v1.Subscription.start:type_name -> herald.registry.v1.StartPosition
+	100, // 64: herald.registry.v1.Subscription.create_time:type_name -> google.protobuf.Timestamp
+	69,  // 65: herald.registry.v1.Subscription.delivery:type_name -> herald.registry.v1.DeliveryPolicy
+	101, // 66: herald.registry.v1.DeliveryPolicy.ack_timeout:type_name -> google.protobuf.Duration
+	6,   // 67: herald.registry.v1.WebhookChannel.ordering:type_name -> herald.registry.v1.WebhookOrdering
+	99,  // 68: herald.registry.v1.WebhookChannel.headers:type_name -> herald.registry.v1.WebhookChannel.HeadersEntry
+	7,   // 69: herald.registry.v1.WebhookChannel.signing:type_name -> herald.registry.v1.WebhookSigning
+	8,   // 70: herald.registry.v1.WebhookChannel.content_mode:type_name -> herald.registry.v1.WebhookContentMode
+	101, // 71: herald.registry.v1.WebhookChannel.retry_schedule:type_name -> google.protobuf.Duration
+	101, // 72: herald.registry.v1.WebhookChannel.timeout:type_name -> google.protobuf.Duration
+	100, // 73: herald.registry.v1.WebhookChannel.disable_time:type_name -> google.protobuf.Timestamp
+	101, // 74: herald.registry.v1.WebhookChannel.disable_after:type_name -> google.protobuf.Duration
+	71,  // 75: herald.registry.v1.WebhookChannel.secrets:type_name -> herald.registry.v1.WebhookSecret
+	100, // 76: herald.registry.v1.WebhookSecret.create_time:type_name -> google.protobuf.Timestamp
+	100, // 77: herald.registry.v1.WebhookSecret.expire_time:type_name -> google.protobuf.Timestamp
+	100, // 78: herald.registry.v1.StartPosition.time:type_name -> google.protobuf.Timestamp
+	68,  // 79: herald.registry.v1.CreateSubscriptionRequest.subscription:type_name -> herald.registry.v1.Subscription
+	68,  // 80: herald.registry.v1.CreateSubscriptionResponse.subscription:type_name -> herald.registry.v1.Subscription
+	68,  // 81: herald.registry.v1.UpdateSubscriptionRequest.subscription:type_name -> herald.registry.v1.Subscription
+	68,  // 82: herald.registry.v1.UpdateSubscriptionResponse.subscription:type_name -> herald.registry.v1.Subscription
+	101, // 83: herald.registry.v1.RotateWebhookSecretRequest.overlap:type_name -> google.protobuf.Duration
+	68,  // 84: herald.registry.v1.RotateWebhookSecretResponse.subscription:type_name -> herald.registry.v1.Subscription
+	101, // 85: herald.registry.v1.RotateTokenSecretRequest.overlap:type_name -> google.protobuf.Duration
+	45,  // 86: herald.registry.v1.RotateTokenSecretResponse.application:type_name -> herald.registry.v1.Application
+	68,  // 87: herald.registry.v1.GetSubscriptionResponse.subscription:type_name -> herald.registry.v1.Subscription
+	68,  // 88: herald.registry.v1.ListSubscriptionsResponse.subscriptions:type_name -> herald.registry.v1.Subscription
+	51,  // 89: herald.registry.v1.KeyChange.key:type_name -> herald.registry.v1.Key
+	14,  // 90: herald.registry.v1.WatchResponse.event_type:type_name -> herald.registry.v1.EventType
+	9,   // 91: herald.registry.v1.WatchResponse.domain:type_name -> herald.registry.v1.Domain
+	10,  // 92: herald.registry.v1.WatchResponse.product:type_name -> herald.registry.v1.Product
+	45,  // 93: herald.registry.v1.WatchResponse.application:type_name -> herald.registry.v1.Application
+	89,  // 94: herald.registry.v1.WatchResponse.key:type_name -> herald.registry.v1.KeyChange
+	68,  // 95: herald.registry.v1.WatchResponse.subscription:type_name -> herald.registry.v1.Subscription
+	90,  // 96: herald.registry.v1.WatchResponse.deleted:type_name -> herald.registry.v1.Deletion
+	101, // 97: herald.registry.v1.CreatePortalLinkRequest.link_ttl:type_name -> google.protobuf.Duration
+	101, // 98: herald.registry.v1.CreatePortalLinkRequest.session_ttl:type_name -> google.protobuf.Duration
+	100, // 99: herald.registry.v1.CreatePortalLinkResponse.expire_time:type_name -> google.protobuf.Timestamp
+	51,  // 100: herald.registry.v1.RedeemPortalLinkResponse.key:type_name -> herald.registry.v1.Key
+	45,  // 101: herald.registry.v1.RedeemPortalLinkResponse.application:type_name -> herald.registry.v1.Application
+	98,  // 102: herald.registry.v1.EvaluateFilterResponse.results:type_name -> herald.registry.v1.FilterResult
+	29,  // 103: herald.registry.v1.RegistryService.CreateDomain:input_type -> herald.registry.v1.CreateDomainRequest
+	31,  // 104: herald.registry.v1.RegistryService.GetDomain:input_type -> herald.registry.v1.GetDomainRequest
+	33,  // 105: herald.registry.v1.RegistryService.ListDomains:input_type -> herald.registry.v1.ListDomainsRequest
+	35,  // 106: herald.registry.v1.RegistryService.UpdateDomain:input_type -> herald.registry.v1.UpdateDomainRequest
+	15,  // 107: herald.registry.v1.RegistryService.CreateEventType:input_type -> herald.registry.v1.CreateEventTypeRequest
+	17,  // 108: herald.registry.v1.RegistryService.GetEventType:input_type -> herald.registry.v1.GetEventTypeRequest
+	19,  // 109: herald.registry.v1.RegistryService.ListEventTypes:input_type -> herald.registry.v1.ListEventTypesRequest
+	21,  // 110: herald.registry.v1.RegistryService.UpdateEventType:input_type -> herald.registry.v1.UpdateEventTypeRequest
+	23,  // 111: herald.registry.v1.RegistryService.CreateSchemaVersion:input_type -> herald.registry.v1.CreateSchemaVersionRequest
+	25,  // 112: herald.registry.v1.RegistryService.ListSchemaVersions:input_type -> herald.registry.v1.ListSchemaVersionsRequest
+	27,  // 113: herald.registry.v1.RegistryService.CheckCompatibility:input_type -> herald.registry.v1.CheckCompatibilityRequest
+	37,  // 114: herald.registry.v1.RegistryService.CreateProduct:input_type -> herald.registry.v1.CreateProductRequest
+	39,  // 115: herald.registry.v1.RegistryService.GetProduct:input_type -> herald.registry.v1.GetProductRequest
+	41,  // 116: herald.registry.v1.RegistryService.ListProducts:input_type -> herald.registry.v1.ListProductsRequest
+	43,  // 117: herald.registry.v1.RegistryService.UpdateProduct:input_type -> herald.registry.v1.UpdateProductRequest
+	52,  // 118: herald.registry.v1.RegistryService.CreateApplication:input_type -> herald.registry.v1.CreateApplicationRequest
+	54,  // 119: herald.registry.v1.RegistryService.GetApplication:input_type -> herald.registry.v1.GetApplicationRequest
+	56,  // 120: herald.registry.v1.RegistryService.ListApplications:input_type -> herald.registry.v1.ListApplicationsRequest
+	58,  // 121: herald.registry.v1.RegistryService.UpdateApplication:input_type -> herald.registry.v1.UpdateApplicationRequest
+	60,  // 122: herald.registry.v1.RegistryService.CreateKey:input_type -> herald.registry.v1.CreateKeyRequest
+	62,  // 123: herald.registry.v1.RegistryService.ListKeys:input_type -> herald.registry.v1.ListKeysRequest
+	64,  // 124: herald.registry.v1.RegistryService.RevokeKey:input_type -> herald.registry.v1.RevokeKeyRequest
+	66,  // 125: herald.registry.v1.RegistryService.AuthenticateKey:input_type -> herald.registry.v1.AuthenticateKeyRequest
+	74,  // 126: herald.registry.v1.RegistryService.CreateSubscription:input_type -> herald.registry.v1.CreateSubscriptionRequest
+	82,  // 127: herald.registry.v1.RegistryService.GetSubscription:input_type -> herald.registry.v1.GetSubscriptionRequest
+	84,  // 128: herald.registry.v1.RegistryService.ListSubscriptions:input_type -> herald.registry.v1.ListSubscriptionsRequest
+	86,  // 129: herald.registry.v1.RegistryService.DeleteSubscription:input_type -> herald.registry.v1.DeleteSubscriptionRequest
+	76,  // 130: herald.registry.v1.RegistryService.UpdateSubscription:input_type -> herald.registry.v1.UpdateSubscriptionRequest
+	78,  // 131: herald.registry.v1.RegistryService.RotateWebhookSecret:input_type -> herald.registry.v1.RotateWebhookSecretRequest
+	80,  // 132: herald.registry.v1.RegistryService.RotateTokenSecret:input_type -> herald.registry.v1.RotateTokenSecretRequest
+	92,  // 133: herald.registry.v1.RegistryService.CreatePortalLink:input_type -> herald.registry.v1.CreatePortalLinkRequest
+	94,  // 134: herald.registry.v1.RegistryService.RedeemPortalLink:input_type -> herald.registry.v1.RedeemPortalLinkRequest
+	96,  // 135: herald.registry.v1.RegistryService.EvaluateFilter:input_type -> herald.registry.v1.EvaluateFilterRequest
+	88,  // 136: herald.registry.v1.RegistryService.Watch:input_type -> herald.registry.v1.WatchRequest
+	30,  // 137: herald.registry.v1.RegistryService.CreateDomain:output_type -> herald.registry.v1.CreateDomainResponse
+	32,  // 138: herald.registry.v1.RegistryService.GetDomain:output_type -> herald.registry.v1.GetDomainResponse
+	34,  // 139: herald.registry.v1.RegistryService.ListDomains:output_type -> herald.registry.v1.ListDomainsResponse
+	36,  // 140: herald.registry.v1.RegistryService.UpdateDomain:output_type -> herald.registry.v1.UpdateDomainResponse
+	16,  // 141: herald.registry.v1.RegistryService.CreateEventType:output_type -> herald.registry.v1.CreateEventTypeResponse
+	18,  // 142: herald.registry.v1.RegistryService.GetEventType:output_type -> herald.registry.v1.GetEventTypeResponse
+	20,  // 143: herald.registry.v1.RegistryService.ListEventTypes:output_type -> herald.registry.v1.ListEventTypesResponse
+	22,  // 144: herald.registry.v1.RegistryService.UpdateEventType:output_type -> herald.registry.v1.UpdateEventTypeResponse
+	24,  // 145: herald.registry.v1.RegistryService.CreateSchemaVersion:output_type -> herald.registry.v1.CreateSchemaVersionResponse
+	26,  // 146: herald.registry.v1.RegistryService.ListSchemaVersions:output_type -> herald.registry.v1.ListSchemaVersionsResponse
+	28,  // 147: herald.registry.v1.RegistryService.CheckCompatibility:output_type -> herald.registry.v1.CheckCompatibilityResponse
+	38,  // 148: herald.registry.v1.RegistryService.CreateProduct:output_type -> herald.registry.v1.CreateProductResponse
+	40,  // 149: herald.registry.v1.RegistryService.GetProduct:output_type -> herald.registry.v1.GetProductResponse
+	42,  // 150: herald.registry.v1.RegistryService.ListProducts:output_type -> herald.registry.v1.ListProductsResponse
+	44,  // 151: herald.registry.v1.RegistryService.UpdateProduct:output_type -> herald.registry.v1.UpdateProductResponse
+	53,  // 152: herald.registry.v1.RegistryService.CreateApplication:output_type -> herald.registry.v1.CreateApplicationResponse
+	55,  // 153: herald.registry.v1.RegistryService.GetApplication:output_type -> herald.registry.v1.GetApplicationResponse
+	57,  // 154: herald.registry.v1.RegistryService.ListApplications:output_type -> herald.registry.v1.ListApplicationsResponse
+	59,  // 155: herald.registry.v1.RegistryService.UpdateApplication:output_type -> herald.registry.v1.UpdateApplicationResponse
+	61,  // 156: herald.registry.v1.RegistryService.CreateKey:output_type -> herald.registry.v1.CreateKeyResponse
+	63,  // 157: herald.registry.v1.RegistryService.ListKeys:output_type -> herald.registry.v1.ListKeysResponse
+	65,  // 158: herald.registry.v1.RegistryService.RevokeKey:output_type -> herald.registry.v1.RevokeKeyResponse
+	67,  // 159: herald.registry.v1.RegistryService.AuthenticateKey:output_type -> herald.registry.v1.AuthenticateKeyResponse
+	75,  // 160: herald.registry.v1.RegistryService.CreateSubscription:output_type -> herald.registry.v1.CreateSubscriptionResponse
+	83,  // 161: herald.registry.v1.RegistryService.GetSubscription:output_type -> herald.registry.v1.GetSubscriptionResponse
+	85,  // 162: herald.registry.v1.RegistryService.ListSubscriptions:output_type -> herald.registry.v1.ListSubscriptionsResponse
+	87,  // 163: herald.registry.v1.RegistryService.DeleteSubscription:output_type -> herald.registry.v1.DeleteSubscriptionResponse
+	77,  // 164: herald.registry.v1.RegistryService.UpdateSubscription:output_type -> herald.registry.v1.UpdateSubscriptionResponse
+	79,  // 165: herald.registry.v1.RegistryService.RotateWebhookSecret:output_type -> herald.registry.v1.RotateWebhookSecretResponse
+	81,  // 166: herald.registry.v1.RegistryService.RotateTokenSecret:output_type -> herald.registry.v1.RotateTokenSecretResponse
+	93,  // 167: herald.registry.v1.RegistryService.CreatePortalLink:output_type -> herald.registry.v1.CreatePortalLinkResponse
+	95,  // 168: herald.registry.v1.RegistryService.RedeemPortalLink:output_type -> herald.registry.v1.RedeemPortalLinkResponse
+	97,  // 169: herald.registry.v1.RegistryService.EvaluateFilter:output_type -> herald.registry.v1.EvaluateFilterResponse
+	91,  // 170: herald.registry.v1.RegistryService.Watch:output_type -> herald.registry.v1.WatchResponse
+	137, // [137:171] is the sub-list for method output_type
+	103, // [103:137] is the sub-list for method input_type
+	103, // [103:103] is the sub-list for extension type_name
+	103, // [103:103] is the sub-list for extension extendee
+	0,   // [0:103] is the sub-list for field type_name
 }
 
 func init() { file_herald_registry_v1_registry_proto_init() }
@@ -6145,8 +6676,8 @@ func file_herald_registry_v1_registry_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_herald_registry_v1_registry_proto_rawDesc), len(file_herald_registry_v1_registry_proto_rawDesc)),
-			NumEnums:      8,
-			NumMessages:   84,
+			NumEnums:      9,
+			NumMessages:   91,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

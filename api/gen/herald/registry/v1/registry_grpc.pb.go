@@ -49,6 +49,9 @@ const (
 	RegistryService_UpdateSubscription_FullMethodName  = "/herald.registry.v1.RegistryService/UpdateSubscription"
 	RegistryService_RotateWebhookSecret_FullMethodName = "/herald.registry.v1.RegistryService/RotateWebhookSecret"
 	RegistryService_RotateTokenSecret_FullMethodName   = "/herald.registry.v1.RegistryService/RotateTokenSecret"
+	RegistryService_CreatePortalLink_FullMethodName    = "/herald.registry.v1.RegistryService/CreatePortalLink"
+	RegistryService_RedeemPortalLink_FullMethodName    = "/herald.registry.v1.RegistryService/RedeemPortalLink"
+	RegistryService_EvaluateFilter_FullMethodName      = "/herald.registry.v1.RegistryService/EvaluateFilter"
 	RegistryService_Watch_FullMethodName               = "/herald.registry.v1.RegistryService/Watch"
 )
 
@@ -133,6 +136,18 @@ type RegistryServiceClient interface {
 	// browser tokens, shown once; the older ones keep verifying for the
 	// overlap. An application may rotate its own.
 	RotateTokenSecret(ctx context.Context, in *RotateTokenSecretRequest, opts ...grpc.CallOption) (*RotateTokenSecretResponse, error)
+	// CreatePortalLink mints a single-use sign-in link to the consumer portal
+	// for one application (operator only). Whoever opens it before it expires
+	// gets a portal session acting for that application, and nothing else.
+	CreatePortalLink(ctx context.Context, in *CreatePortalLinkRequest, opts ...grpc.CallOption) (*CreatePortalLinkResponse, error)
+	// RedeemPortalLink exchanges a portal link's token, once, for a portal
+	// session: a key of the link's application (purpose
+	// KEY_PURPOSE_PORTAL_SESSION) that expires with the session. Operator
+	// only: the edge's portal calls it for the browser.
+	RedeemPortalLink(ctx context.Context, in *RedeemPortalLinkRequest, opts ...grpc.CallOption) (*RedeemPortalLinkResponse, error)
+	// EvaluateFilter compiles a CEL filter and runs it over an event type's
+	// examples (or the data given), as a subscription's filter would run.
+	EvaluateFilter(ctx context.Context, in *EvaluateFilterRequest, opts ...grpc.CallOption) (*EvaluateFilterResponse, error)
 	// Watch streams catalog changes after a revision, so that router and edge
 	// keep local caches fresh. From revision 0 it first sends the whole
 	// catalog, then a response with snapshot_complete set, then live changes.
@@ -447,6 +462,36 @@ func (c *registryServiceClient) RotateTokenSecret(ctx context.Context, in *Rotat
 	return out, nil
 }
 
+func (c *registryServiceClient) CreatePortalLink(ctx context.Context, in *CreatePortalLinkRequest, opts ...grpc.CallOption) (*CreatePortalLinkResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CreatePortalLinkResponse)
+	err := c.cc.Invoke(ctx, RegistryService_CreatePortalLink_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *registryServiceClient) RedeemPortalLink(ctx context.Context, in *RedeemPortalLinkRequest, opts ...grpc.CallOption) (*RedeemPortalLinkResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RedeemPortalLinkResponse)
+	err := c.cc.Invoke(ctx, RegistryService_RedeemPortalLink_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *registryServiceClient) EvaluateFilter(ctx context.Context, in *EvaluateFilterRequest, opts ...grpc.CallOption) (*EvaluateFilterResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(EvaluateFilterResponse)
+	err := c.cc.Invoke(ctx, RegistryService_EvaluateFilter_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *registryServiceClient) Watch(ctx context.Context, in *WatchRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchResponse], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	stream, err := c.cc.NewStream(ctx, &RegistryService_ServiceDesc.Streams[0], RegistryService_Watch_FullMethodName, cOpts...)
@@ -547,6 +592,18 @@ type RegistryServiceServer interface {
 	// browser tokens, shown once; the older ones keep verifying for the
 	// overlap. An application may rotate its own.
 	RotateTokenSecret(context.Context, *RotateTokenSecretRequest) (*RotateTokenSecretResponse, error)
+	// CreatePortalLink mints a single-use sign-in link to the consumer portal
+	// for one application (operator only). Whoever opens it before it expires
+	// gets a portal session acting for that application, and nothing else.
+	CreatePortalLink(context.Context, *CreatePortalLinkRequest) (*CreatePortalLinkResponse, error)
+	// RedeemPortalLink exchanges a portal link's token, once, for a portal
+	// session: a key of the link's application (purpose
+	// KEY_PURPOSE_PORTAL_SESSION) that expires with the session. Operator
+	// only: the edge's portal calls it for the browser.
+	RedeemPortalLink(context.Context, *RedeemPortalLinkRequest) (*RedeemPortalLinkResponse, error)
+	// EvaluateFilter compiles a CEL filter and runs it over an event type's
+	// examples (or the data given), as a subscription's filter would run.
+	EvaluateFilter(context.Context, *EvaluateFilterRequest) (*EvaluateFilterResponse, error)
 	// Watch streams catalog changes after a revision, so that router and edge
 	// keep local caches fresh. From revision 0 it first sends the whole
 	// catalog, then a response with snapshot_complete set, then live changes.
@@ -650,6 +707,15 @@ func (UnimplementedRegistryServiceServer) RotateWebhookSecret(context.Context, *
 }
 func (UnimplementedRegistryServiceServer) RotateTokenSecret(context.Context, *RotateTokenSecretRequest) (*RotateTokenSecretResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RotateTokenSecret not implemented")
+}
+func (UnimplementedRegistryServiceServer) CreatePortalLink(context.Context, *CreatePortalLinkRequest) (*CreatePortalLinkResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CreatePortalLink not implemented")
+}
+func (UnimplementedRegistryServiceServer) RedeemPortalLink(context.Context, *RedeemPortalLinkRequest) (*RedeemPortalLinkResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RedeemPortalLink not implemented")
+}
+func (UnimplementedRegistryServiceServer) EvaluateFilter(context.Context, *EvaluateFilterRequest) (*EvaluateFilterResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method EvaluateFilter not implemented")
 }
 func (UnimplementedRegistryServiceServer) Watch(*WatchRequest, grpc.ServerStreamingServer[WatchResponse]) error {
 	return status.Error(codes.Unimplemented, "method Watch not implemented")
@@ -1215,6 +1281,60 @@ func _RegistryService_RotateTokenSecret_Handler(srv interface{}, ctx context.Con
 	return interceptor(ctx, in, info, handler)
 }
 
+func _RegistryService_CreatePortalLink_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CreatePortalLinkRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RegistryServiceServer).CreatePortalLink(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: RegistryService_CreatePortalLink_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RegistryServiceServer).CreatePortalLink(ctx, req.(*CreatePortalLinkRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _RegistryService_RedeemPortalLink_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RedeemPortalLinkRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RegistryServiceServer).RedeemPortalLink(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: RegistryService_RedeemPortalLink_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RegistryServiceServer).RedeemPortalLink(ctx, req.(*RedeemPortalLinkRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _RegistryService_EvaluateFilter_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(EvaluateFilterRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RegistryServiceServer).EvaluateFilter(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: RegistryService_EvaluateFilter_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RegistryServiceServer).EvaluateFilter(ctx, req.(*EvaluateFilterRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _RegistryService_Watch_Handler(srv interface{}, stream grpc.ServerStream) error {
 	m := new(WatchRequest)
 	if err := stream.RecvMsg(m); err != nil {
@@ -1352,6 +1472,18 @@ var RegistryService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RotateTokenSecret",
 			Handler:    _RegistryService_RotateTokenSecret_Handler,
+		},
+		{
+			MethodName: "CreatePortalLink",
+			Handler:    _RegistryService_CreatePortalLink_Handler,
+		},
+		{
+			MethodName: "RedeemPortalLink",
+			Handler:    _RegistryService_RedeemPortalLink_Handler,
+		},
+		{
+			MethodName: "EvaluateFilter",
+			Handler:    _RegistryService_EvaluateFilter_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

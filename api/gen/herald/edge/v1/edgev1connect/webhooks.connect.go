@@ -44,6 +44,9 @@ const (
 	WebhookServiceRetryDeliveryProcedure = "/herald.edge.v1.WebhookService/RetryDelivery"
 	// WebhookServiceReplayProcedure is the fully-qualified name of the WebhookService's Replay RPC.
 	WebhookServiceReplayProcedure = "/herald.edge.v1.WebhookService/Replay"
+	// WebhookServiceSendTestEventProcedure is the fully-qualified name of the WebhookService's
+	// SendTestEvent RPC.
+	WebhookServiceSendTestEventProcedure = "/herald.edge.v1.WebhookService/SendTestEvent"
 )
 
 // WebhookServiceClient is a client for the herald.edge.v1.WebhookService service.
@@ -61,6 +64,13 @@ type WebhookServiceClient interface {
 	// cursor, every dead letter since a time, or a range of the log by cursor
 	// or time. Replayed events keep their cursor and webhook-id.
 	Replay(context.Context, *connect.Request[v1.ReplayRequest]) (*connect.Response[v1.ReplayResponse], error)
+	// SendTestEvent sends a test event of one of a subscription's types to
+	// that subscription only (a webhook endpoint or a durable stream), through
+	// the same delivery path as any event: signed, retried, recorded as
+	// attempts, replayable by its cursor. It carries the extension attribute
+	// heraldtest=true, is never billed, and its cursor has stream number 0,
+	// which no log stream has.
+	SendTestEvent(context.Context, *connect.Request[v1.SendTestEventRequest]) (*connect.Response[v1.SendTestEventResponse], error)
 }
 
 // NewWebhookServiceClient constructs a client for the herald.edge.v1.WebhookService service. By
@@ -98,6 +108,12 @@ func NewWebhookServiceClient(httpClient connect.HTTPClient, baseURL string, opts
 			connect.WithSchema(webhookServiceMethods.ByName("Replay")),
 			connect.WithClientOptions(opts...),
 		),
+		sendTestEvent: connect.NewClient[v1.SendTestEventRequest, v1.SendTestEventResponse](
+			httpClient,
+			baseURL+WebhookServiceSendTestEventProcedure,
+			connect.WithSchema(webhookServiceMethods.ByName("SendTestEvent")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -107,6 +123,7 @@ type webhookServiceClient struct {
 	listWebhookDeadLetters *connect.Client[v1.ListWebhookDeadLettersRequest, v1.ListWebhookDeadLettersResponse]
 	retryDelivery          *connect.Client[v1.RetryDeliveryRequest, v1.RetryDeliveryResponse]
 	replay                 *connect.Client[v1.ReplayRequest, v1.ReplayResponse]
+	sendTestEvent          *connect.Client[v1.SendTestEventRequest, v1.SendTestEventResponse]
 }
 
 // ListAttempts calls herald.edge.v1.WebhookService.ListAttempts.
@@ -129,6 +146,11 @@ func (c *webhookServiceClient) Replay(ctx context.Context, req *connect.Request[
 	return c.replay.CallUnary(ctx, req)
 }
 
+// SendTestEvent calls herald.edge.v1.WebhookService.SendTestEvent.
+func (c *webhookServiceClient) SendTestEvent(ctx context.Context, req *connect.Request[v1.SendTestEventRequest]) (*connect.Response[v1.SendTestEventResponse], error) {
+	return c.sendTestEvent.CallUnary(ctx, req)
+}
+
 // WebhookServiceHandler is an implementation of the herald.edge.v1.WebhookService service.
 type WebhookServiceHandler interface {
 	// ListAttempts pages through the delivery attempts of an endpoint, newest
@@ -144,6 +166,13 @@ type WebhookServiceHandler interface {
 	// cursor, every dead letter since a time, or a range of the log by cursor
 	// or time. Replayed events keep their cursor and webhook-id.
 	Replay(context.Context, *connect.Request[v1.ReplayRequest]) (*connect.Response[v1.ReplayResponse], error)
+	// SendTestEvent sends a test event of one of a subscription's types to
+	// that subscription only (a webhook endpoint or a durable stream), through
+	// the same delivery path as any event: signed, retried, recorded as
+	// attempts, replayable by its cursor. It carries the extension attribute
+	// heraldtest=true, is never billed, and its cursor has stream number 0,
+	// which no log stream has.
+	SendTestEvent(context.Context, *connect.Request[v1.SendTestEventRequest]) (*connect.Response[v1.SendTestEventResponse], error)
 }
 
 // NewWebhookServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -177,6 +206,12 @@ func NewWebhookServiceHandler(svc WebhookServiceHandler, opts ...connect.Handler
 		connect.WithSchema(webhookServiceMethods.ByName("Replay")),
 		connect.WithHandlerOptions(opts...),
 	)
+	webhookServiceSendTestEventHandler := connect.NewUnaryHandler(
+		WebhookServiceSendTestEventProcedure,
+		svc.SendTestEvent,
+		connect.WithSchema(webhookServiceMethods.ByName("SendTestEvent")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/herald.edge.v1.WebhookService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case WebhookServiceListAttemptsProcedure:
@@ -187,6 +222,8 @@ func NewWebhookServiceHandler(svc WebhookServiceHandler, opts ...connect.Handler
 			webhookServiceRetryDeliveryHandler.ServeHTTP(w, r)
 		case WebhookServiceReplayProcedure:
 			webhookServiceReplayHandler.ServeHTTP(w, r)
+		case WebhookServiceSendTestEventProcedure:
+			webhookServiceSendTestEventHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -210,4 +247,8 @@ func (UnimplementedWebhookServiceHandler) RetryDelivery(context.Context, *connec
 
 func (UnimplementedWebhookServiceHandler) Replay(context.Context, *connect.Request[v1.ReplayRequest]) (*connect.Response[v1.ReplayResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("herald.edge.v1.WebhookService.Replay is not implemented"))
+}
+
+func (UnimplementedWebhookServiceHandler) SendTestEvent(context.Context, *connect.Request[v1.SendTestEventRequest]) (*connect.Response[v1.SendTestEventResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("herald.edge.v1.WebhookService.SendTestEvent is not implemented"))
 }

@@ -123,6 +123,15 @@ const (
 	// RegistryServiceRotateTokenSecretProcedure is the fully-qualified name of the RegistryService's
 	// RotateTokenSecret RPC.
 	RegistryServiceRotateTokenSecretProcedure = "/herald.registry.v1.RegistryService/RotateTokenSecret"
+	// RegistryServiceCreatePortalLinkProcedure is the fully-qualified name of the RegistryService's
+	// CreatePortalLink RPC.
+	RegistryServiceCreatePortalLinkProcedure = "/herald.registry.v1.RegistryService/CreatePortalLink"
+	// RegistryServiceRedeemPortalLinkProcedure is the fully-qualified name of the RegistryService's
+	// RedeemPortalLink RPC.
+	RegistryServiceRedeemPortalLinkProcedure = "/herald.registry.v1.RegistryService/RedeemPortalLink"
+	// RegistryServiceEvaluateFilterProcedure is the fully-qualified name of the RegistryService's
+	// EvaluateFilter RPC.
+	RegistryServiceEvaluateFilterProcedure = "/herald.registry.v1.RegistryService/EvaluateFilter"
 	// RegistryServiceWatchProcedure is the fully-qualified name of the RegistryService's Watch RPC.
 	RegistryServiceWatchProcedure = "/herald.registry.v1.RegistryService/Watch"
 )
@@ -202,6 +211,18 @@ type RegistryServiceClient interface {
 	// browser tokens, shown once; the older ones keep verifying for the
 	// overlap. An application may rotate its own.
 	RotateTokenSecret(context.Context, *connect.Request[v1.RotateTokenSecretRequest]) (*connect.Response[v1.RotateTokenSecretResponse], error)
+	// CreatePortalLink mints a single-use sign-in link to the consumer portal
+	// for one application (operator only). Whoever opens it before it expires
+	// gets a portal session acting for that application, and nothing else.
+	CreatePortalLink(context.Context, *connect.Request[v1.CreatePortalLinkRequest]) (*connect.Response[v1.CreatePortalLinkResponse], error)
+	// RedeemPortalLink exchanges a portal link's token, once, for a portal
+	// session: a key of the link's application (purpose
+	// KEY_PURPOSE_PORTAL_SESSION) that expires with the session. Operator
+	// only: the edge's portal calls it for the browser.
+	RedeemPortalLink(context.Context, *connect.Request[v1.RedeemPortalLinkRequest]) (*connect.Response[v1.RedeemPortalLinkResponse], error)
+	// EvaluateFilter compiles a CEL filter and runs it over an event type's
+	// examples (or the data given), as a subscription's filter would run.
+	EvaluateFilter(context.Context, *connect.Request[v1.EvaluateFilterRequest]) (*connect.Response[v1.EvaluateFilterResponse], error)
 	// Watch streams catalog changes after a revision, so that router and edge
 	// keep local caches fresh. From revision 0 it first sends the whole
 	// catalog, then a response with snapshot_complete set, then live changes.
@@ -399,6 +420,24 @@ func NewRegistryServiceClient(httpClient connect.HTTPClient, baseURL string, opt
 			connect.WithSchema(registryServiceMethods.ByName("RotateTokenSecret")),
 			connect.WithClientOptions(opts...),
 		),
+		createPortalLink: connect.NewClient[v1.CreatePortalLinkRequest, v1.CreatePortalLinkResponse](
+			httpClient,
+			baseURL+RegistryServiceCreatePortalLinkProcedure,
+			connect.WithSchema(registryServiceMethods.ByName("CreatePortalLink")),
+			connect.WithClientOptions(opts...),
+		),
+		redeemPortalLink: connect.NewClient[v1.RedeemPortalLinkRequest, v1.RedeemPortalLinkResponse](
+			httpClient,
+			baseURL+RegistryServiceRedeemPortalLinkProcedure,
+			connect.WithSchema(registryServiceMethods.ByName("RedeemPortalLink")),
+			connect.WithClientOptions(opts...),
+		),
+		evaluateFilter: connect.NewClient[v1.EvaluateFilterRequest, v1.EvaluateFilterResponse](
+			httpClient,
+			baseURL+RegistryServiceEvaluateFilterProcedure,
+			connect.WithSchema(registryServiceMethods.ByName("EvaluateFilter")),
+			connect.WithClientOptions(opts...),
+		),
 		watch: connect.NewClient[v1.WatchRequest, v1.WatchResponse](
 			httpClient,
 			baseURL+RegistryServiceWatchProcedure,
@@ -440,6 +479,9 @@ type registryServiceClient struct {
 	updateSubscription  *connect.Client[v1.UpdateSubscriptionRequest, v1.UpdateSubscriptionResponse]
 	rotateWebhookSecret *connect.Client[v1.RotateWebhookSecretRequest, v1.RotateWebhookSecretResponse]
 	rotateTokenSecret   *connect.Client[v1.RotateTokenSecretRequest, v1.RotateTokenSecretResponse]
+	createPortalLink    *connect.Client[v1.CreatePortalLinkRequest, v1.CreatePortalLinkResponse]
+	redeemPortalLink    *connect.Client[v1.RedeemPortalLinkRequest, v1.RedeemPortalLinkResponse]
+	evaluateFilter      *connect.Client[v1.EvaluateFilterRequest, v1.EvaluateFilterResponse]
 	watch               *connect.Client[v1.WatchRequest, v1.WatchResponse]
 }
 
@@ -593,6 +635,21 @@ func (c *registryServiceClient) RotateTokenSecret(ctx context.Context, req *conn
 	return c.rotateTokenSecret.CallUnary(ctx, req)
 }
 
+// CreatePortalLink calls herald.registry.v1.RegistryService.CreatePortalLink.
+func (c *registryServiceClient) CreatePortalLink(ctx context.Context, req *connect.Request[v1.CreatePortalLinkRequest]) (*connect.Response[v1.CreatePortalLinkResponse], error) {
+	return c.createPortalLink.CallUnary(ctx, req)
+}
+
+// RedeemPortalLink calls herald.registry.v1.RegistryService.RedeemPortalLink.
+func (c *registryServiceClient) RedeemPortalLink(ctx context.Context, req *connect.Request[v1.RedeemPortalLinkRequest]) (*connect.Response[v1.RedeemPortalLinkResponse], error) {
+	return c.redeemPortalLink.CallUnary(ctx, req)
+}
+
+// EvaluateFilter calls herald.registry.v1.RegistryService.EvaluateFilter.
+func (c *registryServiceClient) EvaluateFilter(ctx context.Context, req *connect.Request[v1.EvaluateFilterRequest]) (*connect.Response[v1.EvaluateFilterResponse], error) {
+	return c.evaluateFilter.CallUnary(ctx, req)
+}
+
 // Watch calls herald.registry.v1.RegistryService.Watch.
 func (c *registryServiceClient) Watch(ctx context.Context, req *connect.Request[v1.WatchRequest]) (*connect.ServerStreamForClient[v1.WatchResponse], error) {
 	return c.watch.CallServerStream(ctx, req)
@@ -673,6 +730,18 @@ type RegistryServiceHandler interface {
 	// browser tokens, shown once; the older ones keep verifying for the
 	// overlap. An application may rotate its own.
 	RotateTokenSecret(context.Context, *connect.Request[v1.RotateTokenSecretRequest]) (*connect.Response[v1.RotateTokenSecretResponse], error)
+	// CreatePortalLink mints a single-use sign-in link to the consumer portal
+	// for one application (operator only). Whoever opens it before it expires
+	// gets a portal session acting for that application, and nothing else.
+	CreatePortalLink(context.Context, *connect.Request[v1.CreatePortalLinkRequest]) (*connect.Response[v1.CreatePortalLinkResponse], error)
+	// RedeemPortalLink exchanges a portal link's token, once, for a portal
+	// session: a key of the link's application (purpose
+	// KEY_PURPOSE_PORTAL_SESSION) that expires with the session. Operator
+	// only: the edge's portal calls it for the browser.
+	RedeemPortalLink(context.Context, *connect.Request[v1.RedeemPortalLinkRequest]) (*connect.Response[v1.RedeemPortalLinkResponse], error)
+	// EvaluateFilter compiles a CEL filter and runs it over an event type's
+	// examples (or the data given), as a subscription's filter would run.
+	EvaluateFilter(context.Context, *connect.Request[v1.EvaluateFilterRequest]) (*connect.Response[v1.EvaluateFilterResponse], error)
 	// Watch streams catalog changes after a revision, so that router and edge
 	// keep local caches fresh. From revision 0 it first sends the whole
 	// catalog, then a response with snapshot_complete set, then live changes.
@@ -866,6 +935,24 @@ func NewRegistryServiceHandler(svc RegistryServiceHandler, opts ...connect.Handl
 		connect.WithSchema(registryServiceMethods.ByName("RotateTokenSecret")),
 		connect.WithHandlerOptions(opts...),
 	)
+	registryServiceCreatePortalLinkHandler := connect.NewUnaryHandler(
+		RegistryServiceCreatePortalLinkProcedure,
+		svc.CreatePortalLink,
+		connect.WithSchema(registryServiceMethods.ByName("CreatePortalLink")),
+		connect.WithHandlerOptions(opts...),
+	)
+	registryServiceRedeemPortalLinkHandler := connect.NewUnaryHandler(
+		RegistryServiceRedeemPortalLinkProcedure,
+		svc.RedeemPortalLink,
+		connect.WithSchema(registryServiceMethods.ByName("RedeemPortalLink")),
+		connect.WithHandlerOptions(opts...),
+	)
+	registryServiceEvaluateFilterHandler := connect.NewUnaryHandler(
+		RegistryServiceEvaluateFilterProcedure,
+		svc.EvaluateFilter,
+		connect.WithSchema(registryServiceMethods.ByName("EvaluateFilter")),
+		connect.WithHandlerOptions(opts...),
+	)
 	registryServiceWatchHandler := connect.NewServerStreamHandler(
 		RegistryServiceWatchProcedure,
 		svc.Watch,
@@ -934,6 +1021,12 @@ func NewRegistryServiceHandler(svc RegistryServiceHandler, opts ...connect.Handl
 			registryServiceRotateWebhookSecretHandler.ServeHTTP(w, r)
 		case RegistryServiceRotateTokenSecretProcedure:
 			registryServiceRotateTokenSecretHandler.ServeHTTP(w, r)
+		case RegistryServiceCreatePortalLinkProcedure:
+			registryServiceCreatePortalLinkHandler.ServeHTTP(w, r)
+		case RegistryServiceRedeemPortalLinkProcedure:
+			registryServiceRedeemPortalLinkHandler.ServeHTTP(w, r)
+		case RegistryServiceEvaluateFilterProcedure:
+			registryServiceEvaluateFilterHandler.ServeHTTP(w, r)
 		case RegistryServiceWatchProcedure:
 			registryServiceWatchHandler.ServeHTTP(w, r)
 		default:
@@ -1063,6 +1156,18 @@ func (UnimplementedRegistryServiceHandler) RotateWebhookSecret(context.Context, 
 
 func (UnimplementedRegistryServiceHandler) RotateTokenSecret(context.Context, *connect.Request[v1.RotateTokenSecretRequest]) (*connect.Response[v1.RotateTokenSecretResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("herald.registry.v1.RegistryService.RotateTokenSecret is not implemented"))
+}
+
+func (UnimplementedRegistryServiceHandler) CreatePortalLink(context.Context, *connect.Request[v1.CreatePortalLinkRequest]) (*connect.Response[v1.CreatePortalLinkResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("herald.registry.v1.RegistryService.CreatePortalLink is not implemented"))
+}
+
+func (UnimplementedRegistryServiceHandler) RedeemPortalLink(context.Context, *connect.Request[v1.RedeemPortalLinkRequest]) (*connect.Response[v1.RedeemPortalLinkResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("herald.registry.v1.RegistryService.RedeemPortalLink is not implemented"))
+}
+
+func (UnimplementedRegistryServiceHandler) EvaluateFilter(context.Context, *connect.Request[v1.EvaluateFilterRequest]) (*connect.Response[v1.EvaluateFilterResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("herald.registry.v1.RegistryService.EvaluateFilter is not implemented"))
 }
 
 func (UnimplementedRegistryServiceHandler) Watch(context.Context, *connect.Request[v1.WatchRequest], *connect.ServerStream[v1.WatchResponse]) error {
