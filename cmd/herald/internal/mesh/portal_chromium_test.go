@@ -460,6 +460,22 @@ func TestPortalInChromium(t *testing.T) {
 		t.Fatalf("AsyncAPI download %q (failure %q): %.300s", dl.Filename, dl.Failure, dl.Body)
 	}
 
+	// Typed clients of what A sees, and the APIs.json of its APIs.
+	b.fill(tid("codegen-types"), "shipping.*")
+	dl = b.do(map[string]any{"cmd": "download", "sel": tid("codegen-ts")})
+	if dl.Failure != "" || !strings.HasSuffix(dl.Filename, ".ts") || !strings.Contains(dl.Body, sent) || strings.Contains(dl.Body, audit) {
+		t.Fatalf("TypeScript download %q (failure %q): %.300s", dl.Filename, dl.Failure, dl.Body)
+	}
+	dl = b.do(map[string]any{"cmd": "download", "sel": tid("codegen-go")})
+	if dl.Failure != "" || !strings.HasSuffix(dl.Filename, ".zip") || !strings.HasPrefix(dl.Body, "PK") {
+		t.Fatalf("Go download %q (failure %q): %d bytes", dl.Filename, dl.Failure, len(dl.Body))
+	}
+	dl = b.do(map[string]any{"cmd": "download", "sel": tid("apis-json")})
+	var apis map[string]any
+	if dl.Failure != "" || json.Unmarshal([]byte(dl.Body), &apis) != nil || apis["apis"] == nil {
+		t.Fatalf("APIs.json download %q (failure %q): %.300s", dl.Filename, dl.Failure, dl.Body)
+	}
+
 	// One type: versions, their diff, examples.
 	b.click(`a[href="#type/` + sent + `"]`)
 	b.view("type")
