@@ -726,6 +726,17 @@ func TestPortalInChromium(t *testing.T) {
 	b.click(tid("sse-disconnect"))
 	// The published event also reached the webhook (it passes the filter).
 	receiver.await(t, "console-1")
+	// A range of the log replayed from the endpoint's page: the one event
+	// of its type that passes its filter.
+	b.open("/portal/#endpoint/" + subID)
+	b.view("endpoint")
+	b.fill(tid("replay-after"), "0")
+	b.fill(tid("replay-to"), consoleCursor)
+	b.click(tid("replay-range"))
+	if r := one(t, "the range replay", b.wait(tid("ep-action-result")+`:not([data-state="working"])`)); r.Data["data-state"] != "ok" || !strings.HasPrefix(r.Text, "1 event(s) queued") {
+		t.Fatalf("range replay: %+v %q", r.Data, r.Text)
+	}
+	testutil.Eventually(t, 20*time.Second, func() bool { return countID(receiver, "console-1") == 2 }, "the range replayed")
 
 	// Usage: what QueryUsage says for A, drawn by type and channel.
 	b.click(tid("tab-usage"))
