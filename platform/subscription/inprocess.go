@@ -35,6 +35,8 @@ const Channel = "subscribe"
 type Meta struct {
 	// Producer is the application that published the event.
 	Producer string
+	// Test marks a test event (SendTest): never counted as usage.
+	Test bool
 }
 
 // ServeMeta is Serve passing each delivery's Meta as well.

@@ -53,6 +53,7 @@ const (
 const (
 	fieldType     = "type"
 	fieldCursor   = "cursor"
+	fieldTest     = "test"
 	fieldAttempts = "attempts"
 	fieldReason   = "reason"
 	fieldTime     = "time"
@@ -276,7 +277,7 @@ for _, id in ipairs(ARGV) do
     for i = 1, #f, 2 do
       local k = f[i]
       if k == 'cursor' then cursor = f[i + 1] end
-      if k == 'ce' or k == 'app' or k == 'type' or k == 'cursor' then
+      if k == 'ce' or k == 'app' or k == 'type' or k == 'cursor' or k == 'test' then
         keep[#keep + 1] = k
         keep[#keep + 1] = f[i + 1]
       end

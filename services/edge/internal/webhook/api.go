@@ -175,7 +175,7 @@ func (a *API) RetryDelivery(ctx context.Context, req *connect.Request[edgev1.Ret
 	}
 	ep := endpointOf(sub, a.E.o.Box)
 	o, att, _ := a.E.attempt(ctx, ep, req.Msg.GetCursor(), ev, edgev1.AttemptTrigger_ATTEMPT_TRIGGER_MANUAL)
-	d := a.E.usageOf(ctx, ep, job{cursor: req.Msg.GetCursor(), ev: ev, producer: producer}, max(att.GetNumber(), 1))
+	d := a.E.usageOf(ctx, ep, job{cursor: req.Msg.GetCursor(), ev: ev, producer: producer, test: eventlog.IsTest(req.Msg.GetCursor())}, max(att.GetNumber(), 1))
 	if o.success {
 		if err := usage.Append(ctx, a.E.o.Redis, d.Records(meteringv1.UsageMetric_USAGE_METRIC_DELIVERED, time.Now())...); err != nil {
 			a.E.o.Log.Warn("manual webhook delivery not counted", "subscription", sub.GetId(), "err", err)

@@ -56,6 +56,7 @@ type job struct {
 	ackID, cursor string
 	ev            *eventv1.CloudEvent
 	producer      string // the application that published it
+	test          bool   // a test event: never counted
 	tries         int    // failed attempts already behind it (of this delivery's schedule)
 	key           string
 }
@@ -220,7 +221,7 @@ func (r *runner) keepHeld(ctx context.Context) {
 
 // dispatch takes one delivery from the session.
 func (r *runner) dispatch(ctx, work context.Context, d *routerv1.SubscribeResponse, meta subscription.Meta) {
-	j := job{ackID: d.GetAckId(), cursor: d.GetCursor(), ev: d.GetEvent(), producer: meta.Producer, tries: max(int(d.GetAttempt())-1, 0)}
+	j := job{ackID: d.GetAckId(), cursor: d.GetCursor(), ev: d.GetEvent(), producer: meta.Producer, test: meta.Test, tries: max(int(d.GetAttempt())-1, 0)}
 	r.mu.Lock()
 	if _, dup := r.held[j.ackID]; dup {
 		// Taken over again by this consumer (its ack timeout passed while
