@@ -250,6 +250,7 @@ func (m *Manager) wake(subID string) {
 type delivery struct {
 	ref     ref
 	test    bool // a test event (SendTest), from the replay stream
+	replay  bool // sent again by a replay (of a range, dead letters, a test event)
 	cursor  string
 	typ     string
 	account string
@@ -268,6 +269,7 @@ func decode(subID, stream, id string, fields map[string]any, count int64) delive
 		d.typ, _ = fields[fieldType].(string)
 		d.cursor, _ = fields[fieldCursor].(string)
 		d.test = fields[fieldTest] == "1"
+		d.replay = fields[fieldReplay] == "1"
 	} else {
 		d.typ = eventlog.TypeOfStream(stream)
 	}

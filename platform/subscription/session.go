@@ -538,7 +538,7 @@ func (s *session) deliver(ctx context.Context, ds []delivery) error {
 		}
 		if err := s.send(&routerv1.SubscribeResponse{
 			AckId: ackID(s.sub.GetId(), d.ref), Cursor: d.cursor, Event: d.event, Attempt: int32(d.count),
-		}, Meta{Producer: d.account, Test: d.test}); err != nil {
+		}, Meta{Producer: d.account, Test: d.test, Replay: d.replay}); err != nil {
 			s.buffer = append(s.buffer, ds[i:]...)
 			return err
 		}

@@ -54,6 +54,7 @@ const (
 	fieldType     = "type"
 	fieldCursor   = "cursor"
 	fieldTest     = "test"
+	fieldReplay   = "replay"
 	fieldAttempts = "attempts"
 	fieldReason   = "reason"
 	fieldTime     = "time"
@@ -282,6 +283,8 @@ for _, id in ipairs(ARGV) do
         keep[#keep + 1] = f[i + 1]
       end
     end
+    keep[#keep + 1] = 'replay'
+    keep[#keep + 1] = '1'
     redis.call('XADD', KEYS[3], '*', unpack(keep))
     redis.call('XDEL', KEYS[1], id)
     if cursor then redis.call('HDEL', KEYS[2], cursor) end

@@ -112,7 +112,7 @@ func (m *Manager) ReplayTest(ctx context.Context, sub *registryv1.Subscription, 
 		return false, fmt.Errorf("decode test event: %w", err)
 	}
 	if err := m.rdb.XAdd(ctx, &redis.XAddArgs{Stream: ReplayKey(sub.GetId()), Values: []any{
-		eventlog.FieldEvent, raw, eventlog.FieldApp, msgs[0].Values[eventlog.FieldApp], fieldType, ev.GetType(), fieldCursor, cursor, fieldTest, "1",
+		eventlog.FieldEvent, raw, eventlog.FieldApp, msgs[0].Values[eventlog.FieldApp], fieldType, ev.GetType(), fieldCursor, cursor, fieldTest, "1", fieldReplay, "1",
 	}}).Err(); err != nil {
 		return false, fmt.Errorf("queue test event: %w", err)
 	}

@@ -583,10 +583,8 @@ func TestPortalInChromium(t *testing.T) {
 	b.click(tid("attempt-replay") + `[data-cursor="` + cursor + `"]`)
 	b.wait(tid("ep-action-result"), "data-state", "ok", "data-method", "Replay")
 	testutil.Eventually(t, 20*time.Second, func() bool { return countID(receiver, evID) == 2 }, "the replayed delivery")
-	// Its attempt shows up too. (The webhook engine records replayed
-	// deliveries with trigger UNSPECIFIED, not REPLAY: it never sets that
-	// one.)
-	b.wait(tid("attempt")+`[data-cursor="`+cursor+`"]`, "data-number", "2", "data-status", "202", "data-body", "answer 2")
+	// Its attempt shows up too, as a replay.
+	b.wait(tid("attempt")+`[data-cursor="`+cursor+`"]`, "data-number", "2", "data-status", "202", "data-body", "answer 2", "data-trigger", "ATTEMPT_TRIGGER_REPLAY")
 	// And retry it now.
 	b.click(tid("attempt-retry") + `[data-cursor="` + cursor + `"]`)
 	b.wait(tid("ep-action-result"), "data-state", "ok", "data-method", "RetryDelivery")
