@@ -567,6 +567,11 @@ func TestPortalInChromium(t *testing.T) {
 	if len(hdr) != 1 || hdr[0].Data["data-value"] != "portal-test" {
 		t.Fatalf("response headers shown %+v", hdr)
 	}
+	// And the request as sent: its signature headers.
+	sig := b.read(tid("attempt") + `[data-event-id="` + evID + `"] ` + tid("attempt-request-headers") + ` tr[data-name="webhook-id"]`)
+	if len(sig) != 1 || sig[0].Data["data-value"] != evID {
+		t.Fatalf("request headers shown %+v", sig)
+	}
 	// The light example is filtered out: nothing sent.
 	b.choose(tid("test-example"), "1")
 	if res := send(); res.Data["data-state"] != "sent" || res.Data["data-filtered-out"] != "true" {
