@@ -42,6 +42,13 @@ type Options struct {
 	// FoldBytes bounds the entry bytes given to one fold round trip (see
 	// foldBytes, the default).
 	FoldBytes int
+	// RollupEvery is how often the pending counts of closed minutes are
+	// rolled up into the coarser buckets. Default 1s.
+	RollupEvery time.Duration
+	// RollupDelay is how long after its end a minute is rolled up (records
+	// of it still arriving later are rolled up on a later pass). Default
+	// 5s.
+	RollupDelay time.Duration
 	// Metrics receives the fold's counters; nil registers none.
 	Metrics prometheus.Registerer
 }
@@ -53,7 +60,7 @@ type Folder struct {
 	opts  Options
 	ready atomic.Bool
 
-	counted, duplicates, skipped prometheus.Counter
+	counted, duplicates, skipped, rolled prometheus.Counter
 }
 
 // New returns a Folder over st.
@@ -83,6 +90,12 @@ func New(st *store.Store, o Options) *Folder {
 	if o.FoldBytes <= 0 {
 		o.FoldBytes = foldBytes
 	}
+	if o.RollupEvery <= 0 {
+		o.RollupEvery = time.Second
+	}
+	if o.RollupDelay <= 0 {
+		o.RollupDelay = 5 * time.Second
+	}
 	f := &Folder{st: st, log: o.Log, opts: o}
 	counter := func(name, help string) prometheus.Counter {
 		c := prometheus.NewCounter(prometheus.CounterOpts{Name: name, Help: help})
@@ -94,6 +107,7 @@ func New(st *store.Store, o Options) *Folder {
 	f.counted = counter("herald_metering_records_folded_total", "Usage records counted.")
 	f.duplicates = counter("herald_metering_records_duplicate_total", "Usage records dropped because their id had been counted already.")
 	f.skipped = counter("herald_metering_records_invalid_total", "Usage stream entries dropped because they hold no valid record.")
+	f.rolled = counter("herald_metering_rollup_fields_total", "Pending minute counters rolled up into the minute, quarter-hour, hour and day buckets.")
 	return f
 }
 
@@ -114,10 +128,14 @@ func (f *Folder) Ready(context.Context) error {
 // other consumers left pending for longer than ClaimIdle. Redis errors are
 // logged and retried with backoff; Run returns only when ctx is done, after
 // folding what it had read, and removes this consumer from the group if it
-// holds nothing.
+// holds nothing. Meanwhile it rolls up the pending counts of closed
+// minutes every RollupEvery.
 func (f *Folder) Run(ctx context.Context) {
 	bo := backoff.New(backoff.Options{})
 	joined := false
+	rolled := make(chan struct{})
+	go func() { defer close(rolled); f.rollLoop(ctx) }()
+	defer func() { <-rolled }()
 	defer func() {
 		f.ready.Store(false)
 		if joined {
@@ -270,6 +288,28 @@ func (f *Folder) claim(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// rollLoop rolls up closed minutes every RollupEvery until ctx is done.
+// Several processes may do so at once: each rollup step is atomic.
+func (f *Folder) rollLoop(ctx context.Context) {
+	t := time.NewTicker(f.opts.RollupEvery)
+	defer t.Stop()
+	bo := backoff.New(backoff.Options{})
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		n, err := f.st.Rollup(ctx, time.Now().Add(-f.opts.RollupDelay), 0)
+		f.rolled.Add(float64(n))
+		if err != nil {
+			f.retry(ctx, bo, "roll up minutes", err)
+			continue
+		}
+		bo.Reset()
+	}
 }
 
 // leave removes this consumer from the group when it holds no pending

@@ -33,6 +33,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -70,11 +71,13 @@ const (
 var LatencyBounds = []int64{5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000}
 
 const (
-	keyPrefix    = "herald:{usage}:"
-	seenPrefix   = keyPrefix + "seen:"
-	minuteLayout = "200601021504"
-	hourLayout   = "2006010215"
-	dayLayout    = "20060102"
+	keyPrefix  = "herald:{usage}:"
+	seenPrefix = keyPrefix + "seen:"
+	// pendingSetKey is the set of minutes with a pending hash.
+	pendingSetKey = keyPrefix + "pm"
+	minuteLayout  = "200601021504"
+	hourLayout    = "2006010215"
+	dayLayout     = "20060102"
 )
 
 // Kind is a bucket size.
@@ -225,46 +228,113 @@ func ParseField(f string) (report.Key, bool) {
 }
 
 // foldScript folds a batch of records exactly once and removes their
-// entries from the stream, atomically: for each record it sets the record's
-// seen key if absent and only then adds it to its group's sums; then it
-// increments each distinct field of the minute, quarter-hour, hour and day
-// buckets, the quota totals and the latency histograms once, refreshes
-// those keys' expiry, and acknowledges and deletes the entries. A crash at
-// any point did all of it or none of it; a retry after a lost reply, or a
-// takeover by another consumer, finds the ids seen and only acknowledges.
+// entries from the stream, atomically: it looks the records' ids up in the
+// seen sets of the days a copy could have been folded on (and, for
+// SeenTTL after the sets were first used, in the per-record seen keys of
+// the layout before), adds the ids not found to today's seen sets, adds
+// those records to their group's sums, then increments each distinct field
+// of the minute's pending hash and of the quota totals once, and
+// acknowledges and deletes the entries. A crash at any point did all of it
+// or none of it; a retry after a lost reply, or a takeover by another
+// consumer, finds the ids seen and only acknowledges. The quarter-hour,
+// hour and day buckets and the minute bucket itself get the pending counts
+// from rollupScript.
 //
-//	KEYS: stream, then one seen key per record
-//	ARGV: group, seen TTL (s), entry count E, E entry ids,
-//	      group count G, G x (bucket tail, minute stamp YYYYMMDDHHmm,
-//	      escaped application, escaped tenant, metric, latency tail or ""),
-//	      then per record: group index, quantity, bytes, latency bound or ""
+//	KEYS: stream
+//	ARGV: group, now (unix s), seen TTL (s), entry count E, E entry ids,
+//	      day count D, D day stamps YYYYMMDD (today first), expiry of today's
+//	      seen sets (unix s), group count G, G x (bucket tail, minute stamp
+//	      YYYYMMDDHHmm, escaped application, escaped tenant, metric, latency
+//	      tail or ""), then for each of the SeenShards shards: record count
+//	      N, N x (id, group index, quantity, bytes, latency bound or "")
 //
-// It returns the number of records counted.
+// It returns the number of records counted. An id appears at most once per
+// call (the caller drops repeats).
 var foldScript = redis.NewScript(`
 local P = 'herald:{usage}:'
-local i = 3
+local now, ttl = tonumber(ARGV[2]), tonumber(ARGV[3])
+local i = 4
 local ne = tonumber(ARGV[i]); i = i + 1
 local entries = {}
 for j = 1, ne do entries[j] = ARGV[i]; i = i + 1 end
+local nd = tonumber(ARGV[i]); i = i + 1
+local days = {}
+for j = 1, nd do days[j] = ARGV[i]; i = i + 1 end
+local expireat = ARGV[i]; i = i + 1
 local ng = tonumber(ARGV[i]); i = i + 1
 local groups = {}
 for g = 1, ng do
   groups[g] = {ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+5], 0, 0, {}}
   i = i + 6
 end
+local since = tonumber(redis.call('GET', P .. 'seen-sets-since'))
+if not since then
+  since = now
+  redis.call('SET', P .. 'seen-sets-since', now)
+end
+local legacy = now - since < ttl
+local CH = 1000
 local counted = 0
-for r = 2, #KEYS do
-  local g = groups[tonumber(ARGV[i])]
-  local q, b, lat = tonumber(ARGV[i+1]), tonumber(ARGV[i+2]), ARGV[i+3]
-  i = i + 4
-  if redis.call('SET', KEYS[r], '1', 'NX', 'EX', ARGV[2]) then
-    counted = counted + 1
-    g[7] = g[7] + q
-    g[8] = g[8] + b
-    if lat ~= '' then g[9][lat] = (g[9][lat] or 0) + q end
+for s = 0, 15 do
+  local n = tonumber(ARGV[i]); i = i + 1
+  if n > 0 then
+    local base = i
+    i = i + 5 * n
+    local left = {}
+    for r = 1, n do left[r] = base + 5 * (r - 1) end
+    local sx = string.format('%x', s)
+    for _, day in ipairs(days) do
+      if #left == 0 then break end
+      local key = P .. 's:' .. day .. ':' .. sx
+      if redis.call('EXISTS', key) == 1 then
+        local keep = {}
+        for c = 1, #left, CH do
+          local ids = {}
+          for k = c, math.min(c + CH - 1, #left) do ids[#ids + 1] = ARGV[left[k]] end
+          local found = redis.call('SMISMEMBER', key, unpack(ids))
+          for k = 1, #ids do
+            if found[k] == 0 then keep[#keep + 1] = left[c + k - 1] end
+          end
+        end
+        left = keep
+      end
+    end
+    if legacy and #left > 0 then
+      local keep = {}
+      for c = 1, #left, CH do
+        local keys = {}
+        for k = c, math.min(c + CH - 1, #left) do keys[#keys + 1] = P .. 'seen:' .. ARGV[left[k]] end
+        if redis.call('EXISTS', unpack(keys)) == 0 then
+          for k = c, math.min(c + CH - 1, #left) do keep[#keep + 1] = left[k] end
+        else
+          for k = 1, #keys do
+            if redis.call('EXISTS', keys[k]) == 0 then keep[#keep + 1] = left[c + k - 1] end
+          end
+        end
+      end
+      left = keep
+    end
+    if #left > 0 then
+      local key = P .. 's:' .. days[1] .. ':' .. sx
+      for c = 1, #left, CH do
+        local ids = {}
+        for k = c, math.min(c + CH - 1, #left) do ids[#ids + 1] = ARGV[left[k]] end
+        redis.call('SADD', key, unpack(ids))
+      end
+      redis.call('EXPIREAT', key, expireat)
+      for _, a in ipairs(left) do
+        local g = groups[tonumber(ARGV[a+1])]
+        local q = tonumber(ARGV[a+2])
+        g[7] = g[7] + q
+        g[8] = g[8] + tonumber(ARGV[a+3])
+        local lat = ARGV[a+4]
+        if lat ~= '' then g[9][lat] = (g[9][lat] or 0) + q end
+      end
+      counted = counted + #left
+    end
   end
 end
-local sums, ttls = {}, {}
+local sums, ttls, minutes = {}, {}, {}
 local function add(key, ttl, field, n)
   if n == 0 then return end
   local h = sums[key]
@@ -275,20 +345,15 @@ for _, g in ipairs(groups) do
   local tail, minute, app, tenant, metric, ltail = g[1], g[2], g[3], g[4], g[5], g[6]
   local c, b = g[7], g[8]
   if c > 0 or b > 0 then
-    local hour, day = string.sub(minute, 1, 10), string.sub(minute, 1, 8)
-    local quarter = hour .. string.format('%02d', math.floor(tonumber(string.sub(minute, 11, 12)) / 15) * 15)
-    for _, k in ipairs({{'m:' .. minute, 259200}, {'q:' .. quarter, 34560000}, {'h:' .. hour, 34560000}, {'d:' .. day, 69120000}}) do
-      add(P .. k[1], k[2], 'c|' .. tail, c)
-      add(P .. k[1], k[2], 'b|' .. tail, b)
-    end
-    add(P .. 't:' .. day, 34560000, 'a|' .. app .. '|' .. metric, c)
-    if tenant ~= '' then add(P .. 't:' .. day, 34560000, 't|' .. tenant .. '|' .. metric, c) end
+    local pk = P .. 'p:' .. minute
+    minutes[minute] = true
+    add(pk, 69120000, 'c|' .. tail, c)
+    add(pk, 69120000, 'b|' .. tail, b)
+    local tk = P .. 't:' .. string.sub(minute, 1, 8)
+    add(tk, 34560000, 'a|' .. app .. '|' .. metric, c)
+    if tenant ~= '' then add(tk, 34560000, 't|' .. tenant .. '|' .. metric, c) end
     if ltail ~= '' then
-      for le, n in pairs(g[9]) do
-        add(P .. 'lm:' .. minute, 259200, ltail .. '|' .. le, n)
-        add(P .. 'lh:' .. hour, 34560000, ltail .. '|' .. le, n)
-        add(P .. 'ld:' .. day, 69120000, ltail .. '|' .. le, n)
-      end
+      for le, n in pairs(g[9]) do add(pk, 69120000, 'l|' .. ltail .. '|' .. le, n) end
     end
   end
 end
@@ -298,11 +363,56 @@ for key, h in pairs(sums) do
   end
   redis.call('EXPIRE', key, ttls[key])
 end
+local ms = {}
+for m in pairs(minutes) do ms[#ms + 1] = m end
+if #ms > 0 then redis.call('SADD', P .. 'pm', unpack(ms)) end
 if ne > 0 then
   redis.call('XACK', KEYS[1], ARGV[1], unpack(entries))
   redis.call('XDEL', KEYS[1], unpack(entries))
 end
 return counted
+`)
+
+// rollupScript moves up to ARGV[2] fields of the pending hash of minute
+// ARGV[1] (YYYYMMDDHHmm) into the minute, quarter-hour, hour and day
+// buckets ("c|" and "b|" fields) or latency histograms ("l|" fields, into
+// the minute, hour and day histograms without the prefix), deleting them
+// from the pending hash in the same step: a field is rolled up exactly
+// once, whoever runs the script and however often, and a crash leaves what
+// was not moved pending. When the pending hash is empty, the minute leaves
+// the set of pending minutes. It returns the number of fields moved.
+var rollupScript = redis.NewScript(`
+local P = 'herald:{usage}:'
+local m = ARGV[1]
+local pk = P .. 'p:' .. m
+local fv = redis.call('HRANDFIELD', pk, tonumber(ARGV[2]), 'WITHVALUES')
+if #fv == 0 then
+  redis.call('SREM', P .. 'pm', m)
+  return 0
+end
+local hour, day = string.sub(m, 1, 10), string.sub(m, 1, 8)
+local quarter = hour .. string.format('%02d', math.floor(tonumber(string.sub(m, 11, 12)) / 15) * 15)
+local bk = {{P .. 'm:' .. m, 259200}, {P .. 'q:' .. quarter, 34560000}, {P .. 'h:' .. hour, 34560000}, {P .. 'd:' .. day, 69120000}}
+local lk = {{P .. 'lm:' .. m, 259200}, {P .. 'lh:' .. hour, 34560000}, {P .. 'ld:' .. day, 69120000}}
+local fields = {}
+local ub, ul = false, false
+for j = 1, #fv, 2 do
+  local f, v = fv[j], fv[j+1]
+  if string.byte(f, 1) == 108 then
+    local lf = string.sub(f, 3)
+    for _, k in ipairs(lk) do redis.call('HINCRBY', k[1], lf, v) end
+    ul = true
+  else
+    for _, k in ipairs(bk) do redis.call('HINCRBY', k[1], f, v) end
+    ub = true
+  end
+  fields[#fields + 1] = f
+end
+redis.call('HDEL', pk, unpack(fields))
+if ub then for _, k in ipairs(bk) do redis.call('EXPIRE', k[1], k[2]) end end
+if ul then for _, k in ipairs(lk) do redis.call('EXPIRE', k[1], k[2]) end end
+if redis.call('EXISTS', pk) == 0 then redis.call('SREM', P .. 'pm', m) end
+return #fields
 `)
 
 // Store reads and writes metering's keys.
@@ -315,6 +425,9 @@ type Store struct {
 	// and so how long it holds Redis; an entry is never split, so one with
 	// more records gets a call of its own. Default 4096.
 	MaxRecordsPerScript int
+	// Now is the fold's clock (which day's seen sets a record goes to);
+	// default time.Now.
+	Now func() time.Time
 }
 
 // New returns a Store over rdb.
@@ -449,10 +562,11 @@ func (s *Store) Fold(ctx context.Context, msgs []redis.XMessage) (FoldResult, er
 // call is the arguments of one fold script call.
 type call struct {
 	entries []string
-	keys    []string // stream, seen keys
+	records int // records passed, repeats within the call included
+	ids     map[string]bool
 	groups  map[groupKey]int
 	gargs   []any
-	rargs   []any
+	shards  [usage.SeenShards][]any // per seen shard: id, group, quantity, bytes, latency bound
 }
 
 type groupKey struct {
@@ -460,10 +574,15 @@ type groupKey struct {
 }
 
 func newCall() *call {
-	return &call{keys: []string{usage.StreamKey}, groups: map[groupKey]int{}}
+	return &call{groups: map[groupKey]int{}, ids: map[string]bool{}}
 }
 
-func (c *call) add(seen string, rec *meteringv1.UsageRecord, at time.Time) {
+func (c *call) add(id string, rec *meteringv1.UsageRecord, at time.Time) {
+	c.records++
+	if c.ids[id] {
+		return // a repeat within the call: counted at most once, as a duplicate
+	}
+	c.ids[id] = true
 	d := Dims{Tenant: rec.Tenant, Application: rec.ApplicationId, Producer: rec.ProducerApplicationId,
 		EventType: rec.EventType, Channel: rec.Channel, Metric: rec.Metric}
 	gk := groupKey{tail: d.Tail(), minute: at.UTC().Format(minuteLayout)}
@@ -482,19 +601,53 @@ func (c *call) add(seen string, rec *meteringv1.UsageRecord, at time.Time) {
 	if latency {
 		lat = latencyBound(max(rec.LatencyMs, 0))
 	}
-	c.keys = append(c.keys, seen)
-	c.rargs = append(c.rargs, g, rec.Quantity, max(rec.Bytes, 0), lat)
+	sh := usage.SeenShard(id)
+	c.shards[sh] = append(c.shards[sh], id, g, rec.Quantity, max(rec.Bytes, 0), lat)
 }
 
-func (c *call) args(ttl int64) []any {
-	out := make([]any, 0, 4+len(c.entries)+len(c.gargs)+len(c.rargs))
-	out = append(out, Group, ttl, len(c.entries))
+// seenDays are the day stamps whose seen sets a record folded at now may
+// already be in, today first: the days from now-ttl to now.
+func seenDays(now time.Time, ttl time.Duration) []string {
+	day := now.UTC().Truncate(24 * time.Hour)
+	oldest := now.Add(-ttl).UTC().Truncate(24 * time.Hour)
+	var out []string
+	for d := day; !d.Before(oldest); d = d.Add(-24 * time.Hour) {
+		out = append(out, d.Format(dayLayout))
+	}
+	return out
+}
+
+func (c *call) args(now time.Time, ttl time.Duration, days []string) []any {
+	n := 0
+	for _, sh := range c.shards {
+		n += len(sh) + 1
+	}
+	out := make([]any, 0, 8+len(c.entries)+len(days)+len(c.gargs)+n)
+	out = append(out, Group, now.Unix(), int64(ttl/time.Second), len(c.entries))
 	for _, e := range c.entries {
 		out = append(out, e)
 	}
+	out = append(out, len(days))
+	for _, d := range days {
+		out = append(out, d)
+	}
+	// Today's sets live until the end of today plus the TTL, so that every
+	// id in them is remembered at least the TTL.
+	out = append(out, now.UTC().Truncate(24*time.Hour).Add(24*time.Hour+ttl).Unix())
 	out = append(out, len(c.groups))
 	out = append(out, c.gargs...)
-	return append(out, c.rargs...)
+	for _, sh := range c.shards {
+		out = append(out, len(sh)/5)
+		out = append(out, sh...)
+	}
+	return out
+}
+
+func (s *Store) now() time.Time {
+	if s.Now != nil {
+		return s.Now()
+	}
+	return time.Now()
 }
 
 func (s *Store) fold(ctx context.Context, msgs []redis.XMessage) (FoldResult, error) {
@@ -515,7 +668,7 @@ func (s *Store) fold(ctx context.Context, msgs []redis.XMessage) (FoldResult, er
 			res.Skipped = append(res.Skipped, Skipped{ID: m.ID, Reason: err})
 		}
 		res.Skipped = append(res.Skipped, skipped...)
-		if len(cur.keys) > 1 && len(cur.keys)-1+len(recs) > limit {
+		if cur.records > 0 && cur.records+len(recs) > limit {
 			calls = append(calls, cur)
 			cur = newCall()
 		}
@@ -524,16 +677,18 @@ func (s *Store) fold(ctx context.Context, msgs []redis.XMessage) (FoldResult, er
 			if rec == nil {
 				continue
 			}
-			seen := SeenKey(rec.Id)
-			if rec.Id == "" {
+			id := rec.Id
+			if id == "" {
 				// No id breaks the producer's contract; the entry id still
 				// makes redelivery of this entry idempotent.
-				seen = SeenKey("#" + m.ID + "/" + strconv.Itoa(i))
+				id = "#" + m.ID + "/" + strconv.Itoa(i)
 			}
-			cur.add(seen, rec, recordTime(rec, m.ID))
+			cur.add(id, rec, recordTime(rec, m.ID))
 		}
 	}
 	calls = append(calls, cur)
+	now := s.now()
+	days := seenDays(now, ttl)
 	pipe := s.rdb.Pipeline()
 	cmds := make([]*redis.Cmd, 0, len(calls))
 	records := 0
@@ -541,8 +696,8 @@ func (s *Store) fold(ctx context.Context, msgs []redis.XMessage) (FoldResult, er
 		if len(c.entries) == 0 {
 			continue
 		}
-		records += len(c.keys) - 1
-		cmds = append(cmds, foldScript.EvalSha(ctx, pipe, c.keys, c.args(int64(ttl/time.Second))...))
+		records += c.records
+		cmds = append(cmds, foldScript.EvalSha(ctx, pipe, []string{usage.StreamKey}, c.args(now, ttl, days)...))
 	}
 	if _, err := pipe.Exec(ctx); err != nil {
 		return FoldResult{}, fmt.Errorf("fold %d usage entries: %w", len(msgs), err)
@@ -553,6 +708,68 @@ func (s *Store) fold(ctx context.Context, msgs []redis.XMessage) (FoldResult, er
 	}
 	res.Duplicates = records - res.Counted
 	return res, nil
+}
+
+// RollupChunk is how many pending fields one rollup script call moves by
+// default: about 4,000 HINCRBY, a few milliseconds of Redis.
+const RollupChunk = 1000
+
+// PendingMinutes lists the minutes that have pending counts, oldest first.
+func (s *Store) PendingMinutes(ctx context.Context) ([]time.Time, error) {
+	ms, err := s.rdb.SMembers(ctx, pendingSetKey).Result()
+	if err != nil {
+		return nil, fmt.Errorf("read pending minutes: %w", err)
+	}
+	out := make([]time.Time, 0, len(ms))
+	for _, m := range ms {
+		if t, err := time.Parse(minuteLayout, m); err == nil {
+			out = append(out, t)
+		}
+	}
+	slices.SortFunc(out, func(a, b time.Time) int { return a.Compare(b) })
+	return out, nil
+}
+
+// Rollup moves the pending counts of every minute that starts before
+// before into the minute, quarter-hour, hour and day buckets and latency
+// histograms, chunk fields per script call (default RollupChunk). Each
+// call is atomic and moves what it rolls up out of the pending hash, so
+// rollups may run concurrently (two metering processes) and be cut off at
+// any point: nothing is moved twice or lost. Reads add what is still
+// pending, so a rollup changes no answer. It returns the fields moved.
+func (s *Store) Rollup(ctx context.Context, before time.Time, chunk int) (int, error) {
+	if chunk <= 0 {
+		chunk = RollupChunk
+	}
+	minutes, err := s.PendingMinutes(ctx)
+	if err != nil {
+		return 0, err
+	}
+	moved := 0
+	for _, m := range minutes {
+		if !m.Before(before.UTC().Truncate(time.Minute)) {
+			break
+		}
+		for {
+			n, err := s.rollupOnce(ctx, m.Format(minuteLayout), chunk)
+			if err != nil {
+				return moved, err
+			}
+			moved += n
+			if n == 0 {
+				break
+			}
+		}
+	}
+	return moved, nil
+}
+
+func (s *Store) rollupOnce(ctx context.Context, minute string, chunk int) (int, error) {
+	n, err := rollupScript.Run(ctx, s.rdb, []string{keyPrefix + "p:" + minute}, minute, chunk).Int()
+	if err != nil {
+		return 0, fmt.Errorf("roll up minute %s: %w", minute, err)
+	}
+	return n, nil
 }
 
 // decodeEntry returns the records of an entry: one (field "r") or a batch
@@ -665,21 +882,22 @@ type Bucket struct {
 	Cells map[Dims]Sums
 }
 
-// Buckets reads the buckets of kind k starting at the given times, in one
-// round trip. Fields that do not parse are ignored.
+// Buckets reads the buckets of kind k starting at the given times, the
+// counts still pending for their minutes included, in one snapshot with
+// respect to rollups. Fields that do not parse are ignored.
 func (s *Store) Buckets(ctx context.Context, k Kind, starts []time.Time) ([]Bucket, error) {
-	cmds, err := s.hgetall(ctx, starts, func(t time.Time) string { return BucketKey(k, t) })
+	reads, err := s.read(ctx, k, starts, func(t time.Time) string { return BucketKey(k, t) })
 	if err != nil {
 		return nil, err
 	}
 	out := make([]Bucket, len(starts))
-	for i, c := range cmds {
+	for i, r := range reads {
 		cells := map[Dims]Sums{}
-		for f, v := range c.Val() {
+		add := func(f, v string) {
 			kind, d, ok := ParseBucketField(f)
 			n, err := strconv.ParseInt(v, 10, 64)
 			if !ok || err != nil {
-				continue
+				return
 			}
 			sum := cells[d]
 			if kind == 'c' {
@@ -688,6 +906,16 @@ func (s *Store) Buckets(ctx context.Context, k Kind, starts []time.Time) ([]Buck
 				sum.Bytes += n
 			}
 			cells[d] = sum
+		}
+		for f, v := range r.bucket {
+			add(f, v)
+		}
+		for _, p := range r.pending {
+			for f, v := range p {
+				if strings.HasPrefix(f, "c|") || strings.HasPrefix(f, "b|") {
+					add(f, v)
+				}
+			}
 		}
 		out[i] = Bucket{Kind: k, Start: starts[i], Cells: cells}
 	}
@@ -698,20 +926,21 @@ func (s *Store) Buckets(ctx context.Context, k Kind, starts []time.Time) ([]Buck
 type Histogram map[int64]int64
 
 // Latencies reads the latency histograms of kind k (Minute, Hour or Day)
-// starting at the given times, in one round trip.
+// starting at the given times, the counts still pending for their minutes
+// included, in one snapshot with respect to rollups.
 func (s *Store) Latencies(ctx context.Context, k Kind, starts []time.Time) ([]map[Dims]Histogram, error) {
-	cmds, err := s.hgetall(ctx, starts, func(t time.Time) string { return LatencyKey(k, t) })
+	reads, err := s.read(ctx, k, starts, func(t time.Time) string { return LatencyKey(k, t) })
 	if err != nil {
 		return nil, err
 	}
 	out := make([]map[Dims]Histogram, len(starts))
-	for i, c := range cmds {
+	for i, r := range reads {
 		hs := map[Dims]Histogram{}
-		for f, v := range c.Val() {
+		add := func(f, v string) {
 			d, le, ok := ParseLatencyField(f)
 			n, err := strconv.ParseInt(v, 10, 64)
 			if !ok || err != nil {
-				continue
+				return
 			}
 			h := hs[d]
 			if h == nil {
@@ -720,21 +949,121 @@ func (s *Store) Latencies(ctx context.Context, k Kind, starts []time.Time) ([]ma
 			}
 			h[le] += n
 		}
+		for f, v := range r.bucket {
+			add(f, v)
+		}
+		for _, p := range r.pending {
+			for f, v := range p {
+				if lf, ok := strings.CutPrefix(f, "l|"); ok {
+					add(lf, v)
+				}
+			}
+		}
 		out[i] = hs
 	}
 	return out, nil
 }
 
-func (s *Store) hgetall(ctx context.Context, starts []time.Time, key func(time.Time) string) ([]*redis.MapStringStringCmd, error) {
-	pipe := s.rdb.Pipeline()
-	cmds := make([]*redis.MapStringStringCmd, len(starts))
-	for i, t := range starts {
-		cmds[i] = pipe.HGetAll(ctx, key(t))
+// span is the time a bucket of kind k holding t covers.
+func span(k Kind, t time.Time) (from, to time.Time) {
+	t = t.UTC()
+	switch k {
+	case Minute:
+		from = t.Truncate(time.Minute)
+		return from, from.Add(time.Minute)
+	case Quarter:
+		from = t.Truncate(15 * time.Minute)
+		return from, from.Add(15 * time.Minute)
+	case Hour:
+		from = t.Truncate(time.Hour)
+		return from, from.Add(time.Hour)
+	default:
+		from = time.Date(t.Year(), t.Month(), t.Day(), 0, 0, 0, 0, time.UTC)
+		return from, from.AddDate(0, 0, 1)
 	}
-	if len(starts) > 0 {
-		if _, err := pipe.Exec(ctx); err != nil {
+}
+
+// bucketRead is one bucket's hash and the pending hashes of the minutes
+// it covers.
+type bucketRead struct {
+	bucket  map[string]string
+	pending []map[string]string
+}
+
+// maxReadRetries bounds how often a read starts over because the set of
+// pending minutes changed under it (a new minute's first fold, a minute's
+// last rollup: a few times a minute).
+const maxReadRetries = 20
+
+// read reads the hash key(t) of each start and the pending hashes of the
+// minutes each covers. When a pending minute falls in a span it reads them
+// all in one MULTI, under WATCH of the pending-minute set: a rollup moves
+// fields from a pending hash to the buckets atomically, so the snapshot
+// counts each record once, in one place or the other. Without pending
+// minutes in the spans it reads in a plain pipeline, as the buckets are
+// then only added to.
+func (s *Store) read(ctx context.Context, k Kind, starts []time.Time, key func(time.Time) string) ([]bucketRead, error) {
+	out := make([]bucketRead, len(starts))
+	if len(starts) == 0 {
+		return out, nil
+	}
+	for attempt := 0; ; attempt++ {
+		err := s.rdb.Watch(ctx, func(tx *redis.Tx) error {
+			ms, err := tx.SMembers(ctx, pendingSetKey).Result()
+			if err != nil {
+				return err
+			}
+			var pending []time.Time
+			for _, m := range ms {
+				if t, err := time.Parse(minuteLayout, m); err == nil {
+					pending = append(pending, t)
+				}
+			}
+			var bcmds []*redis.MapStringStringCmd
+			pcmds := make([][]*redis.MapStringStringCmd, len(starts))
+			fill := func(p redis.Pipeliner) error {
+				bcmds = make([]*redis.MapStringStringCmd, len(starts))
+				for i, t := range starts {
+					bcmds[i] = p.HGetAll(ctx, key(t))
+					from, to := span(k, t)
+					pcmds[i] = nil
+					for _, m := range pending {
+						if !m.Before(from) && m.Before(to) {
+							pcmds[i] = append(pcmds[i], p.HGetAll(ctx, keyPrefix+"p:"+m.Format(minuteLayout)))
+						}
+					}
+				}
+				return nil
+			}
+			inSpan := false
+			for _, t := range starts {
+				from, to := span(k, t)
+				for _, m := range pending {
+					inSpan = inSpan || (!m.Before(from) && m.Before(to))
+				}
+			}
+			if inSpan {
+				_, err = tx.TxPipelined(ctx, fill)
+			} else {
+				_, err = tx.Pipelined(ctx, fill)
+			}
+			if err != nil {
+				return err
+			}
+			for i := range starts {
+				out[i] = bucketRead{bucket: bcmds[i].Val()}
+				for _, c := range pcmds[i] {
+					out[i].pending = append(out[i].pending, c.Val())
+				}
+			}
+			return nil
+		}, pendingSetKey)
+		if errors.Is(err, redis.TxFailedErr) && attempt < maxReadRetries {
+			continue
+		}
+		if err != nil {
 			return nil, fmt.Errorf("read %d usage buckets: %w", len(starts), err)
 		}
+		return out, nil
 	}
-	return cmds, nil
 }
