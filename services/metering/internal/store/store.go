@@ -64,6 +64,9 @@ const (
 	HourTTL    = 400 * 24 * time.Hour
 	DayTTL     = 800 * 24 * time.Hour
 	TotalTTL   = 400 * 24 * time.Hour
+	// PendingTTL only bounds a pending hash nobody rolls up: the rollup
+	// empties it (and so deletes it) minutes after its minute.
+	PendingTTL = 800 * 24 * time.Hour
 )
 
 // LatencyBounds are the upper bounds, in milliseconds, of the latency
@@ -228,25 +231,28 @@ func ParseField(f string) (report.Key, bool) {
 }
 
 // foldScript folds a batch of records exactly once and removes their
-// entries from the stream, atomically: it looks the records' ids up in the
-// seen sets of the days a copy could have been folded on (and, for
-// SeenTTL after the sets were first used, in the per-record seen keys of
-// the layout before), adds the ids not found to today's seen sets, adds
-// those records to their group's sums, then increments each distinct field
-// of the minute's pending hash and of the quota totals once, and
-// acknowledges and deletes the entries. A crash at any point did all of it
-// or none of it; a retry after a lost reply, or a takeover by another
-// consumer, finds the ids seen and only acknowledges. The quarter-hour,
-// hour and day buckets and the minute bucket itself get the pending counts
-// from rollupScript.
+// entries from the stream, atomically. The caller sums the records per
+// field (pending minute hash or quota totals, see call) as if none had
+// been counted yet; the script looks the records' ids up in the seen sets
+// of the days a copy could have been folded on (and, for SeenTTL after the
+// sets were first used on a Redis the previous layout had folded into, in
+// that layout's per-record seen keys), adds the ids not found to today's
+// seen sets, takes the records found out of the sums, increments each field
+// once by what is left, and acknowledges and deletes the entries. A crash
+// at any point did all of it or none of it; a retry after a lost reply, or
+// a takeover by another consumer, finds the ids seen and only
+// acknowledges. The quarter-hour, hour and day buckets and the minute
+// bucket itself get the pending counts from rollupScript.
 //
 //	KEYS: stream
 //	ARGV: group, now (unix s), seen TTL (s), entry count E, E entry ids,
 //	      day count D, D day stamps YYYYMMDD (today first), expiry of today's
-//	      seen sets (unix s), group count G, G x (bucket tail, minute stamp
-//	      YYYYMMDDHHmm, escaped application, escaped tenant, metric, latency
-//	      tail or ""), then for each of the SeenShards shards: record count
-//	      N, N x (id, group index, quantity, bytes, latency bound or "")
+//	      seen sets (unix s), minute count M, M minute stamps (pending
+//	      minutes written), key count K, K x (key, TTL s), field count F,
+//	      F x (key index, field, sum), then for each of the SeenShards
+//	      shards: record count N, N x (id, "f1 f2 f3 f4 f5 q b": the indexes
+//	      of the fields the record adds its quantity q to (0: none) and of
+//	      the one it adds its bytes b to)
 //
 // It returns the number of records counted. An id appears at most once per
 // call (the caller drops repeats).
@@ -261,27 +267,36 @@ local nd = tonumber(ARGV[i]); i = i + 1
 local days = {}
 for j = 1, nd do days[j] = ARGV[i]; i = i + 1 end
 local expireat = ARGV[i]; i = i + 1
-local ng = tonumber(ARGV[i]); i = i + 1
-local groups = {}
-for g = 1, ng do
-  groups[g] = {ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+5], 0, 0, {}}
-  i = i + 6
-end
-local since = tonumber(redis.call('GET', P .. 'seen-sets-since'))
+local nm = tonumber(ARGV[i]); i = i + 1
+local minutes = {}
+for j = 1, nm do minutes[j] = ARGV[i]; i = i + 1 end
+local nk = tonumber(ARGV[i]); i = i + 1
+local keys, kttl = {}, {}
+for j = 1, nk do keys[j] = ARGV[i]; kttl[j] = ARGV[i+1]; i = i + 2 end
+local nf = tonumber(ARGV[i]); i = i + 1
+local fbase = i
+i = i + 3 * nf
+-- The per-record seen keys of the previous layout can exist only where it
+-- folded: if its day buckets of the last TTL exist when the sets are first
+-- used, they are checked too, for TTL.
+local since = redis.call('GET', P .. 'seen-sets-since')
 if not since then
-  since = now
-  redis.call('SET', P .. 'seen-sets-since', now)
+  since = 0
+  for _, day in ipairs(days) do
+    if redis.call('EXISTS', P .. 'd:' .. day) == 1 then since = now end
+  end
+  redis.call('SET', P .. 'seen-sets-since', since)
 end
-local legacy = now - since < ttl
+local legacy = now - tonumber(since) < ttl
 local CH = 1000
-local counted = 0
+local total, dups = 0, {}
 for s = 0, 15 do
   local n = tonumber(ARGV[i]); i = i + 1
   if n > 0 then
-    local base = i
-    i = i + 5 * n
+    total = total + n
     local left = {}
-    for r = 1, n do left[r] = base + 5 * (r - 1) end
+    for r = 1, n do left[r] = i + 2 * (r - 1) end
+    i = i + 2 * n
     local sx = string.format('%x', s)
     for _, day in ipairs(days) do
       if #left == 0 then break end
@@ -293,7 +308,7 @@ for s = 0, 15 do
           for k = c, math.min(c + CH - 1, #left) do ids[#ids + 1] = ARGV[left[k]] end
           local found = redis.call('SMISMEMBER', key, unpack(ids))
           for k = 1, #ids do
-            if found[k] == 0 then keep[#keep + 1] = left[c + k - 1] end
+            if found[k] == 0 then keep[#keep + 1] = left[c + k - 1] else dups[#dups + 1] = left[c + k - 1] end
           end
         end
         left = keep
@@ -302,14 +317,11 @@ for s = 0, 15 do
     if legacy and #left > 0 then
       local keep = {}
       for c = 1, #left, CH do
-        local keys = {}
-        for k = c, math.min(c + CH - 1, #left) do keys[#keys + 1] = P .. 'seen:' .. ARGV[left[k]] end
-        if redis.call('EXISTS', unpack(keys)) == 0 then
-          for k = c, math.min(c + CH - 1, #left) do keep[#keep + 1] = left[k] end
-        else
-          for k = 1, #keys do
-            if redis.call('EXISTS', keys[k]) == 0 then keep[#keep + 1] = left[c + k - 1] end
-          end
+        local ks = {}
+        for k = c, math.min(c + CH - 1, #left) do ks[#ks + 1] = P .. 'seen:' .. ARGV[left[k]] end
+        local any = redis.call('EXISTS', unpack(ks)) > 0
+        for k = 1, #ks do
+          if any and redis.call('EXISTS', ks[k]) == 1 then dups[#dups + 1] = left[c + k - 1] else keep[#keep + 1] = left[c + k - 1] end
         end
       end
       left = keep
@@ -322,55 +334,37 @@ for s = 0, 15 do
         redis.call('SADD', key, unpack(ids))
       end
       redis.call('EXPIREAT', key, expireat)
-      for _, a in ipairs(left) do
-        local g = groups[tonumber(ARGV[a+1])]
-        local q = tonumber(ARGV[a+2])
-        g[7] = g[7] + q
-        g[8] = g[8] + tonumber(ARGV[a+3])
-        local lat = ARGV[a+4]
-        if lat ~= '' then g[9][lat] = (g[9][lat] or 0) + q end
-      end
-      counted = counted + #left
     end
   end
 end
-local sums, ttls, minutes = {}, {}, {}
-local function add(key, ttl, field, n)
-  if n == 0 then return end
-  local h = sums[key]
-  if not h then h = {}; sums[key] = h; ttls[key] = ttl end
-  h[field] = (h[field] or 0) + n
+local adj = {}
+for _, a in ipairs(dups) do
+  local f1, f2, f3, f4, f5, q, b = string.match(ARGV[a + 1], '^(%d+) (%d+) (%d+) (%d+) (%d+) (%d+) (%d+)$')
+  q = tonumber(q)
+  for _, f in ipairs({f1, f2, f3, f4}) do
+    f = tonumber(f)
+    if f > 0 then adj[f] = (adj[f] or 0) + q end
+  end
+  f5 = tonumber(f5)
+  if f5 > 0 then adj[f5] = (adj[f5] or 0) + tonumber(b) end
 end
-for _, g in ipairs(groups) do
-  local tail, minute, app, tenant, metric, ltail = g[1], g[2], g[3], g[4], g[5], g[6]
-  local c, b = g[7], g[8]
-  if c > 0 or b > 0 then
-    local pk = P .. 'p:' .. minute
-    minutes[minute] = true
-    add(pk, 69120000, 'c|' .. tail, c)
-    add(pk, 69120000, 'b|' .. tail, b)
-    local tk = P .. 't:' .. string.sub(minute, 1, 8)
-    add(tk, 34560000, 'a|' .. app .. '|' .. metric, c)
-    if tenant ~= '' then add(tk, 34560000, 't|' .. tenant .. '|' .. metric, c) end
-    if ltail ~= '' then
-      for le, n in pairs(g[9]) do add(pk, 69120000, 'l|' .. ltail .. '|' .. le, n) end
-    end
+local used = {}
+for f = 1, nf do
+  local at = fbase + 3 * (f - 1)
+  local k, n = tonumber(ARGV[at]), ARGV[at + 2]
+  if adj[f] then n = string.format('%.0f', tonumber(n) - adj[f]) end
+  if n ~= '0' then
+    redis.call('HINCRBY', keys[k], ARGV[at + 1], n)
+    used[k] = true
   end
 end
-for key, h in pairs(sums) do
-  for field, n in pairs(h) do
-    redis.call('HINCRBY', key, field, string.format('%.0f', n))
-  end
-  redis.call('EXPIRE', key, ttls[key])
-end
-local ms = {}
-for m in pairs(minutes) do ms[#ms + 1] = m end
-if #ms > 0 then redis.call('SADD', P .. 'pm', unpack(ms)) end
+for k in pairs(used) do redis.call('EXPIRE', keys[k], kttl[k]) end
+if #dups < total and nm > 0 then redis.call('SADD', P .. 'pm', unpack(minutes)) end
 if ne > 0 then
   redis.call('XACK', KEYS[1], ARGV[1], unpack(entries))
   redis.call('XDEL', KEYS[1], unpack(entries))
 end
-return counted
+return total - #dups
 `)
 
 // rollupScript moves up to ARGV[2] fields of the pending hash of minute
@@ -559,22 +553,60 @@ func (s *Store) Fold(ctx context.Context, msgs []redis.XMessage) (FoldResult, er
 	return res, err
 }
 
-// call is the arguments of one fold script call.
+// call is the arguments of one fold script call: the records' sums per
+// field, as if none had been counted yet, and per record the fields it
+// adds to, for the script to take the duplicates out.
 type call struct {
 	entries []string
 	records int // records passed, repeats within the call included
 	ids     map[string]bool
-	groups  map[groupKey]int
-	gargs   []any
-	shards  [usage.SeenShards][]any // per seen shard: id, group, quantity, bytes, latency bound
+	minutes []string
+	keys    []string
+	keyIdx  map[string]int
+	fields  []field
+	fieldIx map[fieldKey]int
+	shards  [usage.SeenShards][]any // per seen shard: id, "f1 f2 f3 f4 f5 q b"
 }
 
-type groupKey struct {
-	tail, minute string
+type field struct {
+	key  int // 1-based index into keys
+	name string
+	sum  int64
+}
+
+type fieldKey struct {
+	key  int
+	name string
 }
 
 func newCall() *call {
-	return &call{groups: map[groupKey]int{}, ids: map[string]bool{}}
+	return &call{ids: map[string]bool{}, keyIdx: map[string]int{}, fieldIx: map[fieldKey]int{}}
+}
+
+// key is the 1-based index of key k in the call.
+func (c *call) key(k string, pending bool) int {
+	if i, ok := c.keyIdx[k]; ok {
+		return i
+	}
+	c.keys = append(c.keys, k)
+	c.keyIdx[k] = len(c.keys)
+	if pending {
+		c.minutes = append(c.minutes, strings.TrimPrefix(k, keyPrefix+"p:"))
+	}
+	return len(c.keys)
+}
+
+// add adds n to field name of key k and returns the field's 1-based index.
+func (c *call) addTo(k int, name string, n int64) int {
+	fk := fieldKey{k, name}
+	i, ok := c.fieldIx[fk]
+	if !ok {
+		c.fields = append(c.fields, field{key: k, name: name})
+		i = len(c.fields)
+		c.fieldIx[fk] = i
+	}
+	c.fields[i-1].sum += n
+	return i
 }
 
 func (c *call) add(id string, rec *meteringv1.UsageRecord, at time.Time) {
@@ -585,24 +617,26 @@ func (c *call) add(id string, rec *meteringv1.UsageRecord, at time.Time) {
 	c.ids[id] = true
 	d := Dims{Tenant: rec.Tenant, Application: rec.ApplicationId, Producer: rec.ProducerApplicationId,
 		EventType: rec.EventType, Channel: rec.Channel, Metric: rec.Metric}
-	gk := groupKey{tail: d.Tail(), minute: at.UTC().Format(minuteLayout)}
-	g, ok := c.groups[gk]
-	latency := rec.Metric == meteringv1.UsageMetric_USAGE_METRIC_DELIVERED && (rec.LatencyMs > 0 || rec.EventId != "")
-	if !ok {
-		g = len(c.groups) + 1
-		c.groups[gk] = g
-		ltail := ""
-		if latency {
-			ltail = d.latencyTail()
-		}
-		c.gargs = append(c.gargs, gk.tail, gk.minute, Esc(d.Application), Esc(d.Tenant), int64(d.Metric), ltail)
+	at = at.UTC()
+	tail := d.Tail()
+	pk := c.key(keyPrefix+"p:"+at.Format(minuteLayout), true)
+	tk := c.key(TotalsKey(at), false)
+	q, b := rec.Quantity, max(rec.Bytes, 0)
+	metric := strconv.FormatInt(int64(d.Metric), 10)
+	var f [5]int
+	f[0] = c.addTo(pk, "c|"+tail, q)
+	f[1] = c.addTo(tk, "a|"+Esc(d.Application)+"|"+metric, q)
+	if d.Tenant != "" {
+		f[2] = c.addTo(tk, "t|"+Esc(d.Tenant)+"|"+metric, q)
 	}
-	lat := ""
-	if latency {
-		lat = latencyBound(max(rec.LatencyMs, 0))
+	if rec.Metric == meteringv1.UsageMetric_USAGE_METRIC_DELIVERED && (rec.LatencyMs > 0 || rec.EventId != "") {
+		f[3] = c.addTo(pk, "l|"+d.latencyTail()+"|"+latencyBound(max(rec.LatencyMs, 0)), q)
+	}
+	if b > 0 {
+		f[4] = c.addTo(pk, "b|"+tail, b)
 	}
 	sh := usage.SeenShard(id)
-	c.shards[sh] = append(c.shards[sh], id, g, rec.Quantity, max(rec.Bytes, 0), lat)
+	c.shards[sh] = append(c.shards[sh], id, fmt.Sprintf("%d %d %d %d %d %d %d", f[0], f[1], f[2], f[3], f[4], q, b))
 }
 
 // seenDays are the day stamps whose seen sets a record folded at now may
@@ -622,7 +656,7 @@ func (c *call) args(now time.Time, ttl time.Duration, days []string) []any {
 	for _, sh := range c.shards {
 		n += len(sh) + 1
 	}
-	out := make([]any, 0, 8+len(c.entries)+len(days)+len(c.gargs)+n)
+	out := make([]any, 0, 10+len(c.entries)+len(days)+len(c.minutes)+2*len(c.keys)+3*len(c.fields)+n)
 	out = append(out, Group, now.Unix(), int64(ttl/time.Second), len(c.entries))
 	for _, e := range c.entries {
 		out = append(out, e)
@@ -634,10 +668,24 @@ func (c *call) args(now time.Time, ttl time.Duration, days []string) []any {
 	// Today's sets live until the end of today plus the TTL, so that every
 	// id in them is remembered at least the TTL.
 	out = append(out, now.UTC().Truncate(24*time.Hour).Add(24*time.Hour+ttl).Unix())
-	out = append(out, len(c.groups))
-	out = append(out, c.gargs...)
+	out = append(out, len(c.minutes))
+	for _, m := range c.minutes {
+		out = append(out, m)
+	}
+	out = append(out, len(c.keys))
+	for _, k := range c.keys {
+		ttl := int64(TotalTTL / time.Second)
+		if strings.HasPrefix(k, keyPrefix+"p:") {
+			ttl = int64(PendingTTL / time.Second)
+		}
+		out = append(out, k, ttl)
+	}
+	out = append(out, len(c.fields))
+	for _, f := range c.fields {
+		out = append(out, f.key, f.name, f.sum)
+	}
 	for _, sh := range c.shards {
-		out = append(out, len(sh)/5)
+		out = append(out, len(sh)/2)
 		out = append(out, sh...)
 	}
 	return out
