@@ -7,6 +7,7 @@
 package metering
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
@@ -47,6 +48,10 @@ type Config struct {
 	// ClaimEvery is how often pending records are scanned for takeover.
 	// Default 10s.
 	ClaimEvery time.Duration
+	// FoldWorkers is how many loops fold the usage stream at once, each a
+	// consumer of its own: one decodes records while Redis runs another's
+	// fold script. Default 2.
+	FoldWorkers int
 	// QuotaInterval is how often usage is compared with the quotas.
 	// Default 200ms: a hard quota takes effect within a second.
 	QuotaInterval time.Duration
@@ -72,6 +77,9 @@ func New(cfg Config) (*Service, error) {
 	if cfg.Addr == "" {
 		cfg.Addr = cfg.MeteringAddr
 	}
+	if cfg.FoldWorkers < 0 {
+		return nil, fmt.Errorf("metering: negative fold workers %d", cfg.FoldWorkers)
+	}
 	if cfg.ClaimIdle < 0 || cfg.ClaimEvery < 0 {
 		return nil, fmt.Errorf("metering: negative claim interval (idle %v, every %v)", cfg.ClaimIdle, cfg.ClaimEvery)
 	}
@@ -83,7 +91,8 @@ func New(cfg Config) (*Service, error) {
 		return nil, err
 	}
 	st := store.New(base.Redis)
-	folder := fold.New(st, fold.Options{Log: base.Log, Metrics: base.Metrics, ClaimIdle: cfg.ClaimIdle, ClaimEvery: cfg.ClaimEvery})
+	folder := fold.New(st, fold.Options{Log: base.Log, Metrics: base.Metrics, ClaimIdle: cfg.ClaimIdle, ClaimEvery: cfg.ClaimEvery,
+		Workers: cmp.Or(cfg.FoldWorkers, 2)})
 	s := &Service{base: base}
 	registry := registryv1connect.NewRegistryServiceClient(rpc.HTTPClient(), rpc.BaseURL(cfg.RegistryAddr), rpc.ClientOptions(cfg.AdminKey)...)
 	usageHandler := usageapi.New(st, usageapi.NewDirectory(registry))

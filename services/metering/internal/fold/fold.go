@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -49,6 +50,10 @@ type Options struct {
 	// of it still arriving later are rolled up on a later pass). Default
 	// 5s.
 	RollupDelay time.Duration
+	// Workers is how many fold loops read the stream at once, each as a
+	// consumer of its own (the first named Consumer, the others Consumer-wN):
+	// one decodes while Redis runs another's fold script. Default 1.
+	Workers int
 	// Metrics receives the fold's counters; nil registers none.
 	Metrics prometheus.Registerer
 }
@@ -89,6 +94,9 @@ func New(st *store.Store, o Options) *Folder {
 	}
 	if o.FoldBytes <= 0 {
 		o.FoldBytes = foldBytes
+	}
+	if o.Workers <= 0 {
+		o.Workers = 1
 	}
 	if o.RollupEvery <= 0 {
 		o.RollupEvery = time.Second
@@ -131,17 +139,33 @@ func (f *Folder) Ready(context.Context) error {
 // holds nothing. Meanwhile it rolls up the pending counts of closed
 // minutes every RollupEvery.
 func (f *Folder) Run(ctx context.Context) {
+	var wg sync.WaitGroup
+	wg.Go(func() { f.rollLoop(ctx) })
+	for w := 1; w < f.opts.Workers; w++ {
+		wg.Go(func() { f.loop(ctx, fmt.Sprintf("%s-w%d", f.opts.Consumer, w), false) })
+	}
+	f.loop(ctx, f.opts.Consumer, true)
+	wg.Wait()
+}
+
+// loop is one fold worker, reading as consumer; the main one (main) also
+// takes over other consumers' entries and says whether the group exists.
+func (f *Folder) loop(ctx context.Context, consumer string, main bool) {
 	bo := backoff.New(backoff.Options{})
 	joined := false
-	rolled := make(chan struct{})
-	go func() { defer close(rolled); f.rollLoop(ctx) }()
-	defer func() { <-rolled }()
 	defer func() {
-		f.ready.Store(false)
+		if main {
+			f.ready.Store(false)
+		}
 		if joined {
-			f.leave(ctx)
+			f.leave(ctx, consumer)
 		}
 	}()
+	setReady := func(v bool) {
+		if main {
+			f.ready.Store(v)
+		}
+	}
 	needGroup, own := true, true
 	var nextClaim time.Time
 	for ctx.Err() == nil {
@@ -151,13 +175,13 @@ func (f *Folder) Run(ctx context.Context) {
 				continue
 			}
 			needGroup, joined = false, true
-			f.ready.Store(true)
+			setReady(true)
 		}
-		if !time.Now().Before(nextClaim) {
+		if main && !time.Now().Before(nextClaim) {
 			if err := f.claim(ctx); err != nil {
 				if store.IsNoGroup(err) {
 					needGroup = true
-					f.ready.Store(false)
+					setReady(false)
 				}
 				f.retry(ctx, bo, "claim idle entries", err)
 				continue
@@ -168,11 +192,11 @@ func (f *Folder) Run(ctx context.Context) {
 		if own {
 			id, block = "0", -1
 		}
-		msgs, err := f.st.Read(ctx, f.opts.Consumer, id, f.opts.Count, block)
+		msgs, err := f.st.Read(ctx, consumer, id, f.opts.Count, block)
 		if err != nil {
 			if store.IsNoGroup(err) {
 				needGroup = true
-				f.ready.Store(false)
+				setReady(false)
 			}
 			own = true
 			f.retry(ctx, bo, "read usage stream", err)
@@ -314,11 +338,11 @@ func (f *Folder) rollLoop(ctx context.Context) {
 
 // leave removes this consumer from the group when it holds no pending
 // entries, so that restarts do not pile up consumer names.
-func (f *Folder) leave(ctx context.Context) {
+func (f *Folder) leave(ctx context.Context, consumer string) {
 	lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
 	defer cancel()
-	if err := f.st.DeleteConsumer(lctx, f.opts.Consumer); err != nil {
-		f.log.Warn("could not leave the usage consumer group", "consumer", f.opts.Consumer, "err", err)
+	if err := f.st.DeleteConsumer(lctx, consumer); err != nil {
+		f.log.Warn("could not leave the usage consumer group", "consumer", consumer, "err", err)
 	}
 }
 

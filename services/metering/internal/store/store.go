@@ -367,46 +367,48 @@ end
 return total - #dups
 `)
 
-// rollupScript moves up to ARGV[2] fields of the pending hash of minute
-// ARGV[1] (YYYYMMDDHHmm) into the minute, quarter-hour, hour and day
-// buckets ("c|" and "b|" fields) or latency histograms ("l|" fields, into
-// the minute, hour and day histograms without the prefix), deleting them
-// from the pending hash in the same step: a field is rolled up exactly
-// once, whoever runs the script and however often, and a crash leaves what
-// was not moved pending. When the pending hash is empty, the minute leaves
-// the set of pending minutes. It returns the number of fields moved.
+// rollupScript moves the fields of the pending hash of minute ARGV[1]
+// (YYYYMMDDHHmm) that one HSCAN step from cursor ARGV[2] (COUNT ARGV[3])
+// returns into the minute, quarter-hour, hour and day buckets ("c|" and
+// "b|" fields) or latency histograms ("l|" fields, into the minute, hour
+// and day histograms without the prefix), deleting them from the pending
+// hash in the same step: a field is rolled up exactly once, whoever runs
+// the script and however often, and a crash leaves what was not moved
+// pending. (A scan may return a field again or miss one added meanwhile: a
+// field moved is gone, one missed waits for the next pass.) When the
+// pending hash is empty, the minute leaves the set of pending minutes. It
+// returns the next cursor and the number of fields moved.
 var rollupScript = redis.NewScript(`
 local P = 'herald:{usage}:'
 local m = ARGV[1]
 local pk = P .. 'p:' .. m
-local fv = redis.call('HRANDFIELD', pk, tonumber(ARGV[2]), 'WITHVALUES')
-if #fv == 0 then
-  redis.call('SREM', P .. 'pm', m)
-  return 0
-end
-local hour, day = string.sub(m, 1, 10), string.sub(m, 1, 8)
-local quarter = hour .. string.format('%02d', math.floor(tonumber(string.sub(m, 11, 12)) / 15) * 15)
-local bk = {{P .. 'm:' .. m, 259200}, {P .. 'q:' .. quarter, 34560000}, {P .. 'h:' .. hour, 34560000}, {P .. 'd:' .. day, 69120000}}
-local lk = {{P .. 'lm:' .. m, 259200}, {P .. 'lh:' .. hour, 34560000}, {P .. 'ld:' .. day, 69120000}}
-local fields = {}
-local ub, ul = false, false
-for j = 1, #fv, 2 do
-  local f, v = fv[j], fv[j+1]
-  if string.byte(f, 1) == 108 then
-    local lf = string.sub(f, 3)
-    for _, k in ipairs(lk) do redis.call('HINCRBY', k[1], lf, v) end
-    ul = true
-  else
-    for _, k in ipairs(bk) do redis.call('HINCRBY', k[1], f, v) end
-    ub = true
+local res = redis.call('HSCAN', pk, ARGV[2], 'COUNT', ARGV[3])
+local fv = res[2]
+if #fv > 0 then
+  local hour, day = string.sub(m, 1, 10), string.sub(m, 1, 8)
+  local quarter = hour .. string.format('%02d', math.floor(tonumber(string.sub(m, 11, 12)) / 15) * 15)
+  local bk = {{P .. 'm:' .. m, 259200}, {P .. 'q:' .. quarter, 34560000}, {P .. 'h:' .. hour, 34560000}, {P .. 'd:' .. day, 69120000}}
+  local lk = {{P .. 'lm:' .. m, 259200}, {P .. 'lh:' .. hour, 34560000}, {P .. 'ld:' .. day, 69120000}}
+  local fields = {}
+  local ub, ul = false, false
+  for j = 1, #fv, 2 do
+    local f, v = fv[j], fv[j+1]
+    if string.byte(f, 1) == 108 then
+      local lf = string.sub(f, 3)
+      for _, k in ipairs(lk) do redis.call('HINCRBY', k[1], lf, v) end
+      ul = true
+    else
+      for _, k in ipairs(bk) do redis.call('HINCRBY', k[1], f, v) end
+      ub = true
+    end
+    fields[#fields + 1] = f
   end
-  fields[#fields + 1] = f
+  redis.call('HDEL', pk, unpack(fields))
+  if ub then for _, k in ipairs(bk) do redis.call('EXPIRE', k[1], k[2]) end end
+  if ul then for _, k in ipairs(lk) do redis.call('EXPIRE', k[1], k[2]) end end
 end
-redis.call('HDEL', pk, unpack(fields))
-if ub then for _, k in ipairs(bk) do redis.call('EXPIRE', k[1], k[2]) end end
-if ul then for _, k in ipairs(lk) do redis.call('EXPIRE', k[1], k[2]) end end
 if redis.call('EXISTS', pk) == 0 then redis.call('SREM', P .. 'pm', m) end
-return #fields
+return {res[1], #fv / 2}
 `)
 
 // Store reads and writes metering's keys.
@@ -758,7 +760,7 @@ func (s *Store) fold(ctx context.Context, msgs []redis.XMessage) (FoldResult, er
 	return res, nil
 }
 
-// RollupChunk is how many pending fields one rollup script call moves by
+// RollupChunk is how many pending fields one rollup step (an HSCAN COUNT) moves by
 // default: about 4,000 HINCRBY, a few milliseconds of Redis.
 const RollupChunk = 1000
 
@@ -798,13 +800,22 @@ func (s *Store) Rollup(ctx context.Context, before time.Time, chunk int) (int, e
 		if !m.Before(before.UTC().Truncate(time.Minute)) {
 			break
 		}
+		// Scan the pending hash to its end, and again while fields were
+		// moved (some may have been added behind the cursor meanwhile).
 		for {
-			n, err := s.rollupOnce(ctx, m.Format(minuteLayout), chunk)
-			if err != nil {
-				return moved, err
+			cursor, pass := "0", 0
+			for {
+				next, n, err := s.rollupOnce(ctx, m.Format(minuteLayout), cursor, chunk)
+				if err != nil {
+					return moved, err
+				}
+				moved += n
+				pass += n
+				if cursor = next; cursor == "0" {
+					break
+				}
 			}
-			moved += n
-			if n == 0 {
+			if pass == 0 {
 				break
 			}
 		}
@@ -812,12 +823,17 @@ func (s *Store) Rollup(ctx context.Context, before time.Time, chunk int) (int, e
 	return moved, nil
 }
 
-func (s *Store) rollupOnce(ctx context.Context, minute string, chunk int) (int, error) {
-	n, err := rollupScript.Run(ctx, s.rdb, []string{keyPrefix + "p:" + minute}, minute, chunk).Int()
-	if err != nil {
-		return 0, fmt.Errorf("roll up minute %s: %w", minute, err)
+func (s *Store) rollupOnce(ctx context.Context, minute, cursor string, chunk int) (next string, moved int, err error) {
+	res, err := rollupScript.Run(ctx, s.rdb, []string{keyPrefix + "p:" + minute}, minute, cursor, chunk).Slice()
+	if err == nil && len(res) != 2 {
+		err = fmt.Errorf("reply %v", res)
 	}
-	return n, nil
+	if err != nil {
+		return "", 0, fmt.Errorf("roll up minute %s: %w", minute, err)
+	}
+	next, _ = res[0].(string)
+	n, _ := res[1].(int64)
+	return next, int(n), nil
 }
 
 // decodeEntry returns the records of an entry: one (field "r") or a batch
