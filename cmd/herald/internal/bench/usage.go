@@ -751,22 +751,34 @@ func (s *lagSampler) poll(ctx context.Context) error {
 		return nil
 	}
 	// The fold marks a record in its fold day's seen set: today's, or
-	// yesterday's just after midnight.
-	pipe := s.rdb.Pipeline()
-	cmds := make([][2]*redis.BoolCmd, len(batch))
+	// yesterday's just after midnight. One SMISMEMBER per set.
 	at := time.Now()
-	for i, p := range batch {
-		cmds[i] = [2]*redis.BoolCmd{pipe.SIsMember(ctx, usage.SeenSetKey(at, p.id), p.id),
-			pipe.SIsMember(ctx, usage.SeenSetKey(at.Add(-24*time.Hour), p.id), p.id)}
+	byKey := map[string][]string{}
+	for _, p := range batch {
+		for _, day := range []time.Time{at, at.Add(-24 * time.Hour)} {
+			k := usage.SeenSetKey(day, p.id)
+			byKey[k] = append(byKey[k], p.id)
+		}
+	}
+	pipe := s.rdb.Pipeline()
+	cmds := map[string]*redis.BoolSliceCmd{}
+	for k, ids := range byKey {
+		args := make([]any, len(ids))
+		for i, id := range ids {
+			args[i] = id
+		}
+		cmds[k] = pipe.SMIsMember(ctx, k, args...)
 	}
 	if _, err := pipe.Exec(ctx); err != nil {
 		return err
 	}
 	now := time.Now()
 	counted := map[string]bool{}
-	for i, c := range cmds {
-		if c[0].Val() || c[1].Val() {
-			counted[batch[i].id] = true
+	for k, c := range cmds {
+		for i, ok := range c.Val() {
+			if ok {
+				counted[byKey[k][i]] = true
+			}
 		}
 	}
 	s.mu.Lock()

@@ -46,10 +46,19 @@ type Options struct {
 	// RollupEvery is how often the pending counts of closed minutes are
 	// rolled up into the coarser buckets. Default 1s.
 	RollupEvery time.Duration
-	// RollupDelay is how long after its end a minute is rolled up (records
-	// of it still arriving later are rolled up on a later pass). Default
-	// 5s.
+	// RollupDelay is how long after its end a minute is rolled up, counted
+	// from the oldest record still to fold (records of it appended later
+	// are rolled up on a later pass). Default 5s.
 	RollupDelay time.Duration
+	// RollupDuty is the fraction of Redis' time a rollup may take while it
+	// runs (see store.Rollup). Default 0.25.
+	RollupDuty float64
+	// ReadEvery is the shortest time between two reads of one worker: when
+	// the fold keeps up, a read returns what arrived since the last, and the
+	// more records one fold gets, the more of them share a counter (one
+	// HINCRBY each per fold). It adds up to that much to the lag. Default 0
+	// (read again at once).
+	ReadEvery time.Duration
 	// Workers is how many fold loops read the stream at once, each as a
 	// consumer of its own (the first named Consumer, the others Consumer-wN):
 	// one decodes while Redis runs another's fold script. Default 1.
@@ -94,6 +103,9 @@ func New(st *store.Store, o Options) *Folder {
 	}
 	if o.FoldBytes <= 0 {
 		o.FoldBytes = foldBytes
+	}
+	if o.RollupDuty <= 0 || o.RollupDuty > 1 {
+		o.RollupDuty = 0.25
 	}
 	if o.Workers <= 0 {
 		o.Workers = 1
@@ -167,7 +179,7 @@ func (f *Folder) loop(ctx context.Context, consumer string, main bool) {
 		}
 	}
 	needGroup, own := true, true
-	var nextClaim time.Time
+	var nextClaim, lastRead time.Time
 	for ctx.Err() == nil {
 		if needGroup {
 			if err := f.st.EnsureGroup(ctx); err != nil {
@@ -191,7 +203,10 @@ func (f *Folder) loop(ctx context.Context, consumer string, main bool) {
 		id, block := ">", f.opts.Block
 		if own {
 			id, block = "0", -1
+		} else if wait := time.Until(lastRead.Add(f.opts.ReadEvery)); wait > 0 && !backoff.Sleep(ctx, wait) {
+			continue
 		}
+		lastRead = time.Now()
 		msgs, err := f.st.Read(ctx, consumer, id, f.opts.Count, block)
 		if err != nil {
 			if store.IsNoGroup(err) {
@@ -326,7 +341,18 @@ func (f *Folder) rollLoop(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		n, err := f.st.Rollup(ctx, time.Now().Add(-f.opts.RollupDelay), 0)
+		// Roll up the minutes that ended RollupDelay before the oldest record
+		// still to fold: with a backlog, the minutes it will still add to wait.
+		horizon := time.Now()
+		oldest, ok, err := f.st.Oldest(ctx)
+		if err != nil {
+			f.retry(ctx, bo, "roll up minutes", err)
+			continue
+		}
+		if ok && oldest.Before(horizon) {
+			horizon = oldest
+		}
+		n, err := f.st.Rollup(ctx, horizon.Add(-f.opts.RollupDelay), 0, f.opts.RollupDuty)
 		f.rolled.Add(float64(n))
 		if err != nil {
 			f.retry(ctx, bo, "roll up minutes", err)

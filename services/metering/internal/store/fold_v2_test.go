@@ -83,11 +83,11 @@ func TestFoldBatchesIntoEveryBucket(t *testing.T) {
 	before := readBack(t, st, at)
 
 	// Roll up, one field per script call.
-	n, err := st.Rollup(ctx, at.Add(time.Hour), 1)
+	n, err := st.Rollup(ctx, at.Add(time.Hour), 1, 0)
 	if err != nil || n != 7 {
 		t.Fatalf("rollup = %d, %v; want 7 fields moved", n, err)
 	}
-	if n, err := st.Rollup(ctx, at.Add(time.Hour), 1); err != nil || n != 0 {
+	if n, err := st.Rollup(ctx, at.Add(time.Hour), 1, 0); err != nil || n != 0 {
 		t.Fatalf("second rollup = %d, %v; want nothing", n, err)
 	}
 	if got := rdb.Exists(ctx, "herald:{usage}:p:202603102217", "herald:{usage}:p:202603102218", "herald:{usage}:pm").Val(); got != 0 {
@@ -213,7 +213,7 @@ func TestFoldRetryAndTakeover(t *testing.T) {
 	if res.Counted != 30 || res.Duplicates != 20 {
 		t.Fatalf("takeover = %+v, want 30 counted, 20 duplicates", res)
 	}
-	if _, err := st.Rollup(ctx, at.Add(time.Hour), 0); err != nil {
+	if _, err := st.Rollup(ctx, at.Add(time.Hour), 0, 0); err != nil {
 		t.Fatal(err)
 	}
 	if got := rdb.HGet(ctx, "herald:{usage}:d:20260310", "c|acme%7Cco|app_c|app_p|shop.order.created|sse|2").Val(); got != "50" {

@@ -89,7 +89,7 @@ func TestRollupIsIdempotentAndChangesNoRead(t *testing.T) {
 	moved := make([]int, 4)
 	for i := range moved {
 		wg.Go(func() {
-			n, err := New(rdb).Rollup(ctx, at.Add(time.Hour), 5)
+			n, err := New(rdb).Rollup(ctx, at.Add(time.Hour), 5, 0)
 			if err != nil {
 				t.Error(err)
 			}
@@ -103,7 +103,7 @@ func TestRollupIsIdempotentAndChangesNoRead(t *testing.T) {
 	if n := rdb.Exists(ctx, "herald:{usage}:p:"+at.Format(minuteLayout), "herald:{usage}:pm").Val(); n != 0 {
 		t.Fatalf("%d pending keys left after the rollup", n)
 	}
-	if n, err := st.Rollup(ctx, at.Add(time.Hour), 0); err != nil || n != 0 {
+	if n, err := st.Rollup(ctx, at.Add(time.Hour), 0, 0); err != nil || n != 0 {
 		t.Fatalf("rollup again = %d, %v; want nothing moved", n, err)
 	}
 	if got := readBack(t, st, at); got != want {
@@ -125,7 +125,7 @@ func TestRollupIsIdempotentAndChangesNoRead(t *testing.T) {
 	if got := readBack(t, st, at); got != want {
 		t.Fatalf("reads with late records pending:\n%s\nwant:\n%s", got, want)
 	}
-	if _, err := st.Rollup(ctx, at.Add(time.Hour), 0); err != nil {
+	if _, err := st.Rollup(ctx, at.Add(time.Hour), 0, 0); err != nil {
 		t.Fatal(err)
 	}
 	if got := readBack(t, st, at); got != want {
@@ -133,7 +133,7 @@ func TestRollupIsIdempotentAndChangesNoRead(t *testing.T) {
 	}
 	// Only closed minutes: before the second minute, the first alone.
 	foldAll(t, st, 50, mix("x", 4, at)...)
-	if _, err := st.Rollup(ctx, at.Add(time.Minute), 0); err != nil {
+	if _, err := st.Rollup(ctx, at.Add(time.Minute), 0, 0); err != nil {
 		t.Fatal(err)
 	}
 	if ms, err := st.PendingMinutes(ctx); err != nil || len(ms) != 1 || !ms[0].Equal(at.Add(time.Minute).Truncate(time.Minute)) {
@@ -170,7 +170,7 @@ func TestReadsDuringRollupCountOnce(t *testing.T) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		if _, err := New(rdb).Rollup(ctx, at.Add(time.Hour), 2); err != nil {
+		if _, err := New(rdb).Rollup(ctx, at.Add(time.Hour), 2, 0); err != nil {
 			t.Error(err)
 		}
 	}()

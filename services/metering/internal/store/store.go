@@ -1,14 +1,24 @@
 // Package store is metering's Redis layout: the consumer group on the usage
-// stream, the exactly-once fold of records into time buckets, and the reads
-// of those buckets.
+// stream, the exactly-once fold of records into time buckets, the rollup of
+// minutes into coarser buckets, and the reads of those buckets.
 //
 // Keys (all under the {usage} hash tag, so that the fold script touches one
-// shard of a cluster; the script builds the bucket keys it writes from the
+// shard of a cluster; the scripts build the keys they write from the
 // record times the caller passes, all in that slot):
 //
 //	herald:{usage}:log                stream of usage entries (see platform/usage): field "r" one
 //	                                  UsageRecord, or "rs" a UsageRecordBatch; group "metering"
-//	herald:{usage}:seen:<record id>   "1", expires after SeenTTL: the record was folded
+//	herald:{usage}:s:<YYYYMMDD>:<sh>  set of the ids of the records folded on that UTC day (the
+//	                                  fold's clock) whose usage.SeenShard is sh (hex, 0 to f);
+//	                                  expires SeenTTL after the end of the day
+//	herald:{usage}:seen-sets-since    unix time the seen sets were first used on a Redis the
+//	                                  previous layout had folded into (else 0): for SeenTTL after
+//	                                  it, the fold also honours that layout's per-record keys
+//	herald:{usage}:seen:<record id>   (previous layout, read only) "1": the record was folded
+//	herald:{usage}:p:<YYYYMMDDHHmm>   hash per UTC minute of the counts folded and not yet rolled
+//	                                  up: "c|…" and "b|…" fields as in the buckets, "l|<latency
+//	                                  field>" as in the latency histograms
+//	herald:{usage}:pm                 set of the minutes (YYYYMMDDHHmm) with a pending hash
 //	herald:{usage}:m:<YYYYMMDDHHmm>   hash per UTC minute (kept 3 days)
 //	herald:{usage}:q:<YYYYMMDDHHmm>   hash per UTC quarter hour, mm in 00/15/30/45 (400 days)
 //	herald:{usage}:h:<YYYYMMDDHH>     hash per UTC hour (400 days)
@@ -17,12 +27,23 @@
 //	    b|<same parts>                                                          -> bytes
 //	    (hour buckets written before this layout also hold legacy fields
 //	    "<application>|<event type>|<metric number>|<channel>" -> events, which reads still count)
-//	herald:{usage}:t:<YYYYMMDD>       hash per UTC day, quota totals (400 days):
+//	herald:{usage}:t:<YYYYMMDD>       hash per UTC day, quota totals (400 days), written by the fold:
 //	    a|<application>|<metric number> -> events, t|<tenant>|<metric number> -> events
 //	herald:{usage}:lm:<YYYYMMDDHHmm>  latency histograms of DELIVERED records, per minute (3 days),
 //	herald:{usage}:lh:<YYYYMMDDHH>    hour (400 days) and day (800 days):
 //	herald:{usage}:ld:<YYYYMMDD>          <tenant>|<application>|<producer>|<event type>|<channel>|<le> -> events
 //	                                  with <le> a bound of LatencyBounds in ms, or "inf"
+//
+// The fold script marks and counts a batch of records in one atomic step:
+// their ids into today's seen sets, their counts into the pending hashes of
+// their minutes (one HINCRBY per distinct field of the batch) and the quota
+// totals. The rollup moves the pending counts of minutes that have ended
+// into the minute, quarter-hour, hour and day buckets, a few hundred fields
+// per atomic step, each field out of the pending hash in the step that adds
+// it to the buckets. Every read of buckets adds the pending counts of the
+// minutes they cover, in one snapshot (MULTI under WATCH of the pending
+// minutes): a record counts in exactly one of the two places at any time,
+// so the answers do not depend on how far the rollup has got.
 //
 // In a hash field, "%" and "|" inside a part are written as "%25" and "%7C".
 // The time of a bucket is the record's time (when the usage happened), not
@@ -48,13 +69,14 @@ import (
 // Group is the consumer group metering reads the usage stream with.
 const Group = "metering"
 
-// SeenTTL is the default of how long a folded record id is remembered: a
-// copy of a record appended later than that (a replay of events older than
-// that, redelivered to the same place) would be counted again. Memory: one
-// key of about 90 bytes per record, so rate x TTL: 100 deliveries/s kept 8
-// days is 69 million keys, about 6 GB; size it to the event log's retention
-// (past which no replay can happen) and the delivery rate. Store.SeenTTL
-// overrides it.
+// SeenTTL is the default of how long a folded record id is remembered (at
+// least that, at most a day more: the seen sets are per day): a copy of a
+// record appended later than that (a replay of events older than that,
+// redelivered to the same place) would be counted again. Memory: one set
+// member of about 70 bytes per record, so rate x TTL: 100 deliveries/s
+// kept 8 days is 69 million members, about 5 GB; size it to the event
+// log's retention (past which no replay can happen) and the delivery rate.
+// Store.SeenTTL overrides it.
 const SeenTTL = 8 * 24 * time.Hour
 
 // Retention of the bucket kinds.
@@ -94,7 +116,8 @@ const (
 	Day     Kind = "d"
 )
 
-// SeenKey is the key marking a record as folded.
+// SeenKey is the key by which the previous layout marked a record as folded
+// (the fold still honours those keys for a while, see foldScript).
 func SeenKey(recordID string) string { return seenPrefix + recordID }
 
 // BucketKey is the key of the bucket of kind k holding t.
@@ -760,6 +783,26 @@ func (s *Store) fold(ctx context.Context, msgs []redis.XMessage) (FoldResult, er
 	return res, nil
 }
 
+// Oldest is when the oldest entry still in the usage stream was appended
+// (the fold deletes what it counted), or ok false when the stream is
+// empty: records of times before that have all been folded, but for
+// records appended late.
+func (s *Store) Oldest(ctx context.Context) (at time.Time, ok bool, err error) {
+	msgs, err := s.rdb.XRangeN(ctx, usage.StreamKey, "-", "+", 1).Result()
+	if err != nil {
+		return time.Time{}, false, fmt.Errorf("read the oldest usage entry: %w", err)
+	}
+	if len(msgs) == 0 {
+		return time.Time{}, false, nil
+	}
+	ms, _, _ := strings.Cut(msgs[0].ID, "-")
+	n, err := strconv.ParseInt(ms, 10, 64)
+	if err != nil {
+		return time.Time{}, false, fmt.Errorf("usage entry id %q: %w", msgs[0].ID, err)
+	}
+	return time.UnixMilli(n), true, nil
+}
+
 // RollupChunk is how many pending fields one rollup step (an HSCAN COUNT) moves by
 // default: about 4,000 HINCRBY, a few milliseconds of Redis.
 const RollupChunk = 1000
@@ -786,8 +829,12 @@ func (s *Store) PendingMinutes(ctx context.Context) ([]time.Time, error) {
 // call is atomic and moves what it rolls up out of the pending hash, so
 // rollups may run concurrently (two metering processes) and be cut off at
 // any point: nothing is moved twice or lost. Reads add what is still
-// pending, so a rollup changes no answer. It returns the fields moved.
-func (s *Store) Rollup(ctx context.Context, before time.Time, chunk int) (int, error) {
+// pending, so a rollup changes no answer. With duty in (0, 1), it pauses
+// after each step so as to hold Redis for about that fraction of its time:
+// rolling up a busy minute is some 200,000 fields, seconds of Redis, which
+// would otherwise hold up the fold for as long. It returns the fields
+// moved.
+func (s *Store) Rollup(ctx context.Context, before time.Time, chunk int, duty float64) (int, error) {
 	if chunk <= 0 {
 		chunk = RollupChunk
 	}
@@ -805,9 +852,19 @@ func (s *Store) Rollup(ctx context.Context, before time.Time, chunk int) (int, e
 		for {
 			cursor, pass := "0", 0
 			for {
+				began := time.Now()
 				next, n, err := s.rollupOnce(ctx, m.Format(minuteLayout), cursor, chunk)
 				if err != nil {
 					return moved, err
+				}
+				if duty > 0 && duty < 1 {
+					pause := time.NewTimer(time.Duration(float64(time.Since(began)) * (1 - duty) / duty))
+					select {
+					case <-ctx.Done():
+						pause.Stop()
+						return moved, ctx.Err()
+					case <-pause.C:
+					}
 				}
 				moved += n
 				pass += n

@@ -99,7 +99,7 @@ func TestFoldCountsOnceAndTrims(t *testing.T) {
 	if !rdb.SIsMember(ctx, usage.SeenSetKey(time.Now(), "u_1"), "u_1").Val() {
 		t.Errorf("u_1 not in today's seen set")
 	}
-	if _, err := st.Rollup(ctx, when.Add(time.Hour), 0); err != nil {
+	if _, err := st.Rollup(ctx, when.Add(time.Hour), 0, 0); err != nil {
 		t.Fatal(err)
 	}
 	k := report.Key{ApplicationID: "app_a", EventType: "shop.order.created", Metric: meteringv1.UsageMetric_USAGE_METRIC_PUBLISHED, Channel: "grpc"}
