@@ -51,7 +51,7 @@ type Options struct {
 	// are rolled up on a later pass). Default 5s.
 	RollupDelay time.Duration
 	// RollupDuty is the fraction of Redis' time a rollup may take while it
-	// runs (see store.Rollup). Default 0.25.
+	// runs (see store.Rollup). Default 0.1.
 	RollupDuty float64
 	// ReadEvery is the shortest time between two reads of one worker: when
 	// the fold keeps up, a read returns what arrived since the last, and the
@@ -105,7 +105,7 @@ func New(st *store.Store, o Options) *Folder {
 		o.FoldBytes = foldBytes
 	}
 	if o.RollupDuty <= 0 || o.RollupDuty > 1 {
-		o.RollupDuty = 0.25
+		o.RollupDuty = 0.1
 	}
 	if o.Workers <= 0 {
 		o.Workers = 1

@@ -188,8 +188,8 @@ func TestReadsDuringRollupCountOnce(t *testing.T) {
 }
 
 // TestSeenSetsAndPreviousLayout: a copy of a record is a duplicate
-// whichever day within the TTL it was folded on; past the TTL it counts
-// again. On a Redis the per-record seen keys of the previous layout were
+// whichever day within the TTL of the last copy it was folded on; past the
+// TTL it counts again. On a Redis the per-record seen keys of the previous layout were
 // written to (its day buckets exist when the sets are first used), those
 // keys are honoured too.
 func TestSeenSetsAndPreviousLayout(t *testing.T) {
@@ -221,11 +221,22 @@ func TestSeenSetsAndPreviousLayout(t *testing.T) {
 	if n := rdb.Exists(ctx, "herald:{usage}:seen:r1").Val(); n != 0 {
 		t.Fatal("a per-record seen key was written")
 	}
-	// Past the TTL (the first day's sets have expired: simulate it).
+	// A copy is remembered from when it was last seen: the sets of that
+	// day hold the ids too.
 	for sh := range usage.SeenShards {
 		rdb.Del(ctx, fmt.Sprintf("herald:{usage}:s:%s:%x", day0.Format(dayLayout), sh))
 	}
 	clock = day0.Add(4 * 24 * time.Hour)
+	if res := foldAll(t, st, 10, mix("r", 20, at)...); res.Counted != 0 {
+		t.Fatalf("refold within the TTL of the last copy = %+v, want 20 duplicates", res)
+	}
+	// Past the TTL (every set holding the ids has expired: simulate it).
+	for _, d := range []time.Time{day0.Add(3*24*time.Hour - time.Minute), day0.Add(4 * 24 * time.Hour)} {
+		for sh := range usage.SeenShards {
+			rdb.Del(ctx, fmt.Sprintf("herald:{usage}:s:%s:%x", d.Format(dayLayout), sh))
+		}
+	}
+	clock = day0.Add(8 * 24 * time.Hour)
 	if res := foldAll(t, st, 10, mix("r", 20, at)...); res.Counted != 20 {
 		t.Fatalf("refold past the TTL = %+v, want 20 counted", res)
 	}

@@ -69,9 +69,9 @@ import (
 // Group is the consumer group metering reads the usage stream with.
 const Group = "metering"
 
-// SeenTTL is the default of how long a folded record id is remembered (at
-// least that, at most a day more: the seen sets are per day): a copy of a
-// record appended later than that (a replay of events older than that,
+// SeenTTL is the default of how long a folded record id is remembered
+// after its last copy was folded (at least that, at most a day more: the
+// seen sets are per day): a copy of a record appended later than that (a replay of events older than that,
 // redelivered to the same place) would be counted again. Memory: one set
 // member of about 70 bytes per record, so rate x TTL: 100 deliveries/s
 // kept 8 days is 69 million members, about 5 GB; size it to the event
@@ -259,8 +259,9 @@ func ParseField(f string) (report.Key, bool) {
 // been counted yet; the script looks the records' ids up in the seen sets
 // of the days a copy could have been folded on (and, for SeenTTL after the
 // sets were first used on a Redis the previous layout had folded into, in
-// that layout's per-record seen keys), adds the ids not found to today's
-// seen sets, takes the records found out of the sums, increments each field
+// that layout's per-record seen keys), adds every id to today's seen sets
+// (so an id is remembered SeenTTL after its last copy), takes the records
+// found out of the sums, increments each field
 // once by what is left, and acknowledges and deletes the entries. A crash
 // at any point did all of it or none of it; a retry after a lost reply, or
 // a takeover by another consumer, finds the ids seen and only
@@ -273,9 +274,9 @@ func ParseField(f string) (report.Key, bool) {
 //	      seen sets (unix s), minute count M, M minute stamps (pending
 //	      minutes written), key count K, K x (key, TTL s), field count F,
 //	      F x (key index, field, sum), then for each of the SeenShards
-//	      shards: record count N, N x (id, "f1 f2 f3 f4 f5 q b": the indexes
-//	      of the fields the record adds its quantity q to (0: none) and of
-//	      the one it adds its bytes b to)
+//	      shards: record count N, N ids, N x "f1 f2 f3 f4 f5 q b" (the
+//	      indexes of the fields the record adds its quantity q to, 0: none,
+//	      and of the one it adds its bytes b to)
 //
 // It returns the number of records counted. An id appears at most once per
 // call (the caller drops repeats).
@@ -317,52 +318,54 @@ for s = 0, 15 do
   local n = tonumber(ARGV[i]); i = i + 1
   if n > 0 then
     total = total + n
-    local left = {}
-    for r = 1, n do left[r] = i + 2 * (r - 1) end
+    local a = i
     i = i + 2 * n
+    -- ids are ARGV[a .. a+n-1], their records' fields ARGV[a+n .. a+2n-1]
+    local isdup = {}
     local sx = string.format('%x', s)
     for _, day in ipairs(days) do
-      if #left == 0 then break end
       local key = P .. 's:' .. day .. ':' .. sx
       if redis.call('EXISTS', key) == 1 then
-        local keep = {}
-        for c = 1, #left, CH do
-          local ids = {}
-          for k = c, math.min(c + CH - 1, #left) do ids[#ids + 1] = ARGV[left[k]] end
-          local found = redis.call('SMISMEMBER', key, unpack(ids))
-          for k = 1, #ids do
-            if found[k] == 0 then keep[#keep + 1] = left[c + k - 1] else dups[#dups + 1] = left[c + k - 1] end
+        for c = 0, n - 1, CH do
+          local found = redis.call('SMISMEMBER', key, unpack(ARGV, a + c, a + math.min(c + CH, n) - 1))
+          for k = 1, #found do
+            local r = c + k - 1
+            if found[k] == 1 and not isdup[r] then
+              isdup[r] = true
+              dups[#dups + 1] = a + n + r
+            end
           end
         end
-        left = keep
       end
     end
-    if legacy and #left > 0 then
-      local keep = {}
-      for c = 1, #left, CH do
-        local ks = {}
-        for k = c, math.min(c + CH - 1, #left) do ks[#ks + 1] = P .. 'seen:' .. ARGV[left[k]] end
-        local any = redis.call('EXISTS', unpack(ks)) > 0
-        for k = 1, #ks do
-          if any and redis.call('EXISTS', ks[k]) == 1 then dups[#dups + 1] = left[c + k - 1] else keep[#keep + 1] = left[c + k - 1] end
+    if legacy then
+      local ks, rs = {}, {}
+      for r = 0, n - 1 do
+        if not isdup[r] then
+          ks[#ks + 1] = P .. 'seen:' .. ARGV[a + r]
+          rs[#rs + 1] = r
         end
       end
-      left = keep
-    end
-    if #left > 0 then
-      local key = P .. 's:' .. days[1] .. ':' .. sx
-      for c = 1, #left, CH do
-        local ids = {}
-        for k = c, math.min(c + CH - 1, #left) do ids[#ids + 1] = ARGV[left[k]] end
-        redis.call('SADD', key, unpack(ids))
+      for c = 1, #ks, CH do
+        local e = math.min(c + CH - 1, #ks)
+        if redis.call('EXISTS', unpack(ks, c, e)) > 0 then
+          for k = c, e do
+            if redis.call('EXISTS', ks[k]) == 1 then dups[#dups + 1] = a + n + rs[k] end
+          end
+        end
       end
-      redis.call('EXPIREAT', key, expireat)
     end
+    -- Every id into today's set: one seen before stays seen.
+    local key = P .. 's:' .. days[1] .. ':' .. sx
+    for c = 0, n - 1, CH do
+      redis.call('SADD', key, unpack(ARGV, a + c, a + math.min(c + CH, n) - 1))
+    end
+    redis.call('EXPIREAT', key, expireat)
   end
 end
 local adj = {}
 for _, a in ipairs(dups) do
-  local f1, f2, f3, f4, f5, q, b = string.match(ARGV[a + 1], '^(%d+) (%d+) (%d+) (%d+) (%d+) (%d+) (%d+)$')
+  local f1, f2, f3, f4, f5, q, b = string.match(ARGV[a], '^(%d+) (%d+) (%d+) (%d+) (%d+) (%d+) (%d+)$')
   q = tonumber(q)
   for _, f in ipairs({f1, f2, f3, f4}) do
     f = tonumber(f)
@@ -442,7 +445,7 @@ type Store struct {
 	SeenTTL time.Duration
 	// MaxRecordsPerScript bounds the records one fold script call handles,
 	// and so how long it holds Redis; an entry is never split, so one with
-	// more records gets a call of its own. Default 4096.
+	// more records gets a call of its own. Default 8192 (some 50 ms of Redis).
 	MaxRecordsPerScript int
 	// Now is the fold's clock (which day's seen sets a record goes to);
 	// default time.Now.
@@ -590,7 +593,9 @@ type call struct {
 	keyIdx  map[string]int
 	fields  []field
 	fieldIx map[fieldKey]int
+	cells   map[cellKey]*cell
 	shards  [usage.SeenShards][]any // per seen shard: id, "f1 f2 f3 f4 f5 q b"
+	buf     []byte
 }
 
 type field struct {
@@ -605,7 +610,7 @@ type fieldKey struct {
 }
 
 func newCall() *call {
-	return &call{ids: map[string]bool{}, keyIdx: map[string]int{}, fieldIx: map[fieldKey]int{}}
+	return &call{ids: map[string]bool{}, keyIdx: map[string]int{}, fieldIx: map[fieldKey]int{}, cells: map[cellKey]*cell{}}
 }
 
 // key is the 1-based index of key k in the call.
@@ -634,34 +639,89 @@ func (c *call) addTo(k int, name string, n int64) int {
 	return i
 }
 
+// cellKey is a counter's dimensions and minute within a call.
+type cellKey struct {
+	tenant, app, producer, typ, channel string
+	metric                              meteringv1.UsageMetric
+	minute                              int64 // unix time of the minute's start
+}
+
+// cell is what a call knows of a cellKey: its keys and field indexes.
+type cell struct {
+	pk, c, b, a, t int
+	tail, ltail    string
+	lat            [16]int // field index per latency bound (len(LatencyBounds)+1), 0: none yet
+}
+
+func (c *call) cell(rec *meteringv1.UsageRecord, at time.Time) *cell {
+	minute := at.Truncate(time.Minute)
+	ck := cellKey{rec.Tenant, rec.ApplicationId, rec.ProducerApplicationId, rec.EventType, rec.Channel, rec.Metric, minute.Unix()}
+	if cl := c.cells[ck]; cl != nil {
+		return cl
+	}
+	d := Dims{Tenant: rec.Tenant, Application: rec.ApplicationId, Producer: rec.ProducerApplicationId,
+		EventType: rec.EventType, Channel: rec.Channel, Metric: rec.Metric}
+	cl := &cell{tail: d.Tail(), ltail: d.latencyTail()}
+	cl.pk = c.key(keyPrefix+"p:"+minute.UTC().Format(minuteLayout), true)
+	tk := c.key(TotalsKey(minute), false)
+	metric := strconv.FormatInt(int64(d.Metric), 10)
+	cl.c = c.addTo(cl.pk, "c|"+cl.tail, 0)
+	cl.a = c.addTo(tk, "a|"+Esc(d.Application)+"|"+metric, 0)
+	if d.Tenant != "" {
+		cl.t = c.addTo(tk, "t|"+Esc(d.Tenant)+"|"+metric, 0)
+	}
+	c.cells[ck] = cl
+	return cl
+}
+
 func (c *call) add(id string, rec *meteringv1.UsageRecord, at time.Time) {
 	c.records++
 	if c.ids[id] {
 		return // a repeat within the call: counted at most once, as a duplicate
 	}
 	c.ids[id] = true
-	d := Dims{Tenant: rec.Tenant, Application: rec.ApplicationId, Producer: rec.ProducerApplicationId,
-		EventType: rec.EventType, Channel: rec.Channel, Metric: rec.Metric}
-	at = at.UTC()
-	tail := d.Tail()
-	pk := c.key(keyPrefix+"p:"+at.Format(minuteLayout), true)
-	tk := c.key(TotalsKey(at), false)
+	cl := c.cell(rec, at)
 	q, b := rec.Quantity, max(rec.Bytes, 0)
-	metric := strconv.FormatInt(int64(d.Metric), 10)
-	var f [5]int
-	f[0] = c.addTo(pk, "c|"+tail, q)
-	f[1] = c.addTo(tk, "a|"+Esc(d.Application)+"|"+metric, q)
-	if d.Tenant != "" {
-		f[2] = c.addTo(tk, "t|"+Esc(d.Tenant)+"|"+metric, q)
-	}
+	f := [5]int{cl.c, cl.a, cl.t, 0, 0}
 	if rec.Metric == meteringv1.UsageMetric_USAGE_METRIC_DELIVERED && (rec.LatencyMs > 0 || rec.EventId != "") {
-		f[3] = c.addTo(pk, "l|"+d.latencyTail()+"|"+latencyBound(max(rec.LatencyMs, 0)), q)
+		ms := max(rec.LatencyMs, 0)
+		bi := len(LatencyBounds)
+		for i, bound := range LatencyBounds {
+			if ms <= bound {
+				bi = i
+				break
+			}
+		}
+		if cl.lat[bi] == 0 {
+			cl.lat[bi] = c.addTo(cl.pk, "l|"+cl.ltail+"|"+latencyBound(ms), 0)
+		}
+		f[3] = cl.lat[bi]
 	}
 	if b > 0 {
-		f[4] = c.addTo(pk, "b|"+tail, b)
+		if cl.b == 0 {
+			cl.b = c.addTo(cl.pk, "b|"+cl.tail, 0)
+		}
+		f[4] = cl.b
 	}
+	for _, i := range f[:4] {
+		if i > 0 {
+			c.fields[i-1].sum += q
+		}
+	}
+	if f[4] > 0 {
+		c.fields[f[4]-1].sum += b
+	}
+	buf := c.buf[:0]
+	for _, i := range f {
+		buf = strconv.AppendInt(buf, int64(i), 10)
+		buf = append(buf, ' ')
+	}
+	buf = strconv.AppendInt(buf, q, 10)
+	buf = append(buf, ' ')
+	buf = strconv.AppendInt(buf, b, 10)
+	c.buf = buf
 	sh := usage.SeenShard(id)
-	c.shards[sh] = append(c.shards[sh], id, fmt.Sprintf("%d %d %d %d %d %d %d", f[0], f[1], f[2], f[3], f[4], q, b))
+	c.shards[sh] = append(c.shards[sh], id, string(buf))
 }
 
 // seenDays are the day stamps whose seen sets a record folded at now may
@@ -710,8 +770,14 @@ func (c *call) args(now time.Time, ttl time.Duration, days []string) []any {
 		out = append(out, f.key, f.name, f.sum)
 	}
 	for _, sh := range c.shards {
-		out = append(out, len(sh)/2)
-		out = append(out, sh...)
+		n := len(sh) / 2
+		out = append(out, n)
+		for i := range n {
+			out = append(out, sh[2*i])
+		}
+		for i := range n {
+			out = append(out, sh[2*i+1])
+		}
 	}
 	return out
 }
@@ -731,7 +797,7 @@ func (s *Store) fold(ctx context.Context, msgs []redis.XMessage) (FoldResult, er
 	}
 	limit := s.MaxRecordsPerScript
 	if limit <= 0 {
-		limit = 4096
+		limit = 8192
 	}
 	var calls []*call
 	cur := newCall()
