@@ -236,10 +236,11 @@ func (f *Folder) loop(ctx context.Context, consumer string, main bool) {
 // dozens of script calls that, under load, outlast foldTimeout. The
 // scripts then still run and count, but the reply is lost: the retry finds
 // the records seen, acknowledges them and reports them as duplicates, and
-// Redis did the work twice. 4 MiB is some 20,000 records of 200 bytes,
-// five script calls: about 0.6 s of Redis at 50k records/s of load on two
-// cores, far inside the timeout.
-const foldBytes = 4 << 20
+// Redis did the work twice. 2 MiB is some 10,000 records of 200 bytes,
+// one or two script calls: about 0.1 s of Redis, far inside the timeout
+// (and the Redis client's 5 s read timeout) even with the other fold
+// worker's calls and the rollup between, unless the machine is starved.
+const foldBytes = 2 << 20
 
 // foldTimeout bounds one Fold call.
 const foldTimeout = 10 * time.Second
