@@ -587,7 +587,7 @@ func (s *Store) Fold(ctx context.Context, msgs []redis.XMessage) (FoldResult, er
 type call struct {
 	entries []string
 	records int // records passed, repeats within the call included
-	ids     map[string]bool
+	ids     map[string]struct{}
 	minutes []string
 	keys    []string
 	keyIdx  map[string]int
@@ -610,7 +610,7 @@ type fieldKey struct {
 }
 
 func newCall() *call {
-	return &call{ids: map[string]bool{}, keyIdx: map[string]int{}, fieldIx: map[fieldKey]int{}, cells: map[cellKey]*cell{}}
+	return &call{ids: map[string]struct{}{}, keyIdx: map[string]int{}, fieldIx: map[fieldKey]int{}, cells: map[cellKey]*cell{}}
 }
 
 // key is the 1-based index of key k in the call.
@@ -626,7 +626,14 @@ func (c *call) key(k string, pending bool) int {
 	return len(c.keys)
 }
 
-// add adds n to field name of key k and returns the field's 1-based index.
+// newField adds field name of key k, which no other cell of the call has
+// (the pending fields of a cell), and returns its 1-based index.
+func (c *call) newField(k int, name string) int {
+	c.fields = append(c.fields, field{key: k, name: name})
+	return len(c.fields)
+}
+
+// addTo adds n to field name of key k and returns the field's 1-based index.
 func (c *call) addTo(k int, name string, n int64) int {
 	fk := fieldKey{k, name}
 	i, ok := c.fieldIx[fk]
@@ -665,7 +672,7 @@ func (c *call) cell(rec *meteringv1.UsageRecord, at time.Time) *cell {
 	cl.pk = c.key(keyPrefix+"p:"+minute.UTC().Format(minuteLayout), true)
 	tk := c.key(TotalsKey(minute), false)
 	metric := strconv.FormatInt(int64(d.Metric), 10)
-	cl.c = c.addTo(cl.pk, "c|"+cl.tail, 0)
+	cl.c = c.newField(cl.pk, "c|"+cl.tail)
 	cl.a = c.addTo(tk, "a|"+Esc(d.Application)+"|"+metric, 0)
 	if d.Tenant != "" {
 		cl.t = c.addTo(tk, "t|"+Esc(d.Tenant)+"|"+metric, 0)
@@ -676,10 +683,11 @@ func (c *call) cell(rec *meteringv1.UsageRecord, at time.Time) *cell {
 
 func (c *call) add(id string, rec *meteringv1.UsageRecord, at time.Time) {
 	c.records++
-	if c.ids[id] {
+	n := len(c.ids)
+	c.ids[id] = struct{}{}
+	if len(c.ids) == n {
 		return // a repeat within the call: counted at most once, as a duplicate
 	}
-	c.ids[id] = true
 	cl := c.cell(rec, at)
 	q, b := rec.Quantity, max(rec.Bytes, 0)
 	f := [5]int{cl.c, cl.a, cl.t, 0, 0}
@@ -693,13 +701,13 @@ func (c *call) add(id string, rec *meteringv1.UsageRecord, at time.Time) {
 			}
 		}
 		if cl.lat[bi] == 0 {
-			cl.lat[bi] = c.addTo(cl.pk, "l|"+cl.ltail+"|"+latencyBound(ms), 0)
+			cl.lat[bi] = c.newField(cl.pk, "l|"+cl.ltail+"|"+latencyBound(ms))
 		}
 		f[3] = cl.lat[bi]
 	}
 	if b > 0 {
 		if cl.b == 0 {
-			cl.b = c.addTo(cl.pk, "b|"+cl.tail, 0)
+			cl.b = c.newField(cl.pk, "b|"+cl.tail)
 		}
 		f[4] = cl.b
 	}
