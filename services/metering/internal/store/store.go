@@ -445,7 +445,9 @@ type Store struct {
 	SeenTTL time.Duration
 	// MaxRecordsPerScript bounds the records one fold script call handles,
 	// and so how long it holds Redis; an entry is never split, so one with
-	// more records gets a call of its own. Default 8192 (some 50 ms of Redis).
+	// more records gets a call of its own. Default 10,000 (some 70 ms of
+	// Redis): about as many as one round trip of the fold carries (2 MiB of
+	// entries), so that it is one call, whose records share more counters.
 	MaxRecordsPerScript int
 	// Now is the fold's clock (which day's seen sets a record goes to);
 	// default time.Now.
@@ -805,7 +807,7 @@ func (s *Store) fold(ctx context.Context, msgs []redis.XMessage) (FoldResult, er
 	}
 	limit := s.MaxRecordsPerScript
 	if limit <= 0 {
-		limit = 8192
+		limit = 10000
 	}
 	var calls []*call
 	cur := newCall()
