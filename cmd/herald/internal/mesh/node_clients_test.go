@@ -550,7 +550,7 @@ func TestConnectNodeClientStreamEvents(t *testing.T) {
 // Connect and gRPC clients of @connectrpc/connect-node follow the log
 // through a relay, each resuming on a new call after the last cursor it
 // received when its call ends. The edge stops: both calls end from the
-// server's side; the new calls fail while no edge answers, then a second
+// server's side (UNAVAILABLE); the new calls fail while no edge answers, then a second
 // edge does and they resume: every event arrives once, in order, and each
 // new call asks for the cursor of the last event before the outage.
 func TestConnectNodeClientResumesAfterEdgeStops(t *testing.T) {
@@ -574,12 +574,13 @@ func TestConnectNodeClientResumesAfterEdgeStops(t *testing.T) {
 
 	f.route("")
 	first.stop()
-	// The edge ends its streams cleanly as it stops; the new calls meet the
-	// relay with no edge, fail, and the clients call again.
+	// The edge ends its streams as it stops, UNAVAILABLE ("go elsewhere");
+	// the new calls meet the relay with no edge, fail, and the clients call
+	// again.
 	for _, tr := range transports {
 		c.until(tr+"'s failed call", func(l rpcLine) bool { return len(c.of(tr, "end")) >= 2 })
-		if l := c.of(tr, "end")[0]; l.Attempt != 1 || l.Code != "OK" {
-			t.Fatalf("%s's call ended with %+v, want the server's clean end", tr, l)
+		if l := c.of(tr, "end")[0]; l.Attempt != 1 || l.Code != "Unavailable" || !strings.Contains(l.Message, "shutting down") {
+			t.Fatalf("%s's call ended with %+v, want the server's UNAVAILABLE as it stops", tr, l)
 		}
 	}
 	ids, cursors = e.invoices(2, ids, cursors) // while no edge runs
