@@ -20,10 +20,12 @@ import (
 	"connectrpc.com/connect"
 	registryv1 "github.com/heraldmesh/herald/api/gen/herald/registry/v1"
 	"github.com/heraldmesh/herald/api/gen/herald/registry/v1/registryv1connect"
+	routerv1 "github.com/heraldmesh/herald/api/gen/herald/router/v1"
 	"github.com/heraldmesh/herald/platform/rpc"
 	"github.com/heraldmesh/herald/platform/testutil"
 	"github.com/heraldmesh/herald/platform/webhook"
 	"github.com/redis/go-redis/v9"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/types/known/durationpb"
 )
 
@@ -494,4 +496,51 @@ func mustVerifier(t *testing.T, secret string) *webhook.Verifier {
 		t.Fatal(err)
 	}
 	return v
+}
+
+// A test event to a durable stream subscription arrives on the router's
+// Subscribe like any event, marked heraldtest, and is never counted.
+func TestPortalTestEventToAStream(t *testing.T) {
+	e := startWebhooks(t)
+	c := e.portalClient(t)
+	if status, body, _ := c.signIn(e.portalLink(t, e.appID)); status != http.StatusOK {
+		t.Fatalf("sign-in: %d %s", status, body)
+	}
+	created := c.mustCall(regSvc, "CreateSubscription", map[string]any{"subscription": map[string]any{
+		"applicationId": e.appID, "types": []string{e.invoice}, "stream": map[string]any{},
+	}})
+	subID := created["subscription"].(map[string]any)["id"].(string)
+	ctx, cancel := context.WithCancel(metadata.AppendToOutgoingContext(context.Background(), "authorization", "Bearer "+e.appKey))
+	defer cancel()
+	stream, err := e.router.Subscribe(ctx, &routerv1.SubscribeRequest{SubscriptionId: subID, MaxInFlight: 5})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stream.Header(); err != nil {
+		t.Fatal(err)
+	}
+	out := c.mustCall(webhookSvc, "SendTestEvent", map[string]any{"subscriptionId": subID, "type": e.invoice, "data": `{"invoice_id":"s1","amount":7}`})
+	d, err := stream.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	attr := d.GetEvent().GetAttributes()["heraldtest"]
+	if d.GetCursor() != out["cursor"] || d.GetEvent().GetSource() != "/herald/test" || attr == nil || !attr.GetCeBoolean() {
+		t.Fatalf("test event on the stream: %v (sent %v)", d, out)
+	}
+	if _, err := e.router.Ack(ctx, &routerv1.AckRequest{SubscriptionId: subID, AckIds: []string{d.GetAckId()}}); err != nil {
+		t.Fatal(err)
+	}
+	// A real event after it is counted; the test event is not.
+	cur := e.publish(invoiceEvent("real-s", 9))[0]
+	if d, err = stream.Recv(); err != nil || d.GetCursor() != cur {
+		t.Fatalf("the real event: %v %v", d, err)
+	}
+	testutil.Eventually(t, 20*time.Second, func() bool {
+		return e.usage(adminKey, "application="+e.appID+"&channel=subscribe")["USAGE_METRIC_DELIVERED"] == 1
+	}, "the real delivery counted")
+	time.Sleep(500 * time.Millisecond)
+	if n := e.usage(adminKey, "application="+e.appID+"&channel=subscribe")["USAGE_METRIC_DELIVERED"]; n != 1 {
+		t.Fatalf("stream deliveries counted: %d, want 1", n)
+	}
 }
