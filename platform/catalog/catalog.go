@@ -17,10 +17,12 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	eventv1 "github.com/heraldmesh/herald/api/gen/herald/event/v1"
 	registryv1 "github.com/heraldmesh/herald/api/gen/herald/registry/v1"
 	"github.com/heraldmesh/herald/api/gen/herald/registry/v1/registryv1connect"
 	"github.com/heraldmesh/herald/platform/auth"
 	"github.com/heraldmesh/herald/platform/backoff"
+	"github.com/heraldmesh/herald/platform/cloudevent"
 	"github.com/heraldmesh/herald/platform/schema"
 	"golang.org/x/sync/singleflight"
 )
@@ -28,10 +30,15 @@ import (
 // ErrUnknownType is returned for a type the registry does not have.
 var ErrUnknownType = errors.New("event type is not registered")
 
-// Type is one event type with its compiled schema.
+// Type is one event type with its compiled schema, compiled once per
+// schema version (not per event).
 type Type struct {
 	*registryv1.EventType
+	// Validator is the JSON Schema of a JSON_SCHEMA type, nil for the
+	// other formats.
 	Validator *schema.Schema
+	// Schema is the compiled schema of any format.
+	Schema *schema.Compiled
 }
 
 type key struct {
@@ -308,11 +315,11 @@ func (c *Cache) apply(msg *registryv1.WatchResponse) bool {
 }
 
 func compile(et *registryv1.EventType) (*Type, error) {
-	s, err := schema.Compile(et.GetName(), et.GetSchema())
+	s, err := schema.CompileDefinition(et.GetName(), schema.TypeDefinition(et))
 	if err != nil {
 		return nil, err
 	}
-	return &Type{EventType: et, Validator: s}, nil
+	return &Type{EventType: et, Validator: s.JSON, Schema: s}, nil
 }
 
 // Lookup returns a type, asking the registry when it has not seen it.
@@ -482,4 +489,48 @@ func (c *Cache) Ready(context.Context) error {
 		return errors.New("catalog not loaded from the registry yet")
 	}
 	return nil
+}
+
+// JSONData returns ev with its data rendered as JSON when its type's
+// schema is Protobuf (protojson) or Avro (Avro's JSON encoding): text_data
+// with datacontenttype application/json, the original's dataschema kept.
+// Otherwise, or when the data cannot be rendered (an Avro event written
+// with another schema version than the latest, whose writer schema this
+// cache does not hold), ev itself, delivered as data_base64.
+func (c *Cache) JSONData(ev *eventv1.CloudEvent) *eventv1.CloudEvent {
+	t, ok := c.Get(ev.GetType())
+	if !ok {
+		return ev
+	}
+	return t.JSONData(ev)
+}
+
+// JSONData is Cache.JSONData for an event of t.
+func (t *Type) JSONData(ev *eventv1.CloudEvent) *eventv1.CloudEvent {
+	if t.Schema == nil || (t.Schema.Protobuf == nil && t.Schema.Avro == nil) {
+		return ev
+	}
+	var data []byte
+	switch d := ev.GetData().(type) {
+	case *eventv1.CloudEvent_ProtoData:
+		data = d.ProtoData.GetValue()
+	case *eventv1.CloudEvent_BinaryData:
+		data = d.BinaryData
+	default:
+		return ev
+	}
+	if t.Schema.Avro != nil && ev.GetAttributes()[cloudevent.SchemaVersionAttribute].GetCeInteger() != t.GetSchemaVersion() {
+		return ev
+	}
+	js, ok, err := t.Schema.RenderJSON(data)
+	if !ok || err != nil {
+		return ev
+	}
+	attrs := make(map[string]*eventv1.CloudEvent_CloudEventAttributeValue, len(ev.GetAttributes())+1)
+	for k, v := range ev.GetAttributes() {
+		attrs[k] = v
+	}
+	attrs["datacontenttype"] = &eventv1.CloudEvent_CloudEventAttributeValue{Attr: &eventv1.CloudEvent_CloudEventAttributeValue_CeString{CeString: "application/json"}}
+	return &eventv1.CloudEvent{Id: ev.GetId(), Source: ev.GetSource(), SpecVersion: ev.GetSpecVersion(), Type: ev.GetType(),
+		Attributes: attrs, Data: &eventv1.CloudEvent_TextData{TextData: string(js)}}
 }

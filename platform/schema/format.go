@@ -182,7 +182,7 @@ func CheckDefinitionCompatibility(mode registryv1.Compatibility, candidate Defin
 				found = append(found, finding{issue: is, version: i + 1, backward: backward})
 			}
 		case registryv1.SchemaFormat_SCHEMA_FORMAT_NONE:
-			if !sameMediaType(old.ContentType, cand.ContentType) {
+			if !SameMediaType(old.ContentType, cand.ContentType) {
 				found = append(found, finding{issue: issue{path: "/", msg: fmt.Sprintf("content_type changed from %s to %s", old.ContentType, cand.ContentType)}, version: i + 1, backward: backward})
 			}
 		}
@@ -215,7 +215,7 @@ func CheckDefinitionCompatibility(mode registryv1.Compatibility, candidate Defin
 	return reasons, nil
 }
 
-func sameMediaType(a, b string) bool {
+func SameMediaType(a, b string) bool {
 	ma, pa, errA := mime.ParseMediaType(a)
 	mb, pb, errB := mime.ParseMediaType(b)
 	if errA != nil || errB != nil {
