@@ -6,10 +6,10 @@ import (
 	"testing"
 
 	"connectrpc.com/connect"
+	"github.com/hamba/avro/v2"
 	eventv1 "github.com/heraldmesh/herald/api/gen/herald/event/v1"
 	registryv1 "github.com/heraldmesh/herald/api/gen/herald/registry/v1"
 	"github.com/heraldmesh/herald/platform/cloudevent"
-	"github.com/hamba/avro/v2"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/types/known/anypb"
 )
