@@ -129,7 +129,7 @@ func TestAsyncAPIParserAcceptsDocuments(t *testing.T) {
 		}
 	}
 	// Without servers, and of an empty catalog.
-	for name, c := range map[string]*Catalog{"noserver": sampleCatalog(), "empty": {Revision: 1}} {
+	for name, c := range map[string]*Catalog{"noserver": sampleCatalog(), "empty": {Revision: 1}, "formats": formatsCatalog()} {
 		d, err := AsyncAPI(c, Filter{}, "")
 		if err != nil {
 			t.Fatal(err)
