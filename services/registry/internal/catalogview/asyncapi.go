@@ -569,7 +569,7 @@ func cloudEventContextSchema() any {
 			"type", str("The event type name, e.g. billing.invoice.paid."),
 			"time", obj("type", "string", "format", "date-time", "description", "When the occurrence happened."),
 			"subject", str("The subject of the event in the context of the source."),
-			"datacontenttype", obj("type", "string", "const", "application/json", "description", "Content type of data."),
+			"datacontenttype", obj("type", "string", "description", "Content type of data: application/json for JSON Schema types (and for Protobuf and Avro data rendered as JSON on request), application/protobuf, application/avro or the declared type otherwise; binary data travels base64-encoded in `data_base64`."),
 			"dataschema", obj("type", "string", "format", "uri", "description", "The schema data adheres to."),
 			"partitionkey", str("Events with the same partition key are delivered in order (CloudEvents partitioning extension)."),
 		),
