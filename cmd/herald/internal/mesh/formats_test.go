@@ -15,6 +15,7 @@ import (
 	"github.com/heraldmesh/herald/api/gen/herald/edge/v1/edgev1connect"
 	eventv1 "github.com/heraldmesh/herald/api/gen/herald/event/v1"
 	registryv1 "github.com/heraldmesh/herald/api/gen/herald/registry/v1"
+	routerv1 "github.com/heraldmesh/herald/api/gen/herald/router/v1"
 	"github.com/heraldmesh/herald/platform/cloudevent"
 	"github.com/heraldmesh/herald/platform/rpc"
 	"github.com/heraldmesh/herald/platform/testutil"
@@ -160,6 +161,52 @@ message OrderPlaced { string order_id = 1; int64 total_cents = 2; repeated strin
 	testutil.Eventually(t, 20*time.Second, func() bool { return len(recv.got()) == 3 }, "three webhook deliveries")
 	for _, h := range recv.got() {
 		check(t, "webhook", h.body, true)
+	}
+
+	// A second Avro version: events are rendered with the version they
+	// were written with, older ones included.
+	refundV2 := `{"type":"record","name":"Refund","namespace":"billing","fields":[{"name":"id","type":"string"},{"name":"cents","type":"long"},{"name":"note","type":["null","string"],"default":null},{"name":"reason","type":"string","default":""}]}`
+	if _, err := e.reg.CreateSchemaVersion(ctx, connect.NewRequest(&registryv1.CreateSchemaVersionRequest{EventType: "billing.refund.issued", Schema: refundV2})); err != nil {
+		t.Fatal(err)
+	}
+	refund2, err := avro.Marshal(avro.MustParse(refundV2), map[string]any{"id": "r-2", "cents": int64(5), "note": nil, "reason": "damaged"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var r2 []string
+	testutil.Eventually(t, 10*time.Second, func() bool {
+		res, err := e.router.Publish(withKey(e.appKey), &routerv1.PublishRequest{Events: []*eventv1.CloudEvent{
+			{Id: "r-2", Source: "//shop", SpecVersion: "1.0", Type: "billing.refund.issued", Data: &eventv1.CloudEvent_BinaryData{BinaryData: refund2}}}})
+		if err != nil || res.GetResults()[0].GetError() != nil {
+			return false // the router has not seen version 2 yet
+		}
+		r2 = append(r2, res.GetResults()[0].GetCursor())
+		return true
+	}, "version 2 data accepted")
+	wantJSON["r-2"] = `{"id":"r-2","cents":5,"note":null,"reason":"damaged"}`
+	v := url.Values{"types": {"billing.refund.issued"}, "cursor": {"0"}, "data": {"json"}}
+	var answer struct {
+		Events []struct {
+			Event jsonRaw `json:"event"`
+		} `json:"events"`
+	}
+	// The edge may not have read r-2 from the log yet: poll until it has.
+	testutil.Eventually(t, 10*time.Second, func() bool {
+		req, _ := http.NewRequest("GET", rpc.BaseURL(e.common.EdgeAddr)+"/v1/poll?"+v.Encode(), nil)
+		req.Header.Set("Authorization", "Bearer "+e.appKey)
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer res.Body.Close()
+		answer.Events = nil
+		if err := json.NewDecoder(res.Body).Decode(&answer); err != nil {
+			t.Fatal(err)
+		}
+		return len(answer.Events) == 2
+	}, "both Avro events polled")
+	for _, ev := range answer.Events {
+		check(t, "poll data=json, two Avro versions", ev.Event, true)
 	}
 }
 
