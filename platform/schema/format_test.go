@@ -83,6 +83,7 @@ func TestProtobufValidate(t *testing.T) {
 		{"wrong wire type", string(protowire.AppendVarint(protowire.AppendTag(nil, 1, protowire.VarintType), 3)), "/orderId", "varint value for field order_id"},
 		{"bad utf-8", string(protowire.AppendBytes(protowire.AppendTag(nil, 1, protowire.BytesType), []byte{0xc3, 0x28})), "/orderId", "not valid UTF-8"},
 		{"truncated", string(good[:len(good)-1]), "/", "malformed"},
+		{"timestamp out of range", string(protowire.AppendBytes(protowire.AppendTag(nil, 4, protowire.BytesType), protowire.AppendVarint(protowire.AppendTag(nil, 2, protowire.VarintType), 2000000000))), "/", "nanos out of range"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

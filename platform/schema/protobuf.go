@@ -34,6 +34,29 @@ type Protobuf struct {
 	files   *protoregistry.Files
 	types   *dynamicpb.Types
 	fds     []byte // the serialized FileDescriptorSet, every import included
+	// wellKnown: the message reaches a well-known type whose JSON form has
+	// rules of its own (Timestamp and Duration ranges, Any's type), so
+	// Validate also renders it.
+	wellKnown bool
+}
+
+// reachesWellKnown reports whether md or a message it holds is a
+// google.protobuf type other than the wrappers.
+func reachesWellKnown(md protoreflect.MessageDescriptor, seen map[protoreflect.FullName]bool) bool {
+	if seen[md.FullName()] {
+		return false
+	}
+	seen[md.FullName()] = true
+	if md.ParentFile().Package() == "google.protobuf" && !strings.HasSuffix(string(md.Name()), "Value") || md.FullName() == "google.protobuf.Value" {
+		return true
+	}
+	fs := md.Fields()
+	for i := 0; i < fs.Len(); i++ {
+		if m := fs.Get(i).Message(); m != nil && reachesWellKnown(m, seen) {
+			return true
+		}
+	}
+	return false
 }
 
 // FileDescriptorSet returns the serialized descriptor set (the message's
@@ -94,7 +117,8 @@ func CompileProtobuf(ps *registryv1.ProtobufSchema) (*Protobuf, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Protobuf{Message: md, files: files, types: dynamicpb.NewTypes(files), fds: b}, nil
+	return &Protobuf{Message: md, files: files, types: dynamicpb.NewTypes(files), fds: b,
+		wellKnown: reachesWellKnown(md, map[protoreflect.FullName]bool{})}, nil
 }
 
 // compileProtoFiles compiles sources into a FileDescriptorSet holding them
@@ -157,6 +181,11 @@ func (p *Protobuf) Validate(data []byte) []Violation {
 	m := dynamicpb.NewMessage(p.Message)
 	if err := (proto.UnmarshalOptions{Resolver: p.types}).Unmarshal(data, m); err != nil {
 		return []Violation{{InstanceLocation: "/", KeywordLocation: string(p.Message.FullName()), Message: cleanProtoError(err)}}
+	}
+	if p.wellKnown {
+		if _, err := (protojson.MarshalOptions{Resolver: p.types}).Marshal(m); err != nil {
+			return []Violation{{InstanceLocation: "/", KeywordLocation: string(p.Message.FullName()), Message: cleanProtoError(err)}}
+		}
 	}
 	return nil
 }
