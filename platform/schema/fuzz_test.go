@@ -2,6 +2,7 @@ package schema
 
 import (
 	"encoding/json"
+	"strings"
 	"testing"
 
 	"github.com/hamba/avro/v2"
@@ -17,7 +18,17 @@ func FuzzProtobufValidate(f *testing.F) {
 	f.Add(encode(f, p, `{"orderId":"o1","items":[{"sku":"a","quantity":2}],"status":"STATUS_PAID","placedAt":"2026-01-02T03:04:05Z","labels":{"k":"v"},"codes":[1,2,3]}`))
 	f.Add([]byte{})
 	f.Add([]byte{0x0a, 0x01, 'x', 0xff})
+	// The same message without the Timestamp: Validate then skips the full
+	// decode, which must not matter.
+	plain := mustProto(f, strings.Replace(orderProto, "google.protobuf.Timestamp placed_at = 4;", "", 1))
 	f.Fuzz(func(t *testing.T, data []byte) {
+		checkAccepted(t, p, data)
+		checkAccepted(t, plain, data)
+	})
+}
+
+func checkAccepted(t *testing.T, p *Protobuf, data []byte) {
+	{
 		if vs := p.Validate(data); vs != nil {
 			return
 		}
@@ -32,7 +43,7 @@ func FuzzProtobufValidate(f *testing.F) {
 		if err != nil || !json.Valid(js) {
 			t.Fatalf("accepted but does not render: %v", err)
 		}
-	})
+	}
 }
 
 func hasUnknown(m proto.Message) bool {

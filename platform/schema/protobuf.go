@@ -38,6 +38,28 @@ type Protobuf struct {
 	// rules of its own (Timestamp and Duration ranges, Any's type), so
 	// Validate also renders it.
 	wellKnown bool
+	// required: the message reaches a proto2 required field, which only a
+	// full decode checks.
+	required bool
+}
+
+// reachesRequired reports whether md or a message it holds has a required
+// field.
+func reachesRequired(md protoreflect.MessageDescriptor, seen map[protoreflect.FullName]bool) bool {
+	if seen[md.FullName()] {
+		return false
+	}
+	seen[md.FullName()] = true
+	if md.RequiredNumbers().Len() > 0 {
+		return true
+	}
+	fs := md.Fields()
+	for i := 0; i < fs.Len(); i++ {
+		if m := fs.Get(i).Message(); m != nil && reachesRequired(m, seen) {
+			return true
+		}
+	}
+	return false
 }
 
 // reachesWellKnown reports whether md or a message it holds is a
@@ -118,7 +140,7 @@ func CompileProtobuf(ps *registryv1.ProtobufSchema) (*Protobuf, error) {
 		return nil, err
 	}
 	return &Protobuf{Message: md, files: files, types: dynamicpb.NewTypes(files), fds: b,
-		wellKnown: reachesWellKnown(md, map[protoreflect.FullName]bool{})}, nil
+		wellKnown: reachesWellKnown(md, map[protoreflect.FullName]bool{}), required: reachesRequired(md, map[protoreflect.FullName]bool{})}, nil
 }
 
 // compileProtoFiles compiles sources into a FileDescriptorSet holding them
@@ -177,6 +199,9 @@ func compileProtoFiles(srcs map[string]string) (*descriptorpb.FileDescriptorSet,
 func (p *Protobuf) Validate(data []byte) []Violation {
 	if v := walkProto(p.Message, data, "", 0); v != nil {
 		return []Violation{*v}
+	}
+	if !p.required && !p.wellKnown {
+		return nil // the walk checked everything a decode would
 	}
 	m := dynamicpb.NewMessage(p.Message)
 	if err := (proto.UnmarshalOptions{Resolver: p.types}).Unmarshal(data, m); err != nil {
