@@ -54,7 +54,8 @@ test: check-generated lint test-node test-go
 ## (@connectrpc/connect-node and @bufbuild/protobuf, calling EdgeService.StreamEvents over Connect and
 ## gRPC on h2c from descriptors loaded at run time) and tests/dashboard (playwright-core again, driving
 ## metering's operator dashboard: sign-in form, charts and top lists against the API, live counter) and
-## tests/codegen (typescript, type-checking what `herald codegen --lang ts` writes with tsc --strict).
+## tests/codegen (typescript, type-checking what `herald codegen --lang ts` writes with tsc --strict) and
+## tests/portal (playwright-core, driving the edge's consumer portal from a portal link to signed webhooks).
 ## Node.js >= 20
 test-node:
 	cd tests/asyncapi && npm ci --no-audit --no-fund --ignore-scripts
@@ -66,6 +67,7 @@ test-node:
 	cd tests/connect && npm ci --no-audit --no-fund --ignore-scripts
 	cd tests/dashboard && npm ci --no-audit --no-fund --ignore-scripts
 	cd tests/codegen && npm ci --no-audit --no-fund --ignore-scripts
+	cd tests/portal && npm ci --no-audit --no-fund --ignore-scripts
 
 test-go: tools test-node
 	go test -race -count=1 -timeout 20m $(PKGS)

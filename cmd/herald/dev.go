@@ -191,9 +191,10 @@ func printBanner(out io.Writer, c config.Common) {
 Herald is running. Ctrl-C stops it.
 
   edge      %[1]s   SSE: %[1]s/v1/stream?types=billing.*
+            console: %[1]s/   consumer portal: %[1]s/portal/ (sign in: herald portal link <application-id>)
   router    %[2]s   gRPC: herald.router.v1.RouterService/Publish
   registry  %[3]s   gRPC: herald.registry.v1.RegistryService
-  metering  %[4]s   REST: %[4]s/v1/usage   OpenAPI: %[4]s/openapi.json
+  metering  %[4]s   REST: %[4]s/v1/usage   OpenAPI: %[4]s/openapi.json   dashboard: %[4]s/dashboard
 
   admin key: %[5]s
   export HERALD_ADMIN_KEY=%[5]s

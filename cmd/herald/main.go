@@ -22,6 +22,7 @@ func main() {
 	root.AddCommand(listenCommand())
 	root.AddCommand(webhooksCommand())
 	root.AddCommand(triggerCommand())
+	root.AddCommand(portalCommand())
 	root.AddCommand(codegenCommand())
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "herald:", err)

@@ -119,4 +119,17 @@ func TestTriggerAgainstTheMesh(t *testing.T) {
 	if out, err := cli(ctx, t, "trigger", "identity.user.created"); err == nil || !strings.Contains(err.Error(), "none of your subscriptions") {
 		t.Fatalf("no subscription covers the type: %v\n%s", err, out)
 	}
+
+	// herald portal link: the operator mints a sign-in link.
+	if out, err := cli(ctx, t, "portal", "link", mine); err == nil || !strings.Contains(err.Error(), "HERALD_ADMIN_KEY") {
+		t.Fatalf("portal link without the operator's key: %v\n%s", err, out)
+	}
+	t.Setenv("HERALD_ADMIN_KEY", cliTestKey)
+	out, err = cli(ctx, t, "portal", "link", mine, "--session-ttl", "10m")
+	if err != nil || !strings.Contains(out, "/portal/#link=hpl_") {
+		t.Fatalf("portal link: %v\n%s", err, out)
+	}
+	if out, err := cli(ctx, t, "portal", "link", "app_unknown"); err == nil {
+		t.Fatalf("a link for an unknown application: %s", out)
+	}
 }

@@ -160,6 +160,8 @@ func trigger(t edgev1.AttemptTrigger) string {
 		return "manual"
 	case edgev1.AttemptTrigger_ATTEMPT_TRIGGER_REPLAY:
 		return "replay"
+	case edgev1.AttemptTrigger_ATTEMPT_TRIGGER_TEST:
+		return "test"
 	}
 	return "auto"
 }

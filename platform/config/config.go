@@ -43,6 +43,10 @@ type Common struct {
 	// BodyReadTimeout bounds reading a request body
 	// (HERALD_BODY_READ_TIMEOUT); 0 means 30s, negative none.
 	BodyReadTimeout time.Duration
+	// ShutdownDelay is how long a stopping service keeps serving while
+	// /readyz answers 503, so that a load balancer takes it out of rotation
+	// before its listener closes (HERALD_SHUTDOWN_DELAY); 0: none.
+	ShutdownDelay time.Duration
 
 	// SecretKey seals secrets at rest, such as webhook signing secrets
 	// (HERALD_SECRET_KEY): base64 of 32 random bytes, comma-separated to
@@ -117,6 +121,13 @@ func FromEnv() Common {
 			errs = append(errs, fmt.Errorf("HERALD_BODY_READ_TIMEOUT %q: give a positive duration such as 30s, or none", v))
 		}
 		c.BodyReadTimeout = d
+	}
+	if v := os.Getenv("HERALD_SHUTDOWN_DELAY"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < 0 || d > 10*time.Minute {
+			errs = append(errs, fmt.Errorf("HERALD_SHUTDOWN_DELAY %q: give a duration from 0s to 10m, such as 5s", v))
+		}
+		c.ShutdownDelay = d
 	}
 	c.envErr = errors.Join(errs...)
 	return c
@@ -230,7 +241,7 @@ func EnvDuration(name string) (time.Duration, error) {
 // commonVars are the variables Common reads.
 var commonVars = []string{
 	"HERALD_REDIS_URL", "HERALD_ADMIN_KEY", "HERALD_EDGE_ADDR", "HERALD_ROUTER_ADDR", "HERALD_REGISTRY_ADDR", "HERALD_METERING_ADDR",
-	"HERALD_MAX_CONNECTIONS", "HERALD_BODY_READ_TIMEOUT", "HERALD_SECRET_KEY", "HERALD_WEBHOOK_ALLOW", "HERALD_PUBLIC_URL",
+	"HERALD_MAX_CONNECTIONS", "HERALD_BODY_READ_TIMEOUT", "HERALD_SHUTDOWN_DELAY", "HERALD_SECRET_KEY", "HERALD_WEBHOOK_ALLOW", "HERALD_PUBLIC_URL",
 	"HERALD_REGISTRY_PUBLIC_URL", "HERALD_ROUTER_PUBLIC_URL", "HERALD_METERING_PUBLIC_URL",
 }
 

@@ -116,3 +116,21 @@ func TestPublicURLsFromEnv(t *testing.T) {
 		t.Errorf("a public URL reported as unknown: %v", got)
 	}
 }
+
+// HERALD_SHUTDOWN_DELAY: a duration from 0 to 10 minutes; anything else is
+// refused naming it.
+func TestShutdownDelayFromEnv(t *testing.T) {
+	t.Setenv("HERALD_ADMIN_KEY", "0123456789abcdef")
+	for v, want := range map[string]time.Duration{"": 0, "5s": 5 * time.Second, "0s": 0, "10m": 10 * time.Minute} {
+		t.Setenv("HERALD_SHUTDOWN_DELAY", v)
+		if c := config.FromEnv(); c.Validate() != nil || c.ShutdownDelay != want {
+			t.Errorf("%q: %v %v", v, c.ShutdownDelay, c.Validate())
+		}
+	}
+	for _, v := range []string{"-1s", "soon", "11m"} {
+		t.Setenv("HERALD_SHUTDOWN_DELAY", v)
+		if err := config.FromEnv().Validate(); err == nil || !strings.Contains(err.Error(), "HERALD_SHUTDOWN_DELAY") {
+			t.Errorf("%q: %v", v, err)
+		}
+	}
+}

@@ -18,7 +18,8 @@ const MaxSize = 256 << 10
 
 // Schema is a compiled schema, safe for concurrent use.
 type Schema struct {
-	s *jsonschema.Schema
+	s    *jsonschema.Schema
+	fast *fastNode // nil: the schema has no fast path (see fast.go)
 }
 
 // Violation is one rule the data broke.
@@ -76,7 +77,7 @@ func Compile(name, text string) (*Schema, error) {
 	if from, to, ok := refCycle(s); ok {
 		return nil, fmt.Errorf("schema refers to itself without reading deeper into the data: %s leads back to %s, so no event could ever conform", from, to)
 	}
-	return &Schema{s: s}, nil
+	return &Schema{s: s, fast: compileFast(s, 0)}, nil
 }
 
 // Parsed returns the compiled schema as the validator's library
@@ -93,6 +94,9 @@ func cleanError(err error) string {
 // Validate checks JSON data. It returns nil when the data conforms, or the
 // violated rules (the innermost ones, where the cause is).
 func (s *Schema) Validate(data []byte) ([]Violation, error) {
+	if s.fast != nil && s.fast.accepts(data) {
+		return nil, nil
+	}
 	inst, err := jsonschema.UnmarshalJSON(bytes.NewReader(data))
 	if err != nil {
 		return nil, fmt.Errorf("data is not valid JSON: %v", err)

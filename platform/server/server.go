@@ -35,6 +35,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"connectrpc.com/grpchealth"
@@ -68,6 +69,7 @@ type Server struct {
 	stopStreams context.CancelFunc
 	ln          net.Listener
 	tls         *tls.Config // nil: h2c and HTTP/1.1 in the clear
+	stopping    atomic.Bool // shutdown has begun: /readyz answers 503
 }
 
 // New returns a server for the named service. metrics may be nil.
@@ -99,6 +101,10 @@ type Options struct {
 	// from the open-file limit (RLIMIT_NOFILE minus a reserve for Redis
 	// connections and files); negative: no ceiling.
 	MaxConnections int
+	// ShutdownDelay: once asked to stop, the server goes on serving this
+	// long with /readyz answering 503 and gRPC health NOT_SERVING, so that
+	// load balancers stop sending new requests before the listener closes.
+	ShutdownDelay time.Duration
 }
 
 // Configure sets the options. Call it before Serve.
@@ -231,7 +237,17 @@ func (s *Server) Serve(ctx context.Context, drain time.Duration) error {
 	case <-ctx.Done():
 	}
 	s.log.Info("shutting down")
+	s.stopping.Store(true)
 	checker.SetStatus("", grpchealth.StatusNotServing)
+	if d := s.opts.ShutdownDelay; d > 0 {
+		s.log.Info("not ready any more; serving on before closing", "delay", d.String())
+		select {
+		case <-time.After(d):
+		case err := <-errc:
+			s.stopStreams()
+			return fmt.Errorf("%s: serve: %w", s.name, err)
+		}
+	}
 	s.stopStreams()
 	sctx, cancel := context.WithTimeout(context.Background(), drain)
 	defer cancel()
@@ -247,6 +263,11 @@ func (s *Server) serveReady(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 	defer cancel()
 	w.Header().Set("Content-Type", "text/plain")
+	if s.stopping.Load() {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		_, _ = w.Write([]byte("not ready: shutting down\n"))
+		return
+	}
 	for _, f := range s.ready {
 		if err := f(ctx); err != nil {
 			w.WriteHeader(http.StatusServiceUnavailable)

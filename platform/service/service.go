@@ -76,7 +76,7 @@ func New(o Options) (*Base, error) {
 	}
 	// Authentication happens in the server, from the headers, before any
 	// body is read; the interceptor then finds the principal in the context.
-	b.Server.Configure(server.Options{Auth: authn, BodyReadTimeout: o.Common.BodyReadTimeout, MaxConnections: o.Common.MaxConnections})
+	b.Server.Configure(server.Options{Auth: authn, BodyReadTimeout: o.Common.BodyReadTimeout, MaxConnections: o.Common.MaxConnections, ShutdownDelay: o.Common.ShutdownDelay})
 	b.Server.OnReady(config.PingRedis(rdb))
 	return b, nil
 }

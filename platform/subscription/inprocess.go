@@ -35,6 +35,11 @@ const Channel = "subscribe"
 type Meta struct {
 	// Producer is the application that published the event.
 	Producer string
+	// Test marks a test event (SendTest): never counted as usage.
+	Test bool
+	// Replay marks a delivery a replay asked for (ReplayRange,
+	// ReplayDeadSince, ReplayTest).
+	Replay bool
 }
 
 // ServeMeta is Serve passing each delivery's Meta as well.
@@ -294,7 +299,7 @@ func (m *Manager) ReplayRange(ctx context.Context, sub *registryv1.Subscription,
 	for _, e := range all {
 		pipe.XAdd(ctx, &redis.XAddArgs{Stream: ReplayKey(sub.GetId()), Values: []any{
 			eventlog.FieldEvent, e.values[eventlog.FieldEvent], eventlog.FieldApp, e.values[eventlog.FieldApp],
-			fieldType, e.typ, fieldCursor, e.id,
+			fieldType, e.typ, fieldCursor, e.id, fieldReplay, "1",
 		}})
 	}
 	if len(all) > 0 {

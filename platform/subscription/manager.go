@@ -249,6 +249,8 @@ func (m *Manager) wake(subID string) {
 // delivery is one pending entry read for a subscription.
 type delivery struct {
 	ref     ref
+	test    bool // a test event (SendTest), from the replay stream
+	replay  bool // sent again by a replay (of a range, dead letters, a test event)
 	cursor  string
 	typ     string
 	account string
@@ -266,6 +268,8 @@ func decode(subID, stream, id string, fields map[string]any, count int64) delive
 	if stream == ReplayKey(subID) {
 		d.typ, _ = fields[fieldType].(string)
 		d.cursor, _ = fields[fieldCursor].(string)
+		d.test = fields[fieldTest] == "1"
+		d.replay = fields[fieldReplay] == "1"
 	} else {
 		d.typ = eventlog.TypeOfStream(stream)
 	}
@@ -368,6 +372,9 @@ func (m *Manager) deadLetter(ctx context.Context, subID string, d delivery, reas
 	fields := []any{
 		eventlog.FieldEvent, d.raw, eventlog.FieldApp, d.account, fieldType, d.typ, fieldCursor, d.cursor,
 		fieldAttempts, d.count, fieldTime, time.Now().UnixMilli(),
+	}
+	if d.test {
+		fields = append(fields, fieldTest, "1")
 	}
 	args := append([]any{d.cursor, ackID(subID, d.ref), reason, fallback}, fields...)
 	keys := []string{deadKey(subID), deadIdxKey(subID), reasonsKey(subID), delayedKey(subID)}

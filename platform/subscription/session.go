@@ -538,13 +538,14 @@ func (s *session) deliver(ctx context.Context, ds []delivery) error {
 		}
 		if err := s.send(&routerv1.SubscribeResponse{
 			AckId: ackID(s.sub.GetId(), d.ref), Cursor: d.cursor, Event: d.event, Attempt: int32(d.count),
-		}, Meta{Producer: d.account}); err != nil {
+		}, Meta{Producer: d.account, Test: d.test, Replay: d.replay}); err != nil {
 			s.buffer = append(s.buffer, ds[i:]...)
 			return err
 		}
 		s.m.deliveries.WithLabelValues(kind).Inc()
 		if s.m.Delivered != nil {
 			u := usage.EventDelivery(d.event, d.cursor, d.account)
+			u.Test = d.test
 			u.Application, u.Subscription, u.Channel, u.Attempt = s.sub.GetApplicationId(), s.sub.GetId(), Channel, int32(d.count)
 			s.m.Delivered(ctx, u)
 		}

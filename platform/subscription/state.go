@@ -53,6 +53,8 @@ const (
 const (
 	fieldType     = "type"
 	fieldCursor   = "cursor"
+	fieldTest     = "test"
+	fieldReplay   = "replay"
 	fieldAttempts = "attempts"
 	fieldReason   = "reason"
 	fieldTime     = "time"
@@ -276,11 +278,13 @@ for _, id in ipairs(ARGV) do
     for i = 1, #f, 2 do
       local k = f[i]
       if k == 'cursor' then cursor = f[i + 1] end
-      if k == 'ce' or k == 'app' or k == 'type' or k == 'cursor' then
+      if k == 'ce' or k == 'app' or k == 'type' or k == 'cursor' or k == 'test' then
         keep[#keep + 1] = k
         keep[#keep + 1] = f[i + 1]
       end
     end
+    keep[#keep + 1] = 'replay'
+    keep[#keep + 1] = '1'
     redis.call('XADD', KEYS[3], '*', unpack(keep))
     redis.call('XDEL', KEYS[1], id)
     if cursor then redis.call('HDEL', KEYS[2], cursor) end

@@ -18,7 +18,8 @@ import (
 // log stream has it, see eventlog.IsTest), and queues it on the
 // subscription's replay stream, so that it is delivered like any event
 // (filter, retries, attempts, dead letters) and can be found again by its
-// cursor. Usage is never counted for it (usage.Delivery.Test).
+// cursor. Its replay entry is marked (field "test"), so that usage is never
+// counted for it (Meta.Test, usage.Delivery.Test).
 
 // TestKey is the stream of a subscription's test events.
 func TestKey(subID string) string { return subKey(subID, "test") }
@@ -32,7 +33,7 @@ const (
 // testAdd stores a test event under the next id with stream number 0 and
 // queues it for delivery, in one step. KEYS: test stream, replay stream.
 // ARGV: keep, ttl ms, then the field names and values: event, producer,
-// type, cursor (the cursor's value is the id made here).
+// type, cursor (the cursor's value is the id made here), test.
 var testAdd = redis.NewScript(`
 local t = redis.call('TIME')
 local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -49,7 +50,7 @@ end
 local id = string.format('%.0f-%.0f', ms, k * 16777216)
 redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], id, ARGV[3], ARGV[4], ARGV[5], ARGV[6])
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
-redis.call('XADD', KEYS[2], '*', ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9], id)
+redis.call('XADD', KEYS[2], '*', ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9], id, ARGV[10], '1')
 return id
 `)
 
@@ -64,7 +65,7 @@ func (m *Manager) SendTest(ctx context.Context, sub *registryv1.Subscription, ev
 		return "", err
 	}
 	id, err := testAdd.Run(ctx, m.rdb, []string{TestKey(sub.GetId()), ReplayKey(sub.GetId())},
-		TestKeep, TestTTL.Milliseconds(), eventlog.FieldEvent, b, eventlog.FieldApp, account, fieldType, ev.GetType(), fieldCursor).Text()
+		TestKeep, TestTTL.Milliseconds(), eventlog.FieldEvent, b, eventlog.FieldApp, account, fieldType, ev.GetType(), fieldCursor, fieldTest).Text()
 	if err != nil {
 		return "", fmt.Errorf("queue test event: %w", err)
 	}
@@ -111,7 +112,7 @@ func (m *Manager) ReplayTest(ctx context.Context, sub *registryv1.Subscription, 
 		return false, fmt.Errorf("decode test event: %w", err)
 	}
 	if err := m.rdb.XAdd(ctx, &redis.XAddArgs{Stream: ReplayKey(sub.GetId()), Values: []any{
-		eventlog.FieldEvent, raw, eventlog.FieldApp, msgs[0].Values[eventlog.FieldApp], fieldType, ev.GetType(), fieldCursor, cursor,
+		eventlog.FieldEvent, raw, eventlog.FieldApp, msgs[0].Values[eventlog.FieldApp], fieldType, ev.GetType(), fieldCursor, cursor, fieldTest, "1", fieldReplay, "1",
 	}}).Err(); err != nil {
 		return false, fmt.Errorf("queue test event: %w", err)
 	}

@@ -42,7 +42,7 @@ func TestSendTestCursors(t *testing.T) {
 		t.Fatalf("replay stream: %d entries, %v", len(replay), err)
 	}
 	for i, msg := range replay {
-		if msg.Values[fieldCursor] != cursors[i] || msg.Values[eventlog.FieldApp] != "app_1" {
+		if msg.Values[fieldCursor] != cursors[i] || msg.Values[eventlog.FieldApp] != "app_1" || msg.Values[fieldTest] != "1" {
 			t.Fatalf("replay entry %d: %v", i, msg.Values)
 		}
 	}

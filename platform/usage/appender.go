@@ -15,7 +15,6 @@ import (
 	eventv1 "github.com/heraldmesh/herald/api/gen/herald/event/v1"
 	meteringv1 "github.com/heraldmesh/herald/api/gen/herald/metering/v1"
 	"github.com/heraldmesh/herald/platform/backoff"
-	"github.com/heraldmesh/herald/platform/eventlog"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 	"google.golang.org/protobuf/proto"
@@ -75,8 +74,8 @@ type Delivery struct {
 	Published time.Time
 	// Attempt is the attempt number, 1 for the first; 0 counts as 1.
 	Attempt int32
-	// Test marks a test event (a cursor with stream number 0, see
-	// eventlog.IsTest): it has no records, so it is never counted.
+	// Test marks a test event (subscription.Manager.SendTest): it has no
+	// records, so it is never counted.
 	Test bool
 }
 
@@ -308,7 +307,7 @@ func (a *Appender) Flush(ctx context.Context) error {
 // the entry's "app" field. The caller sets tenant, application,
 // subscription, channel and attempt.
 func EventDelivery(ev *eventv1.CloudEvent, cursor, producer string) Delivery {
-	d := Delivery{Producer: producer, EventSource: ev.GetSource(), EventID: ev.GetId(), EventType: ev.GetType(), Bytes: DataBytes(ev), Test: eventlog.IsTest(cursor)}
+	d := Delivery{Producer: producer, EventSource: ev.GetSource(), EventID: ev.GetId(), EventType: ev.GetType(), Bytes: DataBytes(ev)}
 	if ms, _, _ := strings.Cut(cursor, "-"); ms != "" {
 		if n, err := strconv.ParseInt(ms, 10, 64); err == nil && n > 0 {
 			d.Published = time.UnixMilli(n)

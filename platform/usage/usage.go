@@ -13,6 +13,7 @@ package usage
 import (
 	"context"
 	"fmt"
+	"time"
 
 	meteringv1 "github.com/heraldmesh/herald/api/gen/herald/metering/v1"
 	"github.com/redis/go-redis/v9"
@@ -62,4 +63,27 @@ func AppendIn(ctx context.Context, pipe redis.Pipeliner, recs ...*meteringv1.Usa
 		cmds[i] = pipe.XAdd(ctx, &redis.XAddArgs{Stream: StreamKey, MaxLen: MaxLen, Approx: true, Values: []any{FieldRecord, b}})
 	}
 	return cmds, nil
+}
+
+// SeenShards is how many seen sets metering keeps per day.
+const SeenShards = 16
+
+// SeenShard is the seen set (0 to SeenShards-1) of a record id: FNV-1a of
+// the id. Metering's fold and whoever checks its markers must agree on it,
+// so it never changes.
+func SeenShard(id string) int {
+	h := uint32(2166136261)
+	for i := 0; i < len(id); i++ {
+		h ^= uint32(id[i])
+		h *= 16777619
+	}
+	return int(h % SeenShards)
+}
+
+// SeenSetKey is the set in which metering marks the record id as folded
+// when it folds the record on t's UTC day (its own clock): the record's
+// counters and this marker are written by one atomic script, so a record
+// is counted exactly when its id is in one of these sets.
+func SeenSetKey(t time.Time, id string) string {
+	return fmt.Sprintf("herald:{usage}:s:%s:%x", t.UTC().Format("20060102"), SeenShard(id))
 }

@@ -10,12 +10,14 @@ import (
 
 func TestConfigFromEnv(t *testing.T) {
 	cfg, err := metering.ConfigFromEnv()
-	if err != nil || cfg.ClaimIdle != 0 || cfg.ClaimEvery != 0 {
+	if err != nil || cfg.ClaimIdle != 0 || cfg.ClaimEvery != 0 || cfg.FoldReadEvery != 0 {
 		t.Fatalf("unset: %+v, %v (want zeros: New's defaults)", cfg, err)
 	}
 	t.Setenv("HERALD_METERING_CLAIM_IDLE", "2m")
 	t.Setenv("HERALD_METERING_CLAIM_EVERY", "15s")
-	if cfg, err = metering.ConfigFromEnv(); err != nil || cfg.ClaimIdle != 2*time.Minute || cfg.ClaimEvery != 15*time.Second {
+	t.Setenv("HERALD_METERING_FOLD_READ_EVERY", "1ms")
+	if cfg, err = metering.ConfigFromEnv(); err != nil || cfg.ClaimIdle != 2*time.Minute || cfg.ClaimEvery != 15*time.Second ||
+		cfg.FoldReadEvery != time.Millisecond {
 		t.Fatalf("config: %+v, %v", cfg, err)
 	}
 	for _, name := range metering.EnvVars {

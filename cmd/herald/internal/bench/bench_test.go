@@ -118,7 +118,9 @@ func TestRunSmall(t *testing.T) {
 		events := 200
 		if p.Name == "latency" {
 			events = 50
-			if p.Edge == nil || p.Edge.PeakRSSMiB <= 0 || p.AckP50Ms <= 0 || p.AckP99Ms < p.AckP50Ms || p.P50Ms < p.AckP50Ms {
+			// (An event may arrive before its publish call returns: the
+			// delivery p50 can be below the call's, so they are not compared.)
+			if p.Edge == nil || p.Edge.PeakRSSMiB <= 0 || p.AckP50Ms <= 0 || p.AckP99Ms < p.AckP50Ms {
 				t.Errorf("latency phase: %+v", p)
 			}
 		}

@@ -216,6 +216,7 @@ func (rep *UsageReport) WriteTable(w io.Writer) error {
 	fmt.Fprintf(w, "  lag        append to counted, %d probes (one every %s): p50 %.1f ms, p99 %.1f ms, max %.1f ms  (target: < %.0f ms at %d records/s: %s)\n",
 		x.LagSamples, s.ProbeEvery, x.LagP50Ms, x.LagP99Ms, x.LagMaxMs, s.TargetLagMs, s.TargetRate, verdict)
 	fmt.Fprintf(w, "  backlog    at most %d entries in the usage stream\n", x.MaxBacklogEntries)
+	fmt.Fprintf(w, "  pending    %d counter fields folded, not yet rolled up into the quarter-hour, hour and day buckets, when checked\n", x.PendingFields)
 	if u := x.Metering; u != nil {
 		fmt.Fprintf(w, "  metering   CPU %.2f s (%.0f%% system), %.2f µs per record; peak RSS %.0f MiB\n", u.CPUSeconds, pct(u.SystemCPUSeconds, u.CPUSeconds), x.MeteringUsPerRec, u.PeakRSSMiB)
 	}

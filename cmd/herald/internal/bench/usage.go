@@ -167,6 +167,10 @@ type UsageMetered struct {
 	LagP50Ms   float64 `json:"lag_p50_ms"`
 	LagP99Ms   float64 `json:"lag_p99_ms"`
 	LagMaxMs   float64 `json:"lag_max_ms"`
+	// PendingFields are the counter fields metering had folded but not yet
+	// rolled up into the quarter-hour, hour and day buckets when the checks
+	// ran (they count in the checks, as metering's reads add them).
+	PendingFields int `json:"pending_fields"`
 	// MaxBacklogEntries is the most entries the usage stream held (appended,
 	// not yet folded; the fold deletes what it counted).
 	MaxBacklogEntries int64 `json:"max_backlog_entries"`
@@ -367,8 +371,8 @@ func (g *usageGen) record(now time.Time) (*meteringv1.UsageRecord, bool) {
 
 // lagProbe is a record whose lag is measured.
 type lagProbe struct {
-	seenKey string
-	added   time.Time
+	id    string // the record's id: counted once in a seen set of metering's (usage.SeenSetKey)
+	added time.Time
 }
 
 // usageRun holds what the phases share.
@@ -381,7 +385,8 @@ type usageRun struct {
 	dims     *usageDims
 	progress func(format string, args ...any)
 
-	gens []*usageGen // every generator used for the stream, warm-up included
+	gens  []*usageGen // every generator used for the stream, warm-up included
+	began time.Time   // before the first record was made
 }
 
 // RunUsage runs `herald bench usage` and returns the report. With a failed
@@ -396,9 +401,10 @@ func RunUsage(parent context.Context, o UsageOptions) (*UsageReport, error) {
 		Rate: o.Rate, Duration: o.Duration.String(), Producers: o.Producers, BatchSize: o.BatchSize, FlushEvery: o.FlushEvery.String(),
 		Duplicates: o.Duplicates, Tenants: o.Tenants, Apps: o.Apps, Types: o.Types, Channels: len(usageChannels),
 		ProbeEvery: o.ProbeEvery.String(), RedisFsync: o.RedisFsync, TargetLagMs: 1000, TargetRate: 50000,
-		MeteringFold: "metering's fold: XREADGROUP of up to 256 entries, one Lua script per up to 4,096 records (seen marker SET NX, then the bucket HINCRBYs, XACK, XDEL)",
+		MeteringFold: "metering's fold: XREADGROUP of up to 256 entries, one Lua script per up to 4,096 records (seen-set SMISMEMBER/SADD per shard, one HINCRBY per distinct pending-minute field and quota total, XACK, XDEL); a rollup of closed minutes into the buckets",
 	}}}
 	r.progress = func(format string, args ...any) { fmt.Fprintf(o.Progress, "bench: "+format+"\n", args...) }
+	r.began = time.Now()
 	dir, err := os.MkdirTemp("", "herald-bench-usage-")
 	if err != nil {
 		return nil, err
@@ -563,7 +569,7 @@ func (r *usageRun) metered(ctx context.Context) error {
 					for len(buf) < cap(buf) && sent < due {
 						rec, dup := g.record(now)
 						if !dup && pr == nil && wantProbe.CompareAndSwap(true, false) {
-							pr = &lagProbe{seenKey: "herald:{usage}:seen:" + rec.Id}
+							pr = &lagProbe{id: rec.Id}
 						}
 						buf = append(buf, rec)
 						sent++
@@ -744,25 +750,41 @@ func (s *lagSampler) poll(ctx context.Context) error {
 	if len(batch) == 0 {
 		return nil
 	}
+	// The fold marks a record in its fold day's seen set: today's, or
+	// yesterday's just after midnight. One SMISMEMBER per set.
+	at := time.Now()
+	byKey := map[string][]string{}
+	for _, p := range batch {
+		for _, day := range []time.Time{at, at.Add(-24 * time.Hour)} {
+			k := usage.SeenSetKey(day, p.id)
+			byKey[k] = append(byKey[k], p.id)
+		}
+	}
 	pipe := s.rdb.Pipeline()
-	cmds := make([]*redis.IntCmd, len(batch))
-	for i, p := range batch {
-		cmds[i] = pipe.Exists(ctx, p.seenKey)
+	cmds := map[string]*redis.BoolSliceCmd{}
+	for k, ids := range byKey {
+		args := make([]any, len(ids))
+		for i, id := range ids {
+			args[i] = id
+		}
+		cmds[k] = pipe.SMIsMember(ctx, k, args...)
 	}
 	if _, err := pipe.Exec(ctx); err != nil {
 		return err
 	}
 	now := time.Now()
 	counted := map[string]bool{}
-	for i, c := range cmds {
-		if c.Val() == 1 {
-			counted[batch[i].seenKey] = true
+	for k, c := range cmds {
+		for i, ok := range c.Val() {
+			if ok {
+				counted[byKey[k][i]] = true
+			}
 		}
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.waiting = slices.DeleteFunc(s.waiting, func(p lagProbe) bool {
-		if counted[p.seenKey] {
+		if counted[p.id] {
 			s.done = append(s.done, lagSample{at: p.added, lag: now.Sub(p.added)})
 			return true
 		}
@@ -889,16 +911,51 @@ func (r *usageRun) checks(ctx context.Context) error {
 		dups += int64(g.dups)
 	}
 	delivered := strconv.Itoa(int(meteringv1.UsageMetric_USAGE_METRIC_DELIVERED))
-	for _, kind := range []struct{ prefix, name string }{{"m", "minute"}, {"q", "quarter-hour"}, {"h", "hour"}, {"d", "day"}} {
+	// Every bucket the records' times can fall in, and the minutes' pending
+	// hashes (counts metering folded but has not rolled up into the buckets
+	// yet, which its reads add), read in one MULTI: a rollup moves counts
+	// from a pending hash to the buckets atomically.
+	const p = "herald:{usage}:"
+	kinds := []struct{ prefix, name, layout string }{
+		{"m", "minute", "200601021504"}, {"q", "quarter-hour", "200601021504"}, {"h", "hour", "2006010215"}, {"d", "day", "20060102"}}
+	keys := map[string][]string{}
+	for t := r.began.UTC().Truncate(time.Minute).Add(-time.Minute); t.Before(time.Now().Add(time.Minute)); t = t.Add(time.Minute) {
+		for _, k := range kinds {
+			b := t
+			if k.prefix == "q" {
+				b = t.Truncate(15 * time.Minute)
+			}
+			key := p + k.prefix + ":" + b.Format(k.layout)
+			if !slices.Contains(keys[k.prefix], key) {
+				keys[k.prefix] = append(keys[k.prefix], key)
+			}
+		}
+		keys["p"] = append(keys["p"], p+"p:"+t.Format("200601021504"))
+	}
+	hashes := map[string][]*redis.MapStringStringCmd{}
+	if _, err := r.rdb.TxPipelined(ctx, func(pipe redis.Pipeliner) error {
+		for prefix, ks := range keys {
+			for _, k := range ks {
+				hashes[prefix] = append(hashes[prefix], pipe.HGetAll(ctx, k))
+			}
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	pendingFields := 0
+	for _, c := range hashes["p"] {
+		pendingFields += len(c.Val())
+	}
+	r.rep.Metered.PendingFields = pendingFields
+	for _, kind := range kinds {
 		got := map[usageCell][2]int64{}
 		var events, other int64
-		iter := r.rdb.Scan(ctx, 0, "herald:{usage}:"+kind.prefix+":*", 100).Iterator()
-		for iter.Next(ctx) {
-			h, err := r.rdb.HGetAll(ctx, iter.Val()).Result()
-			if err != nil {
-				return err
-			}
-			for f, v := range h {
+		for _, c := range append(slices.Clone(hashes[kind.prefix]), hashes["p"]...) {
+			for f, v := range c.Val() {
+				if strings.HasPrefix(f, "l|") {
+					continue // a pending latency count
+				}
 				parts := strings.Split(f, "|")
 				n, err := strconv.ParseInt(v, 10, 64)
 				if len(parts) != 7 || err != nil {
@@ -919,9 +976,6 @@ func (r *usageRun) checks(ctx context.Context) error {
 				}
 				got[c] = s
 			}
-		}
-		if err := iter.Err(); err != nil {
-			return err
 		}
 		bad := 0
 		var example string

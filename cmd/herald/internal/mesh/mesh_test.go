@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	edgev1 "github.com/heraldmesh/herald/api/gen/herald/edge/v1"
 	eventv1 "github.com/heraldmesh/herald/api/gen/herald/event/v1"
 	meteringv1 "github.com/heraldmesh/herald/api/gen/herald/metering/v1"
 	registryv1 "github.com/heraldmesh/herald/api/gen/herald/registry/v1"
@@ -447,7 +449,24 @@ func TestGracefulShutdownEndsStreams(t *testing.T) {
 	e := start(t)
 	ch, closeStream := e.subscribe("types=billing.*&access_token="+e.appKey, "")
 	defer closeStream()
+	msgs, end, _ := rpcStream(t, e.common.EdgeAddr, e.appKey, &edgev1.StreamEventsRequest{Types: []string{"billing.*"}})
+	cursor := e.publish(invoiceEvent("before-stop", 1))[0]
+	select {
+	case m := <-msgs:
+		if m.GetCursor() != cursor {
+			t.Fatalf("StreamEvents got %s, want %s", m.GetCursor(), cursor)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("StreamEvents got nothing")
+	}
 	e.stop()
+	// StreamEvents ends UNAVAILABLE ("go elsewhere"), naming the cursor to
+	// resume from, not OK (which a gRPC client reads as "finished").
+	err := rpcEnd(t, end)
+	var ce *connect.Error
+	if connect.CodeOf(err) != connect.CodeUnavailable || !errors.As(err, &ce) || ce.Meta().Get("Herald-Resume-Cursor") != cursor {
+		t.Fatalf("StreamEvents at shutdown: %v", err)
+	}
 	select {
 	case err := <-e.done:
 		if err != nil {

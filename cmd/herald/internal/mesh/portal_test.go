@@ -421,7 +421,7 @@ func TestPortalWebhookSelfService(t *testing.T) {
 		return len(list) == 1
 	}, "the attempt is listed")
 	att := attempts["attempts"].([]any)[0].(map[string]any)
-	if att["cursor"] != cursor || att["status"] != float64(204) || att["success"] != true {
+	if att["cursor"] != cursor || att["status"] != float64(204) || att["success"] != true || att["trigger"] != "ATTEMPT_TRIGGER_TEST" {
 		t.Fatalf("attempt: %v", att)
 	}
 	// The attempt shows the request as sent: its signature headers and body.
@@ -436,6 +436,10 @@ func TestPortalWebhookSelfService(t *testing.T) {
 		t.Fatalf("replay: %v", q)
 	}
 	testutil.Eventually(t, 15*time.Second, func() bool { return len(r.got()) == 2 }, "the replayed test event arrives")
+	testutil.Eventually(t, 10*time.Second, func() bool {
+		list, _ := c.mustCall(webhookSvc, "ListAttempts", map[string]any{"subscriptionId": subID})["attempts"].([]any)
+		return len(list) == 2 && list[0].(map[string]any)["trigger"] == "ATTEMPT_TRIGGER_REPLAY"
+	}, "the replay's attempt is recorded as a replay")
 	if ids := r.ids(); ids[0] != ids[1] {
 		t.Fatalf("replay changed the webhook-id: %v", ids)
 	}

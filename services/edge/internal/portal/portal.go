@@ -45,24 +45,12 @@ import (
 	"github.com/heraldmesh/herald/api/gen/herald/registry/v1/registryv1connect"
 	"github.com/heraldmesh/herald/platform/auth"
 	"github.com/heraldmesh/herald/platform/eventtype"
+	"github.com/heraldmesh/herald/platform/server"
 	"google.golang.org/protobuf/encoding/protojson"
 )
 
 //go:embed portal.html
 var page []byte
-
-// csp allows the page's one inline script by its hash, and nothing from
-// elsewhere.
-var csp = func() string {
-	s := string(page)
-	i := strings.Index(s, "<script>")
-	j := strings.LastIndex(s, "</script>")
-	if i < 0 || j < i {
-		return "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'; base-uri 'none'"
-	}
-	sum := sha256.Sum256([]byte(s[i+len("<script>") : j]))
-	return "default-src 'none'; script-src 'sha256-" + base64.StdEncoding.EncodeToString(sum[:]) + "'; style-src 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
-}()
 
 // Names and limits.
 const (
@@ -174,7 +162,7 @@ type (
 // data); the others authenticate themselves (sign-in by its link, the rest
 // by the session cookie).
 func (h *Handler) Mount(mount func(pattern string, handler http.Handler, public bool)) {
-	mount("GET /portal/{$}", http.HandlerFunc(h.servePage), true)
+	mount("GET /portal/{$}", server.Page(page), true)
 	mount("GET /portal", http.RedirectHandler("/portal/", http.StatusMovedPermanently), true)
 	mount("POST /portal/session", http.HandlerFunc(h.signIn), false)
 	mount("GET /portal/session", h.session(h.whoami), false)
@@ -186,16 +174,6 @@ func (h *Handler) Mount(mount func(pattern string, handler http.Handler, public 
 	mount("GET /portal/apis.json", h.session(h.local("/apis.json")), false)
 	mount("POST /portal/token", h.session(h.mintToken), false)
 	mount("GET /portal/codegen", h.session(h.codegenDownload), false)
-}
-
-func (h *Handler) servePage(w http.ResponseWriter, _ *http.Request) {
-	hd := w.Header()
-	hd.Set("Content-Type", "text/html; charset=utf-8")
-	hd.Set("Content-Security-Policy", csp)
-	hd.Set("X-Content-Type-Options", "nosniff")
-	hd.Set("Referrer-Policy", "no-referrer")
-	hd.Set("Cache-Control", "no-store")
-	_, _ = w.Write(page)
 }
 
 // csrfToken is the session's CSRF token: an HMAC of a fixed label under

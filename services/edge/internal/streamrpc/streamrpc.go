@@ -97,7 +97,14 @@ func (h *Handler) StreamEvents(ctx context.Context, req *connect.Request[edgev1.
 		return ce // the caller may no longer stream
 	}
 	if h.Shutdown.Err() != nil {
-		return nil // the server is stopping: end the stream cleanly
+		// The server is stopping: UNAVAILABLE, which gRPC clients take as
+		// "go elsewhere" (OK would read as "finished"), with the cursor to
+		// resume from.
+		ce := connect.NewError(connect.CodeUnavailable, errors.New("the edge is shutting down: reconnect (to another replica) and resume from the cursor"))
+		if last != "" {
+			ce.Meta().Set(request.CursorHeader, last)
+		}
+		return ce
 	}
 	var lagged *hub.LaggedError
 	if errors.As(err, &lagged) {

@@ -16,8 +16,6 @@ import (
 	eventv1 "github.com/heraldmesh/herald/api/gen/herald/event/v1"
 	meteringv1 "github.com/heraldmesh/herald/api/gen/herald/metering/v1"
 	registryv1 "github.com/heraldmesh/herald/api/gen/herald/registry/v1"
-	"github.com/heraldmesh/herald/platform/auth"
-	"github.com/heraldmesh/herald/platform/catalog"
 	"github.com/heraldmesh/herald/platform/eventlog"
 	"github.com/heraldmesh/herald/platform/subscription"
 	"github.com/heraldmesh/herald/platform/usage"
@@ -43,19 +41,9 @@ type API struct {
 // owns every one); anything else is NOT_FOUND, saying nothing of whether it
 // exists.
 func (a *API) endpointFor(ctx context.Context, id string) (*registryv1.Subscription, error) {
-	if id == "" {
-		return nil, connect.NewError(connect.CodeInvalidArgument, errors.New("subscription_id is required"))
-	}
-	notFound := connect.NewError(connect.CodeNotFound, fmt.Errorf("webhook subscription %s does not exist", id))
-	sub, err := a.E.o.Catalog.Subscription(ctx, id)
-	if errors.Is(err, catalog.ErrUnknownSubscription) {
-		return nil, notFound
-	}
+	sub, err := a.subscriptionFor(ctx, id)
 	if err != nil {
-		return nil, connect.NewError(connect.CodeUnavailable, errors.New("the catalog is unavailable; retry"))
-	}
-	if p, _ := auth.FromContext(ctx); !p.Admin && p.ApplicationID != sub.GetApplicationId() {
-		return nil, notFound
+		return nil, err
 	}
 	if sub.GetWebhook() == nil {
 		return nil, connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("subscription %s delivers over a stream, not by webhook", id))
@@ -175,7 +163,7 @@ func (a *API) RetryDelivery(ctx context.Context, req *connect.Request[edgev1.Ret
 	}
 	ep := endpointOf(sub, a.E.o.Box)
 	o, att, _ := a.E.attempt(ctx, ep, req.Msg.GetCursor(), ev, edgev1.AttemptTrigger_ATTEMPT_TRIGGER_MANUAL)
-	d := a.E.usageOf(ctx, ep, job{cursor: req.Msg.GetCursor(), ev: ev, producer: producer}, max(att.GetNumber(), 1))
+	d := a.E.usageOf(ctx, ep, job{cursor: req.Msg.GetCursor(), ev: ev, producer: producer, test: eventlog.IsTest(req.Msg.GetCursor())}, max(att.GetNumber(), 1))
 	if o.success {
 		if err := usage.Append(ctx, a.E.o.Redis, d.Records(meteringv1.UsageMetric_USAGE_METRIC_DELIVERED, time.Now())...); err != nil {
 			a.E.o.Log.Warn("manual webhook delivery not counted", "subscription", sub.GetId(), "err", err)

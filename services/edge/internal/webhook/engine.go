@@ -317,6 +317,7 @@ func (e *Engine) attempt(ctx context.Context, ep *endpoint, cursor string, ev *e
 func (e *Engine) usageOf(ctx context.Context, ep *endpoint, j job, attempt int32) usage.Delivery {
 	d := usage.EventDelivery(j.ev, j.cursor, j.producer)
 	d.Application, d.Subscription, d.Channel, d.Attempt = ep.app, ep.id, Channel, attempt
+	d.Test = j.test
 	if app, err := e.o.Catalog.Application(ctx, ep.app); err == nil {
 		d.Tenant = app.GetTenant()
 	}

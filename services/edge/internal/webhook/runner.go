@@ -56,6 +56,8 @@ type job struct {
 	ackID, cursor string
 	ev            *eventv1.CloudEvent
 	producer      string // the application that published it
+	test          bool   // a test event: never counted
+	replay        bool   // sent again by a replay
 	tries         int    // failed attempts already behind it (of this delivery's schedule)
 	key           string
 }
@@ -220,7 +222,7 @@ func (r *runner) keepHeld(ctx context.Context) {
 
 // dispatch takes one delivery from the session.
 func (r *runner) dispatch(ctx, work context.Context, d *routerv1.SubscribeResponse, meta subscription.Meta) {
-	j := job{ackID: d.GetAckId(), cursor: d.GetCursor(), ev: d.GetEvent(), producer: meta.Producer, tries: max(int(d.GetAttempt())-1, 0)}
+	j := job{ackID: d.GetAckId(), cursor: d.GetCursor(), ev: d.GetEvent(), producer: meta.Producer, test: meta.Test, replay: meta.Replay, tries: max(int(d.GetAttempt())-1, 0)}
 	r.mu.Lock()
 	if _, dup := r.held[j.ackID]; dup {
 		// Taken over again by this consumer (its ack timeout passed while
@@ -418,7 +420,14 @@ func (r *runner) try(ctx context.Context, j job, answered func()) (outcome, bool
 		r.handBack(j)
 		return outcome{err: "the application may no longer receive " + j.ev.GetType()}, true
 	}
-	o, a := r.e.deliver(ctx, r.ep, j.cursor, j.ev, edgev1.AttemptTrigger_ATTEMPT_TRIGGER_UNSPECIFIED)
+	trigger := edgev1.AttemptTrigger_ATTEMPT_TRIGGER_UNSPECIFIED
+	switch {
+	case j.replay:
+		trigger = edgev1.AttemptTrigger_ATTEMPT_TRIGGER_REPLAY
+	case j.test:
+		trigger = edgev1.AttemptTrigger_ATTEMPT_TRIGGER_TEST
+	}
+	o, a := r.e.deliver(ctx, r.ep, j.cursor, j.ev, trigger)
 	if answered != nil {
 		answered()
 	}

@@ -417,8 +417,7 @@ func (h *Handler) AssignPlan(ctx context.Context, req *connect.Request[meteringv
 		Id: newID("asg_"), ApplicationId: m.GetApplicationId(), Tenant: m.GetTenant(), PlanId: p.GetId(), PlanVersion: version,
 		StartMonth: m.GetStartMonth(), EndMonth: m.GetEndMonth(), CreateTime: timestamppb.New(h.o.Now()),
 	}
-	_ = tenant
-	switch err := h.st.Assign(ctx, a); {
+	switch err := h.st.Assign(ctx, a, tenant); {
 	case errors.Is(err, ErrOverlap):
 		return nil, connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("the assignment %v", err))
 	case err != nil:

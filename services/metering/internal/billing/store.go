@@ -22,6 +22,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"strings"
 
 	"github.com/redis/go-redis/v9"
 	"google.golang.org/protobuf/proto"
@@ -37,8 +38,12 @@ func versionKey(id string, n int32) string {
 	return prefix + "planv:" + id + ":" + strconv.Itoa(int(n))
 }
 func assignKey(subject string) string { return prefix + "asg:" + subject }
-func invoiceKey(id string) string     { return prefix + "inv:" + id }
-func creditKey(id string) string      { return prefix + "cn:" + id }
+
+// tenantAppsKey is the set of the subjects of a tenant's applications that
+// have (or had) assignments of their own.
+func tenantAppsKey(tenant string) string { return prefix + "tenantapps:" + tenant }
+func invoiceKey(id string) string        { return prefix + "inv:" + id }
+func creditKey(id string) string         { return prefix + "cn:" + id }
 
 const (
 	plansKey   = prefix + "plans"
@@ -211,31 +216,69 @@ func endOf(a *meteringv1.Assignment) string {
 	return a.GetEndMonth()
 }
 
-// Assign stores a, refusing one overlapping another of the same subject.
-func (s *Store) Assign(ctx context.Context, a *meteringv1.Assignment) error {
+// Assign stores a, refusing one overlapping another of the same subject,
+// and one that would bill an application twice: an application's own
+// assignment overlapping one of its tenant (tenant: the application's
+// tenant, "" for none), or a tenant's overlapping one of its applications'.
+func (s *Store) Assign(ctx context.Context, a *meteringv1.Assignment, tenant string) error {
 	subject := Subject(a.GetApplicationId(), a.GetTenant())
 	key := assignKey(subject)
+	keys := []string{key}
+	if tenant != "" {
+		keys = append(keys, assignKey(Subject("", tenant)), tenantAppsKey(tenant))
+	}
 	return s.txn(ctx, func(tx *redis.Tx) error {
-		all, err := tx.HGetAll(ctx, key).Result()
-		if err != nil {
+		if err := overlapsIn(ctx, tx, key, a, ""); err != nil {
 			return err
 		}
-		for _, b := range all {
-			o := new(meteringv1.Assignment)
-			if err := proto.Unmarshal([]byte(b), o); err != nil {
+		if tenant != "" && a.GetApplicationId() != "" {
+			if err := overlapsIn(ctx, tx, assignKey(Subject("", tenant)), a, "tenant "+tenant); err != nil {
 				return err
 			}
-			if a.GetStartMonth() <= endOf(o) && o.GetStartMonth() <= endOf(a) {
-				return fmt.Errorf("%w %s (%s to %s)", ErrOverlap, o.GetId(), o.GetStartMonth(), cmpOr(o.GetEndMonth(), "open-ended"))
+		}
+		if tenant != "" && a.GetApplicationId() == "" {
+			apps, err := tx.SMembers(ctx, tenantAppsKey(tenant)).Result()
+			if err != nil {
+				return err
+			}
+			for _, app := range apps {
+				if err := overlapsIn(ctx, tx, assignKey(app), a, "application "+strings.TrimPrefix(app, "a|")); err != nil {
+					return err
+				}
 			}
 		}
-		_, err = tx.TxPipelined(ctx, func(pipe redis.Pipeliner) error {
+		_, err := tx.TxPipelined(ctx, func(pipe redis.Pipeliner) error {
 			pipe.HSet(ctx, key, a.GetId(), marshal(a))
 			pipe.HSet(ctx, asgIdxKey, a.GetId(), subject)
+			if tenant != "" && a.GetApplicationId() != "" {
+				pipe.SAdd(ctx, tenantAppsKey(tenant), subject)
+			}
 			return nil
 		})
 		return err
-	}, key)
+	}, keys...)
+}
+
+// overlapsIn is ErrOverlap when an assignment under key overlaps a's months.
+func overlapsIn(ctx context.Context, tx *redis.Tx, key string, a *meteringv1.Assignment, whose string) error {
+	all, err := tx.HGetAll(ctx, key).Result()
+	if err != nil {
+		return err
+	}
+	for _, b := range all {
+		o := new(meteringv1.Assignment)
+		if err := proto.Unmarshal([]byte(b), o); err != nil {
+			return err
+		}
+		if a.GetStartMonth() <= endOf(o) && o.GetStartMonth() <= endOf(a) {
+			err := fmt.Errorf("%w %s (%s to %s)", ErrOverlap, o.GetId(), o.GetStartMonth(), cmpOr(o.GetEndMonth(), "open-ended"))
+			if whose != "" {
+				err = fmt.Errorf("%w, of %s: an application billed on its own and through its tenant would pay twice", err, whose)
+			}
+			return err
+		}
+	}
+	return nil
 }
 
 func cmpOr(s, d string) string {

@@ -3,6 +3,8 @@ package billing
 import (
 	"context"
 	"errors"
+	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -15,6 +17,53 @@ import (
 
 func newStore(t *testing.T) *Store {
 	return NewStore(testutil.RedisClient(t, testutil.Redis(t)))
+}
+
+// An application is never billed twice: its own assignment may not
+// overlap its tenant's, nor a tenant's one of its applications', even
+// when both are made at once.
+func TestAssignRefusesDoubleBilling(t *testing.T) {
+	st, ctx := newStore(t), context.Background()
+	if err := st.Assign(ctx, &meteringv1.Assignment{Id: "app1-own", ApplicationId: "app1", StartMonth: "2026-01", EndMonth: "2026-06"}, "acme"); err != nil {
+		t.Fatal(err)
+	}
+	err := st.Assign(ctx, &meteringv1.Assignment{Id: "acme-all", Tenant: "acme", StartMonth: "2026-06"}, "acme")
+	if !errors.Is(err, ErrOverlap) || !strings.Contains(err.Error(), "app1") {
+		t.Fatalf("a tenant assignment over an application's own: %v", err)
+	}
+	if err := st.Assign(ctx, &meteringv1.Assignment{Id: "acme-later", Tenant: "acme", StartMonth: "2026-07"}, "acme"); err != nil {
+		t.Fatalf("a tenant assignment after the application's: %v", err)
+	}
+	err = st.Assign(ctx, &meteringv1.Assignment{Id: "app2-own", ApplicationId: "app2", StartMonth: "2027-01"}, "acme")
+	if !errors.Is(err, ErrOverlap) || !strings.Contains(err.Error(), "tenant acme") {
+		t.Fatalf("an application's own assignment inside its tenant's: %v", err)
+	}
+	if err := st.Assign(ctx, &meteringv1.Assignment{Id: "app3-own", ApplicationId: "app3", StartMonth: "2027-01"}, "other"); err != nil {
+		t.Fatalf("another tenant's application: %v", err)
+	}
+	// At once: a tenant's and one of its applications' overlapping
+	// assignments; one is stored.
+	for round := range 5 {
+		tenant := fmt.Sprintf("race%d", round)
+		var wins atomic.Int32
+		var wg sync.WaitGroup
+		for _, a := range []*meteringv1.Assignment{
+			{Id: tenant + "-t", Tenant: tenant, StartMonth: "2026-01"},
+			{Id: tenant + "-a", ApplicationId: tenant + "-app", StartMonth: "2026-01"},
+		} {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if st.Assign(ctx, a, tenant) == nil {
+					wins.Add(1)
+				}
+			}()
+		}
+		wg.Wait()
+		if wins.Load() != 1 {
+			t.Fatalf("round %d: %d overlapping assignments stored", round, wins.Load())
+		}
+	}
 }
 
 func TestAssignOverlap(t *testing.T) {
@@ -33,13 +82,13 @@ func TestAssignOverlap(t *testing.T) {
 		{asg("a5", "2026-05", ""), false},
 		{asg("a6", "2030-01", "2030-02"), true},
 	} {
-		err := st.Assign(ctx, c.a)
+		err := st.Assign(ctx, c.a, "")
 		if errors.Is(err, ErrOverlap) != c.overlap || (err != nil && !errors.Is(err, ErrOverlap)) {
 			t.Errorf("%s: %v, overlap %v", c.a.GetId(), err, c.overlap)
 		}
 	}
 	// Another subject is independent.
-	if err := st.Assign(ctx, &meteringv1.Assignment{Id: "t1", Tenant: "app", StartMonth: "2026-01"}); err != nil {
+	if err := st.Assign(ctx, &meteringv1.Assignment{Id: "t1", Tenant: "app", StartMonth: "2026-01"}, "app"); err != nil {
 		t.Error(err)
 	}
 	// Concurrent overlapping assignments: one wins.
@@ -49,7 +98,7 @@ func TestAssignOverlap(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if st.Assign(ctx, &meteringv1.Assignment{Id: "c" + string(rune('0'+i)), ApplicationId: "other", StartMonth: "2026-01"}) == nil {
+			if st.Assign(ctx, &meteringv1.Assignment{Id: "c" + string(rune('0'+i)), ApplicationId: "other", StartMonth: "2026-01"}, "") == nil {
 				wins.Add(1)
 			}
 		}()

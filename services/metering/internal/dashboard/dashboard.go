@@ -16,7 +16,6 @@ package dashboard
 import (
 	"context"
 	"crypto/rand"
-	"crypto/sha256"
 	_ "embed"
 	"encoding/base64"
 	"encoding/json"
@@ -29,21 +28,12 @@ import (
 
 	"connectrpc.com/connect"
 	"github.com/heraldmesh/herald/platform/auth"
+	"github.com/heraldmesh/herald/platform/server"
 	"github.com/redis/go-redis/v9"
 )
 
 //go:embed dashboard.html
 var page []byte
-
-// csp allows the page's one inline script by its hash, and nothing from
-// elsewhere.
-var csp = func() string {
-	s := string(page)
-	i := strings.Index(s, "<script>")
-	j := strings.LastIndex(s, "</script>")
-	sum := sha256.Sum256([]byte(s[i+len("<script>") : j]))
-	return "default-src 'none'; script-src 'sha256-" + base64.StdEncoding.EncodeToString(sum[:]) + "'; style-src 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
-}()
 
 // CookieName is the session cookie.
 const CookieName = "herald_dashboard"
@@ -76,15 +66,9 @@ func SessionKey(id string) string { return keyPrefix + auth.HashSecret(id) }
 
 // ServePage serves the page. It holds no data: everything it shows is
 // fetched from the /v1/ routes with the session.
-func (h *Handler) ServePage(w http.ResponseWriter, _ *http.Request) {
-	hd := w.Header()
-	hd.Set("Content-Type", "text/html; charset=utf-8")
-	hd.Set("Content-Security-Policy", csp)
-	hd.Set("X-Content-Type-Options", "nosniff")
-	hd.Set("Referrer-Policy", "no-referrer")
-	hd.Set("Cache-Control", "no-store")
-	_, _ = w.Write(page)
-}
+func (h *Handler) ServePage(w http.ResponseWriter, r *http.Request) { servePage(w, r) }
+
+var servePage = server.Page(page)
 
 // SignIn is POST /dashboard/session: form field key, the operator key.
 func (h *Handler) SignIn(w http.ResponseWriter, r *http.Request) {

@@ -236,3 +236,48 @@ func TestFoldsLargeReadsInChunks(t *testing.T) {
 		t.Errorf("counted %v, duplicates %v; want 1000 and 10", c, d)
 	}
 }
+
+// TestWorkersAndRollup folds with several workers, each a consumer of its
+// own, pacing their reads: every record counts once, and the rollup moves
+// the closed minute into the buckets (nothing left pending) without
+// changing what reads answer. A clean stop leaves no consumer behind.
+func TestWorkersAndRollup(t *testing.T) {
+	rdb := testutil.RedisClient(t, testutil.Redis(t))
+	st := store.New(rdb)
+	f := New(st, Options{Block: 50 * time.Millisecond, Workers: 3, ReadEvery: 20 * time.Millisecond,
+		RollupEvery: 20 * time.Millisecond, Count: 2})
+	ctx := context.Background()
+	for i := range 10 {
+		recs := make([]*meteringv1.UsageRecord, 50)
+		for j := range recs {
+			recs[j] = record(fmt.Sprintf("w_%d_%d", i, j), 1)
+		}
+		if err := usage.AppendBatch(ctx, rdb, 10, recs...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := usage.AppendBatch(ctx, rdb, 10, record("w_0_0", 1), record("w_9_49", 1)); err != nil { // copies
+		t.Fatal(err)
+	}
+	stop := start(f)
+	defer stop()
+	waitCount(t, st, 500)
+	// The records' minute (in 2026) has long ended: it is rolled up.
+	testutil.Eventually(t, 5*time.Second, func() bool {
+		ms, err := st.PendingMinutes(ctx)
+		return err == nil && len(ms) == 0
+	}, "the minute rolled up")
+	if got := rdb.HGet(ctx, "herald:{usage}:h:2026031022", "c||app_a||shop.order.created|grpc|1").Val(); got != "500" {
+		t.Errorf("hour bucket field = %q, want 500", got)
+	}
+	if n := counted(st); n != 500 {
+		t.Errorf("count after the rollup = %d, want 500", n)
+	}
+	if c, d := promtest.ToFloat64(f.counted), promtest.ToFloat64(f.duplicates); c != 500 || d != 2 {
+		t.Errorf("counted %v, duplicates %v; want 500 and 2", c, d)
+	}
+	stop()
+	if cs, err := st.Consumers(ctx); err != nil || len(cs) != 0 {
+		t.Errorf("consumers after a clean stop = %+v, %v; want none", cs, err)
+	}
+}

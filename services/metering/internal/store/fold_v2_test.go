@@ -56,6 +56,46 @@ func TestFoldBatchesIntoEveryBucket(t *testing.T) {
 		t.Fatalf("stream holds %d entries, want 0", n)
 	}
 	tail := "acme%7Cco|app_c|app_p|shop.order.created|sse|2"
+	ltail := "acme%7Cco|app_c|app_p|shop.order.created|sse|"
+	// The fold wrote each minute's pending hash, the quota totals and the
+	// seen sets (of the fold's day, not the records').
+	pending := map[string]map[string]string{
+		"herald:{usage}:p:202603102217": {"c|" + tail: "3", "b|" + tail: "300", "l|" + ltail + "5": "2", "l|" + ltail + "50": "1"},
+		"herald:{usage}:p:202603102218": {"c|" + tail: "1", "b|" + tail: "100", "l|" + ltail + "300000": "1"},
+		"herald:{usage}:t:20260310":     {"a|app_c|2": "4", "t|acme%7Cco|2": "4"},
+	}
+	for key, fields := range pending {
+		if got := rdb.HGetAll(ctx, key).Val(); fmt.Sprint(got) != fmt.Sprint(fields) {
+			t.Errorf("%s = %v, want %v", key, got, fields)
+		}
+	}
+	if got := rdb.SMembers(ctx, "herald:{usage}:pm").Val(); len(got) != 2 {
+		t.Errorf("pending minutes = %v", got)
+	}
+	for _, id := range []string{"e1", "e2", "e3", "e4"} {
+		if !rdb.SIsMember(ctx, usage.SeenSetKey(time.Now(), id), id).Val() {
+			t.Errorf("%s not in its seen set", id)
+		}
+	}
+	if ttl := rdb.TTL(ctx, usage.SeenSetKey(time.Now(), "e1")).Val(); ttl <= SeenTTL || ttl > SeenTTL+24*time.Hour {
+		t.Errorf("seen set TTL = %v, want the rest of today plus %v", ttl, SeenTTL)
+	}
+	before := readBack(t, st, at)
+
+	// Roll up, one field per script call.
+	n, err := st.Rollup(ctx, at.Add(time.Hour), 1, 0)
+	if err != nil || n != 7 {
+		t.Fatalf("rollup = %d, %v; want 7 fields moved", n, err)
+	}
+	if n, err := st.Rollup(ctx, at.Add(time.Hour), 1, 0); err != nil || n != 0 {
+		t.Fatalf("second rollup = %d, %v; want nothing", n, err)
+	}
+	if got := rdb.Exists(ctx, "herald:{usage}:p:202603102217", "herald:{usage}:p:202603102218", "herald:{usage}:pm").Val(); got != 0 {
+		t.Errorf("%d pending keys left", got)
+	}
+	if after := readBack(t, st, at); after != before {
+		t.Errorf("reads after the rollup:\n%s\nbefore:\n%s", after, before)
+	}
 	want := map[string]map[string]string{
 		"herald:{usage}:m:202603102217": {"c|" + tail: "3", "b|" + tail: "300"},
 		"herald:{usage}:m:202603102218": {"c|" + tail: "1", "b|" + tail: "100"},
@@ -102,6 +142,32 @@ func TestFoldBatchesIntoEveryBucket(t *testing.T) {
 	}
 }
 
+// readBack reads every bucket and latency histogram kind holding at and
+// the next minute through the store, as text.
+func readBack(t *testing.T, st *Store, at time.Time) string {
+	t.Helper()
+	ctx := context.Background()
+	var out string
+	for _, k := range []Kind{Minute, Quarter, Hour, Day} {
+		bs, err := st.Buckets(ctx, k, []time.Time{at, at.Add(time.Minute)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, b := range bs {
+			out += fmt.Sprintf("%s %v %v\n", k, b.Start, b.Cells)
+		}
+		if k == Quarter {
+			continue
+		}
+		ls, err := st.Latencies(ctx, k, []time.Time{at, at.Add(time.Minute)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		out += fmt.Sprintf("latency %s %v\n", k, ls)
+	}
+	return out
+}
+
 // TestFoldRetryAndTakeover: a fold whose reply was lost is repeated by the
 // same consumer, or its entries are claimed by another consumer and folded
 // again: nothing counts twice.
@@ -146,6 +212,9 @@ func TestFoldRetryAndTakeover(t *testing.T) {
 	}
 	if res.Counted != 30 || res.Duplicates != 20 {
 		t.Fatalf("takeover = %+v, want 30 counted, 20 duplicates", res)
+	}
+	if _, err := st.Rollup(ctx, at.Add(time.Hour), 0, 0); err != nil {
+		t.Fatal(err)
 	}
 	if got := rdb.HGet(ctx, "herald:{usage}:d:20260310", "c|acme%7Cco|app_c|app_p|shop.order.created|sse|2").Val(); got != "50" {
 		t.Fatalf("day events = %s, want 50", got)

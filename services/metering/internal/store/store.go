@@ -1,14 +1,24 @@
 // Package store is metering's Redis layout: the consumer group on the usage
-// stream, the exactly-once fold of records into time buckets, and the reads
-// of those buckets.
+// stream, the exactly-once fold of records into time buckets, the rollup of
+// minutes into coarser buckets, and the reads of those buckets.
 //
 // Keys (all under the {usage} hash tag, so that the fold script touches one
-// shard of a cluster; the script builds the bucket keys it writes from the
+// shard of a cluster; the scripts build the keys they write from the
 // record times the caller passes, all in that slot):
 //
 //	herald:{usage}:log                stream of usage entries (see platform/usage): field "r" one
 //	                                  UsageRecord, or "rs" a UsageRecordBatch; group "metering"
-//	herald:{usage}:seen:<record id>   "1", expires after SeenTTL: the record was folded
+//	herald:{usage}:s:<YYYYMMDD>:<sh>  set of the ids of the records folded on that UTC day (the
+//	                                  fold's clock) whose usage.SeenShard is sh (hex, 0 to f);
+//	                                  expires SeenTTL after the end of the day
+//	herald:{usage}:seen-sets-since    unix time the seen sets were first used on a Redis the
+//	                                  previous layout had folded into (else 0): for SeenTTL after
+//	                                  it, the fold also honours that layout's per-record keys
+//	herald:{usage}:seen:<record id>   (previous layout, read only) "1": the record was folded
+//	herald:{usage}:p:<YYYYMMDDHHmm>   hash per UTC minute of the counts folded and not yet rolled
+//	                                  up: "c|…" and "b|…" fields as in the buckets, "l|<latency
+//	                                  field>" as in the latency histograms
+//	herald:{usage}:pm                 set of the minutes (YYYYMMDDHHmm) with a pending hash
 //	herald:{usage}:m:<YYYYMMDDHHmm>   hash per UTC minute (kept 3 days)
 //	herald:{usage}:q:<YYYYMMDDHHmm>   hash per UTC quarter hour, mm in 00/15/30/45 (400 days)
 //	herald:{usage}:h:<YYYYMMDDHH>     hash per UTC hour (400 days)
@@ -17,12 +27,23 @@
 //	    b|<same parts>                                                          -> bytes
 //	    (hour buckets written before this layout also hold legacy fields
 //	    "<application>|<event type>|<metric number>|<channel>" -> events, which reads still count)
-//	herald:{usage}:t:<YYYYMMDD>       hash per UTC day, quota totals (400 days):
+//	herald:{usage}:t:<YYYYMMDD>       hash per UTC day, quota totals (400 days), written by the fold:
 //	    a|<application>|<metric number> -> events, t|<tenant>|<metric number> -> events
 //	herald:{usage}:lm:<YYYYMMDDHHmm>  latency histograms of DELIVERED records, per minute (3 days),
 //	herald:{usage}:lh:<YYYYMMDDHH>    hour (400 days) and day (800 days):
 //	herald:{usage}:ld:<YYYYMMDD>          <tenant>|<application>|<producer>|<event type>|<channel>|<le> -> events
 //	                                  with <le> a bound of LatencyBounds in ms, or "inf"
+//
+// The fold script marks and counts a batch of records in one atomic step:
+// their ids into today's seen sets, their counts into the pending hashes of
+// their minutes (one HINCRBY per distinct field of the batch) and the quota
+// totals. The rollup moves the pending counts of minutes that have ended
+// into the minute, quarter-hour, hour and day buckets, a few hundred fields
+// per atomic step, each field out of the pending hash in the step that adds
+// it to the buckets. Every read of buckets adds the pending counts of the
+// minutes they cover, in one snapshot (MULTI under WATCH of the pending
+// minutes): a record counts in exactly one of the two places at any time,
+// so the answers do not depend on how far the rollup has got.
 //
 // In a hash field, "%" and "|" inside a part are written as "%25" and "%7C".
 // The time of a bucket is the record's time (when the usage happened), not
@@ -33,6 +54,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -47,13 +69,14 @@ import (
 // Group is the consumer group metering reads the usage stream with.
 const Group = "metering"
 
-// SeenTTL is the default of how long a folded record id is remembered: a
-// copy of a record appended later than that (a replay of events older than
-// that, redelivered to the same place) would be counted again. Memory: one
-// key of about 90 bytes per record, so rate x TTL: 100 deliveries/s kept 8
-// days is 69 million keys, about 6 GB; size it to the event log's retention
-// (past which no replay can happen) and the delivery rate. Store.SeenTTL
-// overrides it.
+// SeenTTL is the default of how long a folded record id is remembered
+// after its last copy was folded (at least that, at most a day more: the
+// seen sets are per day): a copy of a record appended later than that (a replay of events older than that,
+// redelivered to the same place) would be counted again. Memory: one set
+// member of about 70 bytes per record, so rate x TTL: 100 deliveries/s
+// kept 8 days is 69 million members, about 5 GB; size it to the event
+// log's retention (past which no replay can happen) and the delivery rate.
+// Store.SeenTTL overrides it.
 const SeenTTL = 8 * 24 * time.Hour
 
 // Retention of the bucket kinds.
@@ -63,6 +86,9 @@ const (
 	HourTTL    = 400 * 24 * time.Hour
 	DayTTL     = 800 * 24 * time.Hour
 	TotalTTL   = 400 * 24 * time.Hour
+	// PendingTTL only bounds a pending hash nobody rolls up: the rollup
+	// empties it (and so deletes it) minutes after its minute.
+	PendingTTL = 800 * 24 * time.Hour
 )
 
 // LatencyBounds are the upper bounds, in milliseconds, of the latency
@@ -70,11 +96,13 @@ const (
 var LatencyBounds = []int64{5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000}
 
 const (
-	keyPrefix    = "herald:{usage}:"
-	seenPrefix   = keyPrefix + "seen:"
-	minuteLayout = "200601021504"
-	hourLayout   = "2006010215"
-	dayLayout    = "20060102"
+	keyPrefix  = "herald:{usage}:"
+	seenPrefix = keyPrefix + "seen:"
+	// pendingSetKey is the set of minutes with a pending hash.
+	pendingSetKey = keyPrefix + "pm"
+	minuteLayout  = "200601021504"
+	hourLayout    = "2006010215"
+	dayLayout     = "20060102"
 )
 
 // Kind is a bucket size.
@@ -88,7 +116,8 @@ const (
 	Day     Kind = "d"
 )
 
-// SeenKey is the key marking a record as folded.
+// SeenKey is the key by which the previous layout marked a record as folded
+// (the fold still honours those keys for a while, see foldScript).
 func SeenKey(recordID string) string { return seenPrefix + recordID }
 
 // BucketKey is the key of the bucket of kind k holding t.
@@ -225,84 +254,187 @@ func ParseField(f string) (report.Key, bool) {
 }
 
 // foldScript folds a batch of records exactly once and removes their
-// entries from the stream, atomically: for each record it sets the record's
-// seen key if absent and only then adds it to its group's sums; then it
-// increments each distinct field of the minute, quarter-hour, hour and day
-// buckets, the quota totals and the latency histograms once, refreshes
-// those keys' expiry, and acknowledges and deletes the entries. A crash at
-// any point did all of it or none of it; a retry after a lost reply, or a
-// takeover by another consumer, finds the ids seen and only acknowledges.
+// entries from the stream, atomically. The caller sums the records per
+// field (pending minute hash or quota totals, see call) as if none had
+// been counted yet; the script looks the records' ids up in the seen sets
+// of the days a copy could have been folded on (and, for SeenTTL after the
+// sets were first used on a Redis the previous layout had folded into, in
+// that layout's per-record seen keys), adds every id to today's seen sets
+// (so an id is remembered SeenTTL after its last copy), takes the records
+// found out of the sums, increments each field
+// once by what is left, and acknowledges and deletes the entries. A crash
+// at any point did all of it or none of it; a retry after a lost reply, or
+// a takeover by another consumer, finds the ids seen and only
+// acknowledges. The quarter-hour, hour and day buckets and the minute
+// bucket itself get the pending counts from rollupScript.
 //
-//	KEYS: stream, then one seen key per record
-//	ARGV: group, seen TTL (s), entry count E, E entry ids,
-//	      group count G, G x (bucket tail, minute stamp YYYYMMDDHHmm,
-//	      escaped application, escaped tenant, metric, latency tail or ""),
-//	      then per record: group index, quantity, bytes, latency bound or ""
+//	KEYS: stream
+//	ARGV: group, now (unix s), seen TTL (s), entry count E, E entry ids,
+//	      day count D, D day stamps YYYYMMDD (today first), expiry of today's
+//	      seen sets (unix s), minute count M, M minute stamps (pending
+//	      minutes written), key count K, K x (key, TTL s), field count F,
+//	      F x (key index, field, sum), then for each of the SeenShards
+//	      shards: record count N, N ids, N x "f1 f2 f3 f4 f5 q b" (the
+//	      indexes of the fields the record adds its quantity q to, 0: none,
+//	      and of the one it adds its bytes b to)
 //
-// It returns the number of records counted.
+// It returns the number of records counted. An id appears at most once per
+// call (the caller drops repeats).
 var foldScript = redis.NewScript(`
 local P = 'herald:{usage}:'
-local i = 3
+local now, ttl = tonumber(ARGV[2]), tonumber(ARGV[3])
+local i = 4
 local ne = tonumber(ARGV[i]); i = i + 1
 local entries = {}
 for j = 1, ne do entries[j] = ARGV[i]; i = i + 1 end
-local ng = tonumber(ARGV[i]); i = i + 1
-local groups = {}
-for g = 1, ng do
-  groups[g] = {ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4], ARGV[i+5], 0, 0, {}}
-  i = i + 6
-end
-local counted = 0
-for r = 2, #KEYS do
-  local g = groups[tonumber(ARGV[i])]
-  local q, b, lat = tonumber(ARGV[i+1]), tonumber(ARGV[i+2]), ARGV[i+3]
-  i = i + 4
-  if redis.call('SET', KEYS[r], '1', 'NX', 'EX', ARGV[2]) then
-    counted = counted + 1
-    g[7] = g[7] + q
-    g[8] = g[8] + b
-    if lat ~= '' then g[9][lat] = (g[9][lat] or 0) + q end
+local nd = tonumber(ARGV[i]); i = i + 1
+local days = {}
+for j = 1, nd do days[j] = ARGV[i]; i = i + 1 end
+local expireat = ARGV[i]; i = i + 1
+local nm = tonumber(ARGV[i]); i = i + 1
+local minutes = {}
+for j = 1, nm do minutes[j] = ARGV[i]; i = i + 1 end
+local nk = tonumber(ARGV[i]); i = i + 1
+local keys, kttl = {}, {}
+for j = 1, nk do keys[j] = ARGV[i]; kttl[j] = ARGV[i+1]; i = i + 2 end
+local nf = tonumber(ARGV[i]); i = i + 1
+local fbase = i
+i = i + 3 * nf
+-- The per-record seen keys of the previous layout can exist only where it
+-- folded: if its day buckets of the last TTL exist when the sets are first
+-- used, they are checked too, for TTL.
+local since = redis.call('GET', P .. 'seen-sets-since')
+if not since then
+  since = 0
+  for _, day in ipairs(days) do
+    if redis.call('EXISTS', P .. 'd:' .. day) == 1 then since = now end
   end
+  redis.call('SET', P .. 'seen-sets-since', since)
 end
-local sums, ttls = {}, {}
-local function add(key, ttl, field, n)
-  if n == 0 then return end
-  local h = sums[key]
-  if not h then h = {}; sums[key] = h; ttls[key] = ttl end
-  h[field] = (h[field] or 0) + n
-end
-for _, g in ipairs(groups) do
-  local tail, minute, app, tenant, metric, ltail = g[1], g[2], g[3], g[4], g[5], g[6]
-  local c, b = g[7], g[8]
-  if c > 0 or b > 0 then
-    local hour, day = string.sub(minute, 1, 10), string.sub(minute, 1, 8)
-    local quarter = hour .. string.format('%02d', math.floor(tonumber(string.sub(minute, 11, 12)) / 15) * 15)
-    for _, k in ipairs({{'m:' .. minute, 259200}, {'q:' .. quarter, 34560000}, {'h:' .. hour, 34560000}, {'d:' .. day, 69120000}}) do
-      add(P .. k[1], k[2], 'c|' .. tail, c)
-      add(P .. k[1], k[2], 'b|' .. tail, b)
-    end
-    add(P .. 't:' .. day, 34560000, 'a|' .. app .. '|' .. metric, c)
-    if tenant ~= '' then add(P .. 't:' .. day, 34560000, 't|' .. tenant .. '|' .. metric, c) end
-    if ltail ~= '' then
-      for le, n in pairs(g[9]) do
-        add(P .. 'lm:' .. minute, 259200, ltail .. '|' .. le, n)
-        add(P .. 'lh:' .. hour, 34560000, ltail .. '|' .. le, n)
-        add(P .. 'ld:' .. day, 69120000, ltail .. '|' .. le, n)
+local legacy = now - tonumber(since) < ttl
+local CH = 1000
+local total, dups = 0, {}
+for s = 0, 15 do
+  local n = tonumber(ARGV[i]); i = i + 1
+  if n > 0 then
+    total = total + n
+    local a = i
+    i = i + 2 * n
+    -- ids are ARGV[a .. a+n-1], their records' fields ARGV[a+n .. a+2n-1]
+    local isdup = {}
+    local sx = string.format('%x', s)
+    for _, day in ipairs(days) do
+      local key = P .. 's:' .. day .. ':' .. sx
+      if redis.call('EXISTS', key) == 1 then
+        for c = 0, n - 1, CH do
+          local found = redis.call('SMISMEMBER', key, unpack(ARGV, a + c, a + math.min(c + CH, n) - 1))
+          for k = 1, #found do
+            local r = c + k - 1
+            if found[k] == 1 and not isdup[r] then
+              isdup[r] = true
+              dups[#dups + 1] = a + n + r
+            end
+          end
+        end
       end
     end
+    if legacy then
+      local ks, rs = {}, {}
+      for r = 0, n - 1 do
+        if not isdup[r] then
+          ks[#ks + 1] = P .. 'seen:' .. ARGV[a + r]
+          rs[#rs + 1] = r
+        end
+      end
+      for c = 1, #ks, CH do
+        local e = math.min(c + CH - 1, #ks)
+        if redis.call('EXISTS', unpack(ks, c, e)) > 0 then
+          for k = c, e do
+            if redis.call('EXISTS', ks[k]) == 1 then dups[#dups + 1] = a + n + rs[k] end
+          end
+        end
+      end
+    end
+    -- Every id into today's set: one seen before stays seen.
+    local key = P .. 's:' .. days[1] .. ':' .. sx
+    for c = 0, n - 1, CH do
+      redis.call('SADD', key, unpack(ARGV, a + c, a + math.min(c + CH, n) - 1))
+    end
+    redis.call('EXPIREAT', key, expireat)
   end
 end
-for key, h in pairs(sums) do
-  for field, n in pairs(h) do
-    redis.call('HINCRBY', key, field, string.format('%.0f', n))
+local adj = {}
+for _, a in ipairs(dups) do
+  local f1, f2, f3, f4, f5, q, b = string.match(ARGV[a], '^(%d+) (%d+) (%d+) (%d+) (%d+) (%d+) (%d+)$')
+  q = tonumber(q)
+  for _, f in ipairs({f1, f2, f3, f4}) do
+    f = tonumber(f)
+    if f > 0 then adj[f] = (adj[f] or 0) + q end
   end
-  redis.call('EXPIRE', key, ttls[key])
+  f5 = tonumber(f5)
+  if f5 > 0 then adj[f5] = (adj[f5] or 0) + tonumber(b) end
 end
+local used = {}
+for f = 1, nf do
+  local at = fbase + 3 * (f - 1)
+  local k, n = tonumber(ARGV[at]), ARGV[at + 2]
+  if adj[f] then n = string.format('%.0f', tonumber(n) - adj[f]) end
+  if n ~= '0' then
+    redis.call('HINCRBY', keys[k], ARGV[at + 1], n)
+    used[k] = true
+  end
+end
+for k in pairs(used) do redis.call('EXPIRE', keys[k], kttl[k]) end
+if #dups < total and nm > 0 then redis.call('SADD', P .. 'pm', unpack(minutes)) end
 if ne > 0 then
   redis.call('XACK', KEYS[1], ARGV[1], unpack(entries))
   redis.call('XDEL', KEYS[1], unpack(entries))
 end
-return counted
+return total - #dups
+`)
+
+// rollupScript moves the fields of the pending hash of minute ARGV[1]
+// (YYYYMMDDHHmm) that one HSCAN step from cursor ARGV[2] (COUNT ARGV[3])
+// returns into the minute, quarter-hour, hour and day buckets ("c|" and
+// "b|" fields) or latency histograms ("l|" fields, into the minute, hour
+// and day histograms without the prefix), deleting them from the pending
+// hash in the same step: a field is rolled up exactly once, whoever runs
+// the script and however often, and a crash leaves what was not moved
+// pending. (A scan may return a field again or miss one added meanwhile: a
+// field moved is gone, one missed waits for the next pass.) When the
+// pending hash is empty, the minute leaves the set of pending minutes. It
+// returns the next cursor and the number of fields moved.
+var rollupScript = redis.NewScript(`
+local P = 'herald:{usage}:'
+local m = ARGV[1]
+local pk = P .. 'p:' .. m
+local res = redis.call('HSCAN', pk, ARGV[2], 'COUNT', ARGV[3])
+local fv = res[2]
+if #fv > 0 then
+  local hour, day = string.sub(m, 1, 10), string.sub(m, 1, 8)
+  local quarter = hour .. string.format('%02d', math.floor(tonumber(string.sub(m, 11, 12)) / 15) * 15)
+  local bk = {{P .. 'm:' .. m, 259200}, {P .. 'q:' .. quarter, 34560000}, {P .. 'h:' .. hour, 34560000}, {P .. 'd:' .. day, 69120000}}
+  local lk = {{P .. 'lm:' .. m, 259200}, {P .. 'lh:' .. hour, 34560000}, {P .. 'ld:' .. day, 69120000}}
+  local fields = {}
+  local ub, ul = false, false
+  for j = 1, #fv, 2 do
+    local f, v = fv[j], fv[j+1]
+    if string.byte(f, 1) == 108 then
+      local lf = string.sub(f, 3)
+      for _, k in ipairs(lk) do redis.call('HINCRBY', k[1], lf, v) end
+      ul = true
+    else
+      for _, k in ipairs(bk) do redis.call('HINCRBY', k[1], f, v) end
+      ub = true
+    end
+    fields[#fields + 1] = f
+  end
+  redis.call('HDEL', pk, unpack(fields))
+  if ub then for _, k in ipairs(bk) do redis.call('EXPIRE', k[1], k[2]) end end
+  if ul then for _, k in ipairs(lk) do redis.call('EXPIRE', k[1], k[2]) end end
+end
+if redis.call('EXISTS', pk) == 0 then redis.call('SREM', P .. 'pm', m) end
+return {res[1], #fv / 2}
 `)
 
 // Store reads and writes metering's keys.
@@ -313,8 +445,13 @@ type Store struct {
 	SeenTTL time.Duration
 	// MaxRecordsPerScript bounds the records one fold script call handles,
 	// and so how long it holds Redis; an entry is never split, so one with
-	// more records gets a call of its own. Default 4096.
+	// more records gets a call of its own. Default 10,000 (some 70 ms of
+	// Redis): about as many as one round trip of the fold carries (2 MiB of
+	// entries), so that it is one call, whose records share more counters.
 	MaxRecordsPerScript int
+	// Now is the fold's clock (which day's seen sets a record goes to);
+	// default time.Now.
+	Now func() time.Time
 }
 
 // New returns a Store over rdb.
@@ -446,55 +583,220 @@ func (s *Store) Fold(ctx context.Context, msgs []redis.XMessage) (FoldResult, er
 	return res, err
 }
 
-// call is the arguments of one fold script call.
+// call is the arguments of one fold script call: the records' sums per
+// field, as if none had been counted yet, and per record the fields it
+// adds to, for the script to take the duplicates out.
 type call struct {
 	entries []string
-	keys    []string // stream, seen keys
-	groups  map[groupKey]int
-	gargs   []any
-	rargs   []any
+	records int // records passed, repeats within the call included
+	ids     map[string]struct{}
+	minutes []string
+	keys    []string
+	keyIdx  map[string]int
+	fields  []field
+	fieldIx map[fieldKey]int
+	cells   map[cellKey]*cell
+	shards  [usage.SeenShards][]any // per seen shard: id, "f1 f2 f3 f4 f5 q b"
+	buf     []byte
 }
 
-type groupKey struct {
-	tail, minute string
+type field struct {
+	key  int // 1-based index into keys
+	name string
+	sum  int64
+}
+
+type fieldKey struct {
+	key  int
+	name string
 }
 
 func newCall() *call {
-	return &call{keys: []string{usage.StreamKey}, groups: map[groupKey]int{}}
+	return &call{ids: map[string]struct{}{}, keyIdx: map[string]int{}, fieldIx: map[fieldKey]int{}, cells: map[cellKey]*cell{}}
 }
 
-func (c *call) add(seen string, rec *meteringv1.UsageRecord, at time.Time) {
+// key is the 1-based index of key k in the call.
+func (c *call) key(k string, pending bool) int {
+	if i, ok := c.keyIdx[k]; ok {
+		return i
+	}
+	c.keys = append(c.keys, k)
+	c.keyIdx[k] = len(c.keys)
+	if pending {
+		c.minutes = append(c.minutes, strings.TrimPrefix(k, keyPrefix+"p:"))
+	}
+	return len(c.keys)
+}
+
+// newField adds field name of key k, which no other cell of the call has
+// (the pending fields of a cell), and returns its 1-based index.
+func (c *call) newField(k int, name string) int {
+	c.fields = append(c.fields, field{key: k, name: name})
+	return len(c.fields)
+}
+
+// addTo adds n to field name of key k and returns the field's 1-based index.
+func (c *call) addTo(k int, name string, n int64) int {
+	fk := fieldKey{k, name}
+	i, ok := c.fieldIx[fk]
+	if !ok {
+		c.fields = append(c.fields, field{key: k, name: name})
+		i = len(c.fields)
+		c.fieldIx[fk] = i
+	}
+	c.fields[i-1].sum += n
+	return i
+}
+
+// cellKey is a counter's dimensions and minute within a call.
+type cellKey struct {
+	tenant, app, producer, typ, channel string
+	metric                              meteringv1.UsageMetric
+	minute                              int64 // unix time of the minute's start
+}
+
+// cell is what a call knows of a cellKey: its keys and field indexes.
+type cell struct {
+	pk, c, b, a, t int
+	tail, ltail    string
+	lat            [16]int // field index per latency bound (len(LatencyBounds)+1), 0: none yet
+}
+
+func (c *call) cell(rec *meteringv1.UsageRecord, at time.Time) *cell {
+	minute := at.Truncate(time.Minute)
+	ck := cellKey{rec.Tenant, rec.ApplicationId, rec.ProducerApplicationId, rec.EventType, rec.Channel, rec.Metric, minute.Unix()}
+	if cl := c.cells[ck]; cl != nil {
+		return cl
+	}
 	d := Dims{Tenant: rec.Tenant, Application: rec.ApplicationId, Producer: rec.ProducerApplicationId,
 		EventType: rec.EventType, Channel: rec.Channel, Metric: rec.Metric}
-	gk := groupKey{tail: d.Tail(), minute: at.UTC().Format(minuteLayout)}
-	g, ok := c.groups[gk]
-	latency := rec.Metric == meteringv1.UsageMetric_USAGE_METRIC_DELIVERED && (rec.LatencyMs > 0 || rec.EventId != "")
-	if !ok {
-		g = len(c.groups) + 1
-		c.groups[gk] = g
-		ltail := ""
-		if latency {
-			ltail = d.latencyTail()
-		}
-		c.gargs = append(c.gargs, gk.tail, gk.minute, Esc(d.Application), Esc(d.Tenant), int64(d.Metric), ltail)
+	cl := &cell{tail: d.Tail(), ltail: d.latencyTail()}
+	cl.pk = c.key(keyPrefix+"p:"+minute.UTC().Format(minuteLayout), true)
+	tk := c.key(TotalsKey(minute), false)
+	metric := strconv.FormatInt(int64(d.Metric), 10)
+	cl.c = c.newField(cl.pk, "c|"+cl.tail)
+	cl.a = c.addTo(tk, "a|"+Esc(d.Application)+"|"+metric, 0)
+	if d.Tenant != "" {
+		cl.t = c.addTo(tk, "t|"+Esc(d.Tenant)+"|"+metric, 0)
 	}
-	lat := ""
-	if latency {
-		lat = latencyBound(max(rec.LatencyMs, 0))
-	}
-	c.keys = append(c.keys, seen)
-	c.rargs = append(c.rargs, g, rec.Quantity, max(rec.Bytes, 0), lat)
+	c.cells[ck] = cl
+	return cl
 }
 
-func (c *call) args(ttl int64) []any {
-	out := make([]any, 0, 4+len(c.entries)+len(c.gargs)+len(c.rargs))
-	out = append(out, Group, ttl, len(c.entries))
+func (c *call) add(id string, rec *meteringv1.UsageRecord, at time.Time) {
+	c.records++
+	n := len(c.ids)
+	c.ids[id] = struct{}{}
+	if len(c.ids) == n {
+		return // a repeat within the call: counted at most once, as a duplicate
+	}
+	cl := c.cell(rec, at)
+	q, b := rec.Quantity, max(rec.Bytes, 0)
+	f := [5]int{cl.c, cl.a, cl.t, 0, 0}
+	if rec.Metric == meteringv1.UsageMetric_USAGE_METRIC_DELIVERED && (rec.LatencyMs > 0 || rec.EventId != "") {
+		ms := max(rec.LatencyMs, 0)
+		bi := len(LatencyBounds)
+		for i, bound := range LatencyBounds {
+			if ms <= bound {
+				bi = i
+				break
+			}
+		}
+		if cl.lat[bi] == 0 {
+			cl.lat[bi] = c.newField(cl.pk, "l|"+cl.ltail+"|"+latencyBound(ms))
+		}
+		f[3] = cl.lat[bi]
+	}
+	if b > 0 {
+		if cl.b == 0 {
+			cl.b = c.newField(cl.pk, "b|"+cl.tail)
+		}
+		f[4] = cl.b
+	}
+	for _, i := range f[:4] {
+		if i > 0 {
+			c.fields[i-1].sum += q
+		}
+	}
+	if f[4] > 0 {
+		c.fields[f[4]-1].sum += b
+	}
+	buf := c.buf[:0]
+	for _, i := range f {
+		buf = strconv.AppendInt(buf, int64(i), 10)
+		buf = append(buf, ' ')
+	}
+	buf = strconv.AppendInt(buf, q, 10)
+	buf = append(buf, ' ')
+	buf = strconv.AppendInt(buf, b, 10)
+	c.buf = buf
+	sh := usage.SeenShard(id)
+	c.shards[sh] = append(c.shards[sh], id, string(buf))
+}
+
+// seenDays are the day stamps whose seen sets a record folded at now may
+// already be in, today first: the days from now-ttl to now.
+func seenDays(now time.Time, ttl time.Duration) []string {
+	day := now.UTC().Truncate(24 * time.Hour)
+	oldest := now.Add(-ttl).UTC().Truncate(24 * time.Hour)
+	var out []string
+	for d := day; !d.Before(oldest); d = d.Add(-24 * time.Hour) {
+		out = append(out, d.Format(dayLayout))
+	}
+	return out
+}
+
+func (c *call) args(now time.Time, ttl time.Duration, days []string) []any {
+	n := 0
+	for _, sh := range c.shards {
+		n += len(sh) + 1
+	}
+	out := make([]any, 0, 10+len(c.entries)+len(days)+len(c.minutes)+2*len(c.keys)+3*len(c.fields)+n)
+	out = append(out, Group, now.Unix(), int64(ttl/time.Second), len(c.entries))
 	for _, e := range c.entries {
 		out = append(out, e)
 	}
-	out = append(out, len(c.groups))
-	out = append(out, c.gargs...)
-	return append(out, c.rargs...)
+	out = append(out, len(days))
+	for _, d := range days {
+		out = append(out, d)
+	}
+	// Today's sets live until the end of today plus the TTL, so that every
+	// id in them is remembered at least the TTL.
+	out = append(out, now.UTC().Truncate(24*time.Hour).Add(24*time.Hour+ttl).Unix())
+	out = append(out, len(c.minutes))
+	for _, m := range c.minutes {
+		out = append(out, m)
+	}
+	out = append(out, len(c.keys))
+	for _, k := range c.keys {
+		ttl := int64(TotalTTL / time.Second)
+		if strings.HasPrefix(k, keyPrefix+"p:") {
+			ttl = int64(PendingTTL / time.Second)
+		}
+		out = append(out, k, ttl)
+	}
+	out = append(out, len(c.fields))
+	for _, f := range c.fields {
+		out = append(out, f.key, f.name, f.sum)
+	}
+	for _, sh := range c.shards {
+		n := len(sh) / 2
+		out = append(out, n)
+		for i := range n {
+			out = append(out, sh[2*i])
+		}
+		for i := range n {
+			out = append(out, sh[2*i+1])
+		}
+	}
+	return out
+}
+
+func (s *Store) now() time.Time {
+	if s.Now != nil {
+		return s.Now()
+	}
+	return time.Now()
 }
 
 func (s *Store) fold(ctx context.Context, msgs []redis.XMessage) (FoldResult, error) {
@@ -505,7 +807,7 @@ func (s *Store) fold(ctx context.Context, msgs []redis.XMessage) (FoldResult, er
 	}
 	limit := s.MaxRecordsPerScript
 	if limit <= 0 {
-		limit = 4096
+		limit = 10000
 	}
 	var calls []*call
 	cur := newCall()
@@ -515,7 +817,7 @@ func (s *Store) fold(ctx context.Context, msgs []redis.XMessage) (FoldResult, er
 			res.Skipped = append(res.Skipped, Skipped{ID: m.ID, Reason: err})
 		}
 		res.Skipped = append(res.Skipped, skipped...)
-		if len(cur.keys) > 1 && len(cur.keys)-1+len(recs) > limit {
+		if cur.records > 0 && cur.records+len(recs) > limit {
 			calls = append(calls, cur)
 			cur = newCall()
 		}
@@ -524,16 +826,18 @@ func (s *Store) fold(ctx context.Context, msgs []redis.XMessage) (FoldResult, er
 			if rec == nil {
 				continue
 			}
-			seen := SeenKey(rec.Id)
-			if rec.Id == "" {
+			id := rec.Id
+			if id == "" {
 				// No id breaks the producer's contract; the entry id still
 				// makes redelivery of this entry idempotent.
-				seen = SeenKey("#" + m.ID + "/" + strconv.Itoa(i))
+				id = "#" + m.ID + "/" + strconv.Itoa(i)
 			}
-			cur.add(seen, rec, recordTime(rec, m.ID))
+			cur.add(id, rec, recordTime(rec, m.ID))
 		}
 	}
 	calls = append(calls, cur)
+	now := s.now()
+	days := seenDays(now, ttl)
 	pipe := s.rdb.Pipeline()
 	cmds := make([]*redis.Cmd, 0, len(calls))
 	records := 0
@@ -541,8 +845,8 @@ func (s *Store) fold(ctx context.Context, msgs []redis.XMessage) (FoldResult, er
 		if len(c.entries) == 0 {
 			continue
 		}
-		records += len(c.keys) - 1
-		cmds = append(cmds, foldScript.EvalSha(ctx, pipe, c.keys, c.args(int64(ttl/time.Second))...))
+		records += c.records
+		cmds = append(cmds, foldScript.EvalSha(ctx, pipe, []string{usage.StreamKey}, c.args(now, ttl, days)...))
 	}
 	if _, err := pipe.Exec(ctx); err != nil {
 		return FoldResult{}, fmt.Errorf("fold %d usage entries: %w", len(msgs), err)
@@ -553,6 +857,116 @@ func (s *Store) fold(ctx context.Context, msgs []redis.XMessage) (FoldResult, er
 	}
 	res.Duplicates = records - res.Counted
 	return res, nil
+}
+
+// Oldest is when the oldest entry still in the usage stream was appended
+// (the fold deletes what it counted), or ok false when the stream is
+// empty: records of times before that have all been folded, but for
+// records appended late.
+func (s *Store) Oldest(ctx context.Context) (at time.Time, ok bool, err error) {
+	msgs, err := s.rdb.XRangeN(ctx, usage.StreamKey, "-", "+", 1).Result()
+	if err != nil {
+		return time.Time{}, false, fmt.Errorf("read the oldest usage entry: %w", err)
+	}
+	if len(msgs) == 0 {
+		return time.Time{}, false, nil
+	}
+	ms, _, _ := strings.Cut(msgs[0].ID, "-")
+	n, err := strconv.ParseInt(ms, 10, 64)
+	if err != nil {
+		return time.Time{}, false, fmt.Errorf("usage entry id %q: %w", msgs[0].ID, err)
+	}
+	return time.UnixMilli(n), true, nil
+}
+
+// RollupChunk is how many pending fields one rollup step (an HSCAN COUNT) moves by
+// default: about 4,000 HINCRBY, a few milliseconds of Redis.
+const RollupChunk = 1000
+
+// PendingMinutes lists the minutes that have pending counts, oldest first.
+func (s *Store) PendingMinutes(ctx context.Context) ([]time.Time, error) {
+	ms, err := s.rdb.SMembers(ctx, pendingSetKey).Result()
+	if err != nil {
+		return nil, fmt.Errorf("read pending minutes: %w", err)
+	}
+	out := make([]time.Time, 0, len(ms))
+	for _, m := range ms {
+		if t, err := time.Parse(minuteLayout, m); err == nil {
+			out = append(out, t)
+		}
+	}
+	slices.SortFunc(out, func(a, b time.Time) int { return a.Compare(b) })
+	return out, nil
+}
+
+// Rollup moves the pending counts of every minute that starts before
+// before into the minute, quarter-hour, hour and day buckets and latency
+// histograms, chunk fields per script call (default RollupChunk). Each
+// call is atomic and moves what it rolls up out of the pending hash, so
+// rollups may run concurrently (two metering processes) and be cut off at
+// any point: nothing is moved twice or lost. Reads add what is still
+// pending, so a rollup changes no answer. With duty in (0, 1), it pauses
+// after each step so as to hold Redis for about that fraction of its time:
+// rolling up a busy minute is some 200,000 fields, seconds of Redis, which
+// would otherwise hold up the fold for as long. It returns the fields
+// moved.
+func (s *Store) Rollup(ctx context.Context, before time.Time, chunk int, duty float64) (int, error) {
+	if chunk <= 0 {
+		chunk = RollupChunk
+	}
+	minutes, err := s.PendingMinutes(ctx)
+	if err != nil {
+		return 0, err
+	}
+	moved := 0
+	for _, m := range minutes {
+		if !m.Before(before.UTC().Truncate(time.Minute)) {
+			break
+		}
+		// Scan the pending hash to its end, and again while fields were
+		// moved (some may have been added behind the cursor meanwhile).
+		for {
+			cursor, pass := "0", 0
+			for {
+				began := time.Now()
+				next, n, err := s.rollupOnce(ctx, m.Format(minuteLayout), cursor, chunk)
+				if err != nil {
+					return moved, err
+				}
+				if duty > 0 && duty < 1 {
+					pause := time.NewTimer(time.Duration(float64(time.Since(began)) * (1 - duty) / duty))
+					select {
+					case <-ctx.Done():
+						pause.Stop()
+						return moved, ctx.Err()
+					case <-pause.C:
+					}
+				}
+				moved += n
+				pass += n
+				if cursor = next; cursor == "0" {
+					break
+				}
+			}
+			if pass == 0 {
+				break
+			}
+		}
+	}
+	return moved, nil
+}
+
+func (s *Store) rollupOnce(ctx context.Context, minute, cursor string, chunk int) (next string, moved int, err error) {
+	res, err := rollupScript.Run(ctx, s.rdb, []string{keyPrefix + "p:" + minute}, minute, cursor, chunk).Slice()
+	if err == nil && len(res) != 2 {
+		err = fmt.Errorf("reply %v", res)
+	}
+	if err != nil {
+		return "", 0, fmt.Errorf("roll up minute %s: %w", minute, err)
+	}
+	next, _ = res[0].(string)
+	n, _ := res[1].(int64)
+	return next, int(n), nil
 }
 
 // decodeEntry returns the records of an entry: one (field "r") or a batch
@@ -665,21 +1079,22 @@ type Bucket struct {
 	Cells map[Dims]Sums
 }
 
-// Buckets reads the buckets of kind k starting at the given times, in one
-// round trip. Fields that do not parse are ignored.
+// Buckets reads the buckets of kind k starting at the given times, the
+// counts still pending for their minutes included, in one snapshot with
+// respect to rollups. Fields that do not parse are ignored.
 func (s *Store) Buckets(ctx context.Context, k Kind, starts []time.Time) ([]Bucket, error) {
-	cmds, err := s.hgetall(ctx, starts, func(t time.Time) string { return BucketKey(k, t) })
+	reads, err := s.read(ctx, k, starts, func(t time.Time) string { return BucketKey(k, t) })
 	if err != nil {
 		return nil, err
 	}
 	out := make([]Bucket, len(starts))
-	for i, c := range cmds {
+	for i, r := range reads {
 		cells := map[Dims]Sums{}
-		for f, v := range c.Val() {
+		add := func(f, v string) {
 			kind, d, ok := ParseBucketField(f)
 			n, err := strconv.ParseInt(v, 10, 64)
 			if !ok || err != nil {
-				continue
+				return
 			}
 			sum := cells[d]
 			if kind == 'c' {
@@ -688,6 +1103,16 @@ func (s *Store) Buckets(ctx context.Context, k Kind, starts []time.Time) ([]Buck
 				sum.Bytes += n
 			}
 			cells[d] = sum
+		}
+		for f, v := range r.bucket {
+			add(f, v)
+		}
+		for _, p := range r.pending {
+			for f, v := range p {
+				if strings.HasPrefix(f, "c|") || strings.HasPrefix(f, "b|") {
+					add(f, v)
+				}
+			}
 		}
 		out[i] = Bucket{Kind: k, Start: starts[i], Cells: cells}
 	}
@@ -698,20 +1123,21 @@ func (s *Store) Buckets(ctx context.Context, k Kind, starts []time.Time) ([]Buck
 type Histogram map[int64]int64
 
 // Latencies reads the latency histograms of kind k (Minute, Hour or Day)
-// starting at the given times, in one round trip.
+// starting at the given times, the counts still pending for their minutes
+// included, in one snapshot with respect to rollups.
 func (s *Store) Latencies(ctx context.Context, k Kind, starts []time.Time) ([]map[Dims]Histogram, error) {
-	cmds, err := s.hgetall(ctx, starts, func(t time.Time) string { return LatencyKey(k, t) })
+	reads, err := s.read(ctx, k, starts, func(t time.Time) string { return LatencyKey(k, t) })
 	if err != nil {
 		return nil, err
 	}
 	out := make([]map[Dims]Histogram, len(starts))
-	for i, c := range cmds {
+	for i, r := range reads {
 		hs := map[Dims]Histogram{}
-		for f, v := range c.Val() {
+		add := func(f, v string) {
 			d, le, ok := ParseLatencyField(f)
 			n, err := strconv.ParseInt(v, 10, 64)
 			if !ok || err != nil {
-				continue
+				return
 			}
 			h := hs[d]
 			if h == nil {
@@ -720,21 +1146,121 @@ func (s *Store) Latencies(ctx context.Context, k Kind, starts []time.Time) ([]ma
 			}
 			h[le] += n
 		}
+		for f, v := range r.bucket {
+			add(f, v)
+		}
+		for _, p := range r.pending {
+			for f, v := range p {
+				if lf, ok := strings.CutPrefix(f, "l|"); ok {
+					add(lf, v)
+				}
+			}
+		}
 		out[i] = hs
 	}
 	return out, nil
 }
 
-func (s *Store) hgetall(ctx context.Context, starts []time.Time, key func(time.Time) string) ([]*redis.MapStringStringCmd, error) {
-	pipe := s.rdb.Pipeline()
-	cmds := make([]*redis.MapStringStringCmd, len(starts))
-	for i, t := range starts {
-		cmds[i] = pipe.HGetAll(ctx, key(t))
+// span is the time a bucket of kind k holding t covers.
+func span(k Kind, t time.Time) (from, to time.Time) {
+	t = t.UTC()
+	switch k {
+	case Minute:
+		from = t.Truncate(time.Minute)
+		return from, from.Add(time.Minute)
+	case Quarter:
+		from = t.Truncate(15 * time.Minute)
+		return from, from.Add(15 * time.Minute)
+	case Hour:
+		from = t.Truncate(time.Hour)
+		return from, from.Add(time.Hour)
+	default:
+		from = time.Date(t.Year(), t.Month(), t.Day(), 0, 0, 0, 0, time.UTC)
+		return from, from.AddDate(0, 0, 1)
 	}
-	if len(starts) > 0 {
-		if _, err := pipe.Exec(ctx); err != nil {
+}
+
+// bucketRead is one bucket's hash and the pending hashes of the minutes
+// it covers.
+type bucketRead struct {
+	bucket  map[string]string
+	pending []map[string]string
+}
+
+// maxReadRetries bounds how often a read starts over because the set of
+// pending minutes changed under it (a new minute's first fold, a minute's
+// last rollup: a few times a minute).
+const maxReadRetries = 20
+
+// read reads the hash key(t) of each start and the pending hashes of the
+// minutes each covers. When a pending minute falls in a span it reads them
+// all in one MULTI, under WATCH of the pending-minute set: a rollup moves
+// fields from a pending hash to the buckets atomically, so the snapshot
+// counts each record once, in one place or the other. Without pending
+// minutes in the spans it reads in a plain pipeline, as the buckets are
+// then only added to.
+func (s *Store) read(ctx context.Context, k Kind, starts []time.Time, key func(time.Time) string) ([]bucketRead, error) {
+	out := make([]bucketRead, len(starts))
+	if len(starts) == 0 {
+		return out, nil
+	}
+	for attempt := 0; ; attempt++ {
+		err := s.rdb.Watch(ctx, func(tx *redis.Tx) error {
+			ms, err := tx.SMembers(ctx, pendingSetKey).Result()
+			if err != nil {
+				return err
+			}
+			var pending []time.Time
+			for _, m := range ms {
+				if t, err := time.Parse(minuteLayout, m); err == nil {
+					pending = append(pending, t)
+				}
+			}
+			var bcmds []*redis.MapStringStringCmd
+			pcmds := make([][]*redis.MapStringStringCmd, len(starts))
+			fill := func(p redis.Pipeliner) error {
+				bcmds = make([]*redis.MapStringStringCmd, len(starts))
+				for i, t := range starts {
+					bcmds[i] = p.HGetAll(ctx, key(t))
+					from, to := span(k, t)
+					pcmds[i] = nil
+					for _, m := range pending {
+						if !m.Before(from) && m.Before(to) {
+							pcmds[i] = append(pcmds[i], p.HGetAll(ctx, keyPrefix+"p:"+m.Format(minuteLayout)))
+						}
+					}
+				}
+				return nil
+			}
+			inSpan := false
+			for _, t := range starts {
+				from, to := span(k, t)
+				for _, m := range pending {
+					inSpan = inSpan || (!m.Before(from) && m.Before(to))
+				}
+			}
+			if inSpan {
+				_, err = tx.TxPipelined(ctx, fill)
+			} else {
+				_, err = tx.Pipelined(ctx, fill)
+			}
+			if err != nil {
+				return err
+			}
+			for i := range starts {
+				out[i] = bucketRead{bucket: bcmds[i].Val()}
+				for _, c := range pcmds[i] {
+					out[i].pending = append(out[i].pending, c.Val())
+				}
+			}
+			return nil
+		}, pendingSetKey)
+		if errors.Is(err, redis.TxFailedErr) && attempt < maxReadRetries {
+			continue
+		}
+		if err != nil {
 			return nil, fmt.Errorf("read %d usage buckets: %w", len(starts), err)
 		}
+		return out, nil
 	}
-	return cmds, nil
 }

@@ -33,6 +33,9 @@ const (
 	AttemptTrigger_ATTEMPT_TRIGGER_MANUAL AttemptTrigger = 1
 	// A replay.
 	AttemptTrigger_ATTEMPT_TRIGGER_REPLAY AttemptTrigger = 2
+	// A test event (SendTestEvent), on its first delivery; replayed, it is
+	// REPLAY.
+	AttemptTrigger_ATTEMPT_TRIGGER_TEST AttemptTrigger = 3
 )
 
 // Enum value maps for AttemptTrigger.
@@ -41,11 +44,13 @@ var (
 		0: "ATTEMPT_TRIGGER_UNSPECIFIED",
 		1: "ATTEMPT_TRIGGER_MANUAL",
 		2: "ATTEMPT_TRIGGER_REPLAY",
+		3: "ATTEMPT_TRIGGER_TEST",
 	}
 	AttemptTrigger_value = map[string]int32{
 		"ATTEMPT_TRIGGER_UNSPECIFIED": 0,
 		"ATTEMPT_TRIGGER_MANUAL":      1,
 		"ATTEMPT_TRIGGER_REPLAY":      2,
+		"ATTEMPT_TRIGGER_TEST":        3,
 	}
 )
 
@@ -1220,11 +1225,12 @@ const file_herald_edge_v1_webhooks_proto_rawDesc = "" +
 	"\x15SendTestEventResponse\x12\x16\n" +
 	"\x06cursor\x18\x01 \x01(\tR\x06cursor\x121\n" +
 	"\x05event\x18\x02 \x01(\v2\x1b.herald.event.v1.CloudEventR\x05event\x12!\n" +
-	"\ffiltered_out\x18\x03 \x01(\bR\vfilteredOut*i\n" +
+	"\ffiltered_out\x18\x03 \x01(\bR\vfilteredOut*\x83\x01\n" +
 	"\x0eAttemptTrigger\x12\x1f\n" +
 	"\x1bATTEMPT_TRIGGER_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16ATTEMPT_TRIGGER_MANUAL\x10\x01\x12\x1a\n" +
-	"\x16ATTEMPT_TRIGGER_REPLAY\x10\x022\xe9\x03\n" +
+	"\x16ATTEMPT_TRIGGER_REPLAY\x10\x02\x12\x18\n" +
+	"\x14ATTEMPT_TRIGGER_TEST\x10\x032\xe9\x03\n" +
 	"\x0eWebhookService\x12Y\n" +
 	"\fListAttempts\x12#.herald.edge.v1.ListAttemptsRequest\x1a$.herald.edge.v1.ListAttemptsResponse\x12w\n" +
 	"\x16ListWebhookDeadLetters\x12-.herald.edge.v1.ListWebhookDeadLettersRequest\x1a..herald.edge.v1.ListWebhookDeadLettersResponse\x12\\\n" +
