@@ -37,7 +37,13 @@ func validatorScript(t *testing.T) string {
 		if validatorErr != nil {
 			return
 		}
-		if _, err := os.Stat(filepath.Join(validatorDir, "node_modules", "@asyncapi", "parser", "package.json")); err == nil {
+		installed := true
+		for _, pkg := range []string{"parser", "avro-schema-parser", "protobuf-schema-parser"} {
+			if _, err := os.Stat(filepath.Join(validatorDir, "node_modules", "@asyncapi", pkg, "package.json")); err != nil {
+				installed = false
+			}
+		}
+		if installed {
 			return
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
