@@ -19,6 +19,7 @@ import (
 	"github.com/heraldmesh/herald/platform/config"
 	"github.com/heraldmesh/herald/platform/eventtype"
 	"github.com/heraldmesh/herald/platform/rpc"
+	"github.com/heraldmesh/herald/platform/schema"
 	"github.com/spf13/cobra"
 )
 
@@ -92,7 +93,7 @@ func runCodegen(ctx context.Context, stdout io.Writer, f *codegenFlags) error {
 	var types []codegen.Type
 	for _, et := range all {
 		if eventtype.MatchAny(patterns, et.GetName()) {
-			types = append(types, codegen.Type{Name: et.GetName(), Description: et.GetDescription(), Schema: []byte(et.GetSchema()), SchemaVersion: int(et.GetSchemaVersion())})
+			types = append(types, codegen.Type{Name: et.GetName(), Description: et.GetDescription(), Schema: codegenSchema(et), SchemaVersion: int(et.GetSchemaVersion())})
 		}
 	}
 	if len(types) == 0 {
@@ -177,4 +178,13 @@ func registryError(addr string, err error) error {
 		return fmt.Errorf("cannot read the catalog from the registry at %s (--registry or HERALD_REGISTRY_ADDR): %w", addr, err)
 	}
 	return fmt.Errorf("list event types: %w", err)
+}
+
+// codegenSchema is the JSON Schema typed clients are generated from; a
+// Protobuf, Avro or NONE type has none (its data is untyped there).
+func codegenSchema(et *registryv1.EventType) []byte {
+	if schema.Normalize(et.GetSchemaFormat()) != registryv1.SchemaFormat_SCHEMA_FORMAT_JSON_SCHEMA {
+		return nil
+	}
+	return []byte(et.GetSchema())
 }

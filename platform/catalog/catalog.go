@@ -17,10 +17,12 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	eventv1 "github.com/heraldmesh/herald/api/gen/herald/event/v1"
 	registryv1 "github.com/heraldmesh/herald/api/gen/herald/registry/v1"
 	"github.com/heraldmesh/herald/api/gen/herald/registry/v1/registryv1connect"
 	"github.com/heraldmesh/herald/platform/auth"
 	"github.com/heraldmesh/herald/platform/backoff"
+	"github.com/heraldmesh/herald/platform/cloudevent"
 	"github.com/heraldmesh/herald/platform/schema"
 	"golang.org/x/sync/singleflight"
 )
@@ -28,10 +30,15 @@ import (
 // ErrUnknownType is returned for a type the registry does not have.
 var ErrUnknownType = errors.New("event type is not registered")
 
-// Type is one event type with its compiled schema.
+// Type is one event type with its compiled schema, compiled once per
+// schema version (not per event).
 type Type struct {
 	*registryv1.EventType
+	// Validator is the JSON Schema of a JSON_SCHEMA type, nil for the
+	// other formats.
 	Validator *schema.Schema
+	// Schema is the compiled schema of any format.
+	Schema *schema.Compiled
 }
 
 type key struct {
@@ -60,7 +67,18 @@ type Cache struct {
 	onKey    []func()
 
 	fetch singleflight.Group
+
+	versionsMu sync.Mutex
+	versions   map[versionKey]*schema.Compiled // older schema versions, compiled on demand
 }
+
+type versionKey struct {
+	name    string
+	version int32
+}
+
+// maxVersions bounds the older schema versions kept compiled.
+const maxVersions = 1024
 
 // New returns a cache over a registry client carrying the admin key.
 func New(client registryv1connect.RegistryServiceClient, log *slog.Logger) *Cache {
@@ -308,11 +326,11 @@ func (c *Cache) apply(msg *registryv1.WatchResponse) bool {
 }
 
 func compile(et *registryv1.EventType) (*Type, error) {
-	s, err := schema.Compile(et.GetName(), et.GetSchema())
+	s, err := schema.CompileDefinition(et.GetName(), schema.TypeDefinition(et))
 	if err != nil {
 		return nil, err
 	}
-	return &Type{EventType: et, Validator: s}, nil
+	return &Type{EventType: et, Validator: s.JSON, Schema: s}, nil
 }
 
 // Lookup returns a type, asking the registry when it has not seen it.
@@ -482,4 +500,108 @@ func (c *Cache) Ready(context.Context) error {
 		return errors.New("catalog not loaded from the registry yet")
 	}
 	return nil
+}
+
+// JSONData returns ev with its data rendered as JSON when its type's
+// schema is Protobuf (protojson) or Avro (Avro's JSON encoding): text_data
+// with datacontenttype application/json. An Avro event is decoded with the
+// schema version it was written with (its schemaversion extension), which
+// the cache asks the registry for once when it is not the latest.
+// Otherwise, or when the data cannot be rendered, ev itself, delivered as
+// data_base64.
+func (c *Cache) JSONData(ev *eventv1.CloudEvent) *eventv1.CloudEvent {
+	t, ok := c.Get(ev.GetType())
+	if !ok {
+		return ev
+	}
+	if t.Schema != nil && t.Schema.Avro != nil {
+		if v := int32(ev.GetAttributes()[cloudevent.SchemaVersionAttribute].GetCeInteger()); v > 0 && v != t.GetSchemaVersion() {
+			old := c.version(t.GetName(), v)
+			if old == nil {
+				return ev
+			}
+			return renderJSON(ev, old)
+		}
+	}
+	return t.JSONData(ev)
+}
+
+// version returns schema version v of a type, compiled, asking the
+// registry when the cache does not hold it; nil when it cannot be had.
+func (c *Cache) version(name string, v int32) *schema.Compiled {
+	k := versionKey{name, v}
+	c.versionsMu.Lock()
+	s, ok := c.versions[k]
+	c.versionsMu.Unlock()
+	if ok {
+		return s
+	}
+	if c.client == nil {
+		return nil
+	}
+	got, err, _ := c.fetch.Do(fmt.Sprintf("versions:%s", name), func() (any, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		res, err := c.client.ListSchemaVersions(ctx, connect.NewRequest(&registryv1.ListSchemaVersionsRequest{EventType: name}))
+		if err != nil {
+			return nil, err
+		}
+		return res.Msg.GetSchemaVersions(), nil
+	})
+	if err != nil {
+		c.log.Warn("schema versions not loaded; data left in data_base64", "type", name, "err", err)
+		return nil
+	}
+	c.versionsMu.Lock()
+	defer c.versionsMu.Unlock()
+	if c.versions == nil || len(c.versions) >= maxVersions {
+		c.versions = map[versionKey]*schema.Compiled{}
+	}
+	for _, sv := range got.([]*registryv1.SchemaVersion) {
+		if sv.GetVersion() != v {
+			continue
+		}
+		compiled, err := schema.CompileDefinition(name, schema.VersionDefinition(sv))
+		if err != nil {
+			return nil
+		}
+		c.versions[k] = compiled
+		return compiled
+	}
+	return nil
+}
+
+// JSONData is Cache.JSONData for an event of t.
+func (t *Type) JSONData(ev *eventv1.CloudEvent) *eventv1.CloudEvent {
+	if t.Schema == nil || (t.Schema.Protobuf == nil && t.Schema.Avro == nil) {
+		return ev
+	}
+	if t.Schema.Avro != nil && ev.GetAttributes()[cloudevent.SchemaVersionAttribute].GetCeInteger() != t.GetSchemaVersion() {
+		return ev
+	}
+	return renderJSON(ev, t.Schema)
+}
+
+// renderJSON renders ev's binary data with s as JSON, or returns ev.
+func renderJSON(ev *eventv1.CloudEvent, s *schema.Compiled) *eventv1.CloudEvent {
+	var data []byte
+	switch d := ev.GetData().(type) {
+	case *eventv1.CloudEvent_ProtoData:
+		data = d.ProtoData.GetValue()
+	case *eventv1.CloudEvent_BinaryData:
+		data = d.BinaryData
+	default:
+		return ev
+	}
+	js, ok, err := s.RenderJSON(data)
+	if !ok || err != nil {
+		return ev
+	}
+	attrs := make(map[string]*eventv1.CloudEvent_CloudEventAttributeValue, len(ev.GetAttributes())+1)
+	for k, v := range ev.GetAttributes() {
+		attrs[k] = v
+	}
+	attrs["datacontenttype"] = &eventv1.CloudEvent_CloudEventAttributeValue{Attr: &eventv1.CloudEvent_CloudEventAttributeValue_CeString{CeString: "application/json"}}
+	return &eventv1.CloudEvent{Id: ev.GetId(), Source: ev.GetSource(), SpecVersion: ev.GetSpecVersion(), Type: ev.GetType(),
+		Attributes: attrs, Data: &eventv1.CloudEvent_TextData{TextData: string(js)}}
 }

@@ -207,3 +207,8 @@ func attrString(v *eventv1.CloudEvent_CloudEventAttributeValue) string {
 	}
 	return ""
 }
+
+// SchemaVersionAttribute is the extension the router stamps on events of
+// Avro types: the schema version their data was written with, which a
+// reader needs to decode it.
+const SchemaVersionAttribute = "schemaversion"

@@ -10,6 +10,8 @@
 // --strict, warnings too), 2 on bad usage or an unreadable file.
 import { readFile } from 'node:fs/promises';
 import { Parser, DiagnosticSeverity } from '@asyncapi/parser';
+import { AvroSchemaParser } from '@asyncapi/avro-schema-parser';
+import { ProtoBuffSchemaParser } from '@asyncapi/protobuf-schema-parser';
 
 const severityName = {
   [DiagnosticSeverity.Error]: 'error',
@@ -44,7 +46,9 @@ async function main() {
   if (files.length === 0) files.push('-');
   if (files.filter((f) => f === '-').length > 1) usage('standard input can be read only once');
 
-  const parser = new Parser();
+  // Herald exports Protobuf and Avro payloads with their schemaFormat: the
+  // official schema parsers check them.
+  const parser = new Parser({ schemaParsers: [AvroSchemaParser(), ProtoBuffSchemaParser()] });
   let failures = 0;
   for (const source of files) {
     if (!(await validate(parser, source, { strict, quiet }))) failures++;

@@ -42,7 +42,7 @@ func (p *Plan) Check(ctx context.Context, client registryv1connect.RegistryServi
 			}
 			continue
 		}
-		res, err := client.CheckCompatibility(ctx, connect.NewRequest(&registryv1.CheckCompatibilityRequest{EventType: c.Name, Schema: c.Schema}))
+		res, err := client.CheckCompatibility(ctx, connect.NewRequest(&registryv1.CheckCompatibilityRequest{EventType: c.Name, Schema: c.Schema, ProtobufSchema: c.ProtobufSchema, ContentType: c.ContentType}))
 		if err != nil {
 			return fmt.Errorf("check the new schema of %s: %w", c.Name, err)
 		}
@@ -118,7 +118,7 @@ func applyOne(ctx context.Context, client registryv1connect.RegistryServiceClien
 		}
 		return err
 	case AddSchemaVersion:
-		if _, err := client.CreateSchemaVersion(ctx, connect.NewRequest(&registryv1.CreateSchemaVersionRequest{EventType: c.Name, Schema: c.Schema})); err != nil {
+		if _, err := client.CreateSchemaVersion(ctx, connect.NewRequest(&registryv1.CreateSchemaVersionRequest{EventType: c.Name, Schema: c.Schema, ProtobufSchema: c.ProtobufSchema, ContentType: c.ContentType})); err != nil {
 			return err
 		}
 		// Adding a version is a change of the type: later updates need

@@ -71,7 +71,15 @@ type EventType struct {
 	// mapping (JSON is YAML too), true/false, or a string of JSON text.
 	// When it differs from the registry's latest version, a new version
 	// is added.
-	Schema yaml.Node `yaml:"schema"`
+	Schema yaml.Node `yaml:"schema,omitempty"`
+	// Format of the schema: jsonSchema (default), protobuf, avro (schema
+	// is then the Avro schema) or none. Fixed once the type exists.
+	Format string `yaml:"format,omitempty"`
+	// Protobuf is the schema of a protobuf type: the message and its
+	// .proto files (path: source).
+	Protobuf *ProtobufSchema `yaml:"protobuf,omitempty"`
+	// ContentType is the media type of a none type's data.
+	ContentType string `yaml:"contentType,omitempty"`
 	// Examples, each validated by the registry against its schema version
 	// (0 or absent: the latest). An empty list removes them all.
 	Examples []Example `yaml:"examples,omitempty"`
@@ -81,6 +89,24 @@ type EventType struct {
 	sunset     *time.Time
 	sunsetSet  bool
 }
+
+// ProtobufSchema is a protobuf type's message and .proto files.
+type ProtobufSchema struct {
+	Message string            `yaml:"message"`
+	Files   map[string]string `yaml:"files"`
+}
+
+// formats maps the file's format names to the registry's.
+var formats = map[string]registryv1.SchemaFormat{
+	"":           registryv1.SchemaFormat_SCHEMA_FORMAT_JSON_SCHEMA,
+	"jsonSchema": registryv1.SchemaFormat_SCHEMA_FORMAT_JSON_SCHEMA,
+	"protobuf":   registryv1.SchemaFormat_SCHEMA_FORMAT_PROTOBUF,
+	"avro":       registryv1.SchemaFormat_SCHEMA_FORMAT_AVRO,
+	"none":       registryv1.SchemaFormat_SCHEMA_FORMAT_NONE,
+}
+
+// format is the registry's format of d.
+func (d *EventType) format() registryv1.SchemaFormat { return formats[d.Format] }
 
 // Retention bounds an event type's log: either or both.
 type Retention struct {
@@ -354,9 +380,24 @@ func (f *File) validate() Errors {
 		if et.Partitions < 0 {
 			add(et.line, "%s: partitions must be at least 1", what)
 		}
-		if et.Schema.Kind == 0 {
+		f, knownFormat := formats[et.Format]
+		hasSchema := et.Schema.Kind != 0 && !(et.Schema.Kind == yaml.ScalarNode && et.Schema.Tag == "!!null")
+		switch {
+		case !knownFormat:
+			add(et.line, "%s: format %q: want jsonSchema, protobuf, avro or none", what, et.Format)
+		case f == registryv1.SchemaFormat_SCHEMA_FORMAT_PROTOBUF || f == registryv1.SchemaFormat_SCHEMA_FORMAT_NONE:
+			if hasSchema {
+				add(et.Schema.Line, "%s: schema is for jsonSchema and avro types; a %s type has %s", what, et.Format, map[bool]string{true: "protobuf (message and files)", false: "contentType"}[f == registryv1.SchemaFormat_SCHEMA_FORMAT_PROTOBUF])
+			}
+			if f == registryv1.SchemaFormat_SCHEMA_FORMAT_PROTOBUF && (et.Protobuf == nil || et.Protobuf.Message == "" || len(et.Protobuf.Files) == 0) {
+				add(et.line, "%s: a protobuf type needs protobuf.message and protobuf.files", what)
+			}
+			if f == registryv1.SchemaFormat_SCHEMA_FORMAT_NONE && et.ContentType == "" {
+				add(et.line, "%s: a none type needs contentType (e.g. application/octet-stream)", what)
+			}
+		case !hasSchema:
 			add(et.line, "%s: schema is required (a JSON Schema of the event data; {} accepts any JSON)", what)
-		} else {
+		default:
 			s, err := schemaJSON(&et.Schema)
 			if err != nil {
 				add(et.Schema.Line, "%s: schema: %v", what, err)

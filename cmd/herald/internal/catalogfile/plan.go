@@ -3,12 +3,14 @@ package catalogfile
 import (
 	"fmt"
 	"io"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
 
 	registryv1 "github.com/heraldmesh/herald/api/gen/herald/registry/v1"
+	"github.com/heraldmesh/herald/platform/schema"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -65,7 +67,11 @@ type Change struct {
 	// take it (set by Check).
 	Schema     string
 	SchemaDiff []string
-	Verdict    *Verdict
+	// ProtobufSchema and ContentType are the new version of a protobuf or
+	// none type.
+	ProtobufSchema *registryv1.ProtobufSchema
+	ContentType    string
+	Verdict        *Verdict
 	// AfterSchema marks an event type update that has to wait for the new
 	// schema version (examples of the new version).
 	AfterSchema bool
@@ -211,7 +217,7 @@ func (p *Plan) product(cur *registryv1.Product, d *Product) {
 
 func (p *Plan) eventType(cur *registryv1.EventType, d *EventType) {
 	if cur == nil {
-		et := &registryv1.EventType{Name: d.Name, Schema: d.schemaJSON}
+		et := &registryv1.EventType{Name: d.Name, Schema: d.schemaJSON, SchemaFormat: d.format(), ProtobufSchema: d.protobuf(), ContentType: d.ContentType}
 		setManaged(et, d)
 		if d.Examples != nil {
 			et.Examples = examplesOf(d)
@@ -227,6 +233,9 @@ func (p *Plan) eventType(cur *registryv1.EventType, d *EventType) {
 			if f.To != "" {
 				c.Fields = append(c.Fields, f)
 			}
+		}
+		if d.Format != "" {
+			c.Fields = append(c.Fields, FieldChange{Field: "format", To: d.Format})
 		}
 		c.Fields = append(c.Fields, FieldChange{Field: "schema", To: "version 1"})
 		if len(et.Examples) > 0 {
@@ -277,6 +286,15 @@ func (p *Plan) eventType(cur *registryv1.EventType, d *EventType) {
 		}
 	}
 	schemaChanged := canonicalJSON(d.schemaJSON) != canonicalJSON(cur.GetSchema())
+	switch d.format() {
+	case registryv1.SchemaFormat_SCHEMA_FORMAT_PROTOBUF:
+		schemaChanged = d.Protobuf.Message != cur.GetProtobufSchema().GetMessage() || !maps.Equal(d.Protobuf.Files, cur.GetProtobufSchema().GetFiles())
+	case registryv1.SchemaFormat_SCHEMA_FORMAT_NONE:
+		schemaChanged = d.ContentType != cur.GetContentType()
+	}
+	if f := d.format(); f != schema.Normalize(cur.GetSchemaFormat()) {
+		fields = append(fields, FieldChange{"format", formatName(cur.GetSchemaFormat()), cmpOr(d.Format, "jsonSchema") + " (the registry refuses: a type keeps its format)"})
+	}
 
 	if !schemaChanged {
 		if exampleChange != nil {
@@ -295,7 +313,7 @@ func (p *Plan) eventType(cur *registryv1.EventType, d *EventType) {
 		p.Changes = append(p.Changes, &Change{Kind: UpdateEventType, Name: d.Name, Fields: fields, EventType: next})
 	}
 	p.Changes = append(p.Changes, &Change{
-		Kind: AddSchemaVersion, Name: d.Name, Schema: d.schemaJSON,
+		Kind: AddSchemaVersion, Name: d.Name, Schema: d.schemaJSON, ProtobufSchema: d.protobuf(), ContentType: d.ContentType,
 		Fields:     []FieldChange{{Field: "schema", From: fmt.Sprintf("version %d", cur.GetSchemaVersion()), To: fmt.Sprintf("version %d", cur.GetSchemaVersion()+1)}},
 		SchemaDiff: schemaDiff(cur.GetSchema(), d.schemaJSON),
 	})
@@ -506,4 +524,22 @@ func (p *Plan) Write(w io.Writer) {
 		}
 		fmt.Fprintln(w, summary+".")
 	}
+}
+
+// protobuf is d's protobuf schema for the registry, nil for other formats.
+func (d *EventType) protobuf() *registryv1.ProtobufSchema {
+	if d.format() != registryv1.SchemaFormat_SCHEMA_FORMAT_PROTOBUF || d.Protobuf == nil {
+		return nil
+	}
+	return &registryv1.ProtobufSchema{Message: d.Protobuf.Message, Files: d.Protobuf.Files}
+}
+
+// formatName is a registry format's name in the file.
+func formatName(f registryv1.SchemaFormat) string {
+	for name, v := range formats {
+		if name != "" && v == schema.Normalize(f) {
+			return name
+		}
+	}
+	return "jsonSchema"
 }

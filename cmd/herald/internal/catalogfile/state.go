@@ -11,6 +11,7 @@ import (
 	"connectrpc.com/connect"
 	registryv1 "github.com/heraldmesh/herald/api/gen/herald/registry/v1"
 	"github.com/heraldmesh/herald/api/gen/herald/registry/v1/registryv1connect"
+	"github.com/heraldmesh/herald/platform/schema"
 	"go.yaml.in/yaml/v3"
 )
 
@@ -107,7 +108,17 @@ func Export(st *State) *File {
 			Lifecycle:     lifecycleName(et.GetLifecycle()),
 			Compatibility: compatibilityName(et.GetCompatibility()),
 			Partitions:    max(1, et.GetPartitions()),
-			Schema:        *jsonNode(et.GetSchema()),
+		}
+		switch f := schema.Normalize(et.GetSchemaFormat()); f {
+		case registryv1.SchemaFormat_SCHEMA_FORMAT_JSON_SCHEMA:
+			x.Schema = *jsonNode(et.GetSchema())
+		case registryv1.SchemaFormat_SCHEMA_FORMAT_AVRO:
+			x.Format, x.Schema = formatName(f), *jsonNode(et.GetSchema())
+		case registryv1.SchemaFormat_SCHEMA_FORMAT_PROTOBUF:
+			x.Format = formatName(f)
+			x.Protobuf = &ProtobufSchema{Message: et.GetProtobufSchema().GetMessage(), Files: et.GetProtobufSchema().GetFiles()}
+		case registryv1.SchemaFormat_SCHEMA_FORMAT_NONE:
+			x.Format, x.ContentType = formatName(f), et.GetContentType()
 		}
 		if ts := et.GetSunsetTime(); ts != nil {
 			s := ts.AsTime().UTC().Format(time.RFC3339Nano)

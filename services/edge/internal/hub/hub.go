@@ -16,6 +16,7 @@ import (
 	"sync"
 	"time"
 
+	eventv1 "github.com/heraldmesh/herald/api/gen/herald/event/v1"
 	"github.com/heraldmesh/herald/platform/backoff"
 	"github.com/heraldmesh/herald/platform/catalog"
 	"github.com/heraldmesh/herald/platform/cloudevent"
@@ -49,6 +50,24 @@ type Event struct {
 
 	mu      sync.Mutex
 	matches []matched // filter results, one per distinct filter
+
+	asJSONOnce sync.Once
+	asJSON     *Event
+}
+
+// WithJSONData returns the event as rendered by conv (Protobuf or Avro data
+// as JSON, see catalog.Cache.JSONData), made once and shared by every
+// subscriber that asked for JSON data; e itself when conv leaves the event
+// as it is. Every call must pass the same conv.
+func (e *Event) WithJSONData(conv func(*eventv1.CloudEvent) *eventv1.CloudEvent) *Event {
+	e.asJSONOnce.Do(func() {
+		e.asJSON = e
+		if ev := conv(e.Event); ev != e.Event {
+			e.asJSON = &Event{Entry: e.Entry, Late: e.Late}
+			e.asJSON.Event = ev
+		}
+	})
+	return e.asJSON
 }
 
 type matched struct {

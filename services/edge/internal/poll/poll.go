@@ -81,7 +81,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		auth.WriteError(w, r, connect.NewError(connect.CodeInvalidArgument, err))
 		return
 	}
-	pr, err := h.Requests.Parse(r.Context(), request.Params{Types: q["types"], Filter: q.Get("filter"), Cursor: q.Get("cursor")})
+	jsonData, err := request.DataMode(q.Get("data"))
+	if err != nil {
+		auth.WriteError(w, r, err)
+		return
+	}
+	pr, err := h.Requests.Parse(r.Context(), request.Params{Types: q["types"], Filter: q.Get("filter"), Cursor: q.Get("cursor"), JSONData: jsonData})
 	if err != nil {
 		auth.WriteError(w, r, service.ClientError(h.Log, "GET /v1/poll", err))
 		return
@@ -118,6 +123,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		res.Gap = &g
 	}
 	for _, ev := range b.Events {
+		if pr.AsJSON != nil {
+			ev = ev.WithJSONData(pr.AsJSON)
+		}
 		data, err := ev.JSON()
 		if err != nil {
 			h.Log.Error("event not renderable; skipped", "cursor", ev.ID.String(), "err", err)

@@ -16,6 +16,7 @@ import (
 	"github.com/heraldmesh/herald/platform/codegen"
 	"github.com/heraldmesh/herald/platform/eventtype"
 	"github.com/heraldmesh/herald/platform/rpc"
+	"github.com/heraldmesh/herald/platform/schema"
 )
 
 // codegenDownload is GET /portal/codegen?lang=ts|go&types=billing.*
@@ -51,7 +52,7 @@ func (h *Handler) codegenDownload(w http.ResponseWriter, r *http.Request, _ auth
 	var types []codegen.Type
 	for _, et := range all {
 		if eventtype.MatchAny(patterns, et.GetName()) {
-			types = append(types, codegen.Type{Name: et.GetName(), Description: et.GetDescription(), Schema: []byte(et.GetSchema()), SchemaVersion: int(et.GetSchemaVersion())})
+			types = append(types, codegen.Type{Name: et.GetName(), Description: et.GetDescription(), Schema: codegenSchema(et), SchemaVersion: int(et.GetSchemaVersion())})
 		}
 	}
 	if len(types) == 0 {
@@ -107,4 +108,13 @@ func (h *Handler) listTypes(ctx context.Context, secret string) ([]*registryv1.E
 			return all, nil
 		}
 	}
+}
+
+// codegenSchema is the JSON Schema typed clients are generated from; a
+// Protobuf, Avro or NONE type has none (its data is untyped there).
+func codegenSchema(et *registryv1.EventType) []byte {
+	if schema.Normalize(et.GetSchemaFormat()) != registryv1.SchemaFormat_SCHEMA_FORMAT_JSON_SCHEMA {
+		return nil
+	}
+	return []byte(et.GetSchema())
 }

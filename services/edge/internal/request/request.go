@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	eventv1 "github.com/heraldmesh/herald/api/gen/herald/event/v1"
 	registryv1 "github.com/heraldmesh/herald/api/gen/herald/registry/v1"
 	"github.com/heraldmesh/herald/platform/access"
 	"github.com/heraldmesh/herald/platform/auth"
@@ -49,6 +50,8 @@ type Params struct {
 	// Cursor resumes after this entry id; "" starts with events published
 	// from now on, "0" replays the retained log.
 	Cursor string
+	// JSONData asks for Protobuf and Avro data rendered as JSON.
+	JSONData bool
 }
 
 // Request is a parsed request, checked against the caller's grants.
@@ -64,6 +67,10 @@ type Request struct {
 	// Expires is when the request must end (the token's expiry); zero:
 	// never.
 	Expires time.Time
+	// AsJSON, when the request asked for JSON data, renders an event's
+	// Protobuf or Avro data as JSON (see hub.Event.WithJSONData); nil
+	// otherwise.
+	AsJSON func(*eventv1.CloudEvent) *eventv1.CloudEvent
 
 	caller   auth.Principal
 	audience atomic.Int32 // registryv1.Audience
@@ -114,6 +121,9 @@ func (p *Parser) Parse(ctx context.Context, in Params) (*Request, error) {
 		return nil, connect.NewError(connect.CodeInvalidArgument, err)
 	}
 	req := &Request{caller: caller}
+	if in.JSONData {
+		req.AsJSON = p.cat.JSONData
+	}
 	if scope != nil {
 		if !scope.Expires.IsZero() && !time.Now().Before(scope.Expires) {
 			return nil, connect.NewError(connect.CodeUnauthenticated, errors.New("the token has expired"))
@@ -304,4 +314,17 @@ func NewGapJSON(g hub.Gap) GapJSON {
 		j.Resume = g.Resume.String()
 	}
 	return j
+}
+
+// DataMode reads the data= query parameter of the HTTP channels: "json"
+// renders Protobuf and Avro data as JSON; "" or "binary" keeps it in
+// data_base64.
+func DataMode(v string) (jsonData bool, err error) {
+	switch v {
+	case "", "binary":
+		return false, nil
+	case "json":
+		return true, nil
+	}
+	return false, connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("data=%q: use data=json (Protobuf and Avro data as JSON) or data=binary (data_base64, the default)", v))
 }

@@ -90,7 +90,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if cursor == "" {
 		cursor = q.Get("last_event_id")
 	}
-	sr, err := h.Requests.Parse(r.Context(), request.Params{Types: q["types"], Filter: q.Get("filter"), Cursor: cursor})
+	jsonData, err := request.DataMode(q.Get("data"))
+	if err != nil {
+		auth.WriteError(w, r, err)
+		return
+	}
+	sr, err := h.Requests.Parse(r.Context(), request.Params{Types: q["types"], Filter: q.Get("filter"), Cursor: cursor, JSONData: jsonData})
 	if err != nil {
 		// The rule every RPC gets from service.ErrorInterceptor: a server
 		// fault (the registry unreachable) is answered without its detail.
@@ -290,6 +295,9 @@ func (h *Handler) serve(ctx context.Context, sr *request.Request, out output) {
 		buf = buf[:0]
 		n := 0
 		for _, ev := range batch {
+			if sr.AsJSON != nil {
+				ev = ev.WithJSONData(sr.AsJSON)
+			}
 			frame, err := ev.SSE()
 			if err != nil {
 				h.Log.Error("event not renderable; skipped", "cursor", ev.ID.String(), "err", err)

@@ -42,7 +42,7 @@ type Handler struct {
 
 // StreamEvents implements EdgeService.
 func (h *Handler) StreamEvents(ctx context.Context, req *connect.Request[edgev1.StreamEventsRequest], stream *connect.ServerStream[edgev1.StreamEventsResponse]) error {
-	sr, err := h.Requests.Parse(ctx, request.Params{Types: req.Msg.GetTypes(), Filter: req.Msg.GetFilter(), Cursor: req.Msg.GetCursor()})
+	sr, err := h.Requests.Parse(ctx, request.Params{Types: req.Msg.GetTypes(), Filter: req.Msg.GetFilter(), Cursor: req.Msg.GetCursor(), JSONData: req.Msg.GetJsonData()})
 	if err != nil {
 		return err
 	}
@@ -70,6 +70,9 @@ func (h *Handler) StreamEvents(ctx context.Context, req *connect.Request[edgev1.
 	var msg edgev1.StreamEventsResponse
 	err = h.Hub.Stream(ctx, sr.Patterns, o, func(batch []*hub.Event) error {
 		for _, ev := range batch {
+			if sr.AsJSON != nil {
+				ev = ev.WithJSONData(sr.AsJSON)
+			}
 			msg.Cursor, msg.Event = ev.ID.String(), ev.Event
 			if binary {
 				if field, err := ev.ProtoField(eventField); err == nil {

@@ -35,6 +35,7 @@ type endpoint struct {
 	headers      map[string]string
 	timeout      time.Duration
 	mode         registryv1.WebhookContentMode
+	jsonData     bool // Protobuf and Avro data rendered as JSON
 	ordering     registryv1.WebhookOrdering
 	concurrency  int
 	limiter      *rate.Limiter // nil: no limit
@@ -57,7 +58,7 @@ func endpointOf(sub *registryv1.Subscription, box *secretbox.Box) *endpoint {
 	wh := sub.GetWebhook()
 	ep := &endpoint{
 		id: sub.GetId(), app: sub.GetApplicationId(), url: wh.GetUrl(), headers: wh.GetHeaders(),
-		timeout: DefaultTimeout, mode: wh.GetContentMode(), ordering: wh.GetOrdering(),
+		timeout: DefaultTimeout, mode: wh.GetContentMode(), jsonData: wh.GetJsonData(), ordering: wh.GetOrdering(),
 		concurrency: DefaultConcurrency, schedule: DefaultSchedule, disableAfter: DefaultDisableAfter,
 		box: box, secrets: wh.GetSecrets(),
 	}

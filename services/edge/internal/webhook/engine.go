@@ -269,6 +269,9 @@ func (e *Engine) deliver(ctx context.Context, ep *endpoint, cursor string, ev *e
 	signer, err := ep.currentSigner(now)
 	if err == nil {
 		var req request
+		if ep.jsonData && e.o.Catalog != nil {
+			ev = e.o.Catalog.JSONData(ev)
+		}
 		req, err = render(ev, ep.mode)
 		if err == nil {
 			o = send(ctx, e.client, ep, signer, ev.GetId(), req, now)

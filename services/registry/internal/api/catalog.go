@@ -204,7 +204,7 @@ func validTypeMetadata(in *registryv1.EventType) error {
 // checkExamples validates each example's data against the schema version
 // it names (0: the latest of versions).
 func checkExamples(name string, examples []*registryv1.Example, versions []*registryv1.SchemaVersion) error {
-	compiled := map[int32]*schema.Schema{}
+	compiled := map[int32]*schema.Compiled{}
 	seen := map[string]bool{}
 	for i, ex := range examples {
 		field := fmt.Sprintf("event_type.examples[%d]", i)
@@ -234,12 +234,12 @@ func checkExamples(name string, examples []*registryv1.Example, versions []*regi
 		s, ok := compiled[v]
 		if !ok {
 			var err error
-			if s, err = schema.Compile(name, versions[v-1].GetSchema()); err != nil {
+			if s, err = schema.CompileDefinition(name, schema.VersionDefinition(versions[v-1])); err != nil {
 				return fmt.Errorf("compile schema version %d of %s: %w", v, name, err)
 			}
 			compiled[v] = s
 		}
-		violations, err := s.Validate([]byte(ex.GetData()))
+		violations, err := s.ValidateExample([]byte(ex.GetData()))
 		if err != nil {
 			return invalid("example %q: %v", ex.GetName(), err)
 		}
@@ -266,17 +266,16 @@ func (h *Handler) CreateEventType(ctx context.Context, req *connect.Request[regi
 	if err := validTypeMetadata(in); err != nil {
 		return nil, err
 	}
-	if in.GetSchema() == "" {
-		return nil, invalid("event_type.schema is required: a JSON Schema (draft 2020-12) of the event data, as JSON text ({} accepts any JSON)")
-	}
-	if _, err := schema.Compile(in.GetName(), in.GetSchema()); err != nil {
-		return nil, invalid("event_type.schema: %v", err)
-	}
-	v1 := []*registryv1.SchemaVersion{{EventType: in.GetName(), Version: 1, Schema: in.GetSchema()}}
-	if err := checkExamples(in.GetName(), in.GetExamples(), v1); err != nil {
+	v1, _, err := buildVersion(in.GetName(), "event_type.", in.GetSchemaFormat(), in.GetSchema(), in.GetProtobufSchema(), in.GetContentType())
+	if err != nil {
 		return nil, err
 	}
-	et := &registryv1.EventType{Name: in.GetName(), Schema: in.GetSchema(), Partitions: in.GetPartitions()}
+	v1.EventType, v1.Version = in.GetName(), 1
+	if err := checkExamples(in.GetName(), in.GetExamples(), []*registryv1.SchemaVersion{v1}); err != nil {
+		return nil, err
+	}
+	et := &registryv1.EventType{Name: in.GetName(), Schema: v1.GetSchema(), Partitions: in.GetPartitions(),
+		SchemaFormat: v1.GetSchemaFormat(), ProtobufSchema: v1.GetProtobufSchema(), ContentType: v1.GetContentType()}
 	setTypeMetadata(et, in)
 	if et.Partitions == 0 {
 		et.Partitions = 1
@@ -286,6 +285,50 @@ func (h *Handler) CreateEventType(ctx context.Context, req *connect.Request[regi
 		return nil, fail(err)
 	}
 	return connect.NewResponse(&registryv1.CreateEventTypeResponse{EventType: out}), nil
+}
+
+// buildVersion checks a schema of format and returns it as the version to
+// store (a protobuf schema with its compiled descriptor set) and compiled.
+// prefix names the request's fields in errors.
+func buildVersion(name, prefix string, format registryv1.SchemaFormat, text string, ps *registryv1.ProtobufSchema, contentType string) (*registryv1.SchemaVersion, *schema.Compiled, error) {
+	switch schema.Normalize(format) {
+	case registryv1.SchemaFormat_SCHEMA_FORMAT_JSON_SCHEMA:
+		if text == "" {
+			return nil, nil, invalid("%sschema is required: a JSON Schema (draft 2020-12) of the event data, as JSON text ({} accepts any JSON)", prefix)
+		}
+	case registryv1.SchemaFormat_SCHEMA_FORMAT_AVRO:
+		if text == "" {
+			return nil, nil, invalid("%sschema is required: the Avro schema of the event data, as JSON text", prefix)
+		}
+	case registryv1.SchemaFormat_SCHEMA_FORMAT_PROTOBUF, registryv1.SchemaFormat_SCHEMA_FORMAT_NONE:
+		if text != "" {
+			return nil, nil, invalid("%sschema must be empty for a %s type", prefix, schema.FormatName(format))
+		}
+	default:
+		return nil, nil, invalid("%sschema_format %d is not one of JSON_SCHEMA, PROTOBUF, AVRO, NONE", prefix, int32(format))
+	}
+	if ps != nil && schema.Normalize(format) != registryv1.SchemaFormat_SCHEMA_FORMAT_PROTOBUF {
+		return nil, nil, invalid("%sprotobuf_schema is only for PROTOBUF types", prefix)
+	}
+	if contentType != "" && schema.Normalize(format) != registryv1.SchemaFormat_SCHEMA_FORMAT_NONE {
+		return nil, nil, invalid("%scontent_type is only for NONE types (the other formats have theirs)", prefix)
+	}
+	c, err := schema.CompileDefinition(name, schema.Definition{Format: format, Text: text, Protobuf: ps, ContentType: contentType})
+	if err != nil {
+		field := "schema"
+		switch schema.Normalize(format) {
+		case registryv1.SchemaFormat_SCHEMA_FORMAT_PROTOBUF:
+			field = "protobuf_schema"
+		case registryv1.SchemaFormat_SCHEMA_FORMAT_NONE:
+			field = "content_type"
+		}
+		return nil, nil, invalid("%s%s: %v", prefix, field, err)
+	}
+	v := &registryv1.SchemaVersion{Schema: text, SchemaFormat: format, ContentType: contentType}
+	if c.Protobuf != nil {
+		v.ProtobufSchema = &registryv1.ProtobufSchema{Message: ps.GetMessage(), Files: ps.GetFiles(), FileDescriptorSet: c.Protobuf.FileDescriptorSet()}
+	}
+	return v, c, nil
 }
 
 // setTypeMetadata copies what a client may set on a type, besides its
@@ -406,7 +449,7 @@ func (h *Handler) UpdateEventType(ctx context.Context, req *connect.Request[regi
 
 // compatibility returns the reasons candidate may not follow versions under
 // the type's compatibility mode.
-func (h *Handler) compatibility(et *registryv1.EventType, candidate string, versions []*registryv1.SchemaVersion) ([]string, error) {
+func (h *Handler) compatibility(et *registryv1.EventType, candidate *registryv1.SchemaVersion, versions []*registryv1.SchemaVersion) ([]string, error) {
 	mode := et.GetCompatibility()
 	switch mode {
 	case registryv1.Compatibility_COMPATIBILITY_NONE:
@@ -414,11 +457,21 @@ func (h *Handler) compatibility(et *registryv1.EventType, candidate string, vers
 	case registryv1.Compatibility_COMPATIBILITY_UNSPECIFIED:
 		mode = registryv1.Compatibility_COMPATIBILITY_BACKWARD
 	}
-	texts := make([]string, len(versions))
-	for i, v := range versions {
-		texts[i] = v.GetSchema()
+	var reasons []string
+	var err error
+	if schema.Normalize(candidate.GetSchemaFormat()) == registryv1.SchemaFormat_SCHEMA_FORMAT_JSON_SCHEMA && schema.Normalize(et.GetSchemaFormat()) == registryv1.SchemaFormat_SCHEMA_FORMAT_JSON_SCHEMA {
+		texts := make([]string, len(versions))
+		for i, v := range versions {
+			texts[i] = v.GetSchema()
+		}
+		reasons, err = h.checkCompatibility(mode, candidate.GetSchema(), texts)
+	} else {
+		defs := make([]schema.Definition, len(versions))
+		for i, v := range versions {
+			defs[i] = schema.VersionDefinition(v)
+		}
+		reasons, err = schema.CheckDefinitionCompatibility(mode, schema.VersionDefinition(candidate), defs)
 	}
-	reasons, err := h.checkCompatibility(mode, candidate, texts)
 	if err != nil {
 		return nil, invalid("cannot check the schema's compatibility with %s: %v", et.GetName(), err)
 	}
@@ -444,26 +497,27 @@ func (h *Handler) CreateSchemaVersion(ctx context.Context, req *connect.Request[
 	if err := auth.RequireAdmin(ctx); err != nil {
 		return nil, err
 	}
-	name, candidate := req.Msg.GetEventType(), req.Msg.GetSchema()
+	name := req.Msg.GetEventType()
 	if err := eventtype.ValidateName(name); err != nil {
 		return nil, invalid("event_type: %v", err)
 	}
-	if _, err := schema.Compile(name, candidate); err != nil {
-		return nil, invalid("schema: %v", err)
-	}
-	v, err := h.store.CreateSchemaVersion(ctx, name, candidate, func(et *registryv1.EventType, versions []*registryv1.SchemaVersion) error {
+	v, err := h.store.AddSchemaVersion(ctx, name, func(et *registryv1.EventType, versions []*registryv1.SchemaVersion) (*registryv1.SchemaVersion, error) {
 		if err := retired(et); err != nil {
-			return err
+			return nil, err
+		}
+		candidate, _, err := buildVersion(name, "", et.GetSchemaFormat(), req.Msg.GetSchema(), req.Msg.GetProtobufSchema(), req.Msg.GetContentType())
+		if err != nil {
+			return nil, err
 		}
 		reasons, err := h.compatibility(et, candidate, versions)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		if len(reasons) > 0 {
-			return failedPrecondition("the schema breaks the %s compatibility of %s, whose latest version is %d: %s",
+			return nil, failedPrecondition("the schema breaks the %s compatibility of %s, whose latest version is %d: %s",
 				modeName(et.GetCompatibility()), name, len(versions), strings.Join(reasons, "; "))
 		}
-		return nil
+		return candidate, nil
 	})
 	if err != nil {
 		return nil, fail(err)
@@ -508,8 +562,9 @@ func (h *Handler) CheckCompatibility(ctx context.Context, req *connect.Request[r
 	if err != nil {
 		return nil, err
 	}
-	if _, err := schema.Compile(et.GetName(), req.Msg.GetSchema()); err != nil {
-		return nil, invalid("schema: %v", err)
+	candidate, _, err := buildVersion(et.GetName(), "", et.GetSchemaFormat(), req.Msg.GetSchema(), req.Msg.GetProtobufSchema(), req.Msg.GetContentType())
+	if err != nil {
+		return nil, err
 	}
 	var reasons []string
 	if err := retired(et); err != nil {
@@ -517,7 +572,7 @@ func (h *Handler) CheckCompatibility(ctx context.Context, req *connect.Request[r
 		errors.As(err, &ce)
 		reasons = append(reasons, ce.Message())
 	}
-	more, err := h.compatibility(et, req.Msg.GetSchema(), versions)
+	more, err := h.compatibility(et, candidate, versions)
 	if err != nil {
 		return nil, err
 	}

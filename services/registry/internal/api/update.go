@@ -18,7 +18,7 @@ import (
 var updatablePaths = []string{
 	"filter", "delivery",
 	"webhook.url", "webhook.ordering", "webhook.max_concurrency", "webhook.rate_limit", "webhook.headers",
-	"webhook.content_mode", "webhook.retry_schedule", "webhook.timeout", "webhook.disabled", "webhook.disable_after",
+	"webhook.content_mode", "webhook.json_data", "webhook.retry_schedule", "webhook.timeout", "webhook.disabled", "webhook.disable_after",
 }
 
 // UpdateSubscription implements RegistryService: the fields named by
@@ -122,6 +122,8 @@ func (h *Handler) updateEndpoint(ctx context.Context, cur, next *registryv1.Subs
 			merged.Headers = in.GetHeaders()
 		case "webhook.content_mode":
 			merged.ContentMode = in.GetContentMode()
+		case "webhook.json_data":
+			merged.JsonData = in.GetJsonData()
 		case "webhook.retry_schedule":
 			merged.RetrySchedule = in.GetRetrySchedule()
 		case "webhook.timeout":

@@ -100,6 +100,7 @@ func (w Webhooks) webhookSettings(in *registryv1.WebhookChannel) (*registryv1.We
 		return nil, err
 	}
 	out.ContentMode = in.GetContentMode()
+	out.JsonData = in.GetJsonData()
 
 	switch n := in.GetMaxConcurrency(); {
 	case n < 0 || n > maxMaxConcurrency:

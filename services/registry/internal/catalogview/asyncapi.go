@@ -12,6 +12,7 @@ import (
 
 	registryv1 "github.com/heraldmesh/herald/api/gen/herald/registry/v1"
 	"github.com/heraldmesh/herald/platform/eventtype"
+	"github.com/heraldmesh/herald/platform/schema"
 )
 
 // AsyncAPIVersion is the AsyncAPI specification version of the documents.
@@ -22,6 +23,13 @@ const AsyncAPIVersion = "3.0.0"
 // to draft-07, whose keywords 2020-12 extends, so the schemas are declared
 // as JSON Schema and keep their own "$schema" where they state one.
 const SchemaFormat = "application/schema+json;version=draft-07"
+
+// The schemaFormats of Protobuf types (the .proto source of the message's
+// file) and Avro types (the Avro schema).
+const (
+	ProtobufSchemaFormat = "application/vnd.google.protobuf;version=3"
+	AvroSchemaFormat     = "application/vnd.apache.avro+json;version=1.9.0"
+)
 
 // StreamPath is the edge's Server-Sent Events route.
 const StreamPath = "/v1/stream"
@@ -231,12 +239,29 @@ func AsyncAPI(c *Catalog, f Filter, serverURL string) (*Document, error) {
 		if ts := tv.et.GetSunsetTime(); ts != nil && tv.et.GetLifecycle() != registryv1.Lifecycle_LIFECYCLE_ACTIVE {
 			msg.SunsetTime = ts.AsTime().UTC().Format(time.RFC3339)
 		}
-		if tv.schema != "" {
-			schema, err := embedSchema(tv.schema, name, "/components/schemas/"+pointerToken(name)+"/schema")
-			if err == nil {
-				doc.Components.Schemas[name] = MultiFormatSchema{SchemaFormat: SchemaFormat, Schema: schema}
+		switch schema.Normalize(tv.et.GetSchemaFormat()) {
+		case registryv1.SchemaFormat_SCHEMA_FORMAT_JSON_SCHEMA:
+			if tv.schema != "" {
+				schema, err := embedSchema(tv.schema, name, "/components/schemas/"+pointerToken(name)+"/schema")
+				if err == nil {
+					doc.Components.Schemas[name] = MultiFormatSchema{SchemaFormat: SchemaFormat, Schema: schema}
+					msg.Payload = Ref{Ref: "#/components/schemas/" + pointerToken(name)}
+				}
+			}
+		case registryv1.SchemaFormat_SCHEMA_FORMAT_AVRO:
+			msg.ContentType = "application/avro"
+			if s, err := decodeOrdered(tv.et.GetSchema()); err == nil {
+				doc.Components.Schemas[name] = MultiFormatSchema{SchemaFormat: AvroSchemaFormat, Schema: s}
 				msg.Payload = Ref{Ref: "#/components/schemas/" + pointerToken(name)}
 			}
+		case registryv1.SchemaFormat_SCHEMA_FORMAT_PROTOBUF:
+			msg.ContentType = "application/protobuf"
+			if src, ok := protoSource(tv.et.GetProtobufSchema()); ok {
+				doc.Components.Schemas[name] = MultiFormatSchema{SchemaFormat: ProtobufSchemaFormat, Schema: src}
+				msg.Payload = Ref{Ref: "#/components/schemas/" + pointerToken(name)}
+			}
+		case registryv1.SchemaFormat_SCHEMA_FORMAT_NONE:
+			msg.ContentType = tv.et.GetContentType()
 		}
 		msg.Examples = messageExamples(tv)
 		doc.Components.Messages[name] = msg
@@ -544,7 +569,7 @@ func cloudEventContextSchema() any {
 			"type", str("The event type name, e.g. billing.invoice.paid."),
 			"time", obj("type", "string", "format", "date-time", "description", "When the occurrence happened."),
 			"subject", str("The subject of the event in the context of the source."),
-			"datacontenttype", obj("type", "string", "const", "application/json", "description", "Content type of data."),
+			"datacontenttype", obj("type", "string", "description", "Content type of data: application/json for JSON Schema types (and for Protobuf and Avro data rendered as JSON on request), application/protobuf, application/avro or the declared type otherwise; binary data travels base64-encoded in `data_base64`."),
 			"dataschema", obj("type", "string", "format", "uri", "description", "The schema data adheres to."),
 			"partitionkey", str("Events with the same partition key are delivered in order (CloudEvents partitioning extension)."),
 		),
@@ -556,4 +581,19 @@ func cloudEventHeaders(typeName string) any {
 		Ref{Ref: "#/components/schemas/" + cloudEventSchemaKey},
 		obj("type", "object", "properties", obj("type", obj("const", typeName))),
 	})
+}
+
+// protoSource is the .proto source of the file that defines a protobuf
+// schema's message, when the schema has its sources (a schema registered as
+// a FileDescriptorSet has none).
+func protoSource(ps *registryv1.ProtobufSchema) (string, bool) {
+	if len(ps.GetFiles()) == 0 {
+		return "", false
+	}
+	p, err := schema.CompileProtobuf(&registryv1.ProtobufSchema{Message: ps.GetMessage(), FileDescriptorSet: ps.GetFileDescriptorSet()})
+	if err != nil {
+		return "", false
+	}
+	src, ok := ps.GetFiles()[p.Message.ParentFile().Path()]
+	return src, ok
 }

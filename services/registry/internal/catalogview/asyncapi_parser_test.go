@@ -37,7 +37,13 @@ func validatorScript(t *testing.T) string {
 		if validatorErr != nil {
 			return
 		}
-		if _, err := os.Stat(filepath.Join(validatorDir, "node_modules", "@asyncapi", "parser", "package.json")); err == nil {
+		installed := true
+		for _, pkg := range []string{"parser", "avro-schema-parser", "protobuf-schema-parser"} {
+			if _, err := os.Stat(filepath.Join(validatorDir, "node_modules", "@asyncapi", pkg, "package.json")); err != nil {
+				installed = false
+			}
+		}
+		if installed {
 			return
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
@@ -129,7 +135,7 @@ func TestAsyncAPIParserAcceptsDocuments(t *testing.T) {
 		}
 	}
 	// Without servers, and of an empty catalog.
-	for name, c := range map[string]*Catalog{"noserver": sampleCatalog(), "empty": {Revision: 1}} {
+	for name, c := range map[string]*Catalog{"noserver": sampleCatalog(), "empty": {Revision: 1}, "formats": formatsCatalog()} {
 		d, err := AsyncAPI(c, Filter{}, "")
 		if err != nil {
 			t.Fatal(err)

@@ -4,6 +4,7 @@ import (
 	"time"
 
 	registryv1 "github.com/heraldmesh/herald/api/gen/herald/registry/v1"
+	"github.com/heraldmesh/herald/platform/schema"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
@@ -135,4 +136,44 @@ func sampleCatalog() *Catalog {
 			},
 		},
 	}
+}
+
+// sampleProto is a protobuf schema with its descriptor set, as the registry
+// stores it.
+func sampleProto() *registryv1.ProtobufSchema {
+	ps := &registryv1.ProtobufSchema{Message: "orders.v1.OrderShipped", Files: map[string]string{"orders/v1/shipped.proto": `syntax = "proto3";
+package orders.v1;
+
+message OrderShipped {
+  string order_id = 1;
+  int64 weight_grams = 2;
+  repeated string parcels = 3;
+}
+`}}
+	p, err := schema.CompileProtobuf(ps)
+	if err != nil {
+		panic(err)
+	}
+	ps.FileDescriptorSet = p.FileDescriptorSet()
+	return ps
+}
+
+// formatsCatalog has one type of each binary format.
+func formatsCatalog() *Catalog {
+	return &Catalog{Revision: 1, EventTypes: []*registryv1.EventType{
+		{
+			Name: "orders.order.shipped", Description: "An order was shipped (Protobuf).",
+			SchemaFormat: registryv1.SchemaFormat_SCHEMA_FORMAT_PROTOBUF, SchemaVersion: 1, Visibility: registryv1.Visibility_VISIBILITY_PUBLIC,
+			ProtobufSchema: sampleProto(),
+		},
+		{
+			Name: "orders.refund.issued", Description: "A refund was issued (Avro).",
+			SchemaFormat: registryv1.SchemaFormat_SCHEMA_FORMAT_AVRO, SchemaVersion: 1, Visibility: registryv1.Visibility_VISIBILITY_PUBLIC,
+			Schema: `{"type":"record","name":"Refund","namespace":"orders","fields":[{"name":"id","type":"string"},{"name":"cents","type":"long"},{"name":"note","type":["null","string"],"default":null}]}`,
+		},
+		{
+			Name: "orders.scan.stored", Description: "A scan was stored (opaque bytes).",
+			SchemaFormat: registryv1.SchemaFormat_SCHEMA_FORMAT_NONE, ContentType: "image/png", SchemaVersion: 1, Visibility: registryv1.Visibility_VISIBILITY_PUBLIC,
+		},
+	}}
 }

@@ -126,7 +126,8 @@ func (s *Store) CreateEventType(ctx context.Context, in *registryv1.EventType) (
 		}
 		et := proto.Clone(in).(*registryv1.EventType)
 		et.CreateTime, et.UpdateTime, et.SchemaVersion = w.timestamp(), w.timestamp(), 1
-		v1 := &registryv1.SchemaVersion{EventType: et.GetName(), Version: 1, Schema: et.GetSchema(), CreateTime: w.timestamp()}
+		v1 := &registryv1.SchemaVersion{EventType: et.GetName(), Version: 1, Schema: et.GetSchema(), CreateTime: w.timestamp(),
+			SchemaFormat: et.GetSchemaFormat(), ProtobufSchema: et.GetProtobufSchema(), ContentType: et.GetContentType()}
 		b, err := proto.Marshal(v1)
 		if err != nil {
 			return err
@@ -191,7 +192,8 @@ func versions(ctx context.Context, c redis.Cmdable, et *registryv1.EventType) (v
 
 func decodeVersions(et *registryv1.EventType, raw []string) ([]*registryv1.SchemaVersion, error) {
 	if len(raw) == 0 {
-		return []*registryv1.SchemaVersion{{EventType: et.GetName(), Version: 1, Schema: et.GetSchema(), CreateTime: et.GetCreateTime()}}, nil
+		return []*registryv1.SchemaVersion{{EventType: et.GetName(), Version: 1, Schema: et.GetSchema(), CreateTime: et.GetCreateTime(),
+			SchemaFormat: et.GetSchemaFormat(), ProtobufSchema: et.GetProtobufSchema(), ContentType: et.GetContentType()}}, nil
 	}
 	vs := make([]*registryv1.SchemaVersion, 0, len(raw))
 	for _, r := range raw {
@@ -252,6 +254,7 @@ func (s *Store) UpdateEventType(ctx context.Context, name string, revision int64
 			return err
 		}
 		et.Name, et.Schema, et.SchemaVersion, et.CreateTime = cur.GetName(), cur.GetSchema(), cur.GetSchemaVersion(), cur.GetCreateTime()
+		et.SchemaFormat, et.ProtobufSchema, et.ContentType = cur.GetSchemaFormat(), cur.GetProtobufSchema(), cur.GetContentType()
 		et.UpdateTime = w.timestamp()
 		w.putType(et)
 		out = et
@@ -260,10 +263,23 @@ func (s *Store) UpdateEventType(ctx context.Context, name string, revision int64
 	return out, err
 }
 
-// CreateSchemaVersion adds schema as the next version of an event type,
-// which becomes its latest. check sees the type and its versions, oldest
-// first, and may refuse.
+// CreateSchemaVersion adds a JSON schema text as the next version of an
+// event type, which becomes its latest. check sees the type and its
+// versions, oldest first, and may refuse.
 func (s *Store) CreateSchemaVersion(ctx context.Context, name, schema string, check func(*registryv1.EventType, []*registryv1.SchemaVersion) error) (*registryv1.SchemaVersion, error) {
+	return s.AddSchemaVersion(ctx, name, func(et *registryv1.EventType, vs []*registryv1.SchemaVersion) (*registryv1.SchemaVersion, error) {
+		if err := check(et, vs); err != nil {
+			return nil, err
+		}
+		return &registryv1.SchemaVersion{Schema: schema, SchemaFormat: et.GetSchemaFormat()}, nil
+	})
+}
+
+// AddSchemaVersion adds the next version of an event type, which becomes
+// its latest: build sees the type and its versions, oldest first, and
+// returns the schema (text, format, protobuf schema, content type) or
+// refuses.
+func (s *Store) AddSchemaVersion(ctx context.Context, name string, build func(*registryv1.EventType, []*registryv1.SchemaVersion) (*registryv1.SchemaVersion, error)) (*registryv1.SchemaVersion, error) {
 	var out *registryv1.SchemaVersion
 	err := s.update(ctx, func(w *write) error {
 		et, err := getType(ctx, w.tx, name)
@@ -274,17 +290,20 @@ func (s *Store) CreateSchemaVersion(ctx context.Context, name, schema string, ch
 		if err != nil {
 			return err
 		}
-		if err := check(et, vs); err != nil {
+		v, err := build(et, vs)
+		if err != nil {
 			return err
 		}
-		v := &registryv1.SchemaVersion{EventType: name, Version: vs[len(vs)-1].GetVersion() + 1, Schema: schema, CreateTime: w.timestamp()}
+		v = proto.Clone(v).(*registryv1.SchemaVersion)
+		v.EventType, v.Version, v.CreateTime = name, vs[len(vs)-1].GetVersion()+1, w.timestamp()
 		var push []any
 		if stored == 0 {
 			push = append(push, mustMarshal(w, vs[0]))
 		}
 		push = append(push, mustMarshal(w, v))
 		w.op(func(ctx context.Context, p redis.Pipeliner) { p.RPush(ctx, keySchemas(name), push...) })
-		et.Schema, et.SchemaVersion, et.UpdateTime = schema, v.GetVersion(), w.timestamp()
+		et.Schema, et.SchemaVersion, et.UpdateTime = v.GetSchema(), v.GetVersion(), w.timestamp()
+		et.SchemaFormat, et.ProtobufSchema, et.ContentType = v.GetSchemaFormat(), v.GetProtobufSchema(), v.GetContentType()
 		w.putType(et)
 		out = v
 		return nil

@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"mime"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -24,6 +26,7 @@ import (
 	"github.com/heraldmesh/herald/platform/eventlog"
 	"github.com/heraldmesh/herald/platform/eventtype"
 	"github.com/heraldmesh/herald/platform/quota"
+	"github.com/heraldmesh/herald/platform/schema"
 	"github.com/heraldmesh/herald/services/router/internal/appender"
 	"github.com/heraldmesh/herald/services/router/internal/backpressure"
 	"github.com/redis/go-redis/v9"
@@ -207,6 +210,12 @@ func (h *Handler) check(ctx context.Context, app *registryv1.Application, ev *ev
 	if t.GetLifecycle() == registryv1.Lifecycle_LIFECYCLE_RETIRED {
 		return nil, refuse(connect.CodeFailedPrecondition, "event type %s is retired", t.GetName())
 	}
+	if f := schema.Normalize(t.GetSchemaFormat()); f != registryv1.SchemaFormat_SCHEMA_FORMAT_JSON_SCHEMA {
+		if r := checkBinary(t, f, ev); r != nil {
+			return nil, r
+		}
+		return t, nil
+	}
 	data, ok := cloudevent.JSONData(ev)
 	if !ok {
 		if ev.GetData() != nil {
@@ -228,6 +237,88 @@ func (h *Handler) check(ctx context.Context, app *registryv1.Application, ev *ev
 		return nil, r
 	}
 	return t, nil
+}
+
+// protobufTypes are the datacontenttypes binary_data of a PROTOBUF type may
+// declare; avroTypes those of an AVRO type.
+var (
+	protobufTypes = []string{"application/protobuf", "application/x-protobuf", "application/vnd.google.protobuf", "application/octet-stream"}
+	avroTypes     = []string{"application/avro", "avro/binary", "application/vnd.apache.avro+binary", "application/octet-stream"}
+)
+
+// checkBinary validates the data of a PROTOBUF, AVRO or NONE type: the
+// message in proto_data or binary_data, the Avro binary encoding in
+// binary_data, opaque bytes of the declared content type (which an event
+// without datacontenttype is given).
+func checkBinary(t *catalog.Type, f registryv1.SchemaFormat, ev *eventv1.CloudEvent) *routerv1.PublishResult {
+	ct := cloudevent.ContentType(ev)
+	mt := ""
+	if ct != "" {
+		var err error
+		if mt, _, err = mime.ParseMediaType(ct); err != nil {
+			return refuse(connect.CodeInvalidArgument, "datacontenttype %q is not a media type", ct)
+		}
+	}
+	var data []byte
+	switch f {
+	case registryv1.SchemaFormat_SCHEMA_FORMAT_NONE:
+		if _, ok := ev.GetData().(*eventv1.CloudEvent_ProtoData); ok {
+			return refuse(connect.CodeInvalidArgument, "%s carries %s data: send it as binary_data (or text_data), not proto_data", t.GetName(), t.GetContentType())
+		}
+		if ct == "" {
+			if ev.Attributes == nil {
+				ev.Attributes = map[string]*eventv1.CloudEvent_CloudEventAttributeValue{}
+			}
+			ev.Attributes["datacontenttype"] = &eventv1.CloudEvent_CloudEventAttributeValue{Attr: &eventv1.CloudEvent_CloudEventAttributeValue_CeString{CeString: t.GetContentType()}}
+		} else if !schema.SameMediaType(ct, t.GetContentType()) {
+			return refuse(connect.CodeInvalidArgument, "datacontenttype %s is not the content type of %s, %s", ct, t.GetName(), t.GetContentType())
+		}
+		return nil
+	case registryv1.SchemaFormat_SCHEMA_FORMAT_PROTOBUF:
+		msg := string(t.Schema.Protobuf.Message.FullName())
+		switch d := ev.GetData().(type) {
+		case *eventv1.CloudEvent_ProtoData:
+			u := d.ProtoData.GetTypeUrl()
+			if name := u[strings.LastIndexByte(u, '/')+1:]; name != msg {
+				return refuse(connect.CodeInvalidArgument, "proto_data holds %q, but %s carries %s (type_url type.googleapis.com/%s)", u, t.GetName(), msg, msg)
+			}
+			data = d.ProtoData.GetValue()
+		case *eventv1.CloudEvent_BinaryData:
+			if mt != "" && !slices.Contains(protobufTypes, mt) {
+				return refuse(connect.CodeInvalidArgument, "datacontenttype %s is not protobuf: %s carries the protobuf message %s (application/protobuf)", ct, t.GetName(), msg)
+			}
+			data = d.BinaryData
+		case nil:
+		default:
+			return refuse(connect.CodeInvalidArgument, "data must be the protobuf encoding of %s (proto_data, or binary_data) for %s", msg, t.GetName())
+		}
+	case registryv1.SchemaFormat_SCHEMA_FORMAT_AVRO:
+		switch d := ev.GetData().(type) {
+		case *eventv1.CloudEvent_BinaryData:
+			if mt != "" && !slices.Contains(avroTypes, mt) {
+				return refuse(connect.CodeInvalidArgument, "datacontenttype %s is not Avro: %s carries Avro binary data (application/avro)", ct, t.GetName())
+			}
+			data = d.BinaryData
+		case nil:
+		default:
+			return refuse(connect.CodeInvalidArgument, "data must be the Avro binary encoding (binary_data) for %s", t.GetName())
+		}
+		// Readers need the writer's schema: the version is stamped.
+		if ev.Attributes == nil {
+			ev.Attributes = map[string]*eventv1.CloudEvent_CloudEventAttributeValue{}
+		}
+		ev.Attributes[cloudevent.SchemaVersionAttribute] = &eventv1.CloudEvent_CloudEventAttributeValue{Attr: &eventv1.CloudEvent_CloudEventAttributeValue_CeInteger{CeInteger: t.GetSchemaVersion()}}
+	}
+	if vs := t.Schema.ValidateBinary(data); len(vs) > 0 {
+		r := refuse(connect.CodeInvalidArgument, "data does not match the %s schema of %s: %s", schema.FormatName(f), t.GetName(), describe(vs))
+		for _, v := range vs {
+			r.GetError().Violations = append(r.GetError().Violations, &routerv1.SchemaViolation{
+				InstanceLocation: v.InstanceLocation, KeywordLocation: v.KeywordLocation, Message: v.Message,
+			})
+		}
+		return r
+	}
+	return nil
 }
 
 // partitionOf places an event among its type's n partitions by its

@@ -32,7 +32,11 @@ type StreamEventsRequest struct {
 	Cursor string `protobuf:"bytes,2,opt,name=cursor,proto3" json:"cursor,omitempty"`
 	// A CEL filter over the event's attributes (event) and JSON data (data),
 	// as subscription filters: only events it matches are sent. Empty: all.
-	Filter        string `protobuf:"bytes,3,opt,name=filter,proto3" json:"filter,omitempty"`
+	Filter string `protobuf:"bytes,3,opt,name=filter,proto3" json:"filter,omitempty"`
+	// Render Protobuf and Avro data as JSON (protojson, Avro's JSON
+	// encoding): the event then carries text_data with datacontenttype
+	// application/json instead of its binary data.
+	JsonData      bool `protobuf:"varint,4,opt,name=json_data,json=jsonData,proto3" json:"json_data,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -86,6 +90,13 @@ func (x *StreamEventsRequest) GetFilter() string {
 		return x.Filter
 	}
 	return ""
+}
+
+func (x *StreamEventsRequest) GetJsonData() bool {
+	if x != nil {
+		return x.JsonData
+	}
+	return false
 }
 
 // StreamEventsResponse carries one event, or one notice about the stream
@@ -290,11 +301,12 @@ var File_herald_edge_v1_edge_proto protoreflect.FileDescriptor
 
 const file_herald_edge_v1_edge_proto_rawDesc = "" +
 	"\n" +
-	"\x19herald/edge/v1/edge.proto\x12\x0eherald.edge.v1\x1a herald/event/v1/cloudevent.proto\"[\n" +
+	"\x19herald/edge/v1/edge.proto\x12\x0eherald.edge.v1\x1a herald/event/v1/cloudevent.proto\"x\n" +
 	"\x13StreamEventsRequest\x12\x14\n" +
 	"\x05types\x18\x01 \x03(\tR\x05types\x12\x16\n" +
 	"\x06cursor\x18\x02 \x01(\tR\x06cursor\x12\x16\n" +
-	"\x06filter\x18\x03 \x01(\tR\x06filter\"\xb8\x01\n" +
+	"\x06filter\x18\x03 \x01(\tR\x06filter\x12\x1b\n" +
+	"\tjson_data\x18\x04 \x01(\bR\bjsonData\"\xb8\x01\n" +
 	"\x14StreamEventsResponse\x12\x16\n" +
 	"\x06cursor\x18\x01 \x01(\tR\x06cursor\x121\n" +
 	"\x05event\x18\x02 \x01(\v2\x1b.herald.event.v1.CloudEventR\x05event\x12%\n" +

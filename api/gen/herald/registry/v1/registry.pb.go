@@ -100,6 +100,70 @@ func (Compatibility) EnumDescriptor() ([]byte, []int) {
 	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{0}
 }
 
+// SchemaFormat is the language of an event type's schema, and so the form
+// its events' data takes.
+type SchemaFormat int32
+
+const (
+	// Not set: JSON_SCHEMA.
+	SchemaFormat_SCHEMA_FORMAT_UNSPECIFIED SchemaFormat = 0
+	// JSON Schema (draft 2020-12) in schema; data is JSON.
+	SchemaFormat_SCHEMA_FORMAT_JSON_SCHEMA SchemaFormat = 1
+	// A message of protobuf_schema; data is that message in the protobuf
+	// binary encoding (proto_data, or binary_data).
+	SchemaFormat_SCHEMA_FORMAT_PROTOBUF SchemaFormat = 2
+	// An Avro schema (JSON text) in schema; data is its Avro binary encoding
+	// (binary_data).
+	SchemaFormat_SCHEMA_FORMAT_AVRO SchemaFormat = 3
+	// No schema: opaque bytes of content_type.
+	SchemaFormat_SCHEMA_FORMAT_NONE SchemaFormat = 4
+)
+
+// Enum value maps for SchemaFormat.
+var (
+	SchemaFormat_name = map[int32]string{
+		0: "SCHEMA_FORMAT_UNSPECIFIED",
+		1: "SCHEMA_FORMAT_JSON_SCHEMA",
+		2: "SCHEMA_FORMAT_PROTOBUF",
+		3: "SCHEMA_FORMAT_AVRO",
+		4: "SCHEMA_FORMAT_NONE",
+	}
+	SchemaFormat_value = map[string]int32{
+		"SCHEMA_FORMAT_UNSPECIFIED": 0,
+		"SCHEMA_FORMAT_JSON_SCHEMA": 1,
+		"SCHEMA_FORMAT_PROTOBUF":    2,
+		"SCHEMA_FORMAT_AVRO":        3,
+		"SCHEMA_FORMAT_NONE":        4,
+	}
+)
+
+func (x SchemaFormat) Enum() *SchemaFormat {
+	p := new(SchemaFormat)
+	*p = x
+	return p
+}
+
+func (x SchemaFormat) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (SchemaFormat) Descriptor() protoreflect.EnumDescriptor {
+	return file_herald_registry_v1_registry_proto_enumTypes[1].Descriptor()
+}
+
+func (SchemaFormat) Type() protoreflect.EnumType {
+	return &file_herald_registry_v1_registry_proto_enumTypes[1]
+}
+
+func (x SchemaFormat) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use SchemaFormat.Descriptor instead.
+func (SchemaFormat) EnumDescriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{1}
+}
+
 // Visibility is who may see and subscribe to an event type.
 type Visibility int32
 
@@ -141,11 +205,11 @@ func (x Visibility) String() string {
 }
 
 func (Visibility) Descriptor() protoreflect.EnumDescriptor {
-	return file_herald_registry_v1_registry_proto_enumTypes[1].Descriptor()
+	return file_herald_registry_v1_registry_proto_enumTypes[2].Descriptor()
 }
 
 func (Visibility) Type() protoreflect.EnumType {
-	return &file_herald_registry_v1_registry_proto_enumTypes[1]
+	return &file_herald_registry_v1_registry_proto_enumTypes[2]
 }
 
 func (x Visibility) Number() protoreflect.EnumNumber {
@@ -154,7 +218,7 @@ func (x Visibility) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Visibility.Descriptor instead.
 func (Visibility) EnumDescriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{1}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{2}
 }
 
 // Lifecycle is where an event type is in its life.
@@ -198,11 +262,11 @@ func (x Lifecycle) String() string {
 }
 
 func (Lifecycle) Descriptor() protoreflect.EnumDescriptor {
-	return file_herald_registry_v1_registry_proto_enumTypes[2].Descriptor()
+	return file_herald_registry_v1_registry_proto_enumTypes[3].Descriptor()
 }
 
 func (Lifecycle) Type() protoreflect.EnumType {
-	return &file_herald_registry_v1_registry_proto_enumTypes[2]
+	return &file_herald_registry_v1_registry_proto_enumTypes[3]
 }
 
 func (x Lifecycle) Number() protoreflect.EnumNumber {
@@ -211,7 +275,7 @@ func (x Lifecycle) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Lifecycle.Descriptor instead.
 func (Lifecycle) EnumDescriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{2}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{3}
 }
 
 // Audience is the kind of application, matched against visibility.
@@ -255,11 +319,11 @@ func (x Audience) String() string {
 }
 
 func (Audience) Descriptor() protoreflect.EnumDescriptor {
-	return file_herald_registry_v1_registry_proto_enumTypes[3].Descriptor()
+	return file_herald_registry_v1_registry_proto_enumTypes[4].Descriptor()
 }
 
 func (Audience) Type() protoreflect.EnumType {
-	return &file_herald_registry_v1_registry_proto_enumTypes[3]
+	return &file_herald_registry_v1_registry_proto_enumTypes[4]
 }
 
 func (x Audience) Number() protoreflect.EnumNumber {
@@ -268,7 +332,7 @@ func (x Audience) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Audience.Descriptor instead.
 func (Audience) EnumDescriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{3}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{4}
 }
 
 // GrantAction is what a grant allows.
@@ -308,11 +372,11 @@ func (x GrantAction) String() string {
 }
 
 func (GrantAction) Descriptor() protoreflect.EnumDescriptor {
-	return file_herald_registry_v1_registry_proto_enumTypes[4].Descriptor()
+	return file_herald_registry_v1_registry_proto_enumTypes[5].Descriptor()
 }
 
 func (GrantAction) Type() protoreflect.EnumType {
-	return &file_herald_registry_v1_registry_proto_enumTypes[4]
+	return &file_herald_registry_v1_registry_proto_enumTypes[5]
 }
 
 func (x GrantAction) Number() protoreflect.EnumNumber {
@@ -321,7 +385,7 @@ func (x GrantAction) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use GrantAction.Descriptor instead.
 func (GrantAction) EnumDescriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{4}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{5}
 }
 
 // KeyPurpose tells API keys from portal sessions.
@@ -358,11 +422,11 @@ func (x KeyPurpose) String() string {
 }
 
 func (KeyPurpose) Descriptor() protoreflect.EnumDescriptor {
-	return file_herald_registry_v1_registry_proto_enumTypes[5].Descriptor()
+	return file_herald_registry_v1_registry_proto_enumTypes[6].Descriptor()
 }
 
 func (KeyPurpose) Type() protoreflect.EnumType {
-	return &file_herald_registry_v1_registry_proto_enumTypes[5]
+	return &file_herald_registry_v1_registry_proto_enumTypes[6]
 }
 
 func (x KeyPurpose) Number() protoreflect.EnumNumber {
@@ -371,7 +435,7 @@ func (x KeyPurpose) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use KeyPurpose.Descriptor instead.
 func (KeyPurpose) EnumDescriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{5}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{6}
 }
 
 // WebhookOrdering is how deliveries to one endpoint are ordered.
@@ -415,11 +479,11 @@ func (x WebhookOrdering) String() string {
 }
 
 func (WebhookOrdering) Descriptor() protoreflect.EnumDescriptor {
-	return file_herald_registry_v1_registry_proto_enumTypes[6].Descriptor()
+	return file_herald_registry_v1_registry_proto_enumTypes[7].Descriptor()
 }
 
 func (WebhookOrdering) Type() protoreflect.EnumType {
-	return &file_herald_registry_v1_registry_proto_enumTypes[6]
+	return &file_herald_registry_v1_registry_proto_enumTypes[7]
 }
 
 func (x WebhookOrdering) Number() protoreflect.EnumNumber {
@@ -428,7 +492,7 @@ func (x WebhookOrdering) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use WebhookOrdering.Descriptor instead.
 func (WebhookOrdering) EnumDescriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{6}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{7}
 }
 
 // WebhookSigning is the Standard Webhooks signature scheme of an endpoint.
@@ -465,11 +529,11 @@ func (x WebhookSigning) String() string {
 }
 
 func (WebhookSigning) Descriptor() protoreflect.EnumDescriptor {
-	return file_herald_registry_v1_registry_proto_enumTypes[7].Descriptor()
+	return file_herald_registry_v1_registry_proto_enumTypes[8].Descriptor()
 }
 
 func (WebhookSigning) Type() protoreflect.EnumType {
-	return &file_herald_registry_v1_registry_proto_enumTypes[7]
+	return &file_herald_registry_v1_registry_proto_enumTypes[8]
 }
 
 func (x WebhookSigning) Number() protoreflect.EnumNumber {
@@ -478,7 +542,7 @@ func (x WebhookSigning) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use WebhookSigning.Descriptor instead.
 func (WebhookSigning) EnumDescriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{7}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{8}
 }
 
 // WebhookContentMode is how the CloudEvent travels in the request.
@@ -515,11 +579,11 @@ func (x WebhookContentMode) String() string {
 }
 
 func (WebhookContentMode) Descriptor() protoreflect.EnumDescriptor {
-	return file_herald_registry_v1_registry_proto_enumTypes[8].Descriptor()
+	return file_herald_registry_v1_registry_proto_enumTypes[9].Descriptor()
 }
 
 func (WebhookContentMode) Type() protoreflect.EnumType {
-	return &file_herald_registry_v1_registry_proto_enumTypes[8]
+	return &file_herald_registry_v1_registry_proto_enumTypes[9]
 }
 
 func (x WebhookContentMode) Number() protoreflect.EnumNumber {
@@ -528,7 +592,73 @@ func (x WebhookContentMode) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use WebhookContentMode.Descriptor instead.
 func (WebhookContentMode) EnumDescriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{8}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{9}
+}
+
+// ProtobufSchema names a message in a set of .proto files.
+type ProtobufSchema struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Fully-qualified message name, e.g. shop.v1.OrderPlaced.
+	Message string `protobuf:"bytes,1,opt,name=message,proto3" json:"message,omitempty"`
+	// .proto sources by path (imports resolve among these and the well-known
+	// types). Either files or file_descriptor_set.
+	Files map[string]string `protobuf:"bytes,2,rep,name=files,proto3" json:"files,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// A serialized google.protobuf.FileDescriptorSet holding the message and
+	// everything it imports. On reads, always set (compiled from files).
+	FileDescriptorSet []byte `protobuf:"bytes,3,opt,name=file_descriptor_set,json=fileDescriptorSet,proto3" json:"file_descriptor_set,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *ProtobufSchema) Reset() {
+	*x = ProtobufSchema{}
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProtobufSchema) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProtobufSchema) ProtoMessage() {}
+
+func (x *ProtobufSchema) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProtobufSchema.ProtoReflect.Descriptor instead.
+func (*ProtobufSchema) Descriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *ProtobufSchema) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+func (x *ProtobufSchema) GetFiles() map[string]string {
+	if x != nil {
+		return x.Files
+	}
+	return nil
+}
+
+func (x *ProtobufSchema) GetFileDescriptorSet() []byte {
+	if x != nil {
+		return x.FileDescriptorSet
+	}
+	return nil
 }
 
 // Domain groups event types by business area; its name is the first
@@ -553,7 +683,7 @@ type Domain struct {
 
 func (x *Domain) Reset() {
 	*x = Domain{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[0]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[1]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -565,7 +695,7 @@ func (x *Domain) String() string {
 func (*Domain) ProtoMessage() {}
 
 func (x *Domain) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[0]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[1]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -578,7 +708,7 @@ func (x *Domain) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Domain.ProtoReflect.Descriptor instead.
 func (*Domain) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{0}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{1}
 }
 
 func (x *Domain) GetName() string {
@@ -645,7 +775,7 @@ type Product struct {
 
 func (x *Product) Reset() {
 	*x = Product{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[1]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -657,7 +787,7 @@ func (x *Product) String() string {
 func (*Product) ProtoMessage() {}
 
 func (x *Product) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[1]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -670,7 +800,7 @@ func (x *Product) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Product.ProtoReflect.Descriptor instead.
 func (*Product) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{1}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *Product) GetName() string {
@@ -728,7 +858,7 @@ type RetentionPolicy struct {
 
 func (x *RetentionPolicy) Reset() {
 	*x = RetentionPolicy{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[2]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -740,7 +870,7 @@ func (x *RetentionPolicy) String() string {
 func (*RetentionPolicy) ProtoMessage() {}
 
 func (x *RetentionPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[2]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -753,7 +883,7 @@ func (x *RetentionPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetentionPolicy.ProtoReflect.Descriptor instead.
 func (*RetentionPolicy) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{2}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *RetentionPolicy) GetMaxAge() *durationpb.Duration {
@@ -787,7 +917,7 @@ type Example struct {
 
 func (x *Example) Reset() {
 	*x = Example{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[3]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -799,7 +929,7 @@ func (x *Example) String() string {
 func (*Example) ProtoMessage() {}
 
 func (x *Example) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[3]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -812,7 +942,7 @@ func (x *Example) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Example.ProtoReflect.Descriptor instead.
 func (*Example) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{3}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Example) GetName() string {
@@ -850,17 +980,24 @@ type SchemaVersion struct {
 	EventType string `protobuf:"bytes,1,opt,name=event_type,json=eventType,proto3" json:"event_type,omitempty"`
 	// 1, 2, 3...
 	Version int32 `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
-	// JSON Schema (draft 2020-12) as JSON text.
+	// JSON Schema (draft 2020-12) as JSON text, or the Avro schema as JSON
+	// text; empty for PROTOBUF and NONE.
 	Schema string `protobuf:"bytes,3,opt,name=schema,proto3" json:"schema,omitempty"`
 	// When it was added.
-	CreateTime    *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	CreateTime *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	// The schema's format (the type's, for every version).
+	SchemaFormat SchemaFormat `protobuf:"varint,5,opt,name=schema_format,json=schemaFormat,proto3,enum=herald.registry.v1.SchemaFormat" json:"schema_format,omitempty"`
+	// For PROTOBUF: the message and its files.
+	ProtobufSchema *ProtobufSchema `protobuf:"bytes,6,opt,name=protobuf_schema,json=protobufSchema,proto3" json:"protobuf_schema,omitempty"`
+	// For NONE: the media type of the data, e.g. application/octet-stream.
+	ContentType   string `protobuf:"bytes,7,opt,name=content_type,json=contentType,proto3" json:"content_type,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SchemaVersion) Reset() {
 	*x = SchemaVersion{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[4]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -872,7 +1009,7 @@ func (x *SchemaVersion) String() string {
 func (*SchemaVersion) ProtoMessage() {}
 
 func (x *SchemaVersion) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[4]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -885,7 +1022,7 @@ func (x *SchemaVersion) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SchemaVersion.ProtoReflect.Descriptor instead.
 func (*SchemaVersion) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{4}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *SchemaVersion) GetEventType() string {
@@ -914,6 +1051,27 @@ func (x *SchemaVersion) GetCreateTime() *timestamppb.Timestamp {
 		return x.CreateTime
 	}
 	return nil
+}
+
+func (x *SchemaVersion) GetSchemaFormat() SchemaFormat {
+	if x != nil {
+		return x.SchemaFormat
+	}
+	return SchemaFormat_SCHEMA_FORMAT_UNSPECIFIED
+}
+
+func (x *SchemaVersion) GetProtobufSchema() *ProtobufSchema {
+	if x != nil {
+		return x.ProtobufSchema
+	}
+	return nil
+}
+
+func (x *SchemaVersion) GetContentType() string {
+	if x != nil {
+		return x.ContentType
+	}
+	return ""
 }
 
 // EventType is one entry of the catalog.
@@ -950,14 +1108,22 @@ type EventType struct {
 	SchemaVersion int32 `protobuf:"varint,14,opt,name=schema_version,json=schemaVersion,proto3" json:"schema_version,omitempty"`
 	// Number of log partitions (events with the same partitionkey stay in
 	// order). Default 1.
-	Partitions    int32 `protobuf:"varint,15,opt,name=partitions,proto3" json:"partitions,omitempty"`
+	Partitions int32 `protobuf:"varint,15,opt,name=partitions,proto3" json:"partitions,omitempty"`
+	// The schema's format, set on create and kept by every version. Default
+	// JSON_SCHEMA.
+	SchemaFormat SchemaFormat `protobuf:"varint,16,opt,name=schema_format,json=schemaFormat,proto3,enum=herald.registry.v1.SchemaFormat" json:"schema_format,omitempty"`
+	// For PROTOBUF: the message and its files (on reads, of the latest
+	// version).
+	ProtobufSchema *ProtobufSchema `protobuf:"bytes,17,opt,name=protobuf_schema,json=protobufSchema,proto3" json:"protobuf_schema,omitempty"`
+	// For NONE: the media type of the data.
+	ContentType   string `protobuf:"bytes,18,opt,name=content_type,json=contentType,proto3" json:"content_type,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *EventType) Reset() {
 	*x = EventType{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[5]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -969,7 +1135,7 @@ func (x *EventType) String() string {
 func (*EventType) ProtoMessage() {}
 
 func (x *EventType) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[5]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -982,7 +1148,7 @@ func (x *EventType) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EventType.ProtoReflect.Descriptor instead.
 func (*EventType) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{5}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *EventType) GetName() string {
@@ -1090,6 +1256,27 @@ func (x *EventType) GetPartitions() int32 {
 	return 0
 }
 
+func (x *EventType) GetSchemaFormat() SchemaFormat {
+	if x != nil {
+		return x.SchemaFormat
+	}
+	return SchemaFormat_SCHEMA_FORMAT_UNSPECIFIED
+}
+
+func (x *EventType) GetProtobufSchema() *ProtobufSchema {
+	if x != nil {
+		return x.ProtobufSchema
+	}
+	return nil
+}
+
+func (x *EventType) GetContentType() string {
+	if x != nil {
+		return x.ContentType
+	}
+	return ""
+}
+
 // CreateEventTypeRequest is the request of CreateEventType.
 type CreateEventTypeRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1101,7 +1288,7 @@ type CreateEventTypeRequest struct {
 
 func (x *CreateEventTypeRequest) Reset() {
 	*x = CreateEventTypeRequest{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[6]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1113,7 +1300,7 @@ func (x *CreateEventTypeRequest) String() string {
 func (*CreateEventTypeRequest) ProtoMessage() {}
 
 func (x *CreateEventTypeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[6]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1126,7 +1313,7 @@ func (x *CreateEventTypeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateEventTypeRequest.ProtoReflect.Descriptor instead.
 func (*CreateEventTypeRequest) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{6}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *CreateEventTypeRequest) GetEventType() *EventType {
@@ -1147,7 +1334,7 @@ type CreateEventTypeResponse struct {
 
 func (x *CreateEventTypeResponse) Reset() {
 	*x = CreateEventTypeResponse{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[7]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1159,7 +1346,7 @@ func (x *CreateEventTypeResponse) String() string {
 func (*CreateEventTypeResponse) ProtoMessage() {}
 
 func (x *CreateEventTypeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[7]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1172,7 +1359,7 @@ func (x *CreateEventTypeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateEventTypeResponse.ProtoReflect.Descriptor instead.
 func (*CreateEventTypeResponse) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{7}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *CreateEventTypeResponse) GetEventType() *EventType {
@@ -1193,7 +1380,7 @@ type GetEventTypeRequest struct {
 
 func (x *GetEventTypeRequest) Reset() {
 	*x = GetEventTypeRequest{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[8]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1205,7 +1392,7 @@ func (x *GetEventTypeRequest) String() string {
 func (*GetEventTypeRequest) ProtoMessage() {}
 
 func (x *GetEventTypeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[8]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1218,7 +1405,7 @@ func (x *GetEventTypeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetEventTypeRequest.ProtoReflect.Descriptor instead.
 func (*GetEventTypeRequest) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{8}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *GetEventTypeRequest) GetName() string {
@@ -1239,7 +1426,7 @@ type GetEventTypeResponse struct {
 
 func (x *GetEventTypeResponse) Reset() {
 	*x = GetEventTypeResponse{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[9]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1251,7 +1438,7 @@ func (x *GetEventTypeResponse) String() string {
 func (*GetEventTypeResponse) ProtoMessage() {}
 
 func (x *GetEventTypeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[9]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1264,7 +1451,7 @@ func (x *GetEventTypeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetEventTypeResponse.ProtoReflect.Descriptor instead.
 func (*GetEventTypeResponse) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{9}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *GetEventTypeResponse) GetEventType() *EventType {
@@ -1289,7 +1476,7 @@ type ListEventTypesRequest struct {
 
 func (x *ListEventTypesRequest) Reset() {
 	*x = ListEventTypesRequest{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[10]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1301,7 +1488,7 @@ func (x *ListEventTypesRequest) String() string {
 func (*ListEventTypesRequest) ProtoMessage() {}
 
 func (x *ListEventTypesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[10]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1314,7 +1501,7 @@ func (x *ListEventTypesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEventTypesRequest.ProtoReflect.Descriptor instead.
 func (*ListEventTypesRequest) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{10}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ListEventTypesRequest) GetDomain() string {
@@ -1351,7 +1538,7 @@ type ListEventTypesResponse struct {
 
 func (x *ListEventTypesResponse) Reset() {
 	*x = ListEventTypesResponse{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[11]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1363,7 +1550,7 @@ func (x *ListEventTypesResponse) String() string {
 func (*ListEventTypesResponse) ProtoMessage() {}
 
 func (x *ListEventTypesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[11]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1376,7 +1563,7 @@ func (x *ListEventTypesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEventTypesResponse.ProtoReflect.Descriptor instead.
 func (*ListEventTypesResponse) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{11}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ListEventTypesResponse) GetEventTypes() []*EventType {
@@ -1405,7 +1592,7 @@ type UpdateEventTypeRequest struct {
 
 func (x *UpdateEventTypeRequest) Reset() {
 	*x = UpdateEventTypeRequest{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[12]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1417,7 +1604,7 @@ func (x *UpdateEventTypeRequest) String() string {
 func (*UpdateEventTypeRequest) ProtoMessage() {}
 
 func (x *UpdateEventTypeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[12]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1430,7 +1617,7 @@ func (x *UpdateEventTypeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateEventTypeRequest.ProtoReflect.Descriptor instead.
 func (*UpdateEventTypeRequest) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{12}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *UpdateEventTypeRequest) GetEventType() *EventType {
@@ -1451,7 +1638,7 @@ type UpdateEventTypeResponse struct {
 
 func (x *UpdateEventTypeResponse) Reset() {
 	*x = UpdateEventTypeResponse{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[13]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1463,7 +1650,7 @@ func (x *UpdateEventTypeResponse) String() string {
 func (*UpdateEventTypeResponse) ProtoMessage() {}
 
 func (x *UpdateEventTypeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[13]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1476,7 +1663,7 @@ func (x *UpdateEventTypeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateEventTypeResponse.ProtoReflect.Descriptor instead.
 func (*UpdateEventTypeResponse) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{13}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *UpdateEventTypeResponse) GetEventType() *EventType {
@@ -1491,15 +1678,19 @@ type CreateSchemaVersionRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The event type name.
 	EventType string `protobuf:"bytes,1,opt,name=event_type,json=eventType,proto3" json:"event_type,omitempty"`
-	// The new schema (JSON text).
-	Schema        string `protobuf:"bytes,2,opt,name=schema,proto3" json:"schema,omitempty"`
+	// The new schema (JSON text: JSON Schema or Avro).
+	Schema string `protobuf:"bytes,2,opt,name=schema,proto3" json:"schema,omitempty"`
+	// The new schema for PROTOBUF types.
+	ProtobufSchema *ProtobufSchema `protobuf:"bytes,3,opt,name=protobuf_schema,json=protobufSchema,proto3" json:"protobuf_schema,omitempty"`
+	// The new content type for NONE types.
+	ContentType   string `protobuf:"bytes,4,opt,name=content_type,json=contentType,proto3" json:"content_type,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CreateSchemaVersionRequest) Reset() {
 	*x = CreateSchemaVersionRequest{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[14]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1511,7 +1702,7 @@ func (x *CreateSchemaVersionRequest) String() string {
 func (*CreateSchemaVersionRequest) ProtoMessage() {}
 
 func (x *CreateSchemaVersionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[14]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1524,7 +1715,7 @@ func (x *CreateSchemaVersionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateSchemaVersionRequest.ProtoReflect.Descriptor instead.
 func (*CreateSchemaVersionRequest) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{14}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *CreateSchemaVersionRequest) GetEventType() string {
@@ -1541,6 +1732,20 @@ func (x *CreateSchemaVersionRequest) GetSchema() string {
 	return ""
 }
 
+func (x *CreateSchemaVersionRequest) GetProtobufSchema() *ProtobufSchema {
+	if x != nil {
+		return x.ProtobufSchema
+	}
+	return nil
+}
+
+func (x *CreateSchemaVersionRequest) GetContentType() string {
+	if x != nil {
+		return x.ContentType
+	}
+	return ""
+}
+
 // CreateSchemaVersionResponse is the response of CreateSchemaVersion.
 type CreateSchemaVersionResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1552,7 +1757,7 @@ type CreateSchemaVersionResponse struct {
 
 func (x *CreateSchemaVersionResponse) Reset() {
 	*x = CreateSchemaVersionResponse{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[15]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1564,7 +1769,7 @@ func (x *CreateSchemaVersionResponse) String() string {
 func (*CreateSchemaVersionResponse) ProtoMessage() {}
 
 func (x *CreateSchemaVersionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[15]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1577,7 +1782,7 @@ func (x *CreateSchemaVersionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateSchemaVersionResponse.ProtoReflect.Descriptor instead.
 func (*CreateSchemaVersionResponse) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{15}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *CreateSchemaVersionResponse) GetSchemaVersion() *SchemaVersion {
@@ -1598,7 +1803,7 @@ type ListSchemaVersionsRequest struct {
 
 func (x *ListSchemaVersionsRequest) Reset() {
 	*x = ListSchemaVersionsRequest{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[16]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1610,7 +1815,7 @@ func (x *ListSchemaVersionsRequest) String() string {
 func (*ListSchemaVersionsRequest) ProtoMessage() {}
 
 func (x *ListSchemaVersionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[16]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1623,7 +1828,7 @@ func (x *ListSchemaVersionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSchemaVersionsRequest.ProtoReflect.Descriptor instead.
 func (*ListSchemaVersionsRequest) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{16}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ListSchemaVersionsRequest) GetEventType() string {
@@ -1644,7 +1849,7 @@ type ListSchemaVersionsResponse struct {
 
 func (x *ListSchemaVersionsResponse) Reset() {
 	*x = ListSchemaVersionsResponse{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[17]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1656,7 +1861,7 @@ func (x *ListSchemaVersionsResponse) String() string {
 func (*ListSchemaVersionsResponse) ProtoMessage() {}
 
 func (x *ListSchemaVersionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[17]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1669,7 +1874,7 @@ func (x *ListSchemaVersionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSchemaVersionsResponse.ProtoReflect.Descriptor instead.
 func (*ListSchemaVersionsResponse) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{17}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ListSchemaVersionsResponse) GetSchemaVersions() []*SchemaVersion {
@@ -1684,15 +1889,19 @@ type CheckCompatibilityRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The event type name.
 	EventType string `protobuf:"bytes,1,opt,name=event_type,json=eventType,proto3" json:"event_type,omitempty"`
-	// The candidate schema (JSON text).
-	Schema        string `protobuf:"bytes,2,opt,name=schema,proto3" json:"schema,omitempty"`
+	// The candidate schema (JSON text: JSON Schema or Avro).
+	Schema string `protobuf:"bytes,2,opt,name=schema,proto3" json:"schema,omitempty"`
+	// The candidate schema for PROTOBUF types.
+	ProtobufSchema *ProtobufSchema `protobuf:"bytes,3,opt,name=protobuf_schema,json=protobufSchema,proto3" json:"protobuf_schema,omitempty"`
+	// The candidate content type for NONE types.
+	ContentType   string `protobuf:"bytes,4,opt,name=content_type,json=contentType,proto3" json:"content_type,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CheckCompatibilityRequest) Reset() {
 	*x = CheckCompatibilityRequest{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[18]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1704,7 +1913,7 @@ func (x *CheckCompatibilityRequest) String() string {
 func (*CheckCompatibilityRequest) ProtoMessage() {}
 
 func (x *CheckCompatibilityRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[18]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1717,7 +1926,7 @@ func (x *CheckCompatibilityRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckCompatibilityRequest.ProtoReflect.Descriptor instead.
 func (*CheckCompatibilityRequest) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{18}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *CheckCompatibilityRequest) GetEventType() string {
@@ -1730,6 +1939,20 @@ func (x *CheckCompatibilityRequest) GetEventType() string {
 func (x *CheckCompatibilityRequest) GetSchema() string {
 	if x != nil {
 		return x.Schema
+	}
+	return ""
+}
+
+func (x *CheckCompatibilityRequest) GetProtobufSchema() *ProtobufSchema {
+	if x != nil {
+		return x.ProtobufSchema
+	}
+	return nil
+}
+
+func (x *CheckCompatibilityRequest) GetContentType() string {
+	if x != nil {
+		return x.ContentType
 	}
 	return ""
 }
@@ -1747,7 +1970,7 @@ type CheckCompatibilityResponse struct {
 
 func (x *CheckCompatibilityResponse) Reset() {
 	*x = CheckCompatibilityResponse{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[19]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1759,7 +1982,7 @@ func (x *CheckCompatibilityResponse) String() string {
 func (*CheckCompatibilityResponse) ProtoMessage() {}
 
 func (x *CheckCompatibilityResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[19]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1772,7 +1995,7 @@ func (x *CheckCompatibilityResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckCompatibilityResponse.ProtoReflect.Descriptor instead.
 func (*CheckCompatibilityResponse) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{19}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *CheckCompatibilityResponse) GetCompatible() bool {
@@ -1800,7 +2023,7 @@ type CreateDomainRequest struct {
 
 func (x *CreateDomainRequest) Reset() {
 	*x = CreateDomainRequest{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[20]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1812,7 +2035,7 @@ func (x *CreateDomainRequest) String() string {
 func (*CreateDomainRequest) ProtoMessage() {}
 
 func (x *CreateDomainRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[20]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1825,7 +2048,7 @@ func (x *CreateDomainRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateDomainRequest.ProtoReflect.Descriptor instead.
 func (*CreateDomainRequest) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{20}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *CreateDomainRequest) GetDomain() *Domain {
@@ -1846,7 +2069,7 @@ type CreateDomainResponse struct {
 
 func (x *CreateDomainResponse) Reset() {
 	*x = CreateDomainResponse{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[21]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1858,7 +2081,7 @@ func (x *CreateDomainResponse) String() string {
 func (*CreateDomainResponse) ProtoMessage() {}
 
 func (x *CreateDomainResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[21]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1871,7 +2094,7 @@ func (x *CreateDomainResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateDomainResponse.ProtoReflect.Descriptor instead.
 func (*CreateDomainResponse) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{21}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *CreateDomainResponse) GetDomain() *Domain {
@@ -1892,7 +2115,7 @@ type GetDomainRequest struct {
 
 func (x *GetDomainRequest) Reset() {
 	*x = GetDomainRequest{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[22]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1904,7 +2127,7 @@ func (x *GetDomainRequest) String() string {
 func (*GetDomainRequest) ProtoMessage() {}
 
 func (x *GetDomainRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[22]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1917,7 +2140,7 @@ func (x *GetDomainRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetDomainRequest.ProtoReflect.Descriptor instead.
 func (*GetDomainRequest) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{22}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *GetDomainRequest) GetName() string {
@@ -1938,7 +2161,7 @@ type GetDomainResponse struct {
 
 func (x *GetDomainResponse) Reset() {
 	*x = GetDomainResponse{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[23]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1950,7 +2173,7 @@ func (x *GetDomainResponse) String() string {
 func (*GetDomainResponse) ProtoMessage() {}
 
 func (x *GetDomainResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[23]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1963,7 +2186,7 @@ func (x *GetDomainResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetDomainResponse.ProtoReflect.Descriptor instead.
 func (*GetDomainResponse) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{23}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *GetDomainResponse) GetDomain() *Domain {
@@ -1982,7 +2205,7 @@ type ListDomainsRequest struct {
 
 func (x *ListDomainsRequest) Reset() {
 	*x = ListDomainsRequest{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[24]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1994,7 +2217,7 @@ func (x *ListDomainsRequest) String() string {
 func (*ListDomainsRequest) ProtoMessage() {}
 
 func (x *ListDomainsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[24]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2007,7 +2230,7 @@ func (x *ListDomainsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDomainsRequest.ProtoReflect.Descriptor instead.
 func (*ListDomainsRequest) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{24}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{25}
 }
 
 // ListDomainsResponse is the response of ListDomains.
@@ -2021,7 +2244,7 @@ type ListDomainsResponse struct {
 
 func (x *ListDomainsResponse) Reset() {
 	*x = ListDomainsResponse{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[25]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2033,7 +2256,7 @@ func (x *ListDomainsResponse) String() string {
 func (*ListDomainsResponse) ProtoMessage() {}
 
 func (x *ListDomainsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[25]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2046,7 +2269,7 @@ func (x *ListDomainsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDomainsResponse.ProtoReflect.Descriptor instead.
 func (*ListDomainsResponse) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{25}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ListDomainsResponse) GetDomains() []*Domain {
@@ -2067,7 +2290,7 @@ type UpdateDomainRequest struct {
 
 func (x *UpdateDomainRequest) Reset() {
 	*x = UpdateDomainRequest{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[26]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2079,7 +2302,7 @@ func (x *UpdateDomainRequest) String() string {
 func (*UpdateDomainRequest) ProtoMessage() {}
 
 func (x *UpdateDomainRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[26]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2092,7 +2315,7 @@ func (x *UpdateDomainRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateDomainRequest.ProtoReflect.Descriptor instead.
 func (*UpdateDomainRequest) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{26}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *UpdateDomainRequest) GetDomain() *Domain {
@@ -2113,7 +2336,7 @@ type UpdateDomainResponse struct {
 
 func (x *UpdateDomainResponse) Reset() {
 	*x = UpdateDomainResponse{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[27]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2125,7 +2348,7 @@ func (x *UpdateDomainResponse) String() string {
 func (*UpdateDomainResponse) ProtoMessage() {}
 
 func (x *UpdateDomainResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[27]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2138,7 +2361,7 @@ func (x *UpdateDomainResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateDomainResponse.ProtoReflect.Descriptor instead.
 func (*UpdateDomainResponse) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{27}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *UpdateDomainResponse) GetDomain() *Domain {
@@ -2159,7 +2382,7 @@ type CreateProductRequest struct {
 
 func (x *CreateProductRequest) Reset() {
 	*x = CreateProductRequest{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[28]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2171,7 +2394,7 @@ func (x *CreateProductRequest) String() string {
 func (*CreateProductRequest) ProtoMessage() {}
 
 func (x *CreateProductRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[28]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2184,7 +2407,7 @@ func (x *CreateProductRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateProductRequest.ProtoReflect.Descriptor instead.
 func (*CreateProductRequest) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{28}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *CreateProductRequest) GetProduct() *Product {
@@ -2205,7 +2428,7 @@ type CreateProductResponse struct {
 
 func (x *CreateProductResponse) Reset() {
 	*x = CreateProductResponse{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[29]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2217,7 +2440,7 @@ func (x *CreateProductResponse) String() string {
 func (*CreateProductResponse) ProtoMessage() {}
 
 func (x *CreateProductResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[29]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2230,7 +2453,7 @@ func (x *CreateProductResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateProductResponse.ProtoReflect.Descriptor instead.
 func (*CreateProductResponse) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{29}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *CreateProductResponse) GetProduct() *Product {
@@ -2251,7 +2474,7 @@ type GetProductRequest struct {
 
 func (x *GetProductRequest) Reset() {
 	*x = GetProductRequest{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[30]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2263,7 +2486,7 @@ func (x *GetProductRequest) String() string {
 func (*GetProductRequest) ProtoMessage() {}
 
 func (x *GetProductRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[30]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2276,7 +2499,7 @@ func (x *GetProductRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetProductRequest.ProtoReflect.Descriptor instead.
 func (*GetProductRequest) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{30}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *GetProductRequest) GetName() string {
@@ -2297,7 +2520,7 @@ type GetProductResponse struct {
 
 func (x *GetProductResponse) Reset() {
 	*x = GetProductResponse{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[31]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2309,7 +2532,7 @@ func (x *GetProductResponse) String() string {
 func (*GetProductResponse) ProtoMessage() {}
 
 func (x *GetProductResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[31]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2322,7 +2545,7 @@ func (x *GetProductResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetProductResponse.ProtoReflect.Descriptor instead.
 func (*GetProductResponse) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{31}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *GetProductResponse) GetProduct() *Product {
@@ -2341,7 +2564,7 @@ type ListProductsRequest struct {
 
 func (x *ListProductsRequest) Reset() {
 	*x = ListProductsRequest{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[32]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2353,7 +2576,7 @@ func (x *ListProductsRequest) String() string {
 func (*ListProductsRequest) ProtoMessage() {}
 
 func (x *ListProductsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[32]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2366,7 +2589,7 @@ func (x *ListProductsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListProductsRequest.ProtoReflect.Descriptor instead.
 func (*ListProductsRequest) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{32}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{33}
 }
 
 // ListProductsResponse is the response of ListProducts.
@@ -2380,7 +2603,7 @@ type ListProductsResponse struct {
 
 func (x *ListProductsResponse) Reset() {
 	*x = ListProductsResponse{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[33]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2392,7 +2615,7 @@ func (x *ListProductsResponse) String() string {
 func (*ListProductsResponse) ProtoMessage() {}
 
 func (x *ListProductsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[33]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2405,7 +2628,7 @@ func (x *ListProductsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListProductsResponse.ProtoReflect.Descriptor instead.
 func (*ListProductsResponse) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{33}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ListProductsResponse) GetProducts() []*Product {
@@ -2426,7 +2649,7 @@ type UpdateProductRequest struct {
 
 func (x *UpdateProductRequest) Reset() {
 	*x = UpdateProductRequest{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[34]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2438,7 +2661,7 @@ func (x *UpdateProductRequest) String() string {
 func (*UpdateProductRequest) ProtoMessage() {}
 
 func (x *UpdateProductRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[34]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2451,7 +2674,7 @@ func (x *UpdateProductRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateProductRequest.ProtoReflect.Descriptor instead.
 func (*UpdateProductRequest) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{34}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *UpdateProductRequest) GetProduct() *Product {
@@ -2472,7 +2695,7 @@ type UpdateProductResponse struct {
 
 func (x *UpdateProductResponse) Reset() {
 	*x = UpdateProductResponse{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[35]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2484,7 +2707,7 @@ func (x *UpdateProductResponse) String() string {
 func (*UpdateProductResponse) ProtoMessage() {}
 
 func (x *UpdateProductResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[35]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2497,7 +2720,7 @@ func (x *UpdateProductResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateProductResponse.ProtoReflect.Descriptor instead.
 func (*UpdateProductResponse) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{35}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *UpdateProductResponse) GetProduct() *Product {
@@ -2539,7 +2762,7 @@ type Application struct {
 
 func (x *Application) Reset() {
 	*x = Application{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[36]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2551,7 +2774,7 @@ func (x *Application) String() string {
 func (*Application) ProtoMessage() {}
 
 func (x *Application) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[36]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2564,7 +2787,7 @@ func (x *Application) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Application.ProtoReflect.Descriptor instead.
 func (*Application) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{36}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *Application) GetId() string {
@@ -2656,7 +2879,7 @@ type TokenSettings struct {
 
 func (x *TokenSettings) Reset() {
 	*x = TokenSettings{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[37]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2668,7 +2891,7 @@ func (x *TokenSettings) String() string {
 func (*TokenSettings) ProtoMessage() {}
 
 func (x *TokenSettings) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[37]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2681,7 +2904,7 @@ func (x *TokenSettings) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenSettings.ProtoReflect.Descriptor instead.
 func (*TokenSettings) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{37}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *TokenSettings) GetSecrets() []*TokenSecret {
@@ -2731,7 +2954,7 @@ type TokenSecret struct {
 
 func (x *TokenSecret) Reset() {
 	*x = TokenSecret{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[38]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2743,7 +2966,7 @@ func (x *TokenSecret) String() string {
 func (*TokenSecret) ProtoMessage() {}
 
 func (x *TokenSecret) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[38]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2756,7 +2979,7 @@ func (x *TokenSecret) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenSecret.ProtoReflect.Descriptor instead.
 func (*TokenSecret) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{38}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *TokenSecret) GetId() string {
@@ -2805,7 +3028,7 @@ type TokenPublicKey struct {
 
 func (x *TokenPublicKey) Reset() {
 	*x = TokenPublicKey{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[39]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2817,7 +3040,7 @@ func (x *TokenPublicKey) String() string {
 func (*TokenPublicKey) ProtoMessage() {}
 
 func (x *TokenPublicKey) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[39]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2830,7 +3053,7 @@ func (x *TokenPublicKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TokenPublicKey.ProtoReflect.Descriptor instead.
 func (*TokenPublicKey) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{39}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *TokenPublicKey) GetId() string {
@@ -2870,7 +3093,7 @@ type PublishLimit struct {
 
 func (x *PublishLimit) Reset() {
 	*x = PublishLimit{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[40]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2882,7 +3105,7 @@ func (x *PublishLimit) String() string {
 func (*PublishLimit) ProtoMessage() {}
 
 func (x *PublishLimit) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[40]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2895,7 +3118,7 @@ func (x *PublishLimit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PublishLimit.ProtoReflect.Descriptor instead.
 func (*PublishLimit) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{40}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *PublishLimit) GetEventsPerSecond() int32 {
@@ -2925,7 +3148,7 @@ type Grant struct {
 
 func (x *Grant) Reset() {
 	*x = Grant{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[41]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2937,7 +3160,7 @@ func (x *Grant) String() string {
 func (*Grant) ProtoMessage() {}
 
 func (x *Grant) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[41]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2950,7 +3173,7 @@ func (x *Grant) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Grant.ProtoReflect.Descriptor instead.
 func (*Grant) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{41}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *Grant) GetAction() GrantAction {
@@ -2993,7 +3216,7 @@ type Key struct {
 
 func (x *Key) Reset() {
 	*x = Key{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[42]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3005,7 +3228,7 @@ func (x *Key) String() string {
 func (*Key) ProtoMessage() {}
 
 func (x *Key) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[42]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3018,7 +3241,7 @@ func (x *Key) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Key.ProtoReflect.Descriptor instead.
 func (*Key) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{42}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *Key) GetId() string {
@@ -3088,7 +3311,7 @@ type CreateApplicationRequest struct {
 
 func (x *CreateApplicationRequest) Reset() {
 	*x = CreateApplicationRequest{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[43]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3100,7 +3323,7 @@ func (x *CreateApplicationRequest) String() string {
 func (*CreateApplicationRequest) ProtoMessage() {}
 
 func (x *CreateApplicationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[43]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3113,7 +3336,7 @@ func (x *CreateApplicationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateApplicationRequest.ProtoReflect.Descriptor instead.
 func (*CreateApplicationRequest) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{43}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *CreateApplicationRequest) GetApplication() *Application {
@@ -3136,7 +3359,7 @@ type CreateApplicationResponse struct {
 
 func (x *CreateApplicationResponse) Reset() {
 	*x = CreateApplicationResponse{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[44]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3148,7 +3371,7 @@ func (x *CreateApplicationResponse) String() string {
 func (*CreateApplicationResponse) ProtoMessage() {}
 
 func (x *CreateApplicationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[44]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3161,7 +3384,7 @@ func (x *CreateApplicationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateApplicationResponse.ProtoReflect.Descriptor instead.
 func (*CreateApplicationResponse) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{44}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *CreateApplicationResponse) GetApplication() *Application {
@@ -3189,7 +3412,7 @@ type GetApplicationRequest struct {
 
 func (x *GetApplicationRequest) Reset() {
 	*x = GetApplicationRequest{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[45]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3201,7 +3424,7 @@ func (x *GetApplicationRequest) String() string {
 func (*GetApplicationRequest) ProtoMessage() {}
 
 func (x *GetApplicationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[45]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3214,7 +3437,7 @@ func (x *GetApplicationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetApplicationRequest.ProtoReflect.Descriptor instead.
 func (*GetApplicationRequest) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{45}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *GetApplicationRequest) GetId() string {
@@ -3235,7 +3458,7 @@ type GetApplicationResponse struct {
 
 func (x *GetApplicationResponse) Reset() {
 	*x = GetApplicationResponse{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[46]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3247,7 +3470,7 @@ func (x *GetApplicationResponse) String() string {
 func (*GetApplicationResponse) ProtoMessage() {}
 
 func (x *GetApplicationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[46]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3260,7 +3483,7 @@ func (x *GetApplicationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetApplicationResponse.ProtoReflect.Descriptor instead.
 func (*GetApplicationResponse) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{46}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *GetApplicationResponse) GetApplication() *Application {
@@ -3281,7 +3504,7 @@ type ListApplicationsRequest struct {
 
 func (x *ListApplicationsRequest) Reset() {
 	*x = ListApplicationsRequest{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[47]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3293,7 +3516,7 @@ func (x *ListApplicationsRequest) String() string {
 func (*ListApplicationsRequest) ProtoMessage() {}
 
 func (x *ListApplicationsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[47]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3306,7 +3529,7 @@ func (x *ListApplicationsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListApplicationsRequest.ProtoReflect.Descriptor instead.
 func (*ListApplicationsRequest) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{47}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *ListApplicationsRequest) GetTenant() string {
@@ -3327,7 +3550,7 @@ type ListApplicationsResponse struct {
 
 func (x *ListApplicationsResponse) Reset() {
 	*x = ListApplicationsResponse{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[48]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3339,7 +3562,7 @@ func (x *ListApplicationsResponse) String() string {
 func (*ListApplicationsResponse) ProtoMessage() {}
 
 func (x *ListApplicationsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[48]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3352,7 +3575,7 @@ func (x *ListApplicationsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListApplicationsResponse.ProtoReflect.Descriptor instead.
 func (*ListApplicationsResponse) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{48}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *ListApplicationsResponse) GetApplications() []*Application {
@@ -3373,7 +3596,7 @@ type UpdateApplicationRequest struct {
 
 func (x *UpdateApplicationRequest) Reset() {
 	*x = UpdateApplicationRequest{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[49]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3385,7 +3608,7 @@ func (x *UpdateApplicationRequest) String() string {
 func (*UpdateApplicationRequest) ProtoMessage() {}
 
 func (x *UpdateApplicationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[49]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3398,7 +3621,7 @@ func (x *UpdateApplicationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateApplicationRequest.ProtoReflect.Descriptor instead.
 func (*UpdateApplicationRequest) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{49}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *UpdateApplicationRequest) GetApplication() *Application {
@@ -3419,7 +3642,7 @@ type UpdateApplicationResponse struct {
 
 func (x *UpdateApplicationResponse) Reset() {
 	*x = UpdateApplicationResponse{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[50]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3431,7 +3654,7 @@ func (x *UpdateApplicationResponse) String() string {
 func (*UpdateApplicationResponse) ProtoMessage() {}
 
 func (x *UpdateApplicationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[50]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3444,7 +3667,7 @@ func (x *UpdateApplicationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateApplicationResponse.ProtoReflect.Descriptor instead.
 func (*UpdateApplicationResponse) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{50}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *UpdateApplicationResponse) GetApplication() *Application {
@@ -3468,7 +3691,7 @@ type CreateKeyRequest struct {
 
 func (x *CreateKeyRequest) Reset() {
 	*x = CreateKeyRequest{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[51]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3480,7 +3703,7 @@ func (x *CreateKeyRequest) String() string {
 func (*CreateKeyRequest) ProtoMessage() {}
 
 func (x *CreateKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[51]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3493,7 +3716,7 @@ func (x *CreateKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateKeyRequest.ProtoReflect.Descriptor instead.
 func (*CreateKeyRequest) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{51}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *CreateKeyRequest) GetApplicationId() string {
@@ -3521,7 +3744,7 @@ type CreateKeyResponse struct {
 
 func (x *CreateKeyResponse) Reset() {
 	*x = CreateKeyResponse{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[52]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3533,7 +3756,7 @@ func (x *CreateKeyResponse) String() string {
 func (*CreateKeyResponse) ProtoMessage() {}
 
 func (x *CreateKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[52]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3546,7 +3769,7 @@ func (x *CreateKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateKeyResponse.ProtoReflect.Descriptor instead.
 func (*CreateKeyResponse) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{52}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *CreateKeyResponse) GetKey() *Key {
@@ -3567,7 +3790,7 @@ type ListKeysRequest struct {
 
 func (x *ListKeysRequest) Reset() {
 	*x = ListKeysRequest{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[53]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3579,7 +3802,7 @@ func (x *ListKeysRequest) String() string {
 func (*ListKeysRequest) ProtoMessage() {}
 
 func (x *ListKeysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[53]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3592,7 +3815,7 @@ func (x *ListKeysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListKeysRequest.ProtoReflect.Descriptor instead.
 func (*ListKeysRequest) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{53}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *ListKeysRequest) GetApplicationId() string {
@@ -3613,7 +3836,7 @@ type ListKeysResponse struct {
 
 func (x *ListKeysResponse) Reset() {
 	*x = ListKeysResponse{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[54]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[55]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3625,7 +3848,7 @@ func (x *ListKeysResponse) String() string {
 func (*ListKeysResponse) ProtoMessage() {}
 
 func (x *ListKeysResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[54]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[55]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3638,7 +3861,7 @@ func (x *ListKeysResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListKeysResponse.ProtoReflect.Descriptor instead.
 func (*ListKeysResponse) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{54}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{55}
 }
 
 func (x *ListKeysResponse) GetKeys() []*Key {
@@ -3659,7 +3882,7 @@ type RevokeKeyRequest struct {
 
 func (x *RevokeKeyRequest) Reset() {
 	*x = RevokeKeyRequest{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[55]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[56]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3671,7 +3894,7 @@ func (x *RevokeKeyRequest) String() string {
 func (*RevokeKeyRequest) ProtoMessage() {}
 
 func (x *RevokeKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[55]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[56]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3684,7 +3907,7 @@ func (x *RevokeKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeKeyRequest.ProtoReflect.Descriptor instead.
 func (*RevokeKeyRequest) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{55}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{56}
 }
 
 func (x *RevokeKeyRequest) GetId() string {
@@ -3705,7 +3928,7 @@ type RevokeKeyResponse struct {
 
 func (x *RevokeKeyResponse) Reset() {
 	*x = RevokeKeyResponse{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[56]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[57]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3717,7 +3940,7 @@ func (x *RevokeKeyResponse) String() string {
 func (*RevokeKeyResponse) ProtoMessage() {}
 
 func (x *RevokeKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[56]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[57]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3730,7 +3953,7 @@ func (x *RevokeKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeKeyResponse.ProtoReflect.Descriptor instead.
 func (*RevokeKeyResponse) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{56}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{57}
 }
 
 func (x *RevokeKeyResponse) GetKey() *Key {
@@ -3751,7 +3974,7 @@ type AuthenticateKeyRequest struct {
 
 func (x *AuthenticateKeyRequest) Reset() {
 	*x = AuthenticateKeyRequest{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[57]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[58]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3763,7 +3986,7 @@ func (x *AuthenticateKeyRequest) String() string {
 func (*AuthenticateKeyRequest) ProtoMessage() {}
 
 func (x *AuthenticateKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[57]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[58]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3776,7 +3999,7 @@ func (x *AuthenticateKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthenticateKeyRequest.ProtoReflect.Descriptor instead.
 func (*AuthenticateKeyRequest) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{57}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{58}
 }
 
 func (x *AuthenticateKeyRequest) GetKeyHash() string {
@@ -3797,7 +4020,7 @@ type AuthenticateKeyResponse struct {
 
 func (x *AuthenticateKeyResponse) Reset() {
 	*x = AuthenticateKeyResponse{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[58]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[59]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3809,7 +4032,7 @@ func (x *AuthenticateKeyResponse) String() string {
 func (*AuthenticateKeyResponse) ProtoMessage() {}
 
 func (x *AuthenticateKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[58]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[59]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3822,7 +4045,7 @@ func (x *AuthenticateKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuthenticateKeyResponse.ProtoReflect.Descriptor instead.
 func (*AuthenticateKeyResponse) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{58}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{59}
 }
 
 func (x *AuthenticateKeyResponse) GetKey() *Key {
@@ -3865,7 +4088,7 @@ type Subscription struct {
 
 func (x *Subscription) Reset() {
 	*x = Subscription{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[59]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[60]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3877,7 +4100,7 @@ func (x *Subscription) String() string {
 func (*Subscription) ProtoMessage() {}
 
 func (x *Subscription) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[59]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[60]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3890,7 +4113,7 @@ func (x *Subscription) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Subscription.ProtoReflect.Descriptor instead.
 func (*Subscription) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{59}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{60}
 }
 
 func (x *Subscription) GetId() string {
@@ -4008,7 +4231,7 @@ type DeliveryPolicy struct {
 
 func (x *DeliveryPolicy) Reset() {
 	*x = DeliveryPolicy{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[60]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[61]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4020,7 +4243,7 @@ func (x *DeliveryPolicy) String() string {
 func (*DeliveryPolicy) ProtoMessage() {}
 
 func (x *DeliveryPolicy) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[60]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[61]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4033,7 +4256,7 @@ func (x *DeliveryPolicy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeliveryPolicy.ProtoReflect.Descriptor instead.
 func (*DeliveryPolicy) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{60}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{61}
 }
 
 func (x *DeliveryPolicy) GetAckTimeout() *durationpb.Duration {
@@ -4096,14 +4319,17 @@ type WebhookChannel struct {
 	Secrets []*WebhookSecret `protobuf:"bytes,14,rep,name=secrets,proto3" json:"secrets,omitempty"`
 	// Where receivers find the Ed25519 public keys of an ED25519 endpoint (a
 	// JSON Web Key Set). Output only.
-	JwksUrl       string `protobuf:"bytes,15,opt,name=jwks_url,json=jwksUrl,proto3" json:"jwks_url,omitempty"`
+	JwksUrl string `protobuf:"bytes,15,opt,name=jwks_url,json=jwksUrl,proto3" json:"jwks_url,omitempty"`
+	// Render Protobuf and Avro data as JSON (protojson, Avro's JSON encoding)
+	// instead of data_base64 (or, in binary mode, the raw bytes).
+	JsonData      bool `protobuf:"varint,16,opt,name=json_data,json=jsonData,proto3" json:"json_data,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *WebhookChannel) Reset() {
 	*x = WebhookChannel{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[61]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[62]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4115,7 +4341,7 @@ func (x *WebhookChannel) String() string {
 func (*WebhookChannel) ProtoMessage() {}
 
 func (x *WebhookChannel) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[61]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[62]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4128,7 +4354,7 @@ func (x *WebhookChannel) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WebhookChannel.ProtoReflect.Descriptor instead.
 func (*WebhookChannel) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{61}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{62}
 }
 
 func (x *WebhookChannel) GetUrl() string {
@@ -4236,6 +4462,13 @@ func (x *WebhookChannel) GetJwksUrl() string {
 	return ""
 }
 
+func (x *WebhookChannel) GetJsonData() bool {
+	if x != nil {
+		return x.JsonData
+	}
+	return false
+}
+
 // WebhookSecret is one signing secret of an endpoint.
 type WebhookSecret struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -4257,7 +4490,7 @@ type WebhookSecret struct {
 
 func (x *WebhookSecret) Reset() {
 	*x = WebhookSecret{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[62]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[63]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4269,7 +4502,7 @@ func (x *WebhookSecret) String() string {
 func (*WebhookSecret) ProtoMessage() {}
 
 func (x *WebhookSecret) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[62]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[63]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4282,7 +4515,7 @@ func (x *WebhookSecret) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WebhookSecret.ProtoReflect.Descriptor instead.
 func (*WebhookSecret) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{62}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{63}
 }
 
 func (x *WebhookSecret) GetId() string {
@@ -4329,7 +4562,7 @@ type StreamChannel struct {
 
 func (x *StreamChannel) Reset() {
 	*x = StreamChannel{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[63]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[64]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4341,7 +4574,7 @@ func (x *StreamChannel) String() string {
 func (*StreamChannel) ProtoMessage() {}
 
 func (x *StreamChannel) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[63]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[64]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4354,7 +4587,7 @@ func (x *StreamChannel) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamChannel.ProtoReflect.Descriptor instead.
 func (*StreamChannel) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{63}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{64}
 }
 
 // StartPosition is where a durable subscription starts reading.
@@ -4373,7 +4606,7 @@ type StartPosition struct {
 
 func (x *StartPosition) Reset() {
 	*x = StartPosition{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[64]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[65]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4385,7 +4618,7 @@ func (x *StartPosition) String() string {
 func (*StartPosition) ProtoMessage() {}
 
 func (x *StartPosition) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[64]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[65]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4398,7 +4631,7 @@ func (x *StartPosition) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartPosition.ProtoReflect.Descriptor instead.
 func (*StartPosition) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{64}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{65}
 }
 
 func (x *StartPosition) GetPosition() isStartPosition_Position {
@@ -4455,7 +4688,7 @@ type CreateSubscriptionRequest struct {
 
 func (x *CreateSubscriptionRequest) Reset() {
 	*x = CreateSubscriptionRequest{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[65]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[66]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4467,7 +4700,7 @@ func (x *CreateSubscriptionRequest) String() string {
 func (*CreateSubscriptionRequest) ProtoMessage() {}
 
 func (x *CreateSubscriptionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[65]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[66]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4480,7 +4713,7 @@ func (x *CreateSubscriptionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateSubscriptionRequest.ProtoReflect.Descriptor instead.
 func (*CreateSubscriptionRequest) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{65}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{66}
 }
 
 func (x *CreateSubscriptionRequest) GetSubscription() *Subscription {
@@ -4504,7 +4737,7 @@ type CreateSubscriptionResponse struct {
 
 func (x *CreateSubscriptionResponse) Reset() {
 	*x = CreateSubscriptionResponse{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[66]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[67]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4516,7 +4749,7 @@ func (x *CreateSubscriptionResponse) String() string {
 func (*CreateSubscriptionResponse) ProtoMessage() {}
 
 func (x *CreateSubscriptionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[66]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[67]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4529,7 +4762,7 @@ func (x *CreateSubscriptionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateSubscriptionResponse.ProtoReflect.Descriptor instead.
 func (*CreateSubscriptionResponse) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{66}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{67}
 }
 
 func (x *CreateSubscriptionResponse) GetSubscription() *Subscription {
@@ -4564,7 +4797,7 @@ type UpdateSubscriptionRequest struct {
 
 func (x *UpdateSubscriptionRequest) Reset() {
 	*x = UpdateSubscriptionRequest{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[67]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[68]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4576,7 +4809,7 @@ func (x *UpdateSubscriptionRequest) String() string {
 func (*UpdateSubscriptionRequest) ProtoMessage() {}
 
 func (x *UpdateSubscriptionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[67]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[68]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4589,7 +4822,7 @@ func (x *UpdateSubscriptionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateSubscriptionRequest.ProtoReflect.Descriptor instead.
 func (*UpdateSubscriptionRequest) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{67}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{68}
 }
 
 func (x *UpdateSubscriptionRequest) GetSubscription() *Subscription {
@@ -4617,7 +4850,7 @@ type UpdateSubscriptionResponse struct {
 
 func (x *UpdateSubscriptionResponse) Reset() {
 	*x = UpdateSubscriptionResponse{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[68]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[69]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4629,7 +4862,7 @@ func (x *UpdateSubscriptionResponse) String() string {
 func (*UpdateSubscriptionResponse) ProtoMessage() {}
 
 func (x *UpdateSubscriptionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[68]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[69]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4642,7 +4875,7 @@ func (x *UpdateSubscriptionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateSubscriptionResponse.ProtoReflect.Descriptor instead.
 func (*UpdateSubscriptionResponse) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{68}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{69}
 }
 
 func (x *UpdateSubscriptionResponse) GetSubscription() *Subscription {
@@ -4666,7 +4899,7 @@ type RotateWebhookSecretRequest struct {
 
 func (x *RotateWebhookSecretRequest) Reset() {
 	*x = RotateWebhookSecretRequest{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[69]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[70]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4678,7 +4911,7 @@ func (x *RotateWebhookSecretRequest) String() string {
 func (*RotateWebhookSecretRequest) ProtoMessage() {}
 
 func (x *RotateWebhookSecretRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[69]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[70]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4691,7 +4924,7 @@ func (x *RotateWebhookSecretRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateWebhookSecretRequest.ProtoReflect.Descriptor instead.
 func (*RotateWebhookSecretRequest) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{69}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{70}
 }
 
 func (x *RotateWebhookSecretRequest) GetId() string {
@@ -4722,7 +4955,7 @@ type RotateWebhookSecretResponse struct {
 
 func (x *RotateWebhookSecretResponse) Reset() {
 	*x = RotateWebhookSecretResponse{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[70]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[71]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4734,7 +4967,7 @@ func (x *RotateWebhookSecretResponse) String() string {
 func (*RotateWebhookSecretResponse) ProtoMessage() {}
 
 func (x *RotateWebhookSecretResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[70]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[71]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4747,7 +4980,7 @@ func (x *RotateWebhookSecretResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateWebhookSecretResponse.ProtoReflect.Descriptor instead.
 func (*RotateWebhookSecretResponse) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{70}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{71}
 }
 
 func (x *RotateWebhookSecretResponse) GetSubscription() *Subscription {
@@ -4780,7 +5013,7 @@ type RotateTokenSecretRequest struct {
 
 func (x *RotateTokenSecretRequest) Reset() {
 	*x = RotateTokenSecretRequest{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[71]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[72]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4792,7 +5025,7 @@ func (x *RotateTokenSecretRequest) String() string {
 func (*RotateTokenSecretRequest) ProtoMessage() {}
 
 func (x *RotateTokenSecretRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[71]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[72]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4805,7 +5038,7 @@ func (x *RotateTokenSecretRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateTokenSecretRequest.ProtoReflect.Descriptor instead.
 func (*RotateTokenSecretRequest) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{71}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{72}
 }
 
 func (x *RotateTokenSecretRequest) GetApplicationId() string {
@@ -4838,7 +5071,7 @@ type RotateTokenSecretResponse struct {
 
 func (x *RotateTokenSecretResponse) Reset() {
 	*x = RotateTokenSecretResponse{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[72]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[73]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4850,7 +5083,7 @@ func (x *RotateTokenSecretResponse) String() string {
 func (*RotateTokenSecretResponse) ProtoMessage() {}
 
 func (x *RotateTokenSecretResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[72]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[73]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4863,7 +5096,7 @@ func (x *RotateTokenSecretResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateTokenSecretResponse.ProtoReflect.Descriptor instead.
 func (*RotateTokenSecretResponse) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{72}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{73}
 }
 
 func (x *RotateTokenSecretResponse) GetApplication() *Application {
@@ -4898,7 +5131,7 @@ type GetSubscriptionRequest struct {
 
 func (x *GetSubscriptionRequest) Reset() {
 	*x = GetSubscriptionRequest{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[73]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[74]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4910,7 +5143,7 @@ func (x *GetSubscriptionRequest) String() string {
 func (*GetSubscriptionRequest) ProtoMessage() {}
 
 func (x *GetSubscriptionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[73]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[74]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4923,7 +5156,7 @@ func (x *GetSubscriptionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSubscriptionRequest.ProtoReflect.Descriptor instead.
 func (*GetSubscriptionRequest) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{73}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{74}
 }
 
 func (x *GetSubscriptionRequest) GetId() string {
@@ -4944,7 +5177,7 @@ type GetSubscriptionResponse struct {
 
 func (x *GetSubscriptionResponse) Reset() {
 	*x = GetSubscriptionResponse{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[74]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[75]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4956,7 +5189,7 @@ func (x *GetSubscriptionResponse) String() string {
 func (*GetSubscriptionResponse) ProtoMessage() {}
 
 func (x *GetSubscriptionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[74]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[75]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4969,7 +5202,7 @@ func (x *GetSubscriptionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSubscriptionResponse.ProtoReflect.Descriptor instead.
 func (*GetSubscriptionResponse) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{74}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{75}
 }
 
 func (x *GetSubscriptionResponse) GetSubscription() *Subscription {
@@ -4990,7 +5223,7 @@ type ListSubscriptionsRequest struct {
 
 func (x *ListSubscriptionsRequest) Reset() {
 	*x = ListSubscriptionsRequest{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[75]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[76]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5002,7 +5235,7 @@ func (x *ListSubscriptionsRequest) String() string {
 func (*ListSubscriptionsRequest) ProtoMessage() {}
 
 func (x *ListSubscriptionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[75]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[76]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5015,7 +5248,7 @@ func (x *ListSubscriptionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSubscriptionsRequest.ProtoReflect.Descriptor instead.
 func (*ListSubscriptionsRequest) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{75}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{76}
 }
 
 func (x *ListSubscriptionsRequest) GetApplicationId() string {
@@ -5036,7 +5269,7 @@ type ListSubscriptionsResponse struct {
 
 func (x *ListSubscriptionsResponse) Reset() {
 	*x = ListSubscriptionsResponse{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[76]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[77]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5048,7 +5281,7 @@ func (x *ListSubscriptionsResponse) String() string {
 func (*ListSubscriptionsResponse) ProtoMessage() {}
 
 func (x *ListSubscriptionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[76]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[77]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5061,7 +5294,7 @@ func (x *ListSubscriptionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSubscriptionsResponse.ProtoReflect.Descriptor instead.
 func (*ListSubscriptionsResponse) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{76}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{77}
 }
 
 func (x *ListSubscriptionsResponse) GetSubscriptions() []*Subscription {
@@ -5082,7 +5315,7 @@ type DeleteSubscriptionRequest struct {
 
 func (x *DeleteSubscriptionRequest) Reset() {
 	*x = DeleteSubscriptionRequest{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[77]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[78]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5094,7 +5327,7 @@ func (x *DeleteSubscriptionRequest) String() string {
 func (*DeleteSubscriptionRequest) ProtoMessage() {}
 
 func (x *DeleteSubscriptionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[77]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[78]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5107,7 +5340,7 @@ func (x *DeleteSubscriptionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteSubscriptionRequest.ProtoReflect.Descriptor instead.
 func (*DeleteSubscriptionRequest) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{77}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{78}
 }
 
 func (x *DeleteSubscriptionRequest) GetId() string {
@@ -5126,7 +5359,7 @@ type DeleteSubscriptionResponse struct {
 
 func (x *DeleteSubscriptionResponse) Reset() {
 	*x = DeleteSubscriptionResponse{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[78]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[79]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5138,7 +5371,7 @@ func (x *DeleteSubscriptionResponse) String() string {
 func (*DeleteSubscriptionResponse) ProtoMessage() {}
 
 func (x *DeleteSubscriptionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[78]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[79]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5151,7 +5384,7 @@ func (x *DeleteSubscriptionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteSubscriptionResponse.ProtoReflect.Descriptor instead.
 func (*DeleteSubscriptionResponse) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{78}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{79}
 }
 
 // WatchRequest is the request of Watch.
@@ -5165,7 +5398,7 @@ type WatchRequest struct {
 
 func (x *WatchRequest) Reset() {
 	*x = WatchRequest{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[79]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[80]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5177,7 +5410,7 @@ func (x *WatchRequest) String() string {
 func (*WatchRequest) ProtoMessage() {}
 
 func (x *WatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[79]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[80]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5190,7 +5423,7 @@ func (x *WatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRequest.ProtoReflect.Descriptor instead.
 func (*WatchRequest) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{79}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{80}
 }
 
 func (x *WatchRequest) GetFromRevision() int64 {
@@ -5213,7 +5446,7 @@ type KeyChange struct {
 
 func (x *KeyChange) Reset() {
 	*x = KeyChange{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[80]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[81]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5225,7 +5458,7 @@ func (x *KeyChange) String() string {
 func (*KeyChange) ProtoMessage() {}
 
 func (x *KeyChange) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[80]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[81]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5238,7 +5471,7 @@ func (x *KeyChange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyChange.ProtoReflect.Descriptor instead.
 func (*KeyChange) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{80}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{81}
 }
 
 func (x *KeyChange) GetKey() *Key {
@@ -5268,7 +5501,7 @@ type Deletion struct {
 
 func (x *Deletion) Reset() {
 	*x = Deletion{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[81]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[82]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5280,7 +5513,7 @@ func (x *Deletion) String() string {
 func (*Deletion) ProtoMessage() {}
 
 func (x *Deletion) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[81]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[82]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5293,7 +5526,7 @@ func (x *Deletion) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Deletion.ProtoReflect.Descriptor instead.
 func (*Deletion) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{81}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{82}
 }
 
 func (x *Deletion) GetKind() string {
@@ -5335,7 +5568,7 @@ type WatchResponse struct {
 
 func (x *WatchResponse) Reset() {
 	*x = WatchResponse{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[82]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[83]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5347,7 +5580,7 @@ func (x *WatchResponse) String() string {
 func (*WatchResponse) ProtoMessage() {}
 
 func (x *WatchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[82]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[83]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5360,7 +5593,7 @@ func (x *WatchResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchResponse.ProtoReflect.Descriptor instead.
 func (*WatchResponse) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{82}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{83}
 }
 
 func (x *WatchResponse) GetRevision() int64 {
@@ -5517,7 +5750,7 @@ type CreatePortalLinkRequest struct {
 
 func (x *CreatePortalLinkRequest) Reset() {
 	*x = CreatePortalLinkRequest{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[83]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[84]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5529,7 +5762,7 @@ func (x *CreatePortalLinkRequest) String() string {
 func (*CreatePortalLinkRequest) ProtoMessage() {}
 
 func (x *CreatePortalLinkRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[83]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[84]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5542,7 +5775,7 @@ func (x *CreatePortalLinkRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreatePortalLinkRequest.ProtoReflect.Descriptor instead.
 func (*CreatePortalLinkRequest) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{83}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{84}
 }
 
 func (x *CreatePortalLinkRequest) GetApplicationId() string {
@@ -5583,7 +5816,7 @@ type CreatePortalLinkResponse struct {
 
 func (x *CreatePortalLinkResponse) Reset() {
 	*x = CreatePortalLinkResponse{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[84]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[85]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5595,7 +5828,7 @@ func (x *CreatePortalLinkResponse) String() string {
 func (*CreatePortalLinkResponse) ProtoMessage() {}
 
 func (x *CreatePortalLinkResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[84]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[85]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5608,7 +5841,7 @@ func (x *CreatePortalLinkResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreatePortalLinkResponse.ProtoReflect.Descriptor instead.
 func (*CreatePortalLinkResponse) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{84}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{85}
 }
 
 func (x *CreatePortalLinkResponse) GetUrl() string {
@@ -5643,7 +5876,7 @@ type RedeemPortalLinkRequest struct {
 
 func (x *RedeemPortalLinkRequest) Reset() {
 	*x = RedeemPortalLinkRequest{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[85]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[86]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5655,7 +5888,7 @@ func (x *RedeemPortalLinkRequest) String() string {
 func (*RedeemPortalLinkRequest) ProtoMessage() {}
 
 func (x *RedeemPortalLinkRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[85]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[86]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5668,7 +5901,7 @@ func (x *RedeemPortalLinkRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RedeemPortalLinkRequest.ProtoReflect.Descriptor instead.
 func (*RedeemPortalLinkRequest) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{85}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{86}
 }
 
 func (x *RedeemPortalLinkRequest) GetToken() string {
@@ -5691,7 +5924,7 @@ type RedeemPortalLinkResponse struct {
 
 func (x *RedeemPortalLinkResponse) Reset() {
 	*x = RedeemPortalLinkResponse{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[86]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[87]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5703,7 +5936,7 @@ func (x *RedeemPortalLinkResponse) String() string {
 func (*RedeemPortalLinkResponse) ProtoMessage() {}
 
 func (x *RedeemPortalLinkResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[86]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[87]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5716,7 +5949,7 @@ func (x *RedeemPortalLinkResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RedeemPortalLinkResponse.ProtoReflect.Descriptor instead.
 func (*RedeemPortalLinkResponse) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{86}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{87}
 }
 
 func (x *RedeemPortalLinkResponse) GetKey() *Key {
@@ -5748,7 +5981,7 @@ type EvaluateFilterRequest struct {
 
 func (x *EvaluateFilterRequest) Reset() {
 	*x = EvaluateFilterRequest{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[87]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[88]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5760,7 +5993,7 @@ func (x *EvaluateFilterRequest) String() string {
 func (*EvaluateFilterRequest) ProtoMessage() {}
 
 func (x *EvaluateFilterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[87]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[88]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5773,7 +6006,7 @@ func (x *EvaluateFilterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EvaluateFilterRequest.ProtoReflect.Descriptor instead.
 func (*EvaluateFilterRequest) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{87}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{88}
 }
 
 func (x *EvaluateFilterRequest) GetFilter() string {
@@ -5808,7 +6041,7 @@ type EvaluateFilterResponse struct {
 
 func (x *EvaluateFilterResponse) Reset() {
 	*x = EvaluateFilterResponse{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[88]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[89]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5820,7 +6053,7 @@ func (x *EvaluateFilterResponse) String() string {
 func (*EvaluateFilterResponse) ProtoMessage() {}
 
 func (x *EvaluateFilterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[88]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[89]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5833,7 +6066,7 @@ func (x *EvaluateFilterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EvaluateFilterResponse.ProtoReflect.Descriptor instead.
 func (*EvaluateFilterResponse) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{88}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{89}
 }
 
 func (x *EvaluateFilterResponse) GetResults() []*FilterResult {
@@ -5861,7 +6094,7 @@ type FilterResult struct {
 
 func (x *FilterResult) Reset() {
 	*x = FilterResult{}
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[89]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[90]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5873,7 +6106,7 @@ func (x *FilterResult) String() string {
 func (*FilterResult) ProtoMessage() {}
 
 func (x *FilterResult) ProtoReflect() protoreflect.Message {
-	mi := &file_herald_registry_v1_registry_proto_msgTypes[89]
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[90]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5886,7 +6119,7 @@ func (x *FilterResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FilterResult.ProtoReflect.Descriptor instead.
 func (*FilterResult) Descriptor() ([]byte, []int) {
-	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{89}
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{90}
 }
 
 func (x *FilterResult) GetName() string {
@@ -5921,7 +6154,15 @@ var File_herald_registry_v1_registry_proto protoreflect.FileDescriptor
 
 const file_herald_registry_v1_registry_proto_rawDesc = "" +
 	"\n" +
-	"!herald/registry/v1/registry.proto\x12\x12herald.registry.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xea\x01\n" +
+	"!herald/registry/v1/registry.proto\x12\x12herald.registry.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd9\x01\n" +
+	"\x0eProtobufSchema\x12\x18\n" +
+	"\amessage\x18\x01 \x01(\tR\amessage\x12C\n" +
+	"\x05files\x18\x02 \x03(\v2-.herald.registry.v1.ProtobufSchema.FilesEntryR\x05files\x12.\n" +
+	"\x13file_descriptor_set\x18\x03 \x01(\fR\x11fileDescriptorSet\x1a8\n" +
+	"\n" +
+	"FilesEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xea\x01\n" +
 	"\x06Domain\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12 \n" +
 	"\vdescription\x18\x02 \x01(\tR\vdescription\x12\x14\n" +
@@ -5949,14 +6190,17 @@ const file_herald_registry_v1_registry_proto_rawDesc = "" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\asummary\x18\x02 \x01(\tR\asummary\x12\x12\n" +
 	"\x04data\x18\x03 \x01(\tR\x04data\x12%\n" +
-	"\x0eschema_version\x18\x04 \x01(\x05R\rschemaVersion\"\x9d\x01\n" +
+	"\x0eschema_version\x18\x04 \x01(\x05R\rschemaVersion\"\xd4\x02\n" +
 	"\rSchemaVersion\x12\x1d\n" +
 	"\n" +
 	"event_type\x18\x01 \x01(\tR\teventType\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\x05R\aversion\x12\x16\n" +
 	"\x06schema\x18\x03 \x01(\tR\x06schema\x12;\n" +
 	"\vcreate_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"createTime\"\xcb\x05\n" +
+	"createTime\x12E\n" +
+	"\rschema_format\x18\x05 \x01(\x0e2 .herald.registry.v1.SchemaFormatR\fschemaFormat\x12K\n" +
+	"\x0fprotobuf_schema\x18\x06 \x01(\v2\".herald.registry.v1.ProtobufSchemaR\x0eprotobufSchema\x12!\n" +
+	"\fcontent_type\x18\a \x01(\tR\vcontentType\"\x82\a\n" +
 	"\tEventType\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12 \n" +
 	"\vdescription\x18\x02 \x01(\tR\vdescription\x12\x16\n" +
@@ -5980,7 +6224,10 @@ const file_herald_registry_v1_registry_proto_rawDesc = "" +
 	"\x0eschema_version\x18\x0e \x01(\x05R\rschemaVersion\x12\x1e\n" +
 	"\n" +
 	"partitions\x18\x0f \x01(\x05R\n" +
-	"partitions\"V\n" +
+	"partitions\x12E\n" +
+	"\rschema_format\x18\x10 \x01(\x0e2 .herald.registry.v1.SchemaFormatR\fschemaFormat\x12K\n" +
+	"\x0fprotobuf_schema\x18\x11 \x01(\v2\".herald.registry.v1.ProtobufSchemaR\x0eprotobufSchema\x12!\n" +
+	"\fcontent_type\x18\x12 \x01(\tR\vcontentType\"V\n" +
 	"\x16CreateEventTypeRequest\x12<\n" +
 	"\n" +
 	"event_type\x18\x01 \x01(\v2\x1d.herald.registry.v1.EventTypeR\teventType\"W\n" +
@@ -6006,22 +6253,26 @@ const file_herald_registry_v1_registry_proto_rawDesc = "" +
 	"event_type\x18\x01 \x01(\v2\x1d.herald.registry.v1.EventTypeR\teventType\"W\n" +
 	"\x17UpdateEventTypeResponse\x12<\n" +
 	"\n" +
-	"event_type\x18\x01 \x01(\v2\x1d.herald.registry.v1.EventTypeR\teventType\"S\n" +
+	"event_type\x18\x01 \x01(\v2\x1d.herald.registry.v1.EventTypeR\teventType\"\xc3\x01\n" +
 	"\x1aCreateSchemaVersionRequest\x12\x1d\n" +
 	"\n" +
 	"event_type\x18\x01 \x01(\tR\teventType\x12\x16\n" +
-	"\x06schema\x18\x02 \x01(\tR\x06schema\"g\n" +
+	"\x06schema\x18\x02 \x01(\tR\x06schema\x12K\n" +
+	"\x0fprotobuf_schema\x18\x03 \x01(\v2\".herald.registry.v1.ProtobufSchemaR\x0eprotobufSchema\x12!\n" +
+	"\fcontent_type\x18\x04 \x01(\tR\vcontentType\"g\n" +
 	"\x1bCreateSchemaVersionResponse\x12H\n" +
 	"\x0eschema_version\x18\x01 \x01(\v2!.herald.registry.v1.SchemaVersionR\rschemaVersion\":\n" +
 	"\x19ListSchemaVersionsRequest\x12\x1d\n" +
 	"\n" +
 	"event_type\x18\x01 \x01(\tR\teventType\"h\n" +
 	"\x1aListSchemaVersionsResponse\x12J\n" +
-	"\x0fschema_versions\x18\x01 \x03(\v2!.herald.registry.v1.SchemaVersionR\x0eschemaVersions\"R\n" +
+	"\x0fschema_versions\x18\x01 \x03(\v2!.herald.registry.v1.SchemaVersionR\x0eschemaVersions\"\xc2\x01\n" +
 	"\x19CheckCompatibilityRequest\x12\x1d\n" +
 	"\n" +
 	"event_type\x18\x01 \x01(\tR\teventType\x12\x16\n" +
-	"\x06schema\x18\x02 \x01(\tR\x06schema\"V\n" +
+	"\x06schema\x18\x02 \x01(\tR\x06schema\x12K\n" +
+	"\x0fprotobuf_schema\x18\x03 \x01(\v2\".herald.registry.v1.ProtobufSchemaR\x0eprotobufSchema\x12!\n" +
+	"\fcontent_type\x18\x04 \x01(\tR\vcontentType\"V\n" +
 	"\x1aCheckCompatibilityResponse\x12\x1e\n" +
 	"\n" +
 	"compatible\x18\x01 \x01(\bR\n" +
@@ -6154,7 +6405,7 @@ const file_herald_registry_v1_registry_proto_rawDesc = "" +
 	"\x0eDeliveryPolicy\x12:\n" +
 	"\vack_timeout\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\n" +
 	"ackTimeout\x12!\n" +
-	"\fmax_attempts\x18\x02 \x01(\x05R\vmaxAttempts\"\xce\x06\n" +
+	"\fmax_attempts\x18\x02 \x01(\x05R\vmaxAttempts\"\xeb\x06\n" +
 	"\x0eWebhookChannel\x12\x10\n" +
 	"\x03url\x18\x01 \x01(\tR\x03url\x12?\n" +
 	"\bordering\x18\x02 \x01(\x0e2#.herald.registry.v1.WebhookOrderingR\bordering\x12'\n" +
@@ -6172,7 +6423,8 @@ const file_herald_registry_v1_registry_proto_rawDesc = "" +
 	"\fdisable_time\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\vdisableTime\x12>\n" +
 	"\rdisable_after\x18\r \x01(\v2\x19.google.protobuf.DurationR\fdisableAfter\x12;\n" +
 	"\asecrets\x18\x0e \x03(\v2!.herald.registry.v1.WebhookSecretR\asecrets\x12\x19\n" +
-	"\bjwks_url\x18\x0f \x01(\tR\ajwksUrl\x1a:\n" +
+	"\bjwks_url\x18\x0f \x01(\tR\ajwksUrl\x12\x1b\n" +
+	"\tjson_data\x18\x10 \x01(\bR\bjsonData\x1a:\n" +
 	"\fHeadersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xd0\x01\n" +
@@ -6280,7 +6532,13 @@ const file_herald_registry_v1_registry_proto_rawDesc = "" +
 	"\x15COMPATIBILITY_FORWARD\x10\x04\x12$\n" +
 	" COMPATIBILITY_FORWARD_TRANSITIVE\x10\x05\x12\x16\n" +
 	"\x12COMPATIBILITY_FULL\x10\x06\x12!\n" +
-	"\x1dCOMPATIBILITY_FULL_TRANSITIVE\x10\a*p\n" +
+	"\x1dCOMPATIBILITY_FULL_TRANSITIVE\x10\a*\x98\x01\n" +
+	"\fSchemaFormat\x12\x1d\n" +
+	"\x19SCHEMA_FORMAT_UNSPECIFIED\x10\x00\x12\x1d\n" +
+	"\x19SCHEMA_FORMAT_JSON_SCHEMA\x10\x01\x12\x1a\n" +
+	"\x16SCHEMA_FORMAT_PROTOBUF\x10\x02\x12\x16\n" +
+	"\x12SCHEMA_FORMAT_AVRO\x10\x03\x12\x16\n" +
+	"\x12SCHEMA_FORMAT_NONE\x10\x04*p\n" +
 	"\n" +
 	"Visibility\x12\x1a\n" +
 	"\x16VISIBILITY_UNSPECIFIED\x10\x00\x12\x17\n" +
@@ -6364,289 +6622,299 @@ func file_herald_registry_v1_registry_proto_rawDescGZIP() []byte {
 	return file_herald_registry_v1_registry_proto_rawDescData
 }
 
-var file_herald_registry_v1_registry_proto_enumTypes = make([]protoimpl.EnumInfo, 9)
-var file_herald_registry_v1_registry_proto_msgTypes = make([]protoimpl.MessageInfo, 91)
+var file_herald_registry_v1_registry_proto_enumTypes = make([]protoimpl.EnumInfo, 10)
+var file_herald_registry_v1_registry_proto_msgTypes = make([]protoimpl.MessageInfo, 93)
 var file_herald_registry_v1_registry_proto_goTypes = []any{
 	(Compatibility)(0),                  // 0: herald.registry.v1.Compatibility
-	(Visibility)(0),                     // 1: herald.registry.v1.Visibility
-	(Lifecycle)(0),                      // 2: herald.registry.v1.Lifecycle
-	(Audience)(0),                       // 3: herald.registry.v1.Audience
-	(GrantAction)(0),                    // 4: herald.registry.v1.GrantAction
-	(KeyPurpose)(0),                     // 5: herald.registry.v1.KeyPurpose
-	(WebhookOrdering)(0),                // 6: herald.registry.v1.WebhookOrdering
-	(WebhookSigning)(0),                 // 7: herald.registry.v1.WebhookSigning
-	(WebhookContentMode)(0),             // 8: herald.registry.v1.WebhookContentMode
-	(*Domain)(nil),                      // 9: herald.registry.v1.Domain
-	(*Product)(nil),                     // 10: herald.registry.v1.Product
-	(*RetentionPolicy)(nil),             // 11: herald.registry.v1.RetentionPolicy
-	(*Example)(nil),                     // 12: herald.registry.v1.Example
-	(*SchemaVersion)(nil),               // 13: herald.registry.v1.SchemaVersion
-	(*EventType)(nil),                   // 14: herald.registry.v1.EventType
-	(*CreateEventTypeRequest)(nil),      // 15: herald.registry.v1.CreateEventTypeRequest
-	(*CreateEventTypeResponse)(nil),     // 16: herald.registry.v1.CreateEventTypeResponse
-	(*GetEventTypeRequest)(nil),         // 17: herald.registry.v1.GetEventTypeRequest
-	(*GetEventTypeResponse)(nil),        // 18: herald.registry.v1.GetEventTypeResponse
-	(*ListEventTypesRequest)(nil),       // 19: herald.registry.v1.ListEventTypesRequest
-	(*ListEventTypesResponse)(nil),      // 20: herald.registry.v1.ListEventTypesResponse
-	(*UpdateEventTypeRequest)(nil),      // 21: herald.registry.v1.UpdateEventTypeRequest
-	(*UpdateEventTypeResponse)(nil),     // 22: herald.registry.v1.UpdateEventTypeResponse
-	(*CreateSchemaVersionRequest)(nil),  // 23: herald.registry.v1.CreateSchemaVersionRequest
-	(*CreateSchemaVersionResponse)(nil), // 24: herald.registry.v1.CreateSchemaVersionResponse
-	(*ListSchemaVersionsRequest)(nil),   // 25: herald.registry.v1.ListSchemaVersionsRequest
-	(*ListSchemaVersionsResponse)(nil),  // 26: herald.registry.v1.ListSchemaVersionsResponse
-	(*CheckCompatibilityRequest)(nil),   // 27: herald.registry.v1.CheckCompatibilityRequest
-	(*CheckCompatibilityResponse)(nil),  // 28: herald.registry.v1.CheckCompatibilityResponse
-	(*CreateDomainRequest)(nil),         // 29: herald.registry.v1.CreateDomainRequest
-	(*CreateDomainResponse)(nil),        // 30: herald.registry.v1.CreateDomainResponse
-	(*GetDomainRequest)(nil),            // 31: herald.registry.v1.GetDomainRequest
-	(*GetDomainResponse)(nil),           // 32: herald.registry.v1.GetDomainResponse
-	(*ListDomainsRequest)(nil),          // 33: herald.registry.v1.ListDomainsRequest
-	(*ListDomainsResponse)(nil),         // 34: herald.registry.v1.ListDomainsResponse
-	(*UpdateDomainRequest)(nil),         // 35: herald.registry.v1.UpdateDomainRequest
-	(*UpdateDomainResponse)(nil),        // 36: herald.registry.v1.UpdateDomainResponse
-	(*CreateProductRequest)(nil),        // 37: herald.registry.v1.CreateProductRequest
-	(*CreateProductResponse)(nil),       // 38: herald.registry.v1.CreateProductResponse
-	(*GetProductRequest)(nil),           // 39: herald.registry.v1.GetProductRequest
-	(*GetProductResponse)(nil),          // 40: herald.registry.v1.GetProductResponse
-	(*ListProductsRequest)(nil),         // 41: herald.registry.v1.ListProductsRequest
-	(*ListProductsResponse)(nil),        // 42: herald.registry.v1.ListProductsResponse
-	(*UpdateProductRequest)(nil),        // 43: herald.registry.v1.UpdateProductRequest
-	(*UpdateProductResponse)(nil),       // 44: herald.registry.v1.UpdateProductResponse
-	(*Application)(nil),                 // 45: herald.registry.v1.Application
-	(*TokenSettings)(nil),               // 46: herald.registry.v1.TokenSettings
-	(*TokenSecret)(nil),                 // 47: herald.registry.v1.TokenSecret
-	(*TokenPublicKey)(nil),              // 48: herald.registry.v1.TokenPublicKey
-	(*PublishLimit)(nil),                // 49: herald.registry.v1.PublishLimit
-	(*Grant)(nil),                       // 50: herald.registry.v1.Grant
-	(*Key)(nil),                         // 51: herald.registry.v1.Key
-	(*CreateApplicationRequest)(nil),    // 52: herald.registry.v1.CreateApplicationRequest
-	(*CreateApplicationResponse)(nil),   // 53: herald.registry.v1.CreateApplicationResponse
-	(*GetApplicationRequest)(nil),       // 54: herald.registry.v1.GetApplicationRequest
-	(*GetApplicationResponse)(nil),      // 55: herald.registry.v1.GetApplicationResponse
-	(*ListApplicationsRequest)(nil),     // 56: herald.registry.v1.ListApplicationsRequest
-	(*ListApplicationsResponse)(nil),    // 57: herald.registry.v1.ListApplicationsResponse
-	(*UpdateApplicationRequest)(nil),    // 58: herald.registry.v1.UpdateApplicationRequest
-	(*UpdateApplicationResponse)(nil),   // 59: herald.registry.v1.UpdateApplicationResponse
-	(*CreateKeyRequest)(nil),            // 60: herald.registry.v1.CreateKeyRequest
-	(*CreateKeyResponse)(nil),           // 61: herald.registry.v1.CreateKeyResponse
-	(*ListKeysRequest)(nil),             // 62: herald.registry.v1.ListKeysRequest
-	(*ListKeysResponse)(nil),            // 63: herald.registry.v1.ListKeysResponse
-	(*RevokeKeyRequest)(nil),            // 64: herald.registry.v1.RevokeKeyRequest
-	(*RevokeKeyResponse)(nil),           // 65: herald.registry.v1.RevokeKeyResponse
-	(*AuthenticateKeyRequest)(nil),      // 66: herald.registry.v1.AuthenticateKeyRequest
-	(*AuthenticateKeyResponse)(nil),     // 67: herald.registry.v1.AuthenticateKeyResponse
-	(*Subscription)(nil),                // 68: herald.registry.v1.Subscription
-	(*DeliveryPolicy)(nil),              // 69: herald.registry.v1.DeliveryPolicy
-	(*WebhookChannel)(nil),              // 70: herald.registry.v1.WebhookChannel
-	(*WebhookSecret)(nil),               // 71: herald.registry.v1.WebhookSecret
-	(*StreamChannel)(nil),               // 72: herald.registry.v1.StreamChannel
-	(*StartPosition)(nil),               // 73: herald.registry.v1.StartPosition
-	(*CreateSubscriptionRequest)(nil),   // 74: herald.registry.v1.CreateSubscriptionRequest
-	(*CreateSubscriptionResponse)(nil),  // 75: herald.registry.v1.CreateSubscriptionResponse
-	(*UpdateSubscriptionRequest)(nil),   // 76: herald.registry.v1.UpdateSubscriptionRequest
-	(*UpdateSubscriptionResponse)(nil),  // 77: herald.registry.v1.UpdateSubscriptionResponse
-	(*RotateWebhookSecretRequest)(nil),  // 78: herald.registry.v1.RotateWebhookSecretRequest
-	(*RotateWebhookSecretResponse)(nil), // 79: herald.registry.v1.RotateWebhookSecretResponse
-	(*RotateTokenSecretRequest)(nil),    // 80: herald.registry.v1.RotateTokenSecretRequest
-	(*RotateTokenSecretResponse)(nil),   // 81: herald.registry.v1.RotateTokenSecretResponse
-	(*GetSubscriptionRequest)(nil),      // 82: herald.registry.v1.GetSubscriptionRequest
-	(*GetSubscriptionResponse)(nil),     // 83: herald.registry.v1.GetSubscriptionResponse
-	(*ListSubscriptionsRequest)(nil),    // 84: herald.registry.v1.ListSubscriptionsRequest
-	(*ListSubscriptionsResponse)(nil),   // 85: herald.registry.v1.ListSubscriptionsResponse
-	(*DeleteSubscriptionRequest)(nil),   // 86: herald.registry.v1.DeleteSubscriptionRequest
-	(*DeleteSubscriptionResponse)(nil),  // 87: herald.registry.v1.DeleteSubscriptionResponse
-	(*WatchRequest)(nil),                // 88: herald.registry.v1.WatchRequest
-	(*KeyChange)(nil),                   // 89: herald.registry.v1.KeyChange
-	(*Deletion)(nil),                    // 90: herald.registry.v1.Deletion
-	(*WatchResponse)(nil),               // 91: herald.registry.v1.WatchResponse
-	(*CreatePortalLinkRequest)(nil),     // 92: herald.registry.v1.CreatePortalLinkRequest
-	(*CreatePortalLinkResponse)(nil),    // 93: herald.registry.v1.CreatePortalLinkResponse
-	(*RedeemPortalLinkRequest)(nil),     // 94: herald.registry.v1.RedeemPortalLinkRequest
-	(*RedeemPortalLinkResponse)(nil),    // 95: herald.registry.v1.RedeemPortalLinkResponse
-	(*EvaluateFilterRequest)(nil),       // 96: herald.registry.v1.EvaluateFilterRequest
-	(*EvaluateFilterResponse)(nil),      // 97: herald.registry.v1.EvaluateFilterResponse
-	(*FilterResult)(nil),                // 98: herald.registry.v1.FilterResult
-	nil,                                 // 99: herald.registry.v1.WebhookChannel.HeadersEntry
-	(*timestamppb.Timestamp)(nil),       // 100: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),         // 101: google.protobuf.Duration
+	(SchemaFormat)(0),                   // 1: herald.registry.v1.SchemaFormat
+	(Visibility)(0),                     // 2: herald.registry.v1.Visibility
+	(Lifecycle)(0),                      // 3: herald.registry.v1.Lifecycle
+	(Audience)(0),                       // 4: herald.registry.v1.Audience
+	(GrantAction)(0),                    // 5: herald.registry.v1.GrantAction
+	(KeyPurpose)(0),                     // 6: herald.registry.v1.KeyPurpose
+	(WebhookOrdering)(0),                // 7: herald.registry.v1.WebhookOrdering
+	(WebhookSigning)(0),                 // 8: herald.registry.v1.WebhookSigning
+	(WebhookContentMode)(0),             // 9: herald.registry.v1.WebhookContentMode
+	(*ProtobufSchema)(nil),              // 10: herald.registry.v1.ProtobufSchema
+	(*Domain)(nil),                      // 11: herald.registry.v1.Domain
+	(*Product)(nil),                     // 12: herald.registry.v1.Product
+	(*RetentionPolicy)(nil),             // 13: herald.registry.v1.RetentionPolicy
+	(*Example)(nil),                     // 14: herald.registry.v1.Example
+	(*SchemaVersion)(nil),               // 15: herald.registry.v1.SchemaVersion
+	(*EventType)(nil),                   // 16: herald.registry.v1.EventType
+	(*CreateEventTypeRequest)(nil),      // 17: herald.registry.v1.CreateEventTypeRequest
+	(*CreateEventTypeResponse)(nil),     // 18: herald.registry.v1.CreateEventTypeResponse
+	(*GetEventTypeRequest)(nil),         // 19: herald.registry.v1.GetEventTypeRequest
+	(*GetEventTypeResponse)(nil),        // 20: herald.registry.v1.GetEventTypeResponse
+	(*ListEventTypesRequest)(nil),       // 21: herald.registry.v1.ListEventTypesRequest
+	(*ListEventTypesResponse)(nil),      // 22: herald.registry.v1.ListEventTypesResponse
+	(*UpdateEventTypeRequest)(nil),      // 23: herald.registry.v1.UpdateEventTypeRequest
+	(*UpdateEventTypeResponse)(nil),     // 24: herald.registry.v1.UpdateEventTypeResponse
+	(*CreateSchemaVersionRequest)(nil),  // 25: herald.registry.v1.CreateSchemaVersionRequest
+	(*CreateSchemaVersionResponse)(nil), // 26: herald.registry.v1.CreateSchemaVersionResponse
+	(*ListSchemaVersionsRequest)(nil),   // 27: herald.registry.v1.ListSchemaVersionsRequest
+	(*ListSchemaVersionsResponse)(nil),  // 28: herald.registry.v1.ListSchemaVersionsResponse
+	(*CheckCompatibilityRequest)(nil),   // 29: herald.registry.v1.CheckCompatibilityRequest
+	(*CheckCompatibilityResponse)(nil),  // 30: herald.registry.v1.CheckCompatibilityResponse
+	(*CreateDomainRequest)(nil),         // 31: herald.registry.v1.CreateDomainRequest
+	(*CreateDomainResponse)(nil),        // 32: herald.registry.v1.CreateDomainResponse
+	(*GetDomainRequest)(nil),            // 33: herald.registry.v1.GetDomainRequest
+	(*GetDomainResponse)(nil),           // 34: herald.registry.v1.GetDomainResponse
+	(*ListDomainsRequest)(nil),          // 35: herald.registry.v1.ListDomainsRequest
+	(*ListDomainsResponse)(nil),         // 36: herald.registry.v1.ListDomainsResponse
+	(*UpdateDomainRequest)(nil),         // 37: herald.registry.v1.UpdateDomainRequest
+	(*UpdateDomainResponse)(nil),        // 38: herald.registry.v1.UpdateDomainResponse
+	(*CreateProductRequest)(nil),        // 39: herald.registry.v1.CreateProductRequest
+	(*CreateProductResponse)(nil),       // 40: herald.registry.v1.CreateProductResponse
+	(*GetProductRequest)(nil),           // 41: herald.registry.v1.GetProductRequest
+	(*GetProductResponse)(nil),          // 42: herald.registry.v1.GetProductResponse
+	(*ListProductsRequest)(nil),         // 43: herald.registry.v1.ListProductsRequest
+	(*ListProductsResponse)(nil),        // 44: herald.registry.v1.ListProductsResponse
+	(*UpdateProductRequest)(nil),        // 45: herald.registry.v1.UpdateProductRequest
+	(*UpdateProductResponse)(nil),       // 46: herald.registry.v1.UpdateProductResponse
+	(*Application)(nil),                 // 47: herald.registry.v1.Application
+	(*TokenSettings)(nil),               // 48: herald.registry.v1.TokenSettings
+	(*TokenSecret)(nil),                 // 49: herald.registry.v1.TokenSecret
+	(*TokenPublicKey)(nil),              // 50: herald.registry.v1.TokenPublicKey
+	(*PublishLimit)(nil),                // 51: herald.registry.v1.PublishLimit
+	(*Grant)(nil),                       // 52: herald.registry.v1.Grant
+	(*Key)(nil),                         // 53: herald.registry.v1.Key
+	(*CreateApplicationRequest)(nil),    // 54: herald.registry.v1.CreateApplicationRequest
+	(*CreateApplicationResponse)(nil),   // 55: herald.registry.v1.CreateApplicationResponse
+	(*GetApplicationRequest)(nil),       // 56: herald.registry.v1.GetApplicationRequest
+	(*GetApplicationResponse)(nil),      // 57: herald.registry.v1.GetApplicationResponse
+	(*ListApplicationsRequest)(nil),     // 58: herald.registry.v1.ListApplicationsRequest
+	(*ListApplicationsResponse)(nil),    // 59: herald.registry.v1.ListApplicationsResponse
+	(*UpdateApplicationRequest)(nil),    // 60: herald.registry.v1.UpdateApplicationRequest
+	(*UpdateApplicationResponse)(nil),   // 61: herald.registry.v1.UpdateApplicationResponse
+	(*CreateKeyRequest)(nil),            // 62: herald.registry.v1.CreateKeyRequest
+	(*CreateKeyResponse)(nil),           // 63: herald.registry.v1.CreateKeyResponse
+	(*ListKeysRequest)(nil),             // 64: herald.registry.v1.ListKeysRequest
+	(*ListKeysResponse)(nil),            // 65: herald.registry.v1.ListKeysResponse
+	(*RevokeKeyRequest)(nil),            // 66: herald.registry.v1.RevokeKeyRequest
+	(*RevokeKeyResponse)(nil),           // 67: herald.registry.v1.RevokeKeyResponse
+	(*AuthenticateKeyRequest)(nil),      // 68: herald.registry.v1.AuthenticateKeyRequest
+	(*AuthenticateKeyResponse)(nil),     // 69: herald.registry.v1.AuthenticateKeyResponse
+	(*Subscription)(nil),                // 70: herald.registry.v1.Subscription
+	(*DeliveryPolicy)(nil),              // 71: herald.registry.v1.DeliveryPolicy
+	(*WebhookChannel)(nil),              // 72: herald.registry.v1.WebhookChannel
+	(*WebhookSecret)(nil),               // 73: herald.registry.v1.WebhookSecret
+	(*StreamChannel)(nil),               // 74: herald.registry.v1.StreamChannel
+	(*StartPosition)(nil),               // 75: herald.registry.v1.StartPosition
+	(*CreateSubscriptionRequest)(nil),   // 76: herald.registry.v1.CreateSubscriptionRequest
+	(*CreateSubscriptionResponse)(nil),  // 77: herald.registry.v1.CreateSubscriptionResponse
+	(*UpdateSubscriptionRequest)(nil),   // 78: herald.registry.v1.UpdateSubscriptionRequest
+	(*UpdateSubscriptionResponse)(nil),  // 79: herald.registry.v1.UpdateSubscriptionResponse
+	(*RotateWebhookSecretRequest)(nil),  // 80: herald.registry.v1.RotateWebhookSecretRequest
+	(*RotateWebhookSecretResponse)(nil), // 81: herald.registry.v1.RotateWebhookSecretResponse
+	(*RotateTokenSecretRequest)(nil),    // 82: herald.registry.v1.RotateTokenSecretRequest
+	(*RotateTokenSecretResponse)(nil),   // 83: herald.registry.v1.RotateTokenSecretResponse
+	(*GetSubscriptionRequest)(nil),      // 84: herald.registry.v1.GetSubscriptionRequest
+	(*GetSubscriptionResponse)(nil),     // 85: herald.registry.v1.GetSubscriptionResponse
+	(*ListSubscriptionsRequest)(nil),    // 86: herald.registry.v1.ListSubscriptionsRequest
+	(*ListSubscriptionsResponse)(nil),   // 87: herald.registry.v1.ListSubscriptionsResponse
+	(*DeleteSubscriptionRequest)(nil),   // 88: herald.registry.v1.DeleteSubscriptionRequest
+	(*DeleteSubscriptionResponse)(nil),  // 89: herald.registry.v1.DeleteSubscriptionResponse
+	(*WatchRequest)(nil),                // 90: herald.registry.v1.WatchRequest
+	(*KeyChange)(nil),                   // 91: herald.registry.v1.KeyChange
+	(*Deletion)(nil),                    // 92: herald.registry.v1.Deletion
+	(*WatchResponse)(nil),               // 93: herald.registry.v1.WatchResponse
+	(*CreatePortalLinkRequest)(nil),     // 94: herald.registry.v1.CreatePortalLinkRequest
+	(*CreatePortalLinkResponse)(nil),    // 95: herald.registry.v1.CreatePortalLinkResponse
+	(*RedeemPortalLinkRequest)(nil),     // 96: herald.registry.v1.RedeemPortalLinkRequest
+	(*RedeemPortalLinkResponse)(nil),    // 97: herald.registry.v1.RedeemPortalLinkResponse
+	(*EvaluateFilterRequest)(nil),       // 98: herald.registry.v1.EvaluateFilterRequest
+	(*EvaluateFilterResponse)(nil),      // 99: herald.registry.v1.EvaluateFilterResponse
+	(*FilterResult)(nil),                // 100: herald.registry.v1.FilterResult
+	nil,                                 // 101: herald.registry.v1.ProtobufSchema.FilesEntry
+	nil,                                 // 102: herald.registry.v1.WebhookChannel.HeadersEntry
+	(*timestamppb.Timestamp)(nil),       // 103: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),         // 104: google.protobuf.Duration
 }
 var file_herald_registry_v1_registry_proto_depIdxs = []int32{
-	100, // 0: herald.registry.v1.Domain.create_time:type_name -> google.protobuf.Timestamp
-	100, // 1: herald.registry.v1.Domain.update_time:type_name -> google.protobuf.Timestamp
-	100, // 2: herald.registry.v1.Product.create_time:type_name -> google.protobuf.Timestamp
-	100, // 3: herald.registry.v1.Product.update_time:type_name -> google.protobuf.Timestamp
-	101, // 4: herald.registry.v1.RetentionPolicy.max_age:type_name -> google.protobuf.Duration
-	100, // 5: herald.registry.v1.SchemaVersion.create_time:type_name -> google.protobuf.Timestamp
-	100, // 6: herald.registry.v1.EventType.create_time:type_name -> google.protobuf.Timestamp
-	100, // 7: herald.registry.v1.EventType.update_time:type_name -> google.protobuf.Timestamp
-	1,   // 8: herald.registry.v1.EventType.visibility:type_name -> herald.registry.v1.Visibility
-	2,   // 9: herald.registry.v1.EventType.lifecycle:type_name -> herald.registry.v1.Lifecycle
-	100, // 10: herald.registry.v1.EventType.sunset_time:type_name -> google.protobuf.Timestamp
-	12,  // 11: herald.registry.v1.EventType.examples:type_name -> herald.registry.v1.Example
-	11,  // 12: herald.registry.v1.EventType.retention:type_name -> herald.registry.v1.RetentionPolicy
-	0,   // 13: herald.registry.v1.EventType.compatibility:type_name -> herald.registry.v1.Compatibility
-	14,  // 14: herald.registry.v1.CreateEventTypeRequest.event_type:type_name -> herald.registry.v1.EventType
-	14,  // 15: herald.registry.v1.CreateEventTypeResponse.event_type:type_name -> herald.registry.v1.EventType
-	14,  // 16: herald.registry.v1.GetEventTypeResponse.event_type:type_name -> herald.registry.v1.EventType
-	14,  // 17: herald.registry.v1.ListEventTypesResponse.event_types:type_name -> herald.registry.v1.EventType
-	14,  // 18: herald.registry.v1.UpdateEventTypeRequest.event_type:type_name -> herald.registry.v1.EventType
-	14,  // 19: herald.registry.v1.UpdateEventTypeResponse.event_type:type_name -> herald.registry.v1.EventType
-	13,  // 20: herald.registry.v1.CreateSchemaVersionResponse.schema_version:type_name -> herald.registry.v1.SchemaVersion
-	13,  // 21: herald.registry.v1.ListSchemaVersionsResponse.schema_versions:type_name -> herald.registry.v1.SchemaVersion
-	9,   // 22: herald.registry.v1.CreateDomainRequest.domain:type_name -> herald.registry.v1.Domain
-	9,   // 23: herald.registry.v1.CreateDomainResponse.domain:type_name -> herald.registry.v1.Domain
-	9,   // 24: herald.registry.v1.GetDomainResponse.domain:type_name -> herald.registry.v1.Domain
-	9,   // 25: herald.registry.v1.ListDomainsResponse.domains:type_name -> herald.registry.v1.Domain
-	9,   // 26: herald.registry.v1.UpdateDomainRequest.domain:type_name -> herald.registry.v1.Domain
-	9,   // 27: herald.registry.v1.UpdateDomainResponse.domain:type_name -> herald.registry.v1.Domain
-	10,  // 28: herald.registry.v1.CreateProductRequest.product:type_name -> herald.registry.v1.Product
-	10,  // 29: herald.registry.v1.CreateProductResponse.product:type_name -> herald.registry.v1.Product
-	10,  // 30: herald.registry.v1.GetProductResponse.product:type_name -> herald.registry.v1.Product
-	10,  // 31: herald.registry.v1.ListProductsResponse.products:type_name -> herald.registry.v1.Product
-	10,  // 32: herald.registry.v1.UpdateProductRequest.product:type_name -> herald.registry.v1.Product
-	10,  // 33: herald.registry.v1.UpdateProductResponse.product:type_name -> herald.registry.v1.Product
-	100, // 34: herald.registry.v1.Application.create_time:type_name -> google.protobuf.Timestamp
-	50,  // 35: herald.registry.v1.Application.grants:type_name -> herald.registry.v1.Grant
-	3,   // 36: herald.registry.v1.Application.audience:type_name -> herald.registry.v1.Audience
-	49,  // 37: herald.registry.v1.Application.publish_limit:type_name -> herald.registry.v1.PublishLimit
-	46,  // 38: herald.registry.v1.Application.token_settings:type_name -> herald.registry.v1.TokenSettings
-	47,  // 39: herald.registry.v1.TokenSettings.secrets:type_name -> herald.registry.v1.TokenSecret
-	48,  // 40: herald.registry.v1.TokenSettings.public_keys:type_name -> herald.registry.v1.TokenPublicKey
-	101, // 41: herald.registry.v1.TokenSettings.max_lifetime:type_name -> google.protobuf.Duration
-	100, // 42: herald.registry.v1.TokenSecret.create_time:type_name -> google.protobuf.Timestamp
-	100, // 43: herald.registry.v1.TokenSecret.expire_time:type_name -> google.protobuf.Timestamp
-	4,   // 44: herald.registry.v1.Grant.action:type_name -> herald.registry.v1.GrantAction
-	100, // 45: herald.registry.v1.Key.create_time:type_name -> google.protobuf.Timestamp
-	100, // 46: herald.registry.v1.Key.expire_time:type_name -> google.protobuf.Timestamp
-	100, // 47: herald.registry.v1.Key.revoke_time:type_name -> google.protobuf.Timestamp
-	5,   // 48: herald.registry.v1.Key.purpose:type_name -> herald.registry.v1.KeyPurpose
-	45,  // 49: herald.registry.v1.CreateApplicationRequest.application:type_name -> herald.registry.v1.Application
-	45,  // 50: herald.registry.v1.CreateApplicationResponse.application:type_name -> herald.registry.v1.Application
-	51,  // 51: herald.registry.v1.CreateApplicationResponse.key:type_name -> herald.registry.v1.Key
-	45,  // 52: herald.registry.v1.GetApplicationResponse.application:type_name -> herald.registry.v1.Application
-	45,  // 53: herald.registry.v1.ListApplicationsResponse.applications:type_name -> herald.registry.v1.Application
-	45,  // 54: herald.registry.v1.UpdateApplicationRequest.application:type_name -> herald.registry.v1.Application
-	45,  // 55: herald.registry.v1.UpdateApplicationResponse.application:type_name -> herald.registry.v1.Application
-	101, // 56: herald.registry.v1.CreateKeyRequest.rotate_overlap:type_name -> google.protobuf.Duration
-	51,  // 57: herald.registry.v1.CreateKeyResponse.key:type_name -> herald.registry.v1.Key
-	51,  // 58: herald.registry.v1.ListKeysResponse.keys:type_name -> herald.registry.v1.Key
-	51,  // 59: herald.registry.v1.RevokeKeyResponse.key:type_name -> herald.registry.v1.Key
-	51,  // 60: herald.registry.v1.AuthenticateKeyResponse.key:type_name -> herald.registry.v1.Key
-	70,  // 61: herald.registry.v1.Subscription.webhook:type_name -> herald.registry.v1.WebhookChannel
-	72,  // 62: herald.registry.v1.Subscription.stream:type_name -> herald.registry.v1.StreamChannel
-	73,  // 63: herald.registry.v1.Subscription.start:type_name -> herald.registry.v1.StartPosition
-	100, // 64: herald.registry.v1.Subscription.create_time:type_name -> google.protobuf.Timestamp
-	69,  // 65: herald.registry.v1.Subscription.delivery:type_name -> herald.registry.v1.DeliveryPolicy
-	101, // 66: herald.registry.v1.DeliveryPolicy.ack_timeout:type_name -> google.protobuf.Duration
-	6,   // 67: herald.registry.v1.WebhookChannel.ordering:type_name -> herald.registry.v1.WebhookOrdering
-	99,  // 68: herald.registry.v1.WebhookChannel.headers:type_name -> herald.registry.v1.WebhookChannel.HeadersEntry
-	7,   // 69: herald.registry.v1.WebhookChannel.signing:type_name -> herald.registry.v1.WebhookSigning
-	8,   // 70: herald.registry.v1.WebhookChannel.content_mode:type_name -> herald.registry.v1.WebhookContentMode
-	101, // 71: herald.registry.v1.WebhookChannel.retry_schedule:type_name -> google.protobuf.Duration
-	101, // 72: herald.registry.v1.WebhookChannel.timeout:type_name -> google.protobuf.Duration
-	100, // 73: herald.registry.v1.WebhookChannel.disable_time:type_name -> google.protobuf.Timestamp
-	101, // 74: herald.registry.v1.WebhookChannel.disable_after:type_name -> google.protobuf.Duration
-	71,  // 75: herald.registry.v1.WebhookChannel.secrets:type_name -> herald.registry.v1.WebhookSecret
-	100, // 76: herald.registry.v1.WebhookSecret.create_time:type_name -> google.protobuf.Timestamp
-	100, // 77: herald.registry.v1.WebhookSecret.expire_time:type_name -> google.protobuf.Timestamp
-	100, // 78: herald.registry.v1.StartPosition.time:type_name -> google.protobuf.Timestamp
-	68,  // 79: herald.registry.v1.CreateSubscriptionRequest.subscription:type_name -> herald.registry.v1.Subscription
-	68,  // 80: herald.registry.v1.CreateSubscriptionResponse.subscription:type_name -> herald.registry.v1.Subscription
-	68,  // 81: herald.registry.v1.UpdateSubscriptionRequest.subscription:type_name -> herald.registry.v1.Subscription
-	68,  // 82: herald.registry.v1.UpdateSubscriptionResponse.subscription:type_name -> herald.registry.v1.Subscription
-	101, // 83: herald.registry.v1.RotateWebhookSecretRequest.overlap:type_name -> google.protobuf.Duration
-	68,  // 84: herald.registry.v1.RotateWebhookSecretResponse.subscription:type_name -> herald.registry.v1.Subscription
-	101, // 85: herald.registry.v1.RotateTokenSecretRequest.overlap:type_name -> google.protobuf.Duration
-	45,  // 86: herald.registry.v1.RotateTokenSecretResponse.application:type_name -> herald.registry.v1.Application
-	68,  // 87: herald.registry.v1.GetSubscriptionResponse.subscription:type_name -> herald.registry.v1.Subscription
-	68,  // 88: herald.registry.v1.ListSubscriptionsResponse.subscriptions:type_name -> herald.registry.v1.Subscription
-	51,  // 89: herald.registry.v1.KeyChange.key:type_name -> herald.registry.v1.Key
-	14,  // 90: herald.registry.v1.WatchResponse.event_type:type_name -> herald.registry.v1.EventType
-	9,   // 91: herald.registry.v1.WatchResponse.domain:type_name -> herald.registry.v1.Domain
-	10,  // 92: herald.registry.v1.WatchResponse.product:type_name -> herald.registry.v1.Product
-	45,  // 93: herald.registry.v1.WatchResponse.application:type_name -> herald.registry.v1.Application
-	89,  // 94: herald.registry.v1.WatchResponse.key:type_name -> herald.registry.v1.KeyChange
-	68,  // 95: herald.registry.v1.WatchResponse.subscription:type_name -> herald.registry.v1.Subscription
-	90,  // 96: herald.registry.v1.WatchResponse.deleted:type_name -> herald.registry.v1.Deletion
-	101, // 97: herald.registry.v1.CreatePortalLinkRequest.link_ttl:type_name -> google.protobuf.Duration
-	101, // 98: herald.registry.v1.CreatePortalLinkRequest.session_ttl:type_name -> google.protobuf.Duration
-	100, // 99: herald.registry.v1.CreatePortalLinkResponse.expire_time:type_name -> google.protobuf.Timestamp
-	51,  // 100: herald.registry.v1.RedeemPortalLinkResponse.key:type_name -> herald.registry.v1.Key
-	45,  // 101: herald.registry.v1.RedeemPortalLinkResponse.application:type_name -> herald.registry.v1.Application
-	98,  // 102: herald.registry.v1.EvaluateFilterResponse.results:type_name -> herald.registry.v1.FilterResult
-	29,  // 103: herald.registry.v1.RegistryService.CreateDomain:input_type -> herald.registry.v1.CreateDomainRequest
-	31,  // 104: herald.registry.v1.RegistryService.GetDomain:input_type -> herald.registry.v1.GetDomainRequest
-	33,  // 105: herald.registry.v1.RegistryService.ListDomains:input_type -> herald.registry.v1.ListDomainsRequest
-	35,  // 106: herald.registry.v1.RegistryService.UpdateDomain:input_type -> herald.registry.v1.UpdateDomainRequest
-	15,  // 107: herald.registry.v1.RegistryService.CreateEventType:input_type -> herald.registry.v1.CreateEventTypeRequest
-	17,  // 108: herald.registry.v1.RegistryService.GetEventType:input_type -> herald.registry.v1.GetEventTypeRequest
-	19,  // 109: herald.registry.v1.RegistryService.ListEventTypes:input_type -> herald.registry.v1.ListEventTypesRequest
-	21,  // 110: herald.registry.v1.RegistryService.UpdateEventType:input_type -> herald.registry.v1.UpdateEventTypeRequest
-	23,  // 111: herald.registry.v1.RegistryService.CreateSchemaVersion:input_type -> herald.registry.v1.CreateSchemaVersionRequest
-	25,  // 112: herald.registry.v1.RegistryService.ListSchemaVersions:input_type -> herald.registry.v1.ListSchemaVersionsRequest
-	27,  // 113: herald.registry.v1.RegistryService.CheckCompatibility:input_type -> herald.registry.v1.CheckCompatibilityRequest
-	37,  // 114: herald.registry.v1.RegistryService.CreateProduct:input_type -> herald.registry.v1.CreateProductRequest
-	39,  // 115: herald.registry.v1.RegistryService.GetProduct:input_type -> herald.registry.v1.GetProductRequest
-	41,  // 116: herald.registry.v1.RegistryService.ListProducts:input_type -> herald.registry.v1.ListProductsRequest
-	43,  // 117: herald.registry.v1.RegistryService.UpdateProduct:input_type -> herald.registry.v1.UpdateProductRequest
-	52,  // 118: herald.registry.v1.RegistryService.CreateApplication:input_type -> herald.registry.v1.CreateApplicationRequest
-	54,  // 119: herald.registry.v1.RegistryService.GetApplication:input_type -> herald.registry.v1.GetApplicationRequest
-	56,  // 120: herald.registry.v1.RegistryService.ListApplications:input_type -> herald.registry.v1.ListApplicationsRequest
-	58,  // 121: herald.registry.v1.RegistryService.UpdateApplication:input_type -> herald.registry.v1.UpdateApplicationRequest
-	60,  // 122: herald.registry.v1.RegistryService.CreateKey:input_type -> herald.registry.v1.CreateKeyRequest
-	62,  // 123: herald.registry.v1.RegistryService.ListKeys:input_type -> herald.registry.v1.ListKeysRequest
-	64,  // 124: herald.registry.v1.RegistryService.RevokeKey:input_type -> herald.registry.v1.RevokeKeyRequest
-	66,  // 125: herald.registry.v1.RegistryService.AuthenticateKey:input_type -> herald.registry.v1.AuthenticateKeyRequest
-	74,  // 126: herald.registry.v1.RegistryService.CreateSubscription:input_type -> herald.registry.v1.CreateSubscriptionRequest
-	82,  // 127: herald.registry.v1.RegistryService.GetSubscription:input_type -> herald.registry.v1.GetSubscriptionRequest
-	84,  // 128: herald.registry.v1.RegistryService.ListSubscriptions:input_type -> herald.registry.v1.ListSubscriptionsRequest
-	86,  // 129: herald.registry.v1.RegistryService.DeleteSubscription:input_type -> herald.registry.v1.DeleteSubscriptionRequest
-	76,  // 130: herald.registry.v1.RegistryService.UpdateSubscription:input_type -> herald.registry.v1.UpdateSubscriptionRequest
-	78,  // 131: herald.registry.v1.RegistryService.RotateWebhookSecret:input_type -> herald.registry.v1.RotateWebhookSecretRequest
-	80,  // 132: herald.registry.v1.RegistryService.RotateTokenSecret:input_type -> herald.registry.v1.RotateTokenSecretRequest
-	92,  // 133: herald.registry.v1.RegistryService.CreatePortalLink:input_type -> herald.registry.v1.CreatePortalLinkRequest
-	94,  // 134: herald.registry.v1.RegistryService.RedeemPortalLink:input_type -> herald.registry.v1.RedeemPortalLinkRequest
-	96,  // 135: herald.registry.v1.RegistryService.EvaluateFilter:input_type -> herald.registry.v1.EvaluateFilterRequest
-	88,  // 136: herald.registry.v1.RegistryService.Watch:input_type -> herald.registry.v1.WatchRequest
-	30,  // 137: herald.registry.v1.RegistryService.CreateDomain:output_type -> herald.registry.v1.CreateDomainResponse
-	32,  // 138: herald.registry.v1.RegistryService.GetDomain:output_type -> herald.registry.v1.GetDomainResponse
-	34,  // 139: herald.registry.v1.RegistryService.ListDomains:output_type -> herald.registry.v1.ListDomainsResponse
-	36,  // 140: herald.registry.v1.RegistryService.UpdateDomain:output_type -> herald.registry.v1.UpdateDomainResponse
-	16,  // 141: herald.registry.v1.RegistryService.CreateEventType:output_type -> herald.registry.v1.CreateEventTypeResponse
-	18,  // 142: herald.registry.v1.RegistryService.GetEventType:output_type -> herald.registry.v1.GetEventTypeResponse
-	20,  // 143: herald.registry.v1.RegistryService.ListEventTypes:output_type -> herald.registry.v1.ListEventTypesResponse
-	22,  // 144: herald.registry.v1.RegistryService.UpdateEventType:output_type -> herald.registry.v1.UpdateEventTypeResponse
-	24,  // 145: herald.registry.v1.RegistryService.CreateSchemaVersion:output_type -> herald.registry.v1.CreateSchemaVersionResponse
-	26,  // 146: herald.registry.v1.RegistryService.ListSchemaVersions:output_type -> herald.registry.v1.ListSchemaVersionsResponse
-	28,  // 147: herald.registry.v1.RegistryService.CheckCompatibility:output_type -> herald.registry.v1.CheckCompatibilityResponse
-	38,  // 148: herald.registry.v1.RegistryService.CreateProduct:output_type -> herald.registry.v1.CreateProductResponse
-	40,  // 149: herald.registry.v1.RegistryService.GetProduct:output_type -> herald.registry.v1.GetProductResponse
-	42,  // 150: herald.registry.v1.RegistryService.ListProducts:output_type -> herald.registry.v1.ListProductsResponse
-	44,  // 151: herald.registry.v1.RegistryService.UpdateProduct:output_type -> herald.registry.v1.UpdateProductResponse
-	53,  // 152: herald.registry.v1.RegistryService.CreateApplication:output_type -> herald.registry.v1.CreateApplicationResponse
-	55,  // 153: herald.registry.v1.RegistryService.GetApplication:output_type -> herald.registry.v1.GetApplicationResponse
-	57,  // 154: herald.registry.v1.RegistryService.ListApplications:output_type -> herald.registry.v1.ListApplicationsResponse
-	59,  // 155: herald.registry.v1.RegistryService.UpdateApplication:output_type -> herald.registry.v1.UpdateApplicationResponse
-	61,  // 156: herald.registry.v1.RegistryService.CreateKey:output_type -> herald.registry.v1.CreateKeyResponse
-	63,  // 157: herald.registry.v1.RegistryService.ListKeys:output_type -> herald.registry.v1.ListKeysResponse
-	65,  // 158: herald.registry.v1.RegistryService.RevokeKey:output_type -> herald.registry.v1.RevokeKeyResponse
-	67,  // 159: herald.registry.v1.RegistryService.AuthenticateKey:output_type -> herald.registry.v1.AuthenticateKeyResponse
-	75,  // 160: herald.registry.v1.RegistryService.CreateSubscription:output_type -> herald.registry.v1.CreateSubscriptionResponse
-	83,  // 161: herald.registry.v1.RegistryService.GetSubscription:output_type -> herald.registry.v1.GetSubscriptionResponse
-	85,  // 162: herald.registry.v1.RegistryService.ListSubscriptions:output_type -> herald.registry.v1.ListSubscriptionsResponse
-	87,  // 163: herald.registry.v1.RegistryService.DeleteSubscription:output_type -> herald.registry.v1.DeleteSubscriptionResponse
-	77,  // 164: herald.registry.v1.RegistryService.UpdateSubscription:output_type -> herald.registry.v1.UpdateSubscriptionResponse
-	79,  // 165: herald.registry.v1.RegistryService.RotateWebhookSecret:output_type -> herald.registry.v1.RotateWebhookSecretResponse
-	81,  // 166: herald.registry.v1.RegistryService.RotateTokenSecret:output_type -> herald.registry.v1.RotateTokenSecretResponse
-	93,  // 167: herald.registry.v1.RegistryService.CreatePortalLink:output_type -> herald.registry.v1.CreatePortalLinkResponse
-	95,  // 168: herald.registry.v1.RegistryService.RedeemPortalLink:output_type -> herald.registry.v1.RedeemPortalLinkResponse
-	97,  // 169: herald.registry.v1.RegistryService.EvaluateFilter:output_type -> herald.registry.v1.EvaluateFilterResponse
-	91,  // 170: herald.registry.v1.RegistryService.Watch:output_type -> herald.registry.v1.WatchResponse
-	137, // [137:171] is the sub-list for method output_type
-	103, // [103:137] is the sub-list for method input_type
-	103, // [103:103] is the sub-list for extension type_name
-	103, // [103:103] is the sub-list for extension extendee
-	0,   // [0:103] is the sub-list for field type_name
+	101, // 0: herald.registry.v1.ProtobufSchema.files:type_name -> herald.registry.v1.ProtobufSchema.FilesEntry
+	103, // 1: herald.registry.v1.Domain.create_time:type_name -> google.protobuf.Timestamp
+	103, // 2: herald.registry.v1.Domain.update_time:type_name -> google.protobuf.Timestamp
+	103, // 3: herald.registry.v1.Product.create_time:type_name -> google.protobuf.Timestamp
+	103, // 4: herald.registry.v1.Product.update_time:type_name -> google.protobuf.Timestamp
+	104, // 5: herald.registry.v1.RetentionPolicy.max_age:type_name -> google.protobuf.Duration
+	103, // 6: herald.registry.v1.SchemaVersion.create_time:type_name -> google.protobuf.Timestamp
+	1,   // 7: herald.registry.v1.SchemaVersion.schema_format:type_name -> herald.registry.v1.SchemaFormat
+	10,  // 8: herald.registry.v1.SchemaVersion.protobuf_schema:type_name -> herald.registry.v1.ProtobufSchema
+	103, // 9: herald.registry.v1.EventType.create_time:type_name -> google.protobuf.Timestamp
+	103, // 10: herald.registry.v1.EventType.update_time:type_name -> google.protobuf.Timestamp
+	2,   // 11: herald.registry.v1.EventType.visibility:type_name -> herald.registry.v1.Visibility
+	3,   // 12: herald.registry.v1.EventType.lifecycle:type_name -> herald.registry.v1.Lifecycle
+	103, // 13: herald.registry.v1.EventType.sunset_time:type_name -> google.protobuf.Timestamp
+	14,  // 14: herald.registry.v1.EventType.examples:type_name -> herald.registry.v1.Example
+	13,  // 15: herald.registry.v1.EventType.retention:type_name -> herald.registry.v1.RetentionPolicy
+	0,   // 16: herald.registry.v1.EventType.compatibility:type_name -> herald.registry.v1.Compatibility
+	1,   // 17: herald.registry.v1.EventType.schema_format:type_name -> herald.registry.v1.SchemaFormat
+	10,  // 18: herald.registry.v1.EventType.protobuf_schema:type_name -> herald.registry.v1.ProtobufSchema
+	16,  // 19: herald.registry.v1.CreateEventTypeRequest.event_type:type_name -> herald.registry.v1.EventType
+	16,  // 20: herald.registry.v1.CreateEventTypeResponse.event_type:type_name -> herald.registry.v1.EventType
+	16,  // 21: herald.registry.v1.GetEventTypeResponse.event_type:type_name -> herald.registry.v1.EventType
+	16,  // 22: herald.registry.v1.ListEventTypesResponse.event_types:type_name -> herald.registry.v1.EventType
+	16,  // 23: herald.registry.v1.UpdateEventTypeRequest.event_type:type_name -> herald.registry.v1.EventType
+	16,  // 24: herald.registry.v1.UpdateEventTypeResponse.event_type:type_name -> herald.registry.v1.EventType
+	10,  // 25: herald.registry.v1.CreateSchemaVersionRequest.protobuf_schema:type_name -> herald.registry.v1.ProtobufSchema
+	15,  // 26: herald.registry.v1.CreateSchemaVersionResponse.schema_version:type_name -> herald.registry.v1.SchemaVersion
+	15,  // 27: herald.registry.v1.ListSchemaVersionsResponse.schema_versions:type_name -> herald.registry.v1.SchemaVersion
+	10,  // 28: herald.registry.v1.CheckCompatibilityRequest.protobuf_schema:type_name -> herald.registry.v1.ProtobufSchema
+	11,  // 29: herald.registry.v1.CreateDomainRequest.domain:type_name -> herald.registry.v1.Domain
+	11,  // 30: herald.registry.v1.CreateDomainResponse.domain:type_name -> herald.registry.v1.Domain
+	11,  // 31: herald.registry.v1.GetDomainResponse.domain:type_name -> herald.registry.v1.Domain
+	11,  // 32: herald.registry.v1.ListDomainsResponse.domains:type_name -> herald.registry.v1.Domain
+	11,  // 33: herald.registry.v1.UpdateDomainRequest.domain:type_name -> herald.registry.v1.Domain
+	11,  // 34: herald.registry.v1.UpdateDomainResponse.domain:type_name -> herald.registry.v1.Domain
+	12,  // 35: herald.registry.v1.CreateProductRequest.product:type_name -> herald.registry.v1.Product
+	12,  // 36: herald.registry.v1.CreateProductResponse.product:type_name -> herald.registry.v1.Product
+	12,  // 37: herald.registry.v1.GetProductResponse.product:type_name -> herald.registry.v1.Product
+	12,  // 38: herald.registry.v1.ListProductsResponse.products:type_name -> herald.registry.v1.Product
+	12,  // 39: herald.registry.v1.UpdateProductRequest.product:type_name -> herald.registry.v1.Product
+	12,  // 40: herald.registry.v1.UpdateProductResponse.product:type_name -> herald.registry.v1.Product
+	103, // 41: herald.registry.v1.Application.create_time:type_name -> google.protobuf.Timestamp
+	52,  // 42: herald.registry.v1.Application.grants:type_name -> herald.registry.v1.Grant
+	4,   // 43: herald.registry.v1.Application.audience:type_name -> herald.registry.v1.Audience
+	51,  // 44: herald.registry.v1.Application.publish_limit:type_name -> herald.registry.v1.PublishLimit
+	48,  // 45: herald.registry.v1.Application.token_settings:type_name -> herald.registry.v1.TokenSettings
+	49,  // 46: herald.registry.v1.TokenSettings.secrets:type_name -> herald.registry.v1.TokenSecret
+	50,  // 47: herald.registry.v1.TokenSettings.public_keys:type_name -> herald.registry.v1.TokenPublicKey
+	104, // 48: herald.registry.v1.TokenSettings.max_lifetime:type_name -> google.protobuf.Duration
+	103, // 49: herald.registry.v1.TokenSecret.create_time:type_name -> google.protobuf.Timestamp
+	103, // 50: herald.registry.v1.TokenSecret.expire_time:type_name -> google.protobuf.Timestamp
+	5,   // 51: herald.registry.v1.Grant.action:type_name -> herald.registry.v1.GrantAction
+	103, // 52: herald.registry.v1.Key.create_time:type_name -> google.protobuf.Timestamp
+	103, // 53: herald.registry.v1.Key.expire_time:type_name -> google.protobuf.Timestamp
+	103, // 54: herald.registry.v1.Key.revoke_time:type_name -> google.protobuf.Timestamp
+	6,   // 55: herald.registry.v1.Key.purpose:type_name -> herald.registry.v1.KeyPurpose
+	47,  // 56: herald.registry.v1.CreateApplicationRequest.application:type_name -> herald.registry.v1.Application
+	47,  // 57: herald.registry.v1.CreateApplicationResponse.application:type_name -> herald.registry.v1.Application
+	53,  // 58: herald.registry.v1.CreateApplicationResponse.key:type_name -> herald.registry.v1.Key
+	47,  // 59: herald.registry.v1.GetApplicationResponse.application:type_name -> herald.registry.v1.Application
+	47,  // 60: herald.registry.v1.ListApplicationsResponse.applications:type_name -> herald.registry.v1.Application
+	47,  // 61: herald.registry.v1.UpdateApplicationRequest.application:type_name -> herald.registry.v1.Application
+	47,  // 62: herald.registry.v1.UpdateApplicationResponse.application:type_name -> herald.registry.v1.Application
+	104, // 63: herald.registry.v1.CreateKeyRequest.rotate_overlap:type_name -> google.protobuf.Duration
+	53,  // 64: herald.registry.v1.CreateKeyResponse.key:type_name -> herald.registry.v1.Key
+	53,  // 65: herald.registry.v1.ListKeysResponse.keys:type_name -> herald.registry.v1.Key
+	53,  // 66: herald.registry.v1.RevokeKeyResponse.key:type_name -> herald.registry.v1.Key
+	53,  // 67: herald.registry.v1.AuthenticateKeyResponse.key:type_name -> herald.registry.v1.Key
+	72,  // 68: herald.registry.v1.Subscription.webhook:type_name -> herald.registry.v1.WebhookChannel
+	74,  // 69: herald.registry.v1.Subscription.stream:type_name -> herald.registry.v1.StreamChannel
+	75,  // 70: herald.registry.v1.Subscription.start:type_name -> herald.registry.v1.StartPosition
+	103, // 71: herald.registry.v1.Subscription.create_time:type_name -> google.protobuf.Timestamp
+	71,  // 72: herald.registry.v1.Subscription.delivery:type_name -> herald.registry.v1.DeliveryPolicy
+	104, // 73: herald.registry.v1.DeliveryPolicy.ack_timeout:type_name -> google.protobuf.Duration
+	7,   // 74: herald.registry.v1.WebhookChannel.ordering:type_name -> herald.registry.v1.WebhookOrdering
+	102, // 75: herald.registry.v1.WebhookChannel.headers:type_name -> herald.registry.v1.WebhookChannel.HeadersEntry
+	8,   // 76: herald.registry.v1.WebhookChannel.signing:type_name -> herald.registry.v1.WebhookSigning
+	9,   // 77: herald.registry.v1.WebhookChannel.content_mode:type_name -> herald.registry.v1.WebhookContentMode
+	104, // 78: herald.registry.v1.WebhookChannel.retry_schedule:type_name -> google.protobuf.Duration
+	104, // 79: herald.registry.v1.WebhookChannel.timeout:type_name -> google.protobuf.Duration
+	103, // 80: herald.registry.v1.WebhookChannel.disable_time:type_name -> google.protobuf.Timestamp
+	104, // 81: herald.registry.v1.WebhookChannel.disable_after:type_name -> google.protobuf.Duration
+	73,  // 82: herald.registry.v1.WebhookChannel.secrets:type_name -> herald.registry.v1.WebhookSecret
+	103, // 83: herald.registry.v1.WebhookSecret.create_time:type_name -> google.protobuf.Timestamp
+	103, // 84: herald.registry.v1.WebhookSecret.expire_time:type_name -> google.protobuf.Timestamp
+	103, // 85: herald.registry.v1.StartPosition.time:type_name -> google.protobuf.Timestamp
+	70,  // 86: herald.registry.v1.CreateSubscriptionRequest.subscription:type_name -> herald.registry.v1.Subscription
+	70,  // 87: herald.registry.v1.CreateSubscriptionResponse.subscription:type_name -> herald.registry.v1.Subscription
+	70,  // 88: herald.registry.v1.UpdateSubscriptionRequest.subscription:type_name -> herald.registry.v1.Subscription
+	70,  // 89: herald.registry.v1.UpdateSubscriptionResponse.subscription:type_name -> herald.registry.v1.Subscription
+	104, // 90: herald.registry.v1.RotateWebhookSecretRequest.overlap:type_name -> google.protobuf.Duration
+	70,  // 91: herald.registry.v1.RotateWebhookSecretResponse.subscription:type_name -> herald.registry.v1.Subscription
+	104, // 92: herald.registry.v1.RotateTokenSecretRequest.overlap:type_name -> google.protobuf.Duration
+	47,  // 93: herald.registry.v1.RotateTokenSecretResponse.application:type_name -> herald.registry.v1.Application
+	70,  // 94: herald.registry.v1.GetSubscriptionResponse.subscription:type_name -> herald.registry.v1.Subscription
+	70,  // 95: herald.registry.v1.ListSubscriptionsResponse.subscriptions:type_name -> herald.registry.v1.Subscription
+	53,  // 96: herald.registry.v1.KeyChange.key:type_name -> herald.registry.v1.Key
+	16,  // 97: herald.registry.v1.WatchResponse.event_type:type_name -> herald.registry.v1.EventType
+	11,  // 98: herald.registry.v1.WatchResponse.domain:type_name -> herald.registry.v1.Domain
+	12,  // 99: herald.registry.v1.WatchResponse.product:type_name -> herald.registry.v1.Product
+	47,  // 100: herald.registry.v1.WatchResponse.application:type_name -> herald.registry.v1.Application
+	91,  // 101: herald.registry.v1.WatchResponse.key:type_name -> herald.registry.v1.KeyChange
+	70,  // 102: herald.registry.v1.WatchResponse.subscription:type_name -> herald.registry.v1.Subscription
+	92,  // 103: herald.registry.v1.WatchResponse.deleted:type_name -> herald.registry.v1.Deletion
+	104, // 104: herald.registry.v1.CreatePortalLinkRequest.link_ttl:type_name -> google.protobuf.Duration
+	104, // 105: herald.registry.v1.CreatePortalLinkRequest.session_ttl:type_name -> google.protobuf.Duration
+	103, // 106: herald.registry.v1.CreatePortalLinkResponse.expire_time:type_name -> google.protobuf.Timestamp
+	53,  // 107: herald.registry.v1.RedeemPortalLinkResponse.key:type_name -> herald.registry.v1.Key
+	47,  // 108: herald.registry.v1.RedeemPortalLinkResponse.application:type_name -> herald.registry.v1.Application
+	100, // 109: herald.registry.v1.EvaluateFilterResponse.results:type_name -> herald.registry.v1.FilterResult
+	31,  // 110: herald.registry.v1.RegistryService.CreateDomain:input_type -> herald.registry.v1.CreateDomainRequest
+	33,  // 111: herald.registry.v1.RegistryService.GetDomain:input_type -> herald.registry.v1.GetDomainRequest
+	35,  // 112: herald.registry.v1.RegistryService.ListDomains:input_type -> herald.registry.v1.ListDomainsRequest
+	37,  // 113: herald.registry.v1.RegistryService.UpdateDomain:input_type -> herald.registry.v1.UpdateDomainRequest
+	17,  // 114: herald.registry.v1.RegistryService.CreateEventType:input_type -> herald.registry.v1.CreateEventTypeRequest
+	19,  // 115: herald.registry.v1.RegistryService.GetEventType:input_type -> herald.registry.v1.GetEventTypeRequest
+	21,  // 116: herald.registry.v1.RegistryService.ListEventTypes:input_type -> herald.registry.v1.ListEventTypesRequest
+	23,  // 117: herald.registry.v1.RegistryService.UpdateEventType:input_type -> herald.registry.v1.UpdateEventTypeRequest
+	25,  // 118: herald.registry.v1.RegistryService.CreateSchemaVersion:input_type -> herald.registry.v1.CreateSchemaVersionRequest
+	27,  // 119: herald.registry.v1.RegistryService.ListSchemaVersions:input_type -> herald.registry.v1.ListSchemaVersionsRequest
+	29,  // 120: herald.registry.v1.RegistryService.CheckCompatibility:input_type -> herald.registry.v1.CheckCompatibilityRequest
+	39,  // 121: herald.registry.v1.RegistryService.CreateProduct:input_type -> herald.registry.v1.CreateProductRequest
+	41,  // 122: herald.registry.v1.RegistryService.GetProduct:input_type -> herald.registry.v1.GetProductRequest
+	43,  // 123: herald.registry.v1.RegistryService.ListProducts:input_type -> herald.registry.v1.ListProductsRequest
+	45,  // 124: herald.registry.v1.RegistryService.UpdateProduct:input_type -> herald.registry.v1.UpdateProductRequest
+	54,  // 125: herald.registry.v1.RegistryService.CreateApplication:input_type -> herald.registry.v1.CreateApplicationRequest
+	56,  // 126: herald.registry.v1.RegistryService.GetApplication:input_type -> herald.registry.v1.GetApplicationRequest
+	58,  // 127: herald.registry.v1.RegistryService.ListApplications:input_type -> herald.registry.v1.ListApplicationsRequest
+	60,  // 128: herald.registry.v1.RegistryService.UpdateApplication:input_type -> herald.registry.v1.UpdateApplicationRequest
+	62,  // 129: herald.registry.v1.RegistryService.CreateKey:input_type -> herald.registry.v1.CreateKeyRequest
+	64,  // 130: herald.registry.v1.RegistryService.ListKeys:input_type -> herald.registry.v1.ListKeysRequest
+	66,  // 131: herald.registry.v1.RegistryService.RevokeKey:input_type -> herald.registry.v1.RevokeKeyRequest
+	68,  // 132: herald.registry.v1.RegistryService.AuthenticateKey:input_type -> herald.registry.v1.AuthenticateKeyRequest
+	76,  // 133: herald.registry.v1.RegistryService.CreateSubscription:input_type -> herald.registry.v1.CreateSubscriptionRequest
+	84,  // 134: herald.registry.v1.RegistryService.GetSubscription:input_type -> herald.registry.v1.GetSubscriptionRequest
+	86,  // 135: herald.registry.v1.RegistryService.ListSubscriptions:input_type -> herald.registry.v1.ListSubscriptionsRequest
+	88,  // 136: herald.registry.v1.RegistryService.DeleteSubscription:input_type -> herald.registry.v1.DeleteSubscriptionRequest
+	78,  // 137: herald.registry.v1.RegistryService.UpdateSubscription:input_type -> herald.registry.v1.UpdateSubscriptionRequest
+	80,  // 138: herald.registry.v1.RegistryService.RotateWebhookSecret:input_type -> herald.registry.v1.RotateWebhookSecretRequest
+	82,  // 139: herald.registry.v1.RegistryService.RotateTokenSecret:input_type -> herald.registry.v1.RotateTokenSecretRequest
+	94,  // 140: herald.registry.v1.RegistryService.CreatePortalLink:input_type -> herald.registry.v1.CreatePortalLinkRequest
+	96,  // 141: herald.registry.v1.RegistryService.RedeemPortalLink:input_type -> herald.registry.v1.RedeemPortalLinkRequest
+	98,  // 142: herald.registry.v1.RegistryService.EvaluateFilter:input_type -> herald.registry.v1.EvaluateFilterRequest
+	90,  // 143: herald.registry.v1.RegistryService.Watch:input_type -> herald.registry.v1.WatchRequest
+	32,  // 144: herald.registry.v1.RegistryService.CreateDomain:output_type -> herald.registry.v1.CreateDomainResponse
+	34,  // 145: herald.registry.v1.RegistryService.GetDomain:output_type -> herald.registry.v1.GetDomainResponse
+	36,  // 146: herald.registry.v1.RegistryService.ListDomains:output_type -> herald.registry.v1.ListDomainsResponse
+	38,  // 147: herald.registry.v1.RegistryService.UpdateDomain:output_type -> herald.registry.v1.UpdateDomainResponse
+	18,  // 148: herald.registry.v1.RegistryService.CreateEventType:output_type -> herald.registry.v1.CreateEventTypeResponse
+	20,  // 149: herald.registry.v1.RegistryService.GetEventType:output_type -> herald.registry.v1.GetEventTypeResponse
+	22,  // 150: herald.registry.v1.RegistryService.ListEventTypes:output_type -> herald.registry.v1.ListEventTypesResponse
+	24,  // 151: herald.registry.v1.RegistryService.UpdateEventType:output_type -> herald.registry.v1.UpdateEventTypeResponse
+	26,  // 152: herald.registry.v1.RegistryService.CreateSchemaVersion:output_type -> herald.registry.v1.CreateSchemaVersionResponse
+	28,  // 153: herald.registry.v1.RegistryService.ListSchemaVersions:output_type -> herald.registry.v1.ListSchemaVersionsResponse
+	30,  // 154: herald.registry.v1.RegistryService.CheckCompatibility:output_type -> herald.registry.v1.CheckCompatibilityResponse
+	40,  // 155: herald.registry.v1.RegistryService.CreateProduct:output_type -> herald.registry.v1.CreateProductResponse
+	42,  // 156: herald.registry.v1.RegistryService.GetProduct:output_type -> herald.registry.v1.GetProductResponse
+	44,  // 157: herald.registry.v1.RegistryService.ListProducts:output_type -> herald.registry.v1.ListProductsResponse
+	46,  // 158: herald.registry.v1.RegistryService.UpdateProduct:output_type -> herald.registry.v1.UpdateProductResponse
+	55,  // 159: herald.registry.v1.RegistryService.CreateApplication:output_type -> herald.registry.v1.CreateApplicationResponse
+	57,  // 160: herald.registry.v1.RegistryService.GetApplication:output_type -> herald.registry.v1.GetApplicationResponse
+	59,  // 161: herald.registry.v1.RegistryService.ListApplications:output_type -> herald.registry.v1.ListApplicationsResponse
+	61,  // 162: herald.registry.v1.RegistryService.UpdateApplication:output_type -> herald.registry.v1.UpdateApplicationResponse
+	63,  // 163: herald.registry.v1.RegistryService.CreateKey:output_type -> herald.registry.v1.CreateKeyResponse
+	65,  // 164: herald.registry.v1.RegistryService.ListKeys:output_type -> herald.registry.v1.ListKeysResponse
+	67,  // 165: herald.registry.v1.RegistryService.RevokeKey:output_type -> herald.registry.v1.RevokeKeyResponse
+	69,  // 166: herald.registry.v1.RegistryService.AuthenticateKey:output_type -> herald.registry.v1.AuthenticateKeyResponse
+	77,  // 167: herald.registry.v1.RegistryService.CreateSubscription:output_type -> herald.registry.v1.CreateSubscriptionResponse
+	85,  // 168: herald.registry.v1.RegistryService.GetSubscription:output_type -> herald.registry.v1.GetSubscriptionResponse
+	87,  // 169: herald.registry.v1.RegistryService.ListSubscriptions:output_type -> herald.registry.v1.ListSubscriptionsResponse
+	89,  // 170: herald.registry.v1.RegistryService.DeleteSubscription:output_type -> herald.registry.v1.DeleteSubscriptionResponse
+	79,  // 171: herald.registry.v1.RegistryService.UpdateSubscription:output_type -> herald.registry.v1.UpdateSubscriptionResponse
+	81,  // 172: herald.registry.v1.RegistryService.RotateWebhookSecret:output_type -> herald.registry.v1.RotateWebhookSecretResponse
+	83,  // 173: herald.registry.v1.RegistryService.RotateTokenSecret:output_type -> herald.registry.v1.RotateTokenSecretResponse
+	95,  // 174: herald.registry.v1.RegistryService.CreatePortalLink:output_type -> herald.registry.v1.CreatePortalLinkResponse
+	97,  // 175: herald.registry.v1.RegistryService.RedeemPortalLink:output_type -> herald.registry.v1.RedeemPortalLinkResponse
+	99,  // 176: herald.registry.v1.RegistryService.EvaluateFilter:output_type -> herald.registry.v1.EvaluateFilterResponse
+	93,  // 177: herald.registry.v1.RegistryService.Watch:output_type -> herald.registry.v1.WatchResponse
+	144, // [144:178] is the sub-list for method output_type
+	110, // [110:144] is the sub-list for method input_type
+	110, // [110:110] is the sub-list for extension type_name
+	110, // [110:110] is the sub-list for extension extendee
+	0,   // [0:110] is the sub-list for field type_name
 }
 
 func init() { file_herald_registry_v1_registry_proto_init() }
@@ -6654,15 +6922,15 @@ func file_herald_registry_v1_registry_proto_init() {
 	if File_herald_registry_v1_registry_proto != nil {
 		return
 	}
-	file_herald_registry_v1_registry_proto_msgTypes[59].OneofWrappers = []any{
+	file_herald_registry_v1_registry_proto_msgTypes[60].OneofWrappers = []any{
 		(*Subscription_Webhook)(nil),
 		(*Subscription_Stream)(nil),
 	}
-	file_herald_registry_v1_registry_proto_msgTypes[64].OneofWrappers = []any{
+	file_herald_registry_v1_registry_proto_msgTypes[65].OneofWrappers = []any{
 		(*StartPosition_Cursor)(nil),
 		(*StartPosition_Time)(nil),
 	}
-	file_herald_registry_v1_registry_proto_msgTypes[82].OneofWrappers = []any{
+	file_herald_registry_v1_registry_proto_msgTypes[83].OneofWrappers = []any{
 		(*WatchResponse_EventType)(nil),
 		(*WatchResponse_Domain)(nil),
 		(*WatchResponse_Product)(nil),
@@ -6676,8 +6944,8 @@ func file_herald_registry_v1_registry_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_herald_registry_v1_registry_proto_rawDesc), len(file_herald_registry_v1_registry_proto_rawDesc)),
-			NumEnums:      9,
-			NumMessages:   91,
+			NumEnums:      10,
+			NumMessages:   93,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
