@@ -73,6 +73,10 @@ func (a *API) SendTestEvent(ctx context.Context, req *connect.Request[edgev1.Sen
 	if !access.Allowed(app.GetGrants(), registryv1.GrantAction_GRANT_ACTION_SUBSCRIBE, typ) {
 		return nil, connect.NewError(connect.CodePermissionDenied, fmt.Errorf("the application may not subscribe to %s", typ))
 	}
+	if f := t.GetSchemaFormat(); f != registryv1.SchemaFormat_SCHEMA_FORMAT_UNSPECIFIED && f != registryv1.SchemaFormat_SCHEMA_FORMAT_JSON_SCHEMA {
+		return nil, connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("test events are JSON, and %s has a %s schema: publish a test event of it through the router instead", typ,
+			strings.ToLower(strings.TrimPrefix(f.String(), "SCHEMA_FORMAT_"))))
+	}
 	data := req.Msg.GetData()
 	if data == "" {
 		if len(t.GetExamples()) == 0 {
