@@ -39,6 +39,13 @@ func (f *registryFlags) client() (registryv1connect.RegistryServiceClient, strin
 	if key == "" {
 		return nil, "", errors.New("no key: give the operator's key with --key or HERALD_ADMIN_KEY")
 	}
+	client, base := registryClient(addr, key)
+	return client, base, nil
+}
+
+// registryClient is a RegistryService client of addr (host:port, or an
+// http(s) URL) with key, and the base URL it calls.
+func registryClient(addr, key string) (registryv1connect.RegistryServiceClient, string) {
 	base := addr
 	httpClient := rpc.HTTPClient() // h2c, as Herald services speak
 	if strings.Contains(addr, "://") {
@@ -49,7 +56,7 @@ func (f *registryFlags) client() (registryv1connect.RegistryServiceClient, strin
 	} else {
 		base = rpc.BaseURL(addr)
 	}
-	return registryv1connect.NewRegistryServiceClient(httpClient, base, rpc.ClientOptions(key)...), base, nil
+	return registryv1connect.NewRegistryServiceClient(httpClient, base, rpc.ClientOptions(key)...), base
 }
 
 func (f *registryFlags) context(parent context.Context) (context.Context, context.CancelFunc) {

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -18,7 +17,6 @@ import (
 	"github.com/heraldmesh/herald/platform/codegen"
 	"github.com/heraldmesh/herald/platform/config"
 	"github.com/heraldmesh/herald/platform/eventtype"
-	"github.com/heraldmesh/herald/platform/rpc"
 	"github.com/heraldmesh/herald/platform/schema"
 	"github.com/spf13/cobra"
 )
@@ -137,16 +135,8 @@ func (f *codegenFlags) client() (registryv1connect.RegistryServiceClient, string
 	if key == "" {
 		return nil, "", errors.New("no key: give your application's key with --key or HERALD_KEY (or the operator's, HERALD_ADMIN_KEY)")
 	}
-	base, httpClient := addr, rpc.HTTPClient() // h2c, as Herald services speak
-	if strings.Contains(addr, "://") {
-		base = strings.TrimSuffix(addr, "/")
-		if strings.HasPrefix(addr, "https://") {
-			httpClient = &http.Client{}
-		}
-	} else {
-		base = rpc.BaseURL(addr)
-	}
-	return registryv1connect.NewRegistryServiceClient(httpClient, base, rpc.ClientOptions(key)...), addr, nil
+	client, _ := registryClient(addr, key)
+	return client, addr, nil
 }
 
 // listEventTypes reads every event type the key may see, page by page.

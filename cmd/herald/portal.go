@@ -8,9 +8,7 @@ import (
 
 	"connectrpc.com/connect"
 	registryv1 "github.com/heraldmesh/herald/api/gen/herald/registry/v1"
-	"github.com/heraldmesh/herald/api/gen/herald/registry/v1/registryv1connect"
 	"github.com/heraldmesh/herald/platform/config"
-	"github.com/heraldmesh/herald/platform/rpc"
 	"github.com/spf13/cobra"
 	"google.golang.org/protobuf/types/known/durationpb"
 )
@@ -38,7 +36,7 @@ so it stays out of server logs. Needs the operator's key (HERALD_ADMIN_KEY).`,
 			if addr == "" {
 				addr = config.FromEnv().RegistryAddr
 			}
-			reg := registryv1connect.NewRegistryServiceClient(rpc.HTTPClient(), registryURL(addr), rpc.ClientOptions(key)...)
+			reg, _ := registryClient(addr, key)
 			req := &registryv1.CreatePortalLinkRequest{ApplicationId: args[0]}
 			if linkTTL > 0 {
 				req.LinkTtl = durationpb.New(linkTTL)

@@ -6,14 +6,12 @@ import (
 	"io"
 	"os"
 	"slices"
-	"strings"
 	"time"
 
 	"connectrpc.com/connect"
 	edgev1 "github.com/heraldmesh/herald/api/gen/herald/edge/v1"
 	"github.com/heraldmesh/herald/api/gen/herald/edge/v1/edgev1connect"
 	registryv1 "github.com/heraldmesh/herald/api/gen/herald/registry/v1"
-	"github.com/heraldmesh/herald/api/gen/herald/registry/v1/registryv1connect"
 	"github.com/heraldmesh/herald/platform/access"
 	"github.com/heraldmesh/herald/platform/config"
 	"github.com/heraldmesh/herald/platform/eventtype"
@@ -69,7 +67,7 @@ gets nothing.`,
 				if addr == "" {
 					addr = config.FromEnv().RegistryAddr
 				}
-				reg := registryv1connect.NewRegistryServiceClient(rpc.HTTPClient(), registryURL(addr), rpc.ClientOptions(key)...)
+				reg, _ := registryClient(addr, key)
 				res, err := reg.ListSubscriptions(ctx, connect.NewRequest(&registryv1.ListSubscriptionsRequest{}))
 				if err != nil {
 					return fmt.Errorf("list your subscriptions: %w (check --registry or HERALD_REGISTRY_ADDR, and --key)", err)
@@ -110,13 +108,6 @@ gets nothing.`,
 	cmd.Flags().StringSliceVar(&to, "to", nil, "subscription ids to send to (default: every subscription of yours that covers the type)")
 	cmd.Flags().StringVar(&registryAddr, "registry", "", "registry address, to find your subscriptions (default $HERALD_REGISTRY_ADDR, else "+config.DefaultRegistryAddr+")")
 	return cmd
-}
-
-func registryURL(addr string) string {
-	if strings.Contains(addr, "://") {
-		return strings.TrimSuffix(addr, "/")
-	}
-	return rpc.BaseURL(addr)
 }
 
 func plural(n int, what string) string {
