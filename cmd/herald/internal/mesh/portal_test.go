@@ -472,6 +472,9 @@ func TestPortalWebhookSelfService(t *testing.T) {
 		t.Fatalf("a token without a secret: %d %s", status, body)
 	}
 	c.mustCall(regSvc, "RotateTokenSecret", map[string]any{"applicationId": e.appID})
+	if status, body, _ := c.do("POST", "/portal/token", map[string]any{"types": []string{"billing.*"}, "filter": "data.amount >"}, nil); status != http.StatusBadRequest || !strings.Contains(string(body), "filter") {
+		t.Fatalf("a token with a broken filter: %d %s", status, body)
+	}
 	var tok struct {
 		Token string `json:"token"`
 	}

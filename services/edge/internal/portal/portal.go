@@ -30,6 +30,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"net/http/httputil"
@@ -45,6 +46,7 @@ import (
 	"github.com/heraldmesh/herald/api/gen/herald/registry/v1/registryv1connect"
 	"github.com/heraldmesh/herald/platform/auth"
 	"github.com/heraldmesh/herald/platform/eventtype"
+	"github.com/heraldmesh/herald/platform/filter"
 	"github.com/heraldmesh/herald/platform/server"
 	"google.golang.org/protobuf/encoding/protojson"
 )
@@ -385,6 +387,10 @@ func (h *Handler) mintToken(w http.ResponseWriter, r *http.Request, p auth.Princ
 	}
 	if _, err := eventtype.ParsePatterns(in.Types); err != nil {
 		auth.WriteError(w, r, connect.NewError(connect.CodeInvalidArgument, err))
+		return
+	}
+	if _, err := filter.Check(in.Filter); err != nil {
+		auth.WriteError(w, r, connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("filter: %w", err)))
 		return
 	}
 	ttl := time.Duration(in.TTLSeconds) * time.Second
