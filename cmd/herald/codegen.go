@@ -12,12 +12,10 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
-	registryv1 "github.com/heraldmesh/herald/api/gen/herald/registry/v1"
 	"github.com/heraldmesh/herald/api/gen/herald/registry/v1/registryv1connect"
 	"github.com/heraldmesh/herald/platform/codegen"
 	"github.com/heraldmesh/herald/platform/config"
 	"github.com/heraldmesh/herald/platform/eventtype"
-	"github.com/heraldmesh/herald/platform/schema"
 	"github.com/spf13/cobra"
 )
 
@@ -84,16 +82,11 @@ func runCodegen(ctx context.Context, stdout io.Writer, f *codegenFlags) error {
 	if err != nil {
 		return err
 	}
-	all, err := listEventTypes(ctx, reg)
+	all, err := codegen.ListEventTypes(ctx, reg)
 	if err != nil {
 		return registryError(addr, err)
 	}
-	var types []codegen.Type
-	for _, et := range all {
-		if eventtype.MatchAny(patterns, et.GetName()) {
-			types = append(types, codegen.Type{Name: et.GetName(), Description: et.GetDescription(), Schema: codegenSchema(et), SchemaVersion: int(et.GetSchemaVersion())})
-		}
-	}
+	types := codegen.FromCatalog(all, patterns)
 	if len(types) == 0 {
 		return fmt.Errorf("no event type matches %s among the %d your key may see", strings.Join(patterns, ","), len(all))
 	}
@@ -139,22 +132,6 @@ func (f *codegenFlags) client() (registryv1connect.RegistryServiceClient, string
 	return client, addr, nil
 }
 
-// listEventTypes reads every event type the key may see, page by page.
-func listEventTypes(ctx context.Context, reg registryv1connect.RegistryServiceClient) ([]*registryv1.EventType, error) {
-	var all []*registryv1.EventType
-	token := ""
-	for {
-		res, err := reg.ListEventTypes(ctx, connect.NewRequest(&registryv1.ListEventTypesRequest{PageSize: 1000, PageToken: token}))
-		if err != nil {
-			return nil, err
-		}
-		all = append(all, res.Msg.GetEventTypes()...)
-		if token = res.Msg.GetNextPageToken(); token == "" {
-			return all, nil
-		}
-	}
-}
-
 // registryError says what went wrong talking to the registry at addr.
 func registryError(addr string, err error) error {
 	switch connect.CodeOf(err) {
@@ -168,13 +145,4 @@ func registryError(addr string, err error) error {
 		return fmt.Errorf("cannot read the catalog from the registry at %s (--registry or HERALD_REGISTRY_ADDR): %w", addr, err)
 	}
 	return fmt.Errorf("list event types: %w", err)
-}
-
-// codegenSchema is the JSON Schema typed clients are generated from; a
-// Protobuf, Avro or NONE type has none (its data is untyped there).
-func codegenSchema(et *registryv1.EventType) []byte {
-	if schema.Normalize(et.GetSchemaFormat()) != registryv1.SchemaFormat_SCHEMA_FORMAT_JSON_SCHEMA {
-		return nil
-	}
-	return []byte(et.GetSchema())
 }

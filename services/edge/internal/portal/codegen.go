@@ -16,7 +16,6 @@ import (
 	"github.com/heraldmesh/herald/platform/codegen"
 	"github.com/heraldmesh/herald/platform/eventtype"
 	"github.com/heraldmesh/herald/platform/rpc"
-	"github.com/heraldmesh/herald/platform/schema"
 )
 
 // codegenDownload is GET /portal/codegen?lang=ts|go&types=billing.*
@@ -49,12 +48,7 @@ func (h *Handler) codegenDownload(w http.ResponseWriter, r *http.Request, _ auth
 		auth.WriteError(w, r, err)
 		return
 	}
-	var types []codegen.Type
-	for _, et := range all {
-		if eventtype.MatchAny(patterns, et.GetName()) {
-			types = append(types, codegen.Type{Name: et.GetName(), Description: et.GetDescription(), Schema: codegenSchema(et), SchemaVersion: int(et.GetSchemaVersion())})
-		}
-	}
+	types := codegen.FromCatalog(all, patterns)
 	if len(types) == 0 {
 		auth.WriteError(w, r, connect.NewError(connect.CodeNotFound, fmt.Errorf("no event type you may see matches %s", strings.Join(patterns, ","))))
 		return
@@ -96,25 +90,5 @@ func (h *Handler) codegenDownload(w http.ResponseWriter, r *http.Request, _ auth
 // listTypes reads every event type the session's key may see.
 func (h *Handler) listTypes(ctx context.Context, secret string) ([]*registryv1.EventType, error) {
 	reg := registryv1connect.NewRegistryServiceClient(&http.Client{Transport: h.o.Transport}, h.o.RegistryURL, rpc.ClientOptions(secret)...)
-	var all []*registryv1.EventType
-	token := ""
-	for {
-		res, err := reg.ListEventTypes(ctx, connect.NewRequest(&registryv1.ListEventTypesRequest{PageSize: 1000, PageToken: token}))
-		if err != nil {
-			return nil, err
-		}
-		all = append(all, res.Msg.GetEventTypes()...)
-		if token = res.Msg.GetNextPageToken(); token == "" || len(all) > 100_000 {
-			return all, nil
-		}
-	}
-}
-
-// codegenSchema is the JSON Schema typed clients are generated from; a
-// Protobuf, Avro or NONE type has none (its data is untyped there).
-func codegenSchema(et *registryv1.EventType) []byte {
-	if schema.Normalize(et.GetSchemaFormat()) != registryv1.SchemaFormat_SCHEMA_FORMAT_JSON_SCHEMA {
-		return nil
-	}
-	return []byte(et.GetSchema())
+	return codegen.ListEventTypes(ctx, reg)
 }
