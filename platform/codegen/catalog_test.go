@@ -11,7 +11,7 @@ import (
 func TestFromCatalogSchemaOfFormats(t *testing.T) {
 	all := []*registryv1.EventType{{Name: "a.b.json", Schema: `{"type":"object"}`}, {Name: "x.y.other", Schema: `{}`}}
 	for _, f := range []registryv1.SchemaFormat{registryv1.SchemaFormat_SCHEMA_FORMAT_AVRO, registryv1.SchemaFormat_SCHEMA_FORMAT_PROTOBUF, registryv1.SchemaFormat_SCHEMA_FORMAT_NONE} {
-		all = append(all, &registryv1.EventType{Name: "a.b.fmt"+string(rune('a'+int(f))), SchemaFormat: f, Schema: `{"type":"record","name":"R","fields":[]}`})
+		all = append(all, &registryv1.EventType{Name: "a.b.fmt" + string(rune('a'+int(f))), SchemaFormat: f, Schema: `{"type":"record","name":"R","fields":[]}`})
 	}
 	types := FromCatalog(all, []string{"a.*"})
 	if len(types) != 4 {
