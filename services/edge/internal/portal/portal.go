@@ -439,21 +439,9 @@ func (h *Handler) mintToken(w http.ResponseWriter, r *http.Request, p auth.Princ
 	writeJSON(w, http.StatusOK, map[string]string{"token": tok, "expireTime": exp.UTC().Format(time.RFC3339)})
 }
 
-// sameOrigin refuses a request that a browser marks as coming from another
-// site or origin.
 func sameOrigin(r *http.Request) error {
-	denied := connect.NewError(connect.CodePermissionDenied, errors.New("cross-origin request refused"))
-	if s := r.Header.Get("Sec-Fetch-Site"); s != "" {
-		if s != "same-origin" && s != "none" {
-			return denied
-		}
-		return nil
-	}
-	if o := r.Header.Get("Origin"); o != "" {
-		u, err := url.Parse(o)
-		if err != nil || u.Host != r.Host {
-			return denied
-		}
+	if !server.SameOrigin(r) {
+		return connect.NewError(connect.CodePermissionDenied, errors.New("cross-origin request refused: the portal changes state only from its own page"))
 	}
 	return nil
 }

@@ -22,7 +22,6 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
-	"net/url"
 	"strings"
 	"time"
 
@@ -190,31 +189,8 @@ func safeMethod(m string) bool {
 
 var errCrossSite = connect.NewError(connect.CodePermissionDenied, errors.New("cross-site request refused: a dashboard session changes state only from the dashboard's own page"))
 
-// sameOrigin refuses a request that a browser says comes from another
-// site: Sec-Fetch-Site other than same-origin, or (without Sec-Fetch-Site)
-// an Origin other than the request's own scheme and host. A request with
-// neither header is refused too: every browser that could carry the cookie
-// sends one of them on a POST or DELETE.
 func sameOrigin(r *http.Request) error {
-	if s := r.Header.Get("Sec-Fetch-Site"); s != "" {
-		if s == "same-origin" {
-			return nil
-		}
-		return errCrossSite
-	}
-	o := r.Header.Get("Origin")
-	if o == "" || o == "null" {
-		return errCrossSite
-	}
-	u, err := url.Parse(o)
-	if err != nil {
-		return errCrossSite
-	}
-	scheme := "http"
-	if r.TLS != nil {
-		scheme = "https"
-	}
-	if u.Scheme != scheme || !strings.EqualFold(u.Host, r.Host) {
+	if !server.SameOrigin(r) {
 		return errCrossSite
 	}
 	return nil
