@@ -18,9 +18,12 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	edgev1 "github.com/heraldmesh/herald/api/gen/herald/edge/v1"
+	"github.com/heraldmesh/herald/api/gen/herald/edge/v1/edgev1connect"
 	registryv1 "github.com/heraldmesh/herald/api/gen/herald/registry/v1"
 	"github.com/heraldmesh/herald/api/gen/herald/registry/v1/registryv1connect"
 	routerv1 "github.com/heraldmesh/herald/api/gen/herald/router/v1"
+	"github.com/heraldmesh/herald/platform/auth"
 	"github.com/heraldmesh/herald/platform/rpc"
 	"github.com/heraldmesh/herald/platform/testutil"
 	"github.com/heraldmesh/herald/platform/webhook"
@@ -545,5 +548,118 @@ func TestPortalTestEventToAStream(t *testing.T) {
 	time.Sleep(500 * time.Millisecond)
 	if n := e.usage(adminKey, "application="+e.appID+"&channel=subscribe")["USAGE_METRIC_DELIVERED"]; n != 1 {
 		t.Fatalf("stream deliveries counted: %d, want 1", n)
+	}
+}
+
+// The RPCs the portal added, with no key, a revoked key, another tenant's
+// key and a withdrawn grant: refused with the right code, and no error
+// carries internals.
+func TestPortalRPCsRefuseWithoutTheRight(t *testing.T) {
+	e := startWebhooks(t)
+	ctx := context.Background()
+	r := newReceiver(t, nil)
+	sub, _ := e.createEndpoint(t, &registryv1.WebhookChannel{Url: r.URL})
+	if _, err := e.reg.CreateEventType(ctx, connect.NewRequest(&registryv1.CreateEventTypeRequest{EventType: &registryv1.EventType{
+		Name: "ledger.entry.posted", Schema: `{"type":"object"}`, Visibility: registryv1.Visibility_VISIBILITY_INTERNAL,
+	}})); err != nil {
+		t.Fatal(err)
+	}
+	other, err := e.reg.CreateApplication(ctx, connect.NewRequest(&registryv1.CreateApplicationRequest{Application: &registryv1.Application{
+		Name: "partner", Tenant: "elsewhere", Audience: registryv1.Audience_AUDIENCE_PARTNER,
+		Grants: []*registryv1.Grant{{Action: registryv1.GrantAction_GRANT_ACTION_SUBSCRIBE, Pattern: "*"}},
+	}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	strangerKey := other.Msg.GetKey().GetSecret()
+	revoked, err := e.reg.CreateKey(ctx, connect.NewRequest(&registryv1.CreateKeyRequest{ApplicationId: e.appID}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.reg.RevokeKey(ctx, connect.NewRequest(&registryv1.RevokeKeyRequest{Id: revoked.Msg.GetKey().GetId()})); err != nil {
+		t.Fatal(err)
+	}
+	revokedKey := revoked.Msg.GetKey().GetSecret()
+	regAs := func(key string) registryv1connect.RegistryServiceClient {
+		if key == "" {
+			return registryv1connect.NewRegistryServiceClient(rpc.HTTPClient(), rpc.BaseURL(e.common.RegistryAddr))
+		}
+		return registryv1connect.NewRegistryServiceClient(rpc.HTTPClient(), rpc.BaseURL(e.common.RegistryAddr), rpc.ClientOptions(key)...)
+	}
+	whAs := func(key string) edgev1connect.WebhookServiceClient {
+		if key == "" {
+			return edgev1connect.NewWebhookServiceClient(http.DefaultClient, rpc.BaseURL(e.common.EdgeAddr))
+		}
+		return e.webhooks(key)
+	}
+	link := e.portalLink(t, e.appID)
+	calls := map[string]func(key string) error{
+		"CreatePortalLink": func(key string) error {
+			_, err := regAs(key).CreatePortalLink(ctx, connect.NewRequest(&registryv1.CreatePortalLinkRequest{ApplicationId: e.appID}))
+			return err
+		},
+		"RedeemPortalLink": func(key string) error {
+			_, err := regAs(key).RedeemPortalLink(ctx, connect.NewRequest(&registryv1.RedeemPortalLinkRequest{Token: link}))
+			return err
+		},
+		"EvaluateFilter": func(key string) error {
+			_, err := regAs(key).EvaluateFilter(ctx, connect.NewRequest(&registryv1.EvaluateFilterRequest{Type: "ledger.entry.posted", Filter: "true"}))
+			return err
+		},
+		"SendTestEvent": func(key string) error {
+			_, err := whAs(key).SendTestEvent(ctx, connect.NewRequest(&edgev1.SendTestEventRequest{SubscriptionId: sub.GetId(), Type: e.invoice, Data: `{"invoice_id":"x","amount":1}`}))
+			return err
+		},
+	}
+	want := map[string]connect.Code{ // another tenant's key
+		"CreatePortalLink": connect.CodePermissionDenied, "RedeemPortalLink": connect.CodePermissionDenied,
+		"EvaluateFilter": connect.CodeNotFound, "SendTestEvent": connect.CodeNotFound,
+	}
+	noInternals := func(what string, err error) {
+		t.Helper()
+		for _, leak := range []string{"127.0.0.1", "herald:", r.URL, auth.HashSecret(e.appKey), auth.HashSecret(revokedKey)} {
+			if strings.Contains(err.Error(), leak) {
+				t.Fatalf("%s: the error carries %q: %v", what, leak, err)
+			}
+		}
+	}
+	for name, call := range calls {
+		for _, c := range []struct {
+			who, key string
+			code     connect.Code
+		}{{"no key", "", connect.CodeUnauthenticated}, {"a revoked key", revokedKey, connect.CodeUnauthenticated}, {"another tenant's key", strangerKey, want[name]}} {
+			err := call(c.key)
+			if connect.CodeOf(err) != c.code {
+				t.Errorf("%s with %s: %v, want %v", name, c.who, err, c.code)
+				continue
+			}
+			noInternals(name+" with "+c.who, err)
+		}
+	}
+	// The link survived every refused redemption.
+	if err := calls["RedeemPortalLink"](adminKey); err != nil {
+		t.Fatalf("the operator redeems the link: %v", err)
+	}
+	// A session open before the grant is withdrawn: SendTestEvent through
+	// the portal and directly is refused once the grant is gone.
+	c := e.portalClient(t)
+	if status, body, _ := c.signIn(e.portalLink(t, e.appID)); status != http.StatusOK {
+		t.Fatalf("sign-in: %d %s", status, body)
+	}
+	got, err := e.reg.GetApplication(ctx, connect.NewRequest(&registryv1.GetApplicationRequest{Id: e.appID}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	app := got.Msg.GetApplication()
+	app.Grants = []*registryv1.Grant{{Action: registryv1.GrantAction_GRANT_ACTION_PUBLISH, Pattern: "billing.*"}}
+	if _, err := e.reg.UpdateApplication(ctx, connect.NewRequest(&registryv1.UpdateApplicationRequest{Application: app})); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, 10*time.Second, func() bool {
+		return connect.CodeOf(calls["SendTestEvent"](e.appKey)) == connect.CodePermissionDenied
+	}, "SendTestEvent refused once the subscribe grant is withdrawn")
+	status, out := c.call(webhookSvc, "SendTestEvent", map[string]any{"subscriptionId": sub.GetId(), "type": e.invoice, "data": `{"invoice_id":"x","amount":1}`})
+	if status != http.StatusForbidden || out["code"] != "permission_denied" {
+		t.Fatalf("SendTestEvent through an open portal session after the grant is withdrawn: %d %v", status, out)
 	}
 }
