@@ -397,6 +397,9 @@ const (
 	// The key behind a consumer portal session (RedeemPortalLink): it
 	// expires with the session and key rotation leaves it alone.
 	KeyPurpose_KEY_PURPOSE_PORTAL_SESSION KeyPurpose = 1
+	// The key a source bridge publishes with: made with the bridge, revoked
+	// with it, left alone by key rotation.
+	KeyPurpose_KEY_PURPOSE_BRIDGE KeyPurpose = 2
 )
 
 // Enum value maps for KeyPurpose.
@@ -404,10 +407,12 @@ var (
 	KeyPurpose_name = map[int32]string{
 		0: "KEY_PURPOSE_UNSPECIFIED",
 		1: "KEY_PURPOSE_PORTAL_SESSION",
+		2: "KEY_PURPOSE_BRIDGE",
 	}
 	KeyPurpose_value = map[string]int32{
 		"KEY_PURPOSE_UNSPECIFIED":    0,
 		"KEY_PURPOSE_PORTAL_SESSION": 1,
+		"KEY_PURPOSE_BRIDGE":         2,
 	}
 )
 
@@ -593,6 +598,111 @@ func (x WebhookContentMode) Number() protoreflect.EnumNumber {
 // Deprecated: Use WebhookContentMode.Descriptor instead.
 func (WebhookContentMode) EnumDescriptor() ([]byte, []int) {
 	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{9}
+}
+
+// BridgeDirection is which way a bridge carries events.
+type BridgeDirection int32
+
+const (
+	// Not set: refused.
+	BridgeDirection_BRIDGE_DIRECTION_UNSPECIFIED BridgeDirection = 0
+	// From the mesh to the external system.
+	BridgeDirection_BRIDGE_DIRECTION_SINK BridgeDirection = 1
+	// From the external system into the mesh.
+	BridgeDirection_BRIDGE_DIRECTION_SOURCE BridgeDirection = 2
+)
+
+// Enum value maps for BridgeDirection.
+var (
+	BridgeDirection_name = map[int32]string{
+		0: "BRIDGE_DIRECTION_UNSPECIFIED",
+		1: "BRIDGE_DIRECTION_SINK",
+		2: "BRIDGE_DIRECTION_SOURCE",
+	}
+	BridgeDirection_value = map[string]int32{
+		"BRIDGE_DIRECTION_UNSPECIFIED": 0,
+		"BRIDGE_DIRECTION_SINK":        1,
+		"BRIDGE_DIRECTION_SOURCE":      2,
+	}
+)
+
+func (x BridgeDirection) Enum() *BridgeDirection {
+	p := new(BridgeDirection)
+	*p = x
+	return p
+}
+
+func (x BridgeDirection) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (BridgeDirection) Descriptor() protoreflect.EnumDescriptor {
+	return file_herald_registry_v1_registry_proto_enumTypes[10].Descriptor()
+}
+
+func (BridgeDirection) Type() protoreflect.EnumType {
+	return &file_herald_registry_v1_registry_proto_enumTypes[10]
+}
+
+func (x BridgeDirection) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use BridgeDirection.Descriptor instead.
+func (BridgeDirection) EnumDescriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{10}
+}
+
+// BridgeContentMode is how a sink puts a CloudEvent in a message, per the
+// system's CloudEvents protocol binding.
+type BridgeContentMode int32
+
+const (
+	// Binary: attributes as headers or properties (Kafka ce_*, AMQP
+	// cloudEvents:*, MQTT 5 user properties), data as the payload.
+	BridgeContentMode_BRIDGE_CONTENT_MODE_UNSPECIFIED BridgeContentMode = 0
+	// Structured: the whole event as application/cloudevents+json. MQTT
+	// 3.1.1, which has no properties, is always structured.
+	BridgeContentMode_BRIDGE_CONTENT_MODE_STRUCTURED BridgeContentMode = 1
+)
+
+// Enum value maps for BridgeContentMode.
+var (
+	BridgeContentMode_name = map[int32]string{
+		0: "BRIDGE_CONTENT_MODE_UNSPECIFIED",
+		1: "BRIDGE_CONTENT_MODE_STRUCTURED",
+	}
+	BridgeContentMode_value = map[string]int32{
+		"BRIDGE_CONTENT_MODE_UNSPECIFIED": 0,
+		"BRIDGE_CONTENT_MODE_STRUCTURED":  1,
+	}
+)
+
+func (x BridgeContentMode) Enum() *BridgeContentMode {
+	p := new(BridgeContentMode)
+	*p = x
+	return p
+}
+
+func (x BridgeContentMode) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (BridgeContentMode) Descriptor() protoreflect.EnumDescriptor {
+	return file_herald_registry_v1_registry_proto_enumTypes[11].Descriptor()
+}
+
+func (BridgeContentMode) Type() protoreflect.EnumType {
+	return &file_herald_registry_v1_registry_proto_enumTypes[11]
+}
+
+func (x BridgeContentMode) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use BridgeContentMode.Descriptor instead.
+func (BridgeContentMode) EnumDescriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{11}
 }
 
 // ProtobufSchema names a message in a set of .proto files.
@@ -5561,6 +5671,7 @@ type WatchResponse struct {
 	//	*WatchResponse_Key
 	//	*WatchResponse_Subscription
 	//	*WatchResponse_Deleted
+	//	*WatchResponse_Bridge
 	Change        isWatchResponse_Change `protobuf_oneof:"change"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -5680,6 +5791,15 @@ func (x *WatchResponse) GetDeleted() *Deletion {
 	return nil
 }
 
+func (x *WatchResponse) GetBridge() *Bridge {
+	if x != nil {
+		if x, ok := x.Change.(*WatchResponse_Bridge); ok {
+			return x.Bridge
+		}
+	}
+	return nil
+}
+
 type isWatchResponse_Change interface {
 	isWatchResponse_Change()
 }
@@ -5719,6 +5839,11 @@ type WatchResponse_Deleted struct {
 	Deleted *Deletion `protobuf:"bytes,9,opt,name=deleted,proto3,oneof"`
 }
 
+type WatchResponse_Bridge struct {
+	// A bridge (with its sealed secret and key).
+	Bridge *Bridge `protobuf:"bytes,10,opt,name=bridge,proto3,oneof"`
+}
+
 func (*WatchResponse_EventType) isWatchResponse_Change() {}
 
 func (*WatchResponse_Domain) isWatchResponse_Change() {}
@@ -5732,6 +5857,8 @@ func (*WatchResponse_Key) isWatchResponse_Change() {}
 func (*WatchResponse_Subscription) isWatchResponse_Change() {}
 
 func (*WatchResponse_Deleted) isWatchResponse_Change() {}
+
+func (*WatchResponse_Bridge) isWatchResponse_Change() {}
 
 // CreatePortalLinkRequest is the request of CreatePortalLink.
 type CreatePortalLinkRequest struct {
@@ -6150,6 +6277,1302 @@ func (x *FilterResult) GetError() string {
 	return ""
 }
 
+// Bridge connects the mesh to an external system on that system's own
+// protocol: a sink delivers Herald events to it (at least once, from a
+// durable subscription), a source publishes its records into the mesh
+// (through the router's Publish, as its application).
+type Bridge struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Server-assigned identifier (brg_...). A sink's durable subscription has
+	// this id too. Output only.
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// Unique name: 1-63 lower-case letters, digits and '-'.
+	Name string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// The application the bridge acts for: a sink delivers only what it may
+	// receive, a source publishes as it (its grants apply).
+	ApplicationId string `protobuf:"bytes,3,opt,name=application_id,json=applicationId,proto3" json:"application_id,omitempty"`
+	// Sink or source.
+	Direction BridgeDirection `protobuf:"varint,4,opt,name=direction,proto3,enum=herald.registry.v1.BridgeDirection" json:"direction,omitempty"`
+	// The external system.
+	//
+	// Types that are valid to be assigned to System:
+	//
+	//	*Bridge_Kafka
+	//	*Bridge_Amqp
+	//	*Bridge_Mqtt
+	//	*Bridge_Lake
+	System isBridge_System `protobuf_oneof:"system"`
+	// What a sink delivers (direction SINK).
+	Sink *BridgeSink `protobuf:"bytes,9,opt,name=sink,proto3" json:"sink,omitempty"`
+	// What a source publishes (direction SOURCE).
+	Source *BridgeSource `protobuf:"bytes,10,opt,name=source,proto3" json:"source,omitempty"`
+	// True stops the bridge; a sink's events wait in the log meanwhile.
+	Disabled bool `protobuf:"varint,11,opt,name=disabled,proto3" json:"disabled,omitempty"`
+	// Free text for operators.
+	Description string `protobuf:"bytes,12,opt,name=description,proto3" json:"description,omitempty"`
+	// The connection's secret: the Kafka SASL password, the AMQP or MQTT
+	// password, or the S3 secret access key. Input only: stored sealed with
+	// the mesh's secret key and never returned.
+	Secret string `protobuf:"bytes,13,opt,name=secret,proto3" json:"secret,omitempty"`
+	// True when the bridge has a secret. Output only.
+	SecretSet bool `protobuf:"varint,14,opt,name=secret_set,json=secretSet,proto3" json:"secret_set,omitempty"`
+	// The secret sealed with the mesh's secret key (HERALD_SECRET_KEY): only
+	// the services see it, on Watch. Never returned to clients.
+	SealedSecret string `protobuf:"bytes,15,opt,name=sealed_secret,json=sealedSecret,proto3" json:"sealed_secret,omitempty"`
+	// A source's API key (of application_id, purpose KEY_PURPOSE_BRIDGE),
+	// sealed: the edge publishes with it. Watch only.
+	SealedKey string `protobuf:"bytes,16,opt,name=sealed_key,json=sealedKey,proto3" json:"sealed_key,omitempty"`
+	// Catalog revision of the last change. Output only.
+	Revision int64 `protobuf:"varint,17,opt,name=revision,proto3" json:"revision,omitempty"`
+	// When it was created. Output only.
+	CreateTime    *timestamppb.Timestamp `protobuf:"bytes,18,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Bridge) Reset() {
+	*x = Bridge{}
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[91]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Bridge) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Bridge) ProtoMessage() {}
+
+func (x *Bridge) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[91]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Bridge.ProtoReflect.Descriptor instead.
+func (*Bridge) Descriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{91}
+}
+
+func (x *Bridge) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *Bridge) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Bridge) GetApplicationId() string {
+	if x != nil {
+		return x.ApplicationId
+	}
+	return ""
+}
+
+func (x *Bridge) GetDirection() BridgeDirection {
+	if x != nil {
+		return x.Direction
+	}
+	return BridgeDirection_BRIDGE_DIRECTION_UNSPECIFIED
+}
+
+func (x *Bridge) GetSystem() isBridge_System {
+	if x != nil {
+		return x.System
+	}
+	return nil
+}
+
+func (x *Bridge) GetKafka() *KafkaBridge {
+	if x != nil {
+		if x, ok := x.System.(*Bridge_Kafka); ok {
+			return x.Kafka
+		}
+	}
+	return nil
+}
+
+func (x *Bridge) GetAmqp() *AmqpBridge {
+	if x != nil {
+		if x, ok := x.System.(*Bridge_Amqp); ok {
+			return x.Amqp
+		}
+	}
+	return nil
+}
+
+func (x *Bridge) GetMqtt() *MqttBridge {
+	if x != nil {
+		if x, ok := x.System.(*Bridge_Mqtt); ok {
+			return x.Mqtt
+		}
+	}
+	return nil
+}
+
+func (x *Bridge) GetLake() *LakeBridge {
+	if x != nil {
+		if x, ok := x.System.(*Bridge_Lake); ok {
+			return x.Lake
+		}
+	}
+	return nil
+}
+
+func (x *Bridge) GetSink() *BridgeSink {
+	if x != nil {
+		return x.Sink
+	}
+	return nil
+}
+
+func (x *Bridge) GetSource() *BridgeSource {
+	if x != nil {
+		return x.Source
+	}
+	return nil
+}
+
+func (x *Bridge) GetDisabled() bool {
+	if x != nil {
+		return x.Disabled
+	}
+	return false
+}
+
+func (x *Bridge) GetDescription() string {
+	if x != nil {
+		return x.Description
+	}
+	return ""
+}
+
+func (x *Bridge) GetSecret() string {
+	if x != nil {
+		return x.Secret
+	}
+	return ""
+}
+
+func (x *Bridge) GetSecretSet() bool {
+	if x != nil {
+		return x.SecretSet
+	}
+	return false
+}
+
+func (x *Bridge) GetSealedSecret() string {
+	if x != nil {
+		return x.SealedSecret
+	}
+	return ""
+}
+
+func (x *Bridge) GetSealedKey() string {
+	if x != nil {
+		return x.SealedKey
+	}
+	return ""
+}
+
+func (x *Bridge) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+func (x *Bridge) GetCreateTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreateTime
+	}
+	return nil
+}
+
+type isBridge_System interface {
+	isBridge_System()
+}
+
+type Bridge_Kafka struct {
+	// Apache Kafka.
+	Kafka *KafkaBridge `protobuf:"bytes,5,opt,name=kafka,proto3,oneof"`
+}
+
+type Bridge_Amqp struct {
+	// AMQP 0-9-1 (RabbitMQ).
+	Amqp *AmqpBridge `protobuf:"bytes,6,opt,name=amqp,proto3,oneof"`
+}
+
+type Bridge_Mqtt struct {
+	// MQTT 3.1.1 or 5.
+	Mqtt *MqttBridge `protobuf:"bytes,7,opt,name=mqtt,proto3,oneof"`
+}
+
+type Bridge_Lake struct {
+	// Parquet files in a Hive-partitioned layout (sink only).
+	Lake *LakeBridge `protobuf:"bytes,8,opt,name=lake,proto3,oneof"`
+}
+
+func (*Bridge_Kafka) isBridge_System() {}
+
+func (*Bridge_Amqp) isBridge_System() {}
+
+func (*Bridge_Mqtt) isBridge_System() {}
+
+func (*Bridge_Lake) isBridge_System() {}
+
+// BridgeSink is what a sink bridge delivers.
+type BridgeSink struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Event type names or patterns (billing.*).
+	Types []string `protobuf:"bytes,1,rep,name=types,proto3" json:"types,omitempty"`
+	// Optional CEL filter, as on subscriptions.
+	Filter string `protobuf:"bytes,2,opt,name=filter,proto3" json:"filter,omitempty"`
+	// Where delivery starts; none means from now.
+	Start *StartPosition `protobuf:"bytes,3,opt,name=start,proto3" json:"start,omitempty"`
+	// The delays between attempts of an event the far side refused or did
+	// not confirm (full jitter); its length plus one is the number of
+	// attempts before the event is dead-lettered. Empty: 1s, 10s, 1m, 5m,
+	// 30m, 2h. At most 50 entries, each 10ms to 24h.
+	RetrySchedule []*durationpb.Duration `protobuf:"bytes,4,rep,name=retry_schedule,json=retrySchedule,proto3" json:"retry_schedule,omitempty"`
+	// How the event travels. Default binary.
+	ContentMode BridgeContentMode `protobuf:"varint,5,opt,name=content_mode,json=contentMode,proto3,enum=herald.registry.v1.BridgeContentMode" json:"content_mode,omitempty"`
+	// Render Protobuf and Avro data as JSON (protojson, Avro's JSON
+	// encoding) instead of their binary encoding.
+	JsonData bool `protobuf:"varint,6,opt,name=json_data,json=jsonData,proto3" json:"json_data,omitempty"`
+	// Most events sent and not yet confirmed by the far side: 1 to 10000,
+	// default 1000.
+	MaxInFlight   int32 `protobuf:"varint,7,opt,name=max_in_flight,json=maxInFlight,proto3" json:"max_in_flight,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BridgeSink) Reset() {
+	*x = BridgeSink{}
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[92]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BridgeSink) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BridgeSink) ProtoMessage() {}
+
+func (x *BridgeSink) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[92]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BridgeSink.ProtoReflect.Descriptor instead.
+func (*BridgeSink) Descriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{92}
+}
+
+func (x *BridgeSink) GetTypes() []string {
+	if x != nil {
+		return x.Types
+	}
+	return nil
+}
+
+func (x *BridgeSink) GetFilter() string {
+	if x != nil {
+		return x.Filter
+	}
+	return ""
+}
+
+func (x *BridgeSink) GetStart() *StartPosition {
+	if x != nil {
+		return x.Start
+	}
+	return nil
+}
+
+func (x *BridgeSink) GetRetrySchedule() []*durationpb.Duration {
+	if x != nil {
+		return x.RetrySchedule
+	}
+	return nil
+}
+
+func (x *BridgeSink) GetContentMode() BridgeContentMode {
+	if x != nil {
+		return x.ContentMode
+	}
+	return BridgeContentMode_BRIDGE_CONTENT_MODE_UNSPECIFIED
+}
+
+func (x *BridgeSink) GetJsonData() bool {
+	if x != nil {
+		return x.JsonData
+	}
+	return false
+}
+
+func (x *BridgeSink) GetMaxInFlight() int32 {
+	if x != nil {
+		return x.MaxInFlight
+	}
+	return 0
+}
+
+// BridgeSource is what a source bridge publishes.
+type BridgeSource struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The event type of records that are not CloudEvents (no binding
+	// attributes): their payload becomes the event's data. Records that are
+	// CloudEvents (binary or structured) keep their own type. Required.
+	EventType string `protobuf:"bytes,1,opt,name=event_type,json=eventType,proto3" json:"event_type,omitempty"`
+	// Records published per Publish call: 1 to 500, default 100.
+	BatchSize     int32 `protobuf:"varint,2,opt,name=batch_size,json=batchSize,proto3" json:"batch_size,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BridgeSource) Reset() {
+	*x = BridgeSource{}
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[93]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BridgeSource) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BridgeSource) ProtoMessage() {}
+
+func (x *BridgeSource) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[93]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BridgeSource.ProtoReflect.Descriptor instead.
+func (*BridgeSource) Descriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{93}
+}
+
+func (x *BridgeSource) GetEventType() string {
+	if x != nil {
+		return x.EventType
+	}
+	return ""
+}
+
+func (x *BridgeSource) GetBatchSize() int32 {
+	if x != nil {
+		return x.BatchSize
+	}
+	return 0
+}
+
+// KafkaBridge is a Kafka topic. A sink's record key is the event's
+// partitionkey (else its id), so per-key order holds.
+type KafkaBridge struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Seed brokers, host:port.
+	Brokers []string `protobuf:"bytes,1,rep,name=brokers,proto3" json:"brokers,omitempty"`
+	// The topic.
+	Topic string `protobuf:"bytes,2,opt,name=topic,proto3" json:"topic,omitempty"`
+	// A source's consumer group. Default herald-<bridge name>.
+	Group string `protobuf:"bytes,3,opt,name=group,proto3" json:"group,omitempty"`
+	// SASL: "", PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (password in secret).
+	SaslMechanism string `protobuf:"bytes,4,opt,name=sasl_mechanism,json=saslMechanism,proto3" json:"sasl_mechanism,omitempty"`
+	// SASL user name.
+	Username string `protobuf:"bytes,5,opt,name=username,proto3" json:"username,omitempty"`
+	// Connect with TLS.
+	Tls           bool `protobuf:"varint,6,opt,name=tls,proto3" json:"tls,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *KafkaBridge) Reset() {
+	*x = KafkaBridge{}
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[94]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *KafkaBridge) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*KafkaBridge) ProtoMessage() {}
+
+func (x *KafkaBridge) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[94]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use KafkaBridge.ProtoReflect.Descriptor instead.
+func (*KafkaBridge) Descriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{94}
+}
+
+func (x *KafkaBridge) GetBrokers() []string {
+	if x != nil {
+		return x.Brokers
+	}
+	return nil
+}
+
+func (x *KafkaBridge) GetTopic() string {
+	if x != nil {
+		return x.Topic
+	}
+	return ""
+}
+
+func (x *KafkaBridge) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
+func (x *KafkaBridge) GetSaslMechanism() string {
+	if x != nil {
+		return x.SaslMechanism
+	}
+	return ""
+}
+
+func (x *KafkaBridge) GetUsername() string {
+	if x != nil {
+		return x.Username
+	}
+	return ""
+}
+
+func (x *KafkaBridge) GetTls() bool {
+	if x != nil {
+		return x.Tls
+	}
+	return false
+}
+
+// AmqpBridge is an AMQP 0-9-1 exchange (sink) or queue (source).
+type AmqpBridge struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// amqp:// or amqps:// URL without a password (that is the secret).
+	Url string `protobuf:"bytes,1,opt,name=url,proto3" json:"url,omitempty"`
+	// A sink's exchange (it must exist). Default amq.topic.
+	Exchange string `protobuf:"bytes,2,opt,name=exchange,proto3" json:"exchange,omitempty"`
+	// A sink's routing key; {type} is replaced by the event type. Default
+	// {type}.
+	RoutingKey string `protobuf:"bytes,3,opt,name=routing_key,json=routingKey,proto3" json:"routing_key,omitempty"`
+	// A source's queue (it must exist).
+	Queue         string `protobuf:"bytes,4,opt,name=queue,proto3" json:"queue,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AmqpBridge) Reset() {
+	*x = AmqpBridge{}
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[95]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AmqpBridge) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AmqpBridge) ProtoMessage() {}
+
+func (x *AmqpBridge) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[95]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AmqpBridge.ProtoReflect.Descriptor instead.
+func (*AmqpBridge) Descriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{95}
+}
+
+func (x *AmqpBridge) GetUrl() string {
+	if x != nil {
+		return x.Url
+	}
+	return ""
+}
+
+func (x *AmqpBridge) GetExchange() string {
+	if x != nil {
+		return x.Exchange
+	}
+	return ""
+}
+
+func (x *AmqpBridge) GetRoutingKey() string {
+	if x != nil {
+		return x.RoutingKey
+	}
+	return ""
+}
+
+func (x *AmqpBridge) GetQueue() string {
+	if x != nil {
+		return x.Queue
+	}
+	return ""
+}
+
+// MqttBridge is an MQTT broker.
+type MqttBridge struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// tcp://host:port, or ssl://host:port.
+	Broker string `protobuf:"bytes,1,opt,name=broker,proto3" json:"broker,omitempty"`
+	// 4 (MQTT 3.1.1) or 5 (default).
+	ProtocolVersion int32 `protobuf:"varint,2,opt,name=protocol_version,json=protocolVersion,proto3" json:"protocol_version,omitempty"`
+	// A sink's topic, where {type} is the event type with dots as slashes
+	// (default herald/{type}); a source's topic filter (required).
+	Topic string `protobuf:"bytes,3,opt,name=topic,proto3" json:"topic,omitempty"`
+	// QoS 1 (default) or 2; 0 is refused (it loses messages).
+	Qos int32 `protobuf:"varint,4,opt,name=qos,proto3" json:"qos,omitempty"`
+	// User name; the password is the secret.
+	Username string `protobuf:"bytes,5,opt,name=username,proto3" json:"username,omitempty"`
+	// Client identifier. Default herald-<bridge name>.
+	ClientId      string `protobuf:"bytes,6,opt,name=client_id,json=clientId,proto3" json:"client_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MqttBridge) Reset() {
+	*x = MqttBridge{}
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[96]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MqttBridge) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MqttBridge) ProtoMessage() {}
+
+func (x *MqttBridge) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[96]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MqttBridge.ProtoReflect.Descriptor instead.
+func (*MqttBridge) Descriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{96}
+}
+
+func (x *MqttBridge) GetBroker() string {
+	if x != nil {
+		return x.Broker
+	}
+	return ""
+}
+
+func (x *MqttBridge) GetProtocolVersion() int32 {
+	if x != nil {
+		return x.ProtocolVersion
+	}
+	return 0
+}
+
+func (x *MqttBridge) GetTopic() string {
+	if x != nil {
+		return x.Topic
+	}
+	return ""
+}
+
+func (x *MqttBridge) GetQos() int32 {
+	if x != nil {
+		return x.Qos
+	}
+	return 0
+}
+
+func (x *MqttBridge) GetUsername() string {
+	if x != nil {
+		return x.Username
+	}
+	return ""
+}
+
+func (x *MqttBridge) GetClientId() string {
+	if x != nil {
+		return x.ClientId
+	}
+	return ""
+}
+
+// LakeBridge writes Parquet files under
+// type=<type>/date=YYYY-MM-DD/hour=HH/, each named after the last cursor it
+// holds, to a directory or an S3-compatible bucket.
+type LakeBridge struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A local directory (absolute path). One of directory or s3.
+	Directory string `protobuf:"bytes,1,opt,name=directory,proto3" json:"directory,omitempty"`
+	// An S3-compatible bucket.
+	S3 *S3Location `protobuf:"bytes,2,opt,name=s3,proto3" json:"s3,omitempty"`
+	// Roll a file at this size: 1 MiB to 1 GiB, default 64 MiB.
+	MaxFileBytes int64 `protobuf:"varint,3,opt,name=max_file_bytes,json=maxFileBytes,proto3" json:"max_file_bytes,omitempty"`
+	// Roll a file at this age: 1s to 24h, default 5 minutes.
+	MaxFileAge    *durationpb.Duration `protobuf:"bytes,4,opt,name=max_file_age,json=maxFileAge,proto3" json:"max_file_age,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LakeBridge) Reset() {
+	*x = LakeBridge{}
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[97]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LakeBridge) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LakeBridge) ProtoMessage() {}
+
+func (x *LakeBridge) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[97]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LakeBridge.ProtoReflect.Descriptor instead.
+func (*LakeBridge) Descriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{97}
+}
+
+func (x *LakeBridge) GetDirectory() string {
+	if x != nil {
+		return x.Directory
+	}
+	return ""
+}
+
+func (x *LakeBridge) GetS3() *S3Location {
+	if x != nil {
+		return x.S3
+	}
+	return nil
+}
+
+func (x *LakeBridge) GetMaxFileBytes() int64 {
+	if x != nil {
+		return x.MaxFileBytes
+	}
+	return 0
+}
+
+func (x *LakeBridge) GetMaxFileAge() *durationpb.Duration {
+	if x != nil {
+		return x.MaxFileAge
+	}
+	return nil
+}
+
+// S3Location is a bucket and prefix of an S3-compatible store.
+type S3Location struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Endpoint URL (https://s3.eu-west-1.amazonaws.com, http://minio:9000).
+	Endpoint string `protobuf:"bytes,1,opt,name=endpoint,proto3" json:"endpoint,omitempty"`
+	// Region. Default us-east-1.
+	Region string `protobuf:"bytes,2,opt,name=region,proto3" json:"region,omitempty"`
+	// The bucket.
+	Bucket string `protobuf:"bytes,3,opt,name=bucket,proto3" json:"bucket,omitempty"`
+	// Key prefix.
+	Prefix string `protobuf:"bytes,4,opt,name=prefix,proto3" json:"prefix,omitempty"`
+	// Access key id; the secret access key is the bridge's secret.
+	AccessKeyId   string `protobuf:"bytes,5,opt,name=access_key_id,json=accessKeyId,proto3" json:"access_key_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *S3Location) Reset() {
+	*x = S3Location{}
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[98]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *S3Location) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*S3Location) ProtoMessage() {}
+
+func (x *S3Location) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[98]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use S3Location.ProtoReflect.Descriptor instead.
+func (*S3Location) Descriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{98}
+}
+
+func (x *S3Location) GetEndpoint() string {
+	if x != nil {
+		return x.Endpoint
+	}
+	return ""
+}
+
+func (x *S3Location) GetRegion() string {
+	if x != nil {
+		return x.Region
+	}
+	return ""
+}
+
+func (x *S3Location) GetBucket() string {
+	if x != nil {
+		return x.Bucket
+	}
+	return ""
+}
+
+func (x *S3Location) GetPrefix() string {
+	if x != nil {
+		return x.Prefix
+	}
+	return ""
+}
+
+func (x *S3Location) GetAccessKeyId() string {
+	if x != nil {
+		return x.AccessKeyId
+	}
+	return ""
+}
+
+// CreateBridgeRequest is the request of CreateBridge.
+type CreateBridgeRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The bridge; id and output-only fields are ignored.
+	Bridge        *Bridge `protobuf:"bytes,1,opt,name=bridge,proto3" json:"bridge,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateBridgeRequest) Reset() {
+	*x = CreateBridgeRequest{}
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[99]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateBridgeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateBridgeRequest) ProtoMessage() {}
+
+func (x *CreateBridgeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[99]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateBridgeRequest.ProtoReflect.Descriptor instead.
+func (*CreateBridgeRequest) Descriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{99}
+}
+
+func (x *CreateBridgeRequest) GetBridge() *Bridge {
+	if x != nil {
+		return x.Bridge
+	}
+	return nil
+}
+
+// CreateBridgeResponse is the response of CreateBridge.
+type CreateBridgeResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The bridge as stored.
+	Bridge        *Bridge `protobuf:"bytes,1,opt,name=bridge,proto3" json:"bridge,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateBridgeResponse) Reset() {
+	*x = CreateBridgeResponse{}
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[100]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateBridgeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateBridgeResponse) ProtoMessage() {}
+
+func (x *CreateBridgeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[100]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateBridgeResponse.ProtoReflect.Descriptor instead.
+func (*CreateBridgeResponse) Descriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{100}
+}
+
+func (x *CreateBridgeResponse) GetBridge() *Bridge {
+	if x != nil {
+		return x.Bridge
+	}
+	return nil
+}
+
+// GetBridgeRequest is the request of GetBridge.
+type GetBridgeRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Its id or name.
+	Id            string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetBridgeRequest) Reset() {
+	*x = GetBridgeRequest{}
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[101]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetBridgeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetBridgeRequest) ProtoMessage() {}
+
+func (x *GetBridgeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[101]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetBridgeRequest.ProtoReflect.Descriptor instead.
+func (*GetBridgeRequest) Descriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{101}
+}
+
+func (x *GetBridgeRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+// GetBridgeResponse is the response of GetBridge.
+type GetBridgeResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The bridge.
+	Bridge        *Bridge `protobuf:"bytes,1,opt,name=bridge,proto3" json:"bridge,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetBridgeResponse) Reset() {
+	*x = GetBridgeResponse{}
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[102]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetBridgeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetBridgeResponse) ProtoMessage() {}
+
+func (x *GetBridgeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[102]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetBridgeResponse.ProtoReflect.Descriptor instead.
+func (*GetBridgeResponse) Descriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{102}
+}
+
+func (x *GetBridgeResponse) GetBridge() *Bridge {
+	if x != nil {
+		return x.Bridge
+	}
+	return nil
+}
+
+// ListBridgesRequest is the request of ListBridges.
+type ListBridgesRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Only this application's bridges, when set.
+	ApplicationId string `protobuf:"bytes,1,opt,name=application_id,json=applicationId,proto3" json:"application_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListBridgesRequest) Reset() {
+	*x = ListBridgesRequest{}
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[103]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListBridgesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListBridgesRequest) ProtoMessage() {}
+
+func (x *ListBridgesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[103]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListBridgesRequest.ProtoReflect.Descriptor instead.
+func (*ListBridgesRequest) Descriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{103}
+}
+
+func (x *ListBridgesRequest) GetApplicationId() string {
+	if x != nil {
+		return x.ApplicationId
+	}
+	return ""
+}
+
+// ListBridgesResponse is the response of ListBridges.
+type ListBridgesResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The bridges, by name.
+	Bridges       []*Bridge `protobuf:"bytes,1,rep,name=bridges,proto3" json:"bridges,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListBridgesResponse) Reset() {
+	*x = ListBridgesResponse{}
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[104]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListBridgesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListBridgesResponse) ProtoMessage() {}
+
+func (x *ListBridgesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[104]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListBridgesResponse.ProtoReflect.Descriptor instead.
+func (*ListBridgesResponse) Descriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{104}
+}
+
+func (x *ListBridgesResponse) GetBridges() []*Bridge {
+	if x != nil {
+		return x.Bridges
+	}
+	return nil
+}
+
+// UpdateBridgeRequest is the request of UpdateBridge.
+type UpdateBridgeRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The bridge with its new values (id set).
+	Bridge *Bridge `protobuf:"bytes,1,opt,name=bridge,proto3" json:"bridge,omitempty"`
+	// Which fields to change: description, disabled, secret, sink.filter,
+	// sink.retry_schedule, sink.max_in_flight, sink.content_mode,
+	// sink.json_data, source.event_type, source.batch_size, or a system
+	// (kafka, amqp, mqtt, lake: replaced whole, of the same system).
+	UpdateMask    []string `protobuf:"bytes,2,rep,name=update_mask,json=updateMask,proto3" json:"update_mask,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateBridgeRequest) Reset() {
+	*x = UpdateBridgeRequest{}
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[105]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateBridgeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateBridgeRequest) ProtoMessage() {}
+
+func (x *UpdateBridgeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[105]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateBridgeRequest.ProtoReflect.Descriptor instead.
+func (*UpdateBridgeRequest) Descriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{105}
+}
+
+func (x *UpdateBridgeRequest) GetBridge() *Bridge {
+	if x != nil {
+		return x.Bridge
+	}
+	return nil
+}
+
+func (x *UpdateBridgeRequest) GetUpdateMask() []string {
+	if x != nil {
+		return x.UpdateMask
+	}
+	return nil
+}
+
+// UpdateBridgeResponse is the response of UpdateBridge.
+type UpdateBridgeResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The bridge as stored.
+	Bridge        *Bridge `protobuf:"bytes,1,opt,name=bridge,proto3" json:"bridge,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateBridgeResponse) Reset() {
+	*x = UpdateBridgeResponse{}
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[106]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateBridgeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateBridgeResponse) ProtoMessage() {}
+
+func (x *UpdateBridgeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[106]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateBridgeResponse.ProtoReflect.Descriptor instead.
+func (*UpdateBridgeResponse) Descriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{106}
+}
+
+func (x *UpdateBridgeResponse) GetBridge() *Bridge {
+	if x != nil {
+		return x.Bridge
+	}
+	return nil
+}
+
+// DeleteBridgeRequest is the request of DeleteBridge.
+type DeleteBridgeRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Its id or name.
+	Id            string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteBridgeRequest) Reset() {
+	*x = DeleteBridgeRequest{}
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[107]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteBridgeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteBridgeRequest) ProtoMessage() {}
+
+func (x *DeleteBridgeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[107]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteBridgeRequest.ProtoReflect.Descriptor instead.
+func (*DeleteBridgeRequest) Descriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{107}
+}
+
+func (x *DeleteBridgeRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+// DeleteBridgeResponse is the response of DeleteBridge.
+type DeleteBridgeResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteBridgeResponse) Reset() {
+	*x = DeleteBridgeResponse{}
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[108]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteBridgeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteBridgeResponse) ProtoMessage() {}
+
+func (x *DeleteBridgeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_herald_registry_v1_registry_proto_msgTypes[108]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteBridgeResponse.ProtoReflect.Descriptor instead.
+func (*DeleteBridgeResponse) Descriptor() ([]byte, []int) {
+	return file_herald_registry_v1_registry_proto_rawDescGZIP(), []int{108}
+}
+
 var File_herald_registry_v1_registry_proto protoreflect.FileDescriptor
 
 const file_herald_registry_v1_registry_proto_rawDesc = "" +
@@ -6485,7 +7908,7 @@ const file_herald_registry_v1_registry_proto_rawDesc = "" +
 	"\bkey_hash\x18\x02 \x01(\tR\akeyHash\"2\n" +
 	"\bDeletion\x12\x12\n" +
 	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x12\n" +
-	"\x04name\x18\x02 \x01(\tR\x04name\"\x8b\x04\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\"\xc1\x04\n" +
 	"\rWatchResponse\x12\x1a\n" +
 	"\brevision\x18\x01 \x01(\x03R\brevision\x12+\n" +
 	"\x11snapshot_complete\x18\x02 \x01(\bR\x10snapshotComplete\x12>\n" +
@@ -6496,7 +7919,9 @@ const file_herald_registry_v1_registry_proto_rawDesc = "" +
 	"\vapplication\x18\x06 \x01(\v2\x1f.herald.registry.v1.ApplicationH\x00R\vapplication\x121\n" +
 	"\x03key\x18\a \x01(\v2\x1d.herald.registry.v1.KeyChangeH\x00R\x03key\x12F\n" +
 	"\fsubscription\x18\b \x01(\v2 .herald.registry.v1.SubscriptionH\x00R\fsubscription\x128\n" +
-	"\adeleted\x18\t \x01(\v2\x1c.herald.registry.v1.DeletionH\x00R\adeletedB\b\n" +
+	"\adeleted\x18\t \x01(\v2\x1c.herald.registry.v1.DeletionH\x00R\adeleted\x124\n" +
+	"\x06bridge\x18\n" +
+	" \x01(\v2\x1a.herald.registry.v1.BridgeH\x00R\x06bridgeB\b\n" +
 	"\x06change\"\xb2\x01\n" +
 	"\x17CreatePortalLinkRequest\x12%\n" +
 	"\x0eapplication_id\x18\x01 \x01(\tR\rapplicationId\x124\n" +
@@ -6523,7 +7948,102 @@ const file_herald_registry_v1_registry_proto_rawDesc = "" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04data\x18\x02 \x01(\tR\x04data\x12\x14\n" +
 	"\x05match\x18\x03 \x01(\bR\x05match\x12\x14\n" +
-	"\x05error\x18\x04 \x01(\tR\x05error*\x85\x02\n" +
+	"\x05error\x18\x04 \x01(\tR\x05error\"\xfb\x05\n" +
+	"\x06Bridge\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12%\n" +
+	"\x0eapplication_id\x18\x03 \x01(\tR\rapplicationId\x12A\n" +
+	"\tdirection\x18\x04 \x01(\x0e2#.herald.registry.v1.BridgeDirectionR\tdirection\x127\n" +
+	"\x05kafka\x18\x05 \x01(\v2\x1f.herald.registry.v1.KafkaBridgeH\x00R\x05kafka\x124\n" +
+	"\x04amqp\x18\x06 \x01(\v2\x1e.herald.registry.v1.AmqpBridgeH\x00R\x04amqp\x124\n" +
+	"\x04mqtt\x18\a \x01(\v2\x1e.herald.registry.v1.MqttBridgeH\x00R\x04mqtt\x124\n" +
+	"\x04lake\x18\b \x01(\v2\x1e.herald.registry.v1.LakeBridgeH\x00R\x04lake\x122\n" +
+	"\x04sink\x18\t \x01(\v2\x1e.herald.registry.v1.BridgeSinkR\x04sink\x128\n" +
+	"\x06source\x18\n" +
+	" \x01(\v2 .herald.registry.v1.BridgeSourceR\x06source\x12\x1a\n" +
+	"\bdisabled\x18\v \x01(\bR\bdisabled\x12 \n" +
+	"\vdescription\x18\f \x01(\tR\vdescription\x12\x16\n" +
+	"\x06secret\x18\r \x01(\tR\x06secret\x12\x1d\n" +
+	"\n" +
+	"secret_set\x18\x0e \x01(\bR\tsecretSet\x12#\n" +
+	"\rsealed_secret\x18\x0f \x01(\tR\fsealedSecret\x12\x1d\n" +
+	"\n" +
+	"sealed_key\x18\x10 \x01(\tR\tsealedKey\x12\x1a\n" +
+	"\brevision\x18\x11 \x01(\x03R\brevision\x12;\n" +
+	"\vcreate_time\x18\x12 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"createTimeB\b\n" +
+	"\x06system\"\xc0\x02\n" +
+	"\n" +
+	"BridgeSink\x12\x14\n" +
+	"\x05types\x18\x01 \x03(\tR\x05types\x12\x16\n" +
+	"\x06filter\x18\x02 \x01(\tR\x06filter\x127\n" +
+	"\x05start\x18\x03 \x01(\v2!.herald.registry.v1.StartPositionR\x05start\x12@\n" +
+	"\x0eretry_schedule\x18\x04 \x03(\v2\x19.google.protobuf.DurationR\rretrySchedule\x12H\n" +
+	"\fcontent_mode\x18\x05 \x01(\x0e2%.herald.registry.v1.BridgeContentModeR\vcontentMode\x12\x1b\n" +
+	"\tjson_data\x18\x06 \x01(\bR\bjsonData\x12\"\n" +
+	"\rmax_in_flight\x18\a \x01(\x05R\vmaxInFlight\"L\n" +
+	"\fBridgeSource\x12\x1d\n" +
+	"\n" +
+	"event_type\x18\x01 \x01(\tR\teventType\x12\x1d\n" +
+	"\n" +
+	"batch_size\x18\x02 \x01(\x05R\tbatchSize\"\xa8\x01\n" +
+	"\vKafkaBridge\x12\x18\n" +
+	"\abrokers\x18\x01 \x03(\tR\abrokers\x12\x14\n" +
+	"\x05topic\x18\x02 \x01(\tR\x05topic\x12\x14\n" +
+	"\x05group\x18\x03 \x01(\tR\x05group\x12%\n" +
+	"\x0esasl_mechanism\x18\x04 \x01(\tR\rsaslMechanism\x12\x1a\n" +
+	"\busername\x18\x05 \x01(\tR\busername\x12\x10\n" +
+	"\x03tls\x18\x06 \x01(\bR\x03tls\"q\n" +
+	"\n" +
+	"AmqpBridge\x12\x10\n" +
+	"\x03url\x18\x01 \x01(\tR\x03url\x12\x1a\n" +
+	"\bexchange\x18\x02 \x01(\tR\bexchange\x12\x1f\n" +
+	"\vrouting_key\x18\x03 \x01(\tR\n" +
+	"routingKey\x12\x14\n" +
+	"\x05queue\x18\x04 \x01(\tR\x05queue\"\xb0\x01\n" +
+	"\n" +
+	"MqttBridge\x12\x16\n" +
+	"\x06broker\x18\x01 \x01(\tR\x06broker\x12)\n" +
+	"\x10protocol_version\x18\x02 \x01(\x05R\x0fprotocolVersion\x12\x14\n" +
+	"\x05topic\x18\x03 \x01(\tR\x05topic\x12\x10\n" +
+	"\x03qos\x18\x04 \x01(\x05R\x03qos\x12\x1a\n" +
+	"\busername\x18\x05 \x01(\tR\busername\x12\x1b\n" +
+	"\tclient_id\x18\x06 \x01(\tR\bclientId\"\xbd\x01\n" +
+	"\n" +
+	"LakeBridge\x12\x1c\n" +
+	"\tdirectory\x18\x01 \x01(\tR\tdirectory\x12.\n" +
+	"\x02s3\x18\x02 \x01(\v2\x1e.herald.registry.v1.S3LocationR\x02s3\x12$\n" +
+	"\x0emax_file_bytes\x18\x03 \x01(\x03R\fmaxFileBytes\x12;\n" +
+	"\fmax_file_age\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\n" +
+	"maxFileAge\"\x94\x01\n" +
+	"\n" +
+	"S3Location\x12\x1a\n" +
+	"\bendpoint\x18\x01 \x01(\tR\bendpoint\x12\x16\n" +
+	"\x06region\x18\x02 \x01(\tR\x06region\x12\x16\n" +
+	"\x06bucket\x18\x03 \x01(\tR\x06bucket\x12\x16\n" +
+	"\x06prefix\x18\x04 \x01(\tR\x06prefix\x12\"\n" +
+	"\raccess_key_id\x18\x05 \x01(\tR\vaccessKeyId\"I\n" +
+	"\x13CreateBridgeRequest\x122\n" +
+	"\x06bridge\x18\x01 \x01(\v2\x1a.herald.registry.v1.BridgeR\x06bridge\"J\n" +
+	"\x14CreateBridgeResponse\x122\n" +
+	"\x06bridge\x18\x01 \x01(\v2\x1a.herald.registry.v1.BridgeR\x06bridge\"\"\n" +
+	"\x10GetBridgeRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"G\n" +
+	"\x11GetBridgeResponse\x122\n" +
+	"\x06bridge\x18\x01 \x01(\v2\x1a.herald.registry.v1.BridgeR\x06bridge\";\n" +
+	"\x12ListBridgesRequest\x12%\n" +
+	"\x0eapplication_id\x18\x01 \x01(\tR\rapplicationId\"K\n" +
+	"\x13ListBridgesResponse\x124\n" +
+	"\abridges\x18\x01 \x03(\v2\x1a.herald.registry.v1.BridgeR\abridges\"j\n" +
+	"\x13UpdateBridgeRequest\x122\n" +
+	"\x06bridge\x18\x01 \x01(\v2\x1a.herald.registry.v1.BridgeR\x06bridge\x12\x1f\n" +
+	"\vupdate_mask\x18\x02 \x03(\tR\n" +
+	"updateMask\"J\n" +
+	"\x14UpdateBridgeResponse\x122\n" +
+	"\x06bridge\x18\x01 \x01(\v2\x1a.herald.registry.v1.BridgeR\x06bridge\"%\n" +
+	"\x13DeleteBridgeRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"\x16\n" +
+	"\x14DeleteBridgeResponse*\x85\x02\n" +
 	"\rCompatibility\x12\x1d\n" +
 	"\x19COMPATIBILITY_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12COMPATIBILITY_NONE\x10\x01\x12\x1a\n" +
@@ -6558,11 +8078,12 @@ const file_herald_registry_v1_registry_proto_rawDesc = "" +
 	"\vGrantAction\x12\x1c\n" +
 	"\x18GRANT_ACTION_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14GRANT_ACTION_PUBLISH\x10\x01\x12\x1a\n" +
-	"\x16GRANT_ACTION_SUBSCRIBE\x10\x02*I\n" +
+	"\x16GRANT_ACTION_SUBSCRIBE\x10\x02*a\n" +
 	"\n" +
 	"KeyPurpose\x12\x1b\n" +
 	"\x17KEY_PURPOSE_UNSPECIFIED\x10\x00\x12\x1e\n" +
-	"\x1aKEY_PURPOSE_PORTAL_SESSION\x10\x01*u\n" +
+	"\x1aKEY_PURPOSE_PORTAL_SESSION\x10\x01\x12\x16\n" +
+	"\x12KEY_PURPOSE_BRIDGE\x10\x02*u\n" +
 	"\x0fWebhookOrdering\x12 \n" +
 	"\x1cWEBHOOK_ORDERING_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18WEBHOOK_ORDERING_ORDERED\x10\x01\x12\"\n" +
@@ -6572,7 +8093,14 @@ const file_herald_registry_v1_registry_proto_rawDesc = "" +
 	"\x17WEBHOOK_SIGNING_ED25519\x10\x01*[\n" +
 	"\x12WebhookContentMode\x12$\n" +
 	" WEBHOOK_CONTENT_MODE_UNSPECIFIED\x10\x00\x12\x1f\n" +
-	"\x1bWEBHOOK_CONTENT_MODE_BINARY\x10\x012\x94\x1c\n" +
+	"\x1bWEBHOOK_CONTENT_MODE_BINARY\x10\x01*k\n" +
+	"\x0fBridgeDirection\x12 \n" +
+	"\x1cBRIDGE_DIRECTION_UNSPECIFIED\x10\x00\x12\x19\n" +
+	"\x15BRIDGE_DIRECTION_SINK\x10\x01\x12\x1b\n" +
+	"\x17BRIDGE_DIRECTION_SOURCE\x10\x02*\\\n" +
+	"\x11BridgeContentMode\x12#\n" +
+	"\x1fBRIDGE_CONTENT_MODE_UNSPECIFIED\x10\x00\x12\"\n" +
+	"\x1eBRIDGE_CONTENT_MODE_STRUCTURED\x10\x012\xf7\x1f\n" +
 	"\x0fRegistryService\x12a\n" +
 	"\fCreateDomain\x12'.herald.registry.v1.CreateDomainRequest\x1a(.herald.registry.v1.CreateDomainResponse\x12X\n" +
 	"\tGetDomain\x12$.herald.registry.v1.GetDomainRequest\x1a%.herald.registry.v1.GetDomainResponse\x12^\n" +
@@ -6607,7 +8135,12 @@ const file_herald_registry_v1_registry_proto_rawDesc = "" +
 	"\x11RotateTokenSecret\x12,.herald.registry.v1.RotateTokenSecretRequest\x1a-.herald.registry.v1.RotateTokenSecretResponse\x12m\n" +
 	"\x10CreatePortalLink\x12+.herald.registry.v1.CreatePortalLinkRequest\x1a,.herald.registry.v1.CreatePortalLinkResponse\x12m\n" +
 	"\x10RedeemPortalLink\x12+.herald.registry.v1.RedeemPortalLinkRequest\x1a,.herald.registry.v1.RedeemPortalLinkResponse\x12g\n" +
-	"\x0eEvaluateFilter\x12).herald.registry.v1.EvaluateFilterRequest\x1a*.herald.registry.v1.EvaluateFilterResponse\x12N\n" +
+	"\x0eEvaluateFilter\x12).herald.registry.v1.EvaluateFilterRequest\x1a*.herald.registry.v1.EvaluateFilterResponse\x12a\n" +
+	"\fCreateBridge\x12'.herald.registry.v1.CreateBridgeRequest\x1a(.herald.registry.v1.CreateBridgeResponse\x12X\n" +
+	"\tGetBridge\x12$.herald.registry.v1.GetBridgeRequest\x1a%.herald.registry.v1.GetBridgeResponse\x12^\n" +
+	"\vListBridges\x12&.herald.registry.v1.ListBridgesRequest\x1a'.herald.registry.v1.ListBridgesResponse\x12a\n" +
+	"\fUpdateBridge\x12'.herald.registry.v1.UpdateBridgeRequest\x1a(.herald.registry.v1.UpdateBridgeResponse\x12a\n" +
+	"\fDeleteBridge\x12'.herald.registry.v1.DeleteBridgeRequest\x1a(.herald.registry.v1.DeleteBridgeResponse\x12N\n" +
 	"\x05Watch\x12 .herald.registry.v1.WatchRequest\x1a!.herald.registry.v1.WatchResponse0\x01BDZBgithub.com/heraldmesh/herald/api/gen/herald/registry/v1;registryv1b\x06proto3"
 
 var (
@@ -6622,8 +8155,8 @@ func file_herald_registry_v1_registry_proto_rawDescGZIP() []byte {
 	return file_herald_registry_v1_registry_proto_rawDescData
 }
 
-var file_herald_registry_v1_registry_proto_enumTypes = make([]protoimpl.EnumInfo, 10)
-var file_herald_registry_v1_registry_proto_msgTypes = make([]protoimpl.MessageInfo, 93)
+var file_herald_registry_v1_registry_proto_enumTypes = make([]protoimpl.EnumInfo, 12)
+var file_herald_registry_v1_registry_proto_msgTypes = make([]protoimpl.MessageInfo, 111)
 var file_herald_registry_v1_registry_proto_goTypes = []any{
 	(Compatibility)(0),                  // 0: herald.registry.v1.Compatibility
 	(SchemaFormat)(0),                   // 1: herald.registry.v1.SchemaFormat
@@ -6635,286 +8168,336 @@ var file_herald_registry_v1_registry_proto_goTypes = []any{
 	(WebhookOrdering)(0),                // 7: herald.registry.v1.WebhookOrdering
 	(WebhookSigning)(0),                 // 8: herald.registry.v1.WebhookSigning
 	(WebhookContentMode)(0),             // 9: herald.registry.v1.WebhookContentMode
-	(*ProtobufSchema)(nil),              // 10: herald.registry.v1.ProtobufSchema
-	(*Domain)(nil),                      // 11: herald.registry.v1.Domain
-	(*Product)(nil),                     // 12: herald.registry.v1.Product
-	(*RetentionPolicy)(nil),             // 13: herald.registry.v1.RetentionPolicy
-	(*Example)(nil),                     // 14: herald.registry.v1.Example
-	(*SchemaVersion)(nil),               // 15: herald.registry.v1.SchemaVersion
-	(*EventType)(nil),                   // 16: herald.registry.v1.EventType
-	(*CreateEventTypeRequest)(nil),      // 17: herald.registry.v1.CreateEventTypeRequest
-	(*CreateEventTypeResponse)(nil),     // 18: herald.registry.v1.CreateEventTypeResponse
-	(*GetEventTypeRequest)(nil),         // 19: herald.registry.v1.GetEventTypeRequest
-	(*GetEventTypeResponse)(nil),        // 20: herald.registry.v1.GetEventTypeResponse
-	(*ListEventTypesRequest)(nil),       // 21: herald.registry.v1.ListEventTypesRequest
-	(*ListEventTypesResponse)(nil),      // 22: herald.registry.v1.ListEventTypesResponse
-	(*UpdateEventTypeRequest)(nil),      // 23: herald.registry.v1.UpdateEventTypeRequest
-	(*UpdateEventTypeResponse)(nil),     // 24: herald.registry.v1.UpdateEventTypeResponse
-	(*CreateSchemaVersionRequest)(nil),  // 25: herald.registry.v1.CreateSchemaVersionRequest
-	(*CreateSchemaVersionResponse)(nil), // 26: herald.registry.v1.CreateSchemaVersionResponse
-	(*ListSchemaVersionsRequest)(nil),   // 27: herald.registry.v1.ListSchemaVersionsRequest
-	(*ListSchemaVersionsResponse)(nil),  // 28: herald.registry.v1.ListSchemaVersionsResponse
-	(*CheckCompatibilityRequest)(nil),   // 29: herald.registry.v1.CheckCompatibilityRequest
-	(*CheckCompatibilityResponse)(nil),  // 30: herald.registry.v1.CheckCompatibilityResponse
-	(*CreateDomainRequest)(nil),         // 31: herald.registry.v1.CreateDomainRequest
-	(*CreateDomainResponse)(nil),        // 32: herald.registry.v1.CreateDomainResponse
-	(*GetDomainRequest)(nil),            // 33: herald.registry.v1.GetDomainRequest
-	(*GetDomainResponse)(nil),           // 34: herald.registry.v1.GetDomainResponse
-	(*ListDomainsRequest)(nil),          // 35: herald.registry.v1.ListDomainsRequest
-	(*ListDomainsResponse)(nil),         // 36: herald.registry.v1.ListDomainsResponse
-	(*UpdateDomainRequest)(nil),         // 37: herald.registry.v1.UpdateDomainRequest
-	(*UpdateDomainResponse)(nil),        // 38: herald.registry.v1.UpdateDomainResponse
-	(*CreateProductRequest)(nil),        // 39: herald.registry.v1.CreateProductRequest
-	(*CreateProductResponse)(nil),       // 40: herald.registry.v1.CreateProductResponse
-	(*GetProductRequest)(nil),           // 41: herald.registry.v1.GetProductRequest
-	(*GetProductResponse)(nil),          // 42: herald.registry.v1.GetProductResponse
-	(*ListProductsRequest)(nil),         // 43: herald.registry.v1.ListProductsRequest
-	(*ListProductsResponse)(nil),        // 44: herald.registry.v1.ListProductsResponse
-	(*UpdateProductRequest)(nil),        // 45: herald.registry.v1.UpdateProductRequest
-	(*UpdateProductResponse)(nil),       // 46: herald.registry.v1.UpdateProductResponse
-	(*Application)(nil),                 // 47: herald.registry.v1.Application
-	(*TokenSettings)(nil),               // 48: herald.registry.v1.TokenSettings
-	(*TokenSecret)(nil),                 // 49: herald.registry.v1.TokenSecret
-	(*TokenPublicKey)(nil),              // 50: herald.registry.v1.TokenPublicKey
-	(*PublishLimit)(nil),                // 51: herald.registry.v1.PublishLimit
-	(*Grant)(nil),                       // 52: herald.registry.v1.Grant
-	(*Key)(nil),                         // 53: herald.registry.v1.Key
-	(*CreateApplicationRequest)(nil),    // 54: herald.registry.v1.CreateApplicationRequest
-	(*CreateApplicationResponse)(nil),   // 55: herald.registry.v1.CreateApplicationResponse
-	(*GetApplicationRequest)(nil),       // 56: herald.registry.v1.GetApplicationRequest
-	(*GetApplicationResponse)(nil),      // 57: herald.registry.v1.GetApplicationResponse
-	(*ListApplicationsRequest)(nil),     // 58: herald.registry.v1.ListApplicationsRequest
-	(*ListApplicationsResponse)(nil),    // 59: herald.registry.v1.ListApplicationsResponse
-	(*UpdateApplicationRequest)(nil),    // 60: herald.registry.v1.UpdateApplicationRequest
-	(*UpdateApplicationResponse)(nil),   // 61: herald.registry.v1.UpdateApplicationResponse
-	(*CreateKeyRequest)(nil),            // 62: herald.registry.v1.CreateKeyRequest
-	(*CreateKeyResponse)(nil),           // 63: herald.registry.v1.CreateKeyResponse
-	(*ListKeysRequest)(nil),             // 64: herald.registry.v1.ListKeysRequest
-	(*ListKeysResponse)(nil),            // 65: herald.registry.v1.ListKeysResponse
-	(*RevokeKeyRequest)(nil),            // 66: herald.registry.v1.RevokeKeyRequest
-	(*RevokeKeyResponse)(nil),           // 67: herald.registry.v1.RevokeKeyResponse
-	(*AuthenticateKeyRequest)(nil),      // 68: herald.registry.v1.AuthenticateKeyRequest
-	(*AuthenticateKeyResponse)(nil),     // 69: herald.registry.v1.AuthenticateKeyResponse
-	(*Subscription)(nil),                // 70: herald.registry.v1.Subscription
-	(*DeliveryPolicy)(nil),              // 71: herald.registry.v1.DeliveryPolicy
-	(*WebhookChannel)(nil),              // 72: herald.registry.v1.WebhookChannel
-	(*WebhookSecret)(nil),               // 73: herald.registry.v1.WebhookSecret
-	(*StreamChannel)(nil),               // 74: herald.registry.v1.StreamChannel
-	(*StartPosition)(nil),               // 75: herald.registry.v1.StartPosition
-	(*CreateSubscriptionRequest)(nil),   // 76: herald.registry.v1.CreateSubscriptionRequest
-	(*CreateSubscriptionResponse)(nil),  // 77: herald.registry.v1.CreateSubscriptionResponse
-	(*UpdateSubscriptionRequest)(nil),   // 78: herald.registry.v1.UpdateSubscriptionRequest
-	(*UpdateSubscriptionResponse)(nil),  // 79: herald.registry.v1.UpdateSubscriptionResponse
-	(*RotateWebhookSecretRequest)(nil),  // 80: herald.registry.v1.RotateWebhookSecretRequest
-	(*RotateWebhookSecretResponse)(nil), // 81: herald.registry.v1.RotateWebhookSecretResponse
-	(*RotateTokenSecretRequest)(nil),    // 82: herald.registry.v1.RotateTokenSecretRequest
-	(*RotateTokenSecretResponse)(nil),   // 83: herald.registry.v1.RotateTokenSecretResponse
-	(*GetSubscriptionRequest)(nil),      // 84: herald.registry.v1.GetSubscriptionRequest
-	(*GetSubscriptionResponse)(nil),     // 85: herald.registry.v1.GetSubscriptionResponse
-	(*ListSubscriptionsRequest)(nil),    // 86: herald.registry.v1.ListSubscriptionsRequest
-	(*ListSubscriptionsResponse)(nil),   // 87: herald.registry.v1.ListSubscriptionsResponse
-	(*DeleteSubscriptionRequest)(nil),   // 88: herald.registry.v1.DeleteSubscriptionRequest
-	(*DeleteSubscriptionResponse)(nil),  // 89: herald.registry.v1.DeleteSubscriptionResponse
-	(*WatchRequest)(nil),                // 90: herald.registry.v1.WatchRequest
-	(*KeyChange)(nil),                   // 91: herald.registry.v1.KeyChange
-	(*Deletion)(nil),                    // 92: herald.registry.v1.Deletion
-	(*WatchResponse)(nil),               // 93: herald.registry.v1.WatchResponse
-	(*CreatePortalLinkRequest)(nil),     // 94: herald.registry.v1.CreatePortalLinkRequest
-	(*CreatePortalLinkResponse)(nil),    // 95: herald.registry.v1.CreatePortalLinkResponse
-	(*RedeemPortalLinkRequest)(nil),     // 96: herald.registry.v1.RedeemPortalLinkRequest
-	(*RedeemPortalLinkResponse)(nil),    // 97: herald.registry.v1.RedeemPortalLinkResponse
-	(*EvaluateFilterRequest)(nil),       // 98: herald.registry.v1.EvaluateFilterRequest
-	(*EvaluateFilterResponse)(nil),      // 99: herald.registry.v1.EvaluateFilterResponse
-	(*FilterResult)(nil),                // 100: herald.registry.v1.FilterResult
-	nil,                                 // 101: herald.registry.v1.ProtobufSchema.FilesEntry
-	nil,                                 // 102: herald.registry.v1.WebhookChannel.HeadersEntry
-	(*timestamppb.Timestamp)(nil),       // 103: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),         // 104: google.protobuf.Duration
+	(BridgeDirection)(0),                // 10: herald.registry.v1.BridgeDirection
+	(BridgeContentMode)(0),              // 11: herald.registry.v1.BridgeContentMode
+	(*ProtobufSchema)(nil),              // 12: herald.registry.v1.ProtobufSchema
+	(*Domain)(nil),                      // 13: herald.registry.v1.Domain
+	(*Product)(nil),                     // 14: herald.registry.v1.Product
+	(*RetentionPolicy)(nil),             // 15: herald.registry.v1.RetentionPolicy
+	(*Example)(nil),                     // 16: herald.registry.v1.Example
+	(*SchemaVersion)(nil),               // 17: herald.registry.v1.SchemaVersion
+	(*EventType)(nil),                   // 18: herald.registry.v1.EventType
+	(*CreateEventTypeRequest)(nil),      // 19: herald.registry.v1.CreateEventTypeRequest
+	(*CreateEventTypeResponse)(nil),     // 20: herald.registry.v1.CreateEventTypeResponse
+	(*GetEventTypeRequest)(nil),         // 21: herald.registry.v1.GetEventTypeRequest
+	(*GetEventTypeResponse)(nil),        // 22: herald.registry.v1.GetEventTypeResponse
+	(*ListEventTypesRequest)(nil),       // 23: herald.registry.v1.ListEventTypesRequest
+	(*ListEventTypesResponse)(nil),      // 24: herald.registry.v1.ListEventTypesResponse
+	(*UpdateEventTypeRequest)(nil),      // 25: herald.registry.v1.UpdateEventTypeRequest
+	(*UpdateEventTypeResponse)(nil),     // 26: herald.registry.v1.UpdateEventTypeResponse
+	(*CreateSchemaVersionRequest)(nil),  // 27: herald.registry.v1.CreateSchemaVersionRequest
+	(*CreateSchemaVersionResponse)(nil), // 28: herald.registry.v1.CreateSchemaVersionResponse
+	(*ListSchemaVersionsRequest)(nil),   // 29: herald.registry.v1.ListSchemaVersionsRequest
+	(*ListSchemaVersionsResponse)(nil),  // 30: herald.registry.v1.ListSchemaVersionsResponse
+	(*CheckCompatibilityRequest)(nil),   // 31: herald.registry.v1.CheckCompatibilityRequest
+	(*CheckCompatibilityResponse)(nil),  // 32: herald.registry.v1.CheckCompatibilityResponse
+	(*CreateDomainRequest)(nil),         // 33: herald.registry.v1.CreateDomainRequest
+	(*CreateDomainResponse)(nil),        // 34: herald.registry.v1.CreateDomainResponse
+	(*GetDomainRequest)(nil),            // 35: herald.registry.v1.GetDomainRequest
+	(*GetDomainResponse)(nil),           // 36: herald.registry.v1.GetDomainResponse
+	(*ListDomainsRequest)(nil),          // 37: herald.registry.v1.ListDomainsRequest
+	(*ListDomainsResponse)(nil),         // 38: herald.registry.v1.ListDomainsResponse
+	(*UpdateDomainRequest)(nil),         // 39: herald.registry.v1.UpdateDomainRequest
+	(*UpdateDomainResponse)(nil),        // 40: herald.registry.v1.UpdateDomainResponse
+	(*CreateProductRequest)(nil),        // 41: herald.registry.v1.CreateProductRequest
+	(*CreateProductResponse)(nil),       // 42: herald.registry.v1.CreateProductResponse
+	(*GetProductRequest)(nil),           // 43: herald.registry.v1.GetProductRequest
+	(*GetProductResponse)(nil),          // 44: herald.registry.v1.GetProductResponse
+	(*ListProductsRequest)(nil),         // 45: herald.registry.v1.ListProductsRequest
+	(*ListProductsResponse)(nil),        // 46: herald.registry.v1.ListProductsResponse
+	(*UpdateProductRequest)(nil),        // 47: herald.registry.v1.UpdateProductRequest
+	(*UpdateProductResponse)(nil),       // 48: herald.registry.v1.UpdateProductResponse
+	(*Application)(nil),                 // 49: herald.registry.v1.Application
+	(*TokenSettings)(nil),               // 50: herald.registry.v1.TokenSettings
+	(*TokenSecret)(nil),                 // 51: herald.registry.v1.TokenSecret
+	(*TokenPublicKey)(nil),              // 52: herald.registry.v1.TokenPublicKey
+	(*PublishLimit)(nil),                // 53: herald.registry.v1.PublishLimit
+	(*Grant)(nil),                       // 54: herald.registry.v1.Grant
+	(*Key)(nil),                         // 55: herald.registry.v1.Key
+	(*CreateApplicationRequest)(nil),    // 56: herald.registry.v1.CreateApplicationRequest
+	(*CreateApplicationResponse)(nil),   // 57: herald.registry.v1.CreateApplicationResponse
+	(*GetApplicationRequest)(nil),       // 58: herald.registry.v1.GetApplicationRequest
+	(*GetApplicationResponse)(nil),      // 59: herald.registry.v1.GetApplicationResponse
+	(*ListApplicationsRequest)(nil),     // 60: herald.registry.v1.ListApplicationsRequest
+	(*ListApplicationsResponse)(nil),    // 61: herald.registry.v1.ListApplicationsResponse
+	(*UpdateApplicationRequest)(nil),    // 62: herald.registry.v1.UpdateApplicationRequest
+	(*UpdateApplicationResponse)(nil),   // 63: herald.registry.v1.UpdateApplicationResponse
+	(*CreateKeyRequest)(nil),            // 64: herald.registry.v1.CreateKeyRequest
+	(*CreateKeyResponse)(nil),           // 65: herald.registry.v1.CreateKeyResponse
+	(*ListKeysRequest)(nil),             // 66: herald.registry.v1.ListKeysRequest
+	(*ListKeysResponse)(nil),            // 67: herald.registry.v1.ListKeysResponse
+	(*RevokeKeyRequest)(nil),            // 68: herald.registry.v1.RevokeKeyRequest
+	(*RevokeKeyResponse)(nil),           // 69: herald.registry.v1.RevokeKeyResponse
+	(*AuthenticateKeyRequest)(nil),      // 70: herald.registry.v1.AuthenticateKeyRequest
+	(*AuthenticateKeyResponse)(nil),     // 71: herald.registry.v1.AuthenticateKeyResponse
+	(*Subscription)(nil),                // 72: herald.registry.v1.Subscription
+	(*DeliveryPolicy)(nil),              // 73: herald.registry.v1.DeliveryPolicy
+	(*WebhookChannel)(nil),              // 74: herald.registry.v1.WebhookChannel
+	(*WebhookSecret)(nil),               // 75: herald.registry.v1.WebhookSecret
+	(*StreamChannel)(nil),               // 76: herald.registry.v1.StreamChannel
+	(*StartPosition)(nil),               // 77: herald.registry.v1.StartPosition
+	(*CreateSubscriptionRequest)(nil),   // 78: herald.registry.v1.CreateSubscriptionRequest
+	(*CreateSubscriptionResponse)(nil),  // 79: herald.registry.v1.CreateSubscriptionResponse
+	(*UpdateSubscriptionRequest)(nil),   // 80: herald.registry.v1.UpdateSubscriptionRequest
+	(*UpdateSubscriptionResponse)(nil),  // 81: herald.registry.v1.UpdateSubscriptionResponse
+	(*RotateWebhookSecretRequest)(nil),  // 82: herald.registry.v1.RotateWebhookSecretRequest
+	(*RotateWebhookSecretResponse)(nil), // 83: herald.registry.v1.RotateWebhookSecretResponse
+	(*RotateTokenSecretRequest)(nil),    // 84: herald.registry.v1.RotateTokenSecretRequest
+	(*RotateTokenSecretResponse)(nil),   // 85: herald.registry.v1.RotateTokenSecretResponse
+	(*GetSubscriptionRequest)(nil),      // 86: herald.registry.v1.GetSubscriptionRequest
+	(*GetSubscriptionResponse)(nil),     // 87: herald.registry.v1.GetSubscriptionResponse
+	(*ListSubscriptionsRequest)(nil),    // 88: herald.registry.v1.ListSubscriptionsRequest
+	(*ListSubscriptionsResponse)(nil),   // 89: herald.registry.v1.ListSubscriptionsResponse
+	(*DeleteSubscriptionRequest)(nil),   // 90: herald.registry.v1.DeleteSubscriptionRequest
+	(*DeleteSubscriptionResponse)(nil),  // 91: herald.registry.v1.DeleteSubscriptionResponse
+	(*WatchRequest)(nil),                // 92: herald.registry.v1.WatchRequest
+	(*KeyChange)(nil),                   // 93: herald.registry.v1.KeyChange
+	(*Deletion)(nil),                    // 94: herald.registry.v1.Deletion
+	(*WatchResponse)(nil),               // 95: herald.registry.v1.WatchResponse
+	(*CreatePortalLinkRequest)(nil),     // 96: herald.registry.v1.CreatePortalLinkRequest
+	(*CreatePortalLinkResponse)(nil),    // 97: herald.registry.v1.CreatePortalLinkResponse
+	(*RedeemPortalLinkRequest)(nil),     // 98: herald.registry.v1.RedeemPortalLinkRequest
+	(*RedeemPortalLinkResponse)(nil),    // 99: herald.registry.v1.RedeemPortalLinkResponse
+	(*EvaluateFilterRequest)(nil),       // 100: herald.registry.v1.EvaluateFilterRequest
+	(*EvaluateFilterResponse)(nil),      // 101: herald.registry.v1.EvaluateFilterResponse
+	(*FilterResult)(nil),                // 102: herald.registry.v1.FilterResult
+	(*Bridge)(nil),                      // 103: herald.registry.v1.Bridge
+	(*BridgeSink)(nil),                  // 104: herald.registry.v1.BridgeSink
+	(*BridgeSource)(nil),                // 105: herald.registry.v1.BridgeSource
+	(*KafkaBridge)(nil),                 // 106: herald.registry.v1.KafkaBridge
+	(*AmqpBridge)(nil),                  // 107: herald.registry.v1.AmqpBridge
+	(*MqttBridge)(nil),                  // 108: herald.registry.v1.MqttBridge
+	(*LakeBridge)(nil),                  // 109: herald.registry.v1.LakeBridge
+	(*S3Location)(nil),                  // 110: herald.registry.v1.S3Location
+	(*CreateBridgeRequest)(nil),         // 111: herald.registry.v1.CreateBridgeRequest
+	(*CreateBridgeResponse)(nil),        // 112: herald.registry.v1.CreateBridgeResponse
+	(*GetBridgeRequest)(nil),            // 113: herald.registry.v1.GetBridgeRequest
+	(*GetBridgeResponse)(nil),           // 114: herald.registry.v1.GetBridgeResponse
+	(*ListBridgesRequest)(nil),          // 115: herald.registry.v1.ListBridgesRequest
+	(*ListBridgesResponse)(nil),         // 116: herald.registry.v1.ListBridgesResponse
+	(*UpdateBridgeRequest)(nil),         // 117: herald.registry.v1.UpdateBridgeRequest
+	(*UpdateBridgeResponse)(nil),        // 118: herald.registry.v1.UpdateBridgeResponse
+	(*DeleteBridgeRequest)(nil),         // 119: herald.registry.v1.DeleteBridgeRequest
+	(*DeleteBridgeResponse)(nil),        // 120: herald.registry.v1.DeleteBridgeResponse
+	nil,                                 // 121: herald.registry.v1.ProtobufSchema.FilesEntry
+	nil,                                 // 122: herald.registry.v1.WebhookChannel.HeadersEntry
+	(*timestamppb.Timestamp)(nil),       // 123: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),         // 124: google.protobuf.Duration
 }
 var file_herald_registry_v1_registry_proto_depIdxs = []int32{
-	101, // 0: herald.registry.v1.ProtobufSchema.files:type_name -> herald.registry.v1.ProtobufSchema.FilesEntry
-	103, // 1: herald.registry.v1.Domain.create_time:type_name -> google.protobuf.Timestamp
-	103, // 2: herald.registry.v1.Domain.update_time:type_name -> google.protobuf.Timestamp
-	103, // 3: herald.registry.v1.Product.create_time:type_name -> google.protobuf.Timestamp
-	103, // 4: herald.registry.v1.Product.update_time:type_name -> google.protobuf.Timestamp
-	104, // 5: herald.registry.v1.RetentionPolicy.max_age:type_name -> google.protobuf.Duration
-	103, // 6: herald.registry.v1.SchemaVersion.create_time:type_name -> google.protobuf.Timestamp
+	121, // 0: herald.registry.v1.ProtobufSchema.files:type_name -> herald.registry.v1.ProtobufSchema.FilesEntry
+	123, // 1: herald.registry.v1.Domain.create_time:type_name -> google.protobuf.Timestamp
+	123, // 2: herald.registry.v1.Domain.update_time:type_name -> google.protobuf.Timestamp
+	123, // 3: herald.registry.v1.Product.create_time:type_name -> google.protobuf.Timestamp
+	123, // 4: herald.registry.v1.Product.update_time:type_name -> google.protobuf.Timestamp
+	124, // 5: herald.registry.v1.RetentionPolicy.max_age:type_name -> google.protobuf.Duration
+	123, // 6: herald.registry.v1.SchemaVersion.create_time:type_name -> google.protobuf.Timestamp
 	1,   // 7: herald.registry.v1.SchemaVersion.schema_format:type_name -> herald.registry.v1.SchemaFormat
-	10,  // 8: herald.registry.v1.SchemaVersion.protobuf_schema:type_name -> herald.registry.v1.ProtobufSchema
-	103, // 9: herald.registry.v1.EventType.create_time:type_name -> google.protobuf.Timestamp
-	103, // 10: herald.registry.v1.EventType.update_time:type_name -> google.protobuf.Timestamp
+	12,  // 8: herald.registry.v1.SchemaVersion.protobuf_schema:type_name -> herald.registry.v1.ProtobufSchema
+	123, // 9: herald.registry.v1.EventType.create_time:type_name -> google.protobuf.Timestamp
+	123, // 10: herald.registry.v1.EventType.update_time:type_name -> google.protobuf.Timestamp
 	2,   // 11: herald.registry.v1.EventType.visibility:type_name -> herald.registry.v1.Visibility
 	3,   // 12: herald.registry.v1.EventType.lifecycle:type_name -> herald.registry.v1.Lifecycle
-	103, // 13: herald.registry.v1.EventType.sunset_time:type_name -> google.protobuf.Timestamp
-	14,  // 14: herald.registry.v1.EventType.examples:type_name -> herald.registry.v1.Example
-	13,  // 15: herald.registry.v1.EventType.retention:type_name -> herald.registry.v1.RetentionPolicy
+	123, // 13: herald.registry.v1.EventType.sunset_time:type_name -> google.protobuf.Timestamp
+	16,  // 14: herald.registry.v1.EventType.examples:type_name -> herald.registry.v1.Example
+	15,  // 15: herald.registry.v1.EventType.retention:type_name -> herald.registry.v1.RetentionPolicy
 	0,   // 16: herald.registry.v1.EventType.compatibility:type_name -> herald.registry.v1.Compatibility
 	1,   // 17: herald.registry.v1.EventType.schema_format:type_name -> herald.registry.v1.SchemaFormat
-	10,  // 18: herald.registry.v1.EventType.protobuf_schema:type_name -> herald.registry.v1.ProtobufSchema
-	16,  // 19: herald.registry.v1.CreateEventTypeRequest.event_type:type_name -> herald.registry.v1.EventType
-	16,  // 20: herald.registry.v1.CreateEventTypeResponse.event_type:type_name -> herald.registry.v1.EventType
-	16,  // 21: herald.registry.v1.GetEventTypeResponse.event_type:type_name -> herald.registry.v1.EventType
-	16,  // 22: herald.registry.v1.ListEventTypesResponse.event_types:type_name -> herald.registry.v1.EventType
-	16,  // 23: herald.registry.v1.UpdateEventTypeRequest.event_type:type_name -> herald.registry.v1.EventType
-	16,  // 24: herald.registry.v1.UpdateEventTypeResponse.event_type:type_name -> herald.registry.v1.EventType
-	10,  // 25: herald.registry.v1.CreateSchemaVersionRequest.protobuf_schema:type_name -> herald.registry.v1.ProtobufSchema
-	15,  // 26: herald.registry.v1.CreateSchemaVersionResponse.schema_version:type_name -> herald.registry.v1.SchemaVersion
-	15,  // 27: herald.registry.v1.ListSchemaVersionsResponse.schema_versions:type_name -> herald.registry.v1.SchemaVersion
-	10,  // 28: herald.registry.v1.CheckCompatibilityRequest.protobuf_schema:type_name -> herald.registry.v1.ProtobufSchema
-	11,  // 29: herald.registry.v1.CreateDomainRequest.domain:type_name -> herald.registry.v1.Domain
-	11,  // 30: herald.registry.v1.CreateDomainResponse.domain:type_name -> herald.registry.v1.Domain
-	11,  // 31: herald.registry.v1.GetDomainResponse.domain:type_name -> herald.registry.v1.Domain
-	11,  // 32: herald.registry.v1.ListDomainsResponse.domains:type_name -> herald.registry.v1.Domain
-	11,  // 33: herald.registry.v1.UpdateDomainRequest.domain:type_name -> herald.registry.v1.Domain
-	11,  // 34: herald.registry.v1.UpdateDomainResponse.domain:type_name -> herald.registry.v1.Domain
-	12,  // 35: herald.registry.v1.CreateProductRequest.product:type_name -> herald.registry.v1.Product
-	12,  // 36: herald.registry.v1.CreateProductResponse.product:type_name -> herald.registry.v1.Product
-	12,  // 37: herald.registry.v1.GetProductResponse.product:type_name -> herald.registry.v1.Product
-	12,  // 38: herald.registry.v1.ListProductsResponse.products:type_name -> herald.registry.v1.Product
-	12,  // 39: herald.registry.v1.UpdateProductRequest.product:type_name -> herald.registry.v1.Product
-	12,  // 40: herald.registry.v1.UpdateProductResponse.product:type_name -> herald.registry.v1.Product
-	103, // 41: herald.registry.v1.Application.create_time:type_name -> google.protobuf.Timestamp
-	52,  // 42: herald.registry.v1.Application.grants:type_name -> herald.registry.v1.Grant
+	12,  // 18: herald.registry.v1.EventType.protobuf_schema:type_name -> herald.registry.v1.ProtobufSchema
+	18,  // 19: herald.registry.v1.CreateEventTypeRequest.event_type:type_name -> herald.registry.v1.EventType
+	18,  // 20: herald.registry.v1.CreateEventTypeResponse.event_type:type_name -> herald.registry.v1.EventType
+	18,  // 21: herald.registry.v1.GetEventTypeResponse.event_type:type_name -> herald.registry.v1.EventType
+	18,  // 22: herald.registry.v1.ListEventTypesResponse.event_types:type_name -> herald.registry.v1.EventType
+	18,  // 23: herald.registry.v1.UpdateEventTypeRequest.event_type:type_name -> herald.registry.v1.EventType
+	18,  // 24: herald.registry.v1.UpdateEventTypeResponse.event_type:type_name -> herald.registry.v1.EventType
+	12,  // 25: herald.registry.v1.CreateSchemaVersionRequest.protobuf_schema:type_name -> herald.registry.v1.ProtobufSchema
+	17,  // 26: herald.registry.v1.CreateSchemaVersionResponse.schema_version:type_name -> herald.registry.v1.SchemaVersion
+	17,  // 27: herald.registry.v1.ListSchemaVersionsResponse.schema_versions:type_name -> herald.registry.v1.SchemaVersion
+	12,  // 28: herald.registry.v1.CheckCompatibilityRequest.protobuf_schema:type_name -> herald.registry.v1.ProtobufSchema
+	13,  // 29: herald.registry.v1.CreateDomainRequest.domain:type_name -> herald.registry.v1.Domain
+	13,  // 30: herald.registry.v1.CreateDomainResponse.domain:type_name -> herald.registry.v1.Domain
+	13,  // 31: herald.registry.v1.GetDomainResponse.domain:type_name -> herald.registry.v1.Domain
+	13,  // 32: herald.registry.v1.ListDomainsResponse.domains:type_name -> herald.registry.v1.Domain
+	13,  // 33: herald.registry.v1.UpdateDomainRequest.domain:type_name -> herald.registry.v1.Domain
+	13,  // 34: herald.registry.v1.UpdateDomainResponse.domain:type_name -> herald.registry.v1.Domain
+	14,  // 35: herald.registry.v1.CreateProductRequest.product:type_name -> herald.registry.v1.Product
+	14,  // 36: herald.registry.v1.CreateProductResponse.product:type_name -> herald.registry.v1.Product
+	14,  // 37: herald.registry.v1.GetProductResponse.product:type_name -> herald.registry.v1.Product
+	14,  // 38: herald.registry.v1.ListProductsResponse.products:type_name -> herald.registry.v1.Product
+	14,  // 39: herald.registry.v1.UpdateProductRequest.product:type_name -> herald.registry.v1.Product
+	14,  // 40: herald.registry.v1.UpdateProductResponse.product:type_name -> herald.registry.v1.Product
+	123, // 41: herald.registry.v1.Application.create_time:type_name -> google.protobuf.Timestamp
+	54,  // 42: herald.registry.v1.Application.grants:type_name -> herald.registry.v1.Grant
 	4,   // 43: herald.registry.v1.Application.audience:type_name -> herald.registry.v1.Audience
-	51,  // 44: herald.registry.v1.Application.publish_limit:type_name -> herald.registry.v1.PublishLimit
-	48,  // 45: herald.registry.v1.Application.token_settings:type_name -> herald.registry.v1.TokenSettings
-	49,  // 46: herald.registry.v1.TokenSettings.secrets:type_name -> herald.registry.v1.TokenSecret
-	50,  // 47: herald.registry.v1.TokenSettings.public_keys:type_name -> herald.registry.v1.TokenPublicKey
-	104, // 48: herald.registry.v1.TokenSettings.max_lifetime:type_name -> google.protobuf.Duration
-	103, // 49: herald.registry.v1.TokenSecret.create_time:type_name -> google.protobuf.Timestamp
-	103, // 50: herald.registry.v1.TokenSecret.expire_time:type_name -> google.protobuf.Timestamp
+	53,  // 44: herald.registry.v1.Application.publish_limit:type_name -> herald.registry.v1.PublishLimit
+	50,  // 45: herald.registry.v1.Application.token_settings:type_name -> herald.registry.v1.TokenSettings
+	51,  // 46: herald.registry.v1.TokenSettings.secrets:type_name -> herald.registry.v1.TokenSecret
+	52,  // 47: herald.registry.v1.TokenSettings.public_keys:type_name -> herald.registry.v1.TokenPublicKey
+	124, // 48: herald.registry.v1.TokenSettings.max_lifetime:type_name -> google.protobuf.Duration
+	123, // 49: herald.registry.v1.TokenSecret.create_time:type_name -> google.protobuf.Timestamp
+	123, // 50: herald.registry.v1.TokenSecret.expire_time:type_name -> google.protobuf.Timestamp
 	5,   // 51: herald.registry.v1.Grant.action:type_name -> herald.registry.v1.GrantAction
-	103, // 52: herald.registry.v1.Key.create_time:type_name -> google.protobuf.Timestamp
-	103, // 53: herald.registry.v1.Key.expire_time:type_name -> google.protobuf.Timestamp
-	103, // 54: herald.registry.v1.Key.revoke_time:type_name -> google.protobuf.Timestamp
+	123, // 52: herald.registry.v1.Key.create_time:type_name -> google.protobuf.Timestamp
+	123, // 53: herald.registry.v1.Key.expire_time:type_name -> google.protobuf.Timestamp
+	123, // 54: herald.registry.v1.Key.revoke_time:type_name -> google.protobuf.Timestamp
 	6,   // 55: herald.registry.v1.Key.purpose:type_name -> herald.registry.v1.KeyPurpose
-	47,  // 56: herald.registry.v1.CreateApplicationRequest.application:type_name -> herald.registry.v1.Application
-	47,  // 57: herald.registry.v1.CreateApplicationResponse.application:type_name -> herald.registry.v1.Application
-	53,  // 58: herald.registry.v1.CreateApplicationResponse.key:type_name -> herald.registry.v1.Key
-	47,  // 59: herald.registry.v1.GetApplicationResponse.application:type_name -> herald.registry.v1.Application
-	47,  // 60: herald.registry.v1.ListApplicationsResponse.applications:type_name -> herald.registry.v1.Application
-	47,  // 61: herald.registry.v1.UpdateApplicationRequest.application:type_name -> herald.registry.v1.Application
-	47,  // 62: herald.registry.v1.UpdateApplicationResponse.application:type_name -> herald.registry.v1.Application
-	104, // 63: herald.registry.v1.CreateKeyRequest.rotate_overlap:type_name -> google.protobuf.Duration
-	53,  // 64: herald.registry.v1.CreateKeyResponse.key:type_name -> herald.registry.v1.Key
-	53,  // 65: herald.registry.v1.ListKeysResponse.keys:type_name -> herald.registry.v1.Key
-	53,  // 66: herald.registry.v1.RevokeKeyResponse.key:type_name -> herald.registry.v1.Key
-	53,  // 67: herald.registry.v1.AuthenticateKeyResponse.key:type_name -> herald.registry.v1.Key
-	72,  // 68: herald.registry.v1.Subscription.webhook:type_name -> herald.registry.v1.WebhookChannel
-	74,  // 69: herald.registry.v1.Subscription.stream:type_name -> herald.registry.v1.StreamChannel
-	75,  // 70: herald.registry.v1.Subscription.start:type_name -> herald.registry.v1.StartPosition
-	103, // 71: herald.registry.v1.Subscription.create_time:type_name -> google.protobuf.Timestamp
-	71,  // 72: herald.registry.v1.Subscription.delivery:type_name -> herald.registry.v1.DeliveryPolicy
-	104, // 73: herald.registry.v1.DeliveryPolicy.ack_timeout:type_name -> google.protobuf.Duration
+	49,  // 56: herald.registry.v1.CreateApplicationRequest.application:type_name -> herald.registry.v1.Application
+	49,  // 57: herald.registry.v1.CreateApplicationResponse.application:type_name -> herald.registry.v1.Application
+	55,  // 58: herald.registry.v1.CreateApplicationResponse.key:type_name -> herald.registry.v1.Key
+	49,  // 59: herald.registry.v1.GetApplicationResponse.application:type_name -> herald.registry.v1.Application
+	49,  // 60: herald.registry.v1.ListApplicationsResponse.applications:type_name -> herald.registry.v1.Application
+	49,  // 61: herald.registry.v1.UpdateApplicationRequest.application:type_name -> herald.registry.v1.Application
+	49,  // 62: herald.registry.v1.UpdateApplicationResponse.application:type_name -> herald.registry.v1.Application
+	124, // 63: herald.registry.v1.CreateKeyRequest.rotate_overlap:type_name -> google.protobuf.Duration
+	55,  // 64: herald.registry.v1.CreateKeyResponse.key:type_name -> herald.registry.v1.Key
+	55,  // 65: herald.registry.v1.ListKeysResponse.keys:type_name -> herald.registry.v1.Key
+	55,  // 66: herald.registry.v1.RevokeKeyResponse.key:type_name -> herald.registry.v1.Key
+	55,  // 67: herald.registry.v1.AuthenticateKeyResponse.key:type_name -> herald.registry.v1.Key
+	74,  // 68: herald.registry.v1.Subscription.webhook:type_name -> herald.registry.v1.WebhookChannel
+	76,  // 69: herald.registry.v1.Subscription.stream:type_name -> herald.registry.v1.StreamChannel
+	77,  // 70: herald.registry.v1.Subscription.start:type_name -> herald.registry.v1.StartPosition
+	123, // 71: herald.registry.v1.Subscription.create_time:type_name -> google.protobuf.Timestamp
+	73,  // 72: herald.registry.v1.Subscription.delivery:type_name -> herald.registry.v1.DeliveryPolicy
+	124, // 73: herald.registry.v1.DeliveryPolicy.ack_timeout:type_name -> google.protobuf.Duration
 	7,   // 74: herald.registry.v1.WebhookChannel.ordering:type_name -> herald.registry.v1.WebhookOrdering
-	102, // 75: herald.registry.v1.WebhookChannel.headers:type_name -> herald.registry.v1.WebhookChannel.HeadersEntry
+	122, // 75: herald.registry.v1.WebhookChannel.headers:type_name -> herald.registry.v1.WebhookChannel.HeadersEntry
 	8,   // 76: herald.registry.v1.WebhookChannel.signing:type_name -> herald.registry.v1.WebhookSigning
 	9,   // 77: herald.registry.v1.WebhookChannel.content_mode:type_name -> herald.registry.v1.WebhookContentMode
-	104, // 78: herald.registry.v1.WebhookChannel.retry_schedule:type_name -> google.protobuf.Duration
-	104, // 79: herald.registry.v1.WebhookChannel.timeout:type_name -> google.protobuf.Duration
-	103, // 80: herald.registry.v1.WebhookChannel.disable_time:type_name -> google.protobuf.Timestamp
-	104, // 81: herald.registry.v1.WebhookChannel.disable_after:type_name -> google.protobuf.Duration
-	73,  // 82: herald.registry.v1.WebhookChannel.secrets:type_name -> herald.registry.v1.WebhookSecret
-	103, // 83: herald.registry.v1.WebhookSecret.create_time:type_name -> google.protobuf.Timestamp
-	103, // 84: herald.registry.v1.WebhookSecret.expire_time:type_name -> google.protobuf.Timestamp
-	103, // 85: herald.registry.v1.StartPosition.time:type_name -> google.protobuf.Timestamp
-	70,  // 86: herald.registry.v1.CreateSubscriptionRequest.subscription:type_name -> herald.registry.v1.Subscription
-	70,  // 87: herald.registry.v1.CreateSubscriptionResponse.subscription:type_name -> herald.registry.v1.Subscription
-	70,  // 88: herald.registry.v1.UpdateSubscriptionRequest.subscription:type_name -> herald.registry.v1.Subscription
-	70,  // 89: herald.registry.v1.UpdateSubscriptionResponse.subscription:type_name -> herald.registry.v1.Subscription
-	104, // 90: herald.registry.v1.RotateWebhookSecretRequest.overlap:type_name -> google.protobuf.Duration
-	70,  // 91: herald.registry.v1.RotateWebhookSecretResponse.subscription:type_name -> herald.registry.v1.Subscription
-	104, // 92: herald.registry.v1.RotateTokenSecretRequest.overlap:type_name -> google.protobuf.Duration
-	47,  // 93: herald.registry.v1.RotateTokenSecretResponse.application:type_name -> herald.registry.v1.Application
-	70,  // 94: herald.registry.v1.GetSubscriptionResponse.subscription:type_name -> herald.registry.v1.Subscription
-	70,  // 95: herald.registry.v1.ListSubscriptionsResponse.subscriptions:type_name -> herald.registry.v1.Subscription
-	53,  // 96: herald.registry.v1.KeyChange.key:type_name -> herald.registry.v1.Key
-	16,  // 97: herald.registry.v1.WatchResponse.event_type:type_name -> herald.registry.v1.EventType
-	11,  // 98: herald.registry.v1.WatchResponse.domain:type_name -> herald.registry.v1.Domain
-	12,  // 99: herald.registry.v1.WatchResponse.product:type_name -> herald.registry.v1.Product
-	47,  // 100: herald.registry.v1.WatchResponse.application:type_name -> herald.registry.v1.Application
-	91,  // 101: herald.registry.v1.WatchResponse.key:type_name -> herald.registry.v1.KeyChange
-	70,  // 102: herald.registry.v1.WatchResponse.subscription:type_name -> herald.registry.v1.Subscription
-	92,  // 103: herald.registry.v1.WatchResponse.deleted:type_name -> herald.registry.v1.Deletion
-	104, // 104: herald.registry.v1.CreatePortalLinkRequest.link_ttl:type_name -> google.protobuf.Duration
-	104, // 105: herald.registry.v1.CreatePortalLinkRequest.session_ttl:type_name -> google.protobuf.Duration
-	103, // 106: herald.registry.v1.CreatePortalLinkResponse.expire_time:type_name -> google.protobuf.Timestamp
-	53,  // 107: herald.registry.v1.RedeemPortalLinkResponse.key:type_name -> herald.registry.v1.Key
-	47,  // 108: herald.registry.v1.RedeemPortalLinkResponse.application:type_name -> herald.registry.v1.Application
-	100, // 109: herald.registry.v1.EvaluateFilterResponse.results:type_name -> herald.registry.v1.FilterResult
-	31,  // 110: herald.registry.v1.RegistryService.CreateDomain:input_type -> herald.registry.v1.CreateDomainRequest
-	33,  // 111: herald.registry.v1.RegistryService.GetDomain:input_type -> herald.registry.v1.GetDomainRequest
-	35,  // 112: herald.registry.v1.RegistryService.ListDomains:input_type -> herald.registry.v1.ListDomainsRequest
-	37,  // 113: herald.registry.v1.RegistryService.UpdateDomain:input_type -> herald.registry.v1.UpdateDomainRequest
-	17,  // 114: herald.registry.v1.RegistryService.CreateEventType:input_type -> herald.registry.v1.CreateEventTypeRequest
-	19,  // 115: herald.registry.v1.RegistryService.GetEventType:input_type -> herald.registry.v1.GetEventTypeRequest
-	21,  // 116: herald.registry.v1.RegistryService.ListEventTypes:input_type -> herald.registry.v1.ListEventTypesRequest
-	23,  // 117: herald.registry.v1.RegistryService.UpdateEventType:input_type -> herald.registry.v1.UpdateEventTypeRequest
-	25,  // 118: herald.registry.v1.RegistryService.CreateSchemaVersion:input_type -> herald.registry.v1.CreateSchemaVersionRequest
-	27,  // 119: herald.registry.v1.RegistryService.ListSchemaVersions:input_type -> herald.registry.v1.ListSchemaVersionsRequest
-	29,  // 120: herald.registry.v1.RegistryService.CheckCompatibility:input_type -> herald.registry.v1.CheckCompatibilityRequest
-	39,  // 121: herald.registry.v1.RegistryService.CreateProduct:input_type -> herald.registry.v1.CreateProductRequest
-	41,  // 122: herald.registry.v1.RegistryService.GetProduct:input_type -> herald.registry.v1.GetProductRequest
-	43,  // 123: herald.registry.v1.RegistryService.ListProducts:input_type -> herald.registry.v1.ListProductsRequest
-	45,  // 124: herald.registry.v1.RegistryService.UpdateProduct:input_type -> herald.registry.v1.UpdateProductRequest
-	54,  // 125: herald.registry.v1.RegistryService.CreateApplication:input_type -> herald.registry.v1.CreateApplicationRequest
-	56,  // 126: herald.registry.v1.RegistryService.GetApplication:input_type -> herald.registry.v1.GetApplicationRequest
-	58,  // 127: herald.registry.v1.RegistryService.ListApplications:input_type -> herald.registry.v1.ListApplicationsRequest
-	60,  // 128: herald.registry.v1.RegistryService.UpdateApplication:input_type -> herald.registry.v1.UpdateApplicationRequest
-	62,  // 129: herald.registry.v1.RegistryService.CreateKey:input_type -> herald.registry.v1.CreateKeyRequest
-	64,  // 130: herald.registry.v1.RegistryService.ListKeys:input_type -> herald.registry.v1.ListKeysRequest
-	66,  // 131: herald.registry.v1.RegistryService.RevokeKey:input_type -> herald.registry.v1.RevokeKeyRequest
-	68,  // 132: herald.registry.v1.RegistryService.AuthenticateKey:input_type -> herald.registry.v1.AuthenticateKeyRequest
-	76,  // 133: herald.registry.v1.RegistryService.CreateSubscription:input_type -> herald.registry.v1.CreateSubscriptionRequest
-	84,  // 134: herald.registry.v1.RegistryService.GetSubscription:input_type -> herald.registry.v1.GetSubscriptionRequest
-	86,  // 135: herald.registry.v1.RegistryService.ListSubscriptions:input_type -> herald.registry.v1.ListSubscriptionsRequest
-	88,  // 136: herald.registry.v1.RegistryService.DeleteSubscription:input_type -> herald.registry.v1.DeleteSubscriptionRequest
-	78,  // 137: herald.registry.v1.RegistryService.UpdateSubscription:input_type -> herald.registry.v1.UpdateSubscriptionRequest
-	80,  // 138: herald.registry.v1.RegistryService.RotateWebhookSecret:input_type -> herald.registry.v1.RotateWebhookSecretRequest
-	82,  // 139: herald.registry.v1.RegistryService.RotateTokenSecret:input_type -> herald.registry.v1.RotateTokenSecretRequest
-	94,  // 140: herald.registry.v1.RegistryService.CreatePortalLink:input_type -> herald.registry.v1.CreatePortalLinkRequest
-	96,  // 141: herald.registry.v1.RegistryService.RedeemPortalLink:input_type -> herald.registry.v1.RedeemPortalLinkRequest
-	98,  // 142: herald.registry.v1.RegistryService.EvaluateFilter:input_type -> herald.registry.v1.EvaluateFilterRequest
-	90,  // 143: herald.registry.v1.RegistryService.Watch:input_type -> herald.registry.v1.WatchRequest
-	32,  // 144: herald.registry.v1.RegistryService.CreateDomain:output_type -> herald.registry.v1.CreateDomainResponse
-	34,  // 145: herald.registry.v1.RegistryService.GetDomain:output_type -> herald.registry.v1.GetDomainResponse
-	36,  // 146: herald.registry.v1.RegistryService.ListDomains:output_type -> herald.registry.v1.ListDomainsResponse
-	38,  // 147: herald.registry.v1.RegistryService.UpdateDomain:output_type -> herald.registry.v1.UpdateDomainResponse
-	18,  // 148: herald.registry.v1.RegistryService.CreateEventType:output_type -> herald.registry.v1.CreateEventTypeResponse
-	20,  // 149: herald.registry.v1.RegistryService.GetEventType:output_type -> herald.registry.v1.GetEventTypeResponse
-	22,  // 150: herald.registry.v1.RegistryService.ListEventTypes:output_type -> herald.registry.v1.ListEventTypesResponse
-	24,  // 151: herald.registry.v1.RegistryService.UpdateEventType:output_type -> herald.registry.v1.UpdateEventTypeResponse
-	26,  // 152: herald.registry.v1.RegistryService.CreateSchemaVersion:output_type -> herald.registry.v1.CreateSchemaVersionResponse
-	28,  // 153: herald.registry.v1.RegistryService.ListSchemaVersions:output_type -> herald.registry.v1.ListSchemaVersionsResponse
-	30,  // 154: herald.registry.v1.RegistryService.CheckCompatibility:output_type -> herald.registry.v1.CheckCompatibilityResponse
-	40,  // 155: herald.registry.v1.RegistryService.CreateProduct:output_type -> herald.registry.v1.CreateProductResponse
-	42,  // 156: herald.registry.v1.RegistryService.GetProduct:output_type -> herald.registry.v1.GetProductResponse
-	44,  // 157: herald.registry.v1.RegistryService.ListProducts:output_type -> herald.registry.v1.ListProductsResponse
-	46,  // 158: herald.registry.v1.RegistryService.UpdateProduct:output_type -> herald.registry.v1.UpdateProductResponse
-	55,  // 159: herald.registry.v1.RegistryService.CreateApplication:output_type -> herald.registry.v1.CreateApplicationResponse
-	57,  // 160: herald.registry.v1.RegistryService.GetApplication:output_type -> herald.registry.v1.GetApplicationResponse
-	59,  // 161: herald.registry.v1.RegistryService.ListApplications:output_type -> herald.registry.v1.ListApplicationsResponse
-	61,  // 162: herald.registry.v1.RegistryService.UpdateApplication:output_type -> herald.registry.v1.UpdateApplicationResponse
-	63,  // 163: herald.registry.v1.RegistryService.CreateKey:output_type -> herald.registry.v1.CreateKeyResponse
-	65,  // 164: herald.registry.v1.RegistryService.ListKeys:output_type -> herald.registry.v1.ListKeysResponse
-	67,  // 165: herald.registry.v1.RegistryService.RevokeKey:output_type -> herald.registry.v1.RevokeKeyResponse
-	69,  // 166: herald.registry.v1.RegistryService.AuthenticateKey:output_type -> herald.registry.v1.AuthenticateKeyResponse
-	77,  // 167: herald.registry.v1.RegistryService.CreateSubscription:output_type -> herald.registry.v1.CreateSubscriptionResponse
-	85,  // 168: herald.registry.v1.RegistryService.GetSubscription:output_type -> herald.registry.v1.GetSubscriptionResponse
-	87,  // 169: herald.registry.v1.RegistryService.ListSubscriptions:output_type -> herald.registry.v1.ListSubscriptionsResponse
-	89,  // 170: herald.registry.v1.RegistryService.DeleteSubscription:output_type -> herald.registry.v1.DeleteSubscriptionResponse
-	79,  // 171: herald.registry.v1.RegistryService.UpdateSubscription:output_type -> herald.registry.v1.UpdateSubscriptionResponse
-	81,  // 172: herald.registry.v1.RegistryService.RotateWebhookSecret:output_type -> herald.registry.v1.RotateWebhookSecretResponse
-	83,  // 173: herald.registry.v1.RegistryService.RotateTokenSecret:output_type -> herald.registry.v1.RotateTokenSecretResponse
-	95,  // 174: herald.registry.v1.RegistryService.CreatePortalLink:output_type -> herald.registry.v1.CreatePortalLinkResponse
-	97,  // 175: herald.registry.v1.RegistryService.RedeemPortalLink:output_type -> herald.registry.v1.RedeemPortalLinkResponse
-	99,  // 176: herald.registry.v1.RegistryService.EvaluateFilter:output_type -> herald.registry.v1.EvaluateFilterResponse
-	93,  // 177: herald.registry.v1.RegistryService.Watch:output_type -> herald.registry.v1.WatchResponse
-	144, // [144:178] is the sub-list for method output_type
-	110, // [110:144] is the sub-list for method input_type
-	110, // [110:110] is the sub-list for extension type_name
-	110, // [110:110] is the sub-list for extension extendee
-	0,   // [0:110] is the sub-list for field type_name
+	124, // 78: herald.registry.v1.WebhookChannel.retry_schedule:type_name -> google.protobuf.Duration
+	124, // 79: herald.registry.v1.WebhookChannel.timeout:type_name -> google.protobuf.Duration
+	123, // 80: herald.registry.v1.WebhookChannel.disable_time:type_name -> google.protobuf.Timestamp
+	124, // 81: herald.registry.v1.WebhookChannel.disable_after:type_name -> google.protobuf.Duration
+	75,  // 82: herald.registry.v1.WebhookChannel.secrets:type_name -> herald.registry.v1.WebhookSecret
+	123, // 83: herald.registry.v1.WebhookSecret.create_time:type_name -> google.protobuf.Timestamp
+	123, // 84: herald.registry.v1.WebhookSecret.expire_time:type_name -> google.protobuf.Timestamp
+	123, // 85: herald.registry.v1.StartPosition.time:type_name -> google.protobuf.Timestamp
+	72,  // 86: herald.registry.v1.CreateSubscriptionRequest.subscription:type_name -> herald.registry.v1.Subscription
+	72,  // 87: herald.registry.v1.CreateSubscriptionResponse.subscription:type_name -> herald.registry.v1.Subscription
+	72,  // 88: herald.registry.v1.UpdateSubscriptionRequest.subscription:type_name -> herald.registry.v1.Subscription
+	72,  // 89: herald.registry.v1.UpdateSubscriptionResponse.subscription:type_name -> herald.registry.v1.Subscription
+	124, // 90: herald.registry.v1.RotateWebhookSecretRequest.overlap:type_name -> google.protobuf.Duration
+	72,  // 91: herald.registry.v1.RotateWebhookSecretResponse.subscription:type_name -> herald.registry.v1.Subscription
+	124, // 92: herald.registry.v1.RotateTokenSecretRequest.overlap:type_name -> google.protobuf.Duration
+	49,  // 93: herald.registry.v1.RotateTokenSecretResponse.application:type_name -> herald.registry.v1.Application
+	72,  // 94: herald.registry.v1.GetSubscriptionResponse.subscription:type_name -> herald.registry.v1.Subscription
+	72,  // 95: herald.registry.v1.ListSubscriptionsResponse.subscriptions:type_name -> herald.registry.v1.Subscription
+	55,  // 96: herald.registry.v1.KeyChange.key:type_name -> herald.registry.v1.Key
+	18,  // 97: herald.registry.v1.WatchResponse.event_type:type_name -> herald.registry.v1.EventType
+	13,  // 98: herald.registry.v1.WatchResponse.domain:type_name -> herald.registry.v1.Domain
+	14,  // 99: herald.registry.v1.WatchResponse.product:type_name -> herald.registry.v1.Product
+	49,  // 100: herald.registry.v1.WatchResponse.application:type_name -> herald.registry.v1.Application
+	93,  // 101: herald.registry.v1.WatchResponse.key:type_name -> herald.registry.v1.KeyChange
+	72,  // 102: herald.registry.v1.WatchResponse.subscription:type_name -> herald.registry.v1.Subscription
+	94,  // 103: herald.registry.v1.WatchResponse.deleted:type_name -> herald.registry.v1.Deletion
+	103, // 104: herald.registry.v1.WatchResponse.bridge:type_name -> herald.registry.v1.Bridge
+	124, // 105: herald.registry.v1.CreatePortalLinkRequest.link_ttl:type_name -> google.protobuf.Duration
+	124, // 106: herald.registry.v1.CreatePortalLinkRequest.session_ttl:type_name -> google.protobuf.Duration
+	123, // 107: herald.registry.v1.CreatePortalLinkResponse.expire_time:type_name -> google.protobuf.Timestamp
+	55,  // 108: herald.registry.v1.RedeemPortalLinkResponse.key:type_name -> herald.registry.v1.Key
+	49,  // 109: herald.registry.v1.RedeemPortalLinkResponse.application:type_name -> herald.registry.v1.Application
+	102, // 110: herald.registry.v1.EvaluateFilterResponse.results:type_name -> herald.registry.v1.FilterResult
+	10,  // 111: herald.registry.v1.Bridge.direction:type_name -> herald.registry.v1.BridgeDirection
+	106, // 112: herald.registry.v1.Bridge.kafka:type_name -> herald.registry.v1.KafkaBridge
+	107, // 113: herald.registry.v1.Bridge.amqp:type_name -> herald.registry.v1.AmqpBridge
+	108, // 114: herald.registry.v1.Bridge.mqtt:type_name -> herald.registry.v1.MqttBridge
+	109, // 115: herald.registry.v1.Bridge.lake:type_name -> herald.registry.v1.LakeBridge
+	104, // 116: herald.registry.v1.Bridge.sink:type_name -> herald.registry.v1.BridgeSink
+	105, // 117: herald.registry.v1.Bridge.source:type_name -> herald.registry.v1.BridgeSource
+	123, // 118: herald.registry.v1.Bridge.create_time:type_name -> google.protobuf.Timestamp
+	77,  // 119: herald.registry.v1.BridgeSink.start:type_name -> herald.registry.v1.StartPosition
+	124, // 120: herald.registry.v1.BridgeSink.retry_schedule:type_name -> google.protobuf.Duration
+	11,  // 121: herald.registry.v1.BridgeSink.content_mode:type_name -> herald.registry.v1.BridgeContentMode
+	110, // 122: herald.registry.v1.LakeBridge.s3:type_name -> herald.registry.v1.S3Location
+	124, // 123: herald.registry.v1.LakeBridge.max_file_age:type_name -> google.protobuf.Duration
+	103, // 124: herald.registry.v1.CreateBridgeRequest.bridge:type_name -> herald.registry.v1.Bridge
+	103, // 125: herald.registry.v1.CreateBridgeResponse.bridge:type_name -> herald.registry.v1.Bridge
+	103, // 126: herald.registry.v1.GetBridgeResponse.bridge:type_name -> herald.registry.v1.Bridge
+	103, // 127: herald.registry.v1.ListBridgesResponse.bridges:type_name -> herald.registry.v1.Bridge
+	103, // 128: herald.registry.v1.UpdateBridgeRequest.bridge:type_name -> herald.registry.v1.Bridge
+	103, // 129: herald.registry.v1.UpdateBridgeResponse.bridge:type_name -> herald.registry.v1.Bridge
+	33,  // 130: herald.registry.v1.RegistryService.CreateDomain:input_type -> herald.registry.v1.CreateDomainRequest
+	35,  // 131: herald.registry.v1.RegistryService.GetDomain:input_type -> herald.registry.v1.GetDomainRequest
+	37,  // 132: herald.registry.v1.RegistryService.ListDomains:input_type -> herald.registry.v1.ListDomainsRequest
+	39,  // 133: herald.registry.v1.RegistryService.UpdateDomain:input_type -> herald.registry.v1.UpdateDomainRequest
+	19,  // 134: herald.registry.v1.RegistryService.CreateEventType:input_type -> herald.registry.v1.CreateEventTypeRequest
+	21,  // 135: herald.registry.v1.RegistryService.GetEventType:input_type -> herald.registry.v1.GetEventTypeRequest
+	23,  // 136: herald.registry.v1.RegistryService.ListEventTypes:input_type -> herald.registry.v1.ListEventTypesRequest
+	25,  // 137: herald.registry.v1.RegistryService.UpdateEventType:input_type -> herald.registry.v1.UpdateEventTypeRequest
+	27,  // 138: herald.registry.v1.RegistryService.CreateSchemaVersion:input_type -> herald.registry.v1.CreateSchemaVersionRequest
+	29,  // 139: herald.registry.v1.RegistryService.ListSchemaVersions:input_type -> herald.registry.v1.ListSchemaVersionsRequest
+	31,  // 140: herald.registry.v1.RegistryService.CheckCompatibility:input_type -> herald.registry.v1.CheckCompatibilityRequest
+	41,  // 141: herald.registry.v1.RegistryService.CreateProduct:input_type -> herald.registry.v1.CreateProductRequest
+	43,  // 142: herald.registry.v1.RegistryService.GetProduct:input_type -> herald.registry.v1.GetProductRequest
+	45,  // 143: herald.registry.v1.RegistryService.ListProducts:input_type -> herald.registry.v1.ListProductsRequest
+	47,  // 144: herald.registry.v1.RegistryService.UpdateProduct:input_type -> herald.registry.v1.UpdateProductRequest
+	56,  // 145: herald.registry.v1.RegistryService.CreateApplication:input_type -> herald.registry.v1.CreateApplicationRequest
+	58,  // 146: herald.registry.v1.RegistryService.GetApplication:input_type -> herald.registry.v1.GetApplicationRequest
+	60,  // 147: herald.registry.v1.RegistryService.ListApplications:input_type -> herald.registry.v1.ListApplicationsRequest
+	62,  // 148: herald.registry.v1.RegistryService.UpdateApplication:input_type -> herald.registry.v1.UpdateApplicationRequest
+	64,  // 149: herald.registry.v1.RegistryService.CreateKey:input_type -> herald.registry.v1.CreateKeyRequest
+	66,  // 150: herald.registry.v1.RegistryService.ListKeys:input_type -> herald.registry.v1.ListKeysRequest
+	68,  // 151: herald.registry.v1.RegistryService.RevokeKey:input_type -> herald.registry.v1.RevokeKeyRequest
+	70,  // 152: herald.registry.v1.RegistryService.AuthenticateKey:input_type -> herald.registry.v1.AuthenticateKeyRequest
+	78,  // 153: herald.registry.v1.RegistryService.CreateSubscription:input_type -> herald.registry.v1.CreateSubscriptionRequest
+	86,  // 154: herald.registry.v1.RegistryService.GetSubscription:input_type -> herald.registry.v1.GetSubscriptionRequest
+	88,  // 155: herald.registry.v1.RegistryService.ListSubscriptions:input_type -> herald.registry.v1.ListSubscriptionsRequest
+	90,  // 156: herald.registry.v1.RegistryService.DeleteSubscription:input_type -> herald.registry.v1.DeleteSubscriptionRequest
+	80,  // 157: herald.registry.v1.RegistryService.UpdateSubscription:input_type -> herald.registry.v1.UpdateSubscriptionRequest
+	82,  // 158: herald.registry.v1.RegistryService.RotateWebhookSecret:input_type -> herald.registry.v1.RotateWebhookSecretRequest
+	84,  // 159: herald.registry.v1.RegistryService.RotateTokenSecret:input_type -> herald.registry.v1.RotateTokenSecretRequest
+	96,  // 160: herald.registry.v1.RegistryService.CreatePortalLink:input_type -> herald.registry.v1.CreatePortalLinkRequest
+	98,  // 161: herald.registry.v1.RegistryService.RedeemPortalLink:input_type -> herald.registry.v1.RedeemPortalLinkRequest
+	100, // 162: herald.registry.v1.RegistryService.EvaluateFilter:input_type -> herald.registry.v1.EvaluateFilterRequest
+	111, // 163: herald.registry.v1.RegistryService.CreateBridge:input_type -> herald.registry.v1.CreateBridgeRequest
+	113, // 164: herald.registry.v1.RegistryService.GetBridge:input_type -> herald.registry.v1.GetBridgeRequest
+	115, // 165: herald.registry.v1.RegistryService.ListBridges:input_type -> herald.registry.v1.ListBridgesRequest
+	117, // 166: herald.registry.v1.RegistryService.UpdateBridge:input_type -> herald.registry.v1.UpdateBridgeRequest
+	119, // 167: herald.registry.v1.RegistryService.DeleteBridge:input_type -> herald.registry.v1.DeleteBridgeRequest
+	92,  // 168: herald.registry.v1.RegistryService.Watch:input_type -> herald.registry.v1.WatchRequest
+	34,  // 169: herald.registry.v1.RegistryService.CreateDomain:output_type -> herald.registry.v1.CreateDomainResponse
+	36,  // 170: herald.registry.v1.RegistryService.GetDomain:output_type -> herald.registry.v1.GetDomainResponse
+	38,  // 171: herald.registry.v1.RegistryService.ListDomains:output_type -> herald.registry.v1.ListDomainsResponse
+	40,  // 172: herald.registry.v1.RegistryService.UpdateDomain:output_type -> herald.registry.v1.UpdateDomainResponse
+	20,  // 173: herald.registry.v1.RegistryService.CreateEventType:output_type -> herald.registry.v1.CreateEventTypeResponse
+	22,  // 174: herald.registry.v1.RegistryService.GetEventType:output_type -> herald.registry.v1.GetEventTypeResponse
+	24,  // 175: herald.registry.v1.RegistryService.ListEventTypes:output_type -> herald.registry.v1.ListEventTypesResponse
+	26,  // 176: herald.registry.v1.RegistryService.UpdateEventType:output_type -> herald.registry.v1.UpdateEventTypeResponse
+	28,  // 177: herald.registry.v1.RegistryService.CreateSchemaVersion:output_type -> herald.registry.v1.CreateSchemaVersionResponse
+	30,  // 178: herald.registry.v1.RegistryService.ListSchemaVersions:output_type -> herald.registry.v1.ListSchemaVersionsResponse
+	32,  // 179: herald.registry.v1.RegistryService.CheckCompatibility:output_type -> herald.registry.v1.CheckCompatibilityResponse
+	42,  // 180: herald.registry.v1.RegistryService.CreateProduct:output_type -> herald.registry.v1.CreateProductResponse
+	44,  // 181: herald.registry.v1.RegistryService.GetProduct:output_type -> herald.registry.v1.GetProductResponse
+	46,  // 182: herald.registry.v1.RegistryService.ListProducts:output_type -> herald.registry.v1.ListProductsResponse
+	48,  // 183: herald.registry.v1.RegistryService.UpdateProduct:output_type -> herald.registry.v1.UpdateProductResponse
+	57,  // 184: herald.registry.v1.RegistryService.CreateApplication:output_type -> herald.registry.v1.CreateApplicationResponse
+	59,  // 185: herald.registry.v1.RegistryService.GetApplication:output_type -> herald.registry.v1.GetApplicationResponse
+	61,  // 186: herald.registry.v1.RegistryService.ListApplications:output_type -> herald.registry.v1.ListApplicationsResponse
+	63,  // 187: herald.registry.v1.RegistryService.UpdateApplication:output_type -> herald.registry.v1.UpdateApplicationResponse
+	65,  // 188: herald.registry.v1.RegistryService.CreateKey:output_type -> herald.registry.v1.CreateKeyResponse
+	67,  // 189: herald.registry.v1.RegistryService.ListKeys:output_type -> herald.registry.v1.ListKeysResponse
+	69,  // 190: herald.registry.v1.RegistryService.RevokeKey:output_type -> herald.registry.v1.RevokeKeyResponse
+	71,  // 191: herald.registry.v1.RegistryService.AuthenticateKey:output_type -> herald.registry.v1.AuthenticateKeyResponse
+	79,  // 192: herald.registry.v1.RegistryService.CreateSubscription:output_type -> herald.registry.v1.CreateSubscriptionResponse
+	87,  // 193: herald.registry.v1.RegistryService.GetSubscription:output_type -> herald.registry.v1.GetSubscriptionResponse
+	89,  // 194: herald.registry.v1.RegistryService.ListSubscriptions:output_type -> herald.registry.v1.ListSubscriptionsResponse
+	91,  // 195: herald.registry.v1.RegistryService.DeleteSubscription:output_type -> herald.registry.v1.DeleteSubscriptionResponse
+	81,  // 196: herald.registry.v1.RegistryService.UpdateSubscription:output_type -> herald.registry.v1.UpdateSubscriptionResponse
+	83,  // 197: herald.registry.v1.RegistryService.RotateWebhookSecret:output_type -> herald.registry.v1.RotateWebhookSecretResponse
+	85,  // 198: herald.registry.v1.RegistryService.RotateTokenSecret:output_type -> herald.registry.v1.RotateTokenSecretResponse
+	97,  // 199: herald.registry.v1.RegistryService.CreatePortalLink:output_type -> herald.registry.v1.CreatePortalLinkResponse
+	99,  // 200: herald.registry.v1.RegistryService.RedeemPortalLink:output_type -> herald.registry.v1.RedeemPortalLinkResponse
+	101, // 201: herald.registry.v1.RegistryService.EvaluateFilter:output_type -> herald.registry.v1.EvaluateFilterResponse
+	112, // 202: herald.registry.v1.RegistryService.CreateBridge:output_type -> herald.registry.v1.CreateBridgeResponse
+	114, // 203: herald.registry.v1.RegistryService.GetBridge:output_type -> herald.registry.v1.GetBridgeResponse
+	116, // 204: herald.registry.v1.RegistryService.ListBridges:output_type -> herald.registry.v1.ListBridgesResponse
+	118, // 205: herald.registry.v1.RegistryService.UpdateBridge:output_type -> herald.registry.v1.UpdateBridgeResponse
+	120, // 206: herald.registry.v1.RegistryService.DeleteBridge:output_type -> herald.registry.v1.DeleteBridgeResponse
+	95,  // 207: herald.registry.v1.RegistryService.Watch:output_type -> herald.registry.v1.WatchResponse
+	169, // [169:208] is the sub-list for method output_type
+	130, // [130:169] is the sub-list for method input_type
+	130, // [130:130] is the sub-list for extension type_name
+	130, // [130:130] is the sub-list for extension extendee
+	0,   // [0:130] is the sub-list for field type_name
 }
 
 func init() { file_herald_registry_v1_registry_proto_init() }
@@ -6938,14 +8521,21 @@ func file_herald_registry_v1_registry_proto_init() {
 		(*WatchResponse_Key)(nil),
 		(*WatchResponse_Subscription)(nil),
 		(*WatchResponse_Deleted)(nil),
+		(*WatchResponse_Bridge)(nil),
+	}
+	file_herald_registry_v1_registry_proto_msgTypes[91].OneofWrappers = []any{
+		(*Bridge_Kafka)(nil),
+		(*Bridge_Amqp)(nil),
+		(*Bridge_Mqtt)(nil),
+		(*Bridge_Lake)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_herald_registry_v1_registry_proto_rawDesc), len(file_herald_registry_v1_registry_proto_rawDesc)),
-			NumEnums:      10,
-			NumMessages:   93,
+			NumEnums:      12,
+			NumMessages:   111,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

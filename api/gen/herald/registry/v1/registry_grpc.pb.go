@@ -52,6 +52,11 @@ const (
 	RegistryService_CreatePortalLink_FullMethodName    = "/herald.registry.v1.RegistryService/CreatePortalLink"
 	RegistryService_RedeemPortalLink_FullMethodName    = "/herald.registry.v1.RegistryService/RedeemPortalLink"
 	RegistryService_EvaluateFilter_FullMethodName      = "/herald.registry.v1.RegistryService/EvaluateFilter"
+	RegistryService_CreateBridge_FullMethodName        = "/herald.registry.v1.RegistryService/CreateBridge"
+	RegistryService_GetBridge_FullMethodName           = "/herald.registry.v1.RegistryService/GetBridge"
+	RegistryService_ListBridges_FullMethodName         = "/herald.registry.v1.RegistryService/ListBridges"
+	RegistryService_UpdateBridge_FullMethodName        = "/herald.registry.v1.RegistryService/UpdateBridge"
+	RegistryService_DeleteBridge_FullMethodName        = "/herald.registry.v1.RegistryService/DeleteBridge"
 	RegistryService_Watch_FullMethodName               = "/herald.registry.v1.RegistryService/Watch"
 )
 
@@ -148,6 +153,18 @@ type RegistryServiceClient interface {
 	// EvaluateFilter compiles a CEL filter and runs it over an event type's
 	// examples (or the data given), as a subscription's filter would run.
 	EvaluateFilter(ctx context.Context, in *EvaluateFilterRequest, opts ...grpc.CallOption) (*EvaluateFilterResponse, error)
+	// CreateBridge connects the mesh to Kafka, AMQP, MQTT or a data lake
+	// (operator only).
+	CreateBridge(ctx context.Context, in *CreateBridgeRequest, opts ...grpc.CallOption) (*CreateBridgeResponse, error)
+	// GetBridge returns one bridge (operator, or its application).
+	GetBridge(ctx context.Context, in *GetBridgeRequest, opts ...grpc.CallOption) (*GetBridgeResponse, error)
+	// ListBridges lists bridges (operator, or an application its own).
+	ListBridges(ctx context.Context, in *ListBridgesRequest, opts ...grpc.CallOption) (*ListBridgesResponse, error)
+	// UpdateBridge changes a bridge (operator only).
+	UpdateBridge(ctx context.Context, in *UpdateBridgeRequest, opts ...grpc.CallOption) (*UpdateBridgeResponse, error)
+	// DeleteBridge removes a bridge; a source's key is revoked with it
+	// (operator only).
+	DeleteBridge(ctx context.Context, in *DeleteBridgeRequest, opts ...grpc.CallOption) (*DeleteBridgeResponse, error)
 	// Watch streams catalog changes after a revision, so that router and edge
 	// keep local caches fresh. From revision 0 it first sends the whole
 	// catalog, then a response with snapshot_complete set, then live changes.
@@ -492,6 +509,56 @@ func (c *registryServiceClient) EvaluateFilter(ctx context.Context, in *Evaluate
 	return out, nil
 }
 
+func (c *registryServiceClient) CreateBridge(ctx context.Context, in *CreateBridgeRequest, opts ...grpc.CallOption) (*CreateBridgeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CreateBridgeResponse)
+	err := c.cc.Invoke(ctx, RegistryService_CreateBridge_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *registryServiceClient) GetBridge(ctx context.Context, in *GetBridgeRequest, opts ...grpc.CallOption) (*GetBridgeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetBridgeResponse)
+	err := c.cc.Invoke(ctx, RegistryService_GetBridge_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *registryServiceClient) ListBridges(ctx context.Context, in *ListBridgesRequest, opts ...grpc.CallOption) (*ListBridgesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListBridgesResponse)
+	err := c.cc.Invoke(ctx, RegistryService_ListBridges_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *registryServiceClient) UpdateBridge(ctx context.Context, in *UpdateBridgeRequest, opts ...grpc.CallOption) (*UpdateBridgeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(UpdateBridgeResponse)
+	err := c.cc.Invoke(ctx, RegistryService_UpdateBridge_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *registryServiceClient) DeleteBridge(ctx context.Context, in *DeleteBridgeRequest, opts ...grpc.CallOption) (*DeleteBridgeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeleteBridgeResponse)
+	err := c.cc.Invoke(ctx, RegistryService_DeleteBridge_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *registryServiceClient) Watch(ctx context.Context, in *WatchRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchResponse], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	stream, err := c.cc.NewStream(ctx, &RegistryService_ServiceDesc.Streams[0], RegistryService_Watch_FullMethodName, cOpts...)
@@ -604,6 +671,18 @@ type RegistryServiceServer interface {
 	// EvaluateFilter compiles a CEL filter and runs it over an event type's
 	// examples (or the data given), as a subscription's filter would run.
 	EvaluateFilter(context.Context, *EvaluateFilterRequest) (*EvaluateFilterResponse, error)
+	// CreateBridge connects the mesh to Kafka, AMQP, MQTT or a data lake
+	// (operator only).
+	CreateBridge(context.Context, *CreateBridgeRequest) (*CreateBridgeResponse, error)
+	// GetBridge returns one bridge (operator, or its application).
+	GetBridge(context.Context, *GetBridgeRequest) (*GetBridgeResponse, error)
+	// ListBridges lists bridges (operator, or an application its own).
+	ListBridges(context.Context, *ListBridgesRequest) (*ListBridgesResponse, error)
+	// UpdateBridge changes a bridge (operator only).
+	UpdateBridge(context.Context, *UpdateBridgeRequest) (*UpdateBridgeResponse, error)
+	// DeleteBridge removes a bridge; a source's key is revoked with it
+	// (operator only).
+	DeleteBridge(context.Context, *DeleteBridgeRequest) (*DeleteBridgeResponse, error)
 	// Watch streams catalog changes after a revision, so that router and edge
 	// keep local caches fresh. From revision 0 it first sends the whole
 	// catalog, then a response with snapshot_complete set, then live changes.
@@ -716,6 +795,21 @@ func (UnimplementedRegistryServiceServer) RedeemPortalLink(context.Context, *Red
 }
 func (UnimplementedRegistryServiceServer) EvaluateFilter(context.Context, *EvaluateFilterRequest) (*EvaluateFilterResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method EvaluateFilter not implemented")
+}
+func (UnimplementedRegistryServiceServer) CreateBridge(context.Context, *CreateBridgeRequest) (*CreateBridgeResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CreateBridge not implemented")
+}
+func (UnimplementedRegistryServiceServer) GetBridge(context.Context, *GetBridgeRequest) (*GetBridgeResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetBridge not implemented")
+}
+func (UnimplementedRegistryServiceServer) ListBridges(context.Context, *ListBridgesRequest) (*ListBridgesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListBridges not implemented")
+}
+func (UnimplementedRegistryServiceServer) UpdateBridge(context.Context, *UpdateBridgeRequest) (*UpdateBridgeResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method UpdateBridge not implemented")
+}
+func (UnimplementedRegistryServiceServer) DeleteBridge(context.Context, *DeleteBridgeRequest) (*DeleteBridgeResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeleteBridge not implemented")
 }
 func (UnimplementedRegistryServiceServer) Watch(*WatchRequest, grpc.ServerStreamingServer[WatchResponse]) error {
 	return status.Error(codes.Unimplemented, "method Watch not implemented")
@@ -1335,6 +1429,96 @@ func _RegistryService_EvaluateFilter_Handler(srv interface{}, ctx context.Contex
 	return interceptor(ctx, in, info, handler)
 }
 
+func _RegistryService_CreateBridge_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CreateBridgeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RegistryServiceServer).CreateBridge(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: RegistryService_CreateBridge_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RegistryServiceServer).CreateBridge(ctx, req.(*CreateBridgeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _RegistryService_GetBridge_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetBridgeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RegistryServiceServer).GetBridge(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: RegistryService_GetBridge_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RegistryServiceServer).GetBridge(ctx, req.(*GetBridgeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _RegistryService_ListBridges_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListBridgesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RegistryServiceServer).ListBridges(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: RegistryService_ListBridges_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RegistryServiceServer).ListBridges(ctx, req.(*ListBridgesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _RegistryService_UpdateBridge_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UpdateBridgeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RegistryServiceServer).UpdateBridge(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: RegistryService_UpdateBridge_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RegistryServiceServer).UpdateBridge(ctx, req.(*UpdateBridgeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _RegistryService_DeleteBridge_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteBridgeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RegistryServiceServer).DeleteBridge(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: RegistryService_DeleteBridge_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RegistryServiceServer).DeleteBridge(ctx, req.(*DeleteBridgeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _RegistryService_Watch_Handler(srv interface{}, stream grpc.ServerStream) error {
 	m := new(WatchRequest)
 	if err := stream.RecvMsg(m); err != nil {
@@ -1484,6 +1668,26 @@ var RegistryService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "EvaluateFilter",
 			Handler:    _RegistryService_EvaluateFilter_Handler,
+		},
+		{
+			MethodName: "CreateBridge",
+			Handler:    _RegistryService_CreateBridge_Handler,
+		},
+		{
+			MethodName: "GetBridge",
+			Handler:    _RegistryService_GetBridge_Handler,
+		},
+		{
+			MethodName: "ListBridges",
+			Handler:    _RegistryService_ListBridges_Handler,
+		},
+		{
+			MethodName: "UpdateBridge",
+			Handler:    _RegistryService_UpdateBridge_Handler,
+		},
+		{
+			MethodName: "DeleteBridge",
+			Handler:    _RegistryService_DeleteBridge_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -132,6 +132,21 @@ const (
 	// RegistryServiceEvaluateFilterProcedure is the fully-qualified name of the RegistryService's
 	// EvaluateFilter RPC.
 	RegistryServiceEvaluateFilterProcedure = "/herald.registry.v1.RegistryService/EvaluateFilter"
+	// RegistryServiceCreateBridgeProcedure is the fully-qualified name of the RegistryService's
+	// CreateBridge RPC.
+	RegistryServiceCreateBridgeProcedure = "/herald.registry.v1.RegistryService/CreateBridge"
+	// RegistryServiceGetBridgeProcedure is the fully-qualified name of the RegistryService's GetBridge
+	// RPC.
+	RegistryServiceGetBridgeProcedure = "/herald.registry.v1.RegistryService/GetBridge"
+	// RegistryServiceListBridgesProcedure is the fully-qualified name of the RegistryService's
+	// ListBridges RPC.
+	RegistryServiceListBridgesProcedure = "/herald.registry.v1.RegistryService/ListBridges"
+	// RegistryServiceUpdateBridgeProcedure is the fully-qualified name of the RegistryService's
+	// UpdateBridge RPC.
+	RegistryServiceUpdateBridgeProcedure = "/herald.registry.v1.RegistryService/UpdateBridge"
+	// RegistryServiceDeleteBridgeProcedure is the fully-qualified name of the RegistryService's
+	// DeleteBridge RPC.
+	RegistryServiceDeleteBridgeProcedure = "/herald.registry.v1.RegistryService/DeleteBridge"
 	// RegistryServiceWatchProcedure is the fully-qualified name of the RegistryService's Watch RPC.
 	RegistryServiceWatchProcedure = "/herald.registry.v1.RegistryService/Watch"
 )
@@ -223,6 +238,18 @@ type RegistryServiceClient interface {
 	// EvaluateFilter compiles a CEL filter and runs it over an event type's
 	// examples (or the data given), as a subscription's filter would run.
 	EvaluateFilter(context.Context, *connect.Request[v1.EvaluateFilterRequest]) (*connect.Response[v1.EvaluateFilterResponse], error)
+	// CreateBridge connects the mesh to Kafka, AMQP, MQTT or a data lake
+	// (operator only).
+	CreateBridge(context.Context, *connect.Request[v1.CreateBridgeRequest]) (*connect.Response[v1.CreateBridgeResponse], error)
+	// GetBridge returns one bridge (operator, or its application).
+	GetBridge(context.Context, *connect.Request[v1.GetBridgeRequest]) (*connect.Response[v1.GetBridgeResponse], error)
+	// ListBridges lists bridges (operator, or an application its own).
+	ListBridges(context.Context, *connect.Request[v1.ListBridgesRequest]) (*connect.Response[v1.ListBridgesResponse], error)
+	// UpdateBridge changes a bridge (operator only).
+	UpdateBridge(context.Context, *connect.Request[v1.UpdateBridgeRequest]) (*connect.Response[v1.UpdateBridgeResponse], error)
+	// DeleteBridge removes a bridge; a source's key is revoked with it
+	// (operator only).
+	DeleteBridge(context.Context, *connect.Request[v1.DeleteBridgeRequest]) (*connect.Response[v1.DeleteBridgeResponse], error)
 	// Watch streams catalog changes after a revision, so that router and edge
 	// keep local caches fresh. From revision 0 it first sends the whole
 	// catalog, then a response with snapshot_complete set, then live changes.
@@ -438,6 +465,36 @@ func NewRegistryServiceClient(httpClient connect.HTTPClient, baseURL string, opt
 			connect.WithSchema(registryServiceMethods.ByName("EvaluateFilter")),
 			connect.WithClientOptions(opts...),
 		),
+		createBridge: connect.NewClient[v1.CreateBridgeRequest, v1.CreateBridgeResponse](
+			httpClient,
+			baseURL+RegistryServiceCreateBridgeProcedure,
+			connect.WithSchema(registryServiceMethods.ByName("CreateBridge")),
+			connect.WithClientOptions(opts...),
+		),
+		getBridge: connect.NewClient[v1.GetBridgeRequest, v1.GetBridgeResponse](
+			httpClient,
+			baseURL+RegistryServiceGetBridgeProcedure,
+			connect.WithSchema(registryServiceMethods.ByName("GetBridge")),
+			connect.WithClientOptions(opts...),
+		),
+		listBridges: connect.NewClient[v1.ListBridgesRequest, v1.ListBridgesResponse](
+			httpClient,
+			baseURL+RegistryServiceListBridgesProcedure,
+			connect.WithSchema(registryServiceMethods.ByName("ListBridges")),
+			connect.WithClientOptions(opts...),
+		),
+		updateBridge: connect.NewClient[v1.UpdateBridgeRequest, v1.UpdateBridgeResponse](
+			httpClient,
+			baseURL+RegistryServiceUpdateBridgeProcedure,
+			connect.WithSchema(registryServiceMethods.ByName("UpdateBridge")),
+			connect.WithClientOptions(opts...),
+		),
+		deleteBridge: connect.NewClient[v1.DeleteBridgeRequest, v1.DeleteBridgeResponse](
+			httpClient,
+			baseURL+RegistryServiceDeleteBridgeProcedure,
+			connect.WithSchema(registryServiceMethods.ByName("DeleteBridge")),
+			connect.WithClientOptions(opts...),
+		),
 		watch: connect.NewClient[v1.WatchRequest, v1.WatchResponse](
 			httpClient,
 			baseURL+RegistryServiceWatchProcedure,
@@ -482,6 +539,11 @@ type registryServiceClient struct {
 	createPortalLink    *connect.Client[v1.CreatePortalLinkRequest, v1.CreatePortalLinkResponse]
 	redeemPortalLink    *connect.Client[v1.RedeemPortalLinkRequest, v1.RedeemPortalLinkResponse]
 	evaluateFilter      *connect.Client[v1.EvaluateFilterRequest, v1.EvaluateFilterResponse]
+	createBridge        *connect.Client[v1.CreateBridgeRequest, v1.CreateBridgeResponse]
+	getBridge           *connect.Client[v1.GetBridgeRequest, v1.GetBridgeResponse]
+	listBridges         *connect.Client[v1.ListBridgesRequest, v1.ListBridgesResponse]
+	updateBridge        *connect.Client[v1.UpdateBridgeRequest, v1.UpdateBridgeResponse]
+	deleteBridge        *connect.Client[v1.DeleteBridgeRequest, v1.DeleteBridgeResponse]
 	watch               *connect.Client[v1.WatchRequest, v1.WatchResponse]
 }
 
@@ -650,6 +712,31 @@ func (c *registryServiceClient) EvaluateFilter(ctx context.Context, req *connect
 	return c.evaluateFilter.CallUnary(ctx, req)
 }
 
+// CreateBridge calls herald.registry.v1.RegistryService.CreateBridge.
+func (c *registryServiceClient) CreateBridge(ctx context.Context, req *connect.Request[v1.CreateBridgeRequest]) (*connect.Response[v1.CreateBridgeResponse], error) {
+	return c.createBridge.CallUnary(ctx, req)
+}
+
+// GetBridge calls herald.registry.v1.RegistryService.GetBridge.
+func (c *registryServiceClient) GetBridge(ctx context.Context, req *connect.Request[v1.GetBridgeRequest]) (*connect.Response[v1.GetBridgeResponse], error) {
+	return c.getBridge.CallUnary(ctx, req)
+}
+
+// ListBridges calls herald.registry.v1.RegistryService.ListBridges.
+func (c *registryServiceClient) ListBridges(ctx context.Context, req *connect.Request[v1.ListBridgesRequest]) (*connect.Response[v1.ListBridgesResponse], error) {
+	return c.listBridges.CallUnary(ctx, req)
+}
+
+// UpdateBridge calls herald.registry.v1.RegistryService.UpdateBridge.
+func (c *registryServiceClient) UpdateBridge(ctx context.Context, req *connect.Request[v1.UpdateBridgeRequest]) (*connect.Response[v1.UpdateBridgeResponse], error) {
+	return c.updateBridge.CallUnary(ctx, req)
+}
+
+// DeleteBridge calls herald.registry.v1.RegistryService.DeleteBridge.
+func (c *registryServiceClient) DeleteBridge(ctx context.Context, req *connect.Request[v1.DeleteBridgeRequest]) (*connect.Response[v1.DeleteBridgeResponse], error) {
+	return c.deleteBridge.CallUnary(ctx, req)
+}
+
 // Watch calls herald.registry.v1.RegistryService.Watch.
 func (c *registryServiceClient) Watch(ctx context.Context, req *connect.Request[v1.WatchRequest]) (*connect.ServerStreamForClient[v1.WatchResponse], error) {
 	return c.watch.CallServerStream(ctx, req)
@@ -742,6 +829,18 @@ type RegistryServiceHandler interface {
 	// EvaluateFilter compiles a CEL filter and runs it over an event type's
 	// examples (or the data given), as a subscription's filter would run.
 	EvaluateFilter(context.Context, *connect.Request[v1.EvaluateFilterRequest]) (*connect.Response[v1.EvaluateFilterResponse], error)
+	// CreateBridge connects the mesh to Kafka, AMQP, MQTT or a data lake
+	// (operator only).
+	CreateBridge(context.Context, *connect.Request[v1.CreateBridgeRequest]) (*connect.Response[v1.CreateBridgeResponse], error)
+	// GetBridge returns one bridge (operator, or its application).
+	GetBridge(context.Context, *connect.Request[v1.GetBridgeRequest]) (*connect.Response[v1.GetBridgeResponse], error)
+	// ListBridges lists bridges (operator, or an application its own).
+	ListBridges(context.Context, *connect.Request[v1.ListBridgesRequest]) (*connect.Response[v1.ListBridgesResponse], error)
+	// UpdateBridge changes a bridge (operator only).
+	UpdateBridge(context.Context, *connect.Request[v1.UpdateBridgeRequest]) (*connect.Response[v1.UpdateBridgeResponse], error)
+	// DeleteBridge removes a bridge; a source's key is revoked with it
+	// (operator only).
+	DeleteBridge(context.Context, *connect.Request[v1.DeleteBridgeRequest]) (*connect.Response[v1.DeleteBridgeResponse], error)
 	// Watch streams catalog changes after a revision, so that router and edge
 	// keep local caches fresh. From revision 0 it first sends the whole
 	// catalog, then a response with snapshot_complete set, then live changes.
@@ -953,6 +1052,36 @@ func NewRegistryServiceHandler(svc RegistryServiceHandler, opts ...connect.Handl
 		connect.WithSchema(registryServiceMethods.ByName("EvaluateFilter")),
 		connect.WithHandlerOptions(opts...),
 	)
+	registryServiceCreateBridgeHandler := connect.NewUnaryHandler(
+		RegistryServiceCreateBridgeProcedure,
+		svc.CreateBridge,
+		connect.WithSchema(registryServiceMethods.ByName("CreateBridge")),
+		connect.WithHandlerOptions(opts...),
+	)
+	registryServiceGetBridgeHandler := connect.NewUnaryHandler(
+		RegistryServiceGetBridgeProcedure,
+		svc.GetBridge,
+		connect.WithSchema(registryServiceMethods.ByName("GetBridge")),
+		connect.WithHandlerOptions(opts...),
+	)
+	registryServiceListBridgesHandler := connect.NewUnaryHandler(
+		RegistryServiceListBridgesProcedure,
+		svc.ListBridges,
+		connect.WithSchema(registryServiceMethods.ByName("ListBridges")),
+		connect.WithHandlerOptions(opts...),
+	)
+	registryServiceUpdateBridgeHandler := connect.NewUnaryHandler(
+		RegistryServiceUpdateBridgeProcedure,
+		svc.UpdateBridge,
+		connect.WithSchema(registryServiceMethods.ByName("UpdateBridge")),
+		connect.WithHandlerOptions(opts...),
+	)
+	registryServiceDeleteBridgeHandler := connect.NewUnaryHandler(
+		RegistryServiceDeleteBridgeProcedure,
+		svc.DeleteBridge,
+		connect.WithSchema(registryServiceMethods.ByName("DeleteBridge")),
+		connect.WithHandlerOptions(opts...),
+	)
 	registryServiceWatchHandler := connect.NewServerStreamHandler(
 		RegistryServiceWatchProcedure,
 		svc.Watch,
@@ -1027,6 +1156,16 @@ func NewRegistryServiceHandler(svc RegistryServiceHandler, opts ...connect.Handl
 			registryServiceRedeemPortalLinkHandler.ServeHTTP(w, r)
 		case RegistryServiceEvaluateFilterProcedure:
 			registryServiceEvaluateFilterHandler.ServeHTTP(w, r)
+		case RegistryServiceCreateBridgeProcedure:
+			registryServiceCreateBridgeHandler.ServeHTTP(w, r)
+		case RegistryServiceGetBridgeProcedure:
+			registryServiceGetBridgeHandler.ServeHTTP(w, r)
+		case RegistryServiceListBridgesProcedure:
+			registryServiceListBridgesHandler.ServeHTTP(w, r)
+		case RegistryServiceUpdateBridgeProcedure:
+			registryServiceUpdateBridgeHandler.ServeHTTP(w, r)
+		case RegistryServiceDeleteBridgeProcedure:
+			registryServiceDeleteBridgeHandler.ServeHTTP(w, r)
 		case RegistryServiceWatchProcedure:
 			registryServiceWatchHandler.ServeHTTP(w, r)
 		default:
@@ -1168,6 +1307,26 @@ func (UnimplementedRegistryServiceHandler) RedeemPortalLink(context.Context, *co
 
 func (UnimplementedRegistryServiceHandler) EvaluateFilter(context.Context, *connect.Request[v1.EvaluateFilterRequest]) (*connect.Response[v1.EvaluateFilterResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("herald.registry.v1.RegistryService.EvaluateFilter is not implemented"))
+}
+
+func (UnimplementedRegistryServiceHandler) CreateBridge(context.Context, *connect.Request[v1.CreateBridgeRequest]) (*connect.Response[v1.CreateBridgeResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("herald.registry.v1.RegistryService.CreateBridge is not implemented"))
+}
+
+func (UnimplementedRegistryServiceHandler) GetBridge(context.Context, *connect.Request[v1.GetBridgeRequest]) (*connect.Response[v1.GetBridgeResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("herald.registry.v1.RegistryService.GetBridge is not implemented"))
+}
+
+func (UnimplementedRegistryServiceHandler) ListBridges(context.Context, *connect.Request[v1.ListBridgesRequest]) (*connect.Response[v1.ListBridgesResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("herald.registry.v1.RegistryService.ListBridges is not implemented"))
+}
+
+func (UnimplementedRegistryServiceHandler) UpdateBridge(context.Context, *connect.Request[v1.UpdateBridgeRequest]) (*connect.Response[v1.UpdateBridgeResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("herald.registry.v1.RegistryService.UpdateBridge is not implemented"))
+}
+
+func (UnimplementedRegistryServiceHandler) DeleteBridge(context.Context, *connect.Request[v1.DeleteBridgeRequest]) (*connect.Response[v1.DeleteBridgeResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("herald.registry.v1.RegistryService.DeleteBridge is not implemented"))
 }
 
 func (UnimplementedRegistryServiceHandler) Watch(context.Context, *connect.Request[v1.WatchRequest], *connect.ServerStream[v1.WatchResponse]) error {
