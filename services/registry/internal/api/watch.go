@@ -109,6 +109,9 @@ func (h *Handler) sendSnapshot(ctx context.Context, stream *connect.ServerStream
 	for _, s := range snap.Subscriptions {
 		msgs = append(msgs, &registryv1.WatchResponse{Revision: rev, Change: &registryv1.WatchResponse_Subscription{Subscription: s}})
 	}
+	for _, b := range snap.Bridges {
+		msgs = append(msgs, &registryv1.WatchResponse{Revision: rev, Change: &registryv1.WatchResponse_Bridge{Bridge: b}})
+	}
 	msgs = append(msgs, &registryv1.WatchResponse{Revision: rev, SnapshotComplete: true})
 	for _, m := range msgs {
 		if err := stream.Send(m); err != nil {

@@ -144,8 +144,9 @@ func (s *Store) CreateKey(ctx context.Context, key *registryv1.Key, keyHash stri
 			return err
 		}
 		for i, old := range keys {
-			// A portal session is not an API key: it ends with its session.
-			if old.GetPurpose() == registryv1.KeyPurpose_KEY_PURPOSE_PORTAL_SESSION ||
+			// A portal session is not an API key: it ends with its session;
+			// a bridge's key ends with its bridge.
+			if old.GetPurpose() == registryv1.KeyPurpose_KEY_PURPOSE_PORTAL_SESSION || old.GetPurpose() == registryv1.KeyPurpose_KEY_PURPOSE_BRIDGE ||
 				old.GetRevokeTime() != nil || (old.GetExpireTime() != nil && !old.GetExpireTime().AsTime().After(until)) {
 				continue
 			}

@@ -43,6 +43,8 @@ type State struct {
 	Keys []*registryv1.KeyChange
 	// Subscriptions in id order.
 	Subscriptions []*registryv1.Subscription
+	// Bridges in id order.
+	Bridges []*registryv1.Bridge
 }
 
 // Snapshot reads the catalog consistently: everything in it is as of
@@ -91,7 +93,7 @@ func (s *Store) State(ctx context.Context) (*State, error) { return s.read(ctx, 
 // withAccess.
 func (s *Store) read(ctx context.Context, withAccess bool) (*State, error) {
 	var rev *redis.StringCmd
-	var domains, types, products, apps, keys, subs *redis.MapStringStringCmd
+	var domains, types, products, apps, keys, subs, bridges *redis.MapStringStringCmd
 	_, err := s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
 		rev = p.Get(ctx, keyRevision)
 		domains = p.HGetAll(ctx, keyDomains)
@@ -101,6 +103,7 @@ func (s *Store) read(ctx context.Context, withAccess bool) (*State, error) {
 		if withAccess {
 			keys = p.HGetAll(ctx, keyKeys)
 			subs = p.HGetAll(ctx, keySubs)
+			bridges = p.HGetAll(ctx, keyBridges)
 		}
 		return nil
 	})
@@ -148,6 +151,10 @@ func (s *Store) read(ctx context.Context, withAccess bool) (*State, error) {
 		return nil, err
 	}
 	sortBy(st.Subscriptions, (*registryv1.Subscription).GetId)
+	if st.Bridges, err = decodeAll(keyBridges, bridges.Val(), func() *registryv1.Bridge { return new(registryv1.Bridge) }); err != nil {
+		return nil, err
+	}
+	sortBy(st.Bridges, (*registryv1.Bridge).GetId)
 	return st, nil
 }
 

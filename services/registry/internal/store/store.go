@@ -21,6 +21,9 @@
 //	herald:registry:subs               hash    subscription id -> Subscription (a webhook endpoint's
 //	                                           secrets only sealed, see platform/secretbox)
 //	herald:registry:app_subs:<app id>  set     ids of the application's subscriptions
+//	herald:registry:bridges            hash    bridge id -> Bridge (its secret and a source's key only
+//	                                           sealed)
+//	herald:registry:bridge_names       hash    bridge name -> bridge id
 //
 // A write that changes several resources (an event type and the domain
 // created for it, a new key and the keys it rotates out) writes one change
@@ -60,6 +63,8 @@ const (
 	keyAppKeysPfx = "herald:registry:app_keys:"
 	keySubs       = "herald:registry:subs"
 	keyAppSubsPfx = "herald:registry:app_subs:"
+	keyBridges    = "herald:registry:bridges"
+	keyBridgeName = "herald:registry:bridge_names"
 	maxAttempts   = 100
 )
 

@@ -6325,7 +6325,9 @@ type Bridge struct {
 	// Catalog revision of the last change. Output only.
 	Revision int64 `protobuf:"varint,17,opt,name=revision,proto3" json:"revision,omitempty"`
 	// When it was created. Output only.
-	CreateTime    *timestamppb.Timestamp `protobuf:"bytes,18,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	CreateTime *timestamppb.Timestamp `protobuf:"bytes,18,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	// The id of a source's key (see sealed_key). Output only.
+	KeyId         string `protobuf:"bytes,19,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -6499,6 +6501,13 @@ func (x *Bridge) GetCreateTime() *timestamppb.Timestamp {
 		return x.CreateTime
 	}
 	return nil
+}
+
+func (x *Bridge) GetKeyId() string {
+	if x != nil {
+		return x.KeyId
+	}
+	return ""
 }
 
 type isBridge_System interface {
@@ -6871,7 +6880,7 @@ type MqttBridge struct {
 	// A sink's topic, where {type} is the event type with dots as slashes
 	// (default herald/{type}); a source's topic filter (required).
 	Topic string `protobuf:"bytes,3,opt,name=topic,proto3" json:"topic,omitempty"`
-	// QoS 1 (default) or 2; 0 is refused (it loses messages).
+	// QoS 1 or 2; unset is 1. QoS 0, which loses messages, is not offered.
 	Qos int32 `protobuf:"varint,4,opt,name=qos,proto3" json:"qos,omitempty"`
 	// User name; the password is the secret.
 	Username string `protobuf:"bytes,5,opt,name=username,proto3" json:"username,omitempty"`
@@ -7948,7 +7957,7 @@ const file_herald_registry_v1_registry_proto_rawDesc = "" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04data\x18\x02 \x01(\tR\x04data\x12\x14\n" +
 	"\x05match\x18\x03 \x01(\bR\x05match\x12\x14\n" +
-	"\x05error\x18\x04 \x01(\tR\x05error\"\xfb\x05\n" +
+	"\x05error\x18\x04 \x01(\tR\x05error\"\x92\x06\n" +
 	"\x06Bridge\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12%\n" +
@@ -7971,7 +7980,8 @@ const file_herald_registry_v1_registry_proto_rawDesc = "" +
 	"sealed_key\x18\x10 \x01(\tR\tsealedKey\x12\x1a\n" +
 	"\brevision\x18\x11 \x01(\x03R\brevision\x12;\n" +
 	"\vcreate_time\x18\x12 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"createTimeB\b\n" +
+	"createTime\x12\x15\n" +
+	"\x06key_id\x18\x13 \x01(\tR\x05keyIdB\b\n" +
 	"\x06system\"\xc0\x02\n" +
 	"\n" +
 	"BridgeSink\x12\x14\n" +
