@@ -58,6 +58,7 @@ type Cache struct {
 	keys     map[string]key // by hex SHA-256 of the secret
 	keyByID  map[string]key // the same keys, by key id
 	subs     map[string]*registryv1.Subscription
+	bridges  map[string]*registryv1.Bridge
 	missing  map[string]time.Time // recently confirmed unknown types
 	revision int64
 	synced   bool
@@ -85,7 +86,7 @@ func New(client registryv1connect.RegistryServiceClient, log *slog.Logger) *Cach
 	return &Cache{
 		client: client, log: log,
 		types: map[string]*Type{}, apps: map[string]*registryv1.Application{}, keys: map[string]key{},
-		subs: map[string]*registryv1.Subscription{}, missing: map[string]time.Time{}, changed: make(chan struct{}),
+		subs: map[string]*registryv1.Subscription{}, bridges: map[string]*registryv1.Bridge{}, missing: map[string]time.Time{}, changed: make(chan struct{}),
 		touched: make(chan struct{}), updated: make(chan struct{}), keyByID: map[string]key{},
 	}
 }
@@ -195,7 +196,7 @@ func (c *Cache) install(snap *Cache, revision int64) {
 			snap.types[name] = old
 		}
 	}
-	c.types, c.apps, c.keys, c.keyByID, c.subs = snap.types, snap.apps, snap.keys, snap.keyByID, snap.subs
+	c.types, c.apps, c.keys, c.keyByID, c.subs, c.bridges = snap.types, snap.apps, snap.keys, snap.keyByID, snap.subs, snap.bridges
 	c.revision = revision
 	c.synced = true
 	close(c.changed)
@@ -317,9 +318,14 @@ func (c *Cache) apply(msg *registryv1.WatchResponse) bool {
 		return true
 	case *registryv1.WatchResponse_Subscription:
 		c.subs[ch.Subscription.GetId()] = ch.Subscription
+	case *registryv1.WatchResponse_Bridge:
+		c.bridges[ch.Bridge.GetId()] = ch.Bridge
 	case *registryv1.WatchResponse_Deleted:
-		if ch.Deleted.GetKind() == "subscription" {
+		switch ch.Deleted.GetKind() {
+		case "subscription":
 			delete(c.subs, ch.Deleted.GetName())
+		case "bridge":
+			delete(c.bridges, ch.Deleted.GetName())
 		}
 	}
 	return false
@@ -439,6 +445,26 @@ func (c *Cache) Subscriptions() []*registryv1.Subscription {
 	}
 	slices.SortFunc(out, func(a, b *registryv1.Subscription) int { return strings.Compare(a.GetId(), b.GetId()) })
 	return out
+}
+
+// Bridges returns the current bridges, by id.
+func (c *Cache) Bridges() []*registryv1.Bridge {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	out := make([]*registryv1.Bridge, 0, len(c.bridges))
+	for _, b := range c.bridges {
+		out = append(out, b)
+	}
+	slices.SortFunc(out, func(a, b *registryv1.Bridge) int { return strings.Compare(a.GetId(), b.GetId()) })
+	return out
+}
+
+// Bridge returns one bridge by id, if the cache has it.
+func (c *Cache) Bridge(id string) (*registryv1.Bridge, bool) {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	b, ok := c.bridges[id]
+	return b, ok
 }
 
 // ErrUnknownSubscription is returned for a subscription the registry does

@@ -23,20 +23,20 @@ import (
 
 // Bridge limits and defaults.
 const (
-	maxBridgeTypes        = 100
-	maxBridgeBrokers      = 20
-	defaultMaxInFlight    = 1000
-	maxMaxInFlight        = 10000
-	defaultSourceBatch    = 100
-	maxSourceBatch        = 500
-	defaultLakeFileBytes  = 64 << 20
-	minLakeFileBytes      = 1 << 20
-	maxLakeFileBytes      = 1 << 30
-	defaultLakeFileAge    = 5 * time.Minute
-	minLakeFileAge        = time.Second
-	maxLakeFileAge        = 24 * time.Hour
-	maxBridgeSecret       = 4096
-	maxBridgeDescription  = 1024
+	maxBridgeTypes       = 100
+	maxBridgeBrokers     = 20
+	defaultMaxInFlight   = 1000
+	maxMaxInFlight       = 10000
+	defaultSourceBatch   = 100
+	maxSourceBatch       = 500
+	defaultLakeFileBytes = 64 << 20
+	minLakeFileBytes     = 1 << 20
+	maxLakeFileBytes     = 1 << 30
+	defaultLakeFileAge   = 5 * time.Minute
+	minLakeFileAge       = time.Second
+	maxLakeFileAge       = 24 * time.Hour
+	maxBridgeSecret      = 4096
+	maxBridgeDescription = 1024
 )
 
 // defaultBridgeRetrySchedule is a sink's retry schedule when none is given:
