@@ -70,6 +70,9 @@ func reasonsKey(subID string) string { return subKey(subID, "reasons") }
 func deadKey(subID string) string    { return subKey(subID, "dead") }
 func deadIdxKey(subID string) string { return subKey(subID, "deadidx") }
 
+// DeadKey is the stream of a subscription's dead letters.
+func DeadKey(subID string) string { return deadKey(subID) }
+
 // ReplayKey is the stream of a subscription's replayed dead letters.
 func ReplayKey(subID string) string { return subKey(subID, "replay") }
 

@@ -26,6 +26,8 @@ const (
 	// for events.
 	DefaultWebhookEndpoints      = 1000
 	DefaultWebhookAppConcurrency = 200
+	// DefaultBridges is how many sink bridges one edge runs at once.
+	DefaultBridges = 100
 	// DefaultWebSubSubscriptions is how many WebSub subscriptions one edge
 	// delivers to at once (each holds a Redis connection while it waits).
 	DefaultWebSubSubscriptions = 1000
@@ -84,6 +86,9 @@ func ConfigFromEnv() (Config, error) {
 	if cfg.WebhookAppConcurrency, err = config.EnvInt("HERALD_EDGE_WEBHOOK_APP_CONCURRENCY"); err != nil {
 		return cfg, err
 	}
+	if cfg.Bridges, err = config.EnvInt("HERALD_EDGE_BRIDGES"); err != nil {
+		return cfg, err
+	}
 	if cfg.WebSubLease, err = config.EnvDuration("HERALD_EDGE_WEBSUB_LEASE"); err != nil {
 		return cfg, err
 	}
@@ -132,6 +137,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.WebhookEndpoints <= 0 {
 		c.WebhookEndpoints = DefaultWebhookEndpoints
+	}
+	if c.Bridges <= 0 {
+		c.Bridges = DefaultBridges
 	}
 	if c.WebhookAppConcurrency <= 0 {
 		c.WebhookAppConcurrency = DefaultWebhookAppConcurrency

@@ -71,6 +71,9 @@ type Config struct {
 	// WebhookEndpoints bounds the webhook endpoints this edge delivers to
 	// at once. Default 1000.
 	WebhookEndpoints int
+	// Bridges bounds the sink bridges this edge runs at once (each holds
+	// a Redis connection while it waits for events).
+	Bridges int
 	// WebhookAppConcurrency caps one application's webhook requests in
 	// flight. Default 200.
 	WebhookAppConcurrency int
@@ -175,6 +178,9 @@ func New(cfg Config) (*Service, error) {
 	}
 	apis := apisJSON(base, cat, links)
 	if err := consumerPortal(base, cat, cfg, webhookAPI, apis); err != nil {
+		return nil, err
+	}
+	if err := bridges(base, cat, cfg); err != nil {
 		return nil, err
 	}
 	if err := browserTokens(base, cat, cfg); err != nil {

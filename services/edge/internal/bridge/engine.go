@@ -50,6 +50,9 @@ type Options struct {
 	// Window is how many deliveries of one sink may be read ahead and
 	// pending at once (beside the sink's own max_in_flight). Default 1000.
 	Window int
+	// MaxBridges bounds the bridges this process runs at once; the others
+	// are left to other edges, or wait for a free slot. Default 100.
+	MaxBridges int
 	// AckTimeout is how long a sink's delivery may stay unacknowledged
 	// before another process takes it over (it is extended while this one
 	// holds it). Default 60s.
@@ -65,6 +68,7 @@ type Engine struct {
 
 	mu      sync.Mutex
 	running map[string]*running
+	slots   chan struct{} // bridges run at once
 
 	delivered *prometheus.CounterVec
 	failed    *prometheus.CounterVec
@@ -92,12 +96,15 @@ func New(o Options) *Engine {
 	if o.AckTimeout <= 0 {
 		o.AckTimeout = time.Minute
 	}
+	if o.MaxBridges <= 0 {
+		o.MaxBridges = 100
+	}
 	var b [6]byte
 	_, _ = rand.Read(b[:])
 	mgr := subscription.NewManager(o.Redis, o.Catalog, o.Log, nil)
 	mgr.External = true // bridges are not subscriptions of the registry's: the engine ends their sessions
 	e := &Engine{
-		o: o, mgr: mgr, holder: "br-" + hex.EncodeToString(b[:]), running: map[string]*running{},
+		o: o, mgr: mgr, holder: "br-" + hex.EncodeToString(b[:]), running: map[string]*running{}, slots: make(chan struct{}, o.MaxBridges),
 		delivered: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "herald_bridge_delivered_total", Help: "Events a sink bridge delivered (confirmed by the far side), by system.",
 		}, []string{"system"}),
@@ -208,18 +215,28 @@ func (e *Engine) run(ctx context.Context, b *registryv1.Bridge) {
 	log := e.o.Log.With("bridge", b.GetName(), "system", SystemOf(b))
 	boff := backoff.New(backoff.Options{Initial: 200 * time.Millisecond, Max: 30 * time.Second})
 	for ctx.Err() == nil {
+		select {
+		case e.slots <- struct{}{}:
+		case <-ctx.Done():
+			return
+		}
 		ok, err := e.lease(ctx, b.GetId(), true)
 		switch {
 		case err != nil:
+			<-e.slots
 			log.Warn("bridge lease", "err", err)
 			backoff.Sleep(ctx, boff.Next())
 			continue
 		case !ok:
+			// Another edge runs it; look again in a while, in case that
+			// one dies.
+			<-e.slots
 			backoff.Sleep(ctx, e.o.LeaseTTL/3)
 			continue
 		}
 		started := time.Now()
 		err = e.whileLeased(ctx, b, log)
+		<-e.slots
 		if ctx.Err() != nil {
 			return
 		}

@@ -246,7 +246,7 @@ func (a *API) Replay(ctx context.Context, req *connect.Request[edgev1.ReplayRequ
 			return nil, unavailable(err)
 		}
 	case *edgev1.ReplayRequest_Range:
-		after, to, err := rangeOf(sel.Range)
+		after, to, err := RangeOf(sel.Range)
 		if err != nil {
 			return nil, err
 		}
@@ -264,8 +264,8 @@ func (a *API) Replay(ctx context.Context, req *connect.Request[edgev1.ReplayRequ
 	return connect.NewResponse(&edgev1.ReplayResponse{Queued: int32(n)}), nil
 }
 
-// rangeOf turns a LogRange into an exclusive start and an inclusive end.
-func rangeOf(r *edgev1.LogRange) (after, to string, err error) {
+// RangeOf turns a LogRange into an exclusive start and an inclusive end.
+func RangeOf(r *edgev1.LogRange) (after, to string, err error) {
 	switch f := r.GetFrom().(type) {
 	case *edgev1.LogRange_AfterCursor:
 		id, err := checkCursor("range.after_cursor", f.AfterCursor)

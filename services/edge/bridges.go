@@ -1,0 +1,50 @@
+package edge
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/heraldmesh/herald/api/gen/herald/edge/v1/edgev1connect"
+	"github.com/heraldmesh/herald/api/gen/herald/router/v1/routerv1connect"
+	"github.com/heraldmesh/herald/platform/catalog"
+	"github.com/heraldmesh/herald/platform/config"
+	"github.com/heraldmesh/herald/platform/rpc"
+	"github.com/heraldmesh/herald/platform/service"
+	"github.com/heraldmesh/herald/services/edge/internal/bridge"
+)
+
+// bridgeSystems are the adapters this edge runs bridges with.
+func bridgeSystems() bridge.Systems {
+	return bridge.Systems{
+		Sinks:   map[string]func(bridge.Config) (bridge.Sink, error){},
+		Sources: map[string]func(bridge.Config) (bridge.Source, error){},
+	}
+}
+
+// bridges sets up the bridge engine and BridgeService.
+func bridges(base *service.Base, cat *catalog.Cache, cfg Config) error {
+	box, _, err := outbound(cfg)
+	if err != nil {
+		return err
+	}
+	// Each sink's consumer blocks on Redis for events: a pool of its own.
+	rdb, err := config.OpenRedis(cfg.RedisURL, cfg.Bridges+16)
+	if err != nil {
+		return fmt.Errorf("edge: %w", err)
+	}
+	routerURL := rpc.BaseURL(cfg.RouterAddr)
+	engine := bridge.New(bridge.Options{
+		Redis: rdb, Catalog: cat, Log: base.Log, Box: box, Metrics: base.Metrics,
+		Router: func(key string) routerv1connect.RouterServiceClient {
+			return routerv1connect.NewRouterServiceClient(rpc.HTTPClient(), routerURL, rpc.ClientOptions(key)...)
+		},
+		Systems: bridgeSystems(), MaxBridges: cfg.Bridges,
+	})
+	path, handler := edgev1connect.NewBridgeServiceHandler(&bridge.API{E: engine}, base.HandlerOptions()...)
+	base.Server.Handle(path, handler)
+	base.Go(func(ctx context.Context) error {
+		defer rdb.Close()
+		return engine.Run(ctx)
+	})
+	return nil
+}
