@@ -126,10 +126,8 @@ func (p *publisher) publish(ctx context.Context, recs []Record) error {
 		case pe == nil:
 			published++
 		case refusedForGood(pe.GetCode()):
+			// The router's message names each violated rule already.
 			reason := fmt.Sprintf("%s: %s", connect.Code(pe.GetCode()), pe.GetMessage())
-			for _, v := range pe.GetViolations() {
-				reason += fmt.Sprintf("; %s: %s", v.GetInstanceLocation(), v.GetMessage())
-			}
 			if err := p.deadLetter(ctx, recs[idx[k]], reason); err != nil {
 				return err
 			}
