@@ -39,6 +39,7 @@ func bridges(base *service.Base, cat *catalog.Cache, cfg Config) error {
 			return routerv1connect.NewRouterServiceClient(rpc.HTTPClient(), routerURL, rpc.ClientOptions(key)...)
 		},
 		Systems: bridgeSystems(), MaxBridges: cfg.Bridges,
+		LeaseTTL: cfg.BridgeLease, AckTimeout: cfg.BridgeAckTimeout,
 	})
 	path, handler := edgev1connect.NewBridgeServiceHandler(&bridge.API{E: engine}, base.HandlerOptions()...)
 	base.Server.Handle(path, handler)

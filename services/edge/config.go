@@ -38,6 +38,7 @@ const (
 // EnvVars are the variables ConfigFromEnv reads besides the common ones.
 var EnvVars = []string{"HERALD_EDGE_HEARTBEAT", "HERALD_EDGE_MAX_STREAMS", "HERALD_EDGE_USAGE_FLUSH", "HERALD_EDGE_WRITE_TIMEOUT",
 	"HERALD_EDGE_WEBHOOK_ENDPOINTS", "HERALD_EDGE_WEBHOOK_APP_CONCURRENCY",
+	"HERALD_EDGE_BRIDGES", "HERALD_EDGE_BRIDGE_LEASE", "HERALD_EDGE_BRIDGE_ACK_TIMEOUT",
 	"HERALD_EDGE_WEBSUB_LEASE", "HERALD_EDGE_WEBSUB_MAX_LEASE", "HERALD_EDGE_WEBSUB_SUBSCRIPTIONS",
 	"HERALD_EDGE_STREAM_BUFFER", "HERALD_EDGE_CORS_ORIGINS", "HERALD_EDGE_TLS_CERT", "HERALD_EDGE_TLS_KEY"}
 
@@ -50,6 +51,9 @@ var EnvVars = []string{"HERALD_EDGE_HEARTBEAT", "HERALD_EDGE_MAX_STREAMS", "HERA
 //	HERALD_EDGE_WRITE_TIMEOUT  how long a client may take one write before it is dropped (Go duration, default 30s)
 //	HERALD_EDGE_WEBHOOK_ENDPOINTS        webhook endpoints one edge delivers to at once (default 1000; others wait for a free edge)
 //	HERALD_EDGE_WEBHOOK_APP_CONCURRENCY  webhook requests in flight per application over all its endpoints (default 200)
+//	HERALD_EDGE_BRIDGES                  bridges one edge runs at once (default 100; others wait for a free edge)
+//	HERALD_EDGE_BRIDGE_LEASE             how long a bridge's lease outlives an edge that died, before another edge runs it (Go duration, default 10s)
+//	HERALD_EDGE_BRIDGE_ACK_TIMEOUT       how long a sink's delivery held by an edge that died waits before another edge sends it again (Go duration, default 60s)
 //	HERALD_EDGE_WEBSUB_LEASE             lease of a WebSub subscription that asks for none (Go duration, default 240h)
 //	HERALD_EDGE_WEBSUB_MAX_LEASE         longest lease granted (Go duration, default 720h)
 //	HERALD_EDGE_WEBSUB_SUBSCRIPTIONS     WebSub subscriptions one edge delivers to at once (default 1000)
@@ -87,6 +91,12 @@ func ConfigFromEnv() (Config, error) {
 		return cfg, err
 	}
 	if cfg.Bridges, err = config.EnvInt("HERALD_EDGE_BRIDGES"); err != nil {
+		return cfg, err
+	}
+	if cfg.BridgeLease, err = config.EnvDuration("HERALD_EDGE_BRIDGE_LEASE"); err != nil {
+		return cfg, err
+	}
+	if cfg.BridgeAckTimeout, err = config.EnvDuration("HERALD_EDGE_BRIDGE_ACK_TIMEOUT"); err != nil {
 		return cfg, err
 	}
 	if cfg.WebSubLease, err = config.EnvDuration("HERALD_EDGE_WEBSUB_LEASE"); err != nil {

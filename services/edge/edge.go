@@ -74,6 +74,9 @@ type Config struct {
 	// Bridges bounds the sink bridges this edge runs at once (each holds
 	// a Redis connection while it waits for events).
 	Bridges int
+	// BridgeLease and BridgeAckTimeout: see HERALD_EDGE_BRIDGE_LEASE and
+	// HERALD_EDGE_BRIDGE_ACK_TIMEOUT. Zero takes the defaults.
+	BridgeLease, BridgeAckTimeout time.Duration
 	// WebhookAppConcurrency caps one application's webhook requests in
 	// flight. Default 200.
 	WebhookAppConcurrency int

@@ -54,7 +54,11 @@ func edgeProcess(nofile string) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	svc, err := edge.New(edge.Config{Common: config.FromEnv()})
+	cfg, err := edge.ConfigFromEnv()
+	var svc *edge.Service
+	if err == nil {
+		svc, err = edge.New(cfg)
+	}
 	if err == nil {
 		err = svc.Run(ctx)
 	}
