@@ -136,6 +136,9 @@ func checkBridgeSystem(b *registryv1.Bridge) error {
 		if err != nil || !slices.Contains([]string{"tcp", "ssl", "mqtt", "mqtts"}, u.Scheme) || u.Host == "" || u.Port() == "" {
 			return invalid("bridge.mqtt.broker must be tcp://host:port or ssl://host:port")
 		}
+		if _, set := u.User.Password(); set {
+			return invalid("bridge.mqtt.broker carries a password: give it as bridge.secret, which is stored sealed")
+		}
 		switch m.GetProtocolVersion() {
 		case 0:
 			m.ProtocolVersion = 5
@@ -180,6 +183,9 @@ func checkBridgeSystem(b *registryv1.Bridge) error {
 			u, err := url.Parse(s3.GetEndpoint())
 			if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 				return invalid("bridge.lake.s3.endpoint must be an http(s) URL")
+			}
+			if _, set := u.User.Password(); set {
+				return invalid("bridge.lake.s3.endpoint carries a password: give the secret access key as bridge.secret, which is stored sealed")
 			}
 			if s3.GetBucket() == "" || s3.GetAccessKeyId() == "" || b.GetSecret() == "" && b.GetSealedSecret() == "" {
 				return invalid("bridge.lake.s3 needs a bucket, an access_key_id and the secret access key as bridge.secret")
