@@ -282,7 +282,14 @@ func mayBridge(app *registryv1.Application, b *registryv1.Bridge, types map[stri
 		return mayReceive(app, b.GetSink().GetTypes(), types)
 	}
 	t := b.GetSource().GetEventType()
-	if et, ok := types[t]; !ok || et.GetLifecycle() == registryv1.Lifecycle_LIFECYCLE_RETIRED {
+	// A type the application's audience may not see does not exist for it:
+	// the router would refuse every record so (NOT_FOUND), as mayReceive
+	// answers for a sink.
+	et, ok := types[t]
+	if !ok || !access.Visible(app.GetAudience(), et.GetVisibility()) {
+		return &store.NotFoundError{Kind: "event type", Name: t}
+	}
+	if et.GetLifecycle() == registryv1.Lifecycle_LIFECYCLE_RETIRED {
 		return failedPrecondition("event type %s is retired: a source cannot publish it", t)
 	}
 	if !access.Allowed(app.GetGrants(), registryv1.GrantAction_GRANT_ACTION_PUBLISH, t) {
