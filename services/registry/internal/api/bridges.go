@@ -169,7 +169,7 @@ func checkBridgeSystem(b *registryv1.Bridge) error {
 	case *registryv1.Bridge_Lake:
 		l := sys.Lake
 		if !sink {
-			return invalid("a lake bridge is a sink only")
+			return invalid("bridge.lake is a sink only: a lake bridge cannot be a source (bridge.direction)")
 		}
 		switch {
 		case l.GetDirectory() != "" && l.GetS3() != nil:
@@ -224,10 +224,10 @@ func checkBridgeSink(s *registryv1.BridgeSink) error {
 	if err := validPatterns("bridge.sink.types", s.GetTypes(), maxBridgeTypes); err != nil {
 		return err
 	}
-	if err := checkFilter(s.GetFilter()); err != nil {
+	if err := checkFilterOf("bridge.sink.filter", s.GetFilter()); err != nil {
 		return err
 	}
-	if err := checkStart(&registryv1.Subscription{Start: s.GetStart()}); err != nil {
+	if err := checkStartOf("bridge.sink.start", s.GetStart()); err != nil {
 		return err
 	}
 	if len(s.GetRetrySchedule()) > maxRetrySchedule {
@@ -396,7 +396,7 @@ func (h *Handler) CreateBridge(ctx context.Context, req *connect.Request[registr
 			return err
 		}
 		if b.GetSink() != nil {
-			return h.startNotFuture(ctx, app, &registryv1.Subscription{Types: b.GetSink().GetTypes(), Start: b.GetSink().GetStart()})
+			return h.startNotFutureOf(ctx, app, "bridge.sink.start", &registryv1.Subscription{Types: b.GetSink().GetTypes(), Start: b.GetSink().GetStart()})
 		}
 		return nil
 	})
