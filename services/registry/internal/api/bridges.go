@@ -162,6 +162,8 @@ func checkBridgeSystem(b *registryv1.Bridge) error {
 			}
 		} else if m.GetTopic() == "" {
 			return invalid("bridge.mqtt.topic (a topic filter) is required for a source")
+		} else if err := mqttFilter(m.GetTopic()); err != nil {
+			return invalid("bridge.mqtt.topic %q is not a topic filter: %v", m.GetTopic(), err)
 		}
 		if len(m.GetTopic()) > 1024 || len(m.GetClientId()) > 128 {
 			return invalid("bridge.mqtt.topic or client_id is too long")
@@ -212,6 +214,24 @@ func checkBridgeSystem(b *registryv1.Bridge) error {
 	}
 	if n := proto.Size(b); n > 64<<10 {
 		return invalid("bridge is %d bytes encoded; at most 64 KiB", n)
+	}
+	return nil
+}
+
+// mqttFilter checks an MQTT topic filter (MQTT 5 section 4.7.1): '+' fills
+// a whole level, '#' only the last one; a broker refuses the subscription
+// otherwise, and the source would fail at every connection.
+func mqttFilter(f string) error {
+	levels := strings.Split(f, "/")
+	for i, l := range levels {
+		switch {
+		case strings.ContainsRune(l, 0):
+			return fmt.Errorf("it holds a NUL character")
+		case l == "#" && i != len(levels)-1:
+			return fmt.Errorf("'#' must be the last level")
+		case l != "#" && l != "+" && strings.ContainsAny(l, "#+"):
+			return fmt.Errorf("a wildcard must fill a whole level (a/+/b, a/#)")
+		}
 	}
 	return nil
 }
