@@ -136,6 +136,9 @@ func checkBridgeSystem(b *registryv1.Bridge) error {
 		if err != nil || !slices.Contains([]string{"tcp", "ssl", "mqtt", "mqtts"}, u.Scheme) || u.Host == "" || u.Port() == "" {
 			return invalid("bridge.mqtt.broker must be tcp://host:port or ssl://host:port")
 		}
+		if _, set := u.User.Password(); set {
+			return invalid("bridge.mqtt.broker carries a password: give it as bridge.secret, which is stored sealed")
+		}
 		switch m.GetProtocolVersion() {
 		case 0:
 			m.ProtocolVersion = 5
@@ -159,6 +162,8 @@ func checkBridgeSystem(b *registryv1.Bridge) error {
 			}
 		} else if m.GetTopic() == "" {
 			return invalid("bridge.mqtt.topic (a topic filter) is required for a source")
+		} else if err := mqttFilter(m.GetTopic()); err != nil {
+			return invalid("bridge.mqtt.topic %q is not a topic filter: %v", m.GetTopic(), err)
 		}
 		if len(m.GetTopic()) > 1024 || len(m.GetClientId()) > 128 {
 			return invalid("bridge.mqtt.topic or client_id is too long")
@@ -166,7 +171,7 @@ func checkBridgeSystem(b *registryv1.Bridge) error {
 	case *registryv1.Bridge_Lake:
 		l := sys.Lake
 		if !sink {
-			return invalid("a lake bridge is a sink only")
+			return invalid("bridge.lake is a sink only: a lake bridge cannot be a source (bridge.direction)")
 		}
 		switch {
 		case l.GetDirectory() != "" && l.GetS3() != nil:
@@ -180,6 +185,9 @@ func checkBridgeSystem(b *registryv1.Bridge) error {
 			u, err := url.Parse(s3.GetEndpoint())
 			if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 				return invalid("bridge.lake.s3.endpoint must be an http(s) URL")
+			}
+			if _, set := u.User.Password(); set {
+				return invalid("bridge.lake.s3.endpoint carries a password: give the secret access key as bridge.secret, which is stored sealed")
 			}
 			if s3.GetBucket() == "" || s3.GetAccessKeyId() == "" || b.GetSecret() == "" && b.GetSealedSecret() == "" {
 				return invalid("bridge.lake.s3 needs a bucket, an access_key_id and the secret access key as bridge.secret")
@@ -210,6 +218,24 @@ func checkBridgeSystem(b *registryv1.Bridge) error {
 	return nil
 }
 
+// mqttFilter checks an MQTT topic filter (MQTT 5 section 4.7.1): '+' fills
+// a whole level, '#' only the last one; a broker refuses the subscription
+// otherwise, and the source would fail at every connection.
+func mqttFilter(f string) error {
+	levels := strings.Split(f, "/")
+	for i, l := range levels {
+		switch {
+		case strings.ContainsRune(l, 0):
+			return fmt.Errorf("it holds a NUL character")
+		case l == "#" && i != len(levels)-1:
+			return fmt.Errorf("'#' must be the last level")
+		case l != "#" && l != "+" && strings.ContainsAny(l, "#+"):
+			return fmt.Errorf("a wildcard must fill a whole level (a/+/b, a/#)")
+		}
+	}
+	return nil
+}
+
 // checkBridgeSink checks and defaults a sink's settings.
 func checkBridgeSink(s *registryv1.BridgeSink) error {
 	if s == nil {
@@ -218,10 +244,10 @@ func checkBridgeSink(s *registryv1.BridgeSink) error {
 	if err := validPatterns("bridge.sink.types", s.GetTypes(), maxBridgeTypes); err != nil {
 		return err
 	}
-	if err := checkFilter(s.GetFilter()); err != nil {
+	if err := checkFilterOf("bridge.sink.filter", s.GetFilter()); err != nil {
 		return err
 	}
-	if err := checkStart(&registryv1.Subscription{Start: s.GetStart()}); err != nil {
+	if err := checkStartOf("bridge.sink.start", s.GetStart()); err != nil {
 		return err
 	}
 	if len(s.GetRetrySchedule()) > maxRetrySchedule {
@@ -276,7 +302,14 @@ func mayBridge(app *registryv1.Application, b *registryv1.Bridge, types map[stri
 		return mayReceive(app, b.GetSink().GetTypes(), types)
 	}
 	t := b.GetSource().GetEventType()
-	if et, ok := types[t]; !ok || et.GetLifecycle() == registryv1.Lifecycle_LIFECYCLE_RETIRED {
+	// A type the application's audience may not see does not exist for it:
+	// the router would refuse every record so (NOT_FOUND), as mayReceive
+	// answers for a sink.
+	et, ok := types[t]
+	if !ok || !access.Visible(app.GetAudience(), et.GetVisibility()) {
+		return &store.NotFoundError{Kind: "event type", Name: t}
+	}
+	if et.GetLifecycle() == registryv1.Lifecycle_LIFECYCLE_RETIRED {
 		return failedPrecondition("event type %s is retired: a source cannot publish it", t)
 	}
 	if !access.Allowed(app.GetGrants(), registryv1.GrantAction_GRANT_ACTION_PUBLISH, t) {
@@ -383,7 +416,7 @@ func (h *Handler) CreateBridge(ctx context.Context, req *connect.Request[registr
 			return err
 		}
 		if b.GetSink() != nil {
-			return h.startNotFuture(ctx, app, &registryv1.Subscription{Types: b.GetSink().GetTypes(), Start: b.GetSink().GetStart()})
+			return h.startNotFutureOf(ctx, app, "bridge.sink.start", &registryv1.Subscription{Types: b.GetSink().GetTypes(), Start: b.GetSink().GetStart()})
 		}
 		return nil
 	})

@@ -27,9 +27,12 @@ const (
 // checkFilter compiles and type-checks a filter: it must be a boolean CEL
 // expression over event and data, whose estimated cost is within the limit
 // (see platform/filter).
-func checkFilter(expr string) error {
+func checkFilter(expr string) error { return checkFilterOf("subscription.filter", expr) }
+
+// checkFilterOf is checkFilter for a filter at another field (a bridge's).
+func checkFilterOf(field, expr string) error {
 	if _, err := filter.Check(expr); err != nil {
-		return invalid("subscription.filter: %v", err)
+		return invalid("%s: %v", field, err)
 	}
 	return nil
 }
@@ -81,18 +84,24 @@ func checkChannel(sub *registryv1.Subscription) error {
 }
 
 func checkStart(sub *registryv1.Subscription) error {
-	switch p := sub.GetStart().GetPosition().(type) {
+	return checkStartOf("subscription.start", sub.GetStart())
+}
+
+// checkStartOf checks a start position at field (subscription.start, or a
+// bridge's bridge.sink.start).
+func checkStartOf(field string, start *registryv1.StartPosition) error {
+	switch p := start.GetPosition().(type) {
 	case *registryv1.StartPosition_Cursor:
 		if p.Cursor == "0" {
 			return nil // the start of the retained log
 		}
 		ms, seq, ok := strings.Cut(p.Cursor, "-")
 		if !ok || !digits(ms) || !digits(seq) {
-			return invalid("subscription.start.cursor %q is not a cursor: cursors look like 1718000000000-0, and 0 is the start of the log", p.Cursor)
+			return invalid("%s.cursor %q is not a cursor: cursors look like 1718000000000-0, and 0 is the start of the log", field, p.Cursor)
 		}
 	case *registryv1.StartPosition_Time:
 		if err := p.Time.CheckValid(); err != nil {
-			return invalid("subscription.start.time: %v", err)
+			return invalid("%s.time: %v", field, err)
 		}
 	}
 	return nil
@@ -140,18 +149,24 @@ func mayReceive(app *registryv1.Application, patterns []string, types map[string
 // The newest cursor named is that of the types the subscription covers and
 // its application may see, so that nothing about others leaks.
 func (h *Handler) startNotFuture(ctx context.Context, app *registryv1.Application, sub *registryv1.Subscription) error {
+	return h.startNotFutureOf(ctx, app, "subscription.start", sub)
+}
+
+// startNotFutureOf is startNotFuture for the start at field (a bridge's
+// bridge.sink.start, in sub).
+func (h *Handler) startNotFutureOf(ctx context.Context, app *registryv1.Application, field string, sub *registryv1.Subscription) error {
 	var id eventlog.ID
 	var what string
 	switch p := sub.GetStart().GetPosition().(type) {
 	case *registryv1.StartPosition_Cursor:
 		var err error
 		if id, err = eventlog.ParseID(p.Cursor); err != nil {
-			return invalid("subscription.start.cursor %q is not a cursor", p.Cursor)
+			return invalid("%s.cursor %q is not a cursor", field, p.Cursor)
 		}
-		what = "subscription.start.cursor " + p.Cursor
+		what = field + ".cursor " + p.Cursor
 	case *registryv1.StartPosition_Time:
 		id = eventlog.ID{Ms: uint64(max(0, p.Time.AsTime().UnixMilli()))}
-		what = "subscription.start.time " + p.Time.AsTime().UTC().Format(time.RFC3339Nano)
+		what = field + ".time " + p.Time.AsTime().UTC().Format(time.RFC3339Nano)
 	default:
 		return nil
 	}
