@@ -1,0 +1,237 @@
+package lake
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/heraldmesh/herald/platform/cloudevent"
+	"github.com/heraldmesh/herald/services/edge/internal/bridge"
+
+	eventv1 "github.com/heraldmesh/herald/api/gen/herald/event/v1"
+)
+
+// Row is one event in a Parquet file. Optional attribute columns hold
+// null for an absent attribute (CloudEvents requires those attributes to
+// be non-empty when present, so "" is written as null too).
+type Row struct {
+	Cursor          string     `parquet:"cursor"`
+	ID              string     `parquet:"id"`
+	Source          string     `parquet:"source,dict"`
+	Type            string     `parquet:"type,dict"`
+	Subject         string     `parquet:"subject,optional"`
+	Time            *time.Time `parquet:"time,optional,timestamp(microsecond:utc)"`
+	DataContentType string     `parquet:"datacontenttype,optional,dict"`
+	DataSchema      string     `parquet:"dataschema,optional,dict"`
+	PartitionKey    string     `parquet:"partitionkey,optional"`
+	Extensions      string     `parquet:"extensions,optional,json"`
+	Data            *string    `parquet:"data,optional"`
+	DataBytes       []byte     `parquet:"data_bytes,optional"`
+}
+
+// size is a rough count of the bytes r adds to a file before compression.
+func (r *Row) size() int64 {
+	n := len(r.Cursor) + len(r.ID) + len(r.Source) + len(r.Type) + len(r.Subject) + len(r.DataContentType) +
+		len(r.DataSchema) + len(r.PartitionKey) + len(r.Extensions) + len(r.DataBytes) + 12*4 + 8
+	if r.Data != nil {
+		n += len(*r.Data)
+	}
+	return int64(n)
+}
+
+// columnAttributes are the attributes with a column of their own; the
+// others go to extensions.
+var columnAttributes = map[string]bool{
+	"subject": true, "time": true, "datacontenttype": true, "dataschema": true, "partitionkey": true,
+}
+
+// rowOf turns a message into its row. at is when the event happened: its
+// time attribute, else the cursor's timestamp; it picks the partition.
+func rowOf(m bridge.Message, c cursor) (Row, time.Time, error) {
+	ev := m.Event
+	if ev == nil {
+		return Row{}, time.Time{}, errors.New("message has no event")
+	}
+	if ev.GetType() == "" || ev.GetId() == "" {
+		return Row{}, time.Time{}, errors.New("event has no type or no id")
+	}
+	r := Row{Cursor: m.Cursor, ID: ev.GetId(), Source: ev.GetSource(), Type: ev.GetType()}
+	var ext map[string]any
+	for k, v := range ev.GetAttributes() {
+		switch k {
+		case "subject":
+			r.Subject = cloudevent.AttributeString(v)
+		case "datacontenttype":
+			r.DataContentType = cloudevent.AttributeString(v)
+		case "dataschema":
+			r.DataSchema = cloudevent.AttributeString(v)
+		case "partitionkey":
+			r.PartitionKey = cloudevent.AttributeString(v)
+		case "time":
+			if t, ok := timeOf(v); ok {
+				r.Time = &t
+				continue
+			}
+			fallthrough // unreadable: kept as text among the extensions
+		default:
+			if ext == nil {
+				ext = make(map[string]any, len(ev.GetAttributes()))
+			}
+			ext[k] = extensionValue(v)
+		}
+	}
+	switch d := ev.GetData().(type) {
+	case *eventv1.CloudEvent_TextData:
+		s := d.TextData
+		r.Data = &s
+	case *eventv1.CloudEvent_BinaryData:
+		ct := strings.ToLower(r.DataContentType)
+		if (cloudevent.IsJSON(ct) || strings.HasPrefix(ct, "text/")) && utf8.Valid(d.BinaryData) {
+			s := string(d.BinaryData)
+			r.Data = &s
+		} else {
+			r.DataBytes = d.BinaryData
+			if r.DataBytes == nil {
+				r.DataBytes = []byte{}
+			}
+		}
+	case *eventv1.CloudEvent_ProtoData:
+		r.DataBytes = d.ProtoData.GetValue()
+		if r.DataBytes == nil {
+			r.DataBytes = []byte{}
+		}
+		if r.DataContentType == "" {
+			r.DataContentType = "application/protobuf"
+		}
+		if r.DataSchema == "" {
+			r.DataSchema = d.ProtoData.GetTypeUrl()
+		}
+	}
+	if len(ext) > 0 {
+		b, err := json.Marshal(ext)
+		if err != nil {
+			return Row{}, time.Time{}, fmt.Errorf("extensions: %w", err)
+		}
+		r.Extensions = string(b)
+	}
+	at := time.UnixMilli(int64(c.ms)).UTC()
+	if r.Time != nil {
+		at = r.Time.UTC()
+	}
+	return r, at, nil
+}
+
+func timeOf(v *eventv1.CloudEvent_CloudEventAttributeValue) (time.Time, bool) {
+	switch a := v.GetAttr().(type) {
+	case *eventv1.CloudEvent_CloudEventAttributeValue_CeTimestamp:
+		return a.CeTimestamp.AsTime().UTC(), true
+	case *eventv1.CloudEvent_CloudEventAttributeValue_CeString:
+		t, err := time.Parse(time.RFC3339Nano, a.CeString)
+		return t.UTC(), err == nil
+	}
+	return time.Time{}, false
+}
+
+// extensionValue is an attribute's value in extensions: booleans and
+// integers as JSON booleans and numbers, the rest in their canonical
+// string form (the structured JSON format's rendering).
+func extensionValue(v *eventv1.CloudEvent_CloudEventAttributeValue) any {
+	switch a := v.GetAttr().(type) {
+	case *eventv1.CloudEvent_CloudEventAttributeValue_CeBoolean:
+		return a.CeBoolean
+	case *eventv1.CloudEvent_CloudEventAttributeValue_CeInteger:
+		return a.CeInteger
+	}
+	return cloudevent.AttributeString(v)
+}
+
+// cursor is a log position, <unix ms>-<seq>, compared as two numbers.
+type cursor struct{ ms, seq uint64 }
+
+func parseCursor(s string) (cursor, error) {
+	a, b, ok := strings.Cut(s, "-")
+	if !ok || a == "" || b == "" || a[0] == '+' || b[0] == '+' {
+		return cursor{}, fmt.Errorf("cursor %q is not <ms>-<seq>", s)
+	}
+	ms, err1 := strconv.ParseUint(a, 10, 64)
+	seq, err2 := strconv.ParseUint(b, 10, 64)
+	if err1 != nil || err2 != nil {
+		return cursor{}, fmt.Errorf("cursor %q is not <ms>-<seq>", s)
+	}
+	return cursor{ms, seq}, nil
+}
+
+func (c cursor) less(d cursor) bool { return c.ms < d.ms || c.ms == d.ms && c.seq < d.seq }
+
+func (c cursor) String() string { return strconv.FormatUint(c.ms, 10) + "-" + strconv.FormatUint(c.seq, 10) }
+
+// partitionDir is the Hive-style directory of an event: type=<type>/
+// date=YYYY-MM-DD/hour=HH, at in UTC.
+func partitionDir(typ string, at time.Time) string {
+	at = at.UTC()
+	return "type=" + escapeType(typ) + "/date=" + at.Format("2006-01-02") + "/hour=" + at.Format("15")
+}
+
+// escapeType keeps [A-Za-z0-9._-] and writes any other byte as %XX, as
+// Hive escapes partition values, so a type never leaves its directory.
+func escapeType(s string) string {
+	safe := func(c byte) bool {
+		return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-'
+	}
+	clean := true
+	for i := 0; i < len(s); i++ {
+		if !safe(s[i]) {
+			clean = false
+			break
+		}
+	}
+	if clean {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if safe(s[i]) {
+			b.WriteByte(s[i])
+		} else {
+			fmt.Fprintf(&b, "%%%02X", s[i])
+		}
+	}
+	return b.String()
+}
+
+// fileName is the committed name of a file holding cursors lo..hi.
+func fileName(lo, hi cursor) string { return "part-" + lo.String() + "-" + hi.String() + ".parquet" }
+
+// parseKey reads a committed file's key, type=<t>/date=<d>/hour=<h>/
+// part-<lo>-<hi>.parquet: its escaped type and cursor range.
+func parseKey(key string) (typ string, lo, hi cursor, ok bool) {
+	parts := strings.Split(key, "/")
+	if len(parts) != 4 || !strings.HasPrefix(parts[0], "type=") || !strings.HasPrefix(parts[1], "date=") ||
+		!strings.HasPrefix(parts[2], "hour=") {
+		return "", cursor{}, cursor{}, false
+	}
+	name, found := strings.CutPrefix(parts[3], "part-")
+	if !found {
+		return "", cursor{}, cursor{}, false
+	}
+	name, found = strings.CutSuffix(name, ".parquet")
+	if !found {
+		return "", cursor{}, cursor{}, false
+	}
+	n := strings.Split(name, "-")
+	if len(n) != 4 {
+		return "", cursor{}, cursor{}, false
+	}
+	var err error
+	if lo, err = parseCursor(n[0] + "-" + n[1]); err != nil {
+		return "", cursor{}, cursor{}, false
+	}
+	if hi, err = parseCursor(n[2] + "-" + n[3]); err != nil || hi.less(lo) {
+		return "", cursor{}, cursor{}, false
+	}
+	return strings.TrimPrefix(parts[0], "type="), lo, hi, true
+}
