@@ -15,30 +15,42 @@ import (
 	eventv1 "github.com/heraldmesh/herald/api/gen/herald/event/v1"
 )
 
-// Row is one event in a Parquet file. Optional attribute columns hold
-// null for an absent attribute (CloudEvents requires those attributes to
-// be non-empty when present, so "" is written as null too).
+// Row is one event in a Parquet file; nil is null. Optional columns are
+// pointers: parquet-go v0.32.1 writes some zero values of optional
+// non-pointer string and []byte fields as "" instead of null, depending on
+// how rows are batched (TestOptionalColumnsKeepNulls).
 type Row struct {
 	Cursor          string     `parquet:"cursor"`
 	ID              string     `parquet:"id"`
 	Source          string     `parquet:"source,dict"`
 	Type            string     `parquet:"type,dict"`
-	Subject         string     `parquet:"subject,optional"`
+	Subject         *string    `parquet:"subject,optional"`
 	Time            *time.Time `parquet:"time,optional,timestamp(microsecond:utc)"`
-	DataContentType string     `parquet:"datacontenttype,optional,dict"`
-	DataSchema      string     `parquet:"dataschema,optional,dict"`
-	PartitionKey    string     `parquet:"partitionkey,optional"`
-	Extensions      string     `parquet:"extensions,optional,json"`
+	DataContentType *string    `parquet:"datacontenttype,optional,dict"`
+	DataSchema      *string    `parquet:"dataschema,optional,dict"`
+	PartitionKey    *string    `parquet:"partitionkey,optional"`
+	Extensions      *string    `parquet:"extensions,optional,json"`
 	Data            *string    `parquet:"data,optional"`
-	DataBytes       []byte     `parquet:"data_bytes,optional"`
+	DataBytes       *[]byte    `parquet:"data_bytes,optional"`
+}
+
+// values backs a Row's optional columns: one allocation per row.
+type values struct {
+	subject, contentType, schema, partitionKey, extensions, data string
+	time                                                         time.Time
+	bytes                                                        []byte
 }
 
 // size is a rough count of the bytes r adds to a file before compression.
 func (r *Row) size() int64 {
-	n := len(r.Cursor) + len(r.ID) + len(r.Source) + len(r.Type) + len(r.Subject) + len(r.DataContentType) +
-		len(r.DataSchema) + len(r.PartitionKey) + len(r.Extensions) + len(r.DataBytes) + 12*4 + 8
-	if r.Data != nil {
-		n += len(*r.Data)
+	n := len(r.Cursor) + len(r.ID) + len(r.Source) + len(r.Type) + 12*4 + 8
+	for _, s := range []*string{r.Subject, r.DataContentType, r.DataSchema, r.PartitionKey, r.Extensions, r.Data} {
+		if s != nil {
+			n += len(*s)
+		}
+	}
+	if r.DataBytes != nil {
+		n += len(*r.DataBytes)
 	}
 	return int64(n)
 }
@@ -60,20 +72,28 @@ func rowOf(m bridge.Message, c cursor) (Row, time.Time, error) {
 		return Row{}, time.Time{}, errors.New("event has no type or no id")
 	}
 	r := Row{Cursor: m.Cursor, ID: ev.GetId(), Source: ev.GetSource(), Type: ev.GetType()}
+	vals := &values{}
+	set := func(dst **string, v *string, s string) {
+		if s != "" {
+			*v = s
+			*dst = v
+		}
+	}
 	var ext map[string]any
 	for k, v := range ev.GetAttributes() {
 		switch k {
 		case "subject":
-			r.Subject = cloudevent.AttributeString(v)
+			set(&r.Subject, &vals.subject, cloudevent.AttributeString(v))
 		case "datacontenttype":
-			r.DataContentType = cloudevent.AttributeString(v)
+			set(&r.DataContentType, &vals.contentType, cloudevent.AttributeString(v))
 		case "dataschema":
-			r.DataSchema = cloudevent.AttributeString(v)
+			set(&r.DataSchema, &vals.schema, cloudevent.AttributeString(v))
 		case "partitionkey":
-			r.PartitionKey = cloudevent.AttributeString(v)
+			set(&r.PartitionKey, &vals.partitionKey, cloudevent.AttributeString(v))
 		case "time":
 			if t, ok := timeOf(v); ok {
-				r.Time = &t
+				vals.time = t
+				r.Time = &vals.time
 				continue
 			}
 			fallthrough // unreadable: kept as text among the extensions
@@ -86,29 +106,25 @@ func rowOf(m bridge.Message, c cursor) (Row, time.Time, error) {
 	}
 	switch d := ev.GetData().(type) {
 	case *eventv1.CloudEvent_TextData:
-		s := d.TextData
-		r.Data = &s
+		vals.data = d.TextData
+		r.Data = &vals.data
 	case *eventv1.CloudEvent_BinaryData:
-		ct := strings.ToLower(r.DataContentType)
+		ct := strings.ToLower(vals.contentType)
 		if (cloudevent.IsJSON(ct) || strings.HasPrefix(ct, "text/")) && utf8.Valid(d.BinaryData) {
-			s := string(d.BinaryData)
-			r.Data = &s
+			vals.data = string(d.BinaryData)
+			r.Data = &vals.data
 		} else {
-			r.DataBytes = d.BinaryData
-			if r.DataBytes == nil {
-				r.DataBytes = []byte{}
-			}
+			vals.bytes = d.BinaryData
+			r.DataBytes = &vals.bytes
 		}
 	case *eventv1.CloudEvent_ProtoData:
-		r.DataBytes = d.ProtoData.GetValue()
-		if r.DataBytes == nil {
-			r.DataBytes = []byte{}
+		vals.bytes = d.ProtoData.GetValue()
+		r.DataBytes = &vals.bytes
+		if r.DataContentType == nil {
+			set(&r.DataContentType, &vals.contentType, "application/protobuf")
 		}
-		if r.DataContentType == "" {
-			r.DataContentType = "application/protobuf"
-		}
-		if r.DataSchema == "" {
-			r.DataSchema = d.ProtoData.GetTypeUrl()
+		if r.DataSchema == nil {
+			set(&r.DataSchema, &vals.schema, d.ProtoData.GetTypeUrl())
 		}
 	}
 	if len(ext) > 0 {
@@ -116,7 +132,7 @@ func rowOf(m bridge.Message, c cursor) (Row, time.Time, error) {
 		if err != nil {
 			return Row{}, time.Time{}, fmt.Errorf("extensions: %w", err)
 		}
-		r.Extensions = string(b)
+		set(&r.Extensions, &vals.extensions, string(b))
 	}
 	at := time.UnixMilli(int64(c.ms)).UTC()
 	if r.Time != nil {
