@@ -376,4 +376,3 @@ func closeSink(t *testing.T, s *Sink) {
 		t.Fatalf("Close: %v", err)
 	}
 }
-

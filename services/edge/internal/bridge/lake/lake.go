@@ -108,11 +108,12 @@ type Sink struct {
 
 	mu       sync.Mutex
 	closed   bool
-	open     map[string]*file             // by partition directory
-	live     map[*file]struct{}           // not finished: open, queued or committing
-	pending  map[string]map[cursor]*file  // by type: the cursors of live files
+	open     map[string]*file            // by partition directory
+	live     map[*file]struct{}          // not finished: open, queued or committing
+	pending  map[string]map[cursor]*file // by type: the cursors of live files
 	idx      *index
-	closeErr []error // commit errors once Close began
+	dirs     map[dirKey]string // partitionDir's results, the last hours'
+	closeErr []error           // commit errors once Close began
 
 	sending    sync.WaitGroup // Sends that may still queue files
 	queue      chan *file
@@ -122,6 +123,28 @@ type Sink struct {
 	stopTick   chan struct{}
 	ticker     sync.WaitGroup
 	abandoned  atomic.Bool // tests: a crash, nothing is finished
+}
+
+type dirKey struct {
+	typ  string
+	hour int64 // since the epoch
+}
+
+// dir is partitionDir(typ, at), remembered. s.mu is held.
+func (s *Sink) dir(typ string, at time.Time) string {
+	k := dirKey{typ, at.Unix() / 3600}
+	if at.Unix() < 0 {
+		return partitionDir(typ, at)
+	}
+	d, ok := s.dirs[k]
+	if !ok {
+		if len(s.dirs) >= 4096 {
+			clear(s.dirs)
+		}
+		d = partitionDir(typ, at)
+		s.dirs[k] = d
+	}
+	return d
 }
 
 // file is one open (or committing) Parquet file of a partition.
@@ -199,6 +222,7 @@ func New(cfg bridge.Config) (*Sink, error) {
 		open:     map[string]*file{},
 		live:     map[*file]struct{}{},
 		pending:  map[string]map[cursor]*file{},
+		dirs:     map[dirKey]string{},
 		queue:    make(chan *file, 64),
 		stopTick: make(chan struct{}),
 	}
@@ -268,7 +292,7 @@ func (s *Sink) Send(ctx context.Context, msgs []bridge.Message, done func(i int,
 			calls = append(calls, call{done: done, i: i})
 			continue
 		}
-		dir := partitionDir(row.Type, at)
+		dir := s.dir(row.Type, at)
 		f := s.open[dir]
 		size := row.size()
 		if f != nil && f.count > 0 && f.est+size > s.maxBytes {

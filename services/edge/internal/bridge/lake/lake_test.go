@@ -3,6 +3,7 @@ package lake
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
@@ -316,11 +317,11 @@ func TestBadRecordsAndClosed(t *testing.T) {
 // New refuses settings it cannot use.
 func TestNewRefuses(t *testing.T) {
 	for name, cfg := range map[string]bridge.Config{
-		"no lake":     {Bridge: dirConfig("", 0, 0).Bridge},
-		"relative":    dirConfig("lake/dir", 0, 0),
-		"no bucket":   s3Config("http://127.0.0.1:1", "", 0),
-		"bad url":     s3Config("127.0.0.1:9000", "b", 0),
-		"no bridge":   {Bridge: nil},
+		"no lake":   {Bridge: dirConfig("", 0, 0).Bridge},
+		"relative":  dirConfig("lake/dir", 0, 0),
+		"no bucket": s3Config("http://127.0.0.1:1", "", 0),
+		"bad url":   s3Config("127.0.0.1:9000", "b", 0),
+		"no bridge": {Bridge: nil},
 	} {
 		if s, err := New(cfg); err == nil {
 			_ = s.Close(context.Background())
@@ -331,11 +332,11 @@ func TestNewRefuses(t *testing.T) {
 
 func TestParseKey(t *testing.T) {
 	for key, ok := range map[string]bool{
-		"type=a.b/date=2026-12-03/hour=10/part-1-2-3-4.parquet":  true,
-		"type=a.b/date=2026-12-03/hour=10/part-3-4-1-2.parquet":  false, // hi < lo
-		"type=a.b/date=2026-12-03/hour=10/part-1-2-3.parquet":    false,
-		"type=a.b/date=2026-12-03/hour=10/.tmp-123":              false,
-		"type=a.b/date=2026-12-03/part-1-2-3-4.parquet":          false,
+		"type=a.b/date=2026-12-03/hour=10/part-1-2-3-4.parquet":   true,
+		"type=a.b/date=2026-12-03/hour=10/part-3-4-1-2.parquet":   false, // hi < lo
+		"type=a.b/date=2026-12-03/hour=10/part-1-2-3.parquet":     false,
+		"type=a.b/date=2026-12-03/hour=10/.tmp-123":               false,
+		"type=a.b/date=2026-12-03/part-1-2-3-4.parquet":           false,
 		"x/type=a.b/date=2026-12-03/hour=10/part-1-2-3-4.parquet": false,
 	} {
 		if _, _, _, got := parseKey(key); got != ok {
@@ -387,4 +388,25 @@ func TestOptionalColumnsKeepNulls(t *testing.T) {
 			}
 		}
 	}
+}
+
+// extensions are the JSON that encoding/json would write.
+func FuzzAppendJSONString(f *testing.F) {
+	for _, s := range []string{"", "plain", `q"uo\te`, "ctl\x00\x01\x1f\n\r\t", "caf\u00e9 \u2713", "bad\xff\xfeutf8", "<&>", "\u2028"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		out := appendJSONString(nil, s)
+		var got, want string
+		if err := json.Unmarshal(out, &got); err != nil {
+			t.Fatalf("%q -> %s: %v", s, out, err)
+		}
+		std, _ := json.Marshal(s)
+		if err := json.Unmarshal(std, &want); err != nil {
+			t.Fatal(err)
+		}
+		if got != want {
+			t.Fatalf("%q -> %q, encoding/json %q", s, got, want)
+		}
+	})
 }

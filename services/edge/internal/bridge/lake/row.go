@@ -1,9 +1,9 @@
 package lake
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -79,7 +79,7 @@ func rowOf(m bridge.Message, c cursor) (Row, time.Time, error) {
 			*dst = v
 		}
 	}
-	var ext map[string]any
+	var ext []string // names of the attributes that go to extensions
 	for k, v := range ev.GetAttributes() {
 		switch k {
 		case "subject":
@@ -98,10 +98,7 @@ func rowOf(m bridge.Message, c cursor) (Row, time.Time, error) {
 			}
 			fallthrough // unreadable: kept as text among the extensions
 		default:
-			if ext == nil {
-				ext = make(map[string]any, len(ev.GetAttributes()))
-			}
-			ext[k] = extensionValue(v)
+			ext = append(ext, k)
 		}
 	}
 	switch d := ev.GetData().(type) {
@@ -128,11 +125,7 @@ func rowOf(m bridge.Message, c cursor) (Row, time.Time, error) {
 		}
 	}
 	if len(ext) > 0 {
-		b, err := json.Marshal(ext)
-		if err != nil {
-			return Row{}, time.Time{}, fmt.Errorf("extensions: %w", err)
-		}
-		set(&r.Extensions, &vals.extensions, string(b))
+		set(&r.Extensions, &vals.extensions, extensionsJSON(ev, ext))
 	}
 	at := time.UnixMilli(int64(c.ms)).UTC()
 	if r.Time != nil {
@@ -152,17 +145,68 @@ func timeOf(v *eventv1.CloudEvent_CloudEventAttributeValue) (time.Time, bool) {
 	return time.Time{}, false
 }
 
-// extensionValue is an attribute's value in extensions: booleans and
-// integers as JSON booleans and numbers, the rest in their canonical
-// string form (the structured JSON format's rendering).
-func extensionValue(v *eventv1.CloudEvent_CloudEventAttributeValue) any {
-	switch a := v.GetAttr().(type) {
-	case *eventv1.CloudEvent_CloudEventAttributeValue_CeBoolean:
-		return a.CeBoolean
-	case *eventv1.CloudEvent_CloudEventAttributeValue_CeInteger:
-		return a.CeInteger
+// extensionsJSON renders the named attributes of ev as a JSON object,
+// keys sorted: booleans and integers as JSON values, the rest in their
+// canonical string form (the structured JSON format's rendering).
+// Attribute names are [a-z0-9]{1,20}, which need no escaping.
+func extensionsJSON(ev *eventv1.CloudEvent, names []string) string {
+	slices.Sort(names)
+	b := make([]byte, 0, 64*len(names))
+	b = append(b, '{')
+	for i, k := range names {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, '"')
+		b = append(b, k...)
+		b = append(b, '"', ':')
+		v := ev.GetAttributes()[k]
+		switch a := v.GetAttr().(type) {
+		case *eventv1.CloudEvent_CloudEventAttributeValue_CeBoolean:
+			b = strconv.AppendBool(b, a.CeBoolean)
+		case *eventv1.CloudEvent_CloudEventAttributeValue_CeInteger:
+			b = strconv.AppendInt(b, int64(a.CeInteger), 10)
+		default:
+			b = appendJSONString(b, cloudevent.AttributeString(v))
+		}
 	}
-	return cloudevent.AttributeString(v)
+	return string(append(b, '}'))
+}
+
+// appendJSONString appends s as a JSON string, invalid UTF-8 replaced by
+// U+FFFD as encoding/json does.
+func appendJSONString(b []byte, s string) []byte {
+	const hex = "0123456789abcdef"
+	b = append(b, '"')
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			switch {
+			case c == '"' || c == '\\':
+				b = append(b, '\\', c)
+			case c == '\n':
+				b = append(b, '\\', 'n')
+			case c == '\r':
+				b = append(b, '\\', 'r')
+			case c == '\t':
+				b = append(b, '\\', 't')
+			case c < 0x20:
+				b = append(b, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
+			default:
+				b = append(b, c)
+			}
+			i++
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && size == 1 {
+			b = append(b, "\\ufffd"...)
+		} else {
+			b = append(b, s[i:i+size]...)
+		}
+		i += size
+	}
+	return append(b, '"')
 }
 
 // cursor is a log position, <unix ms>-<seq>, compared as two numbers.
@@ -183,7 +227,9 @@ func parseCursor(s string) (cursor, error) {
 
 func (c cursor) less(d cursor) bool { return c.ms < d.ms || c.ms == d.ms && c.seq < d.seq }
 
-func (c cursor) String() string { return strconv.FormatUint(c.ms, 10) + "-" + strconv.FormatUint(c.seq, 10) }
+func (c cursor) String() string {
+	return strconv.FormatUint(c.ms, 10) + "-" + strconv.FormatUint(c.seq, 10)
+}
 
 // partitionDir is the Hive-style directory of an event: type=<type>/
 // date=YYYY-MM-DD/hour=HH, at in UTC.
