@@ -20,6 +20,7 @@ type index struct {
 	types map[string]*typeIndex
 	cache cursorCache
 	read  func(ctx context.Context, key string) ([]cursor, error)
+	reads int // files whose cursor column was read
 }
 
 type typeIndex struct {
@@ -78,6 +79,7 @@ func (x *index) has(ctx context.Context, typ string, c cursor) (bool, error) {
 			if cs, err = x.read(ctx, f.key); err != nil {
 				return false, fmt.Errorf("read cursors of %s: %w", f.key, err)
 			}
+			x.reads++
 			x.cache.put(f.key, cs)
 		}
 		if _, found := slices.BinarySearchFunc(cs, c, compareCursor); found {

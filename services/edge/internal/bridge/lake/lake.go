@@ -445,7 +445,8 @@ func (s *Sink) commit(f *file) []call {
 		if s.closed {
 			s.closeErr = append(s.closeErr, err)
 		}
-	} else {
+	}
+	if err == nil || errors.Is(err, errVisible) {
 		cs := slices.Clone(f.cursors)
 		slices.SortFunc(cs, compareCursor)
 		s.idx.add(f.typ, f.lo, f.hi, key, cs)

@@ -190,6 +190,12 @@ func TestCrashThenRedelivery(t *testing.T) {
 	rec2 := newRecorder()
 	more := events(300, 400)
 	rec2.send(t, s2, append(sent, more...), 20)
+	s2.mu.Lock()
+	reads := s2.idx.reads
+	s2.mu.Unlock()
+	if reads == 0 {
+		t.Errorf("no cursor column read: no redelivered cursor fell inside a committed file's range")
+	}
 	closeSink(t, s2)
 	rec2.checkOnce(t, append(sent, more...))
 
@@ -312,6 +318,36 @@ func TestBadRecordsAndClosed(t *testing.T) {
 		t.Errorf("second Close: %v", err)
 	}
 	checkRows(t, duck(t, dir, "").Rows, []bridge.Message{good})
+}
+
+// While a partition directory cannot be created (the disk refuses), its
+// messages get a transient error and nothing is visible; handed again once
+// it can, they are written, each once.
+func TestDirectoryFailsThenRecovers(t *testing.T) {
+	dir := t.TempDir()
+	blocker := filepath.Join(dir, "type=billing.invoice.paid")
+	if err := os.WriteFile(blocker, []byte("not a directory"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s := newSink(t, dirConfig(dir, 64<<20, time.Hour))
+	msgs := []bridge.Message{event(0), event(2), event(4)}
+	rec := newRecorder()
+	rec.send(t, s, msgs, 10)
+	rec.mu.Lock()
+	for _, m := range msgs {
+		if errs := rec.calls[m.Cursor]; len(errs) != 1 || errs[0] == nil || bridge.IsPermanent(errs[0]) {
+			t.Errorf("%s: %v, want one transient error", m.Cursor, errs)
+		}
+	}
+	rec.mu.Unlock()
+	if err := os.Remove(blocker); err != nil {
+		t.Fatal(err)
+	}
+	rec = newRecorder()
+	rec.send(t, s, msgs, 10)
+	closeSink(t, s)
+	rec.checkOnce(t, msgs)
+	checkRows(t, duck(t, dir, "").Rows, msgs)
 }
 
 // New refuses settings it cannot use.

@@ -16,9 +16,11 @@ import (
 )
 
 // Row is one event in a Parquet file; nil is null. Optional columns are
-// pointers: parquet-go v0.32.1 writes some zero values of optional
-// non-pointer string and []byte fields as "" instead of null, depending on
-// how rows are batched (TestOptionalColumnsKeepNulls).
+// pointers, parquet-go's documented way to say null: how it writes the
+// zero value of an optional non-pointer field has changed between releases
+// (parquet-go PRs 480 and 523), and v0.32.1 writes some of them as "" and
+// others as null in one file, depending on how rows are batched (as in
+// its issue 154; TestOptionalColumnsKeepNulls).
 type Row struct {
 	Cursor          string     `parquet:"cursor"`
 	ID              string     `parquet:"id"`

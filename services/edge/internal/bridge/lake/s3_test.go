@@ -144,6 +144,12 @@ func TestS3WriteCrashAndRedelivery(t *testing.T) {
 	rec2 := newRecorder()
 	all := append(sent, events(300, 400)...)
 	rec2.send(t, s2, all, 20)
+	s2.mu.Lock()
+	reads := s2.idx.reads
+	s2.mu.Unlock()
+	if reads == 0 {
+		t.Errorf("no cursor column read from the bucket")
+	}
 	closeSink(t, s2)
 	rec2.checkOnce(t, all)
 	if _, err := os.Stat(spool); !errors.Is(err, os.ErrNotExist) {

@@ -64,8 +64,16 @@ func (d *dirStore) commit(_ context.Context, tmp *os.File, key string) error {
 		_ = os.Remove(tmp.Name())
 		return err
 	}
-	return syncDir(filepath.Dir(final))
+	if err := syncDir(filepath.Dir(final)); err != nil {
+		return fmt.Errorf("%w: %w", errVisible, err)
+	}
+	return nil
 }
+
+// errVisible marks a commit error after the file became visible (its
+// directory's fsync failed): the file is known committed, so that its
+// messages handed again are not written twice, but not acknowledged.
+var errVisible = errors.New("committed but not durable")
 
 func syncDir(dir string) error {
 	f, err := os.Open(dir)
