@@ -34,8 +34,9 @@
 // Optional attributes are null when absent (CloudEvents requires them
 // non-empty when present). Protobuf data is written like the structured
 // JSON format does: its bytes, datacontenttype application/protobuf and
-// dataschema the Any's type URL unless set. Columns are Zstandard
-// compressed; a file has row groups of about max_file_bytes/8.
+// dataschema the Any's type URL unless set. Columns are compressed with
+// Zstandard (its fastest level); a file has row groups of about
+// max_file_bytes/8.
 //
 // # Files and acknowledgement
 //
