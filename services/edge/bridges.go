@@ -11,12 +11,15 @@ import (
 	"github.com/heraldmesh/herald/platform/rpc"
 	"github.com/heraldmesh/herald/platform/service"
 	"github.com/heraldmesh/herald/services/edge/internal/bridge"
+	"github.com/heraldmesh/herald/services/edge/internal/bridge/lake"
 )
 
 // bridgeSystems are the adapters this edge runs bridges with.
 func bridgeSystems() bridge.Systems {
 	return bridge.Systems{
-		Sinks:   map[string]func(bridge.Config) (bridge.Sink, error){},
+		Sinks: map[string]func(bridge.Config) (bridge.Sink, error){
+			"lake": func(c bridge.Config) (bridge.Sink, error) { return lake.New(c) },
+		},
 		Sources: map[string]func(bridge.Config) (bridge.Source, error){},
 	}
 }

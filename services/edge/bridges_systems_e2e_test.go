@@ -1,0 +1,133 @@
+package edge_test
+
+import (
+	"context"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+	edgev1 "github.com/heraldmesh/herald/api/gen/herald/edge/v1"
+	registryv1 "github.com/heraldmesh/herald/api/gen/herald/registry/v1"
+	"github.com/heraldmesh/herald/platform/eventlog"
+	"github.com/heraldmesh/herald/platform/testutil"
+	"github.com/parquet-go/parquet-go"
+	"google.golang.org/protobuf/types/known/durationpb"
+)
+
+func quickRetries() []*durationpb.Duration {
+	var out []*durationpb.Duration
+	for range 30 {
+		out = append(out, durationpb.New(200*time.Millisecond))
+	}
+	return out
+}
+
+func fromStart() *registryv1.StartPosition {
+	return &registryv1.StartPosition{Position: &registryv1.StartPosition_Cursor{Cursor: "0"}}
+}
+
+func sinkOf(types ...string) *registryv1.BridgeSink {
+	return &registryv1.BridgeSink{Types: types, RetrySchedule: quickRetries(), Start: fromStart()}
+}
+
+// logged counts the events of the bridge test type in the log, by id.
+func (m *bridgeMesh) logged() map[string]int {
+	msgs, err := m.rdb.XRange(context.Background(), eventlog.StreamKeys(bridgeType, 1)[0], "-", "+").Result()
+	if err != nil {
+		m.t.Fatal(err)
+	}
+	out := map[string]int{}
+	for _, msg := range msgs {
+		e, err := eventlog.Decode(eventlog.StreamKeys(bridgeType, 1)[0], msg)
+		if err != nil {
+			m.t.Fatal(err)
+		}
+		out[e.Event.GetId()]++
+	}
+	return out
+}
+
+// sourceSurvivesKill: the edge running a source is killed with SIGKILL
+// while it reads; another takes over, and the log ends up with each record
+// once (the router's dedupe absorbs what was published and not committed).
+func sourceSurvivesKill(t *testing.T, m *bridgeMesh, b *registryv1.Bridge, records int) {
+	t.Helper()
+	first := m.edge()
+	testutil.Eventually(t, 30*time.Second, func() bool { return len(m.logged()) >= records/10 }, "the source publishes")
+	first.kill()
+	second := m.edge()
+	testutil.Eventually(t, 60*time.Second, func() bool { return len(m.logged()) == records }, "every record in the log")
+	for id, n := range m.logged() {
+		if n != 1 {
+			t.Errorf("%s is in the log %d times", id, n)
+		}
+	}
+	testutil.Eventually(t, 20*time.Second, func() bool { return second.status(t, b.GetName()).GetRunning() }, "the second edge runs the source")
+}
+
+// deadLetters lists a bridge's dead letters through an edge.
+func deadLetters(t *testing.T, p *edgeProc, name string) []*edgev1.BridgeDeadLetter {
+	t.Helper()
+	res, err := p.bridges().ListBridgeDeadLetters(context.Background(), connect.NewRequest(&edgev1.ListBridgeDeadLettersRequest{Bridge: name}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res.Msg.GetDeadLetters()
+}
+
+// --- Lake: Parquet files in a directory, read with parquet-go (DuckDB
+// reads them in the lake package's own tests).
+
+type lakeID struct {
+	ID string `parquet:"id"`
+}
+
+func lakeReader(t *testing.T, dir string) farSide {
+	return func() map[string]int {
+		out := map[string]int{}
+		_ = filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+			if err != nil || d.IsDir() || !strings.HasSuffix(p, ".parquet") || strings.HasPrefix(d.Name(), ".") {
+				return nil
+			}
+			f, err := os.Open(p)
+			if err != nil {
+				return nil
+			}
+			defer f.Close()
+			r := parquet.NewGenericReader[lakeID](f)
+			defer r.Close()
+			rows := make([]lakeID, 256)
+			for {
+				n, err := r.Read(rows)
+				for _, row := range rows[:n] {
+					out[row.ID]++
+				}
+				if errors.Is(err, io.EOF) || err != nil {
+					break
+				}
+			}
+			return nil
+		})
+		return out
+	}
+}
+
+func TestLakeSinkSurvivesAKilledEdgeWithEachEventOnce(t *testing.T) {
+	m := startBridgeMesh(t)
+	dir := t.TempDir()
+	b := m.create(&registryv1.Bridge{Name: "to-lake", Direction: registryv1.BridgeDirection_BRIDGE_DIRECTION_SINK,
+		System: &registryv1.Bridge_Lake{Lake: &registryv1.LakeBridge{Directory: dir, MaxFileBytes: 1 << 20, MaxFileAge: durationpb.New(time.Second)}},
+		Sink:   sinkOf(bridgeType)})
+	far := lakeReader(t, dir)
+	sinkSurvivesKill(t, m, b, far, nil, nil)
+	for id, n := range far() {
+		if n != 1 {
+			t.Errorf("%s is in the lake %d times", id, n)
+		}
+	}
+}
