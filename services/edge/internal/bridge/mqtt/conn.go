@@ -61,14 +61,19 @@ func connect(ctx context.Context, st *settings, o connOpts) (c conn, sessionPres
 	return connect5(ctx, st, o)
 }
 
-// lost records the first reason a connection ended.
+// lost records the first reason a connection ended; its ctx ends then.
 type lost struct {
-	once sync.Once
-	ch   chan struct{}
-	why  error
+	once   sync.Once
+	ctx    context.Context
+	cancel context.CancelFunc
+	why    error
 }
 
-func newLost() *lost { return &lost{ch: make(chan struct{})} }
+func newLost() *lost {
+	l := &lost{}
+	l.ctx, l.cancel = context.WithCancel(context.Background())
+	return l
+}
 
 func (l *lost) set(err error) {
 	l.once.Do(func() {
@@ -76,19 +81,17 @@ func (l *lost) set(err error) {
 			err = errors.New("connection closed")
 		}
 		l.why = err
-		close(l.ch)
+		l.cancel()
 	})
 }
 
-func (l *lost) done() <-chan struct{} { return l.ch }
+func (l *lost) done() <-chan struct{} { return l.ctx.Done() }
 
 func (l *lost) err() error {
-	select {
-	case <-l.ch:
-		return l.why
-	default:
+	if l.ctx.Err() == nil {
 		return nil
 	}
+	return l.why
 }
 
 // --- MQTT 5: github.com/eclipse/paho.golang ---
@@ -201,6 +204,12 @@ func (c *conn5) publish(ctx context.Context, m *outgoing, qos byte) error {
 	if c.maxPacket > 0 && uint64(size5(m)) > uint64(c.maxPacket) {
 		return bridge.Permanent(fmt.Errorf("mqtt: message of %d bytes is over the broker's maximum packet size %d", size5(m), c.maxPacket))
 	}
+	// paho forgets, rather than fails, what is in flight when the
+	// connection drops (its session state is cleaned): without this the
+	// Publish would wait for its PacketTimeout.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	defer context.AfterFunc(c.ctx, cancel)()
 	pr, err := c.c.Publish(ctx, p)
 	if pr != nil && pr.ReasonCode >= 0x80 {
 		reason := ""
@@ -278,7 +287,7 @@ func connect3(ctx context.Context, st *settings, o connOpts) (conn, bool, error)
 		scheme = "ssl://"
 	}
 	opts := pahov3.NewClientOptions().
-		AddBroker(scheme+st.broker).
+		AddBroker(scheme + st.broker).
 		SetClientID(o.clientID).
 		SetProtocolVersion(4).
 		SetCleanSession(!o.persistent).
@@ -287,7 +296,11 @@ func connect3(ctx context.Context, st *settings, o connOpts) (conn, bool, error)
 		SetKeepAlive(keepAlive).
 		SetPingTimeout(10 * time.Second).
 		SetConnectTimeout(dialTimeout).
-		SetWriteTimeout(publishTimeout).
+		// How long Publish may wait to hand its packet to the client's
+		// writer. A connection found lost in the middle of a Publish
+		// leaves it waiting that long, so keep it short: a healthy
+		// writer takes a packet at once (a lane has one in flight).
+		SetWriteTimeout(2 * time.Second).
 		SetOrderMatters(true).
 		SetConnectionLostHandler(func(_ pahov3.Client, err error) {
 			c.set(fmt.Errorf("mqtt: connection to %s lost: %w", st.broker, err))

@@ -13,9 +13,9 @@ import (
 	"github.com/heraldmesh/herald/services/edge/internal/bridge"
 	"go.uber.org/goleak"
 
+	pahov3 "github.com/eclipse/paho.mqtt.golang"
 	eventv1 "github.com/heraldmesh/herald/api/gen/herald/event/v1"
 	registryv1 "github.com/heraldmesh/herald/api/gen/herald/registry/v1"
-	pahov3 "github.com/eclipse/paho.mqtt.golang"
 )
 
 func TestMain(m *testing.M) {

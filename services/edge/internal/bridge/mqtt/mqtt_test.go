@@ -34,7 +34,11 @@ func TestParse(t *testing.T) {
 	if st.clientID != "herald-sensors-in-src" || st.eventType != "sensors.reading.taken" {
 		t.Errorf("source defaults: %+v", st)
 	}
-	st, err = parse(sink(func(m *registryv1.MqttBridge) { m.Broker = "ssl://mq.example"; m.ProtocolVersion = 4; m.ClientId = "me" }), registryv1.BridgeDirection_BRIDGE_DIRECTION_SINK)
+	st, err = parse(sink(func(m *registryv1.MqttBridge) {
+		m.Broker = "ssl://mq.example"
+		m.ProtocolVersion = 4
+		m.ClientId = "me"
+	}), registryv1.BridgeDirection_BRIDGE_DIRECTION_SINK)
 	if err != nil || !st.tls || st.broker != "mq.example:8883" || !st.structured || st.clientID != "me" {
 		t.Errorf("ssl, 3.1.1: %+v %v", st, err)
 	}

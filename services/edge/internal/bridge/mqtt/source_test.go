@@ -16,8 +16,8 @@ import (
 	"github.com/heraldmesh/herald/services/edge/internal/bridge"
 	"google.golang.org/protobuf/proto"
 
-	eventv1 "github.com/heraldmesh/herald/api/gen/herald/event/v1"
 	pahov3 "github.com/eclipse/paho.mqtt.golang"
+	eventv1 "github.com/heraldmesh/herald/api/gen/herald/event/v1"
 )
 
 func newSource(t *testing.T, cfg bridge.Config) *Source {
@@ -187,7 +187,7 @@ func TestSourceGarbage(t *testing.T) {
 			run(t, src, 3, rec.publish)
 			p := newProducer(t, addr, v)
 			bad := [][]byte{
-				[]byte(`{"specversion":"1.0","id":"x"}`),                         // no source, no type
+				[]byte(`{"specversion":"1.0","id":"x"}`),                        // no source, no type
 				[]byte(`{"specversion":"1.0","id":"x","source":"/s","type":1}`), // type not a string
 			}
 			if v == 5 {
