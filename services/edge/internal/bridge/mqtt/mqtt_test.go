@@ -4,6 +4,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/eclipse/paho.golang/paho"
+	"github.com/heraldmesh/herald/platform/cloudevent"
 	"github.com/heraldmesh/herald/services/edge/internal/bridge"
 
 	registryv1 "github.com/heraldmesh/herald/api/gen/herald/registry/v1"
@@ -100,4 +102,36 @@ func TestSourceOfAndHashID(t *testing.T) {
 	if hashID("a", []byte("x")) != hashID("a", []byte("x")) || len(hashID("a", nil)) != len("mqtt-")+64 {
 		t.Error("hashID is not stable")
 	}
+}
+
+// FuzzToEvent: whatever a broker hands over, reading it never panics, and
+// an event it yields is a valid CloudEvent.
+func FuzzToEvent(f *testing.F) {
+	f.Add("sensors/a", []byte(`{"celsius":1}`), "", "", "")
+	f.Add("a b/c", []byte(`{"specversion":"1.0","id":"1","source":"/s","type":"t"}`), "", "", "")
+	f.Add("x", []byte("data"), "application/cloudevents+json", "specversion", "1.0")
+	f.Add("x", []byte("data"), "text/plain", "id", "my-id")
+	f.Add("host:1/x", []byte{0xff}, "application/cloudevents-batch+json", "time", "nope")
+	cfg := sourceConfig("broker:1883", 5, "#")
+	f.Fuzz(func(t *testing.T, topic string, payload []byte, ct, key, value string) {
+		in := &incoming{topic: topic, payload: payload, contentType: ct}
+		if key != "" {
+			in.user = paho.UserProperties{{Key: key, Value: value}}
+			if key != "specversion" {
+				in.user = append(in.user, paho.UserProperty{Key: "specversion", Value: "1.0"}, paho.UserProperty{Key: "id", Value: value}, paho.UserProperty{Key: "source", Value: "/s"}, paho.UserProperty{Key: "type", Value: "t"})
+			}
+		}
+		for _, user := range []paho.UserProperties{in.user, nil} {
+			in.user = user
+			rec := record(&cfg, in)
+			if (rec.Event == nil) == (rec.Err == nil) {
+				t.Fatalf("event %v and error %v", rec.Event, rec.Err)
+			}
+			if rec.Event != nil {
+				if err := cloudevent.Validate(rec.Event); err != nil {
+					t.Fatalf("invalid event %v: %v", rec.Event, err)
+				}
+			}
+		}
+	})
 }

@@ -63,6 +63,8 @@ type Sink struct {
 	lastErr error         // why the last connect failed or the connection ended
 }
 
+var _ bridge.Sink = (*Sink)(nil)
+
 type item struct {
 	m    bridge.Message
 	i    int

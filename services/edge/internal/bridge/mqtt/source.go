@@ -51,6 +51,8 @@ type Source struct {
 	subscribed func()
 }
 
+var _ bridge.Source = (*Source)(nil)
+
 // NewSource builds the source of an MQTT bridge. It connects when Run is
 // called.
 func NewSource(cfg bridge.Config) (*Source, error) {
