@@ -31,9 +31,10 @@ func newSource(t *testing.T, cfg bridge.Config) *Source {
 
 // producer publishes test messages with a plain client of either version.
 type producer struct {
-	t  *testing.T
-	v5 *paho.Client
-	v3 pahov3.Client
+	t   *testing.T
+	v5  *paho.Client
+	v3  pahov3.Client
+	qos byte // 1 unless set
 }
 
 func newProducer(t *testing.T, addr string, version int32) *producer {
@@ -49,11 +50,15 @@ func newProducer(t *testing.T, addr string, version int32) *producer {
 // raw publishes payload to topic with no properties.
 func (p *producer) raw(topic string, payload []byte) {
 	p.t.Helper()
+	qos := max(p.qos, 1)
 	if p.v5 != nil {
-		publish5(p.t, p.v5, &paho.Publish{Topic: topic, Payload: payload, QoS: 1})
+		publish5(p.t, p.v5, &paho.Publish{Topic: topic, Payload: payload, QoS: qos})
 		return
 	}
-	publish3(p.t, p.v3, topic, payload)
+	tok := p.v3.Publish(topic, qos, false, payload)
+	if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		p.t.Fatalf("publish to %s: %v", topic, tok.Error())
+	}
 }
 
 func waitRecords(t *testing.T, r *recorder, n int) []bridge.Record {
@@ -272,62 +277,70 @@ func TestSourcePublishFailsOnce(t *testing.T) {
 // same ids, and what was sent meanwhile.
 func TestSourceCrashRedelivery(t *testing.T) {
 	for _, v := range versions {
-		t.Run(vname(v), func(t *testing.T) {
-			addr, _ := testutil.Mosquitto(t)
-			cfg := sourceConfig(addr, v, "in/#")
-			src1 := newSource(t, cfg)
-			offered := make(chan []string, 100)
-			stuck := func(ctx context.Context, recs []bridge.Record) error {
-				var ids []string
-				for _, r := range recs {
-					ids = append(ids, r.Event.GetId())
-				}
-				offered <- ids
-				return errors.New("router down")
-			}
-			wait1 := run(t, src1, 10, stuck)
-			p := newProducer(t, addr, v)
-			var want []string
-			for i := range 30 {
-				payload := fmt.Appendf(nil, "reading %d", i)
-				p.raw("in/x", payload)
-				want = append(want, hashID("in/x", payload))
-			}
-			var first []string
-			select {
-			case first = <-offered:
-			case <-time.After(20 * time.Second):
-				t.Fatal("nothing offered")
-			}
-			if err := src1.Close(); err != nil {
-				t.Fatal(err)
-			}
-			if err := wait1(); !errors.Is(err, errClosed) {
-				t.Errorf("Run after Close: %v", err)
-			}
-			for i := range 10 {
-				payload := fmt.Appendf(nil, "later %d", i)
-				p.raw("in/x", payload)
-				want = append(want, hashID("in/x", payload))
-			}
+		for _, qos := range []byte{1, 2} {
+			t.Run(fmt.Sprintf("%s/qos%d", vname(v), qos), func(t *testing.T) {
+				testCrashRedelivery(t, v, qos)
+			})
+		}
+	}
+}
 
-			src2 := newSource(t, cfg)
-			rec := &recorder{}
-			run(t, src2, 10, rec.publish)
-			recs := waitRecords(t, rec, len(want))
-			var got []string
-			for _, r := range recs {
-				got = append(got, r.Event.GetId())
-			}
-			if !slices.Equal(got[:len(first)], first) {
-				t.Errorf("redelivered first %v, want the unacknowledged %v", got[:len(first)], first)
-			}
-			for _, id := range want {
-				if !slices.Contains(got, id) {
-					t.Fatalf("%s lost (got %v)", id, got)
-				}
-			}
-		})
+func testCrashRedelivery(t *testing.T, v int32, qos byte) {
+	addr, _ := testutil.Mosquitto(t)
+	cfg := sourceConfig(addr, v, "in/#")
+	cfg.Bridge.GetMqtt().Qos = int32(qos)
+	src1 := newSource(t, cfg)
+	offered := make(chan []string, 100)
+	stuck := func(ctx context.Context, recs []bridge.Record) error {
+		var ids []string
+		for _, r := range recs {
+			ids = append(ids, r.Event.GetId())
+		}
+		offered <- ids
+		return errors.New("router down")
+	}
+	wait1 := run(t, src1, 10, stuck)
+	p := newProducer(t, addr, v)
+	p.qos = qos
+	var want []string
+	for i := range 30 {
+		payload := fmt.Appendf(nil, "reading %d", i)
+		p.raw("in/x", payload)
+		want = append(want, hashID("in/x", payload))
+	}
+	var first []string
+	select {
+	case first = <-offered:
+	case <-time.After(20 * time.Second):
+		t.Fatal("nothing offered")
+	}
+	if err := src1.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := wait1(); !errors.Is(err, errClosed) {
+		t.Errorf("Run after Close: %v", err)
+	}
+	for i := range 10 {
+		payload := fmt.Appendf(nil, "later %d", i)
+		p.raw("in/x", payload)
+		want = append(want, hashID("in/x", payload))
+	}
+
+	src2 := newSource(t, cfg)
+	rec := &recorder{}
+	run(t, src2, 10, rec.publish)
+	recs := waitRecords(t, rec, len(want))
+	var got []string
+	for _, r := range recs {
+		got = append(got, r.Event.GetId())
+	}
+	if !slices.Equal(got[:len(first)], first) {
+		t.Errorf("redelivered first %v, want the unacknowledged %v", got[:len(first)], first)
+	}
+	for _, id := range want {
+		if !slices.Contains(got, id) {
+			t.Fatalf("%s lost (got %v)", id, got)
+		}
 	}
 }
 
