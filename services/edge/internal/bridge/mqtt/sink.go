@@ -37,9 +37,10 @@ const (
 // that is not permanent, the messages queued behind it in its lane fail
 // too, so a retry of the first cannot be overtaken by its successors.
 //
-// Send, Close and the done callbacks may run on any goroutine; done is
-// called from the lanes' goroutines (or from Send's, when a message cannot
-// be queued), never while Sink holds a lock.
+// Send and Close may be called from any goroutine. done is called from
+// the lanes' goroutines, or from Send's before it returns when a message
+// cannot be queued (the sink is closed, ctx ended); done must not block
+// for long (it holds up its lane) and must not call Close.
 type Sink struct {
 	st    settings
 	lanes []chan item
