@@ -33,6 +33,14 @@ type MosquittoServer struct {
 // broker accepts connections, and kills the broker when the test ends.
 func Mosquitto(t testing.TB) (addr string, ctl *MosquittoServer) {
 	t.Helper()
+	return MosquittoWith(t)
+}
+
+// MosquittoWith is Mosquitto with more lines of mosquitto.conf (a
+// max_packet_size, say), which come after the helper's own.
+func MosquittoWith(t testing.TB, conf ...string) (addr string, ctl *MosquittoServer) {
+	t.Helper()
+	extra := conf
 	bin, err := exec.LookPath("mosquitto")
 	if err != nil {
 		if _, serr := os.Stat("/usr/sbin/mosquitto"); serr != nil {
@@ -42,7 +50,7 @@ func Mosquitto(t testing.TB) (addr string, ctl *MosquittoServer) {
 	}
 	m := &MosquittoServer{t: t, bin: bin, dir: t.TempDir(), addr: FreeAddr(t)}
 	_, port, _ := net.SplitHostPort(m.addr)
-	conf := []string{
+	conf = []string{
 		"listener " + port + " 127.0.0.1",
 		"allow_anonymous true",
 		"persistence true",
@@ -61,6 +69,7 @@ func Mosquitto(t testing.TB) (addr string, ctl *MosquittoServer) {
 		// cannot write the test's directory.
 		conf = append(conf, "user root")
 	}
+	conf = append(conf, extra...)
 	if err := os.WriteFile(m.conf(), []byte(strings.Join(conf, "\n")+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	pahov3 "github.com/eclipse/paho.mqtt.golang"
+	eventv1 "github.com/heraldmesh/herald/api/gen/herald/event/v1"
 	registryv1 "github.com/heraldmesh/herald/api/gen/herald/registry/v1"
 )
 
@@ -368,5 +369,21 @@ func TestSinkClose(t *testing.T) {
 		if err == nil || bridge.IsPermanent(err) || !strings.Contains(err.Error(), "not connected") {
 			t.Errorf("broker down: %v, want a non-permanent not connected error", err)
 		}
+	}
+}
+
+// TestSinkTooLarge: a message over the broker's maximum packet size (MQTT
+// 5 CONNACK) fails for good, and the next one goes through.
+func TestSinkTooLarge(t *testing.T) {
+	addr, _ := testutil.MosquittoWith(t, "max_packet_size 2048")
+	s := newSink(t, sinkConfig(addr, 5, 0, 1))
+	msgs := messages(0, 2, 1)
+	msgs[0].Event.Data = &eventv1.CloudEvent_TextData{TextData: `"` + strings.Repeat("x", 4096) + `"`}
+	errs := sendAll(t, s, msgs)
+	if !bridge.IsPermanent(errs[0]) {
+		t.Errorf("too large: %v, want a permanent error", errs[0])
+	}
+	if errs[1] != nil {
+		t.Errorf("the next message: %v", errs[1])
 	}
 }
