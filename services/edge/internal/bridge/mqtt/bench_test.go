@@ -9,13 +9,14 @@ import (
 
 	"github.com/eclipse/paho.golang/paho"
 	"github.com/heraldmesh/herald/platform/testutil"
+	"github.com/heraldmesh/herald/services/edge/internal/bridge"
 )
 
 // The benchmarks publish b.N events at QoS 1 to one private mosquitto and
 // wait for every PUBACK: through the Sink (as the engine would use it,
 // with up to max_in_flight = 1000 unconfirmed), and directly with a plain
-// paho client publishing the same rendered records, one at a time and
-// from as many goroutines as the sink has lanes.
+// paho client publishing the same records, rendered the same way, one at a
+// time from one goroutine or from as many as the sink has lanes.
 //
 //	go test -run '^$' -bench MQTT -benchtime 20000x ./internal/bridge/mqtt/
 
@@ -76,12 +77,6 @@ func BenchmarkMQTTDirect(b *testing.B) {
 					b.Fatal(err)
 				}
 				msgs := messages(0, b.N, b.N)
-				outs := make([]outgoing, len(msgs))
-				for i, m := range msgs {
-					if outs[i], err = render(&st, m.Event); err != nil {
-						b.Fatal(err)
-					}
-				}
 				var publish func(o *outgoing) error
 				if v == 5 {
 					c := mustPlain5(b, addr, "direct", false, nil)
@@ -98,7 +93,7 @@ func BenchmarkMQTTDirect(b *testing.B) {
 						return tok.Error()
 					}
 				}
-				next := make(chan *outgoing, 1000)
+				next := make(chan *bridge.Message, 1000)
 				var wg sync.WaitGroup
 				var mu sync.Mutex
 				var failed error
@@ -109,8 +104,14 @@ func BenchmarkMQTTDirect(b *testing.B) {
 					wg.Add(1)
 					go func() {
 						defer wg.Done()
-						for o := range next {
-							if err := publish(o); err != nil {
+						for m := range next {
+							// The same rendering as the sink's (a plain
+							// publisher has to encode the event too).
+							o, err := render(&st, m.Event)
+							if err == nil {
+								err = publish(&o)
+							}
+							if err != nil {
 								mu.Lock()
 								failed = err
 								mu.Unlock()
@@ -118,8 +119,8 @@ func BenchmarkMQTTDirect(b *testing.B) {
 						}
 					}()
 				}
-				for i := range outs {
-					next <- &outs[i]
+				for i := range msgs {
+					next <- &msgs[i]
 				}
 				close(next)
 				wg.Wait()
