@@ -12,6 +12,7 @@ import (
 	"github.com/heraldmesh/herald/platform/service"
 	"github.com/heraldmesh/herald/services/edge/internal/bridge"
 	"github.com/heraldmesh/herald/services/edge/internal/bridge/lake"
+	"github.com/heraldmesh/herald/services/edge/internal/bridge/mqtt"
 )
 
 // bridgeSystems are the adapters this edge runs bridges with.
@@ -19,8 +20,11 @@ func bridgeSystems() bridge.Systems {
 	return bridge.Systems{
 		Sinks: map[string]func(bridge.Config) (bridge.Sink, error){
 			"lake": func(c bridge.Config) (bridge.Sink, error) { return lake.New(c) },
+			"mqtt": func(c bridge.Config) (bridge.Sink, error) { return mqtt.NewSink(c) },
 		},
-		Sources: map[string]func(bridge.Config) (bridge.Source, error){},
+		Sources: map[string]func(bridge.Config) (bridge.Source, error){
+			"mqtt": func(c bridge.Config) (bridge.Source, error) { return mqtt.NewSource(c) },
+		},
 	}
 }
 

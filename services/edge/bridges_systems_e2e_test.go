@@ -3,6 +3,7 @@ package edge_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	mqtt "github.com/eclipse/paho.mqtt.golang"
 	edgev1 "github.com/heraldmesh/herald/api/gen/herald/edge/v1"
 	registryv1 "github.com/heraldmesh/herald/api/gen/herald/registry/v1"
 	"github.com/heraldmesh/herald/platform/eventlog"
@@ -78,6 +80,78 @@ func deadLetters(t *testing.T, p *edgeProc, name string) []*edgev1.BridgeDeadLet
 		t.Fatal(err)
 	}
 	return res.Msg.GetDeadLetters()
+}
+
+// --- MQTT: a private mosquitto, read by a paho subscriber with a
+// persistent session.
+
+func mqttReader(t *testing.T, addr, topic string) farSide {
+	t.Helper()
+	col := newCollector()
+	opts := mqtt.NewClientOptions().AddBroker("tcp://" + addr).SetClientID("reader-" + t.Name()).SetCleanSession(false).
+		SetAutoReconnect(true).SetConnectRetry(true).SetMaxReconnectInterval(200 * time.Millisecond).SetResumeSubs(true)
+	opts.SetDefaultPublishHandler(func(_ mqtt.Client, msg mqtt.Message) {})
+	c := mqtt.NewClient(opts)
+	if tok := c.Connect(); tok.Wait() && tok.Error() != nil {
+		t.Fatal(tok.Error())
+	}
+	t.Cleanup(func() { c.Disconnect(100) })
+	if tok := c.Subscribe(topic, 1, func(_ mqtt.Client, msg mqtt.Message) {
+		// MQTT 5 user properties are not visible to a 3.1.1 client: the
+		// sink runs in structured mode here, and the id is in the JSON.
+		p := string(msg.Payload())
+		if i := strings.Index(p, `"id":"`); i >= 0 {
+			rest := p[i+6:]
+			col.add(rest[:strings.IndexByte(rest, '"')])
+		}
+	}); tok.Wait() && tok.Error() != nil {
+		t.Fatal(tok.Error())
+	}
+	return col.snapshot
+}
+
+func TestMQTTSinkSurvivesAKilledEdgeAndABrokerOutage(t *testing.T) {
+	m := startBridgeMesh(t)
+	addr, broker := testutil.Mosquitto(t)
+	far := mqttReader(t, addr, "herald/#")
+	sink := sinkOf(bridgeType)
+	sink.ContentMode = registryv1.BridgeContentMode_BRIDGE_CONTENT_MODE_STRUCTURED
+	b := m.create(&registryv1.Bridge{Name: "to-mqtt", Direction: registryv1.BridgeDirection_BRIDGE_DIRECTION_SINK,
+		System: &registryv1.Bridge_Mqtt{Mqtt: &registryv1.MqttBridge{Broker: "tcp://" + addr}}, Sink: sink})
+	sinkSurvivesKill(t, m, b, far, broker.Stop, broker.Start)
+}
+
+func TestMQTTSourceSurvivesAKilledEdge(t *testing.T) {
+	m := startBridgeMesh(t)
+	addr, _ := testutil.Mosquitto(t)
+	b := m.create(&registryv1.Bridge{Name: "from-mqtt", Direction: registryv1.BridgeDirection_BRIDGE_DIRECTION_SOURCE,
+		System: &registryv1.Bridge_Mqtt{Mqtt: &registryv1.MqttBridge{Broker: "tcp://" + addr, Topic: "orders/#"}},
+		Source: &registryv1.BridgeSource{EventType: bridgeType, BatchSize: 50}})
+	first := m.edge()
+	testutil.Eventually(t, 20*time.Second, func() bool { return first.status(t, b.GetName()).GetRunning() }, "an edge runs the source")
+	time.Sleep(time.Second) // subscribed: the persistent session keeps what comes from now on
+	pub := mqtt.NewClient(mqtt.NewClientOptions().AddBroker("tcp://" + addr).SetClientID("pub-" + t.Name()))
+	if tok := pub.Connect(); tok.Wait() && tok.Error() != nil {
+		t.Fatal(tok.Error())
+	}
+	defer pub.Disconnect(100)
+	const n = 2000
+	go func() {
+		for i := range n {
+			pub.Publish(fmt.Sprintf("orders/%d", i%7), 1, false, fmt.Sprintf(`{"n":%d}`, i)).Wait()
+		}
+		pub.Publish("orders/bad", 1, false, `{"n":true}`).Wait()
+	}()
+	testutil.Eventually(t, 30*time.Second, func() bool { return len(m.logged()) >= n/10 }, "the source publishes")
+	first.kill()
+	second := m.edge()
+	testutil.Eventually(t, 90*time.Second, func() bool { return len(m.logged()) == n }, "every message in the log")
+	for id, c := range m.logged() {
+		if c != 1 {
+			t.Errorf("%s is in the log %d times", id, c)
+		}
+	}
+	testutil.Eventually(t, 20*time.Second, func() bool { return len(deadLetters(t, second, "from-mqtt")) == 1 }, "the refused message dead-lettered")
 }
 
 // --- Lake: Parquet files in a directory, read with parquet-go (DuckDB

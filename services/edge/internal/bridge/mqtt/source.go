@@ -121,30 +121,43 @@ func (s *Source) Run(ctx context.Context, batch int, publish bridge.PublishFunc)
 
 	// Subscribing again on every connection is harmless (the broker
 	// replaces an identical subscription, and on MQTT 5 sends retained
-	// messages only to a new one) and takes a changed filter.
-	sctx, cancel := context.WithTimeout(ctx, dialTimeout)
-	err = c.subscribe(sctx, s.st.topic, s.st.qos)
-	cancel()
-	if err != nil {
+	// messages only to a new one) and takes a changed filter. It runs
+	// beside the loop below: a persistent session's messages may come
+	// before the SUBACK, and must be taken meanwhile, or the client's
+	// reader, stuck on a full inbox, never reads the SUBACK.
+	rctx, fail := context.WithCancelCause(ctx)
+	defer fail(nil)
+	go func() {
+		sctx, cancel := context.WithTimeout(rctx, dialTimeout)
+		defer cancel()
+		if err := c.subscribe(sctx, s.st.topic, s.st.qos); err != nil {
+			fail(err)
+			return
+		}
+		if s.subscribed != nil {
+			s.subscribed()
+		}
+	}()
+	ended := func(err error) error {
+		if cause := context.Cause(rctx); ctx.Err() == nil && cause != nil && !errors.Is(cause, context.Canceled) {
+			err = cause
+		}
 		return s.why(ctx, err)
-	}
-	if s.subscribed != nil {
-		s.subscribed()
 	}
 
 	msgs := make([]*incoming, 0, batch)
 	recs := make([]bridge.Record, 0, batch)
 	for {
 		msgs = msgs[:0]
-		if err := collect(ctx, c, inbox, batch, &msgs); err != nil {
-			return s.why(ctx, err)
+		if err := collect(rctx, c, inbox, batch, &msgs); err != nil {
+			return ended(err)
 		}
 		recs = recs[:0]
 		for _, m := range msgs {
 			recs = append(recs, record(&s.cfg, m))
 		}
-		if err := publishAll(ctx, c, recs, publish); err != nil {
-			return s.why(ctx, err)
+		if err := publishAll(rctx, c, recs, publish); err != nil {
+			return ended(err)
 		}
 		for _, m := range msgs {
 			if m.ack != nil {
