@@ -55,7 +55,8 @@ test: check-generated lint test-node test-go
 ## gRPC on h2c from descriptors loaded at run time) and tests/dashboard (playwright-core again, driving
 ## metering's operator dashboard: sign-in form, charts and top lists against the API, live counter) and
 ## tests/codegen (typescript, type-checking what `herald codegen --lang ts` writes with tsc --strict) and
-## tests/portal (playwright-core, driving the edge's consumer portal from a portal link to signed webhooks).
+## tests/portal (playwright-core, driving the edge's consumer portal from a portal link to signed webhooks) and
+## tests/kafka (kafkajs, reading what the edge's Kafka bridge sink writes).
 ## Node.js >= 20
 test-node:
 	cd tests/asyncapi && npm ci --no-audit --no-fund --ignore-scripts
@@ -68,6 +69,7 @@ test-node:
 	cd tests/dashboard && npm ci --no-audit --no-fund --ignore-scripts
 	cd tests/codegen && npm ci --no-audit --no-fund --ignore-scripts
 	cd tests/portal && npm ci --no-audit --no-fund --ignore-scripts
+	cd tests/kafka && npm ci --no-audit --no-fund --ignore-scripts
 
 test-go: tools test-node
 	go test -race -count=1 -timeout 20m $(PKGS)
