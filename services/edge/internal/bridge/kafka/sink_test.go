@@ -409,7 +409,7 @@ func TestClassify(t *testing.T) {
 		{kgo.ErrRecordTimeout, false},
 		{kgo.ErrClientClosed, false},
 		{kerr.NotLeaderForPartition, false},
-		{kerr.UnknownTopicOrPartition, false}, // it may be created
+		{kerr.UnknownTopicOrPartition, false},  // it may be created
 		{kerr.TopicAuthorizationFailed, false}, // an operator may grant it
 		{context.Canceled, false},
 	} {

@@ -292,6 +292,9 @@ func (s *Source) Lag(ctx context.Context) (int64, error) {
 	if err == nil {
 		err = commits.Error()
 	}
+	if errors.Is(err, kerr.GroupIDNotFound) { // no commit yet (newer brokers say so)
+		commits, err = nil, nil
+	}
 	if err != nil {
 		return -1, fmt.Errorf("kafka bridge %q: offsets of group %s: %w", s.cfg.Name, s.group, err)
 	}
