@@ -168,6 +168,11 @@ func messages(from, n, keys int) []bridge.Message {
 // error, once every done came.
 func sendAll(t testing.TB, s bridge.Sink, msgs []bridge.Message, batch int) []error {
 	t.Helper()
+	return sendAllCtx(t, context.Background(), s, msgs, batch)
+}
+
+func sendAllCtx(t testing.TB, ctx context.Context, s bridge.Sink, msgs []bridge.Message, batch int) []error {
+	t.Helper()
 	errs := make([]error, len(msgs))
 	calls := make([]int, len(msgs))
 	var mu sync.Mutex
@@ -176,7 +181,7 @@ func sendAll(t testing.TB, s bridge.Sink, msgs []bridge.Message, batch int) []er
 	for from := 0; from < len(msgs); from += batch {
 		part := msgs[from:min(from+batch, len(msgs))]
 		base := from
-		s.Send(context.Background(), part, func(i int, err error) {
+		s.Send(ctx, part, func(i int, err error) {
 			mu.Lock()
 			errs[base+i] = err
 			calls[base+i]++

@@ -5,7 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"sync"
+	"sync/atomic"
 
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -23,18 +23,13 @@ import (
 //
 // Send is safe for concurrent use, but per-key order holds only for what
 // one goroutine hands over in order. done runs on franz-go's promise
-// goroutine (one at a time, in order per partition): it must not block.
+// goroutine (one at a time, in order per partition): it must be quick and
+// must not call Send or Close.
 type Sink struct {
 	cl         *kgo.Client
 	topic      string
 	structured bool
-	// slots bounds the records buffered in franz-go (max_in_flight), so
-	// Produce never blocks on franz-go's own buffer: Send waits here,
-	// with its ctx, instead.
-	slots chan struct{}
-
-	mu     sync.RWMutex // closed; held for reading around Produce
-	closed bool
+	closed     atomic.Bool
 }
 
 var _ bridge.Sink = (*Sink)(nil)
@@ -64,6 +59,8 @@ func newSink(cfg bridge.Config, o options) (*Sink, error) {
 		// bounded wait is worth a possible duplicate, which consumers
 		// drop by ce_id.
 		kgo.AllowIdempotentProduceCancellation(),
+		// max_in_flight: Produce blocks past it, and a blocked Produce
+		// also makes franz-go send what it lingers on at once.
 		kgo.MaxBufferedRecords(inFlight),
 		// franz-go's default, snappy, is unreadable to kafkajs (it has
 		// only gzip built in). Uncompressed is every client's common
@@ -79,7 +76,6 @@ func newSink(cfg bridge.Config, o options) (*Sink, error) {
 		cl:         cl,
 		topic:      topic,
 		structured: cfg.Bridge.GetSink().GetContentMode() == registryv1.BridgeContentMode_BRIDGE_CONTENT_MODE_STRUCTURED,
-		slots:      make(chan struct{}, inFlight),
 	}, nil
 }
 
@@ -90,34 +86,30 @@ func newSink(cfg bridge.Config, o options) (*Sink, error) {
 // partition fails, franz-go fails every record buffered behind it in that
 // partition too, so a key's records never land with a gap.
 //
-// Send returns once every message is buffered; it waits (bounded by ctx)
-// only when max_in_flight records are already unconfirmed. ctx does not
-// cancel buffered records: Close does.
+// Send returns once every message is buffered. It blocks only when
+// max_in_flight records are unconfirmed already (the engine never has
+// more), until some are confirmed or fail (DeliveryTimeout at most) or
+// Close. Once ctx is done, Send buffers nothing more (done gets ctx's
+// error); what is buffered already stays, for Close to flush.
 func (s *Sink) Send(ctx context.Context, msgs []bridge.Message, done func(i int, err error)) {
 	for i, m := range msgs {
+		if err := ctx.Err(); err != nil {
+			done(i, err)
+			continue
+		}
+		if s.closed.Load() {
+			done(i, errClosed)
+			continue
+		}
 		rec, err := s.record(m)
 		if err != nil {
 			done(i, bridge.Permanent(err))
 			continue
 		}
-		select {
-		case s.slots <- struct{}{}:
-		case <-ctx.Done():
-			done(i, ctx.Err())
-			continue
-		}
-		s.mu.RLock()
-		if s.closed {
-			s.mu.RUnlock()
-			<-s.slots
-			done(i, errClosed)
-			continue
-		}
-		s.cl.Produce(context.Background(), rec, func(_ *kgo.Record, err error) {
-			<-s.slots
+		// After Close, franz-go fails the record at once (ErrClientClosed).
+		s.cl.Produce(context.WithoutCancel(ctx), rec, func(_ *kgo.Record, err error) {
 			done(i, classify(err))
 		})
-		s.mu.RUnlock()
 	}
 }
 
@@ -141,19 +133,52 @@ func (s *Sink) record(m bridge.Message) (*kgo.Record, error) {
 	}
 	b := cloudevent.ToBinary(m.Event)
 	names := make([]string, 0, len(b.Attributes))
-	for k := range b.Attributes {
+	size := len(b.ContentType)
+	for k, v := range b.Attributes {
 		names = append(names, k)
+		size += len(v)
 	}
 	slices.Sort(names) // a stable header order, for people reading records
+	// One backing array for every header value, not one each.
+	buf := make([]byte, 0, size)
+	value := func(v string) []byte {
+		at := len(buf)
+		buf = append(buf, v...)
+		return buf[at:len(buf):len(buf)]
+	}
 	rec.Headers = make([]kgo.RecordHeader, 0, len(names)+1)
 	for _, k := range names {
-		rec.Headers = append(rec.Headers, kgo.RecordHeader{Key: headerPrefix + k, Value: []byte(b.Attributes[k])})
+		rec.Headers = append(rec.Headers, kgo.RecordHeader{Key: headerKey(k), Value: value(b.Attributes[k])})
 	}
 	if b.ContentType != "" {
-		rec.Headers = append(rec.Headers, kgo.RecordHeader{Key: headerContentType, Value: []byte(b.ContentType)})
+		rec.Headers = append(rec.Headers, kgo.RecordHeader{Key: headerContentType, Value: value(b.ContentType)})
 	}
 	rec.Value = b.Body
 	return rec, nil
+}
+
+// headerKey is the binding's header of attribute name, without building
+// the string for the attributes every event has.
+func headerKey(name string) string {
+	switch name {
+	case "specversion":
+		return "ce_specversion"
+	case "id":
+		return "ce_id"
+	case "source":
+		return "ce_source"
+	case "type":
+		return "ce_type"
+	case "time":
+		return "ce_time"
+	case "subject":
+		return "ce_subject"
+	case "partitionkey":
+		return "ce_partitionkey"
+	case "dataschema":
+		return "ce_dataschema"
+	}
+	return headerPrefix + name
 }
 
 // classify wraps what no retry can fix in bridge.Permanent.
@@ -176,13 +201,9 @@ func classify(err error) error {
 // failed, then ends the client; records still unconfirmed then get done
 // with an error.
 func (s *Sink) Close(ctx context.Context) error {
-	s.mu.Lock()
-	if s.closed {
-		s.mu.Unlock()
+	if s.closed.Swap(true) {
 		return nil
 	}
-	s.closed = true
-	s.mu.Unlock()
 	err := s.cl.Flush(ctx)
 	s.cl.Close() // fails what is still buffered, calling its promises
 	return err

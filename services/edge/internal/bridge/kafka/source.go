@@ -2,6 +2,7 @@ package kafka
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"strings"
@@ -207,8 +208,9 @@ func isFatal(err error) bool {
 // convert reads r per the Kafka binding: structured when its content-type
 // is a CloudEvents format, binary when it has a ce_specversion header,
 // else a new event of the bridge's event type with r's value as its data
-// (id <topic>-<partition>-<offset>, source kafka://<topic>, the record's
-// key as its partitionkey).
+// (id <topic>-<partition>-<offset>, source kafka://<topic>, time the
+// record's timestamp, the record's key as its partitionkey when it is
+// UTF-8).
 func (s *Source) convert(r *kgo.Record) bridge.Record {
 	rec := bridge.Record{Raw: r.Value, Position: fmt.Sprintf("%s/%d@%d", r.Topic, r.Partition, r.Offset)}
 	var (
@@ -259,6 +261,10 @@ func (s *Source) convert(r *kgo.Record) bridge.Record {
 		}
 	default:
 		id := fmt.Sprintf("%s-%d-%d", r.Topic, r.Partition, r.Offset)
+		if len(id) > 256 { // a topic name near Kafka's 249 characters: still one id per record
+			sum := sha256.Sum256([]byte(r.Topic))
+			id = fmt.Sprintf("%x-%d-%d", sum[:16], r.Partition, r.Offset)
+		}
 		ev = bridge.NewEvent(s.cfg, id, "kafka://"+r.Topic, ct, r.Value, r.Timestamp)
 		if len(r.Key) > 0 && utf8.Valid(r.Key) {
 			if ev.Attributes == nil {
