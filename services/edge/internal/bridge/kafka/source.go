@@ -86,6 +86,9 @@ func newSource(cfg bridge.Config, o options) (*Source, error) {
 	return s, nil
 }
 
+// commitTimeout bounds a commit after a successful publish.
+const commitTimeout = 10 * time.Second
+
 // Run consumes until ctx ends (it returns nil then) or Close is called, or
 // the brokers refuse the bridge for good (authentication, authorization).
 // Each poll of at most batch records goes to publish; its offsets are
@@ -170,9 +173,12 @@ func (s *Source) Run(ctx context.Context, batch int, publish bridge.PublishFunc)
 			continue
 		}
 		backoff = minB
-		// A failed commit loses nothing: the records come again after a
-		// restart, and the router's dedupe drops them.
-		_ = cl.CommitRecords(ctx, records...)
+		// Published: commit even if ctx ended meanwhile, or a restart
+		// hands the batch again. A failed commit loses nothing either:
+		// the records come again, and the router's dedupe drops them.
+		cctx, ccancel := context.WithTimeout(context.WithoutCancel(ctx), commitTimeout)
+		_ = cl.CommitRecords(cctx, records...)
+		ccancel()
 		cl.AllowRebalance()
 	}
 }
