@@ -43,7 +43,6 @@ type options struct {
 	rootCAs         *x509.CertPool
 	minBackoff      time.Duration // a source's first wait after a failed publish; 0: 500ms
 	maxBackoff      time.Duration // 0: 10s
-	extra           []kgo.Opt
 }
 
 // New builds the bridge's side of cfg: a Sink for a sink bridge (the
@@ -114,7 +113,7 @@ func clientOpts(cfg bridge.Config, o options) ([]kgo.Opt, error) {
 		// franz-go sets ServerName to the host of each broker it dials.
 		opts = append(opts, kgo.DialTLSConfig(&tls.Config{MinVersion: tls.VersionTLS12, RootCAs: o.rootCAs}))
 	}
-	return append(opts, o.extra...), nil
+	return opts, nil
 }
 
 // validTopic checks a topic name as Kafka does: 1 to 249 of
