@@ -56,7 +56,8 @@ test: check-generated lint test-node test-go
 ## metering's operator dashboard: sign-in form, charts and top lists against the API, live counter) and
 ## tests/codegen (typescript, type-checking what `herald codegen --lang ts` writes with tsc --strict) and
 ## tests/portal (playwright-core, driving the edge's consumer portal from a portal link to signed webhooks) and
-## tests/lake (@duckdb/node-api, reading the lake bridge's Parquet files with hive_partitioning).
+## tests/lake (@duckdb/node-api, reading the lake bridge's Parquet files with hive_partitioning) and
+## tests/kafka (kafkajs, reading what the edge's Kafka bridge sink writes).
 ## Node.js >= 20
 test-node:
 	cd tests/asyncapi && npm ci --no-audit --no-fund --ignore-scripts
@@ -70,6 +71,7 @@ test-node:
 	cd tests/codegen && npm ci --no-audit --no-fund --ignore-scripts
 	cd tests/portal && npm ci --no-audit --no-fund --ignore-scripts
 	cd tests/lake && npm ci --no-audit --no-fund --ignore-scripts
+	cd tests/kafka && npm ci --no-audit --no-fund --ignore-scripts
 
 test-go: tools test-node
 	go test -race -count=1 -timeout 20m $(PKGS)
