@@ -11,6 +11,7 @@ import (
 	"github.com/heraldmesh/herald/platform/rpc"
 	"github.com/heraldmesh/herald/platform/service"
 	"github.com/heraldmesh/herald/services/edge/internal/bridge"
+	"github.com/heraldmesh/herald/services/edge/internal/bridge/kafka"
 	"github.com/heraldmesh/herald/services/edge/internal/bridge/lake"
 	"github.com/heraldmesh/herald/services/edge/internal/bridge/mqtt"
 )
@@ -19,11 +20,13 @@ import (
 func bridgeSystems() bridge.Systems {
 	return bridge.Systems{
 		Sinks: map[string]func(bridge.Config) (bridge.Sink, error){
-			"lake": func(c bridge.Config) (bridge.Sink, error) { return lake.New(c) },
-			"mqtt": func(c bridge.Config) (bridge.Sink, error) { return mqtt.NewSink(c) },
+			"lake":  func(c bridge.Config) (bridge.Sink, error) { return lake.New(c) },
+			"mqtt":  func(c bridge.Config) (bridge.Sink, error) { return mqtt.NewSink(c) },
+			"kafka": func(c bridge.Config) (bridge.Sink, error) { return kafka.NewSink(c) },
 		},
 		Sources: map[string]func(bridge.Config) (bridge.Source, error){
-			"mqtt": func(c bridge.Config) (bridge.Source, error) { return mqtt.NewSource(c) },
+			"mqtt":  func(c bridge.Config) (bridge.Source, error) { return mqtt.NewSource(c) },
+			"kafka": func(c bridge.Config) (bridge.Source, error) { return kafka.NewSource(c) },
 		},
 	}
 }

@@ -18,6 +18,8 @@ import (
 	"github.com/heraldmesh/herald/platform/eventlog"
 	"github.com/heraldmesh/herald/platform/testutil"
 	"github.com/parquet-go/parquet-go"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
 	"google.golang.org/protobuf/types/known/durationpb"
 )
 
@@ -80,6 +82,78 @@ func deadLetters(t *testing.T, p *edgeProc, name string) []*edgev1.BridgeDeadLet
 		t.Fatal(err)
 	}
 	return res.Msg.GetDeadLetters()
+}
+
+// --- Kafka: an in-process kfake cluster, read by a franz-go consumer.
+
+func startKafka(t *testing.T, topics ...string) []string {
+	t.Helper()
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, topics...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	return c.ListenAddrs()
+}
+
+func kafkaReader(t *testing.T, brokers []string, topic string) farSide {
+	t.Helper()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.ConsumeTopics(topic), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	col := newCollector()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for ctx.Err() == nil {
+			cl.PollFetches(ctx).EachRecord(func(r *kgo.Record) {
+				for _, h := range r.Headers {
+					if h.Key == "ce_id" {
+						col.add(string(h.Value))
+					}
+				}
+			})
+		}
+	}()
+	t.Cleanup(func() { cancel(); <-done; cl.Close() })
+	return col.snapshot
+}
+
+func TestKafkaSinkSurvivesAKilledEdge(t *testing.T) {
+	m := startBridgeMesh(t)
+	brokers := startKafka(t, "orders")
+	b := m.create(&registryv1.Bridge{Name: "to-kafka", Direction: registryv1.BridgeDirection_BRIDGE_DIRECTION_SINK,
+		System: &registryv1.Bridge_Kafka{Kafka: &registryv1.KafkaBridge{Brokers: brokers, Topic: "orders"}}, Sink: sinkOf(bridgeType)})
+	sinkSurvivesKill(t, m, b, kafkaReader(t, brokers, "orders"), nil, nil)
+}
+
+func TestKafkaSourceSurvivesAKilledEdge(t *testing.T) {
+	m := startBridgeMesh(t)
+	brokers := startKafka(t, "orders-in")
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.DefaultProduceTopic("orders-in"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	const n = 3000
+	for i := range n {
+		cl.Produce(context.Background(), &kgo.Record{Value: fmt.Appendf(nil, `{"n":%d}`, i)}, nil)
+	}
+	cl.Produce(context.Background(), &kgo.Record{Value: []byte(`{"n":"not a number"}`)}, nil)
+	if err := cl.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	b := m.create(&registryv1.Bridge{Name: "from-kafka", Direction: registryv1.BridgeDirection_BRIDGE_DIRECTION_SOURCE,
+		System: &registryv1.Bridge_Kafka{Kafka: &registryv1.KafkaBridge{Brokers: brokers, Topic: "orders-in"}},
+		Source: &registryv1.BridgeSource{EventType: bridgeType, BatchSize: 50}})
+	sourceSurvivesKill(t, m, b, n)
+	p := m.edge()
+	testutil.Eventually(t, 20*time.Second, func() bool { return len(deadLetters(t, p, "from-kafka")) == 1 }, "the refused record dead-lettered")
+	if d := deadLetters(t, p, "from-kafka")[0]; !strings.Contains(d.GetReason(), "schema") || string(d.GetRaw()) != `{"n":"not a number"}` {
+		t.Fatalf("dead letter: %v", d)
+	}
 }
 
 // --- MQTT: a private mosquitto, read by a paho subscriber with a
