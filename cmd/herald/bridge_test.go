@@ -153,22 +153,22 @@ func TestBridgeAgainstTheMesh(t *testing.T) {
 		t.Errorf("replay --failed-since: %v\n%s", err, out)
 	}
 	for args, want := range map[string]string{
-		"replay billing-to-kafka":                                 "exactly one of --failed-since TIME or --after CURSOR",
-		"replay billing-to-kafka --after 0 --failed-since x":      "exactly one of",
-		"replay billing-to-kafka --to 5-0":                        "exactly one of",
-		"replay billing-to-kafka --after soon":                    `--after: cursor "soon" is not a stream id`,
-		"replay billing-to-kafka --failed-since yesterday":        `--failed-since "yesterday": give a time in RFC 3339`,
-		"replay signups-from-mqtt --after 0":                      "a source has nothing to replay",
-		"get Bad_Name":                                            `"Bad_Name" is not a bridge name`,
-		"dead ../etc":                                             `"../etc" is not a bridge name`,
-		"get no-such-bridge":                                      `get bridge no-such-bridge: no bridge "no-such-bridge" (see herald bridge list)`,
-		"disable no-such-bridge":                                  `no bridge "no-such-bridge"`,
-		"dead no-such-bridge":                                     `the edge knows no bridge "no-such-bridge"`,
-		"replay no-such-bridge --after 0":                         `the edge knows no bridge "no-such-bridge"`,
-		"delete no-such-bridge":                                   `delete bridge no-such-bridge: no bridge "no-such-bridge"`,
-		"secret billing-to-kafka":                                 "give the environment variable that holds the secret with --from-env VAR",
+		"replay billing-to-kafka":                                  "exactly one of --failed-since TIME or --after CURSOR",
+		"replay billing-to-kafka --after 0 --failed-since x":       "exactly one of",
+		"replay billing-to-kafka --to 5-0":                         "exactly one of",
+		"replay billing-to-kafka --after soon":                     `--after: cursor "soon" is not a stream id`,
+		"replay billing-to-kafka --failed-since yesterday":         `--failed-since "yesterday": give a time in RFC 3339`,
+		"replay signups-from-mqtt --after 0":                       "a source has nothing to replay",
+		"get Bad_Name":                                             `"Bad_Name" is not a bridge name`,
+		"dead ../etc":                                              `"../etc" is not a bridge name`,
+		"get no-such-bridge":                                       `get bridge no-such-bridge: no bridge "no-such-bridge" (see herald bridge list)`,
+		"disable no-such-bridge":                                   `no bridge "no-such-bridge"`,
+		"dead no-such-bridge":                                      `the edge knows no bridge "no-such-bridge"`,
+		"replay no-such-bridge --after 0":                          `the edge knows no bridge "no-such-bridge"`,
+		"delete no-such-bridge":                                    `delete bridge no-such-bridge: no bridge "no-such-bridge"`,
+		"secret billing-to-kafka":                                  "give the environment variable that holds the secret with --from-env VAR",
 		"secret billing-to-kafka --from-env HERALD_TEST_UNSET_VAR": "--from-env HERALD_TEST_UNSET_VAR: the environment variable is not set",
-		"get":                                                     "accepts 1 arg(s), received 0",
+		"get": "accepts 1 arg(s), received 0",
 	} {
 		if out, err := run(strings.Fields(args)...); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%s: %v, want an error with %q\n%s", args, err, want, out)
