@@ -556,6 +556,10 @@ func (p *Plan) bridge(st *State, d *Bridge) {
 		problems++
 		p.Problems = append(p.Problems, fmt.Sprintf("bridge %s: ", d.Name)+fmt.Sprintf(format, args...))
 	}
+	if st.noBridges {
+		problem("this registry does not implement bridges (is it older than this herald?)")
+		return
+	}
 	appID, why := st.appID(d.Application)
 	cur := st.bridge(d.Name)
 	if cur == nil {

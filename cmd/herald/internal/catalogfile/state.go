@@ -24,6 +24,8 @@ type State struct {
 	// applications by name).
 	Bridges      []*registryv1.Bridge
 	Applications []*registryv1.Application
+
+	noBridges bool // the registry does not implement bridges
 }
 
 // Revision is the highest revision of anything in the state.
@@ -96,16 +98,20 @@ func Fetch(ctx context.Context, client registryv1connect.RegistryServiceClient) 
 		return nil, fmt.Errorf("list products: %w", err)
 	}
 	st.Products = ps.Msg.GetProducts()
+	// A registry older than bridges has none: its catalog still applies.
 	bs, err := client.ListBridges(ctx, connect.NewRequest(&registryv1.ListBridgesRequest{}))
-	if err != nil {
+	if err != nil && connect.CodeOf(err) != connect.CodeUnimplemented {
 		return nil, fmt.Errorf("list bridges: %w", err)
 	}
-	st.Bridges = bs.Msg.GetBridges()
-	as, err := client.ListApplications(ctx, connect.NewRequest(&registryv1.ListApplicationsRequest{}))
-	if err != nil {
-		return nil, fmt.Errorf("list applications: %w", err)
+	st.noBridges = err != nil
+	if err == nil {
+		st.Bridges = bs.Msg.GetBridges()
+		as, err := client.ListApplications(ctx, connect.NewRequest(&registryv1.ListApplicationsRequest{}))
+		if err != nil {
+			return nil, fmt.Errorf("list applications: %w", err)
+		}
+		st.Applications = as.Msg.GetApplications()
 	}
-	st.Applications = as.Msg.GetApplications()
 	return st, nil
 }
 
