@@ -243,6 +243,30 @@ func TestBridgeAgainstTheMesh(t *testing.T) {
 		t.Errorf("list after delete:\n%s", out)
 	}
 
+	// herald catalog apply: a new bridge, its secret from the environment;
+	// a bridge that would change system is refused with what to do.
+	file := `version: 1
+bridges:
+  - name: paid-to-rabbit
+    application: warehouse
+    direction: sink
+    amqp: {url: "amqp://herald@127.0.0.1:1/"}
+    sink: {types: [billing.invoice.paid]}
+    secretFromEnv: HERALD_TEST_RABBIT_SECRET
+`
+	t.Setenv("HERALD_TEST_RABBIT_SECRET", "rabbit-password")
+	out, err = herald(t, file, "apply", "-f", "-", "--registry", c.RegistryAddr, "--key", cliTestKey)
+	if err != nil || !strings.Contains(out, "+ create bridge paid-to-rabbit") || !strings.Contains(out, "secret: from $HERALD_TEST_RABBIT_SECRET") || strings.Contains(out, "rabbit-password") {
+		t.Errorf("catalog apply: %v\n%s", err, out)
+	}
+	if out, _ := run(); row(out, "paid-to-rabbit") == nil {
+		t.Errorf("the applied bridge is not listed:\n%s", out)
+	}
+	out, err = herald(t, strings.Replace(file, `amqp: {url: "amqp://herald@127.0.0.1:1/"}`, "mqtt: {broker: tcp://127.0.0.1:1}", 1), "apply", "-f", "-", "--registry", c.RegistryAddr, "--key", cliTestKey)
+	if err == nil || !strings.Contains(out, "! bridge paid-to-rabbit: it is amqp in the registry and mqtt in the file") || !strings.Contains(err.Error(), "nothing applied") {
+		t.Errorf("catalog apply of another system: %v\n%s", err, out)
+	}
+
 	// The edge down: the registry's table, and an error that says so.
 	t.Setenv("HERALD_EDGE_ADDR", testutil.FreeAddr(t))
 	out, err = run()
