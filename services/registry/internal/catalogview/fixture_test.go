@@ -203,6 +203,12 @@ func sampleBridges() []*registryv1.Bridge {
 			Source: &registryv1.BridgeSource{EventType: "identity.user.created"},
 		},
 		{
+			// Its types are not in the catalog (yet): a channel without messages.
+			Id: "brg_kafka_future", Name: "future-to-kafka", ApplicationId: "app_ops", Direction: sink,
+			System: &registryv1.Bridge_Kafka{Kafka: &registryv1.KafkaBridge{Brokers: []string{"kafka-1.internal:9092"}, Topic: "future"}},
+			Sink:   &registryv1.BridgeSink{Types: []string{"future.*"}},
+		},
+		{
 			Id: "brg_lake", Name: "everything-to-lake", ApplicationId: "app_ops", Direction: sink,
 			System: &registryv1.Bridge_Lake{Lake: &registryv1.LakeBridge{S3: &registryv1.S3Location{
 				Endpoint: "http://minio.internal:9000", Bucket: "events", AccessKeyId: "AKIA-never-shown",
