@@ -100,11 +100,45 @@ and products:
     - name: payments-pro
       description: Every billing event.
       eventTypes: [billing.*]
+  bridges:
+    - name: billing-to-kafka
+      application: warehouse        # the application's name (or id) it acts for
+      direction: sink              # sink (mesh to system) | source (system to mesh)
+      description: Billing events for the warehouse.
+      disabled: false
+      kafka:                       # one of kafka, amqp, mqtt, lake
+        brokers: [kafka-1:9093]
+        topic: herald.billing
+        saslMechanism: SCRAM-SHA-512
+        username: herald
+        tls: true
+      sink:
+        types: [billing.*]
+        filter: data.amount > 0
+        retrySchedule: [1s, 10s, 1m]
+        contentMode: binary        # binary | structured
+        jsonData: false
+        maxInFlight: 1000
+      secretFromEnv: KAFKA_PASSWORD  # the secret is never in the file
+    - name: signups-from-rabbit
+      application: warehouse
+      direction: source
+      amqp: {url: "amqp://herald@rabbit:5672/prod", queue: signups}
+      source: {eventType: identity.user.created, batchSize: 100}
+    # mqtt: {broker: tcp://host:1883, protocolVersion: 5, topic: herald/{type}, qos: 1, username, clientId}
+    # lake: {directory: /var/lib/herald/lake, maxFileBytes, maxFileAge: 5m}
+    #    or {s3: {endpoint, region, bucket, prefix, accessKeyId}, ...}
 
 "apply" makes the registry match the file: it creates what is missing, updates what differs and
 adds a schema version where the schema changed (checked against the type's compatibility mode).
 Fields left out are left as the registry has them; nothing is deleted. Applying the same file
-twice changes nothing the second time. "export" writes the registry's catalog in the same format.`,
+twice changes nothing the second time. "export" writes the registry's catalog in the same format.
+
+A bridge's secret is read from the environment variable secretFromEnv names, when the bridge is
+created or has no secret yet (a secret cannot be read back to compare: rotate it with "herald bridge
+secret"); exports never hold one, they name HERALD_BRIDGE_SECRET_<NAME> instead. A bridge keeps
+its system, direction, application and sink types: changing them in the file is a plan error that
+says to rename the bridge or delete the old one (herald bridge delete).`,
 	}
 	cmd.PersistentFlags().StringVar(&flags.addr, "registry", "", "registry address, host:port or URL (default $HERALD_REGISTRY_ADDR, else "+config.DefaultRegistryAddr+")")
 	cmd.PersistentFlags().StringVar(&flags.key, "key", "", "the operator's key (default $HERALD_ADMIN_KEY)")
@@ -172,6 +206,12 @@ func runCatalogApply(ctx context.Context, stdin io.Reader, out io.Writer, flags 
 			fmt.Fprintln(out, "\nDry run: nothing was changed.")
 		}
 		return &catalogfile.IncompatibleError{Changes: bad}
+	}
+	if len(plan.Problems) > 0 {
+		if dryRun {
+			fmt.Fprintln(out, "\nDry run: nothing was changed.")
+		}
+		return &catalogfile.ProblemsError{Problems: plan.Problems}
 	}
 	if dryRun {
 		fmt.Fprintln(out, "\nDry run: nothing was changed.")

@@ -24,6 +24,7 @@ func main() {
 	root.AddCommand(triggerCommand())
 	root.AddCommand(portalCommand())
 	root.AddCommand(codegenCommand())
+	root.AddCommand(bridgeCommand())
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "herald:", err)
 		os.Exit(1)

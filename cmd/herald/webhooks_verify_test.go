@@ -29,7 +29,7 @@ func cli(ctx context.Context, t *testing.T, args ...string) (string, error) {
 
 func cliTo(ctx context.Context, out *syncBuffer, args ...string) error {
 	root := &cobra.Command{Use: "herald", SilenceUsage: true, SilenceErrors: true}
-	root.AddCommand(listenCommand(), webhooksCommand(), triggerCommand(), codegenCommand(), portalCommand())
+	root.AddCommand(listenCommand(), webhooksCommand(), triggerCommand(), codegenCommand(), portalCommand(), bridgeCommand())
 	root.SetOut(out)
 	root.SetErr(out)
 	root.SetArgs(args)

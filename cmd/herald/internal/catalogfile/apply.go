@@ -69,15 +69,29 @@ func (e *IncompatibleError) Error() string {
 	return b.String()
 }
 
+// ProblemsError is an apply refused before any change because the file
+// asks what the registry cannot do (Plan.Problems).
+type ProblemsError struct {
+	Problems []string
+}
+
+func (e *ProblemsError) Error() string {
+	return "nothing applied: " + strings.Join(e.Problems, "; ")
+}
+
 // Apply runs a checked plan, in order, printing each step to out. It
 // refuses to start when a new schema version is known to be incompatible
 // (an *IncompatibleError, nothing changed). Updates send the revision the
 // plan read: a registry changed meanwhile answers a conflict, and the
 // plan should be made again. A failure stops the run; the steps before it
-// stay applied, and applying the file again finishes the work.
+// stay applied, and applying the file again finishes the work. A plan with
+// Problems is refused (a *ProblemsError, nothing changed).
 func Apply(ctx context.Context, client registryv1connect.RegistryServiceClient, p *Plan, out io.Writer) error {
 	if bad := p.Incompatible(); len(bad) > 0 {
 		return &IncompatibleError{Changes: bad}
+	}
+	if len(p.Problems) > 0 {
+		return &ProblemsError{Problems: p.Problems}
 	}
 	// revisions follow each type through the plan's successive updates.
 	revisions := map[string]int64{}
@@ -134,6 +148,12 @@ func applyOne(ctx context.Context, client registryv1connect.RegistryServiceClien
 		return err
 	case UpdateProduct:
 		_, err := client.UpdateProduct(ctx, connect.NewRequest(&registryv1.UpdateProductRequest{Product: c.Product}))
+		return err
+	case CreateBridge:
+		_, err := client.CreateBridge(ctx, connect.NewRequest(&registryv1.CreateBridgeRequest{Bridge: c.Bridge}))
+		return err
+	case UpdateBridge:
+		_, err := client.UpdateBridge(ctx, connect.NewRequest(&registryv1.UpdateBridgeRequest{Bridge: c.Bridge, UpdateMask: c.UpdateMask}))
 		return err
 	}
 	return fmt.Errorf("unknown change kind %d", c.Kind)

@@ -104,6 +104,22 @@ func (f *fakeRegistry) ListProducts(context.Context, *connect.Request[registryv1
 	return connect.NewResponse(&registryv1.ListProductsResponse{Products: sorted(f.products)}), nil
 }
 
+// The fake has no bridges nor applications: the integration test covers
+// bridges against the real registry.
+func (f *fakeRegistry) ListBridges(context.Context, *connect.Request[registryv1.ListBridgesRequest]) (*connect.Response[registryv1.ListBridgesResponse], error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.call("ListBridges")
+	return connect.NewResponse(&registryv1.ListBridgesResponse{}), nil
+}
+
+func (f *fakeRegistry) ListApplications(context.Context, *connect.Request[registryv1.ListApplicationsRequest]) (*connect.Response[registryv1.ListApplicationsResponse], error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.call("ListApplications")
+	return connect.NewResponse(&registryv1.ListApplicationsResponse{}), nil
+}
+
 func (f *fakeRegistry) CreateDomain(_ context.Context, req *connect.Request[registryv1.CreateDomainRequest]) (*connect.Response[registryv1.CreateDomainResponse], error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()

@@ -1,5 +1,5 @@
 // Package catalogfile is Herald's catalog as code: a YAML file of domains,
-// event types (with their schemas and examples) and products, the plan
+// event types (with their schemas and examples), products and bridges, the plan
 // that brings a registry to what the file says, and the export that writes
 // a registry's catalog back in the same format.
 //
@@ -38,6 +38,8 @@ type File struct {
 	Domains    []Domain    `yaml:"domains,omitempty"`
 	EventTypes []EventType `yaml:"eventTypes,omitempty"`
 	Products   []Product   `yaml:"products,omitempty"`
+	// Bridges to Kafka, AMQP, MQTT and data lakes.
+	Bridges []Bridge `yaml:"bridges,omitempty"`
 }
 
 // Domain is a business domain.
@@ -206,6 +208,14 @@ var goTypeNames = strings.NewReplacer(
 	"in type catalogfile.Retention", "in a retention",
 	"in type catalogfile.Example", "in an example",
 	"in type catalogfile.Product", "in a product",
+	"in type catalogfile.BridgeSink", "in a bridge's sink",
+	"in type catalogfile.BridgeSource", "in a bridge's source",
+	"in type catalogfile.Bridge", "in a bridge",
+	"in type catalogfile.KafkaBridge", "in a bridge's kafka",
+	"in type catalogfile.AmqpBridge", "in a bridge's amqp",
+	"in type catalogfile.MqttBridge", "in a bridge's mqtt",
+	"in type catalogfile.LakeBridge", "in a bridge's lake",
+	"in type catalogfile.S3Location", "in a bridge's lake.s3",
 	"catalogfile.", "",
 )
 
@@ -224,7 +234,7 @@ func Parse(name string, r io.Reader) (*File, error) {
 		return nil, yamlErrors(name, err)
 	}
 	if root.Kind == 0 || len(root.Content) == 0 {
-		return nil, Errors{{File: name, Msg: "the file is empty: want version: 1 and domains, eventTypes or products"}}
+		return nil, Errors{{File: name, Msg: "the file is empty: want version: 1 and domains, eventTypes, products or bridges"}}
 	}
 	if doc := root.Content[0]; doc.Kind != yaml.MappingNode {
 		return nil, Errors{{File: name, Line: doc.Line, Msg: "the file must be a mapping (version: 1, domains: ..., eventTypes: ..., products: ...)"}}
@@ -294,6 +304,11 @@ func (f *File) setLines(doc *yaml.Node) {
 	for i, n := range items("products") {
 		if i < len(f.Products) {
 			f.Products[i].line = n.Line
+		}
+	}
+	for i, n := range items("bridges") {
+		if i < len(f.Bridges) {
+			f.Bridges[i].line = n.Line
 		}
 	}
 }
@@ -449,6 +464,7 @@ func (f *File) validate() Errors {
 			}
 		}
 	}
+	f.validateBridges(add)
 	slices.SortStableFunc(errs, func(a, b *Error) int { return cmp.Compare(a.Line, b.Line) })
 	return errs
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/heraldmesh/herald/api/gen/herald/registry/v1/registryv1connect"
 	"github.com/heraldmesh/herald/platform/config"
 	"github.com/heraldmesh/herald/platform/rpc"
+	"github.com/heraldmesh/herald/platform/secretbox"
 	"github.com/heraldmesh/herald/platform/testutil"
 	"github.com/heraldmesh/herald/services/registry"
 )
@@ -22,12 +23,13 @@ import (
 const testAdminKey = "catalogfile-test-admin-key"
 
 // startRegistry runs the real registry in this process on a free port,
-// with a private Redis, and returns a client with the operator's key.
+// with a private Redis and a secret key (bridges need one), and returns a
+// client with the operator's key.
 func startRegistry(t *testing.T) registryv1connect.RegistryServiceClient {
 	t.Helper()
 	srv := testutil.Redis(t)
 	reg, err := registry.New(registry.Config{
-		Common: config.Common{RedisURL: srv.URL(), AdminKey: testAdminKey},
+		Common: config.Common{RedisURL: srv.URL(), AdminKey: testAdminKey, SecretKey: secretbox.NewKey()},
 		Addr:   "127.0.0.1:0",
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})

@@ -46,6 +46,10 @@ func (k Kind) String() string {
 		return "create product"
 	case UpdateProduct:
 		return "update product"
+	case CreateBridge:
+		return "create bridge"
+	case UpdateBridge:
+		return "update bridge"
 	}
 	return "change " + strconv.Itoa(int(k))
 }
@@ -62,6 +66,11 @@ type Change struct {
 	Domain    *registryv1.Domain
 	EventType *registryv1.EventType
 	Product   *registryv1.Product
+	// Bridge is the bridge to create, or its new values with UpdateMask
+	// naming what changes (its secret, if any, read from the environment:
+	// never printed).
+	Bridge     *registryv1.Bridge
+	UpdateMask []string
 	// Schema is the new schema version of an AddSchemaVersion (JSON text),
 	// SchemaDiff what it changes, and Verdict whether the registry would
 	// take it (set by Check).
@@ -94,12 +103,16 @@ type Verdict struct {
 
 // Plan is the ordered list of changes that brings a registry to a file:
 // domains first, then event types (each: metadata, schema version,
-// examples of the new version), then products.
+// examples of the new version), then products, then bridges.
 type Plan struct {
 	Changes []*Change
 	// Notes are things worth knowing that change nothing (resources the
 	// registry has and the file does not mention are left alone).
 	Notes []string
+	// Problems are what the file asks and the registry cannot do (a
+	// bridge's system, direction, application or sink types changed, a
+	// secret's environment variable unset): Apply refuses such a plan.
+	Problems []string
 }
 
 // Empty reports whether the plan changes nothing.
@@ -132,6 +145,9 @@ func NewPlan(current *State, desired *File) *Plan {
 	for i := range desired.Products {
 		p.product(current.product(desired.Products[i].Name), &desired.Products[i])
 	}
+	for i := range desired.Bridges {
+		p.bridge(current, &desired.Bridges[i])
+	}
 
 	inFile := map[string]bool{}
 	for _, d := range desired.Domains {
@@ -142,6 +158,9 @@ func NewPlan(current *State, desired *File) *Plan {
 	}
 	for _, pr := range desired.Products {
 		inFile["product "+pr.Name] = true
+	}
+	for _, b := range desired.Bridges {
+		inFile["bridge "+b.Name] = true
 	}
 	var missing []string
 	for _, d := range current.Domains {
@@ -157,6 +176,11 @@ func NewPlan(current *State, desired *File) *Plan {
 	for _, pr := range current.Products {
 		if !inFile["product "+pr.GetName()] {
 			missing = append(missing, "product "+pr.GetName())
+		}
+	}
+	for _, b := range current.Bridges {
+		if !inFile["bridge "+b.GetName()] {
+			missing = append(missing, "bridge "+b.GetName())
 		}
 	}
 	if len(missing) > 0 {
@@ -467,14 +491,14 @@ func exampleNames(exs []*registryv1.Example) string {
 // ~ update, ! a schema version the registry would refuse), its fields
 // below, then a summary.
 func (p *Plan) Write(w io.Writer) {
-	if p.Empty() {
+	if p.Empty() && len(p.Problems) == 0 {
 		fmt.Fprintln(w, "No changes: the registry already matches the file.")
 	}
 	var creates, updates, versions, incompatible int
 	for _, c := range p.Changes {
 		mark := "~"
 		switch c.Kind {
-		case CreateDomain, CreateEventType, CreateProduct:
+		case CreateDomain, CreateEventType, CreateProduct, CreateBridge:
 			mark = "+"
 			creates++
 		case AddSchemaVersion:
@@ -517,10 +541,16 @@ func (p *Plan) Write(w io.Writer) {
 	for _, n := range p.Notes {
 		fmt.Fprintf(w, "note: %s\n", n)
 	}
-	if !p.Empty() {
+	for _, n := range p.Problems {
+		fmt.Fprintf(w, "! %s\n", n)
+	}
+	if !p.Empty() || len(p.Problems) > 0 {
 		summary := fmt.Sprintf("Plan: %d to create, %d to update, %d schema version(s) to add", creates, updates, versions)
 		if incompatible > 0 {
 			summary += fmt.Sprintf(" (%d INCOMPATIBLE)", incompatible)
+		}
+		if len(p.Problems) > 0 {
+			summary += fmt.Sprintf("; %d problem(s) to fix in the file first", len(p.Problems))
 		}
 		fmt.Fprintln(w, summary+".")
 	}

@@ -20,6 +20,12 @@ type State struct {
 	Domains    []*registryv1.Domain
 	EventTypes []*registryv1.EventType // Schema is the latest version
 	Products   []*registryv1.Product
+	// Bridges and the Applications they name (to write and read
+	// applications by name).
+	Bridges      []*registryv1.Bridge
+	Applications []*registryv1.Application
+
+	noBridges bool // the registry does not implement bridges
 }
 
 // Revision is the highest revision of anything in the state.
@@ -33,6 +39,9 @@ func (s *State) Revision() int64 {
 	}
 	for _, p := range s.Products {
 		r = max(r, p.GetRevision())
+	}
+	for _, b := range s.Bridges {
+		r = max(r, b.GetRevision())
 	}
 	return r
 }
@@ -89,6 +98,20 @@ func Fetch(ctx context.Context, client registryv1connect.RegistryServiceClient) 
 		return nil, fmt.Errorf("list products: %w", err)
 	}
 	st.Products = ps.Msg.GetProducts()
+	// A registry older than bridges has none: its catalog still applies.
+	bs, err := client.ListBridges(ctx, connect.NewRequest(&registryv1.ListBridgesRequest{}))
+	if err != nil && connect.CodeOf(err) != connect.CodeUnimplemented {
+		return nil, fmt.Errorf("list bridges: %w", err)
+	}
+	st.noBridges = err != nil
+	if err == nil {
+		st.Bridges = bs.Msg.GetBridges()
+		as, err := client.ListApplications(ctx, connect.NewRequest(&registryv1.ListApplicationsRequest{}))
+		if err != nil {
+			return nil, fmt.Errorf("list applications: %w", err)
+		}
+		st.Applications = as.Msg.GetApplications()
+	}
 	return st, nil
 }
 
@@ -141,6 +164,7 @@ func Export(st *State) *File {
 	slices.SortFunc(f.Domains, func(a, b Domain) int { return cmp.Compare(a.Name, b.Name) })
 	slices.SortFunc(f.EventTypes, func(a, b EventType) int { return cmp.Compare(a.Name, b.Name) })
 	slices.SortFunc(f.Products, func(a, b Product) int { return cmp.Compare(a.Name, b.Name) })
+	f.Bridges = exportBridges(st)
 	return f
 }
 

@@ -77,7 +77,11 @@ type Server struct {
 	Title       string `json:"title,omitempty"`
 	Summary     string `json:"summary,omitempty"`
 	Description string `json:"description,omitempty"`
-	Security    []Ref  `json:"security,omitempty"`
+	// ProtocolVersion, Bindings and Bridge are set on a bridge's server.
+	ProtocolVersion string `json:"protocolVersion,omitempty"`
+	Security        []Ref  `json:"security,omitempty"`
+	Bindings        any    `json:"bindings,omitempty"`
+	Bridge          string `json:"x-herald-bridge,omitempty"`
 }
 
 // Channel is a channel object: one per event type.
@@ -87,7 +91,20 @@ type Channel struct {
 	Summary     string         `json:"summary,omitempty"`
 	Description string         `json:"description,omitempty"`
 	Messages    map[string]Ref `json:"messages"`
-	Tags        []Tag          `json:"tags,omitempty"`
+	// Servers are where the channel is: a bridge's channel is on its
+	// server, the event types' channels on the edge.
+	Servers    []Ref                 `json:"servers,omitempty"`
+	Parameters map[string]*Parameter `json:"parameters,omitempty"`
+	Tags       []Tag                 `json:"tags,omitempty"`
+	Bindings   any                   `json:"bindings,omitempty"`
+	Bridge     string                `json:"x-herald-bridge,omitempty"`
+}
+
+// Parameter is a parameter object: a part of a channel address that
+// varies, such as a bridge's {type}.
+type Parameter struct {
+	Description string   `json:"description,omitempty"`
+	Enum        []string `json:"enum,omitempty"`
 }
 
 // Operation is an operation object: receive (consumers) or send
@@ -100,6 +117,8 @@ type Operation struct {
 	Description string `json:"description,omitempty"`
 	Messages    []Ref  `json:"messages"`
 	Tags        []Tag  `json:"tags,omitempty"`
+	Bindings    any    `json:"bindings,omitempty"`
+	Bridge      string `json:"x-herald-bridge,omitempty"`
 }
 
 // Message is a message object: the event type's data, with the CloudEvents
@@ -140,6 +159,7 @@ type SecurityScheme struct {
 	Scheme      string `json:"scheme,omitempty"`
 	Name        string `json:"name,omitempty"`
 	In          string `json:"in,omitempty"`
+	Bridge      string `json:"x-herald-bridge,omitempty"`
 }
 
 // Components holds the reusable parts: one payload schema and one message
@@ -164,7 +184,8 @@ var componentKey = regexp.MustCompile(`^[a-zA-Z0-9\.\-_]+$`)
 
 // AsyncAPI builds the AsyncAPI 3.0 document of what f selects of c.
 // serverURL is the edge's base URL (http://host:port); empty leaves the
-// document without servers. Unknown domain, product or application names
+// edge out of the servers. Each bridge of c (c.Bridges: the caller's to
+// see) adds its system as a server, with a channel and an operation. Unknown domain, product or application names
 // return a *NotFoundError.
 func AsyncAPI(c *Catalog, f Filter, serverURL string) (*Document, error) {
 	s, err := selectTypes(c, f)
@@ -299,6 +320,7 @@ func AsyncAPI(c *Catalog, f Filter, serverURL string) (*Document, error) {
 			}
 		}
 	}
+	addBridges(doc, c, s, f)
 	return doc, nil
 }
 

@@ -103,10 +103,11 @@ func validate(t *testing.T, files ...string) (string, bool) {
 // TestAsyncAPIParserAcceptsDocuments checks every view of a representative
 // catalog (domains, nested schemas with $defs, anchors, $id-relative and
 // recursive references, 2020-12 keywords, boolean schemas, examples,
-// deprecated and retired types, products, an application) with the
+// deprecated and retired types, products, an application, a bridge of
+// each system and direction) with the
 // official parser, in JSON and in YAML, as the HTTP handler serves them.
 func TestAsyncAPIParserAcceptsDocuments(t *testing.T) {
-	srv := httptest.NewServer(Handler(loadSample, "http://127.0.0.1:7700"))
+	srv := httptest.NewServer(Handler(func(context.Context) (*Catalog, error) { return bridgeCatalog(), nil }, "http://127.0.0.1:7700"))
 	defer srv.Close()
 	dir := t.TempDir()
 	var files []string
@@ -135,7 +136,7 @@ func TestAsyncAPIParserAcceptsDocuments(t *testing.T) {
 		}
 	}
 	// Without servers, and of an empty catalog.
-	for name, c := range map[string]*Catalog{"noserver": sampleCatalog(), "empty": {Revision: 1}, "formats": formatsCatalog()} {
+	for name, c := range map[string]*Catalog{"noserver": bridgeCatalog(), "empty": {Revision: 1}, "formats": formatsCatalog()} {
 		d, err := AsyncAPI(c, Filter{}, "")
 		if err != nil {
 			t.Fatal(err)

@@ -29,6 +29,9 @@ type Catalog struct {
 	// SchemaVersions holds each event type's versions, by type name.
 	SchemaVersions map[string][]*registryv1.SchemaVersion
 	Applications   []*registryv1.Application
+	// Bridges: the AsyncAPI document shows each as a server, a channel
+	// and an operation. Their secrets and sealed fields are never shown.
+	Bridges []*registryv1.Bridge
 }
 
 // Filter narrows what a view shows. The zero Filter shows everything.

@@ -138,6 +138,87 @@ func sampleCatalog() *Catalog {
 	}
 }
 
+// bridgeCatalog is sampleCatalog with a bridge of each system and
+// direction, of two applications.
+func bridgeCatalog() *Catalog {
+	c := sampleCatalog()
+	c.Bridges = sampleBridges()
+	return c
+}
+
+// The sealed values of the sample bridges: no view may show them.
+const (
+	sampleSealedSecret = "sealed-secret-never-shown"
+	sampleSealedKey    = "sealed-key-never-shown"
+)
+
+// sampleBridges has a bridge of each system and direction, as the
+// registry stores them (defaults filled, secrets sealed).
+func sampleBridges() []*registryv1.Bridge {
+	sink := registryv1.BridgeDirection_BRIDGE_DIRECTION_SINK
+	source := registryv1.BridgeDirection_BRIDGE_DIRECTION_SOURCE
+	return []*registryv1.Bridge{
+		{
+			Id: "brg_kafka_sink", Name: "billing-to-kafka", ApplicationId: "app_partner", Direction: sink,
+			Description: "Billing events for the warehouse.",
+			System: &registryv1.Bridge_Kafka{Kafka: &registryv1.KafkaBridge{
+				Brokers: []string{"kafka-1.internal:9093", "kafka-2.internal:9093"}, Topic: "herald.billing",
+				SaslMechanism: "SCRAM-SHA-512", Username: "kafka-login", Tls: true,
+			}},
+			Sink:         &registryv1.BridgeSink{Types: []string{"billing.*"}, Filter: "data.total.amount > 0", MaxInFlight: 1000},
+			SealedSecret: sampleSealedSecret,
+		},
+		{
+			Id: "brg_kafka_source", Name: "users-from-kafka", ApplicationId: "app_partner", Direction: source,
+			System: &registryv1.Bridge_Kafka{Kafka: &registryv1.KafkaBridge{
+				Brokers: []string{"kafka-1.internal:9092"}, Topic: "users", Group: "herald-users-from-kafka",
+			}},
+			Source:    &registryv1.BridgeSource{EventType: "identity.user.created", BatchSize: 100},
+			SealedKey: sampleSealedKey, KeyId: "key_1",
+		},
+		{
+			Id: "brg_amqp_sink", Name: "orders-to-rabbit", ApplicationId: "app_ops", Direction: sink,
+			System: &registryv1.Bridge_Amqp{Amqp: &registryv1.AmqpBridge{
+				Url: "amqps://herald@rabbit.internal:5671/prod", Exchange: "amq.topic", RoutingKey: "herald.{type}",
+			}},
+			Sink:         &registryv1.BridgeSink{Types: []string{"orders.*"}, ContentMode: registryv1.BridgeContentMode_BRIDGE_CONTENT_MODE_STRUCTURED},
+			SealedSecret: sampleSealedSecret, Disabled: true,
+		},
+		{
+			Id: "brg_amqp_source", Name: "signups-from-rabbit", ApplicationId: "app_ops", Direction: source,
+			System: &registryv1.Bridge_Amqp{Amqp: &registryv1.AmqpBridge{Url: "amqp://rabbit.internal:5672", Queue: "signups"}},
+			Source: &registryv1.BridgeSource{EventType: "identity.user.created", BatchSize: 50},
+		},
+		{
+			Id: "brg_mqtt_sink", Name: "billing-to-mqtt", ApplicationId: "app_ops", Direction: sink,
+			System: &registryv1.Bridge_Mqtt{Mqtt: &registryv1.MqttBridge{
+				Broker: "ssl://mqtt.internal:8883", ProtocolVersion: 5, Topic: "herald/{type}", Qos: 1, Username: "herald", ClientId: "herald-billing-to-mqtt",
+			}},
+			Sink:         &registryv1.BridgeSink{Types: []string{"billing.invoice.paid", "billing.invoice.created"}},
+			SealedSecret: sampleSealedSecret,
+		},
+		{
+			Id: "brg_mqtt_source", Name: "sensors-from-mqtt", ApplicationId: "app_ops", Direction: source,
+			System: &registryv1.Bridge_Mqtt{Mqtt: &registryv1.MqttBridge{Broker: "tcp://mqtt.internal:1883", ProtocolVersion: 4, Topic: "sensors/+/signup", Qos: 2}},
+			Source: &registryv1.BridgeSource{EventType: "identity.user.created"},
+		},
+		{
+			// Its types are not in the catalog (yet): a channel without messages.
+			Id: "brg_kafka_future", Name: "future-to-kafka", ApplicationId: "app_ops", Direction: sink,
+			System: &registryv1.Bridge_Kafka{Kafka: &registryv1.KafkaBridge{Brokers: []string{"kafka-1.internal:9092"}, Topic: "future"}},
+			Sink:   &registryv1.BridgeSink{Types: []string{"future.*"}},
+		},
+		{
+			Id: "brg_lake", Name: "everything-to-lake", ApplicationId: "app_ops", Direction: sink,
+			System: &registryv1.Bridge_Lake{Lake: &registryv1.LakeBridge{S3: &registryv1.S3Location{
+				Endpoint: "http://minio.internal:9000", Bucket: "events", AccessKeyId: "AKIA-never-shown",
+			}}},
+			Sink:         &registryv1.BridgeSink{Types: []string{"*"}},
+			SealedSecret: sampleSealedSecret,
+		},
+	}
+}
+
 // sampleProto is a protobuf schema with its descriptor set, as the registry
 // stores it.
 func sampleProto() *registryv1.ProtobufSchema {

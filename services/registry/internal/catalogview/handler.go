@@ -85,8 +85,15 @@ func (h *handler) prepare(w http.ResponseWriter, r *http.Request) (*Catalog, Fil
 		httpError(w, http.StatusBadRequest, err.Error())
 		return nil, Filter{}, false
 	}
+	// bridges is whose bridges the caller sees: "*" all (the operator),
+	// an application id its own, "" none.
+	bridges := "*"
 	if h.caller != nil {
 		caller, err := h.caller(r)
+		bridges = caller.ApplicationID
+		if bridges == "" && normAudience(caller.Audience) == registryv1.Audience_AUDIENCE_INTERNAL {
+			bridges = "*"
+		}
 		allowed := caller.Audience
 		if errors.Is(err, ErrUnavailable) {
 			httpError(w, http.StatusServiceUnavailable, err.Error())
@@ -119,6 +126,22 @@ func (h *handler) prepare(w http.ResponseWriter, r *http.Request) (*Catalog, Fil
 		// it; the client gets the generic answer.
 		httpError(w, http.StatusServiceUnavailable, ErrUnavailable.Error())
 		return nil, Filter{}, false
+	}
+	if bridges == "*" && normAudience(f.Audience) != registryv1.Audience_AUDIENCE_INTERNAL {
+		// A document for a narrower audience shows what that audience
+		// would see: bridges are the operator's infrastructure.
+		bridges = ""
+	}
+	if c != nil && bridges != "*" {
+		// An application sees its own bridges only, as ListBridges says.
+		own := *c
+		own.Bridges = nil
+		for _, b := range c.Bridges {
+			if bridges != "" && b.GetApplicationId() == bridges {
+				own.Bridges = append(own.Bridges, b)
+			}
+		}
+		c = &own
 	}
 	return c, f, true
 }

@@ -31,6 +31,9 @@ type Snapshot struct {
 	SchemaVersions map[string][]*registryv1.SchemaVersion
 	// Applications in id order.
 	Applications []*registryv1.Application
+	// Bridges in id order, as stored (sealed fields included: views
+	// must leave them out).
+	Bridges []*registryv1.Bridge
 }
 
 // State is everything the registry holds at one revision: what Watch sends
@@ -43,8 +46,6 @@ type State struct {
 	Keys []*registryv1.KeyChange
 	// Subscriptions in id order.
 	Subscriptions []*registryv1.Subscription
-	// Bridges in id order.
-	Bridges []*registryv1.Bridge
 }
 
 // Snapshot reads the catalog consistently: everything in it is as of
@@ -100,10 +101,10 @@ func (s *Store) read(ctx context.Context, withAccess bool) (*State, error) {
 		types = p.HGetAll(ctx, keyTypes)
 		products = p.HGetAll(ctx, keyProducts)
 		apps = p.HGetAll(ctx, keyApps)
+		bridges = p.HGetAll(ctx, keyBridges)
 		if withAccess {
 			keys = p.HGetAll(ctx, keyKeys)
 			subs = p.HGetAll(ctx, keySubs)
-			bridges = p.HGetAll(ctx, keyBridges)
 		}
 		return nil
 	})
@@ -136,6 +137,10 @@ func (s *Store) read(ctx context.Context, withAccess bool) (*State, error) {
 		return nil, err
 	}
 	sortBy(snap.Applications, (*registryv1.Application).GetId)
+	if snap.Bridges, err = decodeAll(keyBridges, bridges.Val(), func() *registryv1.Bridge { return new(registryv1.Bridge) }); err != nil {
+		return nil, err
+	}
+	sortBy(snap.Bridges, (*registryv1.Bridge).GetId)
 	if !withAccess {
 		return st, nil
 	}
@@ -151,10 +156,6 @@ func (s *Store) read(ctx context.Context, withAccess bool) (*State, error) {
 		return nil, err
 	}
 	sortBy(st.Subscriptions, (*registryv1.Subscription).GetId)
-	if st.Bridges, err = decodeAll(keyBridges, bridges.Val(), func() *registryv1.Bridge { return new(registryv1.Bridge) }); err != nil {
-		return nil, err
-	}
-	sortBy(st.Bridges, (*registryv1.Bridge).GetId)
 	return st, nil
 }
 
