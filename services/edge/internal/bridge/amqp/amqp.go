@@ -6,7 +6,11 @@
 // Binary mode puts each attribute in a message header named
 // cloudEvents:<attr> (read back also as cloudEvents_<attr> or ce_<attr>),
 // datacontenttype in the content-type property and data in the body.
-// Structured mode sends the event as application/cloudevents+json.
+// Attribute headers are strings in the attribute's canonical form (an
+// AMQP 0-9-1 timestamp has whole seconds only, which would cut time);
+// typed headers are read as well. Structured mode sends the event as
+// application/cloudevents+json. Either way the message is persistent and
+// its message-id is the event id.
 package amqp
 
 import (

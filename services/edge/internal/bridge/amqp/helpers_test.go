@@ -89,11 +89,15 @@ func client(t testing.TB, url string) *amqp.Channel {
 	return ch
 }
 
-// declare makes a durable queue bound to exchange with key.
+// declare makes a durable, empty queue bound to exchange with key (empty
+// also when the test runs again on the same node, -count=2).
 func declare(t testing.TB, ch *amqp.Channel, queue, exchange, key string, args amqp.Table) {
 	t.Helper()
 	if _, err := ch.QueueDeclare(queue, true, false, false, false, args); err != nil {
 		t.Fatalf("declare %s: %v", queue, err)
+	}
+	if _, err := ch.QueuePurge(queue, false); err != nil {
+		t.Fatalf("purge %s: %v", queue, err)
 	}
 	if exchange != "" {
 		if err := ch.QueueBind(queue, key, exchange, false, nil); err != nil {

@@ -157,7 +157,12 @@ func (s *Sink) Send(ctx context.Context, msgs []bridge.Message, done func(i int,
 		g.add(tag, &pend{i: i, done: done, id: pub.MessageId, key: key})
 		if err := g.ch.PublishWithContext(ctx, s.exchange, key, true, false, pub); err != nil {
 			if p := g.take(tag); p != nil {
-				s.note.add(done, i, fmt.Errorf("%w: publish: %v", ErrConnection, err))
+				if ctx.Err() != nil {
+					err = fmt.Errorf("amqp: publish: %w", ctx.Err())
+				} else {
+					err = fmt.Errorf("%w: publish: %v", ErrConnection, err)
+				}
+				s.note.add(done, i, err)
 			}
 		}
 	}

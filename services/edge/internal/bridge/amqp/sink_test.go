@@ -198,11 +198,13 @@ func TestSinkClosed(t *testing.T) {
 	}
 }
 
-// TestSinkBrokerOutage stops the broker in the middle of a stream and
-// starts it again later. The test plays the engine: whatever failed is
-// sent again after a while, until every event is confirmed; then every
-// event is in the queue (at least once).
-func TestSinkBrokerOutage(t *testing.T) {
+// TestBrokerOutage stops the broker in the middle of a stream and starts
+// it again later, for the sink, then for the source. The test plays the
+// engine: whatever failed is sent again after a while, until every event
+// is confirmed; then every event is in the queue (at least once). The
+// source's Run ends with an error when the broker goes; a new Run after it
+// came back reads the rest and what was not acknowledged.
+func TestBrokerOutage(t *testing.T) {
 	url, ctl := testutil.RabbitMQ(t)
 	ch := client(t, url)
 	declare(t, ch, "outage", "amq.topic", "#", nil)
@@ -321,4 +323,64 @@ func TestSinkBrokerOutage(t *testing.T) {
 			t.Fatalf("event %d was confirmed but is not in the queue (%d distinct of %d messages)", n, len(seen), q.Messages)
 		}
 	}
+
+	sourceOutage(t, url, ctl)
+}
+
+func sourceOutage(t *testing.T, url string, ctl *testutil.RabbitMQServer) {
+	const total = 200
+	var msgs []amqp.Publishing
+	for i := range total {
+		msgs = append(msgs, amqp.Publishing{MessageId: fmt.Sprint("src-", i), Body: []byte("{}")})
+	}
+	declare(t, client(t, url), "outage-src", "", "", nil)
+	publishAll(t, url, "outage-src", msgs...)
+
+	src, err := NewSource(sourceConfig(url, "outage-src"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	var mu sync.Mutex
+	seen := map[string]int{}
+	calls := 0
+	publish := func(ctx context.Context, recs []bridge.Record) error {
+		mu.Lock()
+		calls++
+		call := calls
+		for _, r := range recs {
+			seen[r.Event.GetId()]++
+		}
+		mu.Unlock()
+		if call == 3 {
+			// The broker goes away before this batch is acknowledged.
+			if err := ctl.Stop(); err != nil {
+				t.Error(err)
+			}
+		}
+		return nil
+	}
+	if err := src.Run(context.Background(), 20, publish); err == nil {
+		t.Fatal("Run returned nil when the broker stopped")
+	} else {
+		t.Logf("Run after the broker stopped: %v", err)
+	}
+	if err := ctl.Start(); err != nil {
+		t.Fatal(err)
+	}
+	c := &collector{}
+	stop := run(t, src, 20, c.publish)
+	testutil.Eventually(t, 30*time.Second, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, r := range c.records() {
+			seen[r.Event.GetId()]++
+		}
+		c.mu.Lock()
+		c.recs = nil
+		c.mu.Unlock()
+		return len(seen) == total
+	}, "every message read after the outage")
+	stop()
+	testutil.Eventually(t, 10*time.Second, func() bool { return queueDepth(t, url, "outage-src") == 0 }, "the queue empty")
 }
