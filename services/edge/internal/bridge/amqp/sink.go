@@ -60,8 +60,11 @@ const maxMessageSize = 128 << 20
 // the queues in the order they were handed over. After a lost connection
 // the next Send dials again, at most once per backoff step (100ms doubling
 // to 10s, with jitter); until then Send fails its messages at once with
-// ErrConnection. Send may be called from any goroutine; calls are
-// serialized.
+// ErrConnection. That dial happens within Send (refused at once when the
+// broker is down, up to 5s when its host does not answer). Send may be
+// called from any goroutine; calls are serialized. The sink does not bound
+// what is in flight: the engine does (max_in_flight). Close must be called:
+// it stops the sink's goroutines.
 type Sink struct {
 	url        string
 	name       string
@@ -112,6 +115,7 @@ type generation struct {
 	lost    chan struct{} // closed once the channel ended and pending was failed
 
 	mu      sync.Mutex
+	dead    bool                // the confirm loop ended
 	pending map[uint64]*pend    // by delivery tag
 	byID    map[string][]uint64 // unconfirmed tags of each message id + routing key, in publish order
 }
@@ -154,7 +158,10 @@ func (s *Sink) Send(ctx context.Context, msgs []bridge.Message, done func(i int,
 		// Only Send publishes on this channel, under s.mu: the next
 		// sequence number is the delivery tag this publish gets.
 		tag := g.ch.GetNextPublishSeqNo()
-		g.add(tag, &pend{i: i, done: done, id: pub.MessageId, key: key})
+		if !g.add(tag, &pend{i: i, done: done, id: pub.MessageId, key: key}) {
+			s.note.add(done, i, fmt.Errorf("%w: channel closed", ErrConnection))
+			continue
+		}
 		if err := g.ch.PublishWithContext(ctx, s.exchange, key, true, false, pub); err != nil {
 			if p := g.take(tag); p != nil {
 				if ctx.Err() != nil {
@@ -309,6 +316,7 @@ func (s *Sink) confirmLoop(g *generation, returns <-chan amqp.Return, confirms <
 	g.mu.Lock()
 	left := g.pending
 	g.pending, g.byID = map[uint64]*pend{}, map[string][]uint64{}
+	g.dead = true
 	close(g.lost)
 	g.mu.Unlock()
 	for _, tag := range sortedTags(left) {
@@ -322,12 +330,18 @@ func sortedTags(m map[uint64]*pend) []uint64 {
 	return slices.Sorted(maps.Keys(m))
 }
 
-func (g *generation) add(tag uint64, p *pend) {
+// add registers p under tag before it is published; false when the
+// channel already ended (its confirm loop would never settle p).
+func (g *generation) add(tag uint64, p *pend) bool {
 	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.dead {
+		return false
+	}
 	g.pending[tag] = p
 	k := p.id + "\x00" + p.key
 	g.byID[k] = append(g.byID[k], tag)
-	g.mu.Unlock()
+	return true
 }
 
 // take removes and returns the message of tag, nil when already settled.

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -30,7 +31,8 @@ const batchWait = 25 * time.Millisecond
 //   - a cloudEvents:specversion header (or cloudEvents_ / ce_): binary
 //     mode, the content type being datacontenttype;
 //   - anything else: an event of the bridge's event type built with
-//     bridge.NewEvent, source amqp://<queue>, its id the message-id
+//     bridge.NewEvent, source amqp://<queue> (amqp:///<escaped queue>
+//     when the name is no URI host), its id the message-id
 //     property when the publisher set one, else "amqp-" and the hex
 //     SHA-256 of the body. Without a message-id, messages with identical
 //     bodies therefore get the same id, and the router's dedupe keeps only
@@ -43,6 +45,7 @@ const batchWait = 25 * time.Millisecond
 // dead-letters it and the queue flows on.
 type Source struct {
 	url, name, queue string
+	source           string // of events built from plain messages
 	cfg              bridge.Config
 
 	mu      sync.Mutex
@@ -58,13 +61,23 @@ func NewSource(cfg bridge.Config) (*Source, error) {
 		return nil, err
 	}
 	q := cfg.Bridge.GetAmqp().GetQueue()
-	if q == "" {
-		return nil, errors.New("amqp bridge: a source needs a queue")
+	if q == "" || len(q) > 255 {
+		return nil, errors.New("amqp bridge: a source needs a queue (at most 255 bytes)")
 	}
 	if cfg.Bridge.GetSource().GetEventType() == "" {
 		return nil, errors.New("amqp bridge: a source needs an event type")
 	}
-	return &Source{url: u, name: cfg.Name, queue: q, cfg: cfg}, nil
+	return &Source{url: u, name: cfg.Name, queue: q, source: sourceURI(q), cfg: cfg}, nil
+}
+
+// sourceURI is amqp://<queue>, or amqp:///<queue, escaped> for a queue
+// name that is no URI host (orders:eu, names with spaces...).
+func sourceURI(queue string) string {
+	s := "amqp://" + queue
+	if _, err := url.Parse(s); err == nil {
+		return s
+	}
+	return "amqp:///" + url.PathEscape(queue)
 }
 
 // Run implements bridge.Source. It consumes with a prefetch of batch, so
@@ -234,11 +247,15 @@ func (s *Source) event(d amqp.Delivery) (*eventv1.CloudEvent, error) {
 		return ev, nil
 	}
 	id := d.MessageId
-	if id == "" {
+	switch {
+	case id == "":
 		sum := sha256.Sum256(d.Body)
 		id = "amqp-" + hex.EncodeToString(sum[:])
+	case len(id) > 256: // over CloudEvents' limit (a short string on the wire cannot be)
+		sum := sha256.Sum256([]byte(id))
+		id = "amqp-" + hex.EncodeToString(sum[:])
 	}
-	return bridge.NewEvent(s.cfg, id, "amqp://"+s.queue, d.ContentType, d.Body, d.Timestamp), nil
+	return bridge.NewEvent(s.cfg, id, s.source, d.ContentType, d.Body, d.Timestamp), nil
 }
 
 // binaryAttributes reads the CloudEvents attributes of a binary-mode
