@@ -14,6 +14,7 @@ import (
 )
 
 func TestBrokerURL(t *testing.T) {
+	t.Parallel() // the shared node and the outage test's own boot at once
 	cases := []struct {
 		url, secret, want, err string
 	}{

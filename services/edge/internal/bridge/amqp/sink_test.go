@@ -20,6 +20,7 @@ import (
 // TestSink publishes in both modes and reads the messages back with a
 // plain amqp091 consumer.
 func TestSink(t *testing.T) {
+	t.Parallel() // the shared node and the outage test's own boot at once
 	url := testutil.SharedRabbitMQ(t)
 	for _, structured := range []bool{false, true} {
 		t.Run(fmt.Sprintf("structured=%v", structured), func(t *testing.T) {
@@ -97,6 +98,7 @@ func TestSink(t *testing.T) {
 // mandatory and fails (not permanently) while its neighbours on the same
 // channel, some with the same id (and key), succeed.
 func TestSinkUnroutable(t *testing.T) {
+	t.Parallel() // the shared node and the outage test's own boot at once
 	url := testutil.SharedRabbitMQ(t)
 	ch := client(t, url)
 	q := name(t, "q")
@@ -135,6 +137,7 @@ func TestSinkUnroutable(t *testing.T) {
 
 // TestSinkNack: a queue full with reject-publish makes the broker nack.
 func TestSinkNack(t *testing.T) {
+	t.Parallel() // the shared node and the outage test's own boot at once
 	url := testutil.SharedRabbitMQ(t)
 	ch := client(t, url)
 	q := name(t, "q")
@@ -165,6 +168,7 @@ func TestSinkNack(t *testing.T) {
 // TestSinkClosed: Send after Close fails at once; a missing exchange fails
 // the message and the sink recovers on the next Send.
 func TestSinkClosed(t *testing.T) {
+	t.Parallel() // the shared node and the outage test's own boot at once
 	url := testutil.SharedRabbitMQ(t)
 	ch := client(t, url)
 	q := name(t, "q")
@@ -205,6 +209,7 @@ func TestSinkClosed(t *testing.T) {
 // source's Run ends with an error when the broker goes; a new Run after it
 // came back reads the rest and what was not acknowledged.
 func TestBrokerOutage(t *testing.T) {
+	t.Parallel() // the shared node and the outage test's own boot at once
 	url, ctl := testutil.RabbitMQ(t)
 	ch := client(t, url)
 	declare(t, ch, "outage", "amq.topic", "#", nil)
@@ -238,18 +243,6 @@ func TestBrokerOutage(t *testing.T) {
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("only %d of %d confirmed", nOK, total)
-		}
-		if !stopped && nOK >= total/3 {
-			stopped = true
-			go func() {
-				// Down for a while, then back with the same data.
-				err := ctl.Stop()
-				if err == nil {
-					time.Sleep(500 * time.Millisecond)
-					err = ctl.Start()
-				}
-				outage <- err
-			}()
 		}
 		if stopped && !restarted {
 			select {
@@ -293,6 +286,19 @@ func TestBrokerOutage(t *testing.T) {
 			}
 			ok[batch[k]] = true
 		})
+		if !stopped && nOK >= total/3 {
+			// The broker goes down with that batch in flight, and stays
+			// down for a while (sends fail meanwhile), then comes back
+			// with the same data.
+			stopped = true
+			if err := ctl.Stop(); err != nil {
+				t.Fatal(err)
+			}
+			go func() {
+				time.Sleep(500 * time.Millisecond)
+				outage <- ctl.Start()
+			}()
+		}
 		if len(retry) > 0 {
 			time.Sleep(50 * time.Millisecond) // the engine's retry delay
 		}

@@ -101,6 +101,7 @@ func queueDepth(t testing.TB, url, queue string) int {
 // become the right events; unreadable ones become records with Err and
 // the queue flows on.
 func TestSourceShapes(t *testing.T) {
+	t.Parallel() // the shared node and the outage test's own boot at once
 	url := testutil.SharedRabbitMQ(t)
 	q := name(t, "q")
 	declare(t, client(t, url), q, "", "", nil)
@@ -191,6 +192,7 @@ func TestSourceShapes(t *testing.T) {
 // TestSourcePublishFails: a publish that fails once loses nothing: its
 // records come again, with the same ids.
 func TestSourcePublishFails(t *testing.T) {
+	t.Parallel() // the shared node and the outage test's own boot at once
 	url := testutil.SharedRabbitMQ(t)
 	q := name(t, "q")
 	declare(t, client(t, url), q, "", "", nil)
@@ -247,6 +249,7 @@ func TestSourcePublishFails(t *testing.T) {
 // TestSourceCrash: a source that dies before publish returned acknowledges
 // nothing; the next one gets the same records with the same ids.
 func TestSourceCrash(t *testing.T) {
+	t.Parallel() // the shared node and the outage test's own boot at once
 	url := testutil.SharedRabbitMQ(t)
 	q := name(t, "q")
 	declare(t, client(t, url), q, "", "", nil)
@@ -295,6 +298,7 @@ func TestSourceCrash(t *testing.T) {
 // TestSourceLag: Lag is the queue's ready messages; a missing queue is an
 // error for Lag and Run alike.
 func TestSourceLag(t *testing.T) {
+	t.Parallel() // the shared node and the outage test's own boot at once
 	url := testutil.SharedRabbitMQ(t)
 	q := name(t, "q")
 	declare(t, client(t, url), q, "", "", nil)
