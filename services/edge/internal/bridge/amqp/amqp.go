@@ -39,6 +39,7 @@ const (
 	defaultExchange   = "amq.topic"
 	defaultRoutingKey = "{type}"
 	dialTimeout       = 5 * time.Second
+	closeTimeout      = 5 * time.Second
 )
 
 // New builds the bridge's side: a Sink for direction SINK, a Source for
@@ -102,4 +103,11 @@ func dial(url, name, role string) (*amqp.Connection, error) {
 		return nil, fmt.Errorf("amqp: connect: %w", err)
 	}
 	return c, nil
+}
+
+// closeConn closes c, waiting at most closeTimeout for the broker's
+// close-ok: a broker that stopped answering must not hold up Close (the
+// connection is torn down either way).
+func closeConn(c *amqp.Connection) {
+	_ = c.CloseDeadline(time.Now().Add(closeTimeout))
 }

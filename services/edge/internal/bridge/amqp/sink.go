@@ -323,7 +323,7 @@ func (s *Sink) confirmLoop(g *generation, returns <-chan amqp.Return, confirms <
 		p := left[tag]
 		s.note.add(p.done, p.i, fmt.Errorf("%w before the broker confirmed: %s", ErrConnection, why))
 	}
-	g.conn.Close()
+	closeConn(g.conn)
 }
 
 func sortedTags(m map[uint64]*pend) []uint64 {
@@ -423,7 +423,7 @@ func (s *Sink) Close(ctx context.Context) error {
 			}
 		}
 		t.Stop()
-		g.conn.Close()
+		closeConn(g.conn)
 	}
 	s.loops.Wait()
 	s.note.close()

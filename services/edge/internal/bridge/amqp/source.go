@@ -101,7 +101,7 @@ func (s *Source) Run(ctx context.Context, batch int, publish bridge.PublishFunc)
 	if err != nil {
 		return err
 	}
-	defer conn.Close()
+	defer closeConn(conn)
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -327,7 +327,7 @@ func (s *Source) Lag(ctx context.Context) (int64, error) {
 	// A failed passive declare closes its channel: one per call.
 	ch, err := s.lagConn.Channel()
 	if err != nil {
-		s.lagConn.Close()
+		closeConn(s.lagConn)
 		s.lagConn = nil
 		return -1, fmt.Errorf("amqp: open channel: %w", err)
 	}
@@ -347,10 +347,10 @@ func (s *Source) Close() error {
 	defer s.mu.Unlock()
 	s.closed = true
 	if s.run != nil {
-		s.run.Close()
+		closeConn(s.run)
 	}
 	if s.lagConn != nil {
-		s.lagConn.Close()
+		closeConn(s.lagConn)
 	}
 	return nil
 }
