@@ -1,5 +1,6 @@
 // Package testutil starts the real dependencies Herald's tests talk to: a
-// private redis-server on a free port in the test's temporary directory.
+// private redis-server (or rabbitmq-server node) on free ports in the
+// test's temporary directory.
 package testutil
 
 import (
