@@ -11,6 +11,7 @@ import (
 	"github.com/heraldmesh/herald/platform/rpc"
 	"github.com/heraldmesh/herald/platform/service"
 	"github.com/heraldmesh/herald/services/edge/internal/bridge"
+	"github.com/heraldmesh/herald/services/edge/internal/bridge/amqp"
 	"github.com/heraldmesh/herald/services/edge/internal/bridge/kafka"
 	"github.com/heraldmesh/herald/services/edge/internal/bridge/lake"
 	"github.com/heraldmesh/herald/services/edge/internal/bridge/mqtt"
@@ -23,10 +24,12 @@ func bridgeSystems() bridge.Systems {
 			"lake":  func(c bridge.Config) (bridge.Sink, error) { return lake.New(c) },
 			"mqtt":  func(c bridge.Config) (bridge.Sink, error) { return mqtt.NewSink(c) },
 			"kafka": func(c bridge.Config) (bridge.Sink, error) { return kafka.NewSink(c) },
+			"amqp":  func(c bridge.Config) (bridge.Sink, error) { return amqp.NewSink(c) },
 		},
 		Sources: map[string]func(bridge.Config) (bridge.Source, error){
 			"mqtt":  func(c bridge.Config) (bridge.Source, error) { return mqtt.NewSource(c) },
 			"kafka": func(c bridge.Config) (bridge.Source, error) { return kafka.NewSource(c) },
+			"amqp":  func(c bridge.Config) (bridge.Source, error) { return amqp.NewSource(c) },
 		},
 	}
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/heraldmesh/herald/platform/eventlog"
 	"github.com/heraldmesh/herald/platform/testutil"
 	"github.com/parquet-go/parquet-go"
+	amqp "github.com/rabbitmq/amqp091-go"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -25,8 +26,10 @@ import (
 
 func quickRetries() []*durationpb.Duration {
 	var out []*durationpb.Duration
-	for range 30 {
-		out = append(out, durationpb.New(200*time.Millisecond))
+	// Long enough to outlast a rabbitmq-server restart (about 15 s here):
+	// an outage the test makes must end in delivery, not dead letters.
+	for range 50 {
+		out = append(out, durationpb.New(1500*time.Millisecond))
 	}
 	return out
 }
@@ -226,6 +229,117 @@ func TestMQTTSourceSurvivesAKilledEdge(t *testing.T) {
 		}
 	}
 	testutil.Eventually(t, 20*time.Second, func() bool { return len(deadLetters(t, second, "from-mqtt")) == 1 }, "the refused message dead-lettered")
+}
+
+// --- AMQP: a private rabbitmq-server, read by an amqp091 consumer of a
+// durable queue bound to the sink's exchange.
+
+func amqpReader(t *testing.T, url, queue string) farSide {
+	t.Helper()
+	col := newCollector()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	setup := func() (*amqp.Connection, <-chan amqp.Delivery, error) {
+		conn, err := amqp.Dial(url)
+		if err != nil {
+			return nil, nil, err
+		}
+		ch, err := conn.Channel()
+		if err == nil {
+			_, err = ch.QueueDeclare(queue, true, false, false, false, nil)
+		}
+		if err == nil {
+			err = ch.QueueBind(queue, "#", "amq.topic", false, nil)
+		}
+		var in <-chan amqp.Delivery
+		if err == nil {
+			in, err = ch.Consume(queue, "", false, false, false, false, nil)
+		}
+		if err != nil {
+			conn.Close()
+			return nil, nil, err
+		}
+		return conn, in, nil
+	}
+	conn, in, err := setup()
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		defer close(done)
+		for ctx.Err() == nil {
+			for d := range in {
+				col.add(d.MessageId)
+				_ = d.Ack(false)
+			}
+			conn.Close()
+			for ctx.Err() == nil { // the broker went away: again once it is back
+				if conn, in, err = setup(); err == nil {
+					break
+				}
+				time.Sleep(200 * time.Millisecond)
+			}
+		}
+	}()
+	t.Cleanup(func() {
+		cancel()
+		if conn != nil {
+			conn.Close()
+		}
+		<-done
+	})
+	return col.snapshot
+}
+
+func TestAMQPSinkSurvivesAKilledEdgeAndABrokerOutage(t *testing.T) {
+	m := startBridgeMesh(t)
+	url, broker := testutil.RabbitMQ(t)
+	far := amqpReader(t, url, "orders")
+	b := m.create(&registryv1.Bridge{Name: "to-amqp", Direction: registryv1.BridgeDirection_BRIDGE_DIRECTION_SINK, Secret: "guest",
+		System: &registryv1.Bridge_Amqp{Amqp: &registryv1.AmqpBridge{Url: strings.Replace(url, "guest:guest@", "guest@", 1)}}, Sink: sinkOf(bridgeType)})
+	sinkSurvivesKill(t, m, b, far, func() {
+		if err := broker.Stop(); err != nil {
+			t.Fatal(err)
+		}
+	}, func() {
+		if err := broker.Start(); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+func TestAMQPSourceSurvivesAKilledEdge(t *testing.T) {
+	m := startBridgeMesh(t)
+	url, _ := testutil.RabbitMQ(t)
+	conn, err := amqp.Dial(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ch.QueueDeclare("orders-in", true, false, false, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	const n = 3000
+	for i := range n {
+		if err := ch.PublishWithContext(context.Background(), "", "orders-in", false, false, amqp.Publishing{
+			MessageId: fmt.Sprintf("m%d", i), ContentType: "application/json", Body: fmt.Appendf(nil, `{"n":%d}`, i), DeliveryMode: amqp.Persistent,
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := ch.PublishWithContext(context.Background(), "", "orders-in", false, false, amqp.Publishing{MessageId: "bad", ContentType: "application/cloudevents+json", Body: []byte("{not json")}); err != nil {
+		t.Fatal(err)
+	}
+	b := m.create(&registryv1.Bridge{Name: "from-amqp", Direction: registryv1.BridgeDirection_BRIDGE_DIRECTION_SOURCE, Secret: "guest",
+		System: &registryv1.Bridge_Amqp{Amqp: &registryv1.AmqpBridge{Url: strings.Replace(url, "guest:guest@", "guest@", 1), Queue: "orders-in"}},
+		Source: &registryv1.BridgeSource{EventType: bridgeType, BatchSize: 50}})
+	sourceSurvivesKill(t, m, b, n)
+	p := m.edge()
+	testutil.Eventually(t, 20*time.Second, func() bool { return len(deadLetters(t, p, "from-amqp")) == 1 }, "the unreadable message dead-lettered")
 }
 
 // --- Lake: Parquet files in a directory, read with parquet-go (DuckDB
