@@ -21,7 +21,7 @@ func benchCommand() *cobra.Command {
 		Use:   "bench",
 		Short: "Measure Herald on this machine",
 	}
-	cmd.AddCommand(benchPublishCommand(), benchWebhooksCommand(), benchFanoutCommand(), benchUsageCommand(), benchLoaderCommand())
+	cmd.AddCommand(benchPublishCommand(), benchWebhooksCommand(), benchFanoutCommand(), benchUsageCommand(), benchBridgeCommand(), benchLoaderCommand())
 	return cmd
 }
 
@@ -286,6 +286,51 @@ executable or on PATH) so that its CPU time and peak RSS are read from /proc.`,
 	f.StringVar(&o.RedisFsync, "redis-fsync", "always", "Redis appendfsync: always (Herald's default) or everysec")
 	f.BoolVar(&o.NoRaw, "no-raw", false, "skip the raw XADD baseline")
 	f.StringArrayVar(&o.MeteringEnv, "metering-env", nil, "KEY=VALUE added to metering's environment (repeatable), e.g. HERALD_PPROF_ADDR=127.0.0.1:6062 to profile it")
+	f.DurationVar(&o.Timeout, "timeout", 10*time.Minute, "bound on the whole run")
+	f.BoolVar(&asJSON, "json", false, "print the report as JSON")
+	return cmd
+}
+
+func benchBridgeCommand() *cobra.Command {
+	var o bench.BridgeOptions
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "bridge",
+		Short: "Events/s through each bridge sink and source, against the broker's own client in the same run",
+		Long: `Measures the bridges: for each system, --events events through its sink
+(already in the log when the bridge is created; the clock runs from its
+creation until the far side has them all) and through its source (records
+already in the topic or queue, or for MQTT published once the source has
+subscribed; the clock stops when the log holds them all, validated and
+deduplicated), each against the system's own client driving the same broker
+with the same records: a franz-go producer (acks=all) and group consumer, an
+amqp091 publisher with confirms and consumer with acks, paho QoS 1 publisher
+and subscriber, a parquet-go writer. The target is at least 0.5x.
+
+It starts everything it measures, bound to 127.0.0.1, and stops it at the
+end: a redis-server in a temporary directory, the registry in this process,
+the router and the edge as their own processes (the binaries of 'make
+build'), an in-process Kafka (franz-go's kfake), a private rabbitmq-server
+and mosquitto (Debian's packages).`,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			var err error
+			if o.RouterBin, err = bench.FindRouter(); err != nil {
+				return err
+			}
+			if o.EdgeBin, err = bench.FindEdge(); err != nil {
+				return err
+			}
+			o.Progress = cmd.ErrOrStderr()
+			rep, err := bench.RunBridges(ctx, o)
+			return report(ctx, cmd, rep, rep != nil, err, asJSON)
+		},
+	}
+	f := cmd.Flags()
+	f.StringSliceVar(&o.Systems, "systems", nil, "systems to measure (kafka,amqp,mqtt,lake; default all)")
+	f.IntVar(&o.Events, "events", 20000, "events through each sink and source")
+	f.IntVar(&o.PayloadBytes, "payload-bytes", 256, "size of each event's JSON data")
 	f.DurationVar(&o.Timeout, "timeout", 10*time.Minute, "bound on the whole run")
 	f.BoolVar(&asJSON, "json", false, "print the report as JSON")
 	return cmd

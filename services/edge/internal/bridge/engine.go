@@ -47,8 +47,10 @@ type Options struct {
 	// LeaseTTL is how long a bridge's lease outlives its holder. Default
 	// 10s.
 	LeaseTTL time.Duration
-	// Window is how many deliveries of one sink may be read ahead and
-	// pending at once (beside the sink's own max_in_flight). Default 1000.
+	// Window is the least number of deliveries of one sink read ahead and
+	// pending at once; a sink with a larger max_in_flight reads that many.
+	// Default 1000.
+
 	Window int
 	// MaxBridges bounds the bridges this process runs at once; the others
 	// are left to other edges, or wait for a free slot. Default 100.

@@ -97,7 +97,7 @@ func (e *Engine) runSink(ctx context.Context, cfg Config, log *slog.Logger) erro
 	boff := backoff.New(backoff.Options{Initial: 200 * time.Millisecond, Max: 10 * time.Second})
 	for ctx.Err() == nil {
 		started := time.Now()
-		err := e.mgr.ServeMeta(ctx, r.sub, e.o.Window, e.holder, func(d *routerv1.SubscribeResponse, meta subscription.Meta) error {
+		err := e.mgr.ServeMeta(ctx, r.sub, max(e.o.Window, cap(r.slots)), e.holder, func(d *routerv1.SubscribeResponse, meta subscription.Meta) error {
 			return r.dispatch(ctx, d, meta)
 		})
 		if ctx.Err() != nil {
