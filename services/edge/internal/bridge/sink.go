@@ -16,7 +16,6 @@ import (
 	"github.com/heraldmesh/herald/platform/cloudevent"
 	"github.com/heraldmesh/herald/platform/subscription"
 	"github.com/heraldmesh/herald/platform/usage"
-	"github.com/redis/go-redis/v9"
 	"google.golang.org/protobuf/types/known/durationpb"
 )
 
@@ -276,26 +275,20 @@ func (r *sinkRunner) settle(ctx context.Context, batch []*job) {
 		tenant = app.GetTenant()
 	}
 	now := time.Now()
-	pipe := r.e.o.Redis.Pipeline()
-	counted := make([][]*redis.StringCmd, len(batch))
-	for i, j := range batch {
+	var recs []*meteringv1.UsageRecord
+	for _, j := range batch {
 		d := usage.EventDelivery(j.ev, j.cursor, j.producer)
 		d.Tenant, d.Application, d.Subscription, d.Channel, d.Attempt, d.Test = tenant, r.b.GetApplicationId(), r.b.GetId(), r.sys, int32(j.tries+1), j.test
-		counted[i], _ = usage.AppendIn(ctx, pipe, d.Records(meteringv1.UsageMetric_USAGE_METRIC_DELIVERED, now)...)
+		recs = append(recs, d.Records(meteringv1.UsageMetric_USAGE_METRIC_DELIVERED, now)...)
 	}
-	_, _ = pipe.Exec(ctx) // each command's error is read below
-	var acks []string
+	// A few stream entries of many records each: one round trip.
+	if err := usage.AppendBatch(ctx, r.e.o.Redis, 500, recs...); err != nil {
+		r.log.Warn("sink deliveries not counted; they will be delivered again", "deliveries", len(batch), "err", err)
+		return
+	}
+	acks := make([]string, len(batch))
 	for i, j := range batch {
-		ok := true
-		for _, c := range counted[i] {
-			ok = ok && c.Err() == nil
-		}
-		if ok {
-			acks = append(acks, j.ackID)
-		}
-	}
-	if len(acks) < len(batch) {
-		r.log.Warn("sink deliveries not counted; they will be delivered again", "deliveries", len(batch)-len(acks))
+		acks[i] = j.ackID
 	}
 	if len(acks) > 0 {
 		if err := r.e.mgr.AckMany(ctx, map[string][]string{r.sub.GetId(): acks}); err != nil {
