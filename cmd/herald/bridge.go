@@ -19,6 +19,7 @@ import (
 	"github.com/heraldmesh/herald/api/gen/herald/edge/v1/edgev1connect"
 	registryv1 "github.com/heraldmesh/herald/api/gen/herald/registry/v1"
 	"github.com/heraldmesh/herald/api/gen/herald/registry/v1/registryv1connect"
+	"github.com/heraldmesh/herald/platform/catalog"
 	"github.com/heraldmesh/herald/platform/config"
 	"github.com/heraldmesh/herald/platform/eventlog"
 	"github.com/heraldmesh/herald/platform/rpc"
@@ -176,15 +177,8 @@ key (HERALD_KEY) sees its own bridges, and only the operator changes them.`,
 }
 
 func systemName(b *registryv1.Bridge) string {
-	switch b.GetSystem().(type) {
-	case *registryv1.Bridge_Kafka:
-		return "kafka"
-	case *registryv1.Bridge_Amqp:
-		return "amqp"
-	case *registryv1.Bridge_Mqtt:
-		return "mqtt"
-	case *registryv1.Bridge_Lake:
-		return "lake"
+	if s := catalog.BridgeSystem(b); s != "" {
+		return s
 	}
 	return "-"
 }

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	registryv1 "github.com/heraldmesh/herald/api/gen/herald/registry/v1"
+	"github.com/heraldmesh/herald/platform/catalog"
 	"github.com/heraldmesh/herald/platform/eventtype"
 	"go.yaml.in/yaml/v3"
 	"google.golang.org/protobuf/proto"
@@ -353,19 +354,7 @@ func (s *State) bridge(name string) *registryv1.Bridge {
 	return nil
 }
 
-func systemOf(b *registryv1.Bridge) string {
-	switch b.GetSystem().(type) {
-	case *registryv1.Bridge_Kafka:
-		return "kafka"
-	case *registryv1.Bridge_Amqp:
-		return "amqp"
-	case *registryv1.Bridge_Mqtt:
-		return "mqtt"
-	case *registryv1.Bridge_Lake:
-		return "lake"
-	}
-	return ""
-}
+func systemOf(b *registryv1.Bridge) string { return catalog.BridgeSystem(b) }
 
 func directionName(d registryv1.BridgeDirection) string {
 	for k, v := range directions {

@@ -309,26 +309,14 @@ func (e *Engine) config(b *registryv1.Bridge) (Config, error) {
 
 // SecretContext and KeyContext are the secretbox contexts the registry
 // seals a bridge's secret and key with.
-func SecretContext(id string) string { return "bridge/" + id + "/secret" }
+func SecretContext(id string) string { return catalog.BridgeSecretContext(id) }
 
 // KeyContext: see SecretContext.
-func KeyContext(id string) string { return "bridge/" + id + "/key" }
+func KeyContext(id string) string { return catalog.BridgeKeyContext(id) }
 
-// SystemOf names a bridge's system: kafka, amqp, mqtt or lake. It is also
-// the usage channel of a sink's deliveries.
-func SystemOf(b *registryv1.Bridge) string {
-	switch b.GetSystem().(type) {
-	case *registryv1.Bridge_Kafka:
-		return "kafka"
-	case *registryv1.Bridge_Amqp:
-		return "amqp"
-	case *registryv1.Bridge_Mqtt:
-		return "mqtt"
-	case *registryv1.Bridge_Lake:
-		return "lake"
-	}
-	return "unknown"
-}
+// SystemOf names a bridge's system (catalog.BridgeSystem): kafka, amqp,
+// mqtt or lake, also the usage channel of a sink's deliveries.
+func SystemOf(b *registryv1.Bridge) string { return catalog.BridgeSystem(b) }
 
 // Keys of a bridge's state; the hash tag keeps them in one slot.
 func stateKey(id, part string) string { return "herald:bridge:{" + id + "}:" + part }

@@ -15,6 +15,7 @@ import (
 	registryv1 "github.com/heraldmesh/herald/api/gen/herald/registry/v1"
 	"github.com/heraldmesh/herald/platform/access"
 	"github.com/heraldmesh/herald/platform/auth"
+	"github.com/heraldmesh/herald/platform/catalog"
 	"github.com/heraldmesh/herald/platform/eventtype"
 	"github.com/heraldmesh/herald/services/registry/internal/store"
 	"google.golang.org/protobuf/proto"
@@ -49,12 +50,11 @@ var (
 	kafkaTopicRE = regexp.MustCompile(`^[a-zA-Z0-9._-]{1,249}$`)
 )
 
-// BridgeSecretContext and BridgeKeyContext are the secretbox contexts of a
-// bridge's sealed secret and key: the edge opens them with the same.
-func BridgeSecretContext(bridgeID string) string { return "bridge/" + bridgeID + "/secret" }
+// BridgeSecretContext and BridgeKeyContext: see catalog.BridgeSecretContext.
+func BridgeSecretContext(bridgeID string) string { return catalog.BridgeSecretContext(bridgeID) }
 
-// BridgeKeyContext: see BridgeSecretContext.
-func BridgeKeyContext(bridgeID string) string { return "bridge/" + bridgeID + "/key" }
+// BridgeKeyContext: see catalog.BridgeKeyContext.
+func BridgeKeyContext(bridgeID string) string { return catalog.BridgeKeyContext(bridgeID) }
 
 // bridgeForClient strips what only the services may see.
 func bridgeForClient(b *registryv1.Bridge) *registryv1.Bridge {
@@ -559,15 +559,8 @@ func (h *Handler) UpdateBridge(ctx context.Context, req *connect.Request[registr
 }
 
 func systemName(b *registryv1.Bridge) string {
-	switch b.GetSystem().(type) {
-	case *registryv1.Bridge_Kafka:
-		return "kafka"
-	case *registryv1.Bridge_Amqp:
-		return "amqp"
-	case *registryv1.Bridge_Mqtt:
-		return "mqtt"
-	case *registryv1.Bridge_Lake:
-		return "lake"
+	if s := catalog.BridgeSystem(b); s != "" {
+		return s
 	}
 	return "none"
 }
