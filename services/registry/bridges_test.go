@@ -1256,3 +1256,22 @@ func TestBridgeCacheAcrossRegistryRestart(t *testing.T) {
 		t.Error("the cache does not know the deleted source's key is revoked")
 	}
 }
+
+// TestBridgeKeyIsTheOperators: an application cannot revoke the key its
+// source bridge publishes with (it would stop the operator's bridge
+// silently); the operator can, and deleting the bridge does.
+func TestBridgeKeyIsTheOperators(t *testing.T) {
+	t.Parallel()
+	e := start(t)
+	ctx := context.Background()
+	app, appKey := e.bridgeApp(t)
+	src := e.createBridge(t, bridgeSource("in", app.GetId(), "orders.order.placed"))
+	_, err := e.as(appKey).RevokeKey(ctx, connect.NewRequest(&registryv1.RevokeKeyRequest{Id: src.GetKeyId()}))
+	if connect.CodeOf(err) != connect.CodeFailedPrecondition || !strings.Contains(err.Error(), "source bridge") {
+		t.Fatalf("the application revoking its bridge's key: %v", err)
+	}
+	k := must(e.admin.RevokeKey(ctx, connect.NewRequest(&registryv1.RevokeKeyRequest{Id: src.GetKeyId()}))).msg(t).GetKey()
+	if k.GetRevokeTime() == nil {
+		t.Fatalf("the operator's revoke: %v", k)
+	}
+}

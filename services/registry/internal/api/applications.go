@@ -248,6 +248,10 @@ func (h *Handler) RevokeKey(ctx context.Context, req *connect.Request[registryv1
 	if err := owner(ctx, k.GetApplicationId(), &store.NotFoundError{Kind: "key", Name: id}); err != nil {
 		return nil, err
 	}
+	if p, _ := auth.FromContext(ctx); k.GetPurpose() == registryv1.KeyPurpose_KEY_PURPOSE_BRIDGE && !p.Admin {
+		// Revoking it would silently stop the operator's source bridge.
+		return nil, failedPrecondition("key %s is the key of a source bridge: it is revoked with the bridge, by the operator (DeleteBridge)", id)
+	}
 	if k, err = h.store.RevokeKey(ctx, id); err != nil {
 		return nil, fail(err)
 	}
