@@ -14,6 +14,7 @@ import (
 	registryv1 "github.com/heraldmesh/herald/api/gen/herald/registry/v1"
 	"github.com/heraldmesh/herald/platform/auth"
 	"github.com/heraldmesh/herald/platform/cloudevent"
+	"github.com/heraldmesh/herald/platform/eventlog"
 	"github.com/heraldmesh/herald/platform/subscription"
 	"github.com/heraldmesh/herald/services/edge/internal/webhook"
 	"github.com/redis/go-redis/v9"
@@ -155,29 +156,19 @@ func (e *Engine) sinkLag(ctx context.Context, b *registryv1.Bridge) (int64, erro
 	return total, nil
 }
 
-func pageSize(n int32) (int64, error) {
-	switch {
-	case n < 0 || n > 1000:
-		return 0, connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("page_size is %d; it must be between 1 and 1000", n))
-	case n == 0:
-		return 100, nil
-	}
-	return int64(n), nil
-}
-
 // ListBridgeDeadLetters implements BridgeService.
 func (a *API) ListBridgeDeadLetters(ctx context.Context, req *connect.Request[edgev1.ListBridgeDeadLettersRequest]) (*connect.Response[edgev1.ListBridgeDeadLettersResponse], error) {
 	b, err := a.bridgeFor(ctx, req.Msg.GetBridge())
 	if err != nil {
 		return nil, err
 	}
-	n, err := pageSize(req.Msg.GetPageSize())
+	n, err := webhook.PageSize(req.Msg.GetPageSize())
 	if err != nil {
 		return nil, err
 	}
 	after := req.Msg.GetPageToken()
 	if after != "" {
-		if ms, seq, ok := strings.Cut(after, "-"); !ok || !digits(ms) || !digits(seq) {
+		if _, err := eventlog.ParseID(after); err != nil {
 			return nil, connect.NewError(connect.CodeInvalidArgument, errors.New("page_token is not one this service gave"))
 		}
 	}
@@ -229,18 +220,6 @@ func (a *API) ListBridgeDeadLetters(ctx context.Context, req *connect.Request[ed
 	}
 	out.Total = total.Val()
 	return connect.NewResponse(out), nil
-}
-
-func digits(s string) bool {
-	if s == "" || len(s) > 20 {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		if s[i] < '0' || s[i] > '9' {
-			return false
-		}
-	}
-	return true
 }
 
 // ReplayBridge implements BridgeService (operator only).

@@ -51,7 +51,8 @@ func (a *API) endpointFor(ctx context.Context, id string) (*registryv1.Subscript
 	return sub, nil
 }
 
-func pageSize(n int32) (int64, error) {
+// PageSize checks a page_size (1 to 1000; 0 is 100). BridgeService shares it.
+func PageSize(n int32) (int64, error) {
 	switch {
 	case n < 0 || n > maxPage:
 		return 0, connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("page_size is %d; it must be between 1 and %d", n, maxPage))
@@ -75,7 +76,7 @@ func (a *API) ListAttempts(ctx context.Context, req *connect.Request[edgev1.List
 	if err != nil {
 		return nil, err
 	}
-	n, err := pageSize(req.Msg.GetPageSize())
+	n, err := PageSize(req.Msg.GetPageSize())
 	if err != nil {
 		return nil, err
 	}
@@ -121,7 +122,7 @@ func (a *API) ListWebhookDeadLetters(ctx context.Context, req *connect.Request[e
 	if err != nil {
 		return nil, err
 	}
-	n, err := pageSize(req.Msg.GetPageSize())
+	n, err := PageSize(req.Msg.GetPageSize())
 	if err != nil {
 		return nil, err
 	}
