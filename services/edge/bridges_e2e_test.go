@@ -29,6 +29,7 @@ import (
 	"github.com/heraldmesh/herald/services/registry"
 	"github.com/heraldmesh/herald/services/router"
 	"github.com/redis/go-redis/v9"
+	"google.golang.org/protobuf/types/known/durationpb"
 )
 
 // bridgeMesh is a registry and a router in this process, and edges as
@@ -41,6 +42,7 @@ type bridgeMesh struct {
 	reg    registryv1connect.RegistryServiceClient
 	pub    routerv1connect.RouterServiceClient // as the application
 	appID  string
+	appKey string
 }
 
 // bridgeType is the event type the bridge tests carry.
@@ -78,7 +80,7 @@ func startBridgeMesh(t *testing.T) *bridgeMesh {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m.appID = app.Msg.GetApplication().GetId()
+	m.appID, m.appKey = app.Msg.GetApplication().GetId(), app.Msg.GetKey().GetSecret()
 	m.pub = routerv1connect.NewRouterServiceClient(rpc.HTTPClient(), rpc.BaseURL(common.RouterAddr), rpc.ClientOptions(app.Msg.GetKey().GetSecret())...)
 	return m
 }
@@ -245,4 +247,113 @@ func (c *collector) snapshot() map[string]int {
 		out[k] = v
 	}
 	return out
+}
+
+// TestBridgeServiceAccess: BridgeService over a real edge with no key, a
+// revoked key, another tenant's key and the owner's; a withdrawn subscribe
+// grant stops a running sink at once (its events wait, and its lag shows
+// them); no error carries internals.
+func TestBridgeServiceAccess(t *testing.T) {
+	m := startBridgeMesh(t)
+	ctx := context.Background()
+	dir := t.TempDir()
+	b := m.create(&registryv1.Bridge{Name: "to-lake", Direction: registryv1.BridgeDirection_BRIDGE_DIRECTION_SINK,
+		System: &registryv1.Bridge_Lake{Lake: &registryv1.LakeBridge{Directory: dir, MaxFileBytes: 1 << 20, MaxFileAge: durationpb.New(time.Second)}},
+		Sink:   &registryv1.BridgeSink{Types: []string{bridgeType}, Start: fromStart()}})
+	p := m.edge()
+	as := func(key string) edgev1connect.BridgeServiceClient {
+		var opts []connect.ClientOption
+		if key != "" {
+			opts = rpc.ClientOptions(key)
+		}
+		return edgev1connect.NewBridgeServiceClient(rpc.HTTPClient(), rpc.BaseURL(p.addr), opts...)
+	}
+	other, err := m.reg.CreateApplication(ctx, connect.NewRequest(&registryv1.CreateApplicationRequest{Application: &registryv1.Application{
+		Name: "rival", Tenant: "globex", Grants: []*registryv1.Grant{{Action: registryv1.GrantAction_GRANT_ACTION_SUBSCRIBE, Pattern: "shop.*"}},
+	}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	revoked, err := m.reg.CreateKey(ctx, connect.NewRequest(&registryv1.CreateKeyRequest{ApplicationId: m.appID}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.reg.RevokeKey(ctx, connect.NewRequest(&registryv1.RevokeKeyRequest{Id: revoked.Msg.GetKey().GetId()})); err != nil {
+		t.Fatal(err)
+	}
+	internals := []string{m.common.RedisURL, "herald:", "127.0.0.1", m.common.RegistryAddr}
+	clean := func(what string, err error) {
+		t.Helper()
+		for _, s := range internals {
+			if err != nil && strings.Contains(err.Error(), s) {
+				t.Errorf("%s: the error carries %q: %v", what, s, err)
+			}
+		}
+	}
+	for name, key := range map[string]string{"no key": "", "a revoked key": revoked.Msg.GetKey().GetSecret()} {
+		c := as(key)
+		_, err := c.ListBridgeStatus(ctx, connect.NewRequest(&edgev1.ListBridgeStatusRequest{}))
+		_, err2 := c.ListBridgeDeadLetters(ctx, connect.NewRequest(&edgev1.ListBridgeDeadLettersRequest{Bridge: "to-lake"}))
+		_, err3 := c.ReplayBridge(ctx, connect.NewRequest(&edgev1.ReplayBridgeRequest{Bridge: "to-lake"}))
+		for _, e := range []error{err, err2, err3} {
+			if connect.CodeOf(e) != connect.CodeUnauthenticated {
+				t.Errorf("%s: %v, want UNAUTHENTICATED", name, e)
+			}
+			clean(name, e)
+		}
+	}
+	rival := as(other.Msg.GetKey().GetSecret())
+	if res, err := rival.ListBridgeStatus(ctx, connect.NewRequest(&edgev1.ListBridgeStatusRequest{})); err != nil || len(res.Msg.GetStatuses()) != 0 {
+		t.Errorf("another tenant lists: %v %v", res, err)
+	}
+	for _, call := range []func() error{
+		func() error {
+			_, err := rival.ListBridgeStatus(ctx, connect.NewRequest(&edgev1.ListBridgeStatusRequest{Bridges: []string{b.GetId()}}))
+			return err
+		},
+		func() error {
+			_, err := rival.ListBridgeDeadLetters(ctx, connect.NewRequest(&edgev1.ListBridgeDeadLettersRequest{Bridge: "to-lake"}))
+			return err
+		},
+	} {
+		err := call()
+		if connect.CodeOf(err) != connect.CodeNotFound {
+			t.Errorf("another tenant's view of the bridge: %v, want NOT_FOUND", err)
+		}
+		clean("another tenant", err)
+	}
+	_, err = rival.ReplayBridge(ctx, connect.NewRequest(&edgev1.ReplayBridgeRequest{Bridge: "to-lake"}))
+	if connect.CodeOf(err) != connect.CodePermissionDenied {
+		t.Errorf("another tenant replays: %v", err)
+	}
+	owner := as(m.appKey)
+	if res, err := owner.ListBridgeStatus(ctx, connect.NewRequest(&edgev1.ListBridgeStatusRequest{})); err != nil || len(res.Msg.GetStatuses()) != 1 {
+		t.Fatalf("the owner lists: %v %v", res, err)
+	}
+	_, err = owner.ListBridgeDeadLetters(ctx, connect.NewRequest(&edgev1.ListBridgeDeadLettersRequest{Bridge: "to-lake", PageToken: "not-a-token"}))
+	if connect.CodeOf(err) != connect.CodeInvalidArgument {
+		t.Errorf("a bad page token: %v", err)
+	}
+
+	// The sink runs and delivers; then the grant goes, on the running sink.
+	testutil.Eventually(t, 20*time.Second, func() bool { return p.status(t, "to-lake").GetRunning() }, "the sink runs")
+	m.publish(0, 10)
+	far := lakeReader(t, dir)
+	testutil.Eventually(t, 30*time.Second, func() bool { return len(far()) == 10 }, "the first 10 in the lake")
+	app, err := m.reg.GetApplication(ctx, connect.NewRequest(&registryv1.GetApplicationRequest{Id: m.appID}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := app.Msg.GetApplication()
+	a.Grants = []*registryv1.Grant{{Action: registryv1.GrantAction_GRANT_ACTION_PUBLISH, Pattern: "shop.*"}}
+	if _, err := m.reg.UpdateApplication(ctx, connect.NewRequest(&registryv1.UpdateApplicationRequest{Application: a})); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(500 * time.Millisecond) // the edge's catalog follows the registry's Watch
+	m.publish(10, 10)
+	testutil.Eventually(t, 20*time.Second, func() bool { return p.status(t, "to-lake").GetLag() >= 10 }, "the withheld events show as lag")
+	time.Sleep(2 * time.Second) // two file rolls
+	if n := len(far()); n != 10 {
+		t.Fatalf("%d events in the lake after the grant was withdrawn, want the 10 before", n)
+	}
 }

@@ -12,6 +12,7 @@ import (
 	"connectrpc.com/connect"
 	edgev1 "github.com/heraldmesh/herald/api/gen/herald/edge/v1"
 	registryv1 "github.com/heraldmesh/herald/api/gen/herald/registry/v1"
+	"github.com/heraldmesh/herald/platform/access"
 	"github.com/heraldmesh/herald/platform/auth"
 	"github.com/heraldmesh/herald/platform/cloudevent"
 	"github.com/heraldmesh/herald/platform/eventlog"
@@ -130,13 +131,21 @@ func (e *Engine) Status(ctx context.Context, b *registryv1.Bridge) (*edgev1.Brid
 }
 
 // sinkLag counts the log's events a sink has not yet been given: the
-// consumer group's lag on each of its streams, plus what it holds.
+// consumer group's lag on each stream of its types, plus what it holds.
+// Every stream of its types counts, those its application may no longer
+// receive (a withdrawn grant) too: their events wait for the grant.
 func (e *Engine) sinkLag(ctx context.Context, b *registryv1.Bridge) (int64, error) {
-	sub := subscriptionOf(b, e.o.AckTimeout)
-	streams, err := e.mgr.Streams(ctx, sub)
-	if err != nil {
-		return 0, err
+	names, _ := e.o.Catalog.Names()
+	var streams []string
+	for _, name := range names {
+		if !slices.ContainsFunc(b.GetSink().GetTypes(), func(p string) bool { return access.Covers(p, name) }) {
+			continue
+		}
+		if t, ok := e.o.Catalog.Get(name); ok {
+			streams = append(streams, eventlog.StreamKeys(name, t.GetPartitions())...)
+		}
 	}
+	streams = append(streams, subscription.ReplayKey(b.GetId()))
 	group := subscription.Group(b.GetId())
 	var total int64
 	for _, s := range streams {
