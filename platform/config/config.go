@@ -185,12 +185,37 @@ func (c Common) Validate() error {
 	return nil
 }
 
-// OpenRedis parses a redis:// (or rediss://) URL and returns a client. It
-// does not wait for Redis: readiness checks and retries do.
-func OpenRedis(url string, poolSize int) (*redis.Client, error) {
+// OpenRedis parses HERALD_REDIS_URL and returns a client. It does not wait
+// for Redis: readiness checks and retries do.
+//
+// redis://[user:password@]host:port/db (or rediss://) is one server.
+// redis+cluster://[user:password@]host:port[,host:port...] (or
+// rediss+cluster://) is a Redis Cluster, reached through any of the listed
+// nodes (the rest of the topology is discovered, and followed through
+// MOVED, ASK and failovers); its query takes go-redis' cluster options
+// (e.g. ?dial_timeout=3s). poolSize bounds the connections per node.
+func OpenRedis(url string, poolSize int) (redis.UniversalClient, error) {
+	if IsClusterURL(url) {
+		opt, err := ParseClusterURL(url)
+		if err != nil {
+			return nil, err
+		}
+		if poolSize > 0 {
+			opt.PoolSize = poolSize
+		}
+		opt.ReadTimeout = 5 * time.Second
+		opt.WriteTimeout = 5 * time.Second
+		// go-redis reloads the topology at once on MOVED and ASK, but a dead
+		// master answers neither: without a short interval it would keep
+		// dialing it for up to a minute after its replica took over.
+		if opt.ClusterStateReloadInterval == 0 {
+			opt.ClusterStateReloadInterval = time.Second
+		}
+		return redis.NewClusterClient(opt), nil
+	}
 	opt, err := redis.ParseURL(url)
 	if err != nil {
-		return nil, fmt.Errorf("HERALD_REDIS_URL %q: %w", url, err)
+		return nil, fmt.Errorf("HERALD_REDIS_URL %q: %w", redactURL(url), err)
 	}
 	if poolSize > 0 {
 		opt.PoolSize = poolSize
@@ -198,6 +223,73 @@ func OpenRedis(url string, poolSize int) (*redis.Client, error) {
 	opt.ReadTimeout = 5 * time.Second
 	opt.WriteTimeout = 5 * time.Second
 	return redis.NewClient(opt), nil
+}
+
+// IsClusterURL reports whether a HERALD_REDIS_URL names a Redis Cluster
+// (redis+cluster:// or rediss+cluster://).
+func IsClusterURL(url string) bool {
+	return strings.HasPrefix(url, "redis+cluster://") || strings.HasPrefix(url, "rediss+cluster://")
+}
+
+// ParseClusterURL parses redis+cluster://[user:password@]host:port[,host:port...][?options]
+// into go-redis cluster options.
+func ParseClusterURL(raw string) (*redis.ClusterOptions, error) {
+	scheme, rest, _ := strings.Cut(raw, "+cluster://")
+	bad := func(why string) error {
+		return fmt.Errorf("HERALD_REDIS_URL %q: %s (want redis+cluster://[user:password@]host:port[,host:port...])", redactURL(raw), why)
+	}
+	hostsPart, query, _ := strings.Cut(rest, "?")
+	userinfo := ""
+	if at := strings.LastIndex(hostsPart, "@"); at >= 0 {
+		userinfo, hostsPart = hostsPart[:at+1], hostsPart[at+1:]
+	}
+	if i := strings.Index(hostsPart, "/"); i >= 0 {
+		if db := strings.Trim(hostsPart[i:], "/"); db != "" && db != "0" {
+			return nil, bad("a cluster has only database 0")
+		}
+		hostsPart = hostsPart[:i]
+	}
+	var hosts []string
+	for _, h := range strings.Split(hostsPart, ",") {
+		if h = strings.TrimSpace(h); h != "" {
+			if _, port, err := net.SplitHostPort(h); err != nil || port == "" {
+				return nil, bad(fmt.Sprintf("%q is not host:port", h))
+			}
+			hosts = append(hosts, h)
+		}
+	}
+	if len(hosts) == 0 {
+		return nil, bad("no node address")
+	}
+	u := scheme + "://" + userinfo + hosts[0]
+	q := query
+	for _, h := range hosts[1:] {
+		if q != "" {
+			q += "&"
+		}
+		q += "addr=" + h
+	}
+	if q != "" {
+		u += "?" + q
+	}
+	opt, err := redis.ParseClusterURL(u)
+	if err != nil {
+		return nil, bad(err.Error())
+	}
+	return opt, nil
+}
+
+// redactURL hides a URL's password in error messages.
+func redactURL(raw string) string {
+	scheme, rest, ok := strings.Cut(raw, "://")
+	if !ok {
+		return raw
+	}
+	if at := strings.LastIndex(rest, "@"); at >= 0 {
+		user, _, _ := strings.Cut(rest[:at], ":")
+		return scheme + "://" + user + ":xxxxx@" + rest[at+1:]
+	}
+	return raw
 }
 
 // PingRedis is a readiness check.

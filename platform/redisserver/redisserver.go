@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -29,6 +30,22 @@ type Options struct {
 	AppendOnly bool
 	// MaxMemory (e.g. "256mb"), empty for no limit.
 	MaxMemory string
+	// Cluster starts the server as a Redis Cluster node (nodes.conf in
+	// Dir). Alone, with Slots, it is a cluster of one node that owns every
+	// slot: a plain client works as with a standalone server, and Redis
+	// refuses what a cluster refuses (multi-key commands, transactions and
+	// scripts whose keys are in different slots).
+	Cluster bool
+	// Slots, with Cluster, has the node claim all 16384 slots at its first
+	// start (a restart keeps them in nodes.conf). Without it the node
+	// joins a cluster that something else creates (see StartCluster).
+	Slots bool
+	// ClusterNodeTimeout is cluster-node-timeout (how long a master may be
+	// unreachable before its replica takes over). Default 2s.
+	ClusterNodeTimeout time.Duration
+	// Env is added to the process' environment (e.g. libfaketime's
+	// LD_PRELOAD and FAKETIME, to skew this server's clock in a test).
+	Env []string
 }
 
 // Server is a running redis-server.
@@ -83,7 +100,19 @@ func (s *Server) start(ctx context.Context, bin string) error {
 	if s.opts.MaxMemory != "" {
 		args = append(args, "--maxmemory", s.opts.MaxMemory)
 	}
+	if s.opts.Cluster {
+		timeout := s.opts.ClusterNodeTimeout
+		if timeout <= 0 {
+			timeout = 2 * time.Second
+		}
+		args = append(args, "--cluster-enabled", "yes",
+			"--cluster-config-file", filepath.Join(s.opts.Dir, "nodes.conf"),
+			"--cluster-node-timeout", strconv.FormatInt(timeout.Milliseconds(), 10))
+	}
 	cmd := exec.Command(bin, args...)
+	if len(s.opts.Env) > 0 {
+		cmd.Env = append(os.Environ(), s.opts.Env...)
+	}
 	// Its own process group, so Ctrl-C in a terminal reaches the launcher,
 	// which then stops Redis last, after the services flushed.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
@@ -102,6 +131,9 @@ func (s *Server) start(ctx context.Context, bin string) error {
 		err := c.Ping(pctx).Err()
 		cancel()
 		if err == nil {
+			if s.opts.Cluster && s.opts.Slots {
+				return s.claimSlots(ctx, c)
+			}
 			return nil
 		}
 		select {
@@ -116,6 +148,35 @@ func (s *Server) start(ctx context.Context, bin string) error {
 		if time.Now().After(deadline) {
 			s.Kill()
 			return fmt.Errorf("redisserver: no answer on %s: %w", s.Addr(), err)
+		}
+	}
+}
+
+// claimSlots has a lone cluster node take every slot (once: a restart
+// finds them in nodes.conf) and waits until it serves them.
+func (s *Server) claimSlots(ctx context.Context, c *redis.Client) error {
+	info, err := c.ClusterInfo(ctx).Result()
+	if err != nil {
+		return fmt.Errorf("redisserver: cluster info: %w", err)
+	}
+	if strings.Contains(info, "cluster_slots_assigned:0\r") {
+		if err := c.Do(ctx, "CLUSTER", "ADDSLOTSRANGE", 0, 16383).Err(); err != nil {
+			return fmt.Errorf("redisserver: cluster addslotsrange: %w", err)
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		info, err := c.ClusterInfo(ctx).Result()
+		if err == nil && strings.Contains(info, "cluster_state:ok") {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("redisserver: cluster state not ok after 10s: %v %s", err, info)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
 		}
 	}
 }
@@ -145,6 +206,19 @@ func (s *Server) Stop() error {
 		s.Kill()
 	}
 	return nil
+}
+
+// Running reports whether the process is up (not stopped or killed).
+func (s *Server) Running() bool {
+	if s.cmd == nil {
+		return false
+	}
+	select {
+	case <-s.done:
+		return false
+	default:
+		return true
+	}
 }
 
 // Kill ends Redis with SIGKILL, as a crash would.

@@ -34,7 +34,7 @@ type Base struct {
 	Metrics *prometheus.Registry
 	Auth    *auth.Authenticator
 	Server  *server.Server
-	Redis   *redis.Client
+	Redis   redis.UniversalClient
 
 	rpcMetrics *telemetry.RPCMetrics
 	loops      []func(context.Context) error

@@ -26,7 +26,7 @@ import (
 // Manager holds what the sessions of one router share: Redis, the catalog,
 // which groups exist, and who waits for acknowledgements.
 type Manager struct {
-	rdb *redis.Client
+	rdb redis.UniversalClient
 	cat *catalog.Cache
 	log *slog.Logger
 
@@ -54,7 +54,7 @@ type Manager struct {
 
 // NewManager returns a Manager. rdb should be a pool of its own, sized for
 // the sessions: each one holds a connection while it blocks for events.
-func NewManager(rdb *redis.Client, cat *catalog.Cache, log *slog.Logger, reg prometheus.Registerer) *Manager {
+func NewManager(rdb redis.UniversalClient, cat *catalog.Cache, log *slog.Logger, reg prometheus.Registerer) *Manager {
 	m := &Manager{
 		rdb: rdb, cat: cat, log: log, waiters: map[string]map[chan struct{}]struct{}{},
 		deliveries: prometheus.NewCounterVec(prometheus.CounterOpts{

@@ -15,12 +15,16 @@ import (
 )
 
 // Redis starts a redis-server with AOF (appendfsync always) for the test and
-// stops it when the test ends.
+// stops it when the test ends. It is a Redis Cluster of one node that owns
+// every slot: clients talk to it as to a standalone server, and Redis
+// refuses, as a cluster would, any multi-key command, transaction or script
+// whose keys are in different slots. So every test that uses it also checks
+// that its keys are cluster-safe.
 func Redis(t testing.TB) *redisserver.Server {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	s, err := redisserver.Start(ctx, redisserver.Options{Dir: t.TempDir(), AppendOnly: true})
+	s, err := redisserver.Start(ctx, redisserver.Options{Dir: t.TempDir(), AppendOnly: true, Cluster: true, Slots: true})
 	if err != nil {
 		t.Fatalf("start redis-server: %v", err)
 	}
@@ -98,4 +102,28 @@ func Start(t testing.TB, svc Service) (addr string, stop func()) {
 	}
 	t.Cleanup(stop)
 	return bound.String(), stop
+}
+
+// RedisCluster starts a local Redis Cluster for the test (masters shards,
+// each with replicas replicas; AOF with appendfsync always; a node timeout
+// of 2s, so a killed master's replica takes over within a few seconds) and
+// stops it when the test ends.
+func RedisCluster(t testing.TB, masters, replicas int) *redisserver.Cluster {
+	t.Helper()
+	return RedisClusterWith(t, redisserver.ClusterOptions{Masters: masters, Replicas: replicas})
+}
+
+// RedisClusterWith is RedisCluster with options (Dir is the test's).
+func RedisClusterWith(t testing.TB, o redisserver.ClusterOptions) *redisserver.Cluster {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	o.Dir = t.TempDir()
+	o.AppendOnly = true
+	c, err := redisserver.StartCluster(ctx, o)
+	if err != nil {
+		t.Fatalf("start redis cluster: %v", err)
+	}
+	t.Cleanup(func() { c.Kill() })
+	return c
 }

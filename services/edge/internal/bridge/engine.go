@@ -33,7 +33,7 @@ type Systems struct {
 type Options struct {
 	// Redis holds the log and the bridges' state: a pool of its own, with
 	// a blocking read per sink this process runs.
-	Redis   *redis.Client
+	Redis   redis.UniversalClient
 	Catalog *catalog.Cache
 	Log     *slog.Logger
 	// Box opens the bridges' secrets and source keys; nil runs nothing.

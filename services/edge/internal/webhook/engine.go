@@ -59,7 +59,7 @@ type Options struct {
 	// Redis holds the log and the engine's state; it should be a pool of
 	// its own, sized for one blocking read per endpoint this process
 	// delivers to.
-	Redis   *redis.Client
+	Redis   redis.UniversalClient
 	Catalog *catalog.Cache
 	Log     *slog.Logger
 	// Box opens the endpoints' signing secrets; nil delivers nothing (and

@@ -22,7 +22,7 @@ import (
 // delivery at least once, at a few round trips per batch instead of three
 // per delivery.
 type settler struct {
-	rdb *redis.Client
+	rdb redis.UniversalClient
 	mgr *subscription.Manager
 	log *slog.Logger
 	in  chan *settlement
@@ -41,7 +41,7 @@ const (
 	settleBatch   = 512 // deliveries per round trip, at most
 )
 
-func newSettler(rdb *redis.Client, mgr *subscription.Manager, log *slog.Logger) *settler {
+func newSettler(rdb redis.UniversalClient, mgr *subscription.Manager, log *slog.Logger) *settler {
 	return &settler{rdb: rdb, mgr: mgr, log: log, in: make(chan *settlement, settleBatch*settleWorkers)}
 }
 

@@ -77,7 +77,7 @@ var DefaultRetry = []time.Duration{5 * time.Second, 30 * time.Second, 2 * time.M
 type Options struct {
 	// Redis holds the subscriptions and reads the log; a pool of its own,
 	// sized for one blocking read per subscription delivered at once.
-	Redis   *redis.Client
+	Redis   redis.UniversalClient
 	Catalog *catalog.Cache
 	Log     *slog.Logger
 	// Quotas hold deliveries while a hard quota on delivered events stops

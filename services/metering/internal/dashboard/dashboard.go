@@ -47,13 +47,13 @@ const keyPrefix = "herald:{dashboard}:session:"
 // Handler serves the page and its sessions.
 type Handler struct {
 	auth *auth.Authenticator
-	rdb  *redis.Client
+	rdb  redis.UniversalClient
 	ttl  time.Duration
 	log  *slog.Logger
 }
 
 // New returns the dashboard's handler. ttl <= 0: DefaultTTL.
-func New(a *auth.Authenticator, rdb *redis.Client, ttl time.Duration, log *slog.Logger) *Handler {
+func New(a *auth.Authenticator, rdb redis.UniversalClient, ttl time.Duration, log *slog.Logger) *Handler {
 	if ttl <= 0 {
 		ttl = DefaultTTL
 	}

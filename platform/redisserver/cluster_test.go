@@ -1,0 +1,59 @@
+package redisserver_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/heraldmesh/herald/platform/redisserver"
+)
+
+func TestClusterFailover(t *testing.T) {
+	ctx := context.Background()
+	start := time.Now()
+	c, err := redisserver.StartCluster(ctx, redisserver.ClusterOptions{Dir: t.TempDir(), Masters: 3, Replicas: 1, AppendOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Kill()
+	t.Logf("3 masters and 3 replicas in %v", time.Since(start).Round(time.Millisecond))
+	rdb := c.Client()
+	defer rdb.Close()
+	for i := range 100 {
+		k := fmt.Sprintf("k%d", i)
+		if got := redisserver.Slot(k); got != uint16(rdb.ClusterKeySlot(ctx, k).Val()) {
+			t.Fatalf("Slot(%q) = %d, CLUSTER KEYSLOT %d", k, got, rdb.ClusterKeySlot(ctx, k).Val())
+		}
+	}
+	if got, want := redisserver.Slot("herald:log:{a.b}"), uint16(rdb.ClusterKeySlot(ctx, "x{a.b}").Val()); got != want {
+		t.Fatalf("hash tag: %d, want %d", got, want)
+	}
+	if err := rdb.Set(ctx, "{s}k", "v", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if n := rdb.Wait(ctx, 1, time.Second).Val(); n < 1 {
+		// WAIT goes to a random node with go-redis; use the key's master.
+		m, _ := c.MasterOf(ctx, "{s}k")
+		t.Logf("wait answered %d (master %s)", n, m.Addr())
+	}
+	m, err := c.MasterOf(ctx, "{s}k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	killed := time.Now()
+	m.Kill()
+	for {
+		if v, err := rdb.Get(ctx, "{s}k").Result(); err == nil {
+			if v != "v" {
+				t.Fatalf("got %q", v)
+			}
+			break
+		}
+		if time.Since(killed) > 30*time.Second {
+			t.Fatal("no replica took over within 30s")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Logf("replica promoted, key readable %v after the kill", time.Since(killed).Round(time.Millisecond))
+}
