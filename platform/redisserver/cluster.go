@@ -36,7 +36,10 @@ type ClusterOptions struct {
 // joined with `redis-cli --cluster create`.
 type Cluster struct {
 	Nodes []*Server
-	opts  ClusterOptions
+	// Reused says the nodes already formed a cluster (a restart of the
+	// same Dir): StartCluster did not create it.
+	Reused bool
+	opts   ClusterOptions
 }
 
 // StartCluster starts the nodes, creates the cluster and waits until every
@@ -76,6 +79,7 @@ func StartCluster(ctx context.Context, o ClusterOptions) (*Cluster, error) {
 		c.Kill()
 		return nil, err
 	}
+	c.Reused = created
 	if !created {
 		args := []string{"--cluster", "create"}
 		for _, s := range c.Nodes {
