@@ -29,6 +29,8 @@ func benchPublishCommand() *cobra.Command {
 	var o bench.Options
 	var natsServer string
 	var asJSON, noLatency bool
+	var cluster []int
+	var types, routers int
 	cmd := &cobra.Command{
 		Use:   "publish",
 		Short: "Events/s and latency of Publish (single and batched) against raw XADD and NATS JetStream",
@@ -58,13 +60,31 @@ call (per batch for batched phases), the router's CPU and peak RSS, Redis' and
 nats-server's CPU, and the targets of issue 13 as ratios of this run; then
 checks that the log holds each acknowledged event once, that a re-published
 batch is answered duplicate=true and that the SSE client got every event of
-the latency phase once.`,
+the latency phase once.
+
+With --cluster N[,N...] it measures instead, for each N in one run, the
+Herald phases herald-batch and herald-single and a raw xadd-batch baseline
+against a local Redis Cluster of N masters (no replicas, AOF with appendfsync
+always), with --types event types whose streams spread evenly over the
+masters by slot, published in turn; --routers K router processes share the
+callers. It reports events/s per N, the CPU of the routers, of every Redis
+node and of this process, and the ratio from 1 to 3 masters (issue 15's target:
+at least 1.6x).`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
 			var err error
 			if o.RouterBin, err = bench.FindRouter(); err != nil {
 				return err
+			}
+			if len(cluster) > 0 {
+				co := bench.ClusterOptions{Masters: cluster, Events: o.Events, Batch: o.Batch, PayloadBytes: o.PayloadBytes,
+					Types: types, Routers: routers, RouterBin: o.RouterBin, RouterEnv: o.RouterEnv, Timeout: o.Timeout, Progress: cmd.ErrOrStderr()}
+				if cmd.Flags().Changed("concurrency") {
+					co.Concurrency = o.Concurrency
+				}
+				rep, err := bench.RunCluster(ctx, co)
+				return report(ctx, cmd, rep, rep != nil, err, asJSON)
 			}
 			if natsServer == "" {
 				if natsServer, err = bench.FindNATSServer(); err != nil {
@@ -99,6 +119,9 @@ the latency phase once.`,
 	f.StringArrayVar(&o.EdgeEnv, "edge-env", nil, "KEY=VALUE added to the edge's environment (repeatable)")
 	f.DurationVar(&o.Timeout, "timeout", 10*time.Minute, "bound on the whole run")
 	f.BoolVar(&asJSON, "json", false, "print the report as JSON")
+	f.IntSliceVar(&cluster, "cluster", nil, "measure against local Redis Clusters of these numbers of masters instead (e.g. 1,2,3); --concurrency defaults to 16 there")
+	f.IntVar(&types, "types", 6, "with --cluster: event types, spread evenly over the masters")
+	f.IntVar(&routers, "routers", 1, "with --cluster: router processes sharing the callers")
 	f.Func("router-pprof", "serve the router's pprof endpoints on this loopback address (e.g. 127.0.0.1:6060) to profile it during the run", func(addr string) error {
 		o.RouterEnv = append(o.RouterEnv, "HERALD_PPROF_ADDR="+addr)
 		return nil
