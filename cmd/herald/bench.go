@@ -21,7 +21,7 @@ func benchCommand() *cobra.Command {
 		Use:   "bench",
 		Short: "Measure Herald on this machine",
 	}
-	cmd.AddCommand(benchPublishCommand(), benchWebhooksCommand(), benchFanoutCommand(), benchUsageCommand(), benchBridgeCommand(), benchLoaderCommand())
+	cmd.AddCommand(benchPublishCommand(), benchWebhooksCommand(), benchFanoutCommand(), benchUsageCommand(), benchBridgeCommand(), benchLoaderCommand(), benchFailoverCommand())
 	return cmd
 }
 
@@ -392,4 +392,46 @@ func report(ctx context.Context, cmd *cobra.Command, rep interface {
 		return fmt.Errorf("interrupted: %w", err)
 	}
 	return err
+}
+
+func benchFailoverCommand() *cobra.Command {
+	var o bench.FailoverOptions
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "failover",
+		Short: "Kill a Redis Cluster master mid-publish: time to the first accepted publish on its shard, and no acknowledged event lost",
+		Long: `Starts a local Redis Cluster of three masters with one replica each (AOF,
+appendfsync always), the registry in this process and the router binary of
+'make build' as its own process, with ` + bench.ReplicaAcksVar + `=1 (it waits for a
+replica's acknowledgement before acknowledging a publish; --no-replica-acks
+leaves it unset). --callers callers per shard publish --batch events per call
+of one event type per master, retrying a failed call with the same events.
+After --before it kills the master of the first type with SIGKILL, and
+reports the time from the kill to the first accepted publish on that shard
+(a call started after the kill), the longest pause of the other shards, and,
+after --after more publishing, checks that every acknowledged event of every
+shard is in the log once.`,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			var err error
+			if o.RouterBin, err = bench.FindRouter(); err != nil {
+				return err
+			}
+			o.Progress = cmd.ErrOrStderr()
+			rep, err := bench.RunFailover(ctx, o)
+			return report(ctx, cmd, rep, rep != nil, err, asJSON)
+		},
+	}
+	f := cmd.Flags()
+	f.DurationVar(&o.NodeTimeout, "node-timeout", 2*time.Second, "cluster-node-timeout: how long a master may be unreachable before its replica takes over")
+	f.IntVar(&o.Callers, "callers", 2, "callers per shard")
+	f.IntVar(&o.Batch, "batch", 10, "events per call")
+	f.DurationVar(&o.Before, "before", 3*time.Second, "how long to publish before the kill")
+	f.DurationVar(&o.After, "after", 3*time.Second, "how long to publish after the shard accepts publishes again")
+	f.IntVar(&o.PayloadBytes, "payload-bytes", 256, "size of each event's JSON data")
+	f.BoolVar(&o.NoReplicaAcks, "no-replica-acks", false, "leave "+bench.ReplicaAcksVar+" unset")
+	f.DurationVar(&o.Timeout, "timeout", 5*time.Minute, "bound on the whole run")
+	f.BoolVar(&asJSON, "json", false, "print the report as JSON")
+	return cmd
 }
