@@ -169,19 +169,27 @@ func clusterTypes(ctx context.Context, rdb *redis.ClusterClient, n int) ([]strin
 	if err != nil {
 		return nil, nil, err
 	}
+	// A lone node that never met another does not know its address: it
+	// answers ":port".
+	addr := func(r redis.ClusterSlot) string {
+		if strings.HasPrefix(r.Nodes[0].Addr, ":") {
+			return "127.0.0.1" + r.Nodes[0].Addr
+		}
+		return r.Nodes[0].Addr
+	}
 	masterOf := func(key string) string {
 		s := int(redisserver.Slot(key))
 		for _, r := range slots {
 			if s >= r.Start && s <= r.End && len(r.Nodes) > 0 {
-				return r.Nodes[0].Addr
+				return addr(r)
 			}
 		}
 		return ""
 	}
 	var masters []string
 	for _, r := range slots {
-		if len(r.Nodes) > 0 && !slices.Contains(masters, r.Nodes[0].Addr) {
-			masters = append(masters, r.Nodes[0].Addr)
+		if len(r.Nodes) > 0 && !slices.Contains(masters, addr(r)) {
+			masters = append(masters, addr(r))
 		}
 	}
 	slices.Sort(masters)
@@ -302,8 +310,8 @@ func clusterRun(ctx context.Context, o ClusterOptions, masters int, dir string, 
 	}
 	acked := 0
 	for k, t := range types { // warm-up: connections, scripts, catalogs
-		for _, pb := range pubs {
-			if _, err := pb.publish(ctx, withType(makeEvents(fmt.Sprintf("warm-%d-%p", k, pb), 2*o.Batch, o.PayloadBytes), t), false); err != nil {
+		for j, pb := range pubs {
+			if _, err := pb.publish(ctx, withType(makeEvents(fmt.Sprintf("warm-%d-%d", k, j), 2*o.Batch, o.PayloadBytes), t), false); err != nil {
 				return nil, withChildLogs(fmt.Errorf("warm-up publish: %w", err), routers...)
 			}
 			acked += 2 * o.Batch
