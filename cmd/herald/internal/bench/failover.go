@@ -66,6 +66,9 @@ type FailoverReport struct {
 	// FailoverSeconds runs from the kill to the first accepted publish of
 	// Type by a call started after the kill.
 	FailoverSeconds float64 `json:"failover_seconds"`
+	// PromotedSeconds runs from the kill to the moment the killed
+	// master's replica answers ROLE as a master (0: not seen).
+	PromotedSeconds float64 `json:"promoted_seconds"`
 	// OtherMaxGapSeconds is the longest time without an accepted publish
 	// on the other shards, from the kill to the end.
 	OtherMaxGapSeconds float64 `json:"other_shards_max_gap_seconds"`
@@ -227,11 +230,14 @@ func RunFailover(parent context.Context, o FailoverOptions) (*FailoverReport, er
 		return nil, err
 	}
 	rep.Killed, rep.Type = victim.Addr(), types[0]
+	replica := replicaOf(ctx, c, victim)
 	killMu.Lock()
 	killAt = time.Now()
 	victim.Kill()
 	killMu.Unlock()
 	progress("killed the master of %s (%s) with SIGKILL", types[0], victim.Addr())
+	promoted := make(chan time.Duration, 1)
+	go func() { promoted <- waitPromoted(pubCtx, replica, killAt) }()
 	l := loads[0]
 	deadline := time.Now().Add(60 * time.Second)
 	for {
@@ -253,6 +259,9 @@ func RunFailover(parent context.Context, o FailoverOptions) (*FailoverReport, er
 	sleepCtx(ctx, o.After)
 	stopPub()
 	wg.Wait()
+	if d := <-promoted; d > 0 {
+		rep.PromotedSeconds = d.Seconds()
+	}
 
 	for _, l := range loads[1:] {
 		gap := maxGapAfter(l.times, killAt)
@@ -295,6 +304,37 @@ func RunFailover(parent context.Context, o FailoverOptions) (*FailoverReport, er
 		}
 	}
 	return rep, nil
+}
+
+// replicaOf returns the address of the node replicating master, or "".
+func replicaOf(ctx context.Context, c *redisserver.Cluster, master *redisserver.Server) string {
+	_, port, _ := strings.Cut(master.Addr(), ":")
+	for _, s := range c.Nodes {
+		rdb := redis.NewClient(&redis.Options{Addr: s.Addr()})
+		info, err := rdb.Info(ctx, "replication").Result()
+		rdb.Close()
+		if err == nil && infoField(info, "role") == "slave" && infoField(info, "master_port") == port {
+			return s.Addr()
+		}
+	}
+	return ""
+}
+
+// waitPromoted polls the replica until it is a master, and returns the
+// time since the kill (0 if ctx ends first).
+func waitPromoted(ctx context.Context, addr string, killAt time.Time) time.Duration {
+	if addr == "" {
+		return 0
+	}
+	rdb := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1})
+	defer rdb.Close()
+	for ctx.Err() == nil {
+		if info, err := rdb.Info(ctx, "replication").Result(); err == nil && infoField(info, "role") == "master" {
+			return time.Since(killAt)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	return 0
 }
 
 // failoverCaller publishes batches of type t until ctx ends.
@@ -412,6 +452,7 @@ func (rep *FailoverReport) WriteTable(w io.Writer) error {
 	fmt.Fprintf(w, "machine: %d CPUs (%s), %d GiB, %s, %s; %s\n", m.CPUs, m.CPUModel, m.MemoryGiB, m.Kernel, m.Go, s.Redis)
 	fmt.Fprintf(w, "load average (1, 5, 15 min): %s at the start, %s at the end\n\n", m.LoadAvgStart, m.LoadAvgEnd)
 	fmt.Fprintf(w, "killed the master of %s (%s) with SIGKILL mid-publish\n", rep.Type, rep.Killed)
+	fmt.Fprintf(w, "  kill -> its replica promoted (ROLE master): %.2f s\n", rep.PromotedSeconds)
 	fmt.Fprintf(w, "  kill -> first accepted publish on that shard: %.2f s\n", rep.FailoverSeconds)
 	fmt.Fprintf(w, "  longest pause of the other shards after the kill: %.3f s\n", rep.OtherMaxGapSeconds)
 	fmt.Fprintf(w, "  failed (retried) calls: %d; events acknowledged: %d\n", rep.FailedCalls, rep.Acked)
