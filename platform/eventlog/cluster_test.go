@@ -84,6 +84,23 @@ func TestReadAfterAcrossShards(t *testing.T) {
 	for _, count := range []int64{1, 2, 3, 100} {
 		checkMerged(t, collect(t, cc, streams, count, len(want)), want)
 	}
+	// Newest: the newest entry of every shard, and a master's clock.
+	newest, now, err := eventlog.Newest(context.Background(), cc, streams)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var top eventlog.ID
+	for _, id := range order {
+		if top.Less(id) {
+			top = id
+		}
+	}
+	if newest != top {
+		t.Fatalf("Newest = %v, want %v", newest, top)
+	}
+	if d := time.Since(now); d < -time.Minute || d > time.Minute {
+		t.Fatalf("Newest's clock %v is %v off this machine's", now, d)
+	}
 	// Resume after each entry: exactly the later ones, in order.
 	for _, cursor := range order {
 		later := map[string]eventlog.ID{}
