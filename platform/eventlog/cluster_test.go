@@ -3,6 +3,7 @@ package eventlog_test
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -195,12 +196,19 @@ func TestWaitAfterAcrossShards(t *testing.T) {
 		streams = append(streams, eventlog.StreamKey(ts[0]))
 	}
 	ctx := context.Background()
-	w := eventlog.NewWaiter(cc)
-	if more, err := w.WaitAfter(ctx, streams, eventlog.Zero, 10*time.Millisecond); more || err != nil {
+	blocking := eventlog.NewWaiter(cc)
+	if more, err := blocking.WaitAfter(ctx, streams, eventlog.Zero, 10*time.Millisecond); more || err != nil {
 		t.Fatalf("empty streams: %v %v", more, err)
 	}
+	// One that blocks on one slot only, and polls the others.
+	polling := eventlog.NewWaiter(cc)
+	eventlog.SetMaxBlocked(polling, 1)
 	var after eventlog.ID
-	for i, ts := range on {
+	for i, ts := range append(slices.Clone(on), on...) {
+		w := blocking
+		if i >= len(on) {
+			w = polling
+		}
 		done := make(chan error, 1)
 		from := after
 		go func() {

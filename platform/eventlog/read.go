@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -312,15 +313,20 @@ func WaitAfter(ctx context.Context, rdb redis.Cmdable, streams []string, after I
 // the same Waiter on the same streams takes them over, so a Waiter holds at
 // most one blocking read per slot (go-redis cannot interrupt a blocked read,
 // and a reader that woke up on one shard would otherwise pile up reads on
-// the others). The connections come from the client's pool, which must have
-// room for one per slot of the streams (per node, on a cluster) besides the
-// client's other work.
+// the others). The connections come from the client's pool: at most half
+// of it (of one node's, on a cluster) blocks; the slots beyond that are
+// polled every pollEvery while the wait lasts, a pipelined non-blocking
+// XREAD, rather than leave the client without connections.
 type Waiter struct {
-	rdb     redis.Cmdable
-	mu      sync.Mutex
-	flight  map[string]*blocked // by slot group (its streams, joined)
-	slotted bool                // the server refused a cross-slot XREAD
+	rdb        redis.Cmdable
+	maxBlocked int // slot groups that block at once
+	mu         sync.Mutex
+	flight     map[string]*blocked // by slot group (its streams, joined)
+	slotted    bool                // the server refused a cross-slot XREAD
 }
+
+// pollEvery is how often a Waiter polls the slots it does not block on.
+const pollEvery = 20 * time.Millisecond
 
 // blocked is one blocking XREAD in flight.
 type blocked struct {
@@ -331,7 +337,17 @@ type blocked struct {
 
 // NewWaiter returns a Waiter on rdb.
 func NewWaiter(rdb redis.Cmdable) *Waiter {
-	return &Waiter{rdb: rdb, flight: map[string]*blocked{}}
+	pool := 0
+	switch c := rdb.(type) {
+	case *redis.ClusterClient:
+		pool = c.Options().PoolSize
+	case *redis.Client:
+		pool = c.Options().PoolSize
+	}
+	if pool <= 0 {
+		pool = 10 * runtime.GOMAXPROCS(0) // go-redis' default
+	}
+	return &Waiter{rdb: rdb, maxBlocked: max(1, pool/2), flight: map[string]*blocked{}}
 }
 
 // WaitAfter blocks until one of the streams has an entry after `after`, the
@@ -404,6 +420,16 @@ func (w *Waiter) wait(ctx context.Context, streams []string, after func(string) 
 		if lay != oneServer {
 			groups = bySlot(streams)
 		}
+		var polled [][]string
+		if len(groups) > w.maxBlocked {
+			groups, polled = groups[:w.maxBlocked], groups[w.maxBlocked:]
+		}
+		var ticker *time.Ticker
+		var tick <-chan time.Time
+		if len(polled) > 0 {
+			ticker = time.NewTicker(pollEvery)
+			tick = ticker.C
+		}
 		first := make(chan *blocked, len(groups))
 		stop := make(chan struct{})
 		for _, g := range groups {
@@ -417,10 +443,23 @@ func (w *Waiter) wait(ctx context.Context, streams []string, after func(string) 
 			}()
 		}
 		var bl *blocked
-		select {
-		case bl = <-first:
-		case <-timer.C:
-		case <-ctx.Done():
+	wait:
+		for {
+			select {
+			case bl = <-first:
+			case <-timer.C:
+			case <-ctx.Done():
+			case <-tick:
+				more, err := w.poll(ctx, polled, after)
+				if err == nil && !more {
+					continue
+				}
+				bl = &blocked{more: more, err: err}
+			}
+			break wait
+		}
+		if ticker != nil {
+			ticker.Stop()
 		}
 		close(stop)
 		switch {
@@ -439,6 +478,29 @@ func (w *Waiter) wait(ctx context.Context, streams []string, after func(string) 
 		// One read timed out before this wait did: block on its slot again
 		// (the others are taken over).
 	}
+}
+
+// poll reads the slot groups once, without blocking: is there an entry?
+func (w *Waiter) poll(ctx context.Context, groups [][]string, after func(string) ID) (bool, error) {
+	pipe := w.rdb.Pipeline()
+	reads := make([]*redis.XStreamSliceCmd, len(groups))
+	for i, g := range groups {
+		reads[i] = pipe.XRead(ctx, readArgs(g, after, 1, -1))
+	}
+	_, _ = pipe.Exec(ctx)
+	for _, r := range reads {
+		res, err := r.Result()
+		if err != nil && !errors.Is(err, redis.Nil) {
+			if ctx.Err() != nil {
+				return false, nil
+			}
+			return false, err
+		}
+		if len(res) > 0 {
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 // start returns the blocking read of one slot group in flight, or starts
