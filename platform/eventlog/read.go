@@ -121,7 +121,10 @@ func ReadAfter(ctx context.Context, rdb redis.Cmdable, streams []string, after I
 // each slot's pair to its master, in order). Complete is the lowest of every
 // clock read, less one millisecond, and of the last id of every stream that
 // returned count entries: under clock skew between masters, an entry is
-// released only once every stream's own master clock has passed it.
+// released only once every stream's own master clock has passed it. The
+// reads must go to the masters: a cluster client that routes reads to
+// replicas (ReadOnly, RouteByLatency, RouteRandomly) could miss entries its
+// master had when it answered the clock.
 func Read(ctx context.Context, rdb redis.Cmdable, streams []string, after ID, count int64) (Batch, error) {
 	return read(ctx, rdb, layoutOf(rdb), streams, after, count)
 }
