@@ -35,6 +35,11 @@ type Manager struct {
 	mu      sync.Mutex
 	waiters map[string]map[chan struct{}]struct{} // by subscription: sessions to wake on Ack or Nack
 
+	wmu         sync.Mutex
+	watches     map[string]*watch // by stream: see watch.go
+	maxWatches  int
+	overWatched bool // said so in the log
+
 	deliveries   *prometheus.CounterVec
 	sessions     prometheus.Gauge
 	filterErrors prometheus.Counter
@@ -52,11 +57,15 @@ type Manager struct {
 	External bool
 }
 
-// NewManager returns a Manager. rdb should be a pool of its own, sized for
-// the sessions: each one holds a connection while it blocks for events.
+// NewManager returns a Manager. rdb should be a pool of its own: the
+// Manager keeps one connection (per node, on a cluster) blocked waiting for
+// events on each stream its sessions read, whatever their number, up to a
+// pool size less 16 (or half of it), and sessions take others for their
+// commands.
 func NewManager(rdb redis.UniversalClient, cat *catalog.Cache, log *slog.Logger, reg prometheus.Registerer) *Manager {
 	m := &Manager{
 		rdb: rdb, cat: cat, log: log, waiters: map[string]map[chan struct{}]struct{}{},
+		watches: map[string]*watch{}, maxWatches: maxWatchesFor(rdb),
 		deliveries: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "herald_router_subscription_deliveries_total",
 			Help: "Subscription deliveries by kind: first, redelivery, replay; filtered (acknowledged without delivery), dead_lettered.",

@@ -1,0 +1,187 @@
+package subscription
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Waiting for events on Redis Cluster. A blocking XREADGROUP can wait on
+// the streams of one hash slot only (Redis Cluster refuses one over
+// several slots, CROSSSLOT), and a subscription's streams each have a hash
+// tag of their own. So a session never blocks in Redis: it reads its
+// groups without blocking, in one pipeline (which a ClusterClient splits
+// per node), and waits in memory for a watch of its Manager to tell it that
+// one of its streams got an entry.
+//
+// A watch is one blocking XREAD (no group: it consumes nothing) on one
+// stream, shared by every session of the Manager that reads the stream: a
+// process holds one waiting connection per stream, however many sessions
+// read it, instead of one per session and stream. When the XREAD returns,
+// the watch looks up the stream's newest entry, then adds one to its
+// generation and wakes its sessions; the next XREAD waits for entries after
+// that one. A session notes each watch's generation before it reads the
+// stream, and reads the stream again once the generation has changed: an
+// entry its read missed arrived after the read began, so either after the
+// watch looked up the newest entry (the watch's XREAD returns it, and the
+// generation changes) or before it (the generation changed after that look
+// up, so after the session noted it). Nothing is missed and nothing waits
+// for a poll; a wake costs two round trips to Redis besides the read.
+//
+// A Manager watches at most maxWatches streams (about as many connections
+// as its pool holds for the blocking reads sessions used to make); a
+// session polls a stream over that limit every time it would wait
+// (maxBlock) and the Manager says so in its log.
+
+const (
+	watchBlock   = 5 * time.Second        // longest XREAD of a watch: how soon an unused watch ends
+	watchBackoff = 200 * time.Millisecond // pause after a failed watch command
+	sweepEvery   = 10 * time.Second       // how often a session reads every group anyway
+)
+
+// watch waits for new entries on one stream for the sessions reading it.
+type watch struct {
+	key    string
+	gen    atomic.Uint64
+	subs   map[chan struct{}]struct{} // sessions to wake, under Manager.wmu
+	cancel context.CancelFunc
+}
+
+// maxWatchesFor is how many streams a Manager over rdb watches at most:
+// the connections its pool (per node, on a cluster) kept for blocking
+// reads, leaving the rest for commands.
+func maxWatchesFor(rdb redis.UniversalClient) int {
+	pool := 0
+	switch c := rdb.(type) {
+	case *redis.Client:
+		pool = c.Options().PoolSize
+	case *redis.ClusterClient:
+		pool = c.Options().PoolSize
+	}
+	if pool <= 0 {
+		return 1000
+	}
+	return max(pool/2, pool-16, 1)
+}
+
+// watchStream makes notify receive a token whenever key gets a new entry,
+// and returns the watch; nil when the Manager watches as many streams as
+// it may (the caller polls key).
+func (m *Manager) watchStream(key string, notify chan struct{}) *watch {
+	m.wmu.Lock()
+	defer m.wmu.Unlock()
+	w := m.watches[key]
+	if w == nil {
+		if len(m.watches) >= m.maxWatches {
+			if !m.overWatched {
+				m.overWatched = true
+				m.log.Warn("too many streams to watch: sessions poll the others every "+maxBlock.String()+"; give the Manager's Redis a larger pool",
+					"watched", len(m.watches), "stream", key)
+			}
+			return nil
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		w = &watch{key: key, subs: map[chan struct{}]struct{}{}, cancel: cancel}
+		m.watches[key] = w
+		go m.runWatch(ctx, w)
+	}
+	w.subs[notify] = struct{}{}
+	return w
+}
+
+// unwatch stops waking notify for w; the watch ends with its last session.
+func (m *Manager) unwatch(w *watch, notify chan struct{}) {
+	m.wmu.Lock()
+	defer m.wmu.Unlock()
+	delete(w.subs, notify)
+	if len(w.subs) == 0 {
+		w.cancel()
+		if m.watches[w.key] == w {
+			delete(m.watches, w.key)
+		}
+		m.overWatched = false
+	}
+}
+
+// Watched is how many streams the Manager watches now.
+func (m *Manager) Watched() int {
+	m.wmu.Lock()
+	defer m.wmu.Unlock()
+	return len(m.watches)
+}
+
+// bump tells w's sessions that its stream may have new entries.
+func (m *Manager) bump(w *watch) {
+	w.gen.Add(1)
+	m.wmu.Lock()
+	defer m.wmu.Unlock()
+	for ch := range w.subs {
+		select {
+		case ch <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// runWatch waits for entries on w's stream until ctx ends.
+func (m *Manager) runWatch(ctx context.Context, w *watch) {
+	last := "" // the newest entry when last looked up; "" to look it up
+	for ctx.Err() == nil {
+		if last == "" {
+			msgs, err := m.rdb.XRevRangeN(ctx, w.key, "+", "-", 1).Result()
+			if err != nil {
+				if !m.watchFailed(ctx, w, err) {
+					return
+				}
+				continue
+			}
+			last = "0-0"
+			if len(msgs) > 0 {
+				last = msgs[0].ID
+			}
+			m.bump(w)
+			continue
+		}
+		err := m.rdb.XRead(ctx, &redis.XReadArgs{Streams: []string{w.key, last}, Count: 1, Block: watchBlock}).Err()
+		switch {
+		case errors.Is(err, redis.Nil): // nothing new: wait again
+		case err == nil:
+			last = ""
+		default:
+			last = ""
+			if !m.watchFailed(ctx, w, err) {
+				return
+			}
+		}
+	}
+}
+
+// watchFailed pauses after a failed watch command, and reports whether the
+// watch goes on (not when the client is closed, or the watch ended).
+func (m *Manager) watchFailed(ctx context.Context, w *watch, err error) bool {
+	if errors.Is(err, redis.ErrClosed) || ctx.Err() != nil {
+		return false
+	}
+	m.log.Debug("stream watch failed; sessions read it at the next wake", "stream", w.key, "err", err)
+	select {
+	case <-ctx.Done():
+		return false
+	case <-time.After(watchBackoff):
+		return true
+	}
+}
+
+// hashTag is the part of a key Redis Cluster hashes to pick its slot: keys
+// with the same tag share a slot.
+func hashTag(key string) string {
+	if i := strings.IndexByte(key, '{'); i >= 0 {
+		if j := strings.IndexByte(key[i+1:], '}'); j > 0 {
+			return key[i+1 : i+1+j]
+		}
+	}
+	return key
+}
