@@ -38,7 +38,8 @@ type Manager struct {
 	wmu         sync.Mutex
 	watches     map[string]*watch // by stream: see watch.go
 	maxWatches  int
-	overWatched bool // said so in the log
+	overWatched bool          // said so in the log
+	sweep       time.Duration // how often sessions read every group anyway (sweepEvery)
 
 	deliveries   *prometheus.CounterVec
 	sessions     prometheus.Gauge
@@ -65,7 +66,7 @@ type Manager struct {
 func NewManager(rdb redis.UniversalClient, cat *catalog.Cache, log *slog.Logger, reg prometheus.Registerer) *Manager {
 	m := &Manager{
 		rdb: rdb, cat: cat, log: log, waiters: map[string]map[chan struct{}]struct{}{},
-		watches: map[string]*watch{}, maxWatches: maxWatchesFor(rdb),
+		watches: map[string]*watch{}, maxWatches: maxWatchesFor(rdb), sweep: sweepEvery,
 		deliveries: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "herald_router_subscription_deliveries_total",
 			Help: "Subscription deliveries by kind: first, redelivery, replay; filtered (acknowledged without delivery), dead_lettered.",

@@ -302,7 +302,7 @@ func (s *session) read(ctx context.Context, block time.Duration) ([]delivery, er
 		now := time.Now()
 		sweep := !now.Before(s.nextSweep)
 		if sweep {
-			s.nextSweep = now.Add(sweepEvery)
+			s.nextSweep = now.Add(s.m.sweep)
 		}
 		var pick []string
 		gens := make(map[string]uint64, len(s.streams))
