@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -116,7 +117,7 @@ func clusterEvent(t *testing.T, rdb redis.Cmdable, typ, id string) {
 }
 
 // clusterConsumer runs a session of sub and hands its deliveries over.
-func clusterConsumer(t *testing.T, m *Manager, sub *registryv1.Subscription, window int) <-chan *routerv1.SubscribeResponse {
+func clusterConsumer(t *testing.T, m *Manager, sub *registryv1.Subscription, window int, resume ...string) <-chan *routerv1.SubscribeResponse {
 	t.Helper()
 	out := make(chan *routerv1.SubscribeResponse, 1000)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -124,7 +125,7 @@ func clusterConsumer(t *testing.T, m *Manager, sub *registryv1.Subscription, win
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		err := m.Serve(ctx, sub, window, "c-"+sub.GetId(), func(d *routerv1.SubscribeResponse) error {
+		err := m.serve(ctx, sub, window, strings.Join(resume, ""), "c-"+sub.GetId(), func() error { return nil }, func(d *routerv1.SubscribeResponse, _ Meta) error {
 			out <- d
 			return nil
 		})
@@ -167,7 +168,9 @@ func TestClusterSubscriptionAcrossShards(t *testing.T) {
 	}
 	other := proto.CloneOf(sub)
 	other.Id = "sub_cluster_2"
-	cat := clusterCatalog(t, &fakeRegistry{types: types, subs: []*registryv1.Subscription{sub, other}})
+	resumed := proto.CloneOf(sub)
+	resumed.Id = "sub_cluster_3"
+	cat := clusterCatalog(t, &fakeRegistry{types: types, subs: []*registryv1.Subscription{sub, other, resumed}})
 	m := NewManager(rdb, cat, slog.New(slog.DiscardHandler), nil)
 	m.sweep = time.Hour
 
@@ -233,6 +236,13 @@ func TestClusterSubscriptionAcrossShards(t *testing.T) {
 	}
 	if n := m.Watched(); n != len(types)+2 {
 		t.Errorf("the Manager watches %d streams; want %d (one per log stream, one per replay stream)", n, len(types)+2)
+	}
+	// A session resuming after a cursor moves the groups on every shard.
+	got3 := clusterConsumer(t, m, resumed, 100, want[5])
+	for _, id := range want[6:] {
+		if d := next(t, got3, "resumed after "+want[5]); d.GetCursor() != id {
+			t.Fatalf("resumed subscription: cursor %s, want %s", d.GetCursor(), id)
+		}
 	}
 
 	// The session waits now; an event on each shard in turn wakes it.
