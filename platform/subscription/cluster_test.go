@@ -225,17 +225,28 @@ func TestClusterSubscriptionAcrossShards(t *testing.T) {
 	if err != nil || total != 1 || letters[0].Cursor != held[11].GetCursor() || letters[0].Reason != "broken" {
 		t.Fatalf("dead letters: %v (%d), %v", letters, total, err)
 	}
+	// Replayed through another process's Manager, the dead letter comes
+	// back at once: its replay notice wakes this session.
+	m2 := NewManager(rdb, cat, slog.New(slog.DiscardHandler), nil)
+	if n, err := m2.replay(ctx, sub.GetId(), nil, true); err != nil || n != 1 {
+		t.Fatalf("replay: %d, %v", n, err)
+	}
+	if d := next(t, got, "replayed dead letter"); d.GetCursor() != held[11].GetCursor() || !strings.HasPrefix(d.GetAckId(), replayTag+"/") {
+		t.Fatalf("replayed: cursor %s ack id %s; want %s from the replay stream", d.GetCursor(), d.GetAckId(), held[11].GetCursor())
+	} else if n, err := m.Ack(ctx, sub.GetId(), d.GetAckId()); err != nil || n != 1 {
+		t.Fatalf("ack of the replayed one: %d, %v", n, err)
+	}
 
 	// A second subscription on the same streams shares the watches: one
-	// per stream (and one per replay stream) in the process.
+	// per log stream in the process.
 	got2 := clusterConsumer(t, m, other, 100)
 	for _, id := range want {
 		if d := next(t, got2, "second subscription "+id); d.GetCursor() != id {
 			t.Fatalf("second subscription: cursor %s, want %s", d.GetCursor(), id)
 		}
 	}
-	if n := m.Watched(); n != len(types)+2 {
-		t.Errorf("the Manager watches %d streams; want %d (one per log stream, one per replay stream)", n, len(types)+2)
+	if n := m.Watched(); n != len(types) {
+		t.Errorf("the Manager watches %d streams; want %d (one per log stream)", n, len(types))
 	}
 	// A session resuming after a cursor moves the groups on every shard.
 	got3 := clusterConsumer(t, m, resumed, 100, want[5])

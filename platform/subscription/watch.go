@@ -32,6 +32,13 @@ import (
 // up, so after the session noted it). Nothing is missed and nothing waits
 // for a poll; a wake costs two round trips to Redis besides the read.
 //
+// A subscription's replay stream (one per subscription) is written only by
+// this package (replayed dead letters and ranges, test events), which then
+// tells every process with a notice on a sharded Pub/Sub channel: each
+// Manager holds one connection subscribed to it, instead of one per replay
+// stream. A notice lost while that connection is down is made up for when
+// it subscribes again (every replay watch wakes) and by the sweep.
+//
 // A Manager watches at most maxWatches streams (about as many connections
 // as its pool holds for the blocking reads sessions used to make); a
 // session polls a stream over that limit every time it would wait
@@ -68,12 +75,91 @@ func maxWatchesFor(rdb redis.UniversalClient) int {
 	return max(pool/2, pool-16, 1)
 }
 
+// replayChannel is the sharded Pub/Sub channel of replay notices: the
+// message is the subscription id.
+const replayChannel = "herald:sub:{replayed}"
+
+// isReplayKey reports whether key is a subscription's replay stream.
+func isReplayKey(key string) bool {
+	return strings.HasPrefix(key, "herald:sub:{") && strings.HasSuffix(key, "}:replay")
+}
+
+// replayed tells every session of subID, in every process, that its replay
+// stream got entries.
+func (m *Manager) replayed(ctx context.Context, subID string) {
+	m.wake(subID)
+	m.bumpReplay(ReplayKey(subID))
+	if err := m.rdb.SPublish(ctx, replayChannel, subID).Err(); err != nil {
+		m.log.Warn("replay notice not sent; sessions elsewhere read the replay stream at their next sweep", "subscription", subID, "err", err)
+	}
+}
+
+// bumpReplay wakes the sessions of a replay stream; "" for all of them.
+func (m *Manager) bumpReplay(key string) {
+	m.wmu.Lock()
+	var ws []*watch
+	if key == "" {
+		for _, w := range m.replays {
+			ws = append(ws, w)
+		}
+	} else if w := m.replays[key]; w != nil {
+		ws = append(ws, w)
+	}
+	m.wmu.Unlock()
+	for _, w := range ws {
+		m.bump(w)
+	}
+}
+
+// runNotices follows the replay notices until ctx ends.
+func (m *Manager) runNotices(ctx context.Context) {
+	ps := m.rdb.SSubscribe(ctx, replayChannel)
+	defer context.AfterFunc(ctx, func() { _ = ps.Close() })()
+	defer ps.Close()
+	for ctx.Err() == nil {
+		msg, err := ps.ReceiveTimeout(ctx, watchBlock)
+		switch v := msg.(type) {
+		case *redis.Subscription:
+			// Subscribed (again): notices sent meanwhile are lost.
+			m.bumpReplay("")
+		case *redis.Message:
+			m.bumpReplay(ReplayKey(v.Payload))
+		}
+		var nerr interface{ Timeout() bool }
+		switch {
+		case err == nil, errors.As(err, &nerr) && nerr.Timeout():
+		case errors.Is(err, redis.ErrClosed), ctx.Err() != nil:
+			return
+		default:
+			m.log.Debug("replay notices interrupted", "err", err)
+			select {
+			case <-ctx.Done():
+			case <-time.After(watchBackoff):
+			}
+		}
+	}
+}
+
 // watchStream makes notify receive a token whenever key gets a new entry,
 // and returns the watch; nil when the Manager watches as many streams as
 // it may (the caller polls key).
 func (m *Manager) watchStream(key string, notify chan struct{}) *watch {
 	m.wmu.Lock()
 	defer m.wmu.Unlock()
+	if isReplayKey(key) {
+		w := m.replays[key]
+		if w == nil {
+			w = &watch{key: key, subs: map[chan struct{}]struct{}{}, cancel: func() {}}
+			m.replays[key] = w
+			if len(m.replays) == 1 {
+				ctx, cancel := context.WithCancel(context.Background())
+				m.stopNotices = cancel
+				go m.runNotices(ctx)
+			}
+		}
+		w.subs[notify] = struct{}{}
+		return w
+	}
 	w := m.watches[key]
 	if w == nil {
 		if len(m.watches) >= m.maxWatches {
@@ -98,6 +184,16 @@ func (m *Manager) unwatch(w *watch, notify chan struct{}) {
 	m.wmu.Lock()
 	defer m.wmu.Unlock()
 	delete(w.subs, notify)
+	if len(w.subs) == 0 && isReplayKey(w.key) {
+		if m.replays[w.key] == w {
+			delete(m.replays, w.key)
+		}
+		if len(m.replays) == 0 && m.stopNotices != nil {
+			m.stopNotices()
+			m.stopNotices = nil
+		}
+		return
+	}
 	if len(w.subs) == 0 {
 		w.cancel()
 		if m.watches[w.key] == w {
@@ -107,7 +203,8 @@ func (m *Manager) unwatch(w *watch, notify chan struct{}) {
 	}
 }
 
-// Watched is how many streams the Manager watches now.
+// Watched is how many streams the Manager watches now with a blocking
+// read of their own (replay streams are not counted: notices wake them).
 func (m *Manager) Watched() int {
 	m.wmu.Lock()
 	defer m.wmu.Unlock()
