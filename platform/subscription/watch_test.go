@@ -10,6 +10,7 @@ import (
 	"github.com/heraldmesh/herald/platform/eventlog"
 	"github.com/heraldmesh/herald/platform/redisserver"
 	"github.com/heraldmesh/herald/platform/testutil"
+	"github.com/redis/go-redis/v9"
 	"google.golang.org/protobuf/types/known/durationpb"
 )
 
@@ -55,5 +56,25 @@ func TestStreamsOverTheWatchLimitArePolled(t *testing.T) {
 	}
 	if n := m.Watched(); n != 1 {
 		t.Fatalf("watched %d streams, over the limit of 1", n)
+	}
+}
+
+// A Manager watches about as many streams as its pool held blocking reads
+// for: the pool size less 16 (per node on a cluster: the total bound is
+// conservative), half of a small pool.
+func TestMaxWatchesFollowsThePool(t *testing.T) {
+	for _, c := range []struct {
+		rdb  redis.UniversalClient
+		want int
+	}{
+		{redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", PoolSize: 1016}), 1000},
+		{redis.NewClusterClient(&redis.ClusterOptions{Addrs: []string{"127.0.0.1:1"}, PoolSize: 116}), 100},
+		{redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", PoolSize: 20}), 10},
+		{redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", PoolSize: 1}), 1},
+	} {
+		if got := maxWatchesFor(c.rdb); got != c.want {
+			t.Errorf("%T: %d watches, want %d", c.rdb, got, c.want)
+		}
+		_ = c.rdb.Close()
 	}
 }
