@@ -21,16 +21,17 @@ import (
 // A watch is one blocking XREAD (no group: it consumes nothing) on one
 // stream, shared by every session of the Manager that reads the stream: a
 // process holds one waiting connection per stream, however many sessions
-// read it, instead of one per session and stream. When the XREAD returns,
-// the watch looks up the stream's newest entry, then adds one to its
-// generation and wakes its sessions; the next XREAD waits for entries after
-// that one. A session notes each watch's generation before it reads the
-// stream, and reads the stream again once the generation has changed: an
-// entry its read missed arrived after the read began, so either after the
-// watch looked up the newest entry (the watch's XREAD returns it, and the
-// generation changes) or before it (the generation changed after that look
-// up, so after the session noted it). Nothing is missed and nothing waits
-// for a poll; a wake costs two round trips to Redis besides the read.
+// read it, instead of one per session and stream. When the XREAD returns
+// an entry, the watch adds one to its generation and wakes its sessions,
+// then looks up the stream's newest entry, and wakes them again when that
+// is not the entry read; the next XREAD waits for entries after the newest.
+// A session notes each watch's generation before it reads the stream, and
+// reads the stream again once the generation has changed. An entry the
+// read missed arrived after the session noted the generation: it is the
+// entry a later XREAD returns, or one appended before a later look up that
+// found a newer entry than the one read; either way a wake follows. Nothing
+// is missed and nothing waits for a poll: a session reads a new entry one
+// round trip after the watch's XREAD returns it.
 //
 // A subscription's replay stream (one per subscription) is written only by
 // this package (replayed dead letters and ranges, test events), which then
@@ -243,11 +244,32 @@ func (m *Manager) runWatch(ctx context.Context, w *watch) {
 			m.bump(w)
 			continue
 		}
-		err := m.rdb.XRead(ctx, &redis.XReadArgs{Streams: []string{w.key, last}, Count: 1, Block: watchBlock}).Err()
+		res, err := m.rdb.XRead(ctx, &redis.XReadArgs{Streams: []string{w.key, last}, Count: 1, Block: watchBlock}).Result()
 		switch {
 		case errors.Is(err, redis.Nil): // nothing new: wait again
 		case err == nil:
-			last = ""
+			// Wake the sessions at once, then look up the newest entry: one
+			// appended since the entry read wakes them once more.
+			first := ""
+			if len(res) > 0 && len(res[0].Messages) > 0 {
+				first = res[0].Messages[0].ID
+			}
+			m.bump(w)
+			msgs, err := m.rdb.XRevRangeN(ctx, w.key, "+", "-", 1).Result()
+			if err != nil {
+				last = ""
+				if !m.watchFailed(ctx, w, err) {
+					return
+				}
+				continue
+			}
+			if len(msgs) == 0 || msgs[0].ID != first {
+				m.bump(w)
+			}
+			last = "0-0"
+			if len(msgs) > 0 {
+				last = msgs[0].ID
+			}
 		default:
 			last = ""
 			if !m.watchFailed(ctx, w, err) {
