@@ -106,14 +106,21 @@ func typesOnMasters(t *testing.T, c *redisserver.Cluster, n int) []string {
 // clusterEvent appends an event to a type's stream under the given id.
 func clusterEvent(t *testing.T, rdb redis.Cmdable, typ, id string) {
 	t.Helper()
+	if err := appendEvent(rdb, typ, id); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func appendEvent(rdb redis.Cmdable, typ, id string) error {
 	b, err := proto.Marshal(&eventv1.CloudEvent{Id: "ev-" + id, Source: "/test", SpecVersion: "1.0", Type: typ})
 	if err != nil {
-		t.Fatal(err)
+		return err
 	}
 	if err := rdb.XAdd(context.Background(), &redis.XAddArgs{Stream: eventlog.StreamKey(typ), ID: id,
 		Values: []any{eventlog.FieldEvent, b, eventlog.FieldApp, clusterApp}}).Err(); err != nil {
-		t.Fatalf("append %s to %s: %v", id, typ, err)
+		return fmt.Errorf("append %s to %s: %w", id, typ, err)
 	}
+	return nil
 }
 
 // clusterConsumer runs a session of sub and hands its deliveries over.
@@ -272,5 +279,84 @@ func TestClusterSubscriptionAcrossShards(t *testing.T) {
 	case d := <-got:
 		t.Fatalf("an extra delivery: %s attempt %d", d.GetCursor(), d.GetAttempt())
 	default:
+	}
+}
+
+// Two processes (two Managers) serve one subscription over three shards
+// while three writers append to them at once: every event is delivered
+// once in all, and each session gets each stream's events in order.
+func TestClusterCompetingSessionsGetEveryEventOnce(t *testing.T) {
+	ctx := context.Background()
+	c := testutil.RedisCluster(t, 3, 0)
+	rdb := c.Client()
+	t.Cleanup(func() { rdb.Close() })
+	types := typesOnMasters(t, c, 3)
+	sub := &registryv1.Subscription{
+		Id: "sub_competing", ApplicationId: clusterApp, Types: types,
+		Channel:  &registryv1.Subscription_Stream{Stream: &registryv1.StreamChannel{}},
+		Start:    &registryv1.StartPosition{Position: &registryv1.StartPosition_Cursor{Cursor: "0"}},
+		Delivery: &registryv1.DeliveryPolicy{AckTimeout: durationpb.New(time.Minute)},
+	}
+	cat := clusterCatalog(t, &fakeRegistry{types: types, subs: []*registryv1.Subscription{sub}})
+	var sessions []<-chan *routerv1.SubscribeResponse
+	var managers []*Manager
+	for i := range 2 {
+		m := NewManager(rdb, cat, slog.New(slog.DiscardHandler), nil)
+		m.sweep = time.Hour
+		managers = append(managers, m)
+		s := proto.CloneOf(sub)
+		out := make(chan *routerv1.SubscribeResponse, 1000)
+		sctx, cancel := context.WithCancel(ctx)
+		var wg sync.WaitGroup
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_ = m.Serve(sctx, s, 20, fmt.Sprintf("c-%d", i), func(d *routerv1.SubscribeResponse) error { out <- d; return nil })
+		}()
+		t.Cleanup(func() { cancel(); wg.Wait() })
+		sessions = append(sessions, out)
+	}
+	const perType = 100
+	var wg sync.WaitGroup
+	for j, typ := range types {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range perType {
+				id := strconv.FormatInt(time.Now().UnixMilli(), 10) + "-" + strconv.Itoa((i+1)<<4|j)
+				if err := appendEvent(rdb, typ, id); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	defer wg.Wait() // the writers end before the test does, even when it fails
+	seen := map[string]int{}
+	last := map[string]eventlog.ID{} // by session and stream
+	deadline := time.After(60 * time.Second)
+	for len(seen) < perType*len(types) {
+		var d *routerv1.SubscribeResponse
+		var from int
+		select {
+		case d = <-sessions[0]:
+		case d = <-sessions[1]:
+			from = 1
+		case <-deadline:
+			t.Fatalf("%d of %d events delivered", len(seen), perType*len(types))
+		}
+		seen[d.GetCursor()]++
+		if seen[d.GetCursor()] > 1 || d.GetAttempt() != 1 {
+			t.Fatalf("%s delivered %d times, attempt %d", d.GetCursor(), seen[d.GetCursor()], d.GetAttempt())
+		}
+		k := fmt.Sprintf("%d %s", from, d.GetEvent().GetType())
+		id := eventlog.MustParseID(d.GetCursor())
+		if prev, ok := last[k]; ok && !prev.Less(id) {
+			t.Fatalf("session %d got %s after %s on %s", from, id, prev, d.GetEvent().GetType())
+		}
+		last[k] = id
+		if n, err := managers[from].Ack(ctx, sub.GetId(), d.GetAckId()); err != nil || n != 1 {
+			t.Fatalf("ack %s: %d, %v", d.GetCursor(), n, err)
+		}
 	}
 }
