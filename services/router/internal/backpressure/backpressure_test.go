@@ -17,7 +17,7 @@ import (
 	"go.uber.org/goleak"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) { goleak.VerifyTestMain(testutil.StoppingSpares(m)) }
 
 // usedMemory reads used_memory from INFO memory.
 func usedMemory(t *testing.T, rdb *redis.Client) uint64 {
