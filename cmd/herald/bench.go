@@ -406,11 +406,15 @@ appendfsync always), the registry in this process and the router binary of
 replica's acknowledgement before acknowledging a publish; --no-replica-acks
 leaves it unset). --callers callers per shard publish --batch events per call
 of one event type per master, retrying a failed call with the same events.
-After --before it kills the master of the first type with SIGKILL, and
-reports the time from the kill to the first accepted publish on that shard
-(a call started after the kill), the longest pause of the other shards, and,
-after --after more publishing, checks that every acknowledged event of every
-shard is in the log once.`,
+After --before it kills the master of the first type with SIGKILL. Once its
+replica is master, the killed node is restarted (unless --no-restart) and
+rejoins as the new master's replica: with one replica per master, a router
+waiting for a replica's acknowledgement cannot accept a publish on that shard
+before. It reports the times from the kill to the promotion, to the restart
+and to the first accepted publish on that shard (a call started after the
+kill), the longest pause of the other shards, and, after --after more
+publishing, checks that every acknowledged event of every shard is in the log
+once.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
@@ -431,6 +435,7 @@ shard is in the log once.`,
 	f.DurationVar(&o.After, "after", 3*time.Second, "how long to publish after the shard accepts publishes again")
 	f.IntVar(&o.PayloadBytes, "payload-bytes", 256, "size of each event's JSON data")
 	f.BoolVar(&o.NoReplicaAcks, "no-replica-acks", false, "leave "+bench.ReplicaAcksVar+" unset")
+	f.BoolVar(&o.NoRestart, "no-restart", false, "leave the killed node dead (by default it is restarted once its replica is master, and rejoins as its replica)")
 	f.DurationVar(&o.Timeout, "timeout", 5*time.Minute, "bound on the whole run")
 	f.BoolVar(&asJSON, "json", false, "print the report as JSON")
 	return cmd

@@ -42,6 +42,11 @@ type FailoverOptions struct {
 	Before, After time.Duration
 	// PayloadBytes is the size of each event's JSON data. Default 256.
 	PayloadBytes int
+	// NoRestart leaves the killed node dead. By default it is restarted
+	// once its replica is master, and rejoins as the new master's replica
+	// (with one replica per master, the promoted one has none until then,
+	// so a router waiting for a replica's acknowledgement cannot accept).
+	NoRestart bool
 	// NoReplicaAcks leaves ReplicaAcksVar unset (the router acknowledges
 	// once the master has the event).
 	NoReplicaAcks bool
@@ -69,6 +74,9 @@ type FailoverReport struct {
 	// PromotedSeconds runs from the kill to the moment the killed
 	// master's replica answers ROLE as a master (0: not seen).
 	PromotedSeconds float64 `json:"promoted_seconds"`
+	// RestartedSeconds runs from the kill to the killed node's restart
+	// (after the promotion; it rejoins as a replica). 0 with NoRestart.
+	RestartedSeconds float64 `json:"restarted_seconds,omitempty"`
 	// OtherMaxGapSeconds is the longest time without an accepted publish
 	// on the other shards, from the kill to the end.
 	OtherMaxGapSeconds float64 `json:"other_shards_max_gap_seconds"`
@@ -126,6 +134,7 @@ type shardLoad struct {
 	times    []time.Time     // when each accepted call returned
 	firstNew time.Time       // first accepted call started after the kill
 	failed   int
+	lastErr  string // of the last failed call
 }
 
 // RunFailover publishes to three shards of a cluster of three masters with
@@ -242,26 +251,38 @@ func RunFailover(parent context.Context, o FailoverOptions) (*FailoverReport, er
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		l.mu.Lock()
-		first := l.firstNew
+		first, lastErr := l.firstNew, l.lastErr
 		l.mu.Unlock()
 		if !first.IsZero() {
 			rep.FailoverSeconds = first.Sub(killAt).Seconds()
 			progress("%s accepts publishes again after %.2fs", types[0], rep.FailoverSeconds)
 			break
 		}
+		select {
+		case d := <-promoted:
+			rep.PromotedSeconds = d.Seconds()
+			progress("the replica %s is master after %.2fs", replica, rep.PromotedSeconds)
+			if !o.NoRestart {
+				// As an operator would: the dead node comes back, and
+				// rejoins as the new master's replica.
+				if err := victim.Restart(ctx); err != nil {
+					return rep, fmt.Errorf("restart the killed master: %w", err)
+				}
+				rep.RestartedSeconds = time.Since(killAt).Seconds()
+				progress("restarted the killed node after %.2fs", rep.RestartedSeconds)
+			}
+		default:
+		}
 		if time.Now().After(deadline) || ctx.Err() != nil {
 			stopPub()
 			wg.Wait()
-			return rep, withChildLogs(fmt.Errorf("no publish of %s accepted within 60s of the kill", types[0]), routers...)
+			return rep, withChildLogs(fmt.Errorf("no publish of %s accepted within 60s of the kill; the last refusal: %s", types[0], lastErr), routers...)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
 	sleepCtx(ctx, o.After)
 	stopPub()
 	wg.Wait()
-	if d := <-promoted; d > 0 {
-		rep.PromotedSeconds = d.Seconds()
-	}
 
 	for _, l := range loads[1:] {
 		gap := maxGapAfter(l.times, killAt)
@@ -368,8 +389,13 @@ func failoverCaller(ctx context.Context, pub *publisher, key, t string, w int, o
 			if ctx.Err() != nil {
 				return
 			}
+			why := fmt.Sprint(err)
+			if err == nil {
+				why = firstRefusal(res)
+			}
 			l.mu.Lock()
 			l.failed++
+			l.lastErr = why
 			l.mu.Unlock()
 			time.Sleep(20 * time.Millisecond)
 		}
@@ -384,6 +410,16 @@ func ignored(log, name string) bool {
 		}
 	}
 	return false
+}
+
+// firstRefusal is the first event error of a Publish answer.
+func firstRefusal(res *routerv1.PublishResponse) string {
+	for _, r := range res.GetResults() {
+		if e := r.GetError(); e != nil {
+			return fmt.Sprintf("code %d: %s", e.GetCode(), e.GetMessage())
+		}
+	}
+	return "no results"
 }
 
 // acceptedAll reports whether every event of a Publish answer was accepted
@@ -453,6 +489,9 @@ func (rep *FailoverReport) WriteTable(w io.Writer) error {
 	fmt.Fprintf(w, "load average (1, 5, 15 min): %s at the start, %s at the end\n\n", m.LoadAvgStart, m.LoadAvgEnd)
 	fmt.Fprintf(w, "killed the master of %s (%s) with SIGKILL mid-publish\n", rep.Type, rep.Killed)
 	fmt.Fprintf(w, "  kill -> its replica promoted (ROLE master): %.2f s\n", rep.PromotedSeconds)
+	if rep.RestartedSeconds > 0 {
+		fmt.Fprintf(w, "  kill -> the killed node restarted (it rejoins as the new master's replica): %.2f s\n", rep.RestartedSeconds)
+	}
 	fmt.Fprintf(w, "  kill -> first accepted publish on that shard: %.2f s\n", rep.FailoverSeconds)
 	fmt.Fprintf(w, "  longest pause of the other shards after the kill: %.3f s\n", rep.OtherMaxGapSeconds)
 	fmt.Fprintf(w, "  failed (retried) calls: %d; events acknowledged: %d\n", rep.FailedCalls, rep.Acked)
