@@ -188,6 +188,9 @@ func tail(b []byte, n int) []byte {
 	return b
 }
 
+// Dir is the server's directory.
+func (s *Server) Dir() string { return s.opts.Dir }
+
 // Addr is host:port.
 func (s *Server) Addr() string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(s.opts.Port)) }
 

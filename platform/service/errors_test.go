@@ -25,7 +25,7 @@ func TestClientError(t *testing.T) {
 		{"deliberate refusal", connect.NewError(connect.CodeInvalidArgument, errors.New("name is required")), connect.CodeInvalidArgument, "name is required"},
 		{"deliberate unavailable sentence", connect.NewError(connect.CodeUnavailable, errors.New("shutting down: reconnect")), connect.CodeUnavailable, "shutting down: reconnect"},
 		{"unavailable wrapping internals", withRetry, connect.CodeUnavailable, MessageUnavailable},
-		{"internal wrapping a dial error", connect.NewError(connect.CodeInternal, fmt.Errorf("read herald:registry:types: %w", dial)), connect.CodeUnavailable, MessageUnavailable},
+		{"internal wrapping a dial error", connect.NewError(connect.CodeInternal, fmt.Errorf("read herald:{registry}:types: %w", dial)), connect.CodeUnavailable, MessageUnavailable},
 		{"plain dial error", fmt.Errorf("read herald:x: %w", dial), connect.CodeUnavailable, MessageUnavailable},
 		{"plain other error", errors.New("decode herald:x: bad proto"), connect.CodeInternal, MessageInternal},
 	} {

@@ -5,8 +5,15 @@ package testutil
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -20,16 +27,83 @@ import (
 // refuses, as a cluster would, any multi-key command, transaction or script
 // whose keys are in different slots. So every test that uses it also checks
 // that its keys are cluster-safe.
+//
+// A cluster node refuses commands for its first 2 seconds (Redis'
+// CLUSTER_WRITABLE_DELAY), so the process keeps a few nodes started ahead:
+// a test takes one that is ready and a replacement starts in the
+// background. Each is a fresh server, used by one test only.
 func Redis(t testing.TB) *redisserver.Server {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	s, err := redisserver.Start(ctx, redisserver.Options{Dir: t.TempDir(), AppendOnly: true, Cluster: true, Slots: true})
+	s, err := spares.take()
 	if err != nil {
 		t.Fatalf("start redis-server: %v", err)
 	}
-	t.Cleanup(func() { _ = s.Stop() })
+	t.Cleanup(func() {
+		_ = s.Stop()
+		_ = os.RemoveAll(s.Dir())
+	})
 	return s
+}
+
+// spares are cluster nodes started ahead for Redis.
+var spares = &sparePool{size: 3}
+
+type sparePool struct {
+	size  int
+	once  sync.Once
+	ready chan spare
+}
+
+type spare struct {
+	s   *redisserver.Server
+	err error
+}
+
+func (p *sparePool) take() (*redisserver.Server, error) {
+	p.once.Do(func() {
+		p.ready = make(chan spare, p.size)
+		removeStaleSpares()
+		for range p.size {
+			go p.start()
+		}
+	})
+	sp := <-p.ready
+	go p.start()
+	return sp.s, sp.err
+}
+
+// spareDirPrefix names the spares' directories: <prefix><pid>-<random>.
+var spareDirPrefix = filepath.Join(os.TempDir(), "herald-test-redis-")
+
+func (p *sparePool) start() {
+	dir, err := os.MkdirTemp("", fmt.Sprintf("herald-test-redis-%d-", os.Getpid()))
+	if err != nil {
+		p.ready <- spare{err: err}
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	s, err := redisserver.Start(ctx, redisserver.Options{Dir: dir, AppendOnly: true, Cluster: true, Slots: true})
+	if err != nil {
+		_ = os.RemoveAll(dir)
+	}
+	p.ready <- spare{s: s, err: err}
+}
+
+// removeStaleSpares removes the directories of spares whose test process is
+// gone (their servers ended with it).
+func removeStaleSpares() {
+	dirs, _ := filepath.Glob(spareDirPrefix + "*")
+	for _, d := range dirs {
+		pid, _, _ := strings.Cut(strings.TrimPrefix(d, spareDirPrefix), "-")
+		n, err := strconv.Atoi(pid)
+		if err != nil || n == os.Getpid() {
+			continue
+		}
+		if err := syscall.Kill(n, 0); errors.Is(err, syscall.ESRCH) {
+			_ = os.RemoveAll(d)
+		}
+	}
 }
 
 // RedisClient returns a client of s, closed when the test ends.

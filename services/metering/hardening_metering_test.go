@@ -27,7 +27,7 @@ type failingRegistry struct {
 }
 
 func (r *failingRegistry) AuthenticateKey(_ context.Context, req *connect.Request[registryv1.AuthenticateKeyRequest]) (*connect.Response[registryv1.AuthenticateKeyResponse], error) {
-	return nil, connect.NewError(connect.CodeInternal, fmt.Errorf("read herald:registry:keys %s: dial tcp %s: connect: connection refused", req.Msg.GetKeyHash(), r.redisAddr))
+	return nil, connect.NewError(connect.CodeInternal, fmt.Errorf("read herald:{registry}:keys %s: dial tcp %s: connect: connection refused", req.Msg.GetKeyHash(), r.redisAddr))
 }
 
 // With Redis down (and a registry that cannot check keys), GetUsage answers

@@ -602,7 +602,7 @@ func TestBridgeSecretsAndKey(t *testing.T) {
 	}
 	// Nothing in Redis holds a secret in clear.
 	for _, id := range []string{sink.GetId(), source.GetId()} {
-		raw, err := e.rdb.HGet(ctx, "herald:registry:bridges", id).Result()
+		raw, err := e.rdb.HGet(ctx, "herald:{registry}:bridges", id).Result()
 		if err != nil || strings.Contains(raw, sinkSecret) || strings.Contains(raw, sourceSecret) || strings.Contains(raw, bridgeKey) {
 			t.Errorf("stored bridge %s: %v (holds a secret in clear)", id, err)
 		}

@@ -103,8 +103,23 @@ func New(cfg Config) (*Service, error) {
 	var meshReady atomic.Bool
 	base.Go(func(ctx context.Context) error {
 		bo := backoff.New(backoff.Options{})
+		migrated := false
 		for {
-			err := h.EnsureMeshCatalog(ctx)
+			var err error
+			if !migrated {
+				// First move an older registry's catalog to the
+				// hash-tagged keys, before anything is written.
+				var n int
+				if n, err = st.MigrateLayout(ctx); err == nil {
+					migrated = true
+					if n > 0 {
+						log.Info("moved the catalog under the {registry} hash tag", "keys", n)
+					}
+				}
+			}
+			if err == nil {
+				err = h.EnsureMeshCatalog(ctx)
+			}
 			if err == nil {
 				meshReady.Store(true)
 				return nil

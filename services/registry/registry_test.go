@@ -112,7 +112,7 @@ func (e *env) as(key string) registryv1connect.RegistryServiceClient {
 // revision reads the catalog revision straight from Redis.
 func (e *env) revision(t *testing.T) int64 {
 	t.Helper()
-	rev, err := e.rdb.Get(context.Background(), "herald:registry:revision").Int64()
+	rev, err := e.rdb.Get(context.Background(), "herald:{registry}:revision").Int64()
 	if err != nil && err != redis.Nil {
 		t.Fatal(err)
 	}

@@ -187,7 +187,7 @@ func TestRotateTokenSecret(t *testing.T) {
 	if _, err := box.Open(ws[0].GetSealed(), auth.TokenSecretContext(other.GetId(), ws[0].GetId())); err == nil {
 		t.Error("the sealed secret opens under another application's context")
 	}
-	raw, err := e.rdb.HGet(ctx, "herald:registry:apps", app.GetId()).Result()
+	raw, err := e.rdb.HGet(ctx, "herald:{registry}:apps", app.GetId()).Result()
 	if err != nil || strings.Contains(raw, first.GetSecret()) {
 		t.Errorf("the stored application holds the secret in clear (%v)", err)
 	}

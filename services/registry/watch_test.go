@@ -223,7 +223,7 @@ func TestWatchRefusesRevisionsItCannotServe(t *testing.T) {
 	current := e.revision(t)
 
 	// Trim the change log past revision 1.
-	if err := e.rdb.XTrimMinID(ctx, "herald:registry:changes", "3-0").Err(); err != nil {
+	if err := e.rdb.XTrimMinID(ctx, "herald:{registry}:changes", "3-0").Err(); err != nil {
 		t.Fatal(err)
 	}
 	err := e.watch(t, 1).ended(t)
@@ -235,7 +235,7 @@ func TestWatchRefusesRevisionsItCannotServe(t *testing.T) {
 	wantCode(t, "watch from the future", err, connect.CodeFailedPrecondition, "watch from 0")
 
 	// A log trimmed to nothing at all.
-	if err := e.rdb.Del(ctx, "herald:registry:changes").Err(); err != nil {
+	if err := e.rdb.Del(ctx, "herald:{registry}:changes").Err(); err != nil {
 		t.Fatal(err)
 	}
 	err = e.watch(t, 1).ended(t)
@@ -271,7 +271,7 @@ func TestChangeLogLayout(t *testing.T) {
 	// The herald domain and its types were registered at start.
 	before := e.revision(t)
 	created := e.createType(t, &registryv1.EventType{Name: "billing.invoice.paid"})
-	entries, err := e.rdb.XRange(context.Background(), "herald:registry:changes", "-", "+").Result()
+	entries, err := e.rdb.XRange(context.Background(), "herald:{registry}:changes", "-", "+").Result()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -282,7 +282,7 @@ func TestChangeLogLayout(t *testing.T) {
 	if last.ID != itoa(created.GetRevision())+"-0" || last.Values["rev"] != itoa(created.GetRevision()) || last.Values["change"] == nil {
 		t.Errorf("change log entry: %v", last)
 	}
-	if n, err := e.rdb.XLen(context.Background(), "herald:registry:changes").Result(); err != nil || n != before+2 {
+	if n, err := e.rdb.XLen(context.Background(), "herald:{registry}:changes").Result(); err != nil || n != before+2 {
 		t.Errorf("length %d, %v", n, err)
 	}
 }

@@ -508,7 +508,7 @@ func TestWebhookSecretShownOnce(t *testing.T) {
 		t.Errorf("the sealed secret opens to %q, %v; want the secret shown", plain, err)
 	}
 	// The raw record in Redis has no secret in clear either.
-	raw, err := e.rdb.HGet(ctx, "herald:registry:subs", sub.GetId()).Result()
+	raw, err := e.rdb.HGet(ctx, "herald:{registry}:subs", sub.GetId()).Result()
 	if err != nil || strings.Contains(raw, strings.TrimPrefix(secret, "whsec_")) {
 		t.Errorf("stored record: %v (holds the secret in clear: %v)", err, strings.Contains(raw, strings.TrimPrefix(secret, "whsec_")))
 	}

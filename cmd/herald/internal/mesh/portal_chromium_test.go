@@ -886,7 +886,7 @@ func TestPortalInChromium(t *testing.T) {
 	rdb := redis.NewClient(opt)
 	defer rdb.Close()
 	sum := sha256.Sum256([]byte(expiring.GetToken()))
-	if ok, err := rdb.PExpire(ctx, "herald:registry:portal_links:"+hex.EncodeToString(sum[:]), time.Millisecond).Result(); err != nil || !ok {
+	if ok, err := rdb.PExpire(ctx, "herald:{registry}:portal_links:"+hex.EncodeToString(sum[:]), time.Millisecond).Result(); err != nil || !ok {
 		t.Fatalf("expire the link's record: %v %v", ok, err)
 	}
 	time.Sleep(10 * time.Millisecond)

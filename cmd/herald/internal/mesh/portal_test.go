@@ -179,7 +179,7 @@ func TestPortalSignIn(t *testing.T) {
 	rdb := redis.NewClient(opt)
 	defer rdb.Close()
 	sum := sha256.Sum256([]byte(expired))
-	if n, err := rdb.PExpire(context.Background(), "herald:registry:portal_links:"+hex.EncodeToString(sum[:]), time.Millisecond).Result(); err != nil || !n {
+	if n, err := rdb.PExpire(context.Background(), "herald:{registry}:portal_links:"+hex.EncodeToString(sum[:]), time.Millisecond).Result(); err != nil || !n {
 		t.Fatalf("expire the link: %v %v", n, err)
 	}
 	time.Sleep(10 * time.Millisecond)

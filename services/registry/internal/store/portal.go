@@ -12,7 +12,7 @@ import (
 
 // keyPortalLinkPfx + the token's hash holds a portal link until it is
 // redeemed or expires (the key's TTL).
-const keyPortalLinkPfx = "herald:registry:portal_links:"
+const keyPortalLinkPfx = "herald:{registry}:portal_links:"
 
 // PortalLink is what a portal link's token stands for.
 type PortalLink struct {

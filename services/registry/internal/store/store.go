@@ -3,27 +3,30 @@
 // the next catalog revisions and appends what changed to a change log: the
 // source of Watch streams.
 //
-// Keys (every value is a protobuf-encoded herald.registry.v1 message):
+// Keys (every value is a protobuf-encoded herald.registry.v1 message), all
+// under the hash tag {registry}, so that every transaction touches one slot
+// of a Redis Cluster (a catalog written by an older registry under
+// herald:registry:* is moved at start, see MigrateLayout):
 //
-//	herald:registry:revision           string  the catalog revision: the last one a change record took
-//	herald:registry:changes            stream  the change log, one entry per change record: id "<rev>-0",
+//	herald:{registry}:revision           string  the catalog revision: the last one a change record took
+//	herald:{registry}:changes            stream  the change log, one entry per change record: id "<rev>-0",
 //	                                           fields rev (decimal) and change (WatchResponse); trimmed to
 //	                                           about 100000 entries (WithChangeLogLimit)
-//	herald:registry:domains            hash    domain name -> Domain
-//	herald:registry:types              hash    event type name -> EventType, whose schema and schema_version
+//	herald:{registry}:domains            hash    domain name -> Domain
+//	herald:{registry}:types              hash    event type name -> EventType, whose schema and schema_version
 //	                                           are its latest version's
-//	herald:registry:schemas:<type>     list    the type's SchemaVersions, version 1 first
-//	herald:registry:products           hash    product name -> Product
-//	herald:registry:apps               hash    application id -> Application
-//	herald:registry:keys               hash    hex SHA-256 of a key secret -> Key (never the secret)
-//	herald:registry:key_ids            hash    key id -> hex SHA-256 of its secret
-//	herald:registry:app_keys:<app id>  set     hex SHA-256 of each of the application's keys
-//	herald:registry:subs               hash    subscription id -> Subscription (a webhook endpoint's
+//	herald:{registry}:schemas:<type>     list    the type's SchemaVersions, version 1 first
+//	herald:{registry}:products           hash    product name -> Product
+//	herald:{registry}:apps               hash    application id -> Application
+//	herald:{registry}:keys               hash    hex SHA-256 of a key secret -> Key (never the secret)
+//	herald:{registry}:key_ids            hash    key id -> hex SHA-256 of its secret
+//	herald:{registry}:app_keys:<app id>  set     hex SHA-256 of each of the application's keys
+//	herald:{registry}:subs               hash    subscription id -> Subscription (a webhook endpoint's
 //	                                           secrets only sealed, see platform/secretbox)
-//	herald:registry:app_subs:<app id>  set     ids of the application's subscriptions
-//	herald:registry:bridges            hash    bridge id -> Bridge (its secret and a source's key only
+//	herald:{registry}:app_subs:<app id>  set     ids of the application's subscriptions
+//	herald:{registry}:bridges            hash    bridge id -> Bridge (its secret and a source's key only
 //	                                           sealed)
-//	herald:registry:bridge_names       hash    bridge name -> bridge id
+//	herald:{registry}:bridge_names       hash    bridge name -> bridge id
 //
 // A write that changes several resources (an event type and the domain
 // created for it, a new key and the keys it rotates out) writes one change
@@ -51,20 +54,23 @@ import (
 )
 
 const (
-	keyRevision   = "herald:registry:revision"
-	keyChanges    = "herald:registry:changes"
-	keyDomains    = "herald:registry:domains"
-	keyTypes      = "herald:registry:types"
-	keySchemasPfx = "herald:registry:schemas:"
-	keyProducts   = "herald:registry:products"
-	keyApps       = "herald:registry:apps"
-	keyKeys       = "herald:registry:keys"
-	keyKeyIDs     = "herald:registry:key_ids"
-	keyAppKeysPfx = "herald:registry:app_keys:"
-	keySubs       = "herald:registry:subs"
-	keyAppSubsPfx = "herald:registry:app_subs:"
-	keyBridges    = "herald:registry:bridges"
-	keyBridgeName = "herald:registry:bridge_names"
+	// keyPrefix: every key of the catalog shares the hash tag {registry},
+	// so that a write's transaction touches one Redis Cluster slot.
+	keyPrefix     = "herald:{registry}:"
+	keyRevision   = "herald:{registry}:revision"
+	keyChanges    = "herald:{registry}:changes"
+	keyDomains    = "herald:{registry}:domains"
+	keyTypes      = "herald:{registry}:types"
+	keySchemasPfx = "herald:{registry}:schemas:"
+	keyProducts   = "herald:{registry}:products"
+	keyApps       = "herald:{registry}:apps"
+	keyKeys       = "herald:{registry}:keys"
+	keyKeyIDs     = "herald:{registry}:key_ids"
+	keyAppKeysPfx = "herald:{registry}:app_keys:"
+	keySubs       = "herald:{registry}:subs"
+	keyAppSubsPfx = "herald:{registry}:app_subs:"
+	keyBridges    = "herald:{registry}:bridges"
+	keyBridgeName = "herald:{registry}:bridge_names"
 	maxAttempts   = 100
 )
 
