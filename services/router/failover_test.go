@@ -2,6 +2,7 @@ package router_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -23,26 +24,32 @@ import (
 )
 
 // A router waiting for a replica that is not there refuses the batch with
-// UNAVAILABLE, saying what to do and nothing of Redis; the event may be in
-// the log all the same, and the producer's retry (here through a router
-// that does not wait) is answered duplicate with the stored cursor.
+// UNAVAILABLE, saying what to do and nothing of Redis. The event may be in
+// the log all the same: once the replica is back, the producer's retry is
+// answered duplicate with the stored cursor.
 func TestPublishRefusedWhenReplicasDoNotConfirm(t *testing.T) {
-	e := newEnv(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	c := testutil.RedisCluster(t, 3, 1)
+	e, rdb := clusterEnv(t, c)
 	e.createType(t, orderCreated, orderSchema)
 	_, key := e.createApp(t, "shop")
-	plainAddr, _ := e.startRouter(t, "127.0.0.1:0", 0)
-	waitAddr, _ := e.startRouterWith(t, router.Config{ReplicaAcks: 1, ReplicaTimeout: 100 * time.Millisecond})
-	plain, waiting := routerClient(plainAddr, key), routerClient(waitAddr, key)
-	mustPublish(t, plain, event(orderCreated, "rep-0", valid)) // numbers the stream
+	addr, _ := e.startRouterWith(t, router.Config{ReplicaAcks: 1, ReplicaTimeout: 200 * time.Millisecond})
+	client := routerClient(addr, key)
+	mustPublish(t, client, event(orderCreated, "rep-0", valid))
 
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	ev := event(orderCreated, "rep-1", valid)
-	_, err := publish(ctx, waiting, ev)
-	if connect.CodeOf(err) != connect.CodeUnavailable {
-		t.Fatalf("publish with no replica to confirm it: %v, want UNAVAILABLE", err)
+	master, err := c.MasterOf(ctx, eventlog.StreamKey(orderCreated))
+	if err != nil {
+		t.Fatal(err)
 	}
-	msg := connect.NewError(connect.CodeUnknown, err).Message()
+	replica := replicaOf(t, c, master)
+	replica.Kill()
+	ev := event(orderCreated, "rep-1", valid)
+	_, err = publish(ctx, client, ev)
+	if connect.CodeOf(err) != connect.CodeUnavailable {
+		t.Fatalf("publish with its master's replica dead: %v, want UNAVAILABLE", err)
+	}
+	msg := message(err)
 	for _, internal := range []string{"127.0.0.1", "redis", "WAIT", "wait for"} {
 		if strings.Contains(msg, internal) {
 			t.Errorf("refusal %q names %q", msg, internal)
@@ -51,14 +58,51 @@ func TestPublishRefusedWhenReplicasDoNotConfirm(t *testing.T) {
 	if !strings.Contains(msg, "retry") || !strings.Contains(msg, "replicas") {
 		t.Errorf("refusal %q does not say the batch was not confirmed and to retry it", msg)
 	}
-	entries := e.entries(t, orderCreated)
-	if len(entries) != 2 || entries[1].Event.GetId() != "rep-1" {
-		t.Fatalf("the log holds %d entries, want rep-0 and the unconfirmed rep-1", len(entries))
+	msgs, err := rdb.XRange(ctx, eventlog.StreamKey(orderCreated), "-", "+").Result()
+	if err != nil {
+		t.Fatal(err)
 	}
-	r := mustPublish(t, plain, ev)[0]
-	if !r.GetDuplicate() || r.GetCursor() != entries[1].ID.String() {
-		t.Fatalf("retry: %v, want duplicate=true at %s", r, entries[1].ID)
+	if len(msgs) != 2 {
+		t.Fatalf("the log holds %d entries, want rep-0 and the unconfirmed rep-1", len(msgs))
 	}
+	if err := replica.Restart(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.WaitHealthy(ctx, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	r := mustPublish(t, client, ev)[0]
+	if !r.GetDuplicate() || r.GetCursor() != msgs[1].ID {
+		t.Fatalf("retry once the replica is back: %v, want duplicate=true at %s", r, msgs[1].ID)
+	}
+}
+
+// message is what a refusal says to the client.
+func message(err error) string {
+	var ce *connect.Error
+	if errors.As(err, &ce) {
+		return ce.Message()
+	}
+	return err.Error()
+}
+
+// replicaOf is the running node that replicates master.
+func replicaOf(t *testing.T, c *redisserver.Cluster, master *redisserver.Server) *redisserver.Server {
+	t.Helper()
+	_, port, _ := strings.Cut(master.Addr(), ":")
+	for _, s := range c.Nodes {
+		if s == master || !s.Running() {
+			continue
+		}
+		rdb := redis.NewClient(&redis.Options{Addr: s.Addr()})
+		info, err := rdb.Info(context.Background(), "replication").Result()
+		rdb.Close()
+		if err == nil && strings.Contains(info, "role:slave") && strings.Contains(info, "master_port:"+port+"\r\n") {
+			return s
+		}
+	}
+	t.Fatalf("no replica of %s", master.Addr())
+	return nil
 }
 
 // clusterEnv is a registry on a Redis Cluster, with a cluster client for
@@ -94,23 +138,23 @@ type failoverPublisher struct {
 	mu       sync.Mutex
 	acked    []string          // event ids, in the order acknowledged
 	cursors  map[string]string // event id -> cursor
-	accepted []time.Time       // when each acknowledged attempt was sent
+	accepted [][2]time.Time    // when each acknowledged attempt was sent, and answered
 	refused  []string          // each refused attempt: code and message
 }
 
 func (p *failoverPublisher) count() int { p.mu.Lock(); defer p.mu.Unlock(); return len(p.acked) }
 
-// firstAcceptedAfter is when the first attempt sent after t was
+// firstAcceptedAfter is when the first attempt sent after t was sent and
 // acknowledged (zero if none was).
-func (p *failoverPublisher) firstAcceptedAfter(t time.Time) (sent time.Time) {
+func (p *failoverPublisher) firstAcceptedAfter(t time.Time) (sent, answered time.Time) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for _, a := range p.accepted {
-		if a.After(t) {
-			return a
+		if a[0].After(t) {
+			return a[0], a[1]
 		}
 	}
-	return time.Time{}
+	return time.Time{}, time.Time{}
 }
 
 func (p *failoverPublisher) run(ctx context.Context, stop <-chan struct{}, client interface {
@@ -134,7 +178,7 @@ func (p *failoverPublisher) run(ctx context.Context, stop <-chan struct{}, clien
 					p.acked = append(p.acked, evs[j].GetId())
 					p.cursors[evs[j].GetId()] = c
 				}
-				p.accepted = append(p.accepted, sent)
+				p.accepted = append(p.accepted, [2]time.Time{sent, time.Now()})
 				p.mu.Unlock()
 				break
 			}
@@ -142,7 +186,7 @@ func (p *failoverPublisher) run(ctx context.Context, stop <-chan struct{}, clien
 				return fmt.Errorf("batch %d of %s never acknowledged: %w", b, p.prefix, err)
 			}
 			p.mu.Lock()
-			p.refused = append(p.refused, fmt.Sprintf("%v: %s", connect.CodeOf(err), connect.NewError(connect.CodeUnknown, err).Message()))
+			p.refused = append(p.refused, fmt.Sprintf("%v: %s", connect.CodeOf(err), message(err)))
 			p.mu.Unlock()
 			time.Sleep(20 * time.Millisecond)
 		}
@@ -174,19 +218,26 @@ func (c batchClient) publishBatch(ctx context.Context, evs []*eventv1.CloudEvent
 
 // The failover test. A router waiting for one replica
 // (HERALD_REDIS_REPLICA_ACKS=1) takes publishes of two types, on two
-// masters of a three-master cluster with a replica each, from three
-// producers that retry every refused batch with the same ids. The master
-// holding the first type's stream is killed with SIGKILL; its replica is
-// promoted; the dead node is restarted (as a supervisor would) and rejoins
-// as the new master's replica, and publishes to the type are acknowledged
-// again. In the end every acknowledged event is in the log once, at the
-// cursor it was acknowledged with, in each producer's order, and the log
-// holds nothing else; every refusal was UNAVAILABLE. The failover time
-// (kill to the first publish accepted of those sent after it) is logged.
+// masters of a three-master cluster, from three producers that retry
+// every refused batch with the same ids. The master holding the first
+// type's stream is killed with SIGKILL and its replica is promoted. With
+// one replica per master, the new master has none left to confirm writes:
+// the dead node is restarted (as a supervisor would) and rejoins as its
+// replica. With two, the other replica follows the new master by itself.
+// Publishes to the type are acknowledged again. In the end every
+// acknowledged event is in the log once, at the cursor it was acknowledged
+// with, in each producer's order, and the log holds nothing else; every
+// refusal was UNAVAILABLE with no internals. The failover time (kill to
+// the first publish accepted of those sent after it) is logged.
 func TestPublishSurvivesMasterFailover(t *testing.T) {
+	t.Run("one replica per master, the dead master restarted", func(t *testing.T) { testFailover(t, 1) })
+	t.Run("two replicas per master", func(t *testing.T) { testFailover(t, 2) })
+}
+
+func testFailover(t *testing.T, replicas int) {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	c := testutil.RedisCluster(t, 3, 1)
+	c := testutil.RedisCluster(t, 3, replicas)
 	e, rdb := clusterEnv(t, c)
 	x, y := orderCreated, ""
 	mx, err := c.MasterOf(ctx, eventlog.StreamKey(x))
@@ -241,7 +292,7 @@ func TestPublishSurvivesMasterFailover(t *testing.T) {
 	defer stopPublishers()
 
 	testutil.Eventually(t, time.Minute, func() bool { return ackedOf(x) >= 300 && ackedOf(y) >= 100 }, "300 events of the first type and 100 of the second acknowledged")
-	before := ackedOf(x)
+	before, yBefore := ackedOf(x), ackedOf(y)
 	mx.Kill()
 	killed := time.Now()
 	t.Logf("master %s of %s killed with %d of its events acknowledged", mx.Addr(), x, before)
@@ -252,32 +303,30 @@ func TestPublishSurvivesMasterFailover(t *testing.T) {
 		return err == nil && m != mx
 	}, "the replica of the killed master is promoted")
 	promoted := time.Since(killed)
-	yDuring := ackedOf(y)
-	// With one replica per master, the new master has none left to
-	// confirm writes: the dead node comes back and rejoins as its replica.
-	if err := mx.Restart(ctx); err != nil {
-		t.Fatal(err)
+	yDuring := ackedOf(y) - yBefore
+	if replicas == 1 {
+		if err := mx.Restart(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.WaitHealthy(ctx, time.Minute); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("the old master rejoined as a replica %v after the kill", time.Since(killed).Round(time.Millisecond))
 	}
-	if err := c.WaitHealthy(ctx, time.Minute); err != nil {
-		t.Fatal(err)
-	}
-	rejoined := time.Since(killed)
-	var first time.Time
+	var sent, answered time.Time
 	testutil.Eventually(t, time.Minute, func() bool {
 		for _, p := range pubs {
-			if f := p.firstAcceptedAfter(killed); p.typ == x && !f.IsZero() && (first.IsZero() || f.Before(first)) {
-				first = f
+			if s, a := p.firstAcceptedAfter(killed); p.typ == x && !s.IsZero() && (sent.IsZero() || a.Before(answered)) {
+				sent, answered = s, a
 			}
 		}
-		return !first.IsZero()
+		return !sent.IsZero()
 	}, "a publish to the failed-over stream is acknowledged")
-	t.Logf("failover: replica promoted %v after the kill, old master rejoined as its replica at %v, first accepted publish (sent %v after the kill) at %v; %d events of the other shard acknowledged meanwhile",
-		promoted.Round(time.Millisecond), rejoined.Round(time.Millisecond), first.Sub(killed).Round(time.Millisecond),
-		time.Since(killed).Round(time.Millisecond), yDuring)
+	t.Logf("failover with %d replica(s) per master: replica promoted %v after the kill; first accepted publish sent %v after the kill, acknowledged %v after it; %d events of the other shard acknowledged until the promotion",
+		replicas, promoted.Round(time.Millisecond), sent.Sub(killed).Round(time.Millisecond), answered.Sub(killed).Round(time.Millisecond), yDuring)
 	after := ackedOf(x)
 	testutil.Eventually(t, time.Minute, func() bool { return ackedOf(x) >= after+300 }, "300 more events of the first type acknowledged after the failover")
 	stopPublishers()
-
 	// The log: every acknowledged event once, at its cursor, and nothing
 	// else (every batch was retried until acknowledged).
 	for _, typ := range []string{x, y} {

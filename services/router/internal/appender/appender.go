@@ -569,7 +569,8 @@ func (a *Appender) runReplicated(ctx context.Context, calls []*call, res []Resul
 	for i := range pending {
 		pending[i] = i
 	}
-	ask := map[int]string{} // call -> the node an ASK redirection named
+	ask := map[int]string{}          // call -> the node an ASK redirection named
+	down := map[*redis.Client]bool{} // masters that did not answer
 	for attempt := 0; len(pending) > 0 && attempt < maxAttempts; attempt++ {
 		rounds := map[route][]int{}
 		var again []int
@@ -583,6 +584,13 @@ func (a *Appender) runReplicated(ctx context.Context, calls []*call, res []Resul
 				again, reload = append(again, i), true
 				continue
 			}
+			if down[r.client] {
+				// The topology still names a master that did not answer:
+				// no replica took over yet. Fail now (keeping the error)
+				// rather than hold the batch, and the other masters'
+				// calls combined with it, for more tries.
+				continue
+			}
 			rounds[r] = append(rounds[r], i)
 		}
 		var mu sync.Mutex
@@ -594,6 +602,9 @@ func (a *Appender) runReplicated(ctx context.Context, calls []*call, res []Resul
 				defer mu.Unlock()
 				again = append(again, o.again...)
 				reload = reload || o.reload
+				if o.down {
+					down[r.client] = true
+				}
 				for i, addr := range o.ask {
 					ask[i] = addr
 				}
@@ -618,6 +629,7 @@ func (a *Appender) runReplicated(ctx context.Context, calls []*call, res []Resul
 type outcome struct {
 	again  []int          // calls to run again
 	reload bool           // read the topology before
+	down   bool           // the master did not answer
 	ask    map[int]string // calls to send to another node, with ASKING
 }
 
@@ -658,6 +670,8 @@ func (a *Appender) runOn(ctx context.Context, r route, calls []*call, idx []int,
 			o.again = append(o.again, i)
 		case retryable(err):
 			o.again, o.reload = append(o.again, i), true
+			var re redis.Error
+			o.down = o.down || !errors.As(err, &re)
 		}
 	}
 	if len(ran) > 0 {
