@@ -1,0 +1,358 @@
+package mesh_test
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+	eventv1 "github.com/heraldmesh/herald/api/gen/herald/event/v1"
+	meteringv1 "github.com/heraldmesh/herald/api/gen/herald/metering/v1"
+	registryv1 "github.com/heraldmesh/herald/api/gen/herald/registry/v1"
+	"github.com/heraldmesh/herald/api/gen/herald/registry/v1/registryv1connect"
+	routerv1 "github.com/heraldmesh/herald/api/gen/herald/router/v1"
+	"github.com/heraldmesh/herald/api/gen/herald/router/v1/routerv1connect"
+	"github.com/heraldmesh/herald/platform/config"
+	"github.com/heraldmesh/herald/platform/eventlog"
+	"github.com/heraldmesh/herald/platform/rpc"
+	"github.com/heraldmesh/herald/platform/secretbox"
+	"github.com/heraldmesh/herald/platform/testutil"
+	"github.com/heraldmesh/herald/services/metering"
+	"github.com/heraldmesh/herald/services/registry"
+	"github.com/heraldmesh/herald/services/router"
+)
+
+// routerProcessEnv and registryProcessEnv, set to 1, make this test binary
+// a router or a registry process configured from HERALD_* variables (see
+// TestMain), for tests that kill them with SIGKILL.
+const (
+	routerProcessEnv   = "HERALD_TEST_ROUTER_PROCESS"
+	registryProcessEnv = "HERALD_TEST_REGISTRY_PROCESS"
+)
+
+// addr is the balancer's host:port, as services address each other.
+func (b *balancer) addr() string { return b.ln.Addr().String() }
+
+// replicaPublisher publishes batches of two events (an invoice and an
+// order, on different shards) through the routers' balancer, retrying each
+// batch with the same ids until it is acknowledged, on a new connection
+// after a failure (so on another router once one died).
+type replicaPublisher struct {
+	name    string
+	retries int
+}
+
+func (p *replicaPublisher) run(ctx context.Context, stop <-chan struct{}, base, key string, l *haLog) error {
+	hc := rpc.HTTPClient()
+	client := routerv1connect.NewRouterServiceClient(hc, base, rpc.ClientOptions(key)...)
+	for i := 0; ; i += 2 {
+		select {
+		case <-stop:
+			return nil
+		default:
+		}
+		amount := i * 37 % 1000
+		evs := []*eventv1.CloudEvent{
+			invoiceEvent(fmt.Sprintf("%s-inv-%d", p.name, i), amount),
+			{
+				Id: fmt.Sprintf("%s-ord-%d", p.name, i+1), Source: "//shop/orders", SpecVersion: "1.0", Type: "billing.order.placed",
+				Data: &eventv1.CloudEvent_TextData{TextData: fmt.Sprintf(`{"order_id":"o%d","amount":%d}`, i, amount+1)},
+			},
+		}
+		rec := []haEvent{{typ: "billing.invoice.paid", amount: amount}, {typ: "billing.order.placed", amount: amount + 1}}
+		for {
+			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			res, err := client.Publish(cctx, connect.NewRequest(&routerv1.PublishRequest{Events: evs}))
+			cancel()
+			if err == nil {
+				for j, r := range res.Msg.GetResults() {
+					if r.GetCursor() == "" {
+						return fmt.Errorf("%s refused: %v", evs[j].GetId(), r.GetError())
+					}
+					rec[j].cursor = eventlog.MustParseID(r.GetCursor())
+				}
+				l.add(rec...)
+				break
+			}
+			if ctx.Err() != nil {
+				return fmt.Errorf("%s: batch %d never acknowledged: %w", p.name, i/2, err)
+			}
+			p.retries++
+			hc.CloseIdleConnections()
+			pause(ctx, 20*time.Millisecond)
+		}
+		pause(ctx, 10*time.Millisecond)
+	}
+}
+
+// Every service runs as N replicas (issue 15): two registries, two
+// routers (waiting for one replica of each master), two metering and two
+// edges against one Redis Cluster of three masters with a replica each,
+// each pair behind a TCP balancer through which the services and the
+// clients reach it. One of each pair is a process of its own. Two
+// producers publish invoices and orders (on two shards) all along,
+// retrying refused batches with the same ids; SSE and StreamEvents
+// clients follow billing.*, invoices, and orders with a filter, through
+// the edges' balancer, and resume with their last cursor whenever their
+// stream ends. The edge process is killed with SIGKILL, then the router
+// process, then the registry process (and the catalog is still written,
+// through the other registry), then the metering process. In the end
+// every client has exactly the acknowledged events of its types and
+// filter, in cursor order, none missing, none twice; and metering counts
+// every published event once, and every event once per channel as
+// delivered (a delivery's usage is keyed by application, event and
+// channel, whichever edge sent it).
+func TestEveryServiceRunsAsTwoReplicas(t *testing.T) {
+	ctx := context.Background()
+	cluster := testutil.RedisCluster(t, 3, 1)
+	lbs := map[string]*balancer{}
+	for _, name := range []string{"registry", "router", "metering", "edge"} {
+		lbs[name] = startBalancer(t)
+	}
+	common := config.Common{
+		RedisURL: cluster.URL(), AdminKey: adminKey, SecretKey: secretbox.NewKey(), WebhookAllow: "127.0.0.0/8",
+		RegistryAddr: lbs["registry"].addr(), RouterAddr: lbs["router"].addr(),
+		MeteringAddr: lbs["metering"].addr(), EdgeAddr: lbs["edge"].addr(),
+	}
+	quiet := slog.New(slog.DiscardHandler)
+	procs := map[string]*edgeProc{}
+	// A starts the process of a service on its own address, which its
+	// balancer sends to; B the in-process one.
+	startA := func(name, role string, extra ...string) string {
+		t.Helper()
+		own := common
+		addr := testutil.FreeAddr(t)
+		switch name {
+		case "registry":
+			own.RegistryAddr = addr
+		case "router":
+			own.RouterAddr = addr
+		case "metering":
+			own.MeteringAddr = addr
+		case "edge":
+			own.EdgeAddr = addr
+		}
+		procs[name] = startServiceProcess(t, name, role, addr, own, extra...)
+		lbs[name].set("A", addr)
+		return addr
+	}
+	startB := func(name string, svc testutil.Service) {
+		t.Helper()
+		addr, _ := testutil.Start(t, svc)
+		waitReady(t, addr)
+		lbs[name].set("B", addr)
+	}
+	must := func(svc testutil.Service, err error) testutil.Service {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return svc
+	}
+
+	startA("registry", registryProcessEnv)
+	startB("registry", must(registry.New(registry.Config{Common: common, Addr: "127.0.0.1:0", Logger: quiet})))
+	startA("router", routerProcessEnv, "HERALD_REDIS_REPLICA_ACKS=1")
+	startB("router", must(router.New(router.Config{Common: common, Addr: "127.0.0.1:0", Logger: quiet, ReplicaAcks: 1})))
+	startA("metering", meteringProcessEnv, "HERALD_METERING_CLAIM_IDLE=1s", "HERALD_METERING_CLAIM_EVERY=200ms")
+	startB("metering", must(metering.New(metering.Config{Common: common, Addr: "127.0.0.1:0", Logger: quiet, ClaimIdle: time.Second, ClaimEvery: 200 * time.Millisecond})))
+	edgeA := startA("edge", webhookEdgeEnv)
+	edgeB, _ := inProcessEdge(t, common)
+	lbs["edge"].set("B", edgeB)
+
+	reg := registryv1connect.NewRegistryServiceClient(rpc.HTTPClient(), "http://"+common.RegistryAddr, rpc.ClientOptions(adminKey)...)
+	for _, et := range []*registryv1.EventType{
+		{Name: "billing.invoice.paid", Description: "An invoice was paid.",
+			Schema: `{"type":"object","required":["invoice_id","amount"],"properties":{"invoice_id":{"type":"string"},"amount":{"type":"integer"}}}`},
+		{Name: "billing.order.placed", Description: "An order was placed.",
+			Schema: `{"type":"object","required":["order_id","amount"],"properties":{"order_id":{"type":"string"},"amount":{"type":"integer"}}}`},
+	} {
+		if _, err := reg.CreateEventType(ctx, connect.NewRequest(&registryv1.CreateEventTypeRequest{EventType: et})); err != nil {
+			t.Fatalf("create %s: %v", et.GetName(), err)
+		}
+	}
+	mi, err1 := cluster.MasterOf(ctx, eventlog.StreamKey("billing.invoice.paid"))
+	mo, err2 := cluster.MasterOf(ctx, eventlog.StreamKey("billing.order.placed"))
+	if err1 != nil || err2 != nil || mi == mo {
+		t.Fatalf("the two types' streams should live on two masters (%v, %v)", err1, err2)
+	}
+	app, err := reg.CreateApplication(ctx, connect.NewRequest(&registryv1.CreateApplicationRequest{Application: &registryv1.Application{
+		Name: "shop", Grants: []*registryv1.Grant{
+			{Action: registryv1.GrantAction_GRANT_ACTION_PUBLISH, Pattern: "billing.*"},
+			{Action: registryv1.GrantAction_GRANT_ACTION_SUBSCRIBE, Pattern: "*"},
+		},
+	}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, appID := app.Msg.GetKey().GetSecret(), app.Msg.GetApplication().GetId()
+	e := &env{t: t, common: common, appKey: key, appID: appID}
+
+	// Every client starts after the same cursor.
+	var stored haLog
+	base := ""
+	testutil.Eventually(t, 30*time.Second, func() bool {
+		res, err := routerv1connect.NewRouterServiceClient(rpc.HTTPClient(), "http://"+common.RouterAddr, rpc.ClientOptions(key)...).
+			Publish(ctx, connect.NewRequest(&routerv1.PublishRequest{Events: []*eventv1.CloudEvent{invoiceEvent("base", 1)}}))
+		if err != nil || res.Msg.GetResults()[0].GetCursor() == "" {
+			return false
+		}
+		base = res.Msg.GetResults()[0].GetCursor()
+		return true
+	}, "the first publish is acknowledged")
+	baseID := eventlog.MustParseID(base)
+	after := func(match func(haEvent) bool) func(haEvent) bool {
+		return func(ev haEvent) bool { return baseID.Less(ev.cursor) && match(ev) }
+	}
+	queries := []haQuery{
+		{types: "billing.*", match: after(func(haEvent) bool { return true })},
+		{types: "billing.invoice.paid", match: after(func(ev haEvent) bool { return ev.typ == "billing.invoice.paid" })},
+		{types: "billing.order.placed", filter: "data.amount >= 500", match: after(func(ev haEvent) bool {
+			return ev.typ == "billing.order.placed" && ev.amount >= 500
+		})},
+	}
+	var clients []*haClient
+	clientCtx, stopClients := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer func() { stopClients(); wg.Wait() }()
+	launch := func(kind string, n int, run func(*haClient, context.Context, string, string)) {
+		for i := range n {
+			c := &haClient{name: fmt.Sprintf("%s-%d", kind, i), q: queries[i%len(queries)], cursor: base}
+			clients = append(clients, c)
+			wg.Go(func() { run(c, clientCtx, "http://"+common.EdgeAddr, key) })
+		}
+	}
+	launch("sse", 6, (*haClient).runSSE)
+	launch("rpc", 3, (*haClient).runRPC)
+	streams := func(addrs ...string) (n float64) {
+		for _, addr := range addrs {
+			n += edgeMetric(t, addr, `herald_edge_streams{channel="sse"}`) + edgeMetric(t, addr, `herald_edge_streams{channel="grpc"}`)
+		}
+		return n
+	}
+	testutil.Eventually(t, 20*time.Second, func() bool { return streams(edgeA, edgeB) == 9 }, "the 9 clients never all connected")
+	if streams(edgeA) == 0 || streams(edgeB) == 0 {
+		t.Fatalf("the balancer sent every stream to one edge: %v on A, %v on B", streams(edgeA), streams(edgeB))
+	}
+
+	stop := make(chan struct{})
+	pubs := []*replicaPublisher{{name: "p1"}, {name: "p2"}}
+	errc := make(chan error, len(pubs))
+	for _, p := range pubs {
+		go func() { errc <- p.run(ctx, stop, "http://"+common.RouterAddr, key, &stored) }()
+	}
+	stoppedPublishing := false
+	stopPublishers := func() {
+		if stoppedPublishing {
+			return
+		}
+		stoppedPublishing = true
+		close(stop)
+		for range pubs {
+			if err := <-errc; err != nil {
+				t.Error(err)
+			}
+		}
+	}
+	defer stopPublishers()
+	acked := func() int { stored.mu.Lock(); defer stored.mu.Unlock(); return len(stored.events) }
+	more := func(n int, stage string) {
+		t.Helper()
+		from := acked()
+		testutil.Eventually(t, time.Minute, func() bool { return acked() >= from+n }, fmt.Sprintf("%d more events acknowledged %s", n, stage))
+	}
+	caughtUp := func(stage string) {
+		t.Helper()
+		due := map[*haClient]int{}
+		for _, c := range clients {
+			due[c] = len(stored.matching(c.q))
+		}
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			var behind []string
+			for _, c := range clients {
+				if n := c.received(); n < due[c] {
+					behind = append(behind, fmt.Sprintf("%s (%s) has %d of %d", c.name, c.q, n, due[c]))
+				}
+			}
+			if len(behind) == 0 {
+				return
+			}
+			if time.Now().After(deadline) {
+				stopPublishers()
+				report(t, clients, &stored)
+				t.Fatalf("%s: %d clients never caught up: %s", stage, len(behind), strings.Join(behind[:min(5, len(behind))], "; "))
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	more(100, "with every service up")
+	caughtUp("every service up")
+
+	kill := func(name string) {
+		t.Helper()
+		procs[name].kill()
+		lbs[name].down("A")
+		t.Logf("%s process killed with %d events acknowledged", name, acked())
+	}
+	kill("edge")
+	testutil.Eventually(t, 20*time.Second, func() bool { return streams(edgeB) == 9 }, "the dead edge's clients never all landed on the other")
+	more(100, "after the edge died")
+	caughtUp("after the edge died")
+
+	kill("router")
+	more(100, "after the router died")
+	caughtUp("after the router died")
+
+	kill("registry")
+	// The catalog is still written, through the other registry.
+	if _, err := reg.CreateApplication(ctx, connect.NewRequest(&registryv1.CreateApplicationRequest{Application: &registryv1.Application{Name: "late"}})); err != nil {
+		t.Errorf("writing the catalog after a registry died: %v", err)
+	}
+	more(100, "after the registry died")
+	caughtUp("after the registry died")
+
+	kill("metering")
+	more(100, "after metering died")
+	stopPublishers()
+	caughtUp("after publishing stopped")
+	report(t, clients, &stored)
+	stored.mu.Lock()
+	n := len(stored.events)
+	stored.mu.Unlock()
+	retries := 0
+	for _, p := range pubs {
+		retries += p.retries
+	}
+	t.Logf("%d events acknowledged (%d publish attempts refused and retried); each of the %d clients got exactly its own", n, retries, len(clients))
+
+	// Usage: every acknowledged event (and the base) published once; every
+	// event after the base delivered once on each channel (billing.*
+	// clients on both).
+	want := map[string]int64{
+		meteringv1.UsageMetric_USAGE_METRIC_PUBLISHED.String(): int64(n + 1),
+		meteringv1.UsageMetric_USAGE_METRIC_DELIVERED.String(): int64(2 * n),
+	}
+	var got map[string]int64
+	deadline := time.Now().Add(time.Minute)
+	for {
+		got = e.usage(adminKey, "application_id="+appID)
+		ok := true
+		for m, w := range want {
+			ok = ok && got[m] == w
+		}
+		if ok || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	for m, w := range want {
+		if got[m] != w {
+			t.Errorf("usage %s: %d, want %d", m, got[m], w)
+		}
+	}
+}
