@@ -235,3 +235,91 @@ func TestAppendReplicaAcksOnOneServer(t *testing.T) {
 		t.Fatalf("Append without the wait: %+v, want new", res[0])
 	}
 }
+
+// clusterDo runs a command on one node.
+func clusterDo(t *testing.T, s *redisserver.Server, args ...any) any {
+	t.Helper()
+	rdb := redis.NewClient(&redis.Options{Addr: s.Addr()})
+	defer rdb.Close()
+	v, err := rdb.Do(context.Background(), args...).Result()
+	if err != nil {
+		t.Fatalf("%v on %s: %v", args, s.Addr(), err)
+	}
+	return v
+}
+
+// A slot moving from one master to another while the appender's topology
+// is stale. Once its keys are moved but before the slot is handed over,
+// the old master answers ASK: the appender sends the script with ASKING,
+// and its WAIT, to the new one. There a retried event (all of whose keys
+// moved) is answered duplicate; a new event is refused (TRYAGAIN: Redis
+// runs no multi-key script with a missing key on a slot being imported),
+// tried again a few times and failed, stored nowhere. Once the slot is
+// handed over, the old master answers MOVED: the appender reads the
+// topology again and writes to the new master. Nothing is stored twice,
+// and the dedupe keys moved with the stream.
+func TestAppendFollowsAMovingSlot(t *testing.T) {
+	ctx := context.Background()
+	c := testutil.RedisCluster(t, 3, 1)
+	// A topology read once, never again unless the appender asks.
+	rdb := redis.NewClusterClient(&redis.ClusterOptions{Addrs: c.Addrs(), ClusterStateReloadInterval: time.Hour})
+	defer rdb.Close()
+	a := appender.New(rdb, appender.Options{ReplicaAcks: 1, ReplicaTimeout: time.Second})
+	key := eventlog.StreamKey(orderCreated)
+	slot := redisserver.Slot(key)
+	first := mustAppend(t, a, itemsOf("app_1", newEvent(orderCreated, "/shop", "mv-1")))[0]
+
+	from, err := c.MasterOf(ctx, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var to *redisserver.Server
+	var masters []*redisserver.Server
+	for _, s := range c.Nodes {
+		info := clusterDo(t, s, "info", "replication").(string)
+		if strings.Contains(info, "role:master") {
+			masters = append(masters, s)
+			if s != from && to == nil {
+				to = s
+			}
+		}
+	}
+	fromID, toID := clusterDo(t, from, "cluster", "myid"), clusterDo(t, to, "cluster", "myid")
+	clusterDo(t, to, "cluster", "setslot", slot, "importing", fromID)
+	clusterDo(t, from, "cluster", "setslot", slot, "migrating", toID)
+	host, port, _ := strings.Cut(to.Addr(), ":")
+	for {
+		keys := clusterDo(t, from, "cluster", "getkeysinslot", slot, 100).([]any)
+		if len(keys) == 0 {
+			break
+		}
+		clusterDo(t, from, append([]any{"migrate", host, port, "", 0, 5000, "KEYS"}, keys...)...)
+	}
+
+	asks, waits := commandCalls(t, to, "asking"), commandCalls(t, to, "wait")
+	again := mustAppend(t, a, itemsOf("app_1", newEvent(orderCreated, "/shop", "mv-1")))[0]
+	if !again.Duplicate || again.Cursor != first.Cursor || commandCalls(t, to, "asking") == asks || commandCalls(t, to, "wait") == waits {
+		t.Fatalf("retry while the slot migrates: %+v; want a duplicate at %s, sent to the importing master with ASKING and waited for there", again, first.Cursor)
+	}
+	if _, err := a.Append(ctx, itemsOf("app_1", newEvent(orderCreated, "/shop", "mv-2"))); err == nil || errors.Is(err, appender.ErrNotReplicated) {
+		t.Fatalf("a new event while the slot migrates: %v, want the migration's refusal", err)
+	}
+
+	for _, m := range append([]*redisserver.Server{to}, masters...) {
+		clusterDo(t, m, "cluster", "setslot", slot, "node", toID)
+	}
+	waits = commandCalls(t, to, "wait")
+	third := mustAppend(t, a, itemsOf("app_1", newEvent(orderCreated, "/shop", "mv-2"), newEvent(orderCreated, "/shop", "mv-1")))
+	if third[0].Duplicate || !third[1].Duplicate || third[1].Cursor != first.Cursor || commandCalls(t, to, "wait") == waits {
+		t.Fatalf("append once the slot moved: %+v; want mv-2 new and mv-1 a duplicate at %s, waited for on the new master", third, first.Cursor)
+	}
+	got := stream(t, rdb, orderCreated)
+	var ids []string
+	for _, en := range got {
+		ids = append(ids, en.Event.GetId()+"@"+en.ID.String())
+	}
+	want := []string{"mv-1@" + first.Cursor, "mv-2@" + third[0].Cursor}
+	if strings.Join(ids, " ") != strings.Join(want, " ") {
+		t.Fatalf("the stream holds %v, want %v", ids, want)
+	}
+}
