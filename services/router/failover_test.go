@@ -224,7 +224,8 @@ func (c batchClient) publishBatch(ctx context.Context, evs []*eventv1.CloudEvent
 // one replica per master, the new master has none left to confirm writes:
 // the dead node is restarted (as a supervisor would) and rejoins as its
 // replica. With two, the other replica follows the new master by itself.
-// Publishes to the type are acknowledged again. In the end every
+// Publishes to the type are acknowledged again; those to the other type,
+// on another master, went on meanwhile. In the end every
 // acknowledged event is in the log once, at the cursor it was acknowledged
 // with, in each producer's order, and the log holds nothing else; every
 // refusal was UNAVAILABLE with no internals. The failover time (kill to
@@ -312,6 +313,9 @@ func testFailover(t *testing.T, replicas int) {
 			t.Fatal(err)
 		}
 		t.Logf("the old master rejoined as a replica %v after the kill", time.Since(killed).Round(time.Millisecond))
+	}
+	if yDuring == 0 {
+		t.Errorf("no publish to %s (another master) was acknowledged while %s's master was down: a dead master holds up the others", y, x)
 	}
 	var sent, answered time.Time
 	testutil.Eventually(t, time.Minute, func() bool {

@@ -192,8 +192,7 @@ type Appender struct {
 	replicaAcks    int
 	replicaTimeout time.Duration
 	qmu            sync.Mutex
-	queue          []*waiter // calls waiting for a round trip
-	flushing       bool      // a flushLoop runs
+	queues         map[string]*queue // by master address ("" on one server)
 }
 
 // New returns an Appender.
@@ -219,6 +218,7 @@ func New(rdb redis.Cmdable, o Options) *Appender {
 	return &Appender{
 		rdb: rdb, numbers: map[string]int64{}, window: strconv.FormatInt(secs, 10), maxLen: strconv.FormatInt(o.MaxLen, 10),
 		maxCombined: o.MaxCombined, timeout: o.Timeout, replicaAcks: max(0, o.ReplicaAcks), replicaTimeout: o.ReplicaTimeout,
+		queues: map[string]*queue{},
 	}
 }
 
@@ -266,7 +266,10 @@ func dedupeKey(tag, account, source, id string) string {
 // the calls that arrive queue, and go together in the next one as soon as
 // it returns (at most MaxCombined events each). An idle Appender sends a
 // call at once, so combining adds no fixed delay; under load, many callers
-// wait for one fsync rather than one each.
+// wait for one fsync rather than one each. On a Redis Cluster each master
+// has its queue: a master that is down (until its replica takes over)
+// holds up only the calls that write to it, and a call writing to several
+// masters waits for each.
 func (a *Appender) Append(ctx context.Context, items []Item) ([]Result, error) {
 	if len(items) == 0 {
 		return nil, nil
@@ -275,21 +278,76 @@ func (a *Appender) Append(ctx context.Context, items []Item) ([]Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	w := &waiter{preps: preps, done: make(chan struct{})}
+	shards, parts := a.split(ctx, preps)
+	ws := make([]*waiter, len(parts))
 	a.qmu.Lock()
-	a.queue = append(a.queue, w)
-	if !a.flushing {
-		a.flushing = true
-		go a.flushLoop()
+	for i, part := range parts {
+		w := &waiter{preps: part, done: make(chan struct{})}
+		ws[i] = w
+		q := a.queues[shards[i]]
+		if q == nil {
+			q = &queue{}
+			a.queues[shards[i]] = q
+		}
+		q.waiters = append(q.waiters, w)
+		if !q.flushing {
+			q.flushing = true
+			go a.flushLoop(shards[i], q)
+		}
 	}
 	a.qmu.Unlock()
-	select {
-	case <-w.done:
-		return w.res, w.err
-	case <-ctx.Done():
-		// The events may still be appended: a retry is deduplicated.
-		return nil, fmt.Errorf("append: %w", ctx.Err())
+	for _, w := range ws {
+		select {
+		case <-w.done:
+			if w.err != nil {
+				return nil, w.err
+			}
+		case <-ctx.Done():
+			// The events may still be appended: a retry is deduplicated.
+			return nil, fmt.Errorf("append: %w", ctx.Err())
+		}
 	}
+	if len(ws) == 1 {
+		return ws[0].res, nil
+	}
+	res := make([]Result, len(preps))
+	for _, w := range ws {
+		for j, r := range w.res {
+			res[w.preps[j].pos] = r
+		}
+	}
+	return res, nil
+}
+
+// queue holds the calls waiting for a round trip to one master.
+type queue struct {
+	waiters  []*waiter
+	flushing bool // a flushLoop runs
+}
+
+// split parts prepared items by the master of their stream (one part, ""
+// but on a Redis Cluster), keeping their order within each part.
+func (a *Appender) split(ctx context.Context, preps []prepared) (shards []string, parts [][]prepared) {
+	cc, ok := a.rdb.(*redis.ClusterClient)
+	if !ok {
+		return []string{""}, [][]prepared{preps}
+	}
+	at := map[string]int{}
+	for i, p := range preps {
+		shard := ""
+		if m, err := cc.MasterForKey(ctx, p.group.stream); err == nil {
+			shard = m.Options().Addr
+		}
+		k, ok := at[shard]
+		if !ok {
+			k = len(parts)
+			at[shard] = k
+			shards, parts = append(shards, shard), append(parts, nil)
+		}
+		p.pos = i
+		parts[k] = append(parts[k], p)
+	}
+	return shards, parts
 }
 
 // waiter is one Append call waiting for its round trip.
@@ -300,24 +358,25 @@ type waiter struct {
 	done  chan struct{}
 }
 
-// flushLoop sends the queued calls, as many as fit in one round trip each
-// time, until the queue is empty.
-func (a *Appender) flushLoop() {
+// flushLoop sends the calls queued in q, as many as fit in one round trip
+// each time, until the queue is empty; then it drops the queue.
+func (a *Appender) flushLoop(shard string, q *queue) {
 	for {
 		a.qmu.Lock()
-		if len(a.queue) == 0 {
-			a.flushing = false
+		if len(q.waiters) == 0 {
+			q.flushing = false
+			delete(a.queues, shard)
 			a.qmu.Unlock()
 			return
 		}
 		// Whole calls, at least one, up to MaxCombined events.
 		n, events := 0, 0
-		for n < len(a.queue) && (n == 0 || events+len(a.queue[n].preps) <= a.maxCombined) {
-			events += len(a.queue[n].preps)
+		for n < len(q.waiters) && (n == 0 || events+len(q.waiters[n].preps) <= a.maxCombined) {
+			events += len(q.waiters[n].preps)
 			n++
 		}
-		batch := slices.Clone(a.queue[:n])
-		a.queue = slices.Delete(a.queue, 0, n)
+		batch := slices.Clone(q.waiters[:n])
+		q.waiters = slices.Delete(q.waiters, 0, n)
 		a.qmu.Unlock()
 
 		all := make([]prepared, 0, events)
@@ -347,6 +406,7 @@ func (a *Appender) flushLoop() {
 
 // prepared is one item encoded for the script.
 type prepared struct {
+	pos    int // in its Append call
 	group  groupKey
 	tag    string
 	number int64
