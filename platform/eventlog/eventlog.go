@@ -10,24 +10,23 @@
 //	                        app  the account that published it
 //
 // An event's cursor is its stream entry id ("<ms>-<seq>"). Entry ids come from
-// the Redis server's clock, so one cursor orders events across every stream of
-// one Redis server: ReadAfter merges streams in id order and never returns an
-// id that a later write could still undercut. The router stamps ids that are
-// unique across streams (see its appender); ids Redis generates itself ('*')
-// are only unique per stream, and readers here tolerate such ties.
+// the clock of the Redis server (on a Redis Cluster, the master of the
+// stream's slot) and never go below the stream's last id, so one cursor
+// orders events across every stream: ReadAfter merges streams in id order
+// and never returns an id that a later write could still undercut, on one
+// server or across the shards of a cluster (it reads every shard's clock,
+// and holds an entry back until every stream's master clock has passed it;
+// see docs/cluster.md). The router stamps ids that are unique across
+// streams (see its appender); ids Redis generates itself ('*') are only
+// unique per stream, and readers here tolerate such ties.
 package eventlog
 
 import (
 	"cmp"
-	"context"
-	"errors"
 	"fmt"
 	"hash/fnv"
-	"math"
-	"slices"
 	"strconv"
 	"strings"
-	"time"
 
 	eventv1 "github.com/heraldmesh/herald/api/gen/herald/event/v1"
 	"github.com/redis/go-redis/v9"
@@ -173,88 +172,6 @@ func Decode(stream string, m redis.XMessage) (Entry, error) {
 		return e, fmt.Errorf("decode %s %s: %w", stream, m.ID, err)
 	}
 	return e, nil
-}
-
-// ReadAfter returns entries with ids after `after` from the given streams,
-// merged in id order, and the position up to which the answer is complete:
-// every entry of these streams with an id up to it has been returned, and no
-// later write can get an id at or below it. Entries stamped in the current
-// millisecond are held back until it has passed, since a write to another
-// stream in the same millisecond could still get a lower sequence number.
-// Callers continue from the returned position. count bounds the entries read
-// per stream.
-func ReadAfter(ctx context.Context, rdb redis.Cmdable, streams []string, after ID, count int64) ([]Entry, ID, error) {
-	if len(streams) == 0 {
-		return nil, after, nil
-	}
-	args := make([]string, 0, 2*len(streams))
-	args = append(args, streams...)
-	from := after.String()
-	for range streams {
-		args = append(args, from)
-	}
-	pipe := rdb.Pipeline()
-	timeCmd := pipe.Time(ctx)
-	readCmd := pipe.XRead(ctx, &redis.XReadArgs{Streams: args, Count: count, Block: -1})
-	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
-		return nil, after, fmt.Errorf("read log: %w", err)
-	}
-	now, err := timeCmd.Result()
-	if err != nil {
-		return nil, after, fmt.Errorf("read log: redis TIME: %w", err)
-	}
-	// Everything stamped before the current millisecond already exists.
-	limit := ID{Ms: uint64(now.UnixMilli()) - 1, Seq: math.MaxUint64}
-	res, _ := readCmd.Result()
-	for _, s := range res {
-		if int64(len(s.Messages)) >= count {
-			// This stream may hold more: the answer is complete only up to
-			// its last returned entry.
-			if last := MustParseID(s.Messages[len(s.Messages)-1].ID); last.Less(limit) {
-				limit = last
-			}
-		}
-	}
-	var out []Entry
-	for _, s := range res {
-		for _, m := range s.Messages {
-			e, err := Decode(s.Stream, m)
-			if err != nil {
-				return nil, after, err
-			}
-			if limit.Less(e.ID) {
-				break
-			}
-			out = append(out, e)
-		}
-	}
-	slices.SortFunc(out, func(a, b Entry) int { return a.ID.Compare(b.ID) })
-	if limit.Less(after) {
-		limit = after
-	}
-	return out, limit, nil
-}
-
-// WaitAfter blocks until one of the streams has an entry after `after`, the
-// timeout passes, or ctx ends. It reports whether there is something to read.
-func WaitAfter(ctx context.Context, rdb redis.Cmdable, streams []string, after ID, timeout time.Duration) (bool, error) {
-	if len(streams) == 0 {
-		return false, nil
-	}
-	args := make([]string, 0, 2*len(streams))
-	args = append(args, streams...)
-	from := after.String()
-	for range streams {
-		args = append(args, from)
-	}
-	res, err := rdb.XRead(ctx, &redis.XReadArgs{Streams: args, Count: 1, Block: timeout}).Result()
-	if errors.Is(err, redis.Nil) {
-		return false, nil
-	}
-	if err != nil {
-		return false, err
-	}
-	return len(res) > 0, nil
 }
 
 // streamNumberBits is how many low bits of a cursor's sequence number the

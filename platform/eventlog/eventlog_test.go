@@ -181,7 +181,7 @@ func event(typ, id string) *eventv1.CloudEvent {
 
 // add appends an event of typ with the given entry id ("*" lets Redis pick)
 // and returns its cursor.
-func add(t *testing.T, rdb *redis.Client, typ, entryID, evID string) eventlog.ID {
+func add(t testing.TB, rdb redis.Cmdable, typ, entryID, evID string) eventlog.ID {
 	t.Helper()
 	fields, err := eventlog.Encode(event(typ, evID), "acct-"+evID)
 	if err != nil {
@@ -222,10 +222,15 @@ func TestEncodeDecode(t *testing.T) {
 
 // collect reads from Zero until every entry has been seen, the way the hub
 // and the catch-up do, and returns the entries in the order they came.
-func collect(t *testing.T, rdb *redis.Client, streams []string, count int64, want int) []eventlog.Entry {
+func collect(t *testing.T, rdb redis.Cmdable, streams []string, count int64, want int) []eventlog.Entry {
+	t.Helper()
+	return collectAfter(t, rdb, streams, eventlog.Zero, count, want)
+}
+
+// collectAfter is collect from a resume position.
+func collectAfter(t *testing.T, rdb redis.Cmdable, streams []string, pos eventlog.ID, count int64, want int) []eventlog.Entry {
 	t.Helper()
 	var out []eventlog.Entry
-	pos := eventlog.Zero
 	for calls := 0; len(out) < want; calls++ {
 		if calls > 10*want+10 {
 			t.Fatalf("no progress: %d of %d entries after %d calls, position %v", len(out), want, calls, pos)

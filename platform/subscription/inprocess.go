@@ -309,7 +309,7 @@ func (m *Manager) ReplayRange(ctx context.Context, sub *registryv1.Subscription,
 		if err := m.ensure(ctx, sub, streams); err != nil {
 			return 0, err
 		}
-		m.wake(sub.GetId())
+		m.replayed(ctx, sub.GetId())
 	}
 	return len(all), nil
 }

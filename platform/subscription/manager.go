@@ -35,6 +35,14 @@ type Manager struct {
 	mu      sync.Mutex
 	waiters map[string]map[chan struct{}]struct{} // by subscription: sessions to wake on Ack or Nack
 
+	wmu         sync.Mutex
+	watches     map[string]*watch // by log stream: see watch.go
+	replays     map[string]*watch // by replay stream, woken by notices
+	stopNotices context.CancelFunc
+	maxWatches  int
+	overWatched bool          // said so in the log
+	sweep       time.Duration // how often sessions read every group anyway (sweepEvery)
+
 	deliveries   *prometheus.CounterVec
 	sessions     prometheus.Gauge
 	filterErrors prometheus.Counter
@@ -52,11 +60,15 @@ type Manager struct {
 	External bool
 }
 
-// NewManager returns a Manager. rdb should be a pool of its own, sized for
-// the sessions: each one holds a connection while it blocks for events.
+// NewManager returns a Manager. rdb should be a pool of its own: the
+// Manager keeps one connection (per node, on a cluster) blocked waiting for
+// events on each stream its sessions read, whatever their number, up to a
+// pool size less 16 (or half of it), and sessions take others for their
+// commands.
 func NewManager(rdb redis.UniversalClient, cat *catalog.Cache, log *slog.Logger, reg prometheus.Registerer) *Manager {
 	m := &Manager{
 		rdb: rdb, cat: cat, log: log, waiters: map[string]map[chan struct{}]struct{}{},
+		watches: map[string]*watch{}, replays: map[string]*watch{}, maxWatches: maxWatchesFor(rdb), sweep: sweepEvery,
 		deliveries: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "herald_router_subscription_deliveries_total",
 			Help: "Subscription deliveries by kind: first, redelivery, replay; filtered (acknowledged without delivery), dead_lettered.",
@@ -595,7 +607,7 @@ func (m *Manager) replay(ctx context.Context, subID string, ids []string, all bo
 		return replayScript.Run(ctx, m.rdb, []string{deadKey(subID), deadIdxKey(subID), ReplayKey(subID)}, toAny(batch)...).Int64()
 	})
 	if n > 0 {
-		m.wake(subID)
+		m.replayed(ctx, subID)
 	}
 	return n, err
 }

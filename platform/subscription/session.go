@@ -21,7 +21,7 @@ import (
 
 // Session cadences.
 const (
-	maxBlock    = 500 * time.Millisecond // longest XREADGROUP wait: how soon a session notices other work
+	maxBlock    = 500 * time.Millisecond // longest wait for events: how soon a session notices other work
 	duePoll     = time.Second            // how often the delayed set is checked without a local Nack
 	fullPoll    = 100 * time.Millisecond // how often a full window is re-counted without a local Ack
 	pruneEvery  = time.Minute            // how often ended sessions' consumers are removed
@@ -50,6 +50,13 @@ type session struct {
 	nextDue   time.Time
 	nextPrune time.Time
 	wake      chan struct{}
+
+	// Reading without blocking in Redis (see watch.go).
+	notify    chan struct{}     // a watch of one of the streams woke
+	watches   map[string]*watch // by stream; nil for one polled (over the Manager's limit)
+	seen      map[string]uint64 // by stream: its watch's generation before its last read
+	more      map[string]bool   // by stream: its last read filled its count
+	nextSweep time.Time         // when every stream is read again, woken or not
 }
 
 // serve runs a Subscribe stream until ctx ends or sending fails. open is
@@ -68,7 +75,9 @@ func (m *Manager) serve(ctx context.Context, sub *registryv1.Subscription, windo
 	s := &session{
 		m: m, sub: sub, pol: policyOf(sub), flt: flt, consumer: consumer,
 		window: window, send: send, claimFrom: map[string]string{}, wake: make(chan struct{}, 1),
+		notify: make(chan struct{}, 1), watches: map[string]*watch{}, seen: map[string]uint64{}, more: map[string]bool{},
 	}
+	defer s.unwatchAll()
 	if err := s.refresh(ctx); err != nil {
 		return err
 	}
@@ -129,6 +138,7 @@ func (s *session) refresh(ctx context.Context) error {
 		return connect.NewError(connect.CodeUnavailable, err)
 	}
 	s.streams = streams
+	s.watchStreams()
 	s.allowed = make(map[string]bool, len(streams))
 	for _, st := range streams {
 		if st != ReplayKey(s.sub.GetId()) {
@@ -279,41 +289,151 @@ func (s *session) held(ctx context.Context) (int, error) {
 	return n, nil
 }
 
-// read takes new entries from the groups, waiting up to block.
+// read takes new entries from the groups, waiting up to block. It reads
+// the streams whose watch woke since their last read (and those it cannot
+// watch, those whose last read may have left more, and every one at the
+// first read and every sweepEvery), without blocking, one XREADGROUP per
+// hash slot in one pipeline; with nothing to take, it waits for a watch to
+// wake and reads again.
 func (s *session) read(ctx context.Context, block time.Duration) ([]delivery, error) {
+	timer := time.NewTimer(block)
+	defer timer.Stop()
+	for {
+		now := time.Now()
+		sweep := !now.Before(s.nextSweep)
+		if sweep {
+			s.nextSweep = now.Add(s.m.sweep)
+		}
+		var pick []string
+		gens := make(map[string]uint64, len(s.streams))
+		for _, st := range s.streams {
+			w := s.watches[st]
+			if w != nil {
+				gens[st] = w.gen.Load() // before the read: see watch.go
+			}
+			seen, read := s.seen[st]
+			if sweep || w == nil || !read || s.more[st] || gens[st] != seen {
+				pick = append(pick, st)
+			}
+		}
+		if len(pick) > 0 {
+			ds, err := s.readStreams(ctx, pick, gens)
+			if err != nil || len(ds) > 0 || ctx.Err() != nil {
+				return ds, err
+			}
+		}
+		select {
+		case <-s.notify:
+		case <-timer.C:
+			return nil, nil
+		case <-ctx.Done():
+			return nil, nil
+		}
+	}
+}
+
+// readStreams reads new entries of streams without blocking: one
+// XREADGROUP per hash slot (Redis Cluster refuses one over several), all
+// in one pipeline, which a ClusterClient sends to each node at once. gens
+// are the streams' watch generations from before the read.
+func (s *session) readStreams(ctx context.Context, streams []string, gens map[string]uint64) ([]delivery, error) {
 	free := s.window - s.inflight
-	per := max(1, free/len(s.streams))
-	args := make([]string, 0, 2*len(s.streams))
-	args = append(args, s.streams...)
-	for range s.streams {
-		args = append(args, ">")
+	per := max(1, free/len(streams))
+	bySlot := map[string][]string{}
+	var order []string
+	for _, st := range streams {
+		tag := hashTag(st)
+		if _, ok := bySlot[tag]; !ok {
+			order = append(order, tag)
+		}
+		bySlot[tag] = append(bySlot[tag], st)
 	}
-	res, err := s.m.rdb.XReadGroup(ctx, &redis.XReadGroupArgs{
-		Group: Group(s.sub.GetId()), Consumer: s.consumer, Streams: args, Count: int64(per), Block: block,
-	}).Result()
-	if errors.Is(err, redis.Nil) {
-		return nil, nil
+	pipe := s.m.rdb.Pipeline()
+	cmds := make([]*redis.XStreamSliceCmd, len(order))
+	for i, tag := range order {
+		group := bySlot[tag]
+		args := make([]string, 0, 2*len(group))
+		args = append(args, group...)
+		for range group {
+			args = append(args, ">")
+		}
+		cmds[i] = pipe.XReadGroup(ctx, &redis.XReadGroupArgs{
+			Group: Group(s.sub.GetId()), Consumer: s.consumer, Streams: args, Count: int64(per), Block: -1,
+		})
 	}
-	if isNoGroup(err) {
+	_, _ = pipe.Exec(ctx) // each command's error is read below
+	var out []delivery
+	var failed error
+	for i, c := range cmds {
+		res, err := c.Result()
+		if err != nil && !errors.Is(err, redis.Nil) {
+			if failed == nil || isNoGroup(err) {
+				failed = err
+			}
+			for _, st := range bySlot[order[i]] {
+				delete(s.seen, st) // to read again
+			}
+			continue
+		}
+		for _, st := range bySlot[order[i]] {
+			s.seen[st] = gens[st]
+			s.more[st] = false
+		}
+		for _, st := range res {
+			s.more[st.Stream] = len(st.Messages) >= per
+			for _, msg := range st.Messages {
+				out = append(out, decode(s.sub.GetId(), st.Stream, msg.ID, msg.Values, 1))
+			}
+		}
+	}
+	sortDeliveries(out)
+	switch {
+	case failed == nil || len(out) > 0:
+		// What was read goes out; a failure shows again at the next read.
+		return out, nil
+	case isNoGroup(failed):
 		// A group or a stream disappeared (deleted by hand, or the
 		// subscription is going away): create what is missing again.
 		s.m.forget(Group(s.sub.GetId()))
 		return nil, s.refresh(ctx)
+	case ctx.Err() != nil:
+		return nil, nil
 	}
-	if err != nil {
-		if ctx.Err() != nil {
-			return nil, nil
+	return nil, unavailable("read the subscription", failed)
+}
+
+// watchStreams keeps the session's watches in step with its streams.
+func (s *session) watchStreams() {
+	keep := make(map[string]bool, len(s.streams))
+	for _, st := range s.streams {
+		keep[st] = true
+		if w, ok := s.watches[st]; !ok || w == nil {
+			// A new stream, or one over the Manager's limit so far.
+			if w = s.m.watchStream(st, s.notify); w != nil || !ok {
+				s.watches[st] = w
+			}
 		}
-		return nil, unavailable("read the subscription", err)
 	}
-	var out []delivery
-	for _, st := range res {
-		for _, msg := range st.Messages {
-			out = append(out, decode(s.sub.GetId(), st.Stream, msg.ID, msg.Values, 1))
+	for st, w := range s.watches {
+		if !keep[st] {
+			if w != nil {
+				s.m.unwatch(w, s.notify)
+			}
+			delete(s.watches, st)
+			delete(s.seen, st)
+			delete(s.more, st)
 		}
 	}
-	sortDeliveries(out)
-	return out, nil
+}
+
+// unwatchAll ends the session's watches.
+func (s *session) unwatchAll() {
+	for st, w := range s.watches {
+		if w != nil {
+			s.m.unwatch(w, s.notify)
+		}
+		delete(s.watches, st)
+	}
 }
 
 // due claims the nacked deliveries whose delay has passed.

@@ -69,7 +69,7 @@ func (m *Manager) SendTest(ctx context.Context, sub *registryv1.Subscription, ev
 	if err != nil {
 		return "", fmt.Errorf("queue test event: %w", err)
 	}
-	m.wake(sub.GetId())
+	m.replayed(ctx, sub.GetId())
 	return id, nil
 }
 
@@ -116,6 +116,6 @@ func (m *Manager) ReplayTest(ctx context.Context, sub *registryv1.Subscription, 
 	}}).Err(); err != nil {
 		return false, fmt.Errorf("queue test event: %w", err)
 	}
-	m.wake(sub.GetId())
+	m.replayed(ctx, sub.GetId())
 	return true, nil
 }

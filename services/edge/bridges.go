@@ -40,7 +40,9 @@ func bridges(base *service.Base, cat *catalog.Cache, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	// Each sink's consumer blocks on Redis for events: a pool of its own.
+	// The sinks' consumers wait for events on connections blocked in Redis,
+	// one per stream they read (platform/subscription's watches): a pool of
+	// their own.
 	rdb, err := config.OpenRedis(cfg.RedisURL, cfg.Bridges+16)
 	if err != nil {
 		return fmt.Errorf("edge: %w", err)

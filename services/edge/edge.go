@@ -224,8 +224,9 @@ func webhooks(base *service.Base, cat *catalog.Cache, cfg Config, meter *usage.A
 	if err != nil {
 		return nil, err
 	}
-	// Each endpoint's consumer blocks on Redis for events: a pool of its
-	// own, so that the SSE hub never waits for a connection.
+	// The endpoints' consumers wait for events on connections blocked in
+	// Redis, one per stream they read (platform/subscription's watches): a
+	// pool of their own, so that the SSE hub never waits for a connection.
 	rdb, err := config.OpenRedis(cfg.RedisURL, cfg.WebhookEndpoints+16)
 	if err != nil {
 		return nil, fmt.Errorf("edge: %w", err)

@@ -124,8 +124,10 @@ func New(cfg Config) (*Service, error) {
 	if cfg.MaxSubscribeStreams <= 0 {
 		cfg.MaxSubscribeStreams = 1000
 	}
-	// Subscribe streams block on Redis for events: they get a pool of their
-	// own, so that they never starve Publish of connections.
+	// Subscribe streams wait for events on connections blocked in Redis,
+	// one per stream they read (the Manager's watches, per node on a
+	// cluster, up to the pool size less 16): they get a pool of their own,
+	// so that they never starve Publish of connections.
 	subRedis, err := config.OpenRedis(cfg.RedisURL, cfg.MaxSubscribeStreams+16)
 	if err != nil {
 		return nil, fmt.Errorf("router: %w", err)

@@ -155,6 +155,7 @@ const (
 // Hub is the per-process reader and fan-out.
 type Hub struct {
 	rdb     redis.UniversalClient
+	waiter  *eventlog.Waiter // the reader's blocking reads, one per slot
 	catalog *catalog.Cache
 	log     *slog.Logger
 
@@ -220,7 +221,7 @@ func (s *sub) take(spare []*Event) ([]*Event, bool) {
 
 // New returns a hub; start it with Run.
 func New(rdb redis.UniversalClient, cat *catalog.Cache, log *slog.Logger) *Hub {
-	return &Hub{rdb: rdb, catalog: cat, log: log, known: map[string]bool{}, subs: map[*sub]struct{}{}, ready: make(chan struct{})}
+	return &Hub{rdb: rdb, waiter: eventlog.NewWaiter(rdb), catalog: cat, log: log, known: map[string]bool{}, subs: map[*sub]struct{}{}, ready: make(chan struct{})}
 }
 
 // Ready reports whether the hub follows the log.
@@ -255,10 +256,6 @@ func (h *Hub) run(ctx context.Context) error {
 	select {
 	case <-h.ready:
 	default:
-		now, err := h.rdb.Time(ctx).Result()
-		if err != nil {
-			return fmt.Errorf("redis TIME: %w", err)
-		}
 		for h.catalog.Ready(ctx) != nil {
 			select {
 			case <-ctx.Done():
@@ -266,16 +263,23 @@ func (h *Hub) run(ctx context.Context) error {
 			case <-time.After(50 * time.Millisecond):
 			}
 		}
+		// The start is the lowest clock of the streams' masters (on a
+		// cluster, each shard stamps with its own): nothing written from
+		// now on, on any shard, gets an id at or below it.
+		keys := h.streamKeys()
+		pos, err := eventlog.Watermark(ctx, h.rdb, keys)
+		if err != nil {
+			return err
+		}
 		h.mu.Lock()
-		h.pos = eventlog.ID{Ms: uint64(now.UnixMilli()) - 1, Seq: math.MaxUint64}
-		for _, k := range h.streamKeys() {
+		h.pos = pos
+		for _, k := range keys {
 			h.known[k] = true
 			h.streams = append(h.streams, k)
 		}
 		h.mu.Unlock()
 		close(h.ready)
 	}
-	waitedIdle := false
 	for {
 		changed, err := h.addNewTypes(ctx)
 		if err != nil {
@@ -293,20 +297,18 @@ func (h *Hub) run(ctx context.Context) error {
 			}
 			continue
 		}
-		entries, complete, err := eventlog.ReadAfter(ctx, h.rdb, streams, pos, readCount)
+		b, err := eventlog.Read(ctx, h.rdb, streams, pos, readCount)
 		if err != nil {
 			return err
 		}
-		h.broadcast(entries, complete)
-		if len(entries) > 0 {
-			waitedIdle = false
+		h.broadcast(b.Entries, b.Complete)
+		if len(b.Entries) > 0 {
 			continue
 		}
-		if waitedIdle {
-			// Something is there but stamped in the current millisecond.
-			time.Sleep(time.Millisecond)
-		}
-		// Wait for new events, or for a catalog change (a new stream to follow).
+		// Wait for new events, for the clocks to pass events held back
+		// (stamped in the current millisecond, or by a shard whose clock is
+		// ahead of another's), or for a catalog change (a new stream to
+		// follow).
 		waitCtx, cancel := context.WithCancel(ctx)
 		go func() {
 			select {
@@ -315,12 +317,11 @@ func (h *Hub) run(ctx context.Context) error {
 			case <-waitCtx.Done():
 			}
 		}()
-		more, err := eventlog.WaitAfter(waitCtx, h.rdb, streams, complete, blockFor)
+		_, err = h.waiter.WaitPast(waitCtx, b, blockFor)
 		cancel()
 		if err != nil && ctx.Err() == nil && !errors.Is(err, context.Canceled) {
 			return err
 		}
-		waitedIdle = more
 	}
 }
 

@@ -125,7 +125,7 @@ func (r *registry) GetEventType(_ context.Context, req *connect.Request[registry
 
 // env is a hub over a private redis-server and a test registry.
 type env struct {
-	rdb *redis.Client
+	rdb redis.UniversalClient
 	reg *registry
 	hub *hub.Hub
 
@@ -136,9 +136,12 @@ type env struct {
 
 func newEnv(t *testing.T, types ...string) *env {
 	t.Helper()
-	srv := testutil.Redis(t)
-	rdb := testutil.RedisClient(t, srv)
+	return newEnvOn(t, testutil.RedisClient(t, testutil.Redis(t)), types...)
+}
 
+// newEnvOn is newEnv on a given Redis (e.g. a cluster's client).
+func newEnvOn(t *testing.T, rdb redis.UniversalClient, types ...string) *env {
+	t.Helper()
 	reg := newRegistry(types...)
 	mux := httptestServer(t, reg)
 	client := registryv1connect.NewRegistryServiceClient(mux.Client(), mux.URL)
