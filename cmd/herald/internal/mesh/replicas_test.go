@@ -330,29 +330,32 @@ func TestEveryServiceRunsAsTwoReplicas(t *testing.T) {
 	}
 	t.Logf("%d events acknowledged (%d publish attempts refused and retried); each of the %d clients got exactly its own", n, retries, len(clients))
 
-	// Usage: every acknowledged event (and the base) published once; every
-	// event after the base delivered once on each channel (billing.*
-	// clients on both).
-	want := map[string]int64{
-		meteringv1.UsageMetric_USAGE_METRIC_PUBLISHED.String(): int64(n + 1),
-		meteringv1.UsageMetric_USAGE_METRIC_DELIVERED.String(): int64(2 * n),
-	}
+	// Usage: every acknowledged event (and the base) published once, the
+	// router's share counted in the append itself. Every event after the
+	// base delivered once on each channel (billing.* clients on both),
+	// never twice, whichever edge sent it; but an edge killed with SIGKILL
+	// loses the delivery records it had not flushed yet
+	// (HERALD_EDGE_USAGE_FLUSH, 100ms): a few at most.
+	published, delivered := meteringv1.UsageMetric_USAGE_METRIC_PUBLISHED.String(), meteringv1.UsageMetric_USAGE_METRIC_DELIVERED.String()
+	const unflushed = 20
 	var got map[string]int64
 	deadline := time.Now().Add(time.Minute)
 	for {
 		got = e.usage(adminKey, "application_id="+appID)
-		ok := true
-		for m, w := range want {
-			ok = ok && got[m] == w
-		}
-		if ok || time.Now().After(deadline) {
+		if got[published] == int64(n+1) && got[delivered] == int64(2*n) || time.Now().After(deadline) {
 			break
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	for m, w := range want {
-		if got[m] != w {
-			t.Errorf("usage %s: %d, want %d", m, got[m], w)
-		}
+	if got[published] != int64(n+1) {
+		t.Errorf("usage %s: %d, want %d", published, got[published], n+1)
+	}
+	switch d := got[delivered]; {
+	case d > int64(2*n):
+		t.Errorf("usage %s: %d, more than the %d deliveries: some counted twice", delivered, d, 2*n)
+	case d < int64(2*n-unflushed):
+		t.Errorf("usage %s: %d, want %d (or a few less: the killed edge's unflushed records)", delivered, d, 2*n)
+	case d < int64(2*n):
+		t.Logf("usage %s: %d of %d deliveries: the killed edge's unflushed records are lost", delivered, d, 2*n)
 	}
 }
