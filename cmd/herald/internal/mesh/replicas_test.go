@@ -24,6 +24,7 @@ import (
 	"github.com/heraldmesh/herald/services/metering"
 	"github.com/heraldmesh/herald/services/registry"
 	"github.com/heraldmesh/herald/services/router"
+	"google.golang.org/protobuf/types/known/durationpb"
 )
 
 // routerProcessEnv and registryProcessEnv, set to 1, make this test binary
@@ -89,6 +90,41 @@ func (p *replicaPublisher) run(ctx context.Context, stop <-chan struct{}, base, 
 	}
 }
 
+// subConsumer reads a durable subscription through the routers'
+// balancer, acknowledging each delivery, and opens a new stream (on a new
+// connection, so maybe on another router) whenever its stream ends.
+type subConsumer struct {
+	mu       sync.Mutex
+	attempts map[string][]int32 // cursor -> the attempt numbers it came with
+	streams  int
+}
+
+func (c *subConsumer) received() int { c.mu.Lock(); defer c.mu.Unlock(); return len(c.attempts) }
+
+func (c *subConsumer) run(ctx context.Context, base, key, subID string) {
+	for ctx.Err() == nil {
+		hc := rpc.HTTPClient()
+		client := routerv1connect.NewRouterServiceClient(hc, base, rpc.ClientOptions(key)...)
+		stream, err := client.Subscribe(ctx, connect.NewRequest(&routerv1.SubscribeRequest{SubscriptionId: subID, MaxInFlight: 50}))
+		if err == nil {
+			c.mu.Lock()
+			c.streams++
+			c.mu.Unlock()
+			for stream.Receive() {
+				d := stream.Msg()
+				c.mu.Lock()
+				c.attempts[d.GetCursor()] = append(c.attempts[d.GetCursor()], d.GetAttempt())
+				c.mu.Unlock()
+				// A failed ack is delivered again after the ack timeout.
+				_, _ = client.Ack(ctx, connect.NewRequest(&routerv1.AckRequest{SubscriptionId: subID, AckIds: []string{d.GetAckId()}}))
+			}
+			stream.Close()
+		}
+		hc.CloseIdleConnections()
+		pause(ctx, 50*time.Millisecond)
+	}
+}
+
 // Every service runs as N replicas (issue 15): two registries, two
 // routers (waiting for one replica of each master), two metering and two
 // edges against one Redis Cluster of three masters with a replica each,
@@ -98,14 +134,17 @@ func (p *replicaPublisher) run(ctx context.Context, stop <-chan struct{}, base, 
 // retrying refused batches with the same ids; SSE and StreamEvents
 // clients follow billing.*, invoices, and orders with a filter, through
 // the edges' balancer, and resume with their last cursor whenever their
-// stream ends. The edge process is killed with SIGKILL, then the router
+// stream ends; a consumer reads a durable subscription of both types
+// through the routers' balancer, acknowledging what it gets. The edge process is killed with SIGKILL, then the router
 // process, then the registry process (and the catalog is still written,
 // through the other registry), then the metering process. In the end
 // every client has exactly the acknowledged events of its types and
-// filter, in cursor order, none missing, none twice; and metering counts
-// every published event once, and every event once per channel as
-// delivered (a delivery's usage is keyed by application, event and
-// channel, whichever edge sent it).
+// filter, in cursor order, none missing, none twice; the consumer got
+// every event, and any event twice only as a redelivery (a higher attempt)
+// of one left unacknowledged; and metering counts every published event
+// once, and every event once per channel as delivered (a delivery's usage
+// is keyed by application, event, channel and subscription, whichever
+// replica sent it).
 func TestEveryServiceRunsAsTwoReplicas(t *testing.T) {
 	ctx := context.Background()
 	cluster := testutil.RedisCluster(t, 3, 1)
@@ -140,11 +179,12 @@ func TestEveryServiceRunsAsTwoReplicas(t *testing.T) {
 		lbs[name].set("A", addr)
 		return addr
 	}
-	startB := func(name string, svc testutil.Service) {
+	startB := func(name string, svc testutil.Service) string {
 		t.Helper()
 		addr, _ := testutil.Start(t, svc)
 		waitReady(t, addr)
 		lbs[name].set("B", addr)
+		return addr
 	}
 	must := func(svc testutil.Service, err error) testutil.Service {
 		t.Helper()
@@ -157,7 +197,7 @@ func TestEveryServiceRunsAsTwoReplicas(t *testing.T) {
 	startA("registry", registryProcessEnv)
 	startB("registry", must(registry.New(registry.Config{Common: common, Addr: "127.0.0.1:0", Logger: quiet})))
 	startA("router", routerProcessEnv, "HERALD_REDIS_REPLICA_ACKS=1")
-	startB("router", must(router.New(router.Config{Common: common, Addr: "127.0.0.1:0", Logger: quiet, ReplicaAcks: 1})))
+	routerB := startB("router", must(router.New(router.Config{Common: common, Addr: "127.0.0.1:0", Logger: quiet, ReplicaAcks: 1})))
 	startA("metering", meteringProcessEnv, "HERALD_METERING_CLAIM_IDLE=1s", "HERALD_METERING_CLAIM_EVERY=200ms")
 	startB("metering", must(metering.New(metering.Config{Common: common, Addr: "127.0.0.1:0", Logger: quiet, ClaimIdle: time.Second, ClaimEvery: 200 * time.Millisecond})))
 	edgeA := startA("edge", webhookEdgeEnv)
@@ -191,6 +231,15 @@ func TestEveryServiceRunsAsTwoReplicas(t *testing.T) {
 	}
 	key, appID := app.Msg.GetKey().GetSecret(), app.Msg.GetApplication().GetId()
 	e := &env{t: t, common: common, appKey: key, appID: appID}
+	sub, err := reg.CreateSubscription(ctx, connect.NewRequest(&registryv1.CreateSubscriptionRequest{Subscription: &registryv1.Subscription{
+		ApplicationId: appID, Types: []string{"billing.invoice.paid", "billing.order.placed"},
+		Channel:  &registryv1.Subscription_Stream{Stream: &registryv1.StreamChannel{}},
+		Delivery: &registryv1.DeliveryPolicy{AckTimeout: durationpb.New(2 * time.Second), MaxAttempts: 100},
+	}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cons := &subConsumer{attempts: map[string][]int32{}}
 
 	// Every client starts after the same cursor.
 	var stored haLog
@@ -228,6 +277,11 @@ func TestEveryServiceRunsAsTwoReplicas(t *testing.T) {
 	}
 	launch("sse", 6, (*haClient).runSSE)
 	launch("rpc", 3, (*haClient).runRPC)
+	// The consumer and the first producer start on the router that will
+	// die: the balancer sends new connections to it alone meanwhile.
+	lbs["router"].down("B")
+	wg.Go(func() { cons.run(clientCtx, "http://"+common.RouterAddr, key, sub.Msg.GetSubscription().GetId()) })
+	testutil.Eventually(t, 20*time.Second, func() bool { cons.mu.Lock(); defer cons.mu.Unlock(); return cons.streams > 0 }, "the durable consumer's stream opens")
 	streams := func(addrs ...string) (n float64) {
 		for _, addr := range addrs {
 			n += edgeMetric(t, addr, `herald_edge_streams{channel="sse"}`) + edgeMetric(t, addr, `herald_edge_streams{channel="grpc"}`)
@@ -242,8 +296,12 @@ func TestEveryServiceRunsAsTwoReplicas(t *testing.T) {
 	stop := make(chan struct{})
 	pubs := []*replicaPublisher{{name: "p1"}, {name: "p2"}}
 	errc := make(chan error, len(pubs))
-	for _, p := range pubs {
+	for i, p := range pubs {
 		go func() { errc <- p.run(ctx, stop, "http://"+common.RouterAddr, key, &stored) }()
+		if i == 0 {
+			testutil.Eventually(t, 20*time.Second, func() bool { stored.mu.Lock(); defer stored.mu.Unlock(); return len(stored.events) > 0 }, "the first producer's first batch is acknowledged")
+			lbs["router"].set("B", routerB)
+		}
 	}
 	stoppedPublishing := false
 	stopPublishers := func() {
@@ -309,9 +367,16 @@ func TestEveryServiceRunsAsTwoReplicas(t *testing.T) {
 	caughtUp("after the router died")
 
 	kill("registry")
-	// The catalog is still written, through the other registry.
-	if _, err := reg.CreateApplication(ctx, connect.NewRequest(&registryv1.CreateApplicationRequest{Application: &registryv1.Application{Name: "late"}})); err != nil {
-		t.Errorf("writing the catalog after a registry died: %v", err)
+	// The catalog is still written, through the other registry (once the
+	// client's connection to the dead one has failed).
+	var lateErr error
+	for range 3 {
+		if _, lateErr = reg.CreateApplication(ctx, connect.NewRequest(&registryv1.CreateApplicationRequest{Application: &registryv1.Application{Name: "late"}})); lateErr == nil {
+			break
+		}
+	}
+	if lateErr != nil {
+		t.Errorf("writing the catalog after a registry died: %v", lateErr)
 	}
 	more(100, "after the registry died")
 	caughtUp("after the registry died")
@@ -323,18 +388,53 @@ func TestEveryServiceRunsAsTwoReplicas(t *testing.T) {
 	report(t, clients, &stored)
 	stored.mu.Lock()
 	n := len(stored.events)
+	all := []string{base}
+	for _, ev := range stored.events {
+		all = append(all, ev.cursor.String())
+	}
 	stored.mu.Unlock()
+	testutil.Eventually(t, time.Minute, func() bool { return cons.received() >= len(all) }, fmt.Sprintf("the durable consumer receives the %d events", len(all)))
+	cons.mu.Lock()
+	redelivered := 0
+	for _, cursor := range all {
+		as := cons.attempts[cursor]
+		if len(as) == 0 {
+			t.Errorf("the durable consumer never got %s", cursor)
+			continue
+		}
+		// A delivery in flight when its router died never arrived: the
+		// first one received may be a redelivery.
+		for i := 1; i < len(as); i++ {
+			if as[i] <= as[i-1] {
+				t.Errorf("the durable consumer got %s with attempts %v: a repeat that is not a redelivery", cursor, as)
+				break
+			}
+		}
+		redelivered += len(as) - 1
+	}
+	if len(cons.attempts) != len(all) {
+		t.Errorf("the durable consumer got %d events, %d were stored", len(cons.attempts), len(all))
+	}
+	t.Logf("the durable consumer got all %d events over %d streams, %d redelivered", len(all), cons.streams, redelivered)
+	if cons.streams < 2 {
+		t.Errorf("the durable consumer opened %d stream(s): it never moved off the killed router", cons.streams)
+	}
+	cons.mu.Unlock()
 	retries := 0
 	for _, p := range pubs {
 		retries += p.retries
 	}
 	t.Logf("%d events acknowledged (%d publish attempts refused and retried); each of the %d clients got exactly its own", n, retries, len(clients))
+	if pubs[0].retries == 0 {
+		t.Errorf("the producer on the killed router never had to retry: did it publish there?")
+	}
 
 	// Usage: every acknowledged event (and the base) published once, the
 	// router's share counted in the append itself. Every event after the
-	// base delivered once on each channel (billing.* clients on both),
-	// never twice, whichever edge sent it; but an edge killed with SIGKILL
-	// loses the delivery records it had not flushed yet
+	// base delivered once on each edge channel (billing.* clients on
+	// both), and every event once to the subscription, never twice,
+	// whichever replica sent it; but an edge or a router killed with
+	// SIGKILL loses the delivery records it had not flushed yet
 	// (HERALD_EDGE_USAGE_FLUSH, 100ms): a few at most.
 	published, delivered := meteringv1.UsageMetric_USAGE_METRIC_PUBLISHED.String(), meteringv1.UsageMetric_USAGE_METRIC_DELIVERED.String()
 	const unflushed = 20
@@ -342,7 +442,7 @@ func TestEveryServiceRunsAsTwoReplicas(t *testing.T) {
 	deadline := time.Now().Add(time.Minute)
 	for {
 		got = e.usage(adminKey, "application_id="+appID)
-		if got[published] == int64(n+1) && got[delivered] == int64(2*n) || time.Now().After(deadline) {
+		if got[published] == int64(n+1) && got[delivered] == int64(3*n+1) || time.Now().After(deadline) {
 			break
 		}
 		time.Sleep(100 * time.Millisecond)
@@ -350,12 +450,12 @@ func TestEveryServiceRunsAsTwoReplicas(t *testing.T) {
 	if got[published] != int64(n+1) {
 		t.Errorf("usage %s: %d, want %d", published, got[published], n+1)
 	}
-	switch d := got[delivered]; {
-	case d > int64(2*n):
-		t.Errorf("usage %s: %d, more than the %d deliveries: some counted twice", delivered, d, 2*n)
-	case d < int64(2*n-unflushed):
-		t.Errorf("usage %s: %d, want %d (or a few less: the killed edge's unflushed records)", delivered, d, 2*n)
-	case d < int64(2*n):
-		t.Logf("usage %s: %d of %d deliveries: the killed edge's unflushed records are lost", delivered, d, 2*n)
+	switch d, want := got[delivered], int64(3*n+1); {
+	case d > want:
+		t.Errorf("usage %s: %d, more than the %d deliveries: some counted twice", delivered, d, want)
+	case d < want-unflushed:
+		t.Errorf("usage %s: %d, want %d (or a few less: the killed processes' unflushed records)", delivered, d, want)
+	case d < want:
+		t.Logf("usage %s: %d of %d deliveries: the killed processes' unflushed records are lost", delivered, d, want)
 	}
 }
