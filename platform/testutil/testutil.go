@@ -49,9 +49,12 @@ func Redis(t testing.TB) *redisserver.Server {
 var spares = &sparePool{size: 3}
 
 type sparePool struct {
-	size  int
-	once  sync.Once
-	ready chan spare
+	size   int
+	once   sync.Once
+	ready  chan spare
+	mu     sync.Mutex
+	closed bool
+	wg     sync.WaitGroup // starts under way
 }
 
 type spare struct {
@@ -64,12 +67,58 @@ func (p *sparePool) take() (*redisserver.Server, error) {
 		p.ready = make(chan spare, p.size)
 		removeStaleSpares()
 		for range p.size {
-			go p.start()
+			p.startOne()
 		}
 	})
 	sp := <-p.ready
-	go p.start()
+	p.startOne()
 	return sp.s, sp.err
+}
+
+func (p *sparePool) startOne() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return
+	}
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		p.start()
+	}()
+}
+
+// stop stops the spares nobody took, once the starts under way are done.
+func (p *sparePool) stop() {
+	p.mu.Lock()
+	p.closed = true
+	p.mu.Unlock()
+	p.wg.Wait()
+	for {
+		select {
+		case sp := <-p.ready:
+			if sp.s != nil {
+				_ = sp.s.Stop()
+				_ = os.RemoveAll(sp.s.Dir())
+			}
+		default:
+			return
+		}
+	}
+}
+
+// StoppingSpares wraps a TestMain's m so that, after the tests, the Redis
+// servers Redis started ahead and no test took are stopped: goleak then
+// finds none of their goroutines. Use it as
+// goleak.VerifyTestMain(testutil.StoppingSpares(m)).
+func StoppingSpares(m interface{ Run() int }) interface{ Run() int } { return stoppingSpares{m} }
+
+type stoppingSpares struct{ m interface{ Run() int } }
+
+func (s stoppingSpares) Run() int {
+	code := s.m.Run()
+	spares.stop()
+	return code
 }
 
 // spareDirPrefix names the spares' directories: <prefix><pid>-<random>.

@@ -29,7 +29,7 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m)
+	goleak.VerifyTestMain(testutil.StoppingSpares(m))
 }
 
 // Generous bounds: these tests run under -race next to other packages.

@@ -17,7 +17,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) { goleak.VerifyTestMain(testutil.StoppingSpares(m)) }
 
 var when = time.Date(2026, 3, 10, 22, 15, 0, 0, time.UTC)
 

@@ -185,4 +185,4 @@ func TestEnforcerBlocksAndWarnsOnce(t *testing.T) {
 	}, "still blocked after the hard quotas were deleted")
 }
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) { goleak.VerifyTestMain(testutil.StoppingSpares(m)) }

@@ -23,7 +23,7 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m)
+	goleak.VerifyTestMain(testutil.StoppingSpares(m))
 }
 
 // testTimeout bounds every wait of these tests on Kafka; it is a hang

@@ -30,7 +30,7 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m,
+	goleak.VerifyTestMain(testutil.StoppingSpares(m),
 		// minio-go's HTTP transport keeps idle connections to the fake S3
 		// server; they end with the process.
 		goleak.IgnoreTopFunction("net/http.(*persistConn).readLoop"),

@@ -61,9 +61,8 @@ func TestWriteRollBySizeAndReadWithDuckDB(t *testing.T) {
 	rec := newRecorder()
 	sent := events(0, 600)
 	rec.send(t, s, sent, 25)
-	if n := len(rec.acked()); n == 0 {
-		t.Errorf("no message acknowledged before Close, though files reached max_file_bytes")
-	}
+	// Files are committed in the background: wait for the first.
+	waitAcked(t, rec, "no message acknowledged before Close, though files reached max_file_bytes")
 	if n := len(rec.acked()); n == len(sent) {
 		t.Errorf("every message acknowledged before Close: nothing was left in an open file")
 	}
@@ -151,6 +150,7 @@ func TestCrashThenRedelivery(t *testing.T) {
 	rec := newRecorder()
 	sent := events(0, 300)
 	rec.send(t, s, sent, 20)
+	waitAcked(t, rec, "nothing acknowledged before the crash, though files reached max_file_bytes")
 	acked := rec.acked()
 	if len(acked) == 0 || len(acked) == len(sent) {
 		t.Fatalf("%d of %d acknowledged before the crash: want some", len(acked), len(sent))
@@ -445,4 +445,17 @@ func FuzzAppendJSONString(f *testing.F) {
 			t.Fatalf("%q -> %q, encoding/json %q", s, got, want)
 		}
 	})
+}
+
+// waitAcked waits until the sink acknowledged a message (its file
+// commits run in the background), or fails with msg.
+func waitAcked(t *testing.T, rec *recorder, msg string) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for len(rec.acked()) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal(msg)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
