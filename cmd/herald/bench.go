@@ -21,7 +21,7 @@ func benchCommand() *cobra.Command {
 		Use:   "bench",
 		Short: "Measure Herald on this machine",
 	}
-	cmd.AddCommand(benchPublishCommand(), benchWebhooksCommand(), benchFanoutCommand(), benchUsageCommand(), benchBridgeCommand(), benchLoaderCommand())
+	cmd.AddCommand(benchPublishCommand(), benchWebhooksCommand(), benchFanoutCommand(), benchUsageCommand(), benchBridgeCommand(), benchLoaderCommand(), benchFailoverCommand())
 	return cmd
 }
 
@@ -29,6 +29,8 @@ func benchPublishCommand() *cobra.Command {
 	var o bench.Options
 	var natsServer string
 	var asJSON, noLatency bool
+	var cluster []int
+	var types, routers int
 	cmd := &cobra.Command{
 		Use:   "publish",
 		Short: "Events/s and latency of Publish (single and batched) against raw XADD and NATS JetStream",
@@ -58,13 +60,31 @@ call (per batch for batched phases), the router's CPU and peak RSS, Redis' and
 nats-server's CPU, and the targets of issue 13 as ratios of this run; then
 checks that the log holds each acknowledged event once, that a re-published
 batch is answered duplicate=true and that the SSE client got every event of
-the latency phase once.`,
+the latency phase once.
+
+With --cluster N[,N...] it measures instead, for each N in one run, the
+Herald phases herald-batch and herald-single and a raw xadd-batch baseline
+against a local Redis Cluster of N masters (no replicas, AOF with appendfsync
+always), with --types event types whose streams spread evenly over the
+masters by slot, published in turn; --routers K router processes share the
+callers. It reports events/s per N, the CPU of the routers, of every Redis
+node and of this process, and the ratio from 1 to 3 masters (issue 15's target:
+at least 1.6x).`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
 			var err error
 			if o.RouterBin, err = bench.FindRouter(); err != nil {
 				return err
+			}
+			if len(cluster) > 0 {
+				co := bench.ClusterOptions{Masters: cluster, Events: o.Events, Batch: o.Batch, PayloadBytes: o.PayloadBytes,
+					Types: types, Routers: routers, RouterBin: o.RouterBin, RouterEnv: o.RouterEnv, Timeout: o.Timeout, Progress: cmd.ErrOrStderr()}
+				if cmd.Flags().Changed("concurrency") {
+					co.Concurrency = o.Concurrency
+				}
+				rep, err := bench.RunCluster(ctx, co)
+				return report(ctx, cmd, rep, rep != nil, err, asJSON)
 			}
 			if natsServer == "" {
 				if natsServer, err = bench.FindNATSServer(); err != nil {
@@ -99,6 +119,9 @@ the latency phase once.`,
 	f.StringArrayVar(&o.EdgeEnv, "edge-env", nil, "KEY=VALUE added to the edge's environment (repeatable)")
 	f.DurationVar(&o.Timeout, "timeout", 10*time.Minute, "bound on the whole run")
 	f.BoolVar(&asJSON, "json", false, "print the report as JSON")
+	f.IntSliceVar(&cluster, "cluster", nil, "measure against local Redis Clusters of these numbers of masters instead (e.g. 1,2,3); --concurrency defaults to 16 there")
+	f.IntVar(&types, "types", 6, "with --cluster: event types, spread evenly over the masters")
+	f.IntVar(&routers, "routers", 1, "with --cluster: router processes sharing the callers")
 	f.Func("router-pprof", "serve the router's pprof endpoints on this loopback address (e.g. 127.0.0.1:6060) to profile it during the run", func(addr string) error {
 		o.RouterEnv = append(o.RouterEnv, "HERALD_PPROF_ADDR="+addr)
 		return nil
@@ -369,4 +392,46 @@ func report(ctx context.Context, cmd *cobra.Command, rep interface {
 		return fmt.Errorf("interrupted: %w", err)
 	}
 	return err
+}
+
+func benchFailoverCommand() *cobra.Command {
+	var o bench.FailoverOptions
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "failover",
+		Short: "Kill a Redis Cluster master mid-publish: time to the first accepted publish on its shard, and no acknowledged event lost",
+		Long: `Starts a local Redis Cluster of three masters with one replica each (AOF,
+appendfsync always), the registry in this process and the router binary of
+'make build' as its own process, with ` + bench.ReplicaAcksVar + `=1 (it waits for a
+replica's acknowledgement before acknowledging a publish; --no-replica-acks
+leaves it unset). --callers callers per shard publish --batch events per call
+of one event type per master, retrying a failed call with the same events.
+After --before it kills the master of the first type with SIGKILL, and
+reports the time from the kill to the first accepted publish on that shard
+(a call started after the kill), the longest pause of the other shards, and,
+after --after more publishing, checks that every acknowledged event of every
+shard is in the log once.`,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			var err error
+			if o.RouterBin, err = bench.FindRouter(); err != nil {
+				return err
+			}
+			o.Progress = cmd.ErrOrStderr()
+			rep, err := bench.RunFailover(ctx, o)
+			return report(ctx, cmd, rep, rep != nil, err, asJSON)
+		},
+	}
+	f := cmd.Flags()
+	f.DurationVar(&o.NodeTimeout, "node-timeout", 2*time.Second, "cluster-node-timeout: how long a master may be unreachable before its replica takes over")
+	f.IntVar(&o.Callers, "callers", 2, "callers per shard")
+	f.IntVar(&o.Batch, "batch", 10, "events per call")
+	f.DurationVar(&o.Before, "before", 3*time.Second, "how long to publish before the kill")
+	f.DurationVar(&o.After, "after", 3*time.Second, "how long to publish after the shard accepts publishes again")
+	f.IntVar(&o.PayloadBytes, "payload-bytes", 256, "size of each event's JSON data")
+	f.BoolVar(&o.NoReplicaAcks, "no-replica-acks", false, "leave "+bench.ReplicaAcksVar+" unset")
+	f.DurationVar(&o.Timeout, "timeout", 5*time.Minute, "bound on the whole run")
+	f.BoolVar(&asJSON, "json", false, "print the report as JSON")
+	return cmd
 }

@@ -22,6 +22,7 @@ import (
 	"github.com/heraldmesh/herald/cmd/herald/internal/devredis"
 	"github.com/heraldmesh/herald/cmd/herald/internal/mesh"
 	"github.com/heraldmesh/herald/platform/config"
+	"github.com/heraldmesh/herald/platform/redisserver"
 	"github.com/heraldmesh/herald/platform/rpc"
 	"github.com/heraldmesh/herald/platform/secretbox"
 	"github.com/heraldmesh/herald/services/edge"
@@ -34,7 +35,7 @@ import (
 func devCommand() *cobra.Command {
 	var varDir string
 	var redisPort int
-	var seed bool
+	var seed, cluster bool
 	cmd := &cobra.Command{
 		Use:   "dev",
 		Short: "Run the whole mesh in the foreground: Redis (unless HERALD_REDIS_URL is set) and the four services",
@@ -44,21 +45,32 @@ HERALD_{REGISTRY,ROUTER,METERING,EDGE}_ADDR (defaults 127.0.0.1:7702, :7701, :77
 Unless HERALD_REDIS_URL is set, it starts its own redis-server on 127.0.0.1:7779 with
 its data under ./var (AOF with appendfsync always: an acknowledged publish is on disk).
 Unless HERALD_ADMIN_KEY is set, it generates an admin key once, keeps it in
-./var/admin.key, and prints it. Ctrl-C stops everything cleanly.`,
+./var/admin.key, and prints it. Ctrl-C stops everything cleanly.
+
+With --cluster it starts a local Redis Cluster instead: three masters and
+three replicas (one per master) on the six ports after --redis-port
+(127.0.0.1:7780-7785 by default), each node's data under ./var/cluster/node-N
+(AOF, appendfsync always), and runs the services against
+redis+cluster://127.0.0.1:7780,... A restart finds the same cluster in the
+nodes' nodes.conf and reuses it, with its data.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return runDev(cmd.Context(), cmd.OutOrStdout(), varDir, redisPort, seed)
+			return runDev(cmd.Context(), cmd.OutOrStdout(), varDir, redisPort, seed, cluster)
 		},
 	}
 	cmd.Flags().StringVar(&varDir, "var", "var", "directory for Redis data and the generated admin key")
 	cmd.Flags().IntVar(&redisPort, "redis-port", 7779, "port of the Redis that dev starts (when HERALD_REDIS_URL is unset)")
 	cmd.Flags().BoolVar(&seed, "seed", true, "register a small demo catalog")
+	cmd.Flags().BoolVar(&cluster, "cluster", false, "start a local Redis Cluster (3 masters, 3 replicas, on the 6 ports after --redis-port) instead of one redis-server")
 	return cmd
 }
 
-func runDev(parent context.Context, out io.Writer, varDir string, redisPort int, seed bool) error {
+func runDev(parent context.Context, out io.Writer, varDir string, redisPort int, seed, cluster bool) error {
 	ctx, stop := signal.NotifyContext(parent, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	common := config.FromEnv()
+	if cluster && os.Getenv("HERALD_REDIS_URL") != "" {
+		return errors.New("--cluster starts a Redis Cluster of its own: unset HERALD_REDIS_URL (or point it at your cluster, redis+cluster://host:port,..., without --cluster)")
+	}
 	if err := os.MkdirAll(varDir, 0o700); err != nil {
 		return err
 	}
@@ -82,7 +94,21 @@ func runDev(parent context.Context, out io.Writer, varDir string, redisPort int,
 		// On a developer's machine, webhooks go to local receivers.
 		common.WebhookAllow = "127.0.0.0/8,::1/128,localhost"
 	}
-	if os.Getenv("HERALD_REDIS_URL") == "" {
+	switch {
+	case cluster:
+		dir, err := filepath.Abs(filepath.Join(varDir, "cluster"))
+		if err != nil {
+			return err
+		}
+		c, err := devredis.StartCluster(ctx, dir, redisPort, out)
+		if err != nil {
+			return fmt.Errorf("start redis cluster: %w", err)
+		}
+		// The cluster stops last, after the services have flushed.
+		defer c.Stop()
+		common.RedisURL = c.URL()
+		printCluster(ctx, out, c, dir)
+	case os.Getenv("HERALD_REDIS_URL") == "":
 		dir, err := filepath.Abs(filepath.Join(varDir, "redis"))
 		if err != nil {
 			return err
@@ -201,4 +227,42 @@ Herald is running. Ctrl-C stops it.
 
 Demo event types: billing.invoice.paid, billing.invoice.created, identity.user.created
 `, rpc.BaseURL(c.EdgeAddr), rpc.BaseURL(c.RouterAddr), rpc.BaseURL(c.RegistryAddr), rpc.BaseURL(c.MeteringAddr), c.AdminKey)
+}
+
+// printCluster says what `herald dev --cluster` started: each node, its role
+// and its master's slots.
+func printCluster(ctx context.Context, out io.Writer, c *redisserver.Cluster, dir string) {
+	how := "created"
+	if c.Reused {
+		how = "reused (found in the nodes' nodes.conf)"
+	}
+	fmt.Fprintf(out, "herald: Redis Cluster of %d nodes, %s; data in %s/node-N (AOF, appendfsync always)\n", len(c.Nodes), how, dir)
+	rdb := c.Client()
+	defer rdb.Close()
+	nodes, err := rdb.ClusterNodes(ctx).Result()
+	if err != nil {
+		fmt.Fprintf(out, "  (cluster nodes: %v)\n", err)
+	}
+	// CLUSTER NODES: <id> <ip:port@cport> <flags> <master id or -> ... <slots>...
+	addrOf, line := map[string]string{}, map[string][]string{}
+	for l := range strings.SplitSeq(strings.TrimSpace(nodes), "\n") {
+		f := strings.Fields(l)
+		if len(f) < 8 {
+			continue
+		}
+		addr, _, _ := strings.Cut(f[1], "@")
+		addrOf[f[0]], line[addr] = addr, f
+	}
+	for i, s := range c.Nodes {
+		f := line[s.Addr()]
+		switch {
+		case f == nil:
+			fmt.Fprintf(out, "  node-%d %s\n", i, s.Addr())
+		case strings.Contains(f[2], "master"):
+			fmt.Fprintf(out, "  node-%d %s  master, slots %s\n", i, s.Addr(), strings.Join(f[8:], ","))
+		default:
+			fmt.Fprintf(out, "  node-%d %s  replica of %s\n", i, s.Addr(), addrOf[f[3]])
+		}
+	}
+	fmt.Fprintf(out, "  HERALD_REDIS_URL=%s\n", c.URL())
 }

@@ -36,7 +36,10 @@ type ClusterOptions struct {
 // joined with `redis-cli --cluster create`.
 type Cluster struct {
 	Nodes []*Server
-	opts  ClusterOptions
+	// Reused says the nodes already formed a cluster (a restart of the
+	// same Dir): StartCluster did not create it.
+	Reused bool
+	opts   ClusterOptions
 }
 
 // StartCluster starts the nodes, creates the cluster and waits until every
@@ -76,7 +79,14 @@ func StartCluster(ctx context.Context, o ClusterOptions) (*Cluster, error) {
 		c.Kill()
 		return nil, err
 	}
-	if !created {
+	c.Reused = created
+	if !created && o.Masters < 3 {
+		// redis-cli refuses fewer than three masters: join them by hand.
+		if err := c.create(ctx); err != nil {
+			c.Kill()
+			return nil, err
+		}
+	} else if !created {
 		args := []string{"--cluster", "create"}
 		for _, s := range c.Nodes {
 			args = append(args, s.Addr())
@@ -93,6 +103,47 @@ func StartCluster(ctx context.Context, o ClusterOptions) (*Cluster, error) {
 		return nil, err
 	}
 	return c, nil
+}
+
+// create joins the nodes into a cluster as redis-cli --cluster create
+// does, for the sizes it refuses (one or two masters): each master claims
+// an even share of the slots, every node meets the first, and the replicas
+// of master i are nodes Masters+i*Replicas...
+func (c *Cluster) create(ctx context.Context) error {
+	m := c.opts.Masters
+	ids := make([]string, len(c.Nodes))
+	for i, s := range c.Nodes {
+		rdb := redis.NewClient(&redis.Options{Addr: s.Addr(), MaxRetries: -1})
+		id, err := rdb.Do(ctx, "CLUSTER", "MYID").Text()
+		if err == nil && i < m {
+			err = rdb.Do(ctx, "CLUSTER", "ADDSLOTSRANGE", i*16384/m, (i+1)*16384/m-1).Err()
+		}
+		if err == nil && i > 0 {
+			host, port, _ := strings.Cut(c.Nodes[0].Addr(), ":")
+			err = rdb.ClusterMeet(ctx, host, port).Err()
+		}
+		rdb.Close()
+		if err != nil {
+			return fmt.Errorf("redisserver: create cluster on %s: %w", s.Addr(), err)
+		}
+		ids[i] = id
+	}
+	for i := m; i < len(c.Nodes); i++ {
+		master := ids[(i-m)/max(1, c.opts.Replicas)]
+		rdb := redis.NewClient(&redis.Options{Addr: c.Nodes[i].Addr(), MaxRetries: -1})
+		var err error
+		for range 200 { // until the replica has heard of its master
+			if err = rdb.Do(ctx, "CLUSTER", "REPLICATE", master).Err(); err == nil {
+				break
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		rdb.Close()
+		if err != nil {
+			return fmt.Errorf("redisserver: cluster replicate on %s: %w", c.Nodes[i].Addr(), err)
+		}
+	}
+	return nil
 }
 
 // created reports whether the nodes already form a cluster (a restart).

@@ -3,6 +3,8 @@ package redisserver_test
 import (
 	"context"
 	"fmt"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -56,4 +58,63 @@ func TestClusterFailover(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	t.Logf("replica promoted, key readable %v after the kill", time.Since(killed).Round(time.Millisecond))
+}
+
+// A cluster of fewer than three masters (which redis-cli refuses to
+// create) is joined by hand: every slot served, each replica following its
+// master; a restart of the same directory reuses it with its data.
+func TestClusterOfTwoMastersAndRestart(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	c, err := redisserver.StartCluster(ctx, redisserver.ClusterOptions{Dir: dir, Masters: 2, Replicas: 1, AppendOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Kill()
+	if c.Reused {
+		t.Error("a new cluster reported as reused")
+	}
+	rdb := c.Client()
+	slots, err := rdb.ClusterSlots(ctx).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	masters := map[string]bool{}
+	served := 0
+	for _, r := range slots {
+		masters[r.Nodes[0].Addr] = true
+		served += r.End - r.Start + 1
+	}
+	if len(masters) != 2 || served != 16384 {
+		t.Fatalf("slots: %+v", slots)
+	}
+	for i := range 20 {
+		if err := rdb.Set(ctx, fmt.Sprintf("k%d", i), i, 0).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rdb.Close()
+	ports := make([]int, len(c.Nodes))
+	for i, s := range c.Nodes {
+		_, p, _ := strings.Cut(s.Addr(), ":")
+		ports[i], _ = strconv.Atoi(p)
+	}
+	if err := c.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	again, err := redisserver.StartCluster(ctx, redisserver.ClusterOptions{Dir: dir, Masters: 2, Replicas: 1, AppendOnly: true, Ports: ports})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer again.Kill()
+	if !again.Reused {
+		t.Error("the restart created a new cluster")
+	}
+	rdb = again.Client()
+	defer rdb.Close()
+	for i := range 20 {
+		if v, err := rdb.Get(ctx, fmt.Sprintf("k%d", i)).Int(); err != nil || v != i {
+			t.Fatalf("k%d after the restart: %v %v", i, v, err)
+		}
+	}
 }

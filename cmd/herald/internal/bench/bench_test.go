@@ -67,6 +67,7 @@ func TestMain(m *testing.M) {
 	}
 	if os.Getenv(routerChildEnv) == "1" {
 		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+		config.WarnUnknownVars(nil, []string{"HERALD_ROUTER_"}, router.EnvVars...) // as services/router/cmd/router
 		svc, err := router.New(router.Config{Common: config.FromEnv()})
 		if err == nil {
 			err = svc.Run(ctx)

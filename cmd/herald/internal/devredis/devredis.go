@@ -45,3 +45,35 @@ func Start(ctx context.Context, dir string, port int, out io.Writer) (*redisserv
 	}
 	return redisserver.Start(ctx, redisserver.Options{Dir: dir, Port: port, AppendOnly: true})
 }
+
+// Cluster sizes of `herald dev --cluster`.
+const (
+	ClusterMasters  = 3
+	ClusterReplicas = 1 // per master
+)
+
+// ClusterPorts are the ports of the dev cluster's nodes: the six after
+// port (masters first), fixed so that a restart finds the same cluster.
+func ClusterPorts(port int) []int {
+	ports := make([]int, ClusterMasters*(1+ClusterReplicas))
+	for i := range ports {
+		ports[i] = port + 1 + i
+	}
+	return ports
+}
+
+// StartCluster runs a Redis Cluster of three masters and three replicas in
+// dir (node-0 ... node-5, AOF with appendfsync always) on ClusterPorts(port).
+// A restart of the same dir finds the cluster the first run created.
+func StartCluster(ctx context.Context, dir string, port int, out io.Writer) (*redisserver.Cluster, error) {
+	if err := Ensure(ctx, out); err != nil {
+		return nil, err
+	}
+	c, err := redisserver.StartCluster(ctx, redisserver.ClusterOptions{
+		Dir: dir, Masters: ClusterMasters, Replicas: ClusterReplicas, Ports: ClusterPorts(port), AppendOnly: true,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%w\n(if %s holds a cluster made on other ports or of another size, remove it)", err, dir)
+	}
+	return c, nil
+}
