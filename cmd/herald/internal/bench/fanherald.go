@@ -16,8 +16,8 @@ import (
 	registryv1 "github.com/heraldmesh/herald/api/gen/herald/registry/v1"
 	"github.com/heraldmesh/herald/api/gen/herald/registry/v1/registryv1connect"
 	"github.com/heraldmesh/herald/platform/config"
-	"github.com/heraldmesh/herald/platform/rpc"
 	"github.com/heraldmesh/herald/platform/redisserver"
+	"github.com/heraldmesh/herald/platform/rpc"
 	"github.com/heraldmesh/herald/platform/secretbox"
 	"github.com/redis/go-redis/v9"
 )
