@@ -198,6 +198,7 @@ func benchFanoutCommand() *cobra.Command {
                clients: p50/p99/max from the start of the publish call to each
                client's receipt; the server's RSS per idle connection
   two edges    (--two-edges, Herald) the largest level on each of two edges
+               (--cluster N: Herald on a local Redis Cluster of N masters)
   steady       --rate events/s for --rate-duration to --rate-clients clients
   saturation   --saturation-rates in turn until one is not held (p99 >= 50 ms,
                an event missing after 10 s, or published below 95% of the rate)
@@ -247,6 +248,7 @@ counts duplicates; the run checks that every client got every event once.`,
 	f.BoolVar(&o.NoSaturation, "no-saturation", false, "skip the saturation phases")
 	f.IntVar(&o.PayloadBytes, "payload-bytes", 256, "size of each event's JSON data")
 	f.StringVar(&o.RedisFsync, "redis-fsync", "always", "Redis appendfsync: always (Herald's default) or everysec")
+	f.IntVar(&o.Cluster, "cluster", 0, "Herald: run on a local Redis Cluster of this many masters (0: one redis-server)")
 	f.StringVar(&o.CentrifugoBin, "centrifugo", "", "centrifugo executable (target centrifugo)")
 	f.StringVar(&o.MercureBin, "mercure", "", "mercure executable (target mercure)")
 	f.StringArrayVar(&o.EdgeEnv, "edge-env", nil, "KEY=VALUE added to the edge's environment (repeatable)")

@@ -330,9 +330,11 @@ func EnvDuration(name string) (time.Duration, error) {
 	return d, nil
 }
 
-// commonVars are the variables Common reads.
+// commonVars are the variables Common reads, and the two settings of the
+// Redis deployment that only the router reads (set beside
+// HERALD_REDIS_URL, they warn no other service).
 var commonVars = []string{
-	"HERALD_REDIS_URL", "HERALD_ADMIN_KEY", "HERALD_EDGE_ADDR", "HERALD_ROUTER_ADDR", "HERALD_REGISTRY_ADDR", "HERALD_METERING_ADDR",
+	"HERALD_REDIS_URL", "HERALD_REDIS_REPLICA_ACKS", "HERALD_REDIS_REPLICA_TIMEOUT", "HERALD_ADMIN_KEY", "HERALD_EDGE_ADDR", "HERALD_ROUTER_ADDR", "HERALD_REGISTRY_ADDR", "HERALD_METERING_ADDR",
 	"HERALD_MAX_CONNECTIONS", "HERALD_BODY_READ_TIMEOUT", "HERALD_SHUTDOWN_DELAY", "HERALD_SECRET_KEY", "HERALD_WEBHOOK_ALLOW", "HERALD_PUBLIC_URL",
 	"HERALD_REGISTRY_PUBLIC_URL", "HERALD_ROUTER_PUBLIC_URL", "HERALD_METERING_PUBLIC_URL",
 }

@@ -2,13 +2,17 @@ package redisserver_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/heraldmesh/herald/platform/redisserver"
+	"github.com/redis/go-redis/v9"
 )
 
 func TestClusterFailover(t *testing.T) {
@@ -31,13 +35,21 @@ func TestClusterFailover(t *testing.T) {
 	if got, want := redisserver.Slot("herald:log:{a.b}"), uint16(rdb.ClusterKeySlot(ctx, "x{a.b}").Val()); got != want {
 		t.Fatalf("hash tag: %d, want %d", got, want)
 	}
-	if err := rdb.Set(ctx, "{s}k", "v", 0).Err(); err != nil {
+	// The write and a WAIT for its replica on the master's own connection
+	// (WAIT counts its connection's writes; a keyless WAIT through the
+	// cluster client would go to any node).
+	mc, err := rdb.MasterForKey(ctx, "{s}k")
+	if err != nil {
 		t.Fatal(err)
 	}
-	if n := rdb.Wait(ctx, 1, time.Second).Val(); n < 1 {
-		// WAIT goes to a random node with go-redis; use the key's master.
-		m, _ := c.MasterOf(ctx, "{s}k")
-		t.Logf("wait answered %d (master %s)", n, m.Addr())
+	pipe := mc.Pipeline()
+	pipe.Set(ctx, "{s}k", "v", 0)
+	wait := pipe.Do(ctx, "wait", 1, 5000)
+	if _, err := pipe.Exec(ctx); err != nil {
+		t.Fatalf("SET and WAIT 1: %v", err)
+	}
+	if n, _ := wait.Int(); n != 1 {
+		t.Fatalf("WAIT 1: %d replicas acknowledged", n)
 	}
 	m, err := c.MasterOf(ctx, "{s}k")
 	if err != nil {
@@ -46,13 +58,29 @@ func TestClusterFailover(t *testing.T) {
 	killed := time.Now()
 	m.Kill()
 	for {
-		if v, err := rdb.Get(ctx, "{s}k").Result(); err == nil {
+		v, err := rdb.Get(ctx, "{s}k").Result()
+		if errors.Is(err, redis.Nil) {
+			t.Fatal("the promoted replica does not have the key its master had replicated")
+		}
+		if err == nil {
 			if v != "v" {
 				t.Fatalf("got %q", v)
 			}
 			break
 		}
 		if time.Since(killed) > 30*time.Second {
+			for _, s := range c.Nodes {
+				if s.Running() {
+					r := redis.NewClient(&redis.Options{Addr: s.Addr()})
+					t.Logf("CLUSTER NODES from %s:\n%s", s.Addr(), r.ClusterNodes(ctx).Val())
+					r.Close()
+					log, _ := os.ReadFile(filepath.Join(s.Dir(), "redis.log"))
+					if len(log) > 3000 {
+						log = log[len(log)-3000:]
+					}
+					t.Logf("log of %s:\n%s", s.Addr(), log)
+				}
+			}
 			t.Fatal("no replica took over within 30s")
 		}
 		time.Sleep(50 * time.Millisecond)

@@ -43,6 +43,9 @@ type Options struct {
 	// ClusterNodeTimeout is cluster-node-timeout (how long a master may be
 	// unreachable before its replica takes over). Default 2s.
 	ClusterNodeTimeout time.Duration
+	// ClusterPort is the cluster bus port (cluster-port). 0: a free one
+	// when Port is picked too, else Redis' default, Port+10000.
+	ClusterPort int
 	// Env is added to the process' environment (e.g. libfaketime's
 	// LD_PRELOAD and FAKETIME, to skew this server's clock in a test).
 	Env []string
@@ -70,8 +73,17 @@ func Start(ctx context.Context, o Options) (*Server, error) {
 	if err := os.MkdirAll(o.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("redisserver: %w", err)
 	}
+	picked := o.Port == 0
 	if o.Port == 0 {
 		if o.Port, err = freePort(); err != nil {
+			return nil, err
+		}
+	}
+	// A picked port's port+10000 may be taken: pick the bus port too. A
+	// given port keeps Redis' default bus port (a cluster restarted on the
+	// same ports finds its nodes where nodes.conf says).
+	if o.Cluster && o.ClusterPort == 0 && picked {
+		if o.ClusterPort, err = freePort(); err != nil {
 			return nil, err
 		}
 	}
@@ -107,7 +119,8 @@ func (s *Server) start(ctx context.Context, bin string) error {
 		}
 		args = append(args, "--cluster-enabled", "yes",
 			"--cluster-config-file", filepath.Join(s.opts.Dir, "nodes.conf"),
-			"--cluster-node-timeout", strconv.FormatInt(timeout.Milliseconds(), 10))
+			"--cluster-node-timeout", strconv.FormatInt(timeout.Milliseconds(), 10),
+			"--cluster-port", strconv.Itoa(s.opts.ClusterPort))
 	}
 	cmd := exec.Command(bin, args...)
 	if len(s.opts.Env) > 0 {

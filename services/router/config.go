@@ -14,6 +14,7 @@ import (
 var EnvVars = []string{
 	"HERALD_ROUTER_DEDUPE_WINDOW", "HERALD_ROUTER_MAX_BATCH", "HERALD_ROUTER_MAX_BATCH_BYTES", "HERALD_ROUTER_MAX_EVENT_BYTES",
 	"HERALD_ROUTER_MEMORY_HIGH_WATER", "HERALD_ROUTER_MAX_SUBSCRIBE_STREAMS",
+	"HERALD_REDIS_REPLICA_ACKS", "HERALD_REDIS_REPLICA_TIMEOUT",
 }
 
 // ConfigFromEnv reads the router's settings from the environment: the
@@ -25,6 +26,12 @@ var EnvVars = []string{
 //	HERALD_ROUTER_MAX_EVENT_BYTES        bytes per event (default 1048576, 1 MiB)
 //	HERALD_ROUTER_MEMORY_HIGH_WATER      share of Redis maxmemory above which Publish is refused (default 0.9)
 //	HERALD_ROUTER_MAX_SUBSCRIBE_STREAMS  open Subscribe streams per router (default 1000)
+//	HERALD_REDIS_REPLICA_ACKS            replicas of a stream's master that must acknowledge a publish's writes
+//	                                     (WAIT) before the router acknowledges it (default 0: none)
+//	HERALD_REDIS_REPLICA_TIMEOUT         how long a publish waits for them (Go duration, default 1s, at most 3s)
+//
+// (The two HERALD_REDIS_REPLICA_* settings describe the Redis deployment,
+// like HERALD_REDIS_URL; only the router reads them.)
 func ConfigFromEnv() (Config, error) {
 	cfg := Config{Common: config.FromEnv()}
 	var err error
@@ -42,6 +49,19 @@ func ConfigFromEnv() (Config, error) {
 	}
 	if cfg.MaxSubscribeStreams, err = config.EnvInt("HERALD_ROUTER_MAX_SUBSCRIBE_STREAMS"); err != nil {
 		return cfg, err
+	}
+	if v := os.Getenv("HERALD_REDIS_REPLICA_ACKS"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 || n > MaxReplicaAcks {
+			return cfg, fmt.Errorf("HERALD_REDIS_REPLICA_ACKS %q: give the number of replicas that must acknowledge each publish, 0 to %d (0: none)", v, MaxReplicaAcks)
+		}
+		cfg.ReplicaAcks = n
+	}
+	if cfg.ReplicaTimeout, err = config.EnvDuration("HERALD_REDIS_REPLICA_TIMEOUT"); err != nil {
+		return cfg, err
+	}
+	if cfg.ReplicaTimeout > MaxReplicaTimeout {
+		return cfg, fmt.Errorf("HERALD_REDIS_REPLICA_TIMEOUT %q: give at most %v (a publish holds its batch that long when replicas lag)", os.Getenv("HERALD_REDIS_REPLICA_TIMEOUT"), MaxReplicaTimeout)
 	}
 	if v := os.Getenv("HERALD_ROUTER_MEMORY_HIGH_WATER"); v != "" {
 		hw, err := strconv.ParseFloat(v, 64)

@@ -49,10 +49,29 @@ type Config struct {
 	// MaxSubscribeStreams is the most RouterService.Subscribe streams one
 	// router serves at once. Default 1000.
 	MaxSubscribeStreams int
+	// ReplicaAcks is how many replicas of a stream's master must
+	// acknowledge a publish's writes (Redis WAIT) before the router
+	// acknowledges the publish: 1 with one replica per master means an
+	// acknowledged event survives the loss of its master once the replica
+	// is promoted. Fewer within ReplicaTimeout fail the publish with
+	// UNAVAILABLE; the events may be stored, and the producer's retry is
+	// deduplicated. 0 to MaxReplicaAcks; default 0 (no wait).
+	ReplicaAcks int
+	// ReplicaTimeout bounds that wait: at most MaxReplicaTimeout, default
+	// 1s.
+	ReplicaTimeout time.Duration
 	// MeterInterval is how often published counts move to metering.
 	// Default appender.DefaultMeterInterval (250ms).
 	MeterInterval time.Duration
 }
+
+// Bounds of Config.ReplicaAcks and Config.ReplicaTimeout. The timeout
+// stays below the Redis client's 5s read timeout, which bounds the
+// pipeline WAIT ends.
+const (
+	MaxReplicaAcks    = 16
+	MaxReplicaTimeout = 3 * time.Second
+)
 
 // Service is a configured router.
 type Service struct{ base *service.Base }
@@ -71,6 +90,12 @@ func New(cfg Config) (*Service, error) {
 	if cfg.MaxEventBytes > cfg.MaxBatchBytes {
 		return nil, fmt.Errorf("router: the largest event (%d bytes) cannot be larger than the largest batch (%d bytes)", cfg.MaxEventBytes, cfg.MaxBatchBytes)
 	}
+	if cfg.ReplicaAcks < 0 || cfg.ReplicaAcks > MaxReplicaAcks {
+		return nil, fmt.Errorf("router: ReplicaAcks %d: want 0 to %d", cfg.ReplicaAcks, MaxReplicaAcks)
+	}
+	if cfg.ReplicaTimeout < 0 || cfg.ReplicaTimeout > MaxReplicaTimeout {
+		return nil, fmt.Errorf("router: ReplicaTimeout %v: want at most %v", cfg.ReplicaTimeout, MaxReplicaTimeout)
+	}
 	base, cat, err := service.NewWithCatalog(service.Options{Name: "router", Addr: cfg.Addr, Common: cfg.Common, Logger: cfg.Logger})
 	if err != nil {
 		return nil, err
@@ -80,7 +105,7 @@ func New(cfg Config) (*Service, error) {
 		return nil, fmt.Errorf("router: %w", err)
 	}
 	base.Go(mem.Run)
-	app := appender.New(base.Redis, appender.Options{DedupeWindow: cfg.DedupeWindow})
+	app := appender.New(base.Redis, appender.Options{DedupeWindow: cfg.DedupeWindow, ReplicaAcks: cfg.ReplicaAcks, ReplicaTimeout: cfg.ReplicaTimeout})
 	// Published usage is counted by the append itself; the meter moves the
 	// counts to metering.
 	base.Go(appender.NewMeter(base.Redis, appender.MeterOptions{Log: base.Log, Interval: cfg.MeterInterval, Tenant: func(ctx context.Context, app string) string {

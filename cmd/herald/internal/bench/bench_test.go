@@ -459,3 +459,36 @@ func TestRunFanoutSmall(t *testing.T) {
 	}
 	t.Log("\n" + table.String())
 }
+
+// The two-edges phase on a Redis Cluster of three masters: every client of
+// both edges gets every event once.
+func TestRunFanoutClusterSmall(t *testing.T) {
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv(loaderChildEnv, "1")
+	o := FanoutOptions{
+		Levels: []int{20}, Events: 2, TwoEdges: true, Cluster: 3, NoSaturation: true, RateClients: 4, Rate: 100, RateDuration: time.Second,
+		RouterBin: exe, EdgeBin: exe, RouterEnv: []string{routerChildEnv + "=1"}, EdgeEnv: []string{edgeChildEnv + "=1"},
+		Loader: []string{exe}, Timeout: 3 * time.Minute,
+	}
+	var progress bytes.Buffer
+	o.Progress = &progress
+	rep, err := RunFanout(context.Background(), o)
+	if err != nil {
+		t.Fatalf("%v\nprogress:\n%s", err, progress.String())
+	}
+	h := rep.Targets[0]
+	if h.TwoEdges == nil || h.TwoEdges.Clients != 40 {
+		t.Fatalf("two edges: %+v", h.TwoEdges)
+	}
+	for _, c := range rep.Checks {
+		if !c.OK {
+			t.Errorf("check failed: %+v", c)
+		}
+	}
+	if !strings.Contains(progress.String(), "Redis Cluster of 3 masters") {
+		t.Errorf("progress does not say it ran on a cluster:\n%s", progress.String())
+	}
+}

@@ -16,6 +16,7 @@ import (
 	registryv1 "github.com/heraldmesh/herald/api/gen/herald/registry/v1"
 	"github.com/heraldmesh/herald/api/gen/herald/registry/v1/registryv1connect"
 	"github.com/heraldmesh/herald/platform/config"
+	"github.com/heraldmesh/herald/platform/redisserver"
 	"github.com/heraldmesh/herald/platform/rpc"
 	"github.com/heraldmesh/herald/platform/secretbox"
 	"github.com/redis/go-redis/v9"
@@ -65,13 +66,27 @@ func startHeraldFan(ctx context.Context, dir string, o FanoutOptions, progress f
 			h.close()
 		}
 	}()
-	progress("herald: starting redis-server (AOF, appendfsync %s)", o.RedisFsync)
-	srv, rdb, version, err := startRedis(ctx, dir, o.RedisFsync, 8, 30*time.Second)
-	if err != nil {
-		return nil, err
+	url := ""
+	if o.Cluster > 0 {
+		if o.RedisFsync != "always" {
+			return nil, fmt.Errorf("--cluster runs Redis with appendfsync always only")
+		}
+		progress("herald: starting a Redis Cluster of %d masters (AOF, appendfsync always)", o.Cluster)
+		c, err := redisserver.StartCluster(ctx, redisserver.ClusterOptions{Dir: filepath.Join(dir, "cluster"), Masters: o.Cluster, AppendOnly: true})
+		if err != nil {
+			return nil, fmt.Errorf("start redis cluster: %w", err)
+		}
+		h.srv, url = c, c.URL()
+		h.redisVer = fmt.Sprintf("a Redis Cluster of %d masters", o.Cluster)
+	} else {
+		progress("herald: starting redis-server (AOF, appendfsync %s)", o.RedisFsync)
+		srv, rdb, version, err := startRedis(ctx, dir, o.RedisFsync, 8, 30*time.Second)
+		if err != nil {
+			return nil, err
+		}
+		h.srv, h.rdb, h.redisVer, url = srv, rdb, version, srv.URL()
 	}
-	h.srv, h.rdb, h.redisVer = srv, rdb, version
-	h.common = config.Common{RedisURL: srv.URL(), AdminKey: "hadm_bench_" + randomToken(), SecretKey: secretbox.NewKey()}
+	h.common = config.Common{RedisURL: url, AdminKey: "hadm_bench_" + randomToken(), SecretKey: secretbox.NewKey()}
 	for _, a := range []*string{&h.common.RegistryAddr, &h.common.RouterAddr, &h.common.EdgeAddr, &h.common.MeteringAddr} {
 		if *a, err = freeAddr(); err != nil {
 			return nil, err

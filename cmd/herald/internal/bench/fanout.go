@@ -47,6 +47,10 @@ type FanoutOptions struct {
 	PayloadBytes int
 	// RedisFsync is Redis' appendfsync. Default "always".
 	RedisFsync string
+	// Cluster, above 0, runs Herald on a local Redis Cluster of that many
+	// masters (no replicas, AOF appendfsync always) instead of one
+	// redis-server.
+	Cluster int
 	// RouterBin and EdgeBin are Herald's executables; CentrifugoBin and
 	// MercureBin the peers'.
 	RouterBin, EdgeBin, CentrifugoBin, MercureBin string

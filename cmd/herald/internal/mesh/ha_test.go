@@ -613,11 +613,13 @@ func TestEdgeReplicasLoseNothingWhenClientsMove(t *testing.T) {
 	lb := startBalancer(t)
 	lb.set("A", aCommon.EdgeAddr)
 	lb.set("B", bAddr)
-	// What the count sees: each replica adds one reader of the log (its
-	// hub) and one of the registry's change log (its catalog's Watch).
+	// What the count sees: each replica adds its hub's blocking reads of
+	// the log (one per hash slot of the catalog's streams, as Redis Cluster
+	// needs, up to half its pool) and one read of the registry's change log
+	// (its catalog's Watch): the same number for both, and at least two.
 	readersBefore := blockedLogReads(t, rdb)
-	if readersBefore != meshOnly+4 {
-		t.Errorf("Redis connections blocked in XREAD: %d with the mesh, %d with two more edges; want 4 more (a hub and a Watch each)", meshOnly, readersBefore)
+	if d := readersBefore - meshOnly; d < 4 || d%2 != 0 {
+		t.Errorf("Redis connections blocked in XREAD: %d with the mesh, %d with two more edges; want the same number more for each, at least a hub read and a Watch", meshOnly, readersBefore)
 	}
 
 	after := func(match func(haEvent) bool) func(haEvent) bool {
@@ -667,9 +669,9 @@ func TestEdgeReplicasLoseNothingWhenClientsMove(t *testing.T) {
 		}
 	}
 
-	// Each edge reads the log once (one XREAD over every stream, partitions
-	// included), however many clients it serves: the Redis connections
-	// blocked reading stay as many as before the clients.
+	// Each edge reads the log once (one blocking XREAD per slot of its
+	// streams, partitions included), however many clients it serves: the
+	// Redis connections blocked reading stay as many as before the clients.
 	if n := blockedLogReads(t, rdb); n > readersBefore {
 		t.Errorf("%d Redis connections blocked in XREAD with 70 clients, %d without: the edges read the log per client", n, readersBefore)
 	} else {

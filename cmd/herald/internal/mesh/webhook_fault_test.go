@@ -77,6 +77,12 @@ func TestMain(m *testing.M) {
 	if os.Getenv(meteringProcessEnv) == "1" {
 		os.Exit(serviceProcess("metering", metering.RunFromEnv))
 	}
+	if os.Getenv(routerProcessEnv) == "1" {
+		os.Exit(serviceProcess("router", router.RunFromEnv))
+	}
+	if os.Getenv(registryProcessEnv) == "1" {
+		os.Exit(serviceProcess("registry", registry.RunFromEnv))
+	}
 	dir, err := os.MkdirTemp("", "herald-mesh-ca-")
 	if err == nil {
 		err = makeTestCA(dir)

@@ -143,6 +143,10 @@ func (h *Handler) Publish(ctx context.Context, req *connect.Request[routerv1.Pub
 			h.memory.Probe() // refuse the next publishes before they reach Redis
 			return nil, exhausted(retryFull, errors.New("the log is full (Redis reached maxmemory); retry later"))
 		}
+		if errors.Is(err, appender.ErrNotReplicated) {
+			h.log.Warn("append not acknowledged by enough replicas", "err", err, "events", len(items))
+			return nil, connect.NewError(connect.CodeUnavailable, errors.New("the log did not confirm this batch on enough replicas in time; it may be stored: retry it with the same ids (retries are deduplicated)"))
+		}
 		if err != nil {
 			h.log.Error("append failed", "err", err, "events", len(items))
 			return nil, connect.NewError(connect.CodeUnavailable, errors.New("the log is unavailable; nothing from this batch may be assumed stored: retry it (retries are deduplicated)"))
