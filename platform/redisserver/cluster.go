@@ -119,8 +119,13 @@ func (c *Cluster) create(ctx context.Context) error {
 			err = rdb.Do(ctx, "CLUSTER", "ADDSLOTSRANGE", i*16384/m, (i+1)*16384/m-1).Err()
 		}
 		if err == nil && i > 0 {
-			host, port, _ := strings.Cut(c.Nodes[0].Addr(), ":")
-			err = rdb.ClusterMeet(ctx, host, port).Err()
+			first := c.Nodes[0]
+			host, port, _ := strings.Cut(first.Addr(), ":")
+			bus := first.opts.ClusterPort
+			if bus == 0 {
+				bus = first.opts.Port + 10000
+			}
+			err = rdb.Do(ctx, "CLUSTER", "MEET", host, port, bus).Err()
 		}
 		rdb.Close()
 		if err != nil {
