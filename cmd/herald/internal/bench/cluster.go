@@ -138,9 +138,7 @@ func RunCluster(parent context.Context, o ClusterOptions) (*ClusterReport, error
 	if err != nil {
 		return nil, err
 	}
-	if os.Getenv("HERALD_BENCH_KEEP") == "" {
-		defer os.RemoveAll(dir)
-	}
+	defer os.RemoveAll(dir)
 	for _, n := range o.Masters {
 		run, err := clusterRun(ctx, o, n, filepath.Join(dir, strconv.Itoa(n)), rep, progress)
 		if err != nil {
