@@ -278,13 +278,18 @@ func (c *Cluster) Kill() {
 
 // Slot is the Redis Cluster hash slot of a key (CRC16 of its hash tag, or
 // of the whole key, mod 16384), as CLUSTER KEYSLOT computes it.
-func Slot(key string) uint16 {
+func Slot(key string) uint16 { return crc16(HashTag(key)) % 16384 }
+
+// HashTag is what Redis Cluster hashes of a key: the text between its first
+// '{' and the next '}' when that is not empty, else the whole key. Keys of
+// one tag are in one slot.
+func HashTag(key string) string {
 	if i := strings.IndexByte(key, '{'); i >= 0 {
 		if j := strings.IndexByte(key[i+1:], '}'); j > 0 {
-			key = key[i+1 : i+1+j]
+			return key[i+1 : i+1+j]
 		}
 	}
-	return crc16(key) % 16384
+	return key
 }
 
 // crc16 is CRC-16/XMODEM (polynomial 0x1021), the one Redis Cluster uses.

@@ -15,6 +15,7 @@ import (
 	"github.com/heraldmesh/herald/platform/catalog"
 	"github.com/heraldmesh/herald/platform/eventlog"
 	"github.com/heraldmesh/herald/platform/filter"
+	"github.com/heraldmesh/herald/platform/redisserver"
 	"github.com/heraldmesh/herald/platform/usage"
 	"github.com/redis/go-redis/v9"
 )
@@ -342,7 +343,7 @@ func (s *session) readStreams(ctx context.Context, streams []string, gens map[st
 	bySlot := map[string][]string{}
 	var order []string
 	for _, st := range streams {
-		tag := hashTag(st)
+		tag := redisserver.HashTag(st)
 		if _, ok := bySlot[tag]; !ok {
 			order = append(order, tag)
 		}

@@ -293,14 +293,3 @@ func (m *Manager) watchFailed(ctx context.Context, w *watch, err error) bool {
 		return true
 	}
 }
-
-// hashTag is the part of a key Redis Cluster hashes to pick its slot: keys
-// with the same tag share a slot.
-func hashTag(key string) string {
-	if i := strings.IndexByte(key, '{'); i >= 0 {
-		if j := strings.IndexByte(key[i+1:], '}'); j > 0 {
-			return key[i+1 : i+1+j]
-		}
-	}
-	return key
-}

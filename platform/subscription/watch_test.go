@@ -14,18 +14,18 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 )
 
-func TestHashTag(t *testing.T) {
+func TestHashTagOfSubscriptionKeys(t *testing.T) {
 	for _, key := range []string{
 		eventlog.StreamKey("shop.order.created"), eventlog.PartitionKey("shop.order.created", 3), ReplayKey(testSub),
 		"herald:{usage}:log", "plain", "a{}b{c}", "{}", "a{b", "x}{y}",
 	} {
 		// Keys with the same tag share a slot; a key's tag has its slot.
-		if got, want := redisserver.Slot(hashTag(key)), redisserver.Slot(key); got != want {
-			t.Errorf("hashTag(%q) = %q, in slot %d; the key is in slot %d", key, hashTag(key), got, want)
+		if got, want := redisserver.Slot(redisserver.HashTag(key)), redisserver.Slot(key); got != want {
+			t.Errorf("redisserver.HashTag(%q) = %q, in slot %d; the key is in slot %d", key, redisserver.HashTag(key), got, want)
 		}
 	}
-	if hashTag(eventlog.PartitionKey("a.b", 2)) != "a.b#2" || hashTag(ReplayKey("s1")) != "s1" {
-		t.Errorf("tags: %q %q", hashTag(eventlog.PartitionKey("a.b", 2)), hashTag(ReplayKey("s1")))
+	if redisserver.HashTag(eventlog.PartitionKey("a.b", 2)) != "a.b#2" || redisserver.HashTag(ReplayKey("s1")) != "s1" {
+		t.Errorf("tags: %q %q", redisserver.HashTag(eventlog.PartitionKey("a.b", 2)), redisserver.HashTag(ReplayKey("s1")))
 	}
 }
 
