@@ -209,6 +209,35 @@ func clusterTypes(ctx context.Context, rdb *redis.ClusterClient, n int) ([]strin
 	return types, per, nil
 }
 
+// startClusterMesh is what the cluster benchmarks share: the mesh's
+// settings on the cluster at url, the registry in this process, the
+// benchmark's catalog and principal, and the event types.
+func startClusterMesh(ctx context.Context, dir, url string, types []string, progress func(string, ...any)) (config.Common, principal, func(), error) {
+	common, err := benchMesh(url)
+	if err != nil {
+		return common, principal{}, nil, err
+	}
+	stop, err := startRegistryIn(ctx, dir, common, progress)
+	if err != nil {
+		return common, principal{}, nil, err
+	}
+	p, err := setupCatalog(ctx, common.RegistryAddr, common.AdminKey, false)
+	if err != nil {
+		stop()
+		return common, principal{}, nil, err
+	}
+	reg := registryv1connect.NewRegistryServiceClient(rpc.HTTPClient(), rpc.BaseURL(common.RegistryAddr), rpc.ClientOptions(common.AdminKey)...)
+	for _, t := range types {
+		if _, err := reg.CreateEventType(ctx, connect.NewRequest(&registryv1.CreateEventTypeRequest{EventType: &registryv1.EventType{
+			Name: t, Description: "An order was placed (benchmark payload).", Schema: Schema,
+		}})); err != nil && connect.CodeOf(err) != connect.CodeAlreadyExists {
+			stop()
+			return common, principal{}, nil, fmt.Errorf("register event type %s: %w", t, err)
+		}
+	}
+	return common, p, stop, nil
+}
+
 // clusterRun measures one cluster size.
 func clusterRun(ctx context.Context, o ClusterOptions, masters int, dir string, rep *ClusterReport, progress func(string, ...any)) (*ClusterRun, error) {
 	progress("%d masters: starting a Redis Cluster (no replicas, AOF, appendfsync always)", masters)
@@ -236,29 +265,13 @@ func clusterRun(ctx context.Context, o ClusterOptions, masters int, dir string, 
 	}
 	run := &ClusterRun{Masters: masters, TypesPerMaster: per}
 
-	common, err := benchMesh(c.URL())
-	if err != nil {
-		return nil, err
-	}
-	stopRegistry, err := startRegistryIn(ctx, dir, common, progress)
+	common, p, stopRegistry, err := startClusterMesh(ctx, dir, c.URL(), types, progress)
 	if err != nil {
 		return nil, err
 	}
 	defer stopRegistry()
-	p, err := setupCatalog(ctx, common.RegistryAddr, common.AdminKey, false)
-	if err != nil {
-		return nil, err
-	}
 	if p.note != "" {
 		rep.Notes = append(rep.Notes, fmt.Sprintf("%d masters: %s", masters, p.note))
-	}
-	reg := registryv1connect.NewRegistryServiceClient(rpc.HTTPClient(), rpc.BaseURL(common.RegistryAddr), rpc.ClientOptions(common.AdminKey)...)
-	for _, t := range types {
-		if _, err := reg.CreateEventType(ctx, connect.NewRequest(&registryv1.CreateEventTypeRequest{EventType: &registryv1.EventType{
-			Name: t, Description: "An order was placed (benchmark payload).", Schema: Schema,
-		}})); err != nil && connect.CodeOf(err) != connect.CodeAlreadyExists {
-			return nil, fmt.Errorf("register event type %s: %w", t, err)
-		}
 	}
 
 	routers, pubs, err := startRouters(ctx, o, common, p.key, dir, progress)

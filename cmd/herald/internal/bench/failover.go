@@ -12,13 +12,9 @@ import (
 	"sync"
 	"time"
 
-	"connectrpc.com/connect"
-	registryv1 "github.com/heraldmesh/herald/api/gen/herald/registry/v1"
-	"github.com/heraldmesh/herald/api/gen/herald/registry/v1/registryv1connect"
 	routerv1 "github.com/heraldmesh/herald/api/gen/herald/router/v1"
 	"github.com/heraldmesh/herald/platform/eventlog"
 	"github.com/heraldmesh/herald/platform/redisserver"
-	"github.com/heraldmesh/herald/platform/rpc"
 	"github.com/redis/go-redis/v9"
 	"google.golang.org/grpc/metadata"
 )
@@ -170,27 +166,11 @@ func RunFailover(parent context.Context, o FailoverOptions) (*FailoverReport, er
 	if err != nil {
 		return nil, err
 	}
-	common, err := benchMesh(c.URL())
-	if err != nil {
-		return nil, err
-	}
-	stopRegistry, err := startRegistryIn(ctx, dir, common, progress)
+	common, p, stopRegistry, err := startClusterMesh(ctx, dir, c.URL(), types, progress)
 	if err != nil {
 		return nil, err
 	}
 	defer stopRegistry()
-	p, err := setupCatalog(ctx, common.RegistryAddr, common.AdminKey, false)
-	if err != nil {
-		return nil, err
-	}
-	reg := registryv1connect.NewRegistryServiceClient(rpc.HTTPClient(), rpc.BaseURL(common.RegistryAddr), rpc.ClientOptions(common.AdminKey)...)
-	for _, t := range types {
-		if _, err := reg.CreateEventType(ctx, connect.NewRequest(&registryv1.CreateEventTypeRequest{EventType: &registryv1.EventType{
-			Name: t, Description: "An order was placed (benchmark payload).", Schema: Schema,
-		}})); err != nil && connect.CodeOf(err) != connect.CodeAlreadyExists {
-			return nil, fmt.Errorf("register event type %s: %w", t, err)
-		}
-	}
 	env := o.RouterEnv
 	rep.Settings.ReplicaAcks = "off (" + ReplicaAcksVar + " unset)"
 	if !o.NoReplicaAcks {
