@@ -215,7 +215,7 @@ func OpenRedis(url string, poolSize int) (redis.UniversalClient, error) {
 	}
 	opt, err := redis.ParseURL(url)
 	if err != nil {
-		return nil, fmt.Errorf("HERALD_REDIS_URL %q: %w", redactURL(url), err)
+		return nil, fmt.Errorf("HERALD_REDIS_URL %q: %s", redactURL(url), redactErr(err, url))
 	}
 	if poolSize > 0 {
 		opt.PoolSize = poolSize
@@ -274,9 +274,20 @@ func ParseClusterURL(raw string) (*redis.ClusterOptions, error) {
 	}
 	opt, err := redis.ParseClusterURL(u)
 	if err != nil {
-		return nil, bad(err.Error())
+		return nil, bad(redactErr(err, u))
 	}
 	return opt, nil
+}
+
+// redactErr is err's message with the URL it quotes (net/url's errors do)
+// redacted.
+func redactErr(err error, raw string) string {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		// "parse <the URL, quoted>: <why>": only why.
+		return ue.Err.Error()
+	}
+	return strings.ReplaceAll(err.Error(), raw, redactURL(raw))
 }
 
 // redactURL hides a URL's password in error messages.
