@@ -28,6 +28,10 @@ type Options struct {
 	// AppendOnly turns on AOF with appendfsync always: every acknowledged
 	// write is on disk before Redis answers.
 	AppendOnly bool
+	// AOFRewriteMinSize is auto-aof-rewrite-min-size with AppendOnly: the
+	// AOF size below which Redis does not rewrite it. Default
+	// DefaultAOFRewriteMinSize.
+	AOFRewriteMinSize string
 	// MaxMemory (e.g. "256mb"), empty for no limit.
 	MaxMemory string
 	// Cluster starts the server as a Redis Cluster node (nodes.conf in
@@ -50,6 +54,17 @@ type Options struct {
 	// LD_PRELOAD and FAKETIME, to skew this server's clock in a test).
 	Env []string
 }
+
+// DefaultAOFRewriteMinSize is the auto-aof-rewrite-min-size Herald runs
+// Redis with (herald dev, the benchmarks, docker-compose.yml) instead of
+// Redis' 64mb. A rewrite forks Redis and writes its whole dataset out
+// again, and one starts whenever the AOF has doubled since the last: the
+// log, the dedupe keys and the usage fold write tens of megabytes per
+// second at tens of thousands of events or records per second, over a
+// dataset of some hundred megabytes, so with 64mb Redis rewrote every two
+// seconds, and the rewrites took a quarter of its CPU (BENCHMARKS.md,
+// "Metering").
+const DefaultAOFRewriteMinSize = "1gb"
 
 // Server is a running redis-server.
 type Server struct {
@@ -105,7 +120,11 @@ func (s *Server) start(ctx context.Context, bin string) error {
 		"--protected-mode", "yes",
 	}
 	if s.opts.AppendOnly {
-		args = append(args, "--appendonly", "yes", "--appendfsync", "always")
+		minSize := s.opts.AOFRewriteMinSize
+		if minSize == "" {
+			minSize = DefaultAOFRewriteMinSize
+		}
+		args = append(args, "--appendonly", "yes", "--appendfsync", "always", "--auto-aof-rewrite-min-size", minSize)
 	} else {
 		args = append(args, "--appendonly", "no")
 	}

@@ -45,6 +45,9 @@ type Options struct {
 	// RedisFsync is Redis' appendfsync: "always" (Herald's default: an
 	// acknowledged write is on disk) or "everysec". Default "always".
 	RedisFsync string
+	// RedisAOFRewriteMinSize is Redis' auto-aof-rewrite-min-size. Default
+	// redisserver.DefaultAOFRewriteMinSize, as herald dev runs Redis.
+	RedisAOFRewriteMinSize string
 	// RouterBin is the router executable. Required.
 	RouterBin string
 	// RouterEnv is added to the router's environment.
@@ -97,7 +100,7 @@ func (o *Options) defaults() error {
 			return fmt.Errorf("callers: %d is not a number of callers", n)
 		}
 	}
-	if err := runDefaults(&o.RedisFsync, &o.Timeout, &o.Progress); err != nil {
+	if err := runDefaults(&o.RedisFsync, &o.RedisAOFRewriteMinSize, &o.Timeout, &o.Progress); err != nil {
 		return err
 	}
 	switch {
@@ -110,9 +113,12 @@ func (o *Options) defaults() error {
 }
 
 // runDefaults fills and checks the settings every bench command has.
-func runDefaults(fsync *string, timeout *time.Duration, progress *io.Writer) error {
+func runDefaults(fsync, rewriteMin *string, timeout *time.Duration, progress *io.Writer) error {
 	if *fsync == "" {
 		*fsync = "always"
+	}
+	if *rewriteMin == "" {
+		*rewriteMin = redisserver.DefaultAOFRewriteMinSize
 	}
 	if *timeout <= 0 {
 		*timeout = 10 * time.Minute
@@ -127,9 +133,10 @@ func runDefaults(fsync *string, timeout *time.Duration, progress *io.Writer) err
 }
 
 // startRedis starts the run's private redis-server in dir (AOF on, with
-// the given appendfsync) and returns it, a client of it and its version.
-func startRedis(ctx context.Context, dir, fsync string, pool int, readTimeout time.Duration) (*redisserver.Server, *redis.Client, string, error) {
-	srv, err := redisserver.Start(ctx, redisserver.Options{Dir: filepath.Join(dir, "redis"), AppendOnly: true})
+// the given appendfsync and auto-aof-rewrite-min-size, "" for Herald's
+// default) and returns it, a client of it and its version.
+func startRedis(ctx context.Context, dir, fsync, rewriteMin string, pool int, readTimeout time.Duration) (*redisserver.Server, *redis.Client, string, error) {
+	srv, err := redisserver.Start(ctx, redisserver.Options{Dir: filepath.Join(dir, "redis"), AppendOnly: true, AOFRewriteMinSize: rewriteMin})
 	if err != nil {
 		return nil, nil, "", fmt.Errorf("start redis-server: %w", err)
 	}
@@ -194,19 +201,20 @@ func loadAvg() string {
 
 // Settings are the options the run used.
 type Settings struct {
-	Events       int    `json:"events"`
-	Batch        int    `json:"batch"`
-	Concurrency  int    `json:"concurrency"`
-	PayloadBytes int    `json:"payload_bytes"`
-	EntryBytes   int    `json:"entry_bytes"`
-	RedisFsync   string `json:"redis_appendfsync"`
-	Principal    string `json:"principal"`
-	Router       string `json:"router"`
-	NATSWindow   int    `json:"nats_async_window,omitempty"`
-	Callers      []int  `json:"callers,omitempty"`
-	Edge         string `json:"edge,omitempty"`
-	LatencyRate  int    `json:"latency_rate,omitempty"`
-	LatencyFor   string `json:"latency_duration,omitempty"`
+	Events                 int    `json:"events"`
+	Batch                  int    `json:"batch"`
+	Concurrency            int    `json:"concurrency"`
+	PayloadBytes           int    `json:"payload_bytes"`
+	EntryBytes             int    `json:"entry_bytes"`
+	RedisFsync             string `json:"redis_appendfsync"`
+	RedisAOFRewriteMinSize string `json:"redis_aof_rewrite_min_size"`
+	Principal              string `json:"principal"`
+	Router                 string `json:"router"`
+	NATSWindow             int    `json:"nats_async_window,omitempty"`
+	Callers                []int  `json:"callers,omitempty"`
+	Edge                   string `json:"edge,omitempty"`
+	LatencyRate            int    `json:"latency_rate,omitempty"`
+	LatencyFor             string `json:"latency_duration,omitempty"`
 }
 
 // Check is one correctness check made at the end of the run.
@@ -250,7 +258,7 @@ func Run(parent context.Context, o Options) (*Report, error) {
 	r := &run{o: o, rep: &Report{}}
 	r.progress = func(format string, args ...any) { fmt.Fprintf(o.Progress, "bench: "+format+"\n", args...) }
 	r.rep.Settings = Settings{Events: o.Events, Batch: o.Batch, Concurrency: o.Concurrency, PayloadBytes: o.PayloadBytes,
-		RedisFsync: o.RedisFsync, Router: o.RouterBin, Callers: o.Callers}
+		RedisFsync: o.RedisFsync, RedisAOFRewriteMinSize: o.RedisAOFRewriteMinSize, Router: o.RouterBin, Callers: o.Callers}
 	if o.EdgeBin != "" {
 		r.rep.Settings.Edge, r.rep.Settings.LatencyRate, r.rep.Settings.LatencyFor = o.EdgeBin, o.LatencyRate, o.LatencyDuration.String()
 	}
@@ -283,7 +291,7 @@ func (r *run) all(ctx context.Context, dir string) error {
 	o := r.o
 	// Redis: private, AOF on, with the chosen appendfsync.
 	r.progress("starting redis-server (AOF, appendfsync %s)", o.RedisFsync)
-	srv, rdb, version, err := startRedis(ctx, dir, o.RedisFsync, o.Concurrency+4, 10*time.Second)
+	srv, rdb, version, err := startRedis(ctx, dir, o.RedisFsync, o.RedisAOFRewriteMinSize, o.Concurrency+4, 10*time.Second)
 	if err != nil {
 		return err
 	}

@@ -162,7 +162,7 @@ func (r *brRun) check(name string, ok bool, format string, args ...any) {
 }
 
 func (r *brRun) all(ctx context.Context) error {
-	srv, rdb, version, err := startRedis(ctx, r.dir, "everysec", 8, 30*time.Second)
+	srv, rdb, version, err := startRedis(ctx, r.dir, "everysec", "", 8, 30*time.Second)
 	if err != nil {
 		return err
 	}

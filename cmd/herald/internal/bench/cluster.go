@@ -109,8 +109,8 @@ func (o *ClusterOptions) defaults() error {
 	if o.Routers <= 0 {
 		o.Routers = 1
 	}
-	fsync := "always"
-	if err := runDefaults(&fsync, &o.Timeout, &o.Progress); err != nil {
+	fsync, rewriteMin := "always", ""
+	if err := runDefaults(&fsync, &rewriteMin, &o.Timeout, &o.Progress); err != nil {
 		return err
 	}
 	switch {

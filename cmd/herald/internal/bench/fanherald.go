@@ -80,7 +80,7 @@ func startHeraldFan(ctx context.Context, dir string, o FanoutOptions, progress f
 		h.redisVer = fmt.Sprintf("a Redis Cluster of %d masters", o.Cluster)
 	} else {
 		progress("herald: starting redis-server (AOF, appendfsync %s)", o.RedisFsync)
-		srv, rdb, version, err := startRedis(ctx, dir, o.RedisFsync, 8, 30*time.Second)
+		srv, rdb, version, err := startRedis(ctx, dir, o.RedisFsync, o.RedisAOFRewriteMinSize, 8, 30*time.Second)
 		if err != nil {
 			return nil, err
 		}

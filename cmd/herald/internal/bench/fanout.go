@@ -47,6 +47,9 @@ type FanoutOptions struct {
 	PayloadBytes int
 	// RedisFsync is Redis' appendfsync. Default "always".
 	RedisFsync string
+	// RedisAOFRewriteMinSize is Redis' auto-aof-rewrite-min-size. Default
+	// redisserver.DefaultAOFRewriteMinSize, as herald dev runs Redis.
+	RedisAOFRewriteMinSize string
 	// Cluster, above 0, runs Herald on a local Redis Cluster of that many
 	// masters (no replicas, AOF appendfsync always) instead of one
 	// redis-server.
@@ -102,7 +105,7 @@ func (o *FanoutOptions) defaults() error {
 	if o.Timeout <= 0 {
 		o.Timeout = 30 * time.Minute
 	}
-	if err := runDefaults(&o.RedisFsync, &o.Timeout, &o.Progress); err != nil {
+	if err := runDefaults(&o.RedisFsync, &o.RedisAOFRewriteMinSize, &o.Timeout, &o.Progress); err != nil {
 		return err
 	}
 	if !slices.IsSorted(o.Levels) || o.Levels[0] <= 0 || o.Levels[len(o.Levels)-1] > MaxClientsPerLoader {
@@ -146,15 +149,16 @@ type FanoutReport struct {
 
 // FanoutSettings are the options the run used.
 type FanoutSettings struct {
-	Levels             []int  `json:"levels"`
-	Events             int    `json:"events_per_level"`
-	RateClients        int    `json:"rate_clients"`
-	Rate               int    `json:"rate"`
-	RateDuration       string `json:"rate_duration"`
-	SaturationRates    []int  `json:"saturation_rates,omitempty"`
-	SaturationDuration string `json:"saturation_duration"`
-	PayloadBytes       int    `json:"payload_bytes"`
-	RedisFsync         string `json:"redis_appendfsync"`
+	Levels                 []int  `json:"levels"`
+	Events                 int    `json:"events_per_level"`
+	RateClients            int    `json:"rate_clients"`
+	Rate                   int    `json:"rate"`
+	RateDuration           string `json:"rate_duration"`
+	SaturationRates        []int  `json:"saturation_rates,omitempty"`
+	SaturationDuration     string `json:"saturation_duration"`
+	PayloadBytes           int    `json:"payload_bytes"`
+	RedisFsync             string `json:"redis_appendfsync"`
+	RedisAOFRewriteMinSize string `json:"redis_aof_rewrite_min_size"`
 }
 
 // FanoutTarget is what one system measured.
@@ -245,7 +249,7 @@ func RunFanout(parent context.Context, o FanoutOptions) (*FanoutReport, error) {
 	defer cancel()
 	r := &fanRun{o: o, rep: &FanoutReport{Machine: machine(), Settings: FanoutSettings{
 		Levels: o.Levels, Events: o.Events, RateClients: o.RateClients, Rate: o.Rate, RateDuration: o.RateDuration.String(),
-		SaturationRates: o.SaturationRates, SaturationDuration: o.SaturationDuration.String(), PayloadBytes: o.PayloadBytes, RedisFsync: o.RedisFsync,
+		SaturationRates: o.SaturationRates, SaturationDuration: o.SaturationDuration.String(), PayloadBytes: o.PayloadBytes, RedisFsync: o.RedisFsync, RedisAOFRewriteMinSize: o.RedisAOFRewriteMinSize,
 	}}}
 	r.progress = func(format string, args ...any) { fmt.Fprintf(o.Progress, "bench: "+format+"\n", args...) }
 	dir, err := os.MkdirTemp("", "herald-bench-fanout-")
@@ -637,8 +641,8 @@ func (rep *FanoutReport) WriteJSON(w io.Writer) error { return writeJSON(w, rep)
 // WriteTable writes the report for people.
 func (rep *FanoutReport) WriteTable(w io.Writer) error {
 	s, m := rep.Settings, rep.Machine
-	fmt.Fprintf(w, "herald bench fanout: one event at a time (%d per level) to %v idle SSE clients; %d events/s for %s to %d clients; saturation from %v (%s each); %d-byte JSON data; Redis appendfsync %s\n",
-		s.Events, s.Levels, s.Rate, s.RateDuration, s.RateClients, s.SaturationRates, s.SaturationDuration, s.PayloadBytes, s.RedisFsync)
+	fmt.Fprintf(w, "herald bench fanout: one event at a time (%d per level) to %v idle SSE clients; %d events/s for %s to %d clients; saturation from %v (%s each); %d-byte JSON data; Redis appendfsync %s, auto-aof-rewrite-min-size %s\n",
+		s.Events, s.Levels, s.Rate, s.RateDuration, s.RateClients, s.SaturationRates, s.SaturationDuration, s.PayloadBytes, s.RedisFsync, s.RedisAOFRewriteMinSize)
 	fmt.Fprintf(w, "machine: %d CPUs (%s), %d GiB, %s, %s; %s\n", m.CPUs, m.CPUModel, m.MemoryGiB, m.Kernel, m.Go, m.Redis)
 	fmt.Fprintf(w, "load average (1, 5, 15 min): %s at the start, %s at the end\n", m.LoadAvgStart, m.LoadAvgEnd)
 	for _, t := range rep.Targets {

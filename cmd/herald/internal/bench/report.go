@@ -34,8 +34,8 @@ func writeChecks(w io.Writer, checks []Check, notes []string) {
 // WriteTable writes the report for people.
 func (rep *Report) WriteTable(w io.Writer) error {
 	s, m := rep.Settings, rep.Machine
-	fmt.Fprintf(w, "herald bench publish: %d events per phase, batch %d, %d concurrent callers, %d-byte JSON data (%d-byte log entry), Redis appendfsync %s\n",
-		s.Events, s.Batch, s.Concurrency, s.PayloadBytes, s.EntryBytes, s.RedisFsync)
+	fmt.Fprintf(w, "herald bench publish: %d events per phase, batch %d, %d concurrent callers, %d-byte JSON data (%d-byte log entry), Redis appendfsync %s, auto-aof-rewrite-min-size %s\n",
+		s.Events, s.Batch, s.Concurrency, s.PayloadBytes, s.EntryBytes, s.RedisFsync, s.RedisAOFRewriteMinSize)
 	fmt.Fprintf(w, "machine: %d CPUs (%s), %d GiB, %s, %s; %s", m.CPUs, m.CPUModel, m.MemoryGiB, m.Kernel, m.Go, m.Redis)
 	if m.NATSServer != "" {
 		fmt.Fprintf(w, "; %s", m.NATSServer)
@@ -154,8 +154,8 @@ func (rep *WebhookReport) WriteJSON(w io.Writer) error { return writeJSON(w, rep
 // WriteTable writes the report for people.
 func (rep *WebhookReport) WriteTable(w io.Writer) error {
 	s, m := rep.Settings, rep.Machine
-	fmt.Fprintf(w, "herald bench webhooks: %d events to 1 endpoint, %d events to each of %d endpoints, max %d requests in flight per endpoint, slow endpoint %s, steady %d events/s for %s, %d-byte JSON data, Redis appendfsync %s\n",
-		s.Events, s.FanoutEvents, s.Endpoints, s.MaxConcurrency, s.SlowSleep, s.Rate, s.RateDuration, s.PayloadBytes, s.RedisFsync)
+	fmt.Fprintf(w, "herald bench webhooks: %d events to 1 endpoint, %d events to each of %d endpoints, max %d requests in flight per endpoint, slow endpoint %s, steady %d events/s for %s, %d-byte JSON data, Redis appendfsync %s, auto-aof-rewrite-min-size %s\n",
+		s.Events, s.FanoutEvents, s.Endpoints, s.MaxConcurrency, s.SlowSleep, s.Rate, s.RateDuration, s.PayloadBytes, s.RedisFsync, s.RedisAOFRewriteMinSize)
 	fmt.Fprintf(w, "machine: %d CPUs (%s), %d GiB, %s, %s; %s\n", m.CPUs, m.CPUModel, m.MemoryGiB, m.Kernel, m.Go, m.Redis)
 	fmt.Fprintf(w, "load average (1, 5, 15 min): %s at the start, %s at the end\n\n", m.LoadAvgStart, m.LoadAvgEnd)
 	const row = "%-20s %9s %10s %12s %8s %8s %6s %7s %9s %9s %7s %7s %7s\n"
@@ -197,8 +197,8 @@ func (rep *UsageReport) WriteJSON(w io.Writer) error { return writeJSON(w, rep) 
 // WriteTable writes the report for people.
 func (rep *UsageReport) WriteTable(w io.Writer) error {
 	s, m, x := rep.Settings, rep.Machine, rep.Metered
-	fmt.Fprintf(w, "herald bench usage: %d records/s offered for %s by %d producers (platform/usage Appender: %d records per entry, flush every %s), %.0f%% duplicates; %d tenants, %d applications, %d event types, %d channels; %.0f-byte records; Redis appendfsync %s\n",
-		s.Rate, s.Duration, s.Producers, s.BatchSize, s.FlushEvery, 100*s.Duplicates, s.Tenants, s.Apps, s.Types, s.Channels, s.RecordBytes, s.RedisFsync)
+	fmt.Fprintf(w, "herald bench usage: %d records/s offered for %s by %d producers (platform/usage Appender: %d records per entry, flush every %s), %.0f%% duplicates; %d tenants, %d applications, %d event types, %d channels; %.0f-byte records; Redis appendfsync %s, auto-aof-rewrite-min-size %s\n",
+		s.Rate, s.Duration, s.Producers, s.BatchSize, s.FlushEvery, 100*s.Duplicates, s.Tenants, s.Apps, s.Types, s.Channels, s.RecordBytes, s.RedisFsync, s.RedisAOFRewriteMinSize)
 	fmt.Fprintf(w, "machine: %d CPUs (%s), %d GiB, %s, %s; %s\n", m.CPUs, m.CPUModel, m.MemoryGiB, m.Kernel, m.Go, m.Redis)
 	fmt.Fprintf(w, "load average (1, 5, 15 min): %s at the start, %s at the end\n\n", m.LoadAvgStart, m.LoadAvgEnd)
 

@@ -57,6 +57,9 @@ type UsageOptions struct {
 	ProbeEvery time.Duration
 	// RedisFsync is Redis' appendfsync. Default "always".
 	RedisFsync string
+	// RedisAOFRewriteMinSize is Redis' auto-aof-rewrite-min-size. Default
+	// redisserver.DefaultAOFRewriteMinSize, as herald dev runs Redis.
+	RedisAOFRewriteMinSize string
 	// MeteringBin is the metering executable. Required.
 	MeteringBin string
 	// MeteringEnv is added to metering's environment (HERALD_PPROF_ADDR to
@@ -99,7 +102,7 @@ func (o *UsageOptions) defaults() error {
 	case o.Duplicates >= 1:
 		return errors.New("duplicates: a fraction below 1")
 	}
-	if err := runDefaults(&o.RedisFsync, &o.Timeout, &o.Progress); err != nil {
+	if err := runDefaults(&o.RedisFsync, &o.RedisAOFRewriteMinSize, &o.Timeout, &o.Progress); err != nil {
 		return err
 	}
 	switch {
@@ -127,22 +130,23 @@ type UsageReport struct {
 
 // UsageSettings are the options the run used.
 type UsageSettings struct {
-	Rate         int     `json:"rate"`
-	Duration     string  `json:"duration"`
-	Producers    int     `json:"producers"`
-	BatchSize    int     `json:"batch_size"`
-	FlushEvery   string  `json:"flush_every"`
-	Duplicates   float64 `json:"duplicates"`
-	Tenants      int     `json:"tenants"`
-	Apps         int     `json:"applications"`
-	Types        int     `json:"event_types"`
-	Channels     int     `json:"channels"`
-	ProbeEvery   string  `json:"probe_every"`
-	RedisFsync   string  `json:"redis_appendfsync"`
-	RecordBytes  float64 `json:"mean_record_bytes"`
-	TargetLagMs  float64 `json:"target_lag_ms"`
-	TargetRate   int     `json:"target_rate"`
-	MeteringFold string  `json:"metering_fold"`
+	Rate                   int     `json:"rate"`
+	Duration               string  `json:"duration"`
+	Producers              int     `json:"producers"`
+	BatchSize              int     `json:"batch_size"`
+	FlushEvery             string  `json:"flush_every"`
+	Duplicates             float64 `json:"duplicates"`
+	Tenants                int     `json:"tenants"`
+	Apps                   int     `json:"applications"`
+	Types                  int     `json:"event_types"`
+	Channels               int     `json:"channels"`
+	ProbeEvery             string  `json:"probe_every"`
+	RedisFsync             string  `json:"redis_appendfsync"`
+	RedisAOFRewriteMinSize string  `json:"redis_aof_rewrite_min_size"`
+	RecordBytes            float64 `json:"mean_record_bytes"`
+	TargetLagMs            float64 `json:"target_lag_ms"`
+	TargetRate             int     `json:"target_rate"`
+	MeteringFold           string  `json:"metering_fold"`
 }
 
 // UsageMetered is the phase with metering folding.
@@ -400,7 +404,7 @@ func RunUsage(parent context.Context, o UsageOptions) (*UsageReport, error) {
 	r := &usageRun{o: o, dims: newUsageDims(o), rep: &UsageReport{Machine: machine(), Settings: UsageSettings{
 		Rate: o.Rate, Duration: o.Duration.String(), Producers: o.Producers, BatchSize: o.BatchSize, FlushEvery: o.FlushEvery.String(),
 		Duplicates: o.Duplicates, Tenants: o.Tenants, Apps: o.Apps, Types: o.Types, Channels: len(usageChannels),
-		ProbeEvery: o.ProbeEvery.String(), RedisFsync: o.RedisFsync, TargetLagMs: 1000, TargetRate: 50000,
+		ProbeEvery: o.ProbeEvery.String(), RedisFsync: o.RedisFsync, RedisAOFRewriteMinSize: o.RedisAOFRewriteMinSize, TargetLagMs: 1000, TargetRate: 50000,
 		MeteringFold: "metering's fold: XREADGROUP of up to 256 entries, one Lua script per up to 4,096 records (seen-set SMISMEMBER/SADD per shard, one HINCRBY per distinct pending-minute field and quota total, XACK, XDEL); a rollup of closed minutes into the buckets",
 	}}}
 	r.progress = func(format string, args ...any) { fmt.Fprintf(o.Progress, "bench: "+format+"\n", args...) }
@@ -429,7 +433,7 @@ func RunUsage(parent context.Context, o UsageOptions) (*UsageReport, error) {
 func (r *usageRun) all(ctx context.Context, dir string) error {
 	o := r.o
 	r.progress("starting redis-server (AOF, appendfsync %s)", o.RedisFsync)
-	srv, rdb, version, err := startRedis(ctx, dir, o.RedisFsync, 2*o.Producers+8, 30*time.Second)
+	srv, rdb, version, err := startRedis(ctx, dir, o.RedisFsync, o.RedisAOFRewriteMinSize, 2*o.Producers+8, 30*time.Second)
 	if err != nil {
 		return err
 	}

@@ -52,6 +52,9 @@ type WebhookOptions struct {
 	PayloadBytes int
 	// RedisFsync is Redis' appendfsync. Default "always".
 	RedisFsync string
+	// RedisAOFRewriteMinSize is Redis' auto-aof-rewrite-min-size. Default
+	// redisserver.DefaultAOFRewriteMinSize, as herald dev runs Redis.
+	RedisAOFRewriteMinSize string
 	// RouterBin and EdgeBin are the executables. Required.
 	RouterBin, EdgeBin string
 	// EdgeEnv is added to the edge's environment (HERALD_PPROF_ADDR to
@@ -83,7 +86,7 @@ func (o *WebhookOptions) defaults() error {
 	if o.RateDuration <= 0 {
 		o.RateDuration = 10 * time.Second
 	}
-	if err := runDefaults(&o.RedisFsync, &o.Timeout, &o.Progress); err != nil {
+	if err := runDefaults(&o.RedisFsync, &o.RedisAOFRewriteMinSize, &o.Timeout, &o.Progress); err != nil {
 		return err
 	}
 	switch {
@@ -111,15 +114,16 @@ type WebhookReport struct {
 
 // WebhookSettings are the options the run used.
 type WebhookSettings struct {
-	Events         int    `json:"events"`
-	FanoutEvents   int    `json:"fanout_events"`
-	Endpoints      int    `json:"endpoints"`
-	MaxConcurrency int    `json:"max_concurrency"`
-	SlowSleep      string `json:"slow_sleep"`
-	Rate           int    `json:"rate"`
-	RateDuration   string `json:"rate_duration"`
-	PayloadBytes   int    `json:"payload_bytes"`
-	RedisFsync     string `json:"redis_appendfsync"`
+	Events                 int    `json:"events"`
+	FanoutEvents           int    `json:"fanout_events"`
+	Endpoints              int    `json:"endpoints"`
+	MaxConcurrency         int    `json:"max_concurrency"`
+	SlowSleep              string `json:"slow_sleep"`
+	Rate                   int    `json:"rate"`
+	RateDuration           string `json:"rate_duration"`
+	PayloadBytes           int    `json:"payload_bytes"`
+	RedisFsync             string `json:"redis_appendfsync"`
+	RedisAOFRewriteMinSize string `json:"redis_aof_rewrite_min_size"`
 }
 
 // WebhookPhase is one measured phase.
@@ -180,7 +184,7 @@ func RunWebhooks(parent context.Context, o WebhookOptions) (*WebhookReport, erro
 	defer cancel()
 	r := &whRun{o: o, rep: &WebhookReport{Machine: machine(), Settings: WebhookSettings{
 		Events: o.Events, FanoutEvents: o.FanoutEvents, Endpoints: o.Endpoints, MaxConcurrency: o.MaxConcurrency,
-		SlowSleep: o.SlowSleep.String(), Rate: o.Rate, RateDuration: o.RateDuration.String(), PayloadBytes: o.PayloadBytes, RedisFsync: o.RedisFsync,
+		SlowSleep: o.SlowSleep.String(), Rate: o.Rate, RateDuration: o.RateDuration.String(), PayloadBytes: o.PayloadBytes, RedisFsync: o.RedisFsync, RedisAOFRewriteMinSize: o.RedisAOFRewriteMinSize,
 	}}}
 	r.progress = func(format string, args ...any) { fmt.Fprintf(o.Progress, "bench: "+format+"\n", args...) }
 	dir, err := os.MkdirTemp("", "herald-bench-webhooks-")
@@ -209,7 +213,7 @@ func (r *whRun) withLogs(err error) error { return withChildLogs(err, r.router, 
 func (r *whRun) all(ctx context.Context, dir string) error {
 	o := r.o
 	r.progress("starting redis-server (AOF, appendfsync %s)", o.RedisFsync)
-	srv, rdb, version, err := startRedis(ctx, dir, o.RedisFsync, 8, 30*time.Second)
+	srv, rdb, version, err := startRedis(ctx, dir, o.RedisFsync, o.RedisAOFRewriteMinSize, 8, 30*time.Second)
 	if err != nil {
 		return err
 	}
