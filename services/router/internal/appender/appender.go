@@ -280,7 +280,6 @@ func (a *Appender) Append(ctx context.Context, items []Item) ([]Result, error) {
 	}
 	shards, parts := a.split(ctx, preps)
 	ws := make([]*waiter, len(parts))
-	var lead *queue // the queue this call flushes itself
 	a.qmu.Lock()
 	for i, part := range parts {
 		w := &waiter{preps: part, done: make(chan struct{})}
@@ -293,23 +292,10 @@ func (a *Appender) Append(ctx context.Context, items []Item) ([]Result, error) {
 		q.waiters = append(q.waiters, w)
 		if !q.flushing {
 			q.flushing = true
-			if len(parts) == 1 {
-				lead = q
-			} else {
-				go a.flushLoop(shards[i], q) // each master in parallel
-			}
+			go a.flushLoop(shards[i], q)
 		}
 	}
 	a.qmu.Unlock()
-	if lead != nil {
-		// Nothing was in flight: this call's round trip (with whatever
-		// queued since) runs here, in the caller's goroutine, with no
-		// hand-off to another goroutine and back; what queues meanwhile
-		// goes on in a flushLoop.
-		if a.flush(shards[0], lead) {
-			go a.flushLoop(shards[0], lead)
-		}
-	}
 	for _, w := range ws {
 		select {
 		case <-w.done:
@@ -375,59 +361,47 @@ type waiter struct {
 // flushLoop sends the calls queued in q, as many as fit in one round trip
 // each time, until the queue is empty; then it drops the queue.
 func (a *Appender) flushLoop(shard string, q *queue) {
-	for a.flush(shard, q) {
-	}
-}
+	for {
+		a.qmu.Lock()
+		if len(q.waiters) == 0 {
+			q.flushing = false
+			delete(a.queues, shard)
+			a.qmu.Unlock()
+			return
+		}
+		// Whole calls, at least one, up to MaxCombined events.
+		n, events := 0, 0
+		for n < len(q.waiters) && (n == 0 || events+len(q.waiters[n].preps) <= a.maxCombined) {
+			events += len(q.waiters[n].preps)
+			n++
+		}
+		batch := slices.Clone(q.waiters[:n])
+		q.waiters = slices.Delete(q.waiters, 0, n)
+		a.qmu.Unlock()
 
-// flush sends one round trip of the calls queued in q (whole calls, at
-// least one, up to MaxCombined events) and answers them. It reports
-// whether more calls wait; if none do, the queue is dropped. Only q's
-// flusher (the one that set q.flushing) calls it, with q not empty.
-func (a *Appender) flush(shard string, q *queue) (more bool) {
-	a.qmu.Lock()
-	n, events := 0, 0
-	for n < len(q.waiters) && (n == 0 || events+len(q.waiters[n].preps) <= a.maxCombined) {
-		events += len(q.waiters[n].preps)
-		n++
-	}
-	batch := slices.Clone(q.waiters[:n])
-	q.waiters = slices.Delete(q.waiters, 0, n)
-	a.qmu.Unlock()
-
-	all := batch[0].preps
-	if len(batch) > 1 {
-		all = make([]prepared, 0, events)
+		all := make([]prepared, 0, events)
 		for _, w := range batch {
 			all = append(all, w.preps...)
 		}
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), a.timeout)
-	res, errs := a.execute(ctx, all)
-	cancel()
-	off := 0
-	for _, w := range batch {
-		n := len(w.preps)
-		w.res = res[off : off+n]
-		if errs != nil {
-			for _, err := range errs[off : off+n] {
-				if err != nil {
-					w.err, w.res = err, nil
-					break
+		ctx, cancel := context.WithTimeout(context.Background(), a.timeout)
+		res, errs := a.execute(ctx, all)
+		cancel()
+		off := 0
+		for _, w := range batch {
+			n := len(w.preps)
+			w.res = res[off : off+n]
+			if errs != nil {
+				for _, err := range errs[off : off+n] {
+					if err != nil {
+						w.err, w.res = err, nil
+						break
+					}
 				}
 			}
+			off += n
+			close(w.done)
 		}
-		off += n
-		close(w.done)
 	}
-
-	a.qmu.Lock()
-	defer a.qmu.Unlock()
-	if len(q.waiters) == 0 {
-		q.flushing = false
-		delete(a.queues, shard)
-		return false
-	}
-	return true
 }
 
 // prepared is one item encoded for the script.
