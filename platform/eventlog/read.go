@@ -40,8 +40,8 @@ const (
 )
 
 // slotted remembers the plain clients whose server refused a cross-slot
-// XREAD (a Redis Cluster node), so that they are not asked again. Weak keys:
-// a closed client is forgotten.
+// XREAD (a Redis Cluster node), so that they are not asked again. Weak keys,
+// dropped once their client is garbage collected.
 var slotted sync.Map // weak.Pointer[redis.Client] -> struct{}
 
 func layoutOf(rdb redis.Cmdable) layout {
@@ -58,7 +58,10 @@ func layoutOf(rdb redis.Cmdable) layout {
 
 func markSlotted(rdb redis.Cmdable) {
 	if c, ok := rdb.(*redis.Client); ok {
-		slotted.Store(weak.Make(c), struct{}{})
+		k := weak.Make(c)
+		if _, known := slotted.LoadOrStore(k, struct{}{}); !known {
+			runtime.AddCleanup(c, func(k weak.Pointer[redis.Client]) { slotted.Delete(k) }, k)
+		}
 	}
 }
 
