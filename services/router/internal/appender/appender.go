@@ -333,10 +333,14 @@ func (a *Appender) split(ctx context.Context, preps []prepared) (shards []string
 		return []string{""}, [][]prepared{preps}
 	}
 	at := map[string]int{}
+	masters := map[string]string{} // by stream: a batch is mostly of a few
 	for i, p := range preps {
-		shard := ""
-		if m, err := cc.MasterForKey(ctx, p.group.stream); err == nil {
-			shard = m.Options().Addr
+		shard, known := masters[p.group.stream]
+		if !known {
+			if m, err := cc.MasterForKey(ctx, p.group.stream); err == nil {
+				shard = m.Options().Addr
+			}
+			masters[p.group.stream] = shard
 		}
 		k, ok := at[shard]
 		if !ok {
