@@ -53,6 +53,17 @@ type Sink interface {
 	Close(ctx context.Context) error
 }
 
+// Unordered is implemented by a Sink whose far side has no order to keep
+// (the lake: each row carries its cursor, and files commit independently,
+// so readers order by cursor): the runner hands over every message at
+// once instead of one per key at a time. Without it, a key's next message
+// waits for the previous one's confirmation, which for the lake is the
+// commit of its file, up to the file's max age.
+type Unordered interface {
+	Sink
+	Unordered()
+}
+
 // Record is one record read by a source, turned into an event.
 type Record struct {
 	// Event is the record as a CloudEvent: read per the system's binding

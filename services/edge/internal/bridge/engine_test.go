@@ -488,3 +488,75 @@ func TestSourcePublishesAsItsApplication(t *testing.T) {
 		t.Fatalf("dead letters: %v", d)
 	}
 }
+
+// holder confirms nothing until released: what it was handed shows how
+// many messages of one key the runner lets out at once.
+type holder struct {
+	mu     sync.Mutex
+	handed []string
+	dones  []func()
+}
+
+func (h *holder) Send(_ context.Context, msgs []bridge.Message, done func(int, error)) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for i, m := range msgs {
+		h.handed = append(h.handed, m.Event.GetId())
+		h.dones = append(h.dones, func() { done(i, nil) })
+	}
+}
+
+func (h *holder) Close(context.Context) error { h.release(); return nil }
+
+func (h *holder) count() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return len(h.handed)
+}
+
+func (h *holder) release() {
+	h.mu.Lock()
+	dones := h.dones
+	h.dones = nil
+	h.mu.Unlock()
+	for _, d := range dones {
+		go d()
+	}
+}
+
+// unorderedHolder is a holder whose far side keeps no order (as the lake).
+type unorderedHolder struct{ *holder }
+
+func (unorderedHolder) Unordered() {}
+
+// TestUnorderedSinkGetsEveryMessageOfAKeyAtOnce: a sink that keeps order
+// is handed one message of a key at a time, the next once the previous is
+// confirmed; an Unordered one (the lake, whose confirmation is a file
+// commit, up to the file's max age away) gets them all without waiting.
+func TestUnorderedSinkGetsEveryMessageOfAKeyAtOnce(t *testing.T) {
+	for _, unordered := range []bool{false, true} {
+		t.Run(fmt.Sprintf("unordered=%v", unordered), func(t *testing.T) {
+			e := start(t)
+			h := &holder{}
+			var s bridge.Sink = h
+			if unordered {
+				s = unorderedHolder{h}
+			}
+			e.sink("orders", &registryv1.BridgeSink{Types: []string{"shop.*"}, Start: &registryv1.StartPosition{Position: &registryv1.StartPosition_Cursor{Cursor: "0"}}})
+			e.publish("shop.order.paid", 0, 20, "k1")
+			e.engine(sinks(s))
+			if unordered {
+				testutil.Eventually(t, 20*time.Second, func() bool { return h.count() == 20 }, "all 20 messages of the key handed over unconfirmed")
+			} else {
+				testutil.Eventually(t, 20*time.Second, func() bool { return h.count() == 1 }, "the key's first message handed over")
+				time.Sleep(300 * time.Millisecond)
+				if n := h.count(); n != 1 {
+					t.Fatalf("%d messages of one key handed over before the first was confirmed, want 1", n)
+				}
+				testutil.Eventually(t, 20*time.Second, func() bool { h.release(); return h.count() == 20 }, "the rest, one by one as each is confirmed")
+			}
+			h.release()
+			testutil.Eventually(t, 10*time.Second, func() bool { return len(e.delivered("mqtt")) == 20 }, "20 deliveries counted")
+		})
+	}
+}

@@ -44,7 +44,7 @@ type sinkRunner struct {
 	work    context.Context // ends after the sink is closed
 
 	held  map[string]struct{} // ack ids received and not settled
-	keys  map[string][]*job   // per key: the head is with the far side or waiting to retry
+	keys  map[string][]*job   // per lane (key): the head is with the far side or waiting to retry
 	ready []*job              // heads to send
 	wake  chan struct{}
 }
@@ -52,6 +52,7 @@ type sinkRunner struct {
 // job is one delivery.
 type job struct {
 	ackID, cursor, key string
+	lane               string // its queue in keys: its key, or its own for an Unordered sink
 	ev                 *eventv1.CloudEvent
 	producer           string
 	test               bool
@@ -127,6 +128,13 @@ func (r *sinkRunner) dispatch(ctx context.Context, d *routerv1.SubscribeResponse
 		ev = r.e.o.Catalog.JSONData(ev)
 	}
 	j := &job{ackID: d.GetAckId(), cursor: d.GetCursor(), ev: ev, key: keyOf(d.GetEvent()), producer: meta.Producer, test: meta.Test, tries: max(int(d.GetAttempt())-1, 0)}
+	// An unordered sink's messages queue by delivery, not by key: none
+	// waits for another.
+	lane := j.key
+	if _, ok := r.sink.(Unordered); ok {
+		lane = "\x00" + j.ackID
+	}
+	j.lane = lane
 	r.mu.Lock()
 	if _, dup := r.held[j.ackID]; dup {
 		r.mu.Unlock()
@@ -140,8 +148,8 @@ func (r *sinkRunner) dispatch(ctx context.Context, d *routerv1.SubscribeResponse
 	}
 	r.mu.Lock()
 	r.held[j.ackID] = struct{}{}
-	q := r.keys[j.key]
-	r.keys[j.key] = append(q, j)
+	q := r.keys[j.lane]
+	r.keys[j.lane] = append(q, j)
 	if len(q) == 0 {
 		r.ready = append(r.ready, j)
 		r.signal()
@@ -222,14 +230,14 @@ func (r *sinkRunner) giveUp(ctx context.Context, j *job, reason string) {
 func (r *sinkRunner) next(j *job) {
 	r.mu.Lock()
 	delete(r.held, j.ackID)
-	q := r.keys[j.key]
+	q := r.keys[j.lane]
 	if len(q) > 0 && q[0] == j {
 		q = q[1:]
 	}
 	if len(q) == 0 {
-		delete(r.keys, j.key)
+		delete(r.keys, j.lane)
 	} else {
-		r.keys[j.key] = q
+		r.keys[j.lane] = q
 		r.ready = append(r.ready, q[0])
 		r.signal()
 	}

@@ -481,6 +481,13 @@ func (s *Sink) tickLoop() {
 	}
 }
 
+// Unordered tells the bridge runner that a lake keeps no order between
+// events: each row carries its cursor and files commit independently, so
+// the events of one partition key need not wait for each other's commit.
+func (s *Sink) Unordered() {}
+
+var _ bridge.Unordered = (*Sink)(nil)
+
 // Close commits the open files and waits for every commit, up to ctx's
 // end; then the messages whose file is not committed get done(i, err), and
 // their commits are cancelled. It returns the commits' errors, or ctx's.
