@@ -77,6 +77,14 @@ func newSource(cfg bridge.Config, o options) (*Source, error) {
 			kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
 			kgo.FetchIsolationLevel(kgo.ReadCommitted()),
 			kgo.FetchMaxWait(500*time.Millisecond),
+			// The group gives a dead edge's partitions to the edge that took
+			// the bridge over once its session ends: franz-go's default, 45
+			// s, would stall a source that long after an edge crash, while
+			// Herald's bridge lease (HERALD_EDGE_BRIDGE_LEASE) is 10 s by
+			// default. 10 s is above brokers' group.min.session.timeout.ms
+			// (6 s by default).
+			kgo.SessionTimeout(sessionTimeout),
+			kgo.HeartbeatInterval(sessionTimeout/4),
 		),
 		o:     o,
 		admCl: admCl,
@@ -85,6 +93,10 @@ func newSource(cfg bridge.Config, o options) (*Source, error) {
 	s.stopCtx, s.stop = context.WithCancel(context.Background())
 	return s, nil
 }
+
+// sessionTimeout is the source's consumer group session timeout: how long
+// a dead member keeps its partitions.
+const sessionTimeout = 10 * time.Second
 
 // commitTimeout bounds a commit after a successful publish.
 const commitTimeout = 10 * time.Second

@@ -395,3 +395,21 @@ func TestNewRefusesBadConfig(t *testing.T) {
 		}
 	}
 }
+
+// TestSourceGroupSessionIsShort: the source's consumer group session is
+// 10 s (not franz-go's 45 s), so a dead edge's partitions go to the edge
+// that took the bridge over about as soon as it holds the lease.
+func TestSourceGroupSessionIsShort(t *testing.T) {
+	s := testSource(t, kafkaCfg("127.0.0.1:1", "orders", registryv1.BridgeDirection_BRIDGE_DIRECTION_SOURCE, false))
+	cl, err := kgo.NewClient(s.opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	if got := cl.OptValue(kgo.SessionTimeout); got != 10*time.Second {
+		t.Errorf("group session timeout %v, want 10s", got)
+	}
+	if got := cl.OptValue(kgo.HeartbeatInterval); got != 2500*time.Millisecond {
+		t.Errorf("heartbeat interval %v, want 2.5s", got)
+	}
+}
