@@ -125,7 +125,8 @@ func (d *devRun) poll(t *testing.T) []string {
 	return ids
 }
 
-// freePortRun returns a port p with p..p+n-1 free on 127.0.0.1.
+// freePortRun returns a port p with p..p+n-1 free on 127.0.0.1, and their
+// cluster bus ports (port+10000).
 func freePortRun(t *testing.T, n int) int {
 	t.Helper()
 	for range 100 {
@@ -136,12 +137,17 @@ func freePortRun(t *testing.T, n int) int {
 		}
 		free := true
 		for i := range n {
-			ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(p+i)))
-			if err != nil {
-				free = false
+			for _, q := range []int{p + i, p + i + 10000} { // and its cluster bus port
+				ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(q)))
+				if err != nil {
+					free = false
+					break
+				}
+				ln.Close()
+			}
+			if !free {
 				break
 			}
-			ln.Close()
 		}
 		if free {
 			return p

@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"path/filepath"
@@ -163,9 +164,24 @@ func RedisClient(t testing.TB, s *redisserver.Server) *redis.Client {
 	return c
 }
 
-// FreeAddr returns a free 127.0.0.1:port.
+// FreeAddr returns a free 127.0.0.1:port, for a server the test starts
+// later. The port is below Linux's ephemeral range (32768 and up), from
+// which the kernel gives every outgoing connection its local port: a port
+// of that range, free when picked, was now and then taken by one of the
+// thousands of connections the tests running beside make before the
+// server bound it ("address already in use"). port+10000 (a Redis Cluster
+// node's bus port) is below the range too.
 func FreeAddr(t testing.TB) string {
 	t.Helper()
+	for range 200 {
+		port := freeLow + rand.IntN(freeHigh-freeLow)
+		ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+		if err != nil {
+			continue
+		}
+		ln.Close()
+		return ln.Addr().String()
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -173,6 +189,12 @@ func FreeAddr(t testing.TB) string {
 	defer ln.Close()
 	return ln.Addr().String()
 }
+
+// FreeAddr picks ports in [freeLow, freeHigh).
+const (
+	freeLow  = 12000
+	freeHigh = 22700
+)
 
 // Eventually polls cond until it holds or the timeout passes.
 func Eventually(t testing.TB, timeout time.Duration, cond func() bool, msg string) {
