@@ -29,15 +29,18 @@ func durationOf(d time.Duration) *durationpb.Duration { return durationpb.New(d)
 // delivered or dead-lettered, so per-key order holds across retries.
 // Messages of different keys go in parallel, up to max_in_flight.
 type sinkRunner struct {
-	e     *Engine
-	b     *registryv1.Bridge
-	sub   *registryv1.Subscription
-	sink  Sink
-	log   *slog.Logger
-	sched []time.Duration
-	sys   string
-	json  bool
-	slots chan struct{} // messages held, at most max_in_flight
+	e    *Engine
+	b    *registryv1.Bridge
+	sub  *registryv1.Subscription
+	sink Sink
+	// unordered: the sink is Unordered, so messages queue by delivery,
+	// not by key, and none waits for another.
+	unordered bool
+	log       *slog.Logger
+	sched     []time.Duration
+	sys       string
+	json      bool
+	slots     chan struct{} // messages held, at most max_in_flight
 
 	mu      sync.Mutex
 	settled chan *job       // delivered, to count and acknowledge
@@ -76,6 +79,7 @@ func (e *Engine) runSink(ctx context.Context, cfg Config, log *slog.Logger) erro
 		held:  map[string]struct{}{}, keys: map[string][]*job{}, wake: make(chan struct{}, 1),
 		settled: make(chan *job, 1024),
 	}
+	_, r.unordered = sink.(Unordered)
 	for _, d := range b.GetSink().GetRetrySchedule() {
 		r.sched = append(r.sched, d.AsDuration())
 	}
@@ -128,13 +132,10 @@ func (r *sinkRunner) dispatch(ctx context.Context, d *routerv1.SubscribeResponse
 		ev = r.e.o.Catalog.JSONData(ev)
 	}
 	j := &job{ackID: d.GetAckId(), cursor: d.GetCursor(), ev: ev, key: keyOf(d.GetEvent()), producer: meta.Producer, test: meta.Test, tries: max(int(d.GetAttempt())-1, 0)}
-	// An unordered sink's messages queue by delivery, not by key: none
-	// waits for another.
-	lane := j.key
-	if _, ok := r.sink.(Unordered); ok {
-		lane = "\x00" + j.ackID
+	j.lane = j.key
+	if r.unordered {
+		j.lane = "\x00" + j.ackID
 	}
-	j.lane = lane
 	r.mu.Lock()
 	if _, dup := r.held[j.ackID]; dup {
 		r.mu.Unlock()
