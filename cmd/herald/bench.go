@@ -15,6 +15,7 @@ import (
 	"github.com/heraldmesh/herald/cmd/herald/internal/bench"
 	"github.com/heraldmesh/herald/platform/redisserver"
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 )
 
 func benchCommand() *cobra.Command {
@@ -111,8 +112,7 @@ at least 1.6x).`,
 	f.IntVar(&o.Concurrency, "concurrency", 8, "concurrent callers")
 	f.IntVar(&o.PayloadBytes, "payload-bytes", 256, "size of each event's JSON data")
 	f.StringVar(&natsServer, "nats-server", "", "nats-server executable (default: nats-server on PATH, else /usr/sbin/nats-server)")
-	f.StringVar(&o.RedisFsync, "redis-fsync", "always", "Redis appendfsync: always (Herald's default) or everysec")
-	f.StringVar(&o.RedisAOFRewriteMinSize, "redis-aof-rewrite-min-size", redisserver.DefaultAOFRewriteMinSize, "Redis auto-aof-rewrite-min-size (Herald's default; Redis' own is 64mb)")
+	redisFlags(f, &o.RedisFsync, &o.RedisAOFRewriteMinSize)
 	f.BoolVar(&o.AsAdmin, "as-admin", false, "publish with the admin key instead of an application key with a publish grant")
 	f.IntSliceVar(&o.Callers, "callers", nil, "add a herald-single-cN phase for each N: single-event calls by N concurrent callers (e.g. 1,8,64,512)")
 	f.IntVar(&o.LatencyRate, "latency-rate", 100, "events/s of the latency phase (one event per call)")
@@ -181,8 +181,7 @@ signature and was counted once for metering.`,
 	f.IntVar(&o.Rate, "rate", 1000, "events/s of the steady phase")
 	f.DurationVar(&o.RateDuration, "rate-duration", 10*time.Second, "how long the steady phase publishes")
 	f.IntVar(&o.PayloadBytes, "payload-bytes", 256, "size of each event's JSON data")
-	f.StringVar(&o.RedisFsync, "redis-fsync", "always", "Redis appendfsync: always (Herald's default) or everysec")
-	f.StringVar(&o.RedisAOFRewriteMinSize, "redis-aof-rewrite-min-size", redisserver.DefaultAOFRewriteMinSize, "Redis auto-aof-rewrite-min-size (Herald's default; Redis' own is 64mb)")
+	redisFlags(f, &o.RedisFsync, &o.RedisAOFRewriteMinSize)
 	f.DurationVar(&o.Timeout, "timeout", 10*time.Minute, "bound on the whole run")
 	f.StringArrayVar(&o.EdgeEnv, "edge-env", nil, "KEY=VALUE added to the edge's environment (repeatable), e.g. HERALD_PPROF_ADDR=127.0.0.1:6060 to profile it")
 	f.BoolVar(&asJSON, "json", false, "print the report as JSON")
@@ -250,8 +249,7 @@ counts duplicates; the run checks that every client got every event once.`,
 	f.DurationVar(&o.SaturationDuration, "saturation-duration", 5*time.Second, "length of each saturation phase")
 	f.BoolVar(&o.NoSaturation, "no-saturation", false, "skip the saturation phases")
 	f.IntVar(&o.PayloadBytes, "payload-bytes", 256, "size of each event's JSON data")
-	f.StringVar(&o.RedisFsync, "redis-fsync", "always", "Redis appendfsync: always (Herald's default) or everysec")
-	f.StringVar(&o.RedisAOFRewriteMinSize, "redis-aof-rewrite-min-size", redisserver.DefaultAOFRewriteMinSize, "Redis auto-aof-rewrite-min-size (Herald's default; Redis' own is 64mb)")
+	redisFlags(f, &o.RedisFsync, &o.RedisAOFRewriteMinSize)
 	f.IntVar(&o.Cluster, "cluster", 0, "Herald: run on a local Redis Cluster of this many masters (0: one redis-server)")
 	f.StringVar(&o.CentrifugoBin, "centrifugo", "", "centrifugo executable (target centrifugo)")
 	f.StringVar(&o.MercureBin, "mercure", "", "mercure executable (target mercure)")
@@ -312,8 +310,7 @@ executable or on PATH) so that its CPU time and peak RSS are read from /proc.`,
 	f.IntVar(&o.Apps, "apps", 500, "consumer applications, spread over the tenants")
 	f.IntVar(&o.Types, "types", 40, "event types (published by types/2 producer applications)")
 	f.DurationVar(&o.ProbeEvery, "probe-every", 10*time.Millisecond, "how often a record is picked to measure its lag")
-	f.StringVar(&o.RedisFsync, "redis-fsync", "always", "Redis appendfsync: always (Herald's default) or everysec")
-	f.StringVar(&o.RedisAOFRewriteMinSize, "redis-aof-rewrite-min-size", redisserver.DefaultAOFRewriteMinSize, "Redis auto-aof-rewrite-min-size (Herald's default; Redis' own is 64mb)")
+	redisFlags(f, &o.RedisFsync, &o.RedisAOFRewriteMinSize)
 	f.BoolVar(&o.NoRaw, "no-raw", false, "skip the raw XADD baseline")
 	f.StringArrayVar(&o.MeteringEnv, "metering-env", nil, "KEY=VALUE added to metering's environment (repeatable), e.g. HERALD_PPROF_ADDR=127.0.0.1:6062 to profile it")
 	f.DurationVar(&o.Timeout, "timeout", 10*time.Minute, "bound on the whole run")
@@ -446,4 +443,10 @@ once.`,
 	f.DurationVar(&o.Timeout, "timeout", 5*time.Minute, "bound on the whole run")
 	f.BoolVar(&asJSON, "json", false, "print the report as JSON")
 	return cmd
+}
+
+// redisFlags adds the flags of the private Redis a bench command starts.
+func redisFlags(f *pflag.FlagSet, fsync, rewriteMin *string) {
+	f.StringVar(fsync, "redis-fsync", "always", "Redis appendfsync: always (Herald's default) or everysec")
+	f.StringVar(rewriteMin, "redis-aof-rewrite-min-size", redisserver.DefaultAOFRewriteMinSize, "Redis auto-aof-rewrite-min-size, e.g. 64mb (Redis' own default)")
 }

@@ -19,6 +19,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"strconv"
 	"strings"
@@ -112,6 +113,9 @@ func (o *Options) defaults() error {
 	return nil
 }
 
+// redisSize is a Redis memory size: bytes, or a number with a unit.
+var redisSize = regexp.MustCompile(`^(?i)[0-9]+([kmg]b?)?$`)
+
 // runDefaults fills and checks the settings every bench command has.
 func runDefaults(fsync, rewriteMin *string, timeout *time.Duration, progress *io.Writer) error {
 	if *fsync == "" {
@@ -128,6 +132,9 @@ func runDefaults(fsync, rewriteMin *string, timeout *time.Duration, progress *io
 	}
 	if *fsync != "always" && *fsync != "everysec" {
 		return fmt.Errorf("redis fsync %q: want always or everysec", *fsync)
+	}
+	if !redisSize.MatchString(*rewriteMin) {
+		return fmt.Errorf("redis auto-aof-rewrite-min-size %q: want a size such as 64mb or 1gb (bytes, or k, kb, m, mb, g, gb)", *rewriteMin)
 	}
 	return nil
 }

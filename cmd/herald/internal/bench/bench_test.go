@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -490,5 +491,33 @@ func TestRunFanoutClusterSmall(t *testing.T) {
 	}
 	if !strings.Contains(progress.String(), "Redis Cluster of 3 masters") {
 		t.Errorf("progress does not say it ran on a cluster:\n%s", progress.String())
+	}
+}
+
+// The settings every bench command shares are checked before anything
+// starts: a bad appendfsync or rewrite size is named, not left to a
+// redis-server that exits at start.
+func TestRunDefaultsRefusesBadRedisSettings(t *testing.T) {
+	for _, tc := range []struct{ fsync, size, want string }{
+		{"always", "", ""},
+		{"everysec", "64mb", ""},
+		{"always", "1GB", ""},
+		{"always", "1073741824", ""},
+		{"sometimes", "1gb", "want always or everysec"},
+		{"always", "bogus", "want a size such as 64mb"},
+		{"always", "-1mb", "want a size such as 64mb"},
+		{"always", "1 gb", "want a size such as 64mb"},
+	} {
+		fsync, size, timeout := tc.fsync, tc.size, time.Duration(0)
+		var progress io.Writer
+		err := runDefaults(&fsync, &size, &timeout, &progress)
+		switch {
+		case tc.want == "" && err != nil:
+			t.Errorf("fsync %q, size %q: %v", tc.fsync, tc.size, err)
+		case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+			t.Errorf("fsync %q, size %q: error %v, want one with %q", tc.fsync, tc.size, err, tc.want)
+		case tc.want == "" && tc.size == "" && size != "1gb":
+			t.Errorf("no size given: %q, want the default 1gb", size)
+		}
 	}
 }
