@@ -4,13 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
-	"strconv"
+	"slices"
 	"testing"
 	"time"
 
+	"github.com/heraldmesh/herald/platform/freeport"
 	"github.com/heraldmesh/herald/platform/redisserver"
 	"github.com/redis/go-redis/v9"
 )
@@ -98,14 +98,11 @@ func TestClusterOfTwoMastersAndRestart(t *testing.T) {
 	// `herald dev --cluster` gives them: a restart finds the nodes there.
 	var ports []int
 	for len(ports) < 4 {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		p, err := freeport.Pick()
 		if err != nil {
 			t.Fatal(err)
 		}
-		p := ln.Addr().(*net.TCPAddr).Port
-		ln.Close()
-		if bus, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p+10000)); err == nil {
-			bus.Close()
+		if freeport.Free(p+10000) && !slices.Contains(ports, p) {
 			ports = append(ports, p)
 		}
 	}

@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/heraldmesh/herald/platform/freeport"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -90,7 +91,7 @@ func Start(ctx context.Context, o Options) (*Server, error) {
 	}
 	picked := o.Port == 0
 	if o.Port == 0 {
-		if o.Port, err = freePort(); err != nil {
+		if o.Port, err = pick(); err != nil {
 			return nil, err
 		}
 	}
@@ -98,16 +99,35 @@ func Start(ctx context.Context, o Options) (*Server, error) {
 	// given port keeps Redis' default bus port (a cluster restarted on the
 	// same ports finds its nodes where nodes.conf says).
 	if o.Cluster && o.ClusterPort == 0 && picked {
-		if o.ClusterPort, err = freePort(); err != nil {
+		if o.ClusterPort, err = pick(); err != nil {
 			return nil, err
 		}
 	}
 	s := &Server{opts: o}
-	if err := s.start(ctx, bin); err != nil {
-		return nil, err
+	// A picked port can still be taken between the pick and the bind (by
+	// another process' server or outgoing connection): pick again.
+	for attempt := 1; ; attempt++ {
+		err := s.start(ctx, bin)
+		if err == nil {
+			return s, nil
+		}
+		if !picked || !errors.Is(err, errPortTaken) || attempt == 5 {
+			return nil, err
+		}
+		if s.opts.Port, err = pick(); err != nil {
+			return nil, err
+		}
+		if o.Cluster && o.ClusterPort == 0 {
+			if s.opts.ClusterPort, err = pick(); err != nil {
+				return nil, err
+			}
+		}
 	}
-	return s, nil
 }
+
+// errPortTaken is a start that failed because its port (or bus port) was
+// bound by another process.
+var errPortTaken = errors.New("port already in use")
 
 func (s *Server) start(ctx context.Context, bin string) error {
 	args := []string{
@@ -163,6 +183,12 @@ func (s *Server) start(ctx context.Context, bin string) error {
 		err := c.Ping(pctx).Err()
 		cancel()
 		if err == nil {
+			// The answer may come from another process' server that
+			// holds the port this one failed to bind.
+			if err := s.answeredByOwnProcess(ctx, c); err != nil {
+				s.Kill()
+				return err
+			}
 			if s.opts.Cluster && s.opts.Slots {
 				return s.claimSlots(ctx, c)
 			}
@@ -171,6 +197,9 @@ func (s *Server) start(ctx context.Context, bin string) error {
 		select {
 		case <-s.done:
 			log, _ := os.ReadFile(filepath.Join(s.opts.Dir, "redis.log"))
+			if strings.Contains(string(log), "Address already in use") {
+				return fmt.Errorf("redisserver: redis-server exited at start: %w:\n%s", errPortTaken, tail(log, 2000))
+			}
 			return fmt.Errorf("redisserver: redis-server exited at start:\n%s", tail(log, 2000))
 		case <-ctx.Done():
 			s.Kill()
@@ -182,6 +211,20 @@ func (s *Server) start(ctx context.Context, bin string) error {
 			return fmt.Errorf("redisserver: no answer on %s: %w", s.Addr(), err)
 		}
 	}
+}
+
+// answeredByOwnProcess checks that the server answering on s.Addr() is the
+// redis-server s started; one that is not means the port was taken.
+func (s *Server) answeredByOwnProcess(ctx context.Context, c *redis.Client) error {
+	info, err := c.Info(ctx, "server").Result()
+	if err != nil {
+		return fmt.Errorf("redisserver: info: %w", err)
+	}
+	want := "process_id:" + strconv.Itoa(s.cmd.Process.Pid) + "\r"
+	if !strings.Contains(info, want) {
+		return fmt.Errorf("redisserver: %s is served by another process: %w", s.Addr(), errPortTaken)
+	}
+	return nil
 }
 
 // claimSlots has a lone cluster node take every slot (once: a restart
@@ -276,11 +319,14 @@ func (s *Server) Restart(ctx context.Context) error {
 	return s.start(ctx, bin)
 }
 
+// pick is freePort; tests replace it.
+var pick = freePort
+
+// freePort picks a port below the ephemeral range (package freeport).
 func freePort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	p, err := freeport.Pick()
 	if err != nil {
 		return 0, fmt.Errorf("redisserver: free port: %w", err)
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port, nil
+	return p, nil
 }

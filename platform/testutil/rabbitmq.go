@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -15,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/heraldmesh/herald/platform/freeport"
 	amqp "github.com/rabbitmq/amqp091-go"
 )
 
@@ -95,21 +97,18 @@ func StartRabbitMQ(dir string) (*RabbitMQServer, error) {
 	return nil, lastErr
 }
 
+// freePorts picks three distinct ports below the ephemeral range (package
+// freeport).
 func freePorts() (a, b, c int, err error) {
-	var ls []net.Listener
-	defer func() {
-		for _, l := range ls {
-			l.Close()
-		}
-	}()
-	var ps [3]int
-	for i := range ps {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
+	var ps []int
+	for len(ps) < 3 {
+		p, err := freeport.Pick()
 		if err != nil {
 			return 0, 0, 0, err
 		}
-		ls = append(ls, l)
-		ps[i] = l.Addr().(*net.TCPAddr).Port
+		if !slices.Contains(ps, p) {
+			ps = append(ps, p)
+		}
 	}
 	return ps[0], ps[1], ps[2], nil
 }

@@ -7,7 +7,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"net"
 	"os"
 	"path/filepath"
@@ -18,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/heraldmesh/herald/platform/freeport"
 	"github.com/heraldmesh/herald/platform/redisserver"
 	"github.com/redis/go-redis/v9"
 )
@@ -164,37 +164,16 @@ func RedisClient(t testing.TB, s *redisserver.Server) *redis.Client {
 	return c
 }
 
-// FreeAddr returns a free 127.0.0.1:port, for a server the test starts
-// later. The port is below Linux's ephemeral range (32768 and up), from
-// which the kernel gives every outgoing connection its local port: a port
-// of that range, free when picked, was now and then taken by one of the
-// thousands of connections the tests running beside make before the
-// server bound it ("address already in use"). port+10000 (a Redis Cluster
-// node's bus port) is below the range too.
+// FreeAddr returns a free 127.0.0.1:port below Linux's ephemeral range,
+// for a server the test starts later (see package freeport).
 func FreeAddr(t testing.TB) string {
 	t.Helper()
-	for range 200 {
-		port := freeLow + rand.IntN(freeHigh-freeLow)
-		ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
-		if err != nil {
-			continue
-		}
-		ln.Close()
-		return ln.Addr().String()
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := freeport.Addr()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	return ln.Addr().String()
+	return addr
 }
-
-// FreeAddr picks ports in [freeLow, freeHigh).
-const (
-	freeLow  = 12000
-	freeHigh = 22700
-)
 
 // Eventually polls cond until it holds or the timeout passes.
 func Eventually(t testing.TB, timeout time.Duration, cond func() bool, msg string) {

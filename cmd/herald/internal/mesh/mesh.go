@@ -8,8 +8,10 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"strconv"
 
 	"github.com/heraldmesh/herald/platform/config"
+	"github.com/heraldmesh/herald/platform/freeport"
 	"github.com/heraldmesh/herald/services/edge"
 	"github.com/heraldmesh/herald/services/metering"
 	"github.com/heraldmesh/herald/services/registry"
@@ -35,13 +37,14 @@ type Mesh struct {
 func New(common config.Common, log *slog.Logger) (*Mesh, error) {
 	// Bind every port first: the services address each other by these.
 	for _, addr := range []*string{&common.RegistryAddr, &common.RouterAddr, &common.MeteringAddr, &common.EdgeAddr} {
-		if _, port, err := net.SplitHostPort(*addr); err == nil && port == "0" {
-			ln, err := net.Listen("tcp", *addr)
+		if host, port, err := net.SplitHostPort(*addr); err == nil && port == "0" {
+			// Below the ephemeral range: a port of it, free now, may be
+			// an outgoing connection's by the time the service binds it.
+			p, err := freeport.Pick()
 			if err != nil {
 				return nil, err
 			}
-			*addr = ln.Addr().String()
-			ln.Close()
+			*addr = net.JoinHostPort(host, strconv.Itoa(p))
 		}
 	}
 	m := &Mesh{Common: common}
