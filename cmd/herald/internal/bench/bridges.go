@@ -20,6 +20,7 @@ import (
 	"github.com/heraldmesh/herald/api/gen/herald/registry/v1/registryv1connect"
 	"github.com/heraldmesh/herald/platform/cloudevent"
 	"github.com/heraldmesh/herald/platform/eventlog"
+	"github.com/heraldmesh/herald/platform/freeport"
 	"github.com/heraldmesh/herald/platform/rpc"
 	"github.com/heraldmesh/herald/platform/secretbox"
 	"github.com/heraldmesh/herald/platform/testutil"
@@ -361,14 +362,7 @@ func waitFor(ctx context.Context, d time.Duration, cond func() bool) error {
 	return nil
 }
 
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
+func freePort() (int, error) { return freeport.Pick() }
 
 // kafka compares the Kafka sink with a franz-go producer (acks=all,
 // idempotent) and the source with a franz-go group consumer committing

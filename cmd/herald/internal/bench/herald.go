@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -20,6 +19,7 @@ import (
 	"github.com/heraldmesh/herald/api/gen/herald/registry/v1/registryv1connect"
 	routerv1 "github.com/heraldmesh/herald/api/gen/herald/router/v1"
 	"github.com/heraldmesh/herald/platform/config"
+	"github.com/heraldmesh/herald/platform/freeport"
 	"github.com/heraldmesh/herald/platform/rpc"
 	"github.com/heraldmesh/herald/services/registry"
 	"google.golang.org/grpc"
@@ -53,14 +53,8 @@ func FindNATSServer() (string, error) {
 	return "", errors.New("nats-server is neither on PATH nor at /usr/sbin/nats-server (Debian/Ubuntu: apt-get install nats-server), or pass --nats-server PATH")
 }
 
-func freeAddr() (string, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer ln.Close()
-	return ln.Addr().String(), nil
-}
+// freeAddr picks an address below the ephemeral range (package freeport).
+func freeAddr() (string, error) { return freeport.Addr() }
 
 // probe answers the status and body of GET http://addr/path.
 func probe(ctx context.Context, client *http.Client, addr, path string) (int, string, error) {
