@@ -15,6 +15,8 @@ import (
 	"math/rand/v2"
 	"net"
 	"strconv"
+	"sync"
+	"time"
 )
 
 // Low and High bound the ports Pick returns: [Low, High).
@@ -23,12 +25,14 @@ const (
 	High = 22700
 )
 
-// Pick returns a port of [Low, High) that is free on 127.0.0.1 now, and
-// one the kernel picked if none is found in 200 tries.
+// Pick returns a port of [Low, High) that is free on 127.0.0.1 now and
+// that this process was not given in the last minute (two servers starting
+// side by side would otherwise now and then get the same one before either
+// bound it), and one the kernel picked if none is found in 200 tries.
 func Pick() (int, error) {
 	for range 200 {
 		port := Low + rand.IntN(High-Low)
-		if Free(port) {
+		if given.claim(port) && Free(port) {
 			return port, nil
 		}
 	}
@@ -38,6 +42,33 @@ func Pick() (int, error) {
 	}
 	defer ln.Close()
 	return ln.Addr().(*net.TCPAddr).Port, nil
+}
+
+// given remembers the ports Pick gave, for a minute.
+var given = &recent{at: map[int]time.Time{}}
+
+type recent struct {
+	mu sync.Mutex
+	at map[int]time.Time
+}
+
+// claim marks port given and reports whether it was not already.
+func (r *recent) claim(port int) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	now := time.Now()
+	if t, ok := r.at[port]; ok && now.Sub(t) < time.Minute {
+		return false
+	}
+	if len(r.at) > 1000 {
+		for p, t := range r.at {
+			if now.Sub(t) >= time.Minute {
+				delete(r.at, p)
+			}
+		}
+	}
+	r.at[port] = now
+	return true
 }
 
 // Addr is Pick as a 127.0.0.1:port address.

@@ -33,3 +33,17 @@ func TestFreeSeesABoundPort(t *testing.T) {
 		t.Fatal("a bound port reported free")
 	}
 }
+
+func TestPickNeverGivesAPortTwiceInAMinute(t *testing.T) {
+	seen := map[int]bool{}
+	for range 500 {
+		p, err := Pick()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if seen[p] {
+			t.Fatalf("port %d given twice", p)
+		}
+		seen[p] = true
+	}
+}

@@ -98,7 +98,8 @@ func Start(ctx context.Context, o Options) (*Server, error) {
 	// A picked port's port+10000 may be taken: pick the bus port too. A
 	// given port keeps Redis' default bus port (a cluster restarted on the
 	// same ports finds its nodes where nodes.conf says).
-	if o.Cluster && o.ClusterPort == 0 && picked {
+	pickedBus := o.Cluster && o.ClusterPort == 0 && picked
+	if pickedBus {
 		if o.ClusterPort, err = pick(); err != nil {
 			return nil, err
 		}
@@ -117,7 +118,7 @@ func Start(ctx context.Context, o Options) (*Server, error) {
 		if s.opts.Port, err = pick(); err != nil {
 			return nil, err
 		}
-		if o.Cluster && o.ClusterPort == 0 {
+		if pickedBus {
 			if s.opts.ClusterPort, err = pick(); err != nil {
 				return nil, err
 			}
